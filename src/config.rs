@@ -1,0 +1,450 @@
+//! The TOML configuration: schema, validation, and the settings derived
+//! from it. Every error names the file, the key and the reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::policy::Cidr;
+
+/// A configuration error: `FILE: KEY: REASON`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    realm: String,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    listen: Vec<RawListen>,
+    #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    peers: RawPeers,
+    #[serde(default)]
+    allocation: RawAllocation,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default)]
+    workers: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    address: String,
+    transports: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    #[serde(default = "default_relay_address")]
+    address: String,
+    #[serde(default)]
+    public_address: Option<String>,
+    #[serde(default = "default_ports")]
+    ports: String,
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        RawRelay {
+            address: default_relay_address(),
+            public_address: None,
+            ports: default_ports(),
+        }
+    }
+}
+
+fn default_relay_address() -> String {
+    "0.0.0.0".into()
+}
+fn default_ports() -> String {
+    "49152-65535".into()
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    users: BTreeMap<String, String>,
+    #[serde(default)]
+    nonce_lifetime: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPeers {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAllocation {
+    lifetime: Option<u32>,
+    max_lifetime: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+}
+
+/// One `[[listen]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub address: SocketAddr,
+    pub udp: bool,
+    pub tcp: bool,
+}
+
+/// The relay settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// Where relay sockets bind.
+    pub address: IpAddr,
+    /// What XOR-RELAYED-ADDRESS advertises.
+    pub public_address: IpAddr,
+    /// Inclusive port range.
+    pub ports: (u16, u16),
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub realm: String,
+    pub workers: usize,
+    pub listen: Vec<Listen>,
+    pub relay: Relay,
+    pub secrets: Vec<String>,
+    pub users: BTreeMap<String, String>,
+    pub nonce_lifetime: u64,
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+    /// Default and maximum allocation lifetime in seconds (RFC 8656 §7.2).
+    pub lifetime: u32,
+    pub max_lifetime: u32,
+    pub log_level: String,
+}
+
+/// Read and validate the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        key: "(file)".into(),
+        reason: e.to_string(),
+    })?;
+    parse(path, &text)
+}
+
+/// Validate configuration `text` as if read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let err = |key: &str, reason: String| ConfigError {
+        file: file.clone(),
+        key: key.to_owned(),
+        reason,
+    };
+    let de = toml::Deserializer::new(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner
+            .span()
+            .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
+            .unwrap_or_default();
+        let msg = inner.message().trim().to_string();
+        let key = if key == "." || key.is_empty() {
+            "(syntax)".to_string()
+        } else {
+            key
+        };
+        err(&key, format!("{msg}{line}"))
+    })?;
+
+    if raw.realm.trim().is_empty() {
+        return Err(err("realm", "must not be empty".into()));
+    }
+
+    let workers = if raw.server.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else if raw.server.workers > 256 {
+        return Err(err("server.workers", "at most 256".into()));
+    } else {
+        raw.server.workers
+    };
+
+    if raw.listen.is_empty() {
+        return Err(err("listen", "at least one [[listen]] entry is needed".into()));
+    }
+    let mut listen = Vec::new();
+    for (i, l) in raw.listen.iter().enumerate() {
+        let address: SocketAddr = l.address.parse().map_err(|_| {
+            err(
+                &format!("listen[{i}].address"),
+                format!("{:?} is not an IP:PORT address", l.address),
+            )
+        })?;
+        let mut entry = Listen {
+            address,
+            udp: false,
+            tcp: false,
+        };
+        if l.transports.is_empty() {
+            return Err(err(
+                &format!("listen[{i}].transports"),
+                "name at least one of \"udp\", \"tcp\"".into(),
+            ));
+        }
+        for t in &l.transports {
+            match t.as_str() {
+                "udp" => entry.udp = true,
+                "tcp" => entry.tcp = true,
+                "tls" => {
+                    return Err(err(
+                        &format!("listen[{i}].transports"),
+                        "\"tls\" is not supported yet".into(),
+                    ))
+                }
+                other => {
+                    return Err(err(
+                        &format!("listen[{i}].transports"),
+                        format!("unknown transport {other:?}: expected \"udp\" or \"tcp\""),
+                    ))
+                }
+            }
+        }
+        listen.push(entry);
+    }
+
+    let address: IpAddr = raw.relay.address.parse().map_err(|_| {
+        err(
+            "relay.address",
+            format!("{:?} is not an IP address", raw.relay.address),
+        )
+    })?;
+    let public_address = match &raw.relay.public_address {
+        Some(p) => {
+            let ip: IpAddr = p.parse().map_err(|_| {
+                err(
+                    "relay.public_address",
+                    format!("{p:?} is not an IP address"),
+                )
+            })?;
+            if ip.is_ipv4() != address.is_ipv4() {
+                return Err(err(
+                    "relay.public_address",
+                    "must be of the same address family as relay.address".into(),
+                ));
+            }
+            if ip.is_unspecified() {
+                return Err(err(
+                    "relay.public_address",
+                    "must be an address clients can reach, not unspecified".into(),
+                ));
+            }
+            ip
+        }
+        None if address.is_unspecified() => {
+            return Err(err(
+                "relay.public_address",
+                format!(
+                    "required when relay.address is {address}: clients must be told a reachable relay address"
+                ),
+            ))
+        }
+        None => address,
+    };
+    if address.is_ipv6() {
+        return Err(err(
+            "relay.address",
+            "IPv6 relays are not supported yet".into(),
+        ));
+    }
+    let ports = parse_ports(&raw.relay.ports).map_err(|r| err("relay.ports", r))?;
+
+    if raw.auth.secrets.is_empty() && raw.auth.users.is_empty() {
+        return Err(err(
+            "auth",
+            "no credentials configured: set auth.secrets or auth.users (TURN never relays without authentication)".into(),
+        ));
+    }
+    for (i, s) in raw.auth.secrets.iter().enumerate() {
+        if s.is_empty() {
+            return Err(err(&format!("auth.secrets[{i}]"), "must not be empty".into()));
+        }
+    }
+    for (u, p) in &raw.auth.users {
+        if u.is_empty() || p.is_empty() {
+            return Err(err(
+                &format!("auth.users.{u}"),
+                "user names and passwords must not be empty".into(),
+            ));
+        }
+    }
+    let nonce_lifetime = raw.auth.nonce_lifetime.unwrap_or(600);
+    if !(10..=86_400).contains(&nonce_lifetime) {
+        return Err(err(
+            "auth.nonce_lifetime",
+            "must be between 10 and 86400 seconds".into(),
+        ));
+    }
+
+    let cidrs = |key: &str, list: &[String]| -> Result<Vec<Cidr>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| s.parse().map_err(|r| err(&format!("{key}[{i}]"), r)))
+            .collect()
+    };
+    let allow = cidrs("peers.allow", &raw.peers.allow)?;
+    let deny = cidrs("peers.deny", &raw.peers.deny)?;
+
+    let lifetime = raw.allocation.lifetime.unwrap_or(600);
+    let max_lifetime = raw.allocation.max_lifetime.unwrap_or(3600);
+    if lifetime == 0 {
+        return Err(err("allocation.lifetime", "must be positive".into()));
+    }
+    if max_lifetime < lifetime {
+        return Err(err(
+            "allocation.max_lifetime",
+            "must not be less than allocation.lifetime".into(),
+        ));
+    }
+
+    let log_level = raw.log.level.unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        return Err(err(
+            "log.level",
+            format!("{log_level:?} is not a level (error, warn, info, debug, trace) or filter"),
+        ));
+    }
+
+    Ok(Config {
+        path: path.to_owned(),
+        realm: raw.realm,
+        workers,
+        listen,
+        relay: Relay {
+            address,
+            public_address,
+            ports,
+        },
+        secrets: raw.auth.secrets,
+        users: raw.auth.users,
+        nonce_lifetime,
+        allow,
+        deny,
+        lifetime,
+        max_lifetime,
+        log_level,
+    })
+}
+
+fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a range START-END"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: start is not a port number"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: end is not a port number"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 1 <= START <= END"));
+    }
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+realm = "example.org"
+[[listen]]
+address = "0.0.0.0:3478"
+transports = ["udp", "tcp"]
+[relay]
+address = "0.0.0.0"
+public_address = "203.0.113.10"
+ports = "49152-65535"
+[auth]
+secrets = ["change-me"]
+users = { alice = "wonderland" }
+[peers]
+allow = []
+deny = []
+"#;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let c = p(GOOD).unwrap();
+        assert_eq!(c.relay.ports, (49152, 65535));
+        assert_eq!(c.relay.public_address, "203.0.113.10".parse::<IpAddr>().unwrap());
+        assert!(c.listen[0].udp && c.listen[0].tcp);
+        assert_eq!(c.users["alice"], "wonderland");
+    }
+
+    #[test]
+    fn bundled_config_is_valid() {
+        let text = include_str!("../config.toml");
+        p(text).unwrap();
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let e = p(&GOOD.replace("49152-65535", "9-1")).unwrap_err();
+        assert_eq!(e.key, "relay.ports");
+        assert!(e.to_string().starts_with("t.toml: relay.ports: "));
+        let e = p(&GOOD.replace("allow = []", "allow = [\"10.0.0.0/40\"]")).unwrap_err();
+        assert_eq!(e.key, "peers.allow[0]");
+        let e = p(&GOOD.replace("\nports =", "\nportz =")).unwrap_err();
+        assert!(e.key.starts_with("relay"), "{e}");
+        assert!(e.reason.contains("portz"), "{e}");
+        let e = p(&GOOD.replace("\"udp\", \"tcp\"", "\"sctp\"")).unwrap_err();
+        assert_eq!(e.key, "listen[0].transports");
+        let e = p(&GOOD.replace("realm = \"example.org\"", "realm = 5")).unwrap_err();
+        assert_eq!(e.key, "realm");
+        let e = p(&GOOD.replace("secrets = [\"change-me\"]\nusers = { alice = \"wonderland\" }", "")).unwrap_err();
+        assert_eq!(e.key, "auth");
+    }
+}

@@ -1,0 +1,119 @@
+//! The state of one allocation (RFC 8656 §2.2): its relayed transport
+//! address, permissions and channel bindings, each with its expiry.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use crate::addr::{ChannelNumber, ClientAddr, PeerAddr, RelayPort};
+use crate::auth::Key;
+
+/// Permission lifetime, fixed by RFC 8656 §9.
+pub const PERMISSION_LIFETIME_SECS: u64 = 300;
+/// Channel binding lifetime, fixed by RFC 8656 §12.
+pub const CHANNEL_LIFETIME_SECS: u64 = 600;
+/// Most permissions one allocation may hold (more → 508).
+pub const MAX_PERMISSIONS: usize = 64;
+/// Most channels one allocation may hold (more → 508).
+pub const MAX_CHANNELS: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Permission {
+    pub ip: IpAddr,
+    pub expires: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Channel {
+    pub number: ChannelNumber,
+    pub peer: PeerAddr,
+    pub expires: Instant,
+}
+
+/// Traffic counters, per direction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+}
+
+/// Whether the relay socket is open yet.
+#[derive(Debug, Clone)]
+pub enum State {
+    /// The shell is opening the relay socket; the Allocate is answered when
+    /// it reports back.
+    Opening {
+        request: stun::message::Message,
+        tries: u8,
+    },
+    Active,
+}
+
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    pub client: ClientAddr,
+    pub username: String,
+    pub key: Key,
+    pub port: RelayPort,
+    /// The advertised relayed transport address (XOR-RELAYED-ADDRESS).
+    pub relayed: SocketAddr,
+    pub created: Instant,
+    pub expires: Instant,
+    pub state: State,
+    /// The last request answered on this allocation and its response, so
+    /// that a retransmission gets the same answer (RFC 8489 §6.3.1).
+    pub last_txid: [u8; 12],
+    pub last_response: Vec<u8>,
+    pub permissions: Vec<Permission>,
+    pub channels: Vec<Channel>,
+    /// The wake-up time queued for this allocation, if any.
+    pub scheduled: Option<Instant>,
+    pub counters: Counters,
+}
+
+impl Allocation {
+    /// Whether a live permission covers `ip` (RFC 8656 §9: by IP address only).
+    #[inline]
+    pub fn permits(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| p.ip == ip && p.expires > now)
+    }
+
+    /// Install or refresh a permission.
+    pub fn permit(&mut self, ip: IpAddr, expires: Instant) {
+        match self.permissions.iter_mut().find(|p| p.ip == ip) {
+            Some(p) => p.expires = p.expires.max(expires),
+            None => self.permissions.push(Permission { ip, expires }),
+        }
+    }
+
+    #[inline]
+    pub fn channel_by_number(&self, n: u16, now: Instant) -> Option<&Channel> {
+        self.channels
+            .iter()
+            .find(|c| c.number.get() == n && c.expires > now)
+    }
+
+    #[inline]
+    pub fn channel_by_peer(&self, peer: PeerAddr, now: Instant) -> Option<&Channel> {
+        self.channels
+            .iter()
+            .find(|c| c.peer == peer && c.expires > now)
+    }
+
+    /// Drop expired permissions and channels; the earliest expiry left.
+    pub fn sweep(&mut self, now: Instant) -> Instant {
+        self.permissions.retain(|p| p.expires > now);
+        self.channels.retain(|c| c.expires > now);
+        let mut next = self.expires;
+        for p in &self.permissions {
+            next = next.min(p.expires);
+        }
+        for c in &self.channels {
+            next = next.min(c.expires);
+        }
+        next
+    }
+}

@@ -1,0 +1,93 @@
+//! ChannelBind (RFC 8656 §12.2) and ChannelData from clients (§12.6).
+
+use std::time::{Duration, Instant};
+
+use stun::message::Message;
+
+use super::allocation::{Channel, CHANNEL_LIFETIME_SECS, MAX_CHANNELS, PERMISSION_LIFETIME_SECS};
+use super::{Authed, Engine, ToPeer};
+use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr};
+use crate::proto::channel_data;
+use crate::proto::stun::{self as wire, Response};
+
+impl Engine {
+    /// ChannelBind request (§12.2): number in 0x4000–0x4FFF, one peer; a
+    /// number already bound to another peer, or a peer already bound to
+    /// another number, is a 400. Binding also installs a permission.
+    pub(super) fn channel_bind(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        m: &Message,
+        authed: &Authed,
+    ) -> Vec<u8> {
+        let key = authed.key;
+        let err = |code: u16| Response::error(m, code).finish(Some(&key), false);
+        let Some(Ok(n)) = wire::channel_number(m) else {
+            return err(400);
+        };
+        let Some(number) = ChannelNumber::new(n) else {
+            return err(400);
+        };
+        let peer = match wire::xor_peer_addresses(m) {
+            Ok(p) if p.len() == 1 => PeerAddr(p[0]),
+            _ => return err(400),
+        };
+        if let Err(code) = self.check_peer(id, peer) {
+            return err(code);
+        }
+        let a = self.alloc_mut(id).expect("checked");
+        let by_number = a.channels.iter().position(|c| c.number == number);
+        let by_peer = a.channels.iter().position(|c| c.peer == peer);
+        let channel_expires = now + Duration::from_secs(CHANNEL_LIFETIME_SECS);
+        match (by_number, by_peer) {
+            (Some(i), Some(j)) if i == j => a.channels[i].expires = channel_expires,
+            (None, None) => {
+                if a.channels.len() >= MAX_CHANNELS {
+                    return err(508);
+                }
+                a.channels.push(Channel {
+                    number,
+                    peer,
+                    expires: channel_expires,
+                });
+            }
+            _ => return err(400),
+        }
+        a.permit(peer.0.ip(), now + Duration::from_secs(PERMISSION_LIFETIME_SECS));
+        self.reschedule(id, now);
+        Response::success(m).finish(Some(&key), false)
+    }
+
+    /// ChannelData from a client (§12.6): relayed to the bound peer if the
+    /// channel and a permission are live; otherwise dropped. This is the hot
+    /// path: no allocation, no STUN parsing.
+    #[inline]
+    pub(super) fn channel_data_from_client(
+        &mut self,
+        now: Instant,
+        client: ClientAddr,
+        packet: &[u8],
+    ) -> Option<ToPeer> {
+        let hit = channel_data::parse(packet).and_then(|h| {
+            let id = *self.by_client.get(&client)?;
+            let a = self.allocs[id.0 as usize].as_mut()?;
+            let peer = a.channel_by_number(h.channel, now)?.peer;
+            if !a.permits(peer.0.ip(), now) {
+                return None;
+            }
+            a.counters.to_peer_packets += 1;
+            a.counters.to_peer_bytes += h.len as u64;
+            Some(ToPeer {
+                relay: id,
+                peer,
+                start: 4,
+                end: 4 + h.len,
+            })
+        });
+        if hit.is_none() {
+            self.stats.dropped += 1;
+        }
+        hit
+    }
+}

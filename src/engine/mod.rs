@@ -1,0 +1,433 @@
+//! The sans-IO protocol engine.
+//!
+//! Bytes, addresses and the current time go in; packets to send, relay
+//! sockets to open or close and the next wake-up time come out. There are no
+//! sockets, no clock and no async here: the shell in [`crate::io`] drives it.
+//!
+//! - [`Engine::handle_client`]: a packet from a client. ChannelData and Send
+//!   indications come back as a [`ToPeer`] to send from the relay socket;
+//!   everything else queues [`Output`]s.
+//! - [`Engine::handle_peer`]: a packet that arrived on a relay socket; comes
+//!   back as a [`ToClient`], framed in place.
+//! - [`Engine::relay_opened`]: the shell's answer to [`Output::OpenRelay`].
+//! - [`Engine::poll_timeout`] / [`Engine::handle_timeout`]: expiry timers.
+//! - [`Engine::poll_output`]: queued work for the shell.
+
+mod allocate;
+pub mod allocation;
+mod channel;
+mod permission;
+pub mod ports;
+mod relay;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use stun::attributes::*;
+use stun::message::Message;
+
+use crate::addr::{AllocId, ClientAddr, PeerAddr};
+use crate::auth::{Credentials, Key};
+use crate::policy::PeerPolicy;
+use crate::proto::{self, stun as wire, Kind};
+use allocation::Allocation;
+use ports::PortPool;
+
+pub use relay::ToClient;
+
+/// What the engine needs to know; one per worker.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub credentials: Credentials,
+    pub policy: PeerPolicy,
+    /// Where relay sockets bind.
+    pub relay_bind: IpAddr,
+    /// What XOR-RELAYED-ADDRESS advertises.
+    pub relay_public: IpAddr,
+    /// The relay ports this engine may use.
+    pub ports: Vec<u16>,
+    /// Default and maximum allocation lifetime (RFC 8656 §7.2).
+    pub lifetime: Duration,
+    pub max_lifetime: Duration,
+    /// Seeds the port shuffle and Data indication transaction ids.
+    pub seed: u64,
+}
+
+/// Work for the shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send `data` to a client.
+    Transmit { to: ClientAddr, data: Vec<u8> },
+    /// Bind a UDP relay socket at `bind` for `alloc`, then call
+    /// [`Engine::relay_opened`].
+    OpenRelay { alloc: AllocId, bind: SocketAddr },
+    /// Close the relay socket of `alloc`.
+    CloseRelay { alloc: AllocId },
+}
+
+/// A packet for a peer: send `packet[start..end]` from the relay socket of
+/// `relay` to `peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToPeer {
+    pub relay: AllocId,
+    pub peer: PeerAddr,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Counters of what the engine dropped or answered, for logs and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    /// Packets that were not valid STUN or ChannelData, dropped unanswered.
+    pub malformed: u64,
+    /// Data packets dropped: no allocation, no channel or no permission.
+    pub dropped: u64,
+    pub allocations_created: u64,
+    pub allocations_expired: u64,
+    pub allocations_deleted: u64,
+    pub auth_failures: u64,
+    pub policy_denials: u64,
+}
+
+/// Attribute types this server understands (RFC 8489 §14, RFC 8656 §18).
+const KNOWN: &[AttrType] = &[
+    ATTR_MAPPED_ADDRESS,
+    ATTR_USERNAME,
+    ATTR_MESSAGE_INTEGRITY,
+    ATTR_ERROR_CODE,
+    ATTR_UNKNOWN_ATTRIBUTES,
+    ATTR_REALM,
+    ATTR_NONCE,
+    ATTR_XORMAPPED_ADDRESS,
+    ATTR_CHANNEL_NUMBER,
+    ATTR_LIFETIME,
+    ATTR_XOR_PEER_ADDRESS,
+    ATTR_DATA,
+    ATTR_XOR_RELAYED_ADDRESS,
+    ATTR_REQUESTED_ADDRESS_FAMILY,
+    ATTR_EVEN_PORT,
+    ATTR_REQUESTED_TRANSPORT,
+    ATTR_DONT_FRAGMENT,
+];
+
+/// A request that passed authentication: who sent it and the key to sign
+/// the answer with.
+struct Authed {
+    username: String,
+    key: Key,
+}
+
+/// The protocol state of one worker.
+pub struct Engine {
+    cfg: EngineConfig,
+    allocs: Vec<Option<Allocation>>,
+    free_ids: Vec<u32>,
+    by_client: HashMap<ClientAddr, AllocId>,
+    ports: PortPool,
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    out: VecDeque<Output>,
+    epoch: Instant,
+    epoch_unix: u64,
+    txid_counter: u64,
+    pub stats: Stats,
+}
+
+impl Engine {
+    /// A new engine; `now` and `unix_now` (seconds since 1970) anchor its
+    /// idea of wall-clock time, which nonces and REST expiries need.
+    pub fn new(cfg: EngineConfig, now: Instant, unix_now: u64) -> Self {
+        let ports = PortPool::new(cfg.ports.clone(), cfg.seed);
+        let seed = cfg.seed;
+        Engine {
+            cfg,
+            allocs: Vec::new(),
+            free_ids: Vec::new(),
+            by_client: HashMap::new(),
+            ports,
+            timers: BinaryHeap::new(),
+            out: VecDeque::new(),
+            epoch: now,
+            epoch_unix: unix_now,
+            txid_counter: seed.rotate_left(17),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Replace credentials and peer policy (config reload); allocations stay.
+    pub fn update(&mut self, credentials: Credentials, policy: PeerPolicy) {
+        self.cfg.credentials = credentials;
+        self.cfg.policy = policy;
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.epoch_unix + now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// Number of live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.by_client.len()
+    }
+
+    /// Free relay ports left in this engine's share.
+    pub fn free_ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// The allocation behind `id`, if any.
+    pub fn allocation(&self, id: AllocId) -> Option<&Allocation> {
+        self.allocs.get(id.0 as usize)?.as_ref()
+    }
+
+    /// The allocation of a client's 5-tuple, if any.
+    pub fn allocation_of(&self, client: ClientAddr) -> Option<AllocId> {
+        self.by_client.get(&client).copied()
+    }
+
+    /// Next queued piece of work for the shell.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] next needs to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Expire what is due at `now`: permissions, channels, allocations
+    /// (RFC 8656 §7, §9, §12).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((t, id))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let id = AllocId(id);
+            let Some(a) = self.alloc_mut(id) else { continue };
+            if a.scheduled == Some(t) {
+                a.scheduled = None;
+            }
+            if a.expires <= now {
+                tracing::info!(client = %a.client, user = %a.username, "allocation expired");
+                self.stats.allocations_expired += 1;
+                self.remove(id);
+                continue;
+            }
+            self.reschedule(id, now);
+        }
+    }
+
+    /// Sweep an allocation and make sure a wake-up is queued for its next expiry.
+    fn reschedule(&mut self, id: AllocId, now: Instant) {
+        let Some(a) = self.alloc_mut(id) else { return };
+        let next = a.sweep(now);
+        if a.scheduled.is_none_or(|s| next < s) {
+            a.scheduled = Some(next);
+            self.timers.push(Reverse((next, id.0)));
+        }
+    }
+
+    fn alloc_mut(&mut self, id: AllocId) -> Option<&mut Allocation> {
+        self.allocs.get_mut(id.0 as usize)?.as_mut()
+    }
+
+    /// Delete an allocation and release its port and socket.
+    fn remove(&mut self, id: AllocId) {
+        let Some(a) = self.allocs.get_mut(id.0 as usize).and_then(Option::take) else {
+            return;
+        };
+        self.by_client.remove(&a.client);
+        self.ports.release(a.port);
+        self.free_ids.push(id.0);
+        self.out.push_back(Output::CloseRelay { alloc: id });
+    }
+
+    /// Delete every allocation (shutdown, or an operator's request).
+    pub fn close_all(&mut self) {
+        let ids: Vec<AllocId> = self.by_client.values().copied().collect();
+        for id in ids {
+            self.remove(id);
+        }
+    }
+
+    /// A packet from a client. Returns data to relay to a peer, if any;
+    /// answers are queued for [`Engine::poll_output`].
+    pub fn handle_client(
+        &mut self,
+        now: Instant,
+        client: ClientAddr,
+        packet: &[u8],
+    ) -> Option<ToPeer> {
+        match proto::classify(packet) {
+            Kind::ChannelData => self.channel_data_from_client(now, client, packet),
+            Kind::Stun => self.handle_stun(now, client, packet),
+            Kind::Other => {
+                self.stats.malformed += 1;
+                None
+            }
+        }
+    }
+
+    fn handle_stun(&mut self, now: Instant, client: ClientAddr, packet: &[u8]) -> Option<ToPeer> {
+        let Some(m) = wire::decode(packet) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        use stun::message::*;
+        let method = m.typ.method;
+        if m.typ.class == CLASS_INDICATION {
+            if method == stun::message::METHOD_SEND {
+                return self.send_indication(now, client, &m);
+            }
+            return None;
+        }
+        if m.typ.class != CLASS_REQUEST {
+            // Responses are never sent to a server; drop them (RFC 8489 §6.3).
+            self.stats.malformed += 1;
+            return None;
+        }
+        if method == METHOD_BINDING {
+            self.binding(client, &m);
+            return None;
+        }
+        // A retransmitted request gets the answer it got before.
+        if let Some(id) = self.by_client.get(&client) {
+            if let Some(a) = self.allocs[id.0 as usize].as_ref() {
+                if a.last_txid == m.transaction_id.0 {
+                    if matches!(a.state, allocation::State::Active) {
+                        let data = a.last_response.clone();
+                        self.out.push_back(Output::Transmit { to: client, data });
+                    }
+                    return None;
+                }
+            }
+        }
+        let known = [
+            METHOD_ALLOCATE,
+            METHOD_REFRESH,
+            METHOD_CREATE_PERMISSION,
+            METHOD_CHANNEL_BIND,
+        ];
+        if !known.contains(&method) {
+            self.reply(client, wire::Response::error(&m, 400).finish(None, false));
+            return None;
+        }
+        let authed = match self.authenticate(now, client, &m) {
+            Ok(a) => a,
+            Err(resp) => {
+                self.reply(client, resp);
+                return None;
+            }
+        };
+        let unknown = wire::unknown_required(&m, KNOWN);
+        if !unknown.is_empty() {
+            let r = wire::Response::error(&m, 420).unknown(unknown);
+            self.reply(client, r.finish(Some(&authed.key), false));
+            return None;
+        }
+        if method == METHOD_ALLOCATE {
+            self.allocate(now, client, &m, authed);
+        } else {
+            // Every other request needs the client's allocation (RFC 8656
+            // §7.3, §9.2, §11.2): 437 without one, 441 from another user.
+            let Some(id) = self.by_client.get(&client).copied() else {
+                self.reply(client, wire::Response::error(&m, 437).finish(Some(&authed.key), false));
+                return None;
+            };
+            let a = self.allocs[id.0 as usize].as_ref().expect("indexed");
+            if a.username != authed.username {
+                self.reply(client, wire::Response::error(&m, 441).finish(Some(&authed.key), false));
+                return None;
+            }
+            let resp = if method == METHOD_REFRESH {
+                self.refresh(now, id, &m, &authed)
+            } else if method == METHOD_CREATE_PERMISSION {
+                self.create_permission(now, id, &m, &authed)
+            } else {
+                self.channel_bind(now, id, &m, &authed)
+            };
+            if let Some(a) = self.alloc_mut(id) {
+                a.last_txid = m.transaction_id.0;
+                a.last_response = resp.clone();
+            }
+            self.reply(client, resp);
+        }
+        None
+    }
+
+    fn reply(&mut self, to: ClientAddr, data: Vec<u8>) {
+        self.out.push_back(Output::Transmit { to, data });
+    }
+
+    /// Binding request (RFC 8489 §6.3.1): the client's reflexive address,
+    /// and FINGERPRINT if the request had one. No authentication.
+    fn binding(&mut self, client: ClientAddr, m: &Message) {
+        let fp = wire::has_fingerprint(m);
+        let unknown = wire::unknown_required(m, KNOWN);
+        let resp = if unknown.is_empty() {
+            wire::Response::success(m).xor_address(ATTR_XORMAPPED_ADDRESS, client.remote)
+        } else {
+            wire::Response::error(m, 420).unknown(unknown)
+        };
+        self.reply(client, resp.finish(None, fp));
+    }
+
+    /// Long-term credential check (RFC 8489 §9.2.4), in the RFC's order:
+    /// no MESSAGE-INTEGRITY → 401; missing USERNAME/REALM/NONCE → 400;
+    /// stale or forged nonce → 438; unknown user or wrong key → 401.
+    /// Nothing is stored for a request that fails.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        client: ClientAddr,
+        m: &Message,
+    ) -> Result<Authed, Vec<u8>> {
+        let unix = self.unix(now);
+        let creds = &self.cfg.credentials;
+        let challenge = |code: u16| {
+            wire::Response::error(m, code)
+                .text(ATTR_REALM, creds.realm())
+                .text(ATTR_NONCE, &creds.nonce(unix, client.remote))
+                .finish(None, false)
+        };
+        if !wire::has_integrity(m) {
+            return Err(challenge(401));
+        }
+        let (Some(username), Some(_realm), Some(nonce)) = (
+            wire::text(m, ATTR_USERNAME),
+            wire::text(m, ATTR_REALM),
+            wire::text(m, ATTR_NONCE),
+        ) else {
+            self.stats.auth_failures += 1;
+            return Err(wire::Response::error(m, 400).finish(None, false));
+        };
+        if !creds.nonce_valid(&nonce, unix, client.remote) {
+            return Err(challenge(438));
+        }
+        let key = creds
+            .keys(&username, unix)
+            .into_iter()
+            .find(|k| wire::verify_integrity(m, k));
+        match key {
+            Some(key) => Ok(Authed { username, key }),
+            None => {
+                self.stats.auth_failures += 1;
+                tracing::debug!(%client, "authentication failed");
+                Err(challenge(401))
+            }
+        }
+    }
+
+    /// A fresh transaction id for a Data indication.
+    fn next_txid(&mut self) -> [u8; 12] {
+        self.txid_counter = self.txid_counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut t = [0u8; 12];
+        t[..8].copy_from_slice(&self.txid_counter.to_le_bytes());
+        t[8..].copy_from_slice(&((self.txid_counter >> 13) as u32).to_le_bytes());
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests;

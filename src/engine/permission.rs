@@ -1,0 +1,93 @@
+//! CreatePermission (RFC 8656 §9) and Send indications (§11.2).
+
+use std::time::{Duration, Instant};
+
+use stun::attributes::ATTR_DATA;
+use stun::message::Message;
+
+use super::allocation::{MAX_PERMISSIONS, PERMISSION_LIFETIME_SECS};
+use super::{Authed, Engine, ToPeer};
+use crate::addr::{AllocId, ClientAddr, PeerAddr};
+use crate::proto::stun::{self as wire, Response};
+
+impl Engine {
+    /// Check a peer for this allocation: same family as the relay (443,
+    /// §9.2) and allowed by the peer policy (403).
+    pub(super) fn check_peer(&mut self, id: AllocId, peer: PeerAddr) -> Result<(), u16> {
+        let a = self.allocation(id).expect("checked");
+        if a.relayed.is_ipv4() != peer.0.is_ipv4() {
+            return Err(443);
+        }
+        if let Err(d) = self.cfg.policy.check(peer.0) {
+            tracing::info!(client = %a.client, %peer, rule = %d, "peer denied");
+            self.stats.policy_denials += 1;
+            return Err(403);
+        }
+        Ok(())
+    }
+
+    /// CreatePermission request (§9.2): every XOR-PEER-ADDRESS is checked,
+    /// then all are installed (or refreshed) for 300 s; one bad peer fails
+    /// the whole request and installs nothing.
+    pub(super) fn create_permission(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        m: &Message,
+        authed: &Authed,
+    ) -> Vec<u8> {
+        let key = authed.key;
+        let err = |code: u16| Response::error(m, code).finish(Some(&key), false);
+        let peers = match wire::xor_peer_addresses(m) {
+            Ok(p) if !p.is_empty() => p,
+            _ => return err(400),
+        };
+        for p in &peers {
+            if let Err(code) = self.check_peer(id, PeerAddr(*p)) {
+                return err(code);
+            }
+        }
+        let a = self.alloc_mut(id).expect("checked");
+        let new = peers
+            .iter()
+            .filter(|p| !a.permissions.iter().any(|q| q.ip == p.ip()))
+            .count();
+        if a.permissions.len() + new > MAX_PERMISSIONS {
+            return err(508);
+        }
+        let expires = now + Duration::from_secs(PERMISSION_LIFETIME_SECS);
+        for p in &peers {
+            a.permit(p.ip(), expires);
+        }
+        self.reschedule(id, now);
+        Response::success(m).finish(Some(&key), false)
+    }
+
+    /// Send indication (§11.2): relay DATA to the XOR-PEER-ADDRESS if a
+    /// permission covers it; otherwise drop silently.
+    pub(super) fn send_indication(&mut self, now: Instant, client: ClientAddr, m: &Message) -> Option<ToPeer> {
+        let Some(&id) = self.by_client.get(&client) else {
+            self.stats.dropped += 1;
+            return None;
+        };
+        let peer = wire::xor_peer_addresses(m).ok()?.into_iter().next();
+        let data = wire::attr_range(m, ATTR_DATA);
+        let a = self.alloc_mut(id)?;
+        match (peer, data) {
+            (Some(peer), Some((start, end))) if a.permits(peer.ip(), now) => {
+                a.counters.to_peer_packets += 1;
+                a.counters.to_peer_bytes += (end - start) as u64;
+                Some(ToPeer {
+                    relay: id,
+                    peer: PeerAddr(peer),
+                    start,
+                    end,
+                })
+            }
+            _ => {
+                self.stats.dropped += 1;
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Data from peers back to clients: ChannelData when a channel is bound
+//! (RFC 8656 §12.7), otherwise a Data indication (§11.3).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::Engine;
+use crate::addr::{AllocId, ClientAddr, PeerAddr};
+use crate::proto::channel_data;
+
+/// A packet for a client: send `buf[start..end]` to `client`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToClient {
+    pub client: ClientAddr,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Engine {
+    /// A packet from `peer` on the relay socket of `id`, at
+    /// `buf[start..end]`, with at least [`channel_data::HEADROOM`] bytes
+    /// before `start` and [`channel_data::TAILROOM`] after `end`. Without a
+    /// permission for the peer's IP the packet is dropped (§9). Framing is
+    /// written in place: nothing is allocated.
+    #[inline]
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        start: usize,
+        end: usize,
+    ) -> Option<ToClient> {
+        let peer = PeerAddr(peer);
+        let Some(a) = self.allocs.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            self.stats.dropped += 1;
+            return None;
+        };
+        if !a.permits(peer.0.ip(), now) {
+            self.stats.dropped += 1;
+            return None;
+        }
+        a.counters.to_client_packets += 1;
+        a.counters.to_client_bytes += (end - start) as u64;
+        let client = a.client;
+        let (s, e) = match a.channel_by_peer(peer, now) {
+            Some(c) => {
+                let n = c.number.get();
+                channel_data::frame_in_place(buf, start, end, n, client.via.is_stream())
+            }
+            None => {
+                let txid = self.next_txid();
+                channel_data::data_indication_in_place(buf, start, end, peer.0, txid)
+            }
+        };
+        Some(ToClient {
+            client,
+            start: s,
+            end: e,
+        })
+    }
+}

@@ -1,0 +1,671 @@
+//! Engine tests driven with values: every response code and every timer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use stun::attributes::*;
+use stun::integrity::MessageIntegrity;
+use stun::message::*;
+
+use super::*;
+use crate::addr::Via;
+use crate::proto::channel_data::{self, HEADROOM};
+use crate::proto::stun as wire;
+
+const REALM: &str = "example.org";
+const UNIX0: u64 = 1_800_000_000;
+const PEER: &str = "93.184.216.34:9000";
+const PEER2: &str = "93.184.216.35:9001";
+
+fn config(ports: Vec<u16>) -> EngineConfig {
+    let mut users = BTreeMap::new();
+    users.insert("alice".to_string(), "wonderland".to_string());
+    users.insert("bob".to_string(), "builder".to_string());
+    EngineConfig {
+        credentials: Credentials::new(REALM, &["s3cret".into()], &users, b"nonce-key", 600),
+        policy: PeerPolicy::new(vec![], vec![], vec!["198.51.100.1".parse().unwrap()], (50000, 50009)),
+        relay_bind: "0.0.0.0".parse().unwrap(),
+        relay_public: "198.51.100.1".parse().unwrap(),
+        ports,
+        lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+        seed: 42,
+    }
+}
+
+struct T {
+    e: Engine,
+    now: Instant,
+    nonce: String,
+    bind_ok: bool,
+}
+
+fn client(port: u16) -> ClientAddr {
+    ClientAddr {
+        remote: SocketAddr::new("203.0.113.5".parse().unwrap(), port),
+        via: Via::Udp(0),
+    }
+}
+
+fn peer(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn xor_attr(addr: SocketAddr, txid: &[u8; 12]) -> Vec<u8> {
+    let mut v = vec![0u8; if addr.is_ipv4() { 8 } else { 20 }];
+    wire::write_xor_address(&mut v, addr, txid);
+    v
+}
+
+/// A request builder: attributes are added in order; `auth` signs it.
+struct Req {
+    m: Message,
+}
+
+impl Req {
+    fn new(method: Method) -> Self {
+        Self::with_class(method, CLASS_REQUEST)
+    }
+    fn with_class(method: Method, class: MessageClass) -> Self {
+        let mut m = Message::new();
+        m.typ = MessageType::new(method, class);
+        m.new_transaction_id().unwrap();
+        m.write_header();
+        Req { m }
+    }
+    fn attr(mut self, t: AttrType, v: &[u8]) -> Self {
+        self.m.add(t, v);
+        self
+    }
+    fn transport(self, proto: u8) -> Self {
+        self.attr(ATTR_REQUESTED_TRANSPORT, &[proto, 0, 0, 0])
+    }
+    fn lifetime(self, s: u32) -> Self {
+        self.attr(ATTR_LIFETIME, &s.to_be_bytes())
+    }
+    fn peer(self, p: SocketAddr) -> Self {
+        let v = xor_attr(p, &self.m.transaction_id.0);
+        self.attr(ATTR_XOR_PEER_ADDRESS, &v)
+    }
+    fn channel(self, n: u16) -> Self {
+        let b = n.to_be_bytes();
+        self.attr(ATTR_CHANNEL_NUMBER, &[b[0], b[1], 0, 0])
+    }
+    fn sign(mut self, user: &str, pass: &str, nonce: &str) -> Vec<u8> {
+        self.m.add(ATTR_USERNAME, user.as_bytes());
+        self.m.add(ATTR_REALM, REALM.as_bytes());
+        self.m.add(ATTR_NONCE, nonce.as_bytes());
+        MessageIntegrity::new_long_term_integrity(user.into(), REALM.into(), pass.into())
+            .add_to(&mut self.m)
+            .unwrap();
+        self.m.raw
+    }
+    fn bytes(self) -> Vec<u8> {
+        self.m.raw
+    }
+}
+
+fn code(m: &Message) -> Option<u16> {
+    let v = wire::attr(m, ATTR_ERROR_CODE)?;
+    Some(v[2] as u16 * 100 + v[3] as u16)
+}
+
+impl T {
+    fn new() -> Self {
+        Self::with(config((50000..50010).collect()))
+    }
+    fn with(cfg: EngineConfig) -> Self {
+        let now = Instant::now();
+        let mut t = T {
+            e: Engine::new(cfg, now, UNIX0),
+            now,
+            nonce: String::new(),
+            bind_ok: true,
+        };
+        // Learn a nonce the way a client does: an unauthenticated Allocate.
+        let r = t.send(client(1), &Req::new(METHOD_ALLOCATE).transport(17).bytes());
+        t.nonce = wire::text(&r[0], ATTR_NONCE).unwrap();
+        t
+    }
+
+    /// Feed a packet; answer OpenRelay; return the responses to `c`.
+    fn send(&mut self, c: ClientAddr, p: &[u8]) -> Vec<Message> {
+        let fwd = self.e.handle_client(self.now, c, p);
+        assert!(fwd.is_none(), "a request relayed data");
+        self.drain(c)
+    }
+
+    fn drain(&mut self, c: ClientAddr) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(o) = self.e.poll_output() {
+            match o {
+                Output::Transmit { to, data } => {
+                    assert_eq!(to, c);
+                    out.push(wire::decode(&data).expect("valid response"));
+                }
+                Output::OpenRelay { alloc, .. } => self.e.relay_opened(self.now, alloc, self.bind_ok),
+                Output::CloseRelay { .. } => {}
+            }
+        }
+        out
+    }
+
+    fn one(&mut self, c: ClientAddr, p: &[u8]) -> Message {
+        let mut r = self.send(c, p);
+        assert_eq!(r.len(), 1, "expected one answer");
+        r.remove(0)
+    }
+
+    /// A nonce valid for `c` now.
+    fn nonce_for(&self, c: ClientAddr) -> String {
+        self.e.cfg.credentials.nonce(self.e.unix(self.now), c.remote)
+    }
+
+    fn allocate(&mut self, c: ClientAddr) -> SocketAddr {
+        let n = self.nonce_for(c);
+        let r = self.one(c, &Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "wonderland", &n));
+        assert_eq!(code(&r), None, "allocate failed");
+        let v = wire::attr(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+        wire::read_xor_address(v, &r.transaction_id.0).unwrap()
+    }
+
+    fn signed(&mut self, c: ClientAddr, req: Req) -> Message {
+        let n = self.nonce_for(c);
+        self.one(c, &req.sign("alice", "wonderland", &n))
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        self.e.handle_timeout(self.now);
+    }
+}
+
+fn key() -> [u8; 16] {
+    wire::long_term_key("alice", REALM, "wonderland")
+}
+
+#[test]
+fn binding_returns_xor_mapped_address_and_mirrors_fingerprint() {
+    let mut t = T::new();
+    let c = client(7);
+    let r = t.one(c, &Req::new(METHOD_BINDING).bytes());
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let a = wire::read_xor_address(wire::attr(&r, ATTR_XORMAPPED_ADDRESS).unwrap(), &r.transaction_id.0);
+    assert_eq!(a, Some(c.remote));
+    assert!(!wire::has_fingerprint(&r));
+    let mut q = Req::new(METHOD_BINDING).m;
+    stun::fingerprint::FINGERPRINT.add_to(&mut q).unwrap();
+    let r = t.one(c, &q.raw);
+    assert!(wire::has_fingerprint(&r));
+}
+
+#[test]
+fn missing_integrity_gets_401_with_realm_and_nonce() {
+    let mut t = T::new();
+    let r = t.one(client(2), &Req::new(METHOD_ALLOCATE).transport(17).bytes());
+    assert_eq!(code(&r), Some(401));
+    assert_eq!(wire::text(&r, ATTR_REALM).as_deref(), Some(REALM));
+    assert!(wire::text(&r, ATTR_NONCE).is_some());
+    assert!(!wire::has_integrity(&r));
+    assert_eq!(t.e.allocation_count(), 0);
+}
+
+#[test]
+fn wrong_password_and_unknown_user_get_401() {
+    let mut t = T::new();
+    let n = t.nonce.clone();
+    let r = t.one(client(1), &Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "nope", &n));
+    assert_eq!(code(&r), Some(401));
+    let r = t.one(client(1), &Req::new(METHOD_ALLOCATE).transport(17).sign("mallory", "x", &n));
+    assert_eq!(code(&r), Some(401));
+    assert_eq!(t.e.stats.auth_failures, 2);
+}
+
+#[test]
+fn integrity_without_nonce_gets_400() {
+    let mut t = T::new();
+    let mut m = Req::new(METHOD_ALLOCATE).transport(17).m;
+    m.add(ATTR_USERNAME, b"alice");
+    MessageIntegrity::new_long_term_integrity("alice".into(), REALM.into(), "wonderland".into())
+        .add_to(&mut m)
+        .unwrap();
+    let r = t.one(client(1), &m.raw);
+    assert_eq!(code(&r), Some(400));
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_nonce() {
+    let mut t = T::new();
+    t.advance(601);
+    let old = t.nonce.clone();
+    let r = t.one(client(1), &Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "wonderland", &old));
+    assert_eq!(code(&r), Some(438));
+    let fresh = wire::text(&r, ATTR_NONCE).unwrap();
+    assert_ne!(fresh, old);
+    t.nonce = fresh;
+    t.allocate(client(1));
+}
+
+#[test]
+fn nonce_from_another_client_is_stale() {
+    let mut t = T::new();
+    let n = t.nonce.clone();
+    let r = t.one(client(99), &Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "wonderland", &n));
+    assert_eq!(code(&r), Some(438));
+}
+
+#[test]
+fn allocate_answers_relayed_mapped_lifetime_and_integrity() {
+    let mut t = T::new();
+    let c = client(1);
+    let n = t.nonce.clone();
+    let r = t.one(c, &Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "wonderland", &n));
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert!(wire::verify_integrity(&r, &key()));
+    let relayed = wire::read_xor_address(wire::attr(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap(), &r.transaction_id.0).unwrap();
+    assert_eq!(relayed.ip().to_string(), "198.51.100.1");
+    assert!((50000..50010).contains(&relayed.port()));
+    let mapped = wire::read_xor_address(wire::attr(&r, ATTR_XORMAPPED_ADDRESS).unwrap(), &r.transaction_id.0);
+    assert_eq!(mapped, Some(c.remote));
+    assert_eq!(wire::u32_attr(&r, ATTR_LIFETIME), Some(Ok(600)));
+    assert_eq!(t.e.allocation_count(), 1);
+}
+
+#[test]
+fn lifetime_is_clamped_between_default_and_maximum() {
+    for (asked, got) in [(10, 600), (1000, 1000), (100_000, 3600)] {
+        let mut t = T::new();
+        let r = t.signed(client(1), Req::new(METHOD_ALLOCATE).transport(17).lifetime(asked));
+        assert_eq!(wire::u32_attr(&r, ATTR_LIFETIME), Some(Ok(got)), "asked {asked}");
+    }
+}
+
+#[test]
+fn second_allocate_gets_437_but_a_retransmission_the_same_answer() {
+    let mut t = T::new();
+    let c = client(1);
+    let n = t.nonce.clone();
+    let req = Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "wonderland", &n);
+    t.e.handle_client(t.now, c, &req);
+    let first = match t.e.poll_output() {
+        Some(Output::OpenRelay { alloc, .. }) => {
+            t.e.relay_opened(t.now, alloc, true);
+            match t.e.poll_output() {
+                Some(Output::Transmit { data, .. }) => data,
+                o => panic!("{o:?}"),
+            }
+        }
+        o => panic!("{o:?}"),
+    };
+    t.e.handle_client(t.now, c, &req);
+    match t.e.poll_output() {
+        Some(Output::Transmit { data, .. }) => assert_eq!(data, first),
+        o => panic!("{o:?}"),
+    }
+    let r = t.signed(c, Req::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(code(&r), Some(437));
+    assert!(wire::verify_integrity(&r, &key()));
+}
+
+#[test]
+fn transport_other_than_udp_gets_442_and_missing_gets_400() {
+    let mut t = T::new();
+    let r = t.signed(client(1), Req::new(METHOD_ALLOCATE).transport(6));
+    assert_eq!(code(&r), Some(442));
+    let r = t.signed(client(1), Req::new(METHOD_ALLOCATE));
+    assert_eq!(code(&r), Some(400));
+    assert_eq!(t.e.allocation_count(), 0);
+}
+
+#[test]
+fn ipv6_relay_request_gets_440() {
+    let mut t = T::new();
+    let r = t.signed(
+        client(1),
+        Req::new(METHOD_ALLOCATE).transport(17).attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+    );
+    assert_eq!(code(&r), Some(440));
+}
+
+#[test]
+fn no_free_port_gets_508() {
+    let mut t = T::with(config(vec![50000]));
+    t.allocate(client(1));
+    let r = t.signed(client(2), Req::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(code(&r), Some(508));
+}
+
+#[test]
+fn failed_binds_try_other_ports_then_508() {
+    let mut t = T::new();
+    t.bind_ok = false;
+    let r = t.signed(client(1), Req::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(code(&r), Some(508));
+    assert_eq!(t.e.allocation_count(), 0);
+    assert_eq!(t.e.free_ports(), 10, "every port went back to the pool");
+    t.bind_ok = true;
+    t.allocate(client(1));
+}
+
+#[test]
+fn even_port_is_honoured() {
+    let mut t = T::new();
+    let r = t.signed(client(1), Req::new(METHOD_ALLOCATE).transport(17).attr(ATTR_EVEN_PORT, &[0]));
+    let relayed = wire::read_xor_address(wire::attr(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap(), &r.transaction_id.0).unwrap();
+    assert_eq!(relayed.port() % 2, 0);
+}
+
+#[test]
+fn refresh_extends_and_zero_deletes() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let r = t.signed(c, Req::new(METHOD_REFRESH).lifetime(1200));
+    assert_eq!(wire::u32_attr(&r, ATTR_LIFETIME), Some(Ok(1200)));
+    t.advance(1000);
+    assert_eq!(t.e.allocation_count(), 1, "refresh moved the expiry past 600 s");
+    let r = t.signed(c, Req::new(METHOD_REFRESH).lifetime(0));
+    assert_eq!(code(&r), None);
+    assert_eq!(wire::u32_attr(&r, ATTR_LIFETIME), Some(Ok(0)));
+    assert_eq!(t.e.allocation_count(), 0);
+    assert_eq!(t.e.free_ports(), 10);
+    let r = t.signed(c, Req::new(METHOD_REFRESH));
+    assert_eq!(code(&r), Some(437));
+}
+
+#[test]
+fn requests_without_allocation_get_437() {
+    let mut t = T::new();
+    let c = client(1);
+    for req in [
+        Req::new(METHOD_REFRESH),
+        Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)),
+        Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER)),
+    ] {
+        let r = t.signed(c, req);
+        assert_eq!(code(&r), Some(437));
+    }
+}
+
+#[test]
+fn another_users_request_gets_441() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let n = t.nonce.clone();
+    let r = t.one(c, &Req::new(METHOD_REFRESH).sign("bob", "builder", &n));
+    assert_eq!(code(&r), Some(441));
+}
+
+#[test]
+fn create_permission_installs_every_peer() {
+    let mut t = T::new();
+    let c = client(1);
+    let relay = t.allocate(c);
+    let _ = relay;
+    let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)).peer(peer(PEER2)));
+    assert_eq!(code(&r), None);
+    assert!(wire::verify_integrity(&r, &key()));
+    let id = t.e.allocation_of(c).unwrap();
+    let a = t.e.allocation(id).unwrap();
+    assert!(a.permits(peer(PEER).ip(), t.now));
+    assert!(a.permits(peer(PEER2).ip(), t.now));
+}
+
+#[test]
+fn denied_peer_gets_403_and_installs_nothing() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    for bad in ["127.0.0.1:80", "0.0.0.0:80", "10.0.0.1:80", "169.254.169.254:80"] {
+        let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)).peer(peer(bad)));
+        assert_eq!(code(&r), Some(403), "{bad}");
+        let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4001).peer(peer(bad)));
+        assert_eq!(code(&r), Some(403), "{bad}");
+    }
+    let id = t.e.allocation_of(c).unwrap();
+    assert!(!t.e.allocation(id).unwrap().permits(peer(PEER).ip(), t.now));
+    assert_eq!(t.e.stats.policy_denials, 8);
+}
+
+#[test]
+fn own_relay_address_is_a_valid_peer() {
+    let mut t = T::new();
+    let a = client(1);
+    let b = client(2);
+    let _ = t.allocate(a);
+    let rb = t.allocate(b);
+    let r = t.signed(a, Req::new(METHOD_CREATE_PERMISSION).peer(rb));
+    assert_eq!(code(&r), None);
+}
+
+#[test]
+fn permission_without_peer_gets_400_and_ipv6_peer_443() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION));
+    assert_eq!(code(&r), Some(400));
+    let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer("[2606:4700::1]:80")));
+    assert_eq!(code(&r), Some(443));
+}
+
+#[test]
+fn channel_numbers_outside_range_get_400() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    for n in [0x0000, 0x3FFF, 0x5000, 0x7FFF, 0xFFFF] {
+        let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(n).peer(peer(PEER)));
+        assert_eq!(code(&r), Some(400), "{n:#x}");
+    }
+    for n in [0x4000, 0x4FFF] {
+        let p = if n == 0x4000 { PEER } else { PEER2 };
+        let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(n).peer(peer(p)));
+        assert_eq!(code(&r), None, "{n:#x}");
+    }
+    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).peer(peer(PEER)));
+    assert_eq!(code(&r), Some(400), "missing CHANNEL-NUMBER");
+}
+
+#[test]
+fn channel_conflicts_get_400_and_rebinding_refreshes() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER)));
+    assert_eq!(code(&r), None);
+    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER2)));
+    assert_eq!(code(&r), Some(400), "number bound to another peer");
+    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4001).peer(peer(PEER)));
+    assert_eq!(code(&r), Some(400), "peer bound to another number");
+    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER)));
+    assert_eq!(code(&r), None, "same binding refreshes");
+}
+
+#[test]
+fn unknown_comprehension_required_attribute_gets_420() {
+    let mut t = T::new();
+    let c = client(1);
+    let r = t.signed(c, Req::new(METHOD_ALLOCATE).transport(17).attr(AttrType(0x0031), &[0; 4]));
+    assert_eq!(code(&r), Some(420));
+    let v = wire::attr(&r, ATTR_UNKNOWN_ATTRIBUTES).unwrap();
+    assert_eq!(v, &[0x00, 0x31]);
+    assert!(wire::verify_integrity(&r, &key()));
+    let r = t.one(c, &Req::new(METHOD_BINDING).attr(AttrType(0x0031), &[0; 4]).bytes());
+    assert_eq!(code(&r), Some(420));
+    // Comprehension-optional attributes are ignored.
+    let r = t.one(c, &Req::new(METHOD_BINDING).attr(AttrType(0x8031), &[0; 4]).bytes());
+    assert_eq!(code(&r), None);
+}
+
+#[test]
+fn unknown_method_gets_400() {
+    let mut t = T::new();
+    let r = t.one(client(1), &Req::new(METHOD_CONNECT).bytes());
+    assert_eq!(code(&r), Some(400));
+}
+
+#[test]
+fn malformed_packets_are_dropped_and_counted() {
+    let mut t = T::new();
+    let c = client(1);
+    let good = Req::new(METHOD_BINDING).bytes();
+    let mut cases: Vec<Vec<u8>> = vec![vec![], vec![0xFF; 30], good[..19].to_vec()];
+    let mut bad_cookie = good.clone();
+    bad_cookie[5] ^= 1;
+    cases.push(bad_cookie);
+    let mut bad_len = good.clone();
+    bad_len[3] = 4;
+    cases.push(bad_len);
+    let mut truncated_attr = Req::new(METHOD_BINDING).attr(ATTR_SOFTWARE, b"abcd").bytes();
+    truncated_attr[22] = 0;
+    truncated_attr[23] = 40;
+    cases.push(truncated_attr);
+    let n = cases.len() as u64;
+    for p in cases {
+        assert!(t.send(c, &p).is_empty());
+    }
+    assert_eq!(t.e.stats.malformed, n);
+}
+
+/// Allocate, bind channel 0x4000 to PEER, and return the allocation id.
+fn bound(t: &mut T, c: ClientAddr) -> AllocId {
+    t.allocate(c);
+    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER)));
+    assert_eq!(code(&r), None);
+    t.e.allocation_of(c).unwrap()
+}
+
+#[test]
+fn channel_data_relays_both_ways() {
+    let mut t = T::new();
+    let c = client(1);
+    let id = bound(&mut t, c);
+    let pkt = [0x40, 0x00, 0x00, 0x03, b'a', b'b', b'c', 0];
+    let f = t.e.handle_client(t.now, c, &pkt).unwrap();
+    assert_eq!(f, ToPeer { relay: id, peer: PeerAddr(peer(PEER)), start: 4, end: 7 });
+    // Unbound channel: dropped.
+    assert!(t.e.handle_client(t.now, c, &[0x40, 0x01, 0x00, 0x00]).is_none());
+    // Another client's 5-tuple: dropped.
+    assert!(t.e.handle_client(t.now, client(9), &pkt).is_none());
+
+    let mut buf = vec![0u8; channel_data::BUF_LEN];
+    buf[HEADROOM..HEADROOM + 5].copy_from_slice(b"hello");
+    let out = t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 5).unwrap();
+    assert_eq!(out.client, c);
+    assert_eq!(&buf[out.start..out.end], &[0x40, 0x00, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o']);
+
+    // Over a stream transport the frame is padded to 4 bytes.
+    let s = ClientAddr { remote: c.remote, via: Via::Stream(3) };
+    let id = bound(&mut t, s);
+    let out = t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 5).unwrap();
+    assert_eq!(out.end - out.start, 12);
+}
+
+#[test]
+fn peer_data_without_channel_becomes_data_indication() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER2)));
+    let id = t.e.allocation_of(c).unwrap();
+    let mut buf = vec![0u8; channel_data::BUF_LEN];
+    buf[HEADROOM..HEADROOM + 3].copy_from_slice(b"xyz");
+    let out = t.e.handle_peer(t.now, id, peer(PEER2), &mut buf, HEADROOM, HEADROOM + 3).unwrap();
+    let m = wire::decode(&buf[out.start..out.end]).unwrap();
+    assert_eq!(m.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
+    assert_eq!(wire::attr(&m, ATTR_DATA), Some(&b"xyz"[..]));
+    let from = wire::read_xor_address(wire::attr(&m, ATTR_XOR_PEER_ADDRESS).unwrap(), &m.transaction_id.0);
+    assert_eq!(from, Some(peer(PEER2)));
+    // No permission for this peer: dropped.
+    assert!(t.e.handle_peer(t.now, id, peer("93.184.216.99:1"), &mut buf, HEADROOM, HEADROOM + 3).is_none());
+}
+
+#[test]
+fn send_indication_needs_a_permission() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let send = |p: SocketAddr| {
+        Req::with_class(METHOD_SEND, CLASS_INDICATION).peer(p).attr(ATTR_DATA, b"hello").bytes()
+    };
+    let pkt = send(peer(PEER));
+    assert!(t.e.handle_client(t.now, c, &pkt).is_none());
+    t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)));
+    let f = t.e.handle_client(t.now, c, &pkt).unwrap();
+    assert_eq!(&pkt[f.start..f.end], b"hello");
+    assert_eq!(f.peer, PeerAddr(peer(PEER)));
+}
+
+#[test]
+fn permissions_expire_after_300_seconds() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)));
+    let id = t.e.allocation_of(c).unwrap();
+    assert_eq!(t.e.poll_timeout(), Some(t.now + Duration::from_secs(300)));
+    let mut buf = vec![0u8; channel_data::BUF_LEN];
+    t.advance(299);
+    assert!(t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 1).is_some());
+    t.advance(1);
+    assert!(t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 1).is_none());
+    assert!(t.e.allocation(id).unwrap().permissions.is_empty(), "timer swept it");
+}
+
+#[test]
+fn channels_expire_after_600_seconds_and_fall_back_to_data_indications() {
+    let mut t = T::new();
+    let c = client(1);
+    let id = bound(&mut t, c);
+    t.signed(c, Req::new(METHOD_REFRESH).lifetime(3600));
+    // Keep the permission alive past the channel's life.
+    for _ in 0..2 {
+        t.advance(290);
+        t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)));
+    }
+    let pkt = [0x40, 0x00, 0x00, 0x00];
+    assert!(t.e.handle_client(t.now, c, &pkt).is_some());
+    t.advance(20);
+    assert!(t.e.handle_client(t.now, c, &pkt).is_none(), "channel expired at 600 s");
+    assert!(t.e.allocation(id).unwrap().channels.is_empty());
+    let mut buf = vec![0u8; channel_data::BUF_LEN];
+    let out = t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 1).unwrap();
+    assert!(wire::decode(&buf[out.start..out.end]).is_some(), "a Data indication now");
+}
+
+#[test]
+fn allocations_expire_and_close_their_relay() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let id = t.e.allocation_of(c).unwrap();
+    t.advance(599);
+    assert_eq!(t.e.allocation_count(), 1);
+    t.now += Duration::from_secs(1);
+    assert!(t.e.poll_timeout().unwrap() <= t.now);
+    t.e.handle_timeout(t.now);
+    assert_eq!(t.e.allocation_count(), 0);
+    assert_eq!(t.e.poll_output(), Some(Output::CloseRelay { alloc: id }));
+    assert_eq!(t.e.stats.allocations_expired, 1);
+    let r = t.signed(c, Req::new(METHOD_REFRESH));
+    assert_eq!(code(&r), Some(437));
+}
+
+#[test]
+fn rest_credentials_verify_until_they_expire() {
+    let mut t = T::new();
+    let (u, p) = crate::auth::rest_credentials("s3cret", "carol", UNIX0 + 100);
+    let n = t.nonce.clone();
+    let r = t.one(client(1), &Req::new(METHOD_ALLOCATE).transport(17).sign(&u, &p, &n));
+    assert_eq!(code(&r), None);
+    let (u, p) = crate::auth::rest_credentials("s3cret", "carol", UNIX0 - 1);
+    let n2 = t.nonce_for(client(2));
+    let r = t.one(client(2), &Req::new(METHOD_ALLOCATE).transport(17).sign(&u, &p, &n2));
+    assert_eq!(code(&r), Some(401));
+    let (u, p) = crate::auth::rest_credentials("wrong", "carol", UNIX0 + 100);
+    let r = t.one(client(1), &Req::new(METHOD_REFRESH).sign(&u, &p, &n));
+    assert_eq!(code(&r), Some(401));
+}

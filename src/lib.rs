@@ -1,0 +1,18 @@
+//! ferroturn: a STUN/TURN server (RFC 8489, RFC 8656).
+//!
+//! Layers, each importing only the ones above it in this list:
+//! - [`proto`]: wire formats (STUN over the `stun` crate, ChannelData framing). Imports nothing of ours.
+//! - [`addr`]: newtypes that give addresses, ports and channel numbers their meaning.
+//! - [`policy`]: which peer addresses a client may reach.
+//! - [`auth`]: long-term credentials, TURN REST API credentials and the stateless nonce.
+//! - [`config`]: the TOML schema, its validation and the derived runtime settings.
+//! - [`engine`]: the sans-IO protocol state machine.
+//! - [`io`]: the tokio shell that feeds the engine with sockets and timers.
+
+pub mod addr;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod io;
+pub mod policy;
+pub mod proto;

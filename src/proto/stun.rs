@@ -1,0 +1,415 @@
+//! STUN message helpers over the `stun` crate (RFC 8489), plus the TURN
+//! attributes of RFC 8656 §18 that the crate carries only as type numbers.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ring::hmac;
+use subtle::ConstantTimeEq;
+pub use stun::attributes::AttrType;
+use stun::attributes::*;
+use stun::error_code::{ErrorCode, ErrorCodeAttribute};
+use stun::fingerprint::{FINGERPRINT, fingerprint_value};
+use stun::integrity::MessageIntegrity;
+pub use stun::message::{Message, MessageClass, MessageType, Method};
+use stun::message::{Setter, MAGIC_COOKIE};
+use stun::textattrs::TextAttribute;
+use stun::uattrs::UnknownAttributes;
+
+/// Largest STUN message we accept from a client (header + attributes).
+pub const MAX_MESSAGE: usize = 65_535 + 20;
+
+/// Check the fixed header (RFC 8489 §5): leading zero bits, magic cookie,
+/// a length that is a multiple of 4 and matches the packet exactly.
+pub fn header_ok(packet: &[u8]) -> bool {
+    packet.len() >= 20
+        && packet[0] >> 6 == 0
+        && u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]) == MAGIC_COOKIE
+        && {
+            let len = u16::from_be_bytes([packet[2], packet[3]]) as usize;
+            len % 4 == 0 && packet.len() == 20 + len
+        }
+}
+
+/// Decode a STUN message, refusing anything malformed: a bad header, a
+/// truncated attribute, or a FINGERPRINT that is not last or does not match
+/// (RFC 8489 §14.7).
+pub fn decode(packet: &[u8]) -> Option<Message> {
+    if !header_ok(packet) {
+        return None;
+    }
+    let mut m = Message {
+        raw: packet.to_vec(),
+        ..Default::default()
+    };
+    m.decode().ok()?;
+    if let Some(pos) = m.attributes.0.iter().position(|a| a.typ == ATTR_FINGERPRINT) {
+        if pos + 1 != m.attributes.0.len() || FINGERPRINT.check(&m).is_err() {
+            return None;
+        }
+    }
+    Some(m)
+}
+
+/// Whether the message carries a FINGERPRINT (a Binding answer then carries one too).
+pub fn has_fingerprint(m: &Message) -> bool {
+    m.contains(ATTR_FINGERPRINT)
+}
+
+/// The attributes of the message that precede MESSAGE-INTEGRITY (RFC 8489
+/// §14.5: everything after it but FINGERPRINT is to be ignored).
+pub fn attrs_before_integrity(m: &Message) -> impl Iterator<Item = &RawAttribute> {
+    m.attributes
+        .0
+        .iter()
+        .take_while(|a| a.typ != ATTR_MESSAGE_INTEGRITY)
+}
+
+/// The value of the first attribute of type `t` before MESSAGE-INTEGRITY.
+pub fn attr<'m>(m: &'m Message, t: AttrType) -> Option<&'m [u8]> {
+    attrs_before_integrity(m)
+        .find(|a| a.typ == t)
+        .map(|a| a.value.as_slice())
+}
+
+/// Comprehension-required attribute types (0x0000–0x7FFF) not in `known`
+/// (RFC 8489 §14).
+pub fn unknown_required(m: &Message, known: &[AttrType]) -> Vec<AttrType> {
+    let mut out = Vec::new();
+    for a in attrs_before_integrity(m) {
+        if a.typ.required() && !known.contains(&a.typ) && !out.contains(&a.typ) {
+            out.push(a.typ);
+        }
+    }
+    out
+}
+
+/// A text attribute (USERNAME, REALM, NONCE), if present and UTF-8.
+pub fn text(m: &Message, t: AttrType) -> Option<String> {
+    let v = attr(m, t)?;
+    if v.len() > 763 {
+        return None;
+    }
+    String::from_utf8(v.to_vec()).ok()
+}
+
+/// A 32-bit attribute such as LIFETIME (RFC 8656 §18.2).
+pub fn u32_attr(m: &Message, t: AttrType) -> Option<Result<u32, ()>> {
+    attr(m, t).map(|v| {
+        <[u8; 4]>::try_from(v)
+            .map(u32::from_be_bytes)
+            .map_err(|_| ())
+    })
+}
+
+/// CHANNEL-NUMBER (RFC 8656 §18.1): the number and two bytes RFFU.
+pub fn channel_number(m: &Message) -> Option<Result<u16, ()>> {
+    attr(m, ATTR_CHANNEL_NUMBER).map(|v| {
+        if v.len() == 4 {
+            Ok(u16::from_be_bytes([v[0], v[1]]))
+        } else {
+            Err(())
+        }
+    })
+}
+
+/// REQUESTED-TRANSPORT (RFC 8656 §18.7): protocol number and three bytes RFFU.
+pub fn requested_transport(m: &Message) -> Option<Result<u8, ()>> {
+    attr(m, ATTR_REQUESTED_TRANSPORT).map(|v| if v.len() == 4 { Ok(v[0]) } else { Err(()) })
+}
+
+/// REQUESTED-ADDRESS-FAMILY (RFC 8656 §18.6): 0x01 IPv4, 0x02 IPv6.
+pub fn requested_family(m: &Message) -> Option<Result<u8, ()>> {
+    attr(m, ATTR_REQUESTED_ADDRESS_FAMILY).map(|v| if v.len() == 4 { Ok(v[0]) } else { Err(()) })
+}
+
+/// Decode an XOR-encoded address value (RFC 8489 §14.2).
+pub fn read_xor_address(v: &[u8], txid: &[u8; 12]) -> Option<SocketAddr> {
+    if v.len() < 4 {
+        return None;
+    }
+    let port = u16::from_be_bytes([v[2], v[3]]) ^ (MAGIC_COOKIE >> 16) as u16;
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    key[4..].copy_from_slice(txid);
+    let ip = match (v[1], v.len()) {
+        (0x01, 8) => {
+            let mut o = [0u8; 4];
+            for i in 0..4 {
+                o[i] = v[4 + i] ^ key[i];
+            }
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        (0x02, 20) => {
+            let mut o = [0u8; 16];
+            for i in 0..16 {
+                o[i] = v[4 + i] ^ key[i];
+            }
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Encode an XOR address value into `dst` (8 bytes for IPv4, 20 for IPv6).
+pub fn write_xor_address(dst: &mut [u8], addr: SocketAddr, txid: &[u8; 12]) {
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    key[4..].copy_from_slice(txid);
+    dst[0] = 0;
+    dst[2..4].copy_from_slice(&(addr.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes());
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            dst[1] = 0x01;
+            for (i, b) in ip.octets().iter().enumerate() {
+                dst[4 + i] = b ^ key[i];
+            }
+        }
+        IpAddr::V6(ip) => {
+            dst[1] = 0x02;
+            for (i, b) in ip.octets().iter().enumerate() {
+                dst[4 + i] = b ^ key[i];
+            }
+        }
+    }
+}
+
+/// Every XOR-PEER-ADDRESS in the request (RFC 8656 §9.1 allows several);
+/// `Err` if one of them is malformed.
+pub fn xor_peer_addresses(m: &Message) -> Result<Vec<SocketAddr>, ()> {
+    attrs_before_integrity(m)
+        .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
+        .map(|a| read_xor_address(&a.value, &m.transaction_id.0).ok_or(()))
+        .collect()
+}
+
+/// Verify MESSAGE-INTEGRITY (RFC 8489 §14.5) with `key`, in constant time.
+/// The HMAC covers the message up to the attribute, with the header length
+/// rewritten to end just after it.
+pub fn verify_integrity(m: &Message, key: &[u8]) -> bool {
+    let Some(offset) = integrity_offset(m) else {
+        return false;
+    };
+    let tag = &m
+        .attributes
+        .0
+        .iter()
+        .find(|a| a.typ == ATTR_MESSAGE_INTEGRITY)
+        .expect("offset found it")
+        .value;
+    if tag.len() != 20 {
+        return false;
+    }
+    let mut header = [0u8; 20];
+    header.copy_from_slice(&m.raw[..20]);
+    let covered_len = (offset - 20 + 4 + 20) as u16;
+    header[2..4].copy_from_slice(&covered_len.to_be_bytes());
+    let k = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
+    let mut ctx = hmac::Context::with_key(&k);
+    ctx.update(&header);
+    ctx.update(&m.raw[20..offset]);
+    let mac = ctx.sign();
+    bool::from(mac.as_ref().ct_eq(tag.as_slice()))
+}
+
+/// Byte offset in `m.raw` of the MESSAGE-INTEGRITY attribute header.
+fn integrity_offset(m: &Message) -> Option<usize> {
+    attr_offset(m, ATTR_MESSAGE_INTEGRITY)
+}
+
+/// Byte offset in `m.raw` of the first attribute of type `t` (its header).
+fn attr_offset(m: &Message, t: AttrType) -> Option<usize> {
+    let mut off = 20;
+    for a in &m.attributes.0 {
+        if a.typ == t {
+            return Some(off);
+        }
+        off += 4 + ((a.length as usize + 3) & !3);
+    }
+    None
+}
+
+/// Where the value of the first attribute `t` before MESSAGE-INTEGRITY lies
+/// in the packet the message was decoded from: `(start, end)`.
+pub fn attr_range(m: &Message, t: AttrType) -> Option<(usize, usize)> {
+    let len = attr(m, t)?.len();
+    let start = attr_offset(m, t)? + 4;
+    Some((start, start + len))
+}
+
+/// Whether the request carries MESSAGE-INTEGRITY.
+pub fn has_integrity(m: &Message) -> bool {
+    m.contains(ATTR_MESSAGE_INTEGRITY)
+}
+
+/// The long-term credential key, MD5(username ":" realm ":" password)
+/// (RFC 8489 §9.2.2).
+pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
+    let k = MessageIntegrity::new_long_term_integrity(
+        username.to_owned(),
+        realm.to_owned(),
+        password.to_owned(),
+    );
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&k.0);
+    out
+}
+
+/// The reason phrase we send with an error code.
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        300 => "Try Alternate",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        420 => "Unknown Attribute",
+        437 => "Allocation Mismatch",
+        438 => "Stale Nonce",
+        440 => "Address Family not Supported",
+        441 => "Wrong Credentials",
+        442 => "Unsupported Transport Protocol",
+        443 => "Peer Address Family Mismatch",
+        486 => "Allocation Quota Reached",
+        508 => "Insufficient Capacity",
+        _ => "Server Error",
+    }
+}
+
+/// A response under construction, answering one request.
+pub struct Response {
+    m: Message,
+}
+
+impl Response {
+    /// A success response to `req` (same method and transaction id).
+    pub fn success(req: &Message) -> Self {
+        Self::with_class(req, stun::message::CLASS_SUCCESS_RESPONSE)
+    }
+
+    /// An error response to `req` with ERROR-CODE `code` (RFC 8489 §14.8).
+    pub fn error(req: &Message, code: u16) -> Self {
+        let mut r = Self::with_class(req, stun::message::CLASS_ERROR_RESPONSE);
+        let attr = ErrorCodeAttribute {
+            code: ErrorCode(code),
+            reason: reason(code).as_bytes().to_vec(),
+        };
+        attr.add_to(&mut r.m).expect("error code in range");
+        r
+    }
+
+    fn with_class(req: &Message, class: MessageClass) -> Self {
+        let mut m = Message::new();
+        m.typ = MessageType::new(req.typ.method, class);
+        m.transaction_id = req.transaction_id;
+        m.write_header();
+        Response { m }
+    }
+
+    /// Add an XOR-encoded address attribute.
+    pub fn xor_address(mut self, t: AttrType, addr: SocketAddr) -> Self {
+        let mut v = [0u8; 20];
+        let n = if addr.is_ipv4() { 8 } else { 20 };
+        write_xor_address(&mut v[..n], addr, &self.m.transaction_id.0);
+        self.m.add(t, &v[..n]);
+        self
+    }
+
+    /// Add a 32-bit attribute such as LIFETIME.
+    pub fn u32(mut self, t: AttrType, v: u32) -> Self {
+        self.m.add(t, &v.to_be_bytes());
+        self
+    }
+
+    /// Add a text attribute such as REALM or NONCE.
+    pub fn text(mut self, t: AttrType, v: &str) -> Self {
+        TextAttribute::new(t, v.to_owned())
+            .add_to(&mut self.m)
+            .expect("text attribute");
+        self
+    }
+
+    /// Add UNKNOWN-ATTRIBUTES (RFC 8489 §14.9).
+    pub fn unknown(mut self, types: Vec<AttrType>) -> Self {
+        UnknownAttributes(types)
+            .add_to(&mut self.m)
+            .expect("unknown attributes");
+        self
+    }
+
+    /// Finish: MESSAGE-INTEGRITY with `key` if given, then FINGERPRINT if asked.
+    pub fn finish(mut self, key: Option<&[u8]>, fingerprint: bool) -> Vec<u8> {
+        if let Some(k) = key {
+            MessageIntegrity(k.to_vec())
+                .add_to(&mut self.m)
+                .expect("integrity");
+        }
+        if fingerprint {
+            FINGERPRINT.add_to(&mut self.m).expect("fingerprint");
+        }
+        self.m.raw
+    }
+}
+
+/// CRC-32 fingerprint value, re-exported for tests.
+pub fn fingerprint(b: &[u8]) -> u32 {
+    fingerprint_value(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 5769 §2.1 sample request, short-term credentials with password
+    /// "VOkJxbRl1RmTxUk/WvJxBt".
+    const RFC5769_REQUEST: &[u8] = &[
+        0x00, 0x01, 0x00, 0x58, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6,
+        0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x10, 0x53, 0x54, 0x55, 0x4e, 0x20, 0x74,
+        0x65, 0x73, 0x74, 0x20, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x00, 0x24, 0x00, 0x04, 0x6e,
+        0x00, 0x01, 0xff, 0x80, 0x29, 0x00, 0x08, 0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36,
+        0x00, 0x06, 0x00, 0x09, 0x65, 0x76, 0x74, 0x6a, 0x3a, 0x68, 0x36, 0x76, 0x59, 0x20, 0x20,
+        0x20, 0x00, 0x08, 0x00, 0x14, 0x9a, 0xea, 0xa7, 0x0c, 0xbf, 0xd8, 0xcb, 0x56, 0x78, 0x1e,
+        0xf2, 0xb5, 0xb2, 0xd3, 0xf2, 0x49, 0xc1, 0xb5, 0x71, 0xa2, 0x80, 0x28, 0x00, 0x04, 0xe5,
+        0x7a, 0x3b, 0xcf,
+    ];
+
+    #[test]
+    fn rfc5769_request_verifies() {
+        let m = decode(RFC5769_REQUEST).expect("decodes");
+        assert!(has_fingerprint(&m));
+        assert!(verify_integrity(&m, b"VOkJxbRl1RmTxUk/WvJxBt"));
+        assert!(!verify_integrity(&m, b"wrong"));
+        assert_eq!(text(&m, ATTR_USERNAME).as_deref(), Some("evtj:h6vY"));
+    }
+
+    #[test]
+    fn corrupted_fingerprint_is_rejected() {
+        let mut p = RFC5769_REQUEST.to_vec();
+        let n = p.len();
+        p[n - 1] ^= 1;
+        assert!(decode(&p).is_none());
+    }
+
+    #[test]
+    fn bad_headers_are_rejected() {
+        assert!(decode(&[0u8; 19]).is_none());
+        let mut p = RFC5769_REQUEST.to_vec();
+        p[0] = 0x80;
+        assert!(decode(&p).is_none());
+        let mut p = RFC5769_REQUEST.to_vec();
+        p.push(0);
+        assert!(decode(&p).is_none());
+    }
+
+    #[test]
+    fn responses_carry_integrity_that_verifies() {
+        let req = decode(RFC5769_REQUEST).unwrap();
+        let key = long_term_key("u", "r", "p");
+        let bytes = Response::success(&req)
+            .xor_address(ATTR_XORMAPPED_ADDRESS, "[2001:db8::1]:5".parse().unwrap())
+            .finish(Some(&key), true);
+        let m = decode(&bytes).unwrap();
+        assert!(verify_integrity(&m, &key));
+        let a = read_xor_address(attr(&m, ATTR_XORMAPPED_ADDRESS).unwrap(), &m.transaction_id.0);
+        assert_eq!(a, Some("[2001:db8::1]:5".parse().unwrap()));
+    }
+}

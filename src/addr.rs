@@ -65,6 +65,12 @@ impl ChannelNumber {
             .then_some(ChannelNumber(n))
     }
 
+    /// A channel number in RFC 5766's wider range, 0x4000–0x7FFE, which
+    /// some older clients (coturn's test tools among them) still pick.
+    pub fn new_legacy(n: u16) -> Option<Self> {
+        (0x4000..=0x7FFE).contains(&n).then_some(ChannelNumber(n))
+    }
+
     pub fn get(self) -> u16 {
         self.0
     }

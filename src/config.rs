@@ -113,6 +113,8 @@ struct RawPeers {
 struct RawAllocation {
     lifetime: Option<u32>,
     max_lifetime: Option<u32>,
+    #[serde(default)]
+    legacy_channel_numbers: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -156,6 +158,8 @@ pub struct Config {
     /// Default and maximum allocation lifetime in seconds (RFC 8656 §7.2).
     pub lifetime: u32,
     pub max_lifetime: u32,
+    /// Accept RFC 5766 channel numbers 0x5000–0x7FFE too.
+    pub legacy_channel_numbers: bool,
     pub log_level: String,
 }
 
@@ -368,6 +372,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         deny,
         lifetime,
         max_lifetime,
+        legacy_channel_numbers: raw.allocation.legacy_channel_numbers,
         log_level,
     })
 }

@@ -1,1 +1,161 @@
-fn main() {}
+//! The `ferroturn` command: run the server, check a config, mint credentials.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ferroturn", version, about = "A STUN/TURN server (RFC 8489, RFC 8656)")]
+struct Cli {
+    /// Configuration file (TOML); runs the server when no command is given.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Run,
+    /// Validate a configuration file: exit 0, or print FILE: KEY: REASON and exit 1.
+    Check,
+    /// Print TURN REST API credentials (coturn use-auth-secret / eturnal scheme).
+    Credentials {
+        /// Shared secret; defaults to the first of [auth] secrets in --config.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Name after the expiry in the username.
+        #[arg(long, default_value = "user")]
+        user: String,
+        /// Validity, e.g. 3600, 90s, 30m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Print an RTCIceServer JSON entry instead.
+        #[arg(long)]
+        json: bool,
+        /// turn:/stun: URIs for the JSON entry; derived from --config if omitted.
+        #[arg(long = "url")]
+        urls: Vec<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 3600, 90s, 30m, 24h or 7d"))?;
+    Ok(Duration::from_secs(n * mult))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let Some(path) = cli.config else {
+                eprintln!("ferroturn: --config FILE is required (try --config config.toml)");
+                return ExitCode::from(2);
+            };
+            let config = match ferroturn::config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            ferroturn::io::init_logging(&config.log_level);
+            match ferroturn::io::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("ferroturn: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check => {
+            let Some(path) = cli.config else {
+                eprintln!("ferroturn check: --config FILE is required");
+                return ExitCode::from(2);
+            };
+            match ferroturn::config::load(&path) {
+                Ok(_) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Credentials {
+            secret,
+            user,
+            ttl,
+            json,
+            urls,
+        } => {
+            let config = match &cli.config {
+                Some(p) => match ferroturn::config::load(p) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => None,
+            };
+            let Some(secret) = secret.or_else(|| config.as_ref()?.secrets.first().cloned()) else {
+                eprintln!("ferroturn credentials: give --secret, or --config with [auth] secrets");
+                return ExitCode::from(2);
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let (username, password) =
+                ferroturn::auth::rest_credentials(&secret, &user, now + ttl.as_secs());
+            if json {
+                let urls = if urls.is_empty() {
+                    config.as_ref().map(ferroturn::io::ice_urls).unwrap_or_default()
+                } else {
+                    urls
+                };
+                let list: Vec<String> = urls.iter().map(|u| json_string(u)).collect();
+                println!(
+                    "{{\"urls\": [{}], \"username\": {}, \"credential\": {}}}",
+                    list.join(", "),
+                    json_string(&username),
+                    json_string(&password)
+                );
+            } else {
+                println!("username: {username}");
+                println!("password: {password}");
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

@@ -45,18 +45,39 @@ impl Engine {
             None | Some(Ok(0x01)) => {}
             Some(_) => return self.reply(client, err(440)),
         }
-        let even = match wire::attr(m, ATTR_EVEN_PORT) {
-            None => false,
-            Some(v) if v.len() == 1 => true,
+        // EVEN-PORT (§14.6): the R bit asks to reserve the next port too.
+        let (even, reserve) = match wire::attr(m, ATTR_EVEN_PORT) {
+            None => (false, false),
+            Some(v) if v.len() == 1 => (true, v[0] & 0x80 != 0),
             Some(_) => return self.reply(client, err(400)),
         };
+        let token = wire::attr(m, ATTR_RESERVATION_TOKEN);
+        if token.is_some() && even {
+            return self.reply(client, err(400));
+        }
         let lifetime = match wire::u32_attr(m, ATTR_LIFETIME) {
             Some(Err(())) => return self.reply(client, err(400)),
             Some(Ok(s)) => self.granted_lifetime(Some(s)),
             None => self.granted_lifetime(None),
         };
-        let Some(port) = self.ports.take(even) else {
-            tracing::warn!(%client, "no free relay port");
+        let mut issued = None;
+        let port = if let Some(t) = token {
+            // A port another Allocate reserved (§7.2): 508 if unknown or gone.
+            self.cfg.reservations.take(t)
+        } else if reserve {
+            self.ports.take_pair().map(|(even, odd)| {
+                let t = self.next_token();
+                self.cfg.reservations.insert(t, odd);
+                self.reserved
+                    .push_back((now + Duration::from_secs(super::RESERVATION_SECS), t));
+                issued = Some(t);
+                even
+            })
+        } else {
+            self.ports.take(even)
+        };
+        let Some(port) = port else {
+            tracing::warn!(%client, even, free = self.ports.len(), "no free relay port");
             return self.reply(client, err(508));
         };
         let id = match self.free_ids.pop() {
@@ -77,7 +98,9 @@ impl Engine {
             expires: now + lifetime,
             state: State::Opening {
                 request: m.clone(),
-                tries: 1,
+                // A reserved port is the only one that will do.
+                tries: if token.is_some() { BIND_TRIES } else { 1 },
+                token: issued,
             },
             last_txid: m.transaction_id.0,
             last_response: Vec::new(),
@@ -98,19 +121,22 @@ impl Engine {
     /// and after [`BIND_TRIES`] the answer is 508 (§7.2).
     pub fn relay_opened(&mut self, now: Instant, id: AllocId, ok: bool) {
         let Some(a) = self.alloc_mut(id) else { return };
-        let State::Opening { request, tries } = &a.state else {
+        let State::Opening { request, tries, token } = &a.state else {
             return;
         };
-        let (request, tries) = (request.clone(), *tries);
+        let (request, tries, token) = (request.clone(), *tries, *token);
         let client = a.client;
         let key = a.key;
         if ok {
             let lifetime = a.expires.saturating_duration_since(now).as_secs() as u32;
-            let resp = Response::success(&request)
+            let mut resp = Response::success(&request)
                 .xor_address(ATTR_XOR_RELAYED_ADDRESS, a.relayed)
                 .u32(ATTR_LIFETIME, lifetime)
-                .xor_address(ATTR_XORMAPPED_ADDRESS, client.remote)
-                .finish(Some(&key), false);
+                .xor_address(ATTR_XORMAPPED_ADDRESS, client.remote);
+            if let Some(t) = token {
+                resp = resp.bytes(ATTR_RESERVATION_TOKEN, &t);
+            }
+            let resp = resp.finish(Some(&key), false);
             a.state = State::Active;
             a.last_response = resp.clone();
             tracing::info!(%client, user = %a.username, relay = %a.relayed, lifetime, "allocation created");
@@ -122,6 +148,12 @@ impl Engine {
         // That port is taken by someone else: put it at the back, try another.
         let old = a.port;
         self.ports.release(old);
+        // A retry cannot keep a reservation: the pair is broken.
+        if let Some(t) = token {
+            if let Some(p) = self.cfg.reservations.take(&t) {
+                self.ports.release(p);
+            }
+        }
         let even = wire::attr(&request, ATTR_EVEN_PORT).is_some();
         let next = if tries < BIND_TRIES {
             self.ports.take(even)
@@ -136,6 +168,7 @@ impl Engine {
                 a.state = State::Opening {
                     request,
                     tries: tries + 1,
+                    token: None,
                 };
                 let bind = SocketAddr::new(self.cfg.relay_bind, port.0);
                 self.out.push_back(Output::OpenRelay { alloc: id, bind });
@@ -148,6 +181,15 @@ impl Engine {
                 self.reply(client, Response::error(&request, 508).finish(Some(&key), false));
             }
         }
+    }
+
+    /// An unguessable-enough RESERVATION-TOKEN (it only names a port that
+    /// the redeeming client must still authenticate for).
+    fn next_token(&mut self) -> [u8; 8] {
+        let t = self.next_txid();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&t[..8]);
+        out
     }
 
     /// Refresh request (§7.3): LIFETIME 0 deletes the allocation, anything

@@ -46,6 +46,8 @@ pub enum State {
     Opening {
         request: stun::message::Message,
         tries: u8,
+        /// The RESERVATION-TOKEN issued with this allocation, if any.
+        token: Option<[u8; 8]>,
     },
     Active,
 }

@@ -26,7 +26,13 @@ impl Engine {
         let Some(Ok(n)) = wire::channel_number(m) else {
             return err(400);
         };
-        let Some(number) = ChannelNumber::new(n) else {
+        let number = if self.cfg.legacy_channels {
+            ChannelNumber::new_legacy(n)
+        } else {
+            ChannelNumber::new(n)
+        };
+        let Some(number) = number else {
+            tracing::debug!(channel = n, "channel number outside the allowed range");
             return err(400);
         };
         let peer = match wire::xor_peer_addresses(m) {
@@ -52,7 +58,10 @@ impl Engine {
                     expires: channel_expires,
                 });
             }
-            _ => return err(400),
+            _ => {
+                tracing::debug!(channel = n, %peer, "channel or peer already bound otherwise");
+                return err(400);
+            }
         }
         a.permit(peer.0.ip(), now + Duration::from_secs(PERMISSION_LIFETIME_SECS));
         self.reschedule(id, now);

@@ -23,12 +23,13 @@ mod relay;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stun::attributes::*;
 use stun::message::Message;
 
-use crate::addr::{AllocId, ClientAddr, PeerAddr};
+use crate::addr::{AllocId, ClientAddr, PeerAddr, RelayPort};
 use crate::auth::{Credentials, Key};
 use crate::policy::PeerPolicy;
 use crate::proto::{self, stun as wire, Kind};
@@ -53,6 +54,30 @@ pub struct EngineConfig {
     pub max_lifetime: Duration,
     /// Seeds the port shuffle and Data indication transaction ids.
     pub seed: u64,
+    /// Accept channel numbers up to 0x7FFE as RFC 5766 did, not just
+    /// 0x4000–0x4FFF (RFC 8656 §12). coturn's client tools need it.
+    pub legacy_channels: bool,
+    /// Ports reserved by EVEN-PORT R=1, shared by every worker's engine: the
+    /// Allocate that redeems a token may arrive at another worker.
+    pub reservations: Arc<Reservations>,
+}
+
+/// Relay ports held for a RESERVATION-TOKEN (RFC 8656 §7.2, §14.9).
+#[derive(Debug, Default)]
+pub struct Reservations {
+    held: Mutex<HashMap<[u8; 8], RelayPort>>,
+}
+
+impl Reservations {
+    fn insert(&self, token: [u8; 8], port: RelayPort) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(token, port);
+    }
+
+    /// Redeem a token: its port, once.
+    fn take(&self, token: &[u8]) -> Option<RelayPort> {
+        let token: [u8; 8] = token.try_into().ok()?;
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&token)
+    }
 }
 
 /// Work for the shell.
@@ -110,7 +135,11 @@ const KNOWN: &[AttrType] = &[
     ATTR_EVEN_PORT,
     ATTR_REQUESTED_TRANSPORT,
     ATTR_DONT_FRAGMENT,
+    ATTR_RESERVATION_TOKEN,
 ];
+
+/// How long a reserved port waits for its token (RFC 8656 §7.2: about 30 s).
+const RESERVATION_SECS: u64 = 30;
 
 /// A request that passed authentication: who sent it and the key to sign
 /// the answer with.
@@ -127,6 +156,8 @@ pub struct Engine {
     by_client: HashMap<ClientAddr, AllocId>,
     ports: PortPool,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Tokens this engine issued, with their expiry, oldest first.
+    reserved: VecDeque<(Instant, [u8; 8])>,
     out: VecDeque<Output>,
     epoch: Instant,
     epoch_unix: u64,
@@ -147,6 +178,7 @@ impl Engine {
             by_client: HashMap::new(),
             ports,
             timers: BinaryHeap::new(),
+            reserved: VecDeque::new(),
             out: VecDeque::new(),
             epoch: now,
             epoch_unix: unix_now,
@@ -192,12 +224,27 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] next needs to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let alloc = self.timers.peek().map(|Reverse((t, _))| *t);
+        let resv = self.reserved.front().map(|(t, _)| *t);
+        match (alloc, resv) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
     }
 
     /// Expire what is due at `now`: permissions, channels, allocations
     /// (RFC 8656 §7, §9, §12).
     pub fn handle_timeout(&mut self, now: Instant) {
+        // An unredeemed reservation gives its port back to this engine.
+        while let Some(&(t, token)) = self.reserved.front() {
+            if t > now {
+                break;
+            }
+            self.reserved.pop_front();
+            if let Some(port) = self.cfg.reservations.take(&token) {
+                self.ports.release(port);
+            }
+        }
         while let Some(&Reverse((t, id))) = self.timers.peek() {
             if t > now {
                 break;
@@ -241,6 +288,15 @@ impl Engine {
         self.ports.release(a.port);
         self.free_ids.push(id.0);
         self.out.push_back(Output::CloseRelay { alloc: id });
+    }
+
+    /// A stream connection closed: its allocation goes with it (RFC 8656 §3.1).
+    pub fn connection_closed(&mut self, _now: Instant, client: ClientAddr) {
+        if let Some(id) = self.by_client.get(&client).copied() {
+            tracing::info!(%client, "connection closed; allocation deleted");
+            self.stats.allocations_deleted += 1;
+            self.remove(id);
+        }
     }
 
     /// Delete every allocation (shutdown, or an operator's request).

@@ -38,6 +38,19 @@ impl PortPool {
         self.free.remove(i).map(RelayPort)
     }
 
+    /// Take an even port and the odd one after it (EVEN-PORT with the R
+    /// bit, RFC 8656 §14.6: the next-higher port is reserved).
+    pub fn take_pair(&mut self) -> Option<(RelayPort, RelayPort)> {
+        let i = self
+            .free
+            .iter()
+            .position(|&p| p % 2 == 0 && p < u16::MAX && self.free.contains(&(p + 1)))?;
+        let even = self.free.remove(i)?;
+        let j = self.free.iter().position(|&p| p == even + 1)?;
+        let odd = self.free.remove(j)?;
+        Some((RelayPort(even), RelayPort(odd)))
+    }
+
     /// Give a port back.
     pub fn release(&mut self, port: RelayPort) {
         self.free.push_back(port.0);
@@ -63,6 +76,9 @@ mod tests {
         got.sort();
         assert_eq!(got, (100..110).collect::<Vec<_>>());
         assert!(p.take(false).is_none());
+        p.release(RelayPort(105));
+        p.release(RelayPort(104));
+        assert_eq!(p.take_pair(), Some((RelayPort(104), RelayPort(105))));
         p.release(RelayPort(105));
         assert!(p.take(true).is_none());
         assert_eq!(p.take(false), Some(RelayPort(105)));

@@ -31,6 +31,8 @@ fn config(ports: Vec<u16>) -> EngineConfig {
         lifetime: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(3600),
         seed: 42,
+        legacy_channels: false,
+        reservations: Default::default(),
     }
 }
 

@@ -320,6 +320,12 @@ impl Response {
         self
     }
 
+    /// Add an opaque attribute such as RESERVATION-TOKEN.
+    pub fn bytes(mut self, t: AttrType, v: &[u8]) -> Self {
+        self.m.add(t, v);
+        self
+    }
+
     /// Add a text attribute such as REALM or NONCE.
     pub fn text(mut self, t: AttrType, v: &str) -> Self {
         TextAttribute::new(t, v.to_owned())

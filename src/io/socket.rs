@@ -1,0 +1,74 @@
+//! Socket setup: groups of SO_REUSEPORT sockets, one per worker.
+
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Receive/send buffer for listener sockets: bursts are absorbed here, not
+/// dropped (the kernel default of ~208 KB overflows under load).
+const LISTEN_BUFFER: usize = 4 << 20;
+
+fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol, reuse_port: bool) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if ty == Type::STREAM {
+        // Only for TCP: on UDP, SO_REUSEADDR would let two sockets share a port.
+        s.set_reuse_address(true)?;
+    }
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Check that nobody else holds `addr`: a socket without SO_REUSEPORT
+/// fails to bind where any socket (even one with it) already sits, so a
+/// second server cannot silently share our port.
+fn probe(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<SocketAddr> {
+    let s = new_socket(addr, ty, proto, false)?;
+    s.bind(&addr.into()).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))
+    })?;
+    Ok(s.local_addr()?.as_socket().expect("inet"))
+}
+
+/// `n` UDP sockets sharing `addr` (port 0: a free port, the same for all).
+pub fn udp_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    let addr = probe(addr, Type::DGRAM, Protocol::UDP)?;
+    (0..n)
+        .map(|_| {
+            let s = new_socket(addr, Type::DGRAM, Protocol::UDP, true)?;
+            let _ = s.set_recv_buffer_size(LISTEN_BUFFER);
+            let _ = s.set_send_buffer_size(LISTEN_BUFFER);
+            s.bind(&addr.into())?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+/// `n` TCP listeners sharing `addr`.
+pub fn tcp_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let addr = probe(addr, Type::STREAM, Protocol::TCP)?;
+    (0..n)
+        .map(|_| {
+            let s = new_socket(addr, Type::STREAM, Protocol::TCP, true)?;
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+/// A relay socket: exclusive, non-blocking.
+pub fn relay(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}

@@ -1,0 +1,329 @@
+//! One worker: a thread with a current-thread runtime, its listener
+//! sockets, the relay sockets of its allocations, and its engine.
+//!
+//! Every task of a worker runs on the same thread, so they share the worker
+//! state through `Rc<RefCell<..>>`; a borrow is never held across an await.
+//! The receive buffer is shared too: one [`BUF_LEN`] buffer per worker, not
+//! one per socket.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::socket;
+use super::tcp::{self, Conn};
+use crate::addr::{AllocId, ClientAddr, Via};
+use crate::engine::{Engine, EngineConfig, Output, ToPeer};
+use crate::proto::channel_data::{BUF_LEN, HEADROOM, MAX_PAYLOAD};
+
+/// The sockets a worker is given at start.
+#[derive(Default)]
+pub struct Sockets {
+    pub udp: Vec<std::net::UdpSocket>,
+    pub tcp: Vec<std::net::TcpListener>,
+}
+
+/// Packets handled per readiness wake-up before yielding to other sockets.
+const BATCH: usize = 64;
+
+struct Relay {
+    socket: Rc<UdpSocket>,
+    task: JoinHandle<()>,
+}
+
+pub(super) struct Worker {
+    pub(super) engine: Engine,
+    udp: Vec<Rc<UdpSocket>>,
+    relays: Vec<Option<Relay>>,
+    pub(super) conns: std::collections::HashMap<u32, Rc<Conn>>,
+    next_conn: u32,
+    buf: Box<[u8]>,
+    /// The deadline the timer task sleeps until.
+    armed: Option<Instant>,
+    timer: Rc<Notify>,
+    /// Packets we could not send (socket buffer full), dropped.
+    pub(super) send_drops: u64,
+}
+
+pub(super) type Shared = Rc<RefCell<Worker>>;
+
+/// Thread body of worker `index`.
+pub fn run(
+    index: usize,
+    cfg: EngineConfig,
+    sockets: Sockets,
+    stop: watch::Receiver<bool>,
+    now: Instant,
+    unix_now: u64,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = index, "cannot start runtime: {e}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let timer = Rc::new(Notify::new());
+        let mut udp = Vec::new();
+        for s in sockets.udp {
+            match UdpSocket::from_std(s) {
+                Ok(s) => udp.push(Rc::new(s)),
+                Err(e) => return tracing::error!(worker = index, "udp socket: {e}"),
+            }
+        }
+        let w: Shared = Rc::new(RefCell::new(Worker {
+            engine: Engine::new(cfg, now, unix_now),
+            udp: udp.clone(),
+            relays: Vec::new(),
+            conns: Default::default(),
+            next_conn: 0,
+            buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            armed: None,
+            timer: timer.clone(),
+            send_drops: 0,
+        }));
+        SELF.with(|s| *s.borrow_mut() = Some(w.clone()));
+        for (i, s) in udp.into_iter().enumerate() {
+            tokio::task::spawn_local(udp_loop(w.clone(), i as u16, s));
+        }
+        for l in sockets.tcp {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::task::spawn_local(accept_loop(w.clone(), l));
+                }
+                Err(e) => return tracing::error!(worker = index, "tcp listener: {e}"),
+            }
+        }
+        tokio::task::spawn_local(timer_loop(w.clone(), timer));
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+        let mut wb = w.borrow_mut();
+        wb.engine.close_all();
+        wb.flush(Instant::now());
+        drop(wb);
+        SELF.with(|s| *s.borrow_mut() = None);
+    });
+}
+
+impl Worker {
+    /// Hand a client packet to the engine; relay what it returns.
+    pub(super) fn client_packet(&mut self, now: Instant, client: ClientAddr, packet: &[u8]) {
+        if let Some(f) = self.engine.handle_client(now, client, packet) {
+            self.send_to_peer(f, packet);
+        }
+        self.flush(now);
+    }
+
+    #[inline]
+    fn send_to_peer(&mut self, f: ToPeer, packet: &[u8]) {
+        if let Some(Some(r)) = self.relays.get(f.relay.0 as usize) {
+            if r.socket.try_send_to(&packet[f.start..f.end], f.peer.0).is_err() {
+                self.send_drops += 1;
+            }
+        }
+    }
+
+    /// Send `self.buf[start..end]` to a client.
+    #[inline]
+    fn send_buf_to_client(&mut self, client: ClientAddr, start: usize, end: usize) {
+        let ok = match client.via {
+            Via::Udp(i) => self.udp[i as usize]
+                .try_send_to(&self.buf[start..end], client.remote)
+                .is_ok(),
+            Via::Stream(id) => match self.conns.get(&id) {
+                Some(c) => c.send(&self.buf[start..end]),
+                None => false,
+            },
+        };
+        if !ok {
+            self.send_drops += 1;
+        }
+    }
+
+    fn send_to_client(&mut self, client: ClientAddr, data: &[u8]) {
+        let ok = match client.via {
+            Via::Udp(i) => self.udp[i as usize].try_send_to(data, client.remote).is_ok(),
+            Via::Stream(id) => match self.conns.get(&id) {
+                Some(c) => c.send(data),
+                None => false,
+            },
+        };
+        if !ok {
+            self.send_drops += 1;
+        }
+    }
+
+    /// Carry out what the engine queued, and re-arm the timer if its next
+    /// deadline moved earlier.
+    pub(super) fn flush(&mut self, now: Instant) {
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::Transmit { to, data } => self.send_to_client(to, &data),
+                Output::OpenRelay { alloc, bind } => {
+                    let ok = self.open_relay(alloc, bind);
+                    self.engine.relay_opened(now, alloc, ok);
+                }
+                Output::CloseRelay { alloc } => {
+                    if let Some(Some(r)) = self.relays.get_mut(alloc.0 as usize).map(Option::take) {
+                        r.task.abort();
+                        drop(r.socket);
+                    }
+                }
+            }
+        }
+        let next = self.engine.poll_timeout();
+        if next.is_some() && (self.armed.is_none() || next < self.armed) {
+            self.timer.notify_one();
+        }
+    }
+
+    fn open_relay(&mut self, id: AllocId, bind: SocketAddr) -> bool {
+        let sock = match socket::relay(bind).and_then(UdpSocket::from_std) {
+            Ok(s) => Rc::new(s),
+            Err(e) => {
+                tracing::debug!(%bind, "relay bind failed: {e}");
+                return false;
+            }
+        };
+        let Some(me) = self.me() else { return false };
+        let task = tokio::task::spawn_local(relay_loop(me, id, sock.clone()));
+        let i = id.0 as usize;
+        if self.relays.len() <= i {
+            self.relays.resize_with(i + 1, || None);
+        }
+        self.relays[i] = Some(Relay { socket: sock, task });
+        true
+    }
+
+    /// A handle to this worker for new tasks. Workers are always reached
+    /// through their `Rc`, kept in a thread-local at start.
+    fn me(&self) -> Option<Shared> {
+        SELF.with(|s| s.borrow().clone())
+    }
+
+    /// A new stream connection's id.
+    pub(super) fn conn_id(&mut self) -> u32 {
+        self.next_conn = self.next_conn.wrapping_add(1);
+        self.next_conn
+    }
+}
+
+thread_local! {
+    static SELF: RefCell<Option<Shared>> = const { RefCell::new(None) };
+}
+
+/// Receive client datagrams on one UDP listener.
+async fn udp_loop(w: Shared, index: u16, sock: Rc<UdpSocket>) {
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        let now = Instant::now();
+        let mut wb = w.borrow_mut();
+        let wk = &mut *wb;
+        for _ in 0..BATCH {
+            match sock.try_recv_from(&mut wk.buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) {
+                Ok((n, from)) => {
+                    let client = ClientAddr {
+                        remote: from,
+                        via: Via::Udp(index),
+                    };
+                    // The packet sits in the shared buffer; the engine reads
+                    // it from there and relays straight from it.
+                    let fwd = wk.engine.handle_client(now, client, &wk.buf[HEADROOM..HEADROOM + n]);
+                    if let Some(f) = fwd {
+                        if let Some(Some(r)) = wk.relays.get(f.relay.0 as usize) {
+                            let p = &wk.buf[HEADROOM + f.start..HEADROOM + f.end];
+                            if r.socket.try_send_to(p, f.peer.0).is_err() {
+                                wk.send_drops += 1;
+                            }
+                        }
+                    }
+                    wk.flush(now);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            }
+        }
+        drop(wb);
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Receive peer datagrams on one relay socket and pass them to the client.
+async fn relay_loop(w: Shared, id: AllocId, sock: Rc<UdpSocket>) {
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        let now = Instant::now();
+        let mut wb = w.borrow_mut();
+        let wk = &mut *wb;
+        for _ in 0..BATCH {
+            match sock.try_recv_from(&mut wk.buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) {
+                Ok((n, from)) => {
+                    if let Some(tc) =
+                        wk.engine
+                            .handle_peer(now, id, from, &mut wk.buf, HEADROOM, HEADROOM + n)
+                    {
+                        wk.send_buf_to_client(tc.client, tc.start, tc.end);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            }
+        }
+        drop(wb);
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Accept TCP clients on one listener.
+async fn accept_loop(w: Shared, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                tcp::spawn(w.clone(), stream, remote);
+            }
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Run the engine's timers: sleep until its next deadline, or until a new
+/// earlier one is armed.
+async fn timer_loop(w: Shared, notify: Rc<Notify>) {
+    loop {
+        let next = {
+            let mut wb = w.borrow_mut();
+            let n = wb.engine.poll_timeout();
+            wb.armed = n;
+            n
+        };
+        match next {
+            Some(t) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(t.into()) => {
+                        let now = Instant::now();
+                        let mut wb = w.borrow_mut();
+                        wb.engine.handle_timeout(now);
+                        wb.flush(now);
+                    }
+                    _ = notify.notified() => {}
+                }
+            }
+            None => notify.notified().await,
+        }
+    }
+}

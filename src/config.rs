@@ -211,7 +211,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
 
     if raw.listen.is_empty() {
-        return Err(err("listen", "at least one [[listen]] entry is needed".into()));
+        return Err(err(
+            "listen",
+            "at least one [[listen]] entry is needed".into(),
+        ));
     }
     let mut listen = Vec::new();
     for (i, l) in raw.listen.iter().enumerate() {
@@ -240,13 +243,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     return Err(err(
                         &format!("listen[{i}].transports"),
                         "\"tls\" is not supported yet".into(),
-                    ))
+                    ));
                 }
                 other => {
                     return Err(err(
                         &format!("listen[{i}].transports"),
                         format!("unknown transport {other:?}: expected \"udp\" or \"tcp\""),
-                    ))
+                    ));
                 }
             }
         }
@@ -287,7 +290,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 format!(
                     "required when relay.address is {address}: clients must be told a reachable relay address"
                 ),
-            ))
+            ));
         }
         None => address,
     };
@@ -307,7 +310,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     for (i, s) in raw.auth.secrets.iter().enumerate() {
         if s.is_empty() {
-            return Err(err(&format!("auth.secrets[{i}]"), "must not be empty".into()));
+            return Err(err(
+                &format!("auth.secrets[{i}]"),
+                "must not be empty".into(),
+            ));
         }
     }
     for (u, p) in &raw.auth.users {
@@ -424,7 +430,10 @@ deny = []
     fn contract_example_parses() {
         let c = p(GOOD).unwrap();
         assert_eq!(c.relay.ports, (49152, 65535));
-        assert_eq!(c.relay.public_address, "203.0.113.10".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            c.relay.public_address,
+            "203.0.113.10".parse::<IpAddr>().unwrap()
+        );
         assert!(c.listen[0].udp && c.listen[0].tcp);
         assert_eq!(c.users["alice"], "wonderland");
     }
@@ -449,7 +458,11 @@ deny = []
         assert_eq!(e.key, "listen[0].transports");
         let e = p(&GOOD.replace("realm = \"example.org\"", "realm = 5")).unwrap_err();
         assert_eq!(e.key, "realm");
-        let e = p(&GOOD.replace("secrets = [\"change-me\"]\nusers = { alice = \"wonderland\" }", "")).unwrap_err();
+        let e = p(&GOOD.replace(
+            "secrets = [\"change-me\"]\nusers = { alice = \"wonderland\" }",
+            "",
+        ))
+        .unwrap_err();
         assert_eq!(e.key, "auth");
     }
 }

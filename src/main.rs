@@ -7,7 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ferroturn", version, about = "A STUN/TURN server (RFC 8489, RFC 8656)")]
+#[command(
+    name = "ferroturn",
+    version,
+    about = "A STUN/TURN server (RFC 8489, RFC 8656)"
+)]
 struct Cli {
     /// Configuration file (TOML); runs the server when no command is given.
     #[arg(long, short, global = true)]
@@ -126,7 +130,10 @@ fn main() -> ExitCode {
                 ferroturn::auth::rest_credentials(&secret, &user, now + ttl.as_secs());
             if json {
                 let urls = if urls.is_empty() {
-                    config.as_ref().map(ferroturn::io::ice_urls).unwrap_or_default()
+                    config
+                        .as_ref()
+                        .map(ferroturn::io::ice_urls)
+                        .unwrap_or_default()
                 } else {
                     urls
                 };

@@ -29,7 +29,13 @@ impl Engine {
     }
 
     /// Allocate request (§7.2), after authentication.
-    pub(super) fn allocate(&mut self, now: Instant, client: ClientAddr, m: &Message, authed: Authed) {
+    pub(super) fn allocate(
+        &mut self,
+        now: Instant,
+        client: ClientAddr,
+        m: &Message,
+        authed: Authed,
+    ) {
         let key = authed.key;
         let err = |code: u16| Response::error(m, code).finish(Some(&key), false);
         if self.by_client.contains_key(&client) {
@@ -121,7 +127,12 @@ impl Engine {
     /// and after [`BIND_TRIES`] the answer is 508 (§7.2).
     pub fn relay_opened(&mut self, now: Instant, id: AllocId, ok: bool) {
         let Some(a) = self.alloc_mut(id) else { return };
-        let State::Opening { request, tries, token } = &a.state else {
+        let State::Opening {
+            request,
+            tries,
+            token,
+        } = &a.state
+        else {
             return;
         };
         let (request, tries, token) = (request.clone(), *tries, *token);
@@ -178,7 +189,10 @@ impl Engine {
                 self.allocs[id.0 as usize] = None;
                 self.by_client.remove(&client);
                 self.free_ids.push(id.0);
-                self.reply(client, Response::error(&request, 508).finish(Some(&key), false));
+                self.reply(
+                    client,
+                    Response::error(&request, 508).finish(Some(&key), false),
+                );
             }
         }
     }
@@ -194,7 +208,13 @@ impl Engine {
 
     /// Refresh request (§7.3): LIFETIME 0 deletes the allocation, anything
     /// else extends it.
-    pub(super) fn refresh(&mut self, now: Instant, id: AllocId, m: &Message, authed: &Authed) -> Vec<u8> {
+    pub(super) fn refresh(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        m: &Message,
+        authed: &Authed,
+    ) -> Vec<u8> {
         let key = authed.key;
         let err = |code: u16| Response::error(m, code).finish(Some(&key), false);
         match wire::requested_family(m) {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use stun::message::Message;
 
-use super::allocation::{Channel, CHANNEL_LIFETIME_SECS, MAX_CHANNELS, PERMISSION_LIFETIME_SECS};
+use super::allocation::{CHANNEL_LIFETIME_SECS, Channel, MAX_CHANNELS, PERMISSION_LIFETIME_SECS};
 use super::{Authed, Engine, ToPeer};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
@@ -63,7 +63,10 @@ impl Engine {
                 return err(400);
             }
         }
-        a.permit(peer.0.ip(), now + Duration::from_secs(PERMISSION_LIFETIME_SECS));
+        a.permit(
+            peer.0.ip(),
+            now + Duration::from_secs(PERMISSION_LIFETIME_SECS),
+        );
         self.reschedule(id, now);
         Response::success(m).finish(Some(&key), false)
     }

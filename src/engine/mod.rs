@@ -32,7 +32,7 @@ use stun::message::Message;
 use crate::addr::{AllocId, ClientAddr, PeerAddr, RelayPort};
 use crate::auth::{Credentials, Key};
 use crate::policy::PeerPolicy;
-use crate::proto::{self, stun as wire, Kind};
+use crate::proto::{self, Kind, stun as wire};
 use allocation::Allocation;
 use ports::PortPool;
 
@@ -70,13 +70,19 @@ pub struct Reservations {
 
 impl Reservations {
     fn insert(&self, token: [u8; 8], port: RelayPort) {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(token, port);
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, port);
     }
 
     /// Redeem a token: its port, once.
     fn take(&self, token: &[u8]) -> Option<RelayPort> {
         let token: [u8; 8] = token.try_into().ok()?;
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&token)
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&token)
     }
 }
 
@@ -251,7 +257,9 @@ impl Engine {
             }
             self.timers.pop();
             let id = AllocId(id);
-            let Some(a) = self.alloc_mut(id) else { continue };
+            let Some(a) = self.alloc_mut(id) else {
+                continue;
+            };
             if a.scheduled == Some(t) {
                 a.scheduled = None;
             }
@@ -388,12 +396,18 @@ impl Engine {
             // Every other request needs the client's allocation (RFC 8656
             // §7.3, §9.2, §11.2): 437 without one, 441 from another user.
             let Some(id) = self.by_client.get(&client).copied() else {
-                self.reply(client, wire::Response::error(&m, 437).finish(Some(&authed.key), false));
+                self.reply(
+                    client,
+                    wire::Response::error(&m, 437).finish(Some(&authed.key), false),
+                );
                 return None;
             };
             let a = self.allocs[id.0 as usize].as_ref().expect("indexed");
             if a.username != authed.username {
-                self.reply(client, wire::Response::error(&m, 441).finish(Some(&authed.key), false));
+                self.reply(
+                    client,
+                    wire::Response::error(&m, 441).finish(Some(&authed.key), false),
+                );
                 return None;
             }
             let resp = if method == METHOD_REFRESH {

@@ -65,7 +65,12 @@ impl Engine {
 
     /// Send indication (§11.2): relay DATA to the XOR-PEER-ADDRESS if a
     /// permission covers it; otherwise drop silently.
-    pub(super) fn send_indication(&mut self, now: Instant, client: ClientAddr, m: &Message) -> Option<ToPeer> {
+    pub(super) fn send_indication(
+        &mut self,
+        now: Instant,
+        client: ClientAddr,
+        m: &Message,
+    ) -> Option<ToPeer> {
         let Some(&id) = self.by_client.get(&client) else {
             self.stats.dropped += 1;
             return None;

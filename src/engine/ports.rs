@@ -24,9 +24,7 @@ impl PortPool {
             let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
             ports.swap(i, (r % (i as u64 + 1)) as usize);
         }
-        PortPool {
-            free: ports.into(),
-        }
+        PortPool { free: ports.into() }
     }
 
     /// Take a free port, an even one if `even` (RFC 8656 §14.6 EVEN-PORT).

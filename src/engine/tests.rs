@@ -24,7 +24,12 @@ fn config(ports: Vec<u16>) -> EngineConfig {
     users.insert("bob".to_string(), "builder".to_string());
     EngineConfig {
         credentials: Credentials::new(REALM, &["s3cret".into()], &users, b"nonce-key", 600),
-        policy: PeerPolicy::new(vec![], vec![], vec!["198.51.100.1".parse().unwrap()], (50000, 50009)),
+        policy: PeerPolicy::new(
+            vec![],
+            vec![],
+            vec!["198.51.100.1".parse().unwrap()],
+            (50000, 50009),
+        ),
         relay_bind: "0.0.0.0".parse().unwrap(),
         relay_public: "198.51.100.1".parse().unwrap(),
         ports,
@@ -54,63 +59,21 @@ fn peer(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn xor_attr(addr: SocketAddr, txid: &[u8; 12]) -> Vec<u8> {
-    let mut v = vec![0u8; if addr.is_ipv4() { 8 } else { 20 }];
-    wire::write_xor_address(&mut v, addr, txid);
-    v
+/// Requests are built with the library's client-side builder.
+type Req = wire::Request;
+
+trait Sign {
+    fn sign_as(self, user: &str, pass: &str, nonce: &str) -> Vec<u8>;
 }
 
-/// A request builder: attributes are added in order; `auth` signs it.
-struct Req {
-    m: Message,
-}
-
-impl Req {
-    fn new(method: Method) -> Self {
-        Self::with_class(method, CLASS_REQUEST)
-    }
-    fn with_class(method: Method, class: MessageClass) -> Self {
-        let mut m = Message::new();
-        m.typ = MessageType::new(method, class);
-        m.new_transaction_id().unwrap();
-        m.write_header();
-        Req { m }
-    }
-    fn attr(mut self, t: AttrType, v: &[u8]) -> Self {
-        self.m.add(t, v);
-        self
-    }
-    fn transport(self, proto: u8) -> Self {
-        self.attr(ATTR_REQUESTED_TRANSPORT, &[proto, 0, 0, 0])
-    }
-    fn lifetime(self, s: u32) -> Self {
-        self.attr(ATTR_LIFETIME, &s.to_be_bytes())
-    }
-    fn peer(self, p: SocketAddr) -> Self {
-        let v = xor_attr(p, &self.m.transaction_id.0);
-        self.attr(ATTR_XOR_PEER_ADDRESS, &v)
-    }
-    fn channel(self, n: u16) -> Self {
-        let b = n.to_be_bytes();
-        self.attr(ATTR_CHANNEL_NUMBER, &[b[0], b[1], 0, 0])
-    }
-    fn sign(mut self, user: &str, pass: &str, nonce: &str) -> Vec<u8> {
-        self.m.add(ATTR_USERNAME, user.as_bytes());
-        self.m.add(ATTR_REALM, REALM.as_bytes());
-        self.m.add(ATTR_NONCE, nonce.as_bytes());
-        MessageIntegrity::new_long_term_integrity(user.into(), REALM.into(), pass.into())
-            .add_to(&mut self.m)
-            .unwrap();
-        self.m.raw
-    }
-    fn bytes(self) -> Vec<u8> {
-        self.m.raw
+impl Sign for Req {
+    fn sign_as(self, user: &str, pass: &str, nonce: &str) -> Vec<u8> {
+        self.sign(user, REALM, pass, nonce)
     }
 }
 
 fn code(m: &Message) -> Option<u16> {
-    let v = wire::attr(m, ATTR_ERROR_CODE)?;
-    Some(v[2] as u16 * 100 + v[3] as u16)
+    wire::error_code(m)
 }
 
 impl T {
@@ -146,7 +109,9 @@ impl T {
                     assert_eq!(to, c);
                     out.push(wire::decode(&data).expect("valid response"));
                 }
-                Output::OpenRelay { alloc, .. } => self.e.relay_opened(self.now, alloc, self.bind_ok),
+                Output::OpenRelay { alloc, .. } => {
+                    self.e.relay_opened(self.now, alloc, self.bind_ok)
+                }
                 Output::CloseRelay { .. } => {}
             }
         }
@@ -161,12 +126,20 @@ impl T {
 
     /// A nonce valid for `c` now.
     fn nonce_for(&self, c: ClientAddr) -> String {
-        self.e.cfg.credentials.nonce(self.e.unix(self.now), c.remote)
+        self.e
+            .cfg
+            .credentials
+            .nonce(self.e.unix(self.now), c.remote)
     }
 
     fn allocate(&mut self, c: ClientAddr) -> SocketAddr {
         let n = self.nonce_for(c);
-        let r = self.one(c, &Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "wonderland", &n));
+        let r = self.one(
+            c,
+            &Req::new(METHOD_ALLOCATE)
+                .transport(17)
+                .sign_as("alice", "wonderland", &n),
+        );
         assert_eq!(code(&r), None, "allocate failed");
         let v = wire::attr(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
         wire::read_xor_address(v, &r.transaction_id.0).unwrap()
@@ -174,7 +147,7 @@ impl T {
 
     fn signed(&mut self, c: ClientAddr, req: Req) -> Message {
         let n = self.nonce_for(c);
-        self.one(c, &req.sign("alice", "wonderland", &n))
+        self.one(c, &req.sign_as("alice", "wonderland", &n))
     }
 
     fn advance(&mut self, secs: u64) {
@@ -193,12 +166,13 @@ fn binding_returns_xor_mapped_address_and_mirrors_fingerprint() {
     let c = client(7);
     let r = t.one(c, &Req::new(METHOD_BINDING).bytes());
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
-    let a = wire::read_xor_address(wire::attr(&r, ATTR_XORMAPPED_ADDRESS).unwrap(), &r.transaction_id.0);
+    let a = wire::read_xor_address(
+        wire::attr(&r, ATTR_XORMAPPED_ADDRESS).unwrap(),
+        &r.transaction_id.0,
+    );
     assert_eq!(a, Some(c.remote));
     assert!(!wire::has_fingerprint(&r));
-    let mut q = Req::new(METHOD_BINDING).m;
-    stun::fingerprint::FINGERPRINT.add_to(&mut q).unwrap();
-    let r = t.one(c, &q.raw);
+    let r = t.one(c, &Req::new(METHOD_BINDING).fingerprinted());
     assert!(wire::has_fingerprint(&r));
 }
 
@@ -217,9 +191,19 @@ fn missing_integrity_gets_401_with_realm_and_nonce() {
 fn wrong_password_and_unknown_user_get_401() {
     let mut t = T::new();
     let n = t.nonce.clone();
-    let r = t.one(client(1), &Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "nope", &n));
+    let r = t.one(
+        client(1),
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("alice", "nope", &n),
+    );
     assert_eq!(code(&r), Some(401));
-    let r = t.one(client(1), &Req::new(METHOD_ALLOCATE).transport(17).sign("mallory", "x", &n));
+    let r = t.one(
+        client(1),
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("mallory", "x", &n),
+    );
     assert_eq!(code(&r), Some(401));
     assert_eq!(t.e.stats.auth_failures, 2);
 }
@@ -227,8 +211,14 @@ fn wrong_password_and_unknown_user_get_401() {
 #[test]
 fn integrity_without_nonce_gets_400() {
     let mut t = T::new();
-    let mut m = Req::new(METHOD_ALLOCATE).transport(17).m;
-    m.add(ATTR_USERNAME, b"alice");
+    // USERNAME, then MESSAGE-INTEGRITY: no REALM, no NONCE.
+    let mut m = wire::decode(
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_USERNAME, b"alice")
+            .bytes(),
+    )
+    .unwrap();
     MessageIntegrity::new_long_term_integrity("alice".into(), REALM.into(), "wonderland".into())
         .add_to(&mut m)
         .unwrap();
@@ -241,7 +231,12 @@ fn stale_nonce_gets_438_with_a_fresh_nonce() {
     let mut t = T::new();
     t.advance(601);
     let old = t.nonce.clone();
-    let r = t.one(client(1), &Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "wonderland", &old));
+    let r = t.one(
+        client(1),
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("alice", "wonderland", &old),
+    );
     assert_eq!(code(&r), Some(438));
     let fresh = wire::text(&r, ATTR_NONCE).unwrap();
     assert_ne!(fresh, old);
@@ -253,7 +248,12 @@ fn stale_nonce_gets_438_with_a_fresh_nonce() {
 fn nonce_from_another_client_is_stale() {
     let mut t = T::new();
     let n = t.nonce.clone();
-    let r = t.one(client(99), &Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "wonderland", &n));
+    let r = t.one(
+        client(99),
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("alice", "wonderland", &n),
+    );
     assert_eq!(code(&r), Some(438));
 }
 
@@ -262,13 +262,25 @@ fn allocate_answers_relayed_mapped_lifetime_and_integrity() {
     let mut t = T::new();
     let c = client(1);
     let n = t.nonce.clone();
-    let r = t.one(c, &Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "wonderland", &n));
+    let r = t.one(
+        c,
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("alice", "wonderland", &n),
+    );
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     assert!(wire::verify_integrity(&r, &key()));
-    let relayed = wire::read_xor_address(wire::attr(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap(), &r.transaction_id.0).unwrap();
+    let relayed = wire::read_xor_address(
+        wire::attr(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap(),
+        &r.transaction_id.0,
+    )
+    .unwrap();
     assert_eq!(relayed.ip().to_string(), "198.51.100.1");
     assert!((50000..50010).contains(&relayed.port()));
-    let mapped = wire::read_xor_address(wire::attr(&r, ATTR_XORMAPPED_ADDRESS).unwrap(), &r.transaction_id.0);
+    let mapped = wire::read_xor_address(
+        wire::attr(&r, ATTR_XORMAPPED_ADDRESS).unwrap(),
+        &r.transaction_id.0,
+    );
     assert_eq!(mapped, Some(c.remote));
     assert_eq!(wire::u32_attr(&r, ATTR_LIFETIME), Some(Ok(600)));
     assert_eq!(t.e.allocation_count(), 1);
@@ -278,8 +290,15 @@ fn allocate_answers_relayed_mapped_lifetime_and_integrity() {
 fn lifetime_is_clamped_between_default_and_maximum() {
     for (asked, got) in [(10, 600), (1000, 1000), (100_000, 3600)] {
         let mut t = T::new();
-        let r = t.signed(client(1), Req::new(METHOD_ALLOCATE).transport(17).lifetime(asked));
-        assert_eq!(wire::u32_attr(&r, ATTR_LIFETIME), Some(Ok(got)), "asked {asked}");
+        let r = t.signed(
+            client(1),
+            Req::new(METHOD_ALLOCATE).transport(17).lifetime(asked),
+        );
+        assert_eq!(
+            wire::u32_attr(&r, ATTR_LIFETIME),
+            Some(Ok(got)),
+            "asked {asked}"
+        );
     }
 }
 
@@ -288,7 +307,9 @@ fn second_allocate_gets_437_but_a_retransmission_the_same_answer() {
     let mut t = T::new();
     let c = client(1);
     let n = t.nonce.clone();
-    let req = Req::new(METHOD_ALLOCATE).transport(17).sign("alice", "wonderland", &n);
+    let req = Req::new(METHOD_ALLOCATE)
+        .transport(17)
+        .sign_as("alice", "wonderland", &n);
     t.e.handle_client(t.now, c, &req);
     let first = match t.e.poll_output() {
         Some(Output::OpenRelay { alloc, .. }) => {
@@ -325,7 +346,9 @@ fn ipv6_relay_request_gets_440() {
     let mut t = T::new();
     let r = t.signed(
         client(1),
-        Req::new(METHOD_ALLOCATE).transport(17).attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]),
     );
     assert_eq!(code(&r), Some(440));
 }
@@ -353,8 +376,17 @@ fn failed_binds_try_other_ports_then_508() {
 #[test]
 fn even_port_is_honoured() {
     let mut t = T::new();
-    let r = t.signed(client(1), Req::new(METHOD_ALLOCATE).transport(17).attr(ATTR_EVEN_PORT, &[0]));
-    let relayed = wire::read_xor_address(wire::attr(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap(), &r.transaction_id.0).unwrap();
+    let r = t.signed(
+        client(1),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_EVEN_PORT, &[0]),
+    );
+    let relayed = wire::read_xor_address(
+        wire::attr(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap(),
+        &r.transaction_id.0,
+    )
+    .unwrap();
     assert_eq!(relayed.port() % 2, 0);
 }
 
@@ -366,7 +398,11 @@ fn refresh_extends_and_zero_deletes() {
     let r = t.signed(c, Req::new(METHOD_REFRESH).lifetime(1200));
     assert_eq!(wire::u32_attr(&r, ATTR_LIFETIME), Some(Ok(1200)));
     t.advance(1000);
-    assert_eq!(t.e.allocation_count(), 1, "refresh moved the expiry past 600 s");
+    assert_eq!(
+        t.e.allocation_count(),
+        1,
+        "refresh moved the expiry past 600 s"
+    );
     let r = t.signed(c, Req::new(METHOD_REFRESH).lifetime(0));
     assert_eq!(code(&r), None);
     assert_eq!(wire::u32_attr(&r, ATTR_LIFETIME), Some(Ok(0)));
@@ -383,7 +419,9 @@ fn requests_without_allocation_get_437() {
     for req in [
         Req::new(METHOD_REFRESH),
         Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)),
-        Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER)),
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4000)
+            .peer(peer(PEER)),
     ] {
         let r = t.signed(c, req);
         assert_eq!(code(&r), Some(437));
@@ -396,7 +434,7 @@ fn another_users_request_gets_441() {
     let c = client(1);
     t.allocate(c);
     let n = t.nonce.clone();
-    let r = t.one(c, &Req::new(METHOD_REFRESH).sign("bob", "builder", &n));
+    let r = t.one(c, &Req::new(METHOD_REFRESH).sign_as("bob", "builder", &n));
     assert_eq!(code(&r), Some(441));
 }
 
@@ -406,7 +444,12 @@ fn create_permission_installs_every_peer() {
     let c = client(1);
     let relay = t.allocate(c);
     let _ = relay;
-    let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)).peer(peer(PEER2)));
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CREATE_PERMISSION)
+            .peer(peer(PEER))
+            .peer(peer(PEER2)),
+    );
     assert_eq!(code(&r), None);
     assert!(wire::verify_integrity(&r, &key()));
     let id = t.e.allocation_of(c).unwrap();
@@ -420,10 +463,25 @@ fn denied_peer_gets_403_and_installs_nothing() {
     let mut t = T::new();
     let c = client(1);
     t.allocate(c);
-    for bad in ["127.0.0.1:80", "0.0.0.0:80", "10.0.0.1:80", "169.254.169.254:80"] {
-        let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)).peer(peer(bad)));
+    for bad in [
+        "127.0.0.1:80",
+        "0.0.0.0:80",
+        "10.0.0.1:80",
+        "169.254.169.254:80",
+    ] {
+        let r = t.signed(
+            c,
+            Req::new(METHOD_CREATE_PERMISSION)
+                .peer(peer(PEER))
+                .peer(peer(bad)),
+        );
         assert_eq!(code(&r), Some(403), "{bad}");
-        let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4001).peer(peer(bad)));
+        let r = t.signed(
+            c,
+            Req::new(METHOD_CHANNEL_BIND)
+                .channel(0x4001)
+                .peer(peer(bad)),
+        );
         assert_eq!(code(&r), Some(403), "{bad}");
     }
     let id = t.e.allocation_of(c).unwrap();
@@ -449,7 +507,10 @@ fn permission_without_peer_gets_400_and_ipv6_peer_443() {
     t.allocate(c);
     let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION));
     assert_eq!(code(&r), Some(400));
-    let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer("[2606:4700::1]:80")));
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CREATE_PERMISSION).peer(peer("[2606:4700::1]:80")),
+    );
     assert_eq!(code(&r), Some(443));
 }
 
@@ -476,13 +537,33 @@ fn channel_conflicts_get_400_and_rebinding_refreshes() {
     let mut t = T::new();
     let c = client(1);
     t.allocate(c);
-    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER)));
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4000)
+            .peer(peer(PEER)),
+    );
     assert_eq!(code(&r), None);
-    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER2)));
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4000)
+            .peer(peer(PEER2)),
+    );
     assert_eq!(code(&r), Some(400), "number bound to another peer");
-    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4001).peer(peer(PEER)));
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4001)
+            .peer(peer(PEER)),
+    );
     assert_eq!(code(&r), Some(400), "peer bound to another number");
-    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER)));
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4000)
+            .peer(peer(PEER)),
+    );
     assert_eq!(code(&r), None, "same binding refreshes");
 }
 
@@ -490,15 +571,30 @@ fn channel_conflicts_get_400_and_rebinding_refreshes() {
 fn unknown_comprehension_required_attribute_gets_420() {
     let mut t = T::new();
     let c = client(1);
-    let r = t.signed(c, Req::new(METHOD_ALLOCATE).transport(17).attr(AttrType(0x0031), &[0; 4]));
+    let r = t.signed(
+        c,
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(AttrType(0x0031), &[0; 4]),
+    );
     assert_eq!(code(&r), Some(420));
     let v = wire::attr(&r, ATTR_UNKNOWN_ATTRIBUTES).unwrap();
     assert_eq!(v, &[0x00, 0x31]);
     assert!(wire::verify_integrity(&r, &key()));
-    let r = t.one(c, &Req::new(METHOD_BINDING).attr(AttrType(0x0031), &[0; 4]).bytes());
+    let r = t.one(
+        c,
+        &Req::new(METHOD_BINDING)
+            .attr(AttrType(0x0031), &[0; 4])
+            .bytes(),
+    );
     assert_eq!(code(&r), Some(420));
     // Comprehension-optional attributes are ignored.
-    let r = t.one(c, &Req::new(METHOD_BINDING).attr(AttrType(0x8031), &[0; 4]).bytes());
+    let r = t.one(
+        c,
+        &Req::new(METHOD_BINDING)
+            .attr(AttrType(0x8031), &[0; 4])
+            .bytes(),
+    );
     assert_eq!(code(&r), None);
 }
 
@@ -521,7 +617,9 @@ fn malformed_packets_are_dropped_and_counted() {
     let mut bad_len = good.clone();
     bad_len[3] = 4;
     cases.push(bad_len);
-    let mut truncated_attr = Req::new(METHOD_BINDING).attr(ATTR_SOFTWARE, b"abcd").bytes();
+    let mut truncated_attr = Req::new(METHOD_BINDING)
+        .attr(ATTR_SOFTWARE, b"abcd")
+        .bytes();
     truncated_attr[22] = 0;
     truncated_attr[23] = 40;
     cases.push(truncated_attr);
@@ -535,7 +633,12 @@ fn malformed_packets_are_dropped_and_counted() {
 /// Allocate, bind channel 0x4000 to PEER, and return the allocation id.
 fn bound(t: &mut T, c: ClientAddr) -> AllocId {
     t.allocate(c);
-    let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER)));
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4000)
+            .peer(peer(PEER)),
+    );
     assert_eq!(code(&r), None);
     t.e.allocation_of(c).unwrap()
 }
@@ -547,22 +650,43 @@ fn channel_data_relays_both_ways() {
     let id = bound(&mut t, c);
     let pkt = [0x40, 0x00, 0x00, 0x03, b'a', b'b', b'c', 0];
     let f = t.e.handle_client(t.now, c, &pkt).unwrap();
-    assert_eq!(f, ToPeer { relay: id, peer: PeerAddr(peer(PEER)), start: 4, end: 7 });
+    assert_eq!(
+        f,
+        ToPeer {
+            relay: id,
+            peer: PeerAddr(peer(PEER)),
+            start: 4,
+            end: 7
+        }
+    );
     // Unbound channel: dropped.
-    assert!(t.e.handle_client(t.now, c, &[0x40, 0x01, 0x00, 0x00]).is_none());
+    assert!(
+        t.e.handle_client(t.now, c, &[0x40, 0x01, 0x00, 0x00])
+            .is_none()
+    );
     // Another client's 5-tuple: dropped.
     assert!(t.e.handle_client(t.now, client(9), &pkt).is_none());
 
     let mut buf = vec![0u8; channel_data::BUF_LEN];
     buf[HEADROOM..HEADROOM + 5].copy_from_slice(b"hello");
-    let out = t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 5).unwrap();
+    let out =
+        t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 5)
+            .unwrap();
     assert_eq!(out.client, c);
-    assert_eq!(&buf[out.start..out.end], &[0x40, 0x00, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o']);
+    assert_eq!(
+        &buf[out.start..out.end],
+        &[0x40, 0x00, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o']
+    );
 
     // Over a stream transport the frame is padded to 4 bytes.
-    let s = ClientAddr { remote: c.remote, via: Via::Stream(3) };
+    let s = ClientAddr {
+        remote: c.remote,
+        via: Via::Stream(3),
+    };
     let id = bound(&mut t, s);
-    let out = t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 5).unwrap();
+    let out =
+        t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 5)
+            .unwrap();
     assert_eq!(out.end - out.start, 12);
 }
 
@@ -575,14 +699,29 @@ fn peer_data_without_channel_becomes_data_indication() {
     let id = t.e.allocation_of(c).unwrap();
     let mut buf = vec![0u8; channel_data::BUF_LEN];
     buf[HEADROOM..HEADROOM + 3].copy_from_slice(b"xyz");
-    let out = t.e.handle_peer(t.now, id, peer(PEER2), &mut buf, HEADROOM, HEADROOM + 3).unwrap();
+    let out =
+        t.e.handle_peer(t.now, id, peer(PEER2), &mut buf, HEADROOM, HEADROOM + 3)
+            .unwrap();
     let m = wire::decode(&buf[out.start..out.end]).unwrap();
     assert_eq!(m.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
     assert_eq!(wire::attr(&m, ATTR_DATA), Some(&b"xyz"[..]));
-    let from = wire::read_xor_address(wire::attr(&m, ATTR_XOR_PEER_ADDRESS).unwrap(), &m.transaction_id.0);
+    let from = wire::read_xor_address(
+        wire::attr(&m, ATTR_XOR_PEER_ADDRESS).unwrap(),
+        &m.transaction_id.0,
+    );
     assert_eq!(from, Some(peer(PEER2)));
     // No permission for this peer: dropped.
-    assert!(t.e.handle_peer(t.now, id, peer("93.184.216.99:1"), &mut buf, HEADROOM, HEADROOM + 3).is_none());
+    assert!(
+        t.e.handle_peer(
+            t.now,
+            id,
+            peer("93.184.216.99:1"),
+            &mut buf,
+            HEADROOM,
+            HEADROOM + 3
+        )
+        .is_none()
+    );
 }
 
 #[test]
@@ -591,7 +730,10 @@ fn send_indication_needs_a_permission() {
     let c = client(1);
     t.allocate(c);
     let send = |p: SocketAddr| {
-        Req::with_class(METHOD_SEND, CLASS_INDICATION).peer(p).attr(ATTR_DATA, b"hello").bytes()
+        Req::indication(METHOD_SEND)
+            .peer(p)
+            .attr(ATTR_DATA, b"hello")
+            .bytes()
     };
     let pkt = send(peer(PEER));
     assert!(t.e.handle_client(t.now, c, &pkt).is_none());
@@ -611,10 +753,19 @@ fn permissions_expire_after_300_seconds() {
     assert_eq!(t.e.poll_timeout(), Some(t.now + Duration::from_secs(300)));
     let mut buf = vec![0u8; channel_data::BUF_LEN];
     t.advance(299);
-    assert!(t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 1).is_some());
+    assert!(
+        t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 1)
+            .is_some()
+    );
     t.advance(1);
-    assert!(t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 1).is_none());
-    assert!(t.e.allocation(id).unwrap().permissions.is_empty(), "timer swept it");
+    assert!(
+        t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 1)
+            .is_none()
+    );
+    assert!(
+        t.e.allocation(id).unwrap().permissions.is_empty(),
+        "timer swept it"
+    );
 }
 
 #[test]
@@ -631,11 +782,19 @@ fn channels_expire_after_600_seconds_and_fall_back_to_data_indications() {
     let pkt = [0x40, 0x00, 0x00, 0x00];
     assert!(t.e.handle_client(t.now, c, &pkt).is_some());
     t.advance(20);
-    assert!(t.e.handle_client(t.now, c, &pkt).is_none(), "channel expired at 600 s");
+    assert!(
+        t.e.handle_client(t.now, c, &pkt).is_none(),
+        "channel expired at 600 s"
+    );
     assert!(t.e.allocation(id).unwrap().channels.is_empty());
     let mut buf = vec![0u8; channel_data::BUF_LEN];
-    let out = t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 1).unwrap();
-    assert!(wire::decode(&buf[out.start..out.end]).is_some(), "a Data indication now");
+    let out =
+        t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 1)
+            .unwrap();
+    assert!(
+        wire::decode(&buf[out.start..out.end]).is_some(),
+        "a Data indication now"
+    );
 }
 
 #[test]
@@ -661,13 +820,105 @@ fn rest_credentials_verify_until_they_expire() {
     let mut t = T::new();
     let (u, p) = crate::auth::rest_credentials("s3cret", "carol", UNIX0 + 100);
     let n = t.nonce.clone();
-    let r = t.one(client(1), &Req::new(METHOD_ALLOCATE).transport(17).sign(&u, &p, &n));
+    let r = t.one(
+        client(1),
+        &Req::new(METHOD_ALLOCATE).transport(17).sign_as(&u, &p, &n),
+    );
     assert_eq!(code(&r), None);
     let (u, p) = crate::auth::rest_credentials("s3cret", "carol", UNIX0 - 1);
     let n2 = t.nonce_for(client(2));
-    let r = t.one(client(2), &Req::new(METHOD_ALLOCATE).transport(17).sign(&u, &p, &n2));
+    let r = t.one(
+        client(2),
+        &Req::new(METHOD_ALLOCATE).transport(17).sign_as(&u, &p, &n2),
+    );
     assert_eq!(code(&r), Some(401));
     let (u, p) = crate::auth::rest_credentials("wrong", "carol", UNIX0 + 100);
-    let r = t.one(client(1), &Req::new(METHOD_REFRESH).sign(&u, &p, &n));
+    let r = t.one(client(1), &Req::new(METHOD_REFRESH).sign_as(&u, &p, &n));
     assert_eq!(code(&r), Some(401));
+}
+
+#[test]
+fn even_port_with_r_bit_reserves_the_next_port_for_its_token() {
+    let mut t = T::new();
+    let r = t.signed(
+        client(1),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_EVEN_PORT, &[0x80]),
+    );
+    let relayed = wire::xor_address(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+    assert_eq!(relayed.port() % 2, 0);
+    let token = wire::attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
+    assert_eq!(token.len(), 8);
+    // The token with EVEN-PORT is a 400.
+    let r = t.signed(
+        client(2),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_EVEN_PORT, &[0])
+            .attr(ATTR_RESERVATION_TOKEN, &token),
+    );
+    assert_eq!(code(&r), Some(400));
+    let r = t.signed(
+        client(2),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_RESERVATION_TOKEN, &token),
+    );
+    assert_eq!(
+        wire::xor_address(&r, ATTR_XOR_RELAYED_ADDRESS)
+            .unwrap()
+            .port(),
+        relayed.port() + 1
+    );
+    // A token works once.
+    let r = t.signed(
+        client(3),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_RESERVATION_TOKEN, &token),
+    );
+    assert_eq!(code(&r), Some(508));
+}
+
+#[test]
+fn unredeemed_reservations_give_their_port_back_after_30_seconds() {
+    let mut t = T::new();
+    t.signed(
+        client(1),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_EVEN_PORT, &[0x80]),
+    );
+    assert_eq!(t.e.free_ports(), 8);
+    assert_eq!(t.e.poll_timeout(), Some(t.now + Duration::from_secs(30)));
+    t.advance(30);
+    assert_eq!(t.e.free_ports(), 9);
+}
+
+#[test]
+fn legacy_channel_numbers_are_accepted_only_when_configured() {
+    let mut cfg = config((50000..50010).collect());
+    cfg.legacy_channels = true;
+    let mut t = T::with(cfg);
+    let c = client(1);
+    t.allocate(c);
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x7FFE)
+            .peer(peer(PEER)),
+    );
+    assert_eq!(code(&r), None);
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x7FFF)
+            .peer(peer(PEER2)),
+    );
+    assert_eq!(code(&r), Some(400));
+    let f =
+        t.e.handle_client(t.now, c, &[0x7F, 0xFE, 0x00, 0x01, 9, 0, 0, 0])
+            .unwrap();
+    assert_eq!(f.peer, PeerAddr(peer(PEER)));
 }

@@ -73,7 +73,8 @@ impl Server {
 
         // Bind everything first, so that an error stops startup before any
         // worker runs.
-        let mut per_worker: Vec<worker::Sockets> = (0..n).map(|_| worker::Sockets::default()).collect();
+        let mut per_worker: Vec<worker::Sockets> =
+            (0..n).map(|_| worker::Sockets::default()).collect();
         let mut listen = Vec::new();
         for l in &config.listen {
             let mut addr = l.address;
@@ -138,7 +139,9 @@ impl Server {
                 relay_public: config.relay.public_address,
                 // Worker i owns every n-th pair of ports (an even one and the
                 // odd one after it, for EVEN-PORT), so workers never collide.
-                ports: (lo..=hi).filter(|p| (p / 2 - lo / 2) as usize % n == i).collect(),
+                ports: (lo..=hi)
+                    .filter(|p| (p / 2 - lo / 2) as usize % n == i)
+                    .collect(),
                 lifetime: std::time::Duration::from_secs(config.lifetime as u64),
                 max_lifetime: std::time::Duration::from_secs(config.max_lifetime as u64),
                 seed: u64::from_le_bytes(seed),

@@ -8,7 +8,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// dropped (the kernel default of ~208 KB overflows under load).
 const LISTEN_BUFFER: usize = 4 << 20;
 
-fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol, reuse_port: bool) -> std::io::Result<Socket> {
+fn new_socket(
+    addr: SocketAddr,
+    ty: Type,
+    proto: Protocol,
+    reuse_port: bool,
+) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
@@ -29,9 +34,8 @@ fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol, reuse_port: bool) -> 
 /// second server cannot silently share our port.
 fn probe(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<SocketAddr> {
     let s = new_socket(addr, ty, proto, false)?;
-    s.bind(&addr.into()).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))
-    })?;
+    s.bind(&addr.into())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
     Ok(s.local_addr()?.as_socket().expect("inet"))
 }
 

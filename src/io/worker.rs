@@ -61,7 +61,10 @@ pub fn run(
     now: Instant,
     unix_now: u64,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(worker = index, "cannot start runtime: {e}");
@@ -124,7 +127,10 @@ impl Worker {
     #[inline]
     fn send_to_peer(&mut self, f: ToPeer, packet: &[u8]) {
         if let Some(Some(r)) = self.relays.get(f.relay.0 as usize) {
-            if r.socket.try_send_to(&packet[f.start..f.end], f.peer.0).is_err() {
+            if r.socket
+                .try_send_to(&packet[f.start..f.end], f.peer.0)
+                .is_err()
+            {
                 self.send_drops += 1;
             }
         }
@@ -149,7 +155,9 @@ impl Worker {
 
     fn send_to_client(&mut self, client: ClientAddr, data: &[u8]) {
         let ok = match client.via {
-            Via::Udp(i) => self.udp[i as usize].try_send_to(data, client.remote).is_ok(),
+            Via::Udp(i) => self.udp[i as usize]
+                .try_send_to(data, client.remote)
+                .is_ok(),
             Via::Stream(id) => match self.conns.get(&id) {
                 Some(c) => c.send(data),
                 None => false,
@@ -237,7 +245,9 @@ async fn udp_loop(w: Shared, index: u16, sock: Rc<UdpSocket>) {
                     };
                     // The packet sits in the shared buffer; the engine reads
                     // it from there and relays straight from it.
-                    let fwd = wk.engine.handle_client(now, client, &wk.buf[HEADROOM..HEADROOM + n]);
+                    let fwd = wk
+                        .engine
+                        .handle_client(now, client, &wk.buf[HEADROOM..HEADROOM + n]);
                     if let Some(f) = fwd {
                         if let Some(Some(r)) = wk.relays.get(f.relay.0 as usize) {
                             let p = &wk.buf[HEADROOM + f.start..HEADROOM + f.end];

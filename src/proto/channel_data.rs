@@ -124,7 +124,13 @@ mod tests {
         let (s, e) = frame_in_place(&mut buf, 8, 13, 0x4001, false);
         assert_eq!((s, e), (4, 13));
         let h = parse(&buf[s..e]).unwrap();
-        assert_eq!(h, Header { channel: 0x4001, len: 5 });
+        assert_eq!(
+            h,
+            Header {
+                channel: 0x4001,
+                len: 5
+            }
+        );
         let (s, e) = frame_in_place(&mut buf, 8, 13, 0x4001, true);
         assert_eq!((s, e), (4, 16));
         assert_eq!(stream_len(5), 12);
@@ -147,7 +153,8 @@ mod tests {
         m.decode().unwrap();
         assert_eq!(m.typ.method, stun::message::METHOD_DATA);
         let mut a = stun::xoraddr::XorMappedAddress::default();
-        a.get_from_as(&m, stun::attributes::ATTR_XOR_PEER_ADDRESS).unwrap();
+        a.get_from_as(&m, stun::attributes::ATTR_XOR_PEER_ADDRESS)
+            .unwrap();
         assert_eq!(SocketAddr::new(a.ip, a.port), peer);
         assert_eq!(m.get(stun::attributes::ATTR_DATA).unwrap(), b"abcde");
     }

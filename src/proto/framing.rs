@@ -16,7 +16,11 @@ pub fn next_frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
     if buf[0] >> 6 == 0 && len % 4 != 0 {
         return Err(());
     }
-    Ok(if buf.len() >= total { Some(total) } else { None })
+    Ok(if buf.len() >= total {
+        Some(total)
+    } else {
+        None
+    })
 }
 
 #[cfg(test)]

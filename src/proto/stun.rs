@@ -4,16 +4,16 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ring::hmac;
-use subtle::ConstantTimeEq;
 pub use stun::attributes::AttrType;
 use stun::attributes::*;
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::{FINGERPRINT, fingerprint_value};
 use stun::integrity::MessageIntegrity;
+use stun::message::{MAGIC_COOKIE, Setter};
 pub use stun::message::{Message, MessageClass, MessageType, Method};
-use stun::message::{Setter, MAGIC_COOKIE};
 use stun::textattrs::TextAttribute;
 use stun::uattrs::UnknownAttributes;
+use subtle::ConstantTimeEq;
 
 /// Largest STUN message we accept from a client (header + attributes).
 pub const MAX_MESSAGE: usize = 65_535 + 20;
@@ -42,7 +42,12 @@ pub fn decode(packet: &[u8]) -> Option<Message> {
         ..Default::default()
     };
     m.decode().ok()?;
-    if let Some(pos) = m.attributes.0.iter().position(|a| a.typ == ATTR_FINGERPRINT) {
+    if let Some(pos) = m
+        .attributes
+        .0
+        .iter()
+        .position(|a| a.typ == ATTR_FINGERPRINT)
+    {
         if pos + 1 != m.attributes.0.len() || FINGERPRINT.check(&m).is_err() {
             return None;
         }
@@ -356,6 +361,99 @@ impl Response {
     }
 }
 
+/// A request or indication under construction: what clients send. The
+/// server never sends requests; tests, the load generator and tools do.
+pub struct Request {
+    m: Message,
+}
+
+impl Request {
+    /// A request of `method` with a random transaction id.
+    pub fn new(method: Method) -> Self {
+        Self::with_class(method, stun::message::CLASS_REQUEST)
+    }
+
+    /// An indication of `method` (Send, Binding).
+    pub fn indication(method: Method) -> Self {
+        Self::with_class(method, stun::message::CLASS_INDICATION)
+    }
+
+    fn with_class(method: Method, class: MessageClass) -> Self {
+        let mut m = Message::new();
+        m.typ = MessageType::new(method, class);
+        m.new_transaction_id().expect("random transaction id");
+        m.write_header();
+        Request { m }
+    }
+
+    pub fn transaction_id(&self) -> [u8; 12] {
+        self.m.transaction_id.0
+    }
+
+    /// Add any attribute.
+    pub fn attr(mut self, t: AttrType, v: &[u8]) -> Self {
+        self.m.add(t, v);
+        self
+    }
+
+    /// REQUESTED-TRANSPORT with a protocol number (17 for UDP).
+    pub fn transport(self, proto: u8) -> Self {
+        self.attr(ATTR_REQUESTED_TRANSPORT, &[proto, 0, 0, 0])
+    }
+
+    pub fn lifetime(self, secs: u32) -> Self {
+        self.attr(ATTR_LIFETIME, &secs.to_be_bytes())
+    }
+
+    /// One XOR-PEER-ADDRESS; call again for more.
+    pub fn peer(self, p: SocketAddr) -> Self {
+        let mut v = [0u8; 20];
+        let n = if p.is_ipv4() { 8 } else { 20 };
+        write_xor_address(&mut v[..n], p, &self.m.transaction_id.0);
+        self.attr(ATTR_XOR_PEER_ADDRESS, &v[..n])
+    }
+
+    pub fn channel(self, n: u16) -> Self {
+        let b = n.to_be_bytes();
+        self.attr(ATTR_CHANNEL_NUMBER, &[b[0], b[1], 0, 0])
+    }
+
+    /// Finish with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY for the
+    /// long-term credentials `user`/`password`.
+    pub fn sign(mut self, user: &str, realm: &str, password: &str, nonce: &str) -> Vec<u8> {
+        self.m.add(ATTR_USERNAME, user.as_bytes());
+        self.m.add(ATTR_REALM, realm.as_bytes());
+        self.m.add(ATTR_NONCE, nonce.as_bytes());
+        MessageIntegrity(long_term_key(user, realm, password).to_vec())
+            .add_to(&mut self.m)
+            .expect("integrity");
+        self.m.raw
+    }
+
+    /// Finish with FINGERPRINT.
+    pub fn fingerprinted(mut self) -> Vec<u8> {
+        FINGERPRINT.add_to(&mut self.m).expect("fingerprint");
+        self.m.raw
+    }
+
+    /// Finish unsigned.
+    pub fn bytes(self) -> Vec<u8> {
+        self.m.raw
+    }
+}
+
+/// The ERROR-CODE of a response, if it has one.
+pub fn error_code(m: &Message) -> Option<u16> {
+    let v = attr(m, ATTR_ERROR_CODE)?;
+    (v.len() >= 4).then(|| (v[2] & 0x7) as u16 * 100 + v[3] as u16)
+}
+
+/// An XOR-encoded address attribute of a message (XOR-MAPPED-ADDRESS,
+/// XOR-RELAYED-ADDRESS, XOR-PEER-ADDRESS).
+pub fn xor_address(m: &Message, t: AttrType) -> Option<SocketAddr> {
+    read_xor_address(attr(m, t)?, &m.transaction_id.0)
+}
+
 /// CRC-32 fingerprint value, re-exported for tests.
 pub fn fingerprint(b: &[u8]) -> u32 {
     fingerprint_value(b)
@@ -415,7 +513,10 @@ mod tests {
             .finish(Some(&key), true);
         let m = decode(&bytes).unwrap();
         assert!(verify_integrity(&m, &key));
-        let a = read_xor_address(attr(&m, ATTR_XORMAPPED_ADDRESS).unwrap(), &m.transaction_id.0);
+        let a = read_xor_address(
+            attr(&m, ATTR_XORMAPPED_ADDRESS).unwrap(),
+            &m.transaction_id.0,
+        );
         assert_eq!(a, Some("[2001:db8::1]:5".parse().unwrap()));
     }
 }

@@ -236,6 +236,7 @@ async fn udp_loop(w: Shared, index: u16, sock: Rc<UdpSocket>) {
         let now = Instant::now();
         let mut wb = w.borrow_mut();
         let wk = &mut *wb;
+        let mut drained = false;
         for _ in 0..BATCH {
             match sock.try_recv_from(&mut wk.buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) {
                 Ok((n, from)) => {
@@ -258,12 +259,18 @@ async fn udp_loop(w: Shared, index: u16, sock: Rc<UdpSocket>) {
                     }
                     wk.flush(now);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(_) => continue,
             }
         }
         drop(wb);
-        tokio::task::yield_now().await;
+        if !drained {
+            // Let the worker's other sockets have a turn.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -276,6 +283,7 @@ async fn relay_loop(w: Shared, id: AllocId, sock: Rc<UdpSocket>) {
         let now = Instant::now();
         let mut wb = w.borrow_mut();
         let wk = &mut *wb;
+        let mut drained = false;
         for _ in 0..BATCH {
             match sock.try_recv_from(&mut wk.buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) {
                 Ok((n, from)) => {
@@ -286,12 +294,18 @@ async fn relay_loop(w: Shared, id: AllocId, sock: Rc<UdpSocket>) {
                         wk.send_buf_to_client(tc.client, tc.start, tc.end);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(_) => continue,
             }
         }
         drop(wb);
-        tokio::task::yield_now().await;
+        if !drained {
+            // Let the worker's other sockets have a turn.
+            tokio::task::yield_now().await;
+        }
     }
 }
 

@@ -127,10 +127,7 @@ impl Worker {
     #[inline]
     fn send_to_peer(&mut self, f: ToPeer, packet: &[u8]) {
         if let Some(Some(r)) = self.relays.get(f.relay.0 as usize) {
-            if r.socket
-                .try_send_to(&packet[f.start..f.end], f.peer.0)
-                .is_err()
-            {
+            if send_now(&r.socket, &packet[f.start..f.end], f.peer.0).is_err() {
                 self.send_drops += 1;
             }
         }
@@ -140,9 +137,9 @@ impl Worker {
     #[inline]
     fn send_buf_to_client(&mut self, client: ClientAddr, start: usize, end: usize) {
         let ok = match client.via {
-            Via::Udp(i) => self.udp[i as usize]
-                .try_send_to(&self.buf[start..end], client.remote)
-                .is_ok(),
+            Via::Udp(i) => {
+                send_now(&self.udp[i as usize], &self.buf[start..end], client.remote).is_ok()
+            }
             Via::Stream(id) => match self.conns.get(&id) {
                 Some(c) => c.send(&self.buf[start..end]),
                 None => false,
@@ -155,9 +152,7 @@ impl Worker {
 
     fn send_to_client(&mut self, client: ClientAddr, data: &[u8]) {
         let ok = match client.via {
-            Via::Udp(i) => self.udp[i as usize]
-                .try_send_to(data, client.remote)
-                .is_ok(),
+            Via::Udp(i) => send_now(&self.udp[i as usize], data, client.remote).is_ok(),
             Via::Stream(id) => match self.conns.get(&id) {
                 Some(c) => c.send(data),
                 None => false,
@@ -223,6 +218,14 @@ impl Worker {
     }
 }
 
+/// Send a datagram now, with one non-blocking `sendto`. tokio's `try_send_to`
+/// refuses until the reactor has seen the socket writable, which a fresh
+/// relay socket may not have been yet; a datagram send needs no such gate.
+#[inline]
+fn send_now(sock: &UdpSocket, buf: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    socket2::SockRef::from(sock).send_to(buf, &to.into())
+}
+
 thread_local! {
     static SELF: RefCell<Option<Shared>> = const { RefCell::new(None) };
 }
@@ -252,7 +255,7 @@ async fn udp_loop(w: Shared, index: u16, sock: Rc<UdpSocket>) {
                     if let Some(f) = fwd {
                         if let Some(Some(r)) = wk.relays.get(f.relay.0 as usize) {
                             let p = &wk.buf[HEADROOM + f.start..HEADROOM + f.end];
-                            if r.socket.try_send_to(p, f.peer.0).is_err() {
+                            if send_now(&r.socket, p, f.peer.0).is_err() {
                                 wk.send_drops += 1;
                             }
                         }

@@ -44,6 +44,8 @@ struct RawConfig {
     allocation: RawAllocation,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    demo: RawDemo,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -119,6 +121,13 @@ struct RawAllocation {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawDemo {
+    address: Option<String>,
+    credential_ttl: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawLog {
     level: Option<String>,
 }
@@ -161,6 +170,16 @@ pub struct Config {
     /// Accept RFC 5766 channel numbers 0x5000–0x7FFE too.
     pub legacy_channel_numbers: bool,
     pub log_level: String,
+    pub demo: Demo,
+}
+
+/// The `[demo]` section: the signaling demo's HTTP server (`ferroturn demo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demo {
+    /// Where the demo's HTTP server listens (default 127.0.0.1:8080).
+    pub address: SocketAddr,
+    /// Lifetime in seconds of the TURN REST credentials `/ice-servers` mints.
+    pub credential_ttl: u64,
 }
 
 /// Read and validate the configuration file at `path`.
@@ -361,6 +380,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ));
     }
 
+    let demo = Demo {
+        address: match &raw.demo.address {
+            Some(a) => a.parse().map_err(|_| {
+                err("demo.address", format!("{a:?} is not an IP:PORT address"))
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        },
+        credential_ttl: raw.demo.credential_ttl.unwrap_or(3600),
+    };
+    if !(60..=86_400).contains(&demo.credential_ttl) {
+        return Err(err(
+            "demo.credential_ttl",
+            "must be between 60 and 86400 seconds".into(),
+        ));
+    }
+
     Ok(Config {
         path: path.to_owned(),
         realm: raw.realm,
@@ -380,6 +415,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         max_lifetime,
         legacy_channel_numbers: raw.allocation.legacy_channel_numbers,
         log_level,
+        demo,
     })
 }
 

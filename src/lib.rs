@@ -8,10 +8,12 @@
 //! - [`config`]: the TOML schema, its validation and the derived runtime settings.
 //! - [`engine`]: the sans-IO protocol state machine.
 //! - [`io`]: the tokio shell that feeds the engine with sockets and timers.
+//! - [`demo`]: the signaling demo and test pages (`ferroturn demo`).
 
 pub mod addr;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod io;
 pub mod policy;

@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Run,
+    /// Run the server plus the signaling demo's web pages ([demo] address).
+    Demo,
     /// Validate a configuration file: exit 0, or print FILE: KEY: REASON and exit 1.
     Check,
     /// Print TURN REST API credentials (coturn use-auth-secret / eturnal scheme).
@@ -81,6 +83,27 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
+                    eprintln!("ferroturn: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo => {
+            let Some(path) = cli.config else {
+                eprintln!("ferroturn demo: --config FILE is required");
+                return ExitCode::from(2);
+            };
+            let config = match ferroturn::config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            ferroturn::io::init_logging(&config.log_level);
+            match ferroturn::demo::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
                     eprintln!("ferroturn: {e}");
                     ExitCode::FAILURE
                 }

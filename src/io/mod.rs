@@ -182,7 +182,8 @@ pub fn run(config: Config) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+/// Wait for SIGINT or SIGTERM.
+pub async fn wait_for_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -9,16 +9,23 @@ use std::net::SocketAddr;
 /// 5-tuple of RFC 8656 §2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Via {
-    /// Index of the UDP listener socket within its worker.
+    /// A UDP listener, by `[[listen]]` index.
     Udp(u16),
-    /// A stream connection, unique within its worker.
-    Stream(u32),
+    /// A stream connection, unique within its worker, on a listener.
+    Stream { listener: u16, conn: u32 },
 }
 
 impl Via {
+    /// The index of the `[[listen]]` entry the client came through.
+    pub fn listener(self) -> u16 {
+        match self {
+            Via::Udp(l) | Via::Stream { listener: l, .. } => l,
+        }
+    }
+
     /// Whether this is a stream transport, where ChannelData is padded.
     pub fn is_stream(self) -> bool {
-        matches!(self, Via::Stream(_))
+        matches!(self, Via::Stream { .. })
     }
 }
 
@@ -33,7 +40,7 @@ impl fmt::Display for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = match self.via {
             Via::Udp(_) => "udp",
-            Via::Stream(_) => "tcp",
+            Via::Stream { .. } => "tcp",
         };
         write!(f, "{}/{}", self.remote, t)
     }

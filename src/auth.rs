@@ -9,17 +9,23 @@ use base64::Engine as _;
 use ring::hmac;
 use subtle::ConstantTimeEq;
 
-use crate::proto::stun::long_term_key;
+pub use crate::proto::integrity::Key;
+use crate::proto::integrity::userhash;
 
-/// A long-term key, MD5(username:realm:password) (RFC 8489 §9.2.2).
-pub type Key = [u8; 16];
+/// The nonce cookie (RFC 8489 §9.2): "obMatJos2" and the base64 of the
+/// 24-bit security feature set; "wAAA" sets bit 0 (password algorithms) and
+/// bit 1 (username anonymity).
+pub const NONCE_COOKIE: &str = "obMatJos2wAAA";
 
 /// Everything needed to check a request's credentials.
 #[derive(Clone)]
 pub struct Credentials {
     realm: String,
     secrets: Vec<Vec<u8>>,
-    users: BTreeMap<String, Key>,
+    /// Static users and their passwords.
+    users: BTreeMap<String, String>,
+    /// USERHASH (SHA-256 of `username:realm`) of each static user.
+    userhashes: BTreeMap<[u8; 32], String>,
     nonce_key: hmac::Key,
     nonce_ttl: u64,
 }
@@ -48,9 +54,10 @@ impl Credentials {
         Credentials {
             realm: realm.to_owned(),
             secrets: secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            users: users
-                .iter()
-                .map(|(u, p)| (u.clone(), long_term_key(u, realm, p)))
+            users: users.clone(),
+            userhashes: users
+                .keys()
+                .map(|u| (userhash(u, realm), u.clone()))
                 .collect(),
             nonce_key: hmac::Key::new(hmac::HMAC_SHA256, nonce_secret),
             nonce_ttl,
@@ -66,27 +73,41 @@ impl Credentials {
         !self.secrets.is_empty() || !self.users.is_empty()
     }
 
-    /// The keys that may verify a request by `username` at `unix_now`: the
-    /// static user's, or one per shared secret for a REST username whose
-    /// expiry has not passed. Empty when the user is unknown or expired.
-    pub fn keys(&self, username: &str, unix_now: u64) -> Vec<Key> {
-        if let Some(k) = self.users.get(username) {
-            return vec![*k];
+    /// The keys that may verify a request by `username` at `unix_now` with
+    /// PASSWORD-ALGORITHM `algorithm` (RFC 8489 §18.5): the static user's,
+    /// or one per shared secret for a REST username whose expiry has not
+    /// passed. Empty when the user is unknown or expired.
+    pub fn keys(&self, username: &str, algorithm: u16, unix_now: u64) -> Vec<Key> {
+        let key = |password: &str| Key::for_algorithm(algorithm, username, &self.realm, password);
+        if let Some(p) = self.users.get(username) {
+            return key(p).into_iter().collect();
         }
         match rest_expiry(username) {
             Some(exp) if exp > unix_now => self
                 .secrets
                 .iter()
-                .map(|s| long_term_key(username, &self.realm, &rest_password(s, username)))
+                .filter_map(|s| key(&rest_password(s, username)))
                 .collect(),
             _ => Vec::new(),
         }
     }
 
+    /// The static user behind a USERHASH (RFC 8489 §14.4). REST usernames
+    /// cannot be found this way: their names are not known in advance.
+    pub fn user_by_hash(&self, hash: &[u8]) -> Option<&str> {
+        let h: [u8; 32] = hash.try_into().ok()?;
+        self.userhashes.get(&h).map(String::as_str)
+    }
+
+    /// Whether `username` is a static user (whose credential never expires).
+    pub fn is_static(&self, username: &str) -> bool {
+        self.users.contains_key(username)
+    }
+
     /// A nonce for `client`: the issue time and a MAC over it and the client
     /// address, so that checking it needs no per-client memory.
     pub fn nonce(&self, unix_now: u64, client: SocketAddr) -> String {
-        let mut s = format!("{unix_now:016x}");
+        let mut s = format!("{NONCE_COOKIE}{unix_now:016x}");
         let mac = self.nonce_mac(unix_now, client);
         for b in &mac.as_ref()[..12] {
             s.push_str(&format!("{b:02x}"));
@@ -97,6 +118,9 @@ impl Credentials {
     /// Whether `nonce` was issued by us to `client` and is still fresh
     /// (otherwise the answer is 438 Stale Nonce, RFC 8489 §9.2.4).
     pub fn nonce_valid(&self, nonce: &str, unix_now: u64, client: SocketAddr) -> bool {
+        let Some(nonce) = nonce.strip_prefix(NONCE_COOKIE) else {
+            return false;
+        };
         if nonce.len() != 40 || !nonce.is_ascii() {
             return false;
         }
@@ -154,6 +178,7 @@ pub fn rest_credentials(secret: &str, name: &str, expiry: u64) -> (String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::integrity::ALGORITHM_MD5;
 
     fn creds() -> Credentials {
         let mut users = BTreeMap::new();
@@ -180,12 +205,21 @@ mod tests {
     fn any_secret_verifies_and_expiry_counts() {
         let c = creds();
         let (u, p) = rest_credentials("new", "bob", 2000);
-        let keys = c.keys(&u, 1000);
+        let keys = c.keys(&u, ALGORITHM_MD5, 1000);
         assert_eq!(keys.len(), 2);
-        assert!(keys.contains(&long_term_key(&u, "example.org", &p)));
-        assert!(c.keys(&u, 2000).is_empty());
-        assert_eq!(c.keys("alice", 0).len(), 1);
-        assert!(c.keys("mallory", 0).is_empty());
+        assert!(keys.contains(&Key::md5(&u, "example.org", &p)));
+        assert!(c.keys(&u, ALGORITHM_MD5, 2000).is_empty());
+        assert_eq!(c.keys("alice", ALGORITHM_MD5, 0).len(), 1);
+        assert_eq!(
+            c.keys("alice", crate::proto::integrity::ALGORITHM_SHA256, 0),
+            vec![Key::sha256("alice", "example.org", "wonderland")]
+        );
+        assert!(c.keys("alice", 0x0003, 0).is_empty());
+        assert!(c.keys("mallory", ALGORITHM_MD5, 0).is_empty());
+        assert_eq!(
+            c.user_by_hash(&userhash("alice", "example.org")),
+            Some("alice")
+        );
     }
 
     #[test]
@@ -198,8 +232,10 @@ mod tests {
         assert!(c.nonce_valid(&n, 1599, a));
         assert!(!c.nonce_valid(&n, 1600, a));
         assert!(!c.nonce_valid(&n, 1000, b));
+        assert!(n.starts_with(NONCE_COOKIE));
         let mut forged = n.clone();
-        forged.replace_range(39..40, if n.ends_with('0') { "1" } else { "0" });
+        let last = n.len() - 1;
+        forged.replace_range(last.., if n.ends_with('0') { "1" } else { "0" });
         assert!(!c.nonce_valid(&forged, 1000, a));
         assert!(!c.nonce_valid("short", 1000, a));
     }

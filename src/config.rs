@@ -46,6 +46,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     demo: RawDemo,
+    #[serde(default)]
+    limits: RawLimits,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -60,6 +62,12 @@ struct RawServer {
 struct RawListen {
     address: String,
     transports: Vec<String>,
+    #[serde(default = "yes")]
+    turn: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +107,10 @@ struct RawAuth {
     users: BTreeMap<String, String>,
     #[serde(default)]
     nonce_lifetime: Option<u64>,
+    #[serde(default = "yes")]
+    strict_expiry: bool,
+    #[serde(default)]
+    expiry_grace: u64,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -121,6 +133,18 @@ struct RawAllocation {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawLimits {
+    allocations_per_user: Option<u32>,
+    total_allocations: Option<u32>,
+    permissions_per_allocation: Option<u32>,
+    channels_per_allocation: Option<u32>,
+    bandwidth: Option<u64>,
+    packet_rate: Option<u32>,
+    unauthenticated_rate: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawDemo {
     address: Option<String>,
     credential_ttl: Option<u64>,
@@ -138,6 +162,27 @@ pub struct Listen {
     pub address: SocketAddr,
     pub udp: bool,
     pub tcp: bool,
+    /// false: a STUN-only listener (Binding answered, TURN refused).
+    pub turn: bool,
+}
+
+/// Quotas and rate limits; 0 turns a rate limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Allocations one user may hold at once (486 beyond, RFC 8656 §7.2).
+    pub allocations_per_user: u32,
+    /// Allocations the server holds at once (508 beyond).
+    pub total_allocations: u32,
+    /// Permissions per allocation (508 beyond, §9.2).
+    pub permissions_per_allocation: u32,
+    /// Channels per allocation (508 beyond, §12.2).
+    pub channels_per_allocation: u32,
+    /// Bytes per second per allocation and direction; excess is dropped.
+    pub bandwidth: u64,
+    /// Packets per second per allocation and direction; excess is dropped.
+    pub packet_rate: u32,
+    /// Unauthenticated answers (401, 400, 438) per second per source IP.
+    pub unauthenticated_rate: u32,
 }
 
 /// The relay settings.
@@ -162,6 +207,10 @@ pub struct Config {
     pub secrets: Vec<String>,
     pub users: BTreeMap<String, String>,
     pub nonce_lifetime: u64,
+    /// Close a REST credential's allocations when it expires (plus grace).
+    pub strict_expiry: bool,
+    pub expiry_grace: u64,
+    pub limits: Limits,
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     /// Default and maximum allocation lifetime in seconds (RFC 8656 §7.2).
@@ -247,6 +296,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             address,
             udp: false,
             tcp: false,
+            turn: l.turn,
         };
         if l.transports.is_empty() {
             return Err(err(
@@ -321,7 +371,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     let ports = parse_ports(&raw.relay.ports).map_err(|r| err("relay.ports", r))?;
 
-    if raw.auth.secrets.is_empty() && raw.auth.users.is_empty() {
+    let turn = listen.iter().any(|l| l.turn);
+    if turn && raw.auth.secrets.is_empty() && raw.auth.users.is_empty() {
         return Err(err(
             "auth",
             "no credentials configured: set auth.secrets or auth.users (TURN never relays without authentication)".into(),
@@ -360,6 +411,42 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let allow = cidrs("peers.allow", &raw.peers.allow)?;
     let deny = cidrs("peers.deny", &raw.peers.deny)?;
 
+    let l = &raw.limits;
+    let port_count = (ports.1 - ports.0) as u32 + 1;
+    let limits = Limits {
+        allocations_per_user: l.allocations_per_user.unwrap_or(10),
+        total_allocations: match l.total_allocations {
+            None | Some(0) => port_count,
+            Some(n) => n,
+        },
+        permissions_per_allocation: l.permissions_per_allocation.unwrap_or(10),
+        channels_per_allocation: l.channels_per_allocation.unwrap_or(10),
+        bandwidth: l.bandwidth.unwrap_or(6_250_000),
+        packet_rate: l.packet_rate.unwrap_or(10_000),
+        unauthenticated_rate: l.unauthenticated_rate.unwrap_or(100),
+    };
+    for (key, v) in [
+        ("limits.allocations_per_user", limits.allocations_per_user),
+        (
+            "limits.permissions_per_allocation",
+            limits.permissions_per_allocation,
+        ),
+        (
+            "limits.channels_per_allocation",
+            limits.channels_per_allocation,
+        ),
+    ] {
+        if v == 0 {
+            return Err(err(key, "must be at least 1".into()));
+        }
+    }
+    if limits.channels_per_allocation > 4096 {
+        return Err(err(
+            "limits.channels_per_allocation",
+            "at most 4096 (the channel number range)".into(),
+        ));
+    }
+
     let lifetime = raw.allocation.lifetime.unwrap_or(600);
     let max_lifetime = raw.allocation.max_lifetime.unwrap_or(3600);
     if lifetime == 0 {
@@ -382,9 +469,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let demo = Demo {
         address: match &raw.demo.address {
-            Some(a) => a.parse().map_err(|_| {
-                err("demo.address", format!("{a:?} is not an IP:PORT address"))
-            })?,
+            Some(a) => a
+                .parse()
+                .map_err(|_| err("demo.address", format!("{a:?} is not an IP:PORT address")))?,
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         },
         credential_ttl: raw.demo.credential_ttl.unwrap_or(3600),
@@ -409,6 +496,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         secrets: raw.auth.secrets,
         users: raw.auth.users,
         nonce_lifetime,
+        strict_expiry: raw.auth.strict_expiry,
+        expiry_grace: raw.auth.expiry_grace,
+        limits,
         allow,
         deny,
         lifetime,
@@ -500,5 +590,25 @@ deny = []
         ))
         .unwrap_err();
         assert_eq!(e.key, "auth");
+        let e = p(&format!("{GOOD}[limits]\npermissions_per_allocation = 0\n")).unwrap_err();
+        assert_eq!(e.key, "limits.permissions_per_allocation");
+    }
+
+    #[test]
+    fn stun_only_listeners_need_no_credentials_and_limits_default() {
+        let text = GOOD
+            .replace(
+                "secrets = [\"change-me\"]\nusers = { alice = \"wonderland\" }",
+                "",
+            )
+            .replace(
+                "transports = [\"udp\", \"tcp\"]",
+                "transports = [\"udp\"]\nturn = false",
+            );
+        let c = p(&text).unwrap();
+        assert!(!c.listen[0].turn);
+        assert_eq!(c.limits.allocations_per_user, 10);
+        assert_eq!(c.limits.total_allocations, 65535 - 49152 + 1);
+        assert!(c.strict_expiry);
     }
 }

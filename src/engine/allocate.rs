@@ -7,6 +7,7 @@ use stun::attributes::*;
 use stun::message::Message;
 
 use super::allocation::{Allocation, Counters, State};
+use super::quota::Meter;
 use super::{Authed, Engine, Output};
 use crate::addr::{AllocId, ClientAddr};
 use crate::proto::stun::{self as wire, Response};
@@ -15,6 +16,11 @@ use crate::proto::stun::{self as wire, Response};
 const PROTO_UDP: u8 = 17;
 /// How many ports to try when binding one fails.
 const BIND_TRIES: u8 = 8;
+
+/// An expiry no later than the credential's deadline, if it has one.
+fn capped(expires: Instant, deadline: Option<Instant>) -> Instant {
+    deadline.map_or(expires, |d| expires.min(d))
+}
 
 impl Engine {
     /// The lifetime to grant (§7.2, §7.3): the client's wish capped at the
@@ -36,8 +42,8 @@ impl Engine {
         m: &Message,
         authed: Authed,
     ) {
-        let key = authed.key;
-        let err = |code: u16| Response::error(m, code).finish(Some(&key), false);
+        let signer = authed.signer;
+        let err = |code: u16| Response::error(m, code).finish(Some(&signer), false);
         if self.by_client.contains_key(&client) {
             self.reply(client, err(437));
             return;
@@ -66,14 +72,19 @@ impl Engine {
             Some(Ok(s)) => self.granted_lifetime(Some(s)),
             None => self.granted_lifetime(None),
         };
+        if let Err(code) = self.cfg.shared.acquire(&authed.username, &self.cfg.limits) {
+            tracing::info!(%client, user = %authed.username, code, "allocation quota reached");
+            self.stats.quota_rejections += 1;
+            return self.reply(client, err(code));
+        }
         let mut issued = None;
         let port = if let Some(t) = token {
             // A port another Allocate reserved (§7.2): 508 if unknown or gone.
-            self.cfg.reservations.take(t)
+            self.cfg.shared.redeem(t)
         } else if reserve {
             self.ports.take_pair().map(|(even, odd)| {
                 let t = self.next_token();
-                self.cfg.reservations.insert(t, odd);
+                self.cfg.shared.reserve(t, odd);
                 self.reserved
                     .push_back((now + Duration::from_secs(super::RESERVATION_SECS), t));
                 issued = Some(t);
@@ -84,6 +95,7 @@ impl Engine {
         };
         let Some(port) = port else {
             tracing::warn!(%client, even, free = self.ports.len(), "no free relay port");
+            self.cfg.shared.release(&authed.username);
             return self.reply(client, err(508));
         };
         let id = match self.free_ids.pop() {
@@ -97,11 +109,11 @@ impl Engine {
         self.allocs[id.0 as usize] = Some(Allocation {
             client,
             username: authed.username,
-            key,
+            signer,
             port,
             relayed,
             created: now,
-            expires: now + lifetime,
+            expires: capped(now + lifetime, authed.deadline),
             state: State::Opening {
                 request: m.clone(),
                 // A reserved port is the only one that will do.
@@ -114,6 +126,8 @@ impl Engine {
             channels: Vec::new(),
             scheduled: None,
             counters: Counters::default(),
+            to_peer_meter: Meter::new(now, &self.cfg.limits),
+            to_client_meter: Meter::new(now, &self.cfg.limits),
         });
         self.by_client.insert(client, id);
         self.out.push_back(Output::OpenRelay {
@@ -137,7 +151,7 @@ impl Engine {
         };
         let (request, tries, token) = (request.clone(), *tries, *token);
         let client = a.client;
-        let key = a.key;
+        let signer = a.signer;
         if ok {
             let lifetime = a.expires.saturating_duration_since(now).as_secs() as u32;
             let mut resp = Response::success(&request)
@@ -147,7 +161,7 @@ impl Engine {
             if let Some(t) = token {
                 resp = resp.bytes(ATTR_RESERVATION_TOKEN, &t);
             }
-            let resp = resp.finish(Some(&key), false);
+            let resp = resp.finish(Some(&signer), false);
             a.state = State::Active;
             a.last_response = resp.clone();
             tracing::info!(%client, user = %a.username, relay = %a.relayed, lifetime, "allocation created");
@@ -161,7 +175,7 @@ impl Engine {
         self.ports.release(old);
         // A retry cannot keep a reservation: the pair is broken.
         if let Some(t) = token {
-            if let Some(p) = self.cfg.reservations.take(&t) {
+            if let Some(p) = self.cfg.shared.redeem(&t) {
                 self.ports.release(p);
             }
         }
@@ -186,12 +200,14 @@ impl Engine {
             }
             None => {
                 tracing::warn!(%client, "could not bind a relay socket");
-                self.allocs[id.0 as usize] = None;
+                if let Some(a) = self.allocs[id.0 as usize].take() {
+                    self.cfg.shared.release(&a.username);
+                }
                 self.by_client.remove(&client);
                 self.free_ids.push(id.0);
                 self.reply(
                     client,
-                    Response::error(&request, 508).finish(Some(&key), false),
+                    Response::error(&request, 508).finish(Some(&signer), false),
                 );
             }
         }
@@ -215,8 +231,8 @@ impl Engine {
         m: &Message,
         authed: &Authed,
     ) -> Vec<u8> {
-        let key = authed.key;
-        let err = |code: u16| Response::error(m, code).finish(Some(&key), false);
+        let signer = authed.signer;
+        let err = |code: u16| Response::error(m, code).finish(Some(&signer), false);
         match wire::requested_family(m) {
             None | Some(Ok(0x01)) => {}
             Some(_) => return err(443),
@@ -233,14 +249,15 @@ impl Engine {
             self.remove(id);
             return Response::success(m)
                 .u32(ATTR_LIFETIME, 0)
-                .finish(Some(&key), false);
+                .finish(Some(&signer), false);
         }
         let lifetime = self.granted_lifetime(requested);
         let a = self.alloc_mut(id).expect("checked");
-        a.expires = now + lifetime;
+        a.expires = capped(now + lifetime, authed.deadline);
+        let left = a.expires.saturating_duration_since(now).as_secs() as u32;
         self.reschedule(id, now);
         Response::success(m)
-            .u32(ATTR_LIFETIME, lifetime.as_secs() as u32)
-            .finish(Some(&key), false)
+            .u32(ATTR_LIFETIME, left)
+            .finish(Some(&signer), false)
     }
 }

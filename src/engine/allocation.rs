@@ -4,17 +4,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use super::quota::Meter;
 use crate::addr::{ChannelNumber, ClientAddr, PeerAddr, RelayPort};
-use crate::auth::Key;
+use crate::proto::integrity::Signer;
 
 /// Permission lifetime, fixed by RFC 8656 §9.
 pub const PERMISSION_LIFETIME_SECS: u64 = 300;
 /// Channel binding lifetime, fixed by RFC 8656 §12.
 pub const CHANNEL_LIFETIME_SECS: u64 = 600;
-/// Most permissions one allocation may hold (more → 508).
-pub const MAX_PERMISSIONS: usize = 64;
-/// Most channels one allocation may hold (more → 508).
-pub const MAX_CHANNELS: usize = 64;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Permission {
@@ -56,7 +53,8 @@ pub enum State {
 pub struct Allocation {
     pub client: ClientAddr,
     pub username: String,
-    pub key: Key,
+    /// Signs answers: the key and integrity attribute the Allocate used.
+    pub signer: Signer,
     pub port: RelayPort,
     /// The advertised relayed transport address (XOR-RELAYED-ADDRESS).
     pub relayed: SocketAddr,
@@ -72,6 +70,9 @@ pub struct Allocation {
     /// The wake-up time queued for this allocation, if any.
     pub scheduled: Option<Instant>,
     pub counters: Counters,
+    /// Bandwidth and packet-rate ceilings, per direction.
+    pub to_peer_meter: Meter,
+    pub to_client_meter: Meter,
 }
 
 impl Allocation {

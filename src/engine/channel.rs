@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use stun::message::Message;
 
-use super::allocation::{CHANNEL_LIFETIME_SECS, Channel, MAX_CHANNELS, PERMISSION_LIFETIME_SECS};
+use super::allocation::{CHANNEL_LIFETIME_SECS, Channel, PERMISSION_LIFETIME_SECS};
 use super::{Authed, Engine, ToPeer};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
@@ -21,8 +21,8 @@ impl Engine {
         m: &Message,
         authed: &Authed,
     ) -> Vec<u8> {
-        let key = authed.key;
-        let err = |code: u16| Response::error(m, code).finish(Some(&key), false);
+        let signer = authed.signer;
+        let err = |code: u16| Response::error(m, code).finish(Some(&signer), false);
         let Some(Ok(n)) = wire::channel_number(m) else {
             return err(400);
         };
@@ -42,14 +42,17 @@ impl Engine {
         if let Err(code) = self.check_peer(id, peer) {
             return err(code);
         }
-        let a = self.alloc_mut(id).expect("checked");
+        let max = self.cfg.limits.channels_per_allocation as usize;
+        let a = self.allocs[id.0 as usize].as_mut().expect("checked");
         let by_number = a.channels.iter().position(|c| c.number == number);
         let by_peer = a.channels.iter().position(|c| c.peer == peer);
         let channel_expires = now + Duration::from_secs(CHANNEL_LIFETIME_SECS);
         match (by_number, by_peer) {
             (Some(i), Some(j)) if i == j => a.channels[i].expires = channel_expires,
             (None, None) => {
-                if a.channels.len() >= MAX_CHANNELS {
+                if a.channels.len() >= max {
+                    // A quota: 508 (RFC 8656 §12.2).
+                    self.stats.quota_rejections += 1;
                     return err(508);
                 }
                 a.channels.push(Channel {
@@ -68,12 +71,13 @@ impl Engine {
             now + Duration::from_secs(PERMISSION_LIFETIME_SECS),
         );
         self.reschedule(id, now);
-        Response::success(m).finish(Some(&key), false)
+        Response::success(m).finish(Some(&signer), false)
     }
 
     /// ChannelData from a client (§12.6): relayed to the bound peer if the
-    /// channel and a permission are live; otherwise dropped. This is the hot
-    /// path: no allocation, no STUN parsing.
+    /// channel and a permission are live and the allocation's ceilings
+    /// allow; otherwise dropped. This is the hot path: no allocation, no
+    /// STUN parsing.
     #[inline]
     pub(super) fn channel_data_from_client(
         &mut self,
@@ -81,25 +85,28 @@ impl Engine {
         client: ClientAddr,
         packet: &[u8],
     ) -> Option<ToPeer> {
-        let hit = channel_data::parse(packet).and_then(|h| {
+        let found = channel_data::parse(packet).and_then(|h| {
             let id = *self.by_client.get(&client)?;
             let a = self.allocs[id.0 as usize].as_mut()?;
             let peer = a.channel_by_number(h.channel, now)?.peer;
-            if !a.permits(peer.0.ip(), now) {
-                return None;
-            }
-            a.counters.to_peer_packets += 1;
-            a.counters.to_peer_bytes += h.len as u64;
-            Some(ToPeer {
-                relay: id,
-                peer,
-                start: 4,
-                end: 4 + h.len,
-            })
+            a.permits(peer.0.ip(), now).then_some((id, peer, h.len))
         });
-        if hit.is_none() {
+        let Some((id, peer, len)) = found else {
             self.stats.dropped += 1;
+            return None;
+        };
+        let a = self.allocs[id.0 as usize].as_mut()?;
+        if !a.to_peer_meter.allow(now, len, &self.cfg.limits) {
+            self.stats.rate_limited += 1;
+            return None;
         }
-        hit
+        a.counters.to_peer_packets += 1;
+        a.counters.to_peer_bytes += len as u64;
+        Some(ToPeer {
+            relay: id,
+            peer,
+            start: 4,
+            end: 4 + len,
+        })
     }
 }

@@ -18,23 +18,28 @@ pub mod allocation;
 mod channel;
 mod permission;
 pub mod ports;
+pub mod quota;
 mod relay;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stun::attributes::*;
 use stun::message::Message;
 
-use crate::addr::{AllocId, ClientAddr, PeerAddr, RelayPort};
-use crate::auth::{Credentials, Key};
+use crate::addr::{AllocId, ClientAddr, PeerAddr};
+use crate::auth::Credentials;
+use crate::config::Limits;
 use crate::policy::PeerPolicy;
+use crate::proto::integrity::{self, ALGORITHM_MD5, ALGORITHM_SHA256, Signer};
 use crate::proto::{self, Kind, stun as wire};
 use allocation::Allocation;
 use ports::PortPool;
+pub use quota::Shared;
+use quota::SourceLimiter;
 
 pub use relay::ToClient;
 
@@ -57,33 +62,15 @@ pub struct EngineConfig {
     /// Accept channel numbers up to 0x7FFE as RFC 5766 did, not just
     /// 0x4000–0x4FFF (RFC 8656 §12). coturn's client tools need it.
     pub legacy_channels: bool,
-    /// Ports reserved by EVEN-PORT R=1, shared by every worker's engine: the
-    /// Allocate that redeems a token may arrive at another worker.
-    pub reservations: Arc<Reservations>,
-}
-
-/// Relay ports held for a RESERVATION-TOKEN (RFC 8656 §7.2, §14.9).
-#[derive(Debug, Default)]
-pub struct Reservations {
-    held: Mutex<HashMap<[u8; 8], RelayPort>>,
-}
-
-impl Reservations {
-    fn insert(&self, token: [u8; 8], port: RelayPort) {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(token, port);
-    }
-
-    /// Redeem a token: its port, once.
-    fn take(&self, token: &[u8]) -> Option<RelayPort> {
-        let token: [u8; 8] = token.try_into().ok()?;
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&token)
-    }
+    /// Quotas and rate limits.
+    pub limits: Limits,
+    /// Close allocations of a REST credential when it expires, plus grace.
+    pub strict_expiry: bool,
+    pub expiry_grace: Duration,
+    /// Listener indexes that answer STUN only (TURN requests get 400).
+    pub stun_only: Vec<u16>,
+    /// State shared by every worker's engine (quotas, reservations).
+    pub shared: Arc<Shared>,
 }
 
 /// Work for the shell.
@@ -120,6 +107,13 @@ pub struct Stats {
     pub allocations_deleted: u64,
     pub auth_failures: u64,
     pub policy_denials: u64,
+    /// Allocate requests refused by a quota (486, 508) and permissions or
+    /// channels refused past their per-allocation limit (508).
+    pub quota_rejections: u64,
+    /// Data packets dropped by an allocation's bandwidth or packet ceiling.
+    pub rate_limited: u64,
+    /// Unauthenticated answers not sent: the source was over its rate.
+    pub answers_suppressed: u64,
 }
 
 /// Attribute types this server understands (RFC 8489 §14, RFC 8656 §18).
@@ -142,16 +136,28 @@ const KNOWN: &[AttrType] = &[
     ATTR_REQUESTED_TRANSPORT,
     ATTR_DONT_FRAGMENT,
     ATTR_RESERVATION_TOKEN,
+    ATTR_MESSAGE_INTEGRITY_SHA256,
+    ATTR_PASSWORD_ALGORITHM,
+    ATTR_USER_HASH,
 ];
 
 /// How long a reserved port waits for its token (RFC 8656 §7.2: about 30 s).
 const RESERVATION_SECS: u64 = 30;
 
-/// A request that passed authentication: who sent it and the key to sign
-/// the answer with.
+/// A request that passed authentication: who sent it, how to sign the
+/// answer, and when its credential stops (strict expiry of REST credentials).
 struct Authed {
     username: String,
-    key: Key,
+    signer: Signer,
+    deadline: Option<Instant>,
+}
+
+/// Why a request failed authentication: the error code, and whether the
+/// answer carries a fresh challenge (REALM, NONCE, PASSWORD-ALGORITHMS).
+#[derive(Debug, Clone, Copy)]
+enum Reject {
+    Challenge(u16),
+    Plain(u16),
 }
 
 /// The protocol state of one worker.
@@ -168,6 +174,7 @@ pub struct Engine {
     epoch: Instant,
     epoch_unix: u64,
     txid_counter: u64,
+    limiter: SourceLimiter,
     pub stats: Stats,
 }
 
@@ -189,6 +196,7 @@ impl Engine {
             epoch: now,
             epoch_unix: unix_now,
             txid_counter: seed.rotate_left(17),
+            limiter: SourceLimiter::new(now, seed.rotate_left(29)),
             stats: Stats::default(),
         }
     }
@@ -247,7 +255,7 @@ impl Engine {
                 break;
             }
             self.reserved.pop_front();
-            if let Some(port) = self.cfg.reservations.take(&token) {
+            if let Some(port) = self.cfg.shared.redeem(&token) {
                 self.ports.release(port);
             }
         }
@@ -294,6 +302,7 @@ impl Engine {
         };
         self.by_client.remove(&a.client);
         self.ports.release(a.port);
+        self.cfg.shared.release(&a.username);
         self.free_ids.push(id.0);
         self.out.push_back(Output::CloseRelay { alloc: id });
     }
@@ -373,21 +382,21 @@ impl Engine {
             METHOD_CREATE_PERMISSION,
             METHOD_CHANNEL_BIND,
         ];
-        if !known.contains(&method) {
-            self.reply(client, wire::Response::error(&m, 400).finish(None, false));
+        if !known.contains(&method) || self.cfg.stun_only.contains(&client.via.listener()) {
+            self.unauthenticated_answer(now, client, &m, Reject::Plain(400));
             return None;
         }
         let authed = match self.authenticate(now, client, &m) {
             Ok(a) => a,
-            Err(resp) => {
-                self.reply(client, resp);
+            Err(reject) => {
+                self.unauthenticated_answer(now, client, &m, reject);
                 return None;
             }
         };
         let unknown = wire::unknown_required(&m, KNOWN);
         if !unknown.is_empty() {
             let r = wire::Response::error(&m, 420).unknown(unknown);
-            self.reply(client, r.finish(Some(&authed.key), false));
+            self.reply(client, r.finish(Some(&authed.signer), false));
             return None;
         }
         if method == METHOD_ALLOCATE {
@@ -398,7 +407,7 @@ impl Engine {
             let Some(id) = self.by_client.get(&client).copied() else {
                 self.reply(
                     client,
-                    wire::Response::error(&m, 437).finish(Some(&authed.key), false),
+                    wire::Response::error(&m, 437).finish(Some(&authed.signer), false),
                 );
                 return None;
             };
@@ -406,7 +415,7 @@ impl Engine {
             if a.username != authed.username {
                 self.reply(
                     client,
-                    wire::Response::error(&m, 441).finish(Some(&authed.key), false),
+                    wire::Response::error(&m, 441).finish(Some(&authed.signer), false),
                 );
                 return None;
             }
@@ -443,50 +452,107 @@ impl Engine {
         self.reply(client, resp.finish(None, fp));
     }
 
+    /// Answer a request that failed before authentication, unless its
+    /// source IP is over its rate (then nothing is sent: no reflection, no
+    /// amplification). Nothing is stored for the client either way.
+    fn unauthenticated_answer(&mut self, now: Instant, client: ClientAddr, m: &Message, r: Reject) {
+        let rate = self.cfg.limits.unauthenticated_rate;
+        if rate > 0 && !self.limiter.allow(now, client.remote.ip(), rate) {
+            self.stats.answers_suppressed += 1;
+            return;
+        }
+        let answer = match r {
+            Reject::Plain(code) => wire::Response::error(m, code),
+            Reject::Challenge(code) => {
+                let creds = &self.cfg.credentials;
+                wire::Response::error(m, code)
+                    .text(ATTR_REALM, creds.realm())
+                    .text(ATTR_NONCE, &creds.nonce(self.unix(now), client.remote))
+                    .bytes(ATTR_PASSWORD_ALGORITHMS, &wire::PASSWORD_ALGORITHMS)
+            }
+        };
+        self.reply(client, answer.finish(None, false));
+    }
+
     /// Long-term credential check (RFC 8489 §9.2.4), in the RFC's order:
-    /// no MESSAGE-INTEGRITY → 401; missing USERNAME/REALM/NONCE → 400;
-    /// stale or forged nonce → 438; unknown user or wrong key → 401.
+    /// no integrity attribute → 401; missing USERNAME/USERHASH, REALM or
+    /// NONCE, or a PASSWORD-ALGORITHM that does not match what we offered →
+    /// 400; stale or forged nonce → 438; unknown user or wrong key → 401.
     /// Nothing is stored for a request that fails.
     fn authenticate(
         &mut self,
         now: Instant,
         client: ClientAddr,
         m: &Message,
-    ) -> Result<Authed, Vec<u8>> {
+    ) -> Result<Authed, Reject> {
         let unix = self.unix(now);
         let creds = &self.cfg.credentials;
-        let challenge = |code: u16| {
-            wire::Response::error(m, code)
-                .text(ATTR_REALM, creds.realm())
-                .text(ATTR_NONCE, &creds.nonce(unix, client.remote))
-                .finish(None, false)
-        };
         if !wire::has_integrity(m) {
-            return Err(challenge(401));
+            return Err(Reject::Challenge(401));
         }
-        let (Some(username), Some(_realm), Some(nonce)) = (
-            wire::text(m, ATTR_USERNAME),
-            wire::text(m, ATTR_REALM),
-            wire::text(m, ATTR_NONCE),
-        ) else {
+        // USERHASH names a static user by SHA-256(user:realm) (§14.4).
+        let user = match (wire::text(m, ATTR_USERNAME), wire::attr(m, ATTR_USER_HASH)) {
+            (Some(u), _) => Some(Some(u)),
+            (None, Some(h)) => Some(creds.user_by_hash(h).map(str::to_owned)),
+            (None, None) => None,
+        };
+        let (Some(user), Some(_realm), Some(nonce)) =
+            (user, wire::text(m, ATTR_REALM), wire::text(m, ATTR_NONCE))
+        else {
             self.stats.auth_failures += 1;
-            return Err(wire::Response::error(m, 400).finish(None, false));
+            return Err(Reject::Plain(400));
+        };
+        // PASSWORD-ALGORITHM must come with the PASSWORD-ALGORITHMS we sent,
+        // unchanged, so that nobody can bid a client down (§9.2.4).
+        let algorithm = match (
+            wire::attr(m, ATTR_PASSWORD_ALGORITHM),
+            wire::attr(m, ATTR_PASSWORD_ALGORITHMS),
+        ) {
+            (None, None) => ALGORITHM_MD5,
+            (Some(a), Some(list))
+                if list == wire::PASSWORD_ALGORITHMS && a.len() == 4 && a[2..] == [0, 0] =>
+            {
+                match u16::from_be_bytes([a[0], a[1]]) {
+                    alg @ (ALGORITHM_MD5 | ALGORITHM_SHA256) => alg,
+                    _ => {
+                        self.stats.auth_failures += 1;
+                        return Err(Reject::Plain(400));
+                    }
+                }
+            }
+            _ => {
+                self.stats.auth_failures += 1;
+                return Err(Reject::Plain(400));
+            }
         };
         if !creds.nonce_valid(&nonce, unix, client.remote) {
-            return Err(challenge(438));
+            return Err(Reject::Challenge(438));
         }
-        let key = creds
-            .keys(&username, unix)
-            .into_iter()
-            .find(|k| wire::verify_integrity(m, k));
-        match key {
-            Some(key) => Ok(Authed { username, key }),
-            None => {
-                self.stats.auth_failures += 1;
-                tracing::debug!(%client, "authentication failed");
-                Err(challenge(401))
+        let found = user.and_then(|username| {
+            creds
+                .keys(&username, algorithm, unix)
+                .into_iter()
+                .find_map(|key| integrity::verify(m, &key).map(|mac| Signer { key, mac }))
+                .map(|signer| (username, signer))
+        });
+        let Some((username, signer)) = found else {
+            self.stats.auth_failures += 1;
+            tracing::debug!(%client, "authentication failed");
+            return Err(Reject::Challenge(401));
+        };
+        // Strict expiry: a REST credential's allocations end when it does.
+        let deadline = match crate::auth::rest_expiry(&username) {
+            Some(exp) if self.cfg.strict_expiry && !creds.is_static(&username) => {
+                let left = (exp + self.cfg.expiry_grace.as_secs()).saturating_sub(unix);
+                Some(now + Duration::from_secs(left))
             }
-        }
+            _ => None,
+        };
+        Ok(Authed {
+            username,
+            signer,
+            deadline,
+        })
     }
 
     /// A fresh transaction id for a Data indication.

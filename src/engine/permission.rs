@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use stun::attributes::ATTR_DATA;
 use stun::message::Message;
 
-use super::allocation::{MAX_PERMISSIONS, PERMISSION_LIFETIME_SECS};
+use super::allocation::PERMISSION_LIFETIME_SECS;
 use super::{Authed, Engine, ToPeer};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::stun::{self as wire, Response};
@@ -36,8 +36,8 @@ impl Engine {
         m: &Message,
         authed: &Authed,
     ) -> Vec<u8> {
-        let key = authed.key;
-        let err = |code: u16| Response::error(m, code).finish(Some(&key), false);
+        let signer = authed.signer;
+        let err = |code: u16| Response::error(m, code).finish(Some(&signer), false);
         let peers = match wire::xor_peer_addresses(m) {
             Ok(p) if !p.is_empty() => p,
             _ => return err(400),
@@ -47,12 +47,17 @@ impl Engine {
                 return err(code);
             }
         }
+        let max = self.cfg.limits.permissions_per_allocation as usize;
         let a = self.alloc_mut(id).expect("checked");
-        let new = peers
+        let mut new: Vec<_> = peers
             .iter()
-            .filter(|p| !a.permissions.iter().any(|q| q.ip == p.ip()))
-            .count();
-        if a.permissions.len() + new > MAX_PERMISSIONS {
+            .map(|p| p.ip())
+            .filter(|ip| !a.permissions.iter().any(|q| q.ip == *ip))
+            .collect();
+        new.dedup();
+        if a.permissions.len() + new.len() > max {
+            // A quota: 508 (RFC 8656 §9.2).
+            self.stats.quota_rejections += 1;
             return err(508);
         }
         let expires = now + Duration::from_secs(PERMISSION_LIFETIME_SECS);
@@ -60,11 +65,13 @@ impl Engine {
             a.permit(p.ip(), expires);
         }
         self.reschedule(id, now);
-        Response::success(m).finish(Some(&key), false)
+        Response::success(m).finish(Some(&signer), false)
     }
 
     /// Send indication (§11.2): relay DATA to the XOR-PEER-ADDRESS if a
-    /// permission covers it; otherwise drop silently.
+    /// permission covers it and the allocation's ceilings allow; otherwise
+    /// drop silently (an indication gets no answer). A peer the policy
+    /// denies never has a permission; such a Send is counted as a denial.
     pub(super) fn send_indication(
         &mut self,
         now: Instant,
@@ -77,22 +84,31 @@ impl Engine {
         };
         let peer = wire::xor_peer_addresses(m).ok()?.into_iter().next();
         let data = wire::attr_range(m, ATTR_DATA);
-        let a = self.alloc_mut(id)?;
-        match (peer, data) {
-            (Some(peer), Some((start, end))) if a.permits(peer.ip(), now) => {
-                a.counters.to_peer_packets += 1;
-                a.counters.to_peer_bytes += (end - start) as u64;
-                Some(ToPeer {
-                    relay: id,
-                    peer: PeerAddr(peer),
-                    start,
-                    end,
-                })
+        let limits = self.cfg.limits;
+        let a = self.allocs.get_mut(id.0 as usize)?.as_mut()?;
+        let (Some(peer), Some((start, end))) = (peer, data) else {
+            self.stats.dropped += 1;
+            return None;
+        };
+        if !a.permits(peer.ip(), now) {
+            self.stats.dropped += 1;
+            if let Err(d) = self.cfg.policy.check(peer) {
+                tracing::debug!(%client, %peer, rule = %d, "send to denied peer");
+                self.stats.policy_denials += 1;
             }
-            _ => {
-                self.stats.dropped += 1;
-                None
-            }
+            return None;
         }
+        if !a.to_peer_meter.allow(now, end - start, &limits) {
+            self.stats.rate_limited += 1;
+            return None;
+        }
+        a.counters.to_peer_packets += 1;
+        a.counters.to_peer_bytes += (end - start) as u64;
+        Some(ToPeer {
+            relay: id,
+            peer: PeerAddr(peer),
+            start,
+            end,
+        })
     }
 }

@@ -41,6 +41,10 @@ impl Engine {
             self.stats.dropped += 1;
             return None;
         }
+        if !a.to_client_meter.allow(now, end - start, &self.cfg.limits) {
+            self.stats.rate_limited += 1;
+            return None;
+        }
         a.counters.to_client_packets += 1;
         a.counters.to_client_bytes += (end - start) as u64;
         let client = a.client;

@@ -11,6 +11,7 @@ use stun::message::*;
 use super::*;
 use crate::addr::Via;
 use crate::proto::channel_data::{self, HEADROOM};
+use crate::proto::integrity::{self, ALGORITHM_SHA256, Key, Mac, Signer};
 use crate::proto::stun as wire;
 
 const REALM: &str = "example.org";
@@ -37,7 +38,19 @@ fn config(ports: Vec<u16>) -> EngineConfig {
         max_lifetime: Duration::from_secs(3600),
         seed: 42,
         legacy_channels: false,
-        reservations: Default::default(),
+        limits: Limits {
+            allocations_per_user: 10,
+            total_allocations: 100,
+            permissions_per_allocation: 10,
+            channels_per_allocation: 10,
+            bandwidth: 0,
+            packet_rate: 0,
+            unauthenticated_rate: 0,
+        },
+        strict_expiry: true,
+        expiry_grace: Duration::ZERO,
+        stun_only: vec![],
+        shared: Default::default(),
     }
 }
 
@@ -156,8 +169,13 @@ impl T {
     }
 }
 
-fn key() -> [u8; 16] {
-    wire::long_term_key("alice", REALM, "wonderland")
+fn key() -> Key {
+    Key::md5("alice", REALM, "wonderland")
+}
+
+/// Whether a response carries integrity that verifies with `k`.
+fn signed_with(r: &Message, k: &Key) -> bool {
+    integrity::verify(r, k).is_some()
 }
 
 #[test]
@@ -269,7 +287,7 @@ fn allocate_answers_relayed_mapped_lifetime_and_integrity() {
             .sign_as("alice", "wonderland", &n),
     );
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
-    assert!(wire::verify_integrity(&r, &key()));
+    assert!(signed_with(&r, &key()));
     let relayed = wire::read_xor_address(
         wire::attr(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap(),
         &r.transaction_id.0,
@@ -328,7 +346,7 @@ fn second_allocate_gets_437_but_a_retransmission_the_same_answer() {
     }
     let r = t.signed(c, Req::new(METHOD_ALLOCATE).transport(17));
     assert_eq!(code(&r), Some(437));
-    assert!(wire::verify_integrity(&r, &key()));
+    assert!(signed_with(&r, &key()));
 }
 
 #[test]
@@ -451,7 +469,7 @@ fn create_permission_installs_every_peer() {
             .peer(peer(PEER2)),
     );
     assert_eq!(code(&r), None);
-    assert!(wire::verify_integrity(&r, &key()));
+    assert!(signed_with(&r, &key()));
     let id = t.e.allocation_of(c).unwrap();
     let a = t.e.allocation(id).unwrap();
     assert!(a.permits(peer(PEER).ip(), t.now));
@@ -580,7 +598,7 @@ fn unknown_comprehension_required_attribute_gets_420() {
     assert_eq!(code(&r), Some(420));
     let v = wire::attr(&r, ATTR_UNKNOWN_ATTRIBUTES).unwrap();
     assert_eq!(v, &[0x00, 0x31]);
-    assert!(wire::verify_integrity(&r, &key()));
+    assert!(signed_with(&r, &key()));
     let r = t.one(
         c,
         &Req::new(METHOD_BINDING)
@@ -681,7 +699,10 @@ fn channel_data_relays_both_ways() {
     // Over a stream transport the frame is padded to 4 bytes.
     let s = ClientAddr {
         remote: c.remote,
-        via: Via::Stream(3),
+        via: Via::Stream {
+            listener: 0,
+            conn: 3,
+        },
     };
     let id = bound(&mut t, s);
     let out =
@@ -921,4 +942,427 @@ fn legacy_channel_numbers_are_accepted_only_when_configured() {
         t.e.handle_client(t.now, c, &[0x7F, 0xFE, 0x00, 0x01, 9, 0, 0, 0])
             .unwrap();
     assert_eq!(f.peer, PeerAddr(peer(PEER)));
+}
+
+// ---- Secure by default: algorithms, quotas, ceilings, expiry, policy ----
+
+fn with_limits(f: impl FnOnce(&mut Limits)) -> T {
+    let mut cfg = config((50000..50040).collect());
+    f(&mut cfg.limits);
+    T::with(cfg)
+}
+
+#[test]
+fn challenge_offers_password_algorithms_and_a_nonce_cookie() {
+    let mut t = T::new();
+    let r = t.one(client(4), &Req::new(METHOD_ALLOCATE).transport(17).bytes());
+    assert_eq!(
+        wire::attr(&r, ATTR_PASSWORD_ALGORITHMS),
+        Some(&wire::PASSWORD_ALGORITHMS[..])
+    );
+    assert!(wire::text(&r, ATTR_NONCE).unwrap().starts_with("obMatJos2"));
+}
+
+#[test]
+fn sha256_password_algorithm_and_integrity_verify_and_are_mirrored() {
+    let mut t = T::new();
+    let c = client(1);
+    let n = t.nonce_for(c);
+    let key = Key::sha256("alice", REALM, "wonderland");
+    for mac in [Mac::Sha256, Mac::Sha1] {
+        let signer = Signer { key, mac };
+        let req = Req::new(METHOD_REFRESH).sign_with(
+            wire::User::Name("alice"),
+            REALM,
+            &n,
+            Some(ALGORITHM_SHA256),
+            &signer,
+        );
+        let r = t.one(c, &req);
+        // No allocation yet: 437, but signed back with the request's attribute.
+        assert_eq!(code(&r), Some(437));
+        assert_eq!(integrity::verify(&r, &key), Some(mac));
+    }
+    let signer = Signer {
+        key,
+        mac: Mac::Sha256,
+    };
+    let req = Req::new(METHOD_ALLOCATE).transport(17).sign_with(
+        wire::User::Name("alice"),
+        REALM,
+        &n,
+        Some(ALGORITHM_SHA256),
+        &signer,
+    );
+    let r = t.one(c, &req);
+    assert_eq!(code(&r), None);
+    assert_eq!(integrity::verify(&r, &key), Some(Mac::Sha256));
+    // A later request signed the old way still works for the same user.
+    let r = t.signed(c, Req::new(METHOD_REFRESH));
+    assert_eq!(code(&r), None);
+}
+
+#[test]
+fn password_algorithm_bid_down_gets_400() {
+    let mut t = T::new();
+    let c = client(1);
+    let n = t.nonce_for(c);
+    let signer = Signer {
+        key: Key::md5("alice", REALM, "wonderland"),
+        mac: Mac::Sha1,
+    };
+    // PASSWORD-ALGORITHMS altered to offer MD5 only.
+    let req = Req::new(METHOD_ALLOCATE)
+        .transport(17)
+        .attr(ATTR_USERNAME, b"alice")
+        .attr(ATTR_REALM, REALM.as_bytes())
+        .attr(ATTR_NONCE, n.as_bytes())
+        .attr(ATTR_PASSWORD_ALGORITHMS, &[0, 1, 0, 0])
+        .attr(ATTR_PASSWORD_ALGORITHM, &[0, 1, 0, 0]);
+    let mut m = wire::decode(&req.bytes()).unwrap();
+    integrity::sign(&mut m, &signer);
+    assert_eq!(code(&t.one(c, &m.raw)), Some(400));
+    // An algorithm we do not offer.
+    let req = Req::new(METHOD_ALLOCATE).transport(17).sign_with(
+        wire::User::Name("alice"),
+        REALM,
+        &n,
+        Some(3),
+        &signer,
+    );
+    assert_eq!(code(&t.one(c, &req)), Some(400));
+}
+
+#[test]
+fn userhash_finds_static_users() {
+    let mut t = T::new();
+    let c = client(1);
+    let n = t.nonce_for(c);
+    let signer = Signer {
+        key: Key::md5("alice", REALM, "wonderland"),
+        mac: Mac::Sha1,
+    };
+    let hash = integrity::userhash("alice", REALM);
+    let r = t.one(
+        c,
+        &Req::new(METHOD_ALLOCATE).transport(17).sign_with(
+            wire::User::Hash(hash),
+            REALM,
+            &n,
+            None,
+            &signer,
+        ),
+    );
+    assert_eq!(code(&r), None);
+    let other = integrity::userhash("nobody", REALM);
+    let r = t.one(
+        client(2),
+        &Req::new(METHOD_REFRESH).sign_with(
+            wire::User::Hash(other),
+            REALM,
+            &t.nonce_for(client(2)),
+            None,
+            &signer,
+        ),
+    );
+    assert_eq!(code(&r), Some(401));
+}
+
+#[test]
+fn allocations_per_user_quota_gets_486_and_frees_on_delete() {
+    let mut t = with_limits(|l| l.allocations_per_user = 2);
+    t.allocate(client(1));
+    t.allocate(client(2));
+    let r = t.signed(client(3), Req::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(code(&r), Some(486));
+    // Another user is not affected.
+    let n = t.nonce_for(client(3));
+    let r = t.one(
+        client(3),
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("bob", "builder", &n),
+    );
+    assert_eq!(code(&r), None);
+    t.signed(client(1), Req::new(METHOD_REFRESH).lifetime(0));
+    t.allocate(client(4));
+    assert_eq!(t.e.stats.quota_rejections, 1);
+}
+
+#[test]
+fn total_allocations_quota_gets_508() {
+    let mut t = with_limits(|l| l.total_allocations = 2);
+    t.allocate(client(1));
+    t.allocate(client(2));
+    let r = t.signed(client(3), Req::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(code(&r), Some(508));
+    assert_eq!(t.e.cfg.shared.total(), 2);
+}
+
+#[test]
+fn permission_and_channel_quotas_get_508() {
+    let mut t = with_limits(|l| {
+        l.permissions_per_allocation = 2;
+        l.channels_per_allocation = 1;
+    });
+    let c = client(1);
+    t.allocate(c);
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CREATE_PERMISSION)
+            .peer(peer(PEER))
+            .peer(peer(PEER2)),
+    );
+    assert_eq!(code(&r), None);
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CREATE_PERMISSION).peer(peer("93.184.216.36:1")),
+    );
+    assert_eq!(code(&r), Some(508));
+    // Refreshing an installed permission is not a new one.
+    let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)));
+    assert_eq!(code(&r), None);
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4000)
+            .peer(peer(PEER)),
+    );
+    assert_eq!(code(&r), None);
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4001)
+            .peer(peer(PEER2)),
+    );
+    assert_eq!(code(&r), Some(508));
+    assert_eq!(t.e.stats.quota_rejections, 2);
+}
+
+#[test]
+fn packet_and_bandwidth_ceilings_drop_the_excess_both_ways() {
+    let mut t = with_limits(|l| {
+        l.packet_rate = 10;
+        l.bandwidth = 1_000_000;
+    });
+    let c = client(1);
+    let id = bound(&mut t, c);
+    let pkt = [0x40, 0x00, 0x00, 0x01, 7, 0, 0, 0];
+    let sent = (0..25)
+        .filter(|_| t.e.handle_client(t.now, c, &pkt).is_some())
+        .count();
+    assert_eq!(sent, 10);
+    let mut buf = vec![0u8; channel_data::BUF_LEN];
+    let back = (0..25)
+        .filter(|_| {
+            t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 1)
+                .is_some()
+        })
+        .count();
+    assert_eq!(back, 10);
+    assert_eq!(t.e.stats.rate_limited, 30);
+    // The session survives: a second later traffic flows again.
+    t.now += Duration::from_secs(1);
+    assert!(t.e.handle_client(t.now, c, &pkt).is_some());
+}
+
+#[test]
+fn unauthenticated_answers_are_rate_limited_per_source() {
+    let mut t = with_limits(|l| l.unauthenticated_rate = 5);
+    let bare = || Req::new(METHOD_ALLOCATE).transport(17).bytes();
+    // T::with used one answer already for client(1)'s address.
+    let answered = (0..20)
+        .filter(|_| !t.send(client(1), &bare()).is_empty())
+        .count();
+    assert_eq!(answered, 4);
+    assert_eq!(t.e.stats.answers_suppressed, 16);
+    let elsewhere = ClientAddr {
+        remote: "198.18.0.9:5".parse().unwrap(),
+        via: Via::Udp(0),
+    };
+    assert_eq!(
+        t.send(elsewhere, &bare()).len(),
+        1,
+        "another source is answered"
+    );
+    // Authenticated traffic is not limited.
+    t.allocate(client(1));
+}
+
+#[test]
+fn strict_expiry_closes_a_rest_allocation_when_its_credential_expires() {
+    for (strict, grace, closes_at) in [(true, 0, 100), (true, 30, 130), (false, 0, 600)] {
+        let mut cfg = config((50000..50010).collect());
+        cfg.strict_expiry = strict;
+        cfg.expiry_grace = Duration::from_secs(grace);
+        let mut t = T::with(cfg);
+        let c = client(1);
+        let (u, p) = crate::auth::rest_credentials("s3cret", "carol", UNIX0 + 100);
+        let n = t.nonce_for(c);
+        let r = t.one(
+            c,
+            &Req::new(METHOD_ALLOCATE).transport(17).sign_as(&u, &p, &n),
+        );
+        let granted = wire::u32_attr(&r, ATTR_LIFETIME).unwrap().unwrap() as u64;
+        assert_eq!(granted, closes_at.min(600));
+        t.advance(99);
+        let n = t.nonce_for(c);
+        let r = t.one(
+            c,
+            &Req::new(METHOD_CREATE_PERMISSION)
+                .peer(peer(PEER))
+                .sign_as(&u, &p, &n),
+        );
+        assert_eq!(code(&r), None, "still valid at 99 s");
+        t.advance(1);
+        let n = t.nonce_for(c);
+        let r = t.one(c, &Req::new(METHOD_REFRESH).sign_as(&u, &p, &n));
+        assert_eq!(code(&r), Some(401), "expired credential");
+        if closes_at > 100 {
+            t.advance(closes_at - 101);
+            assert_eq!(t.e.allocation_count(), 1, "open until {closes_at} s");
+            t.advance(1);
+        }
+        assert_eq!(t.e.allocation_count(), 0, "closed at {closes_at} s");
+    }
+}
+
+#[test]
+fn stun_only_listeners_answer_binding_and_refuse_turn() {
+    let mut cfg = config((50000..50010).collect());
+    cfg.stun_only = vec![1];
+    let mut t = T::with(cfg);
+    let c = ClientAddr {
+        remote: client(1).remote,
+        via: Via::Udp(1),
+    };
+    let r = t.one(c, &Req::new(METHOD_BINDING).bytes());
+    assert_eq!(code(&r), None);
+    let n = t.nonce_for(c);
+    let r = t.one(
+        c,
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("alice", "wonderland", &n),
+    );
+    assert_eq!(code(&r), Some(400));
+}
+
+/// One address in each default-deny range, and the bypass forms of
+/// coturn's CVEs.
+const DENIED: &[&str] = &[
+    "0.0.0.0",
+    "0.0.0.1",
+    "10.1.2.3",
+    "100.64.0.1",
+    "127.0.0.1",
+    "127.255.255.254",
+    "169.254.169.254",
+    "172.16.0.1",
+    "192.0.0.1",
+    "192.0.2.1",
+    "192.88.99.1",
+    "192.168.1.1",
+    "198.18.0.1",
+    "198.51.100.1",
+    "203.0.113.1",
+    "224.0.0.1",
+    "239.255.255.250",
+    "240.0.0.1",
+    "255.255.255.255",
+    "::",
+    "::1",
+    "64:ff9b:1::1",
+    "100::1",
+    "2001:db8::1",
+    "fc00::1",
+    "fd12:3456::1",
+    "fe80::1",
+    "fec0::1",
+    "ff02::1",
+    "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254",
+    "::ffff:0:10.0.0.1",
+    "::127.0.0.1",
+    "64:ff9b::7f00:1",
+    "64:ff9b::a00:1",
+    "2002:7f00:1::1",
+    "2002:a00:1::1",
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",
+];
+
+#[test]
+fn every_denied_form_gets_403_and_sends_to_it_are_dropped() {
+    // The relay advertises a public address here, so our own relays do
+    // not mask anything; IPv6 peers are checked by policy before family.
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let id = t.e.allocation_of(c).unwrap();
+    for (i, a) in DENIED.iter().enumerate() {
+        let p = SocketAddr::new(a.parse().unwrap(), 3478);
+        if p.is_ipv6() {
+            // An IPv4 relay answers 443 to IPv6 peers before any policy;
+            // the policy itself is asked directly.
+            assert!(t.e.cfg.policy.check(p).is_err(), "{a} passes the policy");
+            continue;
+        }
+        let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(p));
+        assert_eq!(code(&r), Some(403), "CreatePermission {a}");
+        let r = t.signed(
+            c,
+            Req::new(METHOD_CHANNEL_BIND)
+                .channel(0x4000 + i as u16)
+                .peer(p),
+        );
+        assert_eq!(code(&r), Some(403), "ChannelBind {a}");
+        let before = t.e.stats.policy_denials;
+        let send = Req::indication(METHOD_SEND)
+            .peer(p)
+            .attr(ATTR_DATA, b"x")
+            .bytes();
+        assert!(t.e.handle_client(t.now, c, &send).is_none(), "Send {a}");
+        assert_eq!(t.e.stats.policy_denials, before + 1, "Send {a} counted");
+    }
+    assert!(t.e.allocation(id).unwrap().permissions.is_empty());
+}
+
+#[test]
+fn allowing_loopback_opens_127_0_0_1_and_nothing_else() {
+    let mut cfg = config((50000..50010).collect());
+    cfg.policy = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![], vec![], (1, 1));
+    let mut t = T::with(cfg);
+    let c = client(1);
+    t.allocate(c);
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CREATE_PERMISSION).peer(peer("127.0.0.1:9")),
+    );
+    assert_eq!(code(&r), None);
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4000)
+            .peer(peer("127.0.0.1:9")),
+    );
+    assert_eq!(code(&r), None);
+    for a in ["0.0.0.0:9", "0.0.0.1:9", "255.255.255.255:9", "224.0.0.1:9"] {
+        let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(a)));
+        assert_eq!(code(&r), Some(403), "{a}");
+    }
+    for a in [
+        "::1",
+        "::ffff:127.0.0.1",
+        "::127.0.0.1",
+        "64:ff9b::7f00:1",
+        "2002:7f00:1::1",
+    ] {
+        assert!(
+            t.e.cfg
+                .policy
+                .check(SocketAddr::new(a.parse().unwrap(), 9))
+                .is_err(),
+            "{a}"
+        );
+    }
 }

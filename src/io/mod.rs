@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::auth::Credentials;
 use crate::config::Config;
-use crate::engine::{EngineConfig, Reservations};
+use crate::engine::{EngineConfig, Shared};
 use crate::policy::PeerPolicy;
 
 /// Set up tracing to stderr; `RUST_LOG` overrides the configured level.
@@ -76,26 +76,28 @@ impl Server {
         let mut per_worker: Vec<worker::Sockets> =
             (0..n).map(|_| worker::Sockets::default()).collect();
         let mut listen = Vec::new();
-        for l in &config.listen {
+        for (i, l) in config.listen.iter().enumerate() {
+            let i = i as u16;
             let mut addr = l.address;
             if l.udp {
                 let socks = socket::udp_group(addr, n)?;
                 addr = socks[0].local_addr()?;
                 for (w, s) in per_worker.iter_mut().zip(socks) {
-                    w.udp.push(s);
+                    w.udp.push((i, s));
                 }
             }
             if l.tcp {
                 let socks = socket::tcp_group(addr, n)?;
                 addr = socks[0].local_addr()?;
                 for (w, s) in per_worker.iter_mut().zip(socks) {
-                    w.tcp.push(s);
+                    w.tcp.push((i, s));
                 }
             }
             tracing::info!(
                 address = %addr,
                 udp = l.udp,
                 tcp = l.tcp,
+                turn = l.turn,
                 "listening"
             );
             listen.push(addr);
@@ -122,7 +124,10 @@ impl Server {
             vec![config.relay.public_address, config.relay.address],
             config.relay.ports,
         );
-        let reservations = std::sync::Arc::new(Reservations::default());
+        let shared = std::sync::Arc::new(Shared::default());
+        let stun_only: Vec<u16> = (0..config.listen.len() as u16)
+            .filter(|&i| !config.listen[i as usize].turn)
+            .collect();
         let (stop, stop_rx) = watch::channel(false);
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -146,7 +151,11 @@ impl Server {
                 max_lifetime: std::time::Duration::from_secs(config.max_lifetime as u64),
                 seed: u64::from_le_bytes(seed),
                 legacy_channels: config.legacy_channel_numbers,
-                reservations: reservations.clone(),
+                limits: config.limits,
+                strict_expiry: config.strict_expiry,
+                expiry_grace: std::time::Duration::from_secs(config.expiry_grace),
+                stun_only: stun_only.clone(),
+                shared: shared.clone(),
             };
             let stop_rx = stop_rx.clone();
             let handle = std::thread::Builder::new()

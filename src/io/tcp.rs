@@ -57,7 +57,7 @@ impl Conn {
 }
 
 /// Start the reader and writer tasks of a new connection.
-pub fn spawn(w: Shared, stream: TcpStream, remote: SocketAddr) {
+pub fn spawn(w: Shared, listener: u16, stream: TcpStream, remote: SocketAddr) {
     let id = w.borrow_mut().conn_id();
     let conn = Rc::new(Conn {
         stream: Rc::new(stream),
@@ -68,7 +68,7 @@ pub fn spawn(w: Shared, stream: TcpStream, remote: SocketAddr) {
     w.borrow_mut().conns.insert(id, conn.clone());
     let client = ClientAddr {
         remote,
-        via: Via::Stream(id),
+        via: Via::Stream { listener, conn: id },
     };
     tracing::debug!(%client, "tcp connection");
     let writer = tokio::task::spawn_local(write_loop(conn.clone()));

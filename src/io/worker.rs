@@ -24,8 +24,9 @@ use crate::proto::channel_data::{BUF_LEN, HEADROOM, MAX_PAYLOAD};
 /// The sockets a worker is given at start.
 #[derive(Default)]
 pub struct Sockets {
-    pub udp: Vec<std::net::UdpSocket>,
-    pub tcp: Vec<std::net::TcpListener>,
+    /// Sockets with the index of their `[[listen]]` entry.
+    pub udp: Vec<(u16, std::net::UdpSocket)>,
+    pub tcp: Vec<(u16, std::net::TcpListener)>,
 }
 
 /// Packets handled per readiness wake-up before yielding to other sockets.
@@ -38,7 +39,8 @@ struct Relay {
 
 pub(super) struct Worker {
     pub(super) engine: Engine,
-    udp: Vec<Rc<UdpSocket>>,
+    /// UDP listener sockets by `[[listen]]` index.
+    udp: Vec<Option<Rc<UdpSocket>>>,
     relays: Vec<Option<Relay>>,
     pub(super) conns: std::collections::HashMap<u32, Rc<Conn>>,
     next_conn: u32,
@@ -74,10 +76,16 @@ pub fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let timer = Rc::new(Notify::new());
-        let mut udp = Vec::new();
-        for s in sockets.udp {
+        let mut udp: Vec<Option<Rc<UdpSocket>>> = Vec::new();
+        for (i, s) in sockets.udp {
             match UdpSocket::from_std(s) {
-                Ok(s) => udp.push(Rc::new(s)),
+                Ok(s) => {
+                    let i = i as usize;
+                    if udp.len() <= i {
+                        udp.resize(i + 1, None);
+                    }
+                    udp[i] = Some(Rc::new(s));
+                }
                 Err(e) => return tracing::error!(worker = index, "udp socket: {e}"),
             }
         }
@@ -94,12 +102,14 @@ pub fn run(
         }));
         SELF.with(|s| *s.borrow_mut() = Some(w.clone()));
         for (i, s) in udp.into_iter().enumerate() {
-            tokio::task::spawn_local(udp_loop(w.clone(), i as u16, s));
+            if let Some(s) = s {
+                tokio::task::spawn_local(udp_loop(w.clone(), i as u16, s));
+            }
         }
-        for l in sockets.tcp {
+        for (i, l) in sockets.tcp {
             match TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::task::spawn_local(accept_loop(w.clone(), l));
+                    tokio::task::spawn_local(accept_loop(w.clone(), i, l));
                 }
                 Err(e) => return tracing::error!(worker = index, "tcp listener: {e}"),
             }
@@ -133,32 +143,31 @@ impl Worker {
         }
     }
 
+    /// Send a datagram or frame to a client; false if it was dropped.
+    #[inline]
+    fn transmit(&self, client: ClientAddr, data: &[u8]) -> bool {
+        match client.via {
+            Via::Udp(i) => match self.udp.get(i as usize) {
+                Some(Some(s)) => send_now(s, data, client.remote).is_ok(),
+                _ => false,
+            },
+            Via::Stream { conn, .. } => match self.conns.get(&conn) {
+                Some(c) => c.send(data),
+                None => false,
+            },
+        }
+    }
+
     /// Send `self.buf[start..end]` to a client.
     #[inline]
     fn send_buf_to_client(&mut self, client: ClientAddr, start: usize, end: usize) {
-        let ok = match client.via {
-            Via::Udp(i) => {
-                send_now(&self.udp[i as usize], &self.buf[start..end], client.remote).is_ok()
-            }
-            Via::Stream(id) => match self.conns.get(&id) {
-                Some(c) => c.send(&self.buf[start..end]),
-                None => false,
-            },
-        };
-        if !ok {
+        if !self.transmit(client, &self.buf[start..end]) {
             self.send_drops += 1;
         }
     }
 
     fn send_to_client(&mut self, client: ClientAddr, data: &[u8]) {
-        let ok = match client.via {
-            Via::Udp(i) => send_now(&self.udp[i as usize], data, client.remote).is_ok(),
-            Via::Stream(id) => match self.conns.get(&id) {
-                Some(c) => c.send(data),
-                None => false,
-            },
-        };
-        if !ok {
+        if !self.transmit(client, data) {
             self.send_drops += 1;
         }
     }
@@ -313,12 +322,12 @@ async fn relay_loop(w: Shared, id: AllocId, sock: Rc<UdpSocket>) {
 }
 
 /// Accept TCP clients on one listener.
-async fn accept_loop(w: Shared, listener: TcpListener) {
+async fn accept_loop(w: Shared, index: u16, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
                 let _ = stream.set_nodelay(true);
-                tcp::spawn(w.clone(), stream, remote);
+                tcp::spawn(w.clone(), index, stream, remote);
             }
             Err(e) => {
                 tracing::warn!("accept: {e}");

@@ -2,6 +2,7 @@
 
 pub mod channel_data;
 pub mod framing;
+pub mod integrity;
 pub mod stun;
 
 /// What the first bytes of a client packet are (RFC 8656 §12.3: the first two

@@ -3,17 +3,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ring::hmac;
 pub use stun::attributes::AttrType;
 use stun::attributes::*;
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::{FINGERPRINT, fingerprint_value};
-use stun::integrity::MessageIntegrity;
 use stun::message::{MAGIC_COOKIE, Setter};
 pub use stun::message::{Message, MessageClass, MessageType, Method};
 use stun::textattrs::TextAttribute;
+
+use super::integrity::{self, Key, Mac, Signer};
 use stun::uattrs::UnknownAttributes;
-use subtle::ConstantTimeEq;
 
 /// Largest STUN message we accept from a client (header + attributes).
 pub const MAX_MESSAGE: usize = 65_535 + 20;
@@ -188,76 +187,17 @@ pub fn xor_peer_addresses(m: &Message) -> Result<Vec<SocketAddr>, ()> {
         .collect()
 }
 
-/// Verify MESSAGE-INTEGRITY (RFC 8489 §14.5) with `key`, in constant time.
-/// The HMAC covers the message up to the attribute, with the header length
-/// rewritten to end just after it.
-pub fn verify_integrity(m: &Message, key: &[u8]) -> bool {
-    let Some(offset) = integrity_offset(m) else {
-        return false;
-    };
-    let tag = &m
-        .attributes
-        .0
-        .iter()
-        .find(|a| a.typ == ATTR_MESSAGE_INTEGRITY)
-        .expect("offset found it")
-        .value;
-    if tag.len() != 20 {
-        return false;
-    }
-    let mut header = [0u8; 20];
-    header.copy_from_slice(&m.raw[..20]);
-    let covered_len = (offset - 20 + 4 + 20) as u16;
-    header[2..4].copy_from_slice(&covered_len.to_be_bytes());
-    let k = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
-    let mut ctx = hmac::Context::with_key(&k);
-    ctx.update(&header);
-    ctx.update(&m.raw[20..offset]);
-    let mac = ctx.sign();
-    bool::from(mac.as_ref().ct_eq(tag.as_slice()))
-}
-
-/// Byte offset in `m.raw` of the MESSAGE-INTEGRITY attribute header.
-fn integrity_offset(m: &Message) -> Option<usize> {
-    attr_offset(m, ATTR_MESSAGE_INTEGRITY)
-}
-
-/// Byte offset in `m.raw` of the first attribute of type `t` (its header).
-fn attr_offset(m: &Message, t: AttrType) -> Option<usize> {
-    let mut off = 20;
-    for a in &m.attributes.0 {
-        if a.typ == t {
-            return Some(off);
-        }
-        off += 4 + ((a.length as usize + 3) & !3);
-    }
-    None
-}
-
 /// Where the value of the first attribute `t` before MESSAGE-INTEGRITY lies
 /// in the packet the message was decoded from: `(start, end)`.
 pub fn attr_range(m: &Message, t: AttrType) -> Option<(usize, usize)> {
     let len = attr(m, t)?.len();
-    let start = attr_offset(m, t)? + 4;
+    let start = super::integrity::attr_offset(m, t)? + 4;
     Some((start, start + len))
 }
 
-/// Whether the request carries MESSAGE-INTEGRITY.
+/// Whether the request carries MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256.
 pub fn has_integrity(m: &Message) -> bool {
-    m.contains(ATTR_MESSAGE_INTEGRITY)
-}
-
-/// The long-term credential key, MD5(username ":" realm ":" password)
-/// (RFC 8489 §9.2.2).
-pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
-    let k = MessageIntegrity::new_long_term_integrity(
-        username.to_owned(),
-        realm.to_owned(),
-        password.to_owned(),
-    );
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&k.0);
-    out
+    super::integrity::present(m).is_some()
 }
 
 /// The reason phrase we send with an error code.
@@ -347,12 +287,11 @@ impl Response {
         self
     }
 
-    /// Finish: MESSAGE-INTEGRITY with `key` if given, then FINGERPRINT if asked.
-    pub fn finish(mut self, key: Option<&[u8]>, fingerprint: bool) -> Vec<u8> {
-        if let Some(k) = key {
-            MessageIntegrity(k.to_vec())
-                .add_to(&mut self.m)
-                .expect("integrity");
+    /// Finish: the integrity attribute if a signer is given, then
+    /// FINGERPRINT if asked.
+    pub fn finish(mut self, signer: Option<&Signer>, fingerprint: bool) -> Vec<u8> {
+        if let Some(s) = signer {
+            integrity::sign(&mut self.m, s);
         }
         if fingerprint {
             FINGERPRINT.add_to(&mut self.m).expect("fingerprint");
@@ -360,6 +299,17 @@ impl Response {
         self.m.raw
     }
 }
+
+/// How a request names its user: USERNAME, or USERHASH (RFC 8489 §14.4).
+#[derive(Debug, Clone, Copy)]
+pub enum User<'a> {
+    Name(&'a str),
+    Hash([u8; 32]),
+}
+
+/// The PASSWORD-ALGORITHMS value this server offers (RFC 8489 §14.11):
+/// MD5 and SHA-256, each without parameters.
+pub const PASSWORD_ALGORITHMS: [u8; 8] = [0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00];
 
 /// A request or indication under construction: what clients send. The
 /// server never sends requests; tests, the load generator and tools do.
@@ -420,13 +370,39 @@ impl Request {
 
     /// Finish with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY for the
     /// long-term credentials `user`/`password`.
-    pub fn sign(mut self, user: &str, realm: &str, password: &str, nonce: &str) -> Vec<u8> {
-        self.m.add(ATTR_USERNAME, user.as_bytes());
+    pub fn sign(self, user: &str, realm: &str, password: &str, nonce: &str) -> Vec<u8> {
+        let key = Key::md5(user, realm, password);
+        let signer = Signer {
+            key,
+            mac: Mac::Sha1,
+        };
+        self.sign_with(User::Name(user), realm, nonce, None, &signer)
+    }
+
+    /// Finish with the user (USERNAME or USERHASH), REALM, NONCE, the
+    /// PASSWORD-ALGORITHMS the server offers and the chosen
+    /// PASSWORD-ALGORITHM when `algorithm` is given (RFC 8489 §9.2.4), and
+    /// the integrity attribute of `signer`.
+    pub fn sign_with(
+        mut self,
+        user: User<'_>,
+        realm: &str,
+        nonce: &str,
+        algorithm: Option<u16>,
+        signer: &Signer,
+    ) -> Vec<u8> {
+        match user {
+            User::Name(u) => self.m.add(ATTR_USERNAME, u.as_bytes()),
+            User::Hash(h) => self.m.add(ATTR_USER_HASH, &h),
+        }
         self.m.add(ATTR_REALM, realm.as_bytes());
         self.m.add(ATTR_NONCE, nonce.as_bytes());
-        MessageIntegrity(long_term_key(user, realm, password).to_vec())
-            .add_to(&mut self.m)
-            .expect("integrity");
+        if let Some(a) = algorithm {
+            self.m.add(ATTR_PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS);
+            let b = a.to_be_bytes();
+            self.m.add(ATTR_PASSWORD_ALGORITHM, &[b[0], b[1], 0, 0]);
+        }
+        integrity::sign(&mut self.m, signer);
         self.m.raw
     }
 
@@ -480,8 +456,9 @@ mod tests {
     fn rfc5769_request_verifies() {
         let m = decode(RFC5769_REQUEST).expect("decodes");
         assert!(has_fingerprint(&m));
-        assert!(verify_integrity(&m, b"VOkJxbRl1RmTxUk/WvJxBt"));
-        assert!(!verify_integrity(&m, b"wrong"));
+        // Short-term credentials: the key is the password itself.
+        assert!(integrity::verify_bytes(&m, b"VOkJxbRl1RmTxUk/WvJxBt").is_some());
+        assert!(integrity::verify_bytes(&m, b"wrong").is_none());
         assert_eq!(text(&m, ATTR_USERNAME).as_deref(), Some("evtj:h6vY"));
     }
 
@@ -507,12 +484,15 @@ mod tests {
     #[test]
     fn responses_carry_integrity_that_verifies() {
         let req = decode(RFC5769_REQUEST).unwrap();
-        let key = long_term_key("u", "r", "p");
+        let key = Signer {
+            key: Key::md5("u", "r", "p"),
+            mac: Mac::Sha1,
+        };
         let bytes = Response::success(&req)
             .xor_address(ATTR_XORMAPPED_ADDRESS, "[2001:db8::1]:5".parse().unwrap())
             .finish(Some(&key), true);
         let m = decode(&bytes).unwrap();
-        assert!(verify_integrity(&m, &key));
+        assert_eq!(integrity::verify(&m, &key.key), Some(Mac::Sha1));
         let a = read_xor_address(
             attr(&m, ATTR_XORMAPPED_ADDRESS).unwrap(),
             &m.transaction_id.0,

@@ -1,0 +1,731 @@
+//! ferroturn-bench: ferroturn side by side with coturn's turnserver and a
+//! zero-protocol UDP forwarder, interleaved A B C A B C, medians and ratios.
+//!
+//! ```sh
+//! cargo build --release --bin ferroturn --bin ferroturn-bench
+//! cargo run --release --bin ferroturn-bench            # full run, ≤ 15 min on 2 cores
+//! cargo run --release --bin ferroturn-bench -- --quick # smoke test, ~1 min
+//! ```
+//!
+//! Everything runs on 127.0.0.0/8. Every loop is bounded in count and time.
+
+#[path = "ferroturn-bench/forwarder.rs"]
+mod forwarder;
+#[path = "ferroturn-bench/load.rs"]
+mod load;
+#[path = "ferroturn-bench/net.rs"]
+mod net;
+#[path = "ferroturn-bench/servers.rs"]
+mod servers;
+#[path = "ferroturn-bench/stats.rs"]
+mod stats;
+#[path = "ferroturn-bench/turn.rs"]
+mod turn;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use load::{Echo, Flow};
+use servers::{Kind, Paths, Server};
+use stats::{median, percentile};
+
+#[derive(Parser)]
+#[command(about = "ferroturn vs coturn vs a zero-protocol forwarder, on loopback")]
+struct Opts {
+    /// Smoke test: 1 repetition, short trials, 1,000 held allocations.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of A B C (default 3; 1 with --quick).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Which to run, comma-separated: forwarder,coturn,ferroturn.
+    #[arg(long, default_value = "forwarder,coturn,ferroturn")]
+    servers: String,
+    /// Which tests, comma-separated: ceiling,mem,ctl,tput,lat,cpu.
+    #[arg(long, default_value = "ceiling,mem,ctl,tput,lat,cpu")]
+    tests: String,
+    /// Allocations held for the memory test (default 10,000; 1,000 with --quick).
+    #[arg(long)]
+    allocations: Option<usize>,
+    /// The ferroturn binary (default: beside this one, i.e. target/release/ferroturn).
+    #[arg(long)]
+    ferroturn: Option<PathBuf>,
+    /// coturn's turnserver (default: on PATH; `apt-get install coturn`).
+    #[arg(long)]
+    turnserver: Option<PathBuf>,
+    /// Internal: run the forwarder (LISTEN PEER CHANNELS).
+    #[arg(long, num_args = 3, hide = true)]
+    forwarder: Option<Vec<String>>,
+}
+
+/// Durations and counts of one run mode.
+struct Plan {
+    reps: usize,
+    trial: Duration,
+    steps: usize,
+    lat: Duration,
+    cpu: Duration,
+    ctl: Duration,
+    hold: usize,
+}
+
+/// Per (target, metric): one value per repetition.
+type Results = BTreeMap<(String, &'static str), Vec<f64>>;
+
+const TPUT: [(&str, usize, usize); 4] = [
+    ("tput 1x200", 1, 200),
+    ("tput 100x200", 100, 200),
+    ("tput 1x1200", 1, 1200),
+    ("tput 100x1200", 100, 1200),
+];
+const FLOWS: usize = 100;
+const CPU_RATE: f64 = 25_000.0;
+
+fn main() {
+    let o = Opts::parse();
+    if let Some(f) = &o.forwarder {
+        let parse = |s: &str| s.parse::<SocketAddrV4>().expect("IPv4 address:port");
+        let r = forwarder::run(parse(&f[0]), parse(&f[1]), f[2].parse().expect("channels"));
+        if let Err(e) = r {
+            eprintln!("forwarder: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let plan = if o.quick {
+        Plan {
+            reps: o.reps.unwrap_or(1),
+            trial: Duration::from_millis(300),
+            steps: 7,
+            lat: Duration::from_secs(1),
+            cpu: Duration::from_millis(1500),
+            ctl: Duration::from_secs(1),
+            hold: o.allocations.unwrap_or(1000),
+        }
+    } else {
+        Plan {
+            reps: o.reps.unwrap_or(3),
+            trial: Duration::from_millis(800),
+            steps: 8,
+            lat: Duration::from_secs(3),
+            cpu: Duration::from_secs(4),
+            ctl: Duration::from_secs(3),
+            hold: o.allocations.unwrap_or(10_000),
+        }
+    };
+    let kinds: Vec<Kind> = [Kind::Forwarder, Kind::Coturn, Kind::Ferroturn]
+        .into_iter()
+        .filter(|k| o.servers.split(',').any(|s| s.trim() == k.name()))
+        .collect();
+    let tests: Vec<String> = o.tests.split(',').map(|s| s.trim().to_string()).collect();
+    let on = |t: &str| tests.iter().any(|x| x == t);
+
+    let me = std::env::current_exe().expect("own path");
+    let beside = me.parent().unwrap().to_path_buf();
+    let need = |k: Kind| kinds.contains(&k);
+    let ferroturn = servers::locate(o.ferroturn.as_deref(), "ferroturn", &beside);
+    let turnserver = servers::locate(o.turnserver.as_deref(), "turnserver", &beside);
+    if need(Kind::Ferroturn) && ferroturn.is_none() {
+        eprintln!(
+            "no ferroturn binary: run `cargo build --release --bin ferroturn` (or pass --ferroturn)"
+        );
+        std::process::exit(2);
+    }
+    if need(Kind::Coturn) && turnserver.is_none() {
+        eprintln!("no turnserver: `apt-get install coturn` (or pass --turnserver)");
+        std::process::exit(2);
+    }
+    let dir = std::env::temp_dir().join(format!("ferroturn-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let paths = Paths {
+        ferroturn: ferroturn.unwrap_or_default(),
+        turnserver: turnserver.unwrap_or_default(),
+        me,
+        dir: dir.clone(),
+    };
+    let nofile = net::raise_nofile();
+    if nofile < plan.hold as u64 + 256 {
+        eprintln!(
+            "warning: open-files limit {nofile} is below {} allocations + 256; raise it (ulimit -Hn)",
+            plan.hold
+        );
+    }
+
+    let echo = Echo::start().expect("echo peer");
+    let mut res: Results = BTreeMap::new();
+    let mut src = net::Sources::new();
+    let mut trial_id = 1u32;
+    let started = Instant::now();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "ferroturn-bench: {} rep(s) of {:?}, {cores} cores, echo peer {}",
+        plan.reps,
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        echo.addr
+    );
+
+    for rep in 0..plan.reps {
+        if on("ceiling") {
+            eprintln!(
+                "[rep {}] generator ceiling (straight to the echo peer)",
+                rep + 1
+            );
+            ceiling(&plan, &echo, &mut src, &mut trial_id, &mut res, &on);
+        }
+        for &k in &kinds {
+            eprintln!(
+                "[rep {}] {} ({:.0} s so far)",
+                rep + 1,
+                k.name(),
+                started.elapsed().as_secs_f64()
+            );
+            if let Err(e) = run_server(
+                k,
+                &paths,
+                &plan,
+                &echo,
+                &mut src,
+                &mut trial_id,
+                &mut res,
+                &on,
+            ) {
+                eprintln!("  {}: {e}", k.name());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let total = started.elapsed();
+    print!("{}", report(&res, &plan, cores, total, &kinds));
+}
+
+fn gen_socket() -> UdpSocket {
+    net::udp(
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        load::GEN_BUF,
+        Some(Duration::from_millis(10)),
+    )
+    .expect("generator socket")
+}
+
+fn push(res: &mut Results, target: &str, metric: &'static str, v: f64) {
+    res.entry((target.to_string(), metric)).or_default().push(v);
+}
+
+fn last_median(res: &Results, target: &str, metric: &'static str) -> Option<f64> {
+    res.get(&(target.to_string(), metric))
+        .map(|v| median(v))
+        .filter(|m| m.is_finite() && *m > 0.0)
+}
+
+/// Throughput searches over the four configurations for `target`.
+fn throughput(
+    plan: &Plan,
+    target: &str,
+    sock: &UdpSocket,
+    flows: &[Flow],
+    default_start: f64,
+    trial_id: &mut u32,
+    res: &mut Results,
+) {
+    for (metric, n, payload) in TPUT {
+        let start = last_median(res, target, metric).map_or(default_start, |m| m * 0.85);
+        let (best, log) = load::search(
+            |rate| {
+                *trial_id += 1;
+                let t = load::trial(
+                    sock,
+                    &flows[..n],
+                    payload,
+                    rate,
+                    plan.trial,
+                    false,
+                    *trial_id,
+                );
+                std::thread::sleep(Duration::from_millis(50));
+                t
+            },
+            start,
+            plan.steps,
+        );
+        let steps: Vec<String> = log
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:.0}k{}",
+                    t.target / 1e3,
+                    if t.loss() <= load::MAX_LOSS && t.rate >= 0.97 * t.target {
+                        "✓"
+                    } else {
+                        "✗"
+                    }
+                )
+            })
+            .collect();
+        eprintln!(
+            "  {metric}: {:.1}k pkt/s  [{}]",
+            best / 1e3,
+            steps.join(" ")
+        );
+        push(res, target, metric, best);
+    }
+}
+
+/// Round-trip percentiles at `rate` over `flows`.
+fn latency(
+    plan: &Plan,
+    target: &str,
+    sock: &UdpSocket,
+    flows: &[Flow],
+    rate: f64,
+    names: [&'static str; 3],
+    trial_id: &mut u32,
+    res: &mut Results,
+) {
+    *trial_id += 1;
+    let mut t = load::trial(sock, flows, 200, rate, plan.lat, true, *trial_id);
+    t.rtts.sort_unstable();
+    let p = [50.0, 99.0, 99.9].map(|q| percentile(&t.rtts, q) / 1e3);
+    eprintln!(
+        "  rtt at {:.0}k/s over {} flow(s): p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, loss {:.3} %",
+        rate / 1e3,
+        flows.len(),
+        p[0],
+        p[1],
+        p[2],
+        t.loss() * 100.0
+    );
+    for (name, v) in names.into_iter().zip(p) {
+        push(res, target, name, v);
+    }
+}
+
+fn ceiling(
+    plan: &Plan,
+    echo: &Echo,
+    src: &mut net::Sources,
+    trial_id: &mut u32,
+    res: &mut Results,
+    on: &dyn Fn(&str) -> bool,
+) {
+    let sock = gen_socket();
+    let flows: Vec<Flow> = (0..FLOWS)
+        .map(|i| Flow {
+            src: src.next(),
+            dst: echo.addr,
+            channel: 0x4000 + i as u16,
+        })
+        .collect();
+    if on("tput") {
+        throughput(plan, "generator", &sock, &flows, 100_000.0, trial_id, res);
+    }
+    if on("lat") {
+        latency(
+            plan,
+            "generator",
+            &sock,
+            &flows[..1],
+            1000.0,
+            ["rtt1k p50", "rtt1k p99", "rtt1k p99.9"],
+            trial_id,
+            res,
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_server(
+    kind: Kind,
+    paths: &Paths,
+    plan: &Plan,
+    echo: &Echo,
+    src: &mut net::Sources,
+    trial_id: &mut u32,
+    res: &mut Results,
+    on: &dyn Fn(&str) -> bool,
+) -> Result<(), String> {
+    let mut server = Server::start(kind, paths, echo.addr)?;
+    let name = kind.name();
+    eprintln!("  pid {} on {}", server.pid(), server.addr);
+
+    if kind.is_turn() && on("mem") {
+        std::thread::sleep(Duration::from_millis(300));
+        let ctl = gen_socket();
+        let idle = server.rss_kib();
+        let mut held = Vec::with_capacity(plan.hold);
+        let mut left = plan.hold;
+        let st = turn::drive(
+            &ctl,
+            server.addr,
+            turn::Plan::Hold,
+            64,
+            Instant::now() + Duration::from_secs(60),
+            || {
+                (left > 0).then(|| {
+                    left -= 1;
+                    turn::Client::new(src.next(), None)
+                })
+            },
+            Some(&mut held),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let full = server.rss_kib();
+        let mut it = held.into_iter();
+        let del = turn::drive(
+            &ctl,
+            server.addr,
+            turn::Plan::Delete,
+            64,
+            Instant::now() + Duration::from_secs(60),
+            || it.next(),
+            None,
+        );
+        // coturn frees a deleted allocation on its next timer tick.
+        std::thread::sleep(Duration::from_secs(2));
+        let after = server.rss_kib();
+        let per = (full as f64 - idle as f64) * 1024.0 / st.done.max(1) as f64;
+        eprintln!(
+            "  memory: idle {idle} KiB, {} allocations held ({} failed, {:.1} s) {full} KiB = {per:.0} B each; {} deleted ({} failed): {after} KiB",
+            st.done, st.failed, st.secs, del.done, del.failed
+        );
+        push(res, name, "rss idle", idle as f64 / 1024.0);
+        if st.done >= plan.hold * 99 / 100 {
+            push(res, name, "rss per alloc", per);
+            push(res, name, "rss after delete", after as f64 - idle as f64);
+        }
+    }
+
+    if kind.is_turn() && on("ctl") {
+        let ctl = gen_socket();
+        let st = turn::drive(
+            &ctl,
+            server.addr,
+            turn::Plan::Cycle,
+            64,
+            Instant::now() + plan.ctl,
+            || Some(turn::Client::new(src.next(), None)),
+            None,
+        );
+        let rate = st.done as f64 / st.secs;
+        eprintln!(
+            "  allocation cycles: {} in {:.2} s = {rate:.0}/s ({} failed)",
+            st.done, st.secs, st.failed
+        );
+        push(res, name, "cycles/s", rate);
+    }
+
+    if !(on("tput") || on("lat") || on("cpu")) {
+        return Ok(());
+    }
+    let sock = gen_socket();
+    let flows: Vec<Flow> = if kind.is_turn() {
+        let mut clients = Vec::new();
+        let mut i = 0usize;
+        let st = turn::drive(
+            &sock,
+            server.addr,
+            turn::Plan::Hold,
+            16,
+            Instant::now() + Duration::from_secs(20),
+            || {
+                (i < FLOWS).then(|| {
+                    i += 1;
+                    turn::Client::new(src.next(), Some((0x4000 + i as u16 - 1, echo.addr)))
+                })
+            },
+            Some(&mut clients),
+        );
+        if st.done < FLOWS {
+            return Err(format!(
+                "only {} of {FLOWS} channel-bound allocations",
+                st.done
+            ));
+        }
+        clients.sort_by_key(|c| c.bind.unwrap().0);
+        clients
+            .iter()
+            .map(|c| Flow {
+                src: c.src,
+                dst: server.addr,
+                channel: c.bind.unwrap().0,
+            })
+            .collect()
+    } else {
+        (0..FLOWS)
+            .map(|i| Flow {
+                src: src.next(),
+                dst: server.addr,
+                channel: 0x4000 + i as u16,
+            })
+            .collect()
+    };
+    // Warm-up: every flow carries traffic once before measuring.
+    *trial_id += 1;
+    let w = load::trial(
+        &sock,
+        &flows,
+        200,
+        5_000.0,
+        Duration::from_millis(200),
+        false,
+        *trial_id,
+    );
+    if w.loss() > 0.01 {
+        eprintln!("  warning: warm-up lost {:.1} %", w.loss() * 100.0);
+    }
+
+    if on("tput") {
+        throughput(plan, name, &sock, &flows, 30_000.0, trial_id, res);
+    }
+    if on("lat") {
+        latency(
+            plan,
+            name,
+            &sock,
+            &flows[..1],
+            1000.0,
+            ["rtt1k p50", "rtt1k p99", "rtt1k p99.9"],
+            trial_id,
+            res,
+        );
+        latency(
+            plan,
+            name,
+            &sock,
+            &flows,
+            10_000.0,
+            ["rtt10k p50", "rtt10k p99", "rtt10k p99.9"],
+            trial_id,
+            res,
+        );
+    }
+    if on("cpu") {
+        *trial_id += 1;
+        let c0 = server.cpu();
+        let t = load::trial(&sock, &flows, 200, CPU_RATE, plan.cpu, false, *trial_id);
+        let c1 = server.cpu();
+        let cpu = c1 - c0;
+        // Relayed: client → peer (sent, less what was lost on the way) and
+        // peer → client (received); counted as sent + received.
+        let relayed = (t.sent + t.received) as f64;
+        let per_m = cpu / relayed * 1e6;
+        eprintln!(
+            "  cpu at {:.0}k/s: {cpu:.2} s for {:.0}k relayed = {per_m:.2} s per million ({:.0} % of a core), loss {:.3} %",
+            CPU_RATE / 1e3,
+            relayed / 1e3,
+            cpu / plan.cpu.as_secs_f64() * 100.0,
+            t.loss() * 100.0
+        );
+        push(res, name, "cpu s/M", per_m);
+        push(
+            res,
+            name,
+            "cpu % core",
+            cpu / plan.cpu.as_secs_f64() * 100.0,
+        );
+    }
+    server.stop();
+    Ok(())
+}
+
+/// Metrics in report order: key, label, unit formatter.
+const ROWS: &[(&str, &str)] = &[
+    (
+        "tput 1x200",
+        "throughput, 1 allocation × 200 B (client-sent pkt/s at ≤ 0.1 % loss)",
+    ),
+    ("tput 100x200", "throughput, 100 allocations × 200 B"),
+    ("tput 1x1200", "throughput, 1 allocation × 1200 B"),
+    ("tput 100x1200", "throughput, 100 allocations × 1200 B"),
+    ("rtt1k p50", "RTT p50 at 1 k pkt/s, 1 allocation (µs)"),
+    ("rtt1k p99", "RTT p99 at 1 k pkt/s (µs)"),
+    ("rtt1k p99.9", "RTT p99.9 at 1 k pkt/s (µs)"),
+    ("rtt10k p50", "RTT p50 at 10 k pkt/s, 100 allocations (µs)"),
+    ("rtt10k p99", "RTT p99 at 10 k pkt/s (µs)"),
+    ("rtt10k p99.9", "RTT p99.9 at 10 k pkt/s (µs)"),
+    (
+        "cpu s/M",
+        "server CPU s per million relayed packets at 25 k pkt/s",
+    ),
+    ("cpu % core", "server CPU at 25 k pkt/s (% of one core)"),
+    (
+        "cycles/s",
+        "allocation cycles/s (Allocate→401, Allocate, Refresh 0)",
+    ),
+    ("rss idle", "RSS idle (MiB)"),
+    ("rss per alloc", "RSS per held allocation (bytes)"),
+    (
+        "rss after delete",
+        "RSS after deleting all, minus idle (KiB)",
+    ),
+];
+
+fn fmt(metric: &str, v: f64) -> String {
+    if !v.is_finite() {
+        return "–".into();
+    }
+    if metric.starts_with("tput") {
+        format!("{:.1} k", v / 1e3)
+    } else if metric == "cpu s/M" || metric == "rss idle" {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b != 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+fn report(res: &Results, plan: &Plan, cores: usize, total: Duration, kinds: &[Kind]) -> String {
+    let m = |t: &str, k: &'static str| res.get(&(t.to_string(), k)).map_or(f64::NAN, |v| median(v));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n## ferroturn-bench: medians of {} repetition(s), {cores} cores, {:.0} s\n",
+        plan.reps,
+        total.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "Throughput is client-sent ChannelData/s at ≤ 0.1 % round-trip loss (the relay forwards twice that: both directions). Ratios are ferroturn's value over the other's.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| metric | generator ↔ echo | forwarder | coturn | ferroturn | ferroturn / forwarder | ferroturn / coturn |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for (k, label) in ROWS {
+        let g = m("generator", k);
+        let f = m("forwarder", k);
+        let c = m("coturn", k);
+        let t = m("ferroturn", k);
+        if [g, f, c, t].iter().all(|v| !v.is_finite()) {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {} | {} | {} | {} | {} |",
+            fmt(k, g),
+            fmt(k, f),
+            fmt(k, c),
+            fmt(k, t),
+            ratio(t, f),
+            ratio(t, c)
+        );
+    }
+
+    // Targets of issue 6.
+    let tf = |k: &'static str| m("ferroturn", k) / m("forwarder", k);
+    let tc = |k: &'static str| m("ferroturn", k) / m("coturn", k);
+    let verdict = |ok: bool, v: f64| {
+        if !v.is_finite() {
+            "not measured"
+        } else if ok {
+            "met"
+        } else {
+            "**not met**"
+        }
+    };
+    let _ = writeln!(
+        s,
+        "\n| target (issue 6) | measured | verdict |\n|---|---|---|"
+    );
+    let mut row = |name: &str, v: f64, shown: String, ok: bool| {
+        let _ = writeln!(s, "| {name} | {shown} | {} |", verdict(ok, v));
+    };
+    let r = tf("tput 100x200");
+    row(
+        "100 allocations × 200 B ≥ 0.95× forwarder",
+        r,
+        format!("{r:.2}×"),
+        r >= 0.95,
+    );
+    let r = tc("tput 100x200");
+    row(
+        "100 allocations × 200 B ≥ 1.1× coturn",
+        r,
+        format!("{r:.2}×"),
+        r >= 1.1,
+    );
+    let r = tf("tput 1x200");
+    row(
+        "1 allocation × 200 B ≥ 0.9× forwarder",
+        r,
+        format!("{r:.2}×"),
+        r >= 0.9,
+    );
+    let r = tc("tput 1x200");
+    row(
+        "1 allocation × 200 B ≥ 1.7× coturn",
+        r,
+        format!("{r:.2}×"),
+        r >= 1.7,
+    );
+    let r = tf("rtt1k p50");
+    row(
+        "idle RTT p50 ≤ 1.05× forwarder",
+        r,
+        format!("{r:.2}×"),
+        r <= 1.05,
+    );
+    let r = tc("rtt10k p99");
+    row(
+        "RTT p99 at 20 k relayed pkt/s ≤ coturn",
+        r,
+        format!("{r:.2}×"),
+        r <= 1.0,
+    );
+    let r = tf("cpu s/M");
+    row(
+        "CPU per relayed packet ≤ 1.1× forwarder",
+        r,
+        format!("{r:.2}×"),
+        r <= 1.1,
+    );
+    let v = m("ferroturn", "cycles/s");
+    row(
+        "allocation cycles/s ≥ 26,000",
+        v,
+        format!("{v:.0}/s"),
+        v >= 26_000.0,
+    );
+    let v = m("ferroturn", "rss per alloc");
+    row(
+        "RSS per allocation ≤ 4 KB",
+        v,
+        format!("{v:.0} B"),
+        v <= 4096.0,
+    );
+    let v = m("ferroturn", "rss after delete");
+    row(
+        "RSS within 1 MB of idle after deleting all",
+        v,
+        format!("{v:+.0} KiB"),
+        v <= 1024.0,
+    );
+
+    // Every repetition, for the reader who distrusts medians.
+    let _ = writeln!(s, "\nPer repetition:\n");
+    let mut targets = vec!["generator"];
+    targets.extend(kinds.iter().map(|k| k.name()));
+    for t in targets {
+        let mut line = format!("- {t}:");
+        for (k, _) in ROWS {
+            if let Some(v) = res.get(&(t.to_string(), *k)) {
+                let vs: Vec<String> = v.iter().map(|x| fmt(k, *x)).collect();
+                let _ = write!(line, " {k} [{}];", vs.join(", "));
+            }
+        }
+        let _ = writeln!(s, "{line}");
+    }
+    s
+}

@@ -11,17 +11,18 @@ use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::stun::{self as wire, Response};
 
 impl Engine {
-    /// Check a peer for this allocation: same family as the relay (443,
-    /// §9.2) and allowed by the peer policy (403).
+    /// Check a peer for this allocation: allowed by the peer policy (403),
+    /// then of the relay's address family (443, §9.2). The policy comes
+    /// first, so that every denied form, IPv6 ones included, reads as 403.
     pub(super) fn check_peer(&mut self, id: AllocId, peer: PeerAddr) -> Result<(), u16> {
         let a = self.allocation(id).expect("checked");
-        if a.relayed.is_ipv4() != peer.0.is_ipv4() {
-            return Err(443);
-        }
         if let Err(d) = self.cfg.policy.check(peer.0) {
             tracing::info!(client = %a.client, %peer, rule = %d, "peer denied");
             self.stats.policy_denials += 1;
             return Err(403);
+        }
+        if a.relayed.is_ipv4() != peer.0.is_ipv4() {
+            return Err(443);
         }
         Ok(())
     }

@@ -72,10 +72,10 @@ impl ChannelNumber {
             .then_some(ChannelNumber(n))
     }
 
-    /// A channel number in RFC 5766's wider range, 0x4000–0x7FFE, which
+    /// A channel number in RFC 5766's wider range, 0x4000–0x7FFF, which
     /// some older clients (coturn's test tools among them) still pick.
     pub fn new_legacy(n: u16) -> Option<Self> {
-        (0x4000..=0x7FFE).contains(&n).then_some(ChannelNumber(n))
+        (0x4000..=0x7FFF).contains(&n).then_some(ChannelNumber(n))
     }
 
     pub fn get(self) -> u16 {

@@ -216,7 +216,7 @@ pub struct Config {
     /// Default and maximum allocation lifetime in seconds (RFC 8656 §7.2).
     pub lifetime: u32,
     pub max_lifetime: u32,
-    /// Accept RFC 5766 channel numbers 0x5000–0x7FFE too.
+    /// Accept RFC 5766 channel numbers 0x5000–0x7FFF too.
     pub legacy_channel_numbers: bool,
     pub log_level: String,
     pub demo: Demo,

@@ -2,6 +2,8 @@
 //! ChannelData through a running server (client → peer → client) and count
 //! heap allocations made by any thread of this process while it happens.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -45,6 +47,7 @@ fn request(sock: &UdpSocket, server: SocketAddr, pkt: &[u8]) -> Message {
 
 #[test]
 fn relaying_channel_data_allocates_nothing() {
+    let (lo, hi) = common::relay_block();
     let config = format!(
         r#"
 realm = "{REALM}"
@@ -55,7 +58,7 @@ address = "127.0.0.1:0"
 transports = ["udp"]
 [relay]
 address = "127.0.0.1"
-ports = "45000-45063"
+ports = "{lo}-{hi}"
 [auth]
 users = {{ alice = "wonderland" }}
 [peers]

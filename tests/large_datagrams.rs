@@ -1,5 +1,6 @@
 //! Datagrams up to the UDP maximum relay intact in both directions.
 
+mod common;
 mod raw;
 
 use raw::{RawClient, loopback_config, peer_socket};
@@ -16,7 +17,8 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
 #[test]
 fn udp_client_datagrams_of_maximum_size_relay_both_ways() {
     let server =
-        ferroturn::io::Server::start(loopback_config("big", "[\"udp\"]", "45100-45139")).unwrap();
+        ferroturn::io::Server::start(loopback_config("big", "[\"udp\"]", common::relay_block()))
+            .unwrap();
     let mut c = RawClient::udp(server.listen[0], "big", "alice", "wonderland");
     let peer = peer_socket();
     c.allocate();
@@ -48,7 +50,8 @@ fn udp_client_datagrams_of_maximum_size_relay_both_ways() {
 #[test]
 fn tcp_client_relays_maximum_udp_payloads_both_ways() {
     let server =
-        ferroturn::io::Server::start(loopback_config("big", "[\"tcp\"]", "45140-45179")).unwrap();
+        ferroturn::io::Server::start(loopback_config("big", "[\"tcp\"]", common::relay_block()))
+            .unwrap();
     let mut c = RawClient::tcp(server.listen[0], "big", "alice", "wonderland");
     let peer = peer_socket();
     c.allocate();

@@ -59,7 +59,7 @@ pub struct EngineConfig {
     pub max_lifetime: Duration,
     /// Seeds the port shuffle and Data indication transaction ids.
     pub seed: u64,
-    /// Accept channel numbers up to 0x7FFE as RFC 5766 did, not just
+    /// Accept channel numbers up to 0x7FFF as RFC 5766 did, not just
     /// 0x4000–0x4FFF (RFC 8656 §12). coturn's client tools need it.
     pub legacy_channels: bool,
     /// Quotas and rate limits.

@@ -927,19 +927,19 @@ fn legacy_channel_numbers_are_accepted_only_when_configured() {
     let r = t.signed(
         c,
         Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x7FFE)
+            .channel(0x7FFF)
             .peer(peer(PEER)),
     );
     assert_eq!(code(&r), None);
     let r = t.signed(
         c,
         Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x7FFF)
+            .channel(0x8000)
             .peer(peer(PEER2)),
     );
     assert_eq!(code(&r), Some(400));
     let f =
-        t.e.handle_client(t.now, c, &[0x7F, 0xFE, 0x00, 0x01, 9, 0, 0, 0])
+        t.e.handle_client(t.now, c, &[0x7F, 0xFF, 0x00, 0x01, 9, 0, 0, 0])
             .unwrap();
     assert_eq!(f.peer, PeerAddr(peer(PEER)));
 }

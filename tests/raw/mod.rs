@@ -139,8 +139,14 @@ pub fn peer_socket() -> UdpSocket {
     s
 }
 
-/// A server config on loopback with port 0 and loopback peers allowed.
-pub fn loopback_config(realm: &str, transports: &str, ports: &str) -> ferroturn::config::Config {
+/// A server config on loopback with port 0, loopback peers allowed, and
+/// relay ports from `ports` (an inclusive range).
+pub fn loopback_config(
+    realm: &str,
+    transports: &str,
+    ports: (u16, u16),
+) -> ferroturn::config::Config {
+    let ports = format!("{}-{}", ports.0, ports.1);
     let text = format!(
         r#"
 realm = "{realm}"

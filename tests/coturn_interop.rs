@@ -1,0 +1,325 @@
+//! Interop with coturn's client tools (Debian package `coturn`):
+//! `turnutils_stunclient`, `turnutils_uclient` and `turnutils_peer`.
+//! coturn's own server (`turnserver`) is never started.
+//!
+//! tests/run.sh installs the tools; a missing tool fails these tests.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{
+    KillOnDrop, LOCALHOST, Output, PASSWORD, SECRET, Server, ServerConfig, USER, run_with_timeout,
+};
+
+/// A uclient run must finish within this.
+const UCLIENT_LIMIT: Duration = Duration::from_secs(60);
+/// Messages per client (-n), clients (-m), message length (-l).
+const MESSAGES: u64 = 50;
+const CLIENTS: u64 = 2;
+const LENGTH: &str = "170";
+
+/// uclient sessions run one at a time: they are timing sensitive (loss is
+/// counted after a fixed wait), and this machine may have few cores.
+static UCLIENT_SERIAL: Mutex<()> = Mutex::new(());
+
+fn tool(name: &str) -> Command {
+    let mut c = Command::new(name);
+    c.stdin(Stdio::null());
+    c
+}
+
+/// The number right after `key` in `text` (digits only).
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
+    let digits: String = text[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+#[test]
+fn stunclient_sees_its_mapped_address() {
+    let server = Server::start();
+    let mut cmd = tool("turnutils_stunclient");
+    cmd.args(["-p", &server.addr.port().to_string(), "127.0.0.1"]);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert!(!out.timed_out, "turnutils_stunclient hung:\n{}", out.output);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "turnutils_stunclient failed:\n{}",
+        out.output
+    );
+    // e.g. "0: : IPv4. UDP reflexive addr: 127.0.0.1:39874"
+    let line = out
+        .output
+        .lines()
+        .find(|l| l.contains("UDP reflexive addr:"))
+        .unwrap_or_else(|| panic!("no reflexive address in:\n{}", out.output));
+    let addr = line.split("UDP reflexive addr:").nth(1).unwrap().trim();
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|_| panic!("not an address: {addr:?} in {line:?}"));
+    assert_eq!(addr.ip(), LOCALHOST);
+    assert_ne!(addr.port(), 0);
+    assert_ne!(addr.port(), server.addr.port());
+}
+
+/// `turnutils_peer` on 127.0.0.1:PORT (it also takes PORT+1 for RTCP),
+/// answering by the time this returns.
+struct CoturnPeer {
+    port: u16,
+    _child: KillOnDrop,
+}
+
+impl CoturnPeer {
+    fn start() -> CoturnPeer {
+        for _ in 0..20 {
+            let port = common::free_udp_port();
+            if port == u16::MAX || UdpSocket::bind((LOCALHOST, port + 1)).is_err() {
+                continue;
+            }
+            let child = tool("turnutils_peer")
+                .args(["-p", &port.to_string(), "-L", "127.0.0.1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn turnutils_peer (is the coturn package installed? tests/run.sh installs it)");
+            let mut child = KillOnDrop(child);
+            // It echoes whatever it gets; wait (bounded) until it does.
+            let probe = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+            probe
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut buf = [0u8; 64];
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.0.try_wait() {
+                    break; // port taken meanwhile: try another
+                }
+                let _ = probe.send_to(b"ping", (LOCALHOST, port));
+                if let Ok((n, _)) = probe.recv_from(&mut buf)
+                    && &buf[..n] == b"ping"
+                {
+                    return CoturnPeer {
+                        port,
+                        _child: child,
+                    };
+                }
+            }
+        }
+        panic!("turnutils_peer did not come up");
+    }
+}
+
+/// The figures of uclient's final summary, e.g.
+///
+/// ```text
+/// 6: : start_mclient: tot_send_msgs=100, tot_recv_msgs=100
+/// 6: : start_mclient: tot_send_bytes ~ 17000, tot_recv_bytes ~ 17000
+/// 6: : Total transmit time is 6
+/// 6: : Total lost packets 0 (0.000000%), total send dropped 0 (0.000000%)
+/// ```
+#[derive(Debug)]
+struct Summary {
+    sent: u64,
+    received: u64,
+    sent_bytes: u64,
+    received_bytes: u64,
+    lost: u64,
+    send_dropped: u64,
+}
+
+fn parse_summary(output: &str) -> Option<Summary> {
+    // The final totals are the start_mclient lines without "msz=" (the
+    // lines with it are progress reports).
+    let totals = output
+        .lines()
+        .rfind(|l| l.contains("start_mclient: tot_send_msgs=") && !l.contains("msz="))?;
+    let bytes = output
+        .lines()
+        .rfind(|l| l.contains("start_mclient: tot_send_bytes") && !l.contains("msz="))?;
+    let lost = output.lines().rfind(|l| l.contains("Total lost packets"))?;
+    Some(Summary {
+        sent: number_after(totals, "tot_send_msgs=")?,
+        received: number_after(totals, "tot_recv_msgs=")?,
+        sent_bytes: number_after(bytes, "tot_send_bytes ~")?,
+        received_bytes: number_after(bytes, "tot_recv_bytes ~")?,
+        lost: number_after(lost, "Total lost packets")?,
+        send_dropped: number_after(lost, "total send dropped")?,
+    })
+}
+
+/// Run uclient against `server` with the peer and `args` (flags plus
+/// credentials), and check that every message came back.
+fn run_uclient(server: &Server, peer: &CoturnPeer, args: &[&str]) -> Summary {
+    let _serial = UCLIENT_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = tool("turnutils_uclient");
+    cmd.args(args);
+    cmd.args([
+        "-n",
+        &MESSAGES.to_string(),
+        "-m",
+        &CLIENTS.to_string(),
+        "-l",
+        LENGTH,
+    ]);
+    cmd.args(["-e", "127.0.0.1", "-r", &peer.port.to_string()]);
+    cmd.args(["-p", &server.addr.port().to_string(), "127.0.0.1"]);
+    let Output {
+        code,
+        timed_out,
+        elapsed,
+        output,
+    } = run_with_timeout(cmd, UCLIENT_LIMIT);
+    let context = format!("turnutils_uclient {args:?} (ran {elapsed:?}, exit {code:?}):\n{output}");
+    assert!(!timed_out, "killed after {UCLIENT_LIMIT:?}: {context}");
+    assert_eq!(code, Some(0), "{context}");
+    let s = parse_summary(&output).unwrap_or_else(|| panic!("no final summary: {context}"));
+    assert!(
+        s.sent >= MESSAGES * CLIENTS,
+        "too few sent: {s:?}\n{context}"
+    );
+    assert!(s.received > 0, "nothing received: {s:?}\n{context}");
+    assert_eq!(s.received, s.sent, "{s:?}\n{context}");
+    assert_eq!(s.received_bytes, s.sent_bytes, "{s:?}\n{context}");
+    assert_eq!(s.lost, 0, "lost packets: {s:?}\n{context}");
+    assert_eq!(s.send_dropped, 0, "send dropped: {s:?}\n{context}");
+    s
+}
+
+fn check_server_log(server: &Server) {
+    let log = server.log();
+    assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+}
+
+const STATIC_USER: [&str; 4] = ["-u", USER, "-w", PASSWORD];
+
+/// A server for uclient's channel tests: uclient picks channel numbers in
+/// 0x4000-0x7FFF (RFC 5766), which needs `legacy_channel_numbers`.
+fn legacy_channel_server() -> Server {
+    Server::start_with(ServerConfig {
+        legacy_channel_numbers: Some(true),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn uclient_udp_channels() {
+    let server = legacy_channel_server();
+    let peer = CoturnPeer::start();
+    run_uclient(&server, &peer, &STATIC_USER);
+    check_server_log(&server);
+}
+
+#[test]
+fn uclient_udp_send_indications() {
+    let server = Server::start();
+    let peer = CoturnPeer::start();
+    let mut args = vec!["-s"];
+    args.extend(STATIC_USER);
+    run_uclient(&server, &peer, &args);
+    check_server_log(&server);
+}
+
+#[test]
+fn uclient_tcp_channels() {
+    let server = legacy_channel_server();
+    let peer = CoturnPeer::start();
+    let mut args = vec!["-t"];
+    args.extend(STATIC_USER);
+    run_uclient(&server, &peer, &args);
+    check_server_log(&server);
+}
+
+#[test]
+fn uclient_tcp_send_indications() {
+    let server = Server::start();
+    let peer = CoturnPeer::start();
+    let mut args = vec!["-t", "-s"];
+    args.extend(STATIC_USER);
+    run_uclient(&server, &peer, &args);
+    check_server_log(&server);
+}
+
+#[test]
+fn uclient_client_to_client() {
+    let server = legacy_channel_server();
+    let peer = CoturnPeer::start();
+    let mut args = vec!["-y"];
+    args.extend(STATIC_USER);
+    run_uclient(&server, &peer, &args);
+    check_server_log(&server);
+}
+
+#[test]
+fn uclient_rest_shared_secret() {
+    let server = legacy_channel_server();
+    let peer = CoturnPeer::start();
+    // uclient makes the username "<expiry>:bob" and the password
+    // base64(HMAC-SHA1(secret, username)) itself.
+    // No -w: only the shared secret can make these credentials work.
+    run_uclient(&server, &peer, &["-u", "bob", "-W", SECRET]);
+    check_server_log(&server);
+}
+
+#[test]
+fn uclient_wrong_password_fails() {
+    let server = Server::start();
+    let peer = CoturnPeer::start();
+    let _serial = UCLIENT_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = tool("turnutils_uclient");
+    cmd.args(["-u", USER, "-w", "not-wonderland", "-n", "5", "-m", "1"]);
+    cmd.args(["-e", "127.0.0.1", "-r", &peer.port.to_string()]);
+    cmd.args(["-p", &server.addr.port().to_string(), "127.0.0.1"]);
+    let out = run_with_timeout(cmd, UCLIENT_LIMIT);
+    assert!(!out.timed_out, "uclient hung:\n{}", out.output);
+    assert_ne!(
+        out.code,
+        Some(0),
+        "uclient succeeded with a wrong password:\n{}",
+        out.output
+    );
+    assert!(
+        out.output.contains("Cannot complete Allocation"),
+        "uclient failed for another reason than the refused Allocate:\n{}",
+        out.output
+    );
+    assert!(
+        parse_summary(&out.output).is_none_or(|s| s.received == 0),
+        "data was relayed with a wrong password:\n{}",
+        out.output
+    );
+    check_server_log(&server);
+}
+
+#[test]
+fn summary_parser_reads_uclient_output() {
+    let text = "\
+0: : Total connect time is 1
+3: : start_mclient: msz=2, tot_send_msgs=42, tot_recv_msgs=41, tot_send_bytes ~ 7140, tot_recv_bytes ~ 6970
+6: : start_mclient: tot_send_msgs=100, tot_recv_msgs=98
+6: : start_mclient: tot_send_bytes ~ 17000, tot_recv_bytes ~ 16660
+6: : Total transmit time is 6
+6: : Total lost packets 2 (2.000000%), total send dropped 1 (1.000000%)
+";
+    let s = parse_summary(text).expect("summary");
+    assert_eq!(
+        (
+            s.sent,
+            s.received,
+            s.sent_bytes,
+            s.received_bytes,
+            s.lost,
+            s.send_dropped
+        ),
+        (100, 98, 17000, 16660, 2, 1)
+    );
+    assert!(parse_summary("0: : channel bind: error 400 (Bad Request)\n").is_none());
+}

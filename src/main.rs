@@ -63,68 +63,51 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(n * mult))
 }
 
+/// Load and validate `--config`, or say why not (and with which exit code).
+fn load(path: Option<&PathBuf>, command: &str) -> Result<ferroturn::config::Config, ExitCode> {
+    let Some(path) = path else {
+        eprintln!("ferroturn {command}: --config FILE is required (try --config config.toml)");
+        return Err(ExitCode::from(2));
+    };
+    ferroturn::config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Run a server (plain or with the demo) until it stops.
+fn serve(
+    path: Option<&PathBuf>,
+    command: &str,
+    run: fn(ferroturn::config::Config) -> std::io::Result<()>,
+) -> ExitCode {
+    let config = match load(path, command) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    ferroturn::io::init_logging(&config.log_level);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ferroturn: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => {
-            let Some(path) = cli.config else {
-                eprintln!("ferroturn: --config FILE is required (try --config config.toml)");
-                return ExitCode::from(2);
-            };
-            let config = match ferroturn::config::load(&path) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            ferroturn::io::init_logging(&config.log_level);
-            match ferroturn::io::run(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("ferroturn: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::Run => serve(cli.config.as_ref(), "run", ferroturn::io::run),
+        Command::Demo => serve(cli.config.as_ref(), "demo", ferroturn::demo::run),
+        Command::Check => match load(cli.config.as_ref(), "check") {
+            Ok(_) => {
+                println!("{}: ok", cli.config.as_ref().expect("loaded").display());
+                ExitCode::SUCCESS
             }
-        }
-        Command::Demo => {
-            let Some(path) = cli.config else {
-                eprintln!("ferroturn demo: --config FILE is required");
-                return ExitCode::from(2);
-            };
-            let config = match ferroturn::config::load(&path) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            ferroturn::io::init_logging(&config.log_level);
-            match ferroturn::demo::run(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("ferroturn: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Check => {
-            let Some(path) = cli.config else {
-                eprintln!("ferroturn check: --config FILE is required");
-                return ExitCode::from(2);
-            };
-            match ferroturn::config::load(&path) {
-                Ok(_) => {
-                    println!("{}: ok", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+            Err(code) => code,
+        },
         Command::Credentials {
             secret,
             user,
@@ -133,12 +116,9 @@ fn main() -> ExitCode {
             urls,
         } => {
             let config = match &cli.config {
-                Some(p) => match ferroturn::config::load(p) {
+                Some(_) => match load(cli.config.as_ref(), "credentials") {
                     Ok(c) => Some(c),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::FAILURE;
-                    }
+                    Err(code) => return code,
                 },
                 None => None,
             };

@@ -48,11 +48,22 @@ fn engine(now: Instant) -> Engine {
     )
 }
 
-/// A request of method `spec[0] % 16`, with attributes read as (type, len,
+/// A request of one of the STUN/TURN methods picked by `spec[0]`, with attributes read as (type, len,
 /// value) from the rest of `spec`, signed as alice with a valid nonce.
 fn sign(spec: &[u8], client: ClientAddr, elapsed: u64) -> Vec<u8> {
     use ferroturn::proto::stun::Request;
-    let method = stun::message::Method((spec[0] % 16) as u16);
+    use stun::message::*;
+    let methods = [
+        METHOD_BINDING,
+        METHOD_ALLOCATE,
+        METHOD_REFRESH,
+        METHOD_SEND,
+        METHOD_DATA,
+        METHOD_CREATE_PERMISSION,
+        METHOD_CHANNEL_BIND,
+        METHOD_CONNECT,
+    ];
+    let method = methods[spec[0] as usize % methods.len()];
     let mut r = Request::new(method);
     let mut rest = &spec[1..];
     while rest.len() >= 3 {

@@ -43,7 +43,7 @@ impl Engine {
         authed: Authed,
     ) {
         let signer = authed.signer;
-        let err = |code: u16| Response::error(m, code).finish(Some(&signer), false);
+        let err = |code: u16| authed.error(m, code);
         if self.by_client.contains_key(&client) {
             self.reply(client, err(437));
             return;
@@ -232,7 +232,7 @@ impl Engine {
         authed: &Authed,
     ) -> Vec<u8> {
         let signer = authed.signer;
-        let err = |code: u16| Response::error(m, code).finish(Some(&signer), false);
+        let err = |code: u16| authed.error(m, code);
         match wire::requested_family(m) {
             None | Some(Ok(0x01)) => {}
             Some(_) => return err(443),

@@ -8,7 +8,7 @@ use super::allocation::{CHANNEL_LIFETIME_SECS, Channel, PERMISSION_LIFETIME_SECS
 use super::{Authed, Engine, ToPeer};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
-use crate::proto::stun::{self as wire, Response};
+use crate::proto::stun as wire;
 
 impl Engine {
     /// ChannelBind request (§12.2): number in 0x4000–0x4FFF, one peer; a
@@ -21,8 +21,7 @@ impl Engine {
         m: &Message,
         authed: &Authed,
     ) -> Vec<u8> {
-        let signer = authed.signer;
-        let err = |code: u16| Response::error(m, code).finish(Some(&signer), false);
+        let err = |code: u16| authed.error(m, code);
         let Some(Ok(n)) = wire::channel_number(m) else {
             return err(400);
         };
@@ -71,7 +70,7 @@ impl Engine {
             now + Duration::from_secs(PERMISSION_LIFETIME_SECS),
         );
         self.reschedule(id, now);
-        Response::success(m).finish(Some(&signer), false)
+        authed.ok(m)
     }
 
     /// ChannelData from a client (§12.6): relayed to the bound peer if the

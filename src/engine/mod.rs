@@ -152,6 +152,18 @@ struct Authed {
     deadline: Option<Instant>,
 }
 
+impl Authed {
+    /// An error response, signed as the request was.
+    fn error(&self, m: &Message, code: u16) -> Vec<u8> {
+        wire::Response::error(m, code).finish(Some(&self.signer), false)
+    }
+
+    /// A success response with nothing but the signature.
+    fn ok(&self, m: &Message) -> Vec<u8> {
+        wire::Response::success(m).finish(Some(&self.signer), false)
+    }
+}
+
 /// Why a request failed authentication: the error code, and whether the
 /// answer carries a fresh challenge (REALM, NONCE, PASSWORD-ALGORITHMS).
 #[derive(Debug, Clone, Copy)]
@@ -405,18 +417,12 @@ impl Engine {
             // Every other request needs the client's allocation (RFC 8656
             // §7.3, §9.2, §11.2): 437 without one, 441 from another user.
             let Some(id) = self.by_client.get(&client).copied() else {
-                self.reply(
-                    client,
-                    wire::Response::error(&m, 437).finish(Some(&authed.signer), false),
-                );
+                self.reply(client, authed.error(&m, 437));
                 return None;
             };
             let a = self.allocs[id.0 as usize].as_ref().expect("indexed");
             if a.username != authed.username {
-                self.reply(
-                    client,
-                    wire::Response::error(&m, 441).finish(Some(&authed.signer), false),
-                );
+                self.reply(client, authed.error(&m, 441));
                 return None;
             }
             let resp = if method == METHOD_REFRESH {

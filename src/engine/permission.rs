@@ -8,7 +8,7 @@ use stun::message::Message;
 use super::allocation::PERMISSION_LIFETIME_SECS;
 use super::{Authed, Engine, ToPeer};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
-use crate::proto::stun::{self as wire, Response};
+use crate::proto::stun as wire;
 
 impl Engine {
     /// Check a peer for this allocation: allowed by the peer policy (403),
@@ -37,8 +37,7 @@ impl Engine {
         m: &Message,
         authed: &Authed,
     ) -> Vec<u8> {
-        let signer = authed.signer;
-        let err = |code: u16| Response::error(m, code).finish(Some(&signer), false);
+        let err = |code: u16| authed.error(m, code);
         let peers = match wire::xor_peer_addresses(m) {
             Ok(p) if !p.is_empty() => p,
             _ => return err(400),
@@ -66,7 +65,7 @@ impl Engine {
             a.permit(p.ip(), expires);
         }
         self.reschedule(id, now);
-        Response::success(m).finish(Some(&signer), false)
+        authed.ok(m)
     }
 
     /// Send indication (§11.2): relay DATA to the XOR-PEER-ADDRESS if a

@@ -134,6 +134,35 @@ impl Worker {
         self.flush(now);
     }
 
+    /// A client datagram of `n` bytes in the buffer at [`HEADROOM`]: the
+    /// engine reads it there, and a relayed payload is sent straight from it.
+    #[inline]
+    fn client_datagram(&mut self, now: Instant, client: ClientAddr, n: usize) {
+        let packet = &self.buf[HEADROOM..HEADROOM + n];
+        if let Some(f) = self.engine.handle_client(now, client, packet) {
+            if let Some(Some(r)) = self.relays.get(f.relay.0 as usize) {
+                let p = &packet[f.start..f.end];
+                if send_now(&r.socket, p, f.peer.0).is_err() {
+                    self.send_drops += 1;
+                }
+            }
+        }
+        self.flush(now);
+    }
+
+    /// A peer datagram of `n` bytes in the buffer at [`HEADROOM`]: framed in
+    /// place by the engine and sent to the client.
+    #[inline]
+    fn peer_datagram(&mut self, now: Instant, id: AllocId, from: SocketAddr, n: usize) {
+        let end = HEADROOM + n;
+        if let Some(tc) = self
+            .engine
+            .handle_peer(now, id, from, &mut self.buf, HEADROOM, end)
+        {
+            self.send_buf_to_client(tc.client, tc.start, tc.end);
+        }
+    }
+
     #[inline]
     fn send_to_peer(&mut self, f: ToPeer, packet: &[u8]) {
         if let Some(Some(r)) = self.relays.get(f.relay.0 as usize) {
@@ -239,46 +268,33 @@ thread_local! {
     static SELF: RefCell<Option<Shared>> = const { RefCell::new(None) };
 }
 
-/// Receive client datagrams on one UDP listener.
-async fn udp_loop(w: Shared, index: u16, sock: Rc<UdpSocket>) {
+/// Read `sock` whenever it is readable, up to [`BATCH`] datagrams at a
+/// time, into the worker's buffer at [`HEADROOM`]; `on` handles each one
+/// while the datagram is still in the buffer.
+async fn read_loop<F>(w: Shared, sock: Rc<UdpSocket>, mut on: F)
+where
+    F: FnMut(&mut Worker, Instant, usize, SocketAddr),
+{
     loop {
         if sock.readable().await.is_err() {
             return;
         }
         let now = Instant::now();
-        let mut wb = w.borrow_mut();
-        let wk = &mut *wb;
         let mut drained = false;
-        for _ in 0..BATCH {
-            match sock.try_recv_from(&mut wk.buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) {
-                Ok((n, from)) => {
-                    let client = ClientAddr {
-                        remote: from,
-                        via: Via::Udp(index),
-                    };
-                    // The packet sits in the shared buffer; the engine reads
-                    // it from there and relays straight from it.
-                    let fwd = wk
-                        .engine
-                        .handle_client(now, client, &wk.buf[HEADROOM..HEADROOM + n]);
-                    if let Some(f) = fwd {
-                        if let Some(Some(r)) = wk.relays.get(f.relay.0 as usize) {
-                            let p = &wk.buf[HEADROOM + f.start..HEADROOM + f.end];
-                            if send_now(&r.socket, p, f.peer.0).is_err() {
-                                wk.send_drops += 1;
-                            }
-                        }
+        {
+            let mut wb = w.borrow_mut();
+            let wk = &mut *wb;
+            for _ in 0..BATCH {
+                match sock.try_recv_from(&mut wk.buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) {
+                    Ok((n, from)) => on(wk, now, n, from),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
                     }
-                    wk.flush(now);
+                    Err(_) => continue,
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    drained = true;
-                    break;
-                }
-                Err(_) => continue,
             }
         }
-        drop(wb);
         if !drained {
             // Let the worker's other sockets have a turn.
             tokio::task::yield_now().await;
@@ -286,39 +302,27 @@ async fn udp_loop(w: Shared, index: u16, sock: Rc<UdpSocket>) {
     }
 }
 
-/// Receive peer datagrams on one relay socket and pass them to the client.
+/// Receive client datagrams on the UDP listener of `[[listen]]` entry `index`.
+async fn udp_loop(w: Shared, index: u16, sock: Rc<UdpSocket>) {
+    read_loop(w, sock, move |wk, now, n, from| {
+        wk.client_datagram(
+            now,
+            ClientAddr {
+                remote: from,
+                via: Via::Udp(index),
+            },
+            n,
+        )
+    })
+    .await
+}
+
+/// Receive peer datagrams on the relay socket of allocation `id`.
 async fn relay_loop(w: Shared, id: AllocId, sock: Rc<UdpSocket>) {
-    loop {
-        if sock.readable().await.is_err() {
-            return;
-        }
-        let now = Instant::now();
-        let mut wb = w.borrow_mut();
-        let wk = &mut *wb;
-        let mut drained = false;
-        for _ in 0..BATCH {
-            match sock.try_recv_from(&mut wk.buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) {
-                Ok((n, from)) => {
-                    if let Some(tc) =
-                        wk.engine
-                            .handle_peer(now, id, from, &mut wk.buf, HEADROOM, HEADROOM + n)
-                    {
-                        wk.send_buf_to_client(tc.client, tc.start, tc.end);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    drained = true;
-                    break;
-                }
-                Err(_) => continue,
-            }
-        }
-        drop(wb);
-        if !drained {
-            // Let the worker's other sockets have a turn.
-            tokio::task::yield_now().await;
-        }
-    }
+    read_loop(w, sock, move |wk, now, n, from| {
+        wk.peer_datagram(now, id, from, n)
+    })
+    .await
 }
 
 /// Accept TCP clients on one listener.

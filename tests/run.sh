@@ -1,30 +1,30 @@
 #!/usr/bin/env bash
-# Install what the tests need (coturn's client tools) and run every test.
-# Usage: bash tests/run.sh   (from any directory)
+# Install what the tests need (Debian packages) and run every test.
+# Usage: bash tests/run.sh   (from any directory; as root, or with sudo)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# tests/coturn_interop.rs runs turnutils_stunclient, turnutils_uclient and
-# turnutils_peer from the Debian package coturn (its turnserver is never
-# started).
-need_coturn=0
-for t in turnutils_stunclient turnutils_uclient turnutils_peer; do
-    if ! command -v "$t" >/dev/null 2>&1; then
-        need_coturn=1
-    fi
+# package:file pairs. coturn: turnutils_stunclient, turnutils_uclient and
+# turnutils_peer for tests/coturn_interop.rs (its turnserver is never
+# started). chromium, chromium-driver: tests/demo_browser.rs and
+# tests/demo_netns.rs drive headless Chromium through chromedriver.
+# iptables, iproute2: demo_netns.rs builds NAT routers in network namespaces.
+need=()
+for pb in coturn:/usr/bin/turnutils_uclient \
+          chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
+          iptables:/usr/sbin/iptables iproute2:/usr/sbin/ip; do
+    [ -x "${pb#*:}" ] || need+=("${pb%%:*}")
 done
-if [ "$need_coturn" = 1 ]; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then
-        SUDO="sudo"
-    fi
-    echo "==> installing coturn (client tools for the interop tests)"
-    $SUDO apt-get update
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends coturn
+if [ ${#need[@]} -gt 0 ]; then
+    S=""
+    [ "$(id -u)" != 0 ] && S="sudo"
+    echo "==> installing ${need[*]}"
+    $S apt-get update
+    $S env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi
-for t in turnutils_stunclient turnutils_uclient turnutils_peer; do
-    command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing coturn" >&2; exit 1; }
+for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedriver iptables ip; do
+    command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing packages" >&2; exit 1; }
 done
 
 echo "==> cargo test --all-targets --no-fail-fast"

@@ -1,10 +1,470 @@
-//! The signaling demo (being written): an HTTP server with WebSocket
-//! signaling, `/ice-servers`, the call page and the trickle-ICE page.
+//! The signaling demo (`ferroturn demo`): the TURN server plus an HTTP
+//! server on `[demo] address` with
+//! - `/`: the call page (data channel chat, optional camera and microphone,
+//!   "relay only", live selected candidate pair),
+//! - `/trickle-ice`: candidate gathering against any STUN/TURN server,
+//! - `/ice-servers`: `iceServers` JSON with short-lived REST credentials,
+//! - `/signal`: WebSocket signaling in rooms of two.
+//!
+//! Pages and scripts are embedded in the binary.
+
+pub mod http;
+pub mod ice;
+pub mod signal;
+pub mod websocket;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
+use http::{HeadError, Request, Response};
+use ice::IceConfig;
+use signal::{Delivery, Hub, PeerId};
+use websocket::{Message, close_code};
+
+/// Connections served at once; more get 503.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Messages queued for one WebSocket client; a client that lets more pile
+/// up is disconnected.
+const OUTBOX: usize = 256;
+/// Time a closing WebSocket gets to flush its last frames.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Embedded assets: path, content type, body.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("assets/call.html"),
+    ),
+    (
+        "/trickle-ice",
+        "text/html; charset=utf-8",
+        include_str!("assets/trickle-ice.html"),
+    ),
+    (
+        "/call.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/call.js"),
+    ),
+    (
+        "/trickle-ice.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/trickle-ice.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/style.css"),
+    ),
+];
+
+/// Pages may load only their own scripts and styles and talk only to
+/// this origin (ICE traffic is not governed by CSP).
+const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; media-src 'self' blob: mediastream:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 /// Run the TURN server and the demo's HTTP server until SIGINT or SIGTERM.
 pub fn run(config: Config) -> std::io::Result<()> {
-    let _ = config;
-    Err(std::io::Error::other("the demo is not built yet"))
+    let server = crate::io::Server::start(config.clone())?;
+    let ice = ice_config(&config, &server.listen);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let listener = TcpListener::bind(config.demo.address).await?;
+        let addr = listener.local_addr()?;
+        tracing::info!(address = %addr, "demo: open http://{addr}/ (call) and http://{addr}/trickle-ice");
+        tokio::select! {
+            r = serve(listener, ice) => r,
+            r = crate::io::wait_for_signal() => r,
+        }
+    });
+    tracing::info!("shutting down");
+    server.stop();
+    result
+}
+
+/// The `/ice-servers` settings for `config`, with the listen ports the
+/// server actually bound (`bound`, in config order). STUN-only listeners
+/// (`turn = false`) get a `stun:` URI only.
+pub fn ice_config(config: &Config, bound: &[SocketAddr]) -> IceConfig {
+    let mut c = config.clone();
+    for (l, b) in c.listen.iter_mut().zip(bound) {
+        l.address.set_port(b.port());
+        if !l.turn {
+            // ice_urls gives turn: URIs for every transport listed.
+            l.udp = false;
+            l.tcp = false;
+        }
+    }
+    IceConfig {
+        urls: crate::io::ice_urls(&c),
+        secret: config.secrets.first().cloned(),
+        ttl: config.demo.credential_ttl,
+    }
+}
+
+/// Serve the demo on `listener` forever.
+pub async fn serve(listener: TcpListener, ice: IceConfig) -> std::io::Result<()> {
+    let app = Arc::new(App {
+        ice,
+        signal: Mutex::new(Signal::default()),
+        next_id: AtomicU64::new(1),
+        connections: AtomicUsize::new(0),
+    });
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: wait a little rather than spin.
+                tracing::warn!("demo: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let n = app.connections.fetch_add(1, Ordering::Relaxed);
+            let _guard = CountGuard(&app.connections);
+            connection(stream, from, &app, n >= MAX_CONNECTIONS).await;
+        });
+    }
+}
+
+struct CountGuard<'a>(&'a AtomicUsize);
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct App {
+    ice: IceConfig,
+    signal: Mutex<Signal>,
+    next_id: AtomicU64,
+    connections: AtomicUsize,
+}
+
+/// The hub and the outbox of every connected signaling client.
+#[derive(Default)]
+struct Signal {
+    hub: Hub,
+    outboxes: HashMap<PeerId, mpsc::Sender<Outgoing>>,
+}
+
+impl Signal {
+    /// Queue `deliveries`; a client whose outbox is full is dropped (its
+    /// writer ends, which closes its connection).
+    fn deliver(&mut self, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            self.send(d.to, Outgoing::Text(d.text));
+        }
+    }
+
+    fn send(&mut self, to: PeerId, o: Outgoing) {
+        if let Some(tx) = self.outboxes.get(&to)
+            && tx.try_send(o).is_err()
+        {
+            tracing::info!(peer = to, "demo: signaling client too slow, disconnecting");
+            self.outboxes.remove(&to);
+        }
+    }
+}
+
+enum Outgoing {
+    Text(String),
+    Pong(Vec<u8>),
+    Close(u16, String),
+}
+
+async fn connection(mut stream: TcpStream, from: SocketAddr, app: &App, overloaded: bool) {
+    let head = tokio::time::timeout(http::HEAD_TIMEOUT, http::read_head(&mut stream)).await;
+    let (req, leftover) = match head {
+        Ok(Ok(r)) => r,
+        Ok(Err(HeadError::Closed)) | Err(_) => return,
+        Ok(Err(HeadError::TooLarge)) => {
+            let r = Response::error(431, "request head too large");
+            let _ = r.write(&mut stream, false).await;
+            return;
+        }
+        Ok(Err(HeadError::Malformed(why))) => {
+            let _ = Response::error(400, why).write(&mut stream, false).await;
+            return;
+        }
+    };
+    let head_only = req.method == "HEAD";
+    if overloaded {
+        let r = Response::error(503, "too many connections").with("Retry-After", "1");
+        let _ = r.write(&mut stream, head_only).await;
+        return;
+    }
+    if req.method != "GET" && !head_only {
+        let r = Response::error(405, "only GET and HEAD").with("Allow", "GET, HEAD");
+        let _ = r.write(&mut stream, false).await;
+        return;
+    }
+    if req.path == "/signal" && !head_only {
+        match upgrade(&req) {
+            Ok(r) => {
+                if r.write(&mut stream, false).await.is_ok() {
+                    tracing::debug!(client = %from, "demo: signaling connected");
+                    signaling(stream, leftover, app).await;
+                }
+            }
+            Err(r) => {
+                let _ = r.write(&mut stream, false).await;
+            }
+        }
+        return;
+    }
+    let _ = route(&req, app).write(&mut stream, head_only).await;
+}
+
+/// The response to a plain GET.
+fn route(req: &Request, app: &App) -> Response {
+    if req.path == "/ice-servers" {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let body = ice::ice_servers(&app.ice, now).to_string();
+        return Response::ok("application/json", body).with("Cache-Control", "no-store");
+    }
+    if req.path == "/signal" {
+        return Response::error(426, "WebSocket only").with("Upgrade", "websocket");
+    }
+    match ASSETS.iter().find(|(p, _, _)| *p == req.path) {
+        Some((_, ctype, body)) => Response::ok(ctype, *body)
+            .with("Content-Security-Policy", CSP)
+            .with("X-Content-Type-Options", "nosniff")
+            .with("Cache-Control", "no-cache"),
+        None => Response::error(404, &format!("no page at {}", req.path)),
+    }
+}
+
+/// Check a WebSocket opening handshake; the 101 to send, or the error.
+fn upgrade(req: &Request) -> Result<Response, Response> {
+    if !req.header_has_token("upgrade", "websocket")
+        || !req.header_has_token("connection", "upgrade")
+    {
+        return Err(Response::error(426, "WebSocket only").with("Upgrade", "websocket"));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Err(
+            Response::error(426, "WebSocket version 13 only").with("Sec-WebSocket-Version", "13")
+        );
+    }
+    let Some(key) = req
+        .header("sec-websocket-key")
+        .filter(|k| websocket::valid_key(k))
+    else {
+        return Err(Response::error(400, "missing or invalid Sec-WebSocket-Key"));
+    };
+    // Browsers send Origin: only pages of this origin may signal here.
+    if let (Some(origin), Some(host)) = (req.header("origin"), req.header("host")) {
+        let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+        if !authority.eq_ignore_ascii_case(host) {
+            return Err(Response::error(403, "cross-origin signaling refused"));
+        }
+    }
+    Ok(Response {
+        status: 101,
+        headers: vec![
+            ("Upgrade", "websocket".into()),
+            ("Connection", "Upgrade".into()),
+            ("Sec-WebSocket-Accept", websocket::accept_key(key)),
+        ],
+        body: Vec::new(),
+    })
+}
+
+/// One signaling client, from the 101 until it leaves.
+async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
+    let id = app.next_id.fetch_add(1, Ordering::Relaxed);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    app.signal.lock().unwrap().outboxes.insert(id, tx);
+    let mut writer = tokio::spawn(write_loop(wr, rx));
+    let mut reader = websocket::Reader::server(rd, leftover, signal::MAX_MESSAGE);
+    let writer_done = tokio::select! {
+        _ = read_loop(id, &mut reader, app) => false,
+        _ = &mut writer => true,
+    };
+    {
+        let mut s = app.signal.lock().unwrap();
+        let out = s.hub.disconnect(id);
+        s.deliver(out);
+        // Dropping the outbox lets the writer finish what is queued and end.
+        s.outboxes.remove(&id);
+    }
+    if !writer_done {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, &mut writer).await;
+        writer.abort();
+    }
+    tracing::debug!(peer = id, "demo: signaling disconnected");
+}
+
+async fn read_loop(
+    id: PeerId,
+    reader: &mut websocket::Reader<impl tokio::io::AsyncRead + Unpin>,
+    app: &App,
+) {
+    loop {
+        let msg = reader.next().await;
+        let mut s = app.signal.lock().unwrap();
+        match msg {
+            Ok(Message::Text(text)) => {
+                let out = s.hub.message(id, &text);
+                s.deliver(out);
+            }
+            Ok(Message::Binary(_)) => {
+                s.deliver(vec![Delivery::error(id, &signal::Error::Binary)]);
+            }
+            Ok(Message::TooLarge(n)) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                s.deliver(vec![Delivery::error(id, &signal::Error::TooLarge(n))]);
+            }
+            Ok(Message::Ping(p)) => s.send(id, Outgoing::Pong(p)),
+            Ok(Message::Pong(_)) => {}
+            Ok(Message::Close(_)) => {
+                s.send(id, Outgoing::Close(close_code::NORMAL, String::new()));
+                return;
+            }
+            Err(websocket::Error::Closed) => return,
+            Err(e) => {
+                if let websocket::Error::Huge(n) = e {
+                    let n = usize::try_from(n).unwrap_or(usize::MAX);
+                    s.deliver(vec![Delivery::error(id, &signal::Error::TooLarge(n))]);
+                }
+                s.send(id, Outgoing::Close(e.close_code(), format!("{e:?}")));
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
+    while let Some(o) = rx.recv().await {
+        let (bytes, last) = match o {
+            Outgoing::Text(t) => (
+                websocket::encode(websocket::TEXT, t.as_bytes(), None),
+                false,
+            ),
+            Outgoing::Pong(p) => (websocket::encode(websocket::PONG, &p, None), false),
+            Outgoing::Close(code, reason) => (websocket::close_frame(code, &reason, None), true),
+        };
+        if wr.write_all(&bytes).await.is_err() || last {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ice_config_uses_bound_ports_and_skips_stun_only_listeners() {
+        let text = r#"
+realm = "r"
+[[listen]]
+address = "192.0.2.1:0"
+transports = ["udp", "tcp"]
+[[listen]]
+address = "192.0.2.1:3479"
+transports = ["udp"]
+turn = false
+[relay]
+address = "192.0.2.1"
+[auth]
+secrets = ["first", "second"]
+[demo]
+credential_ttl = 120
+"#;
+        let config = crate::config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let bound: Vec<SocketAddr> = vec![
+            "192.0.2.1:40000".parse().unwrap(),
+            "192.0.2.1:3479".parse().unwrap(),
+        ];
+        let ice = ice_config(&config, &bound);
+        assert_eq!(
+            ice.urls,
+            [
+                "stun:192.0.2.1:40000",
+                "turn:192.0.2.1:40000?transport=udp",
+                "turn:192.0.2.1:40000?transport=tcp",
+                "stun:192.0.2.1:3479",
+            ]
+        );
+        assert_eq!(ice.secret.as_deref(), Some("first"));
+        assert_eq!(ice.ttl, 120);
+    }
+
+    #[test]
+    fn routes_and_upgrade_checks() {
+        let app = App {
+            ice: IceConfig {
+                urls: vec!["stun:192.0.2.1:3478".into()],
+                secret: None,
+                ttl: 60,
+            },
+            signal: Mutex::new(Signal::default()),
+            next_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+        };
+        let get = |path: &str, headers: &[(&str, &str)]| Request {
+            method: "GET".into(),
+            path: path.into(),
+            query: String::new(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        };
+        for (path, status) in [
+            ("/", 200),
+            ("/trickle-ice", 200),
+            ("/call.js", 200),
+            ("/ice-servers", 200),
+            ("/signal", 426),
+            ("/x", 404),
+        ] {
+            assert_eq!(route(&get(path, &[]), &app).status, status, "{path}");
+        }
+        let page = route(&get("/", &[]), &app);
+        assert!(
+            page.headers
+                .iter()
+                .any(|(n, _)| *n == "Content-Security-Policy")
+        );
+
+        let ws = [
+            ("host", "a:1"),
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive, Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("origin", "http://a:1"),
+        ];
+        let ok = upgrade(&get("/signal", &ws)).unwrap();
+        assert_eq!(ok.status, 101);
+        assert!(ok.headers.contains(&(
+            "Sec-WebSocket-Accept",
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_string()
+        )));
+        let mut other = ws;
+        other[5] = ("origin", "http://b:1");
+        assert_eq!(upgrade(&get("/signal", &other)).unwrap_err().status, 403);
+        let mut old = ws;
+        old[3] = ("sec-websocket-version", "8");
+        assert_eq!(upgrade(&get("/signal", &old)).unwrap_err().status, 426);
+    }
 }

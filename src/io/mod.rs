@@ -44,10 +44,10 @@ pub fn ice_urls(config: &Config) -> Vec<String> {
         };
         let host = SocketAddr::new(ip, l.address.port()).to_string();
         urls.push(format!("stun:{host}"));
-        if l.udp {
+        if l.turn && l.udp {
             urls.push(format!("turn:{host}?transport=udp"));
         }
-        if l.tcp {
+        if l.turn && l.tcp {
             urls.push(format!("turn:{host}?transport=tcp"));
         }
     }

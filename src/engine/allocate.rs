@@ -48,6 +48,13 @@ impl Engine {
             self.reply(client, err(437));
             return;
         }
+        if let Some(alternate) = self.draining {
+            let r = match alternate {
+                Some(alt) => Response::error(m, 300).address(ATTR_ALTERNATE_SERVER, alt),
+                None => Response::error(m, 508),
+            };
+            return self.reply(client, r.finish(Some(&signer), false));
+        }
         match wire::requested_transport(m) {
             Some(Ok(PROTO_UDP)) => {}
             Some(Ok(_)) => return self.reply(client, err(442)),
@@ -246,7 +253,7 @@ impl Engine {
             let a = self.allocation(id).expect("checked");
             tracing::info!(client = %a.client, user = %a.username, "allocation deleted");
             self.stats.allocations_deleted += 1;
-            self.remove(id);
+            self.remove(id, now);
             return Response::success(m)
                 .u32(ATTR_LIFETIME, 0)
                 .finish(Some(&signer), false);

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use stun::message::Message;
 
 use super::allocation::{CHANNEL_LIFETIME_SECS, Channel, PERMISSION_LIFETIME_SECS};
-use super::{Authed, Engine, ToPeer};
+use super::{Authed, Engine, ToPeer, stats};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
 use crate::proto::stun as wire;
@@ -101,6 +101,7 @@ impl Engine {
         }
         a.counters.to_peer_packets += 1;
         a.counters.to_peer_bytes += len as u64;
+        self.stats.relayed[stats::TO_PEER][stats::transport_index(client.via)].add(len);
         Some(ToPeer {
             relay: id,
             peer,

@@ -20,6 +20,7 @@ mod permission;
 pub mod ports;
 pub mod quota;
 mod relay;
+pub mod stats;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -42,6 +43,8 @@ pub use quota::Shared;
 use quota::SourceLimiter;
 
 pub use relay::ToClient;
+use stats::AuthFailure;
+pub use stats::Stats;
 
 /// What the engine needs to know; one per worker.
 #[derive(Debug, Clone)]
@@ -85,6 +88,44 @@ pub enum Output {
     CloseRelay { alloc: AllocId },
 }
 
+/// What a reload may change in a running engine.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub credentials: Credentials,
+    pub policy: PeerPolicy,
+    pub limits: Limits,
+    pub strict_expiry: bool,
+    pub expiry_grace: Duration,
+}
+
+/// One allocation, as the admin API lists it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: String,
+    pub client: ClientAddr,
+    pub relayed: SocketAddr,
+    pub age: Duration,
+    pub counters: allocation::Counters,
+}
+
+/// Point-in-time figures for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub allocations: u64,
+    pub permissions: u64,
+    pub channels: u64,
+    pub free_ports: u64,
+}
+
+impl Gauges {
+    pub fn merge(&mut self, o: &Gauges) {
+        self.allocations += o.allocations;
+        self.permissions += o.permissions;
+        self.channels += o.channels;
+        self.free_ports += o.free_ports;
+    }
+}
+
 /// A packet for a peer: send `packet[start..end]` from the relay socket of
 /// `relay` to `peer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,27 +134,6 @@ pub struct ToPeer {
     pub peer: PeerAddr,
     pub start: usize,
     pub end: usize,
-}
-
-/// Counters of what the engine dropped or answered, for logs and metrics.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Stats {
-    /// Packets that were not valid STUN or ChannelData, dropped unanswered.
-    pub malformed: u64,
-    /// Data packets dropped: no allocation, no channel or no permission.
-    pub dropped: u64,
-    pub allocations_created: u64,
-    pub allocations_expired: u64,
-    pub allocations_deleted: u64,
-    pub auth_failures: u64,
-    pub policy_denials: u64,
-    /// Allocate requests refused by a quota (486, 508) and permissions or
-    /// channels refused past their per-allocation limit (508).
-    pub quota_rejections: u64,
-    /// Data packets dropped by an allocation's bandwidth or packet ceiling.
-    pub rate_limited: u64,
-    /// Unauthenticated answers not sent: the source was over its rate.
-    pub answers_suppressed: u64,
 }
 
 /// Attribute types this server understands (RFC 8489 §14, RFC 8656 §18).
@@ -187,6 +207,8 @@ pub struct Engine {
     epoch_unix: u64,
     txid_counter: u64,
     limiter: SourceLimiter,
+    /// Set by [`Engine::drain`]: the alternate server, if any.
+    draining: Option<Option<SocketAddr>>,
     pub stats: Stats,
 }
 
@@ -209,14 +231,88 @@ impl Engine {
             epoch_unix: unix_now,
             txid_counter: seed.rotate_left(17),
             limiter: SourceLimiter::new(now, seed.rotate_left(29)),
+            draining: None,
             stats: Stats::default(),
         }
     }
 
-    /// Replace credentials and peer policy (config reload); allocations stay.
-    pub fn update(&mut self, credentials: Credentials, policy: PeerPolicy) {
-        self.cfg.credentials = credentials;
-        self.cfg.policy = policy;
+    /// Apply a reloaded configuration: credentials, peer policy, limits and
+    /// expiry rules. Allocations, permissions and channels stay.
+    pub fn update(&mut self, u: Update) {
+        self.cfg.credentials = u.credentials;
+        self.cfg.policy = u.policy;
+        self.cfg.limits = u.limits;
+        self.cfg.strict_expiry = u.strict_expiry;
+        self.cfg.expiry_grace = u.expiry_grace;
+    }
+
+    /// Stop accepting new allocations: Allocate gets 300 with
+    /// ALTERNATE-SERVER (RFC 8489 §10) when an alternate is given, else 508.
+    /// Existing allocations live on until they expire or are closed.
+    pub fn drain(&mut self, alternate: Option<SocketAddr>) {
+        self.draining = Some(alternate);
+    }
+
+    /// Whether [`Engine::drain`] was called.
+    pub fn draining(&self) -> bool {
+        self.draining.is_some()
+    }
+
+    /// The live allocations, for the admin API.
+    pub fn sessions(&self, now: Instant) -> Vec<Session> {
+        self.allocs
+            .iter()
+            .flatten()
+            .filter(|a| matches!(a.state, allocation::State::Active))
+            .map(|a| Session {
+                user: a.username.clone(),
+                client: a.client,
+                relayed: a.relayed,
+                age: now.saturating_duration_since(a.created),
+                counters: a.counters,
+            })
+            .collect()
+    }
+
+    /// Gauges for metrics: allocations, permissions, channels, free ports.
+    pub fn gauges(&self) -> Gauges {
+        let mut g = Gauges {
+            allocations: self.by_client.len() as u64,
+            free_ports: self.ports.len() as u64,
+            ..Gauges::default()
+        };
+        for a in self.allocs.iter().flatten() {
+            g.permissions += a.permissions.len() as u64;
+            g.channels += a.channels.len() as u64;
+        }
+        g
+    }
+
+    /// Close every allocation of `user` (an operator's kill); how many.
+    pub fn close_user(&mut self, now: Instant, user: &str) -> usize {
+        self.close_where(now, |a| a.username == user)
+    }
+
+    /// Close the allocation whose relayed address has `port`; whether one did.
+    pub fn close_relay_port(&mut self, now: Instant, port: u16) -> bool {
+        self.close_where(now, |a| a.relayed.port() == port) > 0
+    }
+
+    fn close_where(&mut self, now: Instant, pred: impl Fn(&Allocation) -> bool) -> usize {
+        let ids: Vec<AllocId> = self
+            .by_client
+            .values()
+            .copied()
+            .filter(|id| self.allocation(*id).is_some_and(&pred))
+            .collect();
+        for &id in &ids {
+            if let Some(a) = self.allocation(id) {
+                tracing::info!(client = %a.client, user = %a.username, "allocation closed by the operator");
+            }
+            self.stats.allocations_deleted += 1;
+            self.remove(id, now);
+        }
+        ids.len()
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -286,7 +382,7 @@ impl Engine {
             if a.expires <= now {
                 tracing::info!(client = %a.client, user = %a.username, "allocation expired");
                 self.stats.allocations_expired += 1;
-                self.remove(id);
+                self.remove(id, now);
                 continue;
             }
             self.reschedule(id, now);
@@ -308,10 +404,14 @@ impl Engine {
     }
 
     /// Delete an allocation and release its port and socket.
-    fn remove(&mut self, id: AllocId) {
+    fn remove(&mut self, id: AllocId, now: Instant) {
         let Some(a) = self.allocs.get_mut(id.0 as usize).and_then(Option::take) else {
             return;
         };
+        if matches!(a.state, allocation::State::Active) {
+            let lived = now.saturating_duration_since(a.created).as_secs();
+            self.stats.session_seconds.observe(lived);
+        }
         self.by_client.remove(&a.client);
         self.ports.release(a.port);
         self.cfg.shared.release(&a.username);
@@ -320,19 +420,20 @@ impl Engine {
     }
 
     /// A stream connection closed: its allocation goes with it (RFC 8656 §3.1).
-    pub fn connection_closed(&mut self, _now: Instant, client: ClientAddr) {
+    pub fn connection_closed(&mut self, now: Instant, client: ClientAddr) {
         if let Some(id) = self.by_client.get(&client).copied() {
             tracing::info!(%client, "connection closed; allocation deleted");
             self.stats.allocations_deleted += 1;
-            self.remove(id);
+            self.remove(id, now);
         }
     }
 
     /// Delete every allocation (shutdown, or an operator's request).
-    pub fn close_all(&mut self) {
+    pub fn close_all(&mut self, now: Instant) {
         let ids: Vec<AllocId> = self.by_client.values().copied().collect();
         for id in ids {
-            self.remove(id);
+            self.stats.allocations_deleted += 1;
+            self.remove(id, now);
         }
     }
 
@@ -361,6 +462,13 @@ impl Engine {
         };
         use stun::message::*;
         let method = m.typ.method;
+        if m.typ.class == CLASS_REQUEST
+            || (m.typ.class == CLASS_INDICATION && method == METHOD_SEND)
+        {
+            if let Some(i) = stats::method_index(wire::method_number(packet)) {
+                self.stats.requests[i] += 1;
+            }
+        }
         if m.typ.class == CLASS_INDICATION {
             if method == stun::message::METHOD_SEND {
                 return self.send_indication(now, client, &m);
@@ -442,6 +550,11 @@ impl Engine {
     }
 
     fn reply(&mut self, to: ClientAddr, data: Vec<u8>) {
+        if let Some(code) = wire::reply_error_code(&data) {
+            if let Some(i) = stats::method_index(wire::method_number(&data)) {
+                self.stats.error_sent(i, code);
+            }
+        }
         self.out.push_back(Output::Transmit { to, data });
     }
 
@@ -505,7 +618,7 @@ impl Engine {
         let (Some(user), Some(_realm), Some(nonce)) =
             (user, wire::text(m, ATTR_REALM), wire::text(m, ATTR_NONCE))
         else {
-            self.stats.auth_failures += 1;
+            self.stats.auth_failed(AuthFailure::MissingAttributes);
             return Err(Reject::Plain(400));
         };
         // PASSWORD-ALGORITHM must come with the PASSWORD-ALGORITHMS we sent,
@@ -521,29 +634,40 @@ impl Engine {
                 match u16::from_be_bytes([a[0], a[1]]) {
                     alg @ (ALGORITHM_MD5 | ALGORITHM_SHA256) => alg,
                     _ => {
-                        self.stats.auth_failures += 1;
+                        self.stats.auth_failed(AuthFailure::BadAlgorithm);
                         return Err(Reject::Plain(400));
                     }
                 }
             }
             _ => {
-                self.stats.auth_failures += 1;
+                self.stats.auth_failed(AuthFailure::BadAlgorithm);
                 return Err(Reject::Plain(400));
             }
         };
         if !creds.nonce_valid(&nonce, unix, client.remote) {
+            self.stats.auth_failed(AuthFailure::StaleNonce);
             return Err(Reject::Challenge(438));
         }
-        let found = user.and_then(|username| {
-            creds
-                .keys(&username, algorithm, unix)
-                .into_iter()
-                .find_map(|key| integrity::verify(m, &key).map(|mac| Signer { key, mac }))
-                .map(|signer| (username, signer))
-        });
-        let Some((username, signer)) = found else {
-            self.stats.auth_failures += 1;
-            tracing::debug!(%client, "authentication failed");
+        let Some(username) = user else {
+            self.stats.auth_failed(AuthFailure::UnknownUser);
+            return Err(Reject::Challenge(401));
+        };
+        let keys = creds.keys(&username, algorithm, unix);
+        let found = keys
+            .iter()
+            .find_map(|&key| integrity::verify(m, &key).map(|mac| Signer { key, mac }));
+        let Some(signer) = found else {
+            let why = if !keys.is_empty() {
+                AuthFailure::BadIntegrity
+            } else if crate::auth::rest_expiry(&username).is_some_and(|e| e <= unix)
+                && !creds.is_static(&username)
+            {
+                AuthFailure::Expired
+            } else {
+                AuthFailure::UnknownUser
+            };
+            self.stats.auth_failed(why);
+            tracing::debug!(%client, reason = stats::AUTH_FAILURES[why as usize], "authentication failed");
             return Err(Reject::Challenge(401));
         };
         // Strict expiry: a REST credential's allocations end when it does.

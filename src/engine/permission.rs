@@ -6,7 +6,7 @@ use stun::attributes::ATTR_DATA;
 use stun::message::Message;
 
 use super::allocation::PERMISSION_LIFETIME_SECS;
-use super::{Authed, Engine, ToPeer};
+use super::{Authed, Engine, ToPeer, stats};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::stun as wire;
 
@@ -104,6 +104,7 @@ impl Engine {
         }
         a.counters.to_peer_packets += 1;
         a.counters.to_peer_bytes += (end - start) as u64;
+        self.stats.relayed[stats::TO_PEER][stats::transport_index(client.via)].add(end - start);
         Some(ToPeer {
             relay: id,
             peer: PeerAddr(peer),

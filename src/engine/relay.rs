@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::Engine;
+use super::{Engine, stats};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
 
@@ -48,6 +48,7 @@ impl Engine {
         a.counters.to_client_packets += 1;
         a.counters.to_client_bytes += (end - start) as u64;
         let client = a.client;
+        self.stats.relayed[stats::TO_CLIENT][stats::transport_index(client.via)].add(end - start);
         let (s, e) = match a.channel_by_peer(peer, now) {
             Some(c) => {
                 let n = c.number.get();

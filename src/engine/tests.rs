@@ -223,7 +223,13 @@ fn wrong_password_and_unknown_user_get_401() {
             .sign_as("mallory", "x", &n),
     );
     assert_eq!(code(&r), Some(401));
-    assert_eq!(t.e.stats.auth_failures, 2);
+    // One wrong password, one unknown user.
+    assert_eq!(t.e.stats.auth_failures, [0, 0, 0, 1, 0, 1]);
+    assert_eq!(
+        t.e.stats.errors[1][2], 3,
+        "three 401s to Allocate, counting the first challenge"
+    );
+    assert_eq!(t.e.stats.requests[1], 3);
 }
 
 #[test]
@@ -1360,4 +1366,148 @@ fn allowing_loopback_opens_127_0_0_1_and_nothing_else() {
             "{a}"
         );
     }
+}
+
+#[test]
+fn stats_count_relayed_traffic_by_transport_and_session_durations() {
+    let mut t = T::new();
+    let c = client(1);
+    let id = bound(&mut t, c);
+    let pkt = [0x40, 0x00, 0x00, 0x03, 1, 2, 3, 0];
+    t.e.handle_client(t.now, c, &pkt).unwrap();
+    let mut buf = vec![0u8; channel_data::BUF_LEN];
+    t.e.handle_peer(t.now, id, peer(PEER), &mut buf, HEADROOM, HEADROOM + 10)
+        .unwrap();
+    let s = ClientAddr {
+        remote: c.remote,
+        via: Via::Stream {
+            listener: 0,
+            conn: 9,
+        },
+    };
+    bound(&mut t, s);
+    t.e.handle_client(t.now, s, &pkt).unwrap();
+    use stats::{TO_CLIENT, TO_PEER, Traffic};
+    assert_eq!(
+        t.e.stats.relayed[TO_PEER][0],
+        Traffic {
+            packets: 1,
+            bytes: 3
+        }
+    );
+    assert_eq!(
+        t.e.stats.relayed[TO_PEER][1],
+        Traffic {
+            packets: 1,
+            bytes: 3
+        }
+    );
+    assert_eq!(
+        t.e.stats.relayed[TO_CLIENT][0],
+        Traffic {
+            packets: 1,
+            bytes: 10
+        }
+    );
+    t.advance(70);
+    t.signed(c, Req::new(METHOD_REFRESH).lifetime(0));
+    assert_eq!(t.e.stats.session_seconds.count, 1);
+    assert_eq!(
+        t.e.stats.session_seconds.buckets[2], 1,
+        "70 s falls in the 300 s bucket"
+    );
+    // An expired REST credential is told apart from an unknown user.
+    let (u, p) = crate::auth::rest_credentials("s3cret", "old", UNIX0 - 5);
+    let n = t.nonce_for(c);
+    t.one(
+        c,
+        &Req::new(METHOD_ALLOCATE).transport(17).sign_as(&u, &p, &n),
+    );
+    assert_eq!(
+        t.e.stats.auth_failures[stats::AuthFailure::Expired as usize],
+        1
+    );
+}
+
+#[test]
+fn draining_refuses_new_allocations_and_keeps_old_ones() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    t.e.drain(None);
+    let r = t.signed(client(2), Req::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(code(&r), Some(508));
+    let alt: SocketAddr = "198.51.100.7:3478".parse().unwrap();
+    t.e.drain(Some(alt));
+    let r = t.signed(client(2), Req::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(code(&r), Some(300));
+    assert!(signed_with(&r, &key()));
+    let v = wire::attr(&r, ATTR_ALTERNATE_SERVER).unwrap();
+    assert_eq!(v, &[0, 1, 0x0d, 0x96, 198, 51, 100, 7]);
+    // The old allocation still works.
+    let r = t.signed(c, Req::new(METHOD_REFRESH));
+    assert_eq!(code(&r), None);
+    assert_eq!(t.e.allocation_count(), 1);
+}
+
+#[test]
+fn sessions_are_listed_and_closed_by_user_or_relay_port() {
+    let mut t = T::new();
+    let a = t.allocate(client(1));
+    t.allocate(client(2));
+    let n = t.nonce_for(client(3));
+    t.one(
+        client(3),
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("bob", "builder", &n),
+    );
+    t.advance(5);
+    let s = t.e.sessions(t.now);
+    assert_eq!(s.len(), 3);
+    assert!(s.iter().all(|x| x.age == Duration::from_secs(5)));
+    assert_eq!(t.e.gauges().allocations, 3);
+    assert_eq!(t.e.close_user(t.now, "alice"), 2);
+    assert_eq!(t.e.sessions(t.now).len(), 1);
+    assert!(!t.e.close_relay_port(t.now, a.port()));
+    let bob = t.e.sessions(t.now)[0].relayed.port();
+    assert!(t.e.close_relay_port(t.now, bob));
+    assert_eq!(t.e.allocation_count(), 0);
+    assert_eq!(t.e.free_ports(), 10);
+}
+
+#[test]
+fn update_applies_new_credentials_without_dropping_allocations() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let mut users = BTreeMap::new();
+    users.insert("alice".to_string(), "new-password".to_string());
+    t.e.update(Update {
+        credentials: Credentials::new(REALM, &["rotated".into()], &users, b"nonce-key", 600),
+        policy: t.e.cfg.policy.clone(),
+        limits: t.e.cfg.limits,
+        strict_expiry: true,
+        expiry_grace: Duration::ZERO,
+    });
+    assert_eq!(t.e.allocation_count(), 1);
+    let n = t.nonce_for(c);
+    let r = t.one(
+        c,
+        &Req::new(METHOD_REFRESH).sign_as("alice", "wonderland", &n),
+    );
+    assert_eq!(code(&r), Some(401), "old password refused");
+    let r = t.one(
+        c,
+        &Req::new(METHOD_REFRESH).sign_as("alice", "new-password", &n),
+    );
+    assert_eq!(code(&r), None);
+    let (u, p) = crate::auth::rest_credentials("rotated", "carol", UNIX0 + 100);
+    let r = t.one(
+        client(2),
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as(&u, &p, &t.nonce_for(client(2))),
+    );
+    assert_eq!(code(&r), None, "new secret works");
 }

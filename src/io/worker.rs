@@ -118,8 +118,9 @@ pub fn run(
         let mut stop = stop;
         let _ = stop.wait_for(|s| *s).await;
         let mut wb = w.borrow_mut();
-        wb.engine.close_all();
-        wb.flush(Instant::now());
+        let now = Instant::now();
+        wb.engine.close_all(now);
+        wb.flush(now);
         drop(wb);
         SELF.with(|s| *s.borrow_mut() = None);
     });

@@ -29,6 +29,21 @@ pub fn header_ok(packet: &[u8]) -> bool {
         }
 }
 
+/// The method number in a message's type field (RFC 8489 §5: the class
+/// bits are interleaved with it).
+pub fn method_number(packet: &[u8]) -> u16 {
+    let t = u16::from_be_bytes([packet[0], packet[1]]);
+    (t & 0x000F) | ((t & 0x00E0) >> 1) | ((t & 0x3E00) >> 2)
+}
+
+/// The error code of an error response built by [`Response::error`], whose
+/// first attribute is ERROR-CODE; `None` for anything else.
+pub fn reply_error_code(reply: &[u8]) -> Option<u16> {
+    let is_error = reply.len() >= 28 && reply[0] & 0x01 != 0 && reply[1] & 0x10 != 0;
+    (is_error && reply[20..22] == [0x00, 0x09])
+        .then(|| (reply[26] & 0x07) as u16 * 100 + reply[27] as u16)
+}
+
 /// Decode a STUN message, refusing anything malformed: a bad header, a
 /// truncated attribute, or a FINGERPRINT that is not last or does not match
 /// (RFC 8489 §14.7).
@@ -259,6 +274,19 @@ impl Response {
         self
     }
 
+    /// Add a plain (not XOR-encoded) address attribute such as
+    /// ALTERNATE-SERVER (RFC 8489 §14.15, encoded as MAPPED-ADDRESS).
+    pub fn address(mut self, t: AttrType, addr: SocketAddr) -> Self {
+        let mut v = vec![0u8, if addr.is_ipv4() { 0x01 } else { 0x02 }];
+        v.extend_from_slice(&addr.port().to_be_bytes());
+        match addr.ip() {
+            IpAddr::V4(ip) => v.extend_from_slice(&ip.octets()),
+            IpAddr::V6(ip) => v.extend_from_slice(&ip.octets()),
+        }
+        self.m.add(t, &v);
+        self
+    }
+
     /// Add a 32-bit attribute such as LIFETIME.
     pub fn u32(mut self, t: AttrType, v: u32) -> Self {
         self.m.add(t, &v.to_be_bytes());
@@ -460,6 +488,19 @@ mod tests {
         assert!(integrity::verify_bytes(&m, b"VOkJxbRl1RmTxUk/WvJxBt").is_some());
         assert!(integrity::verify_bytes(&m, b"wrong").is_none());
         assert_eq!(text(&m, ATTR_USERNAME).as_deref(), Some("evtj:h6vY"));
+    }
+
+    #[test]
+    fn method_and_error_code_from_bytes() {
+        let req = decode(RFC5769_REQUEST).unwrap();
+        assert_eq!(method_number(RFC5769_REQUEST), 0x001);
+        let mut m = Request::new(stun::message::METHOD_CHANNEL_BIND).bytes();
+        assert_eq!(method_number(&m), 0x009);
+        m = Response::error(&decode(&m).unwrap(), 438).finish(None, false);
+        assert_eq!(method_number(&m), 0x009);
+        assert_eq!(reply_error_code(&m), Some(438));
+        let ok = Response::success(&req).finish(None, false);
+        assert_eq!(reply_error_code(&ok), None);
     }
 
     #[test]

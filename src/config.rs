@@ -48,6 +48,8 @@ struct RawConfig {
     demo: RawDemo,
     #[serde(default)]
     limits: RawLimits,
+    metrics: Option<RawMetrics>,
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -55,6 +57,8 @@ struct RawConfig {
 struct RawServer {
     #[serde(default)]
     workers: usize,
+    alternate: Option<String>,
+    drain_timeout: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +68,8 @@ struct RawListen {
     transports: Vec<String>,
     #[serde(default = "yes")]
     turn: bool,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 fn yes() -> bool {
@@ -79,6 +85,9 @@ struct RawRelay {
     public_address: Option<String>,
     #[serde(default = "default_ports")]
     ports: String,
+    address_v6: Option<String>,
+    public_address_v6: Option<String>,
+    default_family: Option<String>,
 }
 
 impl Default for RawRelay {
@@ -87,6 +96,9 @@ impl Default for RawRelay {
             address: default_relay_address(),
             public_address: None,
             ports: default_ports(),
+            address_v6: None,
+            public_address_v6: None,
+            default_family: None,
         }
     }
 }
@@ -154,6 +166,20 @@ struct RawDemo {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     level: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    address: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    address: Option<String>,
+    token: Option<String>,
 }
 
 /// One `[[listen]]` entry.
@@ -164,6 +190,34 @@ pub struct Listen {
     pub tcp: bool,
     /// false: a STUN-only listener (Binding answered, TURN refused).
     pub turn: bool,
+    pub tls: bool,
+    /// PEM certificate chain and private key, for `tls`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Which relay family an Allocate without REQUESTED-ADDRESS-FAMILY gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultFamily {
+    /// IPv4, as RFC 8656 §7.2 says.
+    Ipv4,
+    /// The family the client came in with.
+    SameAsClient,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The admin API's listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub address: SocketAddr,
+    /// Bearer token required by every request, if set.
+    pub token: Option<String>,
 }
 
 /// Quotas and rate limits; 0 turns a rate limit off.
@@ -194,6 +248,11 @@ pub struct Relay {
     pub public_address: IpAddr,
     /// Inclusive port range.
     pub ports: (u16, u16),
+    /// Where IPv6 relay sockets bind, if IPv6 relays are enabled.
+    pub address_v6: Option<IpAddr>,
+    /// What XOR-RELAYED-ADDRESS advertises for IPv6 relays.
+    pub public_address_v6: Option<IpAddr>,
+    pub default_family: DefaultFamily,
 }
 
 /// A validated configuration.
@@ -219,7 +278,15 @@ pub struct Config {
     /// Accept RFC 5766 channel numbers 0x5000–0x7FFF too.
     pub legacy_channel_numbers: bool,
     pub log_level: String,
+    pub log_format: LogFormat,
     pub demo: Demo,
+    /// Where `/metrics` is served (Prometheus text), if enabled.
+    pub metrics: Option<SocketAddr>,
+    pub admin: Option<Admin>,
+    /// Sent with 300 Try Alternate to new Allocates while draining.
+    pub alternate: Option<SocketAddr>,
+    /// Seconds existing allocations may live on after SIGTERM.
+    pub drain_timeout: u64,
 }
 
 /// The `[demo]` section: the signaling demo's HTTP server (`ferroturn demo`).
@@ -297,6 +364,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             udp: false,
             tcp: false,
             turn: l.turn,
+            tls: false,
+            cert: l.cert.as_ref().map(PathBuf::from),
+            key: l.key.as_ref().map(PathBuf::from),
         };
         if l.transports.is_empty() {
             return Err(err(
@@ -366,9 +436,57 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     if address.is_ipv6() {
         return Err(err(
             "relay.address",
-            "IPv6 relays are not supported yet".into(),
+            "must be IPv4; IPv6 relays are set with relay.address_v6".into(),
         ));
     }
+    let address_v6 = match &raw.relay.address_v6 {
+        None => None,
+        Some(a) => match a.parse::<IpAddr>() {
+            Ok(ip) if ip.is_ipv6() => Some(ip),
+            _ => {
+                return Err(err(
+                    "relay.address_v6",
+                    format!("{a:?} is not an IPv6 address"),
+                ));
+            }
+        },
+    };
+    let public_address_v6 = match (&raw.relay.public_address_v6, address_v6) {
+        (Some(_), None) => {
+            return Err(err(
+                "relay.public_address_v6",
+                "needs relay.address_v6".into(),
+            ));
+        }
+        (Some(p), Some(_)) => match p.parse::<IpAddr>() {
+            Ok(ip) if ip.is_ipv6() && !ip.is_unspecified() => Some(ip),
+            _ => {
+                return Err(err(
+                    "relay.public_address_v6",
+                    format!("{p:?} is not a reachable IPv6 address"),
+                ));
+            }
+        },
+        (None, Some(a)) if a.is_unspecified() => {
+            return Err(err(
+                "relay.public_address_v6",
+                format!(
+                    "required when relay.address_v6 is {a}: clients must be told a reachable relay address"
+                ),
+            ));
+        }
+        (None, a) => a,
+    };
+    let default_family = match raw.relay.default_family.as_deref() {
+        None | Some("ipv4") => DefaultFamily::Ipv4,
+        Some("same-as-client") => DefaultFamily::SameAsClient,
+        Some(other) => {
+            return Err(err(
+                "relay.default_family",
+                format!("{other:?}: expected \"ipv4\" or \"same-as-client\""),
+            ));
+        }
+    };
     let ports = parse_ports(&raw.relay.ports).map_err(|r| err("relay.ports", r))?;
 
     let turn = listen.iter().any(|l| l.turn);
@@ -459,6 +577,48 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ));
     }
 
+    let log_format = match raw.log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(err(
+                "log.format",
+                format!("{other:?}: expected \"text\" or \"json\""),
+            ));
+        }
+    };
+    let sockaddr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+        v.parse()
+            .map_err(|_| err(key, format!("{v:?} is not an IP:PORT address")))
+    };
+    let metrics = match &raw.metrics {
+        None => None,
+        Some(m) => Some(sockaddr(
+            "metrics.address",
+            m.address.as_deref().unwrap_or("127.0.0.1:9641"),
+        )?),
+    };
+    let admin = match &raw.admin {
+        None => None,
+        Some(a) => Some(Admin {
+            address: sockaddr(
+                "admin.address",
+                a.address.as_deref().unwrap_or("127.0.0.1:9642"),
+            )?,
+            token: match &a.token {
+                Some(t) if t.is_empty() => {
+                    return Err(err("admin.token", "must not be empty".into()));
+                }
+                t => t.clone(),
+            },
+        }),
+    };
+    let alternate = match &raw.server.alternate {
+        None => None,
+        Some(a) => Some(sockaddr("server.alternate", a)?),
+    };
+    let drain_timeout = raw.server.drain_timeout.unwrap_or(60);
+
     let log_level = raw.log.level.unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
         return Err(err(
@@ -492,6 +652,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             address,
             public_address,
             ports,
+            address_v6,
+            public_address_v6,
+            default_family,
         },
         secrets: raw.auth.secrets,
         users: raw.auth.users,
@@ -505,7 +668,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         max_lifetime,
         legacy_channel_numbers: raw.allocation.legacy_channel_numbers,
         log_level,
+        log_format,
         demo,
+        metrics,
+        admin,
+        alternate,
+        drain_timeout,
     })
 }
 

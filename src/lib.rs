@@ -8,13 +8,19 @@
 //! - [`config`]: the TOML schema, its validation and the derived runtime settings.
 //! - [`engine`]: the sans-IO protocol state machine.
 //! - [`io`]: the tokio shell that feeds the engine with sockets and timers.
+//! - [`metrics`], [`admin`]: Prometheus `/metrics` and the admin API.
+//! - [`daemon`]: the server process: signals, reload, drain, systemd.
 //! - [`demo`]: the signaling demo and test pages (`ferroturn demo`).
 
 pub mod addr;
+pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod io;
+pub mod log;
+pub mod metrics;
 pub mod policy;
 pub mod proto;

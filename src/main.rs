@@ -85,7 +85,7 @@ fn serve(
         Ok(c) => c,
         Err(code) => return code,
     };
-    ferroturn::io::init_logging(&config.log_level);
+    ferroturn::log::init(&config.log_level, config.log_format);
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -99,7 +99,7 @@ fn serve(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => serve(cli.config.as_ref(), "run", ferroturn::io::run),
+        Command::Run => serve(cli.config.as_ref(), "run", ferroturn::daemon::run),
         Command::Demo => serve(cli.config.as_ref(), "demo", ferroturn::demo::run),
         Command::Check => match load(cli.config.as_ref(), "check") {
             Ok(_) => {

@@ -7,7 +7,7 @@
 //! core (unspecified, broadcast, multicast) closed whatever `allow` says.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
 /// An address range, `ADDR/PREFIX` or a bare address.
@@ -116,6 +116,8 @@ pub struct PeerPolicy {
     /// clients of this server can relay to each other.
     own_relays: Vec<IpAddr>,
     relay_ports: (u16, u16),
+    /// The server's own admin and metrics listeners: never reachable.
+    core_deny: Vec<SocketAddr>,
 }
 
 impl PeerPolicy {
@@ -135,7 +137,16 @@ impl PeerPolicy {
             defaults,
             own_relays,
             relay_ports,
+            core_deny: Vec::new(),
         }
+    }
+
+    /// Add listeners of this server that no peer may be (admin, metrics):
+    /// they stay closed whatever `allow` says. An unspecified listener
+    /// address closes its port on every address.
+    pub fn with_core_deny(mut self, listeners: Vec<SocketAddr>) -> Self {
+        self.core_deny = listeners;
+        self
     }
 
     /// Decide whether a client may reach `peer` (RFC 8656 §9.1 leaves the
@@ -147,6 +158,17 @@ impl PeerPolicy {
             if let Some(rule) = core_rule(v4) {
                 return Err(Denied { rule: rule.into() });
             }
+        }
+        let own_listener = self.core_deny.iter().any(|l| {
+            l.port() == peer.port()
+                && (l.ip() == ip
+                    || l.ip().is_unspecified()
+                    || embedded.iter().any(|&v4| l.ip() == IpAddr::V4(v4)))
+        });
+        if own_listener {
+            return Err(Denied {
+                rule: "core: this server's own admin or metrics listener".into(),
+            });
         }
         if self.own_relays.contains(&ip)
             && (self.relay_ports.0..=self.relay_ports.1).contains(&peer.port())
@@ -228,7 +250,6 @@ fn embedded_v4(ip: IpAddr) -> Vec<Ipv4Addr> {
         out.push(Ipv4Addr::new(o[4], o[5], o[6], o[7]));
         out.push(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]));
     }
-    let _ = Ipv6Addr::UNSPECIFIED;
     out
 }
 
@@ -293,6 +314,18 @@ mod tests {
         let p = policy(&[]);
         assert!(p.check("198.51.100.9:50000".parse().unwrap()).is_ok());
         assert!(p.check("198.51.100.9:80".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn own_admin_listeners_stay_closed() {
+        let p = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![], vec![], (1, 1))
+            .with_core_deny(vec![
+                "127.0.0.1:9641".parse().unwrap(),
+                "0.0.0.0:9642".parse().unwrap(),
+            ]);
+        assert!(p.check("127.0.0.1:9641".parse().unwrap()).is_err());
+        assert!(p.check("127.0.0.5:9642".parse().unwrap()).is_err());
+        assert!(p.check("127.0.0.1:9643".parse().unwrap()).is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! one worker, which then owns that client's allocation and relay socket: no
 //! state is shared between workers, and the data path takes no lock.
 
+pub mod notify;
 mod socket;
 mod tcp;
 mod worker;
@@ -15,23 +16,12 @@ use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::Credentials;
 use crate::config::Config;
-use crate::engine::{EngineConfig, Shared};
+use crate::engine::{EngineConfig, Gauges, Session, Shared, Stats, Update};
 use crate::policy::PeerPolicy;
-
-/// Set up tracing to stderr; `RUST_LOG` overrides the configured level.
-pub fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
 
 /// The `iceServers` URIs a configuration offers.
 pub fn ice_urls(config: &Config) -> Vec<String> {
@@ -54,10 +44,114 @@ pub fn ice_urls(config: &Config) -> Vec<String> {
     urls
 }
 
+/// A request from the control plane to one worker.
+pub enum Command {
+    Report {
+        sessions: bool,
+        reply: oneshot::Sender<WorkerReport>,
+    },
+    CloseUser {
+        user: String,
+        reply: oneshot::Sender<usize>,
+    },
+    CloseRelayPort {
+        port: u16,
+        reply: oneshot::Sender<bool>,
+    },
+    Update(Box<Update>),
+    Drain(Option<SocketAddr>),
+}
+
+/// What one worker reports.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerReport {
+    pub stats: Stats,
+    pub gauges: Gauges,
+    pub sessions: Vec<Session>,
+    /// Packets the shell could not send (socket buffer full).
+    pub send_drops: u64,
+    pub draining: bool,
+}
+
+impl WorkerReport {
+    fn merge(&mut self, o: WorkerReport) {
+        self.stats.merge(&o.stats);
+        self.gauges.merge(&o.gauges);
+        self.sessions.extend(o.sessions);
+        self.send_drops += o.send_drops;
+        self.draining |= o.draining;
+    }
+}
+
+/// The control plane's handle on a running server: reports, operator
+/// actions, reload and drain. Cheap to clone; talks to every worker.
+#[derive(Clone)]
+pub struct Control {
+    workers: Vec<mpsc::UnboundedSender<Command>>,
+}
+
+impl Control {
+    /// Counters and gauges of the whole server, and its sessions if asked.
+    pub async fn report(&self, sessions: bool) -> WorkerReport {
+        let mut total = WorkerReport::default();
+        for w in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            if w.send(Command::Report { sessions, reply }).is_ok() {
+                if let Ok(r) = rx.await {
+                    total.merge(r);
+                }
+            }
+        }
+        total
+    }
+
+    /// Close every session of `user`; how many were closed.
+    pub async fn close_user(&self, user: &str) -> usize {
+        let mut n = 0;
+        for w in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            let user = user.to_owned();
+            if w.send(Command::CloseUser { user, reply }).is_ok() {
+                n += rx.await.unwrap_or(0);
+            }
+        }
+        n
+    }
+
+    /// Close the session whose relay port is `port`; whether one was.
+    pub async fn close_relay_port(&self, port: u16) -> bool {
+        let mut closed = false;
+        for w in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            if w.send(Command::CloseRelayPort { port, reply }).is_ok() {
+                closed |= rx.await.unwrap_or(false);
+            }
+        }
+        closed
+    }
+
+    /// Apply a reloaded configuration in every worker.
+    pub fn update(&self, u: Update) {
+        for w in &self.workers {
+            let _ = w.send(Command::Update(Box::new(u.clone())));
+        }
+    }
+
+    /// Refuse new allocations everywhere (see [`crate::engine::Engine::drain`]).
+    pub fn drain(&self, alternate: Option<SocketAddr>) {
+        for w in &self.workers {
+            let _ = w.send(Command::Drain(alternate));
+        }
+    }
+}
+
 /// A running server: worker threads and the addresses they listen on.
 pub struct Server {
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    control: Control,
+    /// Keys the stateless nonce; kept across reloads so that nonces stay valid.
+    nonce_secret: [u8; 32],
     /// Bound listen addresses, in config order (port 0 resolved).
     pub listen: Vec<SocketAddr>,
 }
@@ -118,12 +212,7 @@ impl Server {
             &nonce_secret,
             config.nonce_lifetime,
         );
-        let policy = PeerPolicy::new(
-            config.allow.clone(),
-            config.deny.clone(),
-            vec![config.relay.public_address, config.relay.address],
-            config.relay.ports,
-        );
+        let policy = policy_from(&config);
         let shared = std::sync::Arc::new(Shared::default());
         let stun_only: Vec<u16> = (0..config.listen.len() as u16)
             .filter(|&i| !config.listen[i as usize].turn)
@@ -133,6 +222,7 @@ impl Server {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut workers = Vec::new();
+        let mut controls = Vec::new();
         for (i, sockets) in per_worker.into_iter().enumerate() {
             let mut seed = [0u8; 8];
             rng.fill(&mut seed)
@@ -158,16 +248,49 @@ impl Server {
                 shared: shared.clone(),
             };
             let stop_rx = stop_rx.clone();
+            let (tx, rx) = mpsc::unbounded_channel();
+            controls.push(tx);
             let handle = std::thread::Builder::new()
                 .name(format!("ferroturn-w{i}"))
-                .spawn(move || worker::run(i, cfg, sockets, stop_rx, Instant::now(), unix_now))?;
+                .spawn(move || {
+                    worker::run(i, cfg, sockets, stop_rx, rx, Instant::now(), unix_now)
+                })?;
             workers.push(handle);
         }
         Ok(Server {
             stop,
             workers,
+            control: Control { workers: controls },
+            nonce_secret,
             listen,
         })
+    }
+
+    /// The control plane's handle.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Apply a new configuration: what a running server can change
+    /// (credentials, peer policy, limits, expiry rules) takes effect at once
+    /// in every worker; listener and relay changes are reported, for a
+    /// restart to apply.
+    pub fn reload(&self, old: &Config, new: &Config) {
+        for (what, changed) in [
+            ("listen", old.listen != new.listen),
+            ("relay", old.relay != new.relay),
+            ("server.workers", old.workers != new.workers),
+            ("realm", old.realm != new.realm),
+        ] {
+            if changed {
+                tracing::warn!(
+                    key = what,
+                    "changed in the config: needs a restart to apply"
+                );
+            }
+        }
+        self.control
+            .update(update_from(new, &old.realm, &self.nonce_secret));
     }
 
     /// Stop every worker and wait for them; allocations are closed.
@@ -179,16 +302,38 @@ impl Server {
     }
 }
 
-/// Run until SIGINT or SIGTERM.
-pub fn run(config: Config) -> std::io::Result<()> {
-    let server = Server::start(config)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(wait_for_signal())?;
-    tracing::info!("shutting down");
-    server.stop();
-    Ok(())
+/// What a reload of `config` changes in the engines. The realm is kept
+/// from the running config: keys and nonces depend on it.
+fn update_from(config: &Config, realm: &str, nonce_secret: &[u8]) -> Update {
+    Update {
+        credentials: Credentials::new(
+            realm,
+            &config.secrets,
+            &config.users,
+            nonce_secret,
+            config.nonce_lifetime,
+        ),
+        policy: policy_from(config),
+        limits: config.limits,
+        strict_expiry: config.strict_expiry,
+        expiry_grace: std::time::Duration::from_secs(config.expiry_grace),
+    }
+}
+
+fn policy_from(config: &Config) -> PeerPolicy {
+    let mut own = vec![config.relay.public_address, config.relay.address];
+    own.extend(config.relay.public_address_v6);
+    own.extend(config.relay.address_v6);
+    let mut core = Vec::new();
+    core.extend(config.metrics);
+    core.extend(config.admin.as_ref().map(|a| a.address));
+    PeerPolicy::new(
+        config.allow.clone(),
+        config.deny.clone(),
+        own,
+        config.relay.ports,
+    )
+    .with_core_deny(core)
 }
 
 /// Wait for SIGINT or SIGTERM.

@@ -12,11 +12,12 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::socket;
 use super::tcp::{self, Conn};
+use super::{Command, WorkerReport};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig, Output, ToPeer};
 use crate::proto::channel_data::{BUF_LEN, HEADROOM, MAX_PAYLOAD};
@@ -60,6 +61,7 @@ pub fn run(
     cfg: EngineConfig,
     sockets: Sockets,
     stop: watch::Receiver<bool>,
+    commands: mpsc::UnboundedReceiver<Command>,
     now: Instant,
     unix_now: u64,
 ) {
@@ -115,6 +117,7 @@ pub fn run(
             }
         }
         tokio::task::spawn_local(timer_loop(w.clone(), timer));
+        tokio::task::spawn_local(command_loop(w.clone(), commands));
         let mut stop = stop;
         let _ = stop.wait_for(|s| *s).await;
         let mut wb = w.borrow_mut();
@@ -339,6 +342,38 @@ async fn accept_loop(w: Shared, index: u16, listener: TcpListener) {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Carry out the control plane's commands (reports, closes, reloads, drain).
+async fn command_loop(w: Shared, mut commands: mpsc::UnboundedReceiver<Command>) {
+    while let Some(c) = commands.recv().await {
+        let now = Instant::now();
+        let mut wb = w.borrow_mut();
+        match c {
+            Command::Report { sessions, reply } => {
+                let _ = reply.send(WorkerReport {
+                    stats: wb.engine.stats,
+                    gauges: wb.engine.gauges(),
+                    sessions: if sessions {
+                        wb.engine.sessions(now)
+                    } else {
+                        Vec::new()
+                    },
+                    send_drops: wb.send_drops,
+                    draining: wb.engine.draining(),
+                });
+            }
+            Command::CloseUser { user, reply } => {
+                let _ = reply.send(wb.engine.close_user(now, &user));
+            }
+            Command::CloseRelayPort { port, reply } => {
+                let _ = reply.send(wb.engine.close_relay_port(now, port));
+            }
+            Command::Update(u) => wb.engine.update(*u),
+            Command::Drain(alternate) => wb.engine.drain(alternate),
+        }
+        wb.flush(now);
     }
 }
 

@@ -1,11 +1,510 @@
-//! The admin API on loopback (being written).
+//! The admin API: HTTP with JSON answers, on loopback by default
+//! (`[admin] address`, 127.0.0.1:9642), with an optional bearer token
+//! (`[admin] token`).
+//!
+//! - `GET /sessions`: `{"sessions": [SessionInfo, ...]}`, every live
+//!   allocation with its user, client address and transport, relay address,
+//!   age and traffic each way.
+//! - `DELETE /sessions/{relay_port}`: close the allocation on that relay
+//!   port; `{"closed": 1}`, or 404.
+//! - `DELETE /users/{name}/sessions`: close every allocation of a user
+//!   (name percent-encoded); `{"closed": N}`, N may be 0.
+//!
+//! When a token is configured every request needs
+//! `Authorization: Bearer TOKEN` (compared in constant time), else 401.
+//! Errors are `{"error": "..."}` with 400, 401, 404 or 405.
+//!
+//! [`client`] is the other side, used by `ferroturn sessions` and
+//! `ferroturn kill`.
 
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
+use crate::engine::Session;
+use crate::engine::stats::{TRANSPORTS, transport_index};
+use crate::http::{self, Request, Response};
 use crate::io::Control;
+
+/// Requests served at once; more get 503.
+const MAX_CONNECTIONS: usize = 16;
+
+/// One session as the API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub user: String,
+    /// The client's address as the server sees it (`IP:PORT`).
+    pub client: String,
+    /// `udp` or `tcp`: how the client reaches the server.
+    pub transport: String,
+    /// The relayed transport address (`IP:PORT`).
+    pub relay: String,
+    pub relay_port: u16,
+    pub age_seconds: u64,
+    /// Relayed from the client to peers.
+    pub to_peer: Traffic,
+    /// Relayed from peers to the client.
+    pub to_client: Traffic,
+}
+
+/// Packets and bytes in one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl SessionInfo {
+    pub fn from_session(s: &Session) -> SessionInfo {
+        let c = &s.counters;
+        SessionInfo {
+            user: s.user.clone(),
+            client: s.client.remote.to_string(),
+            transport: TRANSPORTS[transport_index(s.client.via)].to_owned(),
+            relay: s.relayed.to_string(),
+            relay_port: s.relayed.port(),
+            age_seconds: s.age.as_secs(),
+            to_peer: Traffic {
+                packets: c.to_peer_packets,
+                bytes: c.to_peer_bytes,
+            },
+            to_client: Traffic {
+                packets: c.to_client_packets,
+                bytes: c.to_client_bytes,
+            },
+        }
+    }
+}
+
+/// The body of `GET /sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionList {
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// The body of a successful `DELETE`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Closed {
+    pub closed: usize,
+}
 
 /// Serve the admin API on `listener` until the process ends; every request
 /// must carry `Authorization: Bearer TOKEN` when a token is set.
 pub async fn serve(listener: TcpListener, token: Option<String>, control: Control) {
-    let _ = (listener, token, control);
+    let token = token.map(|t| digest(t.as_bytes()));
+    http::serve_each(listener, "admin", MAX_CONNECTIONS, move |req| {
+        let control = control.clone();
+        async move {
+            if !authorized(&req, token.as_ref()) {
+                tracing::warn!(method = %req.method, path = %req.path, "admin: request without the right token refused");
+                return json_error(401, "missing or wrong bearer token")
+                    .with("WWW-Authenticate", "Bearer realm=\"ferroturn admin\"");
+            }
+            answer(&req, &control).await
+        }
+    })
+    .await;
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// Whether `req` carries the token (always, without one). Digests of equal
+/// length are compared in constant time, so that neither the token's
+/// content nor its length leaks through timing.
+fn authorized(req: &Request, token: Option<&[u8; 32]>) -> bool {
+    let Some(want) = token else {
+        return true;
+    };
+    let Some(given) = req.header("authorization").and_then(|v| {
+        let (scheme, cred) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| cred.trim())
+    }) else {
+        return false;
+    };
+    digest(given.as_bytes()).ct_eq(want).into()
+}
+
+fn json(status: u16, body: &impl Serialize) -> Response {
+    let mut r = Response::ok(
+        "application/json",
+        serde_json::to_vec(body).expect("serializable"),
+    )
+    .with("Cache-Control", "no-store");
+    r.status = status;
+    r
+}
+
+fn json_error(status: u16, text: &str) -> Response {
+    json(status, &serde_json::json!({ "error": text }))
+}
+
+fn not_allowed(allow: &str) -> Response {
+    json_error(405, &format!("allowed here: {allow}")).with("Allow", allow.to_owned())
+}
+
+/// Route an authorized request.
+async fn answer(req: &Request, control: &Control) -> Response {
+    let m = req.method.as_str();
+    let parts: Vec<&str> = req.path.split('/').skip(1).collect();
+    match parts.as_slice() {
+        ["sessions"] => match m {
+            "GET" | "HEAD" => {
+                let report = control.report(true).await;
+                let mut sessions: Vec<SessionInfo> = report
+                    .sessions
+                    .iter()
+                    .map(SessionInfo::from_session)
+                    .collect();
+                sessions.sort_by(|a, b| (&a.user, a.relay_port).cmp(&(&b.user, b.relay_port)));
+                json(200, &SessionList { sessions })
+            }
+            _ => not_allowed("GET, HEAD"),
+        },
+        ["sessions", port] => {
+            if m != "DELETE" {
+                return not_allowed("DELETE");
+            }
+            let Some(port) = port.parse::<u16>().ok().filter(|&p| p != 0) else {
+                return json_error(400, "a relay port is a number from 1 to 65535");
+            };
+            if control.close_relay_port(port).await {
+                tracing::info!(relay_port = port, "admin: session closed");
+                json(200, &Closed { closed: 1 })
+            } else {
+                json_error(404, &format!("no session on relay port {port}"))
+            }
+        }
+        ["users", name, "sessions"] => {
+            if m != "DELETE" {
+                return not_allowed("DELETE");
+            }
+            let Some(user) = percent_decode(name).filter(|u| !u.is_empty()) else {
+                return json_error(400, "the user name must be percent-encoded UTF-8");
+            };
+            let closed = control.close_user(&user).await;
+            tracing::info!(%user, closed, "admin: sessions of a user closed");
+            json(200, &Closed { closed })
+        }
+        _ => json_error(
+            404,
+            "no such resource; try GET /sessions, DELETE /sessions/{relay_port}, DELETE /users/{name}/sessions",
+        ),
+    }
+}
+
+/// Decode `%XX` escapes; `None` for a bad escape or non-UTF-8 result.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Escape every byte but the unreserved ones (RFC 3986 §2.3).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &c in s.as_bytes() {
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
+}
+
+/// The client side, for `ferroturn sessions` and `ferroturn kill`.
+pub mod client {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+    use std::time::Duration;
+
+    use super::{Closed, SessionInfo, SessionList, percent_encode};
+    use crate::config::Config;
+
+    /// The admin API's address when neither `--admin` nor `--config` says.
+    pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9642";
+    /// The environment variable that may hold the token.
+    pub const TOKEN_ENV: &str = "FERROTURN_ADMIN_TOKEN";
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Where the admin API is, and the token to show it.
+    #[derive(Debug, Clone)]
+    pub struct Target {
+        pub address: SocketAddr,
+        pub token: Option<String>,
+    }
+
+    impl Target {
+        /// From `--admin` (else `config`'s `[admin] address`, else
+        /// [`DEFAULT_ADDRESS`]) and `--token` (else `$FERROTURN_ADMIN_TOKEN`,
+        /// else `config`'s `[admin] token`). An unspecified configured
+        /// address (`0.0.0.0`, `::`) is reached on loopback.
+        pub fn resolve(
+            admin: Option<&str>,
+            token: Option<String>,
+            config: Option<&Config>,
+        ) -> Result<Target, String> {
+            let section = config.and_then(|c| c.admin.as_ref());
+            let address = match (admin, section, config) {
+                (Some(a), _, _) => a
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut i| i.next())
+                    .ok_or_else(|| {
+                        format!("--admin {a:?} is not an address like 127.0.0.1:9642")
+                    })?,
+                (None, Some(s), _) => {
+                    let mut a = s.address;
+                    if a.ip().is_unspecified() {
+                        a.set_ip(match a.ip() {
+                            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                        });
+                    }
+                    a
+                }
+                (None, None, Some(c)) => {
+                    return Err(format!(
+                        "{} has no [admin] section, so the server runs no admin API (or give --admin ADDRESS)",
+                        c.path.display()
+                    ));
+                }
+                (None, None, None) => DEFAULT_ADDRESS.parse().expect("valid"),
+            };
+            let token = token
+                .or_else(|| std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()))
+                .or_else(|| section.and_then(|s| s.token.clone()));
+            Ok(Target { address, token })
+        }
+
+        /// One request; the body of a 2xx answer, or a message that says
+        /// what went wrong.
+        fn call(&self, method: &str, path: &str) -> Result<Vec<u8>, String> {
+            let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+            let mut headers = vec![("Accept", "application/json")];
+            if let Some(b) = &bearer {
+                headers.push(("Authorization", b.as_str()));
+            }
+            let a = self.address;
+            let (status, body) = crate::http::fetch(a, method, path, &headers, TIMEOUT)
+                .map_err(|e| {
+                    format!(
+                        "cannot reach the admin API at {a}: {e} (is ferroturn running with an [admin] section? give --admin ADDRESS or --config FILE)"
+                    )
+                })?;
+            if (200..300).contains(&status) {
+                return Ok(body);
+            }
+            let why = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+            Err(match status {
+                401 if self.token.is_none() => format!(
+                    "the admin API at {a} refused the request (401): it needs a token; give --token, ${TOKEN_ENV}, or --config with [admin] token"
+                ),
+                401 => format!("the admin API at {a} refused the request (401): wrong token"),
+                s => format!("the admin API at {a} answered {s}: {why}"),
+            })
+        }
+
+        /// `GET /sessions`, as the server sent it (JSON).
+        pub fn sessions_json(&self) -> Result<String, String> {
+            let body = self.call("GET", "/sessions")?;
+            String::from_utf8(body).map_err(|_| "the admin API answered non-UTF-8".to_owned())
+        }
+
+        /// `GET /sessions`.
+        pub fn sessions(&self) -> Result<Vec<SessionInfo>, String> {
+            let body = self.call("GET", "/sessions")?;
+            serde_json::from_slice::<SessionList>(&body)
+                .map(|l| l.sessions)
+                .map_err(|e| format!("unexpected answer from the admin API: {e}"))
+        }
+
+        /// `DELETE /users/{user}/sessions`: how many were closed.
+        pub fn kill_user(&self, user: &str) -> Result<usize, String> {
+            let path = format!("/users/{}/sessions", percent_encode(user));
+            self.closed(&self.call("DELETE", &path)?)
+        }
+
+        /// `DELETE /sessions/{port}`: 1, or an error when there is none.
+        pub fn kill_relay_port(&self, port: u16) -> Result<usize, String> {
+            self.closed(&self.call("DELETE", &format!("/sessions/{port}"))?)
+        }
+
+        fn closed(&self, body: &[u8]) -> Result<usize, String> {
+            serde_json::from_slice::<Closed>(body)
+                .map(|c| c.closed)
+                .map_err(|e| format!("unexpected answer from the admin API: {e}"))
+        }
+    }
+
+    /// The session table `ferroturn sessions` prints.
+    pub fn table(sessions: &[SessionInfo]) -> String {
+        if sessions.is_empty() {
+            return "no sessions\n".to_owned();
+        }
+        let header = [
+            "USER",
+            "CLIENT",
+            "TRANSPORT",
+            "RELAY",
+            "AGE",
+            "TO_PEER_PKTS",
+            "TO_PEER_BYTES",
+            "TO_CLIENT_PKTS",
+            "TO_CLIENT_BYTES",
+        ];
+        let rows: Vec<[String; 9]> = sessions
+            .iter()
+            .map(|s| {
+                [
+                    printable(&s.user),
+                    s.client.clone(),
+                    s.transport.clone(),
+                    s.relay.clone(),
+                    age(s.age_seconds),
+                    s.to_peer.packets.to_string(),
+                    s.to_peer.bytes.to_string(),
+                    s.to_client.packets.to_string(),
+                    s.to_client.bytes.to_string(),
+                ]
+            })
+            .collect();
+        let mut width = header.map(str::len);
+        for r in &rows {
+            for (w, c) in width.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let mut line = |cells: &[&str]| {
+            let mut l = String::new();
+            for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+                // Text columns left-aligned, numbers right-aligned.
+                if i < 4 {
+                    l.push_str(&format!("{c:<w$}  "));
+                } else {
+                    l.push_str(&format!("{c:>w$}  "));
+                }
+            }
+            out.push_str(l.trim_end());
+            out.push('\n');
+        };
+        line(&header);
+        for r in &rows {
+            let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+            line(&cells);
+        }
+        let n = sessions.len();
+        out.push_str(&format!("{n} session{}\n", if n == 1 { "" } else { "s" }));
+        out
+    }
+
+    /// Control characters in a user name must not reach the terminal.
+    fn printable(s: &str) -> String {
+        s.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    }
+
+    fn age(secs: u64) -> String {
+        match secs {
+            s if s < 60 => format!("{s}s"),
+            s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+            s => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: method.into(),
+            path: "/sessions".into(),
+            query: String::new(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn bearer_token_is_checked() {
+        let t = digest(b"s3cret");
+        assert!(authorized(&req("GET", &[]), None));
+        assert!(!authorized(&req("GET", &[]), Some(&t)));
+        for (v, ok) in [
+            ("Bearer s3cret", true),
+            ("bearer  s3cret", true),
+            ("Bearer s3cre", false),
+            ("Bearer s3cret2", false),
+            ("Basic s3cret", false),
+            ("s3cret", false),
+            ("Bearer ", false),
+        ] {
+            assert_eq!(
+                authorized(&req("GET", &[("authorization", v)]), Some(&t)),
+                ok,
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn percent_coding_round_trips() {
+        for s in ["alice", "1795000000:bob", "a b/c%d", "zoë"] {
+            assert_eq!(percent_decode(&percent_encode(s)).as_deref(), Some(s));
+        }
+        assert_eq!(percent_decode("a%2"), None);
+        assert_eq!(percent_decode("a%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn table_lists_sessions() {
+        let s = SessionInfo {
+            user: "al\x1bice".into(),
+            client: "127.0.0.1:5000".into(),
+            transport: "udp".into(),
+            relay: "127.0.0.1:10000".into(),
+            relay_port: 10000,
+            age_seconds: 3725,
+            to_peer: Traffic {
+                packets: 3,
+                bytes: 300,
+            },
+            to_client: Traffic {
+                packets: 2,
+                bytes: 20,
+            },
+        };
+        let t = client::table(&[s.clone(), s]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[0].starts_with("USER "));
+        assert!(lines[1].starts_with("al?ice  127.0.0.1:5000  udp"), "{t}");
+        assert!(lines[1].contains("1h02m"));
+        assert!(lines[1].ends_with(" 20"));
+        assert_eq!(lines[3], "2 sessions");
+        assert_eq!(client::table(&[]), "no sessions\n");
+    }
 }

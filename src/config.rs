@@ -239,6 +239,22 @@ pub struct Limits {
     pub unauthenticated_rate: u32,
 }
 
+impl Default for Limits {
+    /// The documented defaults (the total is the relay port count when
+    /// read from a config file).
+    fn default() -> Self {
+        Limits {
+            allocations_per_user: 10,
+            total_allocations: u32::MAX,
+            permissions_per_allocation: 10,
+            channels_per_allocation: 10,
+            bandwidth: 6_250_000,
+            packet_rate: 10_000,
+            unauthenticated_rate: 100,
+        }
+    }
+}
+
 /// The relay settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relay {
@@ -378,18 +394,39 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             match t.as_str() {
                 "udp" => entry.udp = true,
                 "tcp" => entry.tcp = true,
-                "tls" => {
-                    return Err(err(
-                        &format!("listen[{i}].transports"),
-                        "\"tls\" is not supported yet".into(),
-                    ));
-                }
+                "tls" => entry.tls = true,
                 other => {
                     return Err(err(
                         &format!("listen[{i}].transports"),
-                        format!("unknown transport {other:?}: expected \"udp\" or \"tcp\""),
+                        format!(
+                            "unknown transport {other:?}: expected \"udp\", \"tcp\" or \"tls\""
+                        ),
                     ));
                 }
+            }
+        }
+        if entry.tls && entry.tcp {
+            return Err(err(
+                &format!("listen[{i}].transports"),
+                "\"tcp\" and \"tls\" cannot share a port: give each its own [[listen]] entry"
+                    .into(),
+            ));
+        }
+        for (name, v) in [("cert", &entry.cert), ("key", &entry.key)] {
+            match (entry.tls, v) {
+                (true, None) => {
+                    return Err(err(
+                        &format!("listen[{i}].{name}"),
+                        format!("a \"tls\" listener needs a PEM {name} file"),
+                    ));
+                }
+                (false, Some(_)) => {
+                    return Err(err(
+                        &format!("listen[{i}].{name}"),
+                        "only used with transports = [\"tls\"]".into(),
+                    ));
+                }
+                _ => {}
             }
         }
         listen.push(entry);
@@ -531,17 +568,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let l = &raw.limits;
     let port_count = (ports.1 - ports.0) as u32 + 1;
+    let d = Limits::default();
     let limits = Limits {
-        allocations_per_user: l.allocations_per_user.unwrap_or(10),
+        allocations_per_user: l.allocations_per_user.unwrap_or(d.allocations_per_user),
         total_allocations: match l.total_allocations {
             None | Some(0) => port_count,
             Some(n) => n,
         },
-        permissions_per_allocation: l.permissions_per_allocation.unwrap_or(10),
-        channels_per_allocation: l.channels_per_allocation.unwrap_or(10),
-        bandwidth: l.bandwidth.unwrap_or(6_250_000),
-        packet_rate: l.packet_rate.unwrap_or(10_000),
-        unauthenticated_rate: l.unauthenticated_rate.unwrap_or(100),
+        permissions_per_allocation: l
+            .permissions_per_allocation
+            .unwrap_or(d.permissions_per_allocation),
+        channels_per_allocation: l
+            .channels_per_allocation
+            .unwrap_or(d.channels_per_allocation),
+        bandwidth: l.bandwidth.unwrap_or(d.bandwidth),
+        packet_rate: l.packet_rate.unwrap_or(d.packet_rate),
+        unauthenticated_rate: l.unauthenticated_rate.unwrap_or(d.unauthenticated_rate),
     };
     for (key, v) in [
         ("limits.allocations_per_user", limits.allocations_per_user),

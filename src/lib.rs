@@ -8,6 +8,7 @@
 //! - [`config`]: the TOML schema, its validation and the derived runtime settings.
 //! - [`engine`]: the sans-IO protocol state machine.
 //! - [`io`]: the tokio shell that feeds the engine with sockets and timers.
+//! - [`http`]: a minimal HTTP/1.1 server (one request per connection) and client.
 //! - [`metrics`], [`admin`]: Prometheus `/metrics` and the admin API.
 //! - [`daemon`]: the server process: signals, reload, drain, systemd.
 //! - [`demo`]: the signaling demo and test pages (`ferroturn demo`).
@@ -19,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod http;
 pub mod io;
 pub mod log;
 pub mod metrics;

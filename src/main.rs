@@ -46,6 +46,37 @@ enum Command {
         #[arg(long = "url")]
         urls: Vec<String>,
     },
+    /// List the sessions of a running server (through its admin API).
+    Sessions {
+        /// Admin API address; defaults to [admin] address in --config, else 127.0.0.1:9642.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// Bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
+        #[arg(long)]
+        token: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close sessions of a running server (through its admin API).
+    Kill {
+        /// Close every session of this user.
+        #[arg(
+            long,
+            required_unless_present = "relay_port",
+            conflicts_with = "relay_port"
+        )]
+        user: Option<String>,
+        /// Close the session on this relay port.
+        #[arg(long, value_name = "PORT")]
+        relay_port: Option<u16>,
+        /// Admin API address; defaults to [admin] address in --config, else 127.0.0.1:9642.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// Bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -152,6 +183,76 @@ fn main() -> ExitCode {
                 println!("password: {password}");
             }
             ExitCode::SUCCESS
+        }
+        Command::Sessions { admin, token, json } => {
+            let config = match &cli.config {
+                Some(_) => match load(cli.config.as_ref(), "sessions") {
+                    Ok(c) => Some(c),
+                    Err(code) => return code,
+                },
+                None => None,
+            };
+            use ferroturn::admin::client::{Target, table};
+            let target = match Target::resolve(admin.as_deref(), token, config.as_ref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("ferroturn sessions: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let shown = if json {
+                target.sessions_json().map(|j| format!("{j}\n"))
+            } else {
+                target.sessions().map(|s| table(&s))
+            };
+            match shown {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ferroturn sessions: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Kill {
+            user,
+            relay_port,
+            admin,
+            token,
+        } => {
+            let config = match &cli.config {
+                Some(_) => match load(cli.config.as_ref(), "kill") {
+                    Ok(c) => Some(c),
+                    Err(code) => return code,
+                },
+                None => None,
+            };
+            use ferroturn::admin::client::Target;
+            let target = match Target::resolve(admin.as_deref(), token, config.as_ref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("ferroturn kill: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let (closed, what) = match (&user, relay_port) {
+                (Some(u), _) => (target.kill_user(u), format!("of user {u}")),
+                (None, Some(p)) => (target.kill_relay_port(p), format!("on relay port {p}")),
+                (None, None) => unreachable!("clap requires --user or --relay-port"),
+            };
+            match closed {
+                Ok(n) => {
+                    let s = if n == 1 { "" } else { "s" };
+                    println!("closed {n} session{s} {what}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ferroturn kill: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -1,10 +1,382 @@
-//! Prometheus text exposition at `/metrics` (being written).
+//! Prometheus text exposition (format 0.0.4) at `/metrics`.
+//!
+//! Every figure comes from one [`Control::report`]: counters merged over all
+//! workers and gauges taken at the time of the scrape. Labels come from
+//! fixed lists only (method, code, reason, direction, transport): never a
+//! user name or an address, so that the series stay few and say nothing
+//! about who uses the server.
+
+use std::fmt::Write;
 
 use tokio::net::TcpListener;
 
-use crate::io::Control;
+use crate::engine::stats::{
+    AUTH_FAILURES, CODES, DURATION_BUCKETS, METHODS, TO_CLIENT, TO_PEER, TRANSPORTS,
+};
+use crate::http::{self, Request, Response};
+use crate::io::{Control, WorkerReport};
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Scrapes served at once; more get 503.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Relay directions, in the order of [`TO_PEER`] and [`TO_CLIENT`].
+const DIRECTIONS: [(usize, &str); 2] = [(TO_PEER, "to_peer"), (TO_CLIENT, "to_client")];
 
 /// Serve `/metrics` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, control: Control) {
-    let _ = (listener, control);
+    http::serve_each(listener, "metrics", MAX_CONNECTIONS, move |req| {
+        let control = control.clone();
+        async move { answer(&req, &control).await }
+    })
+    .await;
+}
+
+async fn answer(req: &Request, control: &Control) -> Response {
+    if req.method != "GET" && req.method != "HEAD" {
+        return Response::error(405, "only GET and HEAD").with("Allow", "GET, HEAD");
+    }
+    match req.path.as_str() {
+        "/metrics" => {
+            let report = control.report(false).await;
+            Response::ok(CONTENT_TYPE, render(&report)).with("Cache-Control", "no-store")
+        }
+        "/" => Response::ok(
+            "text/plain; charset=utf-8",
+            "ferroturn: Prometheus metrics at /metrics\n",
+        ),
+        p => Response::error(404, &format!("no page at {p}; metrics are at /metrics")),
+    }
+}
+
+/// Writes one metric family at a time: `# HELP`, `# TYPE`, then samples.
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP ferroturn_{name} {help}");
+        let _ = writeln!(self.0, "# TYPE ferroturn_{name} {kind}");
+    }
+
+    /// A sample; `labels` is empty or `a="x",b="y"` (fixed label values
+    /// only, which need no escaping).
+    fn sample(&mut self, name: &str, labels: &str, value: u64) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "ferroturn_{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "ferroturn_{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// A family with one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, "", value);
+    }
+}
+
+/// The exposition text of `report`.
+pub fn render(report: &WorkerReport) -> String {
+    let s = &report.stats;
+    let g = &report.gauges;
+    let mut o = Out(String::with_capacity(16 * 1024));
+
+    o.family(
+        "build_info",
+        "gauge",
+        "Always 1; the version of the running server.",
+    );
+    o.sample(
+        "build_info",
+        &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        1,
+    );
+
+    // Allocations and what they hold.
+    o.single(
+        "allocations_active",
+        "gauge",
+        "Allocations alive now.",
+        g.allocations,
+    );
+    o.single(
+        "allocations_created_total",
+        "counter",
+        "Allocations created.",
+        s.allocations_created,
+    );
+    o.single(
+        "allocations_expired_total",
+        "counter",
+        "Allocations that ended because their lifetime ran out.",
+        s.allocations_expired,
+    );
+    o.single(
+        "allocations_deleted_total",
+        "counter",
+        "Allocations deleted by Refresh 0, a closed connection, an operator or shutdown.",
+        s.allocations_deleted,
+    );
+    o.single(
+        "permissions_active",
+        "gauge",
+        "Permissions installed now, over all allocations.",
+        g.permissions,
+    );
+    o.single(
+        "channels_active",
+        "gauge",
+        "Channels bound now, over all allocations.",
+        g.channels,
+    );
+    o.single(
+        "relay_ports_free",
+        "gauge",
+        "Relay ports not in use.",
+        g.free_ports,
+    );
+    o.single(
+        "draining",
+        "gauge",
+        "1 while the server drains (SIGTERM): new allocations are refused.",
+        u64::from(report.draining),
+    );
+
+    // Requests, errors, authentication.
+    o.family(
+        "requests_total",
+        "counter",
+        "STUN requests (and Send indications) received, by method.",
+    );
+    for (m, n) in METHODS.iter().zip(s.requests) {
+        o.sample("requests_total", &format!("method=\"{m}\""), n);
+    }
+    o.family(
+        "error_responses_total",
+        "counter",
+        "Error responses sent, by method and error code.",
+    );
+    for (m, row) in METHODS.iter().zip(s.errors) {
+        for (c, n) in CODES.iter().zip(row) {
+            o.sample(
+                "error_responses_total",
+                &format!("method=\"{m}\",code=\"{c}\""),
+                n,
+            );
+        }
+    }
+    o.family(
+        "auth_failures_total",
+        "counter",
+        "Failed authentications, by reason.",
+    );
+    for (r, n) in AUTH_FAILURES.iter().zip(s.auth_failures) {
+        o.sample("auth_failures_total", &format!("reason=\"{r}\""), n);
+    }
+    o.single(
+        "peer_policy_denials_total",
+        "counter",
+        "Peer addresses refused by the peer policy (403, or Send indications dropped).",
+        s.policy_denials,
+    );
+    o.single(
+        "quota_rejections_total",
+        "counter",
+        "Allocations, permissions or channels refused by a quota (486, 508).",
+        s.quota_rejections,
+    );
+    o.single(
+        "unauthenticated_answers_suppressed_total",
+        "counter",
+        "Answers to unauthenticated requests not sent: the source was over its rate.",
+        s.answers_suppressed,
+    );
+    o.single(
+        "malformed_packets_total",
+        "counter",
+        "Packets that were neither valid STUN nor ChannelData, dropped.",
+        s.malformed,
+    );
+
+    // Relayed traffic.
+    for (name, help, get) in [
+        (
+            "relayed_packets_total",
+            "Packets relayed, by direction and client transport.",
+            (|t: &crate::engine::stats::Traffic| t.packets) as fn(&_) -> u64,
+        ),
+        (
+            "relayed_bytes_total",
+            "Payload bytes relayed, by direction and client transport.",
+            |t| t.bytes,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for (d, dname) in DIRECTIONS {
+            for (t, tname) in TRANSPORTS.iter().enumerate() {
+                let labels = format!("direction=\"{dname}\",transport=\"{tname}\"");
+                o.sample(name, &labels, get(&s.relayed[d][t]));
+            }
+        }
+    }
+    o.single(
+        "rate_limited_packets_total",
+        "counter",
+        "Data packets dropped by an allocation's bandwidth or packet ceiling.",
+        s.rate_limited,
+    );
+    o.single(
+        "undeliverable_packets_total",
+        "counter",
+        "Data packets dropped: no allocation, channel or permission for them.",
+        s.dropped,
+    );
+    o.single(
+        "send_drops_total",
+        "counter",
+        "Packets the server could not send (socket buffer full).",
+        report.send_drops,
+    );
+
+    // Session durations.
+    let h = &s.session_seconds;
+    let name = "session_duration_seconds";
+    o.family(
+        name,
+        "histogram",
+        "How long allocations lived, counted when they end.",
+    );
+    let mut cumulative = 0;
+    for (bound, n) in DURATION_BUCKETS.iter().zip(h.buckets) {
+        cumulative += n;
+        o.sample(
+            &format!("{name}_bucket"),
+            &format!("le=\"{bound}\""),
+            cumulative,
+        );
+    }
+    o.sample(&format!("{name}_bucket"), "le=\"+Inf\"", h.count);
+    o.sample(&format!("{name}_sum"), "", h.sum_seconds);
+    o.sample(&format!("{name}_count"), "", h.count);
+    o.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn renders_every_family_with_help_type_and_values() {
+        let mut r = WorkerReport::default();
+        r.gauges.allocations = 3;
+        r.gauges.free_ports = 97;
+        r.stats.allocations_created = 5;
+        r.stats.auth_failures[5] = 2;
+        r.stats.requests[1] = 9;
+        r.stats.error_sent(1, 401);
+        r.stats.relayed[TO_CLIENT][1].add(100);
+        r.stats.session_seconds.observe(5);
+        r.stats.session_seconds.observe(700);
+        r.stats.session_seconds.observe(100_000);
+        r.draining = true;
+        let t = render(&r);
+
+        assert_eq!(value(&t, "ferroturn_allocations_active"), Some(3));
+        assert_eq!(value(&t, "ferroturn_relay_ports_free"), Some(97));
+        assert_eq!(value(&t, "ferroturn_allocations_created_total"), Some(5));
+        assert_eq!(value(&t, "ferroturn_draining"), Some(1));
+        assert_eq!(
+            value(
+                &t,
+                "ferroturn_auth_failures_total{reason=\"bad_integrity\"}"
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            value(&t, "ferroturn_requests_total{method=\"allocate\"}"),
+            Some(9)
+        );
+        assert_eq!(
+            value(
+                &t,
+                "ferroturn_error_responses_total{method=\"allocate\",code=\"401\"}"
+            ),
+            Some(1)
+        );
+        let to_client_tcp = "{direction=\"to_client\",transport=\"tcp\"}";
+        assert_eq!(
+            value(
+                &t,
+                &format!("ferroturn_relayed_packets_total{to_client_tcp}")
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            value(&t, &format!("ferroturn_relayed_bytes_total{to_client_tcp}")),
+            Some(100)
+        );
+        // Cumulative buckets; +Inf counts what no bucket holds.
+        let b = |le: &str| {
+            value(
+                &t,
+                &format!("ferroturn_session_duration_seconds_bucket{{le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(b("10"), Some(1));
+        assert_eq!(b("600"), Some(1));
+        assert_eq!(b("1800"), Some(2));
+        assert_eq!(b("21600"), Some(2));
+        assert_eq!(b("+Inf"), Some(3));
+        assert_eq!(
+            value(&t, "ferroturn_session_duration_seconds_sum"),
+            Some(100_705)
+        );
+        assert_eq!(
+            value(&t, "ferroturn_session_duration_seconds_count"),
+            Some(3)
+        );
+
+        // Format: every sample belongs to a family declared just before
+        // with HELP and TYPE; counters end in _total; names are prefixed.
+        let mut declared: Option<(String, String)> = None;
+        let mut families = std::collections::HashSet::new();
+        for line in t.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(families.insert(name.to_owned()), "{name} declared twice");
+                declared = Some((name.to_owned(), String::new()));
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                let d = declared.as_mut().unwrap();
+                assert_eq!(d.0, name);
+                d.1 = kind.to_owned();
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "{name}");
+                }
+            } else {
+                let (name, _) = line.split_once(['{', ' ']).unwrap();
+                assert!(name.starts_with("ferroturn_"), "{line}");
+                let (family, kind) = declared.as_ref().unwrap();
+                let ok = name == family
+                    || (kind == "histogram"
+                        && [
+                            &format!("{family}_bucket"),
+                            &format!("{family}_sum"),
+                            &format!("{family}_count"),
+                        ]
+                        .contains(&&name.to_owned()));
+                assert!(ok, "sample {line} outside its family {family}");
+                let v = line.rsplit(' ').next().unwrap();
+                assert!(v.parse::<u64>().is_ok(), "{line}");
+            }
+        }
+        assert!(t.ends_with('\n'));
+    }
 }

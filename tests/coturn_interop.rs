@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::net::IpAddr;
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -80,20 +81,28 @@ struct CoturnPeer {
 
 impl CoturnPeer {
     fn start() -> CoturnPeer {
+        Self::start_on(IpAddr::V4(LOCALHOST))
+    }
+
+    /// A peer on `ip` (127.0.0.1 or ::1).
+    fn start_on(ip: IpAddr) -> CoturnPeer {
         for _ in 0..20 {
             let port = common::free_udp_port();
-            if port == u16::MAX || UdpSocket::bind((LOCALHOST, port + 1)).is_err() {
+            if port == u16::MAX
+                || UdpSocket::bind((ip, port)).is_err()
+                || UdpSocket::bind((ip, port + 1)).is_err()
+            {
                 continue;
             }
             let child = tool("turnutils_peer")
-                .args(["-p", &port.to_string(), "-L", "127.0.0.1"])
+                .args(["-p", &port.to_string(), "-L", &ip.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn turnutils_peer (is the coturn package installed? tests/run.sh installs it)");
             let mut child = KillOnDrop(child);
             // It echoes whatever it gets; wait (bounded) until it does.
-            let probe = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+            let probe = UdpSocket::bind((ip, 0)).unwrap();
             probe
                 .set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
@@ -103,7 +112,7 @@ impl CoturnPeer {
                 if let Ok(Some(_)) = child.0.try_wait() {
                     break; // port taken meanwhile: try another
                 }
-                let _ = probe.send_to(b"ping", (LOCALHOST, port));
+                let _ = probe.send_to(b"ping", (ip, port));
                 if let Ok((n, _)) = probe.recv_from(&mut buf)
                     && &buf[..n] == b"ping"
                 {
@@ -159,6 +168,11 @@ fn parse_summary(output: &str) -> Option<Summary> {
 /// Run uclient against `server` with the peer and `args` (flags plus
 /// credentials), and check that every message came back.
 fn run_uclient(server: &Server, peer: &CoturnPeer, args: &[&str]) -> Summary {
+    run_uclient_on(server, peer, args, "127.0.0.1")
+}
+
+/// [`run_uclient`] with the peer and the server reached at `host`.
+fn run_uclient_on(server: &Server, peer: &CoturnPeer, args: &[&str], host: &str) -> Summary {
     let _serial = UCLIENT_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = tool("turnutils_uclient");
     cmd.args(args);
@@ -170,8 +184,8 @@ fn run_uclient(server: &Server, peer: &CoturnPeer, args: &[&str]) -> Summary {
         "-l",
         LENGTH,
     ]);
-    cmd.args(["-e", "127.0.0.1", "-r", &peer.port.to_string()]);
-    cmd.args(["-p", &server.addr.port().to_string(), "127.0.0.1"]);
+    cmd.args(["-e", host, "-r", &peer.port.to_string()]);
+    cmd.args(["-p", &server.addr.port().to_string(), host]);
     let Output {
         code,
         timed_out,
@@ -266,6 +280,31 @@ fn uclient_rest_shared_secret() {
     // base64(HMAC-SHA1(secret, username)) itself.
     // No -w: only the shared secret can make these credentials work.
     run_uclient(&server, &peer, &["-u", "bob", "-W", SECRET]);
+    check_server_log(&server);
+}
+
+/// IPv6 relays (`-x` asks for one, RFC 8656 REQUESTED-ADDRESS-FAMILY) with
+/// the client, the server and the peer on ::1: channels, Send indications,
+/// TCP, client-to-client.
+#[test]
+fn uclient_ipv6_relays() {
+    let server = Server::start_with(ServerConfig {
+        legacy_channel_numbers: Some(true),
+        ipv6: true,
+        ..Default::default()
+    });
+    let peer = CoturnPeer::start_on("::1".parse().unwrap());
+    for extra in [&[][..], &["-s"], &["-t"], &["-y"]] {
+        let mut args = vec!["-x"];
+        args.extend(extra);
+        args.extend(STATIC_USER);
+        run_uclient_on(&server, &peer, &args, "::1");
+    }
+    let log = server.log();
+    assert!(
+        log.contains("relay=[::1]:"),
+        "no IPv6 relay was allocated:\n{log}"
+    );
     check_server_log(&server);
 }
 

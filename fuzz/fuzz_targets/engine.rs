@@ -19,17 +19,18 @@ fn engine(now: Instant) -> Engine {
     let mut users = BTreeMap::new();
     users.insert("alice".to_string(), "wonderland".to_string());
     Engine::new(
-        EngineConfig {
-            credentials: Credentials::new("fuzz", &["s".into()], &users, b"k", 600),
-            policy: PeerPolicy::new(vec![], vec![], vec![], (1, 1)),
-            relay_bind: "0.0.0.0".parse().unwrap(),
-            relay_public: "198.51.100.1".parse().unwrap(),
-            ports: (50000..50016).collect(),
-            lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
-            seed: 1,
-            legacy_channels: true,
-            limits: Limits {
+        {
+            let mut cfg = EngineConfig::new(
+                Credentials::new("fuzz", &["s".into()], &users, b"k", 600),
+                PeerPolicy::new(vec![], vec![], vec![], (1, 1)),
+                "0.0.0.0".parse().unwrap(),
+                "198.51.100.1".parse().unwrap(),
+                (50000..50016).collect(),
+            );
+            cfg.relay_bind_v6 = Some("::".parse().unwrap());
+            cfg.relay_public_v6 = Some("2001:db8::1".parse().unwrap());
+            cfg.legacy_channels = true;
+            cfg.limits = Limits {
                 allocations_per_user: 8,
                 total_allocations: 8,
                 permissions_per_allocation: 4,
@@ -37,11 +38,8 @@ fn engine(now: Instant) -> Engine {
                 bandwidth: 0,
                 packet_rate: 0,
                 unauthenticated_rate: 0,
-            },
-            strict_expiry: true,
-            expiry_grace: Duration::ZERO,
-            stun_only: vec![],
-            shared: Default::default(),
+            };
+            cfg
         },
         now,
         1_800_000_000,

@@ -161,6 +161,7 @@ fn main() {
     let mut src = net::Sources::new();
     let mut trial_id = 1u32;
     let started = Instant::now();
+    let cpu0 = (servers::machine_busy(), servers::own_cpu());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
         "ferroturn-bench: {} rep(s) of {:?}, {cores} cores, echo peer {}",
@@ -200,7 +201,10 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let total = started.elapsed();
-    print!("{}", report(&res, &plan, cores, total, &kinds));
+    // CPU the rest of the machine used meanwhile: the noise floor of this run.
+    let foreign = (servers::machine_busy() - cpu0.0) - (servers::own_cpu() - cpu0.1);
+    let foreign = (foreign / (total.as_secs_f64() * cores as f64)).max(0.0);
+    print!("{}", report(&res, &plan, cores, total, foreign, &kinds));
 }
 
 fn gen_socket() -> UdpSocket {
@@ -276,6 +280,7 @@ fn throughput(
 }
 
 /// Round-trip percentiles at `rate` over `flows`.
+#[allow(clippy::too_many_arguments)]
 fn latency(
     plan: &Plan,
     target: &str,
@@ -389,14 +394,25 @@ fn run_server(
         let after = server.rss_kib();
         let per = (full as f64 - idle as f64) * 1024.0 / st.done.max(1) as f64;
         eprintln!(
-            "  memory: idle {idle} KiB, {} allocations held ({} failed, {:.1} s) {full} KiB = {per:.0} B each; {} deleted ({} failed): {after} KiB",
-            st.done, st.failed, st.secs, del.done, del.failed
+            "  memory: idle {idle} KiB, {} allocations held ({} failed{}, {:.1} s) {full} KiB = {per:.0} B each; {} deleted ({} failed{}): {after} KiB",
+            st.done,
+            st.failed,
+            st.why(),
+            st.secs,
+            del.done,
+            del.failed,
+            del.why()
         );
         push(res, name, "rss idle", idle as f64 / 1024.0);
         if st.done >= plan.hold * 99 / 100 {
             push(res, name, "rss per alloc", per);
             push(res, name, "rss after delete", after as f64 - idle as f64);
         }
+        // A fresh server for the rest: coturn keeps the ports and memory
+        // of deleted allocations for up to a minute.
+        server.stop();
+        server = Server::start(kind, paths, echo.addr)?;
+        eprintln!("  restarted: pid {}", server.pid());
     }
 
     if kind.is_turn() && on("ctl") {
@@ -412,8 +428,11 @@ fn run_server(
         );
         let rate = st.done as f64 / st.secs;
         eprintln!(
-            "  allocation cycles: {} in {:.2} s = {rate:.0}/s ({} failed)",
-            st.done, st.secs, st.failed
+            "  allocation cycles: {} in {:.2} s = {rate:.0}/s ({} failed{})",
+            st.done,
+            st.secs,
+            st.failed,
+            st.why()
         );
         push(res, name, "cycles/s", rate);
     }
@@ -585,7 +604,14 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-fn report(res: &Results, plan: &Plan, cores: usize, total: Duration, kinds: &[Kind]) -> String {
+fn report(
+    res: &Results,
+    plan: &Plan,
+    cores: usize,
+    total: Duration,
+    foreign: f64,
+    kinds: &[Kind],
+) -> String {
     let m = |t: &str, k: &'static str| res.get(&(t.to_string(), k)).map_or(f64::NAN, |v| median(v));
     let mut s = String::new();
     let _ = writeln!(
@@ -593,6 +619,11 @@ fn report(res: &Results, plan: &Plan, cores: usize, total: Duration, kinds: &[Ki
         "\n## ferroturn-bench: medians of {} repetition(s), {cores} cores, {:.0} s\n",
         plan.reps,
         total.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "Other processes on this machine used {:.0} % of its CPU during the run (user+system time outside the benchmark and its servers; above a few % the figures are noisy, compare ratios within one run).\n",
+        foreign * 100.0
     );
     let _ = writeln!(
         s,

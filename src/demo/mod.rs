@@ -8,7 +8,6 @@
 //!
 //! Pages and scripts are embedded in the binary.
 
-pub mod http;
 pub mod ice;
 pub mod signal;
 pub mod websocket;
@@ -24,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use http::{HeadError, Request, Response};
+use crate::http::{self, HeadError, Request, Response};
 use ice::IceConfig;
 use signal::{Delivery, Hub, PeerId};
 use websocket::{Message, close_code};

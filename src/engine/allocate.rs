@@ -8,7 +8,7 @@ use stun::message::Message;
 
 use super::allocation::{Allocation, Counters, State};
 use super::quota::Meter;
-use super::{Authed, Engine, Output};
+use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, Authed, Engine, Output};
 use crate::addr::{AllocId, ClientAddr};
 use crate::proto::stun::{self as wire, Response};
 
@@ -16,6 +16,27 @@ use crate::proto::stun::{self as wire, Response};
 const PROTO_UDP: u8 = 17;
 /// How many ports to try when binding one fails.
 const BIND_TRIES: u8 = 8;
+
+/// The relay families an Allocate gets.
+#[derive(Debug, Clone, Copy)]
+struct Families {
+    /// The primary relay is IPv6.
+    v6: bool,
+    /// An IPv6 relay besides the IPv4 one (ADDITIONAL-ADDRESS-FAMILY).
+    dual: bool,
+    /// IPv6 was asked as the additional family but is not configured.
+    v6_refused: bool,
+}
+
+impl Families {
+    fn single(v6: bool) -> Self {
+        Families {
+            v6,
+            dual: false,
+            v6_refused: false,
+        }
+    }
+}
 
 /// An expiry no later than the credential's deadline, if it has one.
 fn capped(expires: Instant, deadline: Option<Instant>) -> Instant {
@@ -60,10 +81,9 @@ impl Engine {
             Some(Ok(_)) => return self.reply(client, err(442)),
             None | Some(Err(())) => return self.reply(client, err(400)),
         }
-        match wire::requested_family(m) {
-            None | Some(Ok(0x01)) => {}
-            Some(_) => return self.reply(client, err(440)),
-        }
+        let Ok(mut families) = self.families(client, m) else {
+            return self.reply(client, err(self.family_error(m)));
+        };
         // EVEN-PORT (§14.6): the R bit asks to reserve the next port too.
         let (even, reserve) = match wire::attr(m, ATTR_EVEN_PORT) {
             None => (false, false),
@@ -71,7 +91,7 @@ impl Engine {
             Some(_) => return self.reply(client, err(400)),
         };
         let token = wire::attr(m, ATTR_RESERVATION_TOKEN);
-        if token.is_some() && even {
+        if token.is_some() && (even || families.dual) {
             return self.reply(client, err(400));
         }
         let lifetime = match wire::u32_attr(m, ATTR_LIFETIME) {
@@ -86,12 +106,16 @@ impl Engine {
         }
         let mut issued = None;
         let port = if let Some(t) = token {
-            // A port another Allocate reserved (§7.2): 508 if unknown or gone.
-            self.cfg.shared.redeem(t)
+            // A port another Allocate reserved (§7.2), in the family it was
+            // reserved in: 508 if unknown or gone.
+            self.cfg.shared.redeem(t).map(|(port, v6)| {
+                families.v6 = v6;
+                port
+            })
         } else if reserve {
             self.ports.take_pair().map(|(even, odd)| {
                 let t = self.next_token();
-                self.cfg.shared.reserve(t, odd);
+                self.cfg.shared.reserve(t, odd, families.v6);
                 self.reserved
                     .push_back((now + Duration::from_secs(super::RESERVATION_SECS), t));
                 issued = Some(t);
@@ -112,13 +136,14 @@ impl Engine {
                 AllocId(self.allocs.len() as u32 - 1)
             }
         };
-        let relayed = SocketAddr::new(self.cfg.relay_public, port.0);
+        let relayed = SocketAddr::new(self.public_ip(families.v6), port.0);
         self.allocs[id.0 as usize] = Some(Allocation {
             client,
             username: authed.username,
             signer,
             port,
             relayed,
+            extra: None,
             created: now,
             expires: capped(now + lifetime, authed.deadline),
             state: State::Opening {
@@ -126,6 +151,8 @@ impl Engine {
                 // A reserved port is the only one that will do.
                 tries: if token.is_some() { BIND_TRIES } else { 1 },
                 token: issued,
+                dual: families.dual,
+                v6_refused: families.v6_refused,
             },
             last_txid: m.transaction_id.0,
             last_response: Vec::new(),
@@ -139,30 +166,116 @@ impl Engine {
         self.by_client.insert(client, id);
         self.out.push_back(Output::OpenRelay {
             alloc: id,
-            bind: SocketAddr::new(self.cfg.relay_bind, port.0),
+            bind: SocketAddr::new(self.bind_ip(families.v6), port.0),
         });
     }
 
-    /// The shell reports whether the relay socket for `id` is bound. On
-    /// success the Allocate is answered; on failure another port is tried,
-    /// and after [`BIND_TRIES`] the answer is 508 (§7.2).
+    /// The relay families an Allocate asks for (§7.2): REQUESTED-ADDRESS-
+    /// FAMILY, or ADDITIONAL-ADDRESS-FAMILY (IPv4 plus IPv6), or the
+    /// configured default. `Err` when the request cannot be served; see
+    /// [`Engine::family_error`] for the code.
+    fn families(&self, client: ClientAddr, m: &Message) -> Result<Families, ()> {
+        let v6_ok = self.cfg.relay_bind_v6.is_some();
+        let additional = wire::attr(m, ATTR_ADDITIONAL_ADDRESS_FAMILY);
+        match (wire::requested_family(m), additional) {
+            (Some(_), Some(_)) => Err(()),
+            (Some(Ok(0x01)), None) => Ok(Families::single(false)),
+            (Some(Ok(0x02)), None) if v6_ok => Ok(Families::single(true)),
+            (Some(_), None) => Err(()),
+            (None, Some(v)) if v.len() == 4 && v[0] == 0x02 => Ok(Families {
+                v6: false,
+                dual: v6_ok,
+                // Without IPv6 relays the IPv4 one is still given, with an
+                // ADDRESS-ERROR-CODE 440 for IPv6 (§7.2).
+                v6_refused: !v6_ok,
+            }),
+            (None, Some(_)) => Err(()),
+            (None, None) => Ok(Families::single(
+                self.cfg.same_family_default && client.remote.is_ipv6() && v6_ok,
+            )),
+        }
+    }
+
+    /// The error code for a request [`Engine::families`] refused: 400 when
+    /// the attributes contradict each other or are malformed, else 440.
+    fn family_error(&self, m: &Message) -> u16 {
+        let additional = wire::attr(m, ATTR_ADDITIONAL_ADDRESS_FAMILY);
+        match (wire::requested_family(m), additional) {
+            (Some(_), Some(_)) | (None, Some(_)) | (Some(Err(())), None) => 400,
+            _ => 440,
+        }
+    }
+
+    fn bind_ip(&self, v6: bool) -> std::net::IpAddr {
+        match (v6, self.cfg.relay_bind_v6) {
+            (true, Some(ip)) => ip,
+            _ => self.cfg.relay_bind,
+        }
+    }
+
+    fn public_ip(&self, v6: bool) -> std::net::IpAddr {
+        match (v6, self.cfg.relay_public_v6) {
+            (true, Some(ip)) => ip,
+            _ => self.cfg.relay_public,
+        }
+    }
+
+    /// The shell reports whether the relay socket it was last asked to open
+    /// for `id` is bound. When every relay of the allocation is open (two for
+    /// a dual allocation) the Allocate is answered; a failed bind tries
+    /// another port, and after [`BIND_TRIES`] the answer is 508 (§7.2).
     pub fn relay_opened(&mut self, now: Instant, id: AllocId, ok: bool) {
         let Some(a) = self.alloc_mut(id) else { return };
         let State::Opening {
             request,
             tries,
             token,
+            dual,
+            v6_refused,
         } = &a.state
         else {
             return;
         };
-        let (request, tries, token) = (request.clone(), *tries, *token);
+        let (request, tries, token, dual, v6_refused) =
+            (request.clone(), *tries, *token, *dual, *v6_refused);
         let client = a.client;
         let signer = a.signer;
+        // Which relay was being opened: the IPv6 one of a dual allocation
+        // once it has been given a port, else the primary one.
+        let extra = a.extra.is_some();
+        if ok && dual && !extra {
+            // The IPv4 relay is open; now the IPv6 one.
+            match self.ports.take(false) {
+                Some(port) => {
+                    let relayed = SocketAddr::new(self.public_ip(true), port.0);
+                    let a = self.alloc_mut(id).expect("present");
+                    a.extra = Some((port, relayed));
+                    a.state = State::Opening {
+                        request,
+                        tries: 1,
+                        token,
+                        dual,
+                        v6_refused,
+                    };
+                    let bind = SocketAddr::new(self.bind_ip(true), port.0);
+                    self.out.push_back(Output::OpenRelay { alloc: id, bind });
+                }
+                None => self.fail_allocation(id, &request, &signer),
+            }
+            return;
+        }
         if ok {
+            let a = self.alloc_mut(id).expect("present");
             let lifetime = a.expires.saturating_duration_since(now).as_secs() as u32;
-            let mut resp = Response::success(&request)
-                .xor_address(ATTR_XOR_RELAYED_ADDRESS, a.relayed)
+            let mut resp =
+                Response::success(&request).xor_address(ATTR_XOR_RELAYED_ADDRESS, a.relayed);
+            if let Some((_, v6)) = a.extra {
+                resp = resp.xor_address(ATTR_XOR_RELAYED_ADDRESS, v6);
+            }
+            if v6_refused {
+                resp = resp.address_error(0x02, 440);
+            }
+            resp = resp
                 .u32(ATTR_LIFETIME, lifetime)
                 .xor_address(ATTR_XORMAPPED_ADDRESS, client.remote);
             if let Some(t) = token {
@@ -171,53 +284,81 @@ impl Engine {
             let resp = resp.finish(Some(&signer), false);
             a.state = State::Active;
             a.last_response = resp.clone();
-            tracing::info!(%client, user = %a.username, relay = %a.relayed, lifetime, "allocation created");
+            tracing::info!(%client, user = %a.username, relay = %a.relayed, extra = ?a.extra.map(|e| e.1), lifetime, "allocation created");
             self.stats.allocations_created += 1;
             self.reply(client, resp);
             self.reschedule(id, now);
             return;
         }
-        // That port is taken by someone else: put it at the back, try another.
-        let old = a.port;
-        self.ports.release(old);
-        // A retry cannot keep a reservation: the pair is broken.
+        // That port is taken by someone else: try another, and put it back
+        // at the end of the pool. A retry cannot keep a reservation: the
+        // pair is broken.
         if let Some(t) = token {
-            if let Some(p) = self.cfg.shared.redeem(&t) {
+            if let Some((p, _)) = self.cfg.shared.redeem(&t) {
                 self.ports.release(p);
             }
         }
-        let even = wire::attr(&request, ATTR_EVEN_PORT).is_some();
+        let even = !extra && wire::attr(&request, ATTR_EVEN_PORT).is_some();
         let next = if tries < BIND_TRIES {
             self.ports.take(even)
         } else {
             None
         };
-        match next {
-            Some(port) => {
-                let a = self.alloc_mut(id).expect("present");
-                a.port = port;
-                a.relayed.set_port(port.0);
-                a.state = State::Opening {
-                    request,
-                    tries: tries + 1,
-                    token: None,
-                };
-                let bind = SocketAddr::new(self.cfg.relay_bind, port.0);
-                self.out.push_back(Output::OpenRelay { alloc: id, bind });
-            }
-            None => {
-                tracing::warn!(%client, "could not bind a relay socket");
-                if let Some(a) = self.allocs[id.0 as usize].take() {
-                    self.cfg.shared.release(&a.username);
-                }
-                self.by_client.remove(&client);
-                self.free_ids.push(id.0);
-                self.reply(
-                    client,
-                    Response::error(&request, 508).finish(Some(&signer), false),
-                );
-            }
+        let Some(port) = next else {
+            // Releases every port the allocation holds.
+            return self.fail_allocation(id, &request, &signer);
+        };
+        let a = self.allocation(id).expect("present");
+        let v6 = extra || a.relayed.is_ipv6();
+        let old = if extra {
+            a.extra.expect("extra").0
+        } else {
+            a.port
+        };
+        self.ports.release(old);
+        let relayed = SocketAddr::new(self.public_ip(v6), port.0);
+        let a = self.alloc_mut(id).expect("present");
+        if extra {
+            a.extra = Some((port, relayed));
+        } else {
+            a.port = port;
+            a.relayed = relayed;
         }
+        a.state = State::Opening {
+            request,
+            tries: tries + 1,
+            token: None,
+            dual,
+            v6_refused,
+        };
+        let bind = SocketAddr::new(self.bind_ip(v6), port.0);
+        self.out.push_back(Output::OpenRelay { alloc: id, bind });
+    }
+
+    /// Give up on an allocation whose relay could not be opened: 508.
+    fn fail_allocation(
+        &mut self,
+        id: AllocId,
+        request: &Message,
+        signer: &crate::proto::integrity::Signer,
+    ) {
+        let Some(a) = self.allocs[id.0 as usize].take() else {
+            return;
+        };
+        tracing::warn!(client = %a.client, "could not bind a relay socket");
+        self.cfg.shared.release(&a.username);
+        self.ports.release(a.port);
+        if let Some((p, _)) = a.extra {
+            self.ports.release(p);
+        }
+        self.by_client.remove(&a.client);
+        self.free_ids.push(id.0);
+        // Closes whatever relay socket of it was already open.
+        self.out.push_back(Output::CloseRelay { alloc: id });
+        self.reply(
+            a.client,
+            Response::error(request, 508).finish(Some(signer), false),
+        );
     }
 
     /// An unguessable-enough RESERVATION-TOKEN (it only names a port that
@@ -240,9 +381,17 @@ impl Engine {
     ) -> Vec<u8> {
         let signer = authed.signer;
         let err = |code: u16| authed.error(m, code);
-        match wire::requested_family(m) {
-            None | Some(Ok(0x01)) => {}
-            Some(_) => return err(443),
+        // REQUESTED-ADDRESS-FAMILY must name a family the allocation has (§7.3).
+        if let Some(f) = wire::requested_family(m) {
+            let a = self.allocation(id).expect("checked");
+            let has = |v6: bool| {
+                a.relayed.is_ipv6() == v6 || a.extra.is_some_and(|e| e.1.is_ipv6() == v6)
+            };
+            match f {
+                Ok(0x01) if has(false) => {}
+                Ok(0x02) if has(true) => {}
+                _ => return err(443),
+            }
         }
         let requested = match wire::u32_attr(m, ATTR_LIFETIME) {
             Some(Err(())) => return err(400),

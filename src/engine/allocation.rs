@@ -45,6 +45,10 @@ pub enum State {
         tries: u8,
         /// The RESERVATION-TOKEN issued with this allocation, if any.
         token: Option<[u8; 8]>,
+        /// An IPv6 relay is to be opened after the IPv4 one.
+        dual: bool,
+        /// The answer carries ADDRESS-ERROR-CODE 440 for IPv6.
+        v6_refused: bool,
     },
     Active,
 }
@@ -58,6 +62,8 @@ pub struct Allocation {
     pub port: RelayPort,
     /// The advertised relayed transport address (XOR-RELAYED-ADDRESS).
     pub relayed: SocketAddr,
+    /// The IPv6 relay of a dual allocation (RFC 8656 §7.2), and its port.
+    pub extra: Option<(RelayPort, SocketAddr)>,
     pub created: Instant,
     pub expires: Instant,
     pub state: State,
@@ -104,6 +110,14 @@ impl Allocation {
         self.channels
             .iter()
             .find(|c| c.peer == peer && c.expires > now)
+    }
+
+    /// Whether the allocation has a relay of `peer`'s address family.
+    pub fn serves_family(&self, peer: SocketAddr) -> bool {
+        self.relayed.is_ipv4() == peer.is_ipv4()
+            || self
+                .extra
+                .is_some_and(|(_, r)| r.is_ipv4() == peer.is_ipv4())
     }
 
     /// Drop expired permissions and channels; the earliest expiry left.

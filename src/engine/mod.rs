@@ -55,6 +55,12 @@ pub struct EngineConfig {
     pub relay_bind: IpAddr,
     /// What XOR-RELAYED-ADDRESS advertises.
     pub relay_public: IpAddr,
+    /// Where IPv6 relay sockets bind and what they advertise, if enabled.
+    pub relay_bind_v6: Option<IpAddr>,
+    pub relay_public_v6: Option<IpAddr>,
+    /// Without REQUESTED-ADDRESS-FAMILY, relay in the client's own family
+    /// (when configured) instead of IPv4 as RFC 8656 §7.2 says.
+    pub same_family_default: bool,
     /// The relay ports this engine may use.
     pub ports: Vec<u16>,
     /// Default and maximum allocation lifetime (RFC 8656 §7.2).
@@ -86,6 +92,38 @@ pub enum Output {
     OpenRelay { alloc: AllocId, bind: SocketAddr },
     /// Close the relay socket of `alloc`.
     CloseRelay { alloc: AllocId },
+}
+
+impl EngineConfig {
+    /// A configuration with the documented defaults for everything but the
+    /// credentials, the peer policy, the relay addresses and the ports.
+    pub fn new(
+        credentials: Credentials,
+        policy: PeerPolicy,
+        relay_bind: IpAddr,
+        relay_public: IpAddr,
+        ports: Vec<u16>,
+    ) -> Self {
+        EngineConfig {
+            credentials,
+            policy,
+            relay_bind,
+            relay_public,
+            relay_bind_v6: None,
+            relay_public_v6: None,
+            same_family_default: false,
+            ports,
+            lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            seed: 1,
+            legacy_channels: false,
+            limits: Limits::default(),
+            strict_expiry: true,
+            expiry_grace: Duration::ZERO,
+            stun_only: Vec::new(),
+            shared: Arc::default(),
+        }
+    }
 }
 
 /// What a reload may change in a running engine.
@@ -160,6 +198,11 @@ const KNOWN: &[AttrType] = &[
     ATTR_PASSWORD_ALGORITHM,
     ATTR_USER_HASH,
 ];
+
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11), comprehension-optional.
+pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
+/// ADDRESS-ERROR-CODE (RFC 8656 §18.12).
+pub const ATTR_ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
 
 /// How long a reserved port waits for its token (RFC 8656 §7.2: about 30 s).
 const RESERVATION_SECS: u64 = 30;
@@ -295,7 +338,9 @@ impl Engine {
 
     /// Close the allocation whose relayed address has `port`; whether one did.
     pub fn close_relay_port(&mut self, now: Instant, port: u16) -> bool {
-        self.close_where(now, |a| a.relayed.port() == port) > 0
+        self.close_where(now, |a| {
+            a.relayed.port() == port || a.extra.is_some_and(|(p, _)| p.0 == port)
+        }) > 0
     }
 
     fn close_where(&mut self, now: Instant, pred: impl Fn(&Allocation) -> bool) -> usize {
@@ -363,7 +408,7 @@ impl Engine {
                 break;
             }
             self.reserved.pop_front();
-            if let Some(port) = self.cfg.shared.redeem(&token) {
+            if let Some((port, _)) = self.cfg.shared.redeem(&token) {
                 self.ports.release(port);
             }
         }
@@ -414,6 +459,9 @@ impl Engine {
         }
         self.by_client.remove(&a.client);
         self.ports.release(a.port);
+        if let Some((p, _)) = a.extra {
+            self.ports.release(p);
+        }
         self.cfg.shared.release(&a.username);
         self.free_ids.push(id.0);
         self.out.push_back(Output::CloseRelay { alloc: id });

@@ -21,7 +21,7 @@ impl Engine {
             self.stats.policy_denials += 1;
             return Err(403);
         }
-        if a.relayed.is_ipv4() != peer.0.is_ipv4() {
+        if !a.serves_family(peer.0) {
             return Err(443);
         }
         Ok(())

@@ -17,7 +17,7 @@ use crate::config::Limits;
 pub struct Shared {
     /// Ports held for a RESERVATION-TOKEN (RFC 8656 §7.2, §14.9): the
     /// Allocate that redeems it may arrive at another worker.
-    reservations: Mutex<HashMap<[u8; 8], RelayPort>>,
+    reservations: Mutex<HashMap<[u8; 8], (RelayPort, bool)>>,
     /// Allocations held per user.
     users: Mutex<HashMap<String, u32>>,
     /// Allocations held in all.
@@ -25,12 +25,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub(super) fn reserve(&self, token: [u8; 8], port: RelayPort) {
-        lock(&self.reservations).insert(token, port);
+    /// Hold `port` (of the IPv6 family if `v6`) for `token`.
+    pub(super) fn reserve(&self, token: [u8; 8], port: RelayPort, v6: bool) {
+        lock(&self.reservations).insert(token, (port, v6));
     }
 
-    /// Redeem a token: its port, once.
-    pub(super) fn redeem(&self, token: &[u8]) -> Option<RelayPort> {
+    /// Redeem a token: its port and family, once.
+    pub(super) fn redeem(&self, token: &[u8]) -> Option<(RelayPort, bool)> {
         let token: [u8; 8] = token.try_into().ok()?;
         lock(&self.reservations).remove(&token)
     }

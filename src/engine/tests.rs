@@ -9,6 +9,7 @@ use stun::integrity::MessageIntegrity;
 use stun::message::*;
 
 use super::*;
+use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, ATTR_ADDRESS_ERROR_CODE};
 use crate::addr::Via;
 use crate::proto::channel_data::{self, HEADROOM};
 use crate::proto::integrity::{self, ALGORITHM_SHA256, Key, Mac, Signer};
@@ -23,35 +24,29 @@ fn config(ports: Vec<u16>) -> EngineConfig {
     let mut users = BTreeMap::new();
     users.insert("alice".to_string(), "wonderland".to_string());
     users.insert("bob".to_string(), "builder".to_string());
-    EngineConfig {
-        credentials: Credentials::new(REALM, &["s3cret".into()], &users, b"nonce-key", 600),
-        policy: PeerPolicy::new(
+    let mut cfg = EngineConfig::new(
+        Credentials::new(REALM, &["s3cret".into()], &users, b"nonce-key", 600),
+        PeerPolicy::new(
             vec![],
             vec![],
             vec!["198.51.100.1".parse().unwrap()],
             (50000, 50009),
         ),
-        relay_bind: "0.0.0.0".parse().unwrap(),
-        relay_public: "198.51.100.1".parse().unwrap(),
+        "0.0.0.0".parse().unwrap(),
+        "198.51.100.1".parse().unwrap(),
         ports,
-        lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-        seed: 42,
-        legacy_channels: false,
-        limits: Limits {
-            allocations_per_user: 10,
-            total_allocations: 100,
-            permissions_per_allocation: 10,
-            channels_per_allocation: 10,
-            bandwidth: 0,
-            packet_rate: 0,
-            unauthenticated_rate: 0,
-        },
-        strict_expiry: true,
-        expiry_grace: Duration::ZERO,
-        stun_only: vec![],
-        shared: Default::default(),
-    }
+    );
+    cfg.seed = 42;
+    cfg.limits = Limits {
+        allocations_per_user: 10,
+        total_allocations: 100,
+        permissions_per_allocation: 10,
+        channels_per_allocation: 10,
+        bandwidth: 0,
+        packet_rate: 0,
+        unauthenticated_rate: 0,
+    };
+    cfg
 }
 
 struct T {
@@ -1510,4 +1505,182 @@ fn update_applies_new_credentials_without_dropping_allocations() {
             .sign_as(&u, &p, &t.nonce_for(client(2))),
     );
     assert_eq!(code(&r), None, "new secret works");
+}
+
+// ---- Address families (RFC 8656 §7.2) ----
+
+fn dual_config() -> EngineConfig {
+    let mut cfg = config((50000..50010).collect());
+    cfg.relay_bind_v6 = Some("::".parse().unwrap());
+    cfg.relay_public_v6 = Some("2001:db8::7".parse().unwrap());
+    cfg.policy = PeerPolicy::new(vec![], vec![], vec![], (1, 1));
+    cfg
+}
+
+fn relayed_addresses(r: &Message) -> Vec<SocketAddr> {
+    wire::attrs_before_integrity(r)
+        .filter(|a| a.typ == ATTR_XOR_RELAYED_ADDRESS)
+        .map(|a| wire::read_xor_address(&a.value, &r.transaction_id.0).unwrap())
+        .collect()
+}
+
+#[test]
+fn ipv6_relays_are_given_on_request_and_440_without_them() {
+    let mut t = T::with(dual_config());
+    let r = t.signed(
+        client(1),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+    );
+    assert_eq!(code(&r), None);
+    let relays = relayed_addresses(&r);
+    assert_eq!(relays.len(), 1);
+    assert_eq!(relays[0].ip().to_string(), "2001:db8::7");
+    // An IPv6 relay serves IPv6 peers only.
+    let c = client(1);
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CREATE_PERMISSION).peer(peer("[2606:4700::1]:9")),
+    );
+    assert_eq!(code(&r), None);
+    let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)));
+    assert_eq!(code(&r), Some(443));
+    // Without IPv6 relays configured: 440.
+    let mut t = T::new();
+    let r = t.signed(
+        client(1),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+    );
+    assert_eq!(code(&r), Some(440));
+}
+
+#[test]
+fn additional_address_family_gives_a_dual_allocation() {
+    let mut t = T::with(dual_config());
+    let c = client(1);
+    let r = t.signed(
+        c,
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+    );
+    assert_eq!(code(&r), None);
+    let relays = relayed_addresses(&r);
+    assert_eq!(relays.len(), 2);
+    assert!(relays[0].is_ipv4() && relays[1].is_ipv6());
+    assert_ne!(
+        relays[0].port(),
+        relays[1].port(),
+        "ports are unique across families"
+    );
+    let r = t.signed(
+        c,
+        Req::new(METHOD_CREATE_PERMISSION)
+            .peer(peer(PEER))
+            .peer(peer("[2606:4700::1]:9")),
+    );
+    assert_eq!(code(&r), None, "both families are served");
+    let r = t.signed(
+        c,
+        Req::new(METHOD_REFRESH).attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+    );
+    assert_eq!(code(&r), None);
+    // Deleting frees both ports.
+    t.signed(c, Req::new(METHOD_REFRESH).lifetime(0));
+    assert_eq!(t.e.free_ports(), 10);
+    // Both family attributes at once: 400.
+    let r = t.signed(
+        client(2),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0])
+            .attr(ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+    );
+    assert_eq!(code(&r), Some(400));
+}
+
+#[test]
+fn additional_family_without_ipv6_relays_gets_ipv4_and_an_address_error() {
+    let mut t = T::new();
+    let r = t.signed(
+        client(1),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+    );
+    assert_eq!(code(&r), None);
+    assert_eq!(relayed_addresses(&r).len(), 1);
+    let e = wire::attr(&r, ATTR_ADDRESS_ERROR_CODE).unwrap();
+    assert_eq!(&e[..4], &[2, 0, 4, 40]);
+}
+
+#[test]
+fn default_family_follows_the_client_when_configured() {
+    let mut cfg = dual_config();
+    cfg.same_family_default = true;
+    let mut t = T::with(cfg);
+    let v6 = ClientAddr {
+        remote: "[2001:db8::99]:5000".parse().unwrap(),
+        via: Via::Udp(0),
+    };
+    let n = t.nonce_for(v6);
+    let r = t.one(
+        v6,
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("alice", "wonderland", &n),
+    );
+    assert!(relayed_addresses(&r)[0].is_ipv6());
+    let r = t.signed(client(1), Req::new(METHOD_ALLOCATE).transport(17));
+    assert!(relayed_addresses(&r)[0].is_ipv4());
+    // The RFC default: IPv4 whatever the client's family.
+    let mut t = T::with(dual_config());
+    let n = t.nonce_for(v6);
+    let r = t.one(
+        v6,
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("alice", "wonderland", &n),
+    );
+    assert!(relayed_addresses(&r)[0].is_ipv4());
+}
+
+#[test]
+fn a_failed_ipv6_bind_retries_then_gives_up_cleanly() {
+    let mut t = T::with(dual_config());
+    let c = client(1);
+    let n = t.nonce_for(c);
+    t.e.handle_client(
+        t.now,
+        c,
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .sign_as("alice", "wonderland", &n),
+    );
+    let mut v6_binds = 0;
+    let mut closed = false;
+    let mut answer = None;
+    for _ in 0..100 {
+        match t.e.poll_output() {
+            Some(Output::OpenRelay { alloc, bind }) => {
+                if bind.is_ipv6() {
+                    v6_binds += 1;
+                }
+                t.e.relay_opened(t.now, alloc, bind.is_ipv4());
+            }
+            Some(Output::CloseRelay { .. }) => closed = true,
+            Some(Output::Transmit { data, .. }) => answer = wire::decode(&data),
+            None => break,
+        }
+    }
+    assert_eq!(v6_binds, 8, "eight IPv6 ports tried");
+    assert!(closed, "the open IPv4 relay is closed");
+    assert_eq!(code(&answer.unwrap()), Some(508));
+    assert_eq!(t.e.allocation_count(), 0);
+    assert_eq!(t.e.free_ports(), 10);
+    assert_eq!(t.e.cfg.shared.total(), 0);
 }

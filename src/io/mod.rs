@@ -9,6 +9,7 @@
 pub mod notify;
 mod socket;
 mod tcp;
+mod tls;
 mod worker;
 
 use std::net::SocketAddr;
@@ -154,6 +155,9 @@ pub struct Server {
     nonce_secret: [u8; 32],
     /// Bound listen addresses, in config order (port 0 resolved).
     pub listen: Vec<SocketAddr>,
+    /// The TLS acceptor of every `tls` listener, with the `[[listen]]`
+    /// index and address it was started with.
+    tls: Vec<(usize, SocketAddr, tls::Acceptor)>,
 }
 
 impl Server {
@@ -170,7 +174,27 @@ impl Server {
         let mut per_worker: Vec<worker::Sockets> =
             (0..n).map(|_| worker::Sockets::default()).collect();
         let mut listen = Vec::new();
+        let mut acceptors = Vec::new();
         for (i, l) in config.listen.iter().enumerate() {
+            if l.tls {
+                // A bad certificate or key stops startup: FILE: KEY: REASON.
+                let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!(
+                            "{}: listen[{i}]: \"tls\" needs cert and key",
+                            config.path.display()
+                        ),
+                    ));
+                };
+                let acceptor = tls::Acceptor::new(cert, key).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{}: listen[{i}].{e}", config.path.display()),
+                    )
+                })?;
+                acceptors.push((i, l.address, acceptor));
+            }
             let i = i as u16;
             let mut addr = l.address;
             if l.udp {
@@ -187,10 +211,18 @@ impl Server {
                     w.tcp.push((i, s));
                 }
             }
+            if let Some((_, _, acceptor)) = acceptors.last().filter(|_| l.tls) {
+                let socks = socket::tcp_group(addr, n)?;
+                addr = socks[0].local_addr()?;
+                for (w, s) in per_worker.iter_mut().zip(socks) {
+                    w.tls.push((i, s, acceptor.clone()));
+                }
+            }
             tracing::info!(
                 address = %addr,
                 udp = l.udp,
                 tcp = l.tcp,
+                tls = l.tls,
                 turn = l.turn,
                 "listening"
             );
@@ -232,6 +264,10 @@ impl Server {
                 policy: policy.clone(),
                 relay_bind: config.relay.address,
                 relay_public: config.relay.public_address,
+                relay_bind_v6: config.relay.address_v6,
+                relay_public_v6: config.relay.public_address_v6,
+                same_family_default: config.relay.default_family
+                    == crate::config::DefaultFamily::SameAsClient,
                 // Worker i owns every n-th pair of ports (an even one and the
                 // odd one after it, for EVEN-PORT), so workers never collide.
                 ports: (lo..=hi)
@@ -263,6 +299,7 @@ impl Server {
             control: Control { workers: controls },
             nonce_secret,
             listen,
+            tls: acceptors,
         })
     }
 
@@ -276,8 +313,20 @@ impl Server {
     /// in every worker; listener and relay changes are reported, for a
     /// restart to apply.
     pub fn reload(&self, old: &Config, new: &Config) {
+        // Certificate and key paths may change live; the rest of a
+        // listener needs a restart.
+        let shape = |c: &Config| -> Vec<crate::config::Listen> {
+            c.listen
+                .iter()
+                .map(|l| crate::config::Listen {
+                    cert: None,
+                    key: None,
+                    ..l.clone()
+                })
+                .collect()
+        };
         for (what, changed) in [
-            ("listen", old.listen != new.listen),
+            ("listen", shape(old) != shape(new)),
             ("relay", old.relay != new.relay),
             ("server.workers", old.workers != new.workers),
             ("realm", old.realm != new.realm),
@@ -291,6 +340,29 @@ impl Server {
         }
         self.control
             .update(update_from(new, &old.realm, &self.nonce_secret));
+        // Re-read every TLS certificate: new connections get the new one.
+        // The paths come from the same entry in the new config, or stay
+        // as they were if that entry moved (a listener change: restart).
+        for (i, address, acceptor) in &self.tls {
+            let (cert, key) = match new.listen.get(*i) {
+                Some(l) if l.tls && l.address == *address => match (&l.cert, &l.key) {
+                    (Some(c), Some(k)) => (c.clone(), k.clone()),
+                    _ => acceptor.paths(),
+                },
+                _ => acceptor.paths(),
+            };
+            match acceptor.reload(&cert, &key) {
+                Ok(()) => tracing::info!(
+                    listen = i,
+                    cert = %cert.display(),
+                    "TLS certificate reloaded"
+                ),
+                Err(e) => tracing::error!(
+                    "{}: listen[{i}].{e}; the previous certificate stays in use",
+                    new.path.display()
+                ),
+            }
+        }
     }
 
     /// Stop every worker and wait for them; allocations are closed.

@@ -28,6 +28,8 @@ pub struct Sockets {
     /// Sockets with the index of their `[[listen]]` entry.
     pub udp: Vec<(u16, std::net::UdpSocket)>,
     pub tcp: Vec<(u16, std::net::TcpListener)>,
+    /// TLS listeners, with the acceptor their entry shares across workers.
+    pub tls: Vec<(u16, std::net::TcpListener, super::tls::Acceptor)>,
 }
 
 /// Packets handled per readiness wake-up before yielding to other sockets.
@@ -42,7 +44,9 @@ pub(super) struct Worker {
     pub(super) engine: Engine,
     /// UDP listener sockets by `[[listen]]` index.
     udp: Vec<Option<Rc<UdpSocket>>>,
-    relays: Vec<Option<Relay>>,
+    /// Relay sockets by allocation id, IPv4 then IPv6 (a dual allocation
+    /// has both).
+    relays: Vec<[Option<Relay>; 2]>,
     pub(super) conns: std::collections::HashMap<u32, Rc<Conn>>,
     next_conn: u32,
     buf: Box<[u8]>,
@@ -111,9 +115,17 @@ pub fn run(
         for (i, l) in sockets.tcp {
             match TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::task::spawn_local(accept_loop(w.clone(), i, l));
+                    tokio::task::spawn_local(accept_loop(w.clone(), i, l, None));
                 }
                 Err(e) => return tracing::error!(worker = index, "tcp listener: {e}"),
+            }
+        }
+        for (i, l, acceptor) in sockets.tls {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::task::spawn_local(accept_loop(w.clone(), i, l, Some(acceptor)));
+                }
+                Err(e) => return tracing::error!(worker = index, "tls listener: {e}"),
             }
         }
         tokio::task::spawn_local(timer_loop(w.clone(), timer));
@@ -138,13 +150,19 @@ impl Worker {
         self.flush(now);
     }
 
+    /// The relay socket of allocation `id` that reaches `peer`'s family.
+    #[inline]
+    fn relay(&self, id: AllocId, peer: SocketAddr) -> Option<&Relay> {
+        self.relays.get(id.0 as usize)?[peer.is_ipv6() as usize].as_ref()
+    }
+
     /// A client datagram of `n` bytes in the buffer at [`HEADROOM`]: the
     /// engine reads it there, and a relayed payload is sent straight from it.
     #[inline]
     fn client_datagram(&mut self, now: Instant, client: ClientAddr, n: usize) {
         let packet = &self.buf[HEADROOM..HEADROOM + n];
         if let Some(f) = self.engine.handle_client(now, client, packet) {
-            if let Some(Some(r)) = self.relays.get(f.relay.0 as usize) {
+            if let Some(r) = self.relay(f.relay, f.peer.0) {
                 let p = &packet[f.start..f.end];
                 if send_now(&r.socket, p, f.peer.0).is_err() {
                     self.send_drops += 1;
@@ -169,7 +187,7 @@ impl Worker {
 
     #[inline]
     fn send_to_peer(&mut self, f: ToPeer, packet: &[u8]) {
-        if let Some(Some(r)) = self.relays.get(f.relay.0 as usize) {
+        if let Some(r) = self.relay(f.relay, f.peer.0) {
             if send_now(&r.socket, &packet[f.start..f.end], f.peer.0).is_err() {
                 self.send_drops += 1;
             }
@@ -216,9 +234,10 @@ impl Worker {
                     self.engine.relay_opened(now, alloc, ok);
                 }
                 Output::CloseRelay { alloc } => {
-                    if let Some(Some(r)) = self.relays.get_mut(alloc.0 as usize).map(Option::take) {
-                        r.task.abort();
-                        drop(r.socket);
+                    if let Some(slots) = self.relays.get_mut(alloc.0 as usize) {
+                        for r in slots.iter_mut().filter_map(Option::take) {
+                            r.task.abort();
+                        }
                     }
                 }
             }
@@ -241,9 +260,9 @@ impl Worker {
         let task = tokio::task::spawn_local(relay_loop(me, id, sock.clone()));
         let i = id.0 as usize;
         if self.relays.len() <= i {
-            self.relays.resize_with(i + 1, || None);
+            self.relays.resize_with(i + 1, Default::default);
         }
-        self.relays[i] = Some(Relay { socket: sock, task });
+        self.relays[i][bind.is_ipv6() as usize] = Some(Relay { socket: sock, task });
         true
     }
 
@@ -329,13 +348,42 @@ async fn relay_loop(w: Shared, id: AllocId, sock: Rc<UdpSocket>) {
     .await
 }
 
-/// Accept TCP clients on one listener.
-async fn accept_loop(w: Shared, index: u16, listener: TcpListener) {
+/// TLS handshakes one worker runs at once; connections beyond are closed.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// Accept TCP clients on one listener; with `tls`, each in its own task
+/// through a TLS handshake first (bounded in time, see
+/// [`super::tls::HANDSHAKE_TIMEOUT`]), so that a slow client never holds
+/// up the worker.
+async fn accept_loop(
+    w: Shared,
+    index: u16,
+    listener: TcpListener,
+    tls: Option<super::tls::Acceptor>,
+) {
+    let handshakes = Rc::new(std::cell::Cell::new(0usize));
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
                 let _ = stream.set_nodelay(true);
-                tcp::spawn(w.clone(), index, stream, remote);
+                let Some(acceptor) = &tls else {
+                    tcp::spawn(w.clone(), index, stream, remote);
+                    continue;
+                };
+                if handshakes.get() >= MAX_HANDSHAKES {
+                    tracing::debug!(%remote, "too many TLS handshakes in progress; closing");
+                    continue;
+                }
+                handshakes.set(handshakes.get() + 1);
+                let (w, acceptor, handshakes) = (w.clone(), acceptor.clone(), handshakes.clone());
+                tokio::task::spawn_local(async move {
+                    let r = acceptor.accept(stream).await;
+                    handshakes.set(handshakes.get() - 1);
+                    match r {
+                        Ok(s) => tcp::spawn_tls(w, index, s, remote),
+                        Err(e) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
+                    }
+                });
             }
             Err(e) => {
                 tracing::warn!("accept: {e}");

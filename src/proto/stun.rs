@@ -287,6 +287,15 @@ impl Response {
         self
     }
 
+    /// Add ADDRESS-ERROR-CODE (RFC 8656 §18.12): which family (0x01, 0x02)
+    /// could not be allocated, and why.
+    pub fn address_error(mut self, family: u8, code: u16) -> Self {
+        let mut v = vec![family, 0, (code / 100) as u8, (code % 100) as u8];
+        v.extend_from_slice(reason(code).as_bytes());
+        self.m.add(AttrType(0x8001), &v);
+        self
+    }
+
     /// Add a 32-bit attribute such as LIFETIME.
     pub fn u32(mut self, t: AttrType, v: u32) -> Self {
         self.m.add(t, &v.to_be_bytes());

@@ -136,6 +136,9 @@ pub struct ServerConfig {
     pub log_level: String,
     /// Relay ports; `None` picks a fresh block with [`relay_block`].
     pub relay_ports: Option<(u16, u16)>,
+    /// Also listen on [::1] (same port) and relay IPv6 on ::1, with ::1
+    /// allowed as a peer.
+    pub ipv6: bool,
 }
 
 impl Default for ServerConfig {
@@ -154,6 +157,7 @@ impl Default for ServerConfig {
             legacy_channel_numbers: None,
             log_level: "debug".into(),
             relay_ports: None,
+            ipv6: false,
         }
     }
 }
@@ -188,10 +192,19 @@ impl ServerConfig {
             "\n[[listen]]\naddress = \"127.0.0.1:{port}\"\ntransports = {}\n",
             toml_list(&self.transports)
         ));
+        if self.ipv6 {
+            t.push_str(&format!(
+                "\n[[listen]]\naddress = \"[::1]:{port}\"\ntransports = {}\n",
+                toml_list(&self.transports)
+            ));
+        }
         t.push_str(&format!(
             "\n[relay]\naddress = \"127.0.0.1\"\nports = \"{}-{}\"\n",
             relay.0, relay.1
         ));
+        if self.ipv6 {
+            t.push_str("address_v6 = \"::1\"\n");
+        }
         let users: Vec<String> = self
             .users
             .iter()
@@ -205,9 +218,13 @@ impl ServerConfig {
         if let Some(n) = self.nonce_lifetime {
             t.push_str(&format!("nonce_lifetime = {n}\n"));
         }
+        let mut allow = self.allow.clone();
+        if self.ipv6 {
+            allow.push("::1".into());
+        }
         t.push_str(&format!(
             "\n[peers]\nallow = {}\ndeny = {}\n",
-            toml_list(&self.allow),
+            toml_list(&allow),
             toml_list(&self.deny)
         ));
         if self.lifetime.is_some()

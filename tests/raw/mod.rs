@@ -27,7 +27,12 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn udp(server: SocketAddr, realm: &str, user: &str, pass: &str) -> Self {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local = if server.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let s = UdpSocket::bind(local).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         Self::new(Link::Udp(s), server, realm, user, pass)
     }

@@ -29,7 +29,6 @@ pub struct Echo {
     pub addr: SocketAddrV4,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    pub packets: Arc<AtomicU64>,
 }
 
 impl Echo {
@@ -44,8 +43,7 @@ impl Echo {
             _ => unreachable!(),
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let packets = Arc::new(AtomicU64::new(0));
-        let (st, pk) = (stop.clone(), packets.clone());
+        let st = stop.clone();
         let thread = std::thread::Builder::new()
             .name("echo".into())
             .spawn(move || {
@@ -64,14 +62,12 @@ impl Echo {
                         })
                         .collect();
                     net::send_batch(fd, &outs);
-                    pk.fetch_add(n as u64, Ordering::Relaxed);
                 }
             })?;
         Ok(Echo {
             addr,
             stop,
             thread: Some(thread),
-            packets,
         })
     }
 }
@@ -171,6 +167,7 @@ pub fn trial(
             b[2..4].copy_from_slice(&(payload as u16).to_be_bytes());
             b[4..8].copy_from_slice(&id.to_be_bytes());
         }
+        net::precise_sleeps();
         let start = Instant::now();
         let mut flow = 0usize;
         loop {
@@ -181,13 +178,10 @@ pub fn trial(
             }
             let due = (rate * el.as_secs_f64()) as u64 + 1;
             if due <= sent {
-                let wait = ((sent + 1) as f64 / rate - el.as_secs_f64()).max(0.0);
-                if wait > 0.000_2 {
-                    std::thread::sleep(Duration::from_secs_f64(wait - 0.000_1));
-                } else {
-                    std::hint::spin_loop();
-                    std::thread::yield_now();
-                }
+                // Sleep (never spin: the server shares these cores) until
+                // the next packet is due.
+                let wait = (sent as f64 / rate - el.as_secs_f64()).max(0.000_001);
+                std::thread::sleep(Duration::from_secs_f64(wait));
                 continue;
             }
             let n = ((due - sent) as usize).min(net::BATCH);

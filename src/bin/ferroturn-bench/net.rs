@@ -147,6 +147,23 @@ pub struct Recv {
     pub bufs: Vec<[u8; SLOT]>,
     pub lens: Vec<usize>,
     pub from: Vec<SocketAddrV4>,
+    /// With [`Recv::with_pktinfo`]: each datagram's destination address
+    /// (IP_PKTINFO, the socket needs [`enable_pktinfo`]).
+    pub to: Option<Vec<Ipv4Addr>>,
+}
+
+/// Ask for IP_PKTINFO on received datagrams.
+pub fn enable_pktinfo(fd: RawFd) {
+    let one: libc::c_int = 1;
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            &one as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 impl Recv {
@@ -155,7 +172,14 @@ impl Recv {
             bufs: vec![[0u8; SLOT]; slots],
             lens: vec![0; slots],
             from: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); slots],
+            to: None,
         }
+    }
+
+    pub fn with_pktinfo(slots: usize) -> Self {
+        let mut r = Recv::new(slots);
+        r.to = Some(vec![Ipv4Addr::UNSPECIFIED; slots]);
+        r
     }
 
     /// recvmmsg into slots `first..first+max`, each at byte offset `off`.
@@ -169,6 +193,8 @@ impl Recv {
         let mut addrs: [libc::sockaddr_in; BATCH] = unsafe { zeroed() };
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        let mut ctrl = [[0u64; CTRL / 8]; BATCH];
+        let want_to = self.to.is_some();
         for i in 0..max {
             iovs[i] = libc::iovec {
                 iov_base: self.bufs[first + i][off..].as_mut_ptr() as *mut libc::c_void,
@@ -179,6 +205,10 @@ impl Recv {
             h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
+            if want_to {
+                h.msg_control = ctrl[i].as_mut_ptr() as *mut libc::c_void;
+                h.msg_controllen = CTRL as _;
+            }
         }
         let r = unsafe {
             libc::recvmmsg(
@@ -196,8 +226,35 @@ impl Recv {
         for i in 0..r {
             self.lens[first + i] = hdrs[i].msg_len as usize;
             self.from[first + i] = from_sa(&addrs[i]);
+            if let Some(to) = self.to.as_mut() {
+                to[first + i] = unsafe { pktinfo_dst(&hdrs[i].msg_hdr) };
+            }
         }
         r
+    }
+}
+
+/// The destination address in a received message's IP_PKTINFO.
+unsafe fn pktinfo_dst(h: &libc::msghdr) -> Ipv4Addr {
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
+                let p: libc::in_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
+                return Ipv4Addr::from(u32::from_be(p.ipi_addr.s_addr));
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    Ipv4Addr::UNSPECIFIED
+}
+
+/// Let the calling thread's sleeps end within ~1 µs of their deadline
+/// (the default timer slack is 50 µs).
+pub fn precise_sleeps() {
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
     }
 }
 

@@ -33,9 +33,12 @@ impl Kind {
 /// Channels the forwarder maps (flows of the 100-allocation tests).
 pub const FORWARDER_CHANNELS: usize = 100;
 
-/// Relay port ranges, distinct and below the ephemeral range (32768+).
-pub const FERROTURN_PORTS: (u16, u16) = (16384, 32767);
-pub const COTURN_PORTS: (u16, u16) = (2000, 15999);
+/// Relay port ranges, distinct. coturn gets the larger one: it keeps the
+/// ports of deleted allocations for up to a minute, and the control-plane
+/// test makes ~30,000 of them. (A port that is taken, e.g. an ephemeral one
+/// in coturn's range, is retried by both servers.)
+pub const FERROTURN_PORTS: (u16, u16) = (1024, 16383);
+pub const COTURN_PORTS: (u16, u16) = (16384, 65535);
 
 pub struct Paths {
     pub ferroturn: PathBuf,
@@ -45,7 +48,6 @@ pub struct Paths {
 }
 
 pub struct Server {
-    pub kind: Kind,
     pub addr: SocketAddrV4,
     child: Child,
 }
@@ -76,7 +78,7 @@ users = {{ {user} = "{pass}" }}
 [peers]
 allow = ["127.0.0.0/8"]
 [log]
-level = "warn"
+level = "info"
 "#,
         realm = turn::REALM,
         user = turn::USER,
@@ -180,7 +182,7 @@ impl Server {
             }
             _ => turn::wait_ready(addr, Duration::from_secs(10)),
         };
-        let mut s = Server { kind, addr, child };
+        let mut s = Server { addr, child };
         if !ready {
             s.stop();
             return Err(format!("{} did not come up on {addr}", kind.name()));
@@ -267,4 +269,34 @@ pub fn locate(explicit: Option<&Path>, name: &str, beside: &Path) -> Option<Path
             .map(|d| d.join(name))
             .find(|c| c.exists())
     })
+}
+
+/// Busy CPU seconds of the whole machine so far (user + nice + system).
+pub fn machine_busy() -> f64 {
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().next()?.to_string();
+            let f: Vec<f64> = l
+                .split_whitespace()
+                .skip(1)
+                .take(3)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            (f.len() == 3).then(|| f.iter().sum::<f64>() / tick)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds of this process and of its children that have exited (the
+/// servers, once stopped and waited for).
+pub fn own_cpu() -> f64 {
+    let secs = |who| unsafe {
+        let mut r: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut r);
+        let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+        t(r.ru_utime) + t(r.ru_stime)
+    };
+    secs(libc::RUSAGE_SELF) + secs(libc::RUSAGE_CHILDREN)
 }

@@ -77,11 +77,34 @@ impl Client {
     }
 }
 
-#[derive(Default, Debug, Clone, Copy)]
+#[derive(Default, Debug, Clone)]
 pub struct DriveStats {
     pub done: usize,
     pub failed: usize,
     pub secs: f64,
+    /// Why clients failed: an error code, or 0 for no answer.
+    pub why: std::collections::BTreeMap<u16, usize>,
+}
+
+impl DriveStats {
+    /// "" or " (437: 3, timeout: 2)".
+    pub fn why(&self) -> String {
+        if self.why.is_empty() {
+            return String::new();
+        }
+        let v: Vec<String> = self
+            .why
+            .iter()
+            .map(|(c, n)| {
+                if *c == 0 {
+                    format!("timeout: {n}")
+                } else {
+                    format!("{c}: {n}")
+                }
+            })
+            .collect();
+        format!(" ({})", v.join(", "))
+    }
 }
 
 /// Drive clients from `next` (called until it returns None or `deadline`),
@@ -140,6 +163,7 @@ pub fn drive(
         }
         if now >= deadline + Duration::from_secs(2) {
             st.failed += live.len();
+            *st.why.entry(0).or_default() += live.len();
             break;
         }
         // Receive answers (the socket has a short read timeout).
@@ -174,6 +198,7 @@ pub fn drive(
                 }
                 _ => {
                     st.failed += 1;
+                    *st.why.entry(code.unwrap_or(1)).or_default() += 1;
                     continue;
                 }
             }
@@ -214,6 +239,7 @@ pub fn drive(
             for k in dead {
                 live.remove(&k);
                 st.failed += 1;
+                *st.why.entry(0).or_default() += 1;
             }
         }
     }
@@ -235,10 +261,10 @@ pub fn wait_ready(server: SocketAddrV4, max: Duration) -> bool {
     while start.elapsed() < max {
         let req = Request::new(METHOD_BINDING).bytes();
         let _ = s.send_to(&req, server);
-        if let Ok((n, _)) = s.recv_from(&mut buf) {
-            if decode(&buf[..n]).is_some_and(|m| m.transaction_id.0 == req[8..20]) {
-                return true;
-            }
+        if let Ok((n, _)) = s.recv_from(&mut buf)
+            && decode(&buf[..n]).is_some_and(|m| m.transaction_id.0 == req[8..20])
+        {
+            return true;
         }
     }
     false

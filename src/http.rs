@@ -1,10 +1,18 @@
 //! A minimal HTTP/1.1 server side: read one request head, write one
-//! response, close. Enough for a handful of embedded pages, a JSON endpoint
-//! and the WebSocket upgrade; bodies are neither expected nor read.
+//! response, close. Enough for a handful of embedded pages, a JSON endpoint,
+//! the WebSocket upgrade (demo), `/metrics` and the admin API; request
+//! bodies are neither expected nor read. Plus [`fetch`], the blocking
+//! one-shot client the `ferroturn sessions` and `kill` commands use.
 
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// Largest request head accepted (request line and headers).
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -205,14 +213,131 @@ pub fn reason(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",
     }
+}
+
+/// Time a client gets to take a whole response.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve one request per connection on `listener` forever: read the head
+/// (within [`HEAD_TIMEOUT`]), answer with `handler`, close. At most `max`
+/// connections are served at once; more get 503. A HEAD request gets the
+/// head of `handler`'s answer to it. `name` labels the log lines.
+pub async fn serve_each<F, Fut>(listener: TcpListener, name: &'static str, max: usize, handler: F)
+where
+    F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: wait a little rather than spin.
+                tracing::warn!("{name}: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let overloaded = active.fetch_add(1, Ordering::Relaxed) >= max;
+        let guard = Active(active.clone());
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await;
+            let (response, head_only) = match head {
+                Ok(Ok((req, _))) => {
+                    let head_only = req.method == "HEAD";
+                    if overloaded {
+                        let r = Response::error(503, "too many connections");
+                        (r.with("Retry-After", "1"), head_only)
+                    } else {
+                        (handler(req).await, head_only)
+                    }
+                }
+                Ok(Err(HeadError::Closed)) | Err(_) => return,
+                Ok(Err(HeadError::TooLarge)) => {
+                    (Response::error(431, "request head too large"), false)
+                }
+                Ok(Err(HeadError::Malformed(why))) => (Response::error(400, why), false),
+            };
+            let write = response.write(&mut stream, head_only);
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+        });
+    }
+}
+
+/// Counts a connection until dropped.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Largest response body [`fetch`] accepts.
+pub const MAX_FETCH: u64 = 64 * 1024 * 1024;
+
+/// One blocking HTTP/1.1 request to `addr` (`Connection: close`, no body):
+/// the status code and the body. Every step is bounded by `timeout`.
+pub fn fetch(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::{Error, ErrorKind};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.take(MAX_FETCH + MAX_HEAD as u64).read_to_end(&mut raw)?;
+    let bad = |why: &str| Error::new(ErrorKind::InvalidData, format!("bad HTTP answer: {why}"));
+    let end = find(&raw, b"\r\n\r\n").ok_or_else(|| bad("no complete head"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("head not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+        return Err(bad("no status line"));
+    };
+    let status: u16 = match code.parse() {
+        Ok(c) if version.starts_with("HTTP/1.") => c,
+        _ => return Err(bad("no status line")),
+    };
+    let length = lines.find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    let mut body = raw.split_off(end + 4);
+    if method == "HEAD" {
+        body.clear();
+    } else if let Some(n) = length {
+        if body.len() < n {
+            return Err(bad("body shorter than Content-Length"));
+        }
+        body.truncate(n);
+    }
+    Ok((status, body))
 }
 
 #[cfg(test)]
@@ -304,5 +429,25 @@ mod tests {
         );
         let head = Response::error(404, "no").to_bytes(true);
         assert!(String::from_utf8(head).unwrap().ends_with("\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn serve_each_answers_and_fetch_reads_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_each(listener, "test", 4, |req: Request| async move {
+            let auth = req.header("authorization").unwrap_or("-").to_owned();
+            Response::ok("text/plain", format!("{} {} {auth}", req.method, req.path))
+        }));
+        let got = tokio::task::spawn_blocking(move || {
+            let t = Duration::from_secs(5);
+            let a = fetch(addr, "DELETE", "/x/y", &[("Authorization", "Bearer t")], t);
+            let b = fetch(addr, "HEAD", "/z", &[], t);
+            (a.unwrap(), b.unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.0, (200, b"DELETE /x/y Bearer t".to_vec()));
+        assert_eq!(got.1, (200, Vec::new()));
     }
 }

@@ -1,0 +1,472 @@
+//! `/metrics` and the admin API of the real binary against a known
+//! workload: three allocations of two users, ChannelData round trips
+//! through a UDP echo peer, a wrong password, an unknown user and a denied
+//! peer; then the figures, the session list (API and `ferroturn sessions`),
+//! `ferroturn kill`, and the token checks.
+//!
+//! Everything talks to 127.0.0.1 only, and every wait is bounded.
+
+mod common;
+mod raw;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{EchoPeer, LOCALHOST, PASSWORD, REALM, ServerConfig, TempDir, USER};
+use ferroturn::proto::stun::{self as wire, Request};
+use raw::RawClient;
+use stun::message::*;
+
+const TOKEN: &str = "t0ken-for-tests";
+const BOB: (&str, &str) = ("bob", "builder");
+/// ChannelData round trips through the echo peer.
+const ROUND_TRIPS: u64 = 10;
+const PAYLOAD: usize = 100;
+
+/// A `ferroturn` child with `[metrics]` and `[admin]` on loopback.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    admin: SocketAddr,
+    relay_ports: (u16, u16),
+    config_path: std::path::PathBuf,
+    log_path: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut config = ServerConfig {
+            workers: Some(2),
+            ..ServerConfig::default()
+        };
+        config.users.push((BOB.0.into(), BOB.1.into()));
+        let relay = common::relay_block();
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Server::try_start(&config, relay) {
+                Ok(s) => return s,
+                Err(log) => last = log,
+            }
+        }
+        panic!("ferroturn did not start; last log:\n{last}");
+    }
+
+    fn try_start(config: &ServerConfig, relay: (u16, u16)) -> Result<Server, String> {
+        let dir = TempDir::new("metrics-admin");
+        let (port, metrics, admin) = (
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+        );
+        let mut toml = config.to_toml(port, relay);
+        toml.push_str(&format!(
+            "\n[metrics]\naddress = \"127.0.0.1:{metrics}\"\n\n[admin]\naddress = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n"
+        ));
+        let config_path = dir.path().join("ferroturn.toml");
+        let log_path = dir.path().join("ferroturn.log");
+        fs::write(&config_path, toml).unwrap();
+        let log = fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferroturn");
+        let mut s = Server {
+            child,
+            addr: SocketAddr::from((LOCALHOST, port)),
+            metrics: SocketAddr::from((LOCALHOST, metrics)),
+            admin: SocketAddr::from((LOCALHOST, admin)),
+            relay_ports: relay,
+            config_path,
+            log_path,
+            _dir: dir,
+        };
+        let probe = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + common::STARTUP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(format!("exited early with {status}:\n{}", s.log()));
+            }
+            let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok();
+            if common::binding_udp(&probe, s.addr).is_some() && up(&s.metrics) && up(&s.admin) {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("not ready in time:\n{}", s.log()))
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- ferroturn log ----\n{}---- end ----", self.log());
+        }
+    }
+}
+
+/// One HTTP/1.1 request (no body); status and body.
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete head");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// Scrape `/metrics`: every sample by its series (name and labels as
+/// printed). Checks the text format on the way.
+fn scrape(s: &Server) -> HashMap<String, u64> {
+    let (status, text) = http(s.metrics, "GET", "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    let mut samples = HashMap::new();
+    let mut typed = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            typed.insert(name.to_owned(), kind.to_owned());
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter {name}");
+            }
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let name = series.split('{').next().unwrap();
+        assert!(name.starts_with("ferroturn_"), "{line}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let f = name.strip_suffix(suffix)?;
+                (typed.get(f).map(String::as_str) == Some("histogram")).then_some(f)
+            })
+            .unwrap_or(name);
+        assert!(typed.contains_key(family), "{line}: no # TYPE before it");
+        let old = samples.insert(series.to_owned(), value.parse().expect("an integer"));
+        assert!(old.is_none(), "{series} twice");
+    }
+    // No per-user or per-address labels, ever.
+    for word in ["alice", "bob", "mallory", "127.0.0.1"] {
+        assert!(!text.contains(word), "{word} in /metrics");
+    }
+    samples
+}
+
+fn get(m: &HashMap<String, u64>, series: &str) -> u64 {
+    *m.get(series)
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+/// `ferroturn ARGS`; exit code and output (stdout and stderr).
+fn cli(args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroturn"));
+    cmd.args(args)
+        .env_remove(ferroturn::admin::client::TOKEN_ENV);
+    let out = common::run_with_timeout(cmd, Duration::from_secs(30));
+    assert!(!out.timed_out, "ferroturn {args:?} hung:\n{}", out.output);
+    (out.code, out.output)
+}
+
+fn sessions_api(s: &Server) -> Vec<serde_json::Value> {
+    let (status, body) = http(s.admin, "GET", "/sessions", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["sessions"].as_array().unwrap().clone()
+}
+
+#[test]
+fn metrics_and_admin_follow_a_known_workload() {
+    let s = Server::start();
+    let echo = EchoPeer::start();
+    let block = (s.relay_ports.1 - s.relay_ports.0 + 1) as u64;
+
+    let before = scrape(&s);
+    assert_eq!(get(&before, "ferroturn_allocations_active"), 0);
+    assert_eq!(get(&before, "ferroturn_relay_ports_free"), block);
+    assert_eq!(get(&before, "ferroturn_draining"), 0);
+
+    // The workload.
+    let mut a = RawClient::udp(s.addr, REALM, USER, PASSWORD);
+    let relay_a = a.allocate();
+    let mut b = RawClient::udp(s.addr, REALM, USER, PASSWORD);
+    let relay_b = b.allocate();
+    let mut c = RawClient::udp(s.addr, REALM, BOB.0, BOB.1);
+    let relay_c = c.allocate();
+    a.channel_bind(0x4000, echo.addr);
+    let payload = vec![0x5a; PAYLOAD];
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..ROUND_TRIPS {
+        a.send(&a.channel_data(0x4000, &payload));
+        let n = a.recv(&mut buf);
+        assert_eq!(&buf[..4], &[0x40, 0x00, 0, PAYLOAD as u8]);
+        assert_eq!(&buf[4..n], &payload[..]);
+    }
+    let mut wrong = RawClient::udp(s.addr, REALM, USER, "not-the-password");
+    let r = wrong.signed(Request::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(wire::error_code(&r), Some(401));
+    let mut unknown = RawClient::udp(s.addr, REALM, "mallory", "x");
+    let r = unknown.signed(Request::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(wire::error_code(&r), Some(401));
+    // A peer the policy denies whatever `allow` says: the metrics listener.
+    let r = a.signed(Request::new(METHOD_CREATE_PERMISSION).peer(s.metrics));
+    assert_eq!(wire::error_code(&r), Some(403));
+
+    // The figures.
+    let m = scrape(&s);
+    let expect = [
+        ("ferroturn_allocations_active", 3),
+        ("ferroturn_allocations_created_total", 3),
+        ("ferroturn_allocations_expired_total", 0),
+        ("ferroturn_allocations_deleted_total", 0),
+        ("ferroturn_permissions_active", 1),
+        ("ferroturn_channels_active", 1),
+        ("ferroturn_relay_ports_free", block - 3),
+        ("ferroturn_draining", 0),
+        // 2 per client: the challenge, then the signed request.
+        ("ferroturn_requests_total{method=\"allocate\"}", 10),
+        ("ferroturn_requests_total{method=\"channel_bind\"}", 1),
+        ("ferroturn_requests_total{method=\"create_permission\"}", 1),
+        ("ferroturn_requests_total{method=\"refresh\"}", 0),
+        (
+            "ferroturn_error_responses_total{method=\"allocate\",code=\"401\"}",
+            7,
+        ),
+        (
+            "ferroturn_error_responses_total{method=\"create_permission\",code=\"403\"}",
+            1,
+        ),
+        (
+            "ferroturn_error_responses_total{method=\"allocate\",code=\"438\"}",
+            0,
+        ),
+        ("ferroturn_auth_failures_total{reason=\"bad_integrity\"}", 1),
+        ("ferroturn_auth_failures_total{reason=\"unknown_user\"}", 1),
+        ("ferroturn_auth_failures_total{reason=\"stale_nonce\"}", 0),
+        (
+            "ferroturn_auth_failures_total{reason=\"missing_attributes\"}",
+            0,
+        ),
+        ("ferroturn_peer_policy_denials_total", 1),
+        ("ferroturn_quota_rejections_total", 0),
+        ("ferroturn_rate_limited_packets_total", 0),
+        ("ferroturn_unauthenticated_answers_suppressed_total", 0),
+        ("ferroturn_malformed_packets_total", 0),
+        (
+            "ferroturn_relayed_packets_total{direction=\"to_peer\",transport=\"udp\"}",
+            ROUND_TRIPS,
+        ),
+        (
+            "ferroturn_relayed_packets_total{direction=\"to_client\",transport=\"udp\"}",
+            ROUND_TRIPS,
+        ),
+        (
+            "ferroturn_relayed_bytes_total{direction=\"to_peer\",transport=\"udp\"}",
+            ROUND_TRIPS * PAYLOAD as u64,
+        ),
+        (
+            "ferroturn_relayed_bytes_total{direction=\"to_client\",transport=\"udp\"}",
+            ROUND_TRIPS * PAYLOAD as u64,
+        ),
+        (
+            "ferroturn_relayed_packets_total{direction=\"to_peer\",transport=\"tcp\"}",
+            0,
+        ),
+        ("ferroturn_session_duration_seconds_count", 0),
+        ("ferroturn_session_duration_seconds_bucket{le=\"+Inf\"}", 0),
+    ];
+    for (series, want) in expect {
+        assert_eq!(get(&m, series), want, "{series}");
+    }
+    assert!(get(&m, "ferroturn_requests_total{method=\"binding\"}") >= 1);
+
+    // Sessions through the API.
+    let list = sessions_api(&s);
+    assert_eq!(list.len(), 3, "{list:?}");
+    let by_relay = |relay: SocketAddr| {
+        list.iter()
+            .find(|v| v["relay"] == relay.to_string())
+            .unwrap_or_else(|| panic!("no session on {relay}: {list:?}"))
+    };
+    let sa = by_relay(relay_a);
+    assert_eq!(sa["user"], USER);
+    assert_eq!(sa["client"], a.local_addr().to_string());
+    assert_eq!(sa["transport"], "udp");
+    assert_eq!(sa["relay_port"], relay_a.port());
+    assert!(sa["age_seconds"].as_u64().unwrap() < 120);
+    for dir in ["to_peer", "to_client"] {
+        assert_eq!(sa[dir]["packets"], ROUND_TRIPS, "{dir}");
+        assert_eq!(sa[dir]["bytes"], ROUND_TRIPS * PAYLOAD as u64, "{dir}");
+    }
+    assert_eq!(by_relay(relay_b)["to_peer"]["packets"], 0);
+    assert_eq!(by_relay(relay_c)["user"], BOB.0);
+
+    // Sessions through the CLI: with --admin and --token, and from --config.
+    let admin = s.admin.to_string();
+    let config = s.config_path.to_str().unwrap();
+    for args in [
+        &["sessions", "--admin", &admin, "--token", TOKEN][..],
+        &["sessions", "--config", config][..],
+    ] {
+        let (code, out) = cli(args);
+        assert_eq!(code, Some(0), "{args:?}: {out}");
+        assert!(out.starts_with("USER "), "{out}");
+        for relay in [relay_a, relay_b, relay_c] {
+            assert!(out.contains(&relay.to_string()), "{relay} missing:\n{out}");
+        }
+        assert!(out.contains(&a.local_addr().to_string()), "{out}");
+        assert!(out.trim_end().ends_with("3 sessions"), "{out}");
+    }
+    let (code, out) = cli(&["sessions", "--json", "--config", config]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 3);
+
+    // Refusals: no token, wrong token, nobody listening.
+    let (code, out) = cli(&["sessions", "--admin", &admin]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("401") && out.contains("token"), "{out}");
+    let (code, out) = cli(&["kill", "--user", USER, "--admin", &admin, "--token", "nope"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("401") && out.contains("wrong token"), "{out}");
+    let closed = format!("127.0.0.1:{}", common::free_port());
+    let (code, out) = cli(&["sessions", "--admin", &closed, "--token", TOKEN]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("cannot reach the admin API"), "{out}");
+    assert_eq!(get(&scrape(&s), "ferroturn_allocations_active"), 3);
+
+    // Kill alice's sessions; bob's stays.
+    let (code, out) = cli(&["kill", "--user", USER, "--config", config]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.trim(), "closed 2 sessions of user alice");
+    let m = scrape(&s);
+    assert_eq!(get(&m, "ferroturn_allocations_active"), 1);
+    assert_eq!(get(&m, "ferroturn_allocations_deleted_total"), 2);
+    assert_eq!(get(&m, "ferroturn_relay_ports_free"), block - 1);
+    assert_eq!(get(&m, "ferroturn_permissions_active"), 0);
+    assert_eq!(get(&m, "ferroturn_channels_active"), 0);
+    assert_eq!(get(&m, "ferroturn_session_duration_seconds_count"), 2);
+    assert_eq!(
+        get(&m, "ferroturn_session_duration_seconds_bucket{le=\"+Inf\"}"),
+        2
+    );
+    assert_eq!(
+        get(&m, "ferroturn_session_duration_seconds_bucket{le=\"600\"}"),
+        2
+    );
+    let list = sessions_api(&s);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["user"], BOB.0);
+
+    // The killed client's next Refresh finds no allocation.
+    let r = a.signed(Request::new(METHOD_REFRESH).lifetime(600));
+    assert_eq!(wire::error_code(&r), Some(437));
+    let m = scrape(&s);
+    assert_eq!(
+        get(
+            &m,
+            "ferroturn_error_responses_total{method=\"refresh\",code=\"437\"}"
+        ),
+        1
+    );
+
+    // Close one session by relay port; bob's client gets 437 too.
+    let port = relay_c.port().to_string();
+    let (code, out) = cli(&["kill", "--relay-port", &port, "--config", config]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.trim(), format!("closed 1 session on relay port {port}"));
+    let (code, out) = cli(&["kill", "--relay-port", &port, "--config", config]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("404") && out.contains("no session"), "{out}");
+    let path = format!("/sessions/{port}");
+    let (status, body) = http(s.admin, "DELETE", &path, Some(TOKEN));
+    assert_eq!(status, 404, "{body}");
+    let r = c.signed(Request::new(METHOD_REFRESH).lifetime(600));
+    assert_eq!(wire::error_code(&r), Some(437));
+    assert_eq!(get(&scrape(&s), "ferroturn_allocations_active"), 0);
+    let (code, out) = cli(&["sessions", "--config", config]);
+    assert_eq!((code, out.as_str()), (Some(0), "no sessions\n"));
+    let (code, out) = cli(&["kill", "--user", "nobody", "--config", config]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.trim(), "closed 0 sessions of user nobody");
+}
+
+#[test]
+fn admin_api_statuses_and_token() {
+    let s = Server::start();
+    let ok = Some(TOKEN);
+    for (method, path, token, want) in [
+        ("GET", "/sessions", None, 401),
+        ("GET", "/sessions", Some("wrong"), 401),
+        ("GET", "/sessions", Some(""), 401),
+        ("DELETE", "/users/alice/sessions", None, 401),
+        ("GET", "/nope", None, 401),
+        ("GET", "/sessions", ok, 200),
+        ("HEAD", "/sessions", ok, 200),
+        ("POST", "/sessions", ok, 405),
+        ("GET", "/sessions/10000", ok, 405),
+        ("DELETE", "/sessions/abc", ok, 400),
+        ("DELETE", "/sessions/0", ok, 400),
+        ("DELETE", "/sessions/65535", ok, 404),
+        ("GET", "/users/alice/sessions", ok, 405),
+        ("DELETE", "/users/alice/sessions", ok, 200),
+        ("DELETE", "/users/%zz/sessions", ok, 400),
+        ("GET", "/", ok, 404),
+        ("GET", "/users", ok, 404),
+    ] {
+        let (status, body) = http(s.admin, method, path, token);
+        assert_eq!(status, want, "{method} {path} {token:?}: {body}");
+    }
+    let (_, body) = http(s.admin, "GET", "/sessions", ok);
+    assert_eq!(body, "{\"sessions\":[]}");
+    let (_, body) = http(s.admin, "GET", "/sessions", None);
+    assert!(body.contains("\"error\""), "{body}");
+
+    // /metrics needs no token; only GET and HEAD, only /metrics.
+    for (method, path, want) in [
+        ("GET", "/metrics", 200),
+        ("HEAD", "/metrics", 200),
+        ("POST", "/metrics", 405),
+        ("GET", "/metrics/x", 404),
+    ] {
+        let (status, body) = http(s.metrics, method, path, None);
+        assert_eq!(status, want, "{method} {path}: {body}");
+    }
+    // A malformed request line gets 400, and the listener lives on.
+    let mut t = TcpStream::connect(s.metrics).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    t.write_all(b"GARBAGE\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    t.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let (status, text) = http(s.metrics, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(text.contains("# TYPE ferroturn_session_duration_seconds histogram"));
+}

@@ -1,0 +1,566 @@
+//! TLS (`turns:`) listeners: coturn's uclient relays over TLS, TLS 1.2 is
+//! the minimum, a rustls client gets a Binding answer, and SIGHUP swaps
+//! the certificate without dropping an allocation.
+//!
+//! Certificates are made by the `openssl` CLI in a temp dir; every
+//! connection goes to 127.0.0.1 and every wait is bounded.
+
+mod common;
+
+use std::fs;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    KillOnDrop, LOCALHOST, PASSWORD, STARTUP_TIMEOUT, ServerConfig, TempDir, USER,
+    run_with_timeout,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A uclient run must finish within this.
+const UCLIENT_LIMIT: Duration = Duration::from_secs(90);
+/// Any single network step of a test client.
+const STEP: Duration = Duration::from_secs(10);
+
+/// uclient sessions run one at a time (loss is counted after a fixed wait,
+/// and this machine may have few cores).
+static UCLIENT_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A self-signed P-256 certificate for CN=localhost: (cert.pem, key.pem).
+fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // An end-entity certificate (webpki refuses a CA one as the server's).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-days", "2", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "openssl req failed:\n{}", out.output);
+    (cert, key)
+}
+
+fn der_of(cert: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(cert).expect("read the test certificate")
+}
+
+/// A `ferroturn` child with `transports = ["udp", "tls"]` on one port of
+/// 127.0.0.1 (UDP answers the readiness probe), its certificate files in
+/// its own directory. Killed on drop; its log is printed if the test fails.
+struct TlsServer {
+    child: KillOnDrop,
+    port: u16,
+    cert: PathBuf,
+    key: PathBuf,
+    log_path: PathBuf,
+    dir: TempDir,
+}
+
+impl TlsServer {
+    fn start(config: ServerConfig) -> TlsServer {
+        let dir = TempDir::new("tls");
+        let (cert, key) = make_cert(dir.path(), "first");
+        let relay = common::relay_block();
+        let mut last = String::new();
+        for attempt in 0..3 {
+            let port = common::free_port();
+            let config_path = dir.path().join(format!("ferroturn-{attempt}.toml"));
+            let log_path = dir.path().join(format!("ferroturn-{attempt}.log"));
+            fs::write(&config_path, tls_toml(&config, port, relay, &cert, &key)).unwrap();
+            let log = fs::File::create(&log_path).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
+                .arg("--config")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("spawn ferroturn");
+            let mut child = KillOnDrop(child);
+            match wait_ready(&mut child.0, port, &log_path) {
+                Ok(()) => {
+                    return TlsServer {
+                        child,
+                        port,
+                        cert,
+                        key,
+                        log_path,
+                        dir,
+                    };
+                }
+                Err(e) => last = e,
+            }
+        }
+        panic!("ferroturn did not start:\n{last}");
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from((LOCALHOST, self.port))
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Send SIGHUP and wait (bounded) until the log has one more line
+    /// containing `marker` than before.
+    fn reload(&self, marker: &str) {
+        let before = self.log().matches(marker).count();
+        // SAFETY: plain kill(2) on our own child's pid.
+        let r = unsafe { libc::kill(self.child.0.id() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(r, 0, "kill -HUP");
+        let deadline = Instant::now() + STEP;
+        while self.log().matches(marker).count() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "no {marker:?} in the log after SIGHUP"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Wait until the server on `port` answers a Binding over UDP.
+fn wait_ready(child: &mut Child, port: u16, log: &Path) -> Result<(), String> {
+    let log = || fs::read_to_string(log).unwrap_or_default();
+    let probe = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited early with {status}:\n{}", log()));
+        }
+        if common::binding_udp(&probe, SocketAddr::from((LOCALHOST, port))).is_some() {
+            return Ok(());
+        }
+    }
+    Err(format!("no Binding answer within {STARTUP_TIMEOUT:?}:\n{}", log()))
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- ferroturn log (port {}) ----\n{}", self.port, self.log());
+        }
+    }
+}
+
+/// The standard test config with one `["udp", "tls"]` listener.
+fn tls_toml(c: &ServerConfig, port: u16, relay: (u16, u16), cert: &Path, key: &Path) -> String {
+    let c = ServerConfig {
+        transports: vec!["udp".into(), "tls".into()],
+        ..c.clone()
+    };
+    let text = c.to_toml(port, relay);
+    let line = "transports = [\"udp\", \"tls\"]\n";
+    assert!(text.contains(line), "unexpected test config:\n{text}");
+    text.replacen(
+        line,
+        &format!(
+            "{line}cert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        1,
+    )
+}
+
+// ---- A rustls client ---------------------------------------------------------
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client_config(roots: &[&Path]) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(der_of(r)).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth(),
+    )
+}
+
+type ClientStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn tls_connect(server: SocketAddr, roots: &[&Path]) -> std::io::Result<ClientStream> {
+    let connector = tokio_rustls::TlsConnector::from(client_config(roots));
+    let tcp = tokio::time::timeout(STEP, tokio::net::TcpStream::connect(server))
+        .await
+        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(STEP, connector.connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))?
+}
+
+/// One Binding transaction on `s`: the XOR-MAPPED-ADDRESS.
+async fn binding(s: &mut ClientStream) -> SocketAddr {
+    let tid = common::transaction_id();
+    tokio::time::timeout(STEP, async {
+        s.write_all(&common::binding_request(&tid)).await.unwrap();
+        s.flush().await.unwrap();
+        let mut msg = vec![0u8; 20];
+        s.read_exact(&mut msg).await.unwrap();
+        let len = u16::from_be_bytes([msg[2], msg[3]]) as usize;
+        msg.resize(20 + len, 0);
+        s.read_exact(&mut msg[20..]).await.unwrap();
+        common::parse_binding_success(&msg, &tid)
+            .unwrap_or_else(|| panic!("not a Binding success for our request: {msg:02x?}"))
+    })
+    .await
+    .expect("Binding over TLS timed out")
+}
+
+/// The end-entity certificate the server presents to a new connection,
+/// verified against `roots`.
+fn presented_cert(server: SocketAddr, roots: &[&Path]) -> CertificateDer<'static> {
+    runtime().block_on(async {
+        let mut s = tls_connect(server, roots).await.expect("TLS connect");
+        // A Binding proves the connection is served, not just accepted.
+        binding(&mut s).await;
+        let (_, conn) = s.get_ref();
+        conn.peer_certificates().expect("a server certificate")[0].clone()
+    })
+}
+
+// ---- coturn's uclient ------------------------------------------------------
+
+/// `turnutils_peer` on 127.0.0.1:PORT (and PORT+1 for RTCP), echoing by
+/// the time this returns.
+struct CoturnPeer {
+    port: u16,
+    _child: KillOnDrop,
+}
+
+impl CoturnPeer {
+    fn start() -> CoturnPeer {
+        for _ in 0..20 {
+            let port = common::free_udp_port();
+            if port == u16::MAX || UdpSocket::bind((LOCALHOST, port + 1)).is_err() {
+                continue;
+            }
+            let child = Command::new("turnutils_peer")
+                .args(["-p", &port.to_string(), "-L", "127.0.0.1"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn turnutils_peer (tests/run.sh installs coturn)");
+            let mut child = KillOnDrop(child);
+            let probe = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+            probe
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let deadline = Instant::now() + STEP;
+            let mut buf = [0u8; 64];
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.0.try_wait() {
+                    break;
+                }
+                let _ = probe.send_to(b"ping", (LOCALHOST, port));
+                if let Ok((n, _)) = probe.recv_from(&mut buf)
+                    && &buf[..n] == b"ping"
+                {
+                    return CoturnPeer {
+                        port,
+                        _child: child,
+                    };
+                }
+            }
+        }
+        panic!("turnutils_peer did not come up");
+    }
+}
+
+/// The number right after `key` in `text`.
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
+    let digits: String = text[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// uclient's final totals: (sent, received, sent bytes, received bytes,
+/// lost, send dropped).
+fn summary(output: &str) -> Option<(u64, u64, u64, u64, u64, u64)> {
+    let totals = output
+        .lines()
+        .rfind(|l| l.contains("start_mclient: tot_send_msgs=") && !l.contains("msz="))?;
+    let bytes = output
+        .lines()
+        .rfind(|l| l.contains("start_mclient: tot_send_bytes") && !l.contains("msz="))?;
+    let lost = output.lines().rfind(|l| l.contains("Total lost packets"))?;
+    Some((
+        number_after(totals, "tot_send_msgs=")?,
+        number_after(totals, "tot_recv_msgs=")?,
+        number_after(bytes, "tot_send_bytes ~")?,
+        number_after(bytes, "tot_recv_bytes ~")?,
+        number_after(lost, "Total lost packets")?,
+        number_after(lost, "total send dropped")?,
+    ))
+}
+
+/// `turnutils_uclient -t -S` (TCP with TLS) with `extra` flags, against
+/// `server` and `peer`, writing its output to `out`.
+fn uclient(server: &TlsServer, peer: &CoturnPeer, extra: &[&str], messages: u64) -> Command {
+    let mut cmd = Command::new("turnutils_uclient");
+    cmd.args(["-t", "-S", "-u", USER, "-w", PASSWORD]);
+    cmd.args(extra);
+    cmd.args(["-n", &messages.to_string(), "-m", "2", "-l", "170"]);
+    cmd.args(["-e", "127.0.0.1", "-r", &peer.port.to_string()]);
+    cmd.args(["-p", &server.port.to_string(), "127.0.0.1"]);
+    cmd
+}
+
+/// Check a finished uclient run: everything sent came back.
+fn assert_no_loss(code: Option<i32>, output: &str, messages: u64) {
+    assert_eq!(code, Some(0), "uclient failed:\n{output}");
+    let (sent, recv, sent_b, recv_b, lost, dropped) =
+        summary(output).unwrap_or_else(|| panic!("no final summary:\n{output}"));
+    assert!(sent >= messages * 2, "too few sent:\n{output}");
+    assert_eq!(recv, sent, "{output}");
+    assert_eq!(recv_b, sent_b, "{output}");
+    assert_eq!(lost, 0, "lost packets:\n{output}");
+    assert_eq!(dropped, 0, "send dropped:\n{output}");
+}
+
+fn no_panic(server: &TlsServer) {
+    let log = server.log();
+    assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+}
+
+// ---- Tests -----------------------------------------------------------------
+
+#[test]
+fn uclient_relays_over_tls_with_send_indications() {
+    let server = TlsServer::start(ServerConfig::default());
+    let peer = CoturnPeer::start();
+    let _serial = UCLIENT_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_with_timeout(uclient(&server, &peer, &["-s"], 50), UCLIENT_LIMIT);
+    assert!(!out.timed_out, "uclient hung:\n{}", out.output);
+    assert_no_loss(out.code, &out.output, 50);
+    assert!(
+        server.log().contains("tls connection"),
+        "the clients did not come in over TLS:\n{}",
+        server.log()
+    );
+    no_panic(&server);
+}
+
+#[test]
+fn uclient_relays_over_tls_with_channels() {
+    let server = TlsServer::start(ServerConfig {
+        legacy_channel_numbers: Some(true),
+        ..Default::default()
+    });
+    let peer = CoturnPeer::start();
+    let _serial = UCLIENT_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_with_timeout(uclient(&server, &peer, &[], 50), UCLIENT_LIMIT);
+    assert!(!out.timed_out, "uclient hung:\n{}", out.output);
+    assert_no_loss(out.code, &out.output, 50);
+    no_panic(&server);
+}
+
+#[test]
+fn tls_1_2_is_the_minimum() {
+    let server = TlsServer::start(ServerConfig::default());
+    let s_client = |version: &str| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-connect", &server.addr().to_string(), version]);
+        // Let the client offer TLS 1.0/1.1 at all (OpenSSL 3 refuses them
+        // at its default security level), so that the server is what says no.
+        cmd.args(["-cipher", "DEFAULT:@SECLEVEL=0"]);
+        run_with_timeout(cmd, Duration::from_secs(20))
+    };
+    let old = s_client("-tls1_1");
+    assert!(!old.timed_out, "{}", old.output);
+    assert_ne!(old.code, Some(0), "TLS 1.1 was accepted:\n{}", old.output);
+    // The server answers the TLS 1.1 ClientHello with an alert.
+    assert!(
+        old.output.contains("alert") && old.output.contains("Cipher is (NONE)"),
+        "{}",
+        old.output
+    );
+    for (flag, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let out = s_client(flag);
+        assert!(!out.timed_out, "{}", out.output);
+        assert_eq!(out.code, Some(0), "{flag} failed:\n{}", out.output);
+        assert!(
+            out.output.contains(&format!("New, {name}"))
+                && out.output.contains(&format!("Protocol  : {name}")),
+            "{flag} did not negotiate {name}:\n{}",
+            out.output
+        );
+    }
+    no_panic(&server);
+}
+
+#[test]
+fn binding_over_rustls_reports_the_source_address() {
+    let server = TlsServer::start(ServerConfig::default());
+    runtime().block_on(async {
+        let mut s = tls_connect(server.addr(), &[&server.cert])
+            .await
+            .expect("TLS connect with the test certificate as root");
+        let local = s.get_ref().0.local_addr().unwrap();
+        assert_eq!(binding(&mut s).await, local);
+        // Several requests in one write are framed apart.
+        let (t1, t2) = (common::transaction_id(), common::transaction_id());
+        let mut two = common::binding_request(&t1);
+        two.extend(common::binding_request(&t2));
+        s.write_all(&two).await.unwrap();
+        for tid in [t1, t2] {
+            let mut msg = vec![0u8; 20];
+            tokio::time::timeout(STEP, s.read_exact(&mut msg))
+                .await
+                .expect("answer timed out")
+                .unwrap();
+            let len = u16::from_be_bytes([msg[2], msg[3]]) as usize;
+            msg.resize(20 + len, 0);
+            s.read_exact(&mut msg[20..]).await.unwrap();
+            assert_eq!(common::parse_binding_success(&msg, &tid), Some(local));
+        }
+    });
+    // A client that never finishes its handshake holds nothing up.
+    let _idle = std::net::TcpStream::connect(server.addr()).unwrap();
+    runtime().block_on(async {
+        let mut s = tls_connect(server.addr(), &[&server.cert]).await.unwrap();
+        binding(&mut s).await;
+    });
+    no_panic(&server);
+}
+
+#[test]
+fn sighup_swaps_the_certificate_and_keeps_allocations() {
+    let server = TlsServer::start(ServerConfig::default());
+    let old_copy = server.dir.path().join("old-cert.pem");
+    fs::copy(&server.cert, &old_copy).unwrap();
+    let (new_cert, new_key) = make_cert(server.dir.path(), "second");
+    let both: [&Path; 2] = [&old_copy, &new_cert];
+    assert_eq!(presented_cert(server.addr(), &both), der_of(&old_copy));
+
+    // A relay session that spans the reload: uclient sends for a while.
+    let peer = CoturnPeer::start();
+    let _serial = UCLIENT_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let messages = 150;
+    let out_path = server.dir.path().join("uclient.txt");
+    let out = fs::File::create(&out_path).unwrap();
+    let mut cmd = uclient(&server, &peer, &["-s"], messages);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawn turnutils_uclient");
+    let mut child = KillOnDrop(child);
+    // Wait until both of its allocations are made.
+    let deadline = Instant::now() + STEP;
+    while server.log().matches("allocation created").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "uclient made no allocation:\n{}",
+            fs::read_to_string(&out_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A new certificate and key in place of the old ones, then SIGHUP.
+    fs::copy(&new_cert, &server.cert).unwrap();
+    fs::copy(&new_key, &server.key).unwrap();
+    server.reload("TLS certificate reloaded");
+    assert_eq!(presented_cert(server.addr(), &both), der_of(&new_cert));
+    assert_eq!(
+        child.0.try_wait().unwrap(),
+        None,
+        "uclient ended before the reload was checked: make it send longer:\n{}",
+        fs::read_to_string(&out_path).unwrap_or_default()
+    );
+
+    // An unreadable certificate is refused and the current one stays.
+    fs::write(&server.cert, "not a certificate\n").unwrap();
+    server.reload("the previous certificate stays in use");
+    let log = server.log();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("the previous certificate stays in use"))
+        .unwrap();
+    assert!(line.contains("listen[0].cert"), "{line}");
+    assert!(
+        line.contains(&server.cert.display().to_string()),
+        "{line}"
+    );
+    assert!(line.contains("no PEM CERTIFICATE"), "{line}");
+    assert_eq!(presented_cert(server.addr(), &both), der_of(&new_cert));
+
+    // The session made before the reloads relayed everything.
+    let deadline = Instant::now() + UCLIENT_LIMIT;
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "uclient hung");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = fs::read_to_string(&out_path).unwrap_or_default();
+    assert_no_loss(status.code(), &output, messages);
+    assert_eq!(
+        server.log().matches("allocation created").count(),
+        2,
+        "uclient had to allocate again:\n{}",
+        server.log()
+    );
+    no_panic(&server);
+}
+
+#[test]
+fn a_bad_certificate_stops_startup_with_file_key_and_reason() {
+    let dir = TempDir::new("tls-bad");
+    let (cert, key) = make_cert(dir.path(), "good");
+    let (_, other_key) = make_cert(dir.path(), "other");
+    let missing = dir.path().join("missing.pem");
+    for (cert, key, what, reason) in [
+        (&missing, &key, "listen[0].cert", "missing.pem"),
+        (&cert, &missing, "listen[0].key", "missing.pem"),
+        (&cert, &other_key, "listen[0].key", "does not match"),
+    ] {
+        let config_path = dir.path().join("bad.toml");
+        let port = common::free_port();
+        fs::write(
+            &config_path,
+            tls_toml(&ServerConfig::default(), port, (40000, 40099), cert, key),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroturn"));
+        cmd.arg("--config").arg(&config_path);
+        let out = run_with_timeout(cmd, STARTUP_TIMEOUT);
+        assert!(!out.timed_out, "the server started:\n{}", out.output);
+        assert_ne!(out.code, Some(0), "{}", out.output);
+        let expected = format!("{}: {what}: ", config_path.display());
+        assert!(out.output.contains(&expected), "no {expected:?} in:\n{}", out.output);
+        assert!(out.output.contains(reason), "no {reason:?} in:\n{}", out.output);
+    }
+}

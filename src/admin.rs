@@ -40,6 +40,9 @@ pub struct SessionInfo {
     /// The relayed transport address (`IP:PORT`).
     pub relay: String,
     pub relay_port: u16,
+    /// The IPv6 relay of a dual-stack allocation, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_v6: Option<String>,
     pub age_seconds: u64,
     /// Relayed from the client to peers.
     pub to_peer: Traffic,
@@ -63,6 +66,7 @@ impl SessionInfo {
             transport: TRANSPORTS[transport_index(s.client.via)].to_owned(),
             relay: s.relayed.to_string(),
             relay_port: s.relayed.port(),
+            relay_v6: s.relayed_extra.map(|r| r.to_string()),
             age_seconds: s.age.as_secs(),
             to_peer: Traffic {
                 packets: c.to_peer_packets,

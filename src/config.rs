@@ -655,6 +655,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             },
         }),
     };
+    if let Some(a) = &admin {
+        if !a.address.ip().is_loopback() && a.token.is_none() {
+            return Err(err(
+                "admin.token",
+                format!(
+                    "required when admin.address ({}) is not loopback: the admin API can close any session",
+                    a.address
+                ),
+            ));
+        }
+    }
     let alternate = match &raw.server.alternate {
         None => None,
         Some(a) => Some(sockaddr("server.alternate", a)?),

@@ -713,3 +713,22 @@ fn json_log_is_json_and_holds_no_secret() {
     assert_no_secrets(&log, &forbidden);
     eprintln!("{lines} JSON lines, levels {levels:?}");
 }
+
+#[test]
+fn zz_realm_change_second_reload() {
+    let mut d = Daemon::start(&base_config(), "");
+    let mut c2 = base_config();
+    c2.realm = "other.realm".into();
+    d.write_config(&config_text(&c2, d.addr.port(), d.relay, ""));
+    d.signal(libc::SIGHUP);
+    d.wait_log_count("configuration reloaded", 1, Duration::from_secs(5));
+    assert_eq!(allocate_code(&mut d.client(common::USER, common::PASSWORD)), None, "after 1st reload");
+    d.signal(libc::SIGHUP);
+    d.wait_log_count("configuration reloaded", 2, Duration::from_secs(5));
+    let mut c = d.client(common::USER, common::PASSWORD);
+    let code = allocate_code(&mut c);
+    let r = c.request(&Request::new(METHOD_ALLOCATE).transport(17).bytes());
+    eprintln!("after 2nd reload: signed Allocate with realm {REALM}: {code:?}; 401 REALM = {:?}", wire::text(&r, stun::attributes::ATTR_REALM));
+    eprintln!("{}", d.log());
+    let _ = d.running();
+}

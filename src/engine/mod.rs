@@ -142,6 +142,8 @@ pub struct Session {
     pub user: String,
     pub client: ClientAddr,
     pub relayed: SocketAddr,
+    /// The IPv6 relay of a dual allocation.
+    pub relayed_extra: Option<SocketAddr>,
     pub age: Duration,
     pub counters: allocation::Counters,
 }
@@ -311,6 +313,7 @@ impl Engine {
                 user: a.username.clone(),
                 client: a.client,
                 relayed: a.relayed,
+                relayed_extra: a.extra.map(|e| e.1),
                 age: now.saturating_duration_since(a.created),
                 counters: a.counters,
             })

@@ -84,6 +84,9 @@ impl WorkerReport {
     }
 }
 
+/// How long the control plane waits for one worker's answer.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The control plane's handle on a running server: reports, operator
 /// actions, reload and drain. Cheap to clone; talks to every worker.
 #[derive(Clone)]
@@ -98,7 +101,8 @@ impl Control {
         for w in &self.workers {
             let (reply, rx) = oneshot::channel();
             if w.send(Command::Report { sessions, reply }).is_ok() {
-                if let Ok(r) = rx.await {
+                // A stuck worker must not hang every scrape.
+                if let Ok(Ok(r)) = tokio::time::timeout(REPLY_TIMEOUT, rx).await {
                     total.merge(r);
                 }
             }
@@ -113,7 +117,11 @@ impl Control {
             let (reply, rx) = oneshot::channel();
             let user = user.to_owned();
             if w.send(Command::CloseUser { user, reply }).is_ok() {
-                n += rx.await.unwrap_or(0);
+                n += tokio::time::timeout(REPLY_TIMEOUT, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
             }
         }
         n
@@ -125,7 +133,11 @@ impl Control {
         for w in &self.workers {
             let (reply, rx) = oneshot::channel();
             if w.send(Command::CloseRelayPort { port, reply }).is_ok() {
-                closed |= rx.await.unwrap_or(false);
+                closed |= tokio::time::timeout(REPLY_TIMEOUT, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(false);
             }
         }
         closed

@@ -437,6 +437,38 @@ fn reload_during_relay_loses_nothing_and_applies_credentials() {
     drop(peer);
 }
 
+/// A change that needs a restart (here the realm) is never applied by a
+/// reload, not even by a later one, and every reload says so again.
+#[test]
+#[ignore = "server bug: the second SIGHUP applies the new realm (daemon::reload keeps the unapplied config as current); remove this line with the fix"]
+fn restart_only_change_is_not_applied_by_a_later_reload() {
+    let d = Daemon::start(&base_config(), "");
+    let mut moved = base_config();
+    moved.realm = "other.realm".into();
+    d.write_config(&config_text(&moved, d.addr.port(), d.relay, ""));
+    for n in 1..=2 {
+        d.signal(libc::SIGHUP);
+        let log = d.wait_log_count("configuration reloaded", n, Duration::from_secs(5));
+        let warned = log
+            .lines()
+            .filter(|l| l.contains("realm") && l.contains("needs a restart"))
+            .count();
+        assert_eq!(warned, n, "restart notices after reload {n}:\n{log}");
+        let mut c = d.client(common::USER, common::PASSWORD);
+        assert_eq!(
+            allocate_code(&mut c),
+            None,
+            "realm {REALM} after reload {n}"
+        );
+        let r = c.request(&Request::new(METHOD_ALLOCATE).transport(17).bytes());
+        assert_eq!(
+            wire::text(&r, stun::attributes::ATTR_REALM).as_deref(),
+            Some(REALM),
+            "REALM of a 401 after reload {n}"
+        );
+    }
+}
+
 // ---- Drain ------------------------------------------------------------------
 
 /// Start a server with `tail`, open one relaying allocation, prepare a
@@ -471,6 +503,15 @@ fn drain_refuses_new_allocations_and_exits_when_the_last_ends() {
         );
     }
     assert_eq!(refresh_code(&mut old, 600), None, "Refresh while draining");
+    // STUN goes on.
+    let probe = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        binding_udp(&probe, d.addr).is_some(),
+        "Binding while draining"
+    );
     std::thread::sleep(Duration::from_millis(600));
     assert!(d.running(), "exited with an allocation left");
     // Deleting it ends the drain.
@@ -712,23 +753,4 @@ fn json_log_is_json_and_holds_no_secret() {
     assert!(log.contains("allocation created"), "{log}");
     assert_no_secrets(&log, &forbidden);
     eprintln!("{lines} JSON lines, levels {levels:?}");
-}
-
-#[test]
-fn zz_realm_change_second_reload() {
-    let mut d = Daemon::start(&base_config(), "");
-    let mut c2 = base_config();
-    c2.realm = "other.realm".into();
-    d.write_config(&config_text(&c2, d.addr.port(), d.relay, ""));
-    d.signal(libc::SIGHUP);
-    d.wait_log_count("configuration reloaded", 1, Duration::from_secs(5));
-    assert_eq!(allocate_code(&mut d.client(common::USER, common::PASSWORD)), None, "after 1st reload");
-    d.signal(libc::SIGHUP);
-    d.wait_log_count("configuration reloaded", 2, Duration::from_secs(5));
-    let mut c = d.client(common::USER, common::PASSWORD);
-    let code = allocate_code(&mut c);
-    let r = c.request(&Request::new(METHOD_ALLOCATE).transport(17).bytes());
-    eprintln!("after 2nd reload: signed Allocate with realm {REALM}: {code:?}; 401 REALM = {:?}", wire::text(&r, stun::attributes::ATTR_REALM));
-    eprintln!("{}", d.log());
-    let _ = d.running();
 }

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    KillOnDrop, LOCALHOST, PASSWORD, STARTUP_TIMEOUT, ServerConfig, TempDir, USER,
-    run_with_timeout,
+    KillOnDrop, LOCALHOST, PASSWORD, STARTUP_TIMEOUT, ServerConfig, TempDir, USER, run_with_timeout,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -37,7 +36,12 @@ fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let key = dir.join(format!("{name}-key.pem"));
     let mut cmd = Command::new("openssl");
     cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost"])
+        .args([
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         // An end-entity certificate (webpki refuses a CA one as the server's).
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
@@ -146,13 +150,20 @@ fn wait_ready(child: &mut Child, port: u16, log: &Path) -> Result<(), String> {
             return Ok(());
         }
     }
-    Err(format!("no Binding answer within {STARTUP_TIMEOUT:?}:\n{}", log()))
+    Err(format!(
+        "no Binding answer within {STARTUP_TIMEOUT:?}:\n{}",
+        log()
+    ))
 }
 
 impl Drop for TlsServer {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- ferroturn log (port {}) ----\n{}", self.port, self.log());
+            eprintln!(
+                "---- ferroturn log (port {}) ----\n{}",
+                self.port,
+                self.log()
+            );
         }
     }
 }
@@ -410,8 +421,7 @@ fn tls_1_2_is_the_minimum() {
         assert!(!out.timed_out, "{}", out.output);
         assert_eq!(out.code, Some(0), "{flag} failed:\n{}", out.output);
         assert!(
-            out.output.contains(&format!("New, {name}"))
-                && out.output.contains(&format!("Protocol  : {name}")),
+            out.output.contains(&format!("New, {name}, Cipher is")),
             "{flag} did not negotiate {name}:\n{}",
             out.output
         );
@@ -445,12 +455,45 @@ fn binding_over_rustls_reports_the_source_address() {
             assert_eq!(common::parse_binding_success(&msg, &tid), Some(local));
         }
     });
-    // A client that never finishes its handshake holds nothing up.
-    let _idle = std::net::TcpStream::connect(server.addr()).unwrap();
-    runtime().block_on(async {
-        let mut s = tls_connect(server.addr(), &[&server.cert]).await.unwrap();
-        binding(&mut s).await;
-    });
+    no_panic(&server);
+}
+
+#[test]
+fn a_stalled_handshake_holds_nothing_up_and_times_out() {
+    use std::io::Read;
+    let server = TlsServer::start(ServerConfig::default());
+    // Clients that never start their handshake, on every worker (the
+    // kernel spreads connections over the workers' sockets).
+    let idle: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    let started = Instant::now();
+    // Others are served meanwhile.
+    for _ in 0..4 {
+        runtime().block_on(async {
+            let mut s = tls_connect(server.addr(), &[&server.cert]).await.unwrap();
+            binding(&mut s).await;
+        });
+    }
+    // The server gives up on the idle ones after its handshake timeout
+    // (10 s): they read end-of-stream (or a reset), not a timeout.
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("the server sent {n} bytes to a silent client"),
+            Err(e) => assert!(
+                e.kind() == std::io::ErrorKind::ConnectionReset,
+                "not closed by the server: {e}"
+            ),
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+        "closed after {waited:?}"
+    );
     no_panic(&server);
 }
 
@@ -477,16 +520,21 @@ fn sighup_swaps_the_certificate_and_keeps_allocations() {
         .spawn()
         .expect("spawn turnutils_uclient");
     let mut child = KillOnDrop(child);
-    // Wait until both of its allocations are made.
+    // Wait until its allocations are made (it says so before sending).
     let deadline = Instant::now() + STEP;
-    while server.log().matches("allocation created").count() < 2 {
+    while !fs::read_to_string(&out_path)
+        .unwrap_or_default()
+        .contains("Total connect time")
+    {
         assert!(
             Instant::now() < deadline,
-            "uclient made no allocation:\n{}",
+            "uclient did not connect:\n{}",
             fs::read_to_string(&out_path).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let allocations = server.log().matches("allocation created").count();
+    assert!(allocations >= 2, "{}", server.log());
 
     // A new certificate and key in place of the old ones, then SIGHUP.
     fs::copy(&new_cert, &server.cert).unwrap();
@@ -509,10 +557,7 @@ fn sighup_swaps_the_certificate_and_keeps_allocations() {
         .rfind(|l| l.contains("the previous certificate stays in use"))
         .unwrap();
     assert!(line.contains("listen[0].cert"), "{line}");
-    assert!(
-        line.contains(&server.cert.display().to_string()),
-        "{line}"
-    );
+    assert!(line.contains(&server.cert.display().to_string()), "{line}");
     assert!(line.contains("no PEM CERTIFICATE"), "{line}");
     assert_eq!(presented_cert(server.addr(), &both), der_of(&new_cert));
 
@@ -529,7 +574,7 @@ fn sighup_swaps_the_certificate_and_keeps_allocations() {
     assert_no_loss(status.code(), &output, messages);
     assert_eq!(
         server.log().matches("allocation created").count(),
-        2,
+        allocations,
         "uclient had to allocate again:\n{}",
         server.log()
     );
@@ -560,7 +605,50 @@ fn a_bad_certificate_stops_startup_with_file_key_and_reason() {
         assert!(!out.timed_out, "the server started:\n{}", out.output);
         assert_ne!(out.code, Some(0), "{}", out.output);
         let expected = format!("{}: {what}: ", config_path.display());
-        assert!(out.output.contains(&expected), "no {expected:?} in:\n{}", out.output);
-        assert!(out.output.contains(reason), "no {reason:?} in:\n{}", out.output);
+        assert!(
+            out.output.contains(&expected),
+            "no {expected:?} in:\n{}",
+            out.output
+        );
+        assert!(
+            out.output.contains(reason),
+            "no {reason:?} in:\n{}",
+            out.output
+        );
+    }
+}
+
+#[test]
+fn config_checks_tls_entries() {
+    let base = "realm = \"t\"\n[[listen]]\naddress = \"127.0.0.1:5349\"\n";
+    let tail = "[relay]\naddress = \"127.0.0.1\"\n[auth]\nusers = { a = \"b\" }\n";
+    let parse = |listen: &str| {
+        ferroturn::config::parse(Path::new("t.toml"), &format!("{base}{listen}{tail}"))
+    };
+    let c = parse("transports = [\"udp\", \"tls\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+    let l = &c.listen[0];
+    assert!(l.tls && l.udp && !l.tcp);
+    assert_eq!(l.cert.as_deref(), Some(Path::new("c.pem")));
+    assert_eq!(l.key.as_deref(), Some(Path::new("k.pem")));
+    for (listen, key) in [
+        (
+            "transports = [\"tls\"]\nkey = \"k.pem\"\n",
+            "listen[0].cert",
+        ),
+        (
+            "transports = [\"tls\"]\ncert = \"c.pem\"\n",
+            "listen[0].key",
+        ),
+        (
+            "transports = [\"tcp\", \"tls\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+            "listen[0].transports",
+        ),
+        (
+            "transports = [\"tcp\"]\ncert = \"c.pem\"\n",
+            "listen[0].cert",
+        ),
+    ] {
+        let e = parse(listen).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
     }
 }

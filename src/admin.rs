@@ -491,6 +491,7 @@ mod tests {
             transport: "udp".into(),
             relay: "127.0.0.1:10000".into(),
             relay_port: 10000,
+            relay_v6: None,
             age_seconds: 3725,
             to_peer: Traffic {
                 packets: 3,

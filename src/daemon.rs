@@ -119,7 +119,7 @@ async fn tick(w: &mut Option<tokio::time::Interval>) {
 /// Re-read the config file; apply it, or keep `current` if it is invalid.
 fn reload(server: &Server, current: Config) -> Config {
     match config::load(&current.path) {
-        Ok(new) => {
+        Ok(mut new) => {
             server.reload(&current, &new);
             crate::log::set_level(&new.log_level);
             if new.log_format != current.log_format {
@@ -129,6 +129,15 @@ fn reload(server: &Server, current: Config) -> Config {
                 );
             }
             tracing::info!(path = %new.path.display(), "configuration reloaded");
+            // What needs a restart stays as it runs, so that the next reload
+            // compares against it (and warns again) and never applies it.
+            new.listen = current.listen;
+            new.relay = current.relay;
+            new.workers = current.workers;
+            new.realm = current.realm;
+            new.log_format = current.log_format;
+            new.metrics = current.metrics;
+            new.admin = current.admin;
             new
         }
         Err(e) => {

@@ -440,7 +440,6 @@ fn reload_during_relay_loses_nothing_and_applies_credentials() {
 /// A change that needs a restart (here the realm) is never applied by a
 /// reload, not even by a later one, and every reload says so again.
 #[test]
-#[ignore = "server bug: the second SIGHUP applies the new realm (daemon::reload keeps the unapplied config as current); remove this line with the fix"]
 fn restart_only_change_is_not_applied_by_a_later_reload() {
     let d = Daemon::start(&base_config(), "");
     let mut moved = base_config();

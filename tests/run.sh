@@ -10,10 +10,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # started). chromium, chromium-driver: tests/demo_browser.rs and
 # tests/demo_netns.rs drive headless Chromium through chromedriver.
 # iptables, iproute2: demo_netns.rs builds NAT routers in network namespaces.
+# systemd (systemd-analyze, systemd-sysusers) and strace: tests/systemd.rs
+# checks the unit and the server's system calls; openssl: tests/tls.rs makes
+# certificates and probes TLS versions.
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
-          iptables:/usr/sbin/iptables iproute2:/usr/sbin/ip; do
+          iptables:/usr/sbin/iptables iproute2:/usr/sbin/ip \
+          systemd:/usr/bin/systemd-analyze strace:/usr/bin/strace openssl:/usr/bin/openssl; do
     [ -x "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -23,7 +27,8 @@ if [ ${#need[@]} -gt 0 ]; then
     $S apt-get update
     $S env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi
-for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedriver iptables ip; do
+for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedriver iptables ip \
+         systemd-analyze strace openssl; do
     command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing packages" >&2; exit 1; }
 done
 

@@ -585,13 +585,13 @@ fn unit_allowed_syscalls() -> BTreeSet<String> {
 /// and TCP, an allocation relaying through a channel, sd_notify with a
 /// watchdog, a reload, a drain that ends when the allocation is deleted)
 /// and check that every system call it made passes the unit's filter, so
-/// that nothing fails with EPERM under systemd. Skipped without strace.
+/// that nothing fails with EPERM under systemd.
 #[test]
 fn syscalls_fit_the_unit_filter() {
-    if Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("strace not installed: skipping the system call check");
-        return;
-    }
+    assert!(
+        Command::new("strace").arg("-V").output().is_ok(),
+        "strace is not installed (tests/run.sh installs it)"
+    );
     let allowed = unit_allowed_syscalls();
     assert!(allowed.contains("sendmsg") && !allowed.contains("setuid"));
 

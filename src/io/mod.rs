@@ -6,6 +6,7 @@
 //! one worker, which then owns that client's allocation and relay socket: no
 //! state is shared between workers, and the data path takes no lock.
 
+mod mmsg;
 pub mod notify;
 mod socket;
 mod tcp;
@@ -40,6 +41,11 @@ pub fn ice_urls(config: &Config) -> Vec<String> {
         }
         if l.turn && l.tcp {
             urls.push(format!("turn:{host}?transport=tcp"));
+        }
+        if l.turn && l.tls {
+            // Browsers check the certificate against this host: put the
+            // certificate's name here in production.
+            urls.push(format!("turns:{host}?transport=tcp"));
         }
     }
     urls
@@ -342,6 +348,8 @@ impl Server {
             ("relay", old.relay != new.relay),
             ("server.workers", old.workers != new.workers),
             ("realm", old.realm != new.realm),
+            ("metrics", old.metrics != new.metrics),
+            ("admin", old.admin != new.admin),
         ] {
             if changed {
                 tracing::warn!(
@@ -350,8 +358,16 @@ impl Server {
                 );
             }
         }
+        // Restart-only settings stay as they run: the peer policy's own
+        // relay addresses and core listeners come from the running config.
+        let applied = Config {
+            relay: old.relay.clone(),
+            metrics: old.metrics,
+            admin: old.admin.clone(),
+            ..new.clone()
+        };
         self.control
-            .update(update_from(new, &old.realm, &self.nonce_secret));
+            .update(update_from(&applied, &old.realm, &self.nonce_secret));
         // Re-read every TLS certificate: new connections get the new one.
         // The paths come from the same entry in the new config, or stay
         // as they were if that entry moved (a listener change: restart).

@@ -1,0 +1,250 @@
+//! Batched datagram I/O: `recvmmsg` fills up to [`SLOTS`] datagrams in one
+//! system call, `sendmmsg` sends a run of datagrams from one socket in one.
+//! Buffers, headers and addresses live in a [`Batch`] made once per
+//! worker: nothing here allocates.
+
+use std::io;
+use std::mem::{MaybeUninit, size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+use crate::proto::channel_data::{BUF_LEN, HEADROOM, MAX_PAYLOAD};
+
+/// Datagrams per `recvmmsg`.
+pub const SLOTS: usize = 32;
+
+/// Receive buffers: slot `i` is `data[i * BUF_LEN..(i + 1) * BUF_LEN]`,
+/// its datagram at [`HEADROOM`], so that framing can be written in place.
+pub struct Batch {
+    pub data: Box<[u8]>,
+    pub len: [usize; SLOTS],
+    pub from: [SocketAddr; SLOTS],
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch {
+            data: vec![0u8; SLOTS * BUF_LEN].into_boxed_slice(),
+            len: [0; SLOTS],
+            from: [SocketAddr::from(([0, 0, 0, 0], 0)); SLOTS],
+        }
+    }
+
+    /// Offset of slot `i` in `data`.
+    #[inline]
+    pub fn base(i: usize) -> usize {
+        i * BUF_LEN
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Receive up to [`SLOTS`] datagrams from `fd` (non-blocking); how many.
+pub fn recv(fd: RawFd, b: &mut Batch) -> io::Result<usize> {
+    let mut names: [MaybeUninit<libc::sockaddr_storage>; SLOTS] = [MaybeUninit::uninit(); SLOTS];
+    let mut iovs: [libc::iovec; SLOTS] = unsafe { zeroed() };
+    let mut hdrs: [libc::mmsghdr; SLOTS] = unsafe { zeroed() };
+    let base = b.data.as_mut_ptr();
+    for i in 0..SLOTS {
+        iovs[i] = libc::iovec {
+            iov_base: unsafe { base.add(Batch::base(i) + HEADROOM) } as *mut libc::c_void,
+            iov_len: MAX_PAYLOAD,
+        };
+        hdrs[i].msg_hdr.msg_name = names[i].as_mut_ptr() as *mut libc::c_void;
+        hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            SLOTS as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    for i in 0..n {
+        b.len[i] = hdrs[i].msg_len as usize;
+        // The kernel wrote the source address for every datagram it gave.
+        let name = unsafe { names[i].assume_init_ref() };
+        b.from[i] = from_sockaddr(name).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    }
+    Ok(n)
+}
+
+/// A datagram to send: `data[start..end]` of a batch, from socket `fd`.
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    pub fd: RawFd,
+    pub start: usize,
+    pub end: usize,
+    pub to: SocketAddr,
+}
+
+/// Send every datagram in `outs` (bytes from `data`), one `sendmmsg` per run
+/// of datagrams from the same socket. Datagrams of one socket keep their
+/// order. Returns how many could not be sent (socket buffer full).
+pub fn send(data: &[u8], outs: &mut [Out]) -> usize {
+    // Group by socket; the index keeps each socket's order (and the sort
+    // unstable, which does not allocate).
+    if outs.len() > 1 {
+        outs.sort_unstable_by_key(|o| (o.fd, o.start));
+    }
+    let mut dropped = 0;
+    let mut i = 0;
+    while i < outs.len() {
+        let fd = outs[i].fd;
+        let mut j = i;
+        while j < outs.len() && outs[j].fd == fd && j - i < SLOTS {
+            j += 1;
+        }
+        dropped += send_run(fd, data, &outs[i..j]);
+        i = j;
+    }
+    dropped
+}
+
+fn send_run(fd: RawFd, data: &[u8], outs: &[Out]) -> usize {
+    let n = outs.len();
+    let mut names: [libc::sockaddr_storage; SLOTS] = unsafe { zeroed() };
+    let mut iovs: [libc::iovec; SLOTS] = unsafe { zeroed() };
+    let mut hdrs: [libc::mmsghdr; SLOTS] = unsafe { zeroed() };
+    for (k, o) in outs.iter().enumerate() {
+        let len = to_sockaddr(o.to, &mut names[k]);
+        iovs[k] = libc::iovec {
+            iov_base: data[o.start..o.end].as_ptr() as *mut libc::c_void,
+            iov_len: o.end - o.start,
+        };
+        hdrs[k].msg_hdr.msg_name = &mut names[k] as *mut _ as *mut libc::c_void;
+        hdrs[k].msg_hdr.msg_namelen = len;
+        hdrs[k].msg_hdr.msg_iov = &mut iovs[k];
+        hdrs[k].msg_hdr.msg_iovlen = 1;
+    }
+    let mut sent = 0;
+    // A datagram the kernel refuses (one bad destination) must not stop
+    // the rest: skip it and go on.
+    while sent < n {
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs[sent..].as_mut_ptr(),
+                (n - sent) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r > 0 {
+            sent += r as usize;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return n - sent;
+        }
+        if e.kind() != io::ErrorKind::Interrupted {
+            sent += 1;
+        }
+    }
+    0
+}
+
+fn to_sockaddr(a: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match a {
+        SocketAddr::V4(v4) => {
+            let sin = s as *mut _ as *mut libc::sockaddr_in;
+            unsafe {
+                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*sin).sin_port = v4.port().to_be();
+                (*sin).sin_addr = libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                };
+            }
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = s as *mut _ as *mut libc::sockaddr_in6;
+            unsafe {
+                (*sin6).sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                (*sin6).sin6_port = v6.port().to_be();
+                (*sin6).sin6_addr = libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                };
+                (*sin6).sin6_flowinfo = v6.flowinfo();
+                (*sin6).sin6_scope_id = v6.scope_id();
+            }
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            let sin = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            let sin6 = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn batches_round_trip_v4_and_v6() {
+        for (a, b) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
+            let rx = std::net::UdpSocket::bind(a).unwrap();
+            let tx = std::net::UdpSocket::bind(b).unwrap();
+            let to = rx.local_addr().unwrap();
+            let mut data = vec![0u8; 64];
+            for (i, d) in data.iter_mut().enumerate() {
+                *d = i as u8;
+            }
+            let mut outs: Vec<Out> = (0..5)
+                .map(|i| Out {
+                    fd: tx.as_raw_fd(),
+                    start: i * 10,
+                    end: i * 10 + 3 + i,
+                    to,
+                })
+                .collect();
+            assert_eq!(send(&data, &mut outs), 0);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut batch = Batch::new();
+            let n = recv(rx.as_raw_fd(), &mut batch).unwrap();
+            assert_eq!(n, 5);
+            for i in 0..5 {
+                assert_eq!(batch.from[i], tx.local_addr().unwrap());
+                let got = &batch.data
+                    [Batch::base(i) + HEADROOM..Batch::base(i) + HEADROOM + batch.len[i]];
+                assert_eq!(got, &data[i * 10..i * 10 + 3 + i], "datagram {i} in order");
+            }
+            let e = recv(rx.as_raw_fd(), &mut batch).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        }
+    }
+}

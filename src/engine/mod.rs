@@ -479,6 +479,17 @@ impl Engine {
         }
     }
 
+    /// Give back the memory of the tables once no allocation is left (after
+    /// a burst, they would otherwise keep their largest size).
+    pub fn compact(&mut self) {
+        if self.by_client.is_empty() {
+            self.allocs = Vec::new();
+            self.free_ids = Vec::new();
+            self.by_client = HashMap::new();
+            self.timers = BinaryHeap::new();
+        }
+    }
+
     /// Delete every allocation (shutdown, or an operator's request).
     pub fn close_all(&mut self, now: Instant) {
         let ids: Vec<AllocId> = self.by_client.values().copied().collect();

@@ -45,8 +45,7 @@ pub fn udp_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::Ud
     (0..n)
         .map(|_| {
             let s = new_socket(addr, Type::DGRAM, Protocol::UDP, true)?;
-            let _ = s.set_recv_buffer_size(LISTEN_BUFFER);
-            let _ = s.set_send_buffer_size(LISTEN_BUFFER);
+            grow_buffers(&s, LISTEN_BUFFER);
             s.bind(&addr.into())?;
             Ok(s.into())
         })
@@ -73,6 +72,36 @@ pub fn relay(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         s.set_only_v6(true)?;
     }
     s.set_nonblocking(true)?;
+    // Bursts from a peer queue here; the memory is used only when they do.
+    grow_buffers(&s, RELAY_BUFFER);
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// Receive buffer asked for relay sockets.
+const RELAY_BUFFER: usize = 1 << 20;
+
+/// Ask for `bytes` of receive and send buffer. The kernel caps SO_RCVBUF at
+/// `net.core.rmem_max` (208 KB by default); with CAP_NET_ADMIN the FORCE
+/// variants pass the cap, otherwise raise the sysctl for full effect.
+fn grow_buffers(s: &Socket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let v = bytes as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let set = |opt| unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        };
+        if !set(force) {
+            set(plain);
+        }
+    }
 }

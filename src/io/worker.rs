@@ -3,8 +3,9 @@
 //!
 //! Every task of a worker runs on the same thread, so they share the worker
 //! state through `Rc<RefCell<..>>`; a borrow is never held across an await.
-//! The receive buffer is shared too: one [`BUF_LEN`] buffer per worker, not
-//! one per socket.
+//! The receive buffers are shared too: one [`Batch`] per worker, not one
+//! per socket. Datagrams are read with `recvmmsg` and the relayed ones sent
+//! with `sendmmsg`, a batch at a time.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -15,12 +16,14 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::mmsg::{self, Batch, Out, SLOTS};
 use super::socket;
 use super::tcp::{self, Conn};
 use super::{Command, WorkerReport};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig, Output, ToPeer};
-use crate::proto::channel_data::{BUF_LEN, HEADROOM, MAX_PAYLOAD};
+use crate::proto::channel_data::{BUF_LEN, HEADROOM};
+use std::os::fd::{AsRawFd, RawFd};
 
 /// The sockets a worker is given at start.
 #[derive(Default)]
@@ -32,11 +35,15 @@ pub struct Sockets {
     pub tls: Vec<(u16, std::net::TcpListener, super::tls::Acceptor)>,
 }
 
-/// Packets handled per readiness wake-up before yielding to other sockets.
-const BATCH: usize = 64;
+/// Relay table size from which emptying it triggers [`Worker::compact`].
+const COMPACT_AFTER: usize = 256;
+
+/// `recvmmsg` calls per readiness wake-up before yielding to other sockets.
+const ROUNDS: usize = 4;
 
 struct Relay {
     socket: Rc<UdpSocket>,
+    fd: RawFd,
     task: JoinHandle<()>,
 }
 
@@ -49,7 +56,10 @@ pub(super) struct Worker {
     relays: Vec<[Option<Relay>; 2]>,
     pub(super) conns: std::collections::HashMap<u32, Rc<Conn>>,
     next_conn: u32,
-    buf: Box<[u8]>,
+    /// Receive buffers for one `recvmmsg`.
+    batch: Batch,
+    /// Relayed datagrams of the current batch, sent together at its end.
+    outs: Vec<Out>,
     /// The deadline the timer task sleeps until.
     armed: Option<Instant>,
     timer: Rc<Notify>,
@@ -101,7 +111,8 @@ pub fn run(
             relays: Vec::new(),
             conns: Default::default(),
             next_conn: 0,
-            buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            batch: Batch::new(),
+            outs: Vec::with_capacity(SLOTS),
             armed: None,
             timer: timer.clone(),
             send_drops: 0,
@@ -156,32 +167,79 @@ impl Worker {
         self.relays.get(id.0 as usize)?[peer.is_ipv6() as usize].as_ref()
     }
 
-    /// A client datagram of `n` bytes in the buffer at [`HEADROOM`]: the
-    /// engine reads it there, and a relayed payload is sent straight from it.
+    /// Datagram `i` of the batch, from a client on UDP listener `index`:
+    /// the engine reads it in place, and a relayed payload is queued to go
+    /// out from the relay socket straight from the batch buffer.
     #[inline]
-    fn client_datagram(&mut self, now: Instant, client: ClientAddr, n: usize) {
-        let packet = &self.buf[HEADROOM..HEADROOM + n];
+    fn client_slot(&mut self, now: Instant, index: u16, i: usize) {
+        let at = Batch::base(i) + HEADROOM;
+        let client = ClientAddr {
+            remote: self.batch.from[i],
+            via: Via::Udp(index),
+        };
+        let packet = &self.batch.data[at..at + self.batch.len[i]];
         if let Some(f) = self.engine.handle_client(now, client, packet) {
             if let Some(r) = self.relay(f.relay, f.peer.0) {
-                let p = &packet[f.start..f.end];
-                if send_now(&r.socket, p, f.peer.0).is_err() {
-                    self.send_drops += 1;
-                }
+                self.outs.push(Out {
+                    fd: r.fd,
+                    start: at + f.start,
+                    end: at + f.end,
+                    to: f.peer.0,
+                });
             }
         }
         self.flush(now);
     }
 
-    /// A peer datagram of `n` bytes in the buffer at [`HEADROOM`]: framed in
-    /// place by the engine and sent to the client.
+    /// Datagram `i` of the batch, from a peer on the relay socket of `id`:
+    /// framed in place by the engine and queued for the client.
     #[inline]
-    fn peer_datagram(&mut self, now: Instant, id: AllocId, from: SocketAddr, n: usize) {
-        let end = HEADROOM + n;
-        if let Some(tc) = self
-            .engine
-            .handle_peer(now, id, from, &mut self.buf, HEADROOM, end)
-        {
-            self.send_buf_to_client(tc.client, tc.start, tc.end);
+    fn peer_slot(&mut self, now: Instant, id: AllocId, i: usize) {
+        let base = Batch::base(i);
+        let end = HEADROOM + self.batch.len[i];
+        let from = self.batch.from[i];
+        let slot = &mut self.batch.data[base..base + BUF_LEN];
+        let Some(tc) = self.engine.handle_peer(now, id, from, slot, HEADROOM, end) else {
+            return;
+        };
+        match tc.client.via {
+            Via::Udp(l) => {
+                if let Some(Some(s)) = self.udp.get(l as usize) {
+                    self.outs.push(Out {
+                        fd: s.as_raw_fd(),
+                        start: base + tc.start,
+                        end: base + tc.end,
+                        to: tc.client.remote,
+                    });
+                }
+            }
+            Via::Stream { .. } => {
+                let frame = &self.batch.data[base + tc.start..base + tc.end];
+                if !self.transmit(tc.client, frame) {
+                    self.send_drops += 1;
+                }
+            }
+        }
+    }
+
+    /// The last allocation of many is gone: shrink the tables and hand freed
+    /// heap back to the system, so that memory returns to its idle level.
+    fn compact(&mut self) {
+        self.engine.compact();
+        self.relays = Vec::new();
+        self.conns.shrink_to_fit();
+        // glibc keeps freed memory in its arenas; give it back.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Send the datagrams queued by this batch: one `sendmmsg` per socket.
+    fn send_outs(&mut self) {
+        if !self.outs.is_empty() {
+            self.send_drops += mmsg::send(&self.batch.data, &mut self.outs) as u64;
+            self.outs.clear();
         }
     }
 
@@ -209,14 +267,6 @@ impl Worker {
         }
     }
 
-    /// Send `self.buf[start..end]` to a client.
-    #[inline]
-    fn send_buf_to_client(&mut self, client: ClientAddr, start: usize, end: usize) {
-        if !self.transmit(client, &self.buf[start..end]) {
-            self.send_drops += 1;
-        }
-    }
-
     fn send_to_client(&mut self, client: ClientAddr, data: &[u8]) {
         if !self.transmit(client, data) {
             self.send_drops += 1;
@@ -234,10 +284,16 @@ impl Worker {
                     self.engine.relay_opened(now, alloc, ok);
                 }
                 Output::CloseRelay { alloc } => {
+                    // Queued datagrams name socket descriptors: send them
+                    // before one closes and its number is reused.
+                    self.send_outs();
                     if let Some(slots) = self.relays.get_mut(alloc.0 as usize) {
                         for r in slots.iter_mut().filter_map(Option::take) {
                             r.task.abort();
                         }
+                    }
+                    if self.engine.allocation_count() == 0 && self.relays.len() >= COMPACT_AFTER {
+                        self.compact();
                     }
                 }
             }
@@ -262,7 +318,12 @@ impl Worker {
         if self.relays.len() <= i {
             self.relays.resize_with(i + 1, Default::default);
         }
-        self.relays[i][bind.is_ipv6() as usize] = Some(Relay { socket: sock, task });
+        let fd = sock.as_raw_fd();
+        self.relays[i][bind.is_ipv6() as usize] = Some(Relay {
+            socket: sock,
+            fd,
+            task,
+        });
         true
     }
 
@@ -291,13 +352,14 @@ thread_local! {
     static SELF: RefCell<Option<Shared>> = const { RefCell::new(None) };
 }
 
-/// Read `sock` whenever it is readable, up to [`BATCH`] datagrams at a
-/// time, into the worker's buffer at [`HEADROOM`]; `on` handles each one
-/// while the datagram is still in the buffer.
+/// Read `sock` whenever it is readable, [`SLOTS`] datagrams per `recvmmsg`
+/// into the worker's batch; `on` handles each one while it is still in the
+/// batch, and what it relays goes out at the end of the batch.
 async fn read_loop<F>(w: Shared, sock: Rc<UdpSocket>, mut on: F)
 where
-    F: FnMut(&mut Worker, Instant, usize, SocketAddr),
+    F: FnMut(&mut Worker, Instant, usize),
 {
+    let fd = sock.as_raw_fd();
     loop {
         if sock.readable().await.is_err() {
             return;
@@ -307,13 +369,31 @@ where
         {
             let mut wb = w.borrow_mut();
             let wk = &mut *wb;
-            for _ in 0..BATCH {
-                match sock.try_recv_from(&mut wk.buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) {
-                    Ok((n, from)) => on(wk, now, n, from),
+            for _ in 0..ROUNDS {
+                match sock.try_io(tokio::io::Interest::READABLE, || {
+                    mmsg::recv(fd, &mut wk.batch)
+                }) {
+                    Ok(n) => {
+                        for i in 0..n {
+                            on(wk, now, i);
+                        }
+                        wk.send_outs();
+                        if n < SLOTS {
+                            // A short batch emptied the queue: clear the
+                            // readiness without another (empty) recvmmsg. A
+                            // datagram that came meanwhile raises a new event.
+                            let _ = sock.try_io(tokio::io::Interest::READABLE, || {
+                                Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                            });
+                            drained = true;
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         drained = true;
                         break;
                     }
+                    // A pending socket error (an ICMP report): it is gone once read.
                     Err(_) => continue,
                 }
             }
@@ -327,25 +407,12 @@ where
 
 /// Receive client datagrams on the UDP listener of `[[listen]]` entry `index`.
 async fn udp_loop(w: Shared, index: u16, sock: Rc<UdpSocket>) {
-    read_loop(w, sock, move |wk, now, n, from| {
-        wk.client_datagram(
-            now,
-            ClientAddr {
-                remote: from,
-                via: Via::Udp(index),
-            },
-            n,
-        )
-    })
-    .await
+    read_loop(w, sock, move |wk, now, i| wk.client_slot(now, index, i)).await
 }
 
 /// Receive peer datagrams on the relay socket of allocation `id`.
 async fn relay_loop(w: Shared, id: AllocId, sock: Rc<UdpSocket>) {
-    read_loop(w, sock, move |wk, now, n, from| {
-        wk.peer_datagram(now, id, from, n)
-    })
-    .await
+    read_loop(w, sock, move |wk, now, i| wk.peer_slot(now, id, i)).await
 }
 
 /// TLS handshakes one worker runs at once; connections beyond are closed.

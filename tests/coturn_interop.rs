@@ -6,15 +6,11 @@
 
 mod common;
 
-use std::net::IpAddr;
-use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{
-    KillOnDrop, LOCALHOST, Output, PASSWORD, SECRET, Server, ServerConfig, USER, run_with_timeout,
-};
+use common::coturn::{CoturnPeer, Summary, parse_summary, tool};
+use common::{LOCALHOST, Output, PASSWORD, SECRET, Server, ServerConfig, USER, run_with_timeout};
 
 /// A uclient run must finish within this.
 const UCLIENT_LIMIT: Duration = Duration::from_secs(60);
@@ -26,23 +22,6 @@ const LENGTH: &str = "170";
 /// uclient sessions run one at a time: they are timing sensitive (loss is
 /// counted after a fixed wait), and this machine may have few cores.
 static UCLIENT_SERIAL: Mutex<()> = Mutex::new(());
-
-fn tool(name: &str) -> Command {
-    let mut c = Command::new(name);
-    c.stdin(Stdio::null());
-    c
-}
-
-/// The number right after `key` in `text` (digits only).
-fn number_after(text: &str, key: &str) -> Option<u64> {
-    let at = text.find(key)? + key.len();
-    let digits: String = text[at..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
 
 #[test]
 fn stunclient_sees_its_mapped_address() {
@@ -70,99 +49,6 @@ fn stunclient_sees_its_mapped_address() {
     assert_eq!(addr.ip(), LOCALHOST);
     assert_ne!(addr.port(), 0);
     assert_ne!(addr.port(), server.addr.port());
-}
-
-/// `turnutils_peer` on 127.0.0.1:PORT (it also takes PORT+1 for RTCP),
-/// answering by the time this returns.
-struct CoturnPeer {
-    port: u16,
-    _child: KillOnDrop,
-}
-
-impl CoturnPeer {
-    fn start() -> CoturnPeer {
-        Self::start_on(IpAddr::V4(LOCALHOST))
-    }
-
-    /// A peer on `ip` (127.0.0.1 or ::1).
-    fn start_on(ip: IpAddr) -> CoturnPeer {
-        for _ in 0..20 {
-            let port = common::free_udp_port();
-            if port == u16::MAX
-                || UdpSocket::bind((ip, port)).is_err()
-                || UdpSocket::bind((ip, port + 1)).is_err()
-            {
-                continue;
-            }
-            let child = tool("turnutils_peer")
-                .args(["-p", &port.to_string(), "-L", &ip.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn turnutils_peer (is the coturn package installed? tests/run.sh installs it)");
-            let mut child = KillOnDrop(child);
-            // It echoes whatever it gets; wait (bounded) until it does.
-            let probe = UdpSocket::bind((ip, 0)).unwrap();
-            probe
-                .set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut buf = [0u8; 64];
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.0.try_wait() {
-                    break; // port taken meanwhile: try another
-                }
-                let _ = probe.send_to(b"ping", (ip, port));
-                if let Ok((n, _)) = probe.recv_from(&mut buf)
-                    && &buf[..n] == b"ping"
-                {
-                    return CoturnPeer {
-                        port,
-                        _child: child,
-                    };
-                }
-            }
-        }
-        panic!("turnutils_peer did not come up");
-    }
-}
-
-/// The figures of uclient's final summary, e.g.
-///
-/// ```text
-/// 6: : start_mclient: tot_send_msgs=100, tot_recv_msgs=100
-/// 6: : start_mclient: tot_send_bytes ~ 17000, tot_recv_bytes ~ 17000
-/// 6: : Total transmit time is 6
-/// 6: : Total lost packets 0 (0.000000%), total send dropped 0 (0.000000%)
-/// ```
-#[derive(Debug)]
-struct Summary {
-    sent: u64,
-    received: u64,
-    sent_bytes: u64,
-    received_bytes: u64,
-    lost: u64,
-    send_dropped: u64,
-}
-
-fn parse_summary(output: &str) -> Option<Summary> {
-    // The final totals are the start_mclient lines without "msz=" (the
-    // lines with it are progress reports).
-    let totals = output
-        .lines()
-        .rfind(|l| l.contains("start_mclient: tot_send_msgs=") && !l.contains("msz="))?;
-    let bytes = output
-        .lines()
-        .rfind(|l| l.contains("start_mclient: tot_send_bytes") && !l.contains("msz="))?;
-    let lost = output.lines().rfind(|l| l.contains("Total lost packets"))?;
-    Some(Summary {
-        sent: number_after(totals, "tot_send_msgs=")?,
-        received: number_after(totals, "tot_recv_msgs=")?,
-        sent_bytes: number_after(bytes, "tot_send_bytes ~")?,
-        received_bytes: number_after(bytes, "tot_recv_bytes ~")?,
-        lost: number_after(lost, "Total lost packets")?,
-        send_dropped: number_after(lost, "total send dropped")?,
-    })
 }
 
 /// Run uclient against `server` with the peer and `args` (flags plus

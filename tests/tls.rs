@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::coturn::{CoturnPeer, parse_summary};
 use common::{
     KillOnDrop, LOCALHOST, PASSWORD, STARTUP_TIMEOUT, ServerConfig, TempDir, USER, run_with_timeout,
 };
@@ -257,84 +258,6 @@ fn presented_cert(server: SocketAddr, roots: &[&Path]) -> CertificateDer<'static
 
 // ---- coturn's uclient ------------------------------------------------------
 
-/// `turnutils_peer` on 127.0.0.1:PORT (and PORT+1 for RTCP), echoing by
-/// the time this returns.
-struct CoturnPeer {
-    port: u16,
-    _child: KillOnDrop,
-}
-
-impl CoturnPeer {
-    fn start() -> CoturnPeer {
-        for _ in 0..20 {
-            let port = common::free_udp_port();
-            if port == u16::MAX || UdpSocket::bind((LOCALHOST, port + 1)).is_err() {
-                continue;
-            }
-            let child = Command::new("turnutils_peer")
-                .args(["-p", &port.to_string(), "-L", "127.0.0.1"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn turnutils_peer (tests/run.sh installs coturn)");
-            let mut child = KillOnDrop(child);
-            let probe = UdpSocket::bind((LOCALHOST, 0)).unwrap();
-            probe
-                .set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            let deadline = Instant::now() + STEP;
-            let mut buf = [0u8; 64];
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.0.try_wait() {
-                    break;
-                }
-                let _ = probe.send_to(b"ping", (LOCALHOST, port));
-                if let Ok((n, _)) = probe.recv_from(&mut buf)
-                    && &buf[..n] == b"ping"
-                {
-                    return CoturnPeer {
-                        port,
-                        _child: child,
-                    };
-                }
-            }
-        }
-        panic!("turnutils_peer did not come up");
-    }
-}
-
-/// The number right after `key` in `text`.
-fn number_after(text: &str, key: &str) -> Option<u64> {
-    let at = text.find(key)? + key.len();
-    let digits: String = text[at..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
-
-/// uclient's final totals: (sent, received, sent bytes, received bytes,
-/// lost, send dropped).
-fn summary(output: &str) -> Option<(u64, u64, u64, u64, u64, u64)> {
-    let totals = output
-        .lines()
-        .rfind(|l| l.contains("start_mclient: tot_send_msgs=") && !l.contains("msz="))?;
-    let bytes = output
-        .lines()
-        .rfind(|l| l.contains("start_mclient: tot_send_bytes") && !l.contains("msz="))?;
-    let lost = output.lines().rfind(|l| l.contains("Total lost packets"))?;
-    Some((
-        number_after(totals, "tot_send_msgs=")?,
-        number_after(totals, "tot_recv_msgs=")?,
-        number_after(bytes, "tot_send_bytes ~")?,
-        number_after(bytes, "tot_recv_bytes ~")?,
-        number_after(lost, "Total lost packets")?,
-        number_after(lost, "total send dropped")?,
-    ))
-}
-
 /// `turnutils_uclient -t -S` (TCP with TLS) with `extra` flags, against
 /// `server` and `peer`, writing its output to `out`.
 fn uclient(server: &TlsServer, peer: &CoturnPeer, extra: &[&str], messages: u64) -> Command {
@@ -350,13 +273,12 @@ fn uclient(server: &TlsServer, peer: &CoturnPeer, extra: &[&str], messages: u64)
 /// Check a finished uclient run: everything sent came back.
 fn assert_no_loss(code: Option<i32>, output: &str, messages: u64) {
     assert_eq!(code, Some(0), "uclient failed:\n{output}");
-    let (sent, recv, sent_b, recv_b, lost, dropped) =
-        summary(output).unwrap_or_else(|| panic!("no final summary:\n{output}"));
-    assert!(sent >= messages * 2, "too few sent:\n{output}");
-    assert_eq!(recv, sent, "{output}");
-    assert_eq!(recv_b, sent_b, "{output}");
-    assert_eq!(lost, 0, "lost packets:\n{output}");
-    assert_eq!(dropped, 0, "send dropped:\n{output}");
+    let s = parse_summary(output).unwrap_or_else(|| panic!("no final summary:\n{output}"));
+    assert!(s.sent >= messages * 2, "too few sent:\n{output}");
+    assert_eq!(s.received, s.sent, "{output}");
+    assert_eq!(s.received_bytes, s.sent_bytes, "{output}");
+    assert_eq!(s.lost, 0, "lost packets:\n{output}");
+    assert_eq!(s.send_dropped, 0, "send dropped:\n{output}");
 }
 
 fn no_panic(server: &TlsServer) {

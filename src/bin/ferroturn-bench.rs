@@ -386,7 +386,8 @@ fn run_server(
             turn::Plan::Delete,
             64,
             Instant::now() + Duration::from_secs(60),
-            || it.next(),
+            // Held clients finished their plan: delete from the first step.
+            || it.next().map(turn::Client::restart),
             None,
         );
         // coturn frees a deleted allocation on its next timer tick.

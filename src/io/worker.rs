@@ -65,6 +65,8 @@ pub(super) struct Worker {
     timer: Rc<Notify>,
     /// Packets we could not send (socket buffer full), dropped.
     pub(super) send_drops: u64,
+    /// A [`Worker::compact`] is scheduled.
+    compacting: bool,
 }
 
 pub(super) type Shared = Rc<RefCell<Worker>>;
@@ -116,6 +118,7 @@ pub fn run(
             armed: None,
             timer: timer.clone(),
             send_drops: 0,
+            compacting: false,
         }));
         SELF.with(|s| *s.borrow_mut() = Some(w.clone()));
         for (i, s) in udp.into_iter().enumerate() {
@@ -225,6 +228,10 @@ impl Worker {
     /// The last allocation of many is gone: shrink the tables and hand freed
     /// heap back to the system, so that memory returns to its idle level.
     fn compact(&mut self) {
+        tracing::debug!(
+            relays = self.relays.len(),
+            "compacting tables after the last allocation"
+        );
         self.engine.compact();
         self.relays = Vec::new();
         self.conns.shrink_to_fit();
@@ -292,8 +299,23 @@ impl Worker {
                             r.task.abort();
                         }
                     }
-                    if self.engine.allocation_count() == 0 && self.relays.len() >= COMPACT_AFTER {
-                        self.compact();
+                    if self.engine.allocation_count() == 0
+                        && self.relays.len() >= COMPACT_AFTER
+                        && !self.compacting
+                    {
+                        // Aborted relay tasks free their sockets only when
+                        // the runtime drops them: compact a little later.
+                        self.compacting = true;
+                        if let Some(me) = self.me() {
+                            tokio::task::spawn_local(async move {
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                                let mut wb = me.borrow_mut();
+                                wb.compacting = false;
+                                if wb.engine.allocation_count() == 0 {
+                                    wb.compact();
+                                }
+                            });
+                        }
                     }
                 }
             }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod coturn;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -56,6 +56,14 @@ impl Client {
         }
     }
 
+    /// The same client, ready to run another plan from its first step
+    /// (a held allocation about to be deleted).
+    pub fn restart(mut self) -> Self {
+        self.step = 0;
+        self.tries = 0;
+        self
+    }
+
     /// The request for the current step, or None when done.
     fn request(&self, plan: Plan) -> Option<Vec<u8>> {
         let signed = |r: Request| r.sign(USER, &self.realm, PASS, &self.nonce);

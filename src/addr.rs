@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 pub enum Via {
     /// A UDP listener, by `[[listen]]` index.
     Udp(u16),
-    /// A stream connection, unique within its worker, on a listener.
-    Stream { listener: u16, conn: u32 },
+    /// A stream connection, unique within its worker, on a listener;
+    /// `tls` when it runs over TLS.
+    Stream { listener: u16, conn: u32, tls: bool },
 }
 
 impl Via {
@@ -40,7 +41,8 @@ impl fmt::Display for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = match self.via {
             Via::Udp(_) => "udp",
-            Via::Stream { .. } => "tcp",
+            Via::Stream { tls: false, .. } => "tcp",
+            Via::Stream { tls: true, .. } => "tls",
         };
         write!(f, "{}/{}", self.remote, t)
     }

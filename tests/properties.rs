@@ -57,6 +57,7 @@ fn client(i: u8) -> ClientAddr {
         Via::Stream {
             listener: 0,
             conn: i as u32,
+            tls: false,
         }
     } else {
         Via::Udp(0)

@@ -86,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
         let Some((&sel, packet)) = chunk.split_first() else { continue };
         let client = ClientAddr {
             remote: SocketAddr::from(([203, 0, 113, 1], 1000 + (sel & 7) as u16)),
-            via: if sel & 8 == 0 { Via::Udp(0) } else { Via::Stream { listener: 0, conn: 1 } },
+            via: if sel & 8 == 0 { Via::Udp(0) } else { Via::Stream { listener: 0, conn: 1, tls: false } },
         };
         // With bit 5 set the chunk becomes a correctly signed request: a
         // method and attribute TLVs, so that the fuzzer reaches past

@@ -57,8 +57,8 @@ impl Traffic {
 /// Relay directions, the first index of [`Stats::relayed`].
 pub const TO_PEER: usize = 0;
 pub const TO_CLIENT: usize = 1;
-/// Client transports, the second index: UDP, then TCP.
-pub const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
+/// Client transports, the second index of [`Stats::relayed`].
+pub const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
 
 /// A histogram of session durations, in seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub struct Stats {
     pub errors: [[u64; CODES.len()]; METHODS.len()],
     /// Relayed traffic by direction ([`TO_PEER`], [`TO_CLIENT`]) and client
     /// transport ([`TRANSPORTS`]).
-    pub relayed: [[Traffic; 2]; 2],
+    pub relayed: [[Traffic; TRANSPORTS.len()]; 2],
     /// How long allocations lived.
     pub session_seconds: Histogram,
 }
@@ -166,7 +166,11 @@ impl Stats {
 /// The index in [`TRANSPORTS`] of a client's transport.
 #[inline]
 pub fn transport_index(via: crate::addr::Via) -> usize {
-    via.is_stream() as usize
+    match via {
+        crate::addr::Via::Udp(_) => 0,
+        crate::addr::Via::Stream { tls: false, .. } => 1,
+        crate::addr::Via::Stream { tls: true, .. } => 2,
+    }
 }
 
 /// The index in [`METHODS`] of a STUN method number.
@@ -185,6 +189,15 @@ pub fn method_index(method: u16) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transports_are_told_apart() {
+        use crate::addr::Via;
+        assert_eq!(TRANSPORTS[transport_index(Via::Udp(3))], "udp");
+        let s = |tls| Via::Stream { listener: 0, conn: 1, tls };
+        assert_eq!(TRANSPORTS[transport_index(s(false))], "tcp");
+        assert_eq!(TRANSPORTS[transport_index(s(true))], "tls");
+    }
 
     #[test]
     fn histogram_and_merge() {

@@ -703,6 +703,7 @@ fn channel_data_relays_both_ways() {
         via: Via::Stream {
             listener: 0,
             conn: 3,
+            tls: false,
         },
     };
     let id = bound(&mut t, s);
@@ -1378,6 +1379,7 @@ fn stats_count_relayed_traffic_by_transport_and_session_durations() {
         via: Via::Stream {
             listener: 0,
             conn: 9,
+            tls: false,
         },
     };
     bound(&mut t, s);

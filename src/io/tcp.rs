@@ -149,6 +149,7 @@ fn start(
     what: &'static str,
 ) {
     let id = w.borrow_mut().conn_id();
+    let tls = direct.is_none();
     let conn = Rc::new(Conn {
         direct,
         queued: RefCell::new(Vec::new()),
@@ -159,7 +160,12 @@ fn start(
     w.borrow_mut().conns.insert(id, conn.clone());
     let client = ClientAddr {
         remote,
-        via: Via::Stream { listener, conn: id },
+        // Only plain TCP writes directly; TLS goes through its writer task.
+        via: Via::Stream {
+            listener,
+            conn: id,
+            tls,
+        },
     };
     tracing::debug!(%client, "{what}");
     let writer = tokio::task::spawn_local(write_loop(conn.clone(), writer));

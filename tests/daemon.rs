@@ -18,7 +18,7 @@ mod raw;
 use std::fs;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -86,40 +86,16 @@ impl Daemon {
         let config_path = dir.path().join("ferroturn.toml");
         let log_path = dir.path().join("ferroturn.log");
         fs::write(&config_path, config_text(c, port, relay, tail)).unwrap();
-        let log = fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
-            .arg("--config")
-            .arg(&config_path)
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn ferroturn");
-        let mut d = Daemon {
+        let addr = SocketAddr::from((LOCALHOST, port));
+        let child = common::spawn_ferroturn(&config_path, &log_path, addr, || true)?;
+        Ok(Daemon {
             child,
-            addr: SocketAddr::from((LOCALHOST, port)),
+            addr,
             relay,
             config_path,
             log_path,
             _dir: dir,
-        };
-        let probe = UdpSocket::bind((LOCALHOST, 0)).unwrap();
-        probe
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + common::STARTUP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = d.child.try_wait() {
-                return Err(format!("exited with {s}:\n{}", d.log()));
-            }
-            if binding_udp(&probe, d.addr).is_some() {
-                return Ok(d);
-            }
-        }
-        Err(format!("no Binding answer:\n{}", d.log()))
+        })
     }
 
     fn log(&self) -> String {

@@ -12,9 +12,9 @@ mod raw;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use common::{EchoPeer, LOCALHOST, PASSWORD, REALM, ServerConfig, TempDir, USER};
 use ferroturn::proto::stun::{self as wire, Request};
@@ -71,41 +71,23 @@ impl Server {
         let config_path = dir.path().join("ferroturn.toml");
         let log_path = dir.path().join("ferroturn.log");
         fs::write(&config_path, toml).unwrap();
-        let log = fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn ferroturn");
-        let mut s = Server {
+        let addr = SocketAddr::from((LOCALHOST, port));
+        let (m, a) = (
+            SocketAddr::from((LOCALHOST, metrics)),
+            SocketAddr::from((LOCALHOST, admin)),
+        );
+        let up = |x: &SocketAddr| TcpStream::connect_timeout(x, Duration::from_secs(1)).is_ok();
+        let child = common::spawn_ferroturn(&config_path, &log_path, addr, || up(&m) && up(&a))?;
+        Ok(Server {
             child,
-            addr: SocketAddr::from((LOCALHOST, port)),
-            metrics: SocketAddr::from((LOCALHOST, metrics)),
-            admin: SocketAddr::from((LOCALHOST, admin)),
+            addr,
+            metrics: m,
+            admin: a,
             relay_ports: relay,
             config_path,
             log_path,
             _dir: dir,
-        };
-        let probe = UdpSocket::bind((LOCALHOST, 0)).unwrap();
-        probe
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + common::STARTUP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                return Err(format!("exited early with {status}:\n{}", s.log()));
-            }
-            let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok();
-            if common::binding_udp(&probe, s.addr).is_some() && up(&s.metrics) && up(&s.admin) {
-                return Ok(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!("not ready in time:\n{}", s.log()))
+        })
     }
 
     fn log(&self) -> String {

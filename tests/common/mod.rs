@@ -117,6 +117,54 @@ impl Drop for TempDir {
     }
 }
 
+/// Start `ferroturn --config CONFIG` with stdout and stderr in `log` (and
+/// no RUST_LOG or systemd variables from the test's environment), and wait
+/// at most [`STARTUP_TIMEOUT`] until it answers a STUN Binding on `addr`
+/// over UDP and `ready()` holds. On failure the child is gone and the error
+/// carries its log.
+pub fn spawn_ferroturn(
+    config: &Path,
+    log: &Path,
+    addr: SocketAddr,
+    ready: impl Fn() -> bool,
+) -> Result<Child, String> {
+    let file = fs::File::create(log).expect("create log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("dup log file"))
+        .stderr(file)
+        .spawn()
+        .expect("spawn ferroturn");
+    let read_log = || fs::read_to_string(log).unwrap_or_default();
+    let probe = UdpSocket::bind((LOCALHOST, 0)).expect("bind probe socket");
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "ferroturn exited early with {status}:\n{}",
+                read_log()
+            ));
+        }
+        if binding_udp(&probe, addr).is_some() && ready() {
+            return Ok(child);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!(
+        "ferroturn on {addr} did not get ready within {STARTUP_TIMEOUT:?}:\n{}",
+        read_log()
+    ))
+}
+
 /// What goes into a test server's TOML config. `Default` is the standard
 /// test setup; tests change the pieces they care about.
 #[derive(Debug, Clone)]
@@ -290,44 +338,17 @@ impl Server {
         let config_path = dir.path().join("ferroturn.toml");
         let log_path = dir.path().join("ferroturn.log");
         fs::write(&config_path, config.to_toml(port, relay)).expect("write config");
-        let log = fs::File::create(&log_path).expect("create log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn ferroturn");
-        let mut server = Server {
+        let addr = SocketAddr::from((LOCALHOST, port));
+        let child = spawn_ferroturn(&config_path, &log_path, addr, || true)?;
+        Ok(Server {
             child,
-            addr: SocketAddr::from((LOCALHOST, port)),
+            addr,
             relay_ports: relay,
             config: config.clone(),
             log_path,
             config_path,
             dir,
-        };
-        let probe = UdpSocket::bind((LOCALHOST, 0)).expect("bind probe socket");
-        probe
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                let log = server.log();
-                // Leave `server` to Drop quietly: the caller decides.
-                return Err(format!("ferroturn exited early with {status}:\n{log}"));
-            }
-            if binding_udp(&probe, server.addr).is_some() {
-                return Ok(server);
-            }
-        }
-        let log = server.log();
-        Err(format!(
-            "ferroturn on {} did not answer a Binding request within {STARTUP_TIMEOUT:?}:\n{log}",
-            server.addr
-        ))
+        })
     }
 
     /// Everything the server wrote to stdout and stderr so far.

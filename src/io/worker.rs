@@ -81,8 +81,10 @@ pub fn run(
     now: Instant,
     unix_now: u64,
 ) {
+    // I/O and timers only: signals are the main thread's business.
     let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
+        .enable_time()
         .build()
     {
         Ok(rt) => rt,

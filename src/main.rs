@@ -106,6 +106,31 @@ fn load(path: Option<&PathBuf>, command: &str) -> Result<ferroturn::config::Conf
     })
 }
 
+/// `--config` when given (loaded and validated), else nothing.
+fn optional_config(
+    path: Option<&PathBuf>,
+    command: &str,
+) -> Result<Option<ferroturn::config::Config>, ExitCode> {
+    path.map(|_| load(path, command)).transpose()
+}
+
+/// Where the admin API is and how to authenticate to it, from the flags,
+/// else `--config`'s `[admin]`, else the defaults.
+fn admin_target(
+    path: Option<&PathBuf>,
+    admin: Option<String>,
+    token: Option<String>,
+    command: &str,
+) -> Result<ferroturn::admin::client::Target, ExitCode> {
+    let config = optional_config(path, command)?;
+    ferroturn::admin::client::Target::resolve(admin.as_deref(), token, config.as_ref()).map_err(
+        |e| {
+            eprintln!("ferroturn {command}: {e}");
+            ExitCode::from(2)
+        },
+    )
+}
+
 /// Run a server (plain or with the demo) until it stops.
 fn serve(
     path: Option<&PathBuf>,
@@ -146,12 +171,9 @@ fn main() -> ExitCode {
             json,
             urls,
         } => {
-            let config = match &cli.config {
-                Some(_) => match load(cli.config.as_ref(), "credentials") {
-                    Ok(c) => Some(c),
-                    Err(code) => return code,
-                },
-                None => None,
+            let config = match optional_config(cli.config.as_ref(), "credentials") {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             let Some(secret) = secret.or_else(|| config.as_ref()?.secrets.first().cloned()) else {
                 eprintln!("ferroturn credentials: give --secret, or --config with [auth] secrets");
@@ -185,20 +207,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Sessions { admin, token, json } => {
-            let config = match &cli.config {
-                Some(_) => match load(cli.config.as_ref(), "sessions") {
-                    Ok(c) => Some(c),
-                    Err(code) => return code,
-                },
-                None => None,
-            };
-            use ferroturn::admin::client::{Target, table};
-            let target = match Target::resolve(admin.as_deref(), token, config.as_ref()) {
+            use ferroturn::admin::client::table;
+            let target = match admin_target(cli.config.as_ref(), admin, token, "sessions") {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!("ferroturn sessions: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let shown = if json {
                 target.sessions_json().map(|j| format!("{j}\n"))
@@ -222,20 +234,9 @@ fn main() -> ExitCode {
             admin,
             token,
         } => {
-            let config = match &cli.config {
-                Some(_) => match load(cli.config.as_ref(), "kill") {
-                    Ok(c) => Some(c),
-                    Err(code) => return code,
-                },
-                None => None,
-            };
-            use ferroturn::admin::client::Target;
-            let target = match Target::resolve(admin.as_deref(), token, config.as_ref()) {
+            let target = match admin_target(cli.config.as_ref(), admin, token, "kill") {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!("ferroturn kill: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let (closed, what) = match (&user, relay_port) {
                 (Some(u), _) => (target.kill_user(u), format!("of user {u}")),

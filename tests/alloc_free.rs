@@ -3,17 +3,16 @@
 //! heap allocations made by any thread of this process while it happens.
 
 mod common;
+mod raw;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ferroturn::proto::stun::{self as wire, Request};
-use stun::attributes::*;
-use stun::message::*;
+use raw::{Link, RawClient};
 
 struct Counting;
 
@@ -37,13 +36,6 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const REALM: &str = "alloc.test";
-
-fn request(sock: &UdpSocket, server: SocketAddr, pkt: &[u8]) -> Message {
-    sock.send_to(pkt, server).unwrap();
-    let mut buf = [0u8; 1500];
-    let (n, _) = sock.recv_from(&mut buf).unwrap();
-    wire::decode(&buf[..n]).expect("a STUN answer")
-}
 
 #[test]
 fn relaying_channel_data_allocates_nothing() {
@@ -86,32 +78,13 @@ allow = ["127.0.0.0/8"]
         }
     });
 
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let r = request(
-        &sock,
-        addr,
-        &Request::new(METHOD_ALLOCATE).transport(17).bytes(),
-    );
-    assert_eq!(wire::error_code(&r), Some(401));
-    let nonce = wire::text(&r, ATTR_NONCE).unwrap();
-    let sign = |req: Request| req.sign("alice", REALM, "wonderland", &nonce);
-    let r = request(
-        &sock,
-        addr,
-        &sign(Request::new(METHOD_ALLOCATE).transport(17)),
-    );
-    assert_eq!(wire::error_code(&r), None);
-    let r = request(
-        &sock,
-        addr,
-        &sign(
-            Request::new(METHOD_CHANNEL_BIND)
-                .channel(0x4000)
-                .peer(peer_addr),
-        ),
-    );
-    assert_eq!(wire::error_code(&r), None);
+    // Setup with the raw client (it may allocate: nothing is counted yet).
+    let mut c = RawClient::udp(addr, REALM, "alice", "wonderland");
+    c.allocate();
+    c.channel_bind(0x4000, peer_addr);
+    let Link::Udp(sock) = &c.link else {
+        unreachable!("a UDP client")
+    };
 
     let mut pkt = [0u8; 204];
     pkt[..4].copy_from_slice(&[0x40, 0x00, 0x00, 200]);

@@ -194,7 +194,11 @@ mod tests {
     fn transports_are_told_apart() {
         use crate::addr::Via;
         assert_eq!(TRANSPORTS[transport_index(Via::Udp(3))], "udp");
-        let s = |tls| Via::Stream { listener: 0, conn: 1, tls };
+        let s = |tls| Via::Stream {
+            listener: 0,
+            conn: 1,
+            tls,
+        };
         assert_eq!(TRANSPORTS[transport_index(s(false))], "tcp");
         assert_eq!(TRANSPORTS[transport_index(s(true))], "tls");
     }

@@ -254,6 +254,8 @@ pub struct Engine {
     limiter: SourceLimiter,
     /// Set by [`Engine::drain`]: the alternate server, if any.
     draining: Option<Option<SocketAddr>>,
+    /// When a denied Send indication was last logged.
+    send_denial_logged: Option<Instant>,
     pub stats: Stats,
 }
 
@@ -277,6 +279,7 @@ impl Engine {
             txid_counter: seed.rotate_left(17),
             limiter: SourceLimiter::new(now, seed.rotate_left(29)),
             draining: None,
+            send_denial_logged: None,
             stats: Stats::default(),
         }
     }

@@ -93,8 +93,16 @@ impl Engine {
         if !a.permits(peer.ip(), now) {
             self.stats.dropped += 1;
             if let Err(d) = self.cfg.policy.check(peer) {
-                tracing::debug!(%client, %peer, rule = %d, "send to denied peer");
                 self.stats.policy_denials += 1;
+                // Logged at info like every denial, but at most once a
+                // second: a client must not be able to flood the log.
+                if self
+                    .send_denial_logged
+                    .is_none_or(|t| now >= t + Duration::from_secs(1))
+                {
+                    self.send_denial_logged = Some(now);
+                    tracing::info!(%client, %peer, rule = %d, "peer denied (Send indication)");
+                }
             }
             return None;
         }

@@ -170,15 +170,15 @@ impl PeerPolicy {
                 rule: "core: this server's own admin or metrics listener".into(),
             });
         }
-        if self.own_relays.contains(&ip)
-            && (self.relay_ports.0..=self.relay_ports.1).contains(&peer.port())
-        {
-            return Ok(());
-        }
         if let Some(c) = self.deny.iter().find(|c| c.contains(ip)) {
             return Err(Denied {
                 rule: format!("peers.deny {c}"),
             });
+        }
+        if self.own_relays.contains(&ip)
+            && (self.relay_ports.0..=self.relay_ports.1).contains(&peer.port())
+        {
+            return Ok(());
         }
         let allowed = self.allow.iter().any(|c| c.contains(ip));
         if !allowed {
@@ -197,12 +197,13 @@ impl PeerPolicy {
                     rule: format!("peers.deny {c} (embedded {v4})"),
                 });
             }
-            if !allowed {
-                if let Some(c) = self.defaults.iter().find(|c| c.contains(v4)) {
-                    return Err(Denied {
-                        rule: format!("default deny {c} (embedded {v4})"),
-                    });
-                }
+            // Whatever allowed the IPv6 address as a whole: an embedded
+            // IPv4 is only ever opened by an IPv4 `allow` in its own form,
+            // which does not apply here.
+            if let Some(c) = self.defaults.iter().find(|c| c.contains(v4)) {
+                return Err(Denied {
+                    rule: format!("default deny {c} (embedded {v4})"),
+                });
             }
         }
         Ok(())
@@ -314,6 +315,20 @@ mod tests {
         let p = policy(&[]);
         assert!(p.check("198.51.100.9:50000".parse().unwrap()).is_ok());
         assert!(p.check("198.51.100.9:80".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_allow_never_opens_embedded_ipv4() {
+        let p = policy(&["::/0"]);
+        for a in [
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::1",
+        ] {
+            assert!(denied(&p, a), "{a} should stay denied");
+        }
+        assert!(!denied(&p, "2606:4700::1111"));
     }
 
     #[test]

@@ -1686,3 +1686,42 @@ fn a_failed_ipv6_bind_retries_then_gives_up_cleanly() {
     assert_eq!(t.e.free_ports(), 10);
     assert_eq!(t.e.cfg.shared.total(), 0);
 }
+
+#[test]
+fn attributes_after_integrity_sha256_are_ignored() {
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let n = t.nonce_for(c);
+    let key = Key::sha256("alice", REALM, "wonderland");
+    let signer = Signer {
+        key,
+        mac: Mac::Sha256,
+    };
+    let req = Req::new(METHOD_CREATE_PERMISSION)
+        .peer(peer(PEER))
+        .sign_with(
+            wire::User::Name("alice"),
+            REALM,
+            &n,
+            Some(ALGORITHM_SHA256),
+            &signer,
+        );
+    // Append an XOR-PEER-ADDRESS after the signature, header length fixed.
+    let mut m = wire::decode(&req).unwrap();
+    let extra = {
+        let mut v = [0u8; 8];
+        wire::write_xor_address(&mut v, peer("8.8.8.8:53"), &m.transaction_id.0);
+        v
+    };
+    m.add(ATTR_XOR_PEER_ADDRESS, &extra);
+    let r = t.one(c, &m.raw);
+    assert_eq!(code(&r), None, "the signed part is valid");
+    let id = t.e.allocation_of(c).unwrap();
+    let a = t.e.allocation(id).unwrap();
+    assert!(a.permits(peer(PEER).ip(), t.now));
+    assert!(
+        !a.permits(peer("8.8.8.8:53").ip(), t.now),
+        "the unsigned peer was not installed"
+    );
+}

@@ -421,9 +421,10 @@ fn update_from(config: &Config, realm: &str, nonce_secret: &[u8]) -> Update {
 }
 
 fn policy_from(config: &Config) -> PeerPolicy {
-    let mut own = vec![config.relay.public_address, config.relay.address];
+    // Only the advertised relay addresses: the bind address may be a
+    // private one with other services on it.
+    let mut own = vec![config.relay.public_address];
     own.extend(config.relay.public_address_v6);
-    own.extend(config.relay.address_v6);
     let mut core = Vec::new();
     core.extend(config.metrics);
     core.extend(config.admin.as_ref().map(|a| a.address));

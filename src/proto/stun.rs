@@ -74,13 +74,15 @@ pub fn has_fingerprint(m: &Message) -> bool {
     m.contains(ATTR_FINGERPRINT)
 }
 
-/// The attributes of the message that precede MESSAGE-INTEGRITY (RFC 8489
-/// §14.5: everything after it but FINGERPRINT is to be ignored).
+/// The attributes of the message that precede MESSAGE-INTEGRITY or
+/// MESSAGE-INTEGRITY-SHA256 (RFC 8489 §14.5, §14.6: everything after them
+/// but FINGERPRINT is to be ignored).
 pub fn attrs_before_integrity(m: &Message) -> impl Iterator<Item = &RawAttribute> {
+    // Either integrity attribute ends what the signature covers.
     m.attributes
         .0
         .iter()
-        .take_while(|a| a.typ != ATTR_MESSAGE_INTEGRITY)
+        .take_while(|a| a.typ != ATTR_MESSAGE_INTEGRITY && a.typ != ATTR_MESSAGE_INTEGRITY_SHA256)
 }
 
 /// The value of the first attribute of type `t` before MESSAGE-INTEGRITY.

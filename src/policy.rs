@@ -232,8 +232,11 @@ fn embedded_v4(ip: IpAddr) -> Vec<Ipv4Addr> {
     let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
     let mut out = Vec::new();
     let top96 = u128::from(v6) >> 32;
-    // ::ffff:0:0/96 mapped, ::ffff:0:0:0/96 translated, ::/96 compatible.
-    if top96 == 0xffff || top96 == 0xffff_0000 || top96 == 0 {
+    // ::ffff:0:0/96 mapped, ::ffff:0:0:0/96 translated, ::/96 compatible
+    // (but :: and ::1, which are not IPv4-compatible addresses: RFC 4291
+    // §2.5.5.1; the IPv6 rules judge them).
+    let low = u32::from(last);
+    if top96 == 0xffff || top96 == 0xffff_0000 || (top96 == 0 && low > 1) {
         out.push(last);
     }
     // 64:ff9b::/96 well-known NAT64 and 64:ff9b:1::/48 local-use NAT64.

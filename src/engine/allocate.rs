@@ -108,14 +108,19 @@ impl Engine {
         let port = if let Some(t) = token {
             // A port another Allocate reserved (§7.2), in the family it was
             // reserved in: 508 if unknown or gone.
-            self.cfg.shared.redeem(t).map(|(port, v6)| {
-                families.v6 = v6;
-                port
-            })
+            self.cfg
+                .shared
+                .redeem(t, &authed.username)
+                .map(|(port, v6)| {
+                    families.v6 = v6;
+                    port
+                })
         } else if reserve {
             self.ports.take_pair().map(|(even, odd)| {
                 let t = self.next_token();
-                self.cfg.shared.reserve(t, odd, families.v6);
+                self.cfg
+                    .shared
+                    .reserve(t, odd, families.v6, &authed.username);
                 self.reserved
                     .push_back((now + Duration::from_secs(super::RESERVATION_SECS), t));
                 issued = Some(t);
@@ -294,7 +299,7 @@ impl Engine {
         // at the end of the pool. A retry cannot keep a reservation: the
         // pair is broken.
         if let Some(t) = token {
-            if let Some((p, _)) = self.cfg.shared.redeem(&t) {
+            if let Some(p) = self.cfg.shared.expire(&t) {
                 self.ports.release(p);
             }
         }
@@ -361,12 +366,13 @@ impl Engine {
         );
     }
 
-    /// An unguessable-enough RESERVATION-TOKEN (it only names a port that
-    /// the redeeming client must still authenticate for).
+    /// An unpredictable RESERVATION-TOKEN: a keyed MAC of a counter, with
+    /// the key from the engine's random seed.
     fn next_token(&mut self) -> [u8; 8] {
-        let t = self.next_txid();
+        self.token_counter += 1;
+        let tag = ring::hmac::sign(&self.token_key, &self.token_counter.to_be_bytes());
         let mut out = [0u8; 8];
-        out.copy_from_slice(&t[..8]);
+        out.copy_from_slice(&tag.as_ref()[..8]);
         out
     }
 

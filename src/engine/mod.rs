@@ -256,6 +256,9 @@ pub struct Engine {
     draining: Option<Option<SocketAddr>>,
     /// When a denied Send indication was last logged.
     send_denial_logged: Option<Instant>,
+    /// Keys the RESERVATION-TOKENs this engine issues.
+    token_key: ring::hmac::Key,
+    token_counter: u64,
     pub stats: Stats,
 }
 
@@ -280,6 +283,8 @@ impl Engine {
             limiter: SourceLimiter::new(now, seed.rotate_left(29)),
             draining: None,
             send_denial_logged: None,
+            token_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed.to_le_bytes()),
+            token_counter: 0,
             stats: Stats::default(),
         }
     }
@@ -414,7 +419,7 @@ impl Engine {
                 break;
             }
             self.reserved.pop_front();
-            if let Some((port, _)) = self.cfg.shared.redeem(&token) {
+            if let Some(port) = self.cfg.shared.expire(&token) {
                 self.ports.release(port);
             }
         }
@@ -738,8 +743,11 @@ impl Engine {
         // Strict expiry: a REST credential's allocations end when it does.
         let deadline = match crate::auth::rest_expiry(&username) {
             Some(exp) if self.cfg.strict_expiry && !creds.is_static(&username) => {
-                let left = (exp + self.cfg.expiry_grace.as_secs()).saturating_sub(unix);
-                Some(now + Duration::from_secs(left))
+                let left = exp
+                    .saturating_add(self.cfg.expiry_grace.as_secs())
+                    .saturating_sub(unix);
+                // An expiry too far to represent is no deadline at all.
+                now.checked_add(Duration::from_secs(left))
             }
             _ => None,
         };

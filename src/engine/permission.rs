@@ -54,6 +54,7 @@ impl Engine {
             .map(|p| p.ip())
             .filter(|ip| !a.permissions.iter().any(|q| q.ip == *ip))
             .collect();
+        new.sort_unstable();
         new.dedup();
         if a.permissions.len() + new.len() > max {
             // A quota: 508 (RFC 8656 §9.2).

@@ -9,6 +9,8 @@ use crate::addr::RelayPort;
 #[derive(Debug)]
 pub struct PortPool {
     free: VecDeque<u16>,
+    /// One bit per port: set while the port is in `free`.
+    is_free: Box<[u64]>,
 }
 
 impl PortPool {
@@ -24,33 +26,60 @@ impl PortPool {
             let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
             ports.swap(i, (r % (i as u64 + 1)) as usize);
         }
-        PortPool { free: ports.into() }
+        let mut is_free = vec![0u64; 1024].into_boxed_slice();
+        for &p in &ports {
+            is_free[p as usize / 64] |= 1 << (p % 64);
+        }
+        PortPool {
+            free: ports.into(),
+            is_free,
+        }
     }
 
     /// Take a free port, an even one if `even` (RFC 8656 §14.6 EVEN-PORT).
     pub fn take(&mut self, even: bool) -> Option<RelayPort> {
-        if !even {
-            return self.free.pop_front().map(RelayPort);
+        let p = if even {
+            let i = self.free.iter().position(|p| p % 2 == 0)?;
+            self.free.remove(i)?
+        } else {
+            self.free.pop_front()?
+        };
+        self.mark(p, false);
+        Some(RelayPort(p))
+    }
+
+    fn mark(&mut self, p: u16, free: bool) {
+        let (w, b) = (p as usize / 64, 1u64 << (p % 64));
+        if free {
+            self.is_free[w] |= b;
+        } else {
+            self.is_free[w] &= !b;
         }
-        let i = self.free.iter().position(|p| p % 2 == 0)?;
-        self.free.remove(i).map(RelayPort)
+    }
+
+    fn free_bit(&self, p: u16) -> bool {
+        self.is_free[p as usize / 64] & (1 << (p % 64)) != 0
     }
 
     /// Take an even port and the odd one after it (EVEN-PORT with the R
     /// bit, RFC 8656 §14.6: the next-higher port is reserved).
     pub fn take_pair(&mut self) -> Option<(RelayPort, RelayPort)> {
+        // One pass over the free list, the partner looked up in the bitmap.
         let i = self
             .free
             .iter()
-            .position(|&p| p % 2 == 0 && p < u16::MAX && self.free.contains(&(p + 1)))?;
+            .position(|&p| p % 2 == 0 && p < u16::MAX && self.free_bit(p + 1))?;
         let even = self.free.remove(i)?;
         let j = self.free.iter().position(|&p| p == even + 1)?;
         let odd = self.free.remove(j)?;
+        self.mark(even, false);
+        self.mark(odd, false);
         Some((RelayPort(even), RelayPort(odd)))
     }
 
     /// Give a port back.
     pub fn release(&mut self, port: RelayPort) {
+        self.mark(port.0, true);
         self.free.push_back(port.0);
     }
 

@@ -11,13 +11,22 @@ use std::time::Instant;
 use crate::addr::RelayPort;
 use crate::config::Limits;
 
+/// A relay port held for a RESERVATION-TOKEN.
+#[derive(Debug)]
+struct Reservation {
+    port: RelayPort,
+    v6: bool,
+    /// Only the user who reserved it may redeem it.
+    user: String,
+}
+
 /// State every worker's engine shares. Only the control plane touches it
 /// (Allocate and allocation removal), never the data path.
 #[derive(Debug, Default)]
 pub struct Shared {
     /// Ports held for a RESERVATION-TOKEN (RFC 8656 §7.2, §14.9): the
     /// Allocate that redeems it may arrive at another worker.
-    reservations: Mutex<HashMap<[u8; 8], (RelayPort, bool)>>,
+    reservations: Mutex<HashMap<[u8; 8], Reservation>>,
     /// Allocations held per user.
     users: Mutex<HashMap<String, u32>>,
     /// Allocations held in all.
@@ -26,14 +35,30 @@ pub struct Shared {
 
 impl Shared {
     /// Hold `port` (of the IPv6 family if `v6`) for `token`.
-    pub(super) fn reserve(&self, token: [u8; 8], port: RelayPort, v6: bool) {
-        lock(&self.reservations).insert(token, (port, v6));
+    /// Hold `port` (of the IPv6 family if `v6`) for `token`, for `user`.
+    pub(super) fn reserve(&self, token: [u8; 8], port: RelayPort, v6: bool, user: &str) {
+        let r = Reservation {
+            port,
+            v6,
+            user: user.to_owned(),
+        };
+        lock(&self.reservations).insert(token, r);
     }
 
-    /// Redeem a token: its port and family, once.
-    pub(super) fn redeem(&self, token: &[u8]) -> Option<(RelayPort, bool)> {
+    /// Redeem a token for `user`: its port and family, once. Another user's
+    /// token redeems nothing (and stays for its owner).
+    pub(super) fn redeem(&self, token: &[u8], user: &str) -> Option<(RelayPort, bool)> {
         let token: [u8; 8] = token.try_into().ok()?;
-        lock(&self.reservations).remove(&token)
+        let mut held = lock(&self.reservations);
+        match held.get(&token) {
+            Some(r) if r.user == user => held.remove(&token).map(|r| (r.port, r.v6)),
+            _ => None,
+        }
+    }
+
+    /// Drop a token whatever its user (expiry, or a broken pair): its port.
+    pub(super) fn expire(&self, token: &[u8; 8]) -> Option<RelayPort> {
+        lock(&self.reservations).remove(token).map(|r| r.port)
     }
 
     /// Count a new allocation for `user`, or the error code that refuses

@@ -8,6 +8,10 @@ use super::{Engine, stats};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
 
+/// Largest payload a Data indication can carry: a 65,535-byte body less
+/// XOR-PEER-ADDRESS (IPv6: 24 bytes) and the DATA header (4), padded.
+const MAX_DATA_INDICATION_PAYLOAD: usize = 65_535 - 24 - 4 - 3;
+
 /// A packet for a client: send `buf[start..end]` to `client`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ToClient {
@@ -48,12 +52,16 @@ impl Engine {
         a.counters.to_client_packets += 1;
         a.counters.to_client_bytes += (end - start) as u64;
         let client = a.client;
+        let channel = a.channel_by_peer(peer, now).map(|c| c.number.get());
+        // Without a channel the payload goes in a Data indication, whose
+        // length field cannot describe more than 65,535 bytes of body.
+        if channel.is_none() && end - start > MAX_DATA_INDICATION_PAYLOAD {
+            self.stats.dropped += 1;
+            return None;
+        }
         self.stats.relayed[stats::TO_CLIENT][stats::transport_index(client.via)].add(end - start);
-        let (s, e) = match a.channel_by_peer(peer, now) {
-            Some(c) => {
-                let n = c.number.get();
-                channel_data::frame_in_place(buf, start, end, n, client.via.is_stream())
-            }
+        let (s, e) = match channel {
+            Some(n) => channel_data::frame_in_place(buf, start, end, n, client.via.is_stream()),
             None => {
                 let txid = self.next_txid();
                 channel_data::data_indication_in_place(buf, start, end, peer.0, txid)

@@ -1725,3 +1725,44 @@ fn attributes_after_integrity_sha256_are_ignored() {
         "the unsigned peer was not installed"
     );
 }
+
+#[test]
+fn a_reservation_token_serves_only_the_user_who_reserved_it() {
+    let mut t = T::new();
+    let r = t.signed(
+        client(1),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_EVEN_PORT, &[0x80]),
+    );
+    let token = wire::attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
+    let n = t.nonce_for(client(2));
+    let r = t.one(
+        client(2),
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_RESERVATION_TOKEN, &token)
+            .sign_as("bob", "builder", &n),
+    );
+    assert_eq!(code(&r), Some(508), "bob cannot take alice's port");
+    let r = t.signed(
+        client(3),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_RESERVATION_TOKEN, &token),
+    );
+    assert_eq!(code(&r), None, "alice still can");
+}
+
+#[test]
+fn an_absurd_rest_expiry_is_no_deadline() {
+    let mut t = T::new();
+    let (u, p) = crate::auth::rest_credentials("s3cret", "far", u64::MAX - 1);
+    let n = t.nonce_for(client(1));
+    let r = t.one(
+        client(1),
+        &Req::new(METHOD_ALLOCATE).transport(17).sign_as(&u, &p, &n),
+    );
+    assert_eq!(code(&r), None);
+    assert_eq!(wire::u32_attr(&r, ATTR_LIFETIME), Some(Ok(600)));
+}

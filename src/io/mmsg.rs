@@ -4,7 +4,7 @@
 //! worker: nothing here allocates.
 
 use std::io;
-use std::mem::{MaybeUninit, size_of, zeroed};
+use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
@@ -45,7 +45,8 @@ impl Default for Batch {
 
 /// Receive up to [`SLOTS`] datagrams from `fd` (non-blocking); how many.
 pub fn recv(fd: RawFd, b: &mut Batch) -> io::Result<usize> {
-    let mut names: [MaybeUninit<libc::sockaddr_storage>; SLOTS] = [MaybeUninit::uninit(); SLOTS];
+    // Zeroed, so that whatever part the kernel leaves is still initialised.
+    let mut names: [libc::sockaddr_storage; SLOTS] = unsafe { zeroed() };
     let mut iovs: [libc::iovec; SLOTS] = unsafe { zeroed() };
     let mut hdrs: [libc::mmsghdr; SLOTS] = unsafe { zeroed() };
     let base = b.data.as_mut_ptr();
@@ -54,7 +55,7 @@ pub fn recv(fd: RawFd, b: &mut Batch) -> io::Result<usize> {
             iov_base: unsafe { base.add(Batch::base(i) + HEADROOM) } as *mut libc::c_void,
             iov_len: MAX_PAYLOAD,
         };
-        hdrs[i].msg_hdr.msg_name = names[i].as_mut_ptr() as *mut libc::c_void;
+        hdrs[i].msg_hdr.msg_name = &mut names[i] as *mut _ as *mut libc::c_void;
         hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
@@ -74,9 +75,7 @@ pub fn recv(fd: RawFd, b: &mut Batch) -> io::Result<usize> {
     let n = n as usize;
     for i in 0..n {
         b.len[i] = hdrs[i].msg_len as usize;
-        // The kernel wrote the source address for every datagram it gave.
-        let name = unsafe { names[i].assume_init_ref() };
-        b.from[i] = from_sockaddr(name).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        b.from[i] = from_sockaddr(&names[i]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     }
     Ok(n)
 }

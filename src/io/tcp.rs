@@ -24,6 +24,11 @@ use crate::proto::framing::next_frame_len;
 /// Most bytes queued for one slow TCP client before further packets are
 /// dropped (relayed media is loss-tolerant; memory is not unbounded).
 const MAX_QUEUED: usize = 1 << 20;
+/// How long a connection may stay silent while it has no allocation.
+const UNALLOCATED_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most stream connections one worker holds; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 16_384;
+
 /// Largest frame: a STUN header plus a 65,535-byte body.
 const MAX_FRAME: usize = 20 + 65_535;
 
@@ -148,6 +153,10 @@ fn start(
     writer: Writer,
     what: &'static str,
 ) {
+    if w.borrow().conns.len() >= MAX_CONNECTIONS {
+        tracing::warn!(%remote, "too many stream connections on this worker; closing");
+        return;
+    }
     let id = w.borrow_mut().conn_id();
     let tls = direct.is_none();
     let conn = Rc::new(Conn {
@@ -189,7 +198,18 @@ async fn read_loop(w: &Shared, mut reader: Reader, client: ClientAddr) {
             // Only grows when a frame announced more than fits.
             buf.resize((buf.len() * 2).min(MAX_FRAME), 0);
         }
-        match reader.read(&mut buf[filled..]).await {
+        // A connection without an allocation may idle only so long: it
+        // holds a socket and a buffer without having authenticated.
+        let read = reader.read(&mut buf[filled..]);
+        let n = match tokio::time::timeout(UNALLOCATED_IDLE, read).await {
+            Ok(r) => r,
+            Err(_) if w.borrow().engine.allocation_of(client).is_none() => {
+                tracing::debug!(%client, "idle without an allocation; closing");
+                return;
+            }
+            Err(_) => continue,
+        };
+        match n {
             Ok(0) | Err(_) => return,
             Ok(n) => filled += n,
         }

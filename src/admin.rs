@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::engine::Session;
-use crate::engine::stats::{TRANSPORTS, transport_index};
+use crate::engine::stats::{TO_CLIENT, TO_PEER, TRANSPORTS, transport_index};
 use crate::http::{self, Request, Response};
 use crate::io::Control;
 
@@ -59,7 +59,10 @@ pub struct Traffic {
 
 impl SessionInfo {
     pub fn from_session(s: &Session) -> SessionInfo {
-        let c = &s.counters;
+        let t = |dir: usize| Traffic {
+            packets: s.traffic[dir].packets,
+            bytes: s.traffic[dir].bytes,
+        };
         SessionInfo {
             user: s.user.clone(),
             client: s.client.remote.to_string(),
@@ -68,14 +71,8 @@ impl SessionInfo {
             relay_port: s.relayed.port(),
             relay_v6: s.relayed_extra.map(|r| r.to_string()),
             age_seconds: s.age.as_secs(),
-            to_peer: Traffic {
-                packets: c.to_peer_packets,
-                bytes: c.to_peer_bytes,
-            },
-            to_client: Traffic {
-                packets: c.to_client_packets,
-                bytes: c.to_client_bytes,
-            },
+            to_peer: t(TO_PEER),
+            to_client: t(TO_CLIENT),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use stun::attributes::*;
 use stun::message::Message;
 
-use super::allocation::{Allocation, Counters, State};
+use super::allocation::{Allocation, State};
 use super::quota::Meter;
 use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, Authed, Engine, Output};
 use crate::addr::{AllocId, ClientAddr};
@@ -164,9 +164,8 @@ impl Engine {
             permissions: Vec::new(),
             channels: Vec::new(),
             scheduled: None,
-            counters: Counters::default(),
-            to_peer_meter: Meter::new(now, &self.cfg.limits),
-            to_client_meter: Meter::new(now, &self.cfg.limits),
+            traffic: Default::default(),
+            meters: [Meter::new(now, &self.cfg.limits); 2],
         });
         self.by_client.insert(client, id);
         self.out.push_back(Output::OpenRelay {

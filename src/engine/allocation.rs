@@ -5,7 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::quota::Meter;
+use super::stats::Traffic;
+pub use super::stats::{TO_CLIENT, TO_PEER};
 use crate::addr::{ChannelNumber, ClientAddr, PeerAddr, RelayPort};
+use crate::config::Limits;
 use crate::proto::integrity::Signer;
 
 /// Permission lifetime, fixed by RFC 8656 §9.
@@ -24,15 +27,6 @@ pub struct Channel {
     pub number: ChannelNumber,
     pub peer: PeerAddr,
     pub expires: Instant,
-}
-
-/// Traffic counters, per direction.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
-    pub to_peer_packets: u64,
-    pub to_peer_bytes: u64,
-    pub to_client_packets: u64,
-    pub to_client_bytes: u64,
 }
 
 /// Whether the relay socket is open yet.
@@ -75,10 +69,10 @@ pub struct Allocation {
     pub channels: Vec<Channel>,
     /// The wake-up time queued for this allocation, if any.
     pub scheduled: Option<Instant>,
-    pub counters: Counters,
-    /// Bandwidth and packet-rate ceilings, per direction.
-    pub to_peer_meter: Meter,
-    pub to_client_meter: Meter,
+    /// Relayed traffic, by direction ([`TO_PEER`], [`TO_CLIENT`]).
+    pub traffic: [Traffic; 2],
+    /// Bandwidth and packet-rate ceilings, by direction.
+    pub meters: [Meter; 2],
 }
 
 impl Allocation {
@@ -110,6 +104,17 @@ impl Allocation {
         self.channels
             .iter()
             .find(|c| c.peer == peer && c.expires > now)
+    }
+
+    /// Let `len` bytes through in direction `dir` if the ceilings allow,
+    /// and count them; false when a ceiling drops the packet.
+    #[inline]
+    pub fn admit(&mut self, now: Instant, dir: usize, len: usize, limits: &Limits) -> bool {
+        if !self.meters[dir].allow(now, len, limits) {
+            return false;
+        }
+        self.traffic[dir].add(len);
+        true
     }
 
     /// Whether the allocation has a relay of `peer`'s address family.

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use stun::message::Message;
 
-use super::allocation::{CHANNEL_LIFETIME_SECS, Channel, PERMISSION_LIFETIME_SECS};
+use super::allocation::{CHANNEL_LIFETIME_SECS, Channel, PERMISSION_LIFETIME_SECS, TO_PEER};
 use super::{Authed, Engine, ToPeer, stats};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
@@ -88,20 +88,17 @@ impl Engine {
             let id = *self.by_client.get(&client)?;
             let a = self.allocs[id.0 as usize].as_mut()?;
             let peer = a.channel_by_number(h.channel, now)?.peer;
-            a.permits(peer.0.ip(), now).then_some((id, peer, h.len))
+            a.permits(peer.0.ip(), now).then_some((id, a, peer, h.len))
         });
-        let Some((id, peer, len)) = found else {
+        let Some((id, a, peer, len)) = found else {
             self.stats.dropped += 1;
             return None;
         };
-        let a = self.allocs[id.0 as usize].as_mut()?;
-        if !a.to_peer_meter.allow(now, len, &self.cfg.limits) {
+        if !a.admit(now, TO_PEER, len, &self.cfg.limits) {
             self.stats.rate_limited += 1;
             return None;
         }
-        a.counters.to_peer_packets += 1;
-        a.counters.to_peer_bytes += len as u64;
-        self.stats.relayed[stats::TO_PEER][stats::transport_index(client.via)].add(len);
+        self.stats.relayed[TO_PEER][stats::transport_index(client.via)].add(len);
         Some(ToPeer {
             relay: id,
             peer,

@@ -145,7 +145,8 @@ pub struct Session {
     /// The IPv6 relay of a dual allocation.
     pub relayed_extra: Option<SocketAddr>,
     pub age: Duration,
-    pub counters: allocation::Counters,
+    /// Relayed traffic, by direction ([`stats::TO_PEER`], [`stats::TO_CLIENT`]).
+    pub traffic: [stats::Traffic; 2],
 }
 
 /// Point-in-time figures for metrics.
@@ -323,7 +324,7 @@ impl Engine {
                 relayed: a.relayed,
                 relayed_extra: a.extra.map(|e| e.1),
                 age: now.saturating_duration_since(a.created),
-                counters: a.counters,
+                traffic: a.traffic,
             })
             .collect()
     }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use stun::attributes::ATTR_DATA;
 use stun::message::Message;
 
-use super::allocation::PERMISSION_LIFETIME_SECS;
+use super::allocation::{PERMISSION_LIFETIME_SECS, TO_PEER};
 use super::{Authed, Engine, ToPeer, stats};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::stun as wire;
@@ -107,13 +107,11 @@ impl Engine {
             }
             return None;
         }
-        if !a.to_peer_meter.allow(now, end - start, &limits) {
+        if !a.admit(now, TO_PEER, end - start, &limits) {
             self.stats.rate_limited += 1;
             return None;
         }
-        a.counters.to_peer_packets += 1;
-        a.counters.to_peer_bytes += (end - start) as u64;
-        self.stats.relayed[stats::TO_PEER][stats::transport_index(client.via)].add(end - start);
+        self.stats.relayed[TO_PEER][stats::transport_index(client.via)].add(end - start);
         Some(ToPeer {
             relay: id,
             peer: PeerAddr(peer),

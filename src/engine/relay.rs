@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::allocation::TO_CLIENT;
 use super::{Engine, stats};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
@@ -45,12 +46,6 @@ impl Engine {
             self.stats.dropped += 1;
             return None;
         }
-        if !a.to_client_meter.allow(now, end - start, &self.cfg.limits) {
-            self.stats.rate_limited += 1;
-            return None;
-        }
-        a.counters.to_client_packets += 1;
-        a.counters.to_client_bytes += (end - start) as u64;
         let client = a.client;
         let channel = a.channel_by_peer(peer, now).map(|c| c.number.get());
         // Without a channel the payload goes in a Data indication, whose
@@ -59,7 +54,11 @@ impl Engine {
             self.stats.dropped += 1;
             return None;
         }
-        self.stats.relayed[stats::TO_CLIENT][stats::transport_index(client.via)].add(end - start);
+        if !a.admit(now, TO_CLIENT, end - start, &self.cfg.limits) {
+            self.stats.rate_limited += 1;
+            return None;
+        }
+        self.stats.relayed[TO_CLIENT][stats::transport_index(client.via)].add(end - start);
         let (s, e) = match channel {
             Some(n) => channel_data::frame_in_place(buf, start, end, n, client.via.is_stream()),
             None => {

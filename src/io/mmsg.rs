@@ -19,6 +19,15 @@ pub struct Batch {
     pub data: Box<[u8]>,
     pub len: [usize; SLOTS],
     pub from: [SocketAddr; SLOTS],
+    /// Message headers for `recvmmsg` and `sendmmsg`, zeroed once; each call
+    /// sets only the fields it uses.
+    headers: Box<Headers>,
+}
+
+struct Headers {
+    names: [libc::sockaddr_storage; SLOTS],
+    iovs: [libc::iovec; SLOTS],
+    hdrs: [libc::mmsghdr; SLOTS],
 }
 
 impl Batch {
@@ -27,7 +36,14 @@ impl Batch {
             data: vec![0u8; SLOTS * BUF_LEN].into_boxed_slice(),
             len: [0; SLOTS],
             from: [SocketAddr::from(([0, 0, 0, 0], 0)); SLOTS],
+            // All-zero is a valid value of each of these C structs.
+            headers: Box::new(unsafe { zeroed() }),
         }
+    }
+
+    /// Send `outs` from this batch's buffers (see [`send`]).
+    pub fn send(&mut self, outs: &mut [Out]) -> usize {
+        send(&self.data, &mut self.headers, outs)
     }
 
     /// Offset of slot `i` in `data`.
@@ -45,10 +61,7 @@ impl Default for Batch {
 
 /// Receive up to [`SLOTS`] datagrams from `fd` (non-blocking); how many.
 pub fn recv(fd: RawFd, b: &mut Batch) -> io::Result<usize> {
-    // Zeroed, so that whatever part the kernel leaves is still initialised.
-    let mut names: [libc::sockaddr_storage; SLOTS] = unsafe { zeroed() };
-    let mut iovs: [libc::iovec; SLOTS] = unsafe { zeroed() };
-    let mut hdrs: [libc::mmsghdr; SLOTS] = unsafe { zeroed() };
+    let Headers { names, iovs, hdrs } = &mut *b.headers;
     let base = b.data.as_mut_ptr();
     for i in 0..SLOTS {
         iovs[i] = libc::iovec {
@@ -92,7 +105,7 @@ pub struct Out {
 /// Send every datagram in `outs` (bytes from `data`), one `sendmmsg` per run
 /// of datagrams from the same socket. Datagrams of one socket keep their
 /// order. Returns how many could not be sent (socket buffer full).
-pub fn send(data: &[u8], outs: &mut [Out]) -> usize {
+fn send(data: &[u8], h: &mut Headers, outs: &mut [Out]) -> usize {
     // Group by socket; the index keeps each socket's order (and the sort
     // unstable, which does not allocate).
     if outs.len() > 1 {
@@ -106,17 +119,15 @@ pub fn send(data: &[u8], outs: &mut [Out]) -> usize {
         while j < outs.len() && outs[j].fd == fd && j - i < SLOTS {
             j += 1;
         }
-        dropped += send_run(fd, data, &outs[i..j]);
+        dropped += send_run(fd, data, h, &outs[i..j]);
         i = j;
     }
     dropped
 }
 
-fn send_run(fd: RawFd, data: &[u8], outs: &[Out]) -> usize {
+fn send_run(fd: RawFd, data: &[u8], h: &mut Headers, outs: &[Out]) -> usize {
     let n = outs.len();
-    let mut names: [libc::sockaddr_storage; SLOTS] = unsafe { zeroed() };
-    let mut iovs: [libc::iovec; SLOTS] = unsafe { zeroed() };
-    let mut hdrs: [libc::mmsghdr; SLOTS] = unsafe { zeroed() };
+    let Headers { names, iovs, hdrs } = h;
     for (k, o) in outs.iter().enumerate() {
         let len = to_sockaddr(o.to, &mut names[k]);
         iovs[k] = libc::iovec {
@@ -156,6 +167,8 @@ fn send_run(fd: RawFd, data: &[u8], outs: &[Out]) -> usize {
 }
 
 fn to_sockaddr(a: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    // The slot may hold a longer address from an earlier call.
+    *s = unsafe { zeroed() };
     match a {
         SocketAddr::V4(v4) => {
             let sin = s as *mut _ as *mut libc::sockaddr_in;
@@ -231,7 +244,8 @@ mod tests {
                     to,
                 })
                 .collect();
-            assert_eq!(send(&data, &mut outs), 0);
+            let mut h: Box<Headers> = Box::new(unsafe { zeroed() });
+            assert_eq!(send(&data, &mut h, &mut outs), 0);
             std::thread::sleep(std::time::Duration::from_millis(50));
             let mut batch = Batch::new();
             let n = recv(rx.as_raw_fd(), &mut batch).unwrap();

@@ -247,7 +247,7 @@ impl Worker {
     /// Send the datagrams queued by this batch: one `sendmmsg` per socket.
     fn send_outs(&mut self) {
         if !self.outs.is_empty() {
-            self.send_drops += mmsg::send(&self.batch.data, &mut self.outs) as u64;
+            self.send_drops += self.batch.send(&mut self.outs) as u64;
             self.outs.clear();
         }
     }

@@ -7,7 +7,6 @@ mod raw;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::UdpSocket;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -39,25 +38,7 @@ const REALM: &str = "alloc.test";
 
 #[test]
 fn relaying_channel_data_allocates_nothing() {
-    let (lo, hi) = common::relay_block();
-    let config = format!(
-        r#"
-realm = "{REALM}"
-[server]
-workers = 2
-[[listen]]
-address = "127.0.0.1:0"
-transports = ["udp"]
-[relay]
-address = "127.0.0.1"
-ports = "{lo}-{hi}"
-[auth]
-users = {{ alice = "wonderland" }}
-[peers]
-allow = ["127.0.0.0/8"]
-"#
-    );
-    let config = ferroturn::config::parse(Path::new("alloc.toml"), &config).unwrap();
+    let config = raw::loopback_config(REALM, "[\"udp\"]", common::relay_block());
     let server = ferroturn::io::Server::start(config).unwrap();
     let addr = server.listen[0];
 

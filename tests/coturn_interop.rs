@@ -82,15 +82,7 @@ fn run_uclient_on(server: &Server, peer: &CoturnPeer, args: &[&str], host: &str)
     assert!(!timed_out, "killed after {UCLIENT_LIMIT:?}: {context}");
     assert_eq!(code, Some(0), "{context}");
     let s = parse_summary(&output).unwrap_or_else(|| panic!("no final summary: {context}"));
-    assert!(
-        s.sent >= MESSAGES * CLIENTS,
-        "too few sent: {s:?}\n{context}"
-    );
-    assert!(s.received > 0, "nothing received: {s:?}\n{context}");
-    assert_eq!(s.received, s.sent, "{s:?}\n{context}");
-    assert_eq!(s.received_bytes, s.sent_bytes, "{s:?}\n{context}");
-    assert_eq!(s.lost, 0, "lost packets: {s:?}\n{context}");
-    assert_eq!(s.send_dropped, 0, "send dropped: {s:?}\n{context}");
+    s.assert_complete(MESSAGES * CLIENTS, &context);
     s
 }
 

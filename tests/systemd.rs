@@ -359,19 +359,25 @@ impl Drop for Child {
     }
 }
 
-#[test]
-fn notify_ready_watchdog_reload_stopping() {
-    let dir = TempDir::new("notify");
+/// Start ferroturn as systemd would: `NOTIFY_SOCKET` naming a socket the
+/// test reads, `WATCHDOG_USEC=200000`, and `WATCHDOG_PID` as given. Returns
+/// the scratch directory (keep it), the notifications, the child and the
+/// port it listens on.
+fn start_notified(
+    tag: &str,
+    workers: usize,
+    watchdog_pid: Option<&str>,
+) -> (TempDir, Notifications, Child, u16) {
+    let dir = TempDir::new(tag);
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    let mut notes = Notifications {
+    let notes = Notifications {
         sock,
         seen: Vec::new(),
     };
-
     let port = free_port();
     let config = ServerConfig {
-        workers: Some(2),
+        workers: Some(workers),
         log_level: "info".into(),
         ..ServerConfig::default()
     };
@@ -379,19 +385,26 @@ fn notify_ready_watchdog_reload_stopping() {
     fs::write(&config_path, config.to_toml(port, relay_block())).unwrap();
     let log = dir.path().join("ferroturn.log");
     let log_file = fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
-        .arg("--config")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroturn"));
+    cmd.arg("--config")
         .arg(&config_path)
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "200000")
-        .env_remove("WATCHDOG_PID")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("spawn ferroturn");
-    let mut child = Child { child, log };
+        .stderr(log_file);
+    match watchdog_pid {
+        Some(pid) => cmd.env("WATCHDOG_PID", pid),
+        None => cmd.env_remove("WATCHDOG_PID"),
+    };
+    let child = cmd.spawn().expect("spawn ferroturn");
+    (dir, notes, Child { child, log }, port)
+}
+
+#[test]
+fn notify_ready_watchdog_reload_stopping() {
+    let (_dir, mut notes, mut child, port) = start_notified("notify", 2, None);
     let pid = child.child.id();
     let server = SocketAddr::from((LOCALHOST, port));
 
@@ -477,35 +490,7 @@ fn notify_ready_watchdog_reload_stopping() {
 /// no pings (sd_watchdog_enabled(3)).
 #[test]
 fn watchdog_pid_of_another_process_means_no_pings() {
-    let dir = TempDir::new("notify-pid");
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    let mut notes = Notifications {
-        sock,
-        seen: Vec::new(),
-    };
-    let port = free_port();
-    let config = ServerConfig {
-        workers: Some(1),
-        log_level: "info".into(),
-        ..ServerConfig::default()
-    };
-    let config_path = dir.path().join("ferroturn.toml");
-    fs::write(&config_path, config.to_toml(port, relay_block())).unwrap();
-    let log = dir.path().join("ferroturn.log");
-    let log_file = fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
-        .arg("--config")
-        .arg(&config_path)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "200000")
-        .env("WATCHDOG_PID", "1")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("spawn ferroturn");
-    let _child = Child { child, log };
+    let (_dir, mut notes, _child, _) = start_notified("notify-pid", 1, Some("1"));
     notes.expect("READY=1", common::STARTUP_TIMEOUT);
     if let Some(m) = notes.next(Duration::from_millis(500)) {
         panic!("notification with another process's WATCHDOG_PID: {m:?}");

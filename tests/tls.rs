@@ -274,11 +274,7 @@ fn uclient(server: &TlsServer, peer: &CoturnPeer, extra: &[&str], messages: u64)
 fn assert_no_loss(code: Option<i32>, output: &str, messages: u64) {
     assert_eq!(code, Some(0), "uclient failed:\n{output}");
     let s = parse_summary(output).unwrap_or_else(|| panic!("no final summary:\n{output}"));
-    assert!(s.sent >= messages * 2, "too few sent:\n{output}");
-    assert_eq!(s.received, s.sent, "{output}");
-    assert_eq!(s.received_bytes, s.sent_bytes, "{output}");
-    assert_eq!(s.lost, 0, "lost packets:\n{output}");
-    assert_eq!(s.send_dropped, 0, "send dropped:\n{output}");
+    s.assert_complete(messages * 2, output);
 }
 
 fn no_panic(server: &TlsServer) {

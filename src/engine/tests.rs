@@ -158,6 +158,16 @@ impl T {
         self.one(c, &req.sign_as("alice", "wonderland", &n))
     }
 
+    /// ChannelBind `n` to peer `p`: the error code, if any.
+    fn bind(&mut self, c: ClientAddr, n: u16, p: &str) -> Option<u16> {
+        code(&self.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(n).peer(peer(p))))
+    }
+
+    /// CreatePermission for peer `p`: the error code, if any.
+    fn permit(&mut self, c: ClientAddr, p: &str) -> Option<u16> {
+        code(&self.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(p))))
+    }
+
     fn advance(&mut self, secs: u64) {
         self.now += Duration::from_secs(secs);
         self.e.handle_timeout(self.now);
@@ -495,13 +505,7 @@ fn denied_peer_gets_403_and_installs_nothing() {
                 .peer(peer(bad)),
         );
         assert_eq!(code(&r), Some(403), "{bad}");
-        let r = t.signed(
-            c,
-            Req::new(METHOD_CHANNEL_BIND)
-                .channel(0x4001)
-                .peer(peer(bad)),
-        );
-        assert_eq!(code(&r), Some(403), "{bad}");
+        assert_eq!(t.bind(c, 0x4001, bad), Some(403), "{bad}");
     }
     let id = t.e.allocation_of(c).unwrap();
     assert!(!t.e.allocation(id).unwrap().permits(peer(PEER).ip(), t.now));
@@ -526,11 +530,7 @@ fn permission_without_peer_gets_400_and_ipv6_peer_443() {
     t.allocate(c);
     let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION));
     assert_eq!(code(&r), Some(400));
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CREATE_PERMISSION).peer(peer("[2606:4700::1]:80")),
-    );
-    assert_eq!(code(&r), Some(443));
+    assert_eq!(t.permit(c, "[2606:4700::1]:80"), Some(443));
 }
 
 #[test]
@@ -539,13 +539,11 @@ fn channel_numbers_outside_range_get_400() {
     let c = client(1);
     t.allocate(c);
     for n in [0x0000, 0x3FFF, 0x5000, 0x7FFF, 0xFFFF] {
-        let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(n).peer(peer(PEER)));
-        assert_eq!(code(&r), Some(400), "{n:#x}");
+        assert_eq!(t.bind(c, n, PEER), Some(400), "{n:#x}");
     }
     for n in [0x4000, 0x4FFF] {
         let p = if n == 0x4000 { PEER } else { PEER2 };
-        let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).channel(n).peer(peer(p)));
-        assert_eq!(code(&r), None, "{n:#x}");
+        assert_eq!(t.bind(c, n, p), None, "{n:#x}");
     }
     let r = t.signed(c, Req::new(METHOD_CHANNEL_BIND).peer(peer(PEER)));
     assert_eq!(code(&r), Some(400), "missing CHANNEL-NUMBER");
@@ -556,34 +554,18 @@ fn channel_conflicts_get_400_and_rebinding_refreshes() {
     let mut t = T::new();
     let c = client(1);
     t.allocate(c);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x4000)
-            .peer(peer(PEER)),
+    assert_eq!(t.bind(c, 0x4000, PEER), None);
+    assert_eq!(
+        t.bind(c, 0x4000, PEER2),
+        Some(400),
+        "number bound to another peer"
     );
-    assert_eq!(code(&r), None);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x4000)
-            .peer(peer(PEER2)),
+    assert_eq!(
+        t.bind(c, 0x4001, PEER),
+        Some(400),
+        "peer bound to another number"
     );
-    assert_eq!(code(&r), Some(400), "number bound to another peer");
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x4001)
-            .peer(peer(PEER)),
-    );
-    assert_eq!(code(&r), Some(400), "peer bound to another number");
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x4000)
-            .peer(peer(PEER)),
-    );
-    assert_eq!(code(&r), None, "same binding refreshes");
+    assert_eq!(t.bind(c, 0x4000, PEER), None, "same binding refreshes");
 }
 
 #[test]
@@ -652,13 +634,7 @@ fn malformed_packets_are_dropped_and_counted() {
 /// Allocate, bind channel 0x4000 to PEER, and return the allocation id.
 fn bound(t: &mut T, c: ClientAddr) -> AllocId {
     t.allocate(c);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x4000)
-            .peer(peer(PEER)),
-    );
-    assert_eq!(code(&r), None);
+    assert_eq!(t.bind(c, 0x4000, PEER), None);
     t.e.allocation_of(c).unwrap()
 }
 
@@ -926,20 +902,8 @@ fn legacy_channel_numbers_are_accepted_only_when_configured() {
     let mut t = T::with(cfg);
     let c = client(1);
     t.allocate(c);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x7FFF)
-            .peer(peer(PEER)),
-    );
-    assert_eq!(code(&r), None);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x8000)
-            .peer(peer(PEER2)),
-    );
-    assert_eq!(code(&r), Some(400));
+    assert_eq!(t.bind(c, 0x7FFF, PEER), None);
+    assert_eq!(t.bind(c, 0x8000, PEER2), Some(400));
     let f =
         t.e.handle_client(t.now, c, &[0x7F, 0xFF, 0x00, 0x01, 9, 0, 0, 0])
             .unwrap();
@@ -1116,28 +1080,11 @@ fn permission_and_channel_quotas_get_508() {
             .peer(peer(PEER2)),
     );
     assert_eq!(code(&r), None);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CREATE_PERMISSION).peer(peer("93.184.216.36:1")),
-    );
-    assert_eq!(code(&r), Some(508));
+    assert_eq!(t.permit(c, "93.184.216.36:1"), Some(508));
     // Refreshing an installed permission is not a new one.
-    let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)));
-    assert_eq!(code(&r), None);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x4000)
-            .peer(peer(PEER)),
-    );
-    assert_eq!(code(&r), None);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x4001)
-            .peer(peer(PEER2)),
-    );
-    assert_eq!(code(&r), Some(508));
+    assert_eq!(t.permit(c, PEER), None);
+    assert_eq!(t.bind(c, 0x4000, PEER), None);
+    assert_eq!(t.bind(c, 0x4001, PEER2), Some(508));
     assert_eq!(t.e.stats.quota_rejections, 2);
 }
 
@@ -1331,21 +1278,10 @@ fn allowing_loopback_opens_127_0_0_1_and_nothing_else() {
     let mut t = T::with(cfg);
     let c = client(1);
     t.allocate(c);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CREATE_PERMISSION).peer(peer("127.0.0.1:9")),
-    );
-    assert_eq!(code(&r), None);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CHANNEL_BIND)
-            .channel(0x4000)
-            .peer(peer("127.0.0.1:9")),
-    );
-    assert_eq!(code(&r), None);
+    assert_eq!(t.permit(c, "127.0.0.1:9"), None);
+    assert_eq!(t.bind(c, 0x4000, "127.0.0.1:9"), None);
     for a in ["0.0.0.0:9", "0.0.0.1:9", "255.255.255.255:9", "224.0.0.1:9"] {
-        let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(a)));
-        assert_eq!(code(&r), Some(403), "{a}");
+        assert_eq!(t.permit(c, a), Some(403), "{a}");
     }
     for a in [
         "::1",
@@ -1541,13 +1477,8 @@ fn ipv6_relays_are_given_on_request_and_440_without_them() {
     assert_eq!(relays[0].ip().to_string(), "2001:db8::7");
     // An IPv6 relay serves IPv6 peers only.
     let c = client(1);
-    let r = t.signed(
-        c,
-        Req::new(METHOD_CREATE_PERMISSION).peer(peer("[2606:4700::1]:9")),
-    );
-    assert_eq!(code(&r), None);
-    let r = t.signed(c, Req::new(METHOD_CREATE_PERMISSION).peer(peer(PEER)));
-    assert_eq!(code(&r), Some(443));
+    assert_eq!(t.permit(c, "[2606:4700::1]:9"), None);
+    assert_eq!(t.permit(c, PEER), Some(443));
     // Without IPv6 relays configured: 440.
     let mut t = T::new();
     let r = t.signed(

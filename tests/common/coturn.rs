@@ -98,6 +98,20 @@ pub struct Summary {
     pub send_dropped: u64,
 }
 
+impl Summary {
+    /// Everything sent came back: at least `min_sent` messages, as many
+    /// (and as many bytes) received, none lost or dropped. `context` goes
+    /// into every failure message.
+    pub fn assert_complete(&self, min_sent: u64, context: &str) {
+        assert!(self.sent >= min_sent, "too few sent: {self:?}\n{context}");
+        assert!(self.received > 0, "nothing received: {self:?}\n{context}");
+        assert_eq!(self.received, self.sent, "{self:?}\n{context}");
+        assert_eq!(self.received_bytes, self.sent_bytes, "{self:?}\n{context}");
+        assert_eq!(self.lost, 0, "lost packets: {self:?}\n{context}");
+        assert_eq!(self.send_dropped, 0, "send dropped: {self:?}\n{context}");
+    }
+}
+
 pub fn parse_summary(output: &str) -> Option<Summary> {
     // The final totals are the start_mclient lines without "msz=" (the
     // lines with it are progress reports).

@@ -115,6 +115,21 @@ impl DriveStats {
     }
 }
 
+/// Send `c`'s next request `req` and wait for its answer.
+fn launch(
+    mut c: Client,
+    req: Vec<u8>,
+    now: Instant,
+    sendq: &mut Vec<(Ipv4Addr, Vec<u8>)>,
+    live: &mut HashMap<[u8; 12], Client>,
+) {
+    c.last = req.clone();
+    c.sent = now;
+    c.tries = 1;
+    sendq.push((c.src, req));
+    live.insert(c.last[8..20].try_into().expect("a transaction id"), c);
+}
+
 /// Drive clients from `next` (called until it returns None or `deadline`),
 /// at most `window` in flight; finished clients go to `out` when given.
 /// Every request is retransmitted after 300 ms, at most 3 times.
@@ -134,21 +149,14 @@ pub fn drive(
     let mut st = DriveStats::default();
     let mut rx = Recv::new(net::BATCH);
     let mut sendq: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
-    let txid = |b: &[u8]| -> [u8; 12] { b[8..20].try_into().unwrap() };
     let mut last_scan = Instant::now();
     loop {
         let now = Instant::now();
         // Start new clients.
         while !exhausted && live.len() < window && now < deadline {
             match next() {
-                Some(mut c) => match c.request(plan) {
-                    Some(req) => {
-                        c.last = req.clone();
-                        c.sent = now;
-                        c.tries = 1;
-                        sendq.push((c.src, req));
-                        live.insert(txid(&c.last), c);
-                    }
+                Some(c) => match c.request(plan) {
+                    Some(req) => launch(c, req, now, &mut sendq, &mut live),
                     None => st.done += 1,
                 },
                 None => exhausted = true,
@@ -214,13 +222,7 @@ pub fn drive(
                 c.step += 1;
             }
             match c.request(plan) {
-                Some(req) => {
-                    c.last = req.clone();
-                    c.sent = now;
-                    c.tries = 1;
-                    sendq.push((c.src, req));
-                    live.insert(txid(&c.last), c);
-                }
+                Some(req) => launch(c, req, now, &mut sendq, &mut live),
                 None => {
                     st.done += 1;
                     if let Some(o) = out.as_deref_mut() {

@@ -48,11 +48,6 @@ pub fn stopping() {
     send("STOPPING=1\nSTATUS=draining");
 }
 
-/// A free-form status line for `systemctl status`.
-pub fn status(text: &str) {
-    send(&format!("STATUS={text}"));
-}
-
 /// Tell the watchdog we are alive.
 pub fn watchdog() {
     send("WATCHDOG=1");

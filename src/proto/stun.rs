@@ -6,16 +6,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub use stun::attributes::AttrType;
 use stun::attributes::*;
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
-use stun::fingerprint::{FINGERPRINT, fingerprint_value};
+use stun::fingerprint::FINGERPRINT;
 use stun::message::{MAGIC_COOKIE, Setter};
 pub use stun::message::{Message, MessageClass, MessageType, Method};
 use stun::textattrs::TextAttribute;
 
 use super::integrity::{self, Key, Mac, Signer};
 use stun::uattrs::UnknownAttributes;
-
-/// Largest STUN message we accept from a client (header + attributes).
-pub const MAX_MESSAGE: usize = 65_535 + 20;
 
 /// Check the fixed header (RFC 8489 §5): leading zero bits, magic cookie,
 /// a length that is a multiple of 4 and matches the packet exactly.
@@ -467,11 +464,6 @@ pub fn error_code(m: &Message) -> Option<u16> {
 /// XOR-RELAYED-ADDRESS, XOR-PEER-ADDRESS).
 pub fn xor_address(m: &Message, t: AttrType) -> Option<SocketAddr> {
     read_xor_address(attr(m, t)?, &m.transaction_id.0)
-}
-
-/// CRC-32 fingerprint value, re-exported for tests.
-pub fn fingerprint(b: &[u8]) -> u32 {
-    fingerprint_value(b)
 }
 
 #[cfg(test)]

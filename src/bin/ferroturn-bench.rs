@@ -525,9 +525,9 @@ fn run_server(
     }
     if on("cpu") {
         *trial_id += 1;
-        let c0 = server.cpu();
+        let (c0, s0) = (server.cpu(), server.switches());
         let t = load::trial(&sock, &flows, 200, CPU_RATE, plan.cpu, false, *trial_id);
-        let c1 = server.cpu();
+        let (c1, s1) = (server.cpu(), server.switches());
         let cpu = c1 - c0;
         // Relayed: client → peer (sent, less what was lost on the way) and
         // peer → client (received); counted as sent + received.
@@ -541,6 +541,7 @@ fn run_server(
             t.loss() * 100.0
         );
         push(res, name, "cpu s/M", per_m);
+        push(res, name, "wakes/pkt", (s1 - s0) as f64 / relayed);
         push(
             res,
             name,
@@ -573,6 +574,10 @@ const ROWS: &[(&str, &str)] = &[
     ),
     ("cpu % core", "server CPU at 25 k pkt/s (% of one core)"),
     (
+        "wakes/pkt",
+        "server context switches per relayed packet at 25 k pkt/s",
+    ),
+    (
         "cycles/s",
         "allocation cycles/s (Allocate→401, Allocate, Refresh 0)",
     ),
@@ -590,7 +595,7 @@ fn fmt(metric: &str, v: f64) -> String {
     }
     if metric.starts_with("tput") {
         format!("{:.1} k", v / 1e3)
-    } else if metric == "cpu s/M" || metric == "rss idle" {
+    } else if metric == "cpu s/M" || metric == "rss idle" || metric == "wakes/pkt" {
         format!("{v:.2}")
     } else {
         format!("{v:.0}")

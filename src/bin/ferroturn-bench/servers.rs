@@ -199,6 +199,12 @@ impl Server {
         cpu_secs(self.pid())
     }
 
+    /// Context switches of all its threads so far (voluntary ones are
+    /// mostly sleeps until a socket is readable: wake-ups).
+    pub fn switches(&self) -> u64 {
+        switches(self.pid())
+    }
+
     /// VmRSS in KiB.
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid())
@@ -241,6 +247,24 @@ pub fn cpu_secs(pid: u32) -> f64 {
     let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
     let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
     (ut + st) / tick
+}
+
+pub fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut n = 0;
+    for t in tasks.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        for l in s.lines() {
+            if l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:") {
+                n += l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    n
 }
 
 pub fn rss_kib(pid: u32) -> u64 {

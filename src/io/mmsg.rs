@@ -17,6 +17,9 @@ pub const SLOTS: usize = 32;
 /// its datagram at [`HEADROOM`], so that framing can be written in place.
 pub struct Batch {
     pub data: Box<[u8]>,
+    /// Slots `0..used` hold datagrams that may still be queued to go out;
+    /// the next [`recv`] fills from here.
+    pub used: usize,
     pub len: [usize; SLOTS],
     pub from: [SocketAddr; SLOTS],
     /// Message headers for `recvmmsg` and `sendmmsg`, zeroed once; each call
@@ -34,6 +37,7 @@ impl Batch {
     pub fn new() -> Self {
         Batch {
             data: vec![0u8; SLOTS * BUF_LEN].into_boxed_slice(),
+            used: 0,
             len: [0; SLOTS],
             from: [SocketAddr::from(([0, 0, 0, 0], 0)); SLOTS],
             // All-zero is a valid value of each of these C structs.
@@ -59,11 +63,13 @@ impl Default for Batch {
     }
 }
 
-/// Receive up to [`SLOTS`] datagrams from `fd` (non-blocking); how many.
+/// Receive datagrams from `fd` (non-blocking) into the free slots
+/// `b.used..SLOTS`, and mark them used; how many came.
 pub fn recv(fd: RawFd, b: &mut Batch) -> io::Result<usize> {
+    let at = b.used;
     let Headers { names, iovs, hdrs } = &mut *b.headers;
     let base = b.data.as_mut_ptr();
-    for i in 0..SLOTS {
+    for i in at..SLOTS {
         iovs[i] = libc::iovec {
             iov_base: unsafe { base.add(Batch::base(i) + HEADROOM) } as *mut libc::c_void,
             iov_len: MAX_PAYLOAD,
@@ -76,8 +82,8 @@ pub fn recv(fd: RawFd, b: &mut Batch) -> io::Result<usize> {
     let n = unsafe {
         libc::recvmmsg(
             fd,
-            hdrs.as_mut_ptr(),
-            SLOTS as libc::c_uint,
+            hdrs[at..].as_mut_ptr(),
+            (SLOTS - at) as libc::c_uint,
             libc::MSG_DONTWAIT,
             std::ptr::null_mut(),
         )
@@ -86,10 +92,11 @@ pub fn recv(fd: RawFd, b: &mut Batch) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     let n = n as usize;
-    for i in 0..n {
+    for i in at..at + n {
         b.len[i] = hdrs[i].msg_len as usize;
         b.from[i] = from_sockaddr(&names[i]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     }
+    b.used = at + n;
     Ok(n)
 }
 
@@ -258,6 +265,16 @@ mod tests {
             }
             let e = recv(rx.as_raw_fd(), &mut batch).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+            // The next read fills the slots after the used ones.
+            assert_eq!(send(&data, &mut h, &mut outs[..2]), 0);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert_eq!(recv(rx.as_raw_fd(), &mut batch).unwrap(), 2);
+            assert_eq!(batch.used, 7);
+            for (slot, i) in [(5, 0), (6, 1)] {
+                let at = Batch::base(slot) + HEADROOM;
+                let got = &batch.data[at..at + batch.len[slot]];
+                assert_eq!(got, &data[i * 10..i * 10 + 3 + i], "slot {slot}");
+            }
         }
     }
 }

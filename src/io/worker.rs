@@ -4,8 +4,12 @@
 //! Every task of a worker runs on the same thread, so they share the worker
 //! state through `Rc<RefCell<..>>`; a borrow is never held across an await.
 //! The receive buffers are shared too: one [`Batch`] per worker, not one
-//! per socket. Datagrams are read with `recvmmsg` and the relayed ones sent
-//! with `sendmmsg`, a batch at a time.
+//! per socket. Datagrams are read with `recvmmsg` into the batch's free
+//! slots, and what they relay is queued; the queue goes out with one
+//! `sendmmsg` per socket once every socket that was ready has been read
+//! (the flusher task runs after them), or sooner when the batch is nearly
+//! full. So replies that many relay sockets send to clients through one
+//! listener leave in one system call.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -41,6 +45,9 @@ const COMPACT_AFTER: usize = 256;
 /// `recvmmsg` calls per readiness wake-up before yielding to other sockets.
 const ROUNDS: usize = 4;
 
+/// Free slots below which the queue is sent before the next `recvmmsg`.
+const MIN_FREE: usize = 8;
+
 struct Relay {
     socket: Rc<UdpSocket>,
     fd: RawFd,
@@ -63,6 +70,9 @@ pub(super) struct Worker {
     /// The deadline the timer task sleeps until.
     armed: Option<Instant>,
     timer: Rc<Notify>,
+    /// Wakes the flusher task, which sends `outs`; `flushing` while it is due.
+    flusher: Rc<Notify>,
+    flushing: bool,
     /// Packets we could not send (socket buffer full), dropped.
     pub(super) send_drops: u64,
     /// A [`Worker::compact`] is scheduled.
@@ -96,6 +106,7 @@ pub fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let timer = Rc::new(Notify::new());
+        let flusher = Rc::new(Notify::new());
         let mut udp: Vec<Option<Rc<UdpSocket>>> = Vec::new();
         for (i, s) in sockets.udp {
             match UdpSocket::from_std(s) {
@@ -119,6 +130,8 @@ pub fn run(
             outs: Vec::with_capacity(SLOTS),
             armed: None,
             timer: timer.clone(),
+            flusher: flusher.clone(),
+            flushing: false,
             send_drops: 0,
             compacting: false,
         }));
@@ -145,6 +158,7 @@ pub fn run(
             }
         }
         tokio::task::spawn_local(timer_loop(w.clone(), timer));
+        tokio::task::spawn_local(flush_loop(w.clone(), flusher));
         tokio::task::spawn_local(command_loop(w.clone(), commands));
         let mut stop = stop;
         let _ = stop.wait_for(|s| *s).await;
@@ -152,6 +166,7 @@ pub fn run(
         let now = Instant::now();
         wb.engine.close_all(now);
         wb.flush(now);
+        wb.send_outs();
         drop(wb);
         SELF.with(|s| *s.borrow_mut() = None);
     });
@@ -244,11 +259,33 @@ impl Worker {
         }
     }
 
-    /// Send the datagrams queued by this batch: one `sendmmsg` per socket.
+    /// Send the queued datagrams: one `sendmmsg` per socket. Their slots
+    /// are free again once no batch is being read (see [`Worker::recycle`]).
     fn send_outs(&mut self) {
         if !self.outs.is_empty() {
             self.send_drops += self.batch.send(&mut self.outs) as u64;
             self.outs.clear();
+        }
+    }
+
+    /// Between batches: free the batch's slots if nothing queued names them,
+    /// and send the queue first if too few slots are left for a read.
+    #[inline]
+    fn recycle(&mut self) {
+        if self.outs.is_empty() {
+            self.batch.used = 0;
+        } else if SLOTS - self.batch.used < MIN_FREE {
+            self.send_outs();
+            self.batch.used = 0;
+        }
+    }
+
+    /// Have the flusher send the queue once the sockets ready now are read.
+    #[inline]
+    fn defer_send(&mut self) {
+        if !self.outs.is_empty() && !self.flushing {
+            self.flushing = true;
+            self.flusher.notify_one();
         }
     }
 
@@ -394,15 +431,16 @@ where
             let mut wb = w.borrow_mut();
             let wk = &mut *wb;
             for _ in 0..ROUNDS {
+                wk.recycle();
+                let at = wk.batch.used;
                 match sock.try_io(tokio::io::Interest::READABLE, || {
                     mmsg::recv(fd, &mut wk.batch)
                 }) {
                     Ok(n) => {
-                        for i in 0..n {
+                        for i in at..at + n {
                             on(wk, now, i);
                         }
-                        wk.send_outs();
-                        if n < SLOTS {
+                        if n < SLOTS - at {
                             // A short batch emptied the queue: clear the
                             // readiness without another (empty) recvmmsg. A
                             // datagram that came meanwhile raises a new event.
@@ -422,6 +460,7 @@ where
                 }
             }
         }
+        w.borrow_mut().defer_send();
         if !drained {
             // Let the worker's other sockets have a turn.
             tokio::task::yield_now().await;
@@ -513,6 +552,18 @@ async fn command_loop(w: Shared, mut commands: mpsc::UnboundedReceiver<Command>)
             Command::Drain(alternate) => wb.engine.drain(alternate),
         }
         wb.flush(now);
+    }
+}
+
+/// Send what the read loops queued, after every task that was ready
+/// with it has run: tasks woken later queue behind this one.
+async fn flush_loop(w: Shared, notify: Rc<Notify>) {
+    loop {
+        notify.notified().await;
+        let mut wb = w.borrow_mut();
+        wb.flushing = false;
+        wb.send_outs();
+        wb.recycle();
     }
 }
 

@@ -58,6 +58,9 @@ struct Opts {
     /// coturn's turnserver (default: on PATH; `apt-get install coturn`).
     #[arg(long)]
     turnserver: Option<PathBuf>,
+    /// ferroturn's `[server] workers` (default 0: one per core).
+    #[arg(long, default_value_t = 0)]
+    ferroturn_workers: usize,
     /// Internal: run the forwarder (LISTEN PEER CHANNELS).
     #[arg(long, num_args = 3, hide = true)]
     forwarder: Option<Vec<String>>,
@@ -147,6 +150,7 @@ fn main() {
         turnserver: turnserver.unwrap_or_default(),
         me,
         dir: dir.clone(),
+        ferroturn_workers: o.ferroturn_workers,
     };
     let nofile = net::raise_nofile();
     if nofile < plan.hold as u64 + 256 {
@@ -204,7 +208,18 @@ fn main() {
     // CPU the rest of the machine used meanwhile: the noise floor of this run.
     let foreign = (servers::machine_busy() - cpu0.0) - (servers::own_cpu() - cpu0.1);
     let foreign = (foreign / (total.as_secs_f64() * cores as f64)).max(0.0);
-    print!("{}", report(&res, &plan, cores, total, foreign, &kinds));
+    print!(
+        "{}",
+        report(
+            &res,
+            &plan,
+            cores,
+            total,
+            foreign,
+            &kinds,
+            paths.ferroturn_workers
+        )
+    );
 }
 
 fn gen_socket() -> UdpSocket {
@@ -617,14 +632,19 @@ fn report(
     total: Duration,
     foreign: f64,
     kinds: &[Kind],
+    workers: usize,
 ) -> String {
     let m = |t: &str, k: &'static str| res.get(&(t.to_string(), k)).map_or(f64::NAN, |v| median(v));
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n## ferroturn-bench: medians of {} repetition(s), {cores} cores, {:.0} s\n",
+        "\n## ferroturn-bench: medians of {} repetition(s), {cores} cores, {:.0} s, ferroturn with {}\n",
         plan.reps,
-        total.as_secs_f64()
+        total.as_secs_f64(),
+        match workers {
+            0 => "one worker per core".to_string(),
+            n => format!("workers = {n}"),
+        }
     );
     let _ = writeln!(
         s,

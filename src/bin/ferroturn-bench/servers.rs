@@ -45,6 +45,8 @@ pub struct Paths {
     pub turnserver: PathBuf,
     pub me: PathBuf,
     pub dir: PathBuf,
+    /// ferroturn's `[server] workers`.
+    pub ferroturn_workers: usize,
 }
 
 pub struct Server {
@@ -62,11 +64,11 @@ fn die_with_parent(c: &mut Command) {
     }
 }
 
-fn ferroturn_config(port: u16, limits: bool) -> String {
+fn ferroturn_config(port: u16, workers: usize, limits: bool) -> String {
     let mut s = format!(
         r#"realm = "{realm}"
 [server]
-workers = 0
+workers = {workers}
 [[listen]]
 address = "127.0.0.1:{port}"
 transports = ["udp"]
@@ -116,8 +118,11 @@ impl Server {
                 // Newer builds take [limits]; older ones refuse the section.
                 let mut chosen = None;
                 for limits in [true, false] {
-                    std::fs::write(&file, ferroturn_config(port, limits))
-                        .map_err(|e| e.to_string())?;
+                    std::fs::write(
+                        &file,
+                        ferroturn_config(port, paths.ferroturn_workers, limits),
+                    )
+                    .map_err(|e| e.to_string())?;
                     let ok = Command::new(&paths.ferroturn)
                         .args(["check", "--config"])
                         .arg(&file)
@@ -259,8 +264,14 @@ pub fn switches(pid: u32) -> u64 {
             continue;
         };
         for l in s.lines() {
-            if l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:") {
-                n += l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            if l.starts_with("voluntary_ctxt_switches:")
+                || l.starts_with("nonvoluntary_ctxt_switches:")
+            {
+                n += l
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
             }
         }
     }

@@ -459,8 +459,8 @@ where
                     Err(_) => continue,
                 }
             }
+            wk.defer_send();
         }
-        w.borrow_mut().defer_send();
         if !drained {
             // Let the worker's other sockets have a turn.
             tokio::task::yield_now().await;

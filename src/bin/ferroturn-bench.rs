@@ -376,21 +376,13 @@ fn run_server(
         std::thread::sleep(Duration::from_millis(300));
         let ctl = gen_socket();
         let idle = server.rss_kib();
-        let mut held = Vec::with_capacity(plan.hold);
-        let mut left = plan.hold;
-        let st = turn::drive(
+        let (st, held) = turn::hold(
             &ctl,
             server.addr,
-            turn::Plan::Hold,
+            plan.hold,
             64,
-            Instant::now() + Duration::from_secs(60),
-            || {
-                (left > 0).then(|| {
-                    left -= 1;
-                    turn::Client::new(src.next(), None)
-                })
-            },
-            Some(&mut held),
+            Duration::from_secs(60),
+            |_| turn::Client::new(src.next(), None),
         );
         std::thread::sleep(Duration::from_millis(300));
         let full = server.rss_kib();
@@ -458,21 +450,13 @@ fn run_server(
     }
     let sock = gen_socket();
     let flows: Vec<Flow> = if kind.is_turn() {
-        let mut clients = Vec::new();
-        let mut i = 0usize;
-        let st = turn::drive(
+        let (st, mut clients) = turn::hold(
             &sock,
             server.addr,
-            turn::Plan::Hold,
+            FLOWS,
             16,
-            Instant::now() + Duration::from_secs(20),
-            || {
-                (i < FLOWS).then(|| {
-                    i += 1;
-                    turn::Client::new(src.next(), Some((0x4000 + i as u16 - 1, echo.addr)))
-                })
-            },
-            Some(&mut clients),
+            Duration::from_secs(20),
+            |i| turn::Client::new(src.next(), Some((0x4000 + i as u16, echo.addr))),
         );
         if st.done < FLOWS {
             return Err(format!(

@@ -260,32 +260,24 @@ pub fn switches(pid: u32) -> u64 {
     };
     let mut n = 0;
     for t in tasks.flatten() {
-        let Ok(s) = std::fs::read_to_string(t.path().join("status")) else {
-            continue;
-        };
-        for l in s.lines() {
-            if l.starts_with("voluntary_ctxt_switches:")
-                || l.starts_with("nonvoluntary_ctxt_switches:")
-            {
-                n += l
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
+        if let Ok(s) = std::fs::read_to_string(t.path().join("status")) {
+            n += status_value(&s, "voluntary_ctxt_switches:")
+                + status_value(&s, "nonvoluntary_ctxt_switches:");
         }
     }
     n
 }
 
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(0, |s| status_value(&s, "VmRSS:"))
+}
+
+/// The number after `key` in a /proc status file; 0 if absent.
+fn status_value(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
 }
 

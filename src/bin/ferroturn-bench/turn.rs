@@ -130,6 +130,35 @@ fn launch(
     live.insert(c.last[8..20].try_into().expect("a transaction id"), c);
 }
 
+/// Hold `count` allocations: client `i` is `make(i)`, at most `window` in
+/// flight, for at most `limit`. The clients that got there are returned.
+pub fn hold(
+    sock: &UdpSocket,
+    server: SocketAddrV4,
+    count: usize,
+    window: usize,
+    limit: Duration,
+    mut make: impl FnMut(usize) -> Client,
+) -> (DriveStats, Vec<Client>) {
+    let mut held = Vec::with_capacity(count);
+    let mut i = 0;
+    let st = drive(
+        sock,
+        server,
+        Plan::Hold,
+        window,
+        Instant::now() + limit,
+        || {
+            (i < count).then(|| {
+                i += 1;
+                make(i - 1)
+            })
+        },
+        Some(&mut held),
+    );
+    (st, held)
+}
+
 /// Drive clients from `next` (called until it returns None or `deadline`),
 /// at most `window` in flight; finished clients go to `out` when given.
 /// Every request is retransmitted after 300 ms, at most 3 times.

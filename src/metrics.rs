@@ -240,6 +240,13 @@ pub fn render(report: &WorkerReport) -> String {
         report.send_drops,
     );
 
+    o.single(
+        "udp_threads",
+        "gauge",
+        "Threads driving the UDP data plane now: one at low load, up to one per worker.",
+        report.udp_threads,
+    );
+
     // Session durations.
     let h = &s.session_seconds;
     let name = "session_duration_seconds";

@@ -57,6 +57,12 @@ impl Batch {
     }
 }
 
+// SAFETY: the raw pointers in `headers` are scratch space: every call
+// rewrites those it uses (to this batch's own buffers, or to the data it
+// is given) before the system call, and nothing reads them afterwards. So a
+// batch can move to another thread with the shard that owns it.
+unsafe impl Send for Batch {}
+
 impl Default for Batch {
     fn default() -> Self {
         Self::new()

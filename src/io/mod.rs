@@ -8,9 +8,11 @@
 
 mod mmsg;
 pub mod notify;
+mod poll;
 mod socket;
 mod tcp;
 mod tls;
+mod udp;
 mod worker;
 
 use std::net::SocketAddr;
@@ -78,6 +80,8 @@ pub struct WorkerReport {
     /// Packets the shell could not send (socket buffer full).
     pub send_drops: u64,
     pub draining: bool,
+    /// Threads driving the UDP data plane now (see [`udp::Balance`]).
+    pub udp_threads: u64,
 }
 
 impl WorkerReport {
@@ -90,6 +94,37 @@ impl WorkerReport {
     }
 }
 
+impl Command {
+    /// Carry out this command on a worker's `engine`; `send_drops` is the
+    /// worker's count of unsent packets, for a report.
+    fn carry_out(self, engine: &mut crate::engine::Engine, now: Instant, send_drops: u64) {
+        match self {
+            Command::Report { sessions, reply } => {
+                let _ = reply.send(WorkerReport {
+                    stats: engine.stats,
+                    gauges: engine.gauges(),
+                    sessions: if sessions {
+                        engine.sessions(now)
+                    } else {
+                        Vec::new()
+                    },
+                    send_drops,
+                    draining: engine.draining(),
+                    udp_threads: 0,
+                });
+            }
+            Command::CloseUser { user, reply } => {
+                let _ = reply.send(engine.close_user(now, &user));
+            }
+            Command::CloseRelayPort { port, reply } => {
+                let _ = reply.send(engine.close_relay_port(now, port));
+            }
+            Command::Update(u) => engine.update(*u),
+            Command::Drain(alternate) => engine.drain(alternate),
+        }
+    }
+}
+
 /// How long the control plane waits for one worker's answer.
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -97,7 +132,8 @@ const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// actions, reload and drain. Cheap to clone; talks to every worker.
 #[derive(Clone)]
 pub struct Control {
-    workers: Vec<mpsc::UnboundedSender<Command>>,
+    workers: Vec<udp::Mailbox>,
+    hub: std::sync::Arc<udp::Hub>,
 }
 
 impl Control {
@@ -106,13 +142,14 @@ impl Control {
         let mut total = WorkerReport::default();
         for w in &self.workers {
             let (reply, rx) = oneshot::channel();
-            if w.send(Command::Report { sessions, reply }).is_ok() {
+            if w.send(Command::Report { sessions, reply }) {
                 // A stuck worker must not hang every scrape.
                 if let Ok(Ok(r)) = tokio::time::timeout(REPLY_TIMEOUT, rx).await {
                     total.merge(r);
                 }
             }
         }
+        total.udp_threads = self.hub.placement().iter().filter(|&&n| n > 0).count() as u64;
         total
     }
 
@@ -122,7 +159,7 @@ impl Control {
         for w in &self.workers {
             let (reply, rx) = oneshot::channel();
             let user = user.to_owned();
-            if w.send(Command::CloseUser { user, reply }).is_ok() {
+            if w.send(Command::CloseUser { user, reply }) {
                 n += tokio::time::timeout(REPLY_TIMEOUT, rx)
                     .await
                     .ok()
@@ -138,7 +175,7 @@ impl Control {
         let mut closed = false;
         for w in &self.workers {
             let (reply, rx) = oneshot::channel();
-            if w.send(Command::CloseRelayPort { port, reply }).is_ok() {
+            if w.send(Command::CloseRelayPort { port, reply }) {
                 closed |= tokio::time::timeout(REPLY_TIMEOUT, rx)
                     .await
                     .ok()
@@ -152,14 +189,14 @@ impl Control {
     /// Apply a reloaded configuration in every worker.
     pub fn update(&self, u: Update) {
         for w in &self.workers {
-            let _ = w.send(Command::Update(Box::new(u.clone())));
+            w.send(Command::Update(Box::new(u.clone())));
         }
     }
 
     /// Refuse new allocations everywhere (see [`crate::engine::Engine::drain`]).
     pub fn drain(&self, alternate: Option<SocketAddr>) {
         for w in &self.workers {
-            let _ = w.send(Command::Drain(alternate));
+            w.send(Command::Drain(alternate));
         }
     }
 }
@@ -167,6 +204,7 @@ impl Control {
 /// A running server: worker threads and the addresses they listen on.
 pub struct Server {
     stop: watch::Sender<bool>,
+    hub: std::sync::Arc<udp::Hub>,
     workers: Vec<JoinHandle<()>>,
     control: Control,
     /// Keys the stateless nonce; kept across reloads so that nonces stay valid.
@@ -271,13 +309,20 @@ impl Server {
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut workers = Vec::new();
-        let mut controls = Vec::new();
-        for (i, sockets) in per_worker.into_iter().enumerate() {
+        let streams = if per_worker
+            .iter()
+            .any(|w| !w.tcp.is_empty() || !w.tls.is_empty())
+        {
+            n
+        } else {
+            0
+        };
+        let mut shares = port_shares(lo, hi, n, streams).into_iter();
+        let engine_config = |ports: Vec<u16>| -> std::io::Result<EngineConfig> {
             let mut seed = [0u8; 8];
             rng.fill(&mut seed)
                 .map_err(|_| std::io::Error::other("no system randomness"))?;
-            let cfg = EngineConfig {
+            Ok(EngineConfig {
                 credentials: credentials.clone(),
                 policy: policy.clone(),
                 relay_bind: config.relay.address,
@@ -286,11 +331,7 @@ impl Server {
                 relay_public_v6: config.relay.public_address_v6,
                 same_family_default: config.relay.default_family
                     == crate::config::DefaultFamily::SameAsClient,
-                // Worker i owns every n-th pair of ports (an even one and the
-                // odd one after it, for EVEN-PORT), so workers never collide.
-                ports: (lo..=hi)
-                    .filter(|p| (p / 2 - lo / 2) as usize % n == i)
-                    .collect(),
+                ports,
                 lifetime: std::time::Duration::from_secs(config.lifetime as u64),
                 max_lifetime: std::time::Duration::from_secs(config.max_lifetime as u64),
                 seed: u64::from_le_bytes(seed),
@@ -300,10 +341,27 @@ impl Server {
                 expiry_grace: std::time::Duration::from_secs(config.expiry_grace),
                 stun_only: stun_only.clone(),
                 shared: shared.clone(),
-            };
+            })
+        };
+        let mut controls = Vec::new();
+        // The UDP data plane: one shard per worker, driven by up to `n`
+        // threads as the load asks.
+        let mut shards = Vec::new();
+        for (i, w) in per_worker.iter_mut().enumerate() {
+            let cfg = engine_config(shares.next().unwrap_or_default())?;
+            let udp_sockets = std::mem::take(&mut w.udp);
+            let (shard, mailbox) = udp::Shard::new(i, cfg, udp_sockets, Instant::now(), unix_now)?;
+            shards.push(shard);
+            controls.push(mailbox);
+        }
+        let (hub, mut workers) = udp::start(shards, n, udp::Balance::default())?;
+        // TCP and TLS clients: one tokio worker per core, with engines of
+        // their own, when a listener takes streams.
+        for (i, sockets) in per_worker.into_iter().enumerate().take(streams) {
+            let cfg = engine_config(shares.next().unwrap_or_default())?;
             let stop_rx = stop_rx.clone();
             let (tx, rx) = mpsc::unbounded_channel();
-            controls.push(tx);
+            controls.push(udp::Mailbox::tokio(tx));
             let handle = std::thread::Builder::new()
                 .name(format!("ferroturn-w{i}"))
                 .spawn(move || {
@@ -313,8 +371,12 @@ impl Server {
         }
         Ok(Server {
             stop,
+            hub: hub.clone(),
             workers,
-            control: Control { workers: controls },
+            control: Control {
+                workers: controls,
+                hub,
+            },
             nonce_secret,
             listen,
             tls: acceptors,
@@ -396,10 +458,37 @@ impl Server {
     /// Stop every worker and wait for them; allocations are closed.
     pub fn stop(mut self) {
         let _ = self.stop.send(true);
+        self.hub.stop();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
+}
+
+/// The relay ports of each engine: the `shards` UDP shards first, then
+/// the `streams` stream workers. Ports go in pairs (an even one and the odd
+/// one after it, for EVEN-PORT), each pair to one engine, so that engines
+/// never collide. Stream workers, when there are any, get one pair in
+/// four between them: most media goes over UDP.
+fn port_shares(lo: u16, hi: u16, shards: usize, streams: usize) -> Vec<Vec<u16>> {
+    let shards = shards.max(1);
+    let mut shares = vec![Vec::new(); shards + streams];
+    for p in lo..=hi {
+        let pair = (p / 2 - lo / 2) as usize;
+        let owner = if streams == 0 {
+            pair % shards
+        } else {
+            let slot = pair % (4 * streams.max(shards));
+            let udp_slots = 3 * streams.max(shards);
+            if slot < udp_slots {
+                slot % shards
+            } else {
+                shards + (slot - udp_slots) % streams
+            }
+        };
+        shares[owner].push(p);
+    }
+    shares
 }
 
 /// What a reload of `config` changes in the engines. The realm is kept

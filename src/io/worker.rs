@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use super::mmsg::{self, Batch, Out, SLOTS};
 use super::socket;
 use super::tcp::{self, Conn};
-use super::{Command, WorkerReport};
+use super::Command;
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig, Output, ToPeer};
 use crate::proto::channel_data::{BUF_LEN, HEADROOM};
@@ -528,29 +528,8 @@ async fn command_loop(w: Shared, mut commands: mpsc::UnboundedReceiver<Command>)
     while let Some(c) = commands.recv().await {
         let now = Instant::now();
         let mut wb = w.borrow_mut();
-        match c {
-            Command::Report { sessions, reply } => {
-                let _ = reply.send(WorkerReport {
-                    stats: wb.engine.stats,
-                    gauges: wb.engine.gauges(),
-                    sessions: if sessions {
-                        wb.engine.sessions(now)
-                    } else {
-                        Vec::new()
-                    },
-                    send_drops: wb.send_drops,
-                    draining: wb.engine.draining(),
-                });
-            }
-            Command::CloseUser { user, reply } => {
-                let _ = reply.send(wb.engine.close_user(now, &user));
-            }
-            Command::CloseRelayPort { port, reply } => {
-                let _ = reply.send(wb.engine.close_relay_port(now, port));
-            }
-            Command::Update(u) => wb.engine.update(*u),
-            Command::Drain(alternate) => wb.engine.drain(alternate),
-        }
+        let drops = wb.send_drops;
+        c.carry_out(&mut wb.engine, now, drops);
         wb.flush(now);
     }
 }

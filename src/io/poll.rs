@@ -1,0 +1,145 @@
+//! The few system calls the UDP drivers are built on: an epoll set, an
+//! eventfd to wake a thread, and a thread's own CPU clock.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// An epoll set; every registration is level-triggered, for reading.
+pub struct Epoll(OwnedFd);
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Wait up to `timeout` (forever if `None`) for events; how many came.
+    /// An interrupted wait returns 0.
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout: Option<Duration>) -> usize {
+        let ms = match timeout {
+            None => -1,
+            // Round up: waking a little late is fine, spinning is not.
+            Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
+        };
+        let n = unsafe {
+            libc::epoll_wait(
+                self.raw(),
+                events.as_mut_ptr(),
+                events.len().min(i32::MAX as usize) as i32,
+                ms,
+            )
+        };
+        n.max(0) as usize
+    }
+}
+
+/// Watch `fd` for reading in the epoll set `epfd`, under `token`.
+pub fn add(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Stop watching `fd` in `epfd`.
+pub fn remove(epfd: RawFd, fd: RawFd) {
+    unsafe {
+        libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut());
+    }
+}
+
+/// A counter another thread bumps to wake whoever polls it.
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Make the eventfd readable.
+    pub fn signal(&self) {
+        let one = 1u64;
+        unsafe {
+            libc::write(self.raw(), &one as *const u64 as *const libc::c_void, 8);
+        }
+    }
+
+    /// Reset it to not readable.
+    pub fn clear(&self) {
+        let mut v = 0u64;
+        unsafe {
+            libc::read(self.raw(), &mut v as *mut u64 as *mut libc::c_void, 8);
+        }
+    }
+}
+
+/// CPU time the calling thread has used.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_eventfd_wakes_the_epoll_set_until_cleared() {
+        let ep = Epoll::new().unwrap();
+        let ev = EventFd::new().unwrap();
+        add(ep.raw(), ev.raw(), 7).unwrap();
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        assert_eq!(ep.wait(&mut events, Some(Duration::ZERO)), 0);
+        ev.signal();
+        ev.signal();
+        assert_eq!(ep.wait(&mut events, Some(Duration::from_secs(1))), 1);
+        assert_eq!({ events[0].u64 }, 7);
+        ev.clear();
+        assert_eq!(ep.wait(&mut events, Some(Duration::ZERO)), 0);
+        remove(ep.raw(), ev.raw());
+        ev.signal();
+        assert_eq!(ep.wait(&mut events, Some(Duration::ZERO)), 0);
+    }
+
+    #[test]
+    fn the_thread_clock_counts_work_not_sleep() {
+        let t0 = thread_cpu();
+        std::thread::sleep(Duration::from_millis(30));
+        let slept = thread_cpu() - t0;
+        let t1 = thread_cpu();
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let worked = thread_cpu() - t1;
+        assert!(slept < Duration::from_millis(10), "slept {slept:?}");
+        assert!(worked > Duration::from_millis(10), "worked {worked:?}");
+    }
+}

@@ -1,10 +1,17 @@
-//! The tokio shell around the engine.
+//! The I/O shell around the engine.
 //!
-//! One worker thread per core, each with a current-thread runtime, its own
-//! SO_REUSEPORT socket on every listen address (UDP and TCP), and its own
-//! [`Engine`](crate::engine::Engine). The kernel hashes a client's 5-tuple to
-//! one worker, which then owns that client's allocation and relay socket: no
-//! state is shared between workers, and the data path takes no lock.
+//! Each listen address gets one SO_REUSEPORT socket per worker (`workers`,
+//! one per core by default); the kernel hashes a client's 5-tuple to one of
+//! them, and the engine behind that socket owns the client's allocation and
+//! relay sockets. No state is shared between engines, and the data path
+//! takes no lock.
+//!
+//! - UDP clients ([`udp`]): one shard (an engine, its UDP sockets, a batch of
+//!   buffers) per worker, on an epoll loop of our own. Shards move whole
+//!   between driver threads: one thread drives them all at low load, each
+//!   gets a thread of its own when that thread is busy.
+//! - TCP and TLS clients ([`worker`]): a tokio worker per core, with its own
+//!   engine, started only when a listener takes streams.
 
 mod mmsg;
 pub mod notify;
@@ -229,6 +236,8 @@ impl Server {
         // worker runs.
         let mut per_worker: Vec<worker::Sockets> =
             (0..n).map(|_| worker::Sockets::default()).collect();
+        let mut per_shard: Vec<Vec<(u16, std::net::UdpSocket)>> =
+            (0..n).map(|_| Vec::new()).collect();
         let mut listen = Vec::new();
         let mut acceptors = Vec::new();
         for (i, l) in config.listen.iter().enumerate() {
@@ -256,8 +265,8 @@ impl Server {
             if l.udp {
                 let socks = socket::udp_group(addr, n)?;
                 addr = socks[0].local_addr()?;
-                for (w, s) in per_worker.iter_mut().zip(socks) {
-                    w.udp.push((i, s));
+                for (sh, s) in per_shard.iter_mut().zip(socks) {
+                    sh.push((i, s));
                 }
             }
             if l.tcp {
@@ -309,6 +318,11 @@ impl Server {
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let shards = if per_shard.iter().any(|s| !s.is_empty()) {
+            n
+        } else {
+            0
+        };
         let streams = if per_worker
             .iter()
             .any(|w| !w.tcp.is_empty() || !w.tls.is_empty())
@@ -317,7 +331,7 @@ impl Server {
         } else {
             0
         };
-        let mut shares = port_shares(lo, hi, n, streams).into_iter();
+        let mut shares = port_shares(lo, hi, shards, streams).into_iter();
         let engine_config = |ports: Vec<u16>| -> std::io::Result<EngineConfig> {
             let mut seed = [0u8; 8];
             rng.fill(&mut seed)
@@ -346,15 +360,14 @@ impl Server {
         let mut controls = Vec::new();
         // The UDP data plane: one shard per worker, driven by up to `n`
         // threads as the load asks.
-        let mut shards = Vec::new();
-        for (i, w) in per_worker.iter_mut().enumerate() {
+        let mut udp_shards = Vec::new();
+        for (i, sockets) in per_shard.into_iter().enumerate().take(shards) {
             let cfg = engine_config(shares.next().unwrap_or_default())?;
-            let udp_sockets = std::mem::take(&mut w.udp);
-            let (shard, mailbox) = udp::Shard::new(i, cfg, udp_sockets, Instant::now(), unix_now)?;
-            shards.push(shard);
+            let (shard, mailbox) = udp::Shard::new(i, cfg, sockets, Instant::now(), unix_now)?;
+            udp_shards.push(shard);
             controls.push(mailbox);
         }
-        let (hub, mut workers) = udp::start(shards, n, udp::Balance::default())?;
+        let (hub, mut workers) = udp::start(udp_shards, n, udp::Balance::default())?;
         // TCP and TLS clients: one tokio worker per core, with engines of
         // their own, when a listener takes streams.
         for (i, sockets) in per_worker.into_iter().enumerate().take(streams) {
@@ -465,28 +478,24 @@ impl Server {
     }
 }
 
-/// The relay ports of each engine: the `shards` UDP shards first, then
-/// the `streams` stream workers. Ports go in pairs (an even one and the odd
+/// The relay ports of each engine: the `udp` shards first, then the
+/// `streams` stream workers. Ports go in pairs (an even one and the odd
 /// one after it, for EVEN-PORT), each pair to one engine, so that engines
-/// never collide. Stream workers, when there are any, get one pair in
-/// four between them: most media goes over UDP.
-fn port_shares(lo: u16, hi: u16, shards: usize, streams: usize) -> Vec<Vec<u16>> {
-    let shards = shards.max(1);
-    let mut shares = vec![Vec::new(); shards + streams];
+/// never collide. When there are both kinds, a UDP shard gets three pairs
+/// for a stream worker's one: most media goes over UDP.
+fn port_shares(lo: u16, hi: u16, udp: usize, streams: usize) -> Vec<Vec<u16>> {
+    let rounds = if udp > 0 && streams > 0 { 3 } else { 1 };
+    let owners: Vec<usize> = (0..rounds)
+        .flat_map(|_| 0..udp)
+        .chain(udp..udp + streams)
+        .collect();
+    let mut shares = vec![Vec::new(); udp + streams];
+    if owners.is_empty() {
+        return shares;
+    }
     for p in lo..=hi {
         let pair = (p / 2 - lo / 2) as usize;
-        let owner = if streams == 0 {
-            pair % shards
-        } else {
-            let slot = pair % (4 * streams.max(shards));
-            let udp_slots = 3 * streams.max(shards);
-            if slot < udp_slots {
-                slot % shards
-            } else {
-                shards + (slot - udp_slots) % streams
-            }
-        };
-        shares[owner].push(p);
+        shares[owners[pair % owners.len()]].push(p);
     }
     shares
 }
@@ -536,4 +545,36 @@ pub async fn wait_for_signal() -> std::io::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_shares;
+
+    #[test]
+    fn port_shares_split_the_range_in_whole_pairs_without_overlap() {
+        for (udp, streams) in [(2, 0), (0, 2), (2, 2), (1, 1), (3, 3)] {
+            let shares = port_shares(50_000, 50_999, udp, streams);
+            assert_eq!(shares.len(), udp + streams);
+            let mut all: Vec<u16> = shares.concat();
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                (50_000..=50_999).collect::<Vec<_>>(),
+                "{udp}+{streams}"
+            );
+            // An even port and the odd one after it stay with one engine.
+            for s in &shares {
+                for p in s.iter().filter(|p| *p % 2 == 0) {
+                    assert!(s.contains(&(p + 1)), "{p} without {}", p + 1);
+                }
+            }
+            // Both kinds: every UDP shard gets three times a stream worker's share.
+            if udp > 0 && streams > 0 {
+                let (u, s) = (shares[0].len() as f64, shares[udp].len() as f64);
+                assert!((u / s - 3.0).abs() < 0.1, "{u} vs {s}");
+            }
+        }
+        assert!(port_shares(1, 2, 0, 0).is_empty());
+    }
 }

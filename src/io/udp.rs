@@ -183,10 +183,12 @@ impl Shard {
                 .map(|s| (s.as_raw_fd(), token(i, LISTENER, l as u32)))
         });
         let relays = self.relays.iter().enumerate().flat_map(move |(id, pair)| {
-            pair.iter().zip([RELAY_V4, RELAY_V6]).filter_map(move |(s, kind)| {
-                s.as_ref()
-                    .map(|s| (s.as_raw_fd(), token(i, kind, id as u32)))
-            })
+            pair.iter()
+                .zip([RELAY_V4, RELAY_V6])
+                .filter_map(move |(s, kind)| {
+                    s.as_ref()
+                        .map(|s| (s.as_raw_fd(), token(i, kind, id as u32)))
+                })
         });
         std::iter::once((self.mailbox.raw(), token(i, MAILBOX, 0)))
             .chain(listeners)
@@ -346,7 +348,10 @@ impl Shard {
         if self.compact_due {
             self.compact_due = false;
             if self.engine.allocation_count() == 0 {
-                tracing::debug!(shard = self.index, "compacting tables after the last allocation");
+                tracing::debug!(
+                    shard = self.index,
+                    "compacting tables after the last allocation"
+                );
                 self.engine.compact();
                 self.relays = Vec::new();
                 // glibc keeps freed memory in its arenas; give it back.
@@ -382,8 +387,7 @@ impl Shard {
                     if let Some(pair) = self.relays.get_mut(alloc.0 as usize) {
                         *pair = [None, None];
                     }
-                    if self.engine.allocation_count() == 0 && self.relays.len() >= COMPACT_AFTER
-                    {
+                    if self.engine.allocation_count() == 0 && self.relays.len() >= COMPACT_AFTER {
                         self.compact_due = true;
                     }
                 }
@@ -455,7 +459,10 @@ impl Hub {
     /// How many shards each driver holds now (a shard on its way from one
     /// to another is counted by neither).
     pub fn placement(&self) -> Vec<usize> {
-        self.held.iter().map(|h| h.load(Ordering::Relaxed)).collect()
+        self.held
+            .iter()
+            .map(|h| h.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Hand `shard` to driver `to`.
@@ -489,7 +496,8 @@ pub fn start(
     threads: usize,
     balance: Balance,
 ) -> std::io::Result<(Arc<Hub>, Vec<std::thread::JoinHandle<()>>)> {
-    let threads = threads.max(1);
+    // No UDP listener: no shard, and no thread to drive one.
+    let threads = if shards.is_empty() { 0 } else { threads.max(1) };
     let mut inboxes = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..threads {
@@ -578,7 +586,11 @@ impl Driver {
     /// How long to sleep: until the first engine deadline, and until the
     /// end of the load window while a merge may be due.
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        let mut next = self.shards.iter().filter_map(|s| s.engine.poll_timeout()).min();
+        let mut next = self
+            .shards
+            .iter()
+            .filter_map(|s| s.engine.poll_timeout())
+            .min();
         let merging = if self.id == 0 {
             self.shards.len() < self.hub.shards
         } else {
@@ -643,7 +655,13 @@ impl Driver {
             }
             let mut s = self.shards.swap_remove(i);
             s.detach();
-            tracing::debug!(load, shard = s.index, from = self.id, to = dest, "shard moves");
+            tracing::debug!(
+                load,
+                shard = s.index,
+                from = self.id,
+                to = dest,
+                "shard moves"
+            );
             self.hub.send(dest, s);
         }
         self.hub.held[self.id].store(self.shards.len(), Ordering::Relaxed);

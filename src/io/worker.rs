@@ -1,15 +1,13 @@
-//! One worker: a thread with a current-thread runtime, its listener
-//! sockets, the relay sockets of its allocations, and its engine.
+//! A stream worker: a thread with a current-thread runtime, its TCP and
+//! TLS listeners, their connections, the relay sockets of their
+//! allocations, and an engine of its own. (UDP clients are the business of
+//! the shards in [`super::udp`].)
 //!
 //! Every task of a worker runs on the same thread, so they share the worker
 //! state through `Rc<RefCell<..>>`; a borrow is never held across an await.
 //! The receive buffers are shared too: one [`Batch`] per worker, not one
-//! per socket. Datagrams are read with `recvmmsg` into the batch's free
-//! slots, and what they relay is queued; the queue goes out with one
-//! `sendmmsg` per socket once every socket that was ready has been read
-//! (the flusher task runs after them), or sooner when the batch is nearly
-//! full. So replies that many relay sockets send to clients through one
-//! listener leave in one system call.
+//! per socket; peer datagrams are read into it with `recvmmsg` and framed
+//! in place onto the client's connection.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -20,20 +18,19 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::mmsg::{self, Batch, Out, SLOTS};
+use super::Command;
+use super::mmsg::{self, Batch, SLOTS};
 use super::socket;
 use super::tcp::{self, Conn};
-use super::Command;
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig, Output, ToPeer};
 use crate::proto::channel_data::{BUF_LEN, HEADROOM};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
-/// The sockets a worker is given at start.
+/// The sockets a worker is given at start, with the index of their
+/// `[[listen]]` entry.
 #[derive(Default)]
 pub struct Sockets {
-    /// Sockets with the index of their `[[listen]]` entry.
-    pub udp: Vec<(u16, std::net::UdpSocket)>,
     pub tcp: Vec<(u16, std::net::TcpListener)>,
     /// TLS listeners, with the acceptor their entry shares across workers.
     pub tls: Vec<(u16, std::net::TcpListener, super::tls::Acceptor)>,
@@ -45,19 +42,13 @@ const COMPACT_AFTER: usize = 256;
 /// `recvmmsg` calls per readiness wake-up before yielding to other sockets.
 const ROUNDS: usize = 4;
 
-/// Free slots below which the queue is sent before the next `recvmmsg`.
-const MIN_FREE: usize = 8;
-
 struct Relay {
     socket: Rc<UdpSocket>,
-    fd: RawFd,
     task: JoinHandle<()>,
 }
 
 pub(super) struct Worker {
     pub(super) engine: Engine,
-    /// UDP listener sockets by `[[listen]]` index.
-    udp: Vec<Option<Rc<UdpSocket>>>,
     /// Relay sockets by allocation id, IPv4 then IPv6 (a dual allocation
     /// has both).
     relays: Vec<[Option<Relay>; 2]>,
@@ -65,14 +56,9 @@ pub(super) struct Worker {
     next_conn: u32,
     /// Receive buffers for one `recvmmsg`.
     batch: Batch,
-    /// Relayed datagrams of the current batch, sent together at its end.
-    outs: Vec<Out>,
     /// The deadline the timer task sleeps until.
     armed: Option<Instant>,
     timer: Rc<Notify>,
-    /// Wakes the flusher task, which sends `outs`; `flushing` while it is due.
-    flusher: Rc<Notify>,
-    flushing: bool,
     /// Packets we could not send (socket buffer full), dropped.
     pub(super) send_drops: u64,
     /// A [`Worker::compact`] is scheduled.
@@ -106,41 +92,18 @@ pub fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let timer = Rc::new(Notify::new());
-        let flusher = Rc::new(Notify::new());
-        let mut udp: Vec<Option<Rc<UdpSocket>>> = Vec::new();
-        for (i, s) in sockets.udp {
-            match UdpSocket::from_std(s) {
-                Ok(s) => {
-                    let i = i as usize;
-                    if udp.len() <= i {
-                        udp.resize(i + 1, None);
-                    }
-                    udp[i] = Some(Rc::new(s));
-                }
-                Err(e) => return tracing::error!(worker = index, "udp socket: {e}"),
-            }
-        }
         let w: Shared = Rc::new(RefCell::new(Worker {
             engine: Engine::new(cfg, now, unix_now),
-            udp: udp.clone(),
             relays: Vec::new(),
             conns: Default::default(),
             next_conn: 0,
             batch: Batch::new(),
-            outs: Vec::with_capacity(SLOTS),
             armed: None,
             timer: timer.clone(),
-            flusher: flusher.clone(),
-            flushing: false,
             send_drops: 0,
             compacting: false,
         }));
         SELF.with(|s| *s.borrow_mut() = Some(w.clone()));
-        for (i, s) in udp.into_iter().enumerate() {
-            if let Some(s) = s {
-                tokio::task::spawn_local(udp_loop(w.clone(), i as u16, s));
-            }
-        }
         for (i, l) in sockets.tcp {
             match TcpListener::from_std(l) {
                 Ok(l) => {
@@ -158,7 +121,6 @@ pub fn run(
             }
         }
         tokio::task::spawn_local(timer_loop(w.clone(), timer));
-        tokio::task::spawn_local(flush_loop(w.clone(), flusher));
         tokio::task::spawn_local(command_loop(w.clone(), commands));
         let mut stop = stop;
         let _ = stop.wait_for(|s| *s).await;
@@ -166,7 +128,6 @@ pub fn run(
         let now = Instant::now();
         wb.engine.close_all(now);
         wb.flush(now);
-        wb.send_outs();
         drop(wb);
         SELF.with(|s| *s.borrow_mut() = None);
     });
@@ -187,32 +148,8 @@ impl Worker {
         self.relays.get(id.0 as usize)?[peer.is_ipv6() as usize].as_ref()
     }
 
-    /// Datagram `i` of the batch, from a client on UDP listener `index`:
-    /// the engine reads it in place, and a relayed payload is queued to go
-    /// out from the relay socket straight from the batch buffer.
-    #[inline]
-    fn client_slot(&mut self, now: Instant, index: u16, i: usize) {
-        let at = Batch::base(i) + HEADROOM;
-        let client = ClientAddr {
-            remote: self.batch.from[i],
-            via: Via::Udp(index),
-        };
-        let packet = &self.batch.data[at..at + self.batch.len[i]];
-        if let Some(f) = self.engine.handle_client(now, client, packet) {
-            if let Some(r) = self.relay(f.relay, f.peer.0) {
-                self.outs.push(Out {
-                    fd: r.fd,
-                    start: at + f.start,
-                    end: at + f.end,
-                    to: f.peer.0,
-                });
-            }
-        }
-        self.flush(now);
-    }
-
     /// Datagram `i` of the batch, from a peer on the relay socket of `id`:
-    /// framed in place by the engine and queued for the client.
+    /// framed in place by the engine and sent on the client's connection.
     #[inline]
     fn peer_slot(&mut self, now: Instant, id: AllocId, i: usize) {
         let base = Batch::base(i);
@@ -222,23 +159,9 @@ impl Worker {
         let Some(tc) = self.engine.handle_peer(now, id, from, slot, HEADROOM, end) else {
             return;
         };
-        match tc.client.via {
-            Via::Udp(l) => {
-                if let Some(Some(s)) = self.udp.get(l as usize) {
-                    self.outs.push(Out {
-                        fd: s.as_raw_fd(),
-                        start: base + tc.start,
-                        end: base + tc.end,
-                        to: tc.client.remote,
-                    });
-                }
-            }
-            Via::Stream { .. } => {
-                let frame = &self.batch.data[base + tc.start..base + tc.end];
-                if !self.transmit(tc.client, frame) {
-                    self.send_drops += 1;
-                }
-            }
+        let frame = &self.batch.data[base + tc.start..base + tc.end];
+        if !self.transmit(tc.client, frame) {
+            self.send_drops += 1;
         }
     }
 
@@ -259,36 +182,6 @@ impl Worker {
         }
     }
 
-    /// Send the queued datagrams: one `sendmmsg` per socket. Their slots
-    /// are free again once no batch is being read (see [`Worker::recycle`]).
-    fn send_outs(&mut self) {
-        if !self.outs.is_empty() {
-            self.send_drops += self.batch.send(&mut self.outs) as u64;
-            self.outs.clear();
-        }
-    }
-
-    /// Between batches: free the batch's slots if nothing queued names them,
-    /// and send the queue first if too few slots are left for a read.
-    #[inline]
-    fn recycle(&mut self) {
-        if self.outs.is_empty() {
-            self.batch.used = 0;
-        } else if SLOTS - self.batch.used < MIN_FREE {
-            self.send_outs();
-            self.batch.used = 0;
-        }
-    }
-
-    /// Have the flusher send the queue once the sockets ready now are read.
-    #[inline]
-    fn defer_send(&mut self) {
-        if !self.outs.is_empty() && !self.flushing {
-            self.flushing = true;
-            self.flusher.notify_one();
-        }
-    }
-
     #[inline]
     fn send_to_peer(&mut self, f: ToPeer, packet: &[u8]) {
         if let Some(r) = self.relay(f.relay, f.peer.0) {
@@ -298,18 +191,13 @@ impl Worker {
         }
     }
 
-    /// Send a datagram or frame to a client; false if it was dropped.
+    /// Send a frame to a client on its connection; false if it was dropped.
     #[inline]
     fn transmit(&self, client: ClientAddr, data: &[u8]) -> bool {
         match client.via {
-            Via::Udp(i) => match self.udp.get(i as usize) {
-                Some(Some(s)) => send_now(s, data, client.remote).is_ok(),
-                _ => false,
-            },
-            Via::Stream { conn, .. } => match self.conns.get(&conn) {
-                Some(c) => c.send(data),
-                None => false,
-            },
+            Via::Stream { conn, .. } => self.conns.get(&conn).is_some_and(|c| c.send(data)),
+            // A stream worker has no UDP clients.
+            Via::Udp(_) => false,
         }
     }
 
@@ -330,9 +218,6 @@ impl Worker {
                     self.engine.relay_opened(now, alloc, ok);
                 }
                 Output::CloseRelay { alloc } => {
-                    // Queued datagrams name socket descriptors: send them
-                    // before one closes and its number is reused.
-                    self.send_outs();
                     if let Some(slots) = self.relays.get_mut(alloc.0 as usize) {
                         for r in slots.iter_mut().filter_map(Option::take) {
                             r.task.abort();
@@ -379,12 +264,7 @@ impl Worker {
         if self.relays.len() <= i {
             self.relays.resize_with(i + 1, Default::default);
         }
-        let fd = sock.as_raw_fd();
-        self.relays[i][bind.is_ipv6() as usize] = Some(Relay {
-            socket: sock,
-            fd,
-            task,
-        });
+        self.relays[i][bind.is_ipv6() as usize] = Some(Relay { socket: sock, task });
         true
     }
 
@@ -413,13 +293,10 @@ thread_local! {
     static SELF: RefCell<Option<Shared>> = const { RefCell::new(None) };
 }
 
-/// Read `sock` whenever it is readable, [`SLOTS`] datagrams per `recvmmsg`
-/// into the worker's batch; `on` handles each one while it is still in the
-/// batch, and what it relays goes out at the end of the batch.
-async fn read_loop<F>(w: Shared, sock: Rc<UdpSocket>, mut on: F)
-where
-    F: FnMut(&mut Worker, Instant, usize),
-{
+/// Read the relay socket of allocation `id` whenever it is readable,
+/// [`SLOTS`] datagrams per `recvmmsg` into the worker's batch, each handled
+/// while it is still in the batch.
+async fn relay_loop(w: Shared, id: AllocId, sock: Rc<UdpSocket>) {
     let fd = sock.as_raw_fd();
     loop {
         if sock.readable().await.is_err() {
@@ -431,16 +308,16 @@ where
             let mut wb = w.borrow_mut();
             let wk = &mut *wb;
             for _ in 0..ROUNDS {
-                wk.recycle();
-                let at = wk.batch.used;
+                // Every datagram of the last read went out as it was handled.
+                wk.batch.used = 0;
                 match sock.try_io(tokio::io::Interest::READABLE, || {
                     mmsg::recv(fd, &mut wk.batch)
                 }) {
                     Ok(n) => {
-                        for i in at..at + n {
-                            on(wk, now, i);
+                        for i in 0..n {
+                            wk.peer_slot(now, id, i);
                         }
-                        if n < SLOTS - at {
+                        if n < SLOTS {
                             // A short batch emptied the queue: clear the
                             // readiness without another (empty) recvmmsg. A
                             // datagram that came meanwhile raises a new event.
@@ -459,23 +336,12 @@ where
                     Err(_) => continue,
                 }
             }
-            wk.defer_send();
         }
         if !drained {
             // Let the worker's other sockets have a turn.
             tokio::task::yield_now().await;
         }
     }
-}
-
-/// Receive client datagrams on the UDP listener of `[[listen]]` entry `index`.
-async fn udp_loop(w: Shared, index: u16, sock: Rc<UdpSocket>) {
-    read_loop(w, sock, move |wk, now, i| wk.client_slot(now, index, i)).await
-}
-
-/// Receive peer datagrams on the relay socket of allocation `id`.
-async fn relay_loop(w: Shared, id: AllocId, sock: Rc<UdpSocket>) {
-    read_loop(w, sock, move |wk, now, i| wk.peer_slot(now, id, i)).await
 }
 
 /// TLS handshakes one worker runs at once; connections beyond are closed.
@@ -531,18 +397,6 @@ async fn command_loop(w: Shared, mut commands: mpsc::UnboundedReceiver<Command>)
         let drops = wb.send_drops;
         c.carry_out(&mut wb.engine, now, drops);
         wb.flush(now);
-    }
-}
-
-/// Send what the read loops queued, after every task that was ready
-/// with it has run: tasks woken later queue behind this one.
-async fn flush_loop(w: Shared, notify: Rc<Notify>) {
-    loop {
-        notify.notified().await;
-        let mut wb = w.borrow_mut();
-        wb.flushing = false;
-        wb.send_outs();
-        wb.recycle();
     }
 }
 

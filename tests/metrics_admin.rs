@@ -194,6 +194,8 @@ fn metrics_and_admin_follow_a_known_workload() {
     assert_eq!(get(&before, "ferroturn_allocations_active"), 0);
     assert_eq!(get(&before, "ferroturn_relay_ports_free"), block);
     assert_eq!(get(&before, "ferroturn_draining"), 0);
+    // Idle: one thread drives both workers' UDP sockets.
+    assert_eq!(get(&before, "ferroturn_udp_threads"), 1);
 
     // The workload.
     let mut a = RawClient::udp(s.addr, REALM, USER, PASSWORD);

@@ -132,6 +132,26 @@ impl Command {
     }
 }
 
+/// Hand datagram `i` of `batch`, from a peer on the relay socket of `id`,
+/// to `engine`, which frames it in place for the client: that client, and
+/// where the frame lies in `batch.data`.
+#[inline]
+fn frame_for_client(
+    engine: &mut crate::engine::Engine,
+    batch: &mut mmsg::Batch,
+    now: Instant,
+    id: crate::addr::AllocId,
+    i: usize,
+) -> Option<(crate::addr::ClientAddr, std::ops::Range<usize>)> {
+    use crate::proto::channel_data::{BUF_LEN, HEADROOM};
+    let base = mmsg::Batch::base(i);
+    let end = HEADROOM + batch.len[i];
+    let from = batch.from[i];
+    let slot = &mut batch.data[base..base + BUF_LEN];
+    let tc = engine.handle_peer(now, id, from, slot, HEADROOM, end)?;
+    Some((tc.client, base + tc.start..base + tc.end))
+}
+
 /// How long the control plane waits for one worker's answer.
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 

@@ -31,7 +31,7 @@ use super::poll::{self, Epoll, EventFd};
 use super::{Command, socket};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig, Output};
-use crate::proto::channel_data::{BUF_LEN, HEADROOM};
+use crate::proto::channel_data::HEADROOM;
 
 /// `recvmmsg` calls per ready socket before the next socket's turn.
 const ROUNDS: usize = 4;
@@ -296,23 +296,21 @@ impl Shard {
     /// framed in place by the engine and queued for the client.
     #[inline]
     fn peer_slot(&mut self, now: Instant, id: AllocId, i: usize) {
-        let base = Batch::base(i);
-        let end = HEADROOM + self.batch.len[i];
-        let from = self.batch.from[i];
-        let slot = &mut self.batch.data[base..base + BUF_LEN];
-        let Some(tc) = self.engine.handle_peer(now, id, from, slot, HEADROOM, end) else {
+        let Some((client, frame)) =
+            super::frame_for_client(&mut self.engine, &mut self.batch, now, id, i)
+        else {
             return;
         };
         // A UDP shard's clients are all on its UDP listeners.
-        if let Via::Udp(l) = tc.client.via {
-            if let Some(Some(s)) = self.udp.get(l as usize) {
-                self.outs.push(Out {
-                    fd: s.as_raw_fd(),
-                    start: base + tc.start,
-                    end: base + tc.end,
-                    to: tc.client.remote,
-                });
-            }
+        if let Via::Udp(l) = client.via
+            && let Some(Some(s)) = self.udp.get(l as usize)
+        {
+            self.outs.push(Out {
+                fd: s.as_raw_fd(),
+                start: frame.start,
+                end: frame.end,
+                to: client.remote,
+            });
         }
     }
 

@@ -24,7 +24,6 @@ use super::socket;
 use super::tcp::{self, Conn};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig, Output, ToPeer};
-use crate::proto::channel_data::{BUF_LEN, HEADROOM};
 use std::os::fd::AsRawFd;
 
 /// The sockets a worker is given at start, with the index of their
@@ -152,15 +151,12 @@ impl Worker {
     /// framed in place by the engine and sent on the client's connection.
     #[inline]
     fn peer_slot(&mut self, now: Instant, id: AllocId, i: usize) {
-        let base = Batch::base(i);
-        let end = HEADROOM + self.batch.len[i];
-        let from = self.batch.from[i];
-        let slot = &mut self.batch.data[base..base + BUF_LEN];
-        let Some(tc) = self.engine.handle_peer(now, id, from, slot, HEADROOM, end) else {
+        let Some((client, frame)) =
+            super::frame_for_client(&mut self.engine, &mut self.batch, now, id, i)
+        else {
             return;
         };
-        let frame = &self.batch.data[base + tc.start..base + tc.end];
-        if !self.transmit(tc.client, frame) {
+        if !self.transmit(client, &self.batch.data[frame]) {
             self.send_drops += 1;
         }
     }

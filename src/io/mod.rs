@@ -132,6 +132,16 @@ impl Command {
     }
 }
 
+/// Hand the heap memory freed since the last call back to the system:
+/// glibc keeps it in its arenas otherwise. For an engine whose last
+/// allocation of many is gone.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Hand datagram `i` of `batch`, from a peer on the relay socket of `id`,
 /// to `engine`, which frames it in place for the client: that client, and
 /// where the frame lies in `batch.data`.
@@ -387,22 +397,9 @@ impl Server {
             udp_shards.push(shard);
             controls.push(mailbox);
         }
-        let (hub, mut workers) = udp::start(udp_shards, n, udp::Balance::default())?;
-        // TCP and TLS clients: one tokio worker per core, with engines of
-        // their own, when a listener takes streams.
-        for (i, sockets) in per_worker.into_iter().enumerate().take(streams) {
-            let cfg = engine_config(shares.next().unwrap_or_default())?;
-            let stop_rx = stop_rx.clone();
-            let (tx, rx) = mpsc::unbounded_channel();
-            controls.push(udp::Mailbox::tokio(tx));
-            let handle = std::thread::Builder::new()
-                .name(format!("ferroturn-w{i}"))
-                .spawn(move || {
-                    worker::run(i, cfg, sockets, stop_rx, rx, Instant::now(), unix_now)
-                })?;
-            workers.push(handle);
-        }
-        Ok(Server {
+        let (hub, workers) = udp::start(udp_shards, n, udp::Balance::default())?;
+        // From here on, an error drops `server`, which stops what runs.
+        let mut server = Server {
             stop,
             hub: hub.clone(),
             workers,
@@ -413,7 +410,22 @@ impl Server {
             nonce_secret,
             listen,
             tls: acceptors,
-        })
+        };
+        // TCP and TLS clients: one tokio worker per core, with engines of
+        // their own, when a listener takes streams.
+        for (i, sockets) in per_worker.into_iter().enumerate().take(streams) {
+            let cfg = engine_config(shares.next().unwrap_or_default())?;
+            let stop_rx = stop_rx.clone();
+            let (tx, rx) = mpsc::unbounded_channel();
+            server.control.workers.push(udp::Mailbox::tokio(tx));
+            let handle = std::thread::Builder::new()
+                .name(format!("ferroturn-w{i}"))
+                .spawn(move || {
+                    worker::run(i, cfg, sockets, stop_rx, rx, Instant::now(), unix_now)
+                })?;
+            server.workers.push(handle);
+        }
+        Ok(server)
     }
 
     /// The control plane's handle.
@@ -495,6 +507,15 @@ impl Server {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+impl Drop for Server {
+    /// A server dropped without [`Server::stop`] (an error at start, a
+    /// panicking test) still stops its threads; it does not wait for them.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.hub.stop();
     }
 }
 

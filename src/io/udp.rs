@@ -352,11 +352,8 @@ impl Shard {
                 );
                 self.engine.compact();
                 self.relays = Vec::new();
-                // glibc keeps freed memory in its arenas; give it back.
-                #[cfg(all(target_os = "linux", target_env = "gnu"))]
-                unsafe {
-                    libc::malloc_trim(0);
-                }
+                self.batch.release();
+                super::trim_heap();
             }
         }
     }
@@ -463,12 +460,12 @@ impl Hub {
             .collect()
     }
 
-    /// Hand `shard` to driver `to`.
-    fn send(&self, to: usize, shard: Box<Shard>) {
+    /// Hand `shard` to driver `to`; back if that driver is gone.
+    fn send(&self, to: usize, shard: Box<Shard>) -> Result<(), Box<Shard>> {
         let (tx, wake) = &self.inboxes[to];
-        if tx.send(shard).is_ok() {
-            wake.signal();
-        }
+        tx.send(shard).map_err(|e| e.0)?;
+        wake.signal();
+        Ok(())
     }
 }
 
@@ -512,30 +509,51 @@ pub fn start(
         balance,
     });
     for s in shards {
-        hub.send(0, s);
+        // Driver 0's receiver is alive: it is in `receivers`.
+        let _ = hub.send(0, s);
     }
     let mut handles = Vec::new();
     for (id, inbox) in receivers.into_iter().enumerate() {
-        let epoll = Epoll::new()?;
-        let wake = hub.inboxes[id].1.clone();
-        poll::add(epoll.raw(), wake.raw(), INBOX)?;
-        let d = Driver {
-            id,
-            epoll,
-            wake,
-            inbox,
-            shards: Vec::new(),
-            hub: hub.clone(),
-            window: (Instant::now(), poll::thread_cpu()),
-            calm_since: None,
-        };
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("ferroturn-u{id}"))
-                .spawn(move || d.run())?,
-        );
+        match spawn(&hub, id, inbox) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                hub.stop();
+                return Err(e);
+            }
+        }
     }
     Ok((hub, handles))
+}
+
+/// Start driver `id`'s thread. A panic there (a bug) ends the process, so
+/// that a supervisor restarts it: at low load one driver holds every shard.
+fn spawn(
+    hub: &Arc<Hub>,
+    id: usize,
+    inbox: std::sync::mpsc::Receiver<Box<Shard>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let epoll = Epoll::new()?;
+    let wake = hub.inboxes[id].1.clone();
+    poll::add(epoll.raw(), wake.raw(), INBOX)?;
+    let d = Driver {
+        id,
+        epoll,
+        wake,
+        inbox,
+        shards: Vec::new(),
+        hub: hub.clone(),
+        window: (Instant::now(), poll::thread_cpu()),
+        calm_since: None,
+    };
+    std::thread::Builder::new()
+        .name(format!("ferroturn-u{id}"))
+        .spawn(move || {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.run()));
+            if run.is_err() {
+                tracing::error!(driver = id, "UDP driver thread panicked; aborting");
+                std::process::abort();
+            }
+        })
 }
 
 impl Driver {
@@ -564,10 +582,16 @@ impl Driver {
             }
             self.balance(now);
         }
-        // Shards on their way here are closed here too.
-        self.adopt();
-        for s in &mut self.shards {
-            s.close();
+        // Shards on their way here are closed here too; one sent after
+        // this comes back to its sender, which closes it (see `give`).
+        loop {
+            self.adopt();
+            if self.shards.is_empty() {
+                break;
+            }
+            for mut s in self.shards.drain(..) {
+                s.close();
+            }
         }
     }
 
@@ -578,6 +602,8 @@ impl Driver {
             tracing::debug!(shard = s.index, driver = self.id, "shard moved");
             self.shards.push(s);
             self.hub.held[self.id].store(self.shards.len(), Ordering::Relaxed);
+            // The moves' system calls are not load: start a new window.
+            self.window = (Instant::now(), poll::thread_cpu());
         }
     }
 
@@ -627,10 +653,16 @@ impl Driver {
             }
             return;
         }
-        if self.shards.is_empty() {
+        // One driver merges at a time, the last that holds shards, and
+        // only while all of them together are calm.
+        let last = (1..threads)
+            .rev()
+            .find(|&j| self.hub.held[j].load(Ordering::Relaxed) > 0);
+        if self.shards.is_empty() || last != Some(self.id) {
+            self.calm_since = None;
             return;
         }
-        let sum = load + self.hub.loads[0].load(Ordering::Relaxed);
+        let sum: u32 = self.hub.loads.iter().map(|l| l.load(Ordering::Relaxed)).sum();
         if sum >= b.merge {
             self.calm_since = None;
             return;
@@ -660,9 +692,16 @@ impl Driver {
                 to = dest,
                 "shard moves"
             );
-            self.hub.send(dest, s);
+            if let Err(mut s) = self.hub.send(dest, s) {
+                // That driver has stopped: so are we, nearly.
+                s.close();
+            }
         }
         self.hub.held[self.id].store(self.shards.len(), Ordering::Relaxed);
+        if self.shards.is_empty() {
+            // Idle from now on; the merge rule sums every driver's load.
+            self.hub.loads[self.id].store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -738,8 +777,7 @@ mod tests {
 
     #[test]
     fn shards_spread_under_load_come_back_when_calm_and_lose_nothing() {
-        let (a, addr_a) = shard(0);
-        let (b, addr_b) = shard(1);
+        let (shards, addrs): (Vec<_>, Vec<_>) = (0..3).map(shard).unzip();
         // Split at any load, merge after a calm 200 ms whatever the load:
         // under traffic the shard moves to and fro several times a second.
         let balance = Balance {
@@ -747,7 +785,7 @@ mod tests {
             merge: 1001,
             calm: Duration::from_millis(200),
         };
-        let (hub, threads) = start(vec![a, b], 2, balance).unwrap();
+        let (hub, threads) = start(shards, 3, balance).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_nonblocking(true).unwrap();
         let wait_for = |want: &[usize]| {
@@ -757,13 +795,13 @@ mod tests {
             }
             assert_eq!(hub.placement(), want);
         };
-        // Both shards start with thread 0.
-        wait_for(&[2, 0]);
+        // Every shard starts with thread 0.
+        wait_for(&[3, 0, 0]);
 
         let mut placements = std::collections::BTreeSet::new();
         let (sent, answered) = traffic(
             &client,
-            &[addr_a, addr_b],
+            &addrs,
             Duration::from_millis(1500),
             |p| {
                 placements.insert(p);
@@ -771,12 +809,17 @@ mod tests {
             &hub,
         );
         assert!(sent > 100, "sent {sent}");
-        assert_eq!(answered, vec![sent, sent], "every Binding answered");
-        assert!(placements.contains(&vec![1, 1]), "spread: {placements:?}");
-        assert!(placements.contains(&vec![2, 0]), "merged: {placements:?}");
+        assert_eq!(answered, vec![sent; 3], "every Binding answered");
+        assert!(placements.contains(&vec![1, 1, 1]), "spread: {placements:?}");
+        // Merges go one thread at a time, the last first.
+        assert!(placements.contains(&vec![2, 1, 0]), "merging: {placements:?}");
+        assert!(
+            !placements.contains(&vec![2, 0, 1]),
+            "thread 1 merged before thread 2: {placements:?}"
+        );
 
-        // No traffic: thread 0 is idle and shard 1 comes back.
-        wait_for(&[2, 0]);
+        // No traffic: thread 0 is idle and the shards come back.
+        wait_for(&[3, 0, 0]);
         hub.stop();
         for t in threads {
             t.join().unwrap();

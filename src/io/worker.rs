@@ -171,11 +171,8 @@ impl Worker {
         self.engine.compact();
         self.relays = Vec::new();
         self.conns.shrink_to_fit();
-        // glibc keeps freed memory in its arenas; give it back.
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        self.batch.release();
+        super::trim_heap();
     }
 
     #[inline]

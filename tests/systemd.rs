@@ -410,14 +410,12 @@ fn notify_ready_watchdog_reload_stopping() {
 
     // READY=1 is the first message, and by then STUN is answered: one
     // Binding right after it gets its answer on the first try.
-    let first = notes
-        .next(common::STARTUP_TIMEOUT)
-        .unwrap_or_else(|| {
-            panic!(
-                "no notification within the startup timeout; server log:\n{}",
-                fs::read_to_string(&child.log).unwrap_or_default()
-            )
-        });
+    let first = notes.next(common::STARTUP_TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "no notification within the startup timeout; server log:\n{}",
+            fs::read_to_string(&child.log).unwrap_or_default()
+        )
+    });
     assert!(
         has(&first, "READY=1"),
         "first message is not READY=1: {first:?}"

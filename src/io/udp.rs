@@ -662,7 +662,12 @@ impl Driver {
             self.calm_since = None;
             return;
         }
-        let sum: u32 = self.hub.loads.iter().map(|l| l.load(Ordering::Relaxed)).sum();
+        let sum: u32 = self
+            .hub
+            .loads
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .sum();
         if sum >= b.merge {
             self.calm_since = None;
             return;
@@ -810,9 +815,15 @@ mod tests {
         );
         assert!(sent > 100, "sent {sent}");
         assert_eq!(answered, vec![sent; 3], "every Binding answered");
-        assert!(placements.contains(&vec![1, 1, 1]), "spread: {placements:?}");
+        assert!(
+            placements.contains(&vec![1, 1, 1]),
+            "spread: {placements:?}"
+        );
         // Merges go one thread at a time, the last first.
-        assert!(placements.contains(&vec![2, 1, 0]), "merging: {placements:?}");
+        assert!(
+            placements.contains(&vec![2, 1, 0]),
+            "merging: {placements:?}"
+        );
         assert!(
             !placements.contains(&vec![2, 0, 1]),
             "thread 1 merged before thread 2: {placements:?}"

@@ -162,6 +162,42 @@ fn frame_for_client(
     Some((tc.client, base + tc.start..base + tc.end))
 }
 
+/// Where a worker's control-plane commands go: the channel, and for a UDP
+/// shard the eventfd that wakes whichever thread drives it (a tokio
+/// worker's runtime wakes by itself).
+#[derive(Clone)]
+pub struct Mailbox {
+    tx: mpsc::UnboundedSender<Command>,
+    wake: Option<std::sync::Arc<poll::EventFd>>,
+}
+
+impl Mailbox {
+    fn tokio(tx: mpsc::UnboundedSender<Command>) -> Mailbox {
+        Mailbox { tx, wake: None }
+    }
+
+    fn woken_by(
+        tx: mpsc::UnboundedSender<Command>,
+        wake: std::sync::Arc<poll::EventFd>,
+    ) -> Mailbox {
+        Mailbox {
+            tx,
+            wake: Some(wake),
+        }
+    }
+
+    /// Post `c`; false if the receiver is gone.
+    fn send(&self, c: Command) -> bool {
+        if self.tx.send(c).is_err() {
+            return false;
+        }
+        if let Some(w) = &self.wake {
+            w.signal();
+        }
+        true
+    }
+}
+
 /// How long the control plane waits for one worker's answer.
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -169,7 +205,7 @@ const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// actions, reload and drain. Cheap to clone; talks to every worker.
 #[derive(Clone)]
 pub struct Control {
-    workers: Vec<udp::Mailbox>,
+    workers: Vec<Mailbox>,
     hub: std::sync::Arc<udp::Hub>,
 }
 
@@ -241,7 +277,6 @@ impl Control {
 /// A running server: worker threads and the addresses they listen on.
 pub struct Server {
     stop: watch::Sender<bool>,
-    hub: std::sync::Arc<udp::Hub>,
     workers: Vec<JoinHandle<()>>,
     control: Control,
     /// Keys the stateless nonce; kept across reloads so that nonces stay valid.
@@ -401,7 +436,6 @@ impl Server {
         // From here on, an error drops `server`, which stops what runs.
         let mut server = Server {
             stop,
-            hub: hub.clone(),
             workers,
             control: Control {
                 workers: controls,
@@ -417,7 +451,7 @@ impl Server {
             let cfg = engine_config(shares.next().unwrap_or_default())?;
             let stop_rx = stop_rx.clone();
             let (tx, rx) = mpsc::unbounded_channel();
-            server.control.workers.push(udp::Mailbox::tokio(tx));
+            server.control.workers.push(Mailbox::tokio(tx));
             let handle = std::thread::Builder::new()
                 .name(format!("ferroturn-w{i}"))
                 .spawn(move || {
@@ -503,7 +537,7 @@ impl Server {
     /// Stop every worker and wait for them; allocations are closed.
     pub fn stop(mut self) {
         let _ = self.stop.send(true);
-        self.hub.stop();
+        self.control.hub.stop();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -515,7 +549,7 @@ impl Drop for Server {
     /// panicking test) still stops its threads; it does not wait for them.
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        self.hub.stop();
+        self.control.hub.stop();
     }
 }
 

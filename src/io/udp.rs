@@ -11,7 +11,7 @@
 //! packet costs one wake-up of one thread (on a small machine a wake-up that
 //! crosses CPUs costs more than the packet's own work). When that thread is
 //! busy, each shard goes to a thread of its own; when the load falls again,
-//! they come back. See [`Driver::balance`].
+//! they come back. See [`Balance`].
 //!
 //! Per wake-up: datagrams are read with `recvmmsg` into the shard's batch,
 //! the engine handles them in place, and what they relay is queued; the
@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::mmsg::{self, Batch, Out, SLOTS};
 use super::poll::{self, Epoll, EventFd};
-use super::{Command, socket};
+use super::{Command, Mailbox, socket};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig, Output};
 use crate::proto::channel_data::HEADROOM;
@@ -55,8 +55,8 @@ pub struct Balance {
     /// Load above which the driver of several shards sends the others to
     /// their own threads.
     pub split: u32,
-    /// Summed load of a driver and driver 0 below which the driver hands
-    /// its shards back to driver 0, once it stayed there for `calm`.
+    /// Summed load of all drivers below which the last driver holding
+    /// shards hands them back to driver 0, once it stayed there for `calm`.
     pub merge: u32,
     pub calm: Duration,
 }
@@ -85,32 +85,6 @@ const INBOX: u64 = u64::MAX;
 
 fn token(shard: usize, kind: u64, index: u32) -> u64 {
     (shard as u64) << 56 | kind << 48 | index as u64
-}
-
-/// Where a shard's control-plane commands go: the channel, and the eventfd
-/// that wakes whichever thread drives the shard.
-#[derive(Clone)]
-pub struct Mailbox {
-    tx: mpsc::UnboundedSender<Command>,
-    wake: Option<Arc<EventFd>>,
-}
-
-impl Mailbox {
-    /// The mailbox of a tokio worker, which its runtime wakes by itself.
-    pub fn tokio(tx: mpsc::UnboundedSender<Command>) -> Mailbox {
-        Mailbox { tx, wake: None }
-    }
-
-    /// Post `c`; false if the receiver is gone.
-    pub fn send(&self, c: Command) -> bool {
-        if self.tx.send(c).is_err() {
-            return false;
-        }
-        if let Some(w) = &self.wake {
-            w.signal();
-        }
-        true
-    }
 }
 
 /// One engine and its UDP sockets.
@@ -166,13 +140,19 @@ impl Shard {
             send_drops: 0,
             compact_due: false,
         });
-        Ok((
-            shard,
-            Mailbox {
-                tx,
-                wake: Some(mailbox),
-            },
-        ))
+        Ok((shard, Mailbox::woken_by(tx, mailbox)))
+    }
+
+    /// The UDP listener socket of `[[listen]]` entry `l`.
+    #[inline]
+    fn listener(&self, l: u16) -> Option<&UdpSocket> {
+        self.udp.get(l as usize)?.as_ref()
+    }
+
+    /// The relay socket of allocation `id` for IPv6 (`v6`) or IPv4 peers.
+    #[inline]
+    fn relay(&self, id: AllocId, v6: bool) -> Option<&UdpSocket> {
+        self.relays.get(id.0 as usize)?[v6 as usize].as_ref()
     }
 
     /// Every fd of this shard with its token.
@@ -218,23 +198,16 @@ impl Shard {
     fn ready(&mut self, now: Instant, kind: u64, index: u32) {
         match kind {
             LISTENER => {
-                let Some(Some(s)) = self.udp.get(index as usize) else {
-                    return;
-                };
-                let fd = s.as_raw_fd();
-                self.read(now, fd, |sh, now, i| sh.client_slot(now, index as u16, i));
+                let l = index as u16;
+                if let Some(fd) = self.listener(l).map(|s| s.as_raw_fd()) {
+                    self.read(now, fd, |sh, now, i| sh.client_slot(now, l, i));
+                }
             }
             RELAY_V4 | RELAY_V6 => {
                 let id = AllocId(index);
-                let Some(Some(s)) = self
-                    .relays
-                    .get(index as usize)
-                    .map(|p| p[(kind == RELAY_V6) as usize].as_ref())
-                else {
-                    return;
-                };
-                let fd = s.as_raw_fd();
-                self.read(now, fd, |sh, now, i| sh.peer_slot(now, id, i));
+                if let Some(fd) = self.relay(id, kind == RELAY_V6).map(|s| s.as_raw_fd()) {
+                    self.read(now, fd, |sh, now, i| sh.peer_slot(now, id, i));
+                }
             }
             _ => self.commands(now),
         }
@@ -276,11 +249,7 @@ impl Shard {
         };
         let packet = &self.batch.data[at..at + self.batch.len[i]];
         if let Some(f) = self.engine.handle_client(now, client, packet) {
-            let relay = self
-                .relays
-                .get(f.relay.0 as usize)
-                .and_then(|p| p[f.peer.0.is_ipv6() as usize].as_ref());
-            if let Some(r) = relay {
+            if let Some(r) = self.relay(f.relay, f.peer.0.is_ipv6()) {
                 self.outs.push(Out {
                     fd: r.as_raw_fd(),
                     start: at + f.start,
@@ -303,7 +272,7 @@ impl Shard {
         };
         // A UDP shard's clients are all on its UDP listeners.
         if let Via::Udp(l) = client.via
-            && let Some(Some(s)) = self.udp.get(l as usize)
+            && let Some(s) = self.listener(l)
         {
             self.outs.push(Out {
                 fd: s.as_raw_fd(),
@@ -363,9 +332,12 @@ impl Shard {
         while let Some(o) = self.engine.poll_output() {
             match o {
                 Output::Transmit { to, data } => {
-                    let sent = match (to.via, self.udp.get(to.via.listener() as usize)) {
-                        (Via::Udp(_), Some(Some(s))) => s.send_to(&data, to.remote).is_ok(),
-                        _ => false,
+                    let sent = match to.via {
+                        Via::Udp(l) => self
+                            .listener(l)
+                            .is_some_and(|s| s.send_to(&data, to.remote).is_ok()),
+                        // A UDP shard has no stream clients.
+                        Via::Stream { .. } => false,
                     };
                     if !sent {
                         self.send_drops += 1;
@@ -484,8 +456,8 @@ struct Driver {
 }
 
 /// Start `threads` drivers for `shards`, all of which begin with driver 0
-/// (one thread, until the load asks for more; see [`Balance`]). Returns the hub that stops
-/// them and their threads.
+/// (one thread, until the load asks for more; see [`Balance`]). Returns
+/// the hub that stops them, and their threads.
 pub fn start(
     shards: Vec<Box<Shard>>,
     threads: usize,
@@ -542,7 +514,8 @@ fn spawn(
         inbox,
         shards: Vec::new(),
         hub: hub.clone(),
-        window: (Instant::now(), poll::thread_cpu()),
+        // Set again on the driver's own thread, whose CPU clock it reads.
+        window: (Instant::now(), Duration::ZERO),
         calm_since: None,
     };
     std::thread::Builder::new()
@@ -597,10 +570,13 @@ impl Driver {
 
     /// Take the shards sent to this driver.
     fn adopt(&mut self) {
+        let before = self.shards.len();
         while let Ok(mut s) = self.inbox.try_recv() {
             s.attach(&self.epoll);
             tracing::debug!(shard = s.index, driver = self.id, "shard moved");
             self.shards.push(s);
+        }
+        if self.shards.len() > before {
             self.hub.held[self.id].store(self.shards.len(), Ordering::Relaxed);
             // The moves' system calls are not load: start a new window.
             self.window = (Instant::now(), poll::thread_cpu());
@@ -629,8 +605,9 @@ impl Driver {
 
     /// Once per [`WINDOW`]: measure this thread's load, and move shards.
     /// Driver 0 sends the other threads their own shards when it is busy;
-    /// another driver sends its shards back to driver 0 once the two of
-    /// them stayed lightly loaded for [`Balance::calm`].
+    /// the last other driver holding shards sends them back to driver 0
+    /// once all drivers together stayed lightly loaded for
+    /// [`Balance::calm`].
     fn balance(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.window.0);
         if elapsed < WINDOW {

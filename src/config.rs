@@ -57,6 +57,7 @@ struct RawConfig {
 struct RawServer {
     #[serde(default)]
     workers: usize,
+    udp_threads: Option<String>,
     alternate: Option<String>,
     drain_timeout: Option<u64>,
 }
@@ -205,6 +206,16 @@ pub enum DefaultFamily {
     SameAsClient,
 }
 
+/// How the UDP workers use their threads (`server.udp_threads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpThreads {
+    /// One thread drives every worker while it is lightly loaded; each
+    /// worker gets a thread of its own when that thread is busy.
+    Adaptive,
+    /// Each worker has a thread of its own at any load.
+    Dedicated,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -277,6 +288,7 @@ pub struct Config {
     pub path: PathBuf,
     pub realm: String,
     pub workers: usize,
+    pub udp_threads: UdpThreads,
     pub listen: Vec<Listen>,
     pub relay: Relay,
     pub secrets: Vec<String>,
@@ -359,6 +371,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(err("server.workers", "at most 256".into()));
     } else {
         raw.server.workers
+    };
+
+    let udp_threads = match raw.server.udp_threads.as_deref() {
+        None | Some("adaptive") => UdpThreads::Adaptive,
+        Some("dedicated") => UdpThreads::Dedicated,
+        Some(other) => {
+            return Err(err(
+                "server.udp_threads",
+                format!("{other:?}: expected \"adaptive\" or \"dedicated\""),
+            ));
+        }
     };
 
     if raw.listen.is_empty() {
@@ -700,6 +723,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         realm: raw.realm,
         workers,
+        udp_threads,
         listen,
         relay: Relay {
             address,
@@ -783,6 +807,13 @@ deny = []
         );
         assert!(c.listen[0].udp && c.listen[0].tcp);
         assert_eq!(c.users["alice"], "wonderland");
+        assert_eq!(c.udp_threads, UdpThreads::Adaptive);
+        let c = p(&GOOD.replace(
+            "[[listen]]",
+            "[server]\nudp_threads = \"dedicated\"\n[[listen]]",
+        ))
+        .unwrap();
+        assert_eq!(c.udp_threads, UdpThreads::Dedicated);
     }
 
     #[test]
@@ -805,6 +836,10 @@ deny = []
         assert_eq!(e.key, "listen[0].transports");
         let e = p(&GOOD.replace("realm = \"example.org\"", "realm = 5")).unwrap_err();
         assert_eq!(e.key, "realm");
+        let e = p(&GOOD.replace("[[listen]]", "[server]\nudp_threads = \"many\"\n[[listen]]"))
+            .unwrap_err();
+        assert_eq!(e.key, "server.udp_threads");
+        assert!(e.reason.contains("\"dedicated\""), "{e}");
         let e = p(&GOOD.replace(
             "secrets = [\"change-me\"]\nusers = { alice = \"wonderland\" }",
             "",

@@ -134,6 +134,7 @@ fn reload(server: &Server, current: Config) -> Config {
             new.listen = current.listen;
             new.relay = current.relay;
             new.workers = current.workers;
+            new.udp_threads = current.udp_threads;
             new.realm = current.realm;
             new.log_format = current.log_format;
             new.metrics = current.metrics;

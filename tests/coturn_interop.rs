@@ -110,6 +110,21 @@ fn uclient_udp_channels() {
     check_server_log(&server);
 }
 
+/// With `udp_threads = "dedicated"` each of the two UDP workers relays on
+/// a thread of its own from the first packet on.
+#[test]
+fn uclient_udp_channels_dedicated_threads() {
+    let server = Server::start_with(ServerConfig {
+        legacy_channel_numbers: Some(true),
+        workers: Some(2),
+        udp_threads: Some("dedicated"),
+        ..Default::default()
+    });
+    let peer = CoturnPeer::start();
+    run_uclient(&server, &peer, &STATIC_USER);
+    check_server_log(&server);
+}
+
 #[test]
 fn uclient_udp_send_indications() {
     let server = Server::start();

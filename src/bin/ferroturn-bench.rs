@@ -43,8 +43,9 @@ struct Opts {
     /// Repetitions of A B C (default 3; 1 with --quick).
     #[arg(long)]
     reps: Option<usize>,
-    /// Which to run, comma-separated: forwarder,coturn,ferroturn.
-    #[arg(long, default_value = "forwarder,coturn,ferroturn")]
+    /// Which to run, comma-separated: forwarder,coturn,ferroturn,ferroturn-dedicated
+    /// (the last: ferroturn with `udp_threads = "dedicated"`).
+    #[arg(long, default_value = "forwarder,coturn,ferroturn,ferroturn-dedicated")]
     servers: String,
     /// Which tests, comma-separated: ceiling,mem,ctl,tput,lat,cpu.
     #[arg(long, default_value = "ceiling,mem,ctl,tput,lat,cpu")]
@@ -71,7 +72,11 @@ struct Plan {
     reps: usize,
     trial: Duration,
     steps: usize,
+    /// One latency trial's length, and trials per repetition: a host
+    /// stall of a few ms moves one trial's p99, so the median is taken
+    /// over every trial of every repetition.
     lat: Duration,
+    lat_trials: usize,
     cpu: Duration,
     ctl: Duration,
     hold: usize,
@@ -106,6 +111,7 @@ fn main() {
             trial: Duration::from_millis(300),
             steps: 7,
             lat: Duration::from_secs(1),
+            lat_trials: 1,
             cpu: Duration::from_millis(1500),
             ctl: Duration::from_secs(1),
             hold: o.allocations.unwrap_or(1000),
@@ -115,16 +121,22 @@ fn main() {
             reps: o.reps.unwrap_or(3),
             trial: Duration::from_millis(800),
             steps: 8,
-            lat: Duration::from_secs(3),
+            lat: Duration::from_secs(2),
+            lat_trials: 3,
             cpu: Duration::from_secs(4),
             ctl: Duration::from_secs(3),
             hold: o.allocations.unwrap_or(10_000),
         }
     };
-    let kinds: Vec<Kind> = [Kind::Forwarder, Kind::Coturn, Kind::Ferroturn]
-        .into_iter()
-        .filter(|k| o.servers.split(',').any(|s| s.trim() == k.name()))
-        .collect();
+    let kinds: Vec<Kind> = [
+        Kind::Forwarder,
+        Kind::Coturn,
+        Kind::Ferroturn,
+        Kind::FerroturnDedicated,
+    ]
+    .into_iter()
+    .filter(|k| o.servers.split(',').any(|s| s.trim() == k.name()))
+    .collect();
     let tests: Vec<String> = o.tests.split(',').map(|s| s.trim().to_string()).collect();
     let on = |t: &str| tests.iter().any(|x| x == t);
 
@@ -133,7 +145,7 @@ fn main() {
     let need = |k: Kind| kinds.contains(&k);
     let ferroturn = servers::locate(o.ferroturn.as_deref(), "ferroturn", &beside);
     let turnserver = servers::locate(o.turnserver.as_deref(), "turnserver", &beside);
-    if need(Kind::Ferroturn) && ferroturn.is_none() {
+    if (need(Kind::Ferroturn) || need(Kind::FerroturnDedicated)) && ferroturn.is_none() {
         eprintln!(
             "no ferroturn binary: run `cargo build --release --bin ferroturn` (or pass --ferroturn)"
         );
@@ -294,7 +306,7 @@ fn throughput(
     }
 }
 
-/// Round-trip percentiles at `rate` over `flows`.
+/// Round-trip percentiles at `rate` over `flows`, one value per trial.
 #[allow(clippy::too_many_arguments)]
 fn latency(
     plan: &Plan,
@@ -306,21 +318,23 @@ fn latency(
     trial_id: &mut u32,
     res: &mut Results,
 ) {
-    *trial_id += 1;
-    let mut t = load::trial(sock, flows, 200, rate, plan.lat, true, *trial_id);
-    t.rtts.sort_unstable();
-    let p = [50.0, 99.0, 99.9].map(|q| percentile(&t.rtts, q) / 1e3);
-    eprintln!(
-        "  rtt at {:.0}k/s over {} flow(s): p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, loss {:.3} %",
-        rate / 1e3,
-        flows.len(),
-        p[0],
-        p[1],
-        p[2],
-        t.loss() * 100.0
-    );
-    for (name, v) in names.into_iter().zip(p) {
-        push(res, target, name, v);
+    for _ in 0..plan.lat_trials {
+        *trial_id += 1;
+        let mut t = load::trial(sock, flows, 200, rate, plan.lat, true, *trial_id);
+        t.rtts.sort_unstable();
+        let p = [50.0, 99.0, 99.9].map(|q| percentile(&t.rtts, q) / 1e3);
+        eprintln!(
+            "  rtt at {:.0}k/s over {} flow(s): p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, loss {:.3} %",
+            rate / 1e3,
+            flows.len(),
+            p[0],
+            p[1],
+            p[2],
+            t.loss() * 100.0
+        );
+        for (name, v) in names.into_iter().zip(p) {
+            push(res, target, name, v);
+        }
     }
 }
 
@@ -664,9 +678,34 @@ fn report(
         );
     }
 
-    // Targets of issue 6.
-    let tf = |k: &'static str| m("ferroturn", k) / m("forwarder", k);
-    let tc = |k: &'static str| m("ferroturn", k) / m("coturn", k);
+    // The other threading mode, where it ran.
+    let d = "ferroturn-dedicated";
+    if ROWS.iter().any(|(k, _)| m(d, k).is_finite()) {
+        let _ = writeln!(
+            s,
+            "\nferroturn with `[server] udp_threads = \"dedicated\"` (each UDP worker on a thread of its own at any load):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| metric | ferroturn-dedicated | / forwarder | / coturn | / ferroturn (adaptive) |\n|---|---|---|---|---|"
+        );
+        for (k, label) in ROWS {
+            let v = m(d, k);
+            if !v.is_finite() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {label} | {} | {} | {} | {} |",
+                fmt(k, v),
+                ratio(v, m("forwarder", k)),
+                ratio(v, m("coturn", k)),
+                ratio(v, m("ferroturn", k))
+            );
+        }
+    }
+
+    // Targets of issue 6, for both threading modes.
     let verdict = |ok: bool, v: f64| {
         if !v.is_finite() {
             "not measured"
@@ -678,7 +717,7 @@ fn report(
     };
     let _ = writeln!(
         s,
-        "\n| target (issue 6) | measured | verdict |\n|---|---|---|"
+        "\n| target (issue 6) | ferroturn | verdict | ferroturn-dedicated | verdict |\n|---|---|---|---|---|"
     );
     // (target, ferroturn over: "forwarder" | "coturn" | "" for its own
     // value, measurement, at most (true) or at least (false), the bound, unit)
@@ -765,22 +804,30 @@ fn report(
         ),
     ];
     for (name, base, key, at_most, bound, unit) in targets {
-        let v = match base {
-            "forwarder" => tf(key),
-            "coturn" => tc(key),
-            _ => m("ferroturn", key),
-        };
-        let ok = if at_most { v <= bound } else { v >= bound };
-        let shown = match unit {
-            "×" => format!("{v:.2}×"),
-            " KiB" => format!("{v:+.0} KiB"),
-            u => format!("{v:.0}{u}"),
-        };
-        let _ = writeln!(s, "| {name} | {shown} | {} |", verdict(ok, v));
+        let _ = write!(s, "| {name} |");
+        for t in ["ferroturn", d] {
+            let v = match base {
+                "" => m(t, key),
+                b => m(t, key) / m(b, key),
+            };
+            let ok = if at_most { v <= bound } else { v >= bound };
+            let shown = if !v.is_finite() {
+                "–".to_string()
+            } else {
+                match unit {
+                    "×" => format!("{v:.2}×"),
+                    " KiB" => format!("{v:+.0} KiB"),
+                    u => format!("{v:.0}{u}"),
+                }
+            };
+            let _ = write!(s, " {shown} | {} |", verdict(ok, v));
+        }
+        let _ = writeln!(s);
     }
 
-    // Every repetition, for the reader who distrusts medians.
-    let _ = writeln!(s, "\nPer repetition:\n");
+    // Every repetition (every trial, for the latencies), for the reader
+    // who distrusts medians.
+    let _ = writeln!(s, "\nPer repetition (latency: per trial):\n");
     let mut targets = vec!["generator"];
     targets.extend(kinds.iter().map(|k| k.name()));
     for t in targets {

@@ -30,7 +30,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::Credentials;
-use crate::config::Config;
+use crate::config::{Config, UdpThreads};
 use crate::engine::{EngineConfig, Gauges, Session, Shared, Stats, Update};
 use crate::policy::PeerPolicy;
 
@@ -432,7 +432,11 @@ impl Server {
             udp_shards.push(shard);
             controls.push(mailbox);
         }
-        let (hub, workers) = udp::start(udp_shards, n, udp::Balance::default())?;
+        let balance = match config.udp_threads {
+            UdpThreads::Adaptive => Some(udp::Balance::default()),
+            UdpThreads::Dedicated => None,
+        };
+        let (hub, workers) = udp::start(udp_shards, n, balance)?;
         // From here on, an error drops `server`, which stops what runs.
         let mut server = Server {
             stop,
@@ -488,6 +492,7 @@ impl Server {
             ("listen", shape(old) != shape(new)),
             ("relay", old.relay != new.relay),
             ("server.workers", old.workers != new.workers),
+            ("server.udp_threads", old.udp_threads != new.udp_threads),
             ("realm", old.realm != new.realm),
             ("metrics", old.metrics != new.metrics),
             ("admin", old.admin != new.admin),

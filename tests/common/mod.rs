@@ -172,6 +172,8 @@ pub struct ServerConfig {
     pub realm: String,
     /// `[server] workers`; `None` leaves the default (one per core).
     pub workers: Option<usize>,
+    /// `[server] udp_threads`; `None` leaves the default (adaptive).
+    pub udp_threads: Option<&'static str>,
     pub transports: Vec<String>,
     pub secrets: Vec<String>,
     pub users: Vec<(String, String)>,
@@ -196,6 +198,7 @@ impl Default for ServerConfig {
         ServerConfig {
             realm: REALM.into(),
             workers: None,
+            udp_threads: None,
             transports: vec!["udp".into(), "tcp".into()],
             secrets: vec![SECRET.into()],
             users: vec![(USER.into(), PASSWORD.into())],
@@ -235,8 +238,14 @@ impl ServerConfig {
     pub fn to_toml(&self, port: u16, relay: (u16, u16)) -> String {
         let mut t = String::new();
         t.push_str(&format!("realm = {}\n", toml_str(&self.realm)));
+        if self.workers.is_some() || self.udp_threads.is_some() {
+            t.push_str("\n[server]\n");
+        }
         if let Some(w) = self.workers {
-            t.push_str(&format!("\n[server]\nworkers = {w}\n"));
+            t.push_str(&format!("workers = {w}\n"));
+        }
+        if let Some(u) = self.udp_threads {
+            t.push_str(&format!("udp_threads = {}\n", toml_str(u)));
         }
         t.push_str(&format!(
             "\n[[listen]]\naddress = \"127.0.0.1:{port}\"\ntransports = {}\n",

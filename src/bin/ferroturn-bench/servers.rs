@@ -15,6 +15,8 @@ pub enum Kind {
     Forwarder,
     Coturn,
     Ferroturn,
+    /// ferroturn with `[server] udp_threads = "dedicated"`.
+    FerroturnDedicated,
 }
 
 impl Kind {
@@ -23,10 +25,15 @@ impl Kind {
             Kind::Forwarder => "forwarder",
             Kind::Coturn => "coturn",
             Kind::Ferroturn => "ferroturn",
+            Kind::FerroturnDedicated => "ferroturn-dedicated",
         }
     }
     pub fn is_turn(self) -> bool {
         self != Kind::Forwarder
+    }
+    /// `[server] udp_threads` when not the default.
+    fn udp_threads(self) -> Option<&'static str> {
+        (self == Kind::FerroturnDedicated).then_some("dedicated")
     }
 }
 
@@ -64,12 +71,14 @@ fn die_with_parent(c: &mut Command) {
     }
 }
 
-fn ferroturn_config(port: u16, workers: usize, limits: bool) -> String {
+/// `threads`: `[server] udp_threads`, or None for the default.
+fn ferroturn_config(port: u16, workers: usize, threads: Option<&str>, limits: bool) -> String {
+    let threads = threads.map_or(String::new(), |t| format!("udp_threads = \"{t}\"\n"));
     let mut s = format!(
         r#"realm = "{realm}"
 [server]
 workers = {workers}
-[[listen]]
+{threads}[[listen]]
 address = "127.0.0.1:{port}"
 transports = ["udp"]
 [relay]
@@ -113,14 +122,14 @@ impl Server {
                 c.stdout(Stdio::piped());
                 c
             }
-            Kind::Ferroturn => {
+            Kind::Ferroturn | Kind::FerroturnDedicated => {
                 let file = paths.dir.join("ferroturn.toml");
                 // Newer builds take [limits]; older ones refuse the section.
                 let mut chosen = None;
                 for limits in [true, false] {
                     std::fs::write(
                         &file,
-                        ferroturn_config(port, paths.ferroturn_workers, limits),
+                        ferroturn_config(port, paths.ferroturn_workers, kind.udp_threads(), limits),
                     )
                     .map_err(|e| e.to_string())?;
                     let ok = Command::new(&paths.ferroturn)

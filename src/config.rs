@@ -336,6 +336,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(path, &text)
 }
 
+/// The value of a key that names one of two values, the first being the
+/// default; else the reason.
+fn one_of<T: Copy>(v: Option<&str>, [a, b]: [(&str, T); 2]) -> Result<T, String> {
+    match v {
+        None => Ok(a.1),
+        Some(v) if v == a.0 => Ok(a.1),
+        Some(v) if v == b.0 => Ok(b.1),
+        Some(v) => Err(format!("{v:?}: expected {:?} or {:?}", a.0, b.0)),
+    }
+}
+
 /// Validate configuration `text` as if read from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
@@ -373,16 +384,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         raw.server.workers
     };
 
-    let udp_threads = match raw.server.udp_threads.as_deref() {
-        None | Some("adaptive") => UdpThreads::Adaptive,
-        Some("dedicated") => UdpThreads::Dedicated,
-        Some(other) => {
-            return Err(err(
-                "server.udp_threads",
-                format!("{other:?}: expected \"adaptive\" or \"dedicated\""),
-            ));
-        }
-    };
+    let udp_threads = one_of(
+        raw.server.udp_threads.as_deref(),
+        [
+            ("adaptive", UdpThreads::Adaptive),
+            ("dedicated", UdpThreads::Dedicated),
+        ],
+    )
+    .map_err(|r| err("server.udp_threads", r))?;
 
     if raw.listen.is_empty() {
         return Err(err(
@@ -537,16 +546,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         (None, a) => a,
     };
-    let default_family = match raw.relay.default_family.as_deref() {
-        None | Some("ipv4") => DefaultFamily::Ipv4,
-        Some("same-as-client") => DefaultFamily::SameAsClient,
-        Some(other) => {
-            return Err(err(
-                "relay.default_family",
-                format!("{other:?}: expected \"ipv4\" or \"same-as-client\""),
-            ));
-        }
-    };
+    let default_family = one_of(
+        raw.relay.default_family.as_deref(),
+        [
+            ("ipv4", DefaultFamily::Ipv4),
+            ("same-as-client", DefaultFamily::SameAsClient),
+        ],
+    )
+    .map_err(|r| err("relay.default_family", r))?;
     let ports = parse_ports(&raw.relay.ports).map_err(|r| err("relay.ports", r))?;
 
     let turn = listen.iter().any(|l| l.turn);
@@ -642,16 +649,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ));
     }
 
-    let log_format = match raw.log.format.as_deref() {
-        None | Some("text") => LogFormat::Text,
-        Some("json") => LogFormat::Json,
-        Some(other) => {
-            return Err(err(
-                "log.format",
-                format!("{other:?}: expected \"text\" or \"json\""),
-            ));
-        }
-    };
+    let log_format = one_of(
+        raw.log.format.as_deref(),
+        [("text", LogFormat::Text), ("json", LogFormat::Json)],
+    )
+    .map_err(|r| err("log.format", r))?;
     let sockaddr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
         v.parse()
             .map_err(|_| err(key, format!("{v:?} is not an IP:PORT address")))

@@ -651,6 +651,11 @@ fn report(
     );
     let _ = writeln!(
         s,
+        "CPU idle driver: {} (on a VM the round-trip times depend on it: README, Tail latency).\n",
+        servers::idle_driver()
+    );
+    let _ = writeln!(
+        s,
         "Throughput is client-sent ChannelData/s at ≤ 0.1 % round-trip loss (the relay forwards twice that: both directions). Ratios are ferroturn's value over the other's.\n"
     );
     let _ = writeln!(

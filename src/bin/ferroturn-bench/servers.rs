@@ -307,6 +307,23 @@ pub fn locate(explicit: Option<&Path>, name: &str, beside: &Path) -> Option<Path
     })
 }
 
+/// The cpuidle driver, and how long a haltpoll guest polls before it halts
+/// an idle vCPU (0: at once, so that every wake-up of it goes through the
+/// hypervisor).
+pub fn idle_driver() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let driver =
+        read("/sys/devices/system/cpu/cpuidle/current_driver").unwrap_or_else(|| "unknown".into());
+    match read("/sys/module/haltpoll/parameters/guest_halt_poll_ns") {
+        Some(ns) if driver == "haltpoll" => format!("{driver}, guest_halt_poll_ns = {ns}"),
+        _ => driver,
+    }
+}
+
 /// Busy CPU seconds of the whole machine so far (user + nice + system).
 pub fn machine_busy() -> f64 {
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;

@@ -41,10 +41,13 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let mut config = ServerConfig {
+        Server::start_with(ServerConfig {
             workers: Some(2),
             ..ServerConfig::default()
-        };
+        })
+    }
+
+    fn start_with(mut config: ServerConfig) -> Server {
         config.users.push((BOB.0.into(), BOB.1.into()));
         let relay = common::relay_block();
         let mut last = String::new();
@@ -182,6 +185,24 @@ fn sessions_api(s: &Server) -> Vec<serde_json::Value> {
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["sessions"].as_array().unwrap().clone()
+}
+
+#[test]
+fn dedicated_udp_threads_drive_one_worker_each_at_idle() {
+    let s = Server::start_with(ServerConfig {
+        workers: Some(2),
+        udp_threads: Some("dedicated"),
+        ..ServerConfig::default()
+    });
+    // The adaptive default shows 1 here (see the test below). Each driver
+    // takes its shard as it starts: allow it a moment.
+    let start = std::time::Instant::now();
+    let mut threads = get(&scrape(&s), "ferroturn_udp_threads");
+    while threads != 2 && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+        threads = get(&scrape(&s), "ferroturn_udp_threads");
+    }
+    assert_eq!(threads, 2);
 }
 
 #[test]

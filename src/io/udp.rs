@@ -705,6 +705,7 @@ mod tests {
     use super::*;
     use crate::auth::Credentials;
     use crate::policy::PeerPolicy;
+    use std::collections::BTreeSet;
     use std::net::Ipv4Addr;
 
     /// A STUN Binding request (RFC 8489 §6) with transaction id `n`.
@@ -733,15 +734,15 @@ mod tests {
     }
 
     /// Send Bindings to every address for `dur`, one per address per
-    /// millisecond; how many went to each and how many were answered.
-    /// Calls `seen` with the placement after every round.
+    /// millisecond; how many went to each, how many were answered, and
+    /// the placements seen after every round.
     fn traffic(
         client: &UdpSocket,
         to: &[SocketAddr],
         dur: Duration,
-        mut seen: impl FnMut(Vec<usize>),
         hub: &Hub,
-    ) -> (u32, Vec<u32>) {
+    ) -> (u32, Vec<u32>, BTreeSet<Vec<usize>>) {
+        let mut seen = BTreeSet::new();
         let mut sent = 0;
         let mut answered = vec![0; to.len()];
         let mut buf = [0u8; 256];
@@ -760,14 +761,30 @@ mod tests {
             sent += 1;
             std::thread::sleep(Duration::from_millis(1));
             count(&mut answered);
-            seen(hub.placement());
+            seen.insert(hub.placement());
         }
         let end = Instant::now();
         while answered.iter().any(|&n| n < sent) && end.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(10));
             count(&mut answered);
         }
-        (sent, answered)
+        (sent, answered, seen)
+    }
+
+    /// Wait up to 5 s for the placement `want`.
+    fn wait_for(hub: &Hub, want: &[usize]) {
+        let t = Instant::now();
+        while hub.placement() != want && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(hub.placement(), want);
+    }
+
+    fn stop(hub: Arc<Hub>, threads: Vec<std::thread::JoinHandle<()>>) {
+        hub.stop();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 
     #[test]
@@ -783,26 +800,11 @@ mod tests {
         let (hub, threads) = start(shards, 3, Some(balance)).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_nonblocking(true).unwrap();
-        let wait_for = |want: &[usize]| {
-            let t = Instant::now();
-            while hub.placement() != want && t.elapsed() < Duration::from_secs(5) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            assert_eq!(hub.placement(), want);
-        };
         // Every shard starts with thread 0.
-        wait_for(&[3, 0, 0]);
+        wait_for(&hub, &[3, 0, 0]);
 
-        let mut placements = std::collections::BTreeSet::new();
-        let (sent, answered) = traffic(
-            &client,
-            &addrs,
-            Duration::from_millis(1500),
-            |p| {
-                placements.insert(p);
-            },
-            &hub,
-        );
+        let (sent, answered, placements) =
+            traffic(&client, &addrs, Duration::from_millis(1500), &hub);
         assert!(sent > 100, "sent {sent}");
         assert_eq!(answered, vec![sent; 3], "every Binding answered");
         assert!(
@@ -820,11 +822,8 @@ mod tests {
         );
 
         // No traffic: thread 0 is idle and the shards come back.
-        wait_for(&[3, 0, 0]);
-        hub.stop();
-        for t in threads {
-            t.join().unwrap();
-        }
+        wait_for(&hub, &[3, 0, 0]);
+        stop(hub, threads);
     }
 
     #[test]
@@ -834,33 +833,15 @@ mod tests {
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_nonblocking(true).unwrap();
         // Shard i with thread i % 2, from the start.
-        let t = Instant::now();
-        while hub.placement() != [2, 1] && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut placements = std::collections::BTreeSet::new();
-        let (sent, answered) = traffic(
-            &client,
-            &addrs,
-            Duration::from_millis(600),
-            |p| {
-                placements.insert(p);
-            },
-            &hub,
-        );
+        wait_for(&hub, &[2, 1]);
+        let (sent, answered, mut placements) =
+            traffic(&client, &addrs, Duration::from_millis(600), &hub);
         assert!(sent > 50, "sent {sent}");
         assert_eq!(answered, vec![sent; 3], "every Binding answered");
         // Then idle for longer than the adaptive rule's calm second.
         std::thread::sleep(Duration::from_millis(1300));
         placements.insert(hub.placement());
-        assert_eq!(
-            placements,
-            std::collections::BTreeSet::from([vec![2, 1]]),
-            "no shard moved"
-        );
-        hub.stop();
-        for t in threads {
-            t.join().unwrap();
-        }
+        assert_eq!(placements, BTreeSet::from([vec![2, 1]]), "no shard moved");
+        stop(hub, threads);
     }
 }

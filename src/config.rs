@@ -58,6 +58,7 @@ struct RawServer {
     #[serde(default)]
     workers: usize,
     udp_threads: Option<String>,
+    udp_scheduling: Option<String>,
     alternate: Option<String>,
     drain_timeout: Option<u64>,
 }
@@ -216,6 +217,18 @@ pub enum UdpThreads {
     Dedicated,
 }
 
+/// The scheduling policy of the UDP data-plane threads
+/// (`server.udp_scheduling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpScheduling {
+    /// SCHED_OTHER, as every other thread.
+    Normal,
+    /// SCHED_BATCH: a woken relay thread does not preempt the task running
+    /// on its CPU (good when peers or clients share the host; under CPU
+    /// contention a packet may wait for that task's slice to end).
+    Batch,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -289,6 +302,7 @@ pub struct Config {
     pub realm: String,
     pub workers: usize,
     pub udp_threads: UdpThreads,
+    pub udp_scheduling: UdpScheduling,
     pub listen: Vec<Listen>,
     pub relay: Relay,
     pub secrets: Vec<String>,
@@ -392,6 +406,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ],
     )
     .map_err(|r| err("server.udp_threads", r))?;
+    let udp_scheduling = one_of(
+        raw.server.udp_scheduling.as_deref(),
+        [
+            ("normal", UdpScheduling::Normal),
+            ("batch", UdpScheduling::Batch),
+        ],
+    )
+    .map_err(|r| err("server.udp_scheduling", r))?;
 
     if raw.listen.is_empty() {
         return Err(err(
@@ -726,6 +748,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         realm: raw.realm,
         workers,
         udp_threads,
+        udp_scheduling,
         listen,
         relay: Relay {
             address,
@@ -816,6 +839,13 @@ deny = []
         ))
         .unwrap();
         assert_eq!(c.udp_threads, UdpThreads::Dedicated);
+        assert_eq!(c.udp_scheduling, UdpScheduling::Normal);
+        let c = p(&GOOD.replace(
+            "[[listen]]",
+            "[server]\nudp_scheduling = \"batch\"\n[[listen]]",
+        ))
+        .unwrap();
+        assert_eq!(c.udp_scheduling, UdpScheduling::Batch);
     }
 
     #[test]

@@ -135,6 +135,7 @@ fn reload(server: &Server, current: Config) -> Config {
             new.relay = current.relay;
             new.workers = current.workers;
             new.udp_threads = current.udp_threads;
+            new.udp_scheduling = current.udp_scheduling;
             new.realm = current.realm;
             new.log_format = current.log_format;
             new.metrics = current.metrics;

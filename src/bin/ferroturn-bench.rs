@@ -43,9 +43,13 @@ struct Opts {
     /// Repetitions of A B C (default 3; 1 with --quick).
     #[arg(long)]
     reps: Option<usize>,
-    /// Which to run, comma-separated: forwarder,coturn,ferroturn,ferroturn-dedicated
-    /// (the last: ferroturn with `udp_threads = "dedicated"`).
-    #[arg(long, default_value = "forwarder,coturn,ferroturn,ferroturn-dedicated")]
+    /// Which to run, comma-separated: forwarder,coturn,ferroturn and its
+    /// variants ferroturn-dedicated (`udp_threads = "dedicated"`) and
+    /// ferroturn-batch (`udp_scheduling = "batch"`).
+    #[arg(
+        long,
+        default_value = "forwarder,coturn,ferroturn,ferroturn-dedicated,ferroturn-batch"
+    )]
     servers: String,
     /// Which tests, comma-separated: ceiling,mem,ctl,tput,lat,cpu.
     #[arg(long, default_value = "ceiling,mem,ctl,tput,lat,cpu")]
@@ -133,6 +137,7 @@ fn main() {
         Kind::Coturn,
         Kind::Ferroturn,
         Kind::FerroturnDedicated,
+        Kind::FerroturnBatch,
     ]
     .into_iter()
     .filter(|k| o.servers.split(',').any(|s| s.trim() == k.name()))
@@ -145,7 +150,7 @@ fn main() {
     let need = |k: Kind| kinds.contains(&k);
     let ferroturn = servers::locate(o.ferroturn.as_deref(), "ferroturn", &beside);
     let turnserver = servers::locate(o.turnserver.as_deref(), "turnserver", &beside);
-    if (need(Kind::Ferroturn) || need(Kind::FerroturnDedicated)) && ferroturn.is_none() {
+    if kinds.iter().any(|k| k.is_ferroturn()) && ferroturn.is_none() {
         eprintln!(
             "no ferroturn binary: run `cargo build --release --bin ferroturn` (or pass --ferroturn)"
         );
@@ -683,16 +688,26 @@ fn report(
         );
     }
 
-    // The other threading mode, where it ran.
-    let d = "ferroturn-dedicated";
-    if ROWS.iter().any(|(k, _)| m(d, k).is_finite()) {
+    // ferroturn's variants, where they ran.
+    let mut variants = Vec::new();
+    for (d, what) in [
+        (
+            "ferroturn-dedicated",
+            "`[server] udp_threads = \"dedicated\"` (each UDP worker on a thread of its own at any load)",
+        ),
+        (
+            "ferroturn-batch",
+            "`[server] udp_scheduling = \"batch\"` (UDP threads under SCHED_BATCH)",
+        ),
+    ] {
+        if !ROWS.iter().any(|(k, _)| m(d, k).is_finite()) {
+            continue;
+        }
+        variants.push(d);
+        let _ = writeln!(s, "\nferroturn with {what}:\n");
         let _ = writeln!(
             s,
-            "\nferroturn with `[server] udp_threads = \"dedicated\"` (each UDP worker on a thread of its own at any load):\n"
-        );
-        let _ = writeln!(
-            s,
-            "| metric | ferroturn-dedicated | / forwarder | / coturn | / ferroturn (adaptive) |\n|---|---|---|---|---|"
+            "| metric | {d} | / forwarder | / coturn | / ferroturn |\n|---|---|---|---|---|"
         );
         for (k, label) in ROWS {
             let v = m(d, k);
@@ -710,7 +725,7 @@ fn report(
         }
     }
 
-    // Targets of issue 6, for both threading modes.
+    // Targets of issue 6, for ferroturn and each variant.
     let verdict = |ok: bool, v: f64| {
         if !v.is_finite() {
             "not measured"
@@ -720,9 +735,16 @@ fn report(
             "**not met**"
         }
     };
+    let mut named = vec!["ferroturn"];
+    named.extend(&variants);
     let _ = writeln!(
         s,
-        "\n| target (issue 6) | ferroturn | verdict | ferroturn-dedicated | verdict |\n|---|---|---|---|---|"
+        "\n| target (issue 6) |{}\n|---|{}",
+        named
+            .iter()
+            .map(|t| format!(" {t} | verdict |"))
+            .collect::<String>(),
+        "---|---|".repeat(named.len())
     );
     // (target, ferroturn over: "forwarder" | "coturn" | "" for its own
     // value, measurement, at most (true) or at least (false), the bound, unit)
@@ -810,7 +832,7 @@ fn report(
     ];
     for (name, base, key, at_most, bound, unit) in targets {
         let _ = write!(s, "| {name} |");
-        for t in ["ferroturn", d] {
+        for &t in &named {
             let v = match base {
                 "" => m(t, key),
                 b => m(t, key) / m(b, key),

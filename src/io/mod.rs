@@ -30,7 +30,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::Credentials;
-use crate::config::{Config, UdpThreads};
+use crate::config::{Config, UdpScheduling, UdpThreads};
 use crate::engine::{EngineConfig, Gauges, Session, Shared, Stats, Update};
 use crate::policy::PeerPolicy;
 
@@ -436,7 +436,8 @@ impl Server {
             UdpThreads::Adaptive => Some(udp::Balance::default()),
             UdpThreads::Dedicated => None,
         };
-        let (hub, workers) = udp::start(udp_shards, n, balance)?;
+        let batch = config.udp_scheduling == UdpScheduling::Batch;
+        let (hub, workers) = udp::start(udp_shards, n, balance, batch)?;
         // From here on, an error drops `server`, which stops what runs.
         let mut server = Server {
             stop,
@@ -493,6 +494,10 @@ impl Server {
             ("relay", old.relay != new.relay),
             ("server.workers", old.workers != new.workers),
             ("server.udp_threads", old.udp_threads != new.udp_threads),
+            (
+                "server.udp_scheduling",
+                old.udp_scheduling != new.udp_scheduling,
+            ),
             ("realm", old.realm != new.realm),
             ("metrics", old.metrics != new.metrics),
             ("admin", old.admin != new.admin),

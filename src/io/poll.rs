@@ -1,5 +1,6 @@
 //! The few system calls the UDP drivers are built on: an epoll set, an
-//! eventfd to wake a thread, and a thread's own CPU clock.
+//! eventfd to wake a thread, a thread's own CPU clock and its scheduling
+//! policy.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -105,6 +106,18 @@ pub fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Put the calling thread under SCHED_BATCH: the same share of the CPU as
+/// SCHED_OTHER, but its wake-ups never preempt the task that runs on the
+/// CPU it is woken on; it runs when that task sleeps or its slice ends
+/// (sched(7)). No privilege needed.
+pub fn batch_scheduling() -> io::Result<()> {
+    let p = libc::sched_param { sched_priority: 0 };
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &p) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +154,19 @@ mod tests {
         let worked = thread_cpu() - t1;
         assert!(slept < Duration::from_millis(10), "slept {slept:?}");
         assert!(worked > Duration::from_millis(10), "worked {worked:?}");
+    }
+
+    #[test]
+    fn batch_scheduling_applies_to_the_calling_thread_only() {
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let before = policy();
+        let inside = std::thread::spawn(move || {
+            batch_scheduling().unwrap();
+            policy()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, libc::SCHED_BATCH);
+        assert_eq!(policy(), before);
     }
 }

@@ -461,11 +461,13 @@ struct Driver {
 /// Start `threads` drivers for `shards`. With a `balance`, every shard
 /// begins with driver 0 (one thread, until the load asks for more; see
 /// [`Balance`]); without, shard `i` stays with driver `i % threads`.
+/// `batch`: the drivers run under SCHED_BATCH ([`poll::batch_scheduling`]).
 /// Returns the hub that stops them, and their threads.
 pub fn start(
     shards: Vec<Box<Shard>>,
     threads: usize,
     balance: Option<Balance>,
+    batch: bool,
 ) -> std::io::Result<(Arc<Hub>, Vec<std::thread::JoinHandle<()>>)> {
     // No UDP listener: no shard, and no thread to drive one.
     let threads = if shards.is_empty() { 0 } else { threads.max(1) };
@@ -495,7 +497,7 @@ pub fn start(
     }
     let mut handles = Vec::new();
     for (id, inbox) in receivers.into_iter().enumerate() {
-        match spawn(&hub, id, inbox) {
+        match spawn(&hub, id, inbox, batch) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 hub.stop();
@@ -512,6 +514,7 @@ fn spawn(
     hub: &Arc<Hub>,
     id: usize,
     inbox: std::sync::mpsc::Receiver<Box<Shard>>,
+    batch: bool,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let epoll = Epoll::new()?;
     let wake = hub.inboxes[id].1.clone();
@@ -530,6 +533,12 @@ fn spawn(
     std::thread::Builder::new()
         .name(format!("ferroturn-u{id}"))
         .spawn(move || {
+            if batch && let Err(e) = poll::batch_scheduling() {
+                tracing::warn!(
+                    driver = id,
+                    "udp_scheduling = \"batch\" not applied: {e} (under a system call filter, set the unit's CPUSchedulingPolicy=batch instead)"
+                );
+            }
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.run()));
             if run.is_err() {
                 tracing::error!(driver = id, "UDP driver thread panicked; aborting");
@@ -797,7 +806,7 @@ mod tests {
             merge: 1001,
             calm: Duration::from_millis(200),
         };
-        let (hub, threads) = start(shards, 3, Some(balance)).unwrap();
+        let (hub, threads) = start(shards, 3, Some(balance), false).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_nonblocking(true).unwrap();
         // Every shard starts with thread 0.
@@ -829,7 +838,7 @@ mod tests {
     #[test]
     fn dedicated_shards_keep_their_own_thread_at_any_load() {
         let (shards, addrs): (Vec<_>, Vec<_>) = (0..3).map(shard).unzip();
-        let (hub, threads) = start(shards, 2, None).unwrap();
+        let (hub, threads) = start(shards, 2, None, false).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_nonblocking(true).unwrap();
         // Shard i with thread i % 2, from the start.

@@ -17,6 +17,8 @@ pub enum Kind {
     Ferroturn,
     /// ferroturn with `[server] udp_threads = "dedicated"`.
     FerroturnDedicated,
+    /// ferroturn with `[server] udp_scheduling = "batch"`.
+    FerroturnBatch,
 }
 
 impl Kind {
@@ -26,14 +28,25 @@ impl Kind {
             Kind::Coturn => "coturn",
             Kind::Ferroturn => "ferroturn",
             Kind::FerroturnDedicated => "ferroturn-dedicated",
+            Kind::FerroturnBatch => "ferroturn-batch",
         }
     }
     pub fn is_turn(self) -> bool {
         self != Kind::Forwarder
     }
-    /// `[server] udp_threads` when not the default.
-    fn udp_threads(self) -> Option<&'static str> {
-        (self == Kind::FerroturnDedicated).then_some("dedicated")
+    pub fn is_ferroturn(self) -> bool {
+        matches!(
+            self,
+            Kind::Ferroturn | Kind::FerroturnDedicated | Kind::FerroturnBatch
+        )
+    }
+    /// What a ferroturn variant sets in `[server]`.
+    fn server_keys(self) -> &'static str {
+        match self {
+            Kind::FerroturnDedicated => "udp_threads = \"dedicated\"\n",
+            Kind::FerroturnBatch => "udp_scheduling = \"batch\"\n",
+            _ => "",
+        }
     }
 }
 
@@ -71,14 +84,13 @@ fn die_with_parent(c: &mut Command) {
     }
 }
 
-/// `threads`: `[server] udp_threads`, or None for the default.
-fn ferroturn_config(port: u16, workers: usize, threads: Option<&str>, limits: bool) -> String {
-    let threads = threads.map_or(String::new(), |t| format!("udp_threads = \"{t}\"\n"));
+/// `keys`: more lines for `[server]`.
+fn ferroturn_config(port: u16, workers: usize, keys: &str, limits: bool) -> String {
     let mut s = format!(
         r#"realm = "{realm}"
 [server]
 workers = {workers}
-{threads}[[listen]]
+{keys}[[listen]]
 address = "127.0.0.1:{port}"
 transports = ["udp"]
 [relay]
@@ -122,14 +134,14 @@ impl Server {
                 c.stdout(Stdio::piped());
                 c
             }
-            Kind::Ferroturn | Kind::FerroturnDedicated => {
+            Kind::Ferroturn | Kind::FerroturnDedicated | Kind::FerroturnBatch => {
                 let file = paths.dir.join("ferroturn.toml");
                 // Newer builds take [limits]; older ones refuse the section.
                 let mut chosen = None;
                 for limits in [true, false] {
                     std::fs::write(
                         &file,
-                        ferroturn_config(port, paths.ferroturn_workers, kind.udp_threads(), limits),
+                        ferroturn_config(port, paths.ferroturn_workers, kind.server_keys(), limits),
                     )
                     .map_err(|e| e.to_string())?;
                     let ok = Command::new(&paths.ferroturn)

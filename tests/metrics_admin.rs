@@ -205,6 +205,58 @@ fn dedicated_udp_threads_drive_one_worker_each_at_idle() {
     assert_eq!(threads, 2);
 }
 
+/// Scheduling policy (sched(7) number) of each thread of `pid`, by name.
+fn thread_policies(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // Field 41, counted after the ")" that closes the name (field 2).
+        let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+        let policy = rest.split_whitespace().nth(38).and_then(|v| v.parse().ok());
+        out.push((comm.trim().to_string(), policy.unwrap_or(-1)));
+    }
+    out
+}
+
+#[test]
+fn batch_scheduling_applies_to_the_udp_threads_only() {
+    let s = Server::start_with(ServerConfig {
+        workers: Some(2),
+        udp_scheduling: Some("batch"),
+        ..ServerConfig::default()
+    });
+    let udp_batch = |t: &[(String, i32)]| {
+        let udp: Vec<_> = t
+            .iter()
+            .filter(|(n, _)| n.starts_with("ferroturn-u"))
+            .collect();
+        udp.len() == 2 && udp.iter().all(|(_, p)| *p == libc::SCHED_BATCH)
+    };
+    // Each driver sets its policy as it starts: allow it a moment.
+    let start = std::time::Instant::now();
+    let mut threads = thread_policies(s.child.id());
+    while !udp_batch(&threads) && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+        threads = thread_policies(s.child.id());
+    }
+    assert!(udp_batch(&threads), "{threads:?}");
+    assert!(
+        threads
+            .iter()
+            .filter(|(n, _)| !n.starts_with("ferroturn-u"))
+            .all(|(_, p)| *p == libc::SCHED_OTHER),
+        "{threads:?}"
+    );
+    // The default leaves every thread under the normal policy.
+    let d = Server::start();
+    assert!(
+        thread_policies(d.child.id())
+            .iter()
+            .all(|(_, p)| *p == libc::SCHED_OTHER)
+    );
+}
+
 #[test]
 fn metrics_and_admin_follow_a_known_workload() {
     let s = Server::start();

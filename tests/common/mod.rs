@@ -174,6 +174,8 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// `[server] udp_threads`; `None` leaves the default (adaptive).
     pub udp_threads: Option<&'static str>,
+    /// `[server] udp_scheduling`; `None` leaves the default (normal).
+    pub udp_scheduling: Option<&'static str>,
     pub transports: Vec<String>,
     pub secrets: Vec<String>,
     pub users: Vec<(String, String)>,
@@ -199,6 +201,7 @@ impl Default for ServerConfig {
             realm: REALM.into(),
             workers: None,
             udp_threads: None,
+            udp_scheduling: None,
             transports: vec!["udp".into(), "tcp".into()],
             secrets: vec![SECRET.into()],
             users: vec![(USER.into(), PASSWORD.into())],
@@ -238,7 +241,7 @@ impl ServerConfig {
     pub fn to_toml(&self, port: u16, relay: (u16, u16)) -> String {
         let mut t = String::new();
         t.push_str(&format!("realm = {}\n", toml_str(&self.realm)));
-        if self.workers.is_some() || self.udp_threads.is_some() {
+        if self.workers.is_some() || self.udp_threads.is_some() || self.udp_scheduling.is_some() {
             t.push_str("\n[server]\n");
         }
         if let Some(w) = self.workers {
@@ -246,6 +249,9 @@ impl ServerConfig {
         }
         if let Some(u) = self.udp_threads {
             t.push_str(&format!("udp_threads = {}\n", toml_str(u)));
+        }
+        if let Some(u) = self.udp_scheduling {
+            t.push_str(&format!("udp_scheduling = {}\n", toml_str(u)));
         }
         t.push_str(&format!(
             "\n[[listen]]\naddress = \"127.0.0.1:{port}\"\ntransports = {}\n",

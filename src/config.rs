@@ -833,18 +833,13 @@ deny = []
         assert!(c.listen[0].udp && c.listen[0].tcp);
         assert_eq!(c.users["alice"], "wonderland");
         assert_eq!(c.udp_threads, UdpThreads::Adaptive);
-        let c = p(&GOOD.replace(
-            "[[listen]]",
-            "[server]\nudp_threads = \"dedicated\"\n[[listen]]",
-        ))
-        .unwrap();
-        assert_eq!(c.udp_threads, UdpThreads::Dedicated);
         assert_eq!(c.udp_scheduling, UdpScheduling::Normal);
-        let c = p(&GOOD.replace(
-            "[[listen]]",
-            "[server]\nudp_scheduling = \"batch\"\n[[listen]]",
-        ))
-        .unwrap();
+        let server = |line: &str| {
+            p(&GOOD.replace("[[listen]]", &format!("[server]\n{line}\n[[listen]]"))).unwrap()
+        };
+        let c = server("udp_threads = \"dedicated\"");
+        assert_eq!(c.udp_threads, UdpThreads::Dedicated);
+        let c = server("udp_scheduling = \"batch\"");
         assert_eq!(c.udp_scheduling, UdpScheduling::Batch);
     }
 

@@ -194,15 +194,21 @@ fn dedicated_udp_threads_drive_one_worker_each_at_idle() {
         udp_threads: Some("dedicated"),
         ..ServerConfig::default()
     });
-    // The adaptive default shows 1 here (see the test below). Each driver
-    // takes its shard as it starts: allow it a moment.
-    let start = std::time::Instant::now();
-    let mut threads = get(&scrape(&s), "ferroturn_udp_threads");
-    while threads != 2 && start.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(50));
-        threads = get(&scrape(&s), "ferroturn_udp_threads");
-    }
+    // The adaptive default shows 1 here (see the test below).
+    let threads = settled(|| get(&scrape(&s), "ferroturn_udp_threads"), |&n| n == 2);
     assert_eq!(threads, 2);
+}
+
+/// `read()` until `done` holds of it, for at most 2 s: each UDP driver
+/// takes its shard and its policy as its thread starts.
+fn settled<T>(mut read: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let start = std::time::Instant::now();
+    let mut v = read();
+    while !done(&v) && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+        v = read();
+    }
+    v
 }
 
 /// Scheduling policy (sched(7) number) of each thread of `pid`, by name.
@@ -233,13 +239,7 @@ fn batch_scheduling_applies_to_the_udp_threads_only() {
             .collect();
         udp.len() == 2 && udp.iter().all(|(_, p)| *p == libc::SCHED_BATCH)
     };
-    // Each driver sets its policy as it starts: allow it a moment.
-    let start = std::time::Instant::now();
-    let mut threads = thread_policies(s.child.id());
-    while !udp_batch(&threads) && start.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(50));
-        threads = thread_policies(s.child.id());
-    }
+    let threads = settled(|| thread_policies(s.child.id()), |t| udp_batch(t));
     assert!(udp_batch(&threads), "{threads:?}");
     assert!(
         threads

@@ -444,6 +444,29 @@ fn restart_only_change_is_not_applied_by_a_later_reload() {
     }
 }
 
+/// The UDP thread settings need a restart too: a reload says so and the
+/// threads keep their policy.
+#[test]
+fn udp_thread_settings_wait_for_a_restart() {
+    let d = Daemon::start(&base_config(), "");
+    let tail = "\n[server]\nworkers = 2\nudp_threads = \"dedicated\"\nudp_scheduling = \"batch\"\n";
+    d.write_config(&config_text(&base_config(), d.addr.port(), d.relay, tail));
+    d.signal(libc::SIGHUP);
+    let log = d.wait_log_count("configuration reloaded", 1, Duration::from_secs(5));
+    for key in ["server.udp_threads", "server.udp_scheduling"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(key) && l.contains("needs a restart")),
+            "no restart notice for {key}:\n{log}"
+        );
+    }
+    let threads = common::thread_policies(d.child.id());
+    assert!(
+        threads.iter().all(|(_, p)| *p == libc::SCHED_OTHER),
+        "{threads:?}"
+    );
+}
+
 // ---- Drain ------------------------------------------------------------------
 
 /// Start a server with `tail`, open one relaying allocation, prepare a

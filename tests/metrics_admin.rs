@@ -211,20 +211,6 @@ fn settled<T>(mut read: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
     v
 }
 
-/// Scheduling policy (sched(7) number) of each thread of `pid`, by name.
-fn thread_policies(pid: u32) -> Vec<(String, i32)> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        // Field 41, counted after the ")" that closes the name (field 2).
-        let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-        let policy = rest.split_whitespace().nth(38).and_then(|v| v.parse().ok());
-        out.push((comm.trim().to_string(), policy.unwrap_or(-1)));
-    }
-    out
-}
-
 #[test]
 fn batch_scheduling_applies_to_the_udp_threads_only() {
     let s = Server::start_with(ServerConfig {
@@ -239,7 +225,7 @@ fn batch_scheduling_applies_to_the_udp_threads_only() {
             .collect();
         udp.len() == 2 && udp.iter().all(|(_, p)| *p == libc::SCHED_BATCH)
     };
-    let threads = settled(|| thread_policies(s.child.id()), |t| udp_batch(t));
+    let threads = settled(|| common::thread_policies(s.child.id()), |t| udp_batch(t));
     assert!(udp_batch(&threads), "{threads:?}");
     assert!(
         threads
@@ -251,7 +237,7 @@ fn batch_scheduling_applies_to_the_udp_threads_only() {
     // The default leaves every thread under the normal policy.
     let d = Server::start();
     assert!(
-        thread_policies(d.child.id())
+        common::thread_policies(d.child.id())
             .iter()
             .all(|(_, p)| *p == libc::SCHED_OTHER)
     );

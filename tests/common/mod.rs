@@ -680,3 +680,17 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Scheduling policy (sched(7) number) of each thread of `pid`, by name.
+pub fn thread_policies(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // Field 41, counted after the ")" that closes the name (field 2).
+        let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+        let policy = rest.split_whitespace().nth(38).and_then(|v| v.parse().ok());
+        out.push((comm.trim().to_string(), policy.unwrap_or(-1)));
+    }
+    out
+}

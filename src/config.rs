@@ -350,6 +350,52 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(path, &text)
 }
 
+/// A reload: `new` with every setting that only a restart applies as
+/// `running` has it, and the keys of those that differ. A `[[listen]]`
+/// entry's TLS `cert` and `key` paths are live; the rest of it is not.
+pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
+    let shape = |c: &Config| -> Vec<Listen> {
+        c.listen
+            .iter()
+            .map(|l| Listen {
+                cert: None,
+                key: None,
+                ..l.clone()
+            })
+            .collect()
+    };
+    let changed = [
+        ("listen", shape(running) != shape(&new)),
+        ("relay", running.relay != new.relay),
+        ("server.workers", running.workers != new.workers),
+        ("server.udp_threads", running.udp_threads != new.udp_threads),
+        (
+            "server.udp_scheduling",
+            running.udp_scheduling != new.udp_scheduling,
+        ),
+        ("realm", running.realm != new.realm),
+        ("log.format", running.log_format != new.log_format),
+        ("metrics", running.metrics != new.metrics),
+        ("admin", running.admin != new.admin),
+    ]
+    .into_iter()
+    .filter_map(|(key, differs)| differs.then_some(key))
+    .collect();
+    let kept = Config {
+        listen: running.listen.clone(),
+        relay: running.relay.clone(),
+        workers: running.workers,
+        udp_threads: running.udp_threads,
+        udp_scheduling: running.udp_scheduling,
+        realm: running.realm.clone(),
+        log_format: running.log_format,
+        metrics: running.metrics,
+        admin: running.admin.clone(),
+        ..new
+    };
+    (kept, changed)
+}
+
 /// The value of a key that names one of two values, the first being the
 /// default; else the reason.
 fn one_of<T: Copy>(v: Option<&str>, [a, b]: [(&str, T); 2]) -> Result<T, String> {
@@ -841,6 +887,27 @@ deny = []
         assert_eq!(c.udp_threads, UdpThreads::Dedicated);
         let c = server("udp_scheduling = \"batch\"");
         assert_eq!(c.udp_scheduling, UdpScheduling::Batch);
+    }
+
+    #[test]
+    fn a_reload_keeps_restart_only_settings_and_names_them() {
+        let running = p(GOOD).unwrap();
+        let new = p(&GOOD
+            .replace("realm = \"example.org\"", "realm = \"other.org\"")
+            .replace("wonderland", "looking-glass")
+            .replace(
+                "[[listen]]",
+                "[server]\nudp_scheduling = \"batch\"\n[[listen]]",
+            ))
+        .unwrap();
+        let (kept, changed) = keep_restart_only(&running, new);
+        assert_eq!(changed, ["server.udp_scheduling", "realm"]);
+        assert_eq!(kept.realm, "example.org");
+        assert_eq!(kept.udp_scheduling, UdpScheduling::Normal);
+        // A live setting comes from the new file.
+        assert_eq!(kept.users["alice"], "looking-glass");
+        let (_, changed) = keep_restart_only(&running, running.clone());
+        assert!(changed.is_empty(), "{changed:?}");
     }
 
     #[test]

@@ -119,28 +119,18 @@ async fn tick(w: &mut Option<tokio::time::Interval>) {
 /// Re-read the config file; apply it, or keep `current` if it is invalid.
 fn reload(server: &Server, current: Config) -> Config {
     match config::load(&current.path) {
-        Ok(mut new) => {
-            server.reload(&current, &new);
-            crate::log::set_level(&new.log_level);
-            if new.log_format != current.log_format {
-                tracing::warn!(
-                    key = "log.format",
-                    "changed in the config: needs a restart to apply"
-                );
-            }
-            tracing::info!(path = %new.path.display(), "configuration reloaded");
+        Ok(new) => {
             // What needs a restart stays as it runs, so that the next reload
             // compares against it (and warns again) and never applies it.
-            new.listen = current.listen;
-            new.relay = current.relay;
-            new.workers = current.workers;
-            new.udp_threads = current.udp_threads;
-            new.udp_scheduling = current.udp_scheduling;
-            new.realm = current.realm;
-            new.log_format = current.log_format;
-            new.metrics = current.metrics;
-            new.admin = current.admin;
-            new
+            let listen = new.listen.clone();
+            let (kept, changed) = config::keep_restart_only(&current, new);
+            for key in changed {
+                tracing::warn!(key, "changed in the config: needs a restart to apply");
+            }
+            server.reload(&kept, &listen);
+            crate::log::set_level(&kept.log_level);
+            tracing::info!(path = %kept.path.display(), "configuration reloaded");
+            kept
         }
         Err(e) => {
             tracing::error!("reload refused, the running configuration stays: {e}");

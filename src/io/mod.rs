@@ -472,58 +472,19 @@ impl Server {
         self.control.clone()
     }
 
-    /// Apply a new configuration: what a running server can change
-    /// (credentials, peer policy, limits, expiry rules) takes effect at once
-    /// in every worker; listener and relay changes are reported, for a
-    /// restart to apply.
-    pub fn reload(&self, old: &Config, new: &Config) {
-        // Certificate and key paths may change live; the rest of a
-        // listener needs a restart.
-        let shape = |c: &Config| -> Vec<crate::config::Listen> {
-            c.listen
-                .iter()
-                .map(|l| crate::config::Listen {
-                    cert: None,
-                    key: None,
-                    ..l.clone()
-                })
-                .collect()
-        };
-        for (what, changed) in [
-            ("listen", shape(old) != shape(new)),
-            ("relay", old.relay != new.relay),
-            ("server.workers", old.workers != new.workers),
-            ("server.udp_threads", old.udp_threads != new.udp_threads),
-            (
-                "server.udp_scheduling",
-                old.udp_scheduling != new.udp_scheduling,
-            ),
-            ("realm", old.realm != new.realm),
-            ("metrics", old.metrics != new.metrics),
-            ("admin", old.admin != new.admin),
-        ] {
-            if changed {
-                tracing::warn!(
-                    key = what,
-                    "changed in the config: needs a restart to apply"
-                );
-            }
-        }
-        // Restart-only settings stay as they run: the peer policy's own
-        // relay addresses and core listeners come from the running config.
-        let applied = Config {
-            relay: old.relay.clone(),
-            metrics: old.metrics,
-            admin: old.admin.clone(),
-            ..new.clone()
-        };
+    /// Apply a reloaded configuration, whose restart-only settings are
+    /// those it runs with ([`crate::config::keep_restart_only`]):
+    /// credentials, peer policy, limits and expiry rules take effect at once
+    /// in every worker, and TLS listeners re-read the certificate and key
+    /// that the file's `listen` entries name.
+    pub fn reload(&self, applied: &Config, listen: &[crate::config::Listen]) {
         self.control
-            .update(update_from(&applied, &old.realm, &self.nonce_secret));
+            .update(update_from(applied, &self.nonce_secret));
         // Re-read every TLS certificate: new connections get the new one.
         // The paths come from the same entry in the new config, or stay
         // as they were if that entry moved (a listener change: restart).
         for (i, address, acceptor) in &self.tls {
-            let (cert, key) = match new.listen.get(*i) {
+            let (cert, key) = match listen.get(*i) {
                 Some(l) if l.tls && l.address == *address => match (&l.cert, &l.key) {
                     (Some(c), Some(k)) => (c.clone(), k.clone()),
                     _ => acceptor.paths(),
@@ -538,7 +499,7 @@ impl Server {
                 ),
                 Err(e) => tracing::error!(
                     "{}: listen[{i}].{e}; the previous certificate stays in use",
-                    new.path.display()
+                    applied.path.display()
                 ),
             }
         }
@@ -585,12 +546,12 @@ fn port_shares(lo: u16, hi: u16, udp: usize, streams: usize) -> Vec<Vec<u16>> {
     shares
 }
 
-/// What a reload of `config` changes in the engines. The realm is kept
-/// from the running config: keys and nonces depend on it.
-fn update_from(config: &Config, realm: &str, nonce_secret: &[u8]) -> Update {
+/// What a reload of `config` changes in the engines. Its realm is the
+/// running one (a restart-only setting): keys and nonces depend on it.
+fn update_from(config: &Config, nonce_secret: &[u8]) -> Update {
     Update {
         credentials: Credentials::new(
-            realm,
+            &config.realm,
             &config.secrets,
             &config.users,
             nonce_secret,

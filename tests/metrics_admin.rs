@@ -187,18 +187,6 @@ fn sessions_api(s: &Server) -> Vec<serde_json::Value> {
     v["sessions"].as_array().unwrap().clone()
 }
 
-#[test]
-fn dedicated_udp_threads_drive_one_worker_each_at_idle() {
-    let s = Server::start_with(ServerConfig {
-        workers: Some(2),
-        udp_threads: Some("dedicated"),
-        ..ServerConfig::default()
-    });
-    // The adaptive default shows 1 here (see the test below).
-    let threads = settled(|| get(&scrape(&s), "ferroturn_udp_threads"), |&n| n == 2);
-    assert_eq!(threads, 2);
-}
-
 /// `read()` until `done` holds of it, for at most 2 s: each UDP driver
 /// takes its shard and its policy as its thread starts.
 fn settled<T>(mut read: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
@@ -212,12 +200,19 @@ fn settled<T>(mut read: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
 }
 
 #[test]
-fn batch_scheduling_applies_to_the_udp_threads_only() {
+fn udp_thread_settings_take_effect() {
     let s = Server::start_with(ServerConfig {
         workers: Some(2),
+        udp_threads: Some("dedicated"),
         udp_scheduling: Some("batch"),
         ..ServerConfig::default()
     });
+    // Dedicated: each worker's thread holds its shard at idle (the adaptive
+    // default shows 1 here, see the next test).
+    let threads = settled(|| get(&scrape(&s), "ferroturn_udp_threads"), |&n| n == 2);
+    assert_eq!(threads, 2);
+
+    // Batch: SCHED_BATCH on the two UDP threads, and on no other.
     let udp_batch = |t: &[(String, i32)]| {
         let udp: Vec<_> = t
             .iter()

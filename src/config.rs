@@ -221,6 +221,9 @@ pub enum UdpThreads {
 /// (`server.udp_scheduling`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UdpScheduling {
+    /// SCHED_BATCH while the thread's own run-queue waits stay short,
+    /// SCHED_OTHER while other tasks keep the CPUs busy (`io::sched`).
+    Auto,
     /// SCHED_OTHER, as every other thread.
     Normal,
     /// SCHED_BATCH: a woken relay thread does not preempt the task running
@@ -396,15 +399,18 @@ pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static
     (kept, changed)
 }
 
-/// The value of a key that names one of two values, the first being the
+/// The value of a key that names one of a few values, the first being the
 /// default; else the reason.
-fn one_of<T: Copy>(v: Option<&str>, [a, b]: [(&str, T); 2]) -> Result<T, String> {
-    match v {
-        None => Ok(a.1),
-        Some(v) if v == a.0 => Ok(a.1),
-        Some(v) if v == b.0 => Ok(b.1),
-        Some(v) => Err(format!("{v:?}: expected {:?} or {:?}", a.0, b.0)),
+fn one_of<T: Copy>(v: Option<&str>, values: &[(&str, T)]) -> Result<T, String> {
+    let Some(v) = v else {
+        return Ok(values[0].1);
+    };
+    if let Some((_, t)) = values.iter().find(|(name, _)| *name == v) {
+        return Ok(*t);
     }
+    let names: Vec<String> = values.iter().map(|(n, _)| format!("{n:?}")).collect();
+    let (last, rest) = names.split_last().expect("at least one value");
+    Err(format!("{v:?}: expected {} or {last}", rest.join(", ")))
 }
 
 /// Validate configuration `text` as if read from `path`.
@@ -446,7 +452,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let udp_threads = one_of(
         raw.server.udp_threads.as_deref(),
-        [
+        &[
             ("adaptive", UdpThreads::Adaptive),
             ("dedicated", UdpThreads::Dedicated),
         ],
@@ -454,7 +460,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     .map_err(|r| err("server.udp_threads", r))?;
     let udp_scheduling = one_of(
         raw.server.udp_scheduling.as_deref(),
-        [
+        &[
+            ("auto", UdpScheduling::Auto),
             ("normal", UdpScheduling::Normal),
             ("batch", UdpScheduling::Batch),
         ],
@@ -616,7 +623,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     let default_family = one_of(
         raw.relay.default_family.as_deref(),
-        [
+        &[
             ("ipv4", DefaultFamily::Ipv4),
             ("same-as-client", DefaultFamily::SameAsClient),
         ],
@@ -719,7 +726,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let log_format = one_of(
         raw.log.format.as_deref(),
-        [("text", LogFormat::Text), ("json", LogFormat::Json)],
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
     )
     .map_err(|r| err("log.format", r))?;
     let sockaddr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
@@ -879,7 +886,7 @@ deny = []
         assert!(c.listen[0].udp && c.listen[0].tcp);
         assert_eq!(c.users["alice"], "wonderland");
         assert_eq!(c.udp_threads, UdpThreads::Adaptive);
-        assert_eq!(c.udp_scheduling, UdpScheduling::Normal);
+        assert_eq!(c.udp_scheduling, UdpScheduling::Auto);
         let server = |line: &str| {
             p(&GOOD.replace("[[listen]]", &format!("[server]\n{line}\n[[listen]]"))).unwrap()
         };
@@ -887,6 +894,8 @@ deny = []
         assert_eq!(c.udp_threads, UdpThreads::Dedicated);
         let c = server("udp_scheduling = \"batch\"");
         assert_eq!(c.udp_scheduling, UdpScheduling::Batch);
+        let c = server("udp_scheduling = \"normal\"");
+        assert_eq!(c.udp_scheduling, UdpScheduling::Normal);
     }
 
     #[test]
@@ -903,7 +912,7 @@ deny = []
         let (kept, changed) = keep_restart_only(&running, new);
         assert_eq!(changed, ["server.udp_scheduling", "realm"]);
         assert_eq!(kept.realm, "example.org");
-        assert_eq!(kept.udp_scheduling, UdpScheduling::Normal);
+        assert_eq!(kept.udp_scheduling, UdpScheduling::Auto);
         // A live setting comes from the new file.
         assert_eq!(kept.users["alice"], "looking-glass");
         let (_, changed) = keep_restart_only(&running, running.clone());
@@ -934,6 +943,16 @@ deny = []
             .unwrap_err();
         assert_eq!(e.key, "server.udp_threads");
         assert!(e.reason.contains("\"dedicated\""), "{e}");
+        let e = p(&GOOD.replace(
+            "[[listen]]",
+            "[server]\nudp_scheduling = \"fifo\"\n[[listen]]",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "server.udp_scheduling");
+        assert_eq!(
+            e.reason,
+            "\"fifo\": expected \"auto\", \"normal\" or \"batch\""
+        );
         let e = p(&GOOD.replace(
             "secrets = [\"change-me\"]\nusers = { alice = \"wonderland\" }",
             "",

@@ -246,6 +246,12 @@ pub fn render(report: &WorkerReport) -> String {
         "Threads driving the UDP data plane now: one at low load, up to one per worker.",
         report.udp_threads,
     );
+    o.single(
+        "udp_batch_threads",
+        "gauge",
+        "UDP data-plane threads under SCHED_BATCH now (udp_scheduling).",
+        report.udp_batch_threads,
+    );
 
     // Session durations.
     let h = &s.session_seconds;

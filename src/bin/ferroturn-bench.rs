@@ -43,13 +43,11 @@ struct Opts {
     /// Repetitions of A B C (default 3; 1 with --quick).
     #[arg(long)]
     reps: Option<usize>,
-    /// Which to run, comma-separated: forwarder,coturn,ferroturn and its
-    /// variants ferroturn-dedicated (`udp_threads = "dedicated"`) and
-    /// ferroturn-batch (`udp_scheduling = "batch"`).
-    #[arg(
-        long,
-        default_value = "forwarder,coturn,ferroturn,ferroturn-dedicated,ferroturn-batch"
-    )]
+    /// Which to run, comma-separated: forwarder,coturn,ferroturn (its
+    /// defaults) and its variants ferroturn-normal and ferroturn-batch
+    /// (`udp_scheduling = "normal"`, `"batch"`) and ferroturn-dedicated
+    /// (`udp_threads = "dedicated"`).
+    #[arg(long, default_value = "forwarder,coturn,ferroturn,ferroturn-normal")]
     servers: String,
     /// Which tests, comma-separated: ceiling,mem,ctl,tput,lat,cpu.
     #[arg(long, default_value = "ceiling,mem,ctl,tput,lat,cpu")]
@@ -63,6 +61,10 @@ struct Opts {
     /// coturn's turnserver (default: on PATH; `apt-get install coturn`).
     #[arg(long)]
     turnserver: Option<PathBuf>,
+    /// Busy threads that compete for the CPUs during the whole run: a
+    /// contended host (e.g. `--hogs 2 --tests lat`). Default none.
+    #[arg(long, default_value_t = 0)]
+    hogs: usize,
     /// ferroturn's `[server] workers` (default 0: one per core).
     #[arg(long, default_value_t = 0)]
     ferroturn_workers: usize,
@@ -136,8 +138,9 @@ fn main() {
         Kind::Forwarder,
         Kind::Coturn,
         Kind::Ferroturn,
-        Kind::FerroturnDedicated,
+        Kind::FerroturnNormal,
         Kind::FerroturnBatch,
+        Kind::FerroturnDedicated,
     ]
     .into_iter()
     .filter(|k| o.servers.split(',').any(|s| s.trim() == k.name()))
@@ -191,6 +194,7 @@ fn main() {
         echo.addr
     );
 
+    let hogs = Hogs::start(o.hogs, Duration::from_secs(3600));
     for rep in 0..plan.reps {
         if on("ceiling") {
             eprintln!(
@@ -220,6 +224,7 @@ fn main() {
             }
         }
     }
+    drop(hogs);
     let _ = std::fs::remove_dir_all(&dir);
     let total = started.elapsed();
     // CPU the rest of the machine used meanwhile: the noise floor of this run.
@@ -234,9 +239,49 @@ fn main() {
             total,
             foreign,
             &kinds,
-            paths.ferroturn_workers
+            paths.ferroturn_workers,
+            o.hogs
         )
     );
+}
+
+/// Threads that spin until dropped (or for at most `cap`), each competing
+/// for a CPU like any busy process. They belong to this process, so the
+/// report's "other processes" figure leaves them out.
+struct Hogs {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hogs {
+    fn start(n: usize, cap: Duration) -> Hogs {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let t0 = Instant::now();
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) && t0.elapsed() < cap {
+                        for _ in 0..100_000 {
+                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Hogs { stop, threads }
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 fn gen_socket() -> UdpSocket {
@@ -636,6 +681,7 @@ fn report(
     foreign: f64,
     kinds: &[Kind],
     workers: usize,
+    hogs: usize,
 ) -> String {
     let m = |t: &str, k: &'static str| res.get(&(t.to_string(), k)).map_or(f64::NAN, |v| median(v));
     let mut s = String::new();
@@ -659,6 +705,12 @@ fn report(
         "CPU idle driver: {} (on a VM the round-trip times depend on it: README, Tail latency).\n",
         servers::idle_driver()
     );
+    if hogs > 0 {
+        let _ = writeln!(
+            s,
+            "{hogs} busy thread(s) competed for the CPUs during the whole run (--hogs).\n"
+        );
+    }
     let _ = writeln!(
         s,
         "Throughput is client-sent ChannelData/s at ≤ 0.1 % round-trip loss (the relay forwards twice that: both directions). Ratios are ferroturn's value over the other's.\n"
@@ -692,12 +744,16 @@ fn report(
     let mut variants = Vec::new();
     for (d, what) in [
         (
-            "ferroturn-dedicated",
-            "`[server] udp_threads = \"dedicated\"` (each UDP worker on a thread of its own at any load)",
+            "ferroturn-normal",
+            "`[server] udp_scheduling = \"normal\"` (UDP threads under SCHED_OTHER at all times)",
         ),
         (
             "ferroturn-batch",
-            "`[server] udp_scheduling = \"batch\"` (UDP threads under SCHED_BATCH)",
+            "`[server] udp_scheduling = \"batch\"` (UDP threads under SCHED_BATCH at all times)",
+        ),
+        (
+            "ferroturn-dedicated",
+            "`[server] udp_threads = \"dedicated\"` (each UDP worker on a thread of its own at any load)",
         ),
     ] {
         if !ROWS.iter().any(|(k, _)| m(d, k).is_finite()) {

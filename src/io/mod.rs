@@ -16,6 +16,7 @@
 mod mmsg;
 pub mod notify;
 mod poll;
+mod sched;
 mod socket;
 mod tcp;
 mod tls;
@@ -30,7 +31,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::Credentials;
-use crate::config::{Config, UdpScheduling, UdpThreads};
+use crate::config::{Config, UdpThreads};
 use crate::engine::{EngineConfig, Gauges, Session, Shared, Stats, Update};
 use crate::policy::PeerPolicy;
 
@@ -89,6 +90,8 @@ pub struct WorkerReport {
     pub draining: bool,
     /// Threads driving the UDP data plane now (see [`udp::Balance`]).
     pub udp_threads: u64,
+    /// Of those threads, how many run under SCHED_BATCH now.
+    pub udp_batch_threads: u64,
 }
 
 impl WorkerReport {
@@ -118,6 +121,7 @@ impl Command {
                     send_drops,
                     draining: engine.draining(),
                     udp_threads: 0,
+                    udp_batch_threads: 0,
                 });
             }
             Command::CloseUser { user, reply } => {
@@ -223,6 +227,7 @@ impl Control {
             }
         }
         total.udp_threads = self.hub.placement().iter().filter(|&&n| n > 0).count() as u64;
+        total.udp_batch_threads = self.hub.batch_threads() as u64;
         total
     }
 
@@ -436,8 +441,7 @@ impl Server {
             UdpThreads::Adaptive => Some(udp::Balance::default()),
             UdpThreads::Dedicated => None,
         };
-        let batch = config.udp_scheduling == UdpScheduling::Batch;
-        let (hub, workers) = udp::start(udp_shards, n, balance, batch)?;
+        let (hub, workers) = udp::start(udp_shards, n, balance, config.udp_scheduling)?;
         // From here on, an error drops `server`, which stops what runs.
         let mut server = Server {
             stop,

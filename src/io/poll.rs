@@ -106,16 +106,48 @@ pub fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Put the calling thread under SCHED_BATCH: the same share of the CPU as
-/// SCHED_OTHER, but its wake-ups never preempt the task that runs on the
-/// CPU it is woken on; it runs when that task sleeps or its slice ends
-/// (sched(7)). No privilege needed.
-pub fn batch_scheduling() -> io::Result<()> {
+/// Put the calling thread under SCHED_BATCH (`batch`) or back under
+/// SCHED_OTHER. SCHED_BATCH has the same share of the CPU as SCHED_OTHER,
+/// but its wake-ups never preempt the task that runs on the CPU it is woken
+/// on; it runs when that task sleeps or its slice ends (sched(7)). No
+/// privilege needed for either.
+pub fn set_batch(batch: bool) -> io::Result<()> {
     let p = libc::sched_param { sched_priority: 0 };
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &p) } != 0 {
+    let policy = if batch {
+        libc::SCHED_BATCH
+    } else {
+        libc::SCHED_OTHER
+    };
+    if unsafe { libc::sched_setscheduler(0, policy, &p) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The calling thread's `/proc/thread-self/schedstat`, kept open: time on
+/// a CPU, time waiting on a run queue, and runs on a CPU (proc(5)).
+pub struct RunDelay(std::fs::File);
+
+impl RunDelay {
+    /// Open the calling thread's file (later reads describe that thread,
+    /// whichever thread reads).
+    pub fn open() -> io::Result<RunDelay> {
+        std::fs::File::open("/proc/thread-self/schedstat").map(RunDelay)
+    }
+
+    /// The wait and run counters now; one `pread`, no allocation.
+    pub fn read(&self) -> io::Result<super::sched::Waits> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 96];
+        let n = self.0.read_at(&mut buf, 0)?;
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "schedstat");
+        let text = std::str::from_utf8(&buf[..n]).map_err(|_| bad())?;
+        let mut f = text.split_ascii_whitespace().skip(1);
+        let mut next = || f.next().and_then(|v| v.parse::<u64>().ok()).ok_or_else(bad);
+        let delay = Duration::from_nanos(next()?);
+        let runs = next()?;
+        Ok(super::sched::Waits { delay, runs })
+    }
 }
 
 #[cfg(test)]
@@ -157,16 +189,36 @@ mod tests {
     }
 
     #[test]
-    fn batch_scheduling_applies_to_the_calling_thread_only() {
+    fn the_policy_applies_to_the_calling_thread_only_and_can_be_undone() {
         let policy = || unsafe { libc::sched_getscheduler(0) };
         let before = policy();
         let inside = std::thread::spawn(move || {
-            batch_scheduling().unwrap();
-            policy()
+            set_batch(true).unwrap();
+            let batch = policy();
+            set_batch(false).unwrap();
+            (batch, policy())
         })
         .join()
         .unwrap();
-        assert_eq!(inside, libc::SCHED_BATCH);
+        assert_eq!(inside, (libc::SCHED_BATCH, libc::SCHED_OTHER));
         assert_eq!(policy(), before);
+    }
+
+    #[test]
+    fn the_run_delay_counts_this_threads_runs_and_waits() {
+        std::thread::spawn(|| {
+            let rd = RunDelay::open().unwrap();
+            let a = rd.read().unwrap();
+            for _ in 0..50 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let b = rd.read().unwrap();
+            // Each sleep ends in a run on a CPU; another thread's runs
+            // would not count here.
+            assert!(b.runs >= a.runs + 50, "{a:?} then {b:?}");
+            assert!(b.delay >= a.delay);
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -13,7 +13,8 @@
 //! busy, each shard goes to a thread of its own; when the load falls again,
 //! they come back. See [`Balance`]. With `udp_threads = "dedicated"` each
 //! shard keeps a thread of its own from the start instead, and no shard
-//! moves: lower tail latency on a small VM, more CPU per packet.
+//! moves: lower tail latency on a small VM, more CPU per packet. Each
+//! driver also picks its own scheduling policy ([`sched`]).
 //!
 //! Per wake-up: datagrams are read with `recvmmsg` into the shard's batch,
 //! the engine handles them in place, and what they relay is queued; the
@@ -30,8 +31,10 @@ use tokio::sync::mpsc;
 
 use super::mmsg::{self, Batch, Out, SLOTS};
 use super::poll::{self, Epoll, EventFd};
+use super::sched;
 use super::{Command, Mailbox, socket};
 use crate::addr::{AllocId, ClientAddr, Via};
+use crate::config::UdpScheduling;
 use crate::engine::{Engine, EngineConfig, Output};
 use crate::proto::channel_data::HEADROOM;
 
@@ -415,6 +418,8 @@ pub struct Hub {
     shards: usize,
     /// When shards move; `None`: each stays with its own thread.
     balance: Option<Balance>,
+    /// Whether each driver runs under SCHED_BATCH now.
+    batch: Vec<AtomicBool>,
 }
 
 impl Hub {
@@ -433,6 +438,14 @@ impl Hub {
             .iter()
             .map(|h| h.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// How many drivers run under SCHED_BATCH now.
+    pub fn batch_threads(&self) -> usize {
+        self.batch
+            .iter()
+            .filter(|b| b.load(Ordering::Relaxed))
+            .count()
     }
 
     /// Hand `shard` to driver `to`; back if that driver is gone.
@@ -456,18 +469,21 @@ struct Driver {
     window: (Instant, Duration),
     /// Since when the summed load stays under [`Balance::merge`].
     calm_since: Option<Instant>,
+    /// `udp_scheduling = "auto"`: the policy rule and this thread's
+    /// counters it reads.
+    auto: Option<(sched::Auto, poll::RunDelay)>,
 }
 
 /// Start `threads` drivers for `shards`. With a `balance`, every shard
 /// begins with driver 0 (one thread, until the load asks for more; see
 /// [`Balance`]); without, shard `i` stays with driver `i % threads`.
-/// `batch`: the drivers run under SCHED_BATCH ([`poll::batch_scheduling`]).
+/// `scheduling`: the drivers' policy ([`poll::set_batch`], [`sched`]).
 /// Returns the hub that stops them, and their threads.
 pub fn start(
     shards: Vec<Box<Shard>>,
     threads: usize,
     balance: Option<Balance>,
-    batch: bool,
+    scheduling: UdpScheduling,
 ) -> std::io::Result<(Arc<Hub>, Vec<std::thread::JoinHandle<()>>)> {
     // No UDP listener: no shard, and no thread to drive one.
     let threads = if shards.is_empty() { 0 } else { threads.max(1) };
@@ -485,6 +501,7 @@ pub fn start(
         stop: AtomicBool::new(false),
         shards: shards.len(),
         balance,
+        batch: (0..threads).map(|_| AtomicBool::new(false)).collect(),
     });
     for s in shards {
         let to = if balance.is_some() {
@@ -497,7 +514,7 @@ pub fn start(
     }
     let mut handles = Vec::new();
     for (id, inbox) in receivers.into_iter().enumerate() {
-        match spawn(&hub, id, inbox, batch) {
+        match spawn(&hub, id, inbox, scheduling) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 hub.stop();
@@ -514,7 +531,7 @@ fn spawn(
     hub: &Arc<Hub>,
     id: usize,
     inbox: std::sync::mpsc::Receiver<Box<Shard>>,
-    batch: bool,
+    scheduling: UdpScheduling,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let epoll = Epoll::new()?;
     let wake = hub.inboxes[id].1.clone();
@@ -529,16 +546,13 @@ fn spawn(
         // Set again on the driver's own thread, whose CPU clock it reads.
         window: (Instant::now(), Duration::ZERO),
         calm_since: None,
+        auto: None,
     };
     std::thread::Builder::new()
         .name(format!("ferroturn-u{id}"))
         .spawn(move || {
-            if batch && let Err(e) = poll::batch_scheduling() {
-                tracing::warn!(
-                    driver = id,
-                    "udp_scheduling = \"batch\" not applied: {e} (under a system call filter, set the unit's CPUSchedulingPolicy=batch instead)"
-                );
-            }
+            let mut d = d;
+            d.set_scheduling(scheduling);
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.run()));
             if run.is_err() {
                 tracing::error!(driver = id, "UDP driver thread panicked; aborting");
@@ -548,6 +562,55 @@ fn spawn(
 }
 
 impl Driver {
+    /// Apply `scheduling` to this (the driver's own) thread.
+    fn set_scheduling(&mut self, scheduling: UdpScheduling) {
+        let id = self.id;
+        let batch = match scheduling {
+            UdpScheduling::Normal => return,
+            UdpScheduling::Batch => poll::set_batch(true),
+            UdpScheduling::Auto => poll::RunDelay::open()
+                .and_then(|rd| Ok((rd.read()?, rd)))
+                .and_then(|(w, rd)| {
+                    poll::set_batch(true)?;
+                    self.auto = Some((sched::Auto::new(Instant::now(), w), rd));
+                    Ok(())
+                }),
+        };
+        match batch {
+            Ok(()) => self.hub.batch[id].store(true, Ordering::Relaxed),
+            Err(e) => tracing::warn!(
+                driver = id,
+                "udp_scheduling = {:?} not applied, the thread stays normal: {e} (under a system call filter, allow sched_setscheduler)",
+                format!("{scheduling:?}").to_lowercase()
+            ),
+        }
+    }
+
+    /// Once per load window under "auto": sample this thread's run-queue
+    /// waits and switch policy when [`sched::Auto`] says so.
+    fn reschedule(&mut self, now: Instant) {
+        let Some((auto, rd)) = &mut self.auto else {
+            return;
+        };
+        let Ok(w) = rd.read() else {
+            return;
+        };
+        let Some(p) = auto.sample(now, w) else {
+            return;
+        };
+        let batch = p == sched::Policy::Batch;
+        match poll::set_batch(batch) {
+            Ok(()) => {
+                self.hub.batch[self.id].store(batch, Ordering::Relaxed);
+                tracing::debug!(driver = self.id, ?p, "UDP thread policy");
+            }
+            Err(e) => {
+                tracing::warn!(driver = self.id, "udp_scheduling = \"auto\" stops: {e}");
+                self.auto = None;
+            }
+        }
+    }
+
     fn run(mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         self.window = (Instant::now(), poll::thread_cpu());
@@ -638,6 +701,7 @@ impl Driver {
         let load = (used.as_nanos() * 1000 / elapsed.as_nanos().max(1)).min(1000) as u32;
         self.window = (now, cpu);
         self.hub.loads[self.id].store(load, Ordering::Relaxed);
+        self.reschedule(now);
         let Some(b) = self.hub.balance else {
             return;
         };
@@ -806,7 +870,7 @@ mod tests {
             merge: 1001,
             calm: Duration::from_millis(200),
         };
-        let (hub, threads) = start(shards, 3, Some(balance), false).unwrap();
+        let (hub, threads) = start(shards, 3, Some(balance), UdpScheduling::Normal).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_nonblocking(true).unwrap();
         // Every shard starts with thread 0.
@@ -838,7 +902,7 @@ mod tests {
     #[test]
     fn dedicated_shards_keep_their_own_thread_at_any_load() {
         let (shards, addrs): (Vec<_>, Vec<_>) = (0..3).map(shard).unzip();
-        let (hub, threads) = start(shards, 2, None, false).unwrap();
+        let (hub, threads) = start(shards, 2, None, UdpScheduling::Normal).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_nonblocking(true).unwrap();
         // Shard i with thread i % 2, from the start.

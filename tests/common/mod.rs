@@ -174,7 +174,7 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// `[server] udp_threads`; `None` leaves the default (adaptive).
     pub udp_threads: Option<&'static str>,
-    /// `[server] udp_scheduling`; `None` leaves the default (normal).
+    /// `[server] udp_scheduling`; `None` leaves the default (auto).
     pub udp_scheduling: Option<&'static str>,
     pub transports: Vec<String>,
     pub secrets: Vec<String>,

@@ -19,6 +19,8 @@ pub enum Kind {
     FerroturnDedicated,
     /// ferroturn with `[server] udp_scheduling = "batch"`.
     FerroturnBatch,
+    /// ferroturn with `[server] udp_scheduling = "normal"`.
+    FerroturnNormal,
 }
 
 impl Kind {
@@ -29,6 +31,7 @@ impl Kind {
             Kind::Ferroturn => "ferroturn",
             Kind::FerroturnDedicated => "ferroturn-dedicated",
             Kind::FerroturnBatch => "ferroturn-batch",
+            Kind::FerroturnNormal => "ferroturn-normal",
         }
     }
     pub fn is_turn(self) -> bool {
@@ -37,7 +40,10 @@ impl Kind {
     pub fn is_ferroturn(self) -> bool {
         matches!(
             self,
-            Kind::Ferroturn | Kind::FerroturnDedicated | Kind::FerroturnBatch
+            Kind::Ferroturn
+                | Kind::FerroturnDedicated
+                | Kind::FerroturnBatch
+                | Kind::FerroturnNormal
         )
     }
     /// What a ferroturn variant sets in `[server]`.
@@ -45,6 +51,7 @@ impl Kind {
         match self {
             Kind::FerroturnDedicated => "udp_threads = \"dedicated\"\n",
             Kind::FerroturnBatch => "udp_scheduling = \"batch\"\n",
+            Kind::FerroturnNormal => "udp_scheduling = \"normal\"\n",
             _ => "",
         }
     }
@@ -134,7 +141,10 @@ impl Server {
                 c.stdout(Stdio::piped());
                 c
             }
-            Kind::Ferroturn | Kind::FerroturnDedicated | Kind::FerroturnBatch => {
+            Kind::Ferroturn
+            | Kind::FerroturnDedicated
+            | Kind::FerroturnBatch
+            | Kind::FerroturnNormal => {
                 let file = paths.dir.join("ferroturn.toml");
                 // Newer builds take [limits]; older ones refuse the section.
                 let mut chosen = None;

@@ -445,11 +445,12 @@ fn restart_only_change_is_not_applied_by_a_later_reload() {
 }
 
 /// The UDP thread settings need a restart too: a reload says so and the
-/// threads keep their policy.
+/// threads keep their policy (the default "auto" begins under batch).
 #[test]
 fn udp_thread_settings_wait_for_a_restart() {
     let d = Daemon::start(&base_config(), "");
-    let tail = "\n[server]\nworkers = 2\nudp_threads = \"dedicated\"\nudp_scheduling = \"batch\"\n";
+    let tail =
+        "\n[server]\nworkers = 2\nudp_threads = \"dedicated\"\nudp_scheduling = \"normal\"\n";
     d.write_config(&config_text(&base_config(), d.addr.port(), d.relay, tail));
     d.signal(libc::SIGHUP);
     let log = d.wait_log_count("configuration reloaded", 1, Duration::from_secs(5));
@@ -461,8 +462,15 @@ fn udp_thread_settings_wait_for_a_restart() {
         );
     }
     let threads = common::thread_policies(d.child.id());
+    let udp = |p: &(String, i32)| p.0.starts_with("ferroturn-u");
     assert!(
-        threads.iter().all(|(_, p)| *p == libc::SCHED_OTHER),
+        threads.iter().any(udp)
+            && threads.iter().all(|t| t.1
+                == if udp(t) {
+                    libc::SCHED_BATCH
+                } else {
+                    libc::SCHED_OTHER
+                }),
         "{threads:?}"
     );
 }

@@ -211,31 +211,43 @@ fn udp_thread_settings_take_effect() {
     // default shows 1 here, see the next test).
     let threads = settled(|| get(&scrape(&s), "ferroturn_udp_threads"), |&n| n == 2);
     assert_eq!(threads, 2);
+    assert_eq!(get(&scrape(&s), "ferroturn_udp_batch_threads"), 2);
 
-    // Batch: SCHED_BATCH on the two UDP threads, and on no other.
-    let udp_batch = |t: &[(String, i32)]| {
+    // Batch: SCHED_BATCH on the two UDP threads, and on no other. The
+    // default, "auto", begins the same way (tests/scheduling.rs: it leaves
+    // batch when the CPU is busy); "normal" leaves every thread alone.
+    let udp_are = |t: &[(String, i32)], policy: i32| {
         let udp: Vec<_> = t
             .iter()
             .filter(|(n, _)| n.starts_with("ferroturn-u"))
             .collect();
-        udp.len() == 2 && udp.iter().all(|(_, p)| *p == libc::SCHED_BATCH)
+        udp.len() == 2 && udp.iter().all(|(_, p)| *p == policy)
     };
-    let threads = settled(|| common::thread_policies(s.child.id()), |t| udp_batch(t));
-    assert!(udp_batch(&threads), "{threads:?}");
-    assert!(
-        threads
-            .iter()
+    let others_normal = |t: &[(String, i32)]| {
+        t.iter()
             .filter(|(n, _)| !n.starts_with("ferroturn-u"))
-            .all(|(_, p)| *p == libc::SCHED_OTHER),
-        "{threads:?}"
-    );
-    // The default leaves every thread under the normal policy.
-    let d = Server::start();
-    assert!(
-        common::thread_policies(d.child.id())
-            .iter()
             .all(|(_, p)| *p == libc::SCHED_OTHER)
-    );
+    };
+    let auto = Server::start_with(ServerConfig {
+        workers: Some(2),
+        ..ServerConfig::default()
+    });
+    let normal = Server::start_with(ServerConfig {
+        workers: Some(2),
+        udp_scheduling: Some("normal"),
+        ..ServerConfig::default()
+    });
+    for (server, policy) in [
+        (&s, libc::SCHED_BATCH),
+        (&auto, libc::SCHED_BATCH),
+        (&normal, libc::SCHED_OTHER),
+    ] {
+        let pid = server.child.id();
+        let threads = settled(|| common::thread_policies(pid), |t| udp_are(t, policy));
+        assert!(udp_are(&threads, policy), "{threads:?}");
+        assert!(others_normal(&threads), "{threads:?}");
+    }
+    assert_eq!(get(&scrape(&normal), "ferroturn_udp_batch_threads"), 0);
 }
 
 #[test]

@@ -143,7 +143,8 @@ fn unit_has_the_required_directives() {
         Some(
             &[
                 "@system-service".to_owned(),
-                "~@privileged @resources".to_owned()
+                "~@privileged @resources".to_owned(),
+                "sched_setscheduler".to_owned()
             ][..]
         ),
         "SystemCallFilter="
@@ -543,30 +544,37 @@ fn syscall_groups() -> BTreeMap<String, Vec<String>> {
     groups
 }
 
-/// The system calls the unit's SystemCallFilter= lets through: @default
-/// (always allowed in an allow list) and the allowed groups, less the
-/// denied ones.
+/// The system calls the unit's SystemCallFilter= lets through. The first
+/// line is an allow list, so @default is allowed too; each later line, in
+/// order, adds its calls (allow) or takes them away (`~`), as
+/// systemd.exec(5) says.
 fn unit_allowed_syscalls() -> BTreeSet<String> {
     let groups = syscall_groups();
     let d = directives(&unit_text());
+    let lines = d.get("SystemCallFilter").expect("SystemCallFilter=");
+    assert!(!lines[0].starts_with('~'), "the first filter line allows");
     let mut allowed = BTreeSet::new();
-    let mut denied = BTreeSet::new();
     expand(&groups, "@default", &mut allowed);
-    for v in d.get("SystemCallFilter").expect("SystemCallFilter=") {
+    for v in lines {
         let (deny, list) = match v.strip_prefix('~') {
             Some(rest) => (true, rest),
             None => (false, v.as_str()),
         };
+        let mut calls = BTreeSet::new();
         for item in list.split_whitespace() {
-            let target = if deny { &mut denied } else { &mut allowed };
             if item.starts_with('@') {
-                expand(&groups, item, target);
+                expand(&groups, item, &mut calls);
             } else {
-                target.insert(item.to_owned());
+                calls.insert(item.to_owned());
             }
         }
+        if deny {
+            allowed = &allowed - &calls;
+        } else {
+            allowed.extend(calls);
+        }
     }
-    &allowed - &denied
+    allowed
 }
 
 /// Run the server under strace through a whole life (start, STUN over UDP
@@ -582,6 +590,7 @@ fn syscalls_fit_the_unit_filter() {
     );
     let allowed = unit_allowed_syscalls();
     assert!(allowed.contains("sendmsg") && !allowed.contains("setuid"));
+    assert!(allowed.contains("sched_setscheduler") && !allowed.contains("setpriority"));
 
     let dir = TempDir::new("strace");
     let sock_path = dir.path().join("notify.sock");
@@ -678,6 +687,8 @@ fn syscalls_fit_the_unit_filter() {
         used.contains_key("execve") && used.len() > 20,
         "odd trace: {used:?}"
     );
+    // The default udp_scheduling ("auto") sets the UDP threads' policy.
+    assert!(used.contains_key("sched_setscheduler"), "{used:?}");
     let refused: Vec<_> = used.keys().filter(|s| !allowed.contains(*s)).collect();
     eprintln!(
         "{} distinct system calls, all allowed by the unit's filter",

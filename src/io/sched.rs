@@ -13,13 +13,14 @@
 //! for someone else's slice. That cost shows directly in the thread's run
 //! delay (the time it spent runnable but not running), so:
 //!
-//! - under batch, a window whose mean wait per run exceeds
-//!   [`Auto::DEMOTE`] switches to normal;
+//! - under batch, [`Auto::STRIKES`] samples in a row whose mean wait per
+//!   run exceeds [`Auto::DEMOTE`] switch to normal (one sample may be a
+//!   host stall; a busy CPU makes every sample long);
 //! - under normal, mean waits below [`Auto::PROMOTE`] for the hold time
-//!   switch back to batch. The hold is [`Auto::HOLD_MIN`] after the first
-//!   demotion and doubles with each further one up to [`Auto::HOLD_MAX`]
-//!   (a host that stays busy costs one short batch window per retry); it
-//!   starts over once batch has lasted [`Auto::HOLD_MAX`].
+//!   switch back to batch. The hold is [`Auto::HOLD_MIN`], and doubles up
+//!   to [`Auto::HOLD_MAX`] each time batch fails again within
+//!   [`Auto::QUICK`] of a retry: a host that stays busy costs one short
+//!   batch spell per retry.
 
 use std::time::{Duration, Instant};
 
@@ -43,27 +44,31 @@ pub struct Waits {
 #[derive(Debug)]
 pub struct Auto {
     policy: Policy,
-    /// Where the current measurement began.
+    /// Where the current sample began.
     base: Waits,
-    /// Under normal: since when every sample was calm. Under batch: since
-    /// when batch holds.
+    /// Under batch: since when. Under normal: since when every sample was
+    /// calm.
     since: Option<Instant>,
+    /// Under batch: long samples in a row.
+    strikes: u32,
     /// How long normal must stay calm before batch is tried again.
     hold: Duration,
-    /// The hold after the next demotion.
-    next_hold: Duration,
 }
 
 impl Auto {
-    /// Mean wait per run above which batch is left: a woken relay thread
-    /// queues behind other tasks' slices.
+    /// Mean wait per run above which a sample counts against batch: a woken
+    /// relay thread queues behind other tasks' slices.
     pub const DEMOTE: Duration = Duration::from_micros(100);
+    /// Long samples in a row that end batch.
+    pub const STRIKES: u32 = 2;
     /// Mean wait per run below which the CPUs count as free.
     pub const PROMOTE: Duration = Duration::from_micros(25);
     /// Fewer runs than this make no sample; they add to the next one.
     pub const MIN_RUNS: u64 = 8;
     pub const HOLD_MIN: Duration = Duration::from_secs(1);
     pub const HOLD_MAX: Duration = Duration::from_secs(64);
+    /// Batch that ends sooner than this after it began failed a retry.
+    pub const QUICK: Duration = Duration::from_secs(2);
 
     /// Begin under batch (nothing says the host is busy) with `now` and the
     /// thread's counters `w`.
@@ -72,8 +77,8 @@ impl Auto {
             policy: Policy::Batch,
             base: w,
             since: Some(now),
+            strikes: 0,
             hold: Self::HOLD_MIN,
-            next_hold: Self::HOLD_MIN,
         }
     }
 
@@ -89,22 +94,29 @@ impl Auto {
         if runs < Self::MIN_RUNS {
             return None;
         }
-        let mean = w.delay.saturating_sub(self.base.delay) / runs as u32;
+        let waited = w.delay.saturating_sub(self.base.delay).as_nanos();
+        let mean = Duration::from_nanos((waited / u128::from(runs)) as u64);
         self.base = w;
         match self.policy {
             Policy::Batch => {
-                let held = self.since.map_or(Duration::ZERO, |s| now - s);
-                if mean > Self::DEMOTE {
-                    self.hold = self.next_hold;
-                    self.next_hold = (self.hold * 2).min(Self::HOLD_MAX);
-                    self.policy = Policy::Normal;
-                    self.since = None;
-                    return Some(Policy::Normal);
+                if mean <= Self::DEMOTE {
+                    self.strikes = 0;
+                    return None;
                 }
-                if held >= Self::HOLD_MAX {
-                    self.next_hold = Self::HOLD_MIN;
+                self.strikes += 1;
+                if self.strikes < Self::STRIKES {
+                    return None;
                 }
-                None
+                let lasted = self.since.map_or(Duration::ZERO, |s| now - s);
+                self.hold = if lasted < Self::QUICK {
+                    (self.hold * 2).min(Self::HOLD_MAX)
+                } else {
+                    Self::HOLD_MIN
+                };
+                self.policy = Policy::Normal;
+                self.since = None;
+                self.strikes = 0;
+                Some(Policy::Normal)
             }
             Policy::Normal => {
                 if mean >= Self::PROMOTE {
@@ -152,10 +164,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn batch_holds_while_waits_stay_short() {
+    /// `t` and `a` after 2 s of calm batch: the next demotion is not a
+    /// failed retry.
+    fn settled() -> (Thread, Auto) {
         let mut t = Thread::new();
         let mut a = Auto::new(t.now, t.w);
+        for _ in 0..40 {
+            assert_eq!(t.window(&mut a, 500, 5 * US), None);
+        }
+        (t, a)
+    }
+
+    /// Busy windows until batch ends; how many it took.
+    fn demote(t: &mut Thread, a: &mut Auto) -> usize {
+        (1..=10)
+            .find(|_| t.window(a, 50, 2 * MS) == Some(Policy::Normal))
+            .expect("demoted")
+    }
+
+    /// Calm windows until batch returns; the hold they made up.
+    fn promote(t: &mut Thread, a: &mut Auto) -> Duration {
+        let mut n = 0u32;
+        while t.window(a, 500, 10 * US).is_none() {
+            n += 1;
+            assert!(n < 2000);
+        }
+        // The first calm window starts the hold, the last one ends it.
+        50 * MS * n
+    }
+
+    #[test]
+    fn batch_holds_while_waits_stay_short() {
+        let (mut t, mut a) = settled();
         for _ in 0..100 {
             assert_eq!(t.window(&mut a, 500, 5 * US), None);
         }
@@ -163,43 +203,39 @@ mod tests {
     }
 
     #[test]
-    fn long_waits_leave_batch_at_once_and_calm_brings_it_back_after_the_hold() {
-        let mut t = Thread::new();
-        let mut a = Auto::new(t.now, t.w);
-        assert_eq!(t.window(&mut a, 50, 2 * MS), Some(Policy::Normal));
-        // The first calm window starts the hold (1 s after one demotion).
-        let mut calm = 0;
-        let back = loop {
-            calm += 1;
-            if let Some(p) = t.window(&mut a, 500, 10 * US) {
-                break p;
-            }
-            assert!(calm < 100);
-        };
-        assert_eq!(back, Policy::Batch);
-        assert_eq!(calm, 21, "1 s of 50 ms windows after the first calm one");
+    fn long_waits_in_two_samples_leave_batch_and_calm_brings_it_back_after_the_hold() {
+        let (mut t, mut a) = settled();
+        assert_eq!(demote(&mut t, &mut a), 2);
+        assert_eq!(a.policy(), Policy::Normal);
+        assert_eq!(promote(&mut t, &mut a), Auto::HOLD_MIN);
+        assert_eq!(a.policy(), Policy::Batch);
+    }
+
+    #[test]
+    fn one_long_sample_alone_is_forgiven() {
+        let (mut t, mut a) = settled();
+        for _ in 0..10 {
+            assert_eq!(t.window(&mut a, 50, 2 * MS), None);
+            assert_eq!(t.window(&mut a, 500, 5 * US), None);
+        }
+        assert_eq!(a.policy(), Policy::Batch);
     }
 
     #[test]
     fn a_busy_window_under_normal_restarts_the_hold() {
-        let mut t = Thread::new();
-        let mut a = Auto::new(t.now, t.w);
-        t.window(&mut a, 50, 2 * MS);
+        let (mut t, mut a) = settled();
+        demote(&mut t, &mut a);
         for _ in 0..15 {
             assert_eq!(t.window(&mut a, 500, 10 * US), None);
         }
         // Normal's own waits between the thresholds count as busy too.
         assert_eq!(t.window(&mut a, 500, 40 * US), None);
-        for _ in 0..20 {
-            assert_eq!(t.window(&mut a, 500, 10 * US), None);
-        }
-        assert_eq!(t.window(&mut a, 500, 10 * US), Some(Policy::Batch));
+        assert_eq!(promote(&mut t, &mut a), Auto::HOLD_MIN);
     }
 
     #[test]
     fn waits_between_the_thresholds_keep_either_policy() {
-        let mut t = Thread::new();
-        let mut a = Auto::new(t.now, t.w);
+        let (mut t, mut a) = settled();
         for _ in 0..100 {
             assert_eq!(t.window(&mut a, 500, 60 * US), None);
         }
@@ -208,41 +244,30 @@ mod tests {
 
     #[test]
     fn few_runs_add_up_before_they_count() {
-        let mut t = Thread::new();
-        let mut a = Auto::new(t.now, t.w);
+        let (mut t, mut a) = settled();
         // 3 + 3 runs: no sample yet, however long they waited.
         assert_eq!(t.window(&mut a, 3, 5 * MS), None);
         assert_eq!(t.window(&mut a, 3, 5 * MS), None);
-        // The 8th run completes the sample: mean (6 × 5 ms + 2 × 0) / 8.
-        assert_eq!(t.window(&mut a, 2, Duration::ZERO), Some(Policy::Normal));
+        // The 8th run completes a sample, mean (6 × 5 ms + 2 × 0) / 8: the
+        // first strike. The second sample ends batch.
+        assert_eq!(t.window(&mut a, 2, Duration::ZERO), None);
+        assert_eq!(t.window(&mut a, 8, MS), Some(Policy::Normal));
     }
 
     #[test]
-    fn the_hold_doubles_per_demotion_up_to_the_cap_and_resets_after_a_long_batch() {
-        let mut t = Thread::new();
-        let mut a = Auto::new(t.now, t.w);
-        // Each round: demote, then count calm windows until batch returns.
+    fn the_hold_doubles_while_retries_fail_and_starts_over_after_a_lasting_batch() {
+        let (mut t, mut a) = settled();
         let mut holds = Vec::new();
         for _ in 0..8 {
-            assert_eq!(t.window(&mut a, 50, 2 * MS), Some(Policy::Normal));
-            let mut n = 0u32;
-            while t.window(&mut a, 500, 10 * US).is_none() {
-                n += 1;
-                assert!(n < 2000);
-            }
-            holds.push(50 * MS * n);
+            demote(&mut t, &mut a);
+            holds.push(promote(&mut t, &mut a).as_secs());
         }
-        let secs: Vec<u64> = holds.iter().map(|d| d.as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 64]);
-        // Batch lasting the cap resets the hold: the next retry is 1 s away.
-        for _ in 0..(64 * 20) {
+        assert_eq!(holds, [1, 2, 4, 8, 16, 32, 64, 64]);
+        // Batch that lasts QUICK before it ends again: the hold starts over.
+        for _ in 0..40 {
             assert_eq!(t.window(&mut a, 500, 5 * US), None);
         }
-        assert_eq!(t.window(&mut a, 50, 2 * MS), Some(Policy::Normal));
-        let mut n = 0u32;
-        while t.window(&mut a, 500, 10 * US).is_none() {
-            n += 1;
-        }
-        assert_eq!(n, 20);
+        demote(&mut t, &mut a);
+        assert_eq!(promote(&mut t, &mut a), Auto::HOLD_MIN);
     }
 }

@@ -15,7 +15,8 @@
 //!
 //! - under batch, [`Auto::STRIKES`] samples in a row whose mean wait per
 //!   run exceeds [`Auto::DEMOTE`] switch to normal (one sample may be a
-//!   host stall; a busy CPU makes every sample long);
+//!   host stall; a busy CPU makes most samples long), and so does one
+//!   sample over [`Auto::SEVERE`];
 //! - under normal, mean waits below [`Auto::PROMOTE`] for the hold time
 //!   switch back to batch. The hold is [`Auto::HOLD_MIN`], and doubles up
 //!   to [`Auto::HOLD_MAX`] each time batch fails again within
@@ -58,9 +59,11 @@ pub struct Auto {
 impl Auto {
     /// Mean wait per run above which a sample counts against batch: a woken
     /// relay thread queues behind other tasks' slices.
-    pub const DEMOTE: Duration = Duration::from_micros(100);
+    pub const DEMOTE: Duration = Duration::from_micros(50);
     /// Long samples in a row that end batch.
     pub const STRIKES: u32 = 2;
+    /// Mean wait per run that ends batch at once.
+    pub const SEVERE: Duration = Duration::from_millis(1);
     /// Mean wait per run below which the CPUs count as free.
     pub const PROMOTE: Duration = Duration::from_micros(25);
     /// Fewer runs than this make no sample; they add to the next one.
@@ -104,7 +107,7 @@ impl Auto {
                     return None;
                 }
                 self.strikes += 1;
-                if self.strikes < Self::STRIKES {
+                if self.strikes < Self::STRIKES && mean <= Self::SEVERE {
                     return None;
                 }
                 let lasted = self.since.map_or(Duration::ZERO, |s| now - s);
@@ -175,10 +178,10 @@ mod tests {
         (t, a)
     }
 
-    /// Busy windows until batch ends; how many it took.
+    /// Busy windows (500 µs a run) until batch ends; how many it took.
     fn demote(t: &mut Thread, a: &mut Auto) -> usize {
         (1..=10)
-            .find(|_| t.window(a, 50, 2 * MS) == Some(Policy::Normal))
+            .find(|_| t.window(a, 50, 500 * US) == Some(Policy::Normal))
             .expect("demoted")
     }
 
@@ -212,13 +215,14 @@ mod tests {
     }
 
     #[test]
-    fn one_long_sample_alone_is_forgiven() {
+    fn one_long_sample_alone_is_forgiven_unless_severe() {
         let (mut t, mut a) = settled();
         for _ in 0..10 {
-            assert_eq!(t.window(&mut a, 50, 2 * MS), None);
+            assert_eq!(t.window(&mut a, 50, 500 * US), None);
             assert_eq!(t.window(&mut a, 500, 5 * US), None);
         }
         assert_eq!(a.policy(), Policy::Batch);
+        assert_eq!(t.window(&mut a, 50, 2 * MS), Some(Policy::Normal));
     }
 
     #[test]
@@ -237,7 +241,7 @@ mod tests {
     fn waits_between_the_thresholds_keep_either_policy() {
         let (mut t, mut a) = settled();
         for _ in 0..100 {
-            assert_eq!(t.window(&mut a, 500, 60 * US), None);
+            assert_eq!(t.window(&mut a, 500, 40 * US), None);
         }
         assert_eq!(a.policy(), Policy::Batch);
     }
@@ -246,12 +250,12 @@ mod tests {
     fn few_runs_add_up_before_they_count() {
         let (mut t, mut a) = settled();
         // 3 + 3 runs: no sample yet, however long they waited.
-        assert_eq!(t.window(&mut a, 3, 5 * MS), None);
-        assert_eq!(t.window(&mut a, 3, 5 * MS), None);
-        // The 8th run completes a sample, mean (6 × 5 ms + 2 × 0) / 8: the
-        // first strike. The second sample ends batch.
+        // The 8th run completes a sample, mean (6 × 0.5 ms + 2 × 0) / 8:
+        // the first strike. The second sample ends batch.
+        assert_eq!(t.window(&mut a, 3, 500 * US), None);
+        assert_eq!(t.window(&mut a, 3, 500 * US), None);
         assert_eq!(t.window(&mut a, 2, Duration::ZERO), None);
-        assert_eq!(t.window(&mut a, 8, MS), Some(Policy::Normal));
+        assert_eq!(t.window(&mut a, 8, 200 * US), Some(Policy::Normal));
     }
 
     #[test]

@@ -197,12 +197,15 @@ mod tests {
     }
 
     #[test]
-    fn batch_holds_while_waits_stay_short() {
-        let (mut t, mut a) = settled();
-        for _ in 0..100 {
-            assert_eq!(t.window(&mut a, 500, 5 * US), None);
+    fn batch_holds_while_waits_stay_under_the_demote_threshold() {
+        // Short waits, and waits between PROMOTE and DEMOTE.
+        for wait in [5 * US, 40 * US] {
+            let (mut t, mut a) = settled();
+            for _ in 0..100 {
+                assert_eq!(t.window(&mut a, 500, wait), None);
+            }
+            assert_eq!(a.policy(), Policy::Batch);
         }
-        assert_eq!(a.policy(), Policy::Batch);
     }
 
     #[test]
@@ -235,15 +238,6 @@ mod tests {
         // Normal's own waits between the thresholds count as busy too.
         assert_eq!(t.window(&mut a, 500, 40 * US), None);
         assert_eq!(promote(&mut t, &mut a), Auto::HOLD_MIN);
-    }
-
-    #[test]
-    fn waits_between_the_thresholds_keep_either_policy() {
-        let (mut t, mut a) = settled();
-        for _ in 0..100 {
-            assert_eq!(t.window(&mut a, 500, 40 * US), None);
-        }
-        assert_eq!(a.policy(), Policy::Batch);
     }
 
     #[test]

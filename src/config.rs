@@ -355,7 +355,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// A reload: `new` with every setting that only a restart applies as
 /// `running` has it, and the keys of those that differ. A `[[listen]]`
-/// entry's TLS `cert` and `key` paths are live; the rest of it is not.
+/// entry's TLS `cert` and `key` paths are live: a running TLS listener
+/// takes them from the same entry of `new` if it names the same address.
 pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
     let shape = |c: &Config| -> Vec<Listen> {
         c.listen
@@ -384,8 +385,21 @@ pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static
     .into_iter()
     .filter_map(|(key, differs)| differs.then_some(key))
     .collect();
+    let listen = running
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match new.listen.get(i) {
+            Some(n) if l.tls && n.tls && n.address == l.address => Listen {
+                cert: n.cert.clone(),
+                key: n.key.clone(),
+                ..l.clone()
+            },
+            _ => l.clone(),
+        })
+        .collect();
     let kept = Config {
-        listen: running.listen.clone(),
+        listen,
         relay: running.relay.clone(),
         workers: running.workers,
         udp_threads: running.udp_threads,
@@ -917,6 +931,24 @@ deny = []
         assert_eq!(kept.users["alice"], "looking-glass");
         let (_, changed) = keep_restart_only(&running, running.clone());
         assert!(changed.is_empty(), "{changed:?}");
+
+        // TLS paths are live for the same listener, and only for it.
+        let tls = |addr: &str, cert: &str| {
+            let text = GOOD.replace(
+                "[[listen]]",
+                &format!(
+                    "[[listen]]\naddress = \"{addr}\"\ntransports = [\"tls\"]\ncert = \"{cert}\"\nkey = \"k.pem\"\n\n[[listen]]"
+                ),
+            );
+            p(&text).unwrap()
+        };
+        let running = tls("127.0.0.1:5349", "old.pem");
+        let (kept, changed) = keep_restart_only(&running, tls("127.0.0.1:5349", "new.pem"));
+        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(kept.listen[0].cert, Some(PathBuf::from("new.pem")));
+        let (kept, changed) = keep_restart_only(&running, tls("127.0.0.1:5350", "new.pem"));
+        assert_eq!(changed, ["listen"]);
+        assert_eq!(kept.listen[0].cert, Some(PathBuf::from("old.pem")));
     }
 
     #[test]

@@ -122,12 +122,11 @@ fn reload(server: &Server, current: Config) -> Config {
         Ok(new) => {
             // What needs a restart stays as it runs, so that the next reload
             // compares against it (and warns again) and never applies it.
-            let listen = new.listen.clone();
             let (kept, changed) = config::keep_restart_only(&current, new);
             for key in changed {
                 tracing::warn!(key, "changed in the config: needs a restart to apply");
             }
-            server.reload(&kept, &listen);
+            server.reload(&kept);
             crate::log::set_level(&kept.log_level);
             tracing::info!(path = %kept.path.display(), "configuration reloaded");
             kept

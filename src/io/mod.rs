@@ -480,15 +480,13 @@ impl Server {
     /// those it runs with ([`crate::config::keep_restart_only`]):
     /// credentials, peer policy, limits and expiry rules take effect at once
     /// in every worker, and TLS listeners re-read the certificate and key
-    /// that the file's `listen` entries name.
-    pub fn reload(&self, applied: &Config, listen: &[crate::config::Listen]) {
+    /// their `listen` entries name.
+    pub fn reload(&self, applied: &Config) {
         self.control
             .update(update_from(applied, &self.nonce_secret));
         // Re-read every TLS certificate: new connections get the new one.
-        // The paths come from the same entry in the new config, or stay
-        // as they were if that entry moved (a listener change: restart).
         for (i, address, acceptor) in &self.tls {
-            let (cert, key) = match listen.get(*i) {
+            let (cert, key) = match applied.listen.get(*i) {
                 Some(l) if l.tls && l.address == *address => match (&l.cert, &l.key) {
                     (Some(c), Some(k)) => (c.clone(), k.clone()),
                     _ => acceptor.paths(),

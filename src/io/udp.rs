@@ -565,16 +565,17 @@ impl Driver {
     /// Apply `scheduling` to this (the driver's own) thread.
     fn set_scheduling(&mut self, scheduling: UdpScheduling) {
         let id = self.id;
+        let mut auto = || -> std::io::Result<()> {
+            let rd = poll::RunDelay::open()?;
+            let w = rd.read()?;
+            poll::set_batch(true)?;
+            self.auto = Some((sched::Auto::new(Instant::now(), w), rd));
+            Ok(())
+        };
         let batch = match scheduling {
             UdpScheduling::Normal => return,
             UdpScheduling::Batch => poll::set_batch(true),
-            UdpScheduling::Auto => poll::RunDelay::open()
-                .and_then(|rd| Ok((rd.read()?, rd)))
-                .and_then(|(w, rd)| {
-                    poll::set_batch(true)?;
-                    self.auto = Some((sched::Auto::new(Instant::now(), w), rd));
-                    Ok(())
-                }),
+            UdpScheduling::Auto => auto(),
         };
         match batch {
             Ok(()) => self.hub.batch[id].store(true, Ordering::Relaxed),
@@ -634,7 +635,7 @@ impl Driver {
             for s in &mut self.shards {
                 s.end_round(now);
             }
-            self.balance(now);
+            self.end_window(now);
         }
         // Shards on their way here are closed here too; one sent after
         // this comes back to its sender, which closes it (see `give`).
@@ -686,12 +687,9 @@ impl Driver {
         next.map(|t| t.saturating_duration_since(now))
     }
 
-    /// Once per [`WINDOW`]: measure this thread's load, and move shards.
-    /// Driver 0 sends the other threads their own shards when it is busy;
-    /// the last other driver holding shards sends them back to driver 0
-    /// once all drivers together stayed lightly loaded for
-    /// [`Balance::calm`].
-    fn balance(&mut self, now: Instant) {
+    /// Once per [`WINDOW`]: measure this thread's load, then let
+    /// [`Self::reschedule`] and [`Self::balance`] act on the window.
+    fn end_window(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.window.0);
         if elapsed < WINDOW {
             return;
@@ -702,9 +700,16 @@ impl Driver {
         self.window = (now, cpu);
         self.hub.loads[self.id].store(load, Ordering::Relaxed);
         self.reschedule(now);
-        let Some(b) = self.hub.balance else {
-            return;
-        };
+        if let Some(b) = self.hub.balance {
+            self.balance(now, load, b);
+        }
+    }
+
+    /// Move shards after a window with `load`. Driver 0 sends the other
+    /// threads their own shards when it is busy; the last other driver
+    /// holding shards sends them back to driver 0 once all drivers together
+    /// stayed lightly loaded for [`Balance::calm`].
+    fn balance(&mut self, now: Instant, load: u32, b: Balance) {
         if self.hub.stop.load(Ordering::Acquire) || self.hub.inboxes.len() < 2 {
             return;
         }

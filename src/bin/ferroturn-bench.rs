@@ -134,17 +134,10 @@ fn main() {
             hold: o.allocations.unwrap_or(10_000),
         }
     };
-    let kinds: Vec<Kind> = [
-        Kind::Forwarder,
-        Kind::Coturn,
-        Kind::Ferroturn,
-        Kind::FerroturnNormal,
-        Kind::FerroturnBatch,
-        Kind::FerroturnDedicated,
-    ]
-    .into_iter()
-    .filter(|k| o.servers.split(',').any(|s| s.trim() == k.name()))
-    .collect();
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| o.servers.split(',').any(|s| s.trim() == k.name()))
+        .collect();
     let tests: Vec<String> = o.tests.split(',').map(|s| s.trim().to_string()).collect();
     let on = |t: &str| tests.iter().any(|x| x == t);
 
@@ -742,25 +735,20 @@ fn report(
 
     // ferroturn's variants, where they ran.
     let mut variants = Vec::new();
-    for (d, what) in [
-        (
-            "ferroturn-normal",
-            "`[server] udp_scheduling = \"normal\"` (UDP threads under SCHED_OTHER at all times)",
-        ),
-        (
-            "ferroturn-batch",
-            "`[server] udp_scheduling = \"batch\"` (UDP threads under SCHED_BATCH at all times)",
-        ),
-        (
-            "ferroturn-dedicated",
-            "`[server] udp_threads = \"dedicated\"` (each UDP worker on a thread of its own at any load)",
-        ),
-    ] {
+    for kind in kinds
+        .iter()
+        .filter(|k| k.is_ferroturn() && **k != Kind::Ferroturn)
+    {
+        let d = kind.name();
         if !ROWS.iter().any(|(k, _)| m(d, k).is_finite()) {
             continue;
         }
         variants.push(d);
-        let _ = writeln!(s, "\nferroturn with {what}:\n");
+        let _ = writeln!(
+            s,
+            "\nferroturn with `[server] {}`:\n",
+            kind.server_keys().trim()
+        );
         let _ = writeln!(
             s,
             "| metric | {d} | / forwarder | / coturn | / ferroturn |\n|---|---|---|---|---|"

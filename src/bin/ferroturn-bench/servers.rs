@@ -24,6 +24,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order a run takes them.
+    pub const ALL: [Kind; 6] = [
+        Kind::Forwarder,
+        Kind::Coturn,
+        Kind::Ferroturn,
+        Kind::FerroturnNormal,
+        Kind::FerroturnBatch,
+        Kind::FerroturnDedicated,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Forwarder => "forwarder",
@@ -38,16 +48,10 @@ impl Kind {
         self != Kind::Forwarder
     }
     pub fn is_ferroturn(self) -> bool {
-        matches!(
-            self,
-            Kind::Ferroturn
-                | Kind::FerroturnDedicated
-                | Kind::FerroturnBatch
-                | Kind::FerroturnNormal
-        )
+        !matches!(self, Kind::Forwarder | Kind::Coturn)
     }
-    /// What a ferroturn variant sets in `[server]`.
-    fn server_keys(self) -> &'static str {
+    /// What a ferroturn variant sets in `[server]` (nothing: the defaults).
+    pub fn server_keys(self) -> &'static str {
         match self {
             Kind::FerroturnDedicated => "udp_threads = \"dedicated\"\n",
             Kind::FerroturnBatch => "udp_scheduling = \"batch\"\n",
@@ -141,10 +145,36 @@ impl Server {
                 c.stdout(Stdio::piped());
                 c
             }
-            Kind::Ferroturn
-            | Kind::FerroturnDedicated
-            | Kind::FerroturnBatch
-            | Kind::FerroturnNormal => {
+            Kind::Coturn => {
+                let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+                let mut c = Command::new(&paths.turnserver);
+                c.args([
+                    "-n",
+                    "--listening-ip",
+                    "127.0.0.1",
+                    "--relay-ip",
+                    "127.0.0.1",
+                ]);
+                c.args(["--listening-port", &port.to_string()]);
+                c.args(["--min-port", &COTURN_PORTS.0.to_string()]);
+                c.args(["--max-port", &COTURN_PORTS.1.to_string()]);
+                c.args(["--relay-threads", &threads.to_string()]);
+                c.args(["--lt-cred-mech", "--realm", turn::REALM]);
+                c.args(["--user", &format!("{}:{}", turn::USER, turn::PASS)]);
+                c.args(["--allow-loopback-peers", "--no-cli", "--no-rfc5780"]);
+                c.args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay"]);
+                c.args([
+                    "--no-software-attribute",
+                    "--log-file",
+                    "stdout",
+                    "--simple-log",
+                ]);
+                c.arg("--pidfile").arg(paths.dir.join("turnserver.pid"));
+                c.stdout(Stdio::null());
+                c
+            }
+            // Ferroturn and its variants.
+            _ => {
                 let file = paths.dir.join("ferroturn.toml");
                 // Newer builds take [limits]; older ones refuse the section.
                 let mut chosen = None;
@@ -172,34 +202,6 @@ impl Server {
                 }
                 let mut c = Command::new(&paths.ferroturn);
                 c.arg("--config").arg(&file);
-                c.stdout(Stdio::null());
-                c
-            }
-            Kind::Coturn => {
-                let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-                let mut c = Command::new(&paths.turnserver);
-                c.args([
-                    "-n",
-                    "--listening-ip",
-                    "127.0.0.1",
-                    "--relay-ip",
-                    "127.0.0.1",
-                ]);
-                c.args(["--listening-port", &port.to_string()]);
-                c.args(["--min-port", &COTURN_PORTS.0.to_string()]);
-                c.args(["--max-port", &COTURN_PORTS.1.to_string()]);
-                c.args(["--relay-threads", &threads.to_string()]);
-                c.args(["--lt-cred-mech", "--realm", turn::REALM]);
-                c.args(["--user", &format!("{}:{}", turn::USER, turn::PASS)]);
-                c.args(["--allow-loopback-peers", "--no-cli", "--no-rfc5780"]);
-                c.args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay"]);
-                c.args([
-                    "--no-software-attribute",
-                    "--log-file",
-                    "stdout",
-                    "--simple-log",
-                ]);
-                c.arg("--pidfile").arg(paths.dir.join("turnserver.pid"));
                 c.stdout(Stdio::null());
                 c
             }

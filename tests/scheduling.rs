@@ -15,17 +15,8 @@ use common::{Server, ServerConfig};
 
 /// The id and policy of `pid`'s thread called `name`.
 fn thread(pid: u32, name: &str) -> Option<(i32, i32)> {
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            let tid: i32 = e.file_name().to_str()?.parse().ok()?;
-            return Some((tid, unsafe { libc::sched_getscheduler(tid) }));
-        }
-    }
-    None
+    let (tid, _) = common::threads(pid).into_iter().find(|(_, n)| n == name)?;
+    Some((tid, unsafe { libc::sched_getscheduler(tid) }))
 }
 
 /// Put thread `tid` (0: the calling one) on CPU 0 only.

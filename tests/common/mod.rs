@@ -681,16 +681,24 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The threads of `pid`: id and name.
+pub fn threads(pid: u32) -> Vec<(i32, String)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let tid = e.file_name().to_str()?.parse().ok()?;
+            let comm = fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((tid, comm.trim().to_string()))
+        })
+        .collect()
+}
+
 /// Scheduling policy (sched(7) number) of each thread of `pid`, by name.
 pub fn thread_policies(pid: u32) -> Vec<(String, i32)> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        // Field 41, counted after the ")" that closes the name (field 2).
-        let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-        let policy = rest.split_whitespace().nth(38).and_then(|v| v.parse().ok());
-        out.push((comm.trim().to_string(), policy.unwrap_or(-1)));
-    }
-    out
+    threads(pid)
+        .into_iter()
+        .map(|(tid, name)| (name, unsafe { libc::sched_getscheduler(tid) }))
+        .collect()
 }

@@ -94,116 +94,208 @@ const DEFAULT_DENY: &[&str] = &[
     "ff00::/8",
 ];
 
-/// Why a peer was refused: the rule that matched, for the log and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denied {
-    pub rule: String,
+/// Why a peer was refused: the rule that matched, for the log. Built
+/// without allocating, so that a denied packet on the data path costs no
+/// heap; the text is only made when it is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Unspecified, broadcast or multicast: no configuration opens these.
+    Core(&'static str),
+    /// One of this server's own listening sockets.
+    Listener,
+    /// An address of this host outside the live relay ports.
+    OwnAddress,
+    /// A `peers.deny` entry, maybe matching the IPv4 embedded in an IPv6 peer.
+    Deny(Cidr, Option<Ipv4Addr>),
+    /// The default special-purpose ranges, maybe through an embedded IPv4.
+    Default(Cidr, Option<Ipv4Addr>),
 }
 
 impl fmt::Display for Denied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.rule)
+        let embedded = |f: &mut fmt::Formatter<'_>, e: &Option<Ipv4Addr>| match e {
+            Some(v4) => write!(f, " (embedded {v4})"),
+            None => Ok(()),
+        };
+        match self {
+            Denied::Core(why) => write!(f, "core: {why}"),
+            Denied::Listener => f.write_str("core: a listening socket of this server"),
+            Denied::OwnAddress => {
+                f.write_str("default deny: an address of this host outside the live relay ports")
+            }
+            Denied::Deny(c, e) => {
+                write!(f, "peers.deny {c}")?;
+                embedded(f, e)
+            }
+            Denied::Default(c, e) => {
+                write!(f, "default deny {c}")?;
+                embedded(f, e)
+            }
+        }
     }
 }
 
 /// The peer policy in force.
+///
+/// Most of it depends on the peer's IP alone, but not on this host's own
+/// addresses: there a relay port that holds a live allocation of this
+/// server is reachable (two clients of one server relay to each other), the
+/// server's listening sockets never are, and every other port is denied
+/// unless `allow` names the address (the relay range usually overlaps the
+/// kernel's ephemeral ports, where other processes' sockets live). So a
+/// permission or channel for an own address is judged again on every
+/// packet, by destination port ([`PeerPolicy::is_own`] says when).
 #[derive(Debug, Clone)]
 pub struct PeerPolicy {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
     defaults: Vec<Cidr>,
-    /// Our own relay addresses and port range: always reachable, so that two
-    /// clients of this server can relay to each other.
-    own_relays: Vec<IpAddr>,
+    /// Addresses of this host besides loopback: interface addresses and the
+    /// configured listen and relay addresses.
+    own: Vec<IpAddr>,
+    /// Where relay sockets are reachable: the advertised and bind addresses
+    /// (an unspecified bind address means every own address of its family).
+    relays: Vec<IpAddr>,
     relay_ports: (u16, u16),
-    /// The server's own admin and metrics listeners: never reachable.
-    core_deny: Vec<SocketAddr>,
+    /// The server's own listening sockets (TURN on every transport,
+    /// metrics, admin, demo): never reachable. An unspecified address closes
+    /// the port on every own address.
+    listeners: Vec<SocketAddr>,
 }
 
 impl PeerPolicy {
+    /// A policy with `allow` and `deny` over the default ranges; `relays`
+    /// are the relay addresses (advertised and bound) whose `relay_ports`
+    /// may hold live allocations.
     pub fn new(
         allow: Vec<Cidr>,
         deny: Vec<Cidr>,
-        own_relays: Vec<IpAddr>,
+        relays: Vec<IpAddr>,
         relay_ports: (u16, u16),
     ) -> Self {
         let defaults = DEFAULT_DENY
             .iter()
             .map(|s| s.parse().expect("built-in range"))
             .collect();
+        let own = relays
+            .iter()
+            .copied()
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
         PeerPolicy {
             allow,
             deny,
             defaults,
-            own_relays,
+            own,
+            relays,
             relay_ports,
-            core_deny: Vec::new(),
+            listeners: Vec::new(),
         }
     }
 
-    /// Add listeners of this server that no peer may be (admin, metrics):
-    /// they stay closed whatever `allow` says. An unspecified listener
-    /// address closes its port on every address.
-    pub fn with_core_deny(mut self, listeners: Vec<SocketAddr>) -> Self {
-        self.core_deny = listeners;
+    /// Add listening sockets of this server that no peer may be: they stay
+    /// closed whatever `allow` says. Their specified addresses count as
+    /// this host's own.
+    pub fn with_listeners(mut self, listeners: Vec<SocketAddr>) -> Self {
+        self.own.extend(
+            listeners
+                .iter()
+                .map(|l| l.ip())
+                .filter(|ip| !ip.is_unspecified()),
+        );
+        self.listeners.extend(listeners);
+        self.own.sort_unstable();
+        self.own.dedup();
         self
     }
 
+    /// Add addresses of this host (its interfaces' addresses).
+    pub fn with_own_addresses(mut self, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.own.extend(addrs);
+        self.own.sort_unstable();
+        self.own.dedup();
+        self
+    }
+
+    /// Whether `ip` is an address of this host (loopback, an interface, a
+    /// configured address), in any form that embeds one: then what may be
+    /// reached there depends on the port, packet by packet.
+    pub fn is_own(&self, ip: IpAddr) -> bool {
+        let own = |ip: IpAddr| match ip {
+            IpAddr::V4(a) if a.is_loopback() || a.is_unspecified() => true,
+            IpAddr::V6(a) if a.is_loopback() || a.is_unspecified() => true,
+            _ => self.own.contains(&ip),
+        };
+        own(ip) || embedded_v4(ip).iter().any(|v4| own(IpAddr::V4(v4)))
+    }
+
+    /// Whether `peer` is where a relay socket of this server may be: an own
+    /// address that relay sockets are bound to, in the relay port range.
+    fn relay_target(&self, peer: SocketAddr) -> bool {
+        let (lo, hi) = self.relay_ports;
+        (lo..=hi).contains(&peer.port())
+            && self
+                .relays
+                .iter()
+                .any(|r| *r == peer.ip() || (r.is_unspecified() && r.is_ipv4() == peer.is_ipv4()))
+    }
+
     /// Decide whether a client may reach `peer` (RFC 8656 §9.1 leaves the
-    /// policy to the server; 403 is the answer for a refusal).
-    pub fn check(&self, peer: SocketAddr) -> Result<(), Denied> {
+    /// policy to the server; 403 is the answer for a refusal). `live_relay`
+    /// tells whether a relay port holds a live allocation of this server
+    /// now; it is asked only for this host's own addresses.
+    pub fn check(
+        &self,
+        peer: SocketAddr,
+        live_relay: impl Fn(SocketAddr) -> bool,
+    ) -> Result<(), Denied> {
         let ip = peer.ip();
         let embedded = embedded_v4(ip);
-        for v4 in std::iter::once(ip).chain(embedded.iter().map(|&a| IpAddr::V4(a))) {
+        for v4 in std::iter::once(ip).chain(embedded.iter().map(IpAddr::V4)) {
             if let Some(rule) = core_rule(v4) {
-                return Err(Denied { rule: rule.into() });
+                return Err(Denied::Core(rule));
             }
         }
-        let own_listener = self.core_deny.iter().any(|l| {
+        let own = self.is_own(ip);
+        let listener = self.listeners.iter().any(|l| {
             l.port() == peer.port()
                 && (l.ip() == ip
-                    || l.ip().is_unspecified()
-                    || embedded.iter().any(|&v4| l.ip() == IpAddr::V4(v4)))
+                    || (l.ip().is_unspecified() && own)
+                    || embedded.iter().any(|v4| l.ip() == IpAddr::V4(v4)))
         });
-        if own_listener {
-            return Err(Denied {
-                rule: "core: this server's own admin or metrics listener".into(),
-            });
+        if listener {
+            return Err(Denied::Listener);
         }
         if let Some(c) = self.deny.iter().find(|c| c.contains(ip)) {
-            return Err(Denied {
-                rule: format!("peers.deny {c}"),
-            });
+            return Err(Denied::Deny(*c, None));
         }
-        if self.own_relays.contains(&ip)
-            && (self.relay_ports.0..=self.relay_ports.1).contains(&peer.port())
-        {
+        if own && self.relay_target(peer) && live_relay(peer) {
             return Ok(());
         }
         let allowed = self.allow.iter().any(|c| c.contains(ip));
         if !allowed {
             if let Some(c) = self.defaults.iter().find(|c| c.contains(ip)) {
-                return Err(Denied {
-                    rule: format!("default deny {c}"),
-                });
+                return Err(Denied::Default(*c, None));
+            }
+            if own {
+                return Err(Denied::OwnAddress);
             }
         }
         // An IPv4 address carried inside an IPv6 one is judged by the IPv4
         // deny rules; an IPv4 `allow` entry never opens the embedded form.
-        for v4 in embedded {
-            let v4 = IpAddr::V4(v4);
-            if let Some(c) = self.deny.iter().find(|c| c.contains(v4)) {
-                return Err(Denied {
-                    rule: format!("peers.deny {c} (embedded {v4})"),
-                });
+        for v4 in embedded.iter() {
+            let v4a = IpAddr::V4(v4);
+            if let Some(c) = self.deny.iter().find(|c| c.contains(v4a)) {
+                return Err(Denied::Deny(*c, Some(v4)));
             }
             // Whatever allowed the IPv6 address as a whole: an embedded
             // IPv4 is only ever opened by an IPv4 `allow` in its own form,
             // which does not apply here.
-            if let Some(c) = self.defaults.iter().find(|c| c.contains(v4)) {
-                return Err(Denied {
-                    rule: format!("default deny {c} (embedded {v4})"),
-                });
+            if let Some(c) = self.defaults.iter().find(|c| c.contains(v4a)) {
+                return Err(Denied::Default(*c, Some(v4)));
+            }
+            if self.own.contains(&v4a) {
+                return Err(Denied::OwnAddress);
             }
         }
         Ok(())
@@ -222,15 +314,39 @@ fn core_rule(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// The IPv4 addresses an IPv6 address carries, at most four, without a
+/// heap allocation (the data path asks for them).
+#[derive(Debug, Clone, Copy)]
+struct Embedded {
+    n: usize,
+    a: [Ipv4Addr; 4],
+}
+
+impl Embedded {
+    fn push(&mut self, v4: Ipv4Addr) {
+        if self.n < self.a.len() {
+            self.a[self.n] = v4;
+            self.n += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.a[..self.n].iter().copied()
+    }
+}
+
 /// Every IPv4 address an IPv6 address carries in a known embedding.
-fn embedded_v4(ip: IpAddr) -> Vec<Ipv4Addr> {
+fn embedded_v4(ip: IpAddr) -> Embedded {
+    let mut out = Embedded {
+        n: 0,
+        a: [Ipv4Addr::UNSPECIFIED; 4],
+    };
     let IpAddr::V6(v6) = ip else {
-        return Vec::new();
+        return out;
     };
     let o = v6.octets();
     let seg = v6.segments();
     let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
-    let mut out = Vec::new();
     let top96 = u128::from(v6) >> 32;
     // ::ffff:0:0/96 mapped, ::ffff:0:0:0/96 translated, ::/96 compatible
     // (but :: and ::1, which are not IPv4-compatible addresses: RFC 4291
@@ -271,7 +387,12 @@ mod tests {
     }
 
     fn denied(p: &PeerPolicy, a: &str) -> bool {
-        p.check(SocketAddr::new(a.parse().unwrap(), 9)).is_err()
+        p.check(SocketAddr::new(a.parse().unwrap(), 9), |_| true)
+            .is_err()
+    }
+
+    fn check(p: &PeerPolicy, a: &str, live: &[u16]) -> Result<(), Denied> {
+        p.check(a.parse().unwrap(), |s| live.contains(&s.port()))
     }
 
     #[test]
@@ -314,10 +435,81 @@ mod tests {
     }
 
     #[test]
-    fn own_relay_addresses_are_reachable() {
+    fn own_relay_addresses_are_reachable_at_live_relay_ports_only() {
         let p = policy(&[]);
-        assert!(p.check("198.51.100.9:50000".parse().unwrap()).is_ok());
-        assert!(p.check("198.51.100.9:80".parse().unwrap()).is_err());
+        assert_eq!(check(&p, "198.51.100.9:50000", &[50000]), Ok(()));
+        // A port of the range without a live allocation may be another
+        // process's ephemeral socket.
+        assert_eq!(
+            check(&p, "198.51.100.9:50002", &[50000]),
+            Err(Denied::Default("198.51.100.0/24".parse().unwrap(), None))
+        );
+        assert!(
+            check(&p, "198.51.100.9:80", &[80]).is_err(),
+            "outside the range"
+        );
+        assert!(p.is_own("198.51.100.9".parse().unwrap()));
+        assert!(p.is_own("::ffff:198.51.100.9".parse().unwrap()));
+        assert!(p.is_own("127.0.0.7".parse().unwrap()));
+        assert!(!p.is_own("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_public_own_address_is_denied_outside_live_relays_unless_allowed() {
+        let public = "8.8.4.4";
+        let p = PeerPolicy::new(
+            vec![],
+            vec![],
+            vec![public.parse().unwrap()],
+            (50000, 50010),
+        );
+        assert_eq!(check(&p, "8.8.4.4:50001", &[50001]), Ok(()));
+        assert_eq!(check(&p, "8.8.4.4:53", &[]), Err(Denied::OwnAddress));
+        assert_eq!(
+            check(&p, "8.8.4.4:50003", &[50001]),
+            Err(Denied::OwnAddress)
+        );
+        assert_eq!(check(&p, "8.8.8.8:53", &[]), Ok(()), "not ours: allowed");
+        // The operator may open it (an SFU on this host), but never the
+        // server's own listeners.
+        let p = PeerPolicy::new(
+            vec!["8.8.4.4/32".parse().unwrap()],
+            vec![],
+            vec!["0.0.0.0".parse().unwrap(), public.parse().unwrap()],
+            (50000, 50010),
+        )
+        .with_listeners(vec!["0.0.0.0:3478".parse().unwrap()]);
+        assert_eq!(check(&p, "8.8.4.4:5000", &[]), Ok(()));
+        assert_eq!(check(&p, "8.8.4.4:3478", &[]), Err(Denied::Listener));
+        assert_eq!(
+            check(&p, "8.8.8.8:3478", &[]),
+            Ok(()),
+            "another host's 3478"
+        );
+    }
+
+    #[test]
+    fn interface_addresses_count_as_own() {
+        let p = PeerPolicy::new(
+            vec![],
+            vec![],
+            vec!["0.0.0.0".parse().unwrap()],
+            (50000, 50010),
+        )
+        .with_own_addresses(["9.9.9.9".parse().unwrap()]);
+        assert!(p.is_own("9.9.9.9".parse().unwrap()));
+        assert_eq!(
+            check(&p, "9.9.9.9:50004", &[50004]),
+            Ok(()),
+            "bound on 0.0.0.0"
+        );
+        assert_eq!(check(&p, "9.9.9.9:11311", &[]), Err(Denied::OwnAddress));
+        // The IPv4 relay socket does not answer on IPv6 addresses.
+        let p = p.with_own_addresses(["2606:4700::9".parse().unwrap()]);
+        assert_eq!(
+            check(&p, "[2606:4700::9]:50004", &[50004]),
+            Err(Denied::OwnAddress)
+        );
     }
 
     #[test]
@@ -335,15 +527,19 @@ mod tests {
     }
 
     #[test]
-    fn own_admin_listeners_stay_closed() {
+    fn own_listeners_stay_closed() {
         let p = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![], vec![], (1, 1))
-            .with_core_deny(vec![
+            .with_listeners(vec![
                 "127.0.0.1:9641".parse().unwrap(),
                 "0.0.0.0:9642".parse().unwrap(),
             ]);
-        assert!(p.check("127.0.0.1:9641".parse().unwrap()).is_err());
-        assert!(p.check("127.0.0.5:9642".parse().unwrap()).is_err());
-        assert!(p.check("127.0.0.1:9643".parse().unwrap()).is_ok());
+        assert_eq!(check(&p, "127.0.0.1:9641", &[]), Err(Denied::Listener));
+        assert_eq!(check(&p, "127.0.0.5:9642", &[]), Err(Denied::Listener));
+        assert_eq!(
+            check(&p, "[::ffff:127.0.0.1]:9641", &[]),
+            Err(Denied::Listener)
+        );
+        assert_eq!(check(&p, "127.0.0.1:9643", &[]), Ok(()));
     }
 
     #[test]

@@ -184,6 +184,10 @@ fn uclient_ipv6_relays() {
     let server = Server::start_with(ServerConfig {
         legacy_channel_numbers: Some(true),
         ipv6: true,
+        // uclient reserves a second port for each allocation (EVEN-PORT with
+        // the R bit), and a reservation counts against the user for 30 s:
+        // four runs in a row hold more than the default 10.
+        limits: vec![("allocations_per_user", "100".into())],
         ..Default::default()
     });
     let peer = CoturnPeer::start_on("::1".parse().unwrap());

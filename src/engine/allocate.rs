@@ -7,7 +7,7 @@ use stun::attributes::*;
 use stun::message::Message;
 
 use super::allocation::{Allocation, State};
-use super::quota::Meter;
+use super::quota::{Held, Meter};
 use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, Authed, Engine, Output};
 use crate::addr::{AllocId, ClientAddr};
 use crate::proto::stun::{self as wire, Response};
@@ -99,40 +99,67 @@ impl Engine {
             Some(Ok(s)) => self.granted_lifetime(Some(s)),
             None => self.granted_lifetime(None),
         };
-        if let Err(code) = self.cfg.shared.acquire(&authed.username, &self.cfg.limits) {
-            tracing::info!(%client, user = %authed.username, code, "allocation quota reached");
-            self.stats.quota_rejections += 1;
-            return self.reply(client, err(code));
-        }
+        // What this allocation counts against the quotas: one against the
+        // user's name (a REST credential's name, not the whole username, so
+        // that minting new credentials does not reset the count), and its
+        // ports against the total. A reserved second port counts as one
+        // more of each until it is redeemed or expires.
+        let name = self.quota_name(&authed.username);
+        let ports = if families.dual { 2 } else { 1 };
         let mut issued = None;
-        let port = if let Some(t) = token {
+        let (port, held) = if let Some(t) = token {
             // A port another Allocate reserved (§7.2), in the family it was
-            // reserved in: 508 if unknown or gone.
-            self.cfg
-                .shared
-                .redeem(t, &authed.username)
-                .map(|(port, v6)| {
+            // reserved in, already counted: 508 if unknown or gone.
+            match self.cfg.shared.redeem(t, &authed.username) {
+                Some((port, v6, held)) => {
                     families.v6 = v6;
-                    port
-                })
-        } else if reserve {
-            self.ports.take_pair().map(|(even, odd)| {
-                let t = self.next_token();
+                    (port, held)
+                }
+                None => return self.reply(client, err(508)),
+            }
+        } else {
+            let units = 1 + reserve as u32;
+            if let Err(code) =
                 self.cfg
                     .shared
-                    .reserve(t, odd, families.v6, &authed.username);
-                self.reserved
-                    .push_back((now + Duration::from_secs(super::RESERVATION_SECS), t));
-                issued = Some(t);
-                even
-            })
-        } else {
-            self.ports.take(even)
-        };
-        let Some(port) = port else {
-            tracing::warn!(%client, even, free = self.ports.len(), "no free relay port");
-            self.cfg.shared.release(&authed.username);
-            return self.reply(client, err(508));
+                    .acquire(&name, units, ports + reserve as u32, &self.cfg.limits)
+            {
+                tracing::info!(%client, user = %authed.username, code, "allocation quota reached");
+                self.stats.quota_rejections += 1;
+                return self.reply(client, err(code));
+            }
+            let held = Held { name, ports };
+            let port = if reserve {
+                self.ports.take_pair().map(|(even, odd)| {
+                    let t = self.next_token();
+                    let one = Held {
+                        name: held.name.clone(),
+                        ports: 1,
+                    };
+                    self.cfg
+                        .shared
+                        .reserve(t, odd, families.v6, &authed.username, one);
+                    self.reserved
+                        .push_back((now + Duration::from_secs(super::RESERVATION_SECS), t));
+                    issued = Some(t);
+                    even
+                })
+            } else {
+                self.ports.take(even)
+            };
+            let Some(port) = port else {
+                tracing::warn!(%client, even, free = self.ports.len(), "no free relay port");
+                self.cfg.shared.release(&held);
+                if reserve {
+                    // The reservation's unit, never made.
+                    self.cfg.shared.release(&Held {
+                        name: held.name.clone(),
+                        ports: 1,
+                    });
+                }
+                return self.reply(client, err(508));
+            };
+            (port, held)
         };
         let id = match self.free_ids.pop() {
             Some(i) => AllocId(i),
@@ -145,6 +172,7 @@ impl Engine {
         self.allocs[id.0 as usize] = Some(Allocation {
             client,
             username: authed.username,
+            held,
             signer,
             port,
             relayed,
@@ -288,8 +316,16 @@ impl Engine {
             let resp = resp.finish(Some(&signer), false);
             a.state = State::Active;
             a.last_response = resp.clone();
+            let (relayed, extra) = (a.relayed, a.extra);
             tracing::info!(%client, user = %a.username, relay = %a.relayed, extra = ?a.extra.map(|e| e.1), lifetime, "allocation created");
             self.stats.allocations_created += 1;
+            // Its relay ports are now reachable as peers of other clients.
+            self.cfg
+                .shared
+                .set_live(relayed.is_ipv6(), relayed.port(), true);
+            if let Some((_, r)) = extra {
+                self.cfg.shared.set_live(r.is_ipv6(), r.port(), true);
+            }
             self.reply(client, resp);
             self.reschedule(id, now);
             return;
@@ -350,7 +386,7 @@ impl Engine {
             return;
         };
         tracing::warn!(client = %a.client, "could not bind a relay socket");
-        self.cfg.shared.release(&a.username);
+        self.cfg.shared.release(&a.held);
         self.ports.release(a.port);
         if let Some((p, _)) = a.extra {
             self.ports.release(p);

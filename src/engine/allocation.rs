@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::quota::Meter;
+use super::quota::{Held, Meter};
 use super::stats::Traffic;
 pub use super::stats::{TO_CLIENT, TO_PEER};
 use crate::addr::{ChannelNumber, ClientAddr, PeerAddr, RelayPort};
@@ -20,6 +20,9 @@ pub const CHANNEL_LIFETIME_SECS: u64 = 600;
 pub struct Permission {
     pub ip: IpAddr,
     pub expires: Instant,
+    /// An address of this host: what may pass depends on the peer's port,
+    /// so every packet is judged again by the policy.
+    pub own: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +54,8 @@ pub enum State {
 pub struct Allocation {
     pub client: ClientAddr,
     pub username: String,
+    /// What it counts against the quotas.
+    pub held: Held,
     /// Signs answers: the key and integrity attribute the Allocate used.
     pub signer: Signer,
     pub port: RelayPort,
@@ -76,19 +81,26 @@ pub struct Allocation {
 }
 
 impl Allocation {
-    /// Whether a live permission covers `ip` (RFC 8656 §9: by IP address only).
+    /// Whether a live permission covers `peer` (RFC 8656 §9: by IP address
+    /// only), and, where that IP is one of this host's own, `reachable`
+    /// allows its port.
     #[inline]
-    pub fn permits(&self, ip: IpAddr, now: Instant) -> bool {
+    pub fn permits(
+        &self,
+        peer: SocketAddr,
+        now: Instant,
+        reachable: impl Fn(SocketAddr) -> bool,
+    ) -> bool {
         self.permissions
             .iter()
-            .any(|p| p.ip == ip && p.expires > now)
+            .any(|p| p.ip == peer.ip() && p.expires > now && (!p.own || reachable(peer)))
     }
 
-    /// Install or refresh a permission.
-    pub fn permit(&mut self, ip: IpAddr, expires: Instant) {
+    /// Install or refresh a permission; `own` marks an address of this host.
+    pub fn permit(&mut self, ip: IpAddr, expires: Instant, own: bool) {
         match self.permissions.iter_mut().find(|p| p.ip == ip) {
             Some(p) => p.expires = p.expires.max(expires),
-            None => self.permissions.push(Permission { ip, expires }),
+            None => self.permissions.push(Permission { ip, expires, own }),
         }
     }
 

@@ -65,9 +65,11 @@ impl Engine {
                 return err(400);
             }
         }
+        let own = self.cfg.policy.is_own(peer.0.ip());
         a.permit(
             peer.0.ip(),
             now + Duration::from_secs(PERMISSION_LIFETIME_SECS),
+            own,
         );
         self.reschedule(id, now);
         authed.ok(m)
@@ -84,11 +86,14 @@ impl Engine {
         client: ClientAddr,
         packet: &[u8],
     ) -> Option<ToPeer> {
+        let (policy, shared) = (&self.cfg.policy, &self.cfg.shared);
         let found = channel_data::parse(packet).and_then(|h| {
             let id = *self.by_client.get(&client)?;
             let a = self.allocs[id.0 as usize].as_mut()?;
             let peer = a.channel_by_number(h.channel, now)?.peer;
-            a.permits(peer.0.ip(), now).then_some((id, a, peer, h.len))
+            let reachable = |p| policy.check(p, |r| shared.is_live(r)).is_ok();
+            a.permits(peer.0, now, reachable)
+                .then_some((id, a, peer, h.len))
         });
         let Some((id, a, peer, len)) = found else {
             self.stats.dropped += 1;

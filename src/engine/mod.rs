@@ -40,7 +40,6 @@ use crate::proto::{self, Kind, stun as wire};
 use allocation::Allocation;
 use ports::PortPool;
 pub use quota::Shared;
-use quota::SourceLimiter;
 
 pub use relay::ToClient;
 use stats::AuthFailure;
@@ -252,7 +251,6 @@ pub struct Engine {
     epoch: Instant,
     epoch_unix: u64,
     txid_counter: u64,
-    limiter: SourceLimiter,
     /// Set by [`Engine::drain`]: the alternate server, if any.
     draining: Option<Option<SocketAddr>>,
     /// When a denied Send indication was last logged.
@@ -281,7 +279,6 @@ impl Engine {
             epoch: now,
             epoch_unix: unix_now,
             txid_counter: seed.rotate_left(17),
-            limiter: SourceLimiter::new(now, seed.rotate_left(29)),
             draining: None,
             send_denial_logged: None,
             token_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed.to_le_bytes()),
@@ -291,13 +288,53 @@ impl Engine {
     }
 
     /// Apply a reloaded configuration: credentials, peer policy, limits and
-    /// expiry rules. Allocations, permissions and channels stay.
+    /// expiry rules. Allocations stay, and so do their permissions and
+    /// channels, but for those whose peer the new policy denies: no packet
+    /// reaches a destination the policy in force refuses.
     pub fn update(&mut self, u: Update) {
         self.cfg.credentials = u.credentials;
         self.cfg.policy = u.policy;
         self.cfg.limits = u.limits;
         self.cfg.strict_expiry = u.strict_expiry;
         self.cfg.expiry_grace = u.expiry_grace;
+        let policy = &self.cfg.policy;
+        // Away from this host's addresses the verdict does not depend on
+        // the port; on them it is taken again for every packet.
+        let denied = |ip: IpAddr| {
+            !policy.is_own(ip) && policy.check(SocketAddr::new(ip, 0), |_| false).is_err()
+        };
+        let mut dropped = 0;
+        for a in self.allocs.iter_mut().flatten() {
+            let before = a.permissions.len() + a.channels.len();
+            a.permissions.retain_mut(|p| {
+                p.own = policy.is_own(p.ip);
+                !denied(p.ip)
+            });
+            a.channels.retain(|c| !denied(c.peer.0.ip()));
+            dropped += before - a.permissions.len() - a.channels.len();
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "permissions and channels to peers the new policy denies removed"
+            );
+        }
+    }
+
+    /// The name a user's allocations count against: a static user's name,
+    /// or the part of a REST username after its expiry (`<expiry>:<name>`),
+    /// so that each freshly minted credential of one name shares its quota.
+    fn quota_name(&self, username: &str) -> String {
+        if self.cfg.credentials.is_static(username) {
+            return username.to_owned();
+        }
+        match crate::auth::rest_expiry(username) {
+            Some(_) => username
+                .split_once(':')
+                .map_or(username, |(_, n)| n)
+                .to_owned(),
+            None => username.to_owned(),
+        }
     }
 
     /// Stop accepting new allocations: Allocate gets 300 with
@@ -471,10 +508,14 @@ impl Engine {
         }
         self.by_client.remove(&a.client);
         self.ports.release(a.port);
-        if let Some((p, _)) = a.extra {
+        self.cfg
+            .shared
+            .set_live(a.relayed.is_ipv6(), a.port.0, false);
+        if let Some((p, r)) = a.extra {
             self.ports.release(p);
+            self.cfg.shared.set_live(r.is_ipv6(), p.0, false);
         }
-        self.cfg.shared.release(&a.username);
+        self.cfg.shared.release(&a.held);
         self.free_ids.push(id.0);
         self.out.push_back(Output::CloseRelay { alloc: id });
     }
@@ -647,7 +688,7 @@ impl Engine {
     /// amplification). Nothing is stored for the client either way.
     fn unauthenticated_answer(&mut self, now: Instant, client: ClientAddr, m: &Message, r: Reject) {
         let rate = self.cfg.limits.unauthenticated_rate;
-        if rate > 0 && !self.limiter.allow(now, client.remote.ip(), rate) {
+        if !self.cfg.shared.limiter.allow(now, client.remote.ip(), rate) {
             self.stats.answers_suppressed += 1;
             return;
         }

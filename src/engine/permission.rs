@@ -16,7 +16,8 @@ impl Engine {
     /// first, so that every denied form, IPv6 ones included, reads as 403.
     pub(super) fn check_peer(&mut self, id: AllocId, peer: PeerAddr) -> Result<(), u16> {
         let a = self.allocation(id).expect("checked");
-        if let Err(d) = self.cfg.policy.check(peer.0) {
+        let shared = &self.cfg.shared;
+        if let Err(d) = self.cfg.policy.check(peer.0, |r| shared.is_live(r)) {
             tracing::info!(client = %a.client, %peer, rule = %d, "peer denied");
             self.stats.policy_denials += 1;
             return Err(403);
@@ -48,7 +49,8 @@ impl Engine {
             }
         }
         let max = self.cfg.limits.permissions_per_allocation as usize;
-        let a = self.alloc_mut(id).expect("checked");
+        let policy = &self.cfg.policy;
+        let a = self.allocs[id.0 as usize].as_mut().expect("checked");
         let mut new: Vec<_> = peers
             .iter()
             .map(|p| p.ip())
@@ -63,7 +65,7 @@ impl Engine {
         }
         let expires = now + Duration::from_secs(PERMISSION_LIFETIME_SECS);
         for p in &peers {
-            a.permit(p.ip(), expires);
+            a.permit(p.ip(), expires, policy.is_own(p.ip()));
         }
         self.reschedule(id, now);
         authed.ok(m)
@@ -71,8 +73,8 @@ impl Engine {
 
     /// Send indication (§11.2): relay DATA to the XOR-PEER-ADDRESS if a
     /// permission covers it and the allocation's ceilings allow; otherwise
-    /// drop silently (an indication gets no answer). A peer the policy
-    /// denies never has a permission; such a Send is counted as a denial.
+    /// drop silently (an indication gets no answer). A Send to a peer the
+    /// policy denies is counted as a denial, whatever permission exists.
     pub(super) fn send_indication(
         &mut self,
         now: Instant,
@@ -86,14 +88,19 @@ impl Engine {
         let peer = wire::xor_peer_addresses(m).ok()?.into_iter().next();
         let data = wire::attr_range(m, ATTR_DATA);
         let limits = self.cfg.limits;
+        let (policy, shared) = (&self.cfg.policy, &self.cfg.shared);
+        let live = |r| shared.is_live(r);
         let a = self.allocs.get_mut(id.0 as usize)?.as_mut()?;
         let (Some(peer), Some((start, end))) = (peer, data) else {
             self.stats.dropped += 1;
             return None;
         };
-        if !a.permits(peer.ip(), now) {
+        // A permission is for an IP; on this host's own addresses the port
+        // decides too (a live relay port, never a listener), so the policy
+        // is asked again for this destination.
+        if !a.permits(peer, now, |p| policy.check(p, live).is_ok()) {
             self.stats.dropped += 1;
-            if let Err(d) = self.cfg.policy.check(peer) {
+            if let Err(d) = policy.check(peer, live) {
                 self.stats.policy_denials += 1;
                 // Logged at info like every denial, but at most once a
                 // second: a client must not be able to flood the log.

@@ -3,9 +3,9 @@
 //! fixed-size per-source limiter for unauthenticated answers.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::addr::RelayPort;
@@ -18,81 +18,167 @@ struct Reservation {
     v6: bool,
     /// Only the user who reserved it may redeem it.
     user: String,
+    /// What it counts against the quotas until it is redeemed or expires.
+    held: Held,
 }
 
-/// State every worker's engine shares. Only the control plane touches it
-/// (Allocate and allocation removal), never the data path.
-#[derive(Debug, Default)]
+/// What an allocation (or a reserved port) counts against the quotas: one
+/// against the user's `name` (the static user, or the name part of a REST
+/// credential, so that minting new credentials does not reset it) and
+/// `ports` against the server's total (a dual-stack allocation holds two).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub name: String,
+    pub ports: u32,
+}
+
+/// Relay ports per family: one bit each.
+const PORT_WORDS: usize = 65_536 / 64;
+
+/// State every worker's engine shares. The quotas and reservations are
+/// touched by the control plane only (Allocate and allocation removal);
+/// the live relay ports and the unauthenticated-answer limiter are atomics,
+/// read without a lock.
+#[derive(Debug)]
 pub struct Shared {
     /// Ports held for a RESERVATION-TOKEN (RFC 8656 §7.2, §14.9): the
     /// Allocate that redeems it may arrive at another worker.
     reservations: Mutex<HashMap<[u8; 8], Reservation>>,
-    /// Allocations held per user.
+    /// Allocations and reservations held per user name.
     users: Mutex<HashMap<String, u32>>,
-    /// Allocations held in all.
+    /// Relay ports held in all.
     total: AtomicU32,
+    /// Relay ports that hold a live allocation, by family (IPv4, IPv6):
+    /// the only ports of this host's own addresses a peer may be.
+    live: [Box<[AtomicU64]>; 2],
+    /// Unauthenticated answers per source IP, for the whole server.
+    pub limiter: SourceLimiter,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new(0x5eed_f00d)
+    }
 }
 
 impl Shared {
-    /// Hold `port` (of the IPv6 family if `v6`) for `token`.
-    /// Hold `port` (of the IPv6 family if `v6`) for `token`, for `user`.
-    pub(super) fn reserve(&self, token: [u8; 8], port: RelayPort, v6: bool, user: &str) {
+    /// Shared state; `key` (random in the server) keys the limiter's hash.
+    pub fn new(key: u64) -> Self {
+        let words = || (0..PORT_WORDS).map(|_| AtomicU64::new(0)).collect();
+        Shared {
+            reservations: Mutex::default(),
+            users: Mutex::default(),
+            total: AtomicU32::new(0),
+            live: [words(), words()],
+            limiter: SourceLimiter::new(key),
+        }
+    }
+
+    /// Hold `port` (of the IPv6 family if `v6`) for `token`, for `user`,
+    /// with the quota units `held` that [`Shared::acquire`] counted for it.
+    pub(super) fn reserve(
+        &self,
+        token: [u8; 8],
+        port: RelayPort,
+        v6: bool,
+        user: &str,
+        held: Held,
+    ) {
         let r = Reservation {
             port,
             v6,
             user: user.to_owned(),
+            held,
         };
         lock(&self.reservations).insert(token, r);
     }
 
-    /// Redeem a token for `user`: its port and family, once. Another user's
+    /// Redeem a token for `user`: its port, family and quota units, once;
+    /// the units pass to the allocation that redeems it. Another user's
     /// token redeems nothing (and stays for its owner).
-    pub(super) fn redeem(&self, token: &[u8], user: &str) -> Option<(RelayPort, bool)> {
+    pub(super) fn redeem(&self, token: &[u8], user: &str) -> Option<(RelayPort, bool, Held)> {
         let token: [u8; 8] = token.try_into().ok()?;
         let mut held = lock(&self.reservations);
         match held.get(&token) {
-            Some(r) if r.user == user => held.remove(&token).map(|r| (r.port, r.v6)),
+            Some(r) if r.user == user => held.remove(&token).map(|r| (r.port, r.v6, r.held)),
             _ => None,
         }
     }
 
     /// Drop a token whatever its user (expiry, or a broken pair): its port.
+    /// What it counted against the quotas is given back.
     pub(super) fn expire(&self, token: &[u8; 8]) -> Option<RelayPort> {
-        lock(&self.reservations).remove(token).map(|r| r.port)
+        let r = lock(&self.reservations).remove(token)?;
+        self.release(&r.held);
+        Some(r.port)
     }
 
-    /// Count a new allocation for `user`, or the error code that refuses
-    /// it: 486 past the user's quota, 508 past the server's (RFC 8656 §7.2).
-    pub(super) fn acquire(&self, user: &str, limits: &Limits) -> Result<(), u16> {
+    /// Count `units` allocations against `name` and `ports` against the
+    /// total, or the error code that refuses them: 486 past the user's
+    /// quota, 508 past the server's (RFC 8656 §7.2). Nothing is counted on
+    /// a refusal.
+    pub(super) fn acquire(
+        &self,
+        name: &str,
+        units: u32,
+        ports: u32,
+        limits: &Limits,
+    ) -> Result<(), u16> {
         let mut users = lock(&self.users);
-        let held = users.get(user).copied().unwrap_or(0);
-        if held >= limits.allocations_per_user {
+        let held = users.get(name).copied().unwrap_or(0);
+        if held.saturating_add(units) > limits.allocations_per_user {
             return Err(486);
         }
-        let total = self.total.fetch_add(1, Ordering::Relaxed);
-        if total >= limits.total_allocations {
-            self.total.fetch_sub(1, Ordering::Relaxed);
+        let total = self.total.fetch_add(ports, Ordering::Relaxed);
+        if total.saturating_add(ports) > limits.total_allocations {
+            self.total.fetch_sub(ports, Ordering::Relaxed);
             return Err(508);
         }
-        users.insert(user.to_owned(), held + 1);
+        users.insert(name.to_owned(), held + units);
         Ok(())
     }
 
-    /// Give back what [`Shared::acquire`] counted.
-    pub(super) fn release(&self, user: &str) {
+    /// Give back one allocation's (or reservation's) count.
+    pub(super) fn release(&self, held: &Held) {
         let mut users = lock(&self.users);
-        if let Some(n) = users.get_mut(user) {
+        if let Some(n) = users.get_mut(&held.name) {
             *n -= 1;
             if *n == 0 {
-                users.remove(user);
+                users.remove(&held.name);
             }
-            self.total.fetch_sub(1, Ordering::Relaxed);
+            self.total.fetch_sub(held.ports, Ordering::Relaxed);
         }
     }
 
-    /// Allocations held in all.
+    /// Relay ports held in all.
     pub fn total(&self) -> u32 {
         self.total.load(Ordering::Relaxed)
+    }
+
+    /// Allocations and reservations counted against a user name.
+    pub fn held_by(&self, name: &str) -> u32 {
+        lock(&self.users).get(name).copied().unwrap_or(0)
+    }
+
+    /// Mark a relay port (of the IPv6 family if `v6`) as holding a live
+    /// allocation, or not.
+    pub(super) fn set_live(&self, v6: bool, port: u16, live: bool) {
+        let word = &self.live[v6 as usize][port as usize / 64];
+        let bit = 1u64 << (port % 64);
+        if live {
+            word.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            word.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `relay` names a port of its family that holds a live
+    /// allocation of this server now. One atomic load.
+    #[inline]
+    pub fn is_live(&self, relay: SocketAddr) -> bool {
+        let port = relay.port();
+        let word = &self.live[relay.is_ipv6() as usize][port as usize / 64];
+        word.load(Ordering::Relaxed) & (1u64 << (port % 64)) != 0
     }
 }
 
@@ -159,42 +245,67 @@ impl Meter {
 
 /// Slots in the unauthenticated-answer limiter: fixed, so a flood from many
 /// sources costs no memory (sources that share a slot share its budget).
-const SOURCE_SLOTS: usize = 4096;
+const SOURCE_SLOTS: usize = 16_384;
+/// The burst a source may spend at once: one second of its rate.
+const BURST_US: u64 = 1_000_000;
 
-/// Limits how many unauthenticated answers (401, 400, 438) one source IP
-/// gets per second, so that the server cannot be used to reflect or
-/// amplify a flood at a spoofed victim.
+/// Limits how many unauthenticated answers one source IP gets per second,
+/// so that the server cannot be used to reflect or amplify a flood at a
+/// spoofed victim. One table for the whole server: every worker's engine
+/// takes from the same budget, so the configured rate is the rate.
+///
+/// Each slot is a generic cell rate algorithm: it holds the time (µs since
+/// the first call) at which the source's budget would be full again, and
+/// an answer moves it on by one interval with a compare-and-swap. No lock,
+/// no allocation, 8 bytes a slot.
 #[derive(Debug)]
 pub struct SourceLimiter {
-    slots: Box<[Bucket]>,
+    slots: Box<[AtomicU64]>,
     key: u64,
+    /// The first `now` seen: times are kept as µs after it.
+    epoch: OnceLock<Instant>,
 }
 
 impl SourceLimiter {
-    pub fn new(now: Instant, key: u64) -> Self {
+    pub fn new(key: u64) -> Self {
         SourceLimiter {
-            slots: vec![
-                Bucket {
-                    level: f64::MAX,
-                    last: now
-                };
-                SOURCE_SLOTS
-            ]
-            .into_boxed_slice(),
+            slots: (0..SOURCE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             key: key | 1,
+            epoch: OnceLock::new(),
         }
     }
 
-    /// Whether `ip` may get another answer now, at `rate` per second.
-    pub fn allow(&mut self, now: Instant, ip: IpAddr, rate: u32) -> bool {
+    /// Whether `ip` may get another answer now, at `rate` per second (0:
+    /// no limit).
+    pub fn allow(&self, now: Instant, ip: IpAddr, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let epoch = *self.epoch.get_or_init(|| now);
+        // Offset by a burst, so that an unused slot (0) is a full budget.
+        let t = now.saturating_duration_since(epoch).as_micros() as u64 + BURST_US;
+        let interval = (1_000_000 / rate as u64).max(1);
         let v = match ip {
             IpAddr::V4(a) => u32::from(a) as u128,
             IpAddr::V6(a) => u128::from(a),
         };
         let folded = (v as u64) ^ ((v >> 64) as u64);
         let h = (folded ^ self.key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let slot = &mut self.slots[(h >> 52) as usize % SOURCE_SLOTS];
-        slot.take(now, 1.0, rate as f64)
+        let slot = &self.slots[(h >> 40) as usize % SOURCE_SLOTS];
+        let mut full_at = slot.load(Ordering::Relaxed);
+        // Each failed swap means another worker answered this slot; after a
+        // few the source is plainly busy: refuse.
+        for _ in 0..8 {
+            let next = full_at.max(t) + interval;
+            if next > t + BURST_US {
+                return false;
+            }
+            match slot.compare_exchange_weak(full_at, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => full_at = seen,
+            }
+        }
+        false
     }
 }
 
@@ -219,14 +330,27 @@ mod tests {
     fn per_user_and_total_quotas() {
         let s = Shared::default();
         let l = limits();
-        assert_eq!(s.acquire("a", &l), Ok(()));
-        assert_eq!(s.acquire("a", &l), Ok(()));
-        assert_eq!(s.acquire("a", &l), Err(486));
-        assert_eq!(s.acquire("b", &l), Ok(()));
-        assert_eq!(s.acquire("c", &l), Err(508));
-        s.release("a");
-        assert_eq!(s.acquire("c", &l), Ok(()));
+        let held = |n: &str| Held {
+            name: n.into(),
+            ports: 1,
+        };
+        assert_eq!(s.acquire("a", 1, 1, &l), Ok(()));
+        assert_eq!(s.acquire("a", 1, 1, &l), Ok(()));
+        assert_eq!(s.acquire("a", 1, 1, &l), Err(486));
+        assert_eq!(s.acquire("b", 1, 1, &l), Ok(()));
+        assert_eq!(s.acquire("c", 1, 1, &l), Err(508));
+        s.release(&held("a"));
+        assert_eq!(s.acquire("c", 1, 1, &l), Ok(()));
         assert_eq!(s.total(), 3);
+        // Two at once (an allocation and its reserved port) need room for both.
+        s.release(&held("c"));
+        assert_eq!(s.acquire("b", 2, 2, &l), Err(486));
+        assert_eq!(
+            s.acquire("d", 1, 2, &l),
+            Err(508),
+            "a dual-stack allocation holds two ports"
+        );
+        assert_eq!((s.held_by("a"), s.held_by("b"), s.total()), (1, 1, 2));
     }
 
     #[test]
@@ -247,14 +371,46 @@ mod tests {
     #[test]
     fn source_limiter_is_per_ip() {
         let now = Instant::now();
-        let mut s = SourceLimiter::new(now, 7);
+        let s = SourceLimiter::new(7);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        // A fresh slot starts full, then is capped at one second's worth.
+        // A fresh slot holds one second's worth.
         let n = (0..50).filter(|_| s.allow(now, a, 5)).count();
-        assert!(n >= 5);
+        assert_eq!(n, 5);
         assert!(!s.allow(now, a, 5));
         assert!(s.allow(now, b, 5));
-        assert!(s.allow(now + Duration::from_secs(1), a, 5));
+        // It refills at the rate: one more after 200 ms, five after a second.
+        assert!(s.allow(now + Duration::from_millis(200), a, 5));
+        assert!(!s.allow(now + Duration::from_millis(200), a, 5));
+        let later = now + Duration::from_secs(2);
+        assert_eq!((0..50).filter(|_| s.allow(later, a, 5)).count(), 5);
+    }
+
+    #[test]
+    fn source_limiter_is_one_budget_for_every_thread() {
+        let now = Instant::now();
+        let s = std::sync::Arc::new(SourceLimiter::new(9));
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| s.allow(now, ip, 100)).count())
+            })
+            .collect();
+        let answered: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(answered, 100, "four threads share one source's 100");
+    }
+
+    #[test]
+    fn live_relay_ports_are_per_family() {
+        let s = Shared::default();
+        s.set_live(false, 50_000, true);
+        s.set_live(true, 50_002, true);
+        assert!(s.is_live("127.0.0.1:50000".parse().unwrap()));
+        assert!(!s.is_live("[::1]:50000".parse().unwrap()));
+        assert!(s.is_live("[::1]:50002".parse().unwrap()));
+        assert!(!s.is_live("127.0.0.1:50001".parse().unwrap()));
+        s.set_live(false, 50_000, false);
+        assert!(!s.is_live("127.0.0.1:50000".parse().unwrap()));
     }
 }

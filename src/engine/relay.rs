@@ -25,7 +25,8 @@ impl Engine {
     /// A packet from `peer` on the relay socket of `id`, at
     /// `buf[start..end]`, with at least [`channel_data::HEADROOM`] bytes
     /// before `start` and [`channel_data::TAILROOM`] after `end`. Without a
-    /// permission for the peer's IP the packet is dropped (§9). Framing is
+    /// permission for the peer's IP the packet is dropped (§9), and so is
+    /// one from a port of this host's own addresses that the policy denies. Framing is
     /// written in place: nothing is allocated.
     #[inline]
     pub fn handle_peer(
@@ -38,11 +39,15 @@ impl Engine {
         end: usize,
     ) -> Option<ToClient> {
         let peer = PeerAddr(peer);
+        let (policy, shared) = (&self.cfg.policy, &self.cfg.shared);
         let Some(a) = self.allocs.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             self.stats.dropped += 1;
             return None;
         };
-        if !a.permits(peer.0.ip(), now) {
+        // From this host's own addresses, only what a client could send to
+        // comes back (a live relay port, or what `allow` opened).
+        let reachable = |p| policy.check(p, |r| shared.is_live(r)).is_ok();
+        if !a.permits(peer.0, now, reachable) {
             self.stats.dropped += 1;
             return None;
         }

@@ -483,8 +483,8 @@ fn create_permission_installs_every_peer() {
     assert!(signed_with(&r, &key()));
     let id = t.e.allocation_of(c).unwrap();
     let a = t.e.allocation(id).unwrap();
-    assert!(a.permits(peer(PEER).ip(), t.now));
-    assert!(a.permits(peer(PEER2).ip(), t.now));
+    assert!(a.permits(peer(PEER), t.now, |_| true));
+    assert!(a.permits(peer(PEER2), t.now, |_| true));
 }
 
 #[test]
@@ -508,7 +508,11 @@ fn denied_peer_gets_403_and_installs_nothing() {
         assert_eq!(t.bind(c, 0x4001, bad), Some(403), "{bad}");
     }
     let id = t.e.allocation_of(c).unwrap();
-    assert!(!t.e.allocation(id).unwrap().permits(peer(PEER).ip(), t.now));
+    assert!(
+        !t.e.allocation(id)
+            .unwrap()
+            .permits(peer(PEER), t.now, |_| true)
+    );
     assert_eq!(t.e.stats.policy_denials, 8);
 }
 
@@ -1293,7 +1297,7 @@ fn allowing_loopback_opens_127_0_0_1_and_nothing_else() {
         assert!(
             t.e.cfg
                 .policy
-                .check(SocketAddr::new(a.parse().unwrap(), 9))
+                .check(SocketAddr::new(a.parse().unwrap(), 9), |_| true)
                 .is_err(),
             "{a}"
         );
@@ -1650,9 +1654,9 @@ fn attributes_after_integrity_sha256_are_ignored() {
     assert_eq!(code(&r), None, "the signed part is valid");
     let id = t.e.allocation_of(c).unwrap();
     let a = t.e.allocation(id).unwrap();
-    assert!(a.permits(peer(PEER).ip(), t.now));
+    assert!(a.permits(peer(PEER), t.now, |_| true));
     assert!(
-        !a.permits(peer("8.8.8.8:53").ip(), t.now),
+        !a.permits(peer("8.8.8.8:53"), t.now, |_| true),
         "the unsigned peer was not installed"
     );
 }
@@ -1696,4 +1700,254 @@ fn an_absurd_rest_expiry_is_no_deadline() {
     );
     assert_eq!(code(&r), None);
     assert_eq!(wire::u32_attr(&r, ATTR_LIFETIME), Some(Ok(600)));
+}
+
+/// A Send indication of `data` to `p`.
+fn send_to(p: SocketAddr, data: &[u8]) -> Vec<u8> {
+    Req::indication(METHOD_SEND)
+        .peer(p)
+        .attr(ATTR_DATA, data)
+        .bytes()
+}
+
+#[test]
+fn a_permission_for_the_own_relay_reaches_live_relay_ports_only() {
+    // The attack: permit the server's own relay address (allowed so that
+    // two clients of one server can meet), then Send to another port of it.
+    let mut t = T::new();
+    let a = client(1);
+    let b = client(2);
+    t.allocate(a);
+    let rb = t.allocate(b);
+    assert_eq!(t.permit(a, &rb.to_string()), None);
+    let id = t.e.allocation_of(a).unwrap();
+    let to_b = send_to(rb, b"hi b");
+    let f =
+        t.e.handle_client(t.now, a, &to_b)
+            .expect("b's relay is live");
+    assert_eq!(f.peer, PeerAddr(rb));
+    let denials = t.e.stats.policy_denials;
+    for port in [11311, 53, 50009] {
+        let other = SocketAddr::new(rb.ip(), port);
+        assert!(
+            t.e.handle_client(t.now, a, &send_to(other, b"x")).is_none(),
+            "{other} is not a live relay"
+        );
+        // Nor does anything from there come back.
+        let mut buf = vec![0u8; channel_data::BUF_LEN];
+        assert!(
+            t.e.handle_peer(t.now, id, other, &mut buf, HEADROOM, HEADROOM + 1)
+                .is_none()
+        );
+        assert_eq!(t.bind(a, 0x4001, &other.to_string()), Some(403));
+    }
+    assert_eq!(t.e.stats.policy_denials, denials + 6);
+    // A channel to b's relay works while b lives...
+    assert_eq!(t.bind(a, 0x4000, &rb.to_string()), None);
+    let cd = [0x40, 0x00, 0x00, 0x01, b'z', 0, 0, 0];
+    assert!(t.e.handle_client(t.now, a, &cd).is_some());
+    // ...and stops when b's allocation goes: its port may be bound by
+    // another process next.
+    t.signed(b, Req::new(METHOD_REFRESH).lifetime(0));
+    assert!(t.e.handle_client(t.now, a, &cd).is_none());
+    assert!(t.e.handle_client(t.now, a, &to_b).is_none());
+    let mut buf = vec![0u8; channel_data::BUF_LEN];
+    assert!(
+        t.e.handle_peer(t.now, id, rb, &mut buf, HEADROOM, HEADROOM + 1)
+            .is_none()
+    );
+}
+
+#[test]
+fn own_relay_ports_of_another_engine_are_live_through_the_shared_table() {
+    let shared = Arc::new(Shared::default());
+    let mut c1 = config((50000..50004).collect());
+    c1.shared = shared.clone();
+    let mut c2 = config((50004..50010).collect());
+    c2.shared = shared.clone();
+    let mut t1 = T::with(c1);
+    let mut t2 = T::with(c2);
+    let a = client(1);
+    t1.allocate(a);
+    let rb = t2.allocate(client(2));
+    assert_eq!(t1.permit(a, &rb.to_string()), None);
+    assert!(t1.e.handle_client(t1.now, a, &send_to(rb, b"x")).is_some());
+    t2.signed(client(2), Req::new(METHOD_REFRESH).lifetime(0));
+    assert!(t1.e.handle_client(t1.now, a, &send_to(rb, b"x")).is_none());
+}
+
+#[test]
+fn a_reload_removes_permissions_and_channels_the_new_policy_denies() {
+    let mut t = T::new();
+    let c = client(1);
+    let id = bound(&mut t, c);
+    assert_eq!(t.permit(c, PEER2), None);
+    let mut u = Update {
+        credentials: t.e.cfg.credentials.clone(),
+        policy: PeerPolicy::new(
+            vec![],
+            vec!["93.184.216.34/32".parse().unwrap()],
+            vec!["198.51.100.1".parse().unwrap()],
+            (50000, 50009),
+        ),
+        limits: t.e.cfg.limits,
+        strict_expiry: true,
+        expiry_grace: Duration::ZERO,
+    };
+    t.e.update(u.clone());
+    let a = t.e.allocation(id).unwrap();
+    assert!(
+        a.channels.is_empty(),
+        "the channel to the denied peer is gone"
+    );
+    assert!(!a.permits(peer(PEER), t.now, |_| true));
+    assert!(a.permits(peer(PEER2), t.now, |_| true));
+    let cd = [0x40, 0x00, 0x00, 0x01, b'z', 0, 0, 0];
+    assert!(t.e.handle_client(t.now, c, &cd).is_none());
+    assert!(
+        t.e.handle_client(t.now, c, &send_to(peer(PEER), b"x"))
+            .is_none()
+    );
+    assert!(
+        t.e.handle_client(t.now, c, &send_to(peer(PEER2), b"x"))
+            .is_some()
+    );
+    u.policy = PeerPolicy::new(vec![], vec![], vec![], (1, 1));
+    t.e.update(u);
+    assert!(
+        t.e.allocation(id)
+            .unwrap()
+            .permits(peer(PEER2), t.now, |_| true)
+    );
+}
+
+/// Allocate from `c` with a REST credential of `name` expiring at `exp`.
+fn rest_allocate(t: &mut T, c: ClientAddr, name: &str, exp: u64) -> Option<u16> {
+    let (u, p) = crate::auth::rest_credentials("s3cret", name, exp);
+    let n = t.nonce_for(c);
+    code(&t.one(
+        c,
+        &Req::new(METHOD_ALLOCATE).transport(17).sign_as(&u, &p, &n),
+    ))
+}
+
+#[test]
+fn the_per_user_quota_counts_a_rest_name_across_fresh_credentials() {
+    let mut cfg = config((50000..50040).collect());
+    cfg.limits.allocations_per_user = 10;
+    let mut t = T::with(cfg);
+    // The attack: a new credential of one name for every Allocate.
+    let codes: Vec<_> = (0..15)
+        .map(|i| rest_allocate(&mut t, client(100 + i), "carol", UNIX0 + 1000 + i as u64))
+        .collect();
+    assert_eq!(
+        codes.iter().filter(|c| c.is_none()).count(),
+        10,
+        "{codes:?}"
+    );
+    assert_eq!(codes[10..], [Some(486); 5]);
+    assert_eq!(t.e.cfg.shared.held_by("carol"), 10);
+    // Another name has its own quota; a static user's name is counted whole.
+    assert_eq!(
+        rest_allocate(&mut t, client(200), "dave", UNIX0 + 1000),
+        None
+    );
+    assert_eq!(t.e.cfg.shared.held_by("dave"), 1);
+    t.allocate(client(201));
+    assert_eq!(t.e.cfg.shared.held_by("alice"), 1);
+    // Deleting gives it back to the name.
+    let (u, p) = crate::auth::rest_credentials("s3cret", "carol", UNIX0 + 1000);
+    let n = t.nonce_for(client(100));
+    t.one(
+        client(100),
+        &Req::new(METHOD_REFRESH).lifetime(0).sign_as(&u, &p, &n),
+    );
+    assert_eq!(t.e.cfg.shared.held_by("carol"), 9);
+    assert_eq!(
+        rest_allocate(&mut t, client(300), "carol", UNIX0 + 5000),
+        None
+    );
+}
+
+#[test]
+fn an_even_port_reservation_counts_until_redeemed_or_expired() {
+    let mut t = with_limits(|l| l.allocations_per_user = 3);
+    let r = t.signed(
+        client(1),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_EVEN_PORT, &[0x80]),
+    );
+    let token = wire::attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
+    assert_eq!(
+        t.e.cfg.shared.held_by("alice"),
+        2,
+        "the allocation and its reserved port"
+    );
+    assert_eq!(t.e.cfg.shared.total(), 2);
+    t.allocate(client(2));
+    // The user's third unit is the reservation: no fourth.
+    let r = t.signed(client(3), Req::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(code(&r), Some(486));
+    // Reserving needs room for two.
+    t.signed(client(2), Req::new(METHOD_REFRESH).lifetime(0));
+    let r = t.signed(
+        client(4),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_EVEN_PORT, &[0x80]),
+    );
+    assert_eq!(code(&r), Some(486));
+    // Redeeming moves the unit to the new allocation: still 2.
+    let r = t.signed(
+        client(5),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_RESERVATION_TOKEN, &token),
+    );
+    assert_eq!(code(&r), None);
+    assert_eq!(t.e.cfg.shared.held_by("alice"), 2);
+    assert_eq!(t.e.cfg.shared.total(), 2);
+    // An unredeemed one is given back when it expires.
+    t.signed(client(5), Req::new(METHOD_REFRESH).lifetime(0));
+    t.signed(
+        client(6),
+        Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(ATTR_EVEN_PORT, &[0x80]),
+    );
+    assert_eq!(t.e.cfg.shared.held_by("alice"), 3);
+    t.advance(31);
+    assert_eq!(t.e.cfg.shared.held_by("alice"), 2);
+    assert_eq!(t.e.cfg.shared.total(), 2);
+}
+
+#[test]
+fn a_dual_stack_allocation_counts_one_against_its_user_and_two_in_all() {
+    let mut cfg = dual_config();
+    cfg.limits.total_allocations = 3;
+    let mut t = T::with(cfg);
+    let dual = |t: &mut T, c| {
+        code(
+            &t.signed(
+                c,
+                Req::new(METHOD_ALLOCATE)
+                    .transport(17)
+                    .attr(ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+            ),
+        )
+    };
+    assert_eq!(dual(&mut t, client(1)), None);
+    assert_eq!(t.e.cfg.shared.held_by("alice"), 1);
+    assert_eq!(t.e.cfg.shared.total(), 2);
+    assert_eq!(
+        dual(&mut t, client(2)),
+        Some(508),
+        "two more would make four"
+    );
+    t.allocate(client(3));
+    assert_eq!(t.e.cfg.shared.total(), 3);
+    t.signed(client(1), Req::new(METHOD_REFRESH).lifetime(0));
+    assert_eq!(t.e.cfg.shared.total(), 1);
+    assert_eq!(t.e.cfg.shared.held_by("alice"), 1);
 }

@@ -13,6 +13,7 @@
 //! - TCP and TLS clients ([`worker`]): a tokio worker per core, with its own
 //!   engine, started only when a listener takes streams.
 
+mod host;
 mod mmsg;
 pub mod notify;
 mod poll;
@@ -380,7 +381,13 @@ impl Server {
             config.nonce_lifetime,
         );
         let policy = policy_from(&config);
-        let shared = std::sync::Arc::new(Shared::default());
+        // One for the whole server: quotas, reservations, live relay ports
+        // and the unauthenticated-answer limiter, whose slot hash is keyed
+        // so that a spoofer cannot aim at another source's slot.
+        let mut key = [0u8; 8];
+        rng.fill(&mut key)
+            .map_err(|_| std::io::Error::other("no system randomness"))?;
+        let shared = std::sync::Arc::new(Shared::new(u64::from_le_bytes(key)));
         let stun_only: Vec<u16> = (0..config.listen.len() as u16)
             .filter(|&i| !config.listen[i as usize].turn)
             .collect();
@@ -566,21 +573,22 @@ fn update_from(config: &Config, nonce_secret: &[u8]) -> Update {
     }
 }
 
+/// The peer policy of `config` on this host: its relay addresses (where a
+/// live relay port is a peer), every listening socket of the server, which
+/// no peer may be, and the interfaces' addresses, read anew at each reload.
 fn policy_from(config: &Config) -> PeerPolicy {
-    // Only the advertised relay addresses: the bind address may be a
-    // private one with other services on it.
-    let mut own = vec![config.relay.public_address];
-    own.extend(config.relay.public_address_v6);
-    let mut core = Vec::new();
-    core.extend(config.metrics);
-    core.extend(config.admin.as_ref().map(|a| a.address));
-    PeerPolicy::new(
-        config.allow.clone(),
-        config.deny.clone(),
-        own,
-        config.relay.ports,
-    )
-    .with_core_deny(core)
+    let r = &config.relay;
+    let mut relays = vec![r.public_address, r.address];
+    relays.extend(r.public_address_v6);
+    relays.extend(r.address_v6);
+    let mut listeners: Vec<SocketAddr> = config.listen.iter().map(|l| l.address).collect();
+    listeners.extend(config.metrics);
+    listeners.extend(config.admin.as_ref().map(|a| a.address));
+    // Closed whether or not `ferroturn demo` runs it.
+    listeners.push(config.demo.address);
+    PeerPolicy::new(config.allow.clone(), config.deny.clone(), relays, r.ports)
+        .with_listeners(listeners)
+        .with_own_addresses(host::addresses())
 }
 
 /// Wait for SIGINT or SIGTERM.

@@ -193,6 +193,8 @@ pub struct ServerConfig {
     /// Also listen on [::1] (same port) and relay IPv6 on ::1, with ::1
     /// allowed as a peer.
     pub ipv6: bool,
+    /// `[limits]` keys and values, as written.
+    pub limits: Vec<(&'static str, String)>,
 }
 
 impl Default for ServerConfig {
@@ -214,6 +216,7 @@ impl Default for ServerConfig {
             log_level: "debug".into(),
             relay_ports: None,
             ipv6: false,
+            limits: vec![],
         }
     }
 }
@@ -305,6 +308,12 @@ impl ServerConfig {
             }
             if let Some(b) = self.legacy_channel_numbers {
                 t.push_str(&format!("legacy_channel_numbers = {b}\n"));
+            }
+        }
+        if !self.limits.is_empty() {
+            t.push_str("\n[limits]\n");
+            for (k, v) in &self.limits {
+                t.push_str(&format!("{k} = {v}\n"));
             }
         }
         t.push_str(&format!("\n[log]\nlevel = {}\n", toml_str(&self.log_level)));

@@ -1,0 +1,54 @@
+//! This host's own addresses, read from its interfaces (getifaddrs(3)), so
+//! that the peer policy can tell a relay to another host from one back into
+//! this one.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Every IPv4 and IPv6 address on this host's interfaces. An error (no
+/// interfaces readable) gives none: the configured addresses and loopback
+/// still count as own.
+pub fn addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list that we walk read-only and
+    // free once with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot list this host's addresses");
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        let sa = ifa.ifa_addr;
+        if !sa.is_null() {
+            // SAFETY: the family says which sockaddr type `sa` points to.
+            match unsafe { (*sa).sa_family } as i32 {
+                libc::AF_INET => {
+                    let a = unsafe { &*(sa as *const libc::sockaddr_in) };
+                    out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))));
+                }
+                libc::AF_INET6 => {
+                    let a = unsafe { &*(sa as *const libc::sockaddr_in6) };
+                    out.push(IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from a successful getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_is_among_this_hosts_addresses() {
+        let a = super::addresses();
+        assert!(a.contains(&"127.0.0.1".parse().unwrap()), "{a:?}");
+    }
+}

@@ -257,13 +257,7 @@ impl PeerPolicy {
             }
         }
         let own = self.is_own(ip);
-        let listener = self.listeners.iter().any(|l| {
-            l.port() == peer.port()
-                && (l.ip() == ip
-                    || (l.ip().is_unspecified() && own)
-                    || embedded.iter().any(|v4| l.ip() == IpAddr::V4(v4)))
-        });
-        if listener {
+        if self.is_listener(peer) {
             return Err(Denied::Listener);
         }
         if let Some(c) = self.deny.iter().find(|c| c.contains(ip)) {
@@ -299,6 +293,83 @@ impl PeerPolicy {
             }
         }
         Ok(())
+    }
+}
+
+/// What the policy lets through to one IP, worked out once per permission
+/// so that a packet needs at most a port check ([`PeerPolicy::reaches`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Another host's address that the policy allows: every port.
+    Any,
+    /// An address of this host that `allow` opens: every port but the
+    /// server's listeners.
+    Open,
+    /// An address of this host otherwise: relay ports with a live
+    /// allocation only.
+    LiveRelay,
+    /// Nothing.
+    Closed,
+}
+
+impl PeerPolicy {
+    /// [`PeerPolicy::check`] without the port: what may be reached at `ip`.
+    pub fn reach(&self, ip: IpAddr) -> Reach {
+        let embedded = embedded_v4(ip);
+        let core = std::iter::once(ip)
+            .chain(embedded.iter().map(IpAddr::V4))
+            .any(|a| core_rule(a).is_some());
+        if core || self.deny.iter().any(|c| c.contains(ip)) {
+            return Reach::Closed;
+        }
+        let own = self.is_own(ip);
+        let allowed = self.allow.iter().any(|c| c.contains(ip));
+        let by_ip = (allowed || (!own && !self.defaults.iter().any(|c| c.contains(ip))))
+            && embedded.iter().all(|v4| {
+                let v4 = IpAddr::V4(v4);
+                !self.deny.iter().any(|c| c.contains(v4))
+                    && !self.defaults.iter().any(|c| c.contains(v4))
+                    && !self.own.contains(&v4)
+            });
+        match (own, by_ip) {
+            (false, true) => Reach::Any,
+            (false, false) => Reach::Closed,
+            (true, true) => Reach::Open,
+            (true, false) => Reach::LiveRelay,
+        }
+    }
+
+    /// Whether a packet may go to `peer`, whose IP has `reach`: the
+    /// per-packet half of [`PeerPolicy::check`]. No allocation; for
+    /// [`Reach::Any`] nothing is even looked at.
+    #[inline]
+    pub fn reaches(
+        &self,
+        peer: SocketAddr,
+        reach: Reach,
+        live_relay: impl Fn(SocketAddr) -> bool,
+    ) -> bool {
+        match reach {
+            Reach::Any => true,
+            Reach::Closed => false,
+            Reach::Open => !self.is_listener(peer),
+            Reach::LiveRelay => {
+                !self.is_listener(peer) && self.relay_target(peer) && live_relay(peer)
+            }
+        }
+    }
+
+    /// Whether `peer` is one of the server's listening sockets (on an own
+    /// address, for a listener on an unspecified one).
+    fn is_listener(&self, peer: SocketAddr) -> bool {
+        let ip = peer.ip();
+        let embedded = embedded_v4(ip);
+        self.listeners.iter().any(|l| {
+            l.port() == peer.port()
+                && (l.ip() == ip
+                    || (l.ip().is_unspecified() && self.is_own(ip))
+                    || embedded.iter().any(|v4| l.ip() == IpAddr::V4(v4)))
+        })
     }
 }
 
@@ -540,6 +611,91 @@ mod tests {
             Err(Denied::Listener)
         );
         assert_eq!(check(&p, "127.0.0.1:9643", &[]), Ok(()));
+    }
+
+    #[test]
+    fn reach_and_reaches_agree_with_check_everywhere() {
+        let ips = [
+            "8.8.8.8",
+            "8.8.4.4",
+            "9.9.9.9",
+            "127.0.0.1",
+            "127.0.0.9",
+            "10.1.2.3",
+            "10.9.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "169.254.169.254",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:8.8.4.4",
+            "::ffff:8.8.8.8",
+            "2606:4700::1",
+            "2606:4700::9",
+            "2002:808:404::1",
+            "64:ff9b::808:808",
+            "fe80::1",
+        ];
+        let listeners = vec![
+            "0.0.0.0:3478".parse().unwrap(),
+            "127.0.0.1:9641".parse().unwrap(),
+            "[::]:3478".parse().unwrap(),
+            "8.8.4.4:5349".parse().unwrap(),
+        ];
+        let policies = [
+            PeerPolicy::new(
+                vec![],
+                vec![],
+                vec!["8.8.4.4".parse().unwrap(), "0.0.0.0".parse().unwrap()],
+                (50000, 50010),
+            ),
+            PeerPolicy::new(
+                vec![
+                    "127.0.0.0/8".parse().unwrap(),
+                    "8.8.4.4/32".parse().unwrap(),
+                    "::/0".parse().unwrap(),
+                ],
+                vec![
+                    "10.9.0.0/16".parse().unwrap(),
+                    "2606:4700::9/128".parse().unwrap(),
+                ],
+                vec!["127.0.0.1".parse().unwrap(), "::".parse().unwrap()],
+                (50000, 50010),
+            ),
+            PeerPolicy::new(
+                vec!["0.0.0.0/0".parse().unwrap()],
+                vec!["8.8.8.8/32".parse().unwrap()],
+                vec![],
+                (1, 1),
+            ),
+        ];
+        let ports = [9, 3478, 5349, 9641, 50000, 50001, 50010, 50011];
+        let live = |p: SocketAddr| p.port() % 2 == 0;
+        let mut checked = 0;
+        for p in policies {
+            let p = p
+                .with_listeners(listeners.clone())
+                .with_own_addresses(["9.9.9.9".parse().unwrap(), "2606:4700::9".parse().unwrap()]);
+            for ip in ips {
+                let ip: IpAddr = ip.parse().unwrap();
+                let reach = p.reach(ip);
+                assert_eq!(
+                    reach == Reach::Any,
+                    !p.is_own(ip) && p.check(SocketAddr::new(ip, 9), live).is_ok(),
+                    "{ip}"
+                );
+                for port in ports {
+                    let peer = SocketAddr::new(ip, port);
+                    assert_eq!(
+                        p.check(peer, live).is_ok(),
+                        p.reaches(peer, reach, live),
+                        "{peer} {reach:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 3 * 19 * 8);
     }
 
     #[test]

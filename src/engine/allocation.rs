@@ -9,6 +9,7 @@ use super::stats::Traffic;
 pub use super::stats::{TO_CLIENT, TO_PEER};
 use crate::addr::{ChannelNumber, ClientAddr, PeerAddr, RelayPort};
 use crate::config::Limits;
+use crate::policy::Reach;
 use crate::proto::integrity::Signer;
 
 /// Permission lifetime, fixed by RFC 8656 §9.
@@ -20,9 +21,10 @@ pub const CHANNEL_LIFETIME_SECS: u64 = 600;
 pub struct Permission {
     pub ip: IpAddr,
     pub expires: Instant,
-    /// An address of this host: what may pass depends on the peer's port,
-    /// so every packet is judged again by the policy.
-    pub own: bool,
+    /// What the policy lets through to this IP. Anything but
+    /// [`Reach::Any`] is an address of this host, where the peer's port
+    /// decides, packet by packet.
+    pub reach: Reach,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,25 +84,28 @@ pub struct Allocation {
 
 impl Allocation {
     /// Whether a live permission covers `peer` (RFC 8656 §9: by IP address
-    /// only), and, where that IP is one of this host's own, `reachable`
-    /// allows its port.
+    /// only), and, where that IP is one of this host's own, `reaches` lets
+    /// its port through (see [`crate::policy::PeerPolicy::reaches`]).
     #[inline]
     pub fn permits(
         &self,
         peer: SocketAddr,
         now: Instant,
-        reachable: impl Fn(SocketAddr) -> bool,
+        reaches: impl Fn(SocketAddr, Reach) -> bool,
     ) -> bool {
-        self.permissions
-            .iter()
-            .any(|p| p.ip == peer.ip() && p.expires > now && (!p.own || reachable(peer)))
+        self.permissions.iter().any(|p| {
+            p.ip == peer.ip()
+                && p.expires > now
+                && (p.reach == Reach::Any || reaches(peer, p.reach))
+        })
     }
 
-    /// Install or refresh a permission; `own` marks an address of this host.
-    pub fn permit(&mut self, ip: IpAddr, expires: Instant, own: bool) {
+    /// Install or refresh a permission for `ip`, which the policy lets
+    /// through as `reach`.
+    pub fn permit(&mut self, ip: IpAddr, expires: Instant, reach: Reach) {
         match self.permissions.iter_mut().find(|p| p.ip == ip) {
             Some(p) => p.expires = p.expires.max(expires),
-            None => self.permissions.push(Permission { ip, expires, own }),
+            None => self.permissions.push(Permission { ip, expires, reach }),
         }
     }
 

@@ -65,11 +65,11 @@ impl Engine {
                 return err(400);
             }
         }
-        let own = self.cfg.policy.is_own(peer.0.ip());
+        let reach = self.cfg.policy.reach(peer.0.ip());
         a.permit(
             peer.0.ip(),
             now + Duration::from_secs(PERMISSION_LIFETIME_SECS),
-            own,
+            reach,
         );
         self.reschedule(id, now);
         authed.ok(m)
@@ -91,8 +91,8 @@ impl Engine {
             let id = *self.by_client.get(&client)?;
             let a = self.allocs[id.0 as usize].as_mut()?;
             let peer = a.channel_by_number(h.channel, now)?.peer;
-            let reachable = |p| policy.check(p, |r| shared.is_live(r)).is_ok();
-            a.permits(peer.0, now, reachable)
+            let reaches = |p, r| policy.reaches(p, r, |l| shared.is_live(l));
+            a.permits(peer.0, now, reaches)
                 .then_some((id, a, peer, h.len))
         });
         let Some((id, a, peer, len)) = found else {

@@ -34,7 +34,7 @@ use stun::message::Message;
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::auth::Credentials;
 use crate::config::Limits;
-use crate::policy::PeerPolicy;
+use crate::policy::{PeerPolicy, Reach};
 use crate::proto::integrity::{self, ALGORITHM_MD5, ALGORITHM_SHA256, Signer};
 use crate::proto::{self, Kind, stun as wire};
 use allocation::Allocation;
@@ -298,19 +298,15 @@ impl Engine {
         self.cfg.strict_expiry = u.strict_expiry;
         self.cfg.expiry_grace = u.expiry_grace;
         let policy = &self.cfg.policy;
-        // Away from this host's addresses the verdict does not depend on
-        // the port; on them it is taken again for every packet.
-        let denied = |ip: IpAddr| {
-            !policy.is_own(ip) && policy.check(SocketAddr::new(ip, 0), |_| false).is_err()
-        };
         let mut dropped = 0;
         for a in self.allocs.iter_mut().flatten() {
             let before = a.permissions.len() + a.channels.len();
             a.permissions.retain_mut(|p| {
-                p.own = policy.is_own(p.ip);
-                !denied(p.ip)
+                p.reach = policy.reach(p.ip);
+                p.reach != Reach::Closed
             });
-            a.channels.retain(|c| !denied(c.peer.0.ip()));
+            a.channels
+                .retain(|c| policy.reach(c.peer.0.ip()) != Reach::Closed);
             dropped += before - a.permissions.len() - a.channels.len();
         }
         if dropped > 0 {

@@ -65,7 +65,7 @@ impl Engine {
         }
         let expires = now + Duration::from_secs(PERMISSION_LIFETIME_SECS);
         for p in &peers {
-            a.permit(p.ip(), expires, policy.is_own(p.ip()));
+            a.permit(p.ip(), expires, policy.reach(p.ip()));
         }
         self.reschedule(id, now);
         authed.ok(m)
@@ -98,7 +98,7 @@ impl Engine {
         // A permission is for an IP; on this host's own addresses the port
         // decides too (a live relay port, never a listener), so the policy
         // is asked again for this destination.
-        if !a.permits(peer, now, |p| policy.check(p, live).is_ok()) {
+        if !a.permits(peer, now, |p, r| policy.reaches(p, r, live)) {
             self.stats.dropped += 1;
             if let Err(d) = policy.check(peer, live) {
                 self.stats.policy_denials += 1;

@@ -46,8 +46,8 @@ impl Engine {
         };
         // From this host's own addresses, only what a client could send to
         // comes back (a live relay port, or what `allow` opened).
-        let reachable = |p| policy.check(p, |r| shared.is_live(r)).is_ok();
-        if !a.permits(peer.0, now, reachable) {
+        let reaches = |p, r| policy.reaches(p, r, |l| shared.is_live(l));
+        if !a.permits(peer.0, now, reaches) {
             self.stats.dropped += 1;
             return None;
         }

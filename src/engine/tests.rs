@@ -483,8 +483,8 @@ fn create_permission_installs_every_peer() {
     assert!(signed_with(&r, &key()));
     let id = t.e.allocation_of(c).unwrap();
     let a = t.e.allocation(id).unwrap();
-    assert!(a.permits(peer(PEER), t.now, |_| true));
-    assert!(a.permits(peer(PEER2), t.now, |_| true));
+    assert!(a.permits(peer(PEER), t.now, |_, _| true));
+    assert!(a.permits(peer(PEER2), t.now, |_, _| true));
 }
 
 #[test]
@@ -511,7 +511,7 @@ fn denied_peer_gets_403_and_installs_nothing() {
     assert!(
         !t.e.allocation(id)
             .unwrap()
-            .permits(peer(PEER), t.now, |_| true)
+            .permits(peer(PEER), t.now, |_, _| true)
     );
     assert_eq!(t.e.stats.policy_denials, 8);
 }
@@ -1654,9 +1654,9 @@ fn attributes_after_integrity_sha256_are_ignored() {
     assert_eq!(code(&r), None, "the signed part is valid");
     let id = t.e.allocation_of(c).unwrap();
     let a = t.e.allocation(id).unwrap();
-    assert!(a.permits(peer(PEER), t.now, |_| true));
+    assert!(a.permits(peer(PEER), t.now, |_, _| true));
     assert!(
-        !a.permits(peer("8.8.8.8:53"), t.now, |_| true),
+        !a.permits(peer("8.8.8.8:53"), t.now, |_, _| true),
         "the unsigned peer was not installed"
     );
 }
@@ -1800,8 +1800,8 @@ fn a_reload_removes_permissions_and_channels_the_new_policy_denies() {
         a.channels.is_empty(),
         "the channel to the denied peer is gone"
     );
-    assert!(!a.permits(peer(PEER), t.now, |_| true));
-    assert!(a.permits(peer(PEER2), t.now, |_| true));
+    assert!(!a.permits(peer(PEER), t.now, |_, _| true));
+    assert!(a.permits(peer(PEER2), t.now, |_, _| true));
     let cd = [0x40, 0x00, 0x00, 0x01, b'z', 0, 0, 0];
     assert!(t.e.handle_client(t.now, c, &cd).is_none());
     assert!(
@@ -1817,7 +1817,7 @@ fn a_reload_removes_permissions_and_channels_the_new_policy_denies() {
     assert!(
         t.e.allocation(id)
             .unwrap()
-            .permits(peer(PEER2), t.now, |_| true)
+            .permits(peer(PEER2), t.now, |_, _| true)
     );
 }
 

@@ -377,8 +377,10 @@ impl Engine {
     }
 
     /// Close every allocation of `user` (an operator's kill); how many.
+    /// A REST name closes the allocations of every credential minted for
+    /// it (`<expiry>:<name>`), as the quota counts them.
     pub fn close_user(&mut self, now: Instant, user: &str) -> usize {
-        self.close_where(now, |a| a.username == user)
+        self.close_where(now, |a| a.username == user || a.held.name == user)
     }
 
     /// Close the allocation whose relayed address has `port`; whether one did.

@@ -1870,6 +1870,19 @@ fn the_per_user_quota_counts_a_rest_name_across_fresh_credentials() {
 }
 
 #[test]
+fn killing_a_rest_name_closes_every_credential_minted_for_it() {
+    let mut t = T::new();
+    assert_eq!(rest_allocate(&mut t, client(1), "carol", UNIX0 + 100), None);
+    assert_eq!(rest_allocate(&mut t, client(2), "carol", UNIX0 + 200), None);
+    assert_eq!(rest_allocate(&mut t, client(3), "dave", UNIX0 + 200), None);
+    let (u, _) = crate::auth::rest_credentials("s3cret", "carol", UNIX0 + 100);
+    assert_eq!(t.e.close_user(t.now, &u), 1, "one credential");
+    assert_eq!(t.e.close_user(t.now, "carol"), 1, "the name: the rest");
+    assert_eq!(t.e.allocation_count(), 1);
+    assert_eq!(t.e.cfg.shared.held_by("carol"), 0);
+}
+
+#[test]
 fn an_even_port_reservation_counts_until_redeemed_or_expired() {
     let mut t = with_limits(|l| l.allocations_per_user = 3);
     let r = t.signed(

@@ -174,3 +174,30 @@ fn fifteen_fresh_credentials_of_one_name_hold_only_its_quota() {
     let mut c = RawClient::udp(server.addr, common::REALM, &user, &pass);
     c.allocate();
 }
+
+#[test]
+fn a_relay_range_inside_the_ephemeral_ports_is_warned_about() {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let lo: u16 = text.split_whitespace().next().unwrap().parse().unwrap();
+    // A block of the ephemeral range that is free now.
+    let block = (0..50u16)
+        .map(|i| lo.saturating_add(i * 100))
+        .find(|&p| {
+            (p..p + 100)
+                .step_by(10)
+                .all(|q| UdpSocket::bind(("127.0.0.1", q)).is_ok())
+        })
+        .expect("a free block");
+    let server = Server::start_with(ServerConfig {
+        relay_ports: Some((block, block + 99)),
+        ..Default::default()
+    });
+    let log = server.log();
+    assert!(
+        log.contains("overlaps the kernel's ephemeral ports"),
+        "{log}"
+    );
+    // The test servers' own blocks (below the ephemeral range) are not.
+    let quiet = Server::start();
+    assert!(!quiet.log().contains("ephemeral"), "{}", quiet.log());
+}

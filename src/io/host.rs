@@ -44,8 +44,32 @@ pub fn addresses() -> Vec<IpAddr> {
     out
 }
 
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`, which
+/// applies to IPv6 too), where it can be read (not under the unit's
+/// `ProcSubset=pid`).
+pub fn ephemeral_ports() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    parse_range(&text)
+}
+
+fn parse_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+    match (it.next()??, it.next()??) {
+        (lo, hi) if lo <= hi => Some((lo, hi)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_ephemeral_range_is_two_numbers() {
+        assert_eq!(super::parse_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(super::parse_range("60999 32768"), None);
+        assert_eq!(super::parse_range("x"), None);
+        assert!(super::ephemeral_ports().is_some(), "readable here");
+    }
+
     #[test]
     fn loopback_is_among_this_hosts_addresses() {
         let a = super::addresses();

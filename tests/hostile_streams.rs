@@ -337,7 +337,9 @@ fn wait_close(s: &mut TcpStream, wait: Duration) -> Seen {
     let start = Instant::now();
     let mut buf = [0u8; 4096];
     while start.elapsed() < wait {
-        let left = wait.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+        let left = wait
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1));
         s.set_read_timeout(Some(left)).unwrap();
         match s.read(&mut buf) {
             Ok(0) => return Seen::Closed(start.elapsed()),
@@ -430,11 +432,8 @@ fn defaults_are_ten_and_sixty_seconds_64_connections_8_handshakes_64_kib() {
     assert_eq!(l.tls_handshakes_per_ip, 8);
     assert_eq!(l.queue_bytes, 65_536);
     // The bundled config states the same values.
-    let bundled = ferroturn::config::parse(
-        Path::new("config.toml"),
-        include_str!("../config.toml"),
-    )
-    .unwrap();
+    let bundled =
+        ferroturn::config::parse(Path::new("config.toml"), include_str!("../config.toml")).unwrap();
     assert_eq!(bundled.stream_limits, l);
 }
 
@@ -539,7 +538,10 @@ fn trickling_and_unallocated_clients_are_closed_however_they_trickle() {
             Seen::Open => panic!("a trickled TLS handshake was never closed"),
         }
         let (still, after) = allocated.join().unwrap();
-        assert!(still, "an allocated connection was closed while it held its allocation");
+        assert!(
+            still,
+            "an allocated connection was closed while it held its allocation"
+        );
         match after {
             Seen::Closed(t) => assert!(t >= Duration::from_secs(4) - slack, "closed after {t:?}"),
             Seen::Open => panic!("a connection was not closed after its allocation ended"),
@@ -603,11 +605,18 @@ fn non_reading_clients_park_at_most_the_queue_budget_and_others_are_served() {
         assert_eq!((n, from), (100, good_relay));
         peer.send_to(&buf[..n], good_relay).unwrap();
         let n = good.recv(&mut buf);
-        assert_eq!(&buf[4..104], &[i; 100], "round trip {i} (frame of {n} bytes)");
+        assert_eq!(
+            &buf[4..104],
+            &[i; 100],
+            "round trip {i} (frame of {n} bytes)"
+        );
     }
 
     let drops = server.refusals_reach("queue_full", 1);
-    assert!(drops > 0, "nothing was dropped for clients that do not read");
+    assert!(
+        drops > 0,
+        "nothing was dropped for clients that do not read"
+    );
     // Each non-reader's queue holds at most 64 KiB; their datagrams came
     // to 6 MB each. Allow one more budget of heap slack per client.
     let budget_kb = (NON_READERS * 2 * 64) as u64 + 2048;
@@ -620,7 +629,8 @@ fn non_reading_clients_park_at_most_the_queue_budget_and_others_are_served() {
     // 600 (the rest were dropped, and counted).
     let (c, _) = &mut quiet[0];
     let s = tcp_of(c);
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut total = 0;
     let deadline = Instant::now() + STEP;
     while Instant::now() < deadline {
@@ -677,7 +687,10 @@ fn the_ninth_handshake_from_one_address_is_refused_while_others_handshake() {
     // ... so the ninth is closed at once, before any TLS byte.
     let mut ninth = connect_from(holder, server.tls, None);
     assert!(
-        matches!(wait_close(&mut ninth, Duration::from_secs(3)), Seen::Closed(_)),
+        matches!(
+            wait_close(&mut ninth, Duration::from_secs(3)),
+            Seen::Closed(_)
+        ),
         "a ninth concurrent handshake from one address was accepted"
     );
     assert_eq!(server.refusals_reach("per_ip_handshakes", 1), 1);
@@ -694,7 +707,10 @@ fn the_ninth_handshake_from_one_address_is_refused_while_others_handshake() {
     loop {
         match tls_from(holder, &server) {
             Ok(_) => break,
-            Err(e) => assert!(Instant::now() < deadline, "no handshake after one ended: {e}"),
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no handshake after one ended: {e}"
+            ),
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -715,7 +731,10 @@ fn the_65th_connection_from_one_address_is_refused_and_caps_reload() {
     }
     let mut extra = connect_from(heavy, server.tcp, None);
     assert!(
-        matches!(wait_close(&mut extra, Duration::from_secs(3)), Seen::Closed(_)),
+        matches!(
+            wait_close(&mut extra, Duration::from_secs(3)),
+            Seen::Closed(_)
+        ),
         "the 65th connection from one address was accepted"
     );
     assert_eq!(server.refusals_reach("per_ip_connections", 1), 1);
@@ -730,7 +749,10 @@ fn the_65th_connection_from_one_address_is_refused_and_caps_reload() {
         if binding_on(&mut again).is_ok() {
             break;
         }
-        assert!(Instant::now() < deadline, "no room after a connection closed");
+        assert!(
+            Instant::now() < deadline,
+            "no room after a connection closed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -752,7 +774,9 @@ fn the_65th_connection_from_one_address_is_refused_and_caps_reload() {
 // ---- 10,000 hostile connections ------------------------------------------------
 
 /// The mix of [`ten_thousand_hostile_connections_stay_within_the_budget`].
-const SILENT: usize = 3_400;
+const SILENT: usize = 3_200;
+/// Idle TLS connections whose handshake finished.
+const TLS_IDLE: usize = 200;
 const TRICKLING: usize = 2_500;
 const NON_READING: usize = 2_400;
 const HANDSHAKES: usize = 1_600;
@@ -772,11 +796,15 @@ const PARTIAL_FRAME_KIB: u64 = 64;
 /// A client that does not read: the queue budget.
 const QUEUE_KIB: u64 = 64;
 /// A TLS handshake in progress (rustls state and buffers).
-const HANDSHAKE_KIB: u64 = 40;
+const HANDSHAKE_KIB: u64 = 8;
+/// An established TLS connection: rustls state and buffers.
+const TLS_KIB: u64 = 12;
+/// An allocation with its relay socket and a channel.
+const ALLOCATION_KIB: u64 = 4;
 
 #[test]
 fn ten_thousand_hostile_connections_stay_within_the_budget() {
-    let total = SILENT + TRICKLING + NON_READING + HANDSHAKES + FLOODED;
+    let total = SILENT + TLS_IDLE + TRICKLING + NON_READING + HANDSHAKES + FLOODED;
     assert_eq!(total, 10_000);
     let limit = raise_fd_limit(total as u64 + 1_000);
     assert!(
@@ -797,13 +825,40 @@ fn ten_thousand_hostile_connections_stay_within_the_budget() {
         v
     };
     let mut held: Vec<TcpStream> = Vec::with_capacity(total);
+    // RSS after each kind, to give its cost per connection.
+    let mut phases: Vec<(&str, usize, u64, u64)> = Vec::new();
+    let mut last = idle;
+    let mut phase = |name: &'static str, n: usize, budget: u64| {
+        // The server takes in connections and bytes asynchronously: wait
+        // (at most 10 s) until its RSS stops moving.
+        let mut now = rss_kb(pid);
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(250));
+            let again = rss_kb(pid);
+            let settled = again.abs_diff(now) < 256;
+            now = again;
+            if settled {
+                break;
+            }
+        }
+        phases.push((name, n, now.saturating_sub(last), budget));
+        last = now;
+    };
 
     // Silent: connect and say nothing.
     for from in sources(PER_SOURCE, SILENT) {
         held.push(connect_from(from, server.tcp, None));
     }
-    // Trickling: announce the largest message (a 65,555-byte Binding),
-    // send half of it and stop, so that each holds a grown read buffer.
+    phase("silent TCP", SILENT, IDLE_KIB);
+    // Silent after a finished TLS handshake.
+    for from in sources(PER_SOURCE, TLS_IDLE) {
+        let s = tls_from(from, &server).expect("TLS handshake");
+        held.push(s.sock);
+    }
+    phase("idle TLS", TLS_IDLE, IDLE_KIB + TLS_KIB);
+    // Trickling: announce the largest message (a 65,552-byte Binding),
+    // send 40,000 bytes of it and stop, so that each holds a grown read
+    // buffer.
     let mut big = common::binding_request(&common::transaction_id());
     big[2] = 0xff;
     big[3] = 0xfc;
@@ -813,6 +868,11 @@ fn ten_thousand_hostile_connections_stay_within_the_budget() {
         s.write_all(&big[..40_000]).unwrap();
         held.push(s);
     }
+    phase(
+        "trickling TCP, 40 kB of a 64 KiB message",
+        TRICKLING,
+        IDLE_KIB + PARTIAL_FRAME_KIB,
+    );
     // Non-reading: 40 Binding requests in one write, answers never read.
     let mut burst = Vec::new();
     for _ in 0..40 {
@@ -823,12 +883,18 @@ fn ten_thousand_hostile_connections_stay_within_the_budget() {
         s.write_all(&burst).unwrap();
         held.push(s);
     }
+    phase("non-reading TCP, 40 answers unread", NON_READING, IDLE_KIB);
     // Half-open TLS handshakes: the start of a ClientHello.
     for from in sources(HANDSHAKES_PER_SOURCE, HANDSHAKES) {
         let mut s = connect_from(from, server.tls, None);
         s.write_all(&HELLO_START).unwrap();
         held.push(s);
     }
+    phase(
+        "half-open TLS handshake",
+        HANDSHAKES,
+        IDLE_KIB + HANDSHAKE_KIB,
+    );
     // Allocated clients that stop reading while a peer floods them.
     let peer = UdpSocket::bind((LOCALHOST, 0)).unwrap();
     let peer_addr = peer.local_addr().unwrap();
@@ -849,6 +915,11 @@ fn ten_thousand_hostile_connections_stay_within_the_budget() {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+    phase(
+        "allocated TCP, flooded, not reading",
+        FLOODED,
+        IDLE_KIB + QUEUE_KIB + ALLOCATION_KIB,
+    );
     let opened = started.elapsed();
 
     // A legitimate client over TCP is served while all of them are held:
@@ -878,11 +949,14 @@ fn ten_thousand_hostile_connections_stay_within_the_budget() {
     ] {
         assert_eq!(refusals[reason], 0, "{reason}: {refusals:?}");
     }
-    let budget_kib = total as u64 * IDLE_KIB
-        + TRICKLING as u64 * PARTIAL_FRAME_KIB
-        + FLOODED as u64 * QUEUE_KIB
-        + HANDSHAKES as u64 * HANDSHAKE_KIB;
+    let budget_kib: u64 = phases.iter().map(|(_, n, _, b)| *n as u64 * b).sum();
     let grown = peak.saturating_sub(idle);
+    for (name, n, kib, budget) in &phases {
+        eprintln!(
+            "{n:>5} × {name}: +{kib} KiB, {:.1} KiB each (budget {budget} KiB each)",
+            *kib as f64 / *n as f64
+        );
+    }
     eprintln!(
         "10,000 hostile connections opened in {opened:?}: RSS {idle} KiB idle, {peak} KiB held \
          (+{grown} KiB, {:.1} KiB per connection; budget {budget_kib} KiB); refusals {refusals:?}",

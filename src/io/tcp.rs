@@ -35,6 +35,10 @@ use crate::proto::framing::next_frame_len;
 /// Most stream connections one worker holds; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 16_384;
 
+/// The read buffer of a connection; it grows (to [`MAX_FRAME`]) only while
+/// a larger frame is in progress.
+const READ_BUFFER: usize = 4096;
+
 /// Largest frame: a STUN header plus a 65,535-byte body.
 const MAX_FRAME: usize = 20 + 65_535;
 
@@ -365,7 +369,7 @@ async fn read_loop(
     client: ClientAddr,
     conn: &Conn,
 ) -> Option<Refusal> {
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; READ_BUFFER];
     let mut filled = 0;
     // When the first byte of the frame in progress came, if one is.
     let mut message: Option<Instant> = None;
@@ -427,6 +431,10 @@ async fn read_loop(
         if filled == 0 {
             message = None;
             conn.clock.raw_since.set(None);
+            if buf.len() > READ_BUFFER {
+                // A large frame is done: an idle connection keeps 4 KiB.
+                buf = vec![0u8; READ_BUFFER];
+            }
         } else if start > 0 || message.is_none() {
             // The unfinished frame began in this read.
             message = Some(now);

@@ -20,11 +20,12 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::coturn::{CoturnPeer, parse_summary};
-use common::{KillOnDrop, LOCALHOST, PASSWORD, REALM, TempDir, USER, run_with_timeout};
+use common::{
+    KillOnDrop, LOCALHOST, PASSWORD, REALM, TempDir, USER, raise_fd_limit, rss_kb, run_with_timeout,
+};
 use ferroturn::proto::stun::{self as wire, Request};
 use raw::{Link, RawClient};
 use stun::message::*;
@@ -49,33 +50,10 @@ struct Hostile {
     _dir: TempDir,
 }
 
-/// A self-signed P-256 certificate for CN=localhost: (cert.pem, key.pem).
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let mut cmd = Command::new("openssl");
-    cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args([
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-days", "2", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert);
-    let out = run_with_timeout(cmd, Duration::from_secs(30));
-    assert_eq!(out.code, Some(0), "openssl req failed:\n{}", out.output);
-    (cert, key)
-}
-
 impl Hostile {
     fn start(limits: &str) -> Hostile {
         let dir = TempDir::new("hostile");
-        let (cert, key) = make_cert(dir.path());
+        let (cert, key) = common::make_cert(dir.path(), "hostile");
         let relay = common::relay_block();
         let mut last = String::new();
         for attempt in 0..3 {
@@ -274,32 +252,6 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     body.to_owned()
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
-fn raise_fd_limit(n: u64) -> u64 {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        if l.rlim_cur < n {
-            l.rlim_cur = n.min(l.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
-    l.rlim_cur
-}
-
 // ---- Clients -------------------------------------------------------------------
 
 /// The `i`-th test source address: 127.1.x.y (never 127.0.0.1).
@@ -352,6 +304,22 @@ fn wait_close(s: &mut TcpStream, wait: Duration) -> Seen {
     Seen::Open
 }
 
+/// Write `bytes` one at a time, 500 ms apart, on `s` (whose socket `tcp`
+/// gives), watching for the server to close it: when it did, counted from
+/// the first byte.
+fn trickle<S: Write>(s: &mut S, tcp: fn(&mut S) -> &mut TcpStream, bytes: &[u8]) -> Seen {
+    let start = Instant::now();
+    for b in bytes {
+        if s.write_all(&[*b]).and_then(|_| s.flush()).is_err() {
+            return Seen::Closed(start.elapsed());
+        }
+        if let Seen::Closed(_) = wait_close(tcp(s), Duration::from_millis(500)) {
+            return Seen::Closed(start.elapsed());
+        }
+    }
+    Seen::Open
+}
+
 /// A Binding request and its answer on an open connection.
 fn binding_on(s: &mut TcpStream) -> std::io::Result<SocketAddr> {
     s.set_read_timeout(Some(STEP))?;
@@ -382,23 +350,6 @@ fn tcp_of(c: &mut RawClient) -> &mut TcpStream {
     }
 }
 
-fn client_config(cert: &Path) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut store = rustls::RootCertStore::empty();
-    store
-        .add(CertificateDer::from_pem_file(cert).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(store)
-            .with_no_client_auth(),
-    )
-}
-
 /// A finished TLS handshake from `from`, as a blocking rustls stream.
 fn tls_from(
     from: Ipv4Addr,
@@ -407,7 +358,7 @@ fn tls_from(
     let mut tcp = connect_from(from, server.tls, None);
     tcp.set_read_timeout(Some(STEP))?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut conn = rustls::ClientConnection::new(client_config(&server.cert), name)
+    let mut conn = rustls::ClientConnection::new(common::client_config(&[&server.cert]), name)
         .map_err(std::io::Error::other)?;
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp)?;
@@ -441,22 +392,13 @@ fn defaults_are_ten_and_sixty_seconds_64_connections_8_handshakes_64_kib() {
 fn trickling_and_unallocated_clients_are_closed_however_they_trickle() {
     let server = Hostile::start("stream_message_timeout = 2\nstream_allocation_timeout = 4");
     let tcp = server.tcp;
+    let req = common::binding_request(&common::transaction_id());
     std::thread::scope(|s| {
         // One byte of a Binding request every 500 ms: the message is not
         // whole 2 s after its first byte.
-        let trickle = s.spawn(move || {
+        let tcp_trickle = s.spawn(|| {
             let mut c = connect_from(source(0), tcp, None);
-            let req = common::binding_request(&common::transaction_id());
-            let start = Instant::now();
-            for b in &req {
-                if c.write_all(&[*b]).is_err() {
-                    break;
-                }
-                if let Seen::Closed(_) = wait_close(&mut c, Duration::from_millis(500)) {
-                    return Seen::Closed(start.elapsed());
-                }
-            }
-            Seen::Open
+            trickle(&mut c, |c| c, &req)
         });
         // Whole Binding requests every 500 ms, never an allocation: closed
         // 4 s after connecting although every message is answered.
@@ -479,31 +421,13 @@ fn trickling_and_unallocated_clients_are_closed_however_they_trickle() {
         // record) every 500 ms.
         let tls_trickle = s.spawn(|| {
             let mut c = tls_from(source(2), &server).expect("TLS handshake");
-            let req = common::binding_request(&common::transaction_id());
-            let start = Instant::now();
-            for b in &req {
-                if c.write_all(&[*b]).and_then(|_| c.flush()).is_err() {
-                    return Seen::Closed(start.elapsed());
-                }
-                if let Seen::Closed(_) = wait_close(&mut c.sock, Duration::from_millis(500)) {
-                    return Seen::Closed(start.elapsed());
-                }
-            }
-            Seen::Open
+            trickle(&mut c, |c| &mut c.sock, &req)
         });
         // A TLS handshake trickled one byte every 500 ms.
-        let hello_trickle = s.spawn(move || {
+        let hello_trickle = s.spawn(|| {
             let mut c = connect_from(source(3), server.tls, None);
-            let start = Instant::now();
-            for b in HELLO_START.iter().cycle().take(40) {
-                if c.write_all(&[*b]).is_err() {
-                    break;
-                }
-                if let Seen::Closed(_) = wait_close(&mut c, Duration::from_millis(500)) {
-                    return Seen::Closed(start.elapsed());
-                }
-            }
-            Seen::Open
+            let hello: Vec<u8> = HELLO_START.iter().copied().cycle().take(40).collect();
+            trickle(&mut c, |c| c, &hello)
         });
         // An allocation keeps a quiet connection open past the allocation
         // timeout; once it is deleted, the timeout runs again.
@@ -519,7 +443,7 @@ fn trickling_and_unallocated_clients_are_closed_however_they_trickle() {
         });
 
         let slack = Duration::from_millis(300);
-        match trickle.join().unwrap() {
+        match tcp_trickle.join().unwrap() {
             Seen::Closed(t) => assert!(t >= Duration::from_secs(2) - slack, "closed after {t:?}"),
             Seen::Open => panic!("a trickling TCP client was never closed"),
         }

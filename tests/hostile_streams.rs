@@ -423,6 +423,15 @@ fn trickling_and_unallocated_clients_are_closed_however_they_trickle() {
             let mut c = tls_from(source(2), &server).expect("TLS handshake");
             trickle(&mut c, |c| &mut c.sock, &req)
         });
+        // After the handshake, a TLS record (header and body) trickled one
+        // raw byte every 500 ms: no plaintext ever comes of it.
+        let record_trickle = s.spawn(|| {
+            let c = tls_from(source(5), &server).expect("TLS handshake");
+            let mut raw = c.sock;
+            let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+            record.resize(5 + 0x40, 0x42);
+            trickle(&mut raw, |c| c, &record)
+        });
         // A TLS handshake trickled one byte every 500 ms.
         let hello_trickle = s.spawn(|| {
             let mut c = connect_from(source(3), server.tls, None);
@@ -457,6 +466,10 @@ fn trickling_and_unallocated_clients_are_closed_however_they_trickle() {
             Seen::Closed(t) => assert!(t >= Duration::from_secs(2) - slack, "closed after {t:?}"),
             Seen::Open => panic!("a trickling TLS client was never closed"),
         }
+        match record_trickle.join().unwrap() {
+            Seen::Closed(t) => assert!(t >= Duration::from_secs(2) - slack, "closed after {t:?}"),
+            Seen::Open => panic!("a trickled TLS record was never closed"),
+        }
         match hello_trickle.join().unwrap() {
             Seen::Closed(t) => assert!(t >= Duration::from_secs(2) - slack, "closed after {t:?}"),
             Seen::Open => panic!("a trickled TLS handshake was never closed"),
@@ -471,10 +484,11 @@ fn trickling_and_unallocated_clients_are_closed_however_they_trickle() {
             Seen::Open => panic!("a connection was not closed after its allocation ended"),
         }
     });
-    // Three missed message deadlines (TCP, TLS record, TLS handshake), two
+    // Four missed message deadlines (TCP, TLS plaintext, raw TLS record,
+    // TLS handshake: none of them waited for the allocation deadline), two
     // missed allocation deadlines.
-    assert!(server.refusals_reach("message_timeout", 3) >= 3);
-    assert!(server.refusals_reach("allocation_timeout", 2) >= 2);
+    assert_eq!(server.refusals_reach("message_timeout", 4), 4);
+    assert_eq!(server.refusals_reach("allocation_timeout", 2), 2);
     server.no_panic();
 }
 

@@ -46,17 +46,61 @@ const MAX_FRAME: usize = 20 + 65_535;
 /// top of the queue (its default is 64 KiB; one record is 16 KiB).
 pub const TLS_BUFFER_LIMIT: usize = 16 * 1024;
 
-/// A TLS connection's socket. It notes when bytes arrive while no message
-/// is in progress, so that a client trickling an unfinished TLS record
-/// (which yields no plaintext yet) is on the message clock too.
+/// A TLS connection's socket. It follows the TLS record framing of what
+/// the client sends (RFC 8446 §5.1: a 5-byte header with the length, then
+/// the body), so that a client trickling a TLS record, which yields no
+/// plaintext until it is whole, is on the message clock too; whole records
+/// without application data (a KeyUpdate) stop that clock like any other.
 pub struct Watched {
     inner: TcpStream,
     clock: Rc<Clock>,
+    records: Records,
 }
 
 impl Watched {
     pub fn new(inner: TcpStream, clock: Rc<Clock>) -> Watched {
-        Watched { inner, clock }
+        Watched {
+            inner,
+            clock,
+            records: Records::default(),
+        }
+    }
+}
+
+/// Where a stream of TLS records stands.
+#[derive(Default)]
+struct Records {
+    /// Header bytes of the next record seen so far.
+    header: [u8; 5],
+    have: usize,
+    /// Body bytes of the current record still to come.
+    left: usize,
+}
+
+impl Records {
+    /// Follow the records through `data`, just read: whether one ended in
+    /// it, and whether one is unfinished at its end.
+    fn scan(&mut self, mut data: &[u8]) -> (bool, bool) {
+        let mut ended = false;
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(data.len());
+                self.left -= n;
+                data = &data[n..];
+                ended |= self.left == 0;
+                continue;
+            }
+            let n = (5 - self.have).min(data.len());
+            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 5 {
+                self.have = 0;
+                self.left = u16::from_be_bytes([self.header[3], self.header[4]]) as usize;
+                ended |= self.left == 0;
+            }
+        }
+        (ended, self.have > 0 || self.left > 0)
     }
 }
 
@@ -69,7 +113,8 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.clock.bytes_arrived();
+            let (ended, unfinished) = self.records.scan(&buf.filled()[before..]);
+            self.clock.record_progress(ended, unfinished);
         }
         r
     }
@@ -96,9 +141,8 @@ impl AsyncWrite for Watched {
 /// The deadlines of one connection that others move: its allocation (the
 /// worker) and, on TLS, its raw bytes ([`Watched`]).
 pub struct Clock {
-    /// Since when bytes are in that have not made a whole frame yet (TLS:
-    /// set by the socket, so it covers unfinished records).
-    raw_since: Cell<Option<Instant>>,
+    /// Since when a TLS record is coming in unfinished (set by [`Watched`]).
+    record_since: Cell<Option<Instant>>,
     /// Since when the connection holds no allocation; `None` while it does.
     unallocated_since: Cell<Option<Instant>>,
     /// Wakes the reader to arm its deadline again.
@@ -109,15 +153,19 @@ impl Clock {
     /// A clock for a connection accepted at `accepted`, without allocation.
     pub fn new(accepted: Instant) -> Rc<Clock> {
         Rc::new(Clock {
-            raw_since: Cell::new(None),
+            record_since: Cell::new(None),
             unallocated_since: Cell::new(Some(accepted)),
             changed: Notify::new(),
         })
     }
 
-    fn bytes_arrived(&self) {
-        if self.raw_since.get().is_none() {
-            self.raw_since.set(Some(Instant::now()));
+    /// Bytes of TLS records came: whether a record `ended` in them, and
+    /// whether one is `unfinished` at their end.
+    fn record_progress(&self, ended: bool, unfinished: bool) {
+        if !unfinished {
+            self.record_since.set(None);
+        } else if ended || self.record_since.get().is_none() {
+            self.record_since.set(Some(Instant::now()));
             self.changed.notify_one();
         }
     }
@@ -340,12 +388,13 @@ fn start(
 }
 
 /// The earliest of a connection's deadlines, and what it is for: the
-/// message in progress (since `message`, or since raw TLS bytes came) must
+/// message in progress (since `message`, or since its unfinished TLS record
+/// began) must
 /// be whole by `stream_message_timeout`, and a connection without an
 /// allocation gets one within `stream_allocation_timeout`.
 fn deadline(conn: &Conn, message: Option<Instant>) -> Option<(Instant, Refusal)> {
     let g = &conn.guard;
-    let started = match (message, conn.clock.raw_since.get()) {
+    let started = match (message, conn.clock.record_since.get()) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
@@ -373,8 +422,6 @@ async fn read_loop(
     let mut filled = 0;
     // When the first byte of the frame in progress came, if one is.
     let mut message: Option<Instant> = None;
-    // Bytes of the TLS handshake are not a message.
-    conn.clock.raw_since.set(None);
     let sleep = tokio::time::sleep_until(Instant::now().into());
     tokio::pin!(sleep);
     loop {
@@ -430,7 +477,6 @@ async fn read_loop(
         filled -= start;
         if filled == 0 {
             message = None;
-            conn.clock.raw_since.set(None);
             if buf.len() > READ_BUFFER {
                 // A large frame is done: an idle connection keeps 4 KiB.
                 buf = vec![0u8; READ_BUFFER];
@@ -438,7 +484,6 @@ async fn read_loop(
         } else if start > 0 || message.is_none() {
             // The unfinished frame began in this read.
             message = Some(now);
-            conn.clock.raw_since.set(None);
         }
     }
 }
@@ -507,5 +552,24 @@ async fn write_loop(conn: Rc<Conn>, writer: Writer) {
 fn shrink(q: &mut Vec<u8>) {
     if q.is_empty() && q.capacity() > 16 * 1024 {
         *q = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Records;
+
+    #[test]
+    fn records_are_followed_across_reads() {
+        let mut r = Records::default();
+        // A header in two pieces, then a 3-byte body in two.
+        assert_eq!(r.scan(&[0x17, 0x03]), (false, true));
+        assert_eq!(r.scan(&[0x03, 0x00, 0x03, 0xaa]), (false, true));
+        assert_eq!(r.scan(&[0xbb, 0xcc]), (true, false));
+        // A whole record and the start of the next in one read.
+        assert_eq!(r.scan(&[0x17, 3, 3, 0, 1, 0xdd, 0x17]), (true, true));
+        assert_eq!(r.scan(&[3, 3, 0, 2, 1, 2]), (true, false));
+        // An empty record ends at its header.
+        assert_eq!(r.scan(&[0x15, 3, 3, 0, 0]), (true, false));
     }
 }

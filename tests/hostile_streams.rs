@@ -350,12 +350,16 @@ fn tcp_of(c: &mut RawClient) -> &mut TcpStream {
     }
 }
 
+type TlsClient = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
 /// A finished TLS handshake from `from`, as a blocking rustls stream.
-fn tls_from(
-    from: Ipv4Addr,
-    server: &Hostile,
-) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let mut tcp = connect_from(from, server.tls, None);
+fn tls_from(from: Ipv4Addr, server: &Hostile) -> std::io::Result<TlsClient> {
+    tls_with(from, server, None)
+}
+
+/// [`tls_from`] with a receive buffer of `rcvbuf` bytes, if given.
+fn tls_with(from: Ipv4Addr, server: &Hostile, rcvbuf: Option<usize>) -> std::io::Result<TlsClient> {
+    let mut tcp = connect_from(from, server.tls, rcvbuf);
     tcp.set_read_timeout(Some(STEP))?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut conn = rustls::ClientConnection::new(common::client_config(&[&server.cert]), name)
@@ -364,6 +368,36 @@ fn tls_from(
         conn.complete_io(&mut tcp)?;
     }
     Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// One request over TLS and its answer.
+fn tls_request(s: &mut TlsClient, pkt: &[u8]) -> stun::message::Message {
+    s.write_all(pkt).unwrap();
+    s.flush().unwrap();
+    let mut msg = vec![0u8; 20];
+    s.read_exact(&mut msg).unwrap();
+    let len = u16::from_be_bytes([msg[2], msg[3]]) as usize;
+    msg.resize(20 + len, 0);
+    s.read_exact(&mut msg[20..]).unwrap();
+    wire::decode(&msg).expect("a STUN answer")
+}
+
+/// Allocate over TLS and bind channel 0x4000 to `peer`: the relayed address.
+fn tls_allocate(s: &mut TlsClient, peer: SocketAddr) -> SocketAddr {
+    use stun::attributes::{ATTR_NONCE, ATTR_XOR_RELAYED_ADDRESS};
+    let r = tls_request(s, &Request::new(METHOD_ALLOCATE).transport(17).bytes());
+    assert_eq!(wire::error_code(&r), Some(401));
+    let nonce = wire::text(&r, ATTR_NONCE).expect("NONCE in 401");
+    let sign = |req: Request| req.sign(USER, REALM, PASSWORD, &nonce);
+    let r = tls_request(s, &sign(Request::new(METHOD_ALLOCATE).transport(17)));
+    assert_eq!(wire::error_code(&r), None, "Allocate over TLS");
+    let relay = wire::xor_address(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+    let r = tls_request(
+        s,
+        &sign(Request::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer)),
+    );
+    assert_eq!(wire::error_code(&r), None, "ChannelBind over TLS");
+    relay
 }
 
 /// The first bytes of a TLS ClientHello record (a handshake that never
@@ -495,6 +529,7 @@ fn trickling_and_unallocated_clients_are_closed_however_they_trickle() {
 #[test]
 fn non_reading_clients_park_at_most_the_queue_budget_and_others_are_served() {
     const NON_READERS: usize = 8;
+    const TLS_NON_READERS: usize = 4;
     const DATAGRAMS: usize = 5000;
     const SIZE: usize = 1200;
     let server = Hostile::start("stream_queue_bytes = 65536");
@@ -505,7 +540,7 @@ fn non_reading_clients_park_at_most_the_queue_budget_and_others_are_served() {
 
     // Clients that allocate, bind a channel to the peer, and never read
     // again; a small receive window keeps what the kernel holds for them
-    // small, so the rest waits in the server.
+    // small, so the rest waits in the server. Over TCP and over TLS.
     let mut quiet: Vec<(RawClient, SocketAddr)> = (0..NON_READERS)
         .map(|i| {
             let mut c = raw_tcp_from(server.tcp, source(10 + i), Some(4096));
@@ -513,6 +548,18 @@ fn non_reading_clients_park_at_most_the_queue_budget_and_others_are_served() {
             c.channel_bind(0x4000, peer_addr);
             (c, relay)
         })
+        .collect();
+    let mut quiet_tls: Vec<(TlsClient, SocketAddr)> = (0..TLS_NON_READERS)
+        .map(|i| {
+            let mut c = tls_with(source(20 + i), &server, Some(4096)).expect("TLS handshake");
+            let relay = tls_allocate(&mut c, peer_addr);
+            (c, relay)
+        })
+        .collect();
+    let relays: Vec<SocketAddr> = quiet
+        .iter()
+        .map(|(_, r)| *r)
+        .chain(quiet_tls.iter().map(|(_, r)| *r))
         .collect();
     // A client that reads, relaying round trips through the same peer.
     let mut good = raw_tcp_from(server.tcp, source(9), None);
@@ -522,7 +569,7 @@ fn non_reading_clients_park_at_most_the_queue_budget_and_others_are_served() {
     let before = rss_kb(pid);
     let payload = vec![0x5a; SIZE];
     for round in 0..DATAGRAMS {
-        for (_, relay) in &quiet {
+        for relay in &relays {
             let _ = peer.send_to(&payload, relay);
         }
         // Paced, so that the relay sockets' buffers do not overflow.
@@ -555,12 +602,16 @@ fn non_reading_clients_park_at_most_the_queue_budget_and_others_are_served() {
         drops > 0,
         "nothing was dropped for clients that do not read"
     );
-    // Each non-reader's queue holds at most 64 KiB; their datagrams came
-    // to 6 MB each. Allow one more budget of heap slack per client.
-    let budget_kb = (NON_READERS * 2 * 64) as u64 + 2048;
+    // Each non-reader's queue holds at most 64 KiB (over TLS, the queue and
+    // the writer's buffer, and 16 KiB of records in rustls); their
+    // datagrams came to 6 MB each. The bounds of the README, and 2 MiB for
+    // the workers' receive batches.
+    let tcp_kib = IDLE_KIB + QUEUE_KIB + ALLOCATION_KIB;
+    let tls_kib = IDLE_KIB + TLS_KIB + 2 * QUEUE_KIB + 16 + ALLOCATION_KIB;
+    let budget_kb = NON_READERS as u64 * tcp_kib + TLS_NON_READERS as u64 * tls_kib + 2048;
     assert!(
         after.saturating_sub(before) <= budget_kb,
-        "RSS grew by {} KiB (from {before} KiB) for {NON_READERS} non-reading clients: more than {budget_kb} KiB",
+        "RSS grew by {} KiB (from {before} KiB) for {NON_READERS} + {TLS_NON_READERS} non-reading clients: more than {budget_kb} KiB",
         after.saturating_sub(before)
     );
     // What a non-reader finds when it reads at last: some frames, not all
@@ -582,8 +633,26 @@ fn non_reading_clients_park_at_most_the_queue_budget_and_others_are_served() {
         total < DATAGRAMS * SIZE,
         "{total} bytes: nothing was dropped"
     );
+    // The same over TLS: some records, not all.
+    let (c, _) = &mut quiet_tls[0];
+    c.sock
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut tls_total = 0;
+    let deadline = Instant::now() + STEP;
+    while Instant::now() < deadline {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => tls_total += n,
+        }
+    }
+    assert!(tls_total > 0, "the TLS non-reader got nothing at all");
+    assert!(
+        tls_total < DATAGRAMS * SIZE,
+        "{tls_total} bytes over TLS: nothing was dropped"
+    );
     eprintln!(
-        "non-readers: RSS {before} -> {after} KiB, {drops} frames dropped, first client found {total} bytes"
+        "non-readers: RSS {before} -> {after} KiB, {drops} frames dropped, the first TCP client found {total} bytes, the first TLS client {tls_total}"
     );
     server.no_panic();
 }

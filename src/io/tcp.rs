@@ -44,7 +44,7 @@ const MAX_FRAME: usize = 20 + 65_535;
 
 /// Bytes rustls may hold encrypted for a TLS client that does not read, on
 /// top of the queue (its default is 64 KiB; one record is 16 KiB).
-pub const TLS_BUFFER_LIMIT: usize = 16 * 1024;
+const TLS_BUFFER_LIMIT: usize = 16 * 1024;
 
 /// A TLS connection's socket. It follows the TLS record framing of what
 /// the client sends (RFC 8446 §5.1: a 5-byte header with the length, then
@@ -139,7 +139,7 @@ impl AsyncWrite for Watched {
 }
 
 /// The deadlines of one connection that others move: its allocation (the
-/// worker) and, on TLS, its raw bytes ([`Watched`]).
+/// worker) and, on TLS, its incoming records ([`Watched`]).
 pub struct Clock {
     /// Since when a TLS record is coming in unfinished (set by [`Watched`]).
     record_since: Cell<Option<Instant>>,
@@ -389,25 +389,21 @@ fn start(
 
 /// The earliest of a connection's deadlines, and what it is for: the
 /// message in progress (since `message`, or since its unfinished TLS record
-/// began) must
-/// be whole by `stream_message_timeout`, and a connection without an
-/// allocation gets one within `stream_allocation_timeout`.
+/// began) must be whole by `stream_message_timeout`, and a connection
+/// without an allocation must get one by `stream_allocation_timeout`.
 fn deadline(conn: &Conn, message: Option<Instant>) -> Option<(Instant, Refusal)> {
     let g = &conn.guard;
-    let started = match (message, conn.clock.record_since.get()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let started = [message, conn.clock.record_since.get()]
+        .into_iter()
+        .flatten()
+        .min();
     let m = started.map(|t| (t + g.message_timeout(), Refusal::MessageTimeout));
     let a = conn
         .clock
         .unallocated_since
         .get()
         .map(|t| (t + g.allocation_timeout(), Refusal::AllocationTimeout));
-    match (m, a) {
-        (Some(m), Some(a)) => Some(if a.0 < m.0 { a } else { m }),
-        (m, a) => m.or(a),
-    }
+    [a, m].into_iter().flatten().min_by_key(|d| d.0)
 }
 
 /// Read and hand on frames until the client leaves (`None`) or misses a

@@ -342,9 +342,17 @@ fn a_stalled_handshake_holds_nothing_up_and_times_out() {
     use std::io::Read;
     let server = TlsServer::start(ServerConfig::default());
     // Clients that never start their handshake, on every worker (the
-    // kernel spreads connections over the workers' sockets).
+    // kernel spreads connections over the workers' sockets), from an
+    // address of their own: 8 is the cap on handshakes per address.
     let idle: Vec<std::net::TcpStream> = (0..8)
-        .map(|_| std::net::TcpStream::connect(server.addr()).unwrap())
+        .map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+                .unwrap();
+            s.connect(&server.addr().into()).unwrap();
+            s.into()
+        })
         .collect();
     let started = Instant::now();
     // Others are served meanwhile.

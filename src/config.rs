@@ -155,6 +155,11 @@ struct RawLimits {
     bandwidth: Option<u64>,
     packet_rate: Option<u32>,
     unauthenticated_rate: Option<u32>,
+    stream_message_timeout: Option<u64>,
+    stream_allocation_timeout: Option<u64>,
+    connections_per_ip: Option<u32>,
+    tls_handshakes_per_ip: Option<u32>,
+    stream_queue_bytes: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -282,6 +287,39 @@ impl Default for Limits {
     }
 }
 
+/// What one TCP or TLS client may cost (the stream keys of `[limits]`).
+/// Shared by every stream worker and changed by a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Seconds a connection has to finish a STUN message or ChannelData
+    /// frame (RFC 8656 §12.5 framing) from its first byte; also the TLS
+    /// handshake's deadline.
+    pub message_timeout: u64,
+    /// Seconds a connection may live without an allocation: from its
+    /// accept, and again from the end of each allocation it held.
+    pub allocation_timeout: u64,
+    /// Connections one source IP (an IPv6 /64) may hold; 0 = no cap.
+    pub connections_per_ip: u32,
+    /// TLS handshakes one source IP (an IPv6 /64) may run at once; 0 = no cap.
+    pub tls_handshakes_per_ip: u32,
+    /// Bytes of answers and relayed data queued for one client that does
+    /// not read; further frames are dropped (one frame of any size goes
+    /// into an empty queue).
+    pub queue_bytes: u32,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            message_timeout: 10,
+            allocation_timeout: 60,
+            connections_per_ip: 64,
+            tls_handshakes_per_ip: 8,
+            queue_bytes: 65_536,
+        }
+    }
+}
+
 /// The relay settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relay {
@@ -315,6 +353,8 @@ pub struct Config {
     pub strict_expiry: bool,
     pub expiry_grace: u64,
     pub limits: Limits,
+    /// What one TCP or TLS client may cost.
+    pub stream_limits: StreamLimits,
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     /// Default and maximum allocation lifetime in seconds (RFC 8656 §7.2).
@@ -726,6 +766,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ));
     }
 
+    let stream_limits = stream_limits(l).map_err(|(key, r)| err(key, r))?;
+
     let lifetime = raw.allocation.lifetime.unwrap_or(600);
     let max_lifetime = raw.allocation.max_lifetime.unwrap_or(3600);
     if lifetime == 0 {
@@ -831,6 +873,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         strict_expiry: raw.auth.strict_expiry,
         expiry_grace: raw.auth.expiry_grace,
         limits,
+        stream_limits,
         allow,
         deny,
         lifetime,
@@ -844,6 +887,51 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         alternate,
         drain_timeout,
     })
+}
+
+/// The stream keys of `[limits]`, validated: the key and reason of the
+/// first bad one. Timeouts cannot be turned off (that would reopen the
+/// trickling attack); the per-IP caps can (0), for servers behind a proxy
+/// or NAT that shows every client with one address.
+fn stream_limits(l: &RawLimits) -> Result<StreamLimits, (&'static str, String)> {
+    let d = StreamLimits::default();
+    let s = StreamLimits {
+        message_timeout: l.stream_message_timeout.unwrap_or(d.message_timeout),
+        allocation_timeout: l.stream_allocation_timeout.unwrap_or(d.allocation_timeout),
+        connections_per_ip: l.connections_per_ip.unwrap_or(d.connections_per_ip),
+        tls_handshakes_per_ip: l.tls_handshakes_per_ip.unwrap_or(d.tls_handshakes_per_ip),
+        queue_bytes: l.stream_queue_bytes.unwrap_or(d.queue_bytes),
+    };
+    if !(1..=300).contains(&s.message_timeout) {
+        return Err((
+            "limits.stream_message_timeout",
+            "must be between 1 and 300 seconds".into(),
+        ));
+    }
+    if !(1..=3600).contains(&s.allocation_timeout) {
+        return Err((
+            "limits.stream_allocation_timeout",
+            "must be between 1 and 3600 seconds".into(),
+        ));
+    }
+    if s.connections_per_ip != 0
+        && (s.tls_handshakes_per_ip == 0 || s.tls_handshakes_per_ip > s.connections_per_ip)
+    {
+        return Err((
+            "limits.tls_handshakes_per_ip",
+            format!(
+                "must be between 1 and limits.connections_per_ip ({}): a handshake is a connection",
+                s.connections_per_ip
+            ),
+        ));
+    }
+    if !(4096..=16 << 20).contains(&s.queue_bytes) {
+        return Err((
+            "limits.stream_queue_bytes",
+            "must be between 4096 and 16777216 bytes".into(),
+        ));
+    }
+    Ok(s)
 }
 
 fn parse_ports(s: &str) -> Result<(u16, u16), String> {
@@ -1011,5 +1099,58 @@ deny = []
         assert_eq!(c.limits.allocations_per_user, 10);
         assert_eq!(c.limits.total_allocations, 65535 - 49152 + 1);
         assert!(c.strict_expiry);
+    }
+
+    #[test]
+    fn stream_limits_default_validate_and_reload() {
+        let c = p(GOOD).unwrap();
+        assert_eq!(c.stream_limits, StreamLimits::default());
+        assert_eq!(c.stream_limits.message_timeout, 10);
+        assert_eq!(c.stream_limits.allocation_timeout, 60);
+        assert_eq!(c.stream_limits.connections_per_ip, 64);
+        assert_eq!(c.stream_limits.tls_handshakes_per_ip, 8);
+        assert_eq!(c.stream_limits.queue_bytes, 65_536);
+        let with = |lines: &str| p(&format!("{GOOD}[limits]\n{lines}\n"));
+        let c = with("stream_message_timeout = 2\nstream_allocation_timeout = 5\nconnections_per_ip = 0\ntls_handshakes_per_ip = 0\nstream_queue_bytes = 4096").unwrap();
+        assert_eq!(
+            c.stream_limits,
+            StreamLimits {
+                message_timeout: 2,
+                allocation_timeout: 5,
+                connections_per_ip: 0,
+                tls_handshakes_per_ip: 0,
+                queue_bytes: 4096,
+            }
+        );
+        for (line, key) in [
+            (
+                "stream_message_timeout = 0",
+                "limits.stream_message_timeout",
+            ),
+            (
+                "stream_message_timeout = 301",
+                "limits.stream_message_timeout",
+            ),
+            (
+                "stream_allocation_timeout = 0",
+                "limits.stream_allocation_timeout",
+            ),
+            ("connections_per_ip = 4", "limits.tls_handshakes_per_ip"),
+            ("tls_handshakes_per_ip = 0", "limits.tls_handshakes_per_ip"),
+            ("stream_queue_bytes = 100", "limits.stream_queue_bytes"),
+            (
+                "stream_queue_bytes = 999999999",
+                "limits.stream_queue_bytes",
+            ),
+            ("stream_queue_bytes = -1", "limits.stream_queue_bytes"),
+        ] {
+            let e = with(line).unwrap_err();
+            assert_eq!(e.key, key, "{line}: {e}");
+        }
+        // Live on reload: nothing to restart.
+        let running = p(GOOD).unwrap();
+        let (kept, changed) = keep_restart_only(&running, with("connections_per_ip = 16").unwrap());
+        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(kept.stream_limits.connections_per_ip, 16);
     }
 }

@@ -240,6 +240,18 @@ pub fn render(report: &WorkerReport) -> String {
         report.send_drops,
     );
 
+    o.family(
+        "stream_refusals_total",
+        "counter",
+        "TCP/TLS clients refused, closed or dropped by a stream limit, by reason.",
+    );
+    for (r, n) in crate::io::STREAM_REFUSAL_REASONS
+        .iter()
+        .zip(report.stream_refusals)
+    {
+        o.sample("stream_refusals_total", &format!("reason=\"{r}\""), n);
+    }
+
     o.single(
         "udp_threads",
         "gauge",
@@ -299,12 +311,17 @@ mod tests {
         r.stats.session_seconds.observe(700);
         r.stats.session_seconds.observe(100_000);
         r.draining = true;
+        r.stream_refusals[4] = 7;
         let t = render(&r);
 
         assert_eq!(value(&t, "ferroturn_allocations_active"), Some(3));
         assert_eq!(value(&t, "ferroturn_relay_ports_free"), Some(97));
         assert_eq!(value(&t, "ferroturn_allocations_created_total"), Some(5));
         assert_eq!(value(&t, "ferroturn_draining"), Some(1));
+        assert_eq!(
+            value(&t, "ferroturn_stream_refusals_total{reason=\"queue_full\"}"),
+            Some(7)
+        );
         assert_eq!(
             value(
                 &t,

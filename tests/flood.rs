@@ -11,37 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{EchoPeer, Server, ServerConfig};
+use common::{EchoPeer, Server, ServerConfig, raise_fd_limit, rss_kb};
 use ferroturn::proto::stun::Request;
 use raw::RawClient;
 use stun::message::METHOD_ALLOCATE;
 
 const FLOOD: usize = 200_000;
 const SOURCES: usize = 2_000;
-
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
-fn raise_fd_limit(n: u64) {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        if l.rlim_cur < n {
-            l.rlim_cur = n.min(l.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
-}
 
 #[test]
 fn unauthenticated_flood_costs_no_memory_and_no_relayed_packet() {

@@ -11,12 +11,12 @@ use std::fs;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::coturn::{CoturnPeer, parse_summary};
 use common::{
-    KillOnDrop, LOCALHOST, PASSWORD, STARTUP_TIMEOUT, ServerConfig, TempDir, USER, run_with_timeout,
+    KillOnDrop, LOCALHOST, PASSWORD, STARTUP_TIMEOUT, ServerConfig, TempDir, USER, client_config,
+    make_cert, run_with_timeout,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -30,30 +30,6 @@ const STEP: Duration = Duration::from_secs(10);
 /// uclient sessions run one at a time (loss is counted after a fixed wait,
 /// and this machine may have few cores).
 static UCLIENT_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A self-signed P-256 certificate for CN=localhost: (cert.pem, key.pem).
-fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}-cert.pem"));
-    let key = dir.join(format!("{name}-key.pem"));
-    let mut cmd = Command::new("openssl");
-    cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args([
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        // An end-entity certificate (webpki refuses a CA one as the server's).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-days", "2", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert);
-    let out = run_with_timeout(cmd, Duration::from_secs(30));
-    assert_eq!(out.code, Some(0), "openssl req failed:\n{}", out.output);
-    (cert, key)
-}
 
 fn der_of(cert: &Path) -> CertificateDer<'static> {
     CertificateDer::from_pem_file(cert).expect("read the test certificate")
@@ -196,21 +172,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn client_config(roots: &[&Path]) -> Arc<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
-    for r in roots {
-        store.add(der_of(r)).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(store)
-            .with_no_client_auth(),
-    )
 }
 
 type ClientStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
@@ -381,9 +342,17 @@ fn a_stalled_handshake_holds_nothing_up_and_times_out() {
     use std::io::Read;
     let server = TlsServer::start(ServerConfig::default());
     // Clients that never start their handshake, on every worker (the
-    // kernel spreads connections over the workers' sockets).
+    // kernel spreads connections over the workers' sockets), from an
+    // address of their own: 8 is the cap on handshakes per address.
     let idle: Vec<std::net::TcpStream> = (0..8)
-        .map(|_| std::net::TcpStream::connect(server.addr()).unwrap())
+        .map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+                .unwrap();
+            s.connect(&server.addr().into()).unwrap();
+            s.into()
+        })
         .collect();
     let started = Instant::now();
     // Others are served meanwhile.

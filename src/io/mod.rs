@@ -19,10 +19,13 @@ pub mod notify;
 mod poll;
 mod sched;
 mod socket;
+mod stream_guard;
 mod tcp;
 mod tls;
 mod udp;
 mod worker;
+
+pub use stream_guard::REFUSAL_REASONS as STREAM_REFUSAL_REASONS;
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
@@ -93,6 +96,9 @@ pub struct WorkerReport {
     pub udp_threads: u64,
     /// Of those threads, how many run under SCHED_BATCH now.
     pub udp_batch_threads: u64,
+    /// Stream clients refused or cut short, by reason
+    /// ([`STREAM_REFUSAL_REASONS`]); server-wide.
+    pub stream_refusals: [u64; 5],
 }
 
 impl WorkerReport {
@@ -123,6 +129,7 @@ impl Command {
                     draining: engine.draining(),
                     udp_threads: 0,
                     udp_batch_threads: 0,
+                    stream_refusals: [0; 5],
                 });
             }
             Command::CloseUser { user, reply } => {
@@ -212,6 +219,8 @@ const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct Control {
     workers: Vec<Mailbox>,
     hub: std::sync::Arc<udp::Hub>,
+    /// Stream limits, per-IP counts and refusals, shared by stream workers.
+    streams: std::sync::Arc<stream_guard::StreamGuard>,
 }
 
 impl Control {
@@ -229,6 +238,7 @@ impl Control {
         }
         total.udp_threads = self.hub.placement().iter().filter(|&&n| n > 0).count() as u64;
         total.udp_batch_threads = self.hub.batch_threads() as u64;
+        total.stream_refusals = self.streams.refusals();
         total
     }
 
@@ -305,8 +315,13 @@ impl Server {
 
         // Bind everything first, so that an error stops startup before any
         // worker runs.
-        let mut per_worker: Vec<worker::Sockets> =
-            (0..n).map(|_| worker::Sockets::default()).collect();
+        let guard = stream_guard::StreamGuard::new(&config.stream_limits);
+        let mut per_worker: Vec<worker::Sockets> = (0..n)
+            .map(|_| worker::Sockets {
+                guard: guard.clone(),
+                ..Default::default()
+            })
+            .collect();
         let mut per_shard: Vec<Vec<(u16, std::net::UdpSocket)>> =
             (0..n).map(|_| Vec::new()).collect();
         let mut listen = Vec::new();
@@ -466,6 +481,7 @@ impl Server {
             control: Control {
                 workers: controls,
                 hub,
+                streams: guard,
             },
             nonce_secret,
             listen,
@@ -501,6 +517,7 @@ impl Server {
     pub fn reload(&self, applied: &Config) {
         self.control
             .update(update_from(applied, &self.nonce_secret));
+        self.control.streams.set(&applied.stream_limits);
         // Re-read every TLS certificate: new connections get the new one.
         for (i, address, acceptor) in &self.tls {
             let (cert, key) = match applied.listen.get(*i) {

@@ -13,11 +13,9 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-/// How long a client has to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::tcp::Watched;
 
 /// Why a certificate or key could not be loaded: which of the two
 /// (`"cert"` or `"key"`), and the reason, which names the file.
@@ -131,10 +129,16 @@ impl Acceptor {
             .clone()
     }
 
-    /// Run the TLS handshake on `stream`, for at most [`HANDSHAKE_TIMEOUT`].
-    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+    /// Run the TLS handshake on `stream`, for at most `limit`
+    /// (`stream_message_timeout`: the handshake is the connection's first
+    /// exchange); a [`std::io::ErrorKind::TimedOut`] error after that.
+    pub async fn accept(
+        &self,
+        stream: Watched,
+        limit: Duration,
+    ) -> std::io::Result<TlsStream<Watched>> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config());
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

@@ -21,18 +21,21 @@ use tokio::task::JoinHandle;
 use super::Command;
 use super::mmsg::{self, Batch, SLOTS};
 use super::socket;
-use super::tcp::{self, Conn};
+use super::stream_guard::{Refusal, StreamGuard};
+use super::tcp::{self, Clock, Conn};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig, Output, ToPeer};
 use std::os::fd::AsRawFd;
 
 /// The sockets a worker is given at start, with the index of their
-/// `[[listen]]` entry.
+/// `[[listen]]` entry, and the stream guard all workers share.
 #[derive(Default)]
 pub struct Sockets {
     pub tcp: Vec<(u16, std::net::TcpListener)>,
     /// TLS listeners, with the acceptor their entry shares across workers.
     pub tls: Vec<(u16, std::net::TcpListener, super::tls::Acceptor)>,
+    /// The stream limits and per-IP counts every worker shares.
+    pub guard: std::sync::Arc<StreamGuard>,
 }
 
 /// Relay table size from which emptying it triggers [`Worker::compact`].
@@ -44,6 +47,8 @@ const ROUNDS: usize = 4;
 struct Relay {
     socket: Rc<UdpSocket>,
     task: JoinHandle<()>,
+    /// The connection of the allocation's client, told when it ends.
+    conn: Option<u32>,
 }
 
 pub(super) struct Worker {
@@ -62,6 +67,8 @@ pub(super) struct Worker {
     pub(super) send_drops: u64,
     /// A [`Worker::compact`] is scheduled.
     compacting: bool,
+    /// Stream limits and per-IP counts, shared by every worker.
+    pub(super) guard: std::sync::Arc<StreamGuard>,
 }
 
 pub(super) type Shared = Rc<RefCell<Worker>>;
@@ -101,6 +108,7 @@ pub fn run(
             timer: timer.clone(),
             send_drops: 0,
             compacting: false,
+            guard: sockets.guard.clone(),
         }));
         SELF.with(|s| *s.borrow_mut() = Some(w.clone()));
         for (i, l) in sockets.tcp {
@@ -211,10 +219,17 @@ impl Worker {
                     self.engine.relay_opened(now, alloc, ok);
                 }
                 Output::CloseRelay { alloc } => {
+                    let mut conn = None;
                     if let Some(slots) = self.relays.get_mut(alloc.0 as usize) {
                         for r in slots.iter_mut().filter_map(Option::take) {
                             r.task.abort();
+                            conn = conn.or(r.conn);
                         }
+                    }
+                    // Its connection, if still open, must allocate again
+                    // within the allocation timeout.
+                    if let Some(c) = conn.and_then(|c| self.conns.get(&c)) {
+                        c.clock.deallocated(now);
                     }
                     if self.engine.allocation_count() == 0
                         && self.relays.len() >= COMPACT_AFTER
@@ -257,7 +272,19 @@ impl Worker {
         if self.relays.len() <= i {
             self.relays.resize_with(i + 1, Default::default);
         }
-        self.relays[i][bind.is_ipv6() as usize] = Some(Relay { socket: sock, task });
+        // The client's connection holds an allocation from now on.
+        let conn = match self.engine.allocation(id).map(|a| a.client.via) {
+            Some(Via::Stream { conn, .. }) => Some(conn),
+            _ => None,
+        };
+        if let Some(c) = conn.and_then(|c| self.conns.get(&c)) {
+            c.clock.allocated();
+        }
+        self.relays[i][bind.is_ipv6() as usize] = Some(Relay {
+            socket: sock,
+            task,
+            conn,
+        });
         true
     }
 
@@ -341,9 +368,9 @@ async fn relay_loop(w: Shared, id: AllocId, sock: Rc<UdpSocket>) {
 const MAX_HANDSHAKES: usize = 1024;
 
 /// Accept TCP clients on one listener; with `tls`, each in its own task
-/// through a TLS handshake first (bounded in time, see
-/// [`super::tls::HANDSHAKE_TIMEOUT`]), so that a slow client never holds
-/// up the worker.
+/// through a TLS handshake first (bounded by `stream_message_timeout`), so
+/// that a slow client never holds up the worker. A source IP over its
+/// connection or handshake cap is closed at once, before any TLS work.
 async fn accept_loop(
     w: Shared,
     index: u16,
@@ -351,26 +378,45 @@ async fn accept_loop(
     tls: Option<super::tls::Acceptor>,
 ) {
     let handshakes = Rc::new(std::cell::Cell::new(0usize));
+    let guard = w.borrow().guard.clone();
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                let accepted = Instant::now();
+                let Some(slot) = guard.connection(remote.ip()) else {
+                    tracing::debug!(%remote, "too many connections from this address; closing");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let Some(acceptor) = &tls else {
-                    tcp::spawn(w.clone(), index, stream, remote);
+                    tcp::spawn(w.clone(), index, stream, remote, accepted, slot);
                     continue;
                 };
                 if handshakes.get() >= MAX_HANDSHAKES {
                     tracing::debug!(%remote, "too many TLS handshakes in progress; closing");
                     continue;
                 }
+                let Some(shaking) = guard.handshake(remote.ip()) else {
+                    tracing::debug!(%remote, "too many TLS handshakes from this address; closing");
+                    continue;
+                };
                 handshakes.set(handshakes.get() + 1);
                 let (w, acceptor, handshakes) = (w.clone(), acceptor.clone(), handshakes.clone());
+                let guard = guard.clone();
                 tokio::task::spawn_local(async move {
-                    let r = acceptor.accept(stream).await;
+                    let clock = Clock::new(accepted);
+                    let socket = tcp::Watched::new(stream, clock.clone());
+                    let r = acceptor.accept(socket, guard.message_timeout()).await;
                     handshakes.set(handshakes.get() - 1);
+                    drop(shaking);
                     match r {
-                        Ok(s) => tcp::spawn_tls(w, index, s, remote),
-                        Err(e) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
+                        Ok(s) => tcp::spawn_tls(w, index, s, remote, clock, slot),
+                        Err(e) => {
+                            if e.kind() == std::io::ErrorKind::TimedOut {
+                                guard.refuse(Refusal::MessageTimeout);
+                            }
+                            tracing::debug!(%remote, "TLS handshake failed: {e}");
+                        }
                     }
                 });
             }

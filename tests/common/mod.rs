@@ -711,3 +711,80 @@ pub fn thread_policies(pid: u32) -> Vec<(String, i32)> {
         .map(|(tid, name)| (name, unsafe { libc::sched_getscheduler(tid) }))
         .collect()
 }
+
+// ---- Certificates, memory and file limits ------------------------------------
+
+/// A self-signed P-256 end-entity certificate for CN=localhost (and
+/// 127.0.0.1), made by the `openssl` CLI in `dir`: (cert.pem, key.pem),
+/// named after `name`.
+pub fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args([
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // An end-entity certificate (webpki refuses a CA one as the server's).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-days", "2", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "openssl req failed:\n{}", out.output);
+    (cert, key)
+}
+
+/// The resident set size of process `pid`, in KiB.
+pub fn rss_kb(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Raise this process's open-files limit to `n` (at most its hard limit),
+/// for it and the servers it starts; the limit now in force.
+pub fn raise_fd_limit(n: u64) -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        if l.rlim_cur < n {
+            l.rlim_cur = n.min(l.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+    l.rlim_cur
+}
+
+/// A rustls client configuration that trusts the PEM certificates in `roots`.
+pub fn client_config(roots: &[&Path]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store
+            .add(CertificateDer::from_pem_file(r).expect("read a PEM certificate"))
+            .unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth(),
+    )
+}

@@ -1,0 +1,278 @@
+//! What stream clients may cost, server-wide: the `[limits]` stream keys in
+//! force (changed by a reload), connections and TLS handshakes per source
+//! IP, and the count of every refusal.
+//!
+//! One [`StreamGuard`] is shared by all stream workers, so that a client
+//! cannot dodge a per-IP cap by landing on another worker's socket. Its
+//! table is locked only when a connection is accepted, finishes its
+//! handshake or closes; the data path reads the limits from atomics.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::StreamLimits;
+
+/// Why a stream client was refused or cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A message was not finished within `stream_message_timeout` of its
+    /// first byte (or a TLS handshake within that time of the accept).
+    MessageTimeout,
+    /// No allocation `stream_allocation_timeout` after the accept or the
+    /// end of the last allocation.
+    AllocationTimeout,
+    /// The source IP already held `connections_per_ip` connections.
+    PerIpConnections,
+    /// The source IP already ran `tls_handshakes_per_ip` handshakes.
+    PerIpHandshakes,
+    /// A frame for a client that does not read was dropped: its queue held
+    /// `stream_queue_bytes`.
+    QueueFull,
+}
+
+/// The `reason` label of each [`Refusal`], in its order.
+pub const REFUSAL_REASONS: [&str; 5] = [
+    "message_timeout",
+    "allocation_timeout",
+    "per_ip_connections",
+    "per_ip_handshakes",
+    "queue_full",
+];
+
+/// The key a source address is counted under: an IPv4 address (also when
+/// it comes IPv4-mapped), or the /64 of an IPv6 one (a single subscriber
+/// usually gets a whole /64, so counting addresses would cap nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(u32),
+    V6(u64),
+}
+
+impl Source {
+    fn of(ip: IpAddr) -> Source {
+        match ip {
+            IpAddr::V4(a) => Source::V4(a.into()),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => Source::V4(v4.into()),
+                None => Source::V6((u128::from(a) >> 64) as u64),
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    connections: u32,
+    handshakes: u32,
+}
+
+/// The shared state of every stream worker (see the module comment).
+pub struct StreamGuard {
+    message_timeout: AtomicU64,
+    allocation_timeout: AtomicU64,
+    connections_per_ip: AtomicU32,
+    handshakes_per_ip: AtomicU32,
+    queue_bytes: AtomicU32,
+    by_source: Mutex<HashMap<Source, Counts>>,
+    refusals: [AtomicU64; 5],
+}
+
+/// A connection's or a handshake's place in its source's count, given back
+/// when dropped.
+pub struct Slot {
+    guard: Arc<StreamGuard>,
+    source: Source,
+    handshake: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self.guard.table();
+        if let Some(c) = t.get_mut(&self.source) {
+            if self.handshake {
+                c.handshakes = c.handshakes.saturating_sub(1);
+            } else {
+                c.connections = c.connections.saturating_sub(1);
+            }
+            if c.connections == 0 && c.handshakes == 0 {
+                t.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Default for StreamGuard {
+    /// A guard with the default limits.
+    fn default() -> Self {
+        let g = StreamGuard {
+            message_timeout: AtomicU64::new(0),
+            allocation_timeout: AtomicU64::new(0),
+            connections_per_ip: AtomicU32::new(0),
+            handshakes_per_ip: AtomicU32::new(0),
+            queue_bytes: AtomicU32::new(0),
+            by_source: Mutex::new(HashMap::new()),
+            refusals: Default::default(),
+        };
+        g.set(&StreamLimits::default());
+        g
+    }
+}
+
+impl StreamGuard {
+    pub fn new(limits: &StreamLimits) -> Arc<StreamGuard> {
+        let g = StreamGuard::default();
+        g.set(limits);
+        Arc::new(g)
+    }
+
+    /// Put reloaded limits in force: deadlines armed from now on, the next
+    /// accept and the next queued frame use them.
+    pub fn set(&self, l: &StreamLimits) {
+        self.message_timeout
+            .store(l.message_timeout, Ordering::Relaxed);
+        self.allocation_timeout
+            .store(l.allocation_timeout, Ordering::Relaxed);
+        self.connections_per_ip
+            .store(l.connections_per_ip, Ordering::Relaxed);
+        self.handshakes_per_ip
+            .store(l.tls_handshakes_per_ip, Ordering::Relaxed);
+        self.queue_bytes.store(l.queue_bytes, Ordering::Relaxed);
+    }
+
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_secs(self.message_timeout.load(Ordering::Relaxed))
+    }
+
+    pub fn allocation_timeout(&self) -> Duration {
+        Duration::from_secs(self.allocation_timeout.load(Ordering::Relaxed))
+    }
+
+    pub fn queue_bytes(&self) -> usize {
+        self.queue_bytes.load(Ordering::Relaxed) as usize
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Source, Counts>> {
+        self.by_source.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection from `ip`, unless its source holds its cap already
+    /// (counted as [`Refusal::PerIpConnections`]).
+    pub fn connection(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let cap = self.connections_per_ip.load(Ordering::Relaxed);
+        self.take(ip, cap, false, Refusal::PerIpConnections)
+    }
+
+    /// A TLS handshake from `ip`, unless its source runs its cap already
+    /// (counted as [`Refusal::PerIpHandshakes`]).
+    pub fn handshake(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let cap = self.handshakes_per_ip.load(Ordering::Relaxed);
+        self.take(ip, cap, true, Refusal::PerIpHandshakes)
+    }
+
+    fn take(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        cap: u32,
+        handshake: bool,
+        refusal: Refusal,
+    ) -> Option<Slot> {
+        let source = Source::of(ip);
+        {
+            let mut t = self.table();
+            let c = t.entry(source).or_default();
+            let n = if handshake {
+                &mut c.handshakes
+            } else {
+                &mut c.connections
+            };
+            if cap != 0 && *n >= cap {
+                drop(t);
+                self.refuse(refusal);
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Slot {
+            guard: self.clone(),
+            source,
+            handshake,
+        })
+    }
+
+    /// Count a refusal.
+    pub fn refuse(&self, r: Refusal) {
+        self.refusals[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals so far, in the order of [`REFUSAL_REASONS`].
+    pub fn refusals(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.refusals[i].load(Ordering::Relaxed))
+    }
+
+    /// Sources with a connection or handshake now (for tests).
+    #[cfg(test)]
+    fn sources(&self) -> usize {
+        self.table().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_per_source_and_give_back_on_drop() {
+        let g = StreamGuard::new(&StreamLimits {
+            connections_per_ip: 2,
+            tls_handshakes_per_ip: 1,
+            ..StreamLimits::default()
+        });
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let c1 = g.connection(a).unwrap();
+        let _c2 = g.connection(a).unwrap();
+        assert!(g.connection(a).is_none());
+        let _b1 = g.connection(b).unwrap();
+        let h = g.handshake(a).unwrap();
+        assert!(g.handshake(a).is_none());
+        assert!(g.handshake(b).is_some());
+        drop(c1);
+        let _c3 = g.connection(a).unwrap();
+        drop(h);
+        assert!(g.handshake(a).is_some());
+        assert_eq!(g.refusals(), [0, 0, 1, 1, 0]);
+        // The mapped form of an IPv4 address is that address.
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert!(g.connection(mapped).is_none());
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_zero_means_no_cap() {
+        let g = StreamGuard::new(&StreamLimits {
+            connections_per_ip: 1,
+            tls_handshakes_per_ip: 1,
+            ..StreamLimits::default()
+        });
+        let one = g.connection("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        assert!(
+            g.connection("2001:db8:1:2::ffff".parse().unwrap())
+                .is_none()
+        );
+        let other = g.connection("2001:db8:1:3::1".parse().unwrap()).unwrap();
+        assert_eq!(g.sources(), 2);
+        drop((one, other));
+        assert_eq!(g.sources(), 0, "empty entries are removed");
+
+        g.set(&StreamLimits {
+            connections_per_ip: 0,
+            tls_handshakes_per_ip: 0,
+            ..StreamLimits::default()
+        });
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let many: Vec<Slot> = (0..100).filter_map(|_| g.connection(ip)).collect();
+        assert_eq!(many.len(), 100);
+    }
+}

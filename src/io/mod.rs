@@ -573,7 +573,7 @@ fn policy_from(config: &Config) -> PeerPolicy {
     own.extend(config.relay.public_address_v6);
     let mut core = Vec::new();
     core.extend(config.metrics);
-    core.extend(config.admin.as_ref().map(|a| a.address));
+    core.extend(config.admin.as_ref().and_then(|a| a.address));
     PeerPolicy::new(
         config.allow.clone(),
         config.deny.clone(),

@@ -387,7 +387,7 @@ async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
     );
     let mut writer = tokio::spawn(write_loop(wr, rx, queued));
     let mut reader = websocket::Reader::server(rd, leftover, signal::MAX_MESSAGE);
-    // Milliseconds from `start` to the last complete frame received.
+    // Microseconds from `start` to the last complete frame received.
     let start = Instant::now();
     let heard = AtomicU64::new(0);
     let end = tokio::select! {
@@ -423,27 +423,23 @@ async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
 }
 
 /// Ping a silent client every third of the idle timeout; return once it
-/// has been silent for the whole timeout. `heard` is when the last frame
-/// came, in milliseconds from `start`.
+/// has been silent for the whole timeout (so it is closed between one and
+/// four thirds of the timeout after the last frame it sent). `heard` is
+/// when that frame came, in microseconds from `start`.
 async fn keepalive(id: PeerId, app: &App, start: Instant, heard: &AtomicU64) {
-    let idle = app.idle;
-    let every = idle / 3;
-    let mut pinged = Duration::ZERO;
+    let idle = app.idle.as_micros() as u64;
+    let every = app.idle / 3;
+    let mut tick = tokio::time::interval_at((start + every).into(), every);
     loop {
-        let last = Duration::from_millis(heard.load(Ordering::Relaxed));
-        let now = start.elapsed();
-        let silent = now.saturating_sub(last);
+        tick.tick().await;
+        let silent =
+            (start.elapsed().as_micros() as u64).saturating_sub(heard.load(Ordering::Relaxed));
         if silent >= idle {
             return;
         }
-        if silent >= every && pinged <= last {
+        if silent >= every.as_micros() as u64 {
             app.signal.lock().unwrap().send(id, Outgoing::Ping);
-            pinged = now;
         }
-        // Wake for the next ping or the deadline, whichever is first.
-        let next = if pinged > last { idle } else { every };
-        let wake = (last + next).max(now + Duration::from_millis(10));
-        tokio::time::sleep_until((start + wake).into()).await;
     }
 }
 
@@ -457,7 +453,7 @@ async fn read_loop(
     loop {
         let msg = reader.next().await;
         if msg.is_ok() {
-            heard.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            heard.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         let mut s = app.signal.lock().unwrap();
         match msg {

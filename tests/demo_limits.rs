@@ -190,7 +190,8 @@ async fn one_address_holds_at_most_its_cap_and_idle_sockets_make_room() {
     let mut open = 0;
     for s in &mut idle {
         let mut b = [0u8; 1];
-        if let Err(_) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await {
+        let read = tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await;
+        if read.is_err() {
             open += 1;
         }
     }

@@ -605,7 +605,7 @@ fn only_ip_literal_or_localhost_hosts_are_answered() {
     // handler runs: the session is still there.
     for host in [
         format!("Host: rebind.example:{port}\r\n"),
-        format!("Host: rebind.example\r\n"),
+        "Host: rebind.example\r\n".to_owned(),
         format!("Host: 127.0.0.1.nip.io:{port}\r\n"),
         format!("Host: localhost.:{port}\r\n"),
     ] {

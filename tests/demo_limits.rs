@@ -4,7 +4,8 @@
 //! IP address holds at most `[demo] connections_per_ip` connections, idle
 //! HTTP sockets making room for real requests; and a peer that does not
 //! read is cut off once its outbox passes 1 MiB, while the other member of
-//! its room only hears `peer-left`.
+//! its room only hears `peer-left`. A real browser's page, which answers
+//! the server's pings by itself, stays connected through several timeouts.
 //!
 //! Everything talks to 127.0.0.0/8, and every loop is bounded in count and
 //! time.
@@ -14,14 +15,19 @@ mod browser;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use browser::webdriver::Driver;
 use browser::ws::{Client, raw_head_on};
-use browser::{Demo, DemoConfig, Net, TempDir};
+use browser::{Demo, DemoConfig, Net, TempDir, free_port};
 use ferroturn::demo::websocket::{self, Message};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 const MASK: Option<[u8; 4]> = Some([9, 8, 7, 6]);
+
+/// One test at a time: the browser's start-up must not compete with the
+/// floods of the others for the two CPUs.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn start(tag: &str, keys: &str) -> (TempDir, Demo) {
     let dir = TempDir::new(tag);
@@ -79,6 +85,7 @@ async fn relay_both_ways(a: &mut Client, b: &mut Client, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_websocket_is_closed_and_a_live_one_stays() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const IDLE: Duration = Duration::from_secs(2);
     let (_dir, demo) = start("demo-idle", "idle_timeout = 2");
     let addr = demo.config.http;
@@ -138,6 +145,7 @@ async fn a_silent_websocket_is_closed_and_a_live_one_stays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_holds_at_most_its_cap_and_idle_sockets_make_room() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (_dir, demo) = start("demo-cap", "connections_per_ip = 4");
     let addr = demo.config.http;
     let get = format!("GET /ice-servers HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -200,6 +208,7 @@ async fn one_address_holds_at_most_its_cap_and_idle_sockets_make_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_does_not_read_is_cut_off_and_the_other_goes_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (_dir, demo) = start("demo-outbox", "");
     let addr = demo.config.http;
     let mut a = Client::connect(addr).await;
@@ -266,4 +275,39 @@ async fn a_peer_that_does_not_read_is_cut_off_and_the_other_goes_on() {
     join(&mut c, "outbox", 1).await;
     assert_eq!(a.recv_json().await, json!({"type": "peer-joined"}));
     relay_both_ways(&mut a, &mut c, "after the cut").await;
+}
+
+#[test]
+fn a_browser_page_answers_the_pings_and_stays_in_its_room() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const IDLE: Duration = Duration::from_secs(2);
+    let (dir, demo) = start("demo-idle-browser", "idle_timeout = 2");
+    let driver = Driver::start(Net::Host, free_port(), dir.path());
+    let page = driver.session("idle");
+    page.goto(&demo.url("/?room=idle-page"));
+    page.wait_until("window.ferroturnCall", Duration::from_secs(10))
+        .expect("page script loaded");
+    page.click("#join");
+    page.wait_until(
+        "ferroturnCall.signaling === 'waiting for peer'",
+        Duration::from_secs(10),
+    )
+    .expect("the page joined");
+    // Three and a half timeouts with nothing to say: still connected (a
+    // closed socket reads "closed (1001)").
+    std::thread::sleep(IDLE * 7 / 2);
+    assert_eq!(
+        page.eval("ferroturnCall.signaling"),
+        "waiting for peer",
+        "{}",
+        demo.log_text()
+    );
+    // And still in the room: a newcomer finds one peer there, and the page
+    // sends it an offer.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect(demo.config.http).await;
+        join(&mut c, "idle-page", 1).await;
+        assert_eq!(next_text(&mut c).await.0["type"], "offer");
+    });
 }

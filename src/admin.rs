@@ -44,7 +44,6 @@ use crate::io::Control;
 pub const CAPS: Caps = Caps {
     total: 256,
     per_peer: 64,
-    local_only: true,
 };
 
 /// File mode of the admin socket: the service's user and group.
@@ -232,12 +231,15 @@ pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
 /// Serve the admin API on `listener` until the process ends; every request
 /// must carry `Authorization: Bearer TOKEN` while a token is set.
 async fn serve(listener: Listener, token: Token, control: Control) {
-    http::serve_each(listener, "admin", CAPS, move |req| {
+    http::serve_each(listener, "admin", CAPS, Vec::new(), move |req| {
         let control = control.clone();
         let token = *token.read().unwrap();
         async move {
             if !authorized(&req, token.as_ref()) {
-                tracing::warn!(method = %req.method, path = %req.path, "admin: request without the right token refused");
+                static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                if http::sparse(&LAST) {
+                    tracing::warn!(method = %req.method, path = %req.path, "admin: request without the right token refused; such lines are logged at most every 10 s");
+                }
                 return json_error(401, "missing or wrong bearer token")
                     .with("WWW-Authenticate", "Bearer realm=\"ferroturn admin\"");
             }

@@ -177,6 +177,7 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     address: Option<String>,
+    hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -346,6 +347,9 @@ pub struct Config {
     pub demo: Demo,
     /// Where `/metrics` is served (Prometheus text), if enabled.
     pub metrics: Option<SocketAddr>,
+    /// Names (lower case) `/metrics` answers to in `Host`, besides IP
+    /// literals and `localhost` (`[metrics] hosts`).
+    pub metrics_hosts: Vec<String>,
     pub admin: Option<Admin>,
     /// Sent with 300 Try Alternate to new Allocates while draining.
     pub alternate: Option<SocketAddr>,
@@ -463,7 +467,10 @@ pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static
         ),
         ("realm", running.realm != new.realm),
         ("log.format", running.log_format != new.log_format),
-        ("metrics", running.metrics != new.metrics),
+        (
+            "metrics",
+            running.metrics != new.metrics || running.metrics_hosts != new.metrics_hosts,
+        ),
         (
             "admin",
             running.admin.as_ref().map(Admin::listeners)
@@ -495,6 +502,7 @@ pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static
         realm: running.realm.clone(),
         log_format: running.log_format,
         metrics: running.metrics,
+        metrics_hosts: running.metrics_hosts.clone(),
         // The listeners stay; the token is rotated by the reload.
         admin: running.admin.clone().map(|a| Admin {
             token: match &new.admin {
@@ -849,6 +857,29 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             m.address.as_deref().unwrap_or("127.0.0.1:9641"),
         )?),
     };
+    let mut metrics_hosts = Vec::new();
+    for (i, h) in raw
+        .metrics
+        .as_ref()
+        .and_then(|m| m.hosts.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let name_ok = (1..=253).contains(&h.len())
+            && h.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !name_ok {
+            return Err(err(
+                &format!("metrics.hosts[{i}]"),
+                format!(
+                    "{h:?} is not a host name (no port, no IP address: those are always accepted)"
+                ),
+            ));
+        }
+        metrics_hosts.push(h.to_ascii_lowercase());
+    }
     let admin = match &raw.admin {
         None => None,
         Some(a) => Some(admin_section(a, &err)?),
@@ -927,6 +958,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         log_format,
         demo,
         metrics,
+        metrics_hosts,
         admin,
         alternate,
         drain_timeout,
@@ -1131,6 +1163,19 @@ deny = []
         }
         let long = format!("socket = \"/{}\"", "a".repeat(120));
         assert_eq!(admin(&long).unwrap_err().key, "admin.socket");
+    }
+
+    #[test]
+    fn metrics_hosts_are_host_names() {
+        let c = p(&format!(
+            "{GOOD}[metrics]\nhosts = [\"Turn1.Example.org\", \"prom\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics_hosts, ["turn1.example.org", "prom"]);
+        for bad in ["turn1:9641", "", "a..b", "[::1]", "a b"] {
+            let e = p(&format!("{GOOD}[metrics]\nhosts = [\"ok\", {bad:?}]\n")).unwrap_err();
+            assert_eq!(e.key, "metrics.hosts[1]", "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -35,7 +35,8 @@ async fn supervise(server: &Server, config: Config) -> std::io::Result<()> {
     // Bound before READY=1, so that a taken port stops startup.
     if let Some(addr) = config.metrics {
         let listener = bind(addr, "metrics").await?;
-        tokio::spawn(crate::metrics::serve(listener, control.clone()));
+        let hosts = config.metrics_hosts.clone();
+        tokio::spawn(crate::metrics::serve(listener, control.clone(), hosts));
     }
     let admin = match &config.admin {
         Some(a) => Some(crate::admin::Admin::start(a, control.clone()).await?),

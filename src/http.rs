@@ -264,11 +264,12 @@ pub fn reason(status: u16) -> &'static str {
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether a `Host` value names this machine without DNS: an IPv4
-/// literal, a bracketed IPv6 literal or `localhost`, each with an optional
+/// literal, a bracketed IPv6 literal or `localhost`, or one of the names in
+/// `also` (configured by the operator, lower case), each with an optional
 /// port (RFC 9110 §7.2, RFC 3986 §3.2.2). A page that reached a loopback
 /// listener by DNS rebinding sends its own domain name here, so it is told
 /// apart.
-pub fn is_local_authority(host: &str) -> bool {
+pub fn is_local_authority(host: &str, also: &[String]) -> bool {
     let (name_ok, port) = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
             Some((v6, port)) => (v6.parse::<Ipv6Addr>().is_ok(), port),
@@ -276,7 +277,9 @@ pub fn is_local_authority(host: &str) -> bool {
         },
         None => {
             let (name, port) = host.split_at(host.find(':').unwrap_or(host.len()));
-            let ok = name.eq_ignore_ascii_case("localhost") || name.parse::<Ipv4Addr>().is_ok();
+            let ok = name.eq_ignore_ascii_case("localhost")
+                || name.parse::<Ipv4Addr>().is_ok()
+                || also.iter().any(|a| name.eq_ignore_ascii_case(a));
             (ok, port)
         }
     };
@@ -288,10 +291,11 @@ pub fn is_local_authority(host: &str) -> bool {
 }
 
 /// The refusal for a request to a local-only listener (admin, metrics)
-/// whose `Host` is not [`is_local_authority`]: 421 for a foreign name, 400
-/// for an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2).
-/// `None` when the request may be answered.
-pub fn local_host_refusal(req: &Request) -> Option<Response> {
+/// whose `Host` is not [`is_local_authority`] (with the extra names
+/// `also`): 421 for a foreign name, 400 for an HTTP/1.1 request without
+/// exactly one `Host` (RFC 9112 §3.2). `None` when the request may be
+/// answered.
+pub fn local_host_refusal(req: &Request, also: &[String]) -> Option<Response> {
     let mut hosts = req.headers.iter().filter(|(n, _)| n == "host");
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -303,7 +307,7 @@ pub fn local_host_refusal(req: &Request) -> Option<Response> {
             "an HTTP/1.1 request needs a Host header",
         )),
         None => None,
-        Some((_, h)) if is_local_authority(h) => None,
+        Some((_, h)) if is_local_authority(h, also) => None,
         Some(_) => Some(Response::json_error(
             421,
             "this server answers only requests addressed to an IP address or localhost (Host header)",
@@ -513,22 +517,27 @@ pub struct Caps {
     pub total: usize,
     /// Per [`Peer`].
     pub per_peer: usize,
-    /// Answer only requests whose `Host` is an IP literal or `localhost`
-    /// ([`local_host_refusal`]).
-    pub local_only: bool,
 }
 
 /// Serve one request per connection on `listener` forever: read the head
-/// (within [`HEAD_TIMEOUT`]), answer with `handler`, close. Connections
-/// are held in [`Slots`] of `caps`; a connection that cannot be let in is
-/// closed at once. A HEAD request gets the head of `handler`'s answer to
-/// it. `name` labels the log lines.
-pub async fn serve_each<F, Fut>(listener: Listener, name: &'static str, caps: Caps, handler: F)
-where
+/// (within [`HEAD_TIMEOUT`]), answer with `handler`, close. Only requests
+/// whose `Host` is an IP literal, `localhost` or one of the names `hosts`
+/// reach `handler` ([`local_host_refusal`]). Connections are held in
+/// [`Slots`] of `caps`; a connection that cannot be let in is closed at
+/// once. A HEAD request gets the head of `handler`'s answer to it. `name`
+/// labels the log lines.
+pub async fn serve_each<F, Fut>(
+    listener: Listener,
+    name: &'static str,
+    caps: Caps,
+    hosts: Vec<String>,
+    handler: F,
+) where
     F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
     let slots = Slots::new(caps.total, caps.per_peer);
+    let hosts: Arc<[String]> = hosts.into();
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -544,6 +553,7 @@ where
             continue;
         };
         let handler = handler.clone();
+        let hosts = hosts.clone();
         let id = slot.id();
         let task = tokio::spawn(async move {
             let slot = slot;
@@ -551,9 +561,11 @@ where
             let (response, head_only) = match head {
                 Ok(Ok((req, _))) => {
                     let head_only = req.method == "HEAD";
-                    match caps.local_only.then(|| local_host_refusal(&req)).flatten() {
+                    match local_host_refusal(&req, &hosts) {
                         Some(refusal) => {
-                            if sparse_warning() {
+                            static LAST: std::sync::atomic::AtomicU64 =
+                                std::sync::atomic::AtomicU64::new(0);
+                            if sparse(&LAST) {
                                 let host = req.header("host").unwrap_or("-");
                                 tracing::warn!(host, path = %req.path, "{name}: request for a foreign Host refused (a web page trying DNS rebinding?); such lines are logged at most every 10 s");
                             }
@@ -580,18 +592,18 @@ where
     }
 }
 
-/// True at most once every 10 seconds: a web page can send refused
-/// requests as fast as it likes, the log must not follow it.
-fn sparse_warning() -> bool {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST: AtomicU64 = AtomicU64::new(0);
+/// True at most once every 10 seconds for each `last` (the second it was
+/// last true): a client can send refused requests as fast as it likes, the
+/// log must not follow it.
+pub fn sparse(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let last = LAST.load(Ordering::Relaxed);
-    now >= last + 10
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+    let then = last.load(Ordering::Relaxed);
+    now >= then + 10
+        && last
+            .compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
 }
 
@@ -786,19 +798,31 @@ mod tests {
         let caps = Caps {
             total: 4,
             per_peer: 4,
-            local_only: true,
         };
         let handler = |req: Request| async move {
             let auth = req.header("authorization").unwrap_or("-").to_owned();
             Response::ok("text/plain", format!("{} {} {auth}", req.method, req.path))
         };
-        tokio::spawn(serve_each(Listener::Tcp(listener), "test", caps, handler));
+        let none = Vec::new();
+        tokio::spawn(serve_each(
+            Listener::Tcp(listener),
+            "test",
+            caps,
+            none.clone(),
+            handler,
+        ));
         let dir = std::env::temp_dir().join(format!("ferroturn-http-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.sock");
         let _ = std::fs::remove_file(&path);
         let unix = UnixListener::bind(&path).unwrap();
-        tokio::spawn(serve_each(Listener::Unix(unix), "test", caps, handler));
+        tokio::spawn(serve_each(
+            Listener::Unix(unix),
+            "test",
+            caps,
+            none,
+            handler,
+        ));
         let got = tokio::task::spawn_blocking(move || {
             let t = Duration::from_secs(5);
             let a = fetch(&addr, "DELETE", "/x/y", &[("Authorization", "Bearer t")], t);
@@ -826,7 +850,7 @@ mod tests {
             "localhost",
             "LocalHost:9641",
         ] {
-            assert!(is_local_authority(h), "{h}");
+            assert!(is_local_authority(h, &[]), "{h}");
         }
         for h in [
             "",
@@ -847,10 +871,15 @@ mod tests {
             "127.0.0.1:8a",
             "[fe80::1%25eth0]",
         ] {
-            assert!(!is_local_authority(h), "{h:?}");
+            assert!(!is_local_authority(h, &[]), "{h:?}");
         }
+        let also = ["turn1.example.org".to_owned()];
+        assert!(is_local_authority("TURN1.example.org:9641", &also));
+        assert!(is_local_authority("turn1.example.org", &also));
+        assert!(!is_local_authority("turn2.example.org", &also));
+        assert!(!is_local_authority("turn1.example.org.evil", &also));
         let req = |head: &str| parse_head(head.as_bytes()).unwrap();
-        let status = |head: &str| local_host_refusal(&req(head)).map(|r| r.status);
+        let status = |head: &str| local_host_refusal(&req(head), &[]).map(|r| r.status);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n"), None);
         assert_eq!(status("GET / HTTP/1.0\r\n\r\n"), None);
         assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), Some(400));
@@ -862,7 +891,8 @@ mod tests {
             status("GET / HTTP/1.0\r\nHost: rebind.example\r\n\r\n"),
             Some(421)
         );
-        let r = local_host_refusal(&req("GET / HTTP/1.1\r\nHost: a.example:9642\r\n\r\n")).unwrap();
+        let r = local_host_refusal(&req("GET / HTTP/1.1\r\nHost: a.example:9642\r\n\r\n"), &[])
+            .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert!(body["error"].as_str().unwrap().contains("Host"), "{body}");
     }

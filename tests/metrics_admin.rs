@@ -81,7 +81,7 @@ impl Server {
         let socket = dir.path().join("admin.sock");
         let mut toml = config.to_toml(port, relay);
         toml.push_str(&format!(
-            "\n[metrics]\naddress = \"127.0.0.1:{metrics}\"\n\n[admin]\naddress = \"127.0.0.1:{admin}\"\nsocket = \"{}\"\ntoken = \"{TOKEN}\"\n",
+            "\n[metrics]\naddress = \"127.0.0.1:{metrics}\"\nhosts = [\"Scrape-Target.example\"]\n\n[admin]\naddress = \"127.0.0.1:{admin}\"\nsocket = \"{}\"\ntoken = \"{TOKEN}\"\n",
             socket.display()
         ));
         let config_path = dir.path().join("ferroturn.toml");
@@ -641,6 +641,8 @@ fn only_ip_literal_or_localhost_hosts_are_answered() {
         format!("Host: [::1]:{mport}\r\n"),
         format!("Host: LOCALHOST:{mport}\r\n"),
         "Host: localhost\r\n".to_owned(),
+        // A name the operator listed in [metrics] hosts.
+        format!("Host: scrape-target.example:{mport}\r\n"),
     ] {
         let (status, body) = exchange(connect(s.metrics), &scrape_as(&host), t);
         assert_eq!(status, 200, "{host}");
@@ -969,4 +971,61 @@ fn idle_and_trickling_sockets_never_keep_a_scrape_or_admin_request_out() {
     );
     // The server is fine afterwards.
     assert_eq!(http(s.metrics, "GET", "/metrics", None).0, 200);
+}
+
+/// A local user who keeps opening connections (each held while the next
+/// 200 open) from four threads, from the scraper's own address: scrapes in
+/// the middle of it are still answered, each within the head deadline once
+/// connected. (Connecting itself may take a SYN retransmission when the
+/// flood fills the kernel's accept queue: that is the kernel's, not a slot.)
+#[test]
+fn a_connection_flood_from_the_scrapers_own_address_leaves_scrapes_answered() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let s = Server::start();
+    let target = s.metrics;
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    // Bounded: 3 s and 5,000 connections per thread.
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, opened) = (stop.clone(), opened.clone());
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut held = std::collections::VecDeque::new();
+                for _ in 0..5000 {
+                    if stop.load(Ordering::Relaxed) || start.elapsed() > Duration::from_secs(3) {
+                        break;
+                    }
+                    if let Ok(c) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+                        held.push_back(c);
+                        opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if held.len() > 200 {
+                        held.pop_front();
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let get = format!("GET /metrics HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    for _ in 0..10 {
+        let c = TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
+        let (status, body) = exchange(c, &get, ferroturn::http::HEAD_TIMEOUT);
+        assert_eq!(status, 200);
+        assert!(body.contains("ferroturn_build_info"));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let during = opened.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for t in flood {
+        t.join().unwrap();
+    }
+    eprintln!("10 scrapes answered while the flood opened {during} connections from their address");
+    let cap = ferroturn::metrics::CAPS.per_peer;
+    assert!(
+        during > 2 * cap,
+        "the flood went past the address's cap ({during})"
+    );
 }

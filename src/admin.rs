@@ -125,12 +125,17 @@ impl Admin {
     /// listener and what went wrong.
     pub async fn start(section: &config::Admin, control: Control) -> std::io::Result<Admin> {
         let token: Token = Arc::new(RwLock::new(section.token.as_deref().map(digest_str)));
+        // Made first, so that the socket is removed again if the TCP
+        // listener cannot be bound.
+        let mut admin = Admin {
+            token: token.clone(),
+            socket: None,
+        };
         let mut listeners = Vec::new();
-        let mut socket = None;
         if let Some(path) = &section.socket {
             let l = bind_socket(path)?;
             let ino = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
-            socket = Some((path.clone(), ino));
+            admin.socket = Some((path.clone(), ino));
             tracing::info!(socket = %path.display(), "admin listening");
             listeners.push(Listener::Unix(l));
         }
@@ -144,7 +149,7 @@ impl Admin {
         for l in listeners {
             tokio::spawn(serve(l, token.clone(), control.clone()));
         }
-        Ok(Admin { token, socket })
+        Ok(admin)
     }
 
     /// Apply a reloaded `[admin]`: the new token is required from the next

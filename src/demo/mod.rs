@@ -166,7 +166,8 @@ pub async fn serve(listener: TcpListener, ice: IceConfig, limits: Limits) -> std
             // Over the cap with nothing idle to close: say so at once,
             // without waiting for the request.
             tracing::debug!(client = %from, "demo: too many connections from one client");
-            let _ = stream.try_write(TOO_MANY);
+            let r = Response::error(429, "too many connections from your address");
+            let _ = stream.try_write(&r.with("Retry-After", "1").to_bytes(false));
             continue;
         };
         let id = slot.id();
@@ -177,9 +178,6 @@ pub async fn serve(listener: TcpListener, ice: IceConfig, limits: Limits) -> std
         app.slots.attach(id, task.abort_handle());
     }
 }
-
-/// The answer to a connection over the per-client cap.
-const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nContent-Length: 25\r\nConnection: close\r\n\r\ntoo many connections, sorry";
 
 struct App {
     ice: IceConfig,

@@ -123,6 +123,7 @@ async fn a_silent_websocket_is_closed_and_a_live_one_stays() {
         "closed after {after:?}, before the idle timeout"
     );
     assert!(after < IDLE * 3, "closed after {after:?}");
+    eprintln!("a silent peer was closed {after:?} after it joined, after {pings} pings");
 
     // a lives on past several timeouts, as long as it answers pings, and
     // relays with a newcomer.

@@ -1,6 +1,12 @@
-//! The admin API: HTTP with JSON answers, on loopback by default
-//! (`[admin] address`, 127.0.0.1:9642), with an optional bearer token
-//! (`[admin] token`).
+//! The admin API: HTTP with JSON answers, on the Unix socket
+//! `/run/ferroturn/admin.sock` by default (`[admin] socket`, mode 0660, so
+//! only the service's user and group can connect), and on a TCP address if
+//! `[admin] address` is set, which then needs a bearer token
+//! (`[admin] token`). The token is rotated by a reload.
+//!
+//! Only requests whose `Host` is an IP literal or `localhost` are answered
+//! (421 otherwise, 400 for HTTP/1.1 without `Host`): a web page that
+//! reached a loopback port by DNS rebinding sends its own name there.
 //!
 //! - `GET /sessions`: `{"sessions": [SessionInfo, ...]}`, every live
 //!   allocation with its user, client address and transport, relay address,
@@ -17,17 +23,31 @@
 //! [`client`] is the other side, used by `ferroturn sessions` and
 //! `ferroturn kill`.
 
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 
+use crate::config;
 use crate::engine::Session;
 use crate::engine::stats::{TO_CLIENT, TO_PEER, TRANSPORTS, transport_index};
-use crate::http::{self, Request, Response};
+use crate::http::{self, Caps, Listener, Request, Response};
 use crate::io::Control;
 
-/// Requests served at once; more get 503.
-const MAX_CONNECTIONS: usize = 16;
+/// Connections held at once per listener, and per client (IP address,
+/// IPv6 /64, or local user). A request is answered in milliseconds, so
+/// these are only ever full of idle sockets, which make room
+/// ([`http::Slots`]).
+pub const CAPS: Caps = Caps {
+    total: 256,
+    per_peer: 64,
+};
+
+/// File mode of the admin socket: the service's user and group.
+pub const SOCKET_MODE: u32 = 0o660;
 
 /// One session as the API lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,15 +109,142 @@ pub struct Closed {
     pub closed: usize,
 }
 
+/// The running admin API: its token, which a reload replaces, and the
+/// socket file it removes when dropped.
+pub struct Admin {
+    token: Token,
+    socket: Option<(PathBuf, u64)>,
+}
+
+/// The SHA-256 of the bearer token, if one is required.
+type Token = Arc<RwLock<Option<[u8; 32]>>>;
+
+impl Admin {
+    /// Bind the listeners of `section` (the Unix socket, the TCP address, or
+    /// both) and serve them on the current runtime. An error names the
+    /// listener and what went wrong.
+    pub async fn start(section: &config::Admin, control: Control) -> std::io::Result<Admin> {
+        let token: Token = Arc::new(RwLock::new(section.token.as_deref().map(digest_str)));
+        // Made first, so that the socket is removed again if the TCP
+        // listener cannot be bound.
+        let mut admin = Admin {
+            token: token.clone(),
+            socket: None,
+        };
+        let mut listeners = Vec::new();
+        if let Some(path) = &section.socket {
+            let l = bind_socket(path)?;
+            let ino = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+            admin.socket = Some((path.clone(), ino));
+            tracing::info!(socket = %path.display(), "admin listening");
+            listeners.push(Listener::Unix(l));
+        }
+        if let Some(addr) = section.address {
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}"))
+            })?;
+            tracing::info!(address = %l.local_addr()?, "admin listening");
+            listeners.push(Listener::Tcp(l));
+        }
+        for l in listeners {
+            tokio::spawn(serve(l, token.clone(), control.clone()));
+        }
+        Ok(admin)
+    }
+
+    /// Apply a reloaded `[admin]`: the new token is required from the next
+    /// request on, the old one is refused; no connection is dropped.
+    pub fn reload(&self, section: Option<&config::Admin>) {
+        let new = section.and_then(|s| s.token.as_deref()).map(digest_str);
+        let mut t = self.token.write().unwrap();
+        if *t != new {
+            *t = new;
+            tracing::info!("admin: token replaced");
+        }
+    }
+}
+
+impl Drop for Admin {
+    /// Remove the socket file, if it is still the one this server made.
+    fn drop(&mut self) {
+        if let Some((path, ino)) = &self.socket
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *ino)
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Bind the admin socket at `path` with mode [`SOCKET_MODE`]. A socket
+/// left by a server that is gone is replaced; a live one (another server
+/// answers there) or a file that is not a socket is an error naming the
+/// path. The parent directory is made (mode 0750) if missing: systemd's
+/// `RuntimeDirectory=ferroturn` normally does that for `/run/ferroturn`.
+///
+/// The socket is bound under a temporary name, given its mode, and then
+/// renamed into place, so that it is never reachable with the mode the
+/// umask would give it.
+pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::io::{Error, ErrorKind};
+    let fail = |what: String| Error::other(format!("admin socket {}: {what}", path.display()));
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail(
+                    "another process is listening on it (is ferroturn already running?)".into(),
+                ));
+            }
+        }
+        Ok(_) => {
+            return Err(fail(
+                "exists and is not a socket; remove it or set [admin] socket to another path"
+                    .into(),
+            ));
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| fail("has no parent directory".into()))?;
+    if !dir.is_dir() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o750)
+            .create(dir)
+            .map_err(|e| {
+                fail(format!(
+                    "cannot create {}: {e} (under systemd, RuntimeDirectory=ferroturn creates /run/ferroturn; else set [admin] socket to a directory the server may write)",
+                    dir.display()
+                ))
+            })?;
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp).map_err(|e| fail(e.to_string()))?;
+    let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temp);
+        return Err(fail(e.to_string()));
+    }
+    Ok(listener)
+}
+
 /// Serve the admin API on `listener` until the process ends; every request
-/// must carry `Authorization: Bearer TOKEN` when a token is set.
-pub async fn serve(listener: TcpListener, token: Option<String>, control: Control) {
-    let token = token.map(|t| digest(t.as_bytes()));
-    http::serve_each(listener, "admin", MAX_CONNECTIONS, move |req| {
+/// must carry `Authorization: Bearer TOKEN` while a token is set.
+async fn serve(listener: Listener, token: Token, control: Control) {
+    http::serve_each(listener, "admin", CAPS, Vec::new(), move |req| {
         let control = control.clone();
+        let token = *token.read().unwrap();
         async move {
             if !authorized(&req, token.as_ref()) {
-                tracing::warn!(method = %req.method, path = %req.path, "admin: request without the right token refused");
+                static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                if http::sparse(&LAST) {
+                    tracing::warn!(method = %req.method, path = %req.path, "admin: request without the right token refused; such lines are logged at most every 10 s");
+                }
                 return json_error(401, "missing or wrong bearer token")
                     .with("WWW-Authenticate", "Bearer realm=\"ferroturn admin\"");
             }
@@ -105,6 +252,10 @@ pub async fn serve(listener: TcpListener, token: Option<String>, control: Contro
         }
     })
     .await;
+}
+
+fn digest_str(t: &str) -> [u8; 32] {
+    digest(t.as_bytes())
 }
 
 fn digest(b: &[u8]) -> [u8; 32] {
@@ -129,17 +280,11 @@ fn authorized(req: &Request, token: Option<&[u8; 32]>) -> bool {
 }
 
 fn json(status: u16, body: &impl Serialize) -> Response {
-    let mut r = Response::ok(
-        "application/json",
-        serde_json::to_vec(body).expect("serializable"),
-    )
-    .with("Cache-Control", "no-store");
-    r.status = status;
-    r
+    Response::json(status, body)
 }
 
 fn json_error(status: u16, text: &str) -> Response {
-    json(status, &serde_json::json!({ "error": text }))
+    Response::json_error(status, text)
 }
 
 fn not_allowed(allow: &str) -> Response {
@@ -229,14 +374,14 @@ pub fn percent_encode(s: &str) -> String {
 
 /// The client side, for `ferroturn sessions` and `ferroturn kill`.
 pub mod client {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     use super::{Closed, SessionInfo, SessionList, percent_encode};
-    use crate::config::Config;
+    use crate::config::{Config, DEFAULT_ADMIN_SOCKET};
+    use crate::http::Dest;
 
-    /// The admin API's address when neither `--admin` nor `--config` says.
-    pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9642";
     /// The environment variable that may hold the token.
     pub const TOKEN_ENV: &str = "FERROTURN_ADMIN_TOKEN";
     const TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,51 +389,77 @@ pub mod client {
     /// Where the admin API is, and the token to show it.
     #[derive(Debug, Clone)]
     pub struct Target {
-        pub address: SocketAddr,
+        pub dest: Dest,
         pub token: Option<String>,
     }
 
+    /// Where the token given to [`Target::resolve`] comes from.
+    #[derive(Debug, Clone, Default)]
+    pub enum TokenSource {
+        /// `--token-file PATH`: the file's first line.
+        File(PathBuf),
+        /// `--token VALUE` (visible to every local user in `ps`).
+        Arg(String),
+        /// Neither: `$FERROTURN_ADMIN_TOKEN`, else `[admin] token`.
+        #[default]
+        None,
+    }
+
     impl Target {
-        /// From `--admin` (else `config`'s `[admin] address`, else
-        /// [`DEFAULT_ADDRESS`]) and `--token` (else `$FERROTURN_ADMIN_TOKEN`,
-        /// else `config`'s `[admin] token`). An unspecified configured
-        /// address (`0.0.0.0`, `::`) is reached on loopback.
+        /// From `--admin` (an `IP:PORT` or a socket path), else `config`'s
+        /// `[admin]` (its socket if it has one, else its address), else
+        /// the socket `/run/ferroturn/admin.sock`; the token from `token`,
+        /// else `$FERROTURN_ADMIN_TOKEN`, else `config`'s `[admin] token`.
+        /// An unspecified configured address (`0.0.0.0`, `::`) is reached
+        /// on loopback.
         pub fn resolve(
             admin: Option<&str>,
-            token: Option<String>,
+            token: TokenSource,
             config: Option<&Config>,
         ) -> Result<Target, String> {
             let section = config.and_then(|c| c.admin.as_ref());
-            let address = match (admin, section, config) {
-                (Some(a), _, _) => a
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut i| i.next())
-                    .ok_or_else(|| {
-                        format!("--admin {a:?} is not an address like 127.0.0.1:9642")
-                    })?,
-                (None, Some(s), _) => {
-                    let mut a = s.address;
-                    if a.ip().is_unspecified() {
-                        a.set_ip(match a.ip() {
-                            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                        });
+            let dest = match (admin, section, config) {
+                (Some(a), _, _) if a.contains('/') => Dest::Unix(PathBuf::from(a)),
+                (Some(a), _, _) => Dest::Tcp(
+                    a.to_socket_addrs()
+                        .ok()
+                        .and_then(|mut i| i.next())
+                        .ok_or_else(|| {
+                            format!(
+                                "--admin {a:?} is neither an address like 127.0.0.1:9642 nor a socket path"
+                            )
+                        })?,
+                ),
+                (None, Some(s), _) => match (&s.socket, s.address) {
+                    (Some(p), _) => Dest::Unix(p.clone()),
+                    (None, Some(mut a)) => {
+                        if a.ip().is_unspecified() {
+                            a.set_ip(match a.ip() {
+                                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                            });
+                        }
+                        Dest::Tcp(a)
                     }
-                    a
-                }
+                    (None, None) => Dest::Unix(PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+                },
                 (None, None, Some(c)) => {
                     return Err(format!(
-                        "{} has no [admin] section, so the server runs no admin API (or give --admin ADDRESS)",
+                        "{} has no [admin] section, so the server runs no admin API (or give --admin ADDRESS|SOCKET)",
                         c.path.display()
                     ));
                 }
-                (None, None, None) => DEFAULT_ADDRESS.parse().expect("valid"),
+                (None, None, None) => Dest::Unix(PathBuf::from(DEFAULT_ADMIN_SOCKET)),
             };
-            let token = token
-                .or_else(|| std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()))
-                .or_else(|| section.and_then(|s| s.token.clone()));
-            Ok(Target { address, token })
+            let token = match token {
+                TokenSource::File(p) => Some(read_token(&p)?),
+                TokenSource::Arg(t) => Some(t),
+                TokenSource::None => std::env::var(TOKEN_ENV)
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .or_else(|| section.and_then(|s| s.token.clone())),
+            };
+            Ok(Target { dest, token })
         }
 
         /// One request; the body of a 2xx answer, or a message that says
@@ -299,12 +470,18 @@ pub mod client {
             if let Some(b) = &bearer {
                 headers.push(("Authorization", b.as_str()));
             }
-            let a = self.address;
+            let a = &self.dest;
             let (status, body) = crate::http::fetch(a, method, path, &headers, TIMEOUT)
                 .map_err(|e| {
-                    format!(
-                        "cannot reach the admin API at {a}: {e} (is ferroturn running with an [admin] section? give --admin ADDRESS or --config FILE)"
-                    )
+                    let hint = match (a, e.kind()) {
+                        (Dest::Unix(_), std::io::ErrorKind::PermissionDenied) => {
+                            "the socket is for the server's user and group: run as one of them (e.g. sudo -u ferroturn ferroturn sessions)"
+                        }
+                        _ => {
+                            "is ferroturn running with an [admin] section? give --admin ADDRESS|SOCKET or --config FILE"
+                        }
+                    };
+                    format!("cannot reach the admin API at {a}: {e} ({hint})")
                 })?;
             if (200..300).contains(&status) {
                 return Ok(body);
@@ -315,7 +492,7 @@ pub mod client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
             Err(match status {
                 401 if self.token.is_none() => format!(
-                    "the admin API at {a} refused the request (401): it needs a token; give --token, ${TOKEN_ENV}, or --config with [admin] token"
+                    "the admin API at {a} refused the request (401): it needs a token; give --token-file, ${TOKEN_ENV}, or --config with [admin] token"
                 ),
                 401 => format!("the admin API at {a} refused the request (401): wrong token"),
                 s => format!("the admin API at {a} answered {s}: {why}"),
@@ -352,6 +529,17 @@ pub mod client {
                 .map(|c| c.closed)
                 .map_err(|e| format!("unexpected answer from the admin API: {e}"))
         }
+    }
+
+    /// The token in `path`: its first line, without surrounding blanks.
+    fn read_token(path: &Path) -> Result<String, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim();
+        if token.is_empty() {
+            return Err(format!("--token-file {}: empty", path.display()));
+        }
+        Ok(token.to_owned())
     }
 
     /// The session table `ferroturn sessions` prints.
@@ -441,6 +629,7 @@ mod tests {
             method: method.into(),
             path: "/sessions".into(),
             query: String::new(),
+            http11: true,
             headers: headers
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))

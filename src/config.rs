@@ -167,6 +167,8 @@ struct RawLimits {
 struct RawDemo {
     address: Option<String>,
     credential_ttl: Option<u64>,
+    idle_timeout: Option<u64>,
+    connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -180,12 +182,14 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     address: Option<String>,
+    hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     address: Option<String>,
+    socket: Option<String>,
     token: Option<String>,
 }
 
@@ -244,12 +248,28 @@ pub enum LogFormat {
     Json,
 }
 
-/// The admin API's listener.
+/// Where the admin API listens when `[admin]` names no address.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/ferroturn/admin.sock";
+
+/// The admin API's listeners: a Unix socket (the default, guarded by its
+/// file mode), a TCP address (always with a token), or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
-    pub address: SocketAddr,
-    /// Bearer token required by every request, if set.
+    /// TCP listener, if `admin.address` is set.
+    pub address: Option<SocketAddr>,
+    /// Unix socket, mode 0660: `admin.socket`, or [`DEFAULT_ADMIN_SOCKET`]
+    /// when no address is set.
+    pub socket: Option<PathBuf>,
+    /// Bearer token required by every request, if set (always set with
+    /// an address). Changed by a reload.
     pub token: Option<String>,
+}
+
+impl Admin {
+    /// The listeners only, which only a restart changes.
+    fn listeners(&self) -> (Option<SocketAddr>, Option<&Path>) {
+        (self.address, self.socket.as_deref())
+    }
 }
 
 /// Quotas and rate limits; 0 turns a rate limit off.
@@ -367,6 +387,9 @@ pub struct Config {
     pub demo: Demo,
     /// Where `/metrics` is served (Prometheus text), if enabled.
     pub metrics: Option<SocketAddr>,
+    /// Names (lower case) `/metrics` answers to in `Host`, besides IP
+    /// literals and `localhost` (`[metrics] hosts`).
+    pub metrics_hosts: Vec<String>,
     pub admin: Option<Admin>,
     /// Sent with 300 Try Alternate to new Allocates while draining.
     pub alternate: Option<SocketAddr>,
@@ -381,6 +404,71 @@ pub struct Demo {
     pub address: SocketAddr,
     /// Lifetime in seconds of the TURN REST credentials `/ice-servers` mints.
     pub credential_ttl: u64,
+    /// Seconds a signaling WebSocket may stay silent (no message, no pong
+    /// to the server's pings) before it is closed.
+    pub idle_timeout: u64,
+    /// Connections (pages and WebSockets) one IP address, or IPv6 /64,
+    /// may hold at once.
+    pub connections_per_ip: usize,
+}
+
+/// The `[admin]` section: a TCP address needs a token (the API can close
+/// any session, and a token is what keeps other local users and web pages
+/// out); without an address it is a Unix socket.
+fn admin_section(
+    a: &RawAdmin,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Admin, ConfigError> {
+    let token = match &a.token {
+        Some(t) if t.is_empty() => return Err(err("admin.token", "must not be empty".into())),
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(err(
+                "admin.token",
+                "must be printable ASCII without spaces (it is sent in an HTTP header)".into(),
+            ));
+        }
+        t => t.clone(),
+    };
+    let address = match &a.address {
+        None => None,
+        Some(v) => Some(
+            v.parse::<SocketAddr>()
+                .map_err(|_| err("admin.address", format!("{v:?} is not an IP:PORT address")))?,
+        ),
+    };
+    if let (Some(addr), None) = (address, &token) {
+        return Err(err(
+            "admin.token",
+            format!(
+                "required with admin.address ({addr}), loopback too: any local user or web page could otherwise close sessions; or drop admin.address to use the Unix socket {DEFAULT_ADMIN_SOCKET}"
+            ),
+        ));
+    }
+    let socket = match (&a.socket, address) {
+        (Some(p), _) => Some(PathBuf::from(p)),
+        (None, None) => Some(PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+        (None, Some(_)) => None,
+    };
+    if let Some(p) = &socket {
+        if !p.is_absolute() {
+            return Err(err(
+                "admin.socket",
+                format!("{:?} must be an absolute path", p.display()),
+            ));
+        }
+        // sun_path holds 108 bytes with the terminating NUL.
+        if p.as_os_str().len() > 107 {
+            return Err(err(
+                "admin.socket",
+                "longer than 107 bytes, the most a Unix socket path can be".into(),
+            ));
+        }
+    }
+    Ok(Admin {
+        address,
+        socket,
+        token,
+    })
 }
 
 /// Read and validate the configuration file at `path`.
@@ -419,8 +507,15 @@ pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static
         ),
         ("realm", running.realm != new.realm),
         ("log.format", running.log_format != new.log_format),
-        ("metrics", running.metrics != new.metrics),
-        ("admin", running.admin != new.admin),
+        (
+            "metrics",
+            running.metrics != new.metrics || running.metrics_hosts != new.metrics_hosts,
+        ),
+        (
+            "admin",
+            running.admin.as_ref().map(Admin::listeners)
+                != new.admin.as_ref().map(Admin::listeners),
+        ),
     ]
     .into_iter()
     .filter_map(|(key, differs)| differs.then_some(key))
@@ -447,7 +542,15 @@ pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static
         realm: running.realm.clone(),
         log_format: running.log_format,
         metrics: running.metrics,
-        admin: running.admin.clone(),
+        metrics_hosts: running.metrics_hosts.clone(),
+        // The listeners stay; the token is rotated by the reload.
+        admin: running.admin.clone().map(|a| Admin {
+            token: match &new.admin {
+                Some(n) => n.token.clone(),
+                None => a.token.clone(),
+            },
+            ..a
+        }),
         ..new
     };
     (kept, changed)
@@ -796,32 +899,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             m.address.as_deref().unwrap_or("127.0.0.1:9641"),
         )?),
     };
-    let admin = match &raw.admin {
-        None => None,
-        Some(a) => Some(Admin {
-            address: sockaddr(
-                "admin.address",
-                a.address.as_deref().unwrap_or("127.0.0.1:9642"),
-            )?,
-            token: match &a.token {
-                Some(t) if t.is_empty() => {
-                    return Err(err("admin.token", "must not be empty".into()));
-                }
-                t => t.clone(),
-            },
-        }),
-    };
-    if let Some(a) = &admin {
-        if !a.address.ip().is_loopback() && a.token.is_none() {
+    let mut metrics_hosts = Vec::new();
+    for (i, h) in raw
+        .metrics
+        .as_ref()
+        .and_then(|m| m.hosts.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let name_ok = (1..=253).contains(&h.len())
+            && h.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !name_ok {
             return Err(err(
-                "admin.token",
+                &format!("metrics.hosts[{i}]"),
                 format!(
-                    "required when admin.address ({}) is not loopback: the admin API can close any session",
-                    a.address
+                    "{h:?} is not a host name (no port, no IP address: those are always accepted)"
                 ),
             ));
         }
+        metrics_hosts.push(h.to_ascii_lowercase());
     }
+    let admin = match &raw.admin {
+        None => None,
+        Some(a) => Some(admin_section(a, &err)?),
+    };
     let alternate = match &raw.server.alternate {
         None => None,
         Some(a) => Some(sockaddr("server.alternate", a)?),
@@ -844,7 +948,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         },
         credential_ttl: raw.demo.credential_ttl.unwrap_or(3600),
+        idle_timeout: raw.demo.idle_timeout.unwrap_or(60),
+        connections_per_ip: raw.demo.connections_per_ip.unwrap_or(32),
     };
+    if !(1..=3600).contains(&demo.idle_timeout) {
+        return Err(err(
+            "demo.idle_timeout",
+            "must be between 1 and 3600 seconds".into(),
+        ));
+    }
+    if !(1..=4096).contains(&demo.connections_per_ip) {
+        return Err(err(
+            "demo.connections_per_ip",
+            "must be between 1 and 4096".into(),
+        ));
+    }
     if !(60..=86_400).contains(&demo.credential_ttl) {
         return Err(err(
             "demo.credential_ttl",
@@ -883,6 +1001,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         log_format,
         demo,
         metrics,
+        metrics_hosts,
         admin,
         alternate,
         drain_timeout,
@@ -1081,6 +1200,94 @@ deny = []
         assert_eq!(e.key, "auth");
         let e = p(&format!("{GOOD}[limits]\npermissions_per_allocation = 0\n")).unwrap_err();
         assert_eq!(e.key, "limits.permissions_per_allocation");
+    }
+
+    #[test]
+    fn admin_listens_on_a_unix_socket_unless_given_an_address_and_a_token() {
+        let admin = |section: &str| p(&format!("{GOOD}[admin]\n{section}\n"));
+        let a = admin("").unwrap().admin.unwrap();
+        assert_eq!(
+            (a.address, a.socket.as_deref(), a.token.as_deref()),
+            (None, Some(Path::new(DEFAULT_ADMIN_SOCKET)), None)
+        );
+        assert!(p(GOOD).unwrap().admin.is_none(), "no section, no admin API");
+        let a = admin("socket = \"/tmp/x/a.sock\"\ntoken = \"t\"")
+            .unwrap()
+            .admin
+            .unwrap();
+        assert_eq!(a.socket.as_deref(), Some(Path::new("/tmp/x/a.sock")));
+        assert_eq!(a.token.as_deref(), Some("t"));
+        let a = admin("address = \"127.0.0.1:9642\"\ntoken = \"t\"")
+            .unwrap()
+            .admin
+            .unwrap();
+        assert_eq!(a.address, Some("127.0.0.1:9642".parse().unwrap()));
+        assert_eq!(a.socket, None);
+        let both = "address = \"[::1]:9642\"\nsocket = \"/run/f/a.sock\"\ntoken = \"t\"";
+        let a = admin(both).unwrap().admin.unwrap();
+        assert!(a.address.is_some() && a.socket.is_some());
+
+        for (section, key, reason) in [
+            (
+                "address = \"127.0.0.1:9642\"",
+                "admin.token",
+                "loopback too",
+            ),
+            ("address = \"0.0.0.0:9642\"", "admin.token", "required"),
+            (
+                "address = \"localhost:9642\"\ntoken = \"t\"",
+                "admin.address",
+                "IP:PORT",
+            ),
+            ("token = \"\"", "admin.token", "empty"),
+            ("token = \"a b\"", "admin.token", "printable"),
+            ("socket = \"admin.sock\"", "admin.socket", "absolute"),
+            ("socket = \"/x\"\nport = 1", "admin.port", "unknown field"),
+        ] {
+            let e = admin(section).unwrap_err();
+            assert_eq!(e.key, key, "{section}: {e}");
+            assert!(e.reason.contains(reason), "{section}: {e}");
+            assert!(e.to_string().starts_with(&format!("t.toml: {key}")), "{e}");
+        }
+        let long = format!("socket = \"/{}\"", "a".repeat(120));
+        assert_eq!(admin(&long).unwrap_err().key, "admin.socket");
+    }
+
+    #[test]
+    fn metrics_hosts_are_host_names() {
+        let c = p(&format!(
+            "{GOOD}[metrics]\nhosts = [\"Turn1.Example.org\", \"prom\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics_hosts, ["turn1.example.org", "prom"]);
+        for bad in ["turn1:9641", "", "a..b", "[::1]", "a b"] {
+            let e = p(&format!("{GOOD}[metrics]\nhosts = [\"ok\", {bad:?}]\n")).unwrap_err();
+            assert_eq!(e.key, "metrics.hosts[1]", "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_reload_rotates_the_admin_token_and_keeps_its_listeners() {
+        let with = |section: &str| p(&format!("{GOOD}[admin]\n{section}\n")).unwrap();
+        let running = with("address = \"127.0.0.1:9642\"\ntoken = \"old\"");
+        let (kept, changed) = keep_restart_only(
+            &running,
+            with("address = \"127.0.0.1:9642\"\ntoken = \"new\""),
+        );
+        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(kept.admin.as_ref().unwrap().token.as_deref(), Some("new"));
+        let (kept, changed) = keep_restart_only(
+            &running,
+            with("address = \"127.0.0.1:9643\"\ntoken = \"new\""),
+        );
+        assert_eq!(changed, ["admin"]);
+        let a = kept.admin.unwrap();
+        assert_eq!(a.address, Some("127.0.0.1:9642".parse().unwrap()));
+        assert_eq!(a.token.as_deref(), Some("new"), "the token still rotates");
+        // On the socket, a token may come and go.
+        let running = with("");
+        let (kept, _) = keep_restart_only(&running, with("token = \"t\""));
+        assert_eq!(kept.admin.unwrap().token.as_deref(), Some("t"));
     }
 
     #[test]

@@ -35,12 +35,13 @@ async fn supervise(server: &Server, config: Config) -> std::io::Result<()> {
     // Bound before READY=1, so that a taken port stops startup.
     if let Some(addr) = config.metrics {
         let listener = bind(addr, "metrics").await?;
-        tokio::spawn(crate::metrics::serve(listener, control.clone()));
+        let hosts = config.metrics_hosts.clone();
+        tokio::spawn(crate::metrics::serve(listener, control.clone(), hosts));
     }
-    if let Some(admin) = config.admin.clone() {
-        let listener = bind(admin.address, "admin").await?;
-        tokio::spawn(crate::admin::serve(listener, admin.token, control.clone()));
-    }
+    let admin = match &config.admin {
+        Some(a) => Some(crate::admin::Admin::start(a, control.clone()).await?),
+        None => None,
+    };
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -54,6 +55,9 @@ async fn supervise(server: &Server, config: Config) -> std::io::Result<()> {
             _ = hup.recv() => {
                 notify::reloading();
                 current = reload(server, current);
+                if let Some(a) = &admin {
+                    a.reload(current.admin.as_ref());
+                }
                 notify::ready();
             }
             _ = int.recv() => {

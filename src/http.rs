@@ -3,23 +3,34 @@
 //! the WebSocket upgrade (demo), `/metrics` and the admin API; request
 //! bodies are neither expected nor read. Plus [`fetch`], the blocking
 //! one-shot client the `ferroturn sessions` and `kill` commands use.
+//!
+//! Connections are held in [`Slots`]: a connection must send its whole
+//! request head within [`HEAD_TIMEOUT`], however it trickles, and when a
+//! client (an IP address, an IPv6 /64, or a local user on a Unix socket)
+//! or the whole listener is at its cap, the oldest connection that is not
+//! being answered is closed to make room. Idle sockets therefore can
+//! neither hold every slot nor keep a real request out.
 
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::Future;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::AbortHandle;
 
 /// Largest request head accepted (request line and headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers accepted.
 const MAX_HEADERS: usize = 64;
-/// Time a client gets to send its request head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client gets to send its whole request head, from the moment it
+/// is accepted: a sender that trickles a byte at a time is cut off too.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +40,8 @@ pub struct Request {
     pub path: String,
     /// The query string, without `?`.
     pub query: String,
+    /// HTTP/1.1 (or a later 1.x), which must send `Host`; false for 1.0.
+    pub http11: bool,
     /// Header names lower-cased, values trimmed, in order.
     pub headers: Vec<(String, String)>,
 }
@@ -75,7 +88,10 @@ pub fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
     else {
         return Err(HeadError::Malformed("bad request line"));
     };
-    if !version.starts_with("HTTP/1.") {
+    let Some(minor) = version.strip_prefix("HTTP/1.") else {
+        return Err(HeadError::Malformed("not HTTP/1.x"));
+    };
+    if minor.is_empty() || !minor.bytes().all(|b| b.is_ascii_digit()) {
         return Err(HeadError::Malformed("not HTTP/1.x"));
     }
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -105,6 +121,7 @@ pub fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
         method: method.to_owned(),
         path: path.to_owned(),
         query: query.to_owned(),
+        http11: minor != "0",
         headers,
     })
 }
@@ -168,6 +185,22 @@ impl Response {
         }
     }
 
+    /// A JSON body `{"error": text}` with `status`, never cached.
+    pub fn json_error(status: u16, text: &str) -> Response {
+        Response::json(status, &serde_json::json!({ "error": text }))
+    }
+
+    /// A JSON body with `status`, never cached.
+    pub fn json(status: u16, body: &impl serde::Serialize) -> Response {
+        let mut r = Response::ok(
+            "application/json",
+            serde_json::to_vec(body).expect("serializable"),
+        )
+        .with("Cache-Control", "no-store");
+        r.status = status;
+        r
+    }
+
     /// Add a header.
     pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
@@ -217,7 +250,9 @@ pub fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        421 => "Misdirected Request",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -228,19 +263,284 @@ pub fn reason(status: u16) -> &'static str {
 /// Time a client gets to take a whole response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether a `Host` value names this machine without DNS: an IPv4
+/// literal, a bracketed IPv6 literal or `localhost`, or one of the names in
+/// `also` (configured by the operator, lower case), each with an optional
+/// port (RFC 9110 §7.2, RFC 3986 §3.2.2). A page that reached a loopback
+/// listener by DNS rebinding sends its own domain name here, so it is told
+/// apart.
+pub fn is_local_authority(host: &str, also: &[String]) -> bool {
+    let (name_ok, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) => (v6.parse::<Ipv6Addr>().is_ok(), port),
+            None => return false,
+        },
+        None => {
+            let (name, port) = host.split_at(host.find(':').unwrap_or(host.len()));
+            let ok = name.eq_ignore_ascii_case("localhost")
+                || name.parse::<Ipv4Addr>().is_ok()
+                || also.iter().any(|a| name.eq_ignore_ascii_case(a));
+            (ok, port)
+        }
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+        });
+    name_ok && port_ok
+}
+
+/// The refusal for a request to a local-only listener (admin, metrics)
+/// whose `Host` is not [`is_local_authority`] (with the extra names
+/// `also`): 421 for a foreign name, 400 for an HTTP/1.1 request without
+/// exactly one `Host` (RFC 9112 §3.2). `None` when the request may be
+/// answered.
+pub fn local_host_refusal(req: &Request, also: &[String]) -> Option<Response> {
+    let mut hosts = req.headers.iter().filter(|(n, _)| n == "host");
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some(Response::json_error(400, "more than one Host header"));
+    }
+    match host {
+        None if req.http11 => Some(Response::json_error(
+            400,
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        None => None,
+        Some((_, h)) if is_local_authority(h, also) => None,
+        Some(_) => Some(Response::json_error(
+            421,
+            "this server answers only requests addressed to an IP address or localhost (Host header)",
+        )),
+    }
+}
+
+/// Who a connection comes from, for per-client caps: an IPv4 address, an
+/// IPv6 /64 (one host or home network usually holds a whole /64), or the
+/// user id of a process on a Unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    V4(Ipv4Addr),
+    V6Net(u64),
+    Uid(u32),
+}
+
+impl Peer {
+    /// The peer of an IP address (IPv4-mapped IPv6 counts as IPv4).
+    pub fn of_ip(ip: IpAddr) -> Peer {
+        match ip {
+            IpAddr::V4(v4) => Peer::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Peer::V4(v4),
+                None => Peer::V6Net((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// A byte stream of a TCP or Unix connection.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+/// A TCP or Unix listening socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// The next connection and whom it comes from.
+    pub async fn accept(&self) -> std::io::Result<(Box<dyn Conn>, Peer)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, from) = l.accept().await?;
+                Ok((Box::new(s), Peer::of_ip(from.ip())))
+            }
+            Listener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                // SO_PEERCRED cannot fail on a connected Unix socket; if it
+                // did, every such client would share one cap.
+                let uid = s.peer_cred().map_or(u32::MAX, |c| c.uid());
+                Ok((Box::new(s), Peer::Uid(uid)))
+            }
+        }
+    }
+}
+
+/// The connections of one listener, with a cap per [`Peer`] and a cap in
+/// all. A new connection is always let in if some connection can make room
+/// for it: when its peer is at its cap, that peer's oldest idle connection
+/// is closed; when the listener is full, the oldest idle connection of the
+/// peer holding the most is closed (else the oldest idle one of anybody).
+/// Idle means not marked busy: still sending its head, waiting for its
+/// response to be read, or anything its owner did not mark. Only when
+/// nothing is idle is the new connection refused.
+pub struct Slots {
+    table: Mutex<Table>,
+    max: usize,
+    per_peer: usize,
+}
+
+#[derive(Default)]
+struct Table {
+    next: u64,
+    /// By id, that is in the order they were let in.
+    conns: BTreeMap<u64, Entry>,
+    per_peer: HashMap<Peer, usize>,
+}
+
+struct Entry {
+    peer: Peer,
+    busy: bool,
+    abort: Option<AbortHandle>,
+}
+
+impl Table {
+    fn oldest_idle(&self, of: impl Fn(Peer) -> bool) -> Option<u64> {
+        self.conns
+            .iter()
+            .find(|(_, e)| !e.busy && of(e.peer))
+            .map(|(&id, _)| id)
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let e = self.conns.remove(&id)?;
+        if let Some(n) = self.per_peer.get_mut(&e.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&e.peer);
+            }
+        }
+        Some(e)
+    }
+}
+
+/// A connection's place in [`Slots`], given up when dropped.
+pub struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+}
+
+impl Slots {
+    pub fn new(max: usize, per_peer: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            table: Mutex::new(Table::default()),
+            max: max.max(1),
+            per_peer: per_peer.max(1),
+        })
+    }
+
+    /// A place for a new connection from `peer`, closing an idle one if
+    /// that is what it takes; `None`: refused, nothing was idle.
+    pub fn admit(self: &Arc<Self>, peer: Peer) -> Option<Slot> {
+        let mut t = self.table.lock().unwrap();
+        let victim = if t.per_peer.get(&peer).copied().unwrap_or(0) >= self.per_peer {
+            Some(t.oldest_idle(|p| p == peer)?)
+        } else if t.conns.len() >= self.max {
+            let heaviest = t.per_peer.iter().max_by_key(|(_, n)| **n).map(|(p, _)| *p);
+            Some(
+                t.oldest_idle(|p| Some(p) == heaviest)
+                    .or_else(|| t.oldest_idle(|_| true))?,
+            )
+        } else {
+            None
+        };
+        let evicted = victim.and_then(|id| t.remove(id)).and_then(|e| e.abort);
+        let id = t.next;
+        t.next += 1;
+        t.conns.insert(
+            id,
+            Entry {
+                peer,
+                busy: false,
+                abort: None,
+            },
+        );
+        *t.per_peer.entry(peer).or_default() += 1;
+        drop(t);
+        if let Some(a) = evicted {
+            tracing::debug!("connection closed to make room for another");
+            a.abort();
+        }
+        Some(Slot {
+            slots: self.clone(),
+            id,
+        })
+    }
+
+    /// The task serving connection `id`, to be aborted if the connection
+    /// is evicted. One evicted before this call (or already ended) is
+    /// aborted now.
+    pub fn attach(&self, id: u64, task: AbortHandle) {
+        let mut t = self.table.lock().unwrap();
+        match t.conns.get_mut(&id) {
+            Some(e) => e.abort = Some(task),
+            None => task.abort(),
+        }
+    }
+
+    /// Connections held now.
+    pub fn len(&self) -> usize {
+        self.table.lock().unwrap().conns.len()
+    }
+
+    /// Whether no connection is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Slot {
+    /// The slot's id, for [`Slots::attach`].
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Mark the connection busy (never evicted) or idle again.
+    pub fn set_busy(&self, busy: bool) {
+        if let Some(e) = self.slots.table.lock().unwrap().conns.get_mut(&self.id) {
+            e.busy = busy;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.table.lock().unwrap().remove(self.id);
+    }
+}
+
+/// How many connections a listener of [`serve_each`] holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// In all.
+    pub total: usize,
+    /// Per [`Peer`].
+    pub per_peer: usize,
+}
+
 /// Serve one request per connection on `listener` forever: read the head
-/// (within [`HEAD_TIMEOUT`]), answer with `handler`, close. At most `max`
-/// connections are served at once; more get 503. A HEAD request gets the
-/// head of `handler`'s answer to it. `name` labels the log lines.
-pub async fn serve_each<F, Fut>(listener: TcpListener, name: &'static str, max: usize, handler: F)
-where
+/// (within [`HEAD_TIMEOUT`]), answer with `handler`, close. Only requests
+/// whose `Host` is an IP literal, `localhost` or one of the names `hosts`
+/// reach `handler` ([`local_host_refusal`]). Connections are held in
+/// [`Slots`] of `caps`; a connection that cannot be let in is closed at
+/// once. A HEAD request gets the head of `handler`'s answer to it. `name`
+/// labels the log lines.
+pub async fn serve_each<F, Fut>(
+    listener: Listener,
+    name: &'static str,
+    caps: Caps,
+    hosts: Vec<String>,
+    handler: F,
+) where
     F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Slots::new(caps.total, caps.per_peer);
+    let hosts: Arc<[String]> = hosts.into();
     loop {
-        let mut stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: wait a little rather than spin.
                 tracing::warn!("{name}: accept: {e}");
@@ -248,20 +548,35 @@ where
                 continue;
             }
         };
-        let overloaded = active.fetch_add(1, Ordering::Relaxed) >= max;
-        let guard = Active(active.clone());
+        let Some(slot) = slots.admit(peer) else {
+            tracing::debug!(?peer, "{name}: connection refused, every slot is busy");
+            continue;
+        };
         let handler = handler.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
+        let hosts = hosts.clone();
+        let id = slot.id();
+        let task = tokio::spawn(async move {
+            let slot = slot;
             let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await;
             let (response, head_only) = match head {
                 Ok(Ok((req, _))) => {
                     let head_only = req.method == "HEAD";
-                    if overloaded {
-                        let r = Response::error(503, "too many connections");
-                        (r.with("Retry-After", "1"), head_only)
-                    } else {
-                        (handler(req).await, head_only)
+                    match local_host_refusal(&req, &hosts) {
+                        Some(refusal) => {
+                            static LAST: std::sync::atomic::AtomicU64 =
+                                std::sync::atomic::AtomicU64::new(0);
+                            if sparse(&LAST) {
+                                let host = req.header("host").unwrap_or("-");
+                                tracing::warn!(host, path = %req.path, "{name}: request for a foreign Host refused (a web page trying DNS rebinding?); such lines are logged at most every 10 s");
+                            }
+                            (refusal, head_only)
+                        }
+                        None => {
+                            slot.set_busy(true);
+                            let r = handler(req).await;
+                            slot.set_busy(false);
+                            (r, head_only)
+                        }
                     }
                 }
                 Ok(Err(HeadError::Closed)) | Err(_) => return,
@@ -273,35 +588,79 @@ where
             let write = response.write(&mut stream, head_only);
             let _ = tokio::time::timeout(WRITE_TIMEOUT, write).await;
         });
+        slots.attach(id, task.abort_handle());
     }
 }
 
-/// Counts a connection until dropped.
-struct Active(Arc<AtomicUsize>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+/// True at most once every 10 seconds for each `last` (the second it was
+/// last true): a client can send refused requests as fast as it likes, the
+/// log must not follow it.
+pub fn sparse(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let then = last.load(Ordering::Relaxed);
+    now >= then + 10
+        && last
+            .compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Largest response body [`fetch`] accepts.
 pub const MAX_FETCH: u64 = 64 * 1024 * 1024;
 
-/// One blocking HTTP/1.1 request to `addr` (`Connection: close`, no body):
-/// the status code and the body. Every step is bounded by `timeout`.
+/// Where [`fetch`] connects: a TCP address or a Unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Dest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dest::Tcp(a) => write!(f, "{a}"),
+            Dest::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One blocking HTTP/1.1 request to `dest` (`Connection: close`, no body):
+/// the status code and the body. Every step is bounded by `timeout`. The
+/// `Host` is the address, or `localhost` on a Unix socket.
 pub fn fetch(
-    addr: SocketAddr,
+    dest: &Dest,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> std::io::Result<(u16, Vec<u8>)> {
+    match dest {
+        Dest::Tcp(addr) => {
+            let s = std::net::TcpStream::connect_timeout(addr, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            exchange(s, &addr.to_string(), method, path, headers)
+        }
+        Dest::Unix(p) => {
+            let s = std::os::unix::net::UnixStream::connect(p)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            exchange(s, "localhost", method, path, headers)
+        }
+    }
+}
+
+fn exchange(
+    mut s: impl Read + Write,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, Vec<u8>)> {
     use std::io::{Error, ErrorKind};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -348,6 +707,7 @@ mod tests {
     fn parses_a_browser_upgrade_head() {
         let head = b"GET /signal?x=1 HTTP/1.1\r\nHost: a:8080\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
         let r = parse_head(head).unwrap();
+        assert!(r.http11);
         assert_eq!(r.method, "GET");
         assert_eq!(r.path, "/signal");
         assert_eq!(r.query, "x=1");
@@ -434,20 +794,150 @@ mod tests {
     #[tokio::test]
     async fn serve_each_answers_and_fetch_reads_it() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_each(listener, "test", 4, |req: Request| async move {
+        let addr = Dest::Tcp(listener.local_addr().unwrap());
+        let caps = Caps {
+            total: 4,
+            per_peer: 4,
+        };
+        let handler = |req: Request| async move {
             let auth = req.header("authorization").unwrap_or("-").to_owned();
             Response::ok("text/plain", format!("{} {} {auth}", req.method, req.path))
-        }));
+        };
+        let none = Vec::new();
+        tokio::spawn(serve_each(
+            Listener::Tcp(listener),
+            "test",
+            caps,
+            none.clone(),
+            handler,
+        ));
+        let dir = std::env::temp_dir().join(format!("ferroturn-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let unix = UnixListener::bind(&path).unwrap();
+        tokio::spawn(serve_each(
+            Listener::Unix(unix),
+            "test",
+            caps,
+            none,
+            handler,
+        ));
         let got = tokio::task::spawn_blocking(move || {
             let t = Duration::from_secs(5);
-            let a = fetch(addr, "DELETE", "/x/y", &[("Authorization", "Bearer t")], t);
-            let b = fetch(addr, "HEAD", "/z", &[], t);
-            (a.unwrap(), b.unwrap())
+            let a = fetch(&addr, "DELETE", "/x/y", &[("Authorization", "Bearer t")], t);
+            let b = fetch(&addr, "HEAD", "/z", &[], t);
+            let c = fetch(&Dest::Unix(path), "GET", "/u", &[], t);
+            (a.unwrap(), b.unwrap(), c.unwrap())
         })
         .await
         .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(got.0, (200, b"DELETE /x/y Bearer t".to_vec()));
         assert_eq!(got.1, (200, Vec::new()));
+        assert_eq!(got.2, (200, b"GET /u -".to_vec()));
+    }
+
+    #[test]
+    fn local_authorities_are_ip_literals_and_localhost() {
+        for h in [
+            "127.0.0.1",
+            "127.0.0.1:9642",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:9642",
+            "[2001:db8::1]:1",
+            "localhost",
+            "LocalHost:9641",
+        ] {
+            assert!(is_local_authority(h, &[]), "{h}");
+        }
+        for h in [
+            "",
+            ":80",
+            "evil.example",
+            "evil.example:9642",
+            "localhost.",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "127.1",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[evil]:80",
+            "127.0.0.1:",
+            "127.0.0.1:80:80",
+            "127.0.0.1:123456",
+            "127.0.0.1:8a",
+            "[fe80::1%25eth0]",
+        ] {
+            assert!(!is_local_authority(h, &[]), "{h:?}");
+        }
+        let also = ["turn1.example.org".to_owned()];
+        assert!(is_local_authority("TURN1.example.org:9641", &also));
+        assert!(is_local_authority("turn1.example.org", &also));
+        assert!(!is_local_authority("turn2.example.org", &also));
+        assert!(!is_local_authority("turn1.example.org.evil", &also));
+        let req = |head: &str| parse_head(head.as_bytes()).unwrap();
+        let status = |head: &str| local_host_refusal(&req(head), &[]).map(|r| r.status);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n"), None);
+        assert_eq!(status("GET / HTTP/1.0\r\n\r\n"), None);
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), Some(400));
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: localhost\r\nHost: a.b\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(
+            status("GET / HTTP/1.0\r\nHost: rebind.example\r\n\r\n"),
+            Some(421)
+        );
+        let r = local_host_refusal(&req("GET / HTTP/1.1\r\nHost: a.example:9642\r\n\r\n"), &[])
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(body["error"].as_str().unwrap().contains("Host"), "{body}");
+    }
+
+    #[test]
+    fn slots_evict_idle_connections_never_busy_ones() {
+        let a = Peer::of_ip("127.0.0.1".parse().unwrap());
+        let b = Peer::of_ip("::ffff:127.0.0.2".parse().unwrap());
+        assert_eq!(b, Peer::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(
+            Peer::of_ip("2001:db8::1".parse().unwrap()),
+            Peer::of_ip("2001:db8::2:3".parse().unwrap()),
+            "one /64"
+        );
+        let slots = Slots::new(4, 3);
+        // a fills its cap; a fourth connection of a evicts a's oldest.
+        let a1 = slots.admit(a).unwrap();
+        let a2 = slots.admit(a).unwrap();
+        let a3 = slots.admit(a).unwrap();
+        a2.set_busy(true);
+        let a4 = slots.admit(a).unwrap();
+        assert_eq!(slots.len(), 3);
+        drop(a1); // already evicted: dropping it changes nothing
+        assert_eq!(slots.len(), 3);
+        // The next eviction of a skips busy a2 and takes a3.
+        let a5 = slots.admit(a).unwrap();
+        assert_eq!(slots.len(), 3);
+        drop(a3);
+        assert_eq!(slots.len(), 3);
+        // b gets in; the listener is now full (4), and another b evicts
+        // from the heaviest peer, a, not from b.
+        let b1 = slots.admit(b).unwrap();
+        let b2 = slots.admit(b).unwrap();
+        assert_eq!(slots.len(), 4);
+        drop(b1);
+        assert_eq!(slots.len(), 3, "b1 was not evicted");
+        // Nothing idle: refused.
+        for s in [&a2, &a4, &a5, &b2] {
+            s.set_busy(true);
+        }
+        let b3 = slots.admit(b).unwrap();
+        b3.set_busy(true);
+        assert!(slots.admit(b).is_none());
+        assert!(slots.admit(Peer::Uid(1000)).is_none());
+        drop((a2, a4, a5, b2, b3));
+        assert!(slots.is_empty());
     }
 }

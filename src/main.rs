@@ -48,10 +48,13 @@ enum Command {
     },
     /// List the sessions of a running server (through its admin API).
     Sessions {
-        /// Admin API address; defaults to [admin] address in --config, else 127.0.0.1:9642.
-        #[arg(long, value_name = "ADDR")]
+        /// Admin API: IP:PORT or a socket path; defaults to [admin] in --config, else /run/ferroturn/admin.sock.
+        #[arg(long, value_name = "ADDR|SOCKET")]
         admin: Option<String>,
-        /// Bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
+        /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// Bearer token (visible to other users in ps: prefer --token-file).
         #[arg(long)]
         token: Option<String>,
         /// Print the API's JSON instead of a table.
@@ -70,10 +73,13 @@ enum Command {
         /// Close the session on this relay port.
         #[arg(long, value_name = "PORT")]
         relay_port: Option<u16>,
-        /// Admin API address; defaults to [admin] address in --config, else 127.0.0.1:9642.
-        #[arg(long, value_name = "ADDR")]
+        /// Admin API: IP:PORT or a socket path; defaults to [admin] in --config, else /run/ferroturn/admin.sock.
+        #[arg(long, value_name = "ADDR|SOCKET")]
         admin: Option<String>,
-        /// Bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
+        /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// Bearer token (visible to other users in ps: prefer --token-file).
         #[arg(long)]
         token: Option<String>,
     },
@@ -115,20 +121,32 @@ fn optional_config(
 }
 
 /// Where the admin API is and how to authenticate to it, from the flags,
-/// else `--config`'s `[admin]`, else the defaults.
+/// else `--config`'s `[admin]`, else the defaults. A token given on the
+/// command line works, with a warning: every local user can read it in
+/// `ps`.
 fn admin_target(
     path: Option<&PathBuf>,
     admin: Option<String>,
+    token_file: Option<PathBuf>,
     token: Option<String>,
     command: &str,
 ) -> Result<ferroturn::admin::client::Target, ExitCode> {
+    use ferroturn::admin::client::{TOKEN_ENV, Target, TokenSource};
     let config = optional_config(path, command)?;
-    ferroturn::admin::client::Target::resolve(admin.as_deref(), token, config.as_ref()).map_err(
-        |e| {
-            eprintln!("ferroturn {command}: {e}");
-            ExitCode::from(2)
-        },
-    )
+    let token = match (token_file, token) {
+        (Some(f), _) => TokenSource::File(f),
+        (None, Some(t)) => {
+            eprintln!(
+                "ferroturn {command}: warning: --token is visible to every local user (ps, /proc); use --token-file FILE or ${TOKEN_ENV}"
+            );
+            TokenSource::Arg(t)
+        }
+        (None, None) => TokenSource::None,
+    };
+    Target::resolve(admin.as_deref(), token, config.as_ref()).map_err(|e| {
+        eprintln!("ferroturn {command}: {e}");
+        ExitCode::from(2)
+    })
 }
 
 /// Run a server (plain or with the demo) until it stops.
@@ -206,9 +224,15 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Sessions { admin, token, json } => {
+        Command::Sessions {
+            admin,
+            token_file,
+            token,
+            json,
+        } => {
             use ferroturn::admin::client::table;
-            let target = match admin_target(cli.config.as_ref(), admin, token, "sessions") {
+            let config = cli.config.as_ref();
+            let target = match admin_target(config, admin, token_file, token, "sessions") {
                 Ok(t) => t,
                 Err(code) => return code,
             };
@@ -232,9 +256,11 @@ fn main() -> ExitCode {
             user,
             relay_port,
             admin,
+            token_file,
             token,
         } => {
-            let target = match admin_target(cli.config.as_ref(), admin, token, "kill") {
+            let config = cli.config.as_ref();
+            let target = match admin_target(config, admin, token_file, token, "kill") {
                 Ok(t) => t,
                 Err(code) => return code,
             };

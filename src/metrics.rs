@@ -13,24 +13,38 @@ use tokio::net::TcpListener;
 use crate::engine::stats::{
     AUTH_FAILURES, CODES, DURATION_BUCKETS, METHODS, TO_CLIENT, TO_PEER, TRANSPORTS,
 };
-use crate::http::{self, Request, Response};
+use crate::http::{self, Caps, Listener, Request, Response};
 use crate::io::{Control, WorkerReport};
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Scrapes served at once; more get 503.
-const MAX_CONNECTIONS: usize = 16;
+/// Connections held at once, and per client (IP address or IPv6 /64). A
+/// scrape takes milliseconds, so these fill up only with idle sockets,
+/// which make room for new connections ([`http::Slots`]).
+pub const CAPS: Caps = Caps {
+    total: 256,
+    per_peer: 64,
+};
 
 /// Relay directions, in the order of [`TO_PEER`] and [`TO_CLIENT`].
 const DIRECTIONS: [(usize, &str); 2] = [(TO_PEER, "to_peer"), (TO_CLIENT, "to_client")];
 
-/// Serve `/metrics` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, control: Control) {
-    http::serve_each(listener, "metrics", MAX_CONNECTIONS, move |req| {
-        let control = control.clone();
-        async move { answer(&req, &control).await }
-    })
+/// Serve `/metrics` on `listener` until the process ends. Only requests
+/// whose `Host` is an IP literal, `localhost` or one of `hosts`
+/// (`[metrics] hosts`) are answered, as for the admin API: a web page must
+/// not read the server's figures through DNS rebinding.
+pub async fn serve(listener: TcpListener, control: Control, hosts: Vec<String>) {
+    http::serve_each(
+        Listener::Tcp(listener),
+        "metrics",
+        CAPS,
+        hosts,
+        move |req| {
+            let control = control.clone();
+            async move { answer(&req, &control).await }
+        },
+    )
     .await;
 }
 

@@ -7,6 +7,17 @@
 //! - `/signal`: WebSocket signaling in rooms of two.
 //!
 //! Pages and scripts are embedded in the binary.
+//!
+//! Limits, since the demo runs inside the TURN process: every connection
+//! must send its request head within [`http::HEAD_TIMEOUT`] and take its
+//! answer within [`http::WRITE_TIMEOUT`]; one IP address (or IPv6 /64)
+//! holds at most `[demo] connections_per_ip` connections, pages and
+//! WebSockets together, and the server [`MAX_CONNECTIONS`] (a new
+//! connection closes the oldest idle one, see [`http::Slots`]); a
+//! WebSocket that sends nothing, not even a pong to the server's pings,
+//! for `[demo] idle_timeout` seconds is closed; and a client that lets more
+//! than [`OUTBOX_BYTES`] pile up unread is disconnected, which the other
+//! member of its room sees as `peer-left`.
 
 pub mod ice;
 pub mod signal;
@@ -16,25 +27,47 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::config::Config;
-use crate::http::{self, HeadError, Request, Response};
+use crate::http::{self, HeadError, Peer, Request, Response, Slot, Slots};
 use ice::IceConfig;
 use signal::{Delivery, Hub, PeerId};
 use websocket::{Message, close_code};
 
-/// Connections served at once; more get 503.
+/// Connections held at once, from all clients.
 pub const MAX_CONNECTIONS: usize = 512;
-/// Messages queued for one WebSocket client; a client that lets more pile
-/// up is disconnected.
-const OUTBOX: usize = 256;
+/// Bytes queued for one WebSocket client, counting [`MESSAGE_OVERHEAD`]
+/// per message; a client that lets more pile up unread is disconnected.
+pub const OUTBOX_BYTES: usize = 1 << 20;
+/// What a queued message costs beyond its payload, so that a flood of
+/// tiny messages is bounded too.
+const MESSAGE_OVERHEAD: usize = 64;
 /// Time a closing WebSocket gets to flush its last frames.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The demo's connection limits (`[demo]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Silence after which a WebSocket is closed; pings go out every third
+    /// of it while the client is silent.
+    pub idle_timeout: Duration,
+    /// Connections per IP address or IPv6 /64.
+    pub per_ip: usize,
+}
+
+impl Limits {
+    pub fn from_config(c: &crate::config::Demo) -> Limits {
+        Limits {
+            idle_timeout: Duration::from_secs(c.idle_timeout),
+            per_ip: c.connections_per_ip,
+        }
+    }
+}
 
 /// Embedded assets: path, content type, body.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -81,7 +114,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(address = %addr, "demo: open http://{addr}/ (call) and http://{addr}/trickle-ice");
         tokio::select! {
-            r = serve(listener, ice) => r,
+            r = serve(listener, ice, Limits::from_config(&config.demo)) => r,
             r = crate::io::wait_for_signal() => r,
         }
     });
@@ -111,12 +144,13 @@ pub fn ice_config(config: &Config, bound: &[SocketAddr]) -> IceConfig {
 }
 
 /// Serve the demo on `listener` forever.
-pub async fn serve(listener: TcpListener, ice: IceConfig) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, ice: IceConfig, limits: Limits) -> std::io::Result<()> {
     let app = Arc::new(App {
         ice,
         signal: Mutex::new(Signal::default()),
         next_id: AtomicU64::new(1),
-        connections: AtomicUsize::new(0),
+        slots: Slots::new(MAX_CONNECTIONS, limits.per_ip),
+        idle: limits.idle_timeout,
     });
     loop {
         let (stream, from) = match listener.accept().await {
@@ -128,20 +162,20 @@ pub async fn serve(listener: TcpListener, ice: IceConfig) -> std::io::Result<()>
                 continue;
             }
         };
-        let app = app.clone();
-        tokio::spawn(async move {
-            let n = app.connections.fetch_add(1, Ordering::Relaxed);
-            let _guard = CountGuard(&app.connections);
-            connection(stream, from, &app, n >= MAX_CONNECTIONS).await;
-        });
-    }
-}
-
-struct CountGuard<'a>(&'a AtomicUsize);
-
-impl Drop for CountGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let Some(slot) = app.slots.admit(Peer::of_ip(from.ip())) else {
+            // Over the cap with nothing idle to close: say so at once,
+            // without waiting for the request.
+            tracing::debug!(client = %from, "demo: too many connections from one client");
+            let r = Response::error(429, "too many connections from your address");
+            let _ = stream.try_write(&r.with("Retry-After", "1").to_bytes(false));
+            continue;
+        };
+        let id = slot.id();
+        let task = {
+            let app = app.clone();
+            tokio::spawn(async move { connection(stream, from, &app, slot).await })
+        };
+        app.slots.attach(id, task.abort_handle());
     }
 }
 
@@ -149,19 +183,29 @@ struct App {
     ice: IceConfig,
     signal: Mutex<Signal>,
     next_id: AtomicU64,
-    connections: AtomicUsize,
+    slots: Arc<Slots>,
+    idle: Duration,
 }
 
 /// The hub and the outbox of every connected signaling client.
 #[derive(Default)]
 struct Signal {
     hub: Hub,
-    outboxes: HashMap<PeerId, mpsc::Sender<Outgoing>>,
+    outboxes: HashMap<PeerId, Outbox>,
+}
+
+/// Where messages for one client wait for its writer, bounded in bytes.
+struct Outbox {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    /// Bytes queued, by [`Outgoing::cost`].
+    queued: Arc<AtomicUsize>,
+    /// Woken when the client is to be cut off: its outbox overflowed.
+    kick: Arc<Notify>,
 }
 
 impl Signal {
     /// Queue `deliveries`; a client whose outbox is full is dropped (its
-    /// writer ends, which closes its connection).
+    /// connection closes at once, unflushed).
     fn deliver(&mut self, deliveries: Vec<Delivery>) {
         for d in deliveries {
             self.send(d.to, Outgoing::Text(d.text));
@@ -169,10 +213,18 @@ impl Signal {
     }
 
     fn send(&mut self, to: PeerId, o: Outgoing) {
-        if let Some(tx) = self.outboxes.get(&to)
-            && tx.try_send(o).is_err()
-        {
-            tracing::info!(peer = to, "demo: signaling client too slow, disconnecting");
+        let Some(out) = self.outboxes.get(&to) else {
+            return;
+        };
+        let cost = o.cost();
+        let queued = out.queued.fetch_add(cost, Ordering::Relaxed) + cost;
+        if queued > OUTBOX_BYTES || out.tx.send(o).is_err() {
+            tracing::info!(
+                peer = to,
+                queued,
+                "demo: signaling client does not read its messages, disconnecting"
+            );
+            out.kick.notify_one();
             self.outboxes.remove(&to);
         }
     }
@@ -180,51 +232,71 @@ impl Signal {
 
 enum Outgoing {
     Text(String),
+    Ping,
     Pong(Vec<u8>),
     Close(u16, String),
 }
 
-async fn connection(mut stream: TcpStream, from: SocketAddr, app: &App, overloaded: bool) {
+impl Outgoing {
+    /// What the message counts against [`OUTBOX_BYTES`].
+    fn cost(&self) -> usize {
+        MESSAGE_OVERHEAD
+            + match self {
+                Outgoing::Text(t) => t.len(),
+                Outgoing::Ping => 0,
+                Outgoing::Pong(p) => p.len(),
+                Outgoing::Close(_, r) => r.len(),
+            }
+    }
+}
+
+async fn connection(mut stream: TcpStream, from: SocketAddr, app: &App, slot: Slot) {
     let head = tokio::time::timeout(http::HEAD_TIMEOUT, http::read_head(&mut stream)).await;
+    let answer = |r: Response, head_only: bool| async move {
+        let mut stream = stream;
+        let write = r.write(&mut stream, head_only);
+        let ok = matches!(
+            tokio::time::timeout(http::WRITE_TIMEOUT, write).await,
+            Ok(Ok(()))
+        );
+        ok.then_some(stream)
+    };
     let (req, leftover) = match head {
         Ok(Ok(r)) => r,
         Ok(Err(HeadError::Closed)) | Err(_) => return,
         Ok(Err(HeadError::TooLarge)) => {
-            let r = Response::error(431, "request head too large");
-            let _ = r.write(&mut stream, false).await;
+            answer(Response::error(431, "request head too large"), false).await;
             return;
         }
         Ok(Err(HeadError::Malformed(why))) => {
-            let _ = Response::error(400, why).write(&mut stream, false).await;
+            answer(Response::error(400, why), false).await;
             return;
         }
     };
     let head_only = req.method == "HEAD";
-    if overloaded {
-        let r = Response::error(503, "too many connections").with("Retry-After", "1");
-        let _ = r.write(&mut stream, head_only).await;
-        return;
-    }
     if req.method != "GET" && !head_only {
         let r = Response::error(405, "only GET and HEAD").with("Allow", "GET, HEAD");
-        let _ = r.write(&mut stream, false).await;
+        answer(r, false).await;
         return;
     }
     if req.path == "/signal" && !head_only {
         match upgrade(&req) {
             Ok(r) => {
-                if r.write(&mut stream, false).await.is_ok() {
+                if let Some(stream) = answer(r, false).await {
                     tracing::debug!(client = %from, "demo: signaling connected");
+                    // A live WebSocket is never closed to make room; the
+                    // per-client cap and the idle timeout bound them.
+                    slot.set_busy(true);
                     signaling(stream, leftover, app).await;
                 }
             }
             Err(r) => {
-                let _ = r.write(&mut stream, false).await;
+                answer(r, false).await;
             }
         }
         return;
     }
-    let _ = route(&req, app).write(&mut stream, head_only).await;
+    answer(route(&req, app), head_only).await;
 }
 
 /// The response to a plain GET.
@@ -284,39 +356,103 @@ fn upgrade(req: &Request) -> Result<Response, Response> {
     })
 }
 
+/// How a signaling connection ended.
+enum End {
+    /// The client closed, or broke the protocol.
+    Read,
+    /// The socket failed under the writer.
+    Writer,
+    /// Its outbox overflowed: it does not read.
+    Overflow,
+    /// Nothing heard for the idle timeout.
+    Idle,
+}
+
 /// One signaling client, from the 101 until it leaves.
 async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
     let id = app.next_id.fetch_add(1, Ordering::Relaxed);
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(OUTBOX);
-    app.signal.lock().unwrap().outboxes.insert(id, tx);
-    let mut writer = tokio::spawn(write_loop(wr, rx));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let kick = Arc::new(Notify::new());
+    app.signal.lock().unwrap().outboxes.insert(
+        id,
+        Outbox {
+            tx,
+            queued: queued.clone(),
+            kick: kick.clone(),
+        },
+    );
+    let mut writer = tokio::spawn(write_loop(wr, rx, queued));
     let mut reader = websocket::Reader::server(rd, leftover, signal::MAX_MESSAGE);
-    let writer_done = tokio::select! {
-        _ = read_loop(id, &mut reader, app) => false,
-        _ = &mut writer => true,
+    // Microseconds from `start` to the last complete frame received.
+    let start = Instant::now();
+    let heard = AtomicU64::new(0);
+    let end = tokio::select! {
+        _ = read_loop(id, &mut reader, app, start, &heard) => End::Read,
+        _ = &mut writer => End::Writer,
+        _ = kick.notified() => End::Overflow,
+        _ = keepalive(id, app, start, &heard) => End::Idle,
     };
     {
         let mut s = app.signal.lock().unwrap();
+        if let End::Idle = end {
+            tracing::debug!(peer = id, "demo: signaling client silent too long, closing");
+            s.send(
+                id,
+                Outgoing::Close(close_code::GOING_AWAY, "idle timeout".into()),
+            );
+        }
         let out = s.hub.disconnect(id);
         s.deliver(out);
         // Dropping the outbox lets the writer finish what is queued and end.
         s.outboxes.remove(&id);
     }
-    if !writer_done {
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, &mut writer).await;
-        writer.abort();
+    match end {
+        End::Writer => {}
+        // It does not read: flushing would only wait.
+        End::Overflow => writer.abort(),
+        End::Read | End::Idle => {
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, &mut writer).await;
+            writer.abort();
+        }
     }
     tracing::debug!(peer = id, "demo: signaling disconnected");
+}
+
+/// Ping a silent client every third of the idle timeout; return once it
+/// has been silent for the whole timeout (so it is closed between one and
+/// four thirds of the timeout after the last frame it sent). `heard` is
+/// when that frame came, in microseconds from `start`.
+async fn keepalive(id: PeerId, app: &App, start: Instant, heard: &AtomicU64) {
+    let idle = app.idle.as_micros() as u64;
+    let every = app.idle / 3;
+    let mut tick = tokio::time::interval_at((start + every).into(), every);
+    loop {
+        tick.tick().await;
+        let silent =
+            (start.elapsed().as_micros() as u64).saturating_sub(heard.load(Ordering::Relaxed));
+        if silent >= idle {
+            return;
+        }
+        if silent >= every.as_micros() as u64 {
+            app.signal.lock().unwrap().send(id, Outgoing::Ping);
+        }
+    }
 }
 
 async fn read_loop(
     id: PeerId,
     reader: &mut websocket::Reader<impl tokio::io::AsyncRead + Unpin>,
     app: &App,
+    start: Instant,
+    heard: &AtomicU64,
 ) {
     loop {
         let msg = reader.next().await;
+        if msg.is_ok() {
+            heard.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
         let mut s = app.signal.lock().unwrap();
         match msg {
             Ok(Message::Text(text)) => {
@@ -349,19 +485,26 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
+async fn write_loop(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
+) {
     while let Some(o) = rx.recv().await {
+        let cost = o.cost();
         let (bytes, last) = match o {
             Outgoing::Text(t) => (
                 websocket::encode(websocket::TEXT, t.as_bytes(), None),
                 false,
             ),
+            Outgoing::Ping => (websocket::encode(websocket::PING, b"", None), false),
             Outgoing::Pong(p) => (websocket::encode(websocket::PONG, &p, None), false),
             Outgoing::Close(code, reason) => (websocket::close_frame(code, &reason, None), true),
         };
         if wr.write_all(&bytes).await.is_err() || last {
             break;
         }
+        queued.fetch_sub(cost, Ordering::Relaxed);
     }
     let _ = wr.shutdown().await;
 }
@@ -417,12 +560,14 @@ credential_ttl = 120
             },
             signal: Mutex::new(Signal::default()),
             next_id: AtomicU64::new(1),
-            connections: AtomicUsize::new(0),
+            slots: Slots::new(1, 1),
+            idle: Duration::from_secs(60),
         };
         let get = |path: &str, headers: &[(&str, &str)]| Request {
             method: "GET".into(),
             path: path.into(),
             query: String::new(),
+            http11: true,
             headers: headers
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))

@@ -610,7 +610,7 @@ fn policy_from(config: &Config) -> PeerPolicy {
     relays.extend(r.address_v6);
     let mut listeners: Vec<SocketAddr> = config.listen.iter().map(|l| l.address).collect();
     listeners.extend(config.metrics);
-    listeners.extend(config.admin.as_ref().map(|a| a.address));
+    listeners.extend(config.admin.as_ref().and_then(|a| a.address));
     // Closed whether or not `ferroturn demo` runs it.
     listeners.push(config.demo.address);
     PeerPolicy::new(config.allow.clone(), config.deny.clone(), relays, r.ports)

@@ -264,8 +264,17 @@ impl Demo {
     /// Start `ferroturn demo` in `net` with `config`, files in `dir`, and
     /// wait (at most 10 s) until its HTTP server answers.
     pub fn start(net: &Net, config: DemoConfig, dir: &Path) -> Demo {
+        Demo::start_with(net, config, dir, "")
+    }
+
+    /// [`Demo::start`] with `demo_keys` (lines) added to `[demo]`.
+    pub fn start_with(net: &Net, config: DemoConfig, dir: &Path, demo_keys: &str) -> Demo {
         let path = dir.join("ferroturn.toml");
-        fs::write(&path, config.to_toml()).unwrap();
+        let toml = config.to_toml().replace(
+            "credential_ttl = 600\n",
+            &format!("credential_ttl = 600\n{demo_keys}\n"),
+        );
+        fs::write(&path, toml).unwrap();
         let log = dir.join("ferroturn.log");
         let bin = env!("CARGO_BIN_EXE_ferroturn");
         let cmd = net.command(bin, &["demo", "--config", path.to_str().unwrap()]);

@@ -25,7 +25,11 @@ pub struct Client {
 /// Send a raw HTTP request head to `addr` and return the response head
 /// and the bytes after it.
 pub async fn raw_head(addr: SocketAddr, head: &str) -> (String, Vec<u8>, TcpStream) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    raw_head_on(TcpStream::connect(addr).await.expect("connect"), head).await
+}
+
+/// [`raw_head`] on a connected stream.
+pub async fn raw_head_on(mut s: TcpStream, head: &str) -> (String, Vec<u8>, TcpStream) {
     s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -50,10 +54,16 @@ impl Client {
     /// Open `/signal` on `addr` (with an Origin of that address, as a page
     /// served there would send).
     pub async fn connect(addr: SocketAddr) -> Client {
+        Client::connect_on(addr, TcpStream::connect(addr).await.expect("connect")).await
+    }
+
+    /// [`Client::connect`] over `stream`, already connected to `addr`
+    /// (from a chosen source address, with small buffers, ...).
+    pub async fn connect_on(addr: SocketAddr, stream: TcpStream) -> Client {
         let head = format!(
             "GET /signal HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        let (resp, rest, stream) = raw_head(addr, &head).await;
+        let (resp, rest, stream) = raw_head_on(stream, &head).await;
         assert!(resp.starts_with("HTTP/1.1 101 "), "upgrade refused: {resp}");
         let accept = websocket::accept_key(KEY);
         assert!(
@@ -93,6 +103,11 @@ impl Client {
             .await
             .expect("a message within 5 s")
             .expect("a well-formed message")
+    }
+
+    /// The next message, or what ended the connection (no time limit).
+    pub async fn recv_raw(&mut self) -> Result<Message, websocket::Error> {
+        self.reader.next().await
     }
 
     /// The next message, which must be JSON text.

@@ -1,0 +1,325 @@
+//! The demo's limits over real sockets, each with the well-behaved peer
+//! checked to keep working: a WebSocket that stays silent (no message, no
+//! pong to the server's pings) is closed after `[demo] idle_timeout`; one
+//! IP address holds at most `[demo] connections_per_ip` connections, idle
+//! HTTP sockets making room for real requests; and a peer that does not
+//! read is cut off once its outbox passes 1 MiB, while the other member of
+//! its room only hears `peer-left`. A real browser's page, which answers
+//! the server's pings by itself, stays connected through several timeouts.
+//!
+//! Everything talks to 127.0.0.0/8, and every loop is bounded in count and
+//! time.
+
+// The tests hold SERIAL across awaits on purpose: each test's runtime
+// blocks its own thread, and the lock only keeps tests apart.
+#![allow(clippy::await_holding_lock)]
+
+mod browser;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use browser::webdriver::Driver;
+use browser::ws::{Client, raw_head_on};
+use browser::{Demo, DemoConfig, Net, TempDir, free_port};
+use ferroturn::demo::websocket::{self, Message};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+const MASK: Option<[u8; 4]> = Some([9, 8, 7, 6]);
+
+/// One test at a time: the browser's start-up must not compete with the
+/// floods of the others for the two CPUs.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn start(tag: &str, keys: &str) -> (TempDir, Demo) {
+    let dir = TempDir::new(tag);
+    let demo = Demo::start_with(&Net::Host, DemoConfig::loopback(), dir.path(), keys);
+    (dir, demo)
+}
+
+/// A TCP connection to `to` from `from` (any port), with a receive buffer
+/// of `rcvbuf` bytes if given.
+async fn connect_from(from: [u8; 4], to: SocketAddr, rcvbuf: Option<u32>) -> TcpStream {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::from((from, 0))).unwrap();
+    if let Some(n) = rcvbuf {
+        s.set_recv_buffer_size(n).unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(5), s.connect(to))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+async fn join(c: &mut Client, room: &str, peers: u64) {
+    c.send_json(&json!({"type": "join", "room": room})).await;
+    let v = c.recv_json().await;
+    assert_eq!(v, json!({"type": "joined", "room": room, "peers": peers}));
+}
+
+/// The next text message of `c`, answering pings on the way (as a browser
+/// does); how many pings it answered.
+async fn next_text(c: &mut Client) -> (Value, usize) {
+    let mut pongs = 0;
+    for _ in 0..100 {
+        match c.recv().await {
+            Message::Ping(p) => {
+                c.send_raw(&websocket::encode(websocket::PONG, &p, MASK))
+                    .await;
+                pongs += 1;
+            }
+            Message::Text(t) => return (serde_json::from_str(&t).unwrap(), pongs),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("100 pings and no text");
+}
+
+/// Offers both ways between `a` and `b`, answering pings.
+async fn relay_both_ways(a: &mut Client, b: &mut Client, tag: &str) {
+    let offer = json!({"type": "offer", "sdp": format!("v=0\r\ns={tag}\r\n")});
+    a.send_json(&offer).await;
+    assert_eq!(next_text(b).await.0, offer);
+    let answer = json!({"type": "answer", "sdp": format!("v=0\r\ns={tag}\r\n")});
+    b.send_json(&answer).await;
+    assert_eq!(next_text(a).await.0, answer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_is_closed_and_a_live_one_stays() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const IDLE: Duration = Duration::from_secs(2);
+    let (_dir, demo) = start("demo-idle", "idle_timeout = 2");
+    let addr = demo.config.http;
+    let mut a = Client::connect(addr).await;
+    let mut b = Client::connect(addr).await;
+    join(&mut a, "idle", 0).await;
+    join(&mut b, "idle", 1).await;
+    let joined = Instant::now();
+    assert_eq!(next_text(&mut a).await.0, json!({"type": "peer-joined"}));
+
+    // b never answers: it gets pings, then a close frame "going away".
+    let silent = tokio::spawn(async move {
+        let mut pings = 0;
+        for _ in 0..100 {
+            match b.recv().await {
+                Message::Ping(_) => pings += 1,
+                Message::Close(code) => return (pings, code, joined.elapsed()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("no close after 100 messages");
+    });
+    // a answers the pings: it hears peer-left, and only that.
+    let (left, pongs) = next_text(&mut a).await;
+    assert_eq!(left, json!({"type": "peer-left"}));
+    let (pings, code, after) = silent.await.unwrap();
+    assert!(pings >= 1, "the server pings a silent client first");
+    assert_eq!(code, Some(websocket::close_code::GOING_AWAY));
+    assert!(
+        after >= IDLE,
+        "closed after {after:?}, before the idle timeout"
+    );
+    assert!(after < IDLE * 3, "closed after {after:?}");
+    eprintln!("a silent peer was closed {after:?} after it joined, after {pings} pings");
+
+    // a lives on past several timeouts, as long as it answers pings, and
+    // relays with a newcomer.
+    let mut more = pongs;
+    let until = Instant::now() + IDLE * 2;
+    while Instant::now() < until {
+        match tokio::time::timeout(Duration::from_millis(200), a.recv()).await {
+            Ok(Message::Ping(p)) => {
+                a.send_raw(&websocket::encode(websocket::PONG, &p, MASK))
+                    .await;
+                more += 1;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => {}
+        }
+    }
+    assert!(more >= 2, "{more} pings answered");
+    let mut c = Client::connect(addr).await;
+    join(&mut c, "idle", 1).await;
+    assert_eq!(next_text(&mut a).await.0, json!({"type": "peer-joined"}));
+    relay_both_ways(&mut a, &mut c, "after the timeout").await;
+    assert!(demo.log_text().is_empty() || !demo.log_text().contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_cap_and_idle_sockets_make_room() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_dir, demo) = start("demo-cap", "connections_per_ip = 4");
+    let addr = demo.config.http;
+    let get = format!("GET /ice-servers HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    // Four WebSockets from 127.0.0.1: the cap, all live.
+    let mut ws = Vec::new();
+    for _ in 0..4 {
+        ws.push(Client::connect(addr).await);
+    }
+    // A fifth connection from there is refused at once with 429.
+    let s = connect_from([127, 0, 0, 1], addr, None).await;
+    let (resp, _, _) = raw_head_on(s, &get).await;
+    assert!(resp.starts_with("HTTP/1.1 429 "), "{resp}");
+    // Other addresses are not affected.
+    let s = connect_from([127, 0, 0, 2], addr, None).await;
+    let (resp, _, _) = raw_head_on(s, &get).await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    // The WebSockets still work.
+    let (first, rest) = ws.split_at_mut(1);
+    join(&mut first[0], "cap", 0).await;
+    join(&mut rest[0], "cap", 1).await;
+    assert_eq!(
+        next_text(&mut first[0]).await.0,
+        json!({"type": "peer-joined"})
+    );
+    relay_both_ways(&mut first[0], &mut rest[0], "at the cap").await;
+    // One leaves: a new WebSocket from 127.0.0.1 gets its place.
+    ws.pop().unwrap().drop_connection().await;
+    let mut again = None;
+    for _ in 0..50 {
+        let s = connect_from([127, 0, 0, 1], addr, None).await;
+        let (resp, rest, s) = raw_head_on(s, &get).await;
+        if resp.starts_with("HTTP/1.1 200 ") {
+            again = Some((resp, rest, s));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the freed place was never given back");
+
+    // Twenty idle sockets from 127.0.0.3: a real request from there still
+    // gets in (the oldest idle ones are closed to make room), and only the
+    // cap's worth stay open.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(connect_from([127, 0, 0, 3], addr, None).await);
+    }
+    let s = connect_from([127, 0, 0, 3], addr, None).await;
+    let (resp, _, _) = raw_head_on(s, &get).await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    let mut open = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await;
+        if read.is_err() {
+            open += 1;
+        }
+    }
+    assert!(open <= 4, "{open} idle sockets of one address still open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_is_cut_off_and_the_other_goes_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_dir, demo) = start("demo-outbox", "");
+    let addr = demo.config.http;
+    let mut a = Client::connect(addr).await;
+    // b reads nothing, on a small receive buffer so that the server's
+    // socket fills soon.
+    let stream = connect_from([127, 0, 0, 1], addr, Some(4096)).await;
+    let mut b = Client::connect_on(addr, stream).await;
+    join(&mut a, "outbox", 0).await;
+    join(&mut b, "outbox", 1).await;
+    assert_eq!(a.recv_json().await, json!({"type": "peer-joined"}));
+
+    // a sends offers of 60 kB until it hears peer-left: b's outbox went
+    // over 1 MiB on top of what the sockets hold. At most 400 (24 MB).
+    let offer = json!({"type": "offer", "sdp": format!("v=0\r\n{}", "a".repeat(60_000))});
+    let mut sent = 0;
+    let mut left = false;
+    while sent < 400 && !left {
+        a.send_json(&offer).await;
+        sent += 1;
+        if sent % 10 == 0
+            && let Ok(m) = tokio::time::timeout(Duration::from_millis(20), a.recv()).await
+        {
+            let Message::Text(t) = m else {
+                panic!("unexpected {m:?}")
+            };
+            assert_eq!(
+                serde_json::from_str::<Value>(&t).unwrap(),
+                json!({"type": "peer-left"})
+            );
+            left = true;
+        }
+    }
+    if !left {
+        assert_eq!(a.recv_json().await, json!({"type": "peer-left"}));
+    }
+    eprintln!("b was cut off after a sent {sent} offers of 60 kB");
+    assert!(
+        demo.log_text().contains("does not read its messages"),
+        "{}",
+        demo.log_text()
+    );
+
+    // b's connection is closed: what it reads ends within 10 s (bounded in
+    // messages too).
+    let stop = Instant::now() + Duration::from_secs(10);
+    let mut ended = false;
+    for _ in 0..1000 {
+        let Some(left) = stop.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        match tokio::time::timeout(left, b.recv_raw()).await {
+            Ok(Ok(Message::Close(_))) | Ok(Err(_)) => {
+                ended = true;
+                break;
+            }
+            Ok(Ok(_)) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(ended, "b's connection is still open");
+
+    // a is undisturbed: a newcomer joins and they relay both ways.
+    let mut c = Client::connect(addr).await;
+    join(&mut c, "outbox", 1).await;
+    assert_eq!(a.recv_json().await, json!({"type": "peer-joined"}));
+    relay_both_ways(&mut a, &mut c, "after the cut").await;
+}
+
+#[test]
+fn a_browser_page_answers_the_pings_and_stays_in_its_room() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const IDLE: Duration = Duration::from_secs(2);
+    let (dir, demo) = start("demo-idle-browser", "idle_timeout = 2");
+    // chromedriver also binds [::1]:PORT, which free_port() does not check:
+    // another port if that one is taken (at most 3 tries).
+    let driver = (0..3)
+        .find_map(|_| {
+            let d = dir.path().to_owned();
+            std::panic::catch_unwind(move || Driver::start(Net::Host, free_port(), &d)).ok()
+        })
+        .expect("chromedriver started");
+    let page = driver.session("idle");
+    page.goto(&demo.url("/?room=idle-page"));
+    page.wait_until("window.ferroturnCall", Duration::from_secs(10))
+        .expect("page script loaded");
+    page.click("#join");
+    page.wait_until(
+        "ferroturnCall.signaling === 'waiting for peer'",
+        Duration::from_secs(10),
+    )
+    .expect("the page joined");
+    // Three and a half timeouts with nothing to say: still connected (a
+    // closed socket reads "closed (1001)").
+    std::thread::sleep(IDLE * 7 / 2);
+    assert_eq!(
+        page.eval("ferroturnCall.signaling"),
+        "waiting for peer",
+        "{}",
+        demo.log_text()
+    );
+    // And still in the room: a newcomer finds one peer there, and the page
+    // sends it an offer.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect(demo.config.http).await;
+        join(&mut c, "idle-page", 1).await;
+        assert_eq!(next_text(&mut c).await.0["type"], "offer");
+    });
+}

@@ -242,10 +242,19 @@ pub mod client {
     const TIMEOUT: Duration = Duration::from_secs(10);
 
     /// Where the admin API is, and the token to show it.
-    #[derive(Debug, Clone)]
+    #[derive(Clone)]
     pub struct Target {
         pub address: SocketAddr,
         pub token: Option<String>,
+    }
+
+    impl std::fmt::Debug for Target {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Target")
+                .field("address", &self.address)
+                .field("token", &self.token.as_ref().map(|_| crate::auth::Redacted))
+                .finish_non_exhaustive()
+        }
     }
 
     impl Target {

@@ -1,6 +1,10 @@
-//! The command line: `check`, `credentials`, and startup errors.
+//! The command line: `check`, `credentials`, `password`, and startup
+//! errors, among them the refusal of the bundled example's credentials on a
+//! listener off loopback.
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn ferroturn(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ferroturn"))
@@ -39,13 +43,13 @@ fn check_names_file_key_and_reason() {
         ),
         ("allow = []", "allow = [\"10.0.0.0/99\"]", "peers.allow[0]"),
         (
-            "address = \"0.0.0.0:3478\"",
+            "address = \"127.0.0.1:3478\"",
             "address = \"nowhere\"",
             "listen[0].address",
         ),
         (
-            "public_address = \"127.0.0.1\"",
-            "public_address = \"127.0.0.1\"\nbogus = 1",
+            "address = \"127.0.0.1\"\n",
+            "address = \"127.0.0.1\"\nbogus = 1\n",
             "relay.bogus",
         ),
     ] {
@@ -130,4 +134,250 @@ fn credentials_json_is_an_ice_server_entry() {
             && text.contains("\"credential\": \""),
         "{text}"
     );
+}
+
+/// `ferroturn ARGS` with `stdin` as its standard input and `env` added.
+fn ferroturn_with(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
+        .args(args)
+        .env_remove("FERROTURN_SECRET")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ferroturn");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Run the server on `config` and expect it to exit by itself within 10 s
+/// (killed otherwise, and the test fails): its stderr.
+fn server_exits(config: &std::path::Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ferroturn");
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            assert!(!status.success());
+            assert_eq!(status.code(), Some(1));
+            return String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the server started on {}", config.display());
+}
+
+#[test]
+fn the_bundled_credentials_are_refused_off_loopback() {
+    let bundled = include_str!("../config.toml");
+    let listen = "address = \"127.0.0.1:3478\"";
+    assert!(bundled.contains(listen));
+    // Every interface, on a port the kernel picks (the server must refuse
+    // before it binds anything).
+    let public = bundled.replace(listen, "address = \"0.0.0.0:0\"");
+    let secret = "secrets = [\"change-me\"]";
+    let user = "users = { alice = \"wonderland\" }";
+    assert!(public.contains(secret) && public.contains(user));
+    let own_secret = public.replace(secret, "secrets = [\"Zm9yIHRoZSB0ZXN0cyBvbmx5\"]");
+    for (text, key, what) in [
+        (&public, "auth.secrets[0]", "secret"),
+        (&own_secret, "auth.users.alice", "user and password"),
+    ] {
+        let p = temp_config("public.toml", text);
+        let expect = format!(
+            "{}: {key}: is the bundled example's {what}, refused while listen[0] (0.0.0.0:0) is not loopback",
+            p.display()
+        );
+        let err = server_exits(&p);
+        assert!(err.starts_with(&expect), "expected {expect:?}, got {err:?}");
+        let out = ferroturn(&["check", "--config", p.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with(&expect), "expected {expect:?}, got {err:?}");
+    }
+    // With credentials of one's own, the same listener is fine.
+    let own = own_secret.replace(user, "users = { alice = \"not-the-example\" }");
+    let p = temp_config("own.toml", &own);
+    let out = ferroturn(&["check", "--config", p.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn credentials_take_the_secret_from_a_file_or_the_environment() {
+    let expected = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let user = text
+            .lines()
+            .find_map(|l| l.strip_prefix("username: "))
+            .unwrap();
+        let pass = text
+            .lines()
+            .find_map(|l| l.strip_prefix("password: "))
+            .unwrap();
+        assert_eq!(
+            pass,
+            ferroturn::auth::rest_password(b"from-elsewhere", user)
+        );
+    };
+    let file = temp_config("secret", "from-elsewhere\n");
+    let file = file.to_str().unwrap();
+    let out = ferroturn_with(
+        &["credentials", "--secret-file", file, "--user", "x"],
+        "",
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    expected(&out);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let env = [("FERROTURN_SECRET", "from-elsewhere")];
+    let out = ferroturn_with(&["credentials", "--user", "x"], "", &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    expected(&out);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // On the command line it still works, with a warning.
+    let out = ferroturn_with(&["credentials", "--secret", "from-elsewhere"], "", &[]);
+    assert!(out.status.success());
+    expected(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: --secret on the command line is visible to other users")
+            && err.contains("--secret-file FILE or $FERROTURN_SECRET"),
+        "{err}"
+    );
+
+    // An empty or missing file, or nothing at all: exit 2 with the reason.
+    let empty = temp_config("empty-secret", "\n");
+    for (args, says) in [
+        (vec!["--secret-file", empty.to_str().unwrap()], "empty"),
+        (
+            vec!["--secret-file", "/nonexistent/secret"],
+            "/nonexistent/secret",
+        ),
+        (vec![], "give --secret-file FILE"),
+    ] {
+        let out = ferroturn_with(&[&["credentials"][..], &args].concat(), "", &[]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn password_prints_the_long_term_keys() {
+    // echo -n bob:example.org:0xmad hatter | md5sum (and sha256sum);
+    // `turnadmin -k -u bob -r example.org -p '0xmad hatter'` prints the same.
+    let md5 = "0xe888a83fe2208f8f3d261b325c6944e9";
+    let sha256 = "0xd1203df4ae06d6175b9407a35200d53e45606b23ff671a20b270474c1d6a05c2";
+    let args = ["password", "--user", "bob", "--realm", "example.org"];
+    let out = ferroturn_with(&args, "0xmad hatter\n", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{md5}\n"));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The realm of --config (the bundled file's is example.org), and the
+    // [auth] users entry with both keys.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = format!("{root}/config.toml");
+    let args = ["password", "--user", "bob", "--config", &config, "--toml"];
+    let out = ferroturn_with(&args, "0xmad hatter\r\n", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = format!("bob = {{ md5 = \"{md5}\", sha256 = \"{sha256}\" }}\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), line);
+    // That line is a valid [auth] users entry, for that user only.
+    let text = include_str!("../config.toml").replace("alice = \"wonderland\"", line.trim());
+    let p = temp_config("keys.toml", &text);
+    let out = ferroturn(&["check", "--config", p.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // On the command line it works, with a warning.
+    let args = [
+        "password",
+        "--user",
+        "bob",
+        "--realm",
+        "example.org",
+        "--password",
+        "0xmad hatter",
+    ];
+    let out = ferroturn_with(&args, "", &[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{md5}\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: --password on the command line is visible"),
+        "{err}"
+    );
+
+    // No realm, two realms, no password: exit 2 with the reason.
+    for (args, stdin, says) in [
+        (&["password", "--user", "bob"][..], "pw\n", "--realm"),
+        (
+            &[
+                "password", "--user", "bob", "--realm", "r", "--config", &config,
+            ][..],
+            "pw\n",
+            "not both",
+        ),
+        (
+            &["password", "--user", "bob", "--realm", "r"][..],
+            "",
+            "empty password",
+        ),
+    ] {
+        let out = ferroturn_with(args, stdin, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }

@@ -692,8 +692,13 @@ fn hide_values(msg: &str) -> String {
                 out.push_str("(value hidden)");
             }
             '`' => {
-                chars.by_ref().find(|&c| c == '`');
-                out.push_str("(value hidden)");
+                let quoted: String = chars.by_ref().take_while(|&c| c != '`').collect();
+                // Punctuation the grammar expects (`]`, `=`, `#`) is no value.
+                if quoted.chars().count() <= 3 && !quoted.chars().any(char::is_alphanumeric) {
+                    out.push_str(&format!("`{quoted}`"));
+                } else {
+                    out.push_str("(value hidden)");
+                }
             }
             c => out.push(c),
         }
@@ -725,7 +730,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .span()
             .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
             .unwrap_or_default();
-        let mut msg = inner.message().trim().to_string();
+        // One line (toml puts "expected …" on a second one), so that a log
+        // or journal entry holds all of it.
+        let mut msg = inner
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
         let key = if key == "." || key.is_empty() {
             "(syntax)".to_string()
         } else {
@@ -1583,7 +1596,7 @@ deny = []
         assert_eq!(section_at("[ \"admin\" ]\ntoken = 1 x", 22), "admin");
         assert_eq!(
             hide_values("expected `]`, found \"a\\\"b\" or `c`"),
-            "expected (value hidden), found (value hidden) or (value hidden)"
+            "expected `]`, found (value hidden) or (value hidden)"
         );
         assert_eq!(
             hide_values("unknown field `sekrets`, expected one of `secrets`"),

@@ -11,6 +11,10 @@ use serde::Deserialize;
 use crate::auth::{Redacted, StaticUser, parse_key_hex};
 use crate::policy::Cidr;
 
+/// The most `server.workers` may be. Each worker has up to two threads (UDP
+/// and streams), so the systemd unit's `TasksMax=` is sized from this.
+pub const MAX_WORKERS: usize = 256;
+
 /// The credentials of the bundled `config.toml`. They are published with
 /// ferroturn, so a server that accepts them on a listener other than
 /// loopback is an open relay: `parse` refuses that.
@@ -760,8 +764,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let workers = if raw.server.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else if raw.server.workers > 256 {
-        return Err(err("server.workers", "at most 256".into()));
+    } else if raw.server.workers > MAX_WORKERS {
+        return Err(err("server.workers", format!("at most {MAX_WORKERS}")));
     } else {
         raw.server.workers
     };

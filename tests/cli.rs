@@ -13,6 +13,27 @@ fn ferroturn(args: &[&str]) -> std::process::Output {
         .expect("run ferroturn")
 }
 
+/// The username and password `ferroturn credentials` printed.
+fn rest_pair(out: &std::process::Output) -> (String, String) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name:?} in {text:?}"))
+            .to_owned()
+    };
+    (field("username: "), field("password: "))
+}
+
+/// The command succeeded; else its stderr explains the failure.
+fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ferroturn-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -25,11 +46,7 @@ fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
 fn check_accepts_the_bundled_config() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = ferroturn(&["check", "--config", &format!("{root}/config.toml")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]
@@ -87,15 +104,7 @@ fn credentials_prints_a_rest_pair_that_verifies() {
         "1h",
     ]);
     assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let user = text
-        .lines()
-        .find_map(|l| l.strip_prefix("username: "))
-        .unwrap();
-    let pass = text
-        .lines()
-        .find_map(|l| l.strip_prefix("password: "))
-        .unwrap();
+    let (user, pass) = rest_pair(&out);
     let (expiry, name) = user.split_once(':').unwrap();
     assert_eq!(name, "carol");
     let now = std::time::SystemTime::now()
@@ -107,7 +116,7 @@ fn credentials_prints_a_rest_pair_that_verifies() {
         (now + 3590..=now + 3610).contains(&expiry),
         "expiry {expiry} vs now {now}"
     );
-    assert_eq!(pass, ferroturn::auth::rest_password(b"s3cret", user));
+    assert_eq!(pass, ferroturn::auth::rest_password(b"s3cret", &user));
 }
 
 #[test]
@@ -121,11 +130,7 @@ fn credentials_json_is_an_ice_server_entry() {
         "dave",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("{\"urls\": [\"stun:127.0.0.1:3478\", \"turn:127.0.0.1:3478?transport=udp\", \"turn:127.0.0.1:3478?transport=tcp\"]"), "{text}");
     assert!(
@@ -147,12 +152,8 @@ fn ferroturn_with(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> std::proc
         .stderr(Stdio::piped())
         .spawn()
         .expect("run ferroturn");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    // A command that exits before reading (a usage error) closes the pipe.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
     child.wait_with_output().unwrap()
 }
 
@@ -212,62 +213,36 @@ fn the_bundled_credentials_are_refused_off_loopback() {
     let own = own_secret.replace(user, "users = { alice = \"not-the-example\" }");
     let p = temp_config("own.toml", &own);
     let out = ferroturn(&["check", "--config", p.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]
 fn credentials_take_the_secret_from_a_file_or_the_environment() {
     let expected = |out: &std::process::Output| {
-        let text = String::from_utf8_lossy(&out.stdout);
-        let user = text
-            .lines()
-            .find_map(|l| l.strip_prefix("username: "))
-            .unwrap();
-        let pass = text
-            .lines()
-            .find_map(|l| l.strip_prefix("password: "))
-            .unwrap();
+        let (user, pass) = rest_pair(out);
         assert_eq!(
             pass,
-            ferroturn::auth::rest_password(b"from-elsewhere", user)
+            ferroturn::auth::rest_password(b"from-elsewhere", &user)
         );
     };
+    // From a file or the environment, without a word on stderr.
     let file = temp_config("secret", "from-elsewhere\n");
     let file = file.to_str().unwrap();
-    let out = ferroturn_with(
-        &["credentials", "--secret-file", file, "--user", "x"],
-        "",
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    expected(&out);
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let env = [("FERROTURN_SECRET", "from-elsewhere")];
-    let out = ferroturn_with(&["credentials", "--user", "x"], "", &env);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    expected(&out);
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (args, env) in [
+        (
+            &["credentials", "--secret-file", file, "--user", "x"][..],
+            &[][..],
+        ),
+        (
+            &["credentials", "--user", "x"][..],
+            &[("FERROTURN_SECRET", "from-elsewhere")][..],
+        ),
+    ] {
+        let out = ferroturn_with(args, "", env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && err.is_empty(), "{args:?}: {err}");
+        expected(&out);
+    }
 
     // On the command line it still works, with a warning.
     let out = ferroturn_with(&["credentials", "--secret", "from-elsewhere"], "", &[]);
@@ -305,11 +280,7 @@ fn password_prints_the_long_term_keys() {
     let sha256 = "0xd1203df4ae06d6175b9407a35200d53e45606b23ff671a20b270474c1d6a05c2";
     let args = ["password", "--user", "bob", "--realm", "example.org"];
     let out = ferroturn_with(&args, "0xmad hatter\n", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{md5}\n"));
     assert!(
         out.stderr.is_empty(),
@@ -323,22 +294,14 @@ fn password_prints_the_long_term_keys() {
     let config = format!("{root}/config.toml");
     let args = ["password", "--user", "bob", "--config", &config, "--toml"];
     let out = ferroturn_with(&args, "0xmad hatter\r\n", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let line = format!("bob = {{ md5 = \"{md5}\", sha256 = \"{sha256}\" }}\n");
     assert_eq!(String::from_utf8_lossy(&out.stdout), line);
     // That line is a valid [auth] users entry, for that user only.
     let text = include_str!("../config.toml").replace("alice = \"wonderland\"", line.trim());
     let p = temp_config("keys.toml", &text);
     let out = ferroturn(&["check", "--config", p.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 
     // On the command line it works, with a warning.
     let args = [

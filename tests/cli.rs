@@ -344,3 +344,22 @@ fn password_prints_the_long_term_keys() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// The README's first command, `cargo run --release -- --config
+/// config.toml`, needs to know which binary to run: src/bin holds the
+/// benchmark too, so Cargo.toml names the server as the default.
+#[test]
+fn cargo_run_runs_the_server() {
+    let manifest = include_str!("../Cargo.toml");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let others = std::fs::read_dir(format!("{root}/src/bin")).map_or(0, |d| d.count());
+    assert!(
+        others == 0
+            || manifest
+                .lines()
+                .any(|l| l.trim() == "default-run = \"ferroturn\""),
+        "src/bin has {others} entries and Cargo.toml names no default-run"
+    );
+    let readme = include_str!("../README.md");
+    assert!(readme.contains("cargo run --release -- --config config.toml"));
+}

@@ -34,7 +34,7 @@ enum Command {
         /// Shared secret (visible in `ps`: prefer --secret-file or $FERROTURN_SECRET).
         #[arg(long, conflicts_with = "secret_file")]
         secret: Option<String>,
-        /// A file holding the shared secret (one trailing newline is ignored).
+        /// A file holding the shared secret: its first line, without surrounding blanks.
         /// Without it or --secret: $FERROTURN_SECRET, else the first of [auth]
         /// secrets in --config.
         #[arg(long, value_name = "FILE")]
@@ -182,14 +182,14 @@ const SECRET_ENV: &str = "FERROTURN_SECRET";
 /// Say on stderr that a secret given as an argument is visible to others.
 fn warn_argv(command: &str, flag: &str, instead: &str) {
     eprintln!(
-        "ferroturn {command}: warning: {flag} on the command line is visible to other users (ps, /proc) and kept in shell history; use {instead}"
+        "ferroturn {command}: warning: {flag} is visible to every local user (ps, /proc); use {instead}"
     );
 }
 
-/// A secret read from a file or the environment, without its trailing
-/// newline; empty is refused.
-fn secret_text(text: String, from: &str) -> Result<String, String> {
-    let t = text.trim_end_matches(['\n', '\r']);
+/// A secret read from a file or the environment: its first line, without
+/// surrounding blanks (the rule of `--token-file` too); empty is refused.
+fn secret_text(text: &str, from: &str) -> Result<String, String> {
+    let t = text.lines().next().unwrap_or("").trim();
     if t.is_empty() {
         return Err(format!("{from}: empty"));
     }
@@ -214,13 +214,13 @@ fn rest_secret(
     if let Some(f) = file {
         let text = std::fs::read_to_string(&f)
             .map_err(|e| format!("--secret-file {}: {e}", f.display()))?;
-        return secret_text(text, &format!("--secret-file {}", f.display()));
+        return secret_text(&text, &format!("--secret-file {}", f.display()));
     }
     if let Some(v) = std::env::var_os(SECRET_ENV) {
         let v = v
             .into_string()
             .map_err(|_| format!("${SECRET_ENV}: not UTF-8"))?;
-        return secret_text(v, &format!("${SECRET_ENV}"));
+        return secret_text(&v, &format!("${SECRET_ENV}"));
     }
     config
         .and_then(|c| c.secrets.first().cloned())

@@ -226,7 +226,7 @@ fn credentials_take_the_secret_from_a_file_or_the_environment() {
         );
     };
     // From a file or the environment, without a word on stderr.
-    let file = temp_config("secret", "from-elsewhere\n");
+    let file = temp_config("secret", "from-elsewhere \nsecond line\n");
     let file = file.to_str().unwrap();
     for (args, env) in [
         (
@@ -250,7 +250,7 @@ fn credentials_take_the_secret_from_a_file_or_the_environment() {
     expected(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("warning: --secret on the command line is visible to other users")
+        err.contains("warning: --secret is visible to every local user (ps, /proc)")
             && err.contains("--secret-file FILE or $FERROTURN_SECRET"),
         "{err}"
     );
@@ -317,7 +317,7 @@ fn password_prints_the_long_term_keys() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{md5}\n"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("warning: --password on the command line is visible"),
+        err.contains("warning: --password is visible to every local user"),
         "{err}"
     );
 

@@ -387,14 +387,23 @@ pub mod client {
     const TIMEOUT: Duration = Duration::from_secs(10);
 
     /// Where the admin API is, and the token to show it.
-    #[derive(Debug, Clone)]
+    #[derive(Clone)]
     pub struct Target {
         pub dest: Dest,
         pub token: Option<String>,
     }
 
+    impl std::fmt::Debug for Target {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Target")
+                .field("dest", &self.dest)
+                .field("token", &self.token.as_ref().map(|_| crate::auth::Redacted))
+                .finish()
+        }
+    }
+
     /// Where the token given to [`Target::resolve`] comes from.
-    #[derive(Debug, Clone, Default)]
+    #[derive(Clone, Default)]
     pub enum TokenSource {
         /// `--token-file PATH`: the file's first line.
         File(PathBuf),
@@ -403,6 +412,17 @@ pub mod client {
         /// Neither: `$FERROTURN_ADMIN_TOKEN`, else `[admin] token`.
         #[default]
         None,
+    }
+
+    impl std::fmt::Debug for TokenSource {
+        /// The file's path, never a token given as an argument.
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                TokenSource::File(p) => f.debug_tuple("File").field(p).finish(),
+                TokenSource::Arg(_) => f.debug_tuple("Arg").field(&crate::auth::Redacted).finish(),
+                TokenSource::None => f.write_str("None"),
+            }
+        }
     }
 
     impl Target {

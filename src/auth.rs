@@ -10,20 +10,97 @@ use ring::hmac;
 use subtle::ConstantTimeEq;
 
 pub use crate::proto::integrity::Key;
-use crate::proto::integrity::userhash;
+use crate::proto::integrity::{ALGORITHM_MD5, ALGORITHM_SHA256, userhash};
 
 /// The nonce cookie (RFC 8489 §9.2): "obMatJos2" and the base64 of the
 /// 24-bit security feature set; "wAAA" sets bit 0 (password algorithms) and
 /// bit 1 (username anonymity).
 pub const NONCE_COOKIE: &str = "obMatJos2wAAA";
 
+/// How a static user (`[auth] users`) proves who it is: a plaintext
+/// password, or the long-term keys derived from it (RFC 8489 §9.2.2), so
+/// that the config file need not hold the password itself.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StaticUser {
+    /// Both keys derive from it: MD5 and SHA-256 password algorithms.
+    Password(String),
+    /// Keys given as such. A key covers only its own password algorithm
+    /// (§18.5): neither can be derived from the other, so a user given
+    /// only an MD5 key cannot answer with PASSWORD-ALGORITHM SHA-256 (and
+    /// one given only a SHA-256 key needs PASSWORD-ALGORITHM SHA-256). The
+    /// integrity attribute itself (MESSAGE-INTEGRITY or -SHA256, §14.5,
+    /// §14.6) may be either with either key.
+    Keys {
+        /// MD5(username:realm:password), coturn's `0x…` key.
+        md5: Option<[u8; 16]>,
+        /// SHA-256(username:realm:password).
+        sha256: Option<[u8; 32]>,
+    },
+}
+
+impl StaticUser {
+    /// The long-term key of `username` in `realm` for a password algorithm,
+    /// if this credential has one.
+    pub fn key(&self, algorithm: u16, username: &str, realm: &str) -> Option<Key> {
+        match self {
+            StaticUser::Password(p) => Key::for_algorithm(algorithm, username, realm, p),
+            StaticUser::Keys { md5, sha256 } => match algorithm {
+                ALGORITHM_MD5 => md5.map(Key::Md5),
+                ALGORITHM_SHA256 => sha256.map(Key::Sha256),
+                _ => None,
+            },
+        }
+    }
+
+    /// Whether this is the credential `password` of `username` in `realm`,
+    /// however it is written.
+    pub fn is(&self, username: &str, realm: &str, password: &str) -> bool {
+        let given = StaticUser::Password(password.to_owned());
+        [ALGORITHM_MD5, ALGORITHM_SHA256].into_iter().any(|alg| {
+            self.key(alg, username, realm)
+                .is_some_and(|k| Some(k) == given.key(alg, username, realm))
+        })
+    }
+}
+
+impl From<&str> for StaticUser {
+    /// A plaintext password.
+    fn from(password: &str) -> Self {
+        StaticUser::Password(password.to_owned())
+    }
+}
+
+impl std::fmt::Debug for StaticUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Says which form is configured, never the password or key.
+        match self {
+            StaticUser::Password(_) => f.write_str("Password(<redacted>)"),
+            StaticUser::Keys { md5, sha256 } => f
+                .debug_struct("Keys")
+                .field("md5", &md5.map(|_| Redacted))
+                .field("sha256", &sha256.map(|_| Redacted))
+                .finish(),
+        }
+    }
+}
+
+/// Stands in for a secret, password, key or token in `Debug` output.
+#[derive(Clone, Copy)]
+pub struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Everything needed to check a request's credentials.
 #[derive(Clone)]
 pub struct Credentials {
     realm: String,
     secrets: Vec<Vec<u8>>,
-    /// Static users and their passwords.
-    users: BTreeMap<String, String>,
+    /// Static users and their passwords or keys.
+    users: BTreeMap<String, StaticUser>,
     /// USERHASH (SHA-256 of `username:realm`) of each static user.
     userhashes: BTreeMap<[u8; 32], String>,
     nonce_key: hmac::Key,
@@ -47,7 +124,7 @@ impl Credentials {
     pub fn new(
         realm: &str,
         secrets: &[String],
-        users: &BTreeMap<String, String>,
+        users: &BTreeMap<String, StaticUser>,
         nonce_secret: &[u8],
         nonce_ttl: u64,
     ) -> Self {
@@ -74,13 +151,17 @@ impl Credentials {
     }
 
     /// The keys that may verify a request by `username` at `unix_now` with
-    /// PASSWORD-ALGORITHM `algorithm` (RFC 8489 §18.5): the static user's,
+    /// PASSWORD-ALGORITHM `algorithm` (RFC 8489 §18.5): the static user's
+    /// (none when the user is configured by a key of the other algorithm),
     /// or one per shared secret for a REST username whose expiry has not
     /// passed. Empty when the user is unknown or expired.
     pub fn keys(&self, username: &str, algorithm: u16, unix_now: u64) -> Vec<Key> {
         let key = |password: &str| Key::for_algorithm(algorithm, username, &self.realm, password);
-        if let Some(p) = self.users.get(username) {
-            return key(p).into_iter().collect();
+        if let Some(u) = self.users.get(username) {
+            return u
+                .key(algorithm, username, &self.realm)
+                .into_iter()
+                .collect();
         }
         match rest_expiry(username) {
             Some(exp) if exp > unix_now => self
@@ -153,6 +234,30 @@ impl Credentials {
     }
 }
 
+/// A key as written in `[auth] users` and printed by `ferroturn password`:
+/// `0x` and lower-case hex digits (coturn's and turnadmin's form).
+pub fn key_hex(key: &Key) -> String {
+    let mut s = String::from("0x");
+    for b in key.as_bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// The bytes of a `0x…` key of exactly `N` bytes (`2 * N` hex digits,
+/// either case), or `None`.
+pub fn parse_key_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let digits = s.strip_prefix("0x")?.as_bytes();
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(digits.chunks(2)) {
+        *o = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The expiry (unix seconds) of a TURN REST username `<expiry>:<name>`.
 pub fn rest_expiry(username: &str) -> Option<u64> {
     let ts = username.split(':').next()?;
@@ -178,7 +283,6 @@ pub fn rest_credentials(secret: &str, name: &str, expiry: u64) -> (String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::integrity::ALGORITHM_MD5;
 
     fn creds() -> Credentials {
         let mut users = BTreeMap::new();
@@ -220,6 +324,88 @@ mod tests {
             c.user_by_hash(&userhash("alice", "example.org")),
             Some("alice")
         );
+    }
+
+    #[test]
+    fn users_given_by_key_verify_with_their_algorithm_only() {
+        // echo -n alice:example.org:wonderland | md5sum (and sha256sum):
+        // what `turnadmin -k -u alice -r example.org -p wonderland` prints.
+        let real = key_hex(&Key::md5("alice", "example.org", "wonderland"));
+        assert_eq!(real, "0x72f86f2053703faa0f521ce71cfe6f59");
+        let sha = key_hex(&Key::sha256("alice", "example.org", "wonderland"));
+        assert_eq!(
+            sha,
+            "0xf0c3ae808cef897043f79de49549776f1f58cb7c5364e03ab40abac620459848"
+        );
+        let by_md5 = StaticUser::Keys {
+            md5: parse_key_hex(&real),
+            sha256: None,
+        };
+        let both = StaticUser::Keys {
+            md5: parse_key_hex(&real),
+            sha256: parse_key_hex(&sha),
+        };
+        for (user, sha256_too) in [(&by_md5, false), (&both, true)] {
+            let c = Credentials::new(
+                "example.org",
+                &[],
+                &BTreeMap::from([("alice".to_string(), user.clone())]),
+                b"k",
+                600,
+            );
+            assert_eq!(
+                c.keys("alice", ALGORITHM_MD5, 0),
+                vec![Key::md5("alice", "example.org", "wonderland")]
+            );
+            assert_eq!(!c.keys("alice", ALGORITHM_SHA256, 0).is_empty(), sha256_too);
+            assert!(c.is_static("alice"));
+            assert!(user.is("alice", "example.org", "wonderland"));
+            assert!(!user.is("alice", "example.org", "looking-glass"));
+            assert!(!user.is("alice", "other.org", "wonderland"));
+        }
+        let sha_only = StaticUser::Keys {
+            md5: None,
+            sha256: parse_key_hex(&sha),
+        };
+        assert!(
+            sha_only
+                .key(ALGORITHM_MD5, "alice", "example.org")
+                .is_none()
+        );
+        assert_eq!(
+            sha_only.key(ALGORITHM_SHA256, "alice", "example.org"),
+            Some(Key::sha256("alice", "example.org", "wonderland"))
+        );
+        assert!(parse_key_hex::<16>(&real.to_uppercase().replacen("0X", "0x", 1)).is_some());
+        for bad in [
+            "72f8",
+            "0x72f8",
+            &format!("{real}0"),
+            "0xzzf86f2053703faa0f521ce71cfe6f59",
+        ] {
+            assert!(parse_key_hex::<16>(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_password_or_key() {
+        let key = Key::md5("alice", "example.org", "wonderland");
+        let hex = key_hex(&key);
+        let mut users = BTreeMap::new();
+        users.insert("alice".to_string(), StaticUser::from("wonderland"));
+        users.insert(
+            "bob".to_string(),
+            StaticUser::Keys {
+                md5: parse_key_hex(&hex),
+                sha256: None,
+            },
+        );
+        let c = Credentials::new("example.org", &["s3cret".into()], &users, b"k", 600);
+        let shown = format!("{c:?} {:?} {:?} {key:?}", users["alice"], users["bob"]);
+        for secret in ["wonderland", "s3cret", &hex[2..], &hex[2..10]] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

@@ -8,7 +8,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::{Redacted, StaticUser, parse_key_hex};
 use crate::policy::Cidr;
+
+/// The most `server.workers` may be. Each worker has up to two threads (UDP
+/// and streams), so the systemd unit's `TasksMax=` is sized from this.
+pub const MAX_WORKERS: usize = 256;
+
+/// The credentials of the bundled `config.toml`. They are published with
+/// ferroturn, so a server that accepts them on a listener other than
+/// loopback is an open relay: `parse` refuses that.
+pub const EXAMPLE_SECRETS: [&str; 1] = ["change-me"];
+/// The bundled `config.toml`'s static users (name, password); see
+/// [`EXAMPLE_SECRETS`].
+pub const EXAMPLE_USERS: [(&str, &str); 1] = [("alice", "wonderland")];
 
 /// A configuration error: `FILE: KEY: REASON`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,19 +125,157 @@ fn default_ports() -> String {
     "49152-65535".into()
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     #[serde(default)]
     secrets: Vec<String>,
     #[serde(default)]
-    users: BTreeMap<String, String>,
+    users: BTreeMap<String, RawUser>,
     #[serde(default)]
     nonce_lifetime: Option<u64>,
     #[serde(default = "yes")]
     strict_expiry: bool,
     #[serde(default)]
     expiry_grace: u64,
+}
+
+impl fmt::Debug for RawAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawAuth")
+            .field("secrets", &vec![Redacted; self.secrets.len()])
+            .field("users", &self.users)
+            .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("strict_expiry", &self.strict_expiry)
+            .field("expiry_grace", &self.expiry_grace)
+            .finish()
+    }
+}
+
+/// One `[auth] users` value as written: a string (a password, or coturn's
+/// `0x…` MD5 key), or a table `{ password = "…" }` / `{ md5 = "0x…",
+/// sha256 = "0x…" }`.
+enum RawUser {
+    Text(String),
+    Table {
+        password: Option<String>,
+        md5: Option<String>,
+        sha256: Option<String>,
+    },
+}
+
+impl fmt::Debug for RawUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |v: &Option<String>| v.as_ref().map(|_| Redacted);
+        match self {
+            RawUser::Text(_) => f.write_str("Text(<redacted>)"),
+            RawUser::Table {
+                password,
+                md5,
+                sha256,
+            } => f
+                .debug_struct("Table")
+                .field("password", &set(password))
+                .field("md5", &set(md5))
+                .field("sha256", &set(sha256))
+                .finish(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawUser {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            password: Option<String>,
+            md5: Option<String>,
+            sha256: Option<String>,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawUser;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a password, an MD5 key 0x…, or a table with password, md5 or sha256")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawUser, E> {
+                Ok(RawUser::Text(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawUser, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawUser::Table {
+                    password: t.password,
+                    md5: t.md5,
+                    sha256: t.sha256,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The credential of static user `name` (RFC 8489 §9.2.2): a password, or
+/// long-term keys. A string that starts with `0x` is an MD5 key, as in
+/// coturn's `user=NAME:0x…`; a password that starts with `0x` is written
+/// as a table, `{ password = "0x…" }`. The error never quotes the value.
+fn static_user(name: &str, raw: &RawUser) -> Result<StaticUser, (String, String)> {
+    let key = format!("auth.users.{name}");
+    let md5_form =
+        "0x and 32 hex digits, MD5(user:realm:password) as `ferroturn password` prints it";
+    let sha256_form = "0x and 64 hex digits, SHA-256(user:realm:password) as `ferroturn password --toml` prints it";
+    match raw {
+        RawUser::Text(t) if t.is_empty() => Err((key, "must not be empty".into())),
+        RawUser::Text(t) if t.starts_with("0x") => match parse_key_hex(t) {
+            Some(k) => Ok(StaticUser::Keys {
+                md5: Some(k),
+                sha256: None,
+            }),
+            None => Err((
+                key,
+                format!(
+                    "a value that starts with 0x is an MD5 key (as in coturn): expected {md5_form}; \
+                     a password that starts with 0x is written {name} = {{ password = \"0x…\" }}"
+                ),
+            )),
+        },
+        RawUser::Text(t) => Ok(StaticUser::Password(t.clone())),
+        RawUser::Table {
+            password: Some(_),
+            md5,
+            sha256,
+        } if md5.is_some() || sha256.is_some() => Err((
+            key,
+            "give either password or keys (md5, sha256), not both".into(),
+        )),
+        RawUser::Table {
+            password: Some(p), ..
+        } => match p.is_empty() {
+            true => Err((format!("{key}.password"), "must not be empty".into())),
+            false => Ok(StaticUser::Password(p.clone())),
+        },
+        RawUser::Table {
+            password: None,
+            md5: None,
+            sha256: None,
+        } => Err((key, "give password, md5 or sha256".into())),
+        RawUser::Table { md5, sha256, .. } => {
+            let md5 = match md5 {
+                None => None,
+                Some(k) => Some(
+                    parse_key_hex(k)
+                        .ok_or_else(|| (format!("{key}.md5"), format!("expected {md5_form}")))?,
+                ),
+            };
+            let sha256 =
+                match sha256 {
+                    None => None,
+                    Some(k) => Some(parse_key_hex(k).ok_or_else(|| {
+                        (format!("{key}.sha256"), format!("expected {sha256_form}"))
+                    })?),
+                };
+            Ok(StaticUser::Keys { md5, sha256 })
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -185,12 +336,21 @@ struct RawMetrics {
     hosts: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     address: Option<String>,
     socket: Option<String>,
     token: Option<String>,
+}
+
+impl fmt::Debug for RawAdmin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawAdmin")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| Redacted))
+            .finish_non_exhaustive()
+    }
 }
 
 /// One `[[listen]]` entry.
@@ -253,7 +413,7 @@ pub const DEFAULT_ADMIN_SOCKET: &str = "/run/ferroturn/admin.sock";
 
 /// The admin API's listeners: a Unix socket (the default, guarded by its
 /// file mode), a TCP address (always with a token), or both.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Admin {
     /// TCP listener, if `admin.address` is set.
     pub address: Option<SocketAddr>,
@@ -269,6 +429,17 @@ impl Admin {
     /// The listeners only, which only a restart changes.
     fn listeners(&self) -> (Option<SocketAddr>, Option<&Path>) {
         (self.address, self.socket.as_deref())
+    }
+}
+
+impl fmt::Debug for Admin {
+    /// Whether a token is set, never the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("address", &self.address)
+            .field("socket", &self.socket)
+            .field("token", &self.token.as_ref().map(|_| Redacted))
+            .finish()
     }
 }
 
@@ -356,8 +527,9 @@ pub struct Relay {
     pub default_family: DefaultFamily,
 }
 
-/// A validated configuration.
-#[derive(Debug, Clone)]
+/// A validated configuration. Its `Debug` shows how many secrets there
+/// are and which users, never a secret, password, key or token.
+#[derive(Clone)]
 pub struct Config {
     pub path: PathBuf,
     pub realm: String,
@@ -367,7 +539,8 @@ pub struct Config {
     pub listen: Vec<Listen>,
     pub relay: Relay,
     pub secrets: Vec<String>,
-    pub users: BTreeMap<String, String>,
+    /// Static users: a password or long-term keys each.
+    pub users: BTreeMap<String, StaticUser>,
     pub nonce_lifetime: u64,
     /// Close a REST credential's allocations when it expires (plus grace).
     pub strict_expiry: bool,
@@ -395,6 +568,39 @@ pub struct Config {
     pub alternate: Option<SocketAddr>,
     /// Seconds existing allocations may live on after SIGTERM.
     pub drain_timeout: u64,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Fields added later stay out until listed here: unlisted is safe.
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("realm", &self.realm)
+            .field("workers", &self.workers)
+            .field("udp_threads", &self.udp_threads)
+            .field("udp_scheduling", &self.udp_scheduling)
+            .field("listen", &self.listen)
+            .field("relay", &self.relay)
+            .field("secrets", &vec![Redacted; self.secrets.len()])
+            .field("users", &self.users)
+            .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("strict_expiry", &self.strict_expiry)
+            .field("expiry_grace", &self.expiry_grace)
+            .field("limits", &self.limits)
+            .field("allow", &self.allow)
+            .field("deny", &self.deny)
+            .field("lifetime", &self.lifetime)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("legacy_channel_numbers", &self.legacy_channel_numbers)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("demo", &self.demo)
+            .field("metrics", &self.metrics)
+            .field("admin", &self.admin)
+            .field("alternate", &self.alternate)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The `[demo]` section: the signaling demo's HTTP server (`ferroturn demo`).
@@ -570,6 +776,92 @@ fn one_of<T: Copy>(v: Option<&str>, values: &[(&str, T)]) -> Result<T, String> {
     Err(format!("{v:?}: expected {} or {last}", rest.join(", ")))
 }
 
+/// Whether a key path (`auth.secrets[0]`, `admin`, …) lies in a section
+/// whose values are secret: `[auth]` and `[admin]`.
+fn holds_secrets(path: &str) -> bool {
+    ["auth", "admin"].iter().any(|s| {
+        path.strip_prefix(s)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    })
+}
+
+/// The first key of a TOML line: `[auth]` and `auth.secrets = …` give "auth".
+fn first_key(line: &str) -> &str {
+    line.trim_start_matches(|c: char| c == '[' || c.is_whitespace())
+        .split(|c: char| c == ']' || c == '=' || c == '.' || c.is_whitespace())
+        .next()
+        .unwrap_or("")
+        .trim_matches('"')
+}
+
+/// The section at byte `offset` of a TOML text, as far as a syntax error
+/// lets us know it: the first key of the line there when it names a
+/// section holding secrets (`auth.secrets = …`, `admin = { … }`), else the
+/// last table header before it (`[auth]` gives "auth").
+fn section_at(text: &str, offset: usize) -> &str {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let own = first_key(&text[line_start..]);
+    if holds_secrets(own) {
+        return own;
+    }
+    before[..line_start]
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('['))
+        .map_or("", first_key)
+}
+
+/// A toml or serde message with every value it quotes hidden, for errors in
+/// `[auth]` and `[admin]` (toml's messages quote the offending value: a
+/// string as `"…"`, with escapes, anything else between backticks). Names
+/// of fields and keys, which such messages also quote, are not secret and
+/// stay when the message is about a field or key.
+fn hide_values(msg: &str) -> String {
+    if ["unknown field", "missing field", "duplicate"]
+        .iter()
+        .any(|p| msg.starts_with(p))
+    {
+        return msg.to_owned();
+    }
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut escaped = false;
+                for c in chars.by_ref() {
+                    match (escaped, c) {
+                        (false, '\\') => escaped = true,
+                        (false, '"') => break,
+                        _ => escaped = false,
+                    }
+                }
+                out.push_str("(value hidden)");
+            }
+            '`' => {
+                let quoted: String = chars.by_ref().take_while(|&c| c != '`').collect();
+                // Punctuation the grammar expects (`]`, `=`, `#`) is no value.
+                if quoted.chars().count() <= 3 && !quoted.chars().any(char::is_alphanumeric) {
+                    out.push_str(&format!("`{quoted}`"));
+                } else {
+                    out.push_str("(value hidden)");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `ip` is a loopback address (also as an IPv4-mapped IPv6 one).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_loopback(),
+        IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
+    }
+}
+
 /// Validate configuration `text` as if read from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
@@ -586,12 +878,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .span()
             .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
             .unwrap_or_default();
-        let msg = inner.message().trim().to_string();
+        // One line (toml puts "expected …" on a second one), so that a log
+        // or journal entry holds all of it.
+        let mut msg = inner
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
         let key = if key == "." || key.is_empty() {
             "(syntax)".to_string()
         } else {
             key
         };
+        let section = match key.as_str() {
+            "(syntax)" => inner.span().map_or("", |s| section_at(text, s.start)),
+            k => k,
+        };
+        if holds_secrets(section) {
+            msg = hide_values(&msg);
+        }
         err(&key, format!("{msg}{line}"))
     })?;
 
@@ -601,8 +908,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let workers = if raw.server.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else if raw.server.workers > 256 {
-        return Err(err("server.workers", "at most 256".into()));
+    } else if raw.server.workers > MAX_WORKERS {
+        return Err(err("server.workers", format!("at most {MAX_WORKERS}")));
     } else {
         raw.server.workers
     };
@@ -803,11 +1110,48 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
-    for (u, p) in &raw.auth.users {
-        if u.is_empty() || p.is_empty() {
+    let mut users = BTreeMap::new();
+    for (u, raw_user) in &raw.auth.users {
+        if u.is_empty() {
+            return Err(err("auth.users", "user names must not be empty".into()));
+        }
+        let user = static_user(u, raw_user).map_err(|(key, reason)| err(&key, reason))?;
+        users.insert(u.clone(), user);
+    }
+    // The first command must not make an open relay: the bundled example's
+    // credentials are refused on any TURN listener off loopback.
+    if let Some((i, l)) = listen
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.turn && !is_loopback(l.address.ip()))
+    {
+        let why = format!(
+            "refused while listen[{i}] ({}) is not loopback: anyone can read this credential in ferroturn's bundled config.toml and relay through this server",
+            l.address
+        );
+        if let Some(j) = raw
+            .auth
+            .secrets
+            .iter()
+            .position(|s| EXAMPLE_SECRETS.contains(&s.as_str()))
+        {
             return Err(err(
-                &format!("auth.users.{u}"),
-                "user names and passwords must not be empty".into(),
+                &format!("auth.secrets[{j}]"),
+                format!(
+                    "is the bundled example's secret, {why}; set a secret of your own (e.g. `openssl rand -base64 32`) or listen on loopback only"
+                ),
+            ));
+        }
+        if let Some((name, _)) = EXAMPLE_USERS.iter().find(|(n, p)| {
+            users
+                .get(*n)
+                .is_some_and(|u: &StaticUser| u.is(n, &raw.realm, p))
+        }) {
+            return Err(err(
+                &format!("auth.users.{name}"),
+                format!(
+                    "is the bundled example's user and password, {why}; remove it or give it a password of your own"
+                ),
             ));
         }
     }
@@ -986,7 +1330,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             default_family,
         },
         secrets: raw.auth.secrets,
-        users: raw.auth.users,
+        users,
         nonce_lifetime,
         strict_expiry: raw.auth.strict_expiry,
         expiry_grace: raw.auth.expiry_grace,
@@ -1085,8 +1429,8 @@ address = "0.0.0.0"
 public_address = "203.0.113.10"
 ports = "49152-65535"
 [auth]
-secrets = ["change-me"]
-users = { alice = "wonderland" }
+secrets = ["s3cret"]
+users = { alice = "liddell" }
 [peers]
 allow = []
 deny = []
@@ -1105,7 +1449,7 @@ deny = []
             "203.0.113.10".parse::<IpAddr>().unwrap()
         );
         assert!(c.listen[0].udp && c.listen[0].tcp);
-        assert_eq!(c.users["alice"], "wonderland");
+        assert_eq!(c.users["alice"], "liddell".into());
         assert_eq!(c.udp_threads, UdpThreads::Adaptive);
         assert_eq!(c.udp_scheduling, UdpScheduling::Auto);
         let server = |line: &str| {
@@ -1124,7 +1468,7 @@ deny = []
         let running = p(GOOD).unwrap();
         let new = p(&GOOD
             .replace("realm = \"example.org\"", "realm = \"other.org\"")
-            .replace("wonderland", "looking-glass")
+            .replace("liddell", "looking-glass")
             .replace(
                 "[[listen]]",
                 "[server]\nudp_scheduling = \"batch\"\n[[listen]]",
@@ -1135,7 +1479,7 @@ deny = []
         assert_eq!(kept.realm, "example.org");
         assert_eq!(kept.udp_scheduling, UdpScheduling::Auto);
         // A live setting comes from the new file.
-        assert_eq!(kept.users["alice"], "looking-glass");
+        assert_eq!(kept.users["alice"], "looking-glass".into());
         let (_, changed) = keep_restart_only(&running, running.clone());
         assert!(changed.is_empty(), "{changed:?}");
 
@@ -1193,7 +1537,7 @@ deny = []
             "\"fifo\": expected \"auto\", \"normal\" or \"batch\""
         );
         let e = p(&GOOD.replace(
-            "secrets = [\"change-me\"]\nusers = { alice = \"wonderland\" }",
+            "secrets = [\"s3cret\"]\nusers = { alice = \"liddell\" }",
             "",
         ))
         .unwrap_err();
@@ -1294,7 +1638,7 @@ deny = []
     fn stun_only_listeners_need_no_credentials_and_limits_default() {
         let text = GOOD
             .replace(
-                "secrets = [\"change-me\"]\nusers = { alice = \"wonderland\" }",
+                "secrets = [\"s3cret\"]\nusers = { alice = \"liddell\" }",
                 "",
             )
             .replace(
@@ -1359,5 +1703,259 @@ deny = []
         let (kept, changed) = keep_restart_only(&running, with("connections_per_ip = 16").unwrap());
         assert!(changed.is_empty(), "{changed:?}");
         assert_eq!(kept.stream_limits.connections_per_ip, 16);
+    }
+
+    #[test]
+    fn bundled_credentials_are_refused_off_loopback() {
+        // The list in the code is what the bundled file holds.
+        let bundled = p(include_str!("../config.toml")).unwrap();
+        assert_eq!(bundled.secrets, EXAMPLE_SECRETS);
+        let users: Vec<(&str, &StaticUser)> =
+            bundled.users.iter().map(|(n, u)| (n.as_str(), u)).collect();
+        assert_eq!(users.len(), EXAMPLE_USERS.len());
+        for ((name, user), (n, pw)) in users.iter().zip(EXAMPLE_USERS) {
+            assert_eq!((*name, *user), (n, &StaticUser::from(pw)));
+        }
+        assert!(bundled.listen.iter().all(|l| l.address.ip().is_loopback()));
+
+        let with = |listen: &str, auth: &str| {
+            p(&format!(
+                "realm = \"example.org\"\n[[listen]]\n{listen}\n[relay]\naddress = \"127.0.0.1\"\n[auth]\n{auth}\n"
+            ))
+        };
+        let public = "address = \"0.0.0.0:3478\"\ntransports = [\"udp\"]";
+        let key =
+            crate::auth::key_hex(&crate::auth::Key::md5("alice", "example.org", "wonderland"));
+        for (auth, bad_key) in [
+            ("secrets = [\"mine\", \"change-me\"]", "auth.secrets[1]"),
+            ("users = { alice = \"wonderland\" }", "auth.users.alice"),
+            (
+                &format!("users = {{ alice = \"{key}\" }}")[..],
+                "auth.users.alice",
+            ),
+            (
+                "users = { alice = { password = \"wonderland\" } }",
+                "auth.users.alice",
+            ),
+        ] {
+            let e = with(public, auth).unwrap_err();
+            assert_eq!(e.key, bad_key, "{e}");
+            assert!(
+                e.reason
+                    .contains("listen[0] (0.0.0.0:3478) is not loopback"),
+                "{e}"
+            );
+            assert!(
+                !e.reason.contains("wonderland") && !e.reason.contains("change-me"),
+                "{e}"
+            );
+            // Loopback only (IPv4, IPv6, IPv4-mapped) is fine, and so is a
+            // STUN-only listener anywhere.
+            for listen in [
+                "address = \"127.0.0.2:3478\"\ntransports = [\"udp\", \"tcp\"]",
+                "address = \"[::1]:3478\"\ntransports = [\"udp\"]",
+                "address = \"[::ffff:127.0.0.1]:3478\"\ntransports = [\"udp\"]",
+                "address = \"0.0.0.0:3478\"\ntransports = [\"udp\"]\nturn = false\n[[listen]]\naddress = \"127.0.0.1:3479\"\ntransports = [\"tcp\"]",
+            ] {
+                with(listen, auth).unwrap();
+            }
+        }
+        // Other users or passwords are not the example's.
+        for auth in [
+            "users = { alice = \"looking-glass\" }",
+            "users = { bob = \"wonderland\" }",
+            "secrets = [\"change-me-not\"]",
+        ] {
+            with(public, auth).unwrap();
+        }
+    }
+
+    #[test]
+    fn static_users_by_password_or_key() {
+        use crate::auth::{Key, key_hex};
+        use crate::proto::integrity::{ALGORITHM_MD5, ALGORITHM_SHA256};
+        let md5 = key_hex(&Key::md5("carol", "example.org", "pw"));
+        let sha = key_hex(&Key::sha256("carol", "example.org", "pw"));
+        let user = |value: &str| {
+            p(&GOOD.replace("alice = \"liddell\"", &format!("carol = {value}")))
+                .map(|c| c.users["carol"].clone())
+        };
+        let keys = |u: &StaticUser| {
+            [ALGORITHM_MD5, ALGORITHM_SHA256].map(|a| u.key(a, "carol", "example.org"))
+        };
+        let both = [
+            Some(Key::md5("carol", "example.org", "pw")),
+            Some(Key::sha256("carol", "example.org", "pw")),
+        ];
+        // coturn's 0x form: the MD5 key, so no SHA-256 password algorithm.
+        assert_eq!(keys(&user(&format!("\"{md5}\"")).unwrap()), [both[0], None]);
+        assert_eq!(
+            keys(&user(&format!("\"{}\"", md5.to_uppercase().replace("0X", "0x"))).unwrap()),
+            [both[0], None]
+        );
+        assert_eq!(keys(&user("\"pw\"").unwrap()), both);
+        assert_eq!(
+            keys(&user(&format!("{{ md5 = \"{md5}\", sha256 = \"{sha}\" }}")).unwrap()),
+            both
+        );
+        assert_eq!(
+            keys(&user(&format!("{{ sha256 = \"{sha}\" }}")).unwrap()),
+            [None, both[1]]
+        );
+        // A password that starts with 0x, in the table form.
+        assert_eq!(
+            user("{ password = \"0xdeadbeef\" }").unwrap(),
+            StaticUser::Password("0xdeadbeef".into())
+        );
+        for (value, key, says) in [
+            (
+                "\"0xdeadbeef\"",
+                "auth.users.carol",
+                "carol = { password = \"0x…\" }",
+            ),
+            (
+                &format!("\"{sha}\"")[..],
+                "auth.users.carol",
+                "32 hex digits",
+            ),
+            ("\"\"", "auth.users.carol", "empty"),
+            (
+                "{ md5 = \"0x12\" }",
+                "auth.users.carol.md5",
+                "32 hex digits",
+            ),
+            (
+                &format!("{{ sha256 = \"{md5}\" }}")[..],
+                "auth.users.carol.sha256",
+                "64 hex digits",
+            ),
+            (
+                &format!("{{ password = \"pw\", md5 = \"{md5}\" }}")[..],
+                "auth.users.carol",
+                "not both",
+            ),
+            ("{ password = \"\" }", "auth.users.carol.password", "empty"),
+            ("{}", "auth.users.carol", "give password, md5 or sha256"),
+            (
+                "{ pasword = \"x\" }",
+                "auth.users.carol",
+                "unknown field `pasword`",
+            ),
+            ("17", "auth.users.carol", "a password, an MD5 key"),
+        ] {
+            let e = user(value).unwrap_err();
+            assert!(e.key.starts_with(key), "{value}: {e}");
+            assert!(e.reason.contains(says), "{value}: {e}");
+            assert!(
+                !e.reason.contains("deadbeef") && !e.reason.contains(&md5[4..]),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let md5 = crate::auth::key_hex(&crate::auth::Key::md5("bob", "example.org", "pw"));
+        let text = GOOD.replace(
+            "alice = \"liddell\"",
+            &format!(
+                "alice = \"liddell\", bob = \"{md5}\", carol = {{ password = \"0xcarol-pw\" }}"
+            ),
+        ) + "[admin]\naddress = \"127.0.0.1:9642\"\ntoken = \"tok-e1f2\"\n";
+        let c = p(&text).unwrap();
+        let raw: RawConfig = toml::from_str(&text).unwrap();
+        let creds = crate::auth::Credentials::new(&c.realm, &c.secrets, &c.users, b"nonce", 600);
+        let ice = crate::demo::ice::IceConfig {
+            urls: vec![],
+            secret: c.secrets.first().cloned(),
+            ttl: 60,
+        };
+        let target = crate::admin::client::Target {
+            dest: crate::http::Dest::Tcp(c.admin.as_ref().unwrap().address.unwrap()),
+            token: c.admin.as_ref().unwrap().token.clone(),
+        };
+        let token_arg = crate::admin::client::TokenSource::Arg("tok-e1f2".into());
+        let shown = [
+            format!("{c:?}"),
+            format!("{:?}", c.admin),
+            format!("{:?}", c.users),
+            format!("{raw:?}"),
+            format!("{:?}", raw.auth),
+            format!("{:?}", raw.admin),
+            format!("{creds:?}"),
+            format!("{ice:?}"),
+            format!("{target:?}"),
+            format!("{token_arg:?}"),
+            format!("{:?}", crate::auth::Key::md5("bob", "example.org", "pw")),
+        ];
+        for s in &shown {
+            for secret in [
+                "s3cret",
+                "liddell",
+                &md5[2..],
+                &md5[2..12],
+                "carol-pw",
+                "tok-e1f2",
+            ] {
+                assert!(!s.contains(secret), "{secret:?} in {s}");
+            }
+            assert!(
+                s.contains("<redacted>") || s.starts_with("Credentials"),
+                "{s}"
+            );
+        }
+        // What is not secret still shows.
+        assert!(
+            shown[0].contains("example.org") && shown[0].contains("\"alice\""),
+            "{}",
+            shown[0]
+        );
+    }
+
+    #[test]
+    fn errors_in_auth_and_admin_never_quote_a_value() {
+        let cases = [
+            GOOD.replace("secrets = [\"s3cret\"]", "secrets = \"hunter2-a\""),
+            GOOD.replace(
+                "secrets = [\"s3cret\"]",
+                "secrets = [\"s3cret\", 4242424242]",
+            ),
+            GOOD.replace("alice = \"liddell\"", "alice = [\"hunter2-b\"]"),
+            GOOD.replace("alice = \"liddell\"", "alice = 77777777"),
+            GOOD.replace("secrets = [\"s3cret\"]", "secrets = [\"hunter2-c\" \"x\"]"),
+            GOOD.replace("secrets = [\"s3cret\"]", "secrets = [\"hunter2-d\\q\"]"),
+            GOOD.replace("alice = \"liddell\"", "alice = \"hunter2-e"),
+            GOOD.replace("[auth]", "[auth]\nnonce_lifetime = \"hunter2-f\""),
+            format!("{GOOD}[admin]\ntoken = 55555555\n"),
+            format!("{GOOD}[admin]\ntoken = [\"hunter2-g\"]\n"),
+            format!("{GOOD}[admin]\naddress = \"127.0.0.1:9642\" token = \"hunter2-h\"\n"),
+            format!("admin.token = [\"hunter2-i\"]\n{GOOD}"),
+            format!("admin.token = \"hunter2-k\" x\n{GOOD}"),
+            GOOD.replace("alice = \"liddell\"", "alice = \"hunter2-l\" }, x = {"),
+            format!("admin = {{ token = [\"hunter2-j\"] }}\n{GOOD}"),
+        ];
+        for text in &cases {
+            let e = p(text).unwrap_err().to_string();
+            for v in ["hunter2", "4242424242", "77777777", "55555555"] {
+                assert!(!e.contains(v), "{v} in {e:?}, from\n{text}");
+            }
+            assert!(e.contains("(line "), "{e}");
+        }
+        // Elsewhere the value stays in the message, which helps.
+        let e = p(&GOOD.replace("ports = \"49152-65535\"", "ports = 4915265535")).unwrap_err();
+        assert!(e.to_string().contains("4915265535"), "{e}");
+        let text = "realm = \"x\"\n[auth]\nsecrets = [\"a\" \"b\"]\n[peers]\nallow = [\n";
+        assert_eq!(section_at(text, text.find("\"b").unwrap()), "auth");
+        assert_eq!(section_at(text, text.len() - 1), "peers");
+        assert_eq!(section_at("admin.token = 1 x", 16), "admin");
+        assert_eq!(section_at("[ \"admin\" ]\ntoken = 1 x", 22), "admin");
+        assert_eq!(
+            hide_values("expected `]`, found \"a\\\"b\" or `c`"),
+            "expected `]`, found (value hidden) or (value hidden)"
+        );
+        assert_eq!(
+            hide_values("unknown field `sekrets`, expected one of `secrets`"),
+            "unknown field `sekrets`, expected one of `secrets`"
+        );
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! - SIGHUP re-reads the config file and applies what can change live
 //!   (credentials, peer policy, limits, log level); an invalid file is
-//!   refused with the same FILE: KEY: REASON as at startup and the old
-//!   config stays in force.
+//!   refused with the same FILE: KEY: REASON as at startup, on one line and
+//!   without any value of `[auth]` or `[admin]` (see `config::parse`), and
+//!   the old config stays in force.
 //! - SIGTERM drains: new allocations are refused (300 with ALTERNATE-SERVER
 //!   when `server.alternate` is set, else 508), existing ones live until
 //!   they end or `server.drain_timeout` passes. A second SIGTERM or a

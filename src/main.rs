@@ -1,4 +1,5 @@
-//! The `ferroturn` command: run the server, check a config, mint credentials.
+//! The `ferroturn` command: run the server, check a config, mint credentials,
+//! derive static users' keys.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,9 +31,14 @@ enum Command {
     Check,
     /// Print TURN REST API credentials (coturn use-auth-secret / eturnal scheme).
     Credentials {
-        /// Shared secret; defaults to the first of [auth] secrets in --config.
-        #[arg(long)]
+        /// Shared secret (visible in `ps`: prefer --secret-file or $FERROTURN_SECRET).
+        #[arg(long, conflicts_with = "secret_file")]
         secret: Option<String>,
+        /// A file holding the shared secret: its first line, without surrounding blanks.
+        /// Without it or --secret: $FERROTURN_SECRET, else the first of [auth]
+        /// secrets in --config.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
         /// Name after the expiry in the username.
         #[arg(long, default_value = "user")]
         user: String,
@@ -45,6 +51,24 @@ enum Command {
         /// turn:/stun: URIs for the JSON entry; derived from --config if omitted.
         #[arg(long = "url")]
         urls: Vec<String>,
+    },
+    /// Print a static user's long-term key (RFC 8489 §9.2.2) to write in
+    /// [auth] users instead of the password, as `turnadmin -k` does. The
+    /// password is read from stdin (prompted for on a terminal).
+    Password {
+        /// The user name.
+        #[arg(long)]
+        user: String,
+        /// The realm; defaults to `realm` in --config.
+        #[arg(long)]
+        realm: Option<String>,
+        /// The password (visible in `ps`: prefer stdin).
+        #[arg(long)]
+        password: Option<String>,
+        /// Print the [auth] users entry with both keys (MD5 and SHA-256)
+        /// instead of the MD5 key alone.
+        #[arg(long)]
+        toml: bool,
     },
     /// List the sessions of a running server (through its admin API).
     Sessions {
@@ -170,6 +194,184 @@ fn serve(
     }
 }
 
+/// The environment variable `ferroturn credentials` takes the secret from.
+const SECRET_ENV: &str = "FERROTURN_SECRET";
+
+/// Say on stderr that a secret given as an argument is visible to others.
+fn warn_argv(command: &str, flag: &str, instead: &str) {
+    eprintln!(
+        "ferroturn {command}: warning: {flag} is visible to every local user (ps, /proc); use {instead}"
+    );
+}
+
+/// A secret read from a file or the environment: its first line, without
+/// surrounding blanks (the rule of `--token-file` too); empty is refused.
+fn secret_text(text: &str, from: &str) -> Result<String, String> {
+    let t = text.lines().next().unwrap_or("").trim();
+    if t.is_empty() {
+        return Err(format!("{from}: empty"));
+    }
+    Ok(t.to_owned())
+}
+
+/// The REST secret for `ferroturn credentials`: --secret (with a warning),
+/// --secret-file, $FERROTURN_SECRET, or the config's first secret.
+fn rest_secret(
+    secret: Option<String>,
+    file: Option<PathBuf>,
+    config: Option<&ferroturn::config::Config>,
+) -> Result<String, String> {
+    if let Some(s) = secret {
+        warn_argv(
+            "credentials",
+            "--secret",
+            &format!("--secret-file FILE or ${SECRET_ENV}"),
+        );
+        return Ok(s);
+    }
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| format!("--secret-file {}: {e}", f.display()))?;
+        return secret_text(&text, &format!("--secret-file {}", f.display()));
+    }
+    if let Some(v) = std::env::var_os(SECRET_ENV) {
+        let v = v
+            .into_string()
+            .map_err(|_| format!("${SECRET_ENV}: not UTF-8"))?;
+        return secret_text(&v, &format!("${SECRET_ENV}"));
+    }
+    config
+        .and_then(|c| c.secrets.first().cloned())
+        .ok_or_else(|| {
+            format!("give --secret-file FILE, ${SECRET_ENV}, or --config with [auth] secrets")
+        })
+}
+
+/// Read a password from stdin: one line, prompted for (twice, without
+/// echo) when stdin is a terminal.
+fn read_password(user: &str, realm: &str) -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let read = || -> Result<String, String> {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password from stdin: {e}"))?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    let password = if stdin.is_terminal() {
+        let _quiet = NoEcho::new();
+        eprint!("Password for {user} in realm {realm}: ");
+        let first = read()?;
+        eprint!("Again: ");
+        let again = read()?;
+        if first != again {
+            return Err("the passwords differ".into());
+        }
+        first
+    } else {
+        read()?
+    };
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    Ok(password)
+}
+
+/// Terminal echo off on stdin while it lives.
+struct NoEcho(Option<libc::termios>);
+
+impl NoEcho {
+    fn new() -> NoEcho {
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a termios we own.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return NoEcho(None);
+            }
+            let mut quiet = t;
+            quiet.c_lflag &= !libc::ECHO;
+            quiet.c_lflag |= libc::ECHONL;
+            libc::tcsetattr(0, libc::TCSANOW, &quiet);
+            NoEcho(Some(t))
+        }
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restores the settings read in `new`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, t);
+            }
+        }
+    }
+}
+
+/// `ferroturn password`: the keys of `user` for the realm of --realm or
+/// --config, from a password read from stdin.
+fn password(
+    config: Option<&PathBuf>,
+    user: &str,
+    realm: Option<String>,
+    password: Option<String>,
+    toml: bool,
+) -> ExitCode {
+    use ferroturn::auth::{Key, key_hex};
+    let realm = match (realm, config) {
+        (Some(_), Some(_)) => {
+            eprintln!("ferroturn password: give --realm or --config, not both");
+            return ExitCode::from(2);
+        }
+        (Some(r), None) => r,
+        (None, Some(_)) => match load(config, "password") {
+            Ok(c) => c.realm,
+            Err(code) => return code,
+        },
+        (None, None) => {
+            eprintln!(
+                "ferroturn password: give --config FILE (its realm) or --realm REALM: keys depend on the realm"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if user.is_empty() || realm.is_empty() {
+        eprintln!("ferroturn password: the user and realm must not be empty");
+        return ExitCode::from(2);
+    }
+    let password = match password {
+        Some(p) => {
+            warn_argv("password", "--password", "stdin or the prompt");
+            p
+        }
+        None => match read_password(user, &realm) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("ferroturn password: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let md5 = key_hex(&Key::md5(user, &realm, &password));
+    if toml {
+        let sha256 = key_hex(&Key::sha256(user, &realm, &password));
+        let bare = user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let name = if bare {
+            user.to_owned()
+        } else {
+            json_string(user)
+        };
+        println!("{name} = {{ md5 = \"{md5}\", sha256 = \"{sha256}\" }}");
+    } else {
+        println!("{md5}");
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
@@ -184,6 +386,7 @@ fn main() -> ExitCode {
         },
         Command::Credentials {
             secret,
+            secret_file,
             user,
             ttl,
             json,
@@ -193,9 +396,12 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let Some(secret) = secret.or_else(|| config.as_ref()?.secrets.first().cloned()) else {
-                eprintln!("ferroturn credentials: give --secret, or --config with [auth] secrets");
-                return ExitCode::from(2);
+            let secret = match rest_secret(secret, secret_file, config.as_ref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("ferroturn credentials: {e}");
+                    return ExitCode::from(2);
+                }
             };
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -224,6 +430,12 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Password {
+            user,
+            realm,
+            password: given,
+            toml,
+        } => password(cli.config.as_ref(), &user, realm, given, toml),
         Command::Sessions {
             admin,
             token_file,

@@ -760,3 +760,119 @@ fn json_log_is_json_and_holds_no_secret() {
     assert_no_secrets(&log, &forbidden);
     eprintln!("{lines} JSON lines, levels {levels:?}");
 }
+
+/// A reload refused for an error in `[auth]` or `[admin]` names the file,
+/// key and line, but never a value of those sections: neither the bad one
+/// (toml quotes it in its messages) nor a running secret, password or token.
+#[test]
+fn refused_reload_never_prints_an_auth_or_admin_value() {
+    const SECRET: &str = "running-secret-5Tq2";
+    const PASSWORD: &str = "running-password-8Wn4";
+    const TOKEN: &str = "running-token-3Jv7";
+    let mut c = base_config();
+    c.secrets = vec![SECRET.into()];
+    c.users = vec![("alice".into(), PASSWORD.into())];
+    let admin = format!(
+        "\n[admin]\naddress = \"127.0.0.1:{}\"\ntoken = \"{TOKEN}\"\n",
+        free_port()
+    );
+    let mut d = Daemon::start(&c, &admin);
+    let port = d.addr.port();
+    let good = config_text(&c, port, d.relay, &admin);
+    let secrets_line = format!("secrets = [\"{SECRET}\"]");
+    let user_entry = format!("\"alice\" = \"{PASSWORD}\"");
+    let token_line = format!("token = \"{TOKEN}\"");
+    for needle in [&secrets_line, &user_entry, &token_line] {
+        assert!(good.contains(needle.as_str()), "{needle} not in\n{good}");
+    }
+
+    // Each bad file holds a value that must not reach the log, and is
+    // refused with the key (or "(syntax)") and line ferroturn check gives.
+    let bad = [
+        (
+            good.replace(&secrets_line, "secrets = \"leak-1-Rb8s\""),
+            "auth.secrets",
+        ),
+        (
+            good.replace(
+                &secrets_line,
+                &format!("secrets = [\"{SECRET}\", 4242424242]"),
+            ),
+            "auth.secrets[1]",
+        ),
+        (
+            good.replace(&user_entry, "\"alice\" = 77777777"),
+            "auth.users.alice",
+        ),
+        (
+            good.replace(&user_entry, "\"alice\" = [\"leak-2-Hy3c\"]"),
+            "auth.users.alice",
+        ),
+        (
+            good.replace(&user_entry, "\"alice\" = \"0xleak3Pz6\""),
+            "auth.users.alice",
+        ),
+        (
+            good.replace(&secrets_line, "secrets = [\"leak-4-Nd5w\" \"x\"]"),
+            "(syntax)",
+        ),
+        (good.replace(&token_line, "token = 55555555"), "admin.token"),
+        (
+            good.replace(&token_line, "token = [\"leak-5-Ck1m\"]"),
+            "admin.token",
+        ),
+        (
+            good.replace(&token_line, "token = \"leak-6-Vg9e\" \"x\""),
+            "(syntax)",
+        ),
+    ];
+    let leaks = [
+        "leak-",
+        "leak3",
+        "4242424242",
+        "77777777",
+        "55555555",
+        SECRET,
+        PASSWORD,
+        TOKEN,
+    ];
+    for (i, (text, key)) in bad.iter().enumerate() {
+        d.write_config(text);
+        d.signal(libc::SIGHUP);
+        let log = d.wait_log_count("reload refused", i + 1, Duration::from_secs(5));
+        let line = log
+            .lines()
+            .filter(|l| l.contains("reload refused"))
+            .nth(i)
+            .unwrap();
+        let expect = format!("{}: {key}: ", d.config_path.display());
+        assert!(line.contains(&expect), "{expect:?} not in {line}");
+        // toml's own errors carry the line (ferroturn's name the key only).
+        assert!(
+            line.contains("(line ") || key == &"auth.users.alice",
+            "{line}"
+        );
+        let mut check = Command::new(env!("CARGO_BIN_EXE_ferroturn"));
+        check.arg("check").arg("--config").arg(&d.config_path);
+        let out = common::run_with_timeout(check, Duration::from_secs(10));
+        assert_eq!(out.code, Some(1));
+        assert!(
+            line.contains(out.output.trim()),
+            "{line}\nvs check: {}",
+            out.output
+        );
+        for leak in leaks {
+            assert!(!log.contains(leak), "{leak:?} in the log:\n{log}");
+            assert!(
+                !out.output.contains(leak),
+                "{leak:?} in check:\n{}",
+                out.output
+            );
+        }
+        eprintln!("{line}");
+    }
+    // The running configuration stayed.
+    assert_eq!(allocate_code(&mut d.client("alice", PASSWORD)), None);
+    d.signal(libc::SIGINT);
+    assert!(d.wait_exit(Duration::from_secs(5)).is_some());
+}

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use browser::ws::{Client, raw_head};
-use browser::{Demo, DemoConfig, Net, SECRET, TempDir, http_get, http_request};
+use browser::{Demo, DemoConfig, Net, SECRET, STATIC_PASSWORD, TempDir, http_get, http_request};
 use ferroturn::demo::websocket;
 use serde_json::{Value, json};
 
@@ -249,7 +249,7 @@ fn pages_and_ice_servers_are_served() {
         ferroturn::auth::rest_password(SECRET.as_bytes(), user)
     );
     // No static password of [auth] users reaches the page.
-    assert!(!String::from_utf8_lossy(&body).contains("wonderland"));
+    assert!(!String::from_utf8_lossy(&body).contains(STATIC_PASSWORD));
 
     // A request head over 16 KiB: 431.
     let head = format!(

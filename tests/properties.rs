@@ -23,7 +23,7 @@ const CHANNELS: u32 = 3;
 
 fn engine(now: Instant) -> Engine {
     let mut users = BTreeMap::new();
-    users.insert("alice".to_string(), "wonderland".to_string());
+    users.insert("alice".to_string(), "wonderland".into());
     Engine::new(
         {
             let mut cfg = EngineConfig::new(

@@ -17,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 
 fn engine(now: Instant) -> Engine {
     let mut users = BTreeMap::new();
-    users.insert("alice".to_string(), "wonderland".to_string());
+    users.insert("alice".to_string(), "wonderland".into());
     Engine::new(
         {
             let mut cfg = EngineConfig::new(

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 /// What `/ice-servers` needs from the configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IceConfig {
     /// `stun:` and `turn:` URIs, as [`crate::io::ice_urls`] gives them.
     pub urls: Vec<String>,
@@ -14,6 +14,19 @@ pub struct IceConfig {
     pub secret: Option<String>,
     /// Credential lifetime, seconds.
     pub ttl: u64,
+}
+
+impl std::fmt::Debug for IceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceConfig")
+            .field("urls", &self.urls)
+            .field(
+                "secret",
+                &self.secret.as_ref().map(|_| crate::auth::Redacted),
+            )
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 /// Name part of minted usernames.

@@ -22,8 +22,8 @@ const PEER2: &str = "93.184.216.35:9001";
 
 fn config(ports: Vec<u16>) -> EngineConfig {
     let mut users = BTreeMap::new();
-    users.insert("alice".to_string(), "wonderland".to_string());
-    users.insert("bob".to_string(), "builder".to_string());
+    users.insert("alice".to_string(), "wonderland".into());
+    users.insert("bob".to_string(), "builder".into());
     let mut cfg = EngineConfig::new(
         Credentials::new(REALM, &["s3cret".into()], &users, b"nonce-key", 600),
         PeerPolicy::new(
@@ -1419,7 +1419,7 @@ fn update_applies_new_credentials_without_dropping_allocations() {
     let c = client(1);
     t.allocate(c);
     let mut users = BTreeMap::new();
-    users.insert("alice".to_string(), "new-password".to_string());
+    users.insert("alice".to_string(), "new-password".into());
     t.e.update(Update {
         credentials: Credentials::new(REALM, &["rotated".into()], &users, b"nonce-key", 600),
         policy: t.e.cfg.policy.clone(),

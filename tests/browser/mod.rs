@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 /// The shared secret of the tests' configs.
 pub const SECRET: &str = "demo-test-secret";
+/// The static user alice's password in the tests' configs (not the bundled
+/// example's, which is refused off loopback, as in the netns test).
+pub const STATIC_PASSWORD: &str = "demo-test-password";
 
 /// Where a connection is made from: this process's network namespace, or
 /// a named one (`/run/netns/NAME`).
@@ -225,7 +228,7 @@ public_address = "{relay}"
 ports = "{lo}-{hi}"
 [auth]
 secrets = ["{SECRET}", "older-secret"]
-users = {{ alice = "wonderland" }}
+users = {{ alice = "{STATIC_PASSWORD}" }}
 [peers]
 allow = [{allow}]
 [demo]

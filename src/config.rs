@@ -311,6 +311,7 @@ struct RawLimits {
     connections_per_ip: Option<u32>,
     tls_handshakes_per_ip: Option<u32>,
     stream_queue_bytes: Option<u32>,
+    stream_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -497,6 +498,9 @@ pub struct StreamLimits {
     /// not read; further frames are dropped (one frame of any size goes
     /// into an empty queue).
     pub queue_bytes: u32,
+    /// Stream connections the whole server holds at once (all workers):
+    /// with the per-connection bounds, the server's memory budget.
+    pub connections: u32,
 }
 
 impl Default for StreamLimits {
@@ -507,6 +511,7 @@ impl Default for StreamLimits {
             connections_per_ip: 64,
             tls_handshakes_per_ip: 8,
             queue_bytes: 65_536,
+            connections: 16_384,
         }
     }
 }
@@ -1364,7 +1369,14 @@ fn stream_limits(l: &RawLimits) -> Result<StreamLimits, (&'static str, String)> 
         connections_per_ip: l.connections_per_ip.unwrap_or(d.connections_per_ip),
         tls_handshakes_per_ip: l.tls_handshakes_per_ip.unwrap_or(d.tls_handshakes_per_ip),
         queue_bytes: l.stream_queue_bytes.unwrap_or(d.queue_bytes),
+        connections: l.stream_connections.unwrap_or(d.connections),
     };
+    if !(1..=1 << 20).contains(&s.connections) {
+        return Err((
+            "limits.stream_connections",
+            "must be between 1 and 1048576".into(),
+        ));
+    }
     if !(1..=300).contains(&s.message_timeout) {
         return Err((
             "limits.stream_message_timeout",
@@ -1671,6 +1683,7 @@ deny = []
                 connections_per_ip: 0,
                 tls_handshakes_per_ip: 0,
                 queue_bytes: 4096,
+                connections: 16_384,
             }
         );
         for (line, key) in [
@@ -1694,6 +1707,7 @@ deny = []
                 "limits.stream_queue_bytes",
             ),
             ("stream_queue_bytes = -1", "limits.stream_queue_bytes"),
+            ("stream_connections = 0", "limits.stream_connections"),
         ] {
             let e = with(line).unwrap_err();
             assert_eq!(e.key, key, "{line}: {e}");

@@ -151,7 +151,7 @@ impl Hostile {
                 out.insert(reason.to_owned(), value.parse().unwrap());
             }
         }
-        assert_eq!(out.len(), 5, "every reason is exported:\n{text}");
+        assert_eq!(out.len(), 6, "every reason is exported:\n{text}");
         out
     }
 
@@ -434,6 +434,7 @@ fn defaults_are_ten_and_sixty_seconds_64_connections_8_handshakes_64_kib() {
     assert_eq!(l.connections_per_ip, 64);
     assert_eq!(l.tls_handshakes_per_ip, 8);
     assert_eq!(l.queue_bytes, 65_536);
+    assert_eq!(l.connections, 16_384);
     // The bundled config states the same values.
     let bundled =
         ferroturn::config::parse(Path::new("config.toml"), include_str!("../config.toml")).unwrap();
@@ -770,6 +771,47 @@ fn the_65th_connection_from_one_address_is_refused_and_caps_reload() {
         matches!(wait_close(&mut c, Duration::from_secs(3)), Seen::Closed(_)),
         "the reloaded cap of 2 did not hold"
     );
+    server.no_panic();
+}
+
+#[test]
+fn the_server_wide_connection_cap_holds_across_addresses_and_workers() {
+    let server = Hostile::start("stream_connections = 20");
+    // 20 connections from 20 addresses, spread over both workers.
+    let mut held: Vec<TcpStream> = (0..20)
+        .map(|i| connect_from(source(60 + i), server.tcp, None))
+        .collect();
+    for c in &mut held {
+        binding_on(c).expect("each of the first 20 is served");
+    }
+    // The 21st, from a fresh address, is refused; so is a TLS client.
+    let mut extra = connect_from(source(90), server.tcp, None);
+    assert!(
+        matches!(
+            wait_close(&mut extra, Duration::from_secs(3)),
+            Seen::Closed(_)
+        ),
+        "the 21st connection was accepted"
+    );
+    assert!(
+        tls_from(source(91), &server).is_err(),
+        "a TLS client past the cap"
+    );
+    assert_eq!(server.refusals_reach("server_connections", 2), 2);
+    // One closes: a new one fits.
+    drop(held.pop());
+    let deadline = Instant::now() + STEP;
+    loop {
+        let mut again = connect_from(source(92), server.tcp, None);
+        if binding_on(&mut again).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after a connection closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     server.no_panic();
 }
 

@@ -98,7 +98,7 @@ pub struct WorkerReport {
     pub udp_batch_threads: u64,
     /// Stream clients refused or cut short, by reason
     /// ([`STREAM_REFUSAL_REASONS`]); server-wide.
-    pub stream_refusals: [u64; 5],
+    pub stream_refusals: [u64; 6],
 }
 
 impl WorkerReport {
@@ -129,7 +129,7 @@ impl Command {
                     draining: engine.draining(),
                     udp_threads: 0,
                     udp_batch_threads: 0,
-                    stream_refusals: [0; 5],
+                    stream_refusals: [0; 6],
                 });
             }
             Command::CloseUser { user, reply } => {

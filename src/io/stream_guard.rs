@@ -31,15 +31,18 @@ pub enum Refusal {
     /// A frame for a client that does not read was dropped: its queue held
     /// `stream_queue_bytes`.
     QueueFull,
+    /// The server already held `stream_connections` connections.
+    ServerConnections,
 }
 
 /// The `reason` label of each [`Refusal`], in its order.
-pub const REFUSAL_REASONS: [&str; 5] = [
+pub const REFUSAL_REASONS: [&str; 6] = [
     "message_timeout",
     "allocation_timeout",
     "per_ip_connections",
     "per_ip_handshakes",
     "queue_full",
+    "server_connections",
 ];
 
 /// The key a source address is counted under: an IPv4 address (also when
@@ -76,8 +79,11 @@ pub struct StreamGuard {
     connections_per_ip: AtomicU32,
     handshakes_per_ip: AtomicU32,
     queue_bytes: AtomicU32,
+    max_connections: AtomicU32,
+    /// Connections held now, by every worker.
+    connections: AtomicU32,
     by_source: Mutex<HashMap<Source, Counts>>,
-    refusals: [AtomicU64; 5],
+    refusals: [AtomicU64; 6],
 }
 
 /// A connection's or a handshake's place in its source's count, given back
@@ -101,6 +107,9 @@ impl Drop for Slot {
                 t.remove(&self.source);
             }
         }
+        if !self.handshake {
+            self.guard.connections.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -113,6 +122,8 @@ impl Default for StreamGuard {
             connections_per_ip: AtomicU32::new(0),
             handshakes_per_ip: AtomicU32::new(0),
             queue_bytes: AtomicU32::new(0),
+            max_connections: AtomicU32::new(0),
+            connections: AtomicU32::new(0),
             by_source: Mutex::new(HashMap::new()),
             refusals: Default::default(),
         };
@@ -140,6 +151,7 @@ impl StreamGuard {
         self.handshakes_per_ip
             .store(l.tls_handshakes_per_ip, Ordering::Relaxed);
         self.queue_bytes.store(l.queue_bytes, Ordering::Relaxed);
+        self.max_connections.store(l.connections, Ordering::Relaxed);
     }
 
     pub fn message_timeout(&self) -> Duration {
@@ -158,11 +170,22 @@ impl StreamGuard {
         self.by_source.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A connection from `ip`, unless its source holds its cap already
-    /// (counted as [`Refusal::PerIpConnections`]).
+    /// A connection from `ip`, unless the server holds
+    /// `stream_connections` already ([`Refusal::ServerConnections`]) or its
+    /// source holds its cap ([`Refusal::PerIpConnections`]).
     pub fn connection(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        if self.connections.fetch_add(1, Ordering::Relaxed) >= max {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            self.refuse(Refusal::ServerConnections);
+            return None;
+        }
         let cap = self.connections_per_ip.load(Ordering::Relaxed);
-        self.take(ip, cap, false, Refusal::PerIpConnections)
+        let slot = self.take(ip, cap, false, Refusal::PerIpConnections);
+        if slot.is_none() {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+        slot
     }
 
     /// A TLS handshake from `ip`, unless its source runs its cap already
@@ -208,7 +231,7 @@ impl StreamGuard {
     }
 
     /// Refusals so far, in the order of [`REFUSAL_REASONS`].
-    pub fn refusals(&self) -> [u64; 5] {
+    pub fn refusals(&self) -> [u64; 6] {
         std::array::from_fn(|i| self.refusals[i].load(Ordering::Relaxed))
     }
 
@@ -243,7 +266,7 @@ mod tests {
         let _c3 = g.connection(a).unwrap();
         drop(h);
         assert!(g.handshake(a).is_some());
-        assert_eq!(g.refusals(), [0, 0, 1, 1, 0]);
+        assert_eq!(g.refusals(), [0, 0, 1, 1, 0, 0]);
         // The mapped form of an IPv4 address is that address.
         let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
         assert!(g.connection(mapped).is_none());
@@ -274,5 +297,35 @@ mod tests {
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         let many: Vec<Slot> = (0..100).filter_map(|_| g.connection(ip)).collect();
         assert_eq!(many.len(), 100);
+    }
+
+    #[test]
+    fn the_server_wide_cap_counts_every_source() {
+        let g = StreamGuard::new(&StreamLimits {
+            connections: 3,
+            ..StreamLimits::default()
+        });
+        let ips: Vec<IpAddr> = (1..=4)
+            .map(|i| format!("127.0.1.{i}").parse().unwrap())
+            .collect();
+        let held: Vec<Slot> = ips.iter().filter_map(|&ip| g.connection(ip)).collect();
+        assert_eq!(held.len(), 3);
+        assert_eq!(g.refusals()[Refusal::ServerConnections as usize], 1);
+        // Handshakes are not connections of their own.
+        let h = g.handshake(ips[3]).unwrap();
+        drop(h);
+        drop(held);
+        assert!(g.connection(ips[3]).is_some(), "given back on drop");
+        // A per-IP refusal gives its server-wide place back.
+        g.set(&StreamLimits {
+            connections: 3,
+            connections_per_ip: 1,
+            tls_handshakes_per_ip: 1,
+            ..StreamLimits::default()
+        });
+        let _a = g.connection(ips[0]).unwrap();
+        assert!(g.connection(ips[0]).is_none());
+        let _b = g.connection(ips[1]).unwrap();
+        assert!(g.connection(ips[2]).is_some());
     }
 }

@@ -754,11 +754,14 @@ pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static
         log_format: running.log_format,
         metrics: running.metrics,
         metrics_hosts: running.metrics_hosts.clone(),
-        // The listeners stay; the token is rotated by the reload.
+        // The listeners stay; the token is rotated by the reload, but never
+        // taken away from a running TCP listener: a file that moves the API
+        // to the Unix socket only (a restart away) needs no token, and must
+        // not leave the TCP listener open until then.
         admin: running.admin.clone().map(|a| Admin {
             token: match &new.admin {
-                Some(n) => n.token.clone(),
-                None => a.token.clone(),
+                Some(n) if n.token.is_some() || a.address.is_none() => n.token.clone(),
+                _ => a.token.clone(),
             },
             ..a
         }),
@@ -1717,6 +1720,25 @@ deny = []
         let (kept, changed) = keep_restart_only(&running, with("connections_per_ip = 16").unwrap());
         assert!(changed.is_empty(), "{changed:?}");
         assert_eq!(kept.stream_limits.connections_per_ip, 16);
+    }
+
+    #[test]
+    fn a_reload_that_moves_the_admin_api_keeps_the_running_token() {
+        let tcp = format!("{GOOD}[admin]\naddress = \"127.0.0.1:9642\"\ntoken = \"old-token\"\n");
+        let running = p(&tcp).unwrap();
+        // To the socket only, without a token: a restart is needed, and
+        // until then the TCP listener keeps its token.
+        let moved = p(&format!("{GOOD}[admin]\nsocket = \"/run/x/admin.sock\"\n")).unwrap();
+        let (kept, changed) = keep_restart_only(&running, moved);
+        assert_eq!(changed, ["admin"]);
+        let a = kept.admin.unwrap();
+        assert_eq!(a.address, Some("127.0.0.1:9642".parse().unwrap()));
+        assert_eq!(a.token.as_deref(), Some("old-token"));
+        // Same listener, new token: rotated.
+        let rotated = p(&tcp.replace("old-token", "new-token")).unwrap();
+        let (kept, changed) = keep_restart_only(&running, rotated);
+        assert!(changed.is_empty());
+        assert_eq!(kept.admin.unwrap().token.as_deref(), Some("new-token"));
     }
 
     #[test]

@@ -324,11 +324,10 @@ impl Engine {
         if self.cfg.credentials.is_static(username) {
             return username.to_owned();
         }
+        // A REST username with no name part (just an expiry) counts in one
+        // bucket with every other such username: its expiry is no name.
         match crate::auth::rest_expiry(username) {
-            Some(_) => username
-                .split_once(':')
-                .map_or(username, |(_, n)| n)
-                .to_owned(),
+            Some(_) => username.split_once(':').map_or("", |(_, n)| n).to_owned(),
             None => username.to_owned(),
         }
     }

@@ -285,9 +285,15 @@ impl SourceLimiter {
         // Offset by a burst, so that an unused slot (0) is a full budget.
         let t = now.saturating_duration_since(epoch).as_micros() as u64 + BURST_US;
         let interval = (1_000_000 / rate as u64).max(1);
+        // An IPv6 source counts by its /64 (one subscriber's prefix), so
+        // that spoofing the addresses of a victim's /64 gets no more than
+        // one address would; an IPv4-mapped one as its IPv4 address.
         let v = match ip {
             IpAddr::V4(a) => u32::from(a) as u128,
-            IpAddr::V6(a) => u128::from(a),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => u32::from(v4) as u128,
+                None => (u128::from(a) >> 64) << 64 | 1 << 63,
+            },
         };
         let folded = (v as u64) ^ ((v >> 64) as u64);
         let h = (folded ^ self.key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -384,6 +390,27 @@ mod tests {
         assert!(!s.allow(now + Duration::from_millis(200), a, 5));
         let later = now + Duration::from_secs(2);
         assert_eq!((0..50).filter(|_| s.allow(later, a, 5)).count(), 5);
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_64() {
+        let now = Instant::now();
+        let s = SourceLimiter::new(3);
+        let n = (0..50u16)
+            .filter(|i| s.allow(now, format!("2001:db8:1:2::{i:x}").parse().unwrap(), 10))
+            .count();
+        assert_eq!(n, 10, "fifty addresses of one /64 share its budget");
+        assert!(
+            s.allow(now, "2001:db8:1:3::1".parse().unwrap(), 10),
+            "another /64"
+        );
+        let v4: IpAddr = "198.51.100.8".parse().unwrap();
+        let mapped: IpAddr = "::ffff:198.51.100.8".parse().unwrap();
+        assert_eq!((0..20).filter(|_| s.allow(now, v4, 10)).count(), 10);
+        assert!(
+            !s.allow(now, mapped, 10),
+            "the mapped form is the same source"
+        );
     }
 
     #[test]

@@ -1847,6 +1847,21 @@ fn the_per_user_quota_counts_a_rest_name_across_fresh_credentials() {
     );
     assert_eq!(codes[10..], [Some(486); 5]);
     assert_eq!(t.e.cfg.shared.held_by("carol"), 10);
+    // A username that is only an expiry has no name: all such share one.
+    let bare = |t: &mut T, c, exp: u64| {
+        let u = exp.to_string();
+        let p = crate::auth::rest_password(b"s3cret", &u);
+        let n = t.nonce_for(c);
+        code(&t.one(
+            c,
+            &Req::new(METHOD_ALLOCATE).transport(17).sign_as(&u, &p, &n),
+        ))
+    };
+    let bare_codes: Vec<_> = (0..12)
+        .map(|i| bare(&mut t, client(400 + i), UNIX0 + 900 + i as u64))
+        .collect();
+    assert_eq!(bare_codes[10..], [Some(486); 2], "{bare_codes:?}");
+    assert_eq!(t.e.cfg.shared.held_by(""), 10);
     // Another name has its own quota; a static user's name is counted whole.
     assert_eq!(
         rest_allocate(&mut t, client(200), "dave", UNIX0 + 1000),

@@ -35,6 +35,21 @@ impl Cidr {
     }
 }
 
+impl Cidr {
+    /// Whether the range is one address (/32, /128).
+    fn is_single(&self) -> bool {
+        self.prefix == if self.net.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// Whether the whole range is loopback (inside 127.0.0.0/8, or ::1).
+    fn within_loopback(&self) -> bool {
+        match self.net {
+            IpAddr::V4(a) => a.is_loopback() && self.prefix >= 8,
+            IpAddr::V6(a) => a.is_loopback() && self.prefix == 128,
+        }
+    }
+}
+
 impl FromStr for Cidr {
     type Err = String;
 
@@ -217,6 +232,17 @@ impl PeerPolicy {
         self
     }
 
+    /// Whether `allow` opens `ip`. An address of this host is opened only by
+    /// an entry that names it alone, or, for loopback, by one inside the
+    /// loopback range (`127.0.0.0/8` opens 127.0.0.1): a broad entry such
+    /// as `0.0.0.0/0` or `10.0.0.0/8`, written to reach other hosts, does
+    /// not open this one.
+    fn allowed(&self, ip: IpAddr, own: bool) -> bool {
+        self.allow.iter().any(|c| {
+            c.contains(ip) && (!own || c.is_single() || (c.within_loopback() && ip.is_loopback()))
+        })
+    }
+
     /// Whether `ip` is an address of this host (loopback, an interface, a
     /// configured address), in any form that embeds one: then what may be
     /// reached there depends on the port, packet by packet.
@@ -233,7 +259,10 @@ impl PeerPolicy {
     /// address that relay sockets are bound to, in the relay port range.
     fn relay_target(&self, peer: SocketAddr) -> bool {
         let (lo, hi) = self.relay_ports;
-        (lo..=hi).contains(&peer.port())
+        // An IPv6 form that carries an IPv4 address is no relay socket of
+        // ours (the IPv6 relays are V6ONLY), whatever NAT64 may do with it.
+        embedded_v4(peer.ip()).n == 0
+            && (lo..=hi).contains(&peer.port())
             && self
                 .relays
                 .iter()
@@ -266,7 +295,7 @@ impl PeerPolicy {
         if own && self.relay_target(peer) && live_relay(peer) {
             return Ok(());
         }
-        let allowed = self.allow.iter().any(|c| c.contains(ip));
+        let allowed = self.allowed(ip, own);
         if !allowed {
             if let Some(c) = self.defaults.iter().find(|c| c.contains(ip)) {
                 return Err(Denied::Default(*c, None));
@@ -323,7 +352,7 @@ impl PeerPolicy {
             return Reach::Closed;
         }
         let own = self.is_own(ip);
-        let allowed = self.allow.iter().any(|c| c.contains(ip));
+        let allowed = self.allowed(ip, own);
         let by_ip = (allowed || (!own && !self.defaults.iter().any(|c| c.contains(ip))))
             && embedded.iter().all(|v4| {
                 let v4 = IpAddr::V4(v4);
@@ -557,6 +586,55 @@ mod tests {
             Ok(()),
             "another host's 3478"
         );
+    }
+
+    #[test]
+    fn a_broad_allow_does_not_open_this_hosts_addresses() {
+        let relays = vec!["0.0.0.0".parse().unwrap(), "::".parse().unwrap()];
+        let p = PeerPolicy::new(
+            vec![
+                "0.0.0.0/0".parse().unwrap(),
+                "::/0".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+            ],
+            vec![],
+            relays.clone(),
+            (50000, 50010),
+        )
+        .with_own_addresses(["10.1.2.3".parse().unwrap(), "8.8.4.4".parse().unwrap()]);
+        for own in ["127.0.0.1:53", "10.1.2.3:53", "8.8.4.4:53", "[::1]:53"] {
+            assert!(check(&p, own, &[]).is_err(), "{own}");
+        }
+        assert_eq!(check(&p, "10.1.2.4:53", &[]), Ok(()), "another LAN host");
+        assert_eq!(check(&p, "8.8.8.8:53", &[]), Ok(()));
+        assert_eq!(
+            check(&p, "127.0.0.1:50002", &[50002]),
+            Ok(()),
+            "a live relay"
+        );
+        // Naming the address, or loopback inside its range, opens it.
+        let p = PeerPolicy::new(
+            vec![
+                "10.1.2.3".parse().unwrap(),
+                "127.0.0.0/8".parse().unwrap(),
+                "::1".parse().unwrap(),
+            ],
+            vec![],
+            relays,
+            (50000, 50010),
+        )
+        .with_own_addresses(["10.1.2.3".parse().unwrap()]);
+        for own in ["127.0.0.1:53", "127.0.0.9:53", "10.1.2.3:53", "[::1]:53"] {
+            assert_eq!(check(&p, own, &[]), Ok(()), "{own}");
+        }
+    }
+
+    #[test]
+    fn an_embedded_ipv4_form_is_no_relay_of_ours() {
+        let p = PeerPolicy::new(vec![], vec![], vec!["::".parse().unwrap()], (50000, 50010));
+        assert!(check(&p, "[64:ff9b::7f00:1]:50002", &[50002]).is_err());
+        assert!(check(&p, "[::ffff:127.0.0.1]:50002", &[50002]).is_err());
+        assert_eq!(check(&p, "[::1]:50002", &[50002]), Ok(()));
     }
 
     #[test]

@@ -51,8 +51,10 @@ async fn supervise(server: &Server, config: Config) -> std::io::Result<()> {
     tracing::info!("ready");
 
     let mut current = config;
+    let mut host = tokio::time::interval(crate::io::HOST_REFRESH);
     loop {
         tokio::select! {
+            _ = host.tick() => server.refresh_host(&current),
             _ = hup.recv() => {
                 notify::reloading();
                 current = reload(server, current);

@@ -116,6 +116,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         tokio::select! {
             r = serve(listener, ice, Limits::from_config(&config.demo)) => r,
             r = crate::io::wait_for_signal() => r,
+            r = server.watch_host(&config) => r,
         }
     });
     tracing::info!("shutting down");

@@ -4,7 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Every IPv4 and IPv6 address on this host's interfaces. An error (no
+/// Every IPv4 and IPv6 address on this host's interfaces, and the
+/// subnet-router anycast address of each IPv6 prefix. An error (no
 /// interfaces readable) gives none: the configured addresses and loopback
 /// still count as own.
 pub fn addresses() -> Vec<IpAddr> {
@@ -30,7 +31,19 @@ pub fn addresses() -> Vec<IpAddr> {
                 }
                 libc::AF_INET6 => {
                     let a = unsafe { &*(sa as *const libc::sockaddr_in6) };
-                    out.push(IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)));
+                    let addr = Ipv6Addr::from(a.sin6_addr.s6_addr);
+                    out.push(IpAddr::V6(addr));
+                    // The subnet-router anycast address of its prefix (RFC
+                    // 4291 §2.6.1) is this host's too when it forwards.
+                    let mask = ifa.ifa_netmask;
+                    if !mask.is_null() {
+                        // SAFETY: an AF_INET6 address has an AF_INET6 mask.
+                        let m = unsafe { &*(mask as *const libc::sockaddr_in6) };
+                        let m = u128::from(Ipv6Addr::from(m.sin6_addr.s6_addr));
+                        if m != u128::MAX {
+                            out.push(IpAddr::V6(Ipv6Addr::from(u128::from(addr) & m)));
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -74,5 +87,6 @@ mod tests {
     fn loopback_is_among_this_hosts_addresses() {
         let a = super::addresses();
         assert!(a.contains(&"127.0.0.1".parse().unwrap()), "{a:?}");
+        assert!(a.contains(&"::1".parse().unwrap()), "{a:?}");
     }
 }

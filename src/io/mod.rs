@@ -302,7 +302,12 @@ pub struct Server {
     /// The TLS acceptor of every `tls` listener, with the `[[listen]]`
     /// index and address it was started with.
     tls: Vec<(usize, SocketAddr, tls::Acceptor)>,
+    /// This host's addresses as the peer policy in force knows them.
+    host: std::sync::Mutex<Vec<std::net::IpAddr>>,
 }
+
+/// How often [`Server::refresh_host`] should look at the interfaces.
+pub const HOST_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Server {
     /// Bind every listener and start the workers.
@@ -486,6 +491,7 @@ impl Server {
             nonce_secret,
             listen,
             tls: acceptors,
+            host: std::sync::Mutex::new(host::addresses()),
         };
         // TCP and TLS clients: one tokio worker per core, with engines of
         // their own, when a listener takes streams.
@@ -515,6 +521,7 @@ impl Server {
     /// in every worker, and TLS listeners re-read the certificate and key
     /// their `listen` entries name.
     pub fn reload(&self, applied: &Config) {
+        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = host::addresses();
         self.control
             .update(update_from(applied, &self.nonce_secret));
         self.control.streams.set(&applied.stream_limits);
@@ -538,6 +545,35 @@ impl Server {
                     applied.path.display()
                 ),
             }
+        }
+    }
+
+    /// Read this host's interface addresses again and, if they changed
+    /// (DHCP, SLAAC, a floating IP), give every engine the peer policy of
+    /// `applied` with the new ones: an address that arrived is judged as
+    /// this host's at once. Cheap (one getifaddrs); call it every
+    /// [`HOST_REFRESH`].
+    pub fn refresh_host(&self, applied: &Config) {
+        let now = host::addresses();
+        let mut known = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        if *known != now {
+            tracing::info!(
+                addresses = now.len(),
+                "this host's addresses changed; peer policy updated"
+            );
+            *known = now;
+            drop(known);
+            self.control
+                .update(update_from(applied, &self.nonce_secret));
+        }
+    }
+
+    /// Call [`Server::refresh_host`] every [`HOST_REFRESH`], forever.
+    pub async fn watch_host(&self, applied: &Config) -> std::io::Result<()> {
+        let mut every = tokio::time::interval(HOST_REFRESH);
+        loop {
+            every.tick().await;
+            self.refresh_host(applied);
         }
     }
 

@@ -46,7 +46,10 @@ fn trickle_ice_page_finds_srflx_and_relay_and_reports_401() {
     let username = s.eval("document.getElementById('username').value");
     let username = username.as_str().unwrap();
     let (expiry, name) = username.split_once(':').expect("REST username");
-    assert_eq!(name, "demo");
+    assert!(
+        name.starts_with("demo-"),
+        "a name of this visitor's own: {name}"
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -241,7 +241,12 @@ fn pages_and_ice_servers_are_served() {
         ])
     );
     let user = servers[1]["username"].as_str().unwrap();
-    let expiry: u64 = user.strip_suffix(":demo").unwrap().parse().unwrap();
+    let (expiry, name) = user.split_once(':').unwrap();
+    assert_eq!(
+        name,
+        ferroturn::demo::ice::visitor_name(SECRET, "127.0.0.1".parse().unwrap())
+    );
+    let expiry: u64 = expiry.parse().unwrap();
     assert_eq!(v["expires"], expiry);
     assert_eq!(v["ttl"], 600);
     assert_eq!(

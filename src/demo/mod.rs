@@ -297,16 +297,16 @@ async fn connection(mut stream: TcpStream, from: SocketAddr, app: &App, slot: Sl
         }
         return;
     }
-    answer(route(&req, app), head_only).await;
+    answer(route(&req, app, from.ip()), head_only).await;
 }
 
 /// The response to a plain GET.
-fn route(req: &Request, app: &App) -> Response {
+fn route(req: &Request, app: &App, visitor: std::net::IpAddr) -> Response {
     if req.path == "/ice-servers" {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let body = ice::ice_servers(&app.ice, now).to_string();
+        let body = ice::ice_servers(&app.ice, now, visitor).to_string();
         return Response::ok("application/json", body).with("Cache-Control", "no-store");
     }
     if req.path == "/signal" {
@@ -582,9 +582,13 @@ credential_ttl = 120
             ("/signal", 426),
             ("/x", 404),
         ] {
-            assert_eq!(route(&get(path, &[]), &app).status, status, "{path}");
+            assert_eq!(
+                route(&get(path, &[]), &app, "127.0.0.1".parse().unwrap()).status,
+                status,
+                "{path}"
+            );
         }
-        let page = route(&get("/", &[]), &app);
+        let page = route(&get("/", &[]), &app, "127.0.0.1".parse().unwrap());
         assert!(
             page.headers
                 .iter()

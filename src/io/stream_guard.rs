@@ -45,22 +45,35 @@ pub const REFUSAL_REASONS: [&str; 6] = [
     "server_connections",
 ];
 
-/// The key a source address is counted under: an IPv4 address (also when
+/// The keys a source address is counted under: an IPv4 address (also when
 /// it comes IPv4-mapped), or the /64 of an IPv6 one (a single subscriber
-/// usually gets a whole /64, so counting addresses would cap nothing).
+/// usually gets a whole /64, so counting addresses would cap nothing) and
+/// its /48 (a site; a home gets a /56 of 256 /64s, which alone could fill
+/// the server-wide cap at 64 each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
     V4(u32),
     V6(u64),
+    V6Site(u64),
 }
 
+/// How many per-IP caps a /48 may hold: 16 /64s' worth.
+const SITE_CAPS: u32 = 16;
+
 impl Source {
-    fn of(ip: IpAddr) -> Source {
+    /// The keys of `ip`, each with how many per-IP caps it may hold.
+    fn of(ip: IpAddr) -> [Option<(Source, u32)>; 2] {
         match ip {
-            IpAddr::V4(a) => Source::V4(a.into()),
+            IpAddr::V4(a) => [Some((Source::V4(a.into()), 1)), None],
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => Source::V4(v4.into()),
-                None => Source::V6((u128::from(a) >> 64) as u64),
+                Some(v4) => [Some((Source::V4(v4.into()), 1)), None],
+                None => {
+                    let bits = u128::from(a);
+                    [
+                        Some((Source::V6((bits >> 64) as u64), 1)),
+                        Some((Source::V6Site((bits >> 80) as u64), SITE_CAPS)),
+                    ]
+                }
             },
         }
     }
@@ -90,21 +103,23 @@ pub struct StreamGuard {
 /// when dropped.
 pub struct Slot {
     guard: Arc<StreamGuard>,
-    source: Source,
+    sources: [Option<Source>; 2],
     handshake: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut t = self.guard.table();
-        if let Some(c) = t.get_mut(&self.source) {
-            if self.handshake {
-                c.handshakes = c.handshakes.saturating_sub(1);
-            } else {
-                c.connections = c.connections.saturating_sub(1);
-            }
-            if c.connections == 0 && c.handshakes == 0 {
-                t.remove(&self.source);
+        for source in self.sources.iter().flatten() {
+            if let Some(c) = t.get_mut(source) {
+                if self.handshake {
+                    c.handshakes = c.handshakes.saturating_sub(1);
+                } else {
+                    c.connections = c.connections.saturating_sub(1);
+                }
+                if c.connections == 0 && c.handshakes == 0 {
+                    t.remove(source);
+                }
             }
         }
         if !self.handshake {
@@ -202,25 +217,38 @@ impl StreamGuard {
         handshake: bool,
         refusal: Refusal,
     ) -> Option<Slot> {
-        let source = Source::of(ip);
+        let keys = Source::of(ip);
+        let held = |c: &Counts| {
+            if handshake {
+                c.handshakes
+            } else {
+                c.connections
+            }
+        };
         {
             let mut t = self.table();
-            let c = t.entry(source).or_default();
-            let n = if handshake {
-                &mut c.handshakes
-            } else {
-                &mut c.connections
-            };
-            if cap != 0 && *n >= cap {
+            let full = keys.iter().flatten().any(|(source, caps)| {
+                cap != 0
+                    && t.get(source)
+                        .is_some_and(|c| held(c) >= cap.saturating_mul(*caps))
+            });
+            if full {
                 drop(t);
                 self.refuse(refusal);
                 return None;
             }
-            *n += 1;
+            for (source, _) in keys.iter().flatten() {
+                let c = t.entry(*source).or_default();
+                if handshake {
+                    c.handshakes += 1;
+                } else {
+                    c.connections += 1;
+                }
+            }
         }
         Some(Slot {
             guard: self.clone(),
-            source,
+            sources: keys.map(|k| k.map(|(s, _)| s)),
             handshake,
         })
     }
@@ -285,7 +313,7 @@ mod tests {
                 .is_none()
         );
         let other = g.connection("2001:db8:1:3::1".parse().unwrap()).unwrap();
-        assert_eq!(g.sources(), 2);
+        assert_eq!(g.sources(), 3, "two /64s and their /48");
         drop((one, other));
         assert_eq!(g.sources(), 0, "empty entries are removed");
 
@@ -297,6 +325,30 @@ mod tests {
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         let many: Vec<Slot> = (0..100).filter_map(|_| g.connection(ip)).collect();
         assert_eq!(many.len(), 100);
+    }
+
+    #[test]
+    fn an_ipv6_site_holds_sixteen_caps() {
+        let g = StreamGuard::new(&StreamLimits {
+            connections_per_ip: 2,
+            tls_handshakes_per_ip: 1,
+            ..StreamLimits::default()
+        });
+        // 40 /64s of one /48 (a /56 is inside one): 16 x 2 connections.
+        let held: Vec<Slot> = (0..40u32)
+            .flat_map(|i| {
+                let ip: IpAddr = format!("2001:db8:7:{i:x}::1").parse().unwrap();
+                [g.connection(ip), g.connection(ip)]
+            })
+            .flatten()
+            .collect();
+        assert_eq!(held.len(), 32);
+        assert!(
+            g.connection("2001:db8:8::1".parse().unwrap()).is_some(),
+            "another /48"
+        );
+        drop(held);
+        assert!(g.connection("2001:db8:7:99::1".parse().unwrap()).is_some());
     }
 
     #[test]

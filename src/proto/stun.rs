@@ -6,7 +6,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub use stun::attributes::AttrType;
 use stun::attributes::*;
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
-use stun::fingerprint::FINGERPRINT;
 use stun::message::{MAGIC_COOKIE, Setter};
 pub use stun::message::{Message, MessageClass, MessageType, Method};
 use stun::textattrs::TextAttribute;
@@ -134,7 +133,7 @@ pub fn parse(packet: &[u8]) -> Result<Message, Malformed> {
         .iter()
         .position(|a| a.typ == ATTR_FINGERPRINT)
     {
-        if pos + 1 != m.attributes.0.len() || FINGERPRINT.check(&m).is_err() {
+        if pos + 1 != m.attributes.0.len() || !super::fingerprint::check(&m.raw) {
             return Err(Malformed::Fingerprint);
         }
     }
@@ -422,7 +421,7 @@ impl Response {
             integrity::sign(&mut self.m, s);
         }
         if fingerprint {
-            FINGERPRINT.add_to(&mut self.m).expect("fingerprint");
+            super::fingerprint::add(&mut self.m);
         }
         self.m.raw
     }
@@ -536,7 +535,7 @@ impl Request {
 
     /// Finish with FINGERPRINT.
     pub fn fingerprinted(mut self) -> Vec<u8> {
-        FINGERPRINT.add_to(&mut self.m).expect("fingerprint");
+        super::fingerprint::add(&mut self.m);
         self.m.raw
     }
 

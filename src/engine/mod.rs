@@ -537,12 +537,11 @@ impl Engine {
                 // A request over the attribute limit gets 400, as any
                 // unauthenticated answer; a packet that does not parse is
                 // dropped (RFC 8489 §6.3).
-                if why.answerable() {
-                    if let Some(h) = wire::header_only(packet) {
-                        if h.typ.class == CLASS_REQUEST {
-                            self.unauthenticated_answer(now, client, &h, Reject::Plain(400));
-                        }
-                    }
+                if why.answerable()
+                    && let Some(h) = wire::header_only(packet)
+                    && h.typ.class == CLASS_REQUEST
+                {
+                    self.unauthenticated_answer(now, client, &h, Reject::Plain(400));
                 }
                 return None;
             }

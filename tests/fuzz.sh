@@ -43,10 +43,16 @@ rc=0
 for t in "${targets[@]}"; do
     corpus=$(mktemp -d)
     echo "==> fuzz $t for ${each} s"
-    # Fresh corpus each run; rss_limit guards against a target whose state
-    # grows without bound.
-    if ! cargo "${tc[@]}" fuzz run "${flags[@]}" "$t" "$corpus" -- \
-        -max_total_time="$each" -rss_limit_mb=1024 -print_final_stats=1 2>"$corpus.log"; then
+    # A fresh corpus each run, started from the committed seeds (read only)
+    # with the target's dictionary: the text parsers need whole tokens
+    # ("HTTP/1.1", "[[listen]]") that byte mutations rarely find. The RSS
+    # limit catches a target whose state grows without bound.
+    extra=()
+    [ -d "seeds/$t" ] && extra+=("seeds/$t")
+    opts=(-max_total_time="$each" -rss_limit_mb=1024 -print_final_stats=1)
+    [ -f "dicts/$t.dict" ] && opts+=(-dict="dicts/$t.dict")
+    if ! cargo "${tc[@]}" fuzz run "${flags[@]}" "$t" "$corpus" "${extra[@]}" -- \
+        "${opts[@]}" 2>"$corpus.log"; then
         echo "error: fuzz target $t failed:" >&2
         grep -E -A20 "panicked|ERROR|SUMMARY" "$corpus.log" | head -60 >&2
         rc=1

@@ -79,9 +79,9 @@ fn messages(nonce: &str) -> Vec<(&'static str, Vec<u8>)> {
     let signed = |r: Request| r.sign_with(User::Name(turn::USER), turn::REALM, nonce, None, &wrong);
     // Pad with SOFTWARE (comprehension-optional, ignored) to `total` bytes
     // once signed: a signature adds USERNAME, REALM, NONCE and 24 bytes.
-    let padded = |total: usize| {
+    let padded_for = |user: &str, total: usize| {
         let sig = 12
-            + turn::USER.len().next_multiple_of(4)
+            + user.len().next_multiple_of(4)
             + turn::REALM.len().next_multiple_of(4)
             + nonce.len().next_multiple_of(4)
             + 24;
@@ -94,6 +94,8 @@ fn messages(nonce: &str) -> Vec<(&'static str, Vec<u8>)> {
         }
         r
     };
+    let padded = |total: usize| padded_for(turn::USER, total);
+    let rest_user = format!("4000000000:{}", turn::USER);
     let max_optional: Vec<(u16, Vec<u8>)> = (0..MAX_ATTRIBUTES - 1)
         .map(|_| {
             (
@@ -188,6 +190,16 @@ fn messages(nonce: &str) -> Vec<(&'static str, Vec<u8>)> {
         ("signed, 64 KB (400, no HMAC)", signed(padded(MAX_MESSAGE))),
         ("signed, 64 attributes, duplicated integrity", dup),
         ("signed, 760-byte USERNAME, REALM", long_names),
+        (
+            "signed, 4 KB, REST name, 2 secrets (2 HMACs)",
+            padded_for(&rest_user, MAX_SIGNED_LEN).sign_with(
+                User::Name(&rest_user),
+                turn::REALM,
+                nonce,
+                None,
+                &wrong,
+            ),
+        ),
     ]
 }
 

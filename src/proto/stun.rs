@@ -406,7 +406,8 @@ impl Response {
         self
     }
 
-    /// Add UNKNOWN-ATTRIBUTES (RFC 8489 §14.9).
+    /// Add UNKNOWN-ATTRIBUTES (RFC 8489 §14.13); callers list at most
+    /// [`MAX_UNKNOWN_LISTED`] types.
     pub fn unknown(mut self, types: Vec<AttrType>) -> Self {
         UnknownAttributes(types)
             .add_to(&mut self.m)

@@ -35,7 +35,9 @@ flags=(-O -a -s none --target-dir "$target_dir")
 echo "==> cargo fuzz build (${targets[*]})"
 cargo "${tc[@]}" fuzz build "${flags[@]}"
 
-left=$((budget - (SECONDS - start) - 5))
+# Each run takes about a second more than its -max_total_time (start-up,
+# final statistics): keep 2 s per target and 5 s aside.
+left=$((budget - (SECONDS - start) - 2 * ${#targets[@]} - 5))
 each=$((left / ${#targets[@]}))
 [ "$each" -lt 10 ] && each=10
 [ "$each" -gt 120 ] && each=120

@@ -110,7 +110,13 @@ fn sign(spec: &[u8], client: ClientAddr, st: &mut State, elapsed: u64, sha1: boo
     if sha1 {
         r.sign_with(User::Name("alice"), "fuzz", nonce, None, &st.sha1)
     } else {
-        r.sign_with(User::Name("alice"), "fuzz", nonce, Some(ALGORITHM_SHA256), &st.sha256)
+        r.sign_with(
+            User::Name("alice"),
+            "fuzz",
+            nonce,
+            Some(ALGORITHM_SHA256),
+            &st.sha256,
+        )
     }
 }
 
@@ -139,10 +145,20 @@ fuzz_target!(|data: &[u8]| {
     let mut opened = Vec::new();
     // Split the input into packets at 0xFE markers.
     for (i, chunk) in data.split(|&b| b == 0xFE).enumerate() {
-        let Some((&sel, packet)) = chunk.split_first() else { continue };
+        let Some((&sel, packet)) = chunk.split_first() else {
+            continue;
+        };
         let client = ClientAddr {
             remote: SocketAddr::from(([203, 0, 113, 1], 1000 + (sel & 7) as u16)),
-            via: if sel & 8 == 0 { Via::Udp(0) } else { Via::Stream { listener: 0, conn: 1, tls: false } },
+            via: if sel & 8 == 0 {
+                Via::Udp(0)
+            } else {
+                Via::Stream {
+                    listener: 0,
+                    conn: 1,
+                    tls: false,
+                }
+            },
         };
         // With bit 5 set the chunk becomes a correctly signed request: a
         // method and attribute TLVs, so that the fuzzer reaches past
@@ -150,7 +166,13 @@ fuzz_target!(|data: &[u8]| {
         // MD5/SHA-1 instead of SHA-256.
         let signed;
         let packet = if sel & 32 != 0 && !packet.is_empty() {
-            signed = sign(packet, client, st, st.now.duration_since(t0).as_secs(), sel & 0xC0 == 0xC0);
+            signed = sign(
+                packet,
+                client,
+                st,
+                st.now.duration_since(t0).as_secs(),
+                sel & 0xC0 == 0xC0,
+            );
             &signed[..]
         } else {
             packet
@@ -164,7 +186,14 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Some(&id) = opened.last() {
             let n = packet.len().min(1400);
-            let _ = st.e.handle_peer(st.now, id, "93.184.216.34:9".parse().unwrap(), &mut st.buf, HEADROOM, HEADROOM + n);
+            let _ = st.e.handle_peer(
+                st.now,
+                id,
+                "93.184.216.34:9".parse().unwrap(),
+                &mut st.buf,
+                HEADROOM,
+                HEADROOM + n,
+            );
         }
         if i % 4 == 3 {
             st.now += Duration::from_secs(sel as u64 * 3);

@@ -11,7 +11,9 @@ use ferroturn::auth::{Credentials, rest_expiry};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Some(exp) = rest_expiry(text) {
         assert!(text.as_bytes()[0].is_ascii_digit());
         let _ = exp;

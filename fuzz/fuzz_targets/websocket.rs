@@ -27,7 +27,9 @@ fn run<F: Future>(f: F) -> F::Output {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, data)) = data.split_first() else { return };
+    let Some((&split, data)) = data.split_first() else {
+        return;
+    };
     // The first byte says how much arrives with the HTTP head (leftover).
     let at = (split as usize).min(data.len());
     for server in [true, false] {

@@ -1,5 +1,5 @@
 //! Property tests: random and mutated STUN/ChannelData bytes through the
-//! engine never panic, and state stays bounded.
+//! engine never panic, state stays bounded, and every answer is small.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -218,5 +218,47 @@ proptest! {
         e.handle_timeout(t0 + Duration::from_secs(4000));
         drain(&mut e, now, true);
         prop_assert_eq!(e.allocation_count(), 0);
+    }
+
+    /// Requests made of any number of attributes of any types, signed or
+    /// not: the answer is one small message, a request over the attribute
+    /// limit gets 400, and UNKNOWN-ATTRIBUTES lists at most 16 types.
+    #[test]
+    fn answers_stay_small_whatever_the_attributes(
+        method in prop::sample::select(vec![METHOD_BINDING, METHOD_ALLOCATE, METHOD_REFRESH, METHOD_CHANNEL_BIND]),
+        attrs in prop::collection::vec((any::<u16>(), 0usize..40), 0..120),
+        signed in any::<bool>(),
+    ) {
+        let now = Instant::now();
+        let mut e = engine(now);
+        let c = client(1);
+        let mut r = Request::new(method);
+        for (t, n) in &attrs {
+            // Not the integrity or fingerprint types: those end a message.
+            if ![0x0008, 0x001C, 0x8028].contains(t) {
+                r = r.attr(AttrType(*t), &vec![0x41; *n]);
+            }
+        }
+        let p = if signed { r.sign("alice", REALM, "wonderland", &nonce_for(c)) } else { r.bytes() };
+        let count = wire::count_attributes(&p[20..]);
+        let _ = e.handle_client(now, c, &p);
+        let mut answers = Vec::new();
+        while let Some(o) = e.poll_output() {
+            if let Output::Transmit { data, .. } = o {
+                answers.push(data);
+            } else if let Output::OpenRelay { alloc, .. } = o {
+                e.relay_opened(now, alloc, true);
+            }
+        }
+        prop_assert_eq!(answers.len(), 1);
+        let a = &answers[0];
+        prop_assert!(a.len() <= 200, "{} byte answer", a.len());
+        if count.is_err() {
+            prop_assert_eq!(wire::reply_error_code(a), Some(400));
+        }
+        let m = wire::decode(a).expect("a STUN answer");
+        if let Some(v) = wire::attr(&m, ATTR_UNKNOWN_ATTRIBUTES) {
+            prop_assert!(v.len() / 2 <= wire::MAX_UNKNOWN_LISTED);
+        }
     }
 }

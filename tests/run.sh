@@ -32,5 +32,11 @@ for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedr
     command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing packages" >&2; exit 1; }
 done
 
+rc=0
 echo "==> cargo test --all-targets --no-fail-fast"
-cargo test --all-targets --no-fail-fast
+cargo test --all-targets --no-fail-fast || rc=1
+
+# Every fuzz target for a bounded time (6 minutes in all); a crash fails CI.
+echo "==> fuzz targets"
+bash tests/fuzz.sh || rc=1
+exit $rc

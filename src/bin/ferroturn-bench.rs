@@ -13,6 +13,8 @@
 mod forwarder;
 #[path = "ferroturn-bench/load.rs"]
 mod load;
+#[path = "ferroturn-bench/msgcost.rs"]
+mod msgcost;
 #[path = "ferroturn-bench/net.rs"]
 mod net;
 #[path = "ferroturn-bench/servers.rs"]
@@ -49,8 +51,9 @@ struct Opts {
     /// (`udp_threads = "dedicated"`).
     #[arg(long, default_value = "forwarder,coturn,ferroturn,ferroturn-normal")]
     servers: String,
-    /// Which tests, comma-separated: ceiling,mem,ctl,tput,lat,cpu.
-    #[arg(long, default_value = "ceiling,mem,ctl,tput,lat,cpu")]
+    /// Which tests, comma-separated: ceiling,mem,ctl,tput,lat,cpu,msgcost
+    /// (msgcost: server CPU per hostile message, ferroturn only, once).
+    #[arg(long, default_value = "ceiling,mem,ctl,tput,lat,cpu,msgcost")]
     tests: String,
     /// Allocations held for the memory test (default 10,000; 1,000 with --quick).
     #[arg(long)]
@@ -217,6 +220,25 @@ fn main() {
             }
         }
     }
+    // The cost of the worst messages, once, against ferroturn alone.
+    let mut costs = String::new();
+    if on("msgcost") && kinds.iter().any(|k| k.is_ferroturn()) {
+        eprintln!(
+            "message cost ({:.0} s so far)",
+            started.elapsed().as_secs_f64()
+        );
+        match Server::start(Kind::Ferroturn, &paths, echo.addr) {
+            Ok(server) => {
+                let each = if o.quick {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_secs(3)
+                };
+                costs = msgcost::table(&msgcost::run(&server, each));
+            }
+            Err(e) => eprintln!("  msgcost: {e}"),
+        }
+    }
     drop(hogs);
     let _ = std::fs::remove_dir_all(&dir);
     let total = started.elapsed();
@@ -236,6 +258,7 @@ fn main() {
             o.hogs
         )
     );
+    print!("{costs}");
 }
 
 /// Threads that spin until dropped (or for at most `cap`), each competing

@@ -229,12 +229,14 @@ impl Authed {
     }
 }
 
-/// Why a request failed authentication: the error code, and whether the
-/// answer carries a fresh challenge (REALM, NONCE, PASSWORD-ALGORITHMS).
-#[derive(Debug, Clone, Copy)]
+/// Why a request is refused before authentication: the error code, and
+/// whether the answer carries a fresh challenge (REALM, NONCE,
+/// PASSWORD-ALGORITHMS) or the unknown attributes (420 to a Binding).
+#[derive(Debug, Clone)]
 enum Reject {
     Challenge(u16),
     Plain(u16),
+    Unknown(Vec<AttrType>),
 }
 
 /// The protocol state of one worker.
@@ -565,11 +567,23 @@ impl Engine {
     }
 
     fn handle_stun(&mut self, now: Instant, client: ClientAddr, packet: &[u8]) -> Option<ToPeer> {
-        let Some(m) = wire::decode(packet) else {
-            self.stats.malformed += 1;
-            return None;
-        };
         use stun::message::*;
+        let m = match wire::parse(packet) {
+            Ok(m) => m,
+            Err(why) => {
+                self.stats.malformed += 1;
+                // A request over the attribute limit gets 400, as any
+                // unauthenticated answer; a packet that does not parse is
+                // dropped (RFC 8489 §6.3).
+                if why.answerable()
+                    && let Some(h) = wire::header_only(packet)
+                    && h.typ.class == CLASS_REQUEST
+                {
+                    self.unauthenticated_answer(now, client, &h, Reject::Plain(400));
+                }
+                return None;
+            }
+        };
         let method = m.typ.method;
         if m.typ.class == CLASS_REQUEST
             || (m.typ.class == CLASS_INDICATION && method == METHOD_SEND)
@@ -590,7 +604,7 @@ impl Engine {
             return None;
         }
         if method == METHOD_BINDING {
-            self.binding(client, &m);
+            self.binding(now, client, &m);
             return None;
         }
         // A retransmitted request gets the answer it got before.
@@ -668,16 +682,18 @@ impl Engine {
     }
 
     /// Binding request (RFC 8489 §6.3.1): the client's reflexive address,
-    /// and FINGERPRINT if the request had one. No authentication.
-    fn binding(&mut self, client: ClientAddr, m: &Message) {
-        let fp = wire::has_fingerprint(m);
+    /// and FINGERPRINT if the request had one. No authentication. The
+    /// success answer is the STUN service itself, at most about twice the
+    /// request's size, and is not rate limited; a 420 is an unauthenticated
+    /// answer like any other.
+    fn binding(&mut self, now: Instant, client: ClientAddr, m: &Message) {
         let unknown = wire::unknown_required(m, KNOWN);
-        let resp = if unknown.is_empty() {
-            wire::Response::success(m).xor_address(ATTR_XORMAPPED_ADDRESS, client.remote)
-        } else {
-            wire::Response::error(m, 420).unknown(unknown)
-        };
-        self.reply(client, resp.finish(None, fp));
+        if !unknown.is_empty() {
+            self.unauthenticated_answer(now, client, m, Reject::Unknown(unknown));
+            return;
+        }
+        let resp = wire::Response::success(m).xor_address(ATTR_XORMAPPED_ADDRESS, client.remote);
+        self.reply(client, resp.finish(None, wire::has_fingerprint(m)));
     }
 
     /// Answer a request that failed before authentication, unless its
@@ -691,6 +707,7 @@ impl Engine {
         }
         let answer = match r {
             Reject::Plain(code) => wire::Response::error(m, code),
+            Reject::Unknown(types) => wire::Response::error(m, 420).unknown(types),
             Reject::Challenge(code) => {
                 let creds = &self.cfg.credentials;
                 wire::Response::error(m, code)
@@ -699,11 +716,12 @@ impl Engine {
                     .bytes(ATTR_PASSWORD_ALGORITHMS, &wire::PASSWORD_ALGORITHMS)
             }
         };
-        self.reply(client, answer.finish(None, false));
+        self.reply(client, answer.finish(None, wire::has_fingerprint(m)));
     }
 
     /// Long-term credential check (RFC 8489 §9.2.4), in the RFC's order:
-    /// no integrity attribute → 401; missing USERNAME/USERHASH, REALM or
+    /// no integrity attribute → 401; a signed request larger than
+    /// [`wire::MAX_SIGNED_LEN`] → 400 before any HMAC; missing USERNAME/USERHASH, REALM or
     /// NONCE, or a PASSWORD-ALGORITHM that does not match what we offered →
     /// 400; stale or forged nonce → 438; unknown user or wrong key → 401.
     /// Nothing is stored for a request that fails.
@@ -717,6 +735,10 @@ impl Engine {
         let creds = &self.cfg.credentials;
         if !wire::has_integrity(m) {
             return Err(Reject::Challenge(401));
+        }
+        if m.raw.len() > wire::MAX_SIGNED_LEN {
+            self.stats.malformed += 1;
+            return Err(Reject::Plain(400));
         }
         // USERHASH names a static user by SHA-256(user:realm) (§14.4).
         let user = match (wire::text(m, ATTR_USERNAME), wire::attr(m, ATTR_USER_HASH)) {

@@ -207,6 +207,36 @@ mod tests {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
+    /// Only the first integrity attribute counts; attributes after it are
+    /// outside the HMAC (RFC 8489 §14.5), so appending anything, another
+    /// MESSAGE-INTEGRITY included, changes nothing, and a forged first one
+    /// is not rescued by a good second one.
+    #[test]
+    fn first_integrity_attribute_decides() {
+        use crate::proto::stun::decode;
+        let key = Key::md5("u", "r", "p");
+        let signer = Signer {
+            key,
+            mac: Mac::Sha1,
+        };
+        let mut m = Message::new();
+        m.typ = stun::message::BINDING_REQUEST;
+        m.write_header();
+        m.add(ATTR_SOFTWARE, b"x");
+        sign(&mut m, &signer);
+        let tag = m.raw[m.raw.len() - 20..].to_vec();
+        let mut dup = decode(&m.raw).unwrap();
+        dup.add(ATTR_MESSAGE_INTEGRITY, &[0; 20]);
+        dup.add(ATTR_SOFTWARE, b"after");
+        assert_eq!(verify(&decode(&dup.raw).unwrap(), &key), Some(Mac::Sha1));
+        let mut forged = m.raw.clone();
+        let n = forged.len();
+        forged[n - 1] ^= 1;
+        let mut forged = decode(&forged).unwrap();
+        forged.add(ATTR_MESSAGE_INTEGRITY, &tag);
+        assert_eq!(verify(&decode(&forged.raw).unwrap(), &key), None);
+    }
+
     #[test]
     fn sha256_signatures_round_trip() {
         let mut m = Message::new();

@@ -1,6 +1,7 @@
 //! Wire formats. Nothing here knows about allocations or sockets.
 
 pub mod channel_data;
+pub mod fingerprint;
 pub mod framing;
 pub mod integrity;
 pub mod stun;

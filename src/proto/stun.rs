@@ -6,7 +6,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub use stun::attributes::AttrType;
 use stun::attributes::*;
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
-use stun::fingerprint::FINGERPRINT;
 use stun::message::{MAGIC_COOKIE, Setter};
 pub use stun::message::{Message, MessageClass, MessageType, Method};
 use stun::textattrs::TextAttribute;
@@ -41,28 +40,116 @@ pub fn reply_error_code(reply: &[u8]) -> Option<u16> {
         .then(|| (reply[26] & 0x07) as u16 * 100 + reply[27] as u16)
 }
 
-/// Decode a STUN message, refusing anything malformed: a bad header, a
-/// truncated attribute, or a FINGERPRINT that is not last or does not match
-/// (RFC 8489 §14.7).
-pub fn decode(packet: &[u8]) -> Option<Message> {
-    if !header_ok(packet) {
-        return None;
+/// Most attributes read from one message. Real requests carry about ten (an
+/// Allocate with every option has fewer than fifteen); a request with more
+/// is refused with 400 before any attribute is copied, so that the cost of a
+/// message stays linear in its size with a small constant.
+pub const MAX_ATTRIBUTES: usize = 64;
+
+/// Most attribute types listed in one UNKNOWN-ATTRIBUTES (RFC 8489 §14.13
+/// puts no bound on the list; a client needs only a few to know what to
+/// drop, and a short list keeps a 420 small).
+pub const MAX_UNKNOWN_LISTED: usize = 16;
+
+/// Largest request whose integrity is checked. A browser's Allocate is about
+/// 150 bytes and no real client signs anything near 4 KB; a larger signed
+/// request gets 400 without any HMAC being computed.
+pub const MAX_SIGNED_LEN: usize = 4096;
+
+/// Why a packet is not a usable STUN message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// The fixed header is wrong (RFC 8489 §5): not STUN at all, so
+    /// silently dropped (§6.3).
+    Header,
+    /// An attribute runs past the end of the message.
+    Truncated,
+    /// More than [`MAX_ATTRIBUTES`] attributes.
+    TooManyAttributes,
+    /// FINGERPRINT is not last or does not match (RFC 8489 §14.7): treated
+    /// like a bad header, since FINGERPRINT is what tells STUN apart.
+    Fingerprint,
+}
+
+impl Malformed {
+    /// Whether a request refused for this reason gets a 400. Only a request
+    /// over the attribute limit does: it is well-formed STUN that this
+    /// server declines to read. Anything that does not parse is dropped
+    /// (RFC 8489 §6.3), as is a bad FINGERPRINT (§14.7).
+    pub fn answerable(self) -> bool {
+        self == Malformed::TooManyAttributes
     }
+}
+
+/// Walk the attribute headers of a message body without copying anything:
+/// the number of attributes, or why the body is refused. Stops at the
+/// first attribute past [`MAX_ATTRIBUTES`], so a 64 KB body of 16,000 empty
+/// attributes costs 65 steps.
+pub fn count_attributes(body: &[u8]) -> Result<usize, Malformed> {
+    let mut off = 0;
+    let mut n = 0;
+    while off < body.len() {
+        if body.len() - off < 4 {
+            return Err(Malformed::Truncated);
+        }
+        n += 1;
+        if n > MAX_ATTRIBUTES {
+            return Err(Malformed::TooManyAttributes);
+        }
+        let len = u16::from_be_bytes([body[off + 2], body[off + 3]]) as usize;
+        let padded = (len + 3) & !3;
+        off += 4;
+        if body.len() - off < padded {
+            return Err(Malformed::Truncated);
+        }
+        off += padded;
+    }
+    Ok(n)
+}
+
+/// Decode a STUN message, refusing anything malformed: a bad header, a
+/// truncated attribute, more than [`MAX_ATTRIBUTES`] attributes, or a
+/// FINGERPRINT that is not last or does not match (RFC 8489 §14.7).
+pub fn decode(packet: &[u8]) -> Option<Message> {
+    parse(packet).ok()
+}
+
+/// [`decode`], saying why a packet is refused. The attribute headers are
+/// counted over the raw bytes first; the `stun` crate, which copies every
+/// attribute into its own vector, only sees messages within the limit.
+pub fn parse(packet: &[u8]) -> Result<Message, Malformed> {
+    if !header_ok(packet) {
+        return Err(Malformed::Header);
+    }
+    count_attributes(&packet[20..])?;
     let mut m = Message {
         raw: packet.to_vec(),
         ..Default::default()
     };
-    m.decode().ok()?;
+    m.decode().map_err(|_| Malformed::Truncated)?;
     if let Some(pos) = m
         .attributes
         .0
         .iter()
         .position(|a| a.typ == ATTR_FINGERPRINT)
     {
-        if pos + 1 != m.attributes.0.len() || FINGERPRINT.check(&m).is_err() {
-            return None;
+        if pos + 1 != m.attributes.0.len() || !super::fingerprint::check(&m.raw) {
+            return Err(Malformed::Fingerprint);
         }
     }
+    Ok(m)
+}
+
+/// A message holding only the header of `packet` (method, class and
+/// transaction id), enough to answer it with an error; `None` if the
+/// header itself is wrong.
+pub fn header_only(packet: &[u8]) -> Option<Message> {
+    if !header_ok(packet) {
+        return None;
+    }
+    let mut m = Message::new();
+    m.typ.read_value(u16::from_be_bytes([packet[0], packet[1]]));
+    m.transaction_id.0.copy_from_slice(&packet[8..20]);
     Some(m)
 }
 
@@ -90,12 +177,16 @@ pub fn attr<'m>(m: &'m Message, t: AttrType) -> Option<&'m [u8]> {
 }
 
 /// Comprehension-required attribute types (0x0000–0x7FFF) not in `known`
-/// (RFC 8489 §14).
+/// (RFC 8489 §14), each once, at most [`MAX_UNKNOWN_LISTED`] of them. With
+/// at most [`MAX_ATTRIBUTES`] attributes the searches are bounded too.
 pub fn unknown_required(m: &Message, known: &[AttrType]) -> Vec<AttrType> {
     let mut out = Vec::new();
     for a in attrs_before_integrity(m) {
         if a.typ.required() && !known.contains(&a.typ) && !out.contains(&a.typ) {
             out.push(a.typ);
+            if out.len() == MAX_UNKNOWN_LISTED {
+                break;
+            }
         }
     }
     out
@@ -315,7 +406,8 @@ impl Response {
         self
     }
 
-    /// Add UNKNOWN-ATTRIBUTES (RFC 8489 §14.9).
+    /// Add UNKNOWN-ATTRIBUTES (RFC 8489 §14.13); callers list at most
+    /// [`MAX_UNKNOWN_LISTED`] types.
     pub fn unknown(mut self, types: Vec<AttrType>) -> Self {
         UnknownAttributes(types)
             .add_to(&mut self.m)
@@ -330,7 +422,7 @@ impl Response {
             integrity::sign(&mut self.m, s);
         }
         if fingerprint {
-            FINGERPRINT.add_to(&mut self.m).expect("fingerprint");
+            super::fingerprint::add(&mut self.m);
         }
         self.m.raw
     }
@@ -444,7 +536,7 @@ impl Request {
 
     /// Finish with FINGERPRINT.
     pub fn fingerprinted(mut self) -> Vec<u8> {
-        FINGERPRINT.add_to(&mut self.m).expect("fingerprint");
+        super::fingerprint::add(&mut self.m);
         self.m.raw
     }
 
@@ -523,6 +615,58 @@ mod tests {
         let mut p = RFC5769_REQUEST.to_vec();
         p.push(0);
         assert!(decode(&p).is_none());
+    }
+
+    /// A Binding request whose body is `n` empty attributes of distinct
+    /// comprehension-required types from 0x4000 up.
+    fn many_attributes(n: usize) -> Vec<u8> {
+        let mut p = Request::new(stun::message::METHOD_BINDING).bytes();
+        for i in 0..n {
+            p.extend_from_slice(&(0x4000 + i as u16).to_be_bytes());
+            p.extend_from_slice(&[0, 0]);
+        }
+        let len = (p.len() - 20) as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn attribute_count_is_capped_before_the_crate_decodes() {
+        let ok = many_attributes(MAX_ATTRIBUTES);
+        assert_eq!(count_attributes(&ok[20..]), Ok(MAX_ATTRIBUTES));
+        assert_eq!(decode(&ok).unwrap().attributes.0.len(), MAX_ATTRIBUTES);
+        // 16,383 attributes: the largest datagram's worth.
+        for n in [MAX_ATTRIBUTES + 1, 16_383] {
+            let p = many_attributes(n);
+            assert_eq!(parse(&p).err(), Some(Malformed::TooManyAttributes));
+        }
+        // A truncated attribute, and a header that announces more than it has.
+        let mut t = many_attributes(1);
+        t[23] = 8;
+        assert_eq!(parse(&t).err(), Some(Malformed::Truncated));
+        assert!(Malformed::TooManyAttributes.answerable() && !Malformed::Truncated.answerable());
+        let h = header_only(&t).unwrap();
+        assert_eq!(h.transaction_id.0, t[8..20]);
+        assert_eq!(h.typ, stun::message::BINDING_REQUEST);
+    }
+
+    #[test]
+    fn unknown_attributes_are_listed_once_and_at_most_sixteen() {
+        let m = decode(&many_attributes(40)).unwrap();
+        let u = unknown_required(&m, &[AttrType(0x4000)]);
+        assert_eq!(u.len(), MAX_UNKNOWN_LISTED);
+        assert_eq!(u[0], AttrType(0x4001));
+        // Duplicates are listed once.
+        let dup = Request::new(stun::message::METHOD_BINDING)
+            .attr(AttrType(0x7000), b"")
+            .attr(AttrType(0x7000), b"")
+            .bytes();
+        assert_eq!(
+            unknown_required(&decode(&dup).unwrap(), &[]),
+            vec![AttrType(0x7000)]
+        );
+        let answer = Response::error(&m, 420).unknown(u).finish(None, false);
+        assert!(answer.len() <= 20 + 8 + 20 + 4 + 2 * MAX_UNKNOWN_LISTED);
     }
 
     #[test]

@@ -109,6 +109,9 @@ address = "127.0.0.1"
 ports = "{lo}-{hi}"
 [auth]
 users = {{ {user} = "{pass}" }}
+# Two REST secrets, as during a rotation: a REST name costs one HMAC each
+# (the msgcost test measures it).
+secrets = ["bench-rotation-old-secret", "bench-rotation-new-secret"]
 [peers]
 allow = ["127.0.0.0/8"]
 [log]

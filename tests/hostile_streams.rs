@@ -285,6 +285,11 @@ enum Seen {
 }
 
 /// Read (and discard) until the server closes `s` or `wait` passes.
+/// Whether the server closes `s` within 3 s (a refusal at accept).
+fn refused(s: &mut TcpStream) -> bool {
+    matches!(wait_close(s, Duration::from_secs(3)), Seen::Closed(_))
+}
+
 fn wait_close(s: &mut TcpStream, wait: Duration) -> Seen {
     let start = Instant::now();
     let mut buf = [0u8; 4096];
@@ -689,10 +694,7 @@ fn the_ninth_handshake_from_one_address_is_refused_while_others_handshake() {
     // ... so the ninth is closed at once, before any TLS byte.
     let mut ninth = connect_from(holder, server.tls, None);
     assert!(
-        matches!(
-            wait_close(&mut ninth, Duration::from_secs(3)),
-            Seen::Closed(_)
-        ),
+        refused(&mut ninth),
         "a ninth concurrent handshake from one address was accepted"
     );
     assert_eq!(server.refusals_reach("per_ip_handshakes", 1), 1);
@@ -734,10 +736,7 @@ fn the_65th_connection_from_one_address_is_refused_and_caps_reload() {
     }
     let mut extra = connect_from(heavy, server.tcp, None);
     assert!(
-        matches!(
-            wait_close(&mut extra, Duration::from_secs(3)),
-            Seen::Closed(_)
-        ),
+        refused(&mut extra),
         "the 65th connection from one address was accepted"
     );
     assert_eq!(server.refusals_reach("per_ip_connections", 1), 1);
@@ -767,10 +766,7 @@ fn the_65th_connection_from_one_address_is_refused_and_caps_reload() {
     binding_on(&mut a).unwrap();
     binding_on(&mut b).unwrap();
     let mut c = connect_from(fresh, server.tcp, None);
-    assert!(
-        matches!(wait_close(&mut c, Duration::from_secs(3)), Seen::Closed(_)),
-        "the reloaded cap of 2 did not hold"
-    );
+    assert!(refused(&mut c), "the reloaded cap of 2 did not hold");
     server.no_panic();
 }
 
@@ -786,13 +782,7 @@ fn the_server_wide_connection_cap_holds_across_addresses_and_workers() {
     }
     // The 21st, from a fresh address, is refused; so is a TLS client.
     let mut extra = connect_from(source(90), server.tcp, None);
-    assert!(
-        matches!(
-            wait_close(&mut extra, Duration::from_secs(3)),
-            Seen::Closed(_)
-        ),
-        "the 21st connection was accepted"
-    );
+    assert!(refused(&mut extra), "the 21st connection was accepted");
     assert!(
         tls_from(source(91), &server).is_err(),
         "a TLS client past the cap"

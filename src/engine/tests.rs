@@ -840,15 +840,20 @@ fn rest_credentials_verify_until_they_expire() {
     assert_eq!(code(&r), Some(401));
 }
 
-#[test]
-fn even_port_with_r_bit_reserves_the_next_port_for_its_token() {
-    let mut t = T::new();
-    let r = t.signed(
-        client(1),
+/// An Allocate from `c` with EVEN-PORT's R bit: the next port is reserved.
+fn reserve_pair(t: &mut T, c: ClientAddr) -> Message {
+    t.signed(
+        c,
         Req::new(METHOD_ALLOCATE)
             .transport(17)
             .attr(ATTR_EVEN_PORT, &[0x80]),
-    );
+    )
+}
+
+#[test]
+fn even_port_with_r_bit_reserves_the_next_port_for_its_token() {
+    let mut t = T::new();
+    let r = reserve_pair(&mut t, client(1));
     let relayed = wire::xor_address(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
     assert_eq!(relayed.port() % 2, 0);
     let token = wire::attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
@@ -887,12 +892,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_its_token() {
 #[test]
 fn unredeemed_reservations_give_their_port_back_after_30_seconds() {
     let mut t = T::new();
-    t.signed(
-        client(1),
-        Req::new(METHOD_ALLOCATE)
-            .transport(17)
-            .attr(ATTR_EVEN_PORT, &[0x80]),
-    );
+    reserve_pair(&mut t, client(1));
     assert_eq!(t.e.free_ports(), 8);
     assert_eq!(t.e.poll_timeout(), Some(t.now + Duration::from_secs(30)));
     t.advance(30);
@@ -1664,12 +1664,7 @@ fn attributes_after_integrity_sha256_are_ignored() {
 #[test]
 fn a_reservation_token_serves_only_the_user_who_reserved_it() {
     let mut t = T::new();
-    let r = t.signed(
-        client(1),
-        Req::new(METHOD_ALLOCATE)
-            .transport(17)
-            .attr(ATTR_EVEN_PORT, &[0x80]),
-    );
+    let r = reserve_pair(&mut t, client(1));
     let token = wire::attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
     let n = t.nonce_for(client(2));
     let r = t.one(
@@ -1900,12 +1895,7 @@ fn killing_a_rest_name_closes_every_credential_minted_for_it() {
 #[test]
 fn an_even_port_reservation_counts_until_redeemed_or_expired() {
     let mut t = with_limits(|l| l.allocations_per_user = 3);
-    let r = t.signed(
-        client(1),
-        Req::new(METHOD_ALLOCATE)
-            .transport(17)
-            .attr(ATTR_EVEN_PORT, &[0x80]),
-    );
+    let r = reserve_pair(&mut t, client(1));
     let token = wire::attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
     assert_eq!(
         t.e.cfg.shared.held_by("alice"),
@@ -1919,12 +1909,7 @@ fn an_even_port_reservation_counts_until_redeemed_or_expired() {
     assert_eq!(code(&r), Some(486));
     // Reserving needs room for two.
     t.signed(client(2), Req::new(METHOD_REFRESH).lifetime(0));
-    let r = t.signed(
-        client(4),
-        Req::new(METHOD_ALLOCATE)
-            .transport(17)
-            .attr(ATTR_EVEN_PORT, &[0x80]),
-    );
+    let r = reserve_pair(&mut t, client(4));
     assert_eq!(code(&r), Some(486));
     // Redeeming moves the unit to the new allocation: still 2.
     let r = t.signed(
@@ -1938,12 +1923,7 @@ fn an_even_port_reservation_counts_until_redeemed_or_expired() {
     assert_eq!(t.e.cfg.shared.total(), 2);
     // An unredeemed one is given back when it expires.
     t.signed(client(5), Req::new(METHOD_REFRESH).lifetime(0));
-    t.signed(
-        client(6),
-        Req::new(METHOD_ALLOCATE)
-            .transport(17)
-            .attr(ATTR_EVEN_PORT, &[0x80]),
-    );
+    reserve_pair(&mut t, client(6));
     assert_eq!(t.e.cfg.shared.held_by("alice"), 3);
     t.advance(31);
     assert_eq!(t.e.cfg.shared.held_by("alice"), 2);

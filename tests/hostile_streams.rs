@@ -285,6 +285,22 @@ enum Seen {
 }
 
 /// Read (and discard) until the server closes `s` or `wait` passes.
+/// Wait (bounded) until a new connection from `from` is served again.
+fn served_again(server: &Hostile, from: Ipv4Addr) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let mut again = connect_from(from, server.tcp, None);
+        if binding_on(&mut again).is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after a connection closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Whether the server closes `s` within 3 s (a refusal at accept).
 fn refused(s: &mut TcpStream) -> bool {
     matches!(wait_close(s, Duration::from_secs(3)), Seen::Closed(_))
@@ -745,18 +761,7 @@ fn the_65th_connection_from_one_address_is_refused_and_caps_reload() {
     binding_on(&mut other).expect("another address is served");
     // One closes; a new one from the heavy address fits again.
     drop(conns.pop());
-    let deadline = Instant::now() + STEP;
-    loop {
-        let mut again = connect_from(heavy, server.tcp, None);
-        if binding_on(&mut again).is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no room after a connection closed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    served_again(&server, heavy);
 
     // A reload lowers the caps for new connections at once.
     server.reload_limits("connections_per_ip = 2\ntls_handshakes_per_ip = 1");
@@ -790,18 +795,7 @@ fn the_server_wide_connection_cap_holds_across_addresses_and_workers() {
     assert_eq!(server.refusals_reach("server_connections", 2), 2);
     // One closes: a new one fits.
     drop(held.pop());
-    let deadline = Instant::now() + STEP;
-    loop {
-        let mut again = connect_from(source(92), server.tcp, None);
-        if binding_on(&mut again).is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no room after a connection closed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    served_again(&server, source(92));
     server.no_panic();
 }
 

@@ -392,15 +392,16 @@ impl Server {
             workers = n,
             "relay"
         );
-        if let Some((elo, ehi)) = host::ephemeral_ports() {
-            if elo <= hi && lo <= ehi {
-                tracing::warn!(
-                    relay_ports = %format!("{lo}-{hi}"),
-                    ephemeral = %format!("{elo}-{ehi}"),
-                    "the relay range overlaps the kernel's ephemeral ports: other programs' \
-                     sockets may take relay ports; set net.ipv4.ip_local_port_range outside it"
-                );
-            }
+        if let Some((elo, ehi)) = host::ephemeral_ports()
+            && elo <= hi
+            && lo <= ehi
+        {
+            tracing::warn!(
+                relay_ports = %format!("{lo}-{hi}"),
+                ephemeral = %format!("{elo}-{ehi}"),
+                "the relay range overlaps the kernel's ephemeral ports: other programs' \
+                 sockets may take relay ports; set net.ipv4.ip_local_port_range outside it"
+            );
         }
 
         let credentials = Credentials::new(

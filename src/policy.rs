@@ -270,58 +270,79 @@ impl PeerPolicy {
     }
 
     /// Decide whether a client may reach `peer` (RFC 8656 §9.1 leaves the
-    /// policy to the server; 403 is the answer for a refusal). `live_relay`
-    /// tells whether a relay port holds a live allocation of this server
-    /// now; it is asked only for this host's own addresses.
+    /// policy to the server; 403 is the answer for a refusal): the verdict
+    /// on its IP ([`PeerPolicy::reach`]), then on its port
+    /// ([`PeerPolicy::reaches`]). `live_relay` tells whether a relay port
+    /// holds a live allocation of this server now; it is asked only for
+    /// this host's own addresses.
     pub fn check(
         &self,
         peer: SocketAddr,
         live_relay: impl Fn(SocketAddr) -> bool,
     ) -> Result<(), Denied> {
-        let ip = peer.ip();
-        let embedded = embedded_v4(ip);
-        for v4 in std::iter::once(ip).chain(embedded.iter().map(IpAddr::V4)) {
-            if let Some(rule) = core_rule(v4) {
-                return Err(Denied::Core(rule));
-            }
-        }
-        let own = self.is_own(ip);
-        if self.is_listener(peer) {
-            return Err(Denied::Listener);
-        }
-        if let Some(c) = self.deny.iter().find(|c| c.contains(ip)) {
-            return Err(Denied::Deny(*c, None));
-        }
-        if own && self.relay_target(peer) && live_relay(peer) {
+        let (reach, why) = self.judge(peer.ip());
+        if self.reaches(peer, reach, live_relay) {
             return Ok(());
         }
-        let allowed = self.allowed(ip, own);
-        if !allowed {
+        match why {
+            Some(d @ (Denied::Core(_) | Denied::Deny(..))) => Err(d),
+            _ if self.is_listener(peer) => Err(Denied::Listener),
+            Some(d) => Err(d),
+            None => Err(Denied::OwnAddress),
+        }
+    }
+
+    /// What may be reached at `ip`, and the rule that refuses the rest:
+    /// the IP's half of the policy, worked out once per permission.
+    fn judge(&self, ip: IpAddr) -> (Reach, Option<Denied>) {
+        let embedded = embedded_v4(ip);
+        for a in std::iter::once(ip).chain(embedded.iter().map(IpAddr::V4)) {
+            if let Some(rule) = core_rule(a) {
+                return (Reach::Closed, Some(Denied::Core(rule)));
+            }
+        }
+        if let Some(c) = self.deny.iter().find(|c| c.contains(ip)) {
+            return (Reach::Closed, Some(Denied::Deny(*c, None)));
+        }
+        let own = self.is_own(ip);
+        let refused = self.refusal(ip, own, &embedded);
+        let reach = match (own, refused) {
+            (false, None) => Reach::Any,
+            (false, Some(_)) => Reach::Closed,
+            (true, None) => Reach::Open,
+            (true, Some(_)) => Reach::LiveRelay,
+        };
+        (reach, refused)
+    }
+
+    /// The rule that refuses `ip` outside the live relay ports, if any:
+    /// the defaults unless `allow` opens it, this host's own addresses, and
+    /// the IPv4 an IPv6 address carries.
+    fn refusal(&self, ip: IpAddr, own: bool, embedded: &Embedded) -> Option<Denied> {
+        if !self.allowed(ip, own) {
             if let Some(c) = self.defaults.iter().find(|c| c.contains(ip)) {
-                return Err(Denied::Default(*c, None));
+                return Some(Denied::Default(*c, None));
             }
             if own {
-                return Err(Denied::OwnAddress);
+                return Some(Denied::OwnAddress);
             }
         }
         // An IPv4 address carried inside an IPv6 one is judged by the IPv4
-        // deny rules; an IPv4 `allow` entry never opens the embedded form.
+        // deny rules; an IPv4 `allow` entry never opens the embedded form
+        // (whatever allowed the IPv6 address as a whole).
         for v4 in embedded.iter() {
             let v4a = IpAddr::V4(v4);
             if let Some(c) = self.deny.iter().find(|c| c.contains(v4a)) {
-                return Err(Denied::Deny(*c, Some(v4)));
+                return Some(Denied::Deny(*c, Some(v4)));
             }
-            // Whatever allowed the IPv6 address as a whole: an embedded
-            // IPv4 is only ever opened by an IPv4 `allow` in its own form,
-            // which does not apply here.
             if let Some(c) = self.defaults.iter().find(|c| c.contains(v4a)) {
-                return Err(Denied::Default(*c, Some(v4)));
+                return Some(Denied::Default(*c, Some(v4)));
             }
             if self.own.contains(&v4a) {
-                return Err(Denied::OwnAddress);
+                return Some(Denied::OwnAddress);
             }
         }
-        Ok(())
+        None
     }
 }
 
@@ -344,28 +365,7 @@ pub enum Reach {
 impl PeerPolicy {
     /// [`PeerPolicy::check`] without the port: what may be reached at `ip`.
     pub fn reach(&self, ip: IpAddr) -> Reach {
-        let embedded = embedded_v4(ip);
-        let core = std::iter::once(ip)
-            .chain(embedded.iter().map(IpAddr::V4))
-            .any(|a| core_rule(a).is_some());
-        if core || self.deny.iter().any(|c| c.contains(ip)) {
-            return Reach::Closed;
-        }
-        let own = self.is_own(ip);
-        let allowed = self.allowed(ip, own);
-        let by_ip = (allowed || (!own && !self.defaults.iter().any(|c| c.contains(ip))))
-            && embedded.iter().all(|v4| {
-                let v4 = IpAddr::V4(v4);
-                !self.deny.iter().any(|c| c.contains(v4))
-                    && !self.defaults.iter().any(|c| c.contains(v4))
-                    && !self.own.contains(&v4)
-            });
-        match (own, by_ip) {
-            (false, true) => Reach::Any,
-            (false, false) => Reach::Closed,
-            (true, true) => Reach::Open,
-            (true, false) => Reach::LiveRelay,
-        }
+        self.judge(ip).0
     }
 
     /// Whether a packet may go to `peer`, whose IP has `reach`: the
@@ -405,11 +405,11 @@ impl PeerPolicy {
 /// Addresses no configuration can open.
 fn core_rule(ip: IpAddr) -> Option<&'static str> {
     match ip {
-        IpAddr::V4(a) if a.is_unspecified() => Some("core: unspecified address"),
-        IpAddr::V4(a) if a.is_broadcast() => Some("core: broadcast address"),
-        IpAddr::V4(a) if a.is_multicast() => Some("core: multicast address"),
-        IpAddr::V6(a) if a.is_unspecified() => Some("core: unspecified address"),
-        IpAddr::V6(a) if a.is_multicast() => Some("core: multicast address"),
+        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("broadcast address"),
+        IpAddr::V4(a) if a.is_multicast() => Some("multicast address"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("unspecified address"),
+        IpAddr::V6(a) if a.is_multicast() => Some("multicast address"),
         _ => None,
     }
 }
@@ -519,6 +519,15 @@ mod tests {
         }
         assert!(!denied(&p, "8.8.8.8"));
         assert!(!denied(&p, "2606:4700::1111"));
+        let why = p.check("0.0.0.0:9".parse().unwrap(), |_| true).unwrap_err();
+        assert_eq!(why.to_string(), "core: unspecified address");
+        let why = p
+            .check("[::ffff:10.1.2.3]:9".parse().unwrap(), |_| true)
+            .unwrap_err();
+        assert_eq!(
+            why.to_string(),
+            "default deny 10.0.0.0/8 (embedded 10.1.2.3)"
+        );
     }
 
     #[test]

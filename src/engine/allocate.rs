@@ -128,14 +128,15 @@ impl Engine {
                 self.stats.quota_rejections += 1;
                 return self.reply(client, err(code));
             }
+            // The reserved port's share, passed to the reservation.
+            let reserved = reserve.then(|| Held {
+                name: name.clone(),
+                ports: 1,
+            });
             let held = Held { name, ports };
-            let port = if reserve {
+            let port = if let Some(one) = reserved.clone() {
                 self.ports.take_pair().map(|(even, odd)| {
                     let t = self.next_token();
-                    let one = Held {
-                        name: held.name.clone(),
-                        ports: 1,
-                    };
                     self.cfg
                         .shared
                         .reserve(t, odd, families.v6, &authed.username, one);
@@ -150,12 +151,9 @@ impl Engine {
             let Some(port) = port else {
                 tracing::warn!(%client, even, free = self.ports.len(), "no free relay port");
                 self.cfg.shared.release(&held);
-                if reserve {
-                    // The reservation's unit, never made.
-                    self.cfg.shared.release(&Held {
-                        name: held.name.clone(),
-                        ports: 1,
-                    });
+                if let Some(one) = &reserved {
+                    // The reservation, never made.
+                    self.cfg.shared.release(one);
                 }
                 return self.reply(client, err(508));
             };

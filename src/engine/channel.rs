@@ -86,13 +86,12 @@ impl Engine {
         client: ClientAddr,
         packet: &[u8],
     ) -> Option<ToPeer> {
-        let (policy, shared) = (&self.cfg.policy, &self.cfg.shared);
+        let reaches = super::reaches(&self.cfg);
         let found = channel_data::parse(packet).and_then(|h| {
             let id = *self.by_client.get(&client)?;
             let a = self.allocs[id.0 as usize].as_mut()?;
             let peer = a.channel_by_number(h.channel, now)?.peer;
-            let reaches = |p, r| policy.reaches(p, r, |l| shared.is_live(l));
-            a.permits(peer.0, now, reaches)
+            a.permits(peer.0, now, &reaches)
                 .then_some((id, a, peer, h.len))
         });
         let Some((id, a, peer, len)) = found else {

@@ -81,6 +81,13 @@ pub struct EngineConfig {
     pub shared: Arc<Shared>,
 }
 
+/// The per-packet policy check of a permission ([`PeerPolicy::reaches`]),
+/// with the live relay ports of every worker: borrowed from the config, so
+/// that it can be used while an allocation is borrowed mutably.
+fn reaches(cfg: &EngineConfig) -> impl Fn(SocketAddr, Reach) -> bool + '_ {
+    |peer, reach| cfg.policy.reaches(peer, reach, |r| cfg.shared.is_live(r))
+}
+
 /// Work for the shell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {

@@ -88,8 +88,8 @@ impl Engine {
         let peer = wire::xor_peer_addresses(m).ok()?.into_iter().next();
         let data = wire::attr_range(m, ATTR_DATA);
         let limits = self.cfg.limits;
+        let reaches = super::reaches(&self.cfg);
         let (policy, shared) = (&self.cfg.policy, &self.cfg.shared);
-        let live = |r| shared.is_live(r);
         let a = self.allocs.get_mut(id.0 as usize)?.as_mut()?;
         let (Some(peer), Some((start, end))) = (peer, data) else {
             self.stats.dropped += 1;
@@ -98,9 +98,9 @@ impl Engine {
         // A permission is for an IP; on this host's own addresses the port
         // decides too (a live relay port, never a listener), so the policy
         // is asked again for this destination.
-        if !a.permits(peer, now, |p, r| policy.reaches(p, r, live)) {
+        if !a.permits(peer, now, reaches) {
             self.stats.dropped += 1;
-            if let Err(d) = policy.check(peer, live) {
+            if let Err(d) = policy.check(peer, |r| shared.is_live(r)) {
                 self.stats.policy_denials += 1;
                 // Logged at info like every denial, but at most once a
                 // second: a client must not be able to flood the log.

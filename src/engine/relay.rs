@@ -26,8 +26,8 @@ impl Engine {
     /// `buf[start..end]`, with at least [`channel_data::HEADROOM`] bytes
     /// before `start` and [`channel_data::TAILROOM`] after `end`. Without a
     /// permission for the peer's IP the packet is dropped (§9), and so is
-    /// one from a port of this host's own addresses that the policy denies. Framing is
-    /// written in place: nothing is allocated.
+    /// one from a port of this host's own addresses that the policy denies.
+    /// Framing is written in place: nothing is allocated.
     #[inline]
     pub fn handle_peer(
         &mut self,
@@ -39,14 +39,13 @@ impl Engine {
         end: usize,
     ) -> Option<ToClient> {
         let peer = PeerAddr(peer);
-        let (policy, shared) = (&self.cfg.policy, &self.cfg.shared);
+        let reaches = super::reaches(&self.cfg);
         let Some(a) = self.allocs.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             self.stats.dropped += 1;
             return None;
         };
         // From this host's own addresses, only what a client could send to
         // comes back (a live relay port, or what `allow` opened).
-        let reaches = |p, r| policy.reaches(p, r, |l| shared.is_live(l));
         if !a.permits(peer.0, now, reaches) {
             self.stats.dropped += 1;
             return None;

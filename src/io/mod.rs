@@ -411,7 +411,8 @@ impl Server {
             &nonce_secret,
             config.nonce_lifetime,
         );
-        let policy = policy_from(&config);
+        let own = host::addresses();
+        let policy = policy_from(&config, &own);
         // One for the whole server: quotas, reservations, live relay ports
         // and the unauthenticated-answer limiter, whose slot hash is keyed
         // so that a spoofer cannot aim at another source's slot.
@@ -492,7 +493,7 @@ impl Server {
             nonce_secret,
             listen,
             tls: acceptors,
-            host: std::sync::Mutex::new(host::addresses()),
+            host: std::sync::Mutex::new(own),
         };
         // TCP and TLS clients: one tokio worker per core, with engines of
         // their own, when a listener takes streams.
@@ -522,9 +523,10 @@ impl Server {
     /// in every worker, and TLS listeners re-read the certificate and key
     /// their `listen` entries name.
     pub fn reload(&self, applied: &Config) {
-        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = host::addresses();
+        let own = host::addresses();
         self.control
-            .update(update_from(applied, &self.nonce_secret));
+            .update(update_from(applied, &self.nonce_secret, &own));
+        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = own;
         self.control.streams.set(&applied.stream_limits);
         // Re-read every TLS certificate: new connections get the new one.
         for (i, address, acceptor) in &self.tls {
@@ -562,10 +564,9 @@ impl Server {
                 addresses = now.len(),
                 "this host's addresses changed; peer policy updated"
             );
-            *known = now;
-            drop(known);
             self.control
-                .update(update_from(applied, &self.nonce_secret));
+                .update(update_from(applied, &self.nonce_secret, &now));
+            *known = now;
         }
     }
 
@@ -621,7 +622,7 @@ fn port_shares(lo: u16, hi: u16, udp: usize, streams: usize) -> Vec<Vec<u16>> {
 
 /// What a reload of `config` changes in the engines. Its realm is the
 /// running one (a restart-only setting): keys and nonces depend on it.
-fn update_from(config: &Config, nonce_secret: &[u8]) -> Update {
+fn update_from(config: &Config, nonce_secret: &[u8], own: &[std::net::IpAddr]) -> Update {
     Update {
         credentials: Credentials::new(
             &config.realm,
@@ -630,7 +631,7 @@ fn update_from(config: &Config, nonce_secret: &[u8]) -> Update {
             nonce_secret,
             config.nonce_lifetime,
         ),
-        policy: policy_from(config),
+        policy: policy_from(config, own),
         limits: config.limits,
         strict_expiry: config.strict_expiry,
         expiry_grace: std::time::Duration::from_secs(config.expiry_grace),
@@ -639,8 +640,8 @@ fn update_from(config: &Config, nonce_secret: &[u8]) -> Update {
 
 /// The peer policy of `config` on this host: its relay addresses (where a
 /// live relay port is a peer), every listening socket of the server, which
-/// no peer may be, and the interfaces' addresses, read anew at each reload.
-fn policy_from(config: &Config) -> PeerPolicy {
+/// no peer may be, and `own`, the interfaces' addresses as last read.
+fn policy_from(config: &Config, own: &[std::net::IpAddr]) -> PeerPolicy {
     let r = &config.relay;
     let mut relays = vec![r.public_address, r.address];
     relays.extend(r.public_address_v6);
@@ -652,7 +653,7 @@ fn policy_from(config: &Config) -> PeerPolicy {
     listeners.push(config.demo.address);
     PeerPolicy::new(config.allow.clone(), config.deny.clone(), relays, r.ports)
         .with_listeners(listeners)
-        .with_own_addresses(host::addresses())
+        .with_own_addresses(own.iter().copied())
 }
 
 /// Wait for SIGINT or SIGTERM.

@@ -375,7 +375,7 @@ pub fn percent_encode(s: &str) -> String {
 /// The client side, for `ferroturn sessions` and `ferroturn kill`.
 pub mod client {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::time::Duration;
 
     use super::{Closed, SessionInfo, SessionList, percent_encode};
@@ -472,11 +472,13 @@ pub mod client {
                 (None, None, None) => Dest::Unix(PathBuf::from(DEFAULT_ADMIN_SOCKET)),
             };
             let token = match token {
-                TokenSource::File(p) => Some(read_token(&p)?),
+                TokenSource::File(p) => Some(crate::config::secret_file("--token-file", &p)?),
                 TokenSource::Arg(t) => Some(t),
+                // Read as a file is (first line, trimmed); an empty one
+                // leaves the config's.
                 TokenSource::None => std::env::var(TOKEN_ENV)
                     .ok()
-                    .filter(|t| !t.is_empty())
+                    .and_then(|t| crate::config::secret_text(&t, TOKEN_ENV).ok())
                     .or_else(|| section.and_then(|s| s.token.clone())),
             };
             Ok(Target { dest, token })
@@ -549,17 +551,6 @@ pub mod client {
                 .map(|c| c.closed)
                 .map_err(|e| format!("unexpected answer from the admin API: {e}"))
         }
-    }
-
-    /// The token in `path`: its first line, without surrounding blanks.
-    fn read_token(path: &Path) -> Result<String, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
-        let token = text.lines().next().unwrap_or("").trim();
-        if token.is_empty() {
-            return Err(format!("--token-file {}: empty", path.display()));
-        }
-        Ok(token.to_owned())
     }
 
     /// The session table `ferroturn sessions` prints.

@@ -770,6 +770,24 @@ pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static
     (kept, changed)
 }
 
+/// A secret or token read from a file or the environment: its first line,
+/// without surrounding blanks (a trailing newline is no part of it); empty
+/// is refused. `from` names the source in the error.
+pub fn secret_text(text: &str, from: &str) -> Result<String, String> {
+    let t = text.lines().next().unwrap_or("").trim();
+    if t.is_empty() {
+        return Err(format!("{from}: empty"));
+    }
+    Ok(t.to_owned())
+}
+
+/// [`secret_text`] of the file at `path`, given with `flag`.
+pub fn secret_file(flag: &str, path: &Path) -> Result<String, String> {
+    let from = format!("{flag} {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{from}: {e}"))?;
+    secret_text(&text, &from)
+}
+
 /// The value of a key that names one of a few values, the first being the
 /// default; else the reason.
 fn one_of<T: Copy>(v: Option<&str>, values: &[(&str, T)]) -> Result<T, String> {
@@ -1720,6 +1738,15 @@ deny = []
         let (kept, changed) = keep_restart_only(&running, with("connections_per_ip = 16").unwrap());
         assert!(changed.is_empty(), "{changed:?}");
         assert_eq!(kept.stream_limits.connections_per_ip, 16);
+    }
+
+    #[test]
+    fn secrets_from_files_and_the_environment_are_their_first_line() {
+        assert_eq!(secret_text("tok\n", "x"), Ok("tok".into()));
+        assert_eq!(secret_text("  tok  \r\nrest\n", "x"), Ok("tok".into()));
+        assert_eq!(secret_text("\n", "$V"), Err("$V: empty".into()));
+        let e = secret_file("--token-file", Path::new("/nonexistent/t")).unwrap_err();
+        assert!(e.starts_with("--token-file /nonexistent/t: "), "{e}");
     }
 
     #[test]

@@ -160,8 +160,10 @@ fn admin_target(
     let token = match (token_file, token) {
         (Some(f), _) => TokenSource::File(f),
         (None, Some(t)) => {
-            eprintln!(
-                "ferroturn {command}: warning: --token is visible to every local user (ps, /proc); use --token-file FILE or ${TOKEN_ENV}"
+            warn_argv(
+                command,
+                "--token",
+                &format!("--token-file FILE or ${TOKEN_ENV}"),
             );
             TokenSource::Arg(t)
         }
@@ -204,16 +206,6 @@ fn warn_argv(command: &str, flag: &str, instead: &str) {
     );
 }
 
-/// A secret read from a file or the environment: its first line, without
-/// surrounding blanks (the rule of `--token-file` too); empty is refused.
-fn secret_text(text: &str, from: &str) -> Result<String, String> {
-    let t = text.lines().next().unwrap_or("").trim();
-    if t.is_empty() {
-        return Err(format!("{from}: empty"));
-    }
-    Ok(t.to_owned())
-}
-
 /// The REST secret for `ferroturn credentials`: --secret (with a warning),
 /// --secret-file, $FERROTURN_SECRET, or the config's first secret.
 fn rest_secret(
@@ -230,15 +222,13 @@ fn rest_secret(
         return Ok(s);
     }
     if let Some(f) = file {
-        let text = std::fs::read_to_string(&f)
-            .map_err(|e| format!("--secret-file {}: {e}", f.display()))?;
-        return secret_text(&text, &format!("--secret-file {}", f.display()));
+        return ferroturn::config::secret_file("--secret-file", &f);
     }
     if let Some(v) = std::env::var_os(SECRET_ENV) {
         let v = v
             .into_string()
             .map_err(|_| format!("${SECRET_ENV}: not UTF-8"))?;
-        return secret_text(&v, &format!("${SECRET_ENV}"));
+        return ferroturn::config::secret_text(&v, &format!("${SECRET_ENV}"));
     }
     config
         .and_then(|c| c.secrets.first().cloned())

@@ -188,11 +188,9 @@ impl Credentials {
     /// A nonce for `client`: the issue time and a MAC over it and the client
     /// address, so that checking it needs no per-client memory.
     pub fn nonce(&self, unix_now: u64, client: SocketAddr) -> String {
-        let mut s = format!("{NONCE_COOKIE}{unix_now:016x}");
-        let mac = self.nonce_mac(unix_now, client);
-        for b in &mac.as_ref()[..12] {
-            s.push_str(&format!("{b:02x}"));
-        }
+        let mut s = String::from(NONCE_COOKIE);
+        push_hex(&mut s, &unix_now.to_be_bytes());
+        push_hex(&mut s, &self.nonce_mac(unix_now, client).as_ref()[..12]);
         s
     }
 
@@ -202,24 +200,17 @@ impl Credentials {
         let Some(nonce) = nonce.strip_prefix(NONCE_COOKIE) else {
             return false;
         };
-        if nonce.len() != 40 || !nonce.is_ascii() {
+        // The issue time (8 bytes) and the MAC (12), in hex digits only.
+        let mut raw = [0u8; 20];
+        if !hex_bytes(nonce, &mut raw) {
             return false;
         }
-        let Ok(ts) = u64::from_str_radix(&nonce[..16], 16) else {
-            return false;
-        };
+        let ts = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
         if ts > unix_now + 5 || unix_now.saturating_sub(ts) >= self.nonce_ttl {
             return false;
         }
-        let mut got = [0u8; 12];
-        for (i, b) in got.iter_mut().enumerate() {
-            match u8::from_str_radix(&nonce[16 + 2 * i..18 + 2 * i], 16) {
-                Ok(v) => *b = v,
-                Err(_) => return false,
-            }
-        }
         let mac = self.nonce_mac(ts, client);
-        bool::from(mac.as_ref()[..12].ct_eq(&got))
+        bool::from(mac.as_ref()[..12].ct_eq(&raw[8..]))
     }
 
     fn nonce_mac(&self, ts: u64, client: SocketAddr) -> hmac::Tag {
@@ -238,24 +229,38 @@ impl Credentials {
 /// `0x` and lower-case hex digits (coturn's and turnadmin's form).
 pub fn key_hex(key: &Key) -> String {
     let mut s = String::from("0x");
-    for b in key.as_bytes() {
-        s.push_str(&format!("{b:02x}"));
-    }
+    push_hex(&mut s, key.as_bytes());
     s
+}
+
+/// Append `bytes` as lower-case hex digits.
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    use std::fmt::Write;
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+}
+
+/// Fill `out` from `s`, exactly two hex digits a byte (either case) and
+/// nothing else (`from_str_radix` alone would take a `+` sign); false if
+/// `s` is anything else.
+fn hex_bytes(s: &str, out: &mut [u8]) -> bool {
+    let d = s.as_bytes();
+    if d.len() != 2 * out.len() || !d.iter().all(u8::is_ascii_hexdigit) {
+        return false;
+    }
+    let val = |c: u8| (c as char).to_digit(16).expect("a hex digit") as u8;
+    for (o, pair) in out.iter_mut().zip(d.chunks(2)) {
+        *o = val(pair[0]) << 4 | val(pair[1]);
+    }
+    true
 }
 
 /// The bytes of a `0x…` key of exactly `N` bytes (`2 * N` hex digits,
 /// either case), or `None`.
 pub fn parse_key_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let digits = s.strip_prefix("0x")?.as_bytes();
-    if digits.len() != 2 * N {
-        return None;
-    }
     let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(digits.chunks(2)) {
-        *o = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
+    hex_bytes(s.strip_prefix("0x")?, &mut out).then_some(out)
 }
 
 /// The expiry (unix seconds) of a TURN REST username `<expiry>:<name>`.
@@ -424,5 +429,21 @@ mod tests {
         forged.replace_range(last.., if n.ends_with('0') { "1" } else { "0" });
         assert!(!c.nonce_valid(&forged, 1000, a));
         assert!(!c.nonce_valid("short", 1000, a));
+        // Hex digits only: a '+' sign, which from_str_radix takes, is not
+        // one (either case is).
+        let body = &n[NONCE_COOKIE.len()..];
+        let plus = format!("{NONCE_COOKIE}+{}", &body[1..]);
+        assert!(body.starts_with('0') && !c.nonce_valid(&plus, 1000, a));
+        let upper = format!("{NONCE_COOKIE}{}", body.to_ascii_uppercase());
+        assert!(c.nonce_valid(&upper, 1000, a));
+    }
+
+    #[test]
+    fn keys_in_hex_are_digits_only() {
+        assert_eq!(parse_key_hex::<2>("0xa1B2"), Some([0xa1, 0xb2]));
+        assert_eq!(parse_key_hex::<2>("0x+1b2"), None);
+        assert_eq!(parse_key_hex::<2>("0xa1b"), None);
+        assert_eq!(parse_key_hex::<2>("a1b2"), None);
+        assert_eq!(parse_key_hex::<1>("0xé"), None);
     }
 }

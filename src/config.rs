@@ -409,6 +409,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// Most `[auth] secrets` a config may list.
+pub const MAX_SECRETS: usize = 8;
+
 /// Where the admin API listens when `[admin]` names no address.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/ferroturn/admin.sock";
 
@@ -1128,6 +1131,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             "no credentials configured: set auth.secrets or auth.users (TURN never relays without authentication)".into(),
         ));
     }
+    // Each secret costs every signed request under a REST name its own
+    // HMACs (the server cannot tell which one minted it): a rotation needs
+    // two or three, so a long list is a cost for nothing.
+    if raw.auth.secrets.len() > MAX_SECRETS {
+        return Err(err(
+            "auth.secrets",
+            format!(
+                "at most {MAX_SECRETS} (each is tried on every REST request; a rotation needs 2)"
+            ),
+        ));
+    }
     for (i, s) in raw.auth.secrets.iter().enumerate() {
         if s.is_empty() {
             return Err(err(
@@ -1738,6 +1752,21 @@ deny = []
         let (kept, changed) = keep_restart_only(&running, with("connections_per_ip = 16").unwrap());
         assert!(changed.is_empty(), "{changed:?}");
         assert_eq!(kept.stream_limits.connections_per_ip, 16);
+    }
+
+    #[test]
+    fn at_most_eight_secrets() {
+        let list = |n: usize| {
+            let v: Vec<String> = (0..n).map(|i| format!("\"s{i}\"")).collect();
+            GOOD.replace(
+                "secrets = [\"s3cret\"]",
+                &format!("secrets = [{}]", v.join(", ")),
+            )
+        };
+        assert_eq!(p(&list(8)).unwrap().secrets.len(), 8);
+        let e = p(&list(9)).unwrap_err();
+        assert_eq!(e.key, "auth.secrets", "{e}");
+        assert!(!e.to_string().contains("s8"), "no value: {e}");
     }
 
     #[test]

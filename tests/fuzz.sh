@@ -56,10 +56,11 @@ for t in "${targets[@]}"; do
     if ! cargo "${tc[@]}" fuzz run "${flags[@]}" "$t" "$corpus" "${extra[@]}" -- \
         "${opts[@]}" 2>"$corpus.log"; then
         echo "error: fuzz target $t failed:" >&2
-        grep -E -A20 "panicked|ERROR|SUMMARY" "$corpus.log" | head -60 >&2
+        # No such line when cargo itself failed: show the end instead.
+        grep -E -A20 "panicked|ERROR|SUMMARY" "$corpus.log" | head -60 >&2 || tail -20 "$corpus.log" >&2
         rc=1
     fi
-    grep -E "stat::number_of_executed_units|stat::average_exec_per_sec" "$corpus.log" | sed "s/^/    /"
+    grep -E "stat::number_of_executed_units|stat::average_exec_per_sec" "$corpus.log" | sed "s/^/    /" || true
     rm -rf "$corpus" "$corpus.log"
 done
 echo "==> fuzzing took $((SECONDS - start)) s"

@@ -43,7 +43,9 @@ use websocket::{Message, close_code};
 pub const MAX_CONNECTIONS: usize = 512;
 /// Bytes queued for one WebSocket client, counting [`MESSAGE_OVERHEAD`]
 /// per message; a client that lets more pile up unread is disconnected.
-pub const OUTBOX_BYTES: usize = 1 << 20;
+/// Four of the largest signaling messages (64 KiB): at most 128 MiB for
+/// [`MAX_CONNECTIONS`] inside the TURN process.
+pub const OUTBOX_BYTES: usize = 256 << 10;
 /// What a queued message costs beyond its payload, so that a flood of
 /// tiny messages is bounded too.
 const MESSAGE_OVERHEAD: usize = 64;
@@ -251,7 +253,7 @@ impl Outgoing {
     }
 }
 
-async fn connection(mut stream: TcpStream, from: SocketAddr, app: &App, slot: Slot) {
+async fn connection(mut stream: TcpStream, from: SocketAddr, app: &App, _slot: Slot) {
     let head = tokio::time::timeout(http::HEAD_TIMEOUT, http::read_head(&mut stream)).await;
     let answer = |r: Response, head_only: bool| async move {
         let mut stream = stream;
@@ -285,9 +287,11 @@ async fn connection(mut stream: TcpStream, from: SocketAddr, app: &App, slot: Sl
             Ok(r) => {
                 if let Some(stream) = answer(r, false).await {
                     tracing::debug!(client = %from, "demo: signaling connected");
-                    // A live WebSocket is never closed to make room; the
-                    // per-client cap and the idle timeout bound them.
-                    slot.set_busy(true);
+                    // A WebSocket stays idle in its slot: when the server
+                    // is full, a newcomer closes the oldest one of the
+                    // client holding the most, so that a few addresses
+                    // that keep theirs alive (they answer pings) cannot
+                    // hold every slot and lock every visitor out.
                     signaling(stream, leftover, app).await;
                 }
             }
@@ -385,6 +389,13 @@ async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
         },
     );
     let mut writer = tokio::spawn(write_loop(wr, rx, queued));
+    // However this ends, also when the task is aborted to make room for
+    // another connection: out of its room and its outbox, writer stopped.
+    let _leave = Leave {
+        id,
+        app,
+        writer: writer.abort_handle(),
+    };
     let mut reader = websocket::Reader::server(rd, leftover, signal::MAX_MESSAGE);
     // Microseconds from `start` to the last complete frame received.
     let start = Instant::now();
@@ -404,10 +415,7 @@ async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
                 Outgoing::Close(close_code::GOING_AWAY, "idle timeout".into()),
             );
         }
-        let out = s.hub.disconnect(id);
-        s.deliver(out);
-        // Dropping the outbox lets the writer finish what is queued and end.
-        s.outboxes.remove(&id);
+        leave(&mut s, id);
     }
     match end {
         End::Writer => {}
@@ -419,6 +427,34 @@ async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
         }
     }
     tracing::debug!(peer = id, "demo: signaling disconnected");
+}
+
+/// Take `id` out of its room (the other member hears `peer-left`) and drop
+/// its outbox, which lets its writer finish what is queued and end. Doing
+/// it twice does nothing.
+fn leave(s: &mut Signal, id: PeerId) {
+    let out = s.hub.disconnect(id);
+    s.deliver(out);
+    s.outboxes.remove(&id);
+}
+
+/// A signaling client's membership, ended when dropped: in the normal end
+/// [`signaling`] has left already and lets the writer flush; when the task
+/// is aborted (evicted to make room) the writer is stopped too.
+struct Leave<'a> {
+    id: PeerId,
+    app: &'a App,
+    writer: tokio::task::AbortHandle,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut s = self.app.signal.lock().unwrap_or_else(|e| e.into_inner());
+        if s.outboxes.contains_key(&self.id) {
+            leave(&mut s, self.id);
+            self.writer.abort();
+        }
+    }
 }
 
 /// Ping a silent client every third of the idle timeout; return once it

@@ -124,7 +124,9 @@ impl Admin {
     /// both) and serve them on the current runtime. An error names the
     /// listener and what went wrong.
     pub async fn start(section: &config::Admin, control: Control) -> std::io::Result<Admin> {
-        let token: Token = Arc::new(RwLock::new(section.token.as_deref().map(digest_str)));
+        let token: Token = Arc::new(RwLock::new(
+            section.token.as_deref().map(|t| digest(t.as_bytes())),
+        ));
         // Made first, so that the socket is removed again if the TCP
         // listener cannot be bound.
         let mut admin = Admin {
@@ -155,7 +157,9 @@ impl Admin {
     /// Apply a reloaded `[admin]`: the new token is required from the next
     /// request on, the old one is refused; no connection is dropped.
     pub fn reload(&self, section: Option<&config::Admin>) {
-        let new = section.and_then(|s| s.token.as_deref()).map(digest_str);
+        let new = section
+            .and_then(|s| s.token.as_deref())
+            .map(|t| digest(t.as_bytes()));
         let mut t = self.token.write().unwrap();
         if *t != new {
             *t = new;
@@ -241,21 +245,17 @@ async fn serve(listener: Listener, token: Token, control: Control) {
         let token = *token.read().unwrap();
         async move {
             if !authorized(&req, token.as_ref()) {
-                static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                if http::sparse(&LAST) {
+                static LAST: http::Sparse = http::Sparse::new();
+                if LAST.due() {
                     tracing::warn!(method = %req.method, path = %req.path, "admin: request without the right token refused; such lines are logged at most every 10 s");
                 }
-                return json_error(401, "missing or wrong bearer token")
+                return Response::json_error(401, "missing or wrong bearer token")
                     .with("WWW-Authenticate", "Bearer realm=\"ferroturn admin\"");
             }
             answer(&req, &control).await
         }
     })
     .await;
-}
-
-fn digest_str(t: &str) -> [u8; 32] {
-    digest(t.as_bytes())
 }
 
 fn digest(b: &[u8]) -> [u8; 32] {
@@ -279,16 +279,8 @@ fn authorized(req: &Request, token: Option<&[u8; 32]>) -> bool {
     digest(given.as_bytes()).ct_eq(want).into()
 }
 
-fn json(status: u16, body: &impl Serialize) -> Response {
-    Response::json(status, body)
-}
-
-fn json_error(status: u16, text: &str) -> Response {
-    Response::json_error(status, text)
-}
-
 fn not_allowed(allow: &str) -> Response {
-    json_error(405, &format!("allowed here: {allow}")).with("Allow", allow.to_owned())
+    Response::json_error(405, &format!("allowed here: {allow}")).with("Allow", allow.to_owned())
 }
 
 /// Route an authorized request.
@@ -305,7 +297,7 @@ async fn answer(req: &Request, control: &Control) -> Response {
                     .map(SessionInfo::from_session)
                     .collect();
                 sessions.sort_by(|a, b| (&a.user, a.relay_port).cmp(&(&b.user, b.relay_port)));
-                json(200, &SessionList { sessions })
+                Response::json(200, &SessionList { sessions })
             }
             _ => not_allowed("GET, HEAD"),
         },
@@ -314,13 +306,13 @@ async fn answer(req: &Request, control: &Control) -> Response {
                 return not_allowed("DELETE");
             }
             let Some(port) = port.parse::<u16>().ok().filter(|&p| p != 0) else {
-                return json_error(400, "a relay port is a number from 1 to 65535");
+                return Response::json_error(400, "a relay port is a number from 1 to 65535");
             };
             if control.close_relay_port(port).await {
                 tracing::info!(relay_port = port, "admin: session closed");
-                json(200, &Closed { closed: 1 })
+                Response::json(200, &Closed { closed: 1 })
             } else {
-                json_error(404, &format!("no session on relay port {port}"))
+                Response::json_error(404, &format!("no session on relay port {port}"))
             }
         }
         ["users", name, "sessions"] => {
@@ -328,13 +320,13 @@ async fn answer(req: &Request, control: &Control) -> Response {
                 return not_allowed("DELETE");
             }
             let Some(user) = percent_decode(name).filter(|u| !u.is_empty()) else {
-                return json_error(400, "the user name must be percent-encoded UTF-8");
+                return Response::json_error(400, "the user name must be percent-encoded UTF-8");
             };
             let closed = control.close_user(&user).await;
             tracing::info!(%user, closed, "admin: sessions of a user closed");
-            json(200, &Closed { closed })
+            Response::json(200, &Closed { closed })
         }
-        _ => json_error(
+        _ => Response::json_error(
             404,
             "no such resource; try GET /sessions, DELETE /sessions/{relay_port}, DELETE /users/{name}/sessions",
         ),

@@ -480,11 +480,13 @@ impl Slots {
     }
 
     /// Connections held now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.table.lock().unwrap().conns.len()
     }
 
     /// Whether no connection is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -538,6 +540,9 @@ pub async fn serve_each<F, Fut>(
 {
     let slots = Slots::new(caps.total, caps.per_peer);
     let hosts: Arc<[String]> = hosts.into();
+    // When this listener last logged a refused Host: its own, so that a
+    // flood at one listener cannot silence another's warning.
+    let last_warned = Arc::new(Sparse::default());
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -554,6 +559,7 @@ pub async fn serve_each<F, Fut>(
         };
         let handler = handler.clone();
         let hosts = hosts.clone();
+        let last_warned = last_warned.clone();
         let id = slot.id();
         let task = tokio::spawn(async move {
             let slot = slot;
@@ -563,9 +569,7 @@ pub async fn serve_each<F, Fut>(
                     let head_only = req.method == "HEAD";
                     match local_host_refusal(&req, &hosts) {
                         Some(refusal) => {
-                            static LAST: std::sync::atomic::AtomicU64 =
-                                std::sync::atomic::AtomicU64::new(0);
-                            if sparse(&LAST) {
+                            if last_warned.due() {
                                 let host = req.header("host").unwrap_or("-");
                                 tracing::warn!(host, path = %req.path, "{name}: request for a foreign Host refused (a web page trying DNS rebinding?); such lines are logged at most every 10 s");
                             }
@@ -592,19 +596,38 @@ pub async fn serve_each<F, Fut>(
     }
 }
 
-/// True at most once every 10 seconds for each `last` (the second it was
-/// last true): a client can send refused requests as fast as it likes, the
-/// log must not follow it.
-pub fn sparse(last: &std::sync::atomic::AtomicU64) -> bool {
-    use std::sync::atomic::Ordering;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let then = last.load(Ordering::Relaxed);
-    now >= then + 10
-        && last
-            .compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+/// Lets a log line through at most once every 10 s, measured on the
+/// monotonic clock (a wall clock stepped back would mute it).
+#[derive(Default)]
+pub struct Sparse {
+    /// When the line was last let through, in seconds after `START`, plus 1
+    /// (0: never).
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Sparse {
+    pub const fn new() -> Sparse {
+        Sparse {
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the line may be logged now (and it counts as logged).
+    pub fn due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+            + 1;
+        let then = self.last.load(Ordering::Relaxed);
+        (then == 0 || now >= then + 10)
+            && self
+                .last
+                .compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// Largest response body [`fetch`] accepts.
@@ -702,6 +725,14 @@ fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sparse_line_passes_once_per_ten_seconds_and_per_owner() {
+        let (a, b) = (Sparse::new(), Sparse::new());
+        assert!(a.due());
+        assert!(!a.due(), "the second within 10 s");
+        assert!(b.due(), "another owner's line is its own");
+    }
 
     #[test]
     fn parses_a_browser_upgrade_head() {

@@ -645,10 +645,7 @@ fn admin_section(
     };
     let address = match &a.address {
         None => None,
-        Some(v) => Some(
-            v.parse::<SocketAddr>()
-                .map_err(|_| err("admin.address", format!("{v:?} is not an IP:PORT address")))?,
-        ),
+        Some(v) => Some(sockaddr(v).map_err(|r| err("admin.address", r))?),
     };
     if let (Some(addr), None) = (address, &token) {
         return Err(err(
@@ -885,10 +882,13 @@ fn hide_values(msg: &str) -> String {
 
 /// Whether `ip` is a loopback address (also as an IPv4-mapped IPv6 one).
 fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => a.is_loopback(),
-        IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
-    }
+    ip.to_canonical().is_loopback()
+}
+
+/// An `IP:PORT` value, or the reason it is not one.
+fn sockaddr(v: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|_| format!("{v:?} is not an IP:PORT address"))
 }
 
 /// Validate configuration `text` as if read from `path`.
@@ -969,12 +969,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     let mut listen = Vec::new();
     for (i, l) in raw.listen.iter().enumerate() {
-        let address: SocketAddr = l.address.parse().map_err(|_| {
-            err(
-                &format!("listen[{i}].address"),
-                format!("{:?} is not an IP:PORT address", l.address),
-            )
-        })?;
+        let address = sockaddr(&l.address).map_err(|r| err(&format!("listen[{i}].address"), r))?;
         let mut entry = Listen {
             address,
             udp: false,
@@ -1272,16 +1267,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         &[("text", LogFormat::Text), ("json", LogFormat::Json)],
     )
     .map_err(|r| err("log.format", r))?;
-    let sockaddr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
-        v.parse()
-            .map_err(|_| err(key, format!("{v:?} is not an IP:PORT address")))
-    };
     let metrics = match &raw.metrics {
         None => None,
-        Some(m) => Some(sockaddr(
-            "metrics.address",
-            m.address.as_deref().unwrap_or("127.0.0.1:9641"),
-        )?),
+        Some(m) => Some(
+            sockaddr(m.address.as_deref().unwrap_or("127.0.0.1:9641"))
+                .map_err(|r| err("metrics.address", r))?,
+        ),
     };
     let mut metrics_hosts = Vec::new();
     for (i, h) in raw
@@ -1312,7 +1303,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     let alternate = match &raw.server.alternate {
         None => None,
-        Some(a) => Some(sockaddr("server.alternate", a)?),
+        Some(a) => Some(sockaddr(a).map_err(|r| err("server.alternate", r))?),
     };
     let drain_timeout = raw.server.drain_timeout.unwrap_or(60);
 
@@ -1326,9 +1317,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let demo = Demo {
         address: match &raw.demo.address {
-            Some(a) => a
-                .parse()
-                .map_err(|_| err("demo.address", format!("{a:?} is not an IP:PORT address")))?,
+            Some(a) => sockaddr(a).map_err(|r| err("demo.address", r))?,
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         },
         credential_ttl: raw.demo.credential_ttl.unwrap_or(3600),

@@ -5,7 +5,10 @@
 //! One engine serves every input of the process (building one per input
 //! cost more than running it): after each input every allocation is
 //! closed and the clock jumps past every reservation and nonce, so the
-//! next input starts from an empty engine.
+//! next input starts from an empty engine. What carries over is only the
+//! clock's value, the harness's nonce cache and the tables' capacity: a
+//! crash found here replays from its saved input alone unless it depends
+//! on one of those (then replay it with the inputs before it).
 #![no_main]
 
 use std::collections::{BTreeMap, HashMap};

@@ -406,9 +406,10 @@ impl Response {
         self
     }
 
-    /// Add UNKNOWN-ATTRIBUTES (RFC 8489 §14.13); callers list at most
-    /// [`MAX_UNKNOWN_LISTED`] types.
-    pub fn unknown(mut self, types: Vec<AttrType>) -> Self {
+    /// Add UNKNOWN-ATTRIBUTES (RFC 8489 §14.13), with at most
+    /// [`MAX_UNKNOWN_LISTED`] types whatever the caller gives.
+    pub fn unknown(mut self, mut types: Vec<AttrType>) -> Self {
+        types.truncate(MAX_UNKNOWN_LISTED);
         UnknownAttributes(types)
             .add_to(&mut self.m)
             .expect("unknown attributes");

@@ -386,7 +386,6 @@ struct Table {
     next: u64,
     /// By id, that is in the order they were let in.
     conns: BTreeMap<u64, Entry>,
-    per_peer: HashMap<Peer, usize>,
 }
 
 struct Entry {
@@ -403,15 +402,18 @@ impl Table {
             .map(|(&id, _)| id)
     }
 
-    fn remove(&mut self, id: u64) -> Option<Entry> {
-        let e = self.conns.remove(&id)?;
-        if let Some(n) = self.per_peer.get_mut(&e.peer) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_peer.remove(&e.peer);
-            }
+    /// Connections of `peer` now (a scan: a listener holds a few hundred).
+    fn held_by(&self, peer: Peer) -> usize {
+        self.conns.values().filter(|e| e.peer == peer).count()
+    }
+
+    /// The peer holding the most connections.
+    fn heaviest(&self) -> Option<Peer> {
+        let mut counts: HashMap<Peer, usize> = HashMap::new();
+        for e in self.conns.values() {
+            *counts.entry(e.peer).or_default() += 1;
         }
-        Some(e)
+        counts.into_iter().max_by_key(|&(_, n)| n).map(|(p, _)| p)
     }
 }
 
@@ -434,10 +436,10 @@ impl Slots {
     /// that is what it takes; `None`: refused, nothing was idle.
     pub fn admit(self: &Arc<Self>, peer: Peer) -> Option<Slot> {
         let mut t = self.table.lock().unwrap();
-        let victim = if t.per_peer.get(&peer).copied().unwrap_or(0) >= self.per_peer {
+        let victim = if t.held_by(peer) >= self.per_peer {
             Some(t.oldest_idle(|p| p == peer)?)
         } else if t.conns.len() >= self.max {
-            let heaviest = t.per_peer.iter().max_by_key(|(_, n)| **n).map(|(p, _)| *p);
+            let heaviest = t.heaviest();
             Some(
                 t.oldest_idle(|p| Some(p) == heaviest)
                     .or_else(|| t.oldest_idle(|_| true))?,
@@ -445,7 +447,9 @@ impl Slots {
         } else {
             None
         };
-        let evicted = victim.and_then(|id| t.remove(id)).and_then(|e| e.abort);
+        let evicted = victim
+            .and_then(|id| t.conns.remove(&id))
+            .and_then(|e| e.abort);
         let id = t.next;
         t.next += 1;
         t.conns.insert(
@@ -456,7 +460,6 @@ impl Slots {
                 abort: None,
             },
         );
-        *t.per_peer.entry(peer).or_default() += 1;
         drop(t);
         if let Some(a) = evicted {
             tracing::debug!("connection closed to make room for another");
@@ -508,7 +511,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.slots.table.lock().unwrap().remove(self.id);
+        self.slots.table.lock().unwrap().conns.remove(&self.id);
     }
 }
 

@@ -2,7 +2,43 @@
 //! port and a channel number from being confused with one another.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// Where a client comes from, as caps and rate limits count it: its IPv4
+/// address (also when it comes IPv4-mapped), or the /64 of its IPv6 one (a
+/// subscriber usually gets a whole /64, so counting addresses would cap
+/// nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    V4(Ipv4Addr),
+    /// The top 64 bits of the address.
+    V6Net(u64),
+}
+
+impl Origin {
+    pub fn of(ip: IpAddr) -> Origin {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => Origin::V4(a),
+            IpAddr::V6(a) => Origin::V6Net((u128::from(a) >> 64) as u64),
+        }
+    }
+
+    /// The /48 of an IPv6 origin (a site: a home's /56 lies in one).
+    pub fn site(self) -> Option<u64> {
+        match self {
+            Origin::V4(_) => None,
+            Origin::V6Net(n) => Some(n >> 16),
+        }
+    }
+
+    /// One number per origin, for hashing (IPv4 and IPv6 never collide).
+    pub fn key(self) -> u128 {
+        match self {
+            Origin::V4(a) => u32::from(a) as u128,
+            Origin::V6Net(n) => (n as u128) << 64 | 1 << 63,
+        }
+    }
+}
 
 /// How a client reaches us: which listener socket (UDP) or which stream
 /// connection (TCP/TLS). Together with the remote address it is the
@@ -88,3 +124,20 @@ impl ChannelNumber {
 /// Handle of an allocation inside one engine; the shell keys relay sockets by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AllocId(pub u32);
+
+#[cfg(test)]
+mod tests {
+    use super::Origin;
+
+    #[test]
+    fn an_origin_is_an_ipv4_address_or_an_ipv6_64() {
+        let o = |s: &str| Origin::of(s.parse().unwrap());
+        assert_eq!(o("::ffff:192.0.2.1"), o("192.0.2.1"));
+        assert_eq!(o("2001:db8:1:2::1"), o("2001:db8:1:2:ffff::9"));
+        assert_ne!(o("2001:db8:1:2::1"), o("2001:db8:1:3::1"));
+        assert_eq!(o("2001:db8:1:2::1").site(), o("2001:db8:1:ff00::1").site());
+        assert_ne!(o("2001:db8:1::1").site(), o("2001:db8:2::1").site());
+        assert_eq!(o("192.0.2.1").site(), None);
+        assert_ne!(o("192.0.2.1").key(), o("::c000:201").key());
+    }
+}

@@ -24,6 +24,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::AbortHandle;
 
+use crate::addr::Origin;
+
 /// Largest request head accepted (request line and headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers accepted.
@@ -320,21 +322,14 @@ pub fn local_host_refusal(req: &Request, also: &[String]) -> Option<Response> {
 /// user id of a process on a Unix socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Peer {
-    V4(Ipv4Addr),
-    V6Net(u64),
+    Net(Origin),
     Uid(u32),
 }
 
 impl Peer {
-    /// The peer of an IP address (IPv4-mapped IPv6 counts as IPv4).
+    /// The peer of an IP address ([`Origin`]).
     pub fn of_ip(ip: IpAddr) -> Peer {
-        match ip {
-            IpAddr::V4(v4) => Peer::V4(v4),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Peer::V4(v4),
-                None => Peer::V6Net((u128::from(v6) >> 64) as u64),
-            },
-        }
+        Peer::Net(Origin::of(ip))
     }
 }
 
@@ -935,7 +930,7 @@ mod tests {
     fn slots_evict_idle_connections_never_busy_ones() {
         let a = Peer::of_ip("127.0.0.1".parse().unwrap());
         let b = Peer::of_ip("::ffff:127.0.0.2".parse().unwrap());
-        assert_eq!(b, Peer::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(b, Peer::Net(Origin::V4(Ipv4Addr::new(127, 0, 0, 2))));
         assert_eq!(
             Peer::of_ip("2001:db8::1".parse().unwrap()),
             Peer::of_ip("2001:db8::2:3".parse().unwrap()),

@@ -40,16 +40,10 @@ pub const USER_NAME: &str = "demo";
 /// name), and the username does not show the address.
 pub fn visitor_name(secret: &str, visitor: IpAddr) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let bytes = match visitor {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => v4.octets().to_vec(),
-            None => a.octets()[..8].to_vec(),
-        },
-    };
+    let origin = crate::addr::Origin::of(visitor).key().to_be_bytes();
     let tag = ring::hmac::sign(
         &key,
-        &[b"ferroturn demo visitor:".as_slice(), &bytes].concat(),
+        &[b"ferroturn demo visitor:".as_slice(), &origin].concat(),
     );
     let hex: String = tag.as_ref()[..4]
         .iter()

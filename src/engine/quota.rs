@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use crate::addr::RelayPort;
+use crate::addr::{Origin, RelayPort};
 use crate::config::Limits;
 
 /// A relay port held for a RESERVATION-TOKEN.
@@ -288,13 +288,7 @@ impl SourceLimiter {
         // An IPv6 source counts by its /64 (one subscriber's prefix), so
         // that spoofing the addresses of a victim's /64 gets no more than
         // one address would; an IPv4-mapped one as its IPv4 address.
-        let v = match ip {
-            IpAddr::V4(a) => u32::from(a) as u128,
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => u32::from(v4) as u128,
-                None => (u128::from(a) >> 64) << 64 | 1 << 63,
-            },
-        };
+        let v = Origin::of(ip).key();
         let folded = (v as u64) ^ ((v >> 64) as u64);
         let h = (folded ^ self.key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let slot = &self.slots[(h >> 40) as usize % SOURCE_SLOTS];

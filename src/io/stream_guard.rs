@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::addr::Origin;
 use crate::config::StreamLimits;
 
 /// Why a stream client was refused or cut short.
@@ -52,9 +53,8 @@ pub const REFUSAL_REASONS: [&str; 6] = [
 /// the server-wide cap at 64 each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
-    V4(u32),
-    V6(u64),
-    V6Site(u64),
+    Origin(Origin),
+    Site(u64),
 }
 
 /// How many per-IP caps a /48 may hold: 16 /64s' worth.
@@ -63,19 +63,11 @@ const SITE_CAPS: u32 = 16;
 impl Source {
     /// The keys of `ip`, each with how many per-IP caps it may hold.
     fn of(ip: IpAddr) -> [Option<(Source, u32)>; 2] {
-        match ip {
-            IpAddr::V4(a) => [Some((Source::V4(a.into()), 1)), None],
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => [Some((Source::V4(v4.into()), 1)), None],
-                None => {
-                    let bits = u128::from(a);
-                    [
-                        Some((Source::V6((bits >> 64) as u64), 1)),
-                        Some((Source::V6Site((bits >> 80) as u64), SITE_CAPS)),
-                    ]
-                }
-            },
-        }
+        let origin = Origin::of(ip);
+        [
+            Some((Source::Origin(origin), 1)),
+            origin.site().map(|s| (Source::Site(s), SITE_CAPS)),
+        ]
     }
 }
 

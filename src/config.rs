@@ -885,6 +885,21 @@ fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
+/// Whether `v` lies in `lo..=hi`; else the reason (`unit` follows the
+/// bounds in it).
+fn between<T: PartialOrd + fmt::Display + Copy>(
+    v: T,
+    lo: T,
+    hi: T,
+    unit: &str,
+) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("must be between {lo} and {hi}{unit}"))
+    }
+}
+
 /// An `IP:PORT` value, or the reason it is not one.
 fn sockaddr(v: &str) -> Result<SocketAddr, String> {
     v.parse()
@@ -1191,12 +1206,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     }
     let nonce_lifetime = raw.auth.nonce_lifetime.unwrap_or(600);
-    if !(10..=86_400).contains(&nonce_lifetime) {
-        return Err(err(
-            "auth.nonce_lifetime",
-            "must be between 10 and 86400 seconds".into(),
-        ));
-    }
+    between(nonce_lifetime, 10, 86_400, " seconds").map_err(|r| err("auth.nonce_lifetime", r))?;
 
     let cidrs = |key: &str, list: &[String]| -> Result<Vec<Cidr>, ConfigError> {
         list.iter()
@@ -1324,24 +1334,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         idle_timeout: raw.demo.idle_timeout.unwrap_or(60),
         connections_per_ip: raw.demo.connections_per_ip.unwrap_or(32),
     };
-    if !(1..=3600).contains(&demo.idle_timeout) {
-        return Err(err(
-            "demo.idle_timeout",
-            "must be between 1 and 3600 seconds".into(),
-        ));
-    }
-    if !(1..=4096).contains(&demo.connections_per_ip) {
-        return Err(err(
-            "demo.connections_per_ip",
-            "must be between 1 and 4096".into(),
-        ));
-    }
-    if !(60..=86_400).contains(&demo.credential_ttl) {
-        return Err(err(
-            "demo.credential_ttl",
-            "must be between 60 and 86400 seconds".into(),
-        ));
-    }
+    between(demo.idle_timeout, 1, 3600, " seconds").map_err(|r| err("demo.idle_timeout", r))?;
+    between(demo.connections_per_ip, 1, 4096, "").map_err(|r| err("demo.connections_per_ip", r))?;
+    between(demo.credential_ttl, 60, 86_400, " seconds")
+        .map_err(|r| err("demo.credential_ttl", r))?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -1395,24 +1391,11 @@ fn stream_limits(l: &RawLimits) -> Result<StreamLimits, (&'static str, String)> 
         queue_bytes: l.stream_queue_bytes.unwrap_or(d.queue_bytes),
         connections: l.stream_connections.unwrap_or(d.connections),
     };
-    if !(1..=1 << 20).contains(&s.connections) {
-        return Err((
-            "limits.stream_connections",
-            "must be between 1 and 1048576".into(),
-        ));
-    }
-    if !(1..=300).contains(&s.message_timeout) {
-        return Err((
-            "limits.stream_message_timeout",
-            "must be between 1 and 300 seconds".into(),
-        ));
-    }
-    if !(1..=3600).contains(&s.allocation_timeout) {
-        return Err((
-            "limits.stream_allocation_timeout",
-            "must be between 1 and 3600 seconds".into(),
-        ));
-    }
+    between(s.connections, 1, 1 << 20, "").map_err(|r| ("limits.stream_connections", r))?;
+    between(s.message_timeout, 1, 300, " seconds")
+        .map_err(|r| ("limits.stream_message_timeout", r))?;
+    between(s.allocation_timeout, 1, 3600, " seconds")
+        .map_err(|r| ("limits.stream_allocation_timeout", r))?;
     if s.connections_per_ip != 0
         && (s.tls_handshakes_per_ip == 0 || s.tls_handshakes_per_ip > s.connections_per_ip)
     {
@@ -1424,12 +1407,8 @@ fn stream_limits(l: &RawLimits) -> Result<StreamLimits, (&'static str, String)> 
             ),
         ));
     }
-    if !(4096..=16 << 20).contains(&s.queue_bytes) {
-        return Err((
-            "limits.stream_queue_bytes",
-            "must be between 4096 and 16777216 bytes".into(),
-        ));
-    }
+    between(s.queue_bytes, 4096, 16 << 20, " bytes")
+        .map_err(|r| ("limits.stream_queue_bytes", r))?;
     Ok(s)
 }
 

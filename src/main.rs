@@ -350,10 +350,12 @@ fn password(
         let bare = user
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        // A quoted key otherwise, escaped by TOML's rules (JSON's leave
+        // DEL raw, which TOML refuses).
         let name = if bare {
             user.to_owned()
         } else {
-            json_string(user)
+            toml::Value::String(user.to_owned()).to_string()
         };
         println!("{name} = {{ md5 = \"{md5}\", sha256 = \"{sha256}\" }}");
     } else {

@@ -273,6 +273,17 @@ fn credentials_take_the_secret_from_a_file_or_the_environment() {
 }
 
 #[test]
+fn a_user_name_that_is_no_bare_key_is_quoted_for_toml() {
+    let user = "o'brien \"x\" \u{7f}";
+    let args = ["password", "--user", user, "--realm", "r", "--toml"];
+    let out = ferroturn_with(&args, "pw\n", &[]);
+    assert_success(&out);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let table: toml::Table = line.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+    assert!(table.contains_key(user), "{line}");
+}
+
+#[test]
 fn password_prints_the_long_term_keys() {
     // echo -n bob:example.org:0xmad hatter | md5sum (and sha256sum);
     // `turnadmin -k -u bob -r example.org -p '0xmad hatter'` prints the same.

@@ -52,6 +52,25 @@ impl StaticUser {
         }
     }
 
+    /// The keys of this credential for `username` in `realm`: a password
+    /// turned into both keys once, so that a request costs no key
+    /// derivation and the running server holds no password.
+    fn derived(&self, username: &str, realm: &str) -> StaticUser {
+        match self {
+            StaticUser::Password(p) => StaticUser::Keys {
+                md5: match Key::md5(username, realm, p) {
+                    Key::Md5(k) => Some(k),
+                    Key::Sha256(_) => None,
+                },
+                sha256: match Key::sha256(username, realm, p) {
+                    Key::Sha256(k) => Some(k),
+                    Key::Md5(_) => None,
+                },
+            },
+            keys => keys.clone(),
+        }
+    }
+
     /// Whether this is the credential `password` of `username` in `realm`,
     /// however it is written.
     pub fn is(&self, username: &str, realm: &str, password: &str) -> bool {
@@ -99,7 +118,7 @@ impl std::fmt::Debug for Redacted {
 pub struct Credentials {
     realm: String,
     secrets: Vec<Vec<u8>>,
-    /// Static users and their passwords or keys.
+    /// Static users and their keys (passwords are turned into keys here).
     users: BTreeMap<String, StaticUser>,
     /// USERHASH (SHA-256 of `username:realm`) of each static user.
     userhashes: BTreeMap<[u8; 32], String>,
@@ -131,7 +150,10 @@ impl Credentials {
         Credentials {
             realm: realm.to_owned(),
             secrets: secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            users: users.clone(),
+            users: users
+                .iter()
+                .map(|(u, c)| (u.clone(), c.derived(u, realm)))
+                .collect(),
             userhashes: users
                 .keys()
                 .map(|u| (userhash(u, realm), u.clone()))
@@ -436,6 +458,28 @@ mod tests {
         assert!(body.starts_with('0') && !c.nonce_valid(&plus, 1000, a));
         let upper = format!("{NONCE_COOKIE}{}", body.to_ascii_uppercase());
         assert!(c.nonce_valid(&upper, 1000, a));
+    }
+
+    #[test]
+    fn passwords_become_keys_once() {
+        let mut users = BTreeMap::new();
+        users.insert("alice".to_string(), StaticUser::from("wonderland"));
+        let c = Credentials::new("r", &[], &users, b"k", 600);
+        assert!(matches!(
+            c.users["alice"],
+            StaticUser::Keys {
+                md5: Some(_),
+                sha256: Some(_)
+            }
+        ));
+        assert_eq!(
+            c.keys("alice", ALGORITHM_MD5, 0),
+            [Key::md5("alice", "r", "wonderland")]
+        );
+        assert_eq!(
+            c.keys("alice", ALGORITHM_SHA256, 0),
+            [Key::sha256("alice", "r", "wonderland")]
+        );
     }
 
     #[test]

@@ -121,9 +121,12 @@ pub fn parse(packet: &[u8]) -> Result<Message, Malformed> {
     if !header_ok(packet) {
         return Err(Malformed::Header);
     }
-    count_attributes(&packet[20..])?;
+    let n = count_attributes(&packet[20..])?;
+    // The crate's decode clears the list and pushes each attribute: room
+    // for all of them at once.
     let mut m = Message {
         raw: packet.to_vec(),
+        attributes: stun::attributes::Attributes(Vec::with_capacity(n)),
         ..Default::default()
     };
     m.decode().map_err(|_| Malformed::Truncated)?;

@@ -257,25 +257,49 @@ pub fn key_hex(key: &Key) -> String {
 
 /// Append `bytes` as lower-case hex digits.
 fn push_hex(s: &mut String, bytes: &[u8]) {
-    use std::fmt::Write;
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    s.reserve(2 * bytes.len());
+    for &b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
     }
 }
+
+/// Each byte's value as a hex digit (either case), or 0x10 for any other
+/// byte: OR-ing the values of a whole string tells at once whether every
+/// byte was a digit (a nonce is checked on every signed request; a test
+/// per character cost more than its HMAC).
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0x10u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Fill `out` from `s`, exactly two hex digits a byte (either case) and
 /// nothing else (`from_str_radix` alone would take a `+` sign); false if
 /// `s` is anything else.
 fn hex_bytes(s: &str, out: &mut [u8]) -> bool {
     let d = s.as_bytes();
-    if d.len() != 2 * out.len() || !d.iter().all(u8::is_ascii_hexdigit) {
+    if d.len() != 2 * out.len() {
         return false;
     }
-    let val = |c: u8| (c as char).to_digit(16).expect("a hex digit") as u8;
-    for (o, pair) in out.iter_mut().zip(d.chunks(2)) {
-        *o = val(pair[0]) << 4 | val(pair[1]);
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(d.chunks_exact(2)) {
+        let (hi, lo) = (HEX_VALUE[pair[0] as usize], HEX_VALUE[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = hi << 4 | lo;
     }
-    true
+    bad & 0x10 == 0
 }
 
 /// The bytes of a `0x…` key of exactly `N` bytes (`2 * N` hex digits,
@@ -489,5 +513,21 @@ mod tests {
         assert_eq!(parse_key_hex::<2>("0xa1b"), None);
         assert_eq!(parse_key_hex::<2>("a1b2"), None);
         assert_eq!(parse_key_hex::<1>("0xé"), None);
+        // Every byte value round-trips, and every character that is no
+        // hex digit, in either place of a pair, is refused.
+        let all: Vec<u8> = (0..=255).collect();
+        let mut s = String::new();
+        push_hex(&mut s, &all);
+        assert_eq!(s.len(), 512);
+        let mut back = [0u8; 256];
+        assert!(hex_bytes(&s, &mut back));
+        assert_eq!(&back[..], &all[..]);
+        assert!(hex_bytes(&s.to_uppercase(), &mut back));
+        assert_eq!(&back[..], &all[..]);
+        for c in (0u8..128).filter(|c| !c.is_ascii_hexdigit()) {
+            let c = c as char;
+            assert_eq!(parse_key_hex::<1>(&format!("0x{c}0")), None, "{c:?}");
+            assert_eq!(parse_key_hex::<1>(&format!("0x0{c}")), None, "{c:?}");
+        }
     }
 }

@@ -172,7 +172,10 @@ fn the_dashboard_json_is_importable() {
     assert!(schema >= 36, "schemaVersion {schema}");
     assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty()), "uid");
     assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "title");
-    assert!(d["id"].is_null(), "id must be null so that import makes one");
+    assert!(
+        d["id"].is_null(),
+        "id must be null so that import makes one"
+    );
 
     // The data source is picked by a variable, so that the file imports on
     // any Grafana (and provisions) without editing.
@@ -186,7 +189,10 @@ fn the_dashboard_json_is_importable() {
         assert_eq!(v["multi"], true, "{name}");
         assert_eq!(v["includeAll"], true, "{name}");
         let def = v["definition"].as_str().expect("definition");
-        assert_eq!(v["query"]["query"], def, "{name}: query and definition differ");
+        assert_eq!(
+            v["query"]["query"], def,
+            "{name}: query and definition differ"
+        );
         assert_eq!(label_values(def).1, name);
     }
 
@@ -202,8 +208,10 @@ fn the_dashboard_json_is_importable() {
         assert!(ids.insert(id), "id {id} twice");
         assert!(uses_the_variable(&p["datasource"]), "{title}: datasource");
         let g = &p["gridPos"];
-        let [h, w, x, y] = ["h", "w", "x", "y"]
-            .map(|k| g[k].as_u64().unwrap_or_else(|| panic!("{title}: gridPos.{k}")));
+        let [h, w, x, y] = ["h", "w", "x", "y"].map(|k| {
+            g[k].as_u64()
+                .unwrap_or_else(|| panic!("{title}: gridPos.{k}"))
+        });
         assert!(h > 0 && w > 0 && x + w <= GRID_COLUMNS, "{title}: {g}");
         for &(bx, by, bw, bh, other) in &boxes {
             let apart = x + w <= bx || bx + bw <= x || y + h <= by || by + bh <= y;
@@ -225,7 +233,10 @@ fn the_dashboard_json_is_importable() {
                 .matches("{job=~\"$job\", instance=~\"$instance\"}")
                 .count();
             assert!(metrics > 0, "{title}/{r}: no ferroturn metric");
-            assert_eq!(metrics, selected, "{title}/{r}: unselected metric in {expr}");
+            assert_eq!(
+                metrics, selected,
+                "{title}/{r}: unselected metric in {expr}"
+            );
         }
     }
     for (panel, r, _) in MAY_BE_ZERO {
@@ -410,10 +421,7 @@ impl Turn {
             workers: Some(2),
             // Batch: every UDP thread shows in udp_batch_threads.
             udp_scheduling: Some("batch"),
-            users: vec![
-                (USER.into(), PASSWORD.into()),
-                (BOB.0.into(), BOB.1.into()),
-            ],
+            users: vec![(USER.into(), PASSWORD.into()), (BOB.0.into(), BOB.1.into())],
             limits: vec![
                 ("allocations_per_user", "2".into()),
                 ("packet_rate", PACKET_RATE.to_string()),
@@ -667,7 +675,12 @@ fn every_panel_query_finds_data_in_a_live_server() {
     for t in &all {
         let expr = expand(&t.expr, &vars);
         let found = prometheus.vector(&expr, time);
-        assert!(!found.is_empty(), "{}/{}: no series for {expr}", t.panel, t.ref_id);
+        assert!(
+            !found.is_empty(),
+            "{}/{}: no series for {expr}",
+            t.panel,
+            t.ref_id
+        );
         for (m, v) in &found {
             assert!(v.is_finite(), "{}/{}: {m} is {v}", t.panel, t.ref_id);
         }
@@ -679,7 +692,11 @@ fn every_panel_query_finds_data_in_a_live_server() {
             zero.push(format!("{}/{}: {expr} = {found:?}", t.panel, t.ref_id));
         }
     }
-    assert!(zero.is_empty(), "queries without a value above 0:\n{}", zero.join("\n"));
+    assert!(
+        zero.is_empty(),
+        "queries without a value above 0:\n{}",
+        zero.join("\n")
+    );
 
     // Drain: the draining queries turn 1 (the allocations still held keep
     // the server up for drain_timeout, 60 s).

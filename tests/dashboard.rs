@@ -588,8 +588,8 @@ fn workload(s: &Turn, echo: &EchoPeer) {
     assert_eq!(wire::error_code(&r), None, "Refresh 0");
 }
 
-/// Wait (at most 30 s) until Prometheus's sum of the server's counters is
-/// what `/metrics` shows now; `time` is the moment it was.
+/// Wait (at most 30 s) until Prometheus's sum of the server's counters
+/// reaches what `/metrics` shows once settled; the moment it did.
 fn caught_up(p: &Prometheus, s: &Turn) -> f64 {
     // The server's own count first settles (echoes still in flight).
     let mut want = counter_sum(&s.scrape());
@@ -606,7 +606,8 @@ fn caught_up(p: &Prometheus, s: &Turn) -> f64 {
     loop {
         let t = unix_now();
         let got = p.vector(&expr, t).first().map(|(_, v)| *v);
-        if got == Some(want) {
+        // Counters only grow: at least the settled sum is the workload.
+        if got.is_some_and(|g| g >= want) {
             return t;
         }
         assert!(
@@ -622,6 +623,7 @@ fn every_panel_query_finds_data_in_a_live_server() {
     let d = dashboard();
     let server = Turn::start();
     let echo = EchoPeer::start();
+    let started = Instant::now();
     let prometheus = Prometheus::start(server.metrics);
     let instance = server.metrics.to_string();
 
@@ -633,8 +635,14 @@ fn every_panel_query_finds_data_in_a_live_server() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    let first_scrape = started.elapsed();
     workload(&server, &echo);
+    let worked = started.elapsed();
     let time = caught_up(&prometheus, &server);
+    eprintln!(
+        "first scrape at {first_scrape:.1?}, workload done at {worked:.1?}, prometheus caught up at {:.1?}",
+        started.elapsed()
+    );
 
     // Every metric family the server exports is on some panel.
     let all: Vec<Target> = targets(&d);
@@ -696,6 +704,11 @@ fn every_panel_query_finds_data_in_a_live_server() {
         zero.is_empty(),
         "queries without a value above 0:\n{}",
         zero.join("\n")
+    );
+    eprintln!(
+        "{} queries on {} panels: every one found series",
+        all.len(),
+        panels(&d).len()
     );
 
     // Drain: the draining queries turn 1 (the allocations still held keep

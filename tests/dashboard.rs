@@ -355,17 +355,23 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- prometheus log (last {} lines) ----", tail.len());
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-            eprintln!("---- end of prometheus log ----");
+        stop(&mut self.child, "prometheus", &self.log);
+    }
+}
+
+/// Kill `child`; if the test is failing, print the end of its log so that
+/// the failure explains itself.
+fn stop(child: &mut Child, name: &str, log: &Path) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if std::thread::panicking() {
+        let log = fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        eprintln!("---- {name} log (last {} lines) ----", tail.len());
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
         }
+        eprintln!("---- end of {name} log ----");
     }
 }
 
@@ -469,17 +475,7 @@ impl Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("---- ferroturn log (last {} lines) ----", tail.len());
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-            eprintln!("---- end of ferroturn log ----");
-        }
+        stop(&mut self.child, "ferroturn", &self.log);
     }
 }
 

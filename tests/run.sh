@@ -13,11 +13,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # systemd (systemd-analyze, systemd-sysusers) and strace: tests/systemd.rs
 # checks the unit and the server's system calls; openssl: tests/tls.rs makes
 # certificates and probes TLS versions.
+# prometheus: tests/dashboard.rs runs the Grafana dashboard's queries in it.
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
           iptables:/usr/sbin/iptables iproute2:/usr/sbin/ip \
-          systemd:/usr/bin/systemd-analyze strace:/usr/bin/strace openssl:/usr/bin/openssl; do
+          systemd:/usr/bin/systemd-analyze strace:/usr/bin/strace openssl:/usr/bin/openssl \
+          prometheus:/usr/bin/prometheus; do
     [ -x "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -28,7 +30,7 @@ if [ ${#need[@]} -gt 0 ]; then
     $S env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi
 for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedriver iptables ip \
-         systemd-analyze strace openssl; do
+         systemd-analyze strace openssl prometheus; do
     command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing packages" >&2; exit 1; }
 done
 

@@ -523,6 +523,9 @@ pub fn man_page(version: &str) -> String {
             "File Formats",
         ],
     );
+    // Neither hyphenate nor stretch: key names and paths stay whole.
+    r.control("nh", []);
+    r.control("ad", ["l"]);
     r.control("SH", ["NAME"]);
     r.text([roman(
         "ferroturn.toml - configuration file of the ferroturn STUN/TURN server",

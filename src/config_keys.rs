@@ -6,6 +6,10 @@
 //! key is accepted but not listed here (or listed but not accepted), when a
 //! listed default is not what the parser uses, and when the README or
 //! `config.toml` leaves a key out. A key is documented once, here.
+//!
+//! To add a key: add its field to the parser, its row to [`KEYS`], a line
+//! (set or commented out) to `config.toml`, then run `cargo test --lib
+//! config_keys`, which prints the README table to paste when it differs.
 
 use clap_mangen::roff::{Roff, bold, italic, roman};
 
@@ -92,7 +96,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         "demo",
-        "The signaling demo's web server (`ferroturn demo`).",
+        "The signaling demo's web server (`ferroturn demo`, which reads the file once: it has no reload).",
     ),
 ];
 
@@ -147,21 +151,21 @@ pub const KEYS: &[Key] = &[
         name: "address",
         kind: "string",
         default: Required,
-        doc: "`IP:PORT` to listen on, IPv4 or IPv6 (`\"[::]:3478\"`).",
+        doc: "`IP:PORT` to listen on, IPv4 or IPv6 (`\"[::]:3478\"`). Needs a restart.",
     },
     Key {
         section: "listen",
         name: "transports",
         kind: "array of strings",
         default: Required,
-        doc: "`\"udp\"`, `\"tcp\"`, `\"tls\"`; `\"tcp\"` and `\"tls\"` cannot share an entry.",
+        doc: "`\"udp\"`, `\"tcp\"`, `\"tls\"`; `\"tcp\"` and `\"tls\"` cannot share an entry. Needs a restart.",
     },
     Key {
         section: "listen",
         name: "turn",
         kind: "boolean",
         default: Value("true"),
-        doc: "`false` makes a STUN-only listener: Binding is answered, TURN requests get 400. A server whose listeners are all STUN-only needs no `[auth]`.",
+        doc: "`false` makes a STUN-only listener: Binding is answered, TURN requests get 400. A server whose listeners are all STUN-only needs no `[auth]`. Needs a restart.",
     },
     Key {
         section: "listen",
@@ -182,42 +186,42 @@ pub const KEYS: &[Key] = &[
         name: "address",
         kind: "string",
         default: Value("\"0.0.0.0\""),
-        doc: "IPv4 address relay sockets bind to.",
+        doc: "IPv4 address relay sockets bind to. Needs a restart.",
     },
     Key {
         section: "relay",
         name: "public_address",
         kind: "string",
         default: Unset("`relay.address`"),
-        doc: "What XOR-RELAYED-ADDRESS tells clients; required when `relay.address` is unspecified (`0.0.0.0`): this host's public IP behind 1:1 NAT.",
+        doc: "What XOR-RELAYED-ADDRESS tells clients; required when `relay.address` is unspecified (`0.0.0.0`): this host's public IP behind 1:1 NAT. Needs a restart.",
     },
     Key {
         section: "relay",
         name: "ports",
         kind: "string",
         default: Value("\"49152-65535\""),
-        doc: "Relay port range `START-END`, inclusive; open it (UDP) in the firewall.",
+        doc: "Relay port range `START-END`, inclusive; open it (UDP) in the firewall. Needs a restart.",
     },
     Key {
         section: "relay",
         name: "address_v6",
         kind: "string",
         default: Unset("none"),
-        doc: "IPv6 address relay sockets bind to; enables IPv6 relays (REQUESTED-ADDRESS-FAMILY, ADDITIONAL-ADDRESS-FAMILY).",
+        doc: "IPv6 address relay sockets bind to; enables IPv6 relays (REQUESTED-ADDRESS-FAMILY, ADDITIONAL-ADDRESS-FAMILY). Needs a restart.",
     },
     Key {
         section: "relay",
         name: "public_address_v6",
         kind: "string",
         default: Unset("`relay.address_v6`"),
-        doc: "Advertised IPv6 relay address; required when `relay.address_v6` is unspecified (`::`).",
+        doc: "Advertised IPv6 relay address; required when `relay.address_v6` is unspecified (`::`). Needs a restart.",
     },
     Key {
         section: "relay",
         name: "default_family",
         kind: "string",
         default: Value("\"ipv4\""),
-        doc: "Relay family of an Allocate without REQUESTED-ADDRESS-FAMILY: `\"ipv4\"` (RFC 8656) or `\"same-as-client\"`.",
+        doc: "Relay family of an Allocate without REQUESTED-ADDRESS-FAMILY: `\"ipv4\"` (RFC 8656) or `\"same-as-client\"`. Needs a restart.",
     },
     Key {
         section: "auth",
@@ -294,7 +298,7 @@ pub const KEYS: &[Key] = &[
         name: "allocations_per_user",
         kind: "integer",
         default: Value("10"),
-        doc: "Allocations one user (static or REST name) may hold at once; 486 beyond.",
+        doc: "Allocations one user (static or REST name) may hold at once; 486 beyond; at least 1.",
     },
     Key {
         section: "limits",
@@ -308,14 +312,14 @@ pub const KEYS: &[Key] = &[
         name: "permissions_per_allocation",
         kind: "integer",
         default: Value("10"),
-        doc: "Permissions per allocation; 508 beyond.",
+        doc: "Permissions per allocation; 508 beyond; at least 1.",
     },
     Key {
         section: "limits",
         name: "channels_per_allocation",
         kind: "integer",
         default: Value("10"),
-        doc: "Channels per allocation; 508 beyond; at most 4096.",
+        doc: "Channels per allocation; 508 beyond; 1–4096.",
     },
     Key {
         section: "limits",
@@ -427,7 +431,7 @@ pub const KEYS: &[Key] = &[
         name: "token",
         kind: "string",
         default: Unset("none"),
-        doc: "Bearer token every admin request must carry (`Authorization: Bearer TOKEN`); required with `admin.address`; printable ASCII. A reload rotates it.",
+        doc: "Bearer token every admin request must carry (`Authorization: Bearer TOKEN`); required with `admin.address`; printable ASCII without spaces. A reload rotates it.",
     },
     Key {
         section: "demo",

@@ -538,6 +538,7 @@ pub struct Relay {
 /// A validated configuration. Its `Debug` shows how many secrets there
 /// are and which users, never a secret, password, key or token.
 #[derive(Clone)]
+#[cfg_attr(test, derive(PartialEq))]
 pub struct Config {
     pub path: PathBuf,
     pub realm: String,
@@ -904,6 +905,28 @@ fn between<T: PartialOrd + fmt::Display + Copy>(
 fn sockaddr(v: &str) -> Result<SocketAddr, String> {
     v.parse()
         .map_err(|_| format!("{v:?} is not an IP:PORT address"))
+}
+
+/// The keys [`parse`] accepts, table by table: serde's field list of each
+/// raw struct, which `deny_unknown_fields` holds files to. `config_keys`'
+/// tests compare them with the reference table.
+#[cfg(test)]
+pub(crate) fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    use crate::config_keys::fields_of as f;
+    vec![
+        ("", f::<RawConfig>()),
+        ("server", f::<RawServer>()),
+        ("listen", f::<RawListen>()),
+        ("relay", f::<RawRelay>()),
+        ("auth", f::<RawAuth>()),
+        ("peers", f::<RawPeers>()),
+        ("allocation", f::<RawAllocation>()),
+        ("limits", f::<RawLimits>()),
+        ("log", f::<RawLog>()),
+        ("metrics", f::<RawMetrics>()),
+        ("admin", f::<RawAdmin>()),
+        ("demo", f::<RawDemo>()),
+    ]
 }
 
 /// Validate configuration `text` as if read from `path`.

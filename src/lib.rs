@@ -5,6 +5,8 @@
 //! - [`addr`]: newtypes that give addresses, ports and channel numbers their meaning.
 //! - [`policy`]: which peer addresses a client may reach.
 //! - [`auth`]: long-term credentials, TURN REST API credentials and the stateless nonce.
+//! - [`config_keys`]: the reference table of every configuration key, which the
+//!   man page and README are written from and [`config`]'s tests hold the parser to.
 //! - [`config`]: the TOML schema, its validation and the derived runtime settings.
 //! - [`engine`]: the sans-IO protocol state machine.
 //! - [`io`]: the tokio shell that feeds the engine with sockets and timers.
@@ -17,6 +19,7 @@ pub mod addr;
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod config_keys;
 pub mod daemon;
 pub mod demo;
 pub mod engine;

@@ -1,21 +1,30 @@
 //! The `ferroturn` command: run the server, check a config, mint credentials,
-//! derive static users' keys.
+//! derive static users' keys, talk to the admin API, and print its own
+//! manual pages and shell completions (from these same definitions, so
+//! that they cannot drift from `--help`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum, ValueHint};
 
 #[derive(Parser)]
 #[command(
     name = "ferroturn",
     version,
-    about = "A STUN/TURN server (RFC 8489, RFC 8656)"
+    about = "A STUN/TURN server (RFC 8489, RFC 8656)",
+    long_about = "A STUN/TURN server (RFC 8489, RFC 8656) for WebRTC: it answers STUN Binding \
+requests, so that clients learn their public address, and relays media through TURN \
+allocations over UDP, TCP and TLS, with long-term and TURN REST API credentials.
+
+Without a command it runs the server on --config FILE (see ferroturn.toml(5)). The \
+commands check a configuration, mint credentials, derive static users' keys, list and \
+close the sessions of a running server, and print this manual and shell completions."
 )]
 struct Cli {
     /// Configuration file (TOML); runs the server when no command is given.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, value_name = "FILE", value_hint = ValueHint::FilePath)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -37,7 +46,7 @@ enum Command {
         /// A file holding the shared secret: its first line, without surrounding blanks.
         /// Without it or --secret: $FERROTURN_SECRET, else the first of [auth]
         /// secrets in --config.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
         secret_file: Option<PathBuf>,
         /// Name after the expiry in the username.
         #[arg(long, default_value = "user")]
@@ -52,9 +61,10 @@ enum Command {
         #[arg(long = "url")]
         urls: Vec<String>,
     },
-    /// Print a static user's long-term key (RFC 8489 §9.2.2) to write in
-    /// [auth] users instead of the password, as `turnadmin -k` does. The
-    /// password is read from stdin (prompted for on a terminal).
+    /// Print a static user's long-term key, to write in [auth] users instead of the password.
+    ///
+    /// The key is the one of RFC 8489 §9.2.2, as `turnadmin -k` prints it.
+    /// The password is read from stdin (prompted for on a terminal).
     Password {
         /// The user name.
         #[arg(long)]
@@ -76,7 +86,7 @@ enum Command {
         #[arg(long, value_name = "ADDR|SOCKET")]
         admin: Option<String>,
         /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
-        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        #[arg(long, value_name = "FILE", conflicts_with = "token", value_hint = ValueHint::FilePath)]
         token_file: Option<PathBuf>,
         /// Bearer token (visible to other users in ps: prefer --token-file).
         #[arg(long)]
@@ -101,12 +111,43 @@ enum Command {
         #[arg(long, value_name = "ADDR|SOCKET")]
         admin: Option<String>,
         /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
-        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        #[arg(long, value_name = "FILE", conflicts_with = "token", value_hint = ValueHint::FilePath)]
         token_file: Option<PathBuf>,
         /// Bearer token (visible to other users in ps: prefer --token-file).
         #[arg(long)]
         token: Option<String>,
     },
+    /// Print a manual page (roff) on stdout, or write both into a directory.
+    ///
+    /// ferroturn(1) describes the commands, ferroturn.toml(5) every
+    /// configuration key. `ferroturn man | man -l -` shows the first; a
+    /// package installs the files --dir writes.
+    Man {
+        /// Which page: 1, the commands; 5, the configuration keys.
+        #[arg(long, default_value = "1", value_parser = ["1", "5"], conflicts_with = "dir")]
+        section: String,
+        /// Write both pages into DIR, as ferroturn.1 and ferroturn.toml.5, instead.
+        #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the completion script for bash, zsh or fish on stdout.
+    ///
+    /// bash: save it as /usr/share/bash-completion/completions/ferroturn;
+    /// zsh: as _ferroturn in a directory of $fpath (e.g.
+    /// /usr/share/zsh/vendor-completions); fish: as
+    /// /usr/share/fish/vendor_completions.d/ferroturn.fish.
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+}
+
+/// The shells `ferroturn completions` writes for.
+#[derive(Clone, Copy, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -367,6 +408,21 @@ fn password(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
+        Command::Man { section, dir } => man(&section, dir.as_ref()),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            let mut out = std::io::stdout();
+            let generator = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(generator, &mut cmd, "ferroturn", &mut out);
+            if let Shell::Fish = shell {
+                print!("{}", fish_positionals(&cmd));
+            }
+            ExitCode::SUCCESS
+        }
         Command::Run => serve(cli.config.as_ref(), "run", ferroturn::daemon::run),
         Command::Demo => serve(cli.config.as_ref(), "demo", ferroturn::demo::run),
         Command::Check => match load(cli.config.as_ref(), "check") {
@@ -486,6 +542,196 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// roff lines that clap_mangen rendered, without the string definitions
+/// (`.ie`/`.el`) each of its calls starts with, and without `.SH`
+/// headings when `heading` is false (a subcommand's part of COMMANDS).
+fn mangen_lines(render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>, heading: bool) -> String {
+    let mut buf = Vec::new();
+    render(&mut buf).expect("writing to a Vec");
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .filter(|l| !l.starts_with(".ie \\n(.g ") && !l.starts_with(".el .ds Aq "))
+        .filter(|l| heading || !l.starts_with(".SH "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The manual page ferroturn(1): the global options, then every command
+/// with its synopsis, description and options (one page, so that `man
+/// ferroturn` shows all of it), then what the commands share.
+fn man_page_1() -> String {
+    use clap_mangen::roff::{Roff, bold, roman};
+    let mut cmd = Cli::command();
+    cmd.build();
+    let version = env!("CARGO_PKG_VERSION");
+    let root = clap_mangen::Man::new(cmd.clone());
+    let mut title = Roff::new();
+    title.control(
+        "TH",
+        [
+            "FERROTURN",
+            "1",
+            "\"\"",
+            &format!("ferroturn {version}"),
+            "User Commands",
+        ],
+    );
+    // Neither hyphenate nor stretch: options and paths stay whole.
+    title.control("nh", []).control("ad", ["l"]);
+    let mut page = title.render();
+    page += &mangen_lines(|w| root.render_name_section(w), true);
+    page += &mangen_lines(|w| root.render_synopsis_section(w), true);
+    page += &mangen_lines(|w| root.render_description_section(w), true);
+    page += &mangen_lines(|w| root.render_options_section(w), true);
+    page += ".SH COMMANDS\n";
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        let man = clap_mangen::Man::new(sub.clone());
+        let mut heading = Roff::new();
+        heading.control("SS", [format!("ferroturn {}", sub.get_name()).as_str()]);
+        page += &mangen_lines(|w| heading.to_writer(w), false);
+        page += &mangen_lines(|w| man.render_synopsis_section(w), false);
+        page += ".PP\n";
+        page += &mangen_lines(|w| man.render_description_section(w), false);
+        page += &mangen_lines(|w| man.render_options_section(w), false);
+    }
+    let mut r = Roff::new();
+    let entries = |r: &mut Roff, title: &str, items: &[(&str, &str)]| {
+        r.control("SH", [title]);
+        for (term, text) in items {
+            r.control("TP", []);
+            r.text([bold(*term)]);
+            r.text([roman(*text)]);
+        }
+    };
+    entries(
+        &mut r,
+        "SIGNALS",
+        &[
+            (
+                "SIGHUP",
+                "Reload: read the configuration file again and apply it without dropping a session (secrets, users, peers, limits, log level, TLS certificates, admin token); an invalid file is refused and the running configuration stays.",
+            ),
+            (
+                "SIGTERM",
+                "Drain: refuse new allocations, let existing ones run until they end or [server] drain_timeout passes, then exit. A second SIGTERM stops at once.",
+            ),
+            ("SIGINT", "Stop at once, closing every allocation."),
+        ],
+    );
+    entries(
+        &mut r,
+        "ENVIRONMENT",
+        &[
+            (
+                SECRET_ENV,
+                "The shared secret for ferroturn credentials, when neither --secret-file nor --secret is given.",
+            ),
+            (
+                ferroturn::admin::client::TOKEN_ENV,
+                "The admin API's bearer token for ferroturn sessions and ferroturn kill, when neither --token-file nor --token is given.",
+            ),
+            (
+                "RUST_LOG",
+                "Overrides [log] level (also on reload), e.g. ferroturn=debug.",
+            ),
+        ],
+    );
+    entries(
+        &mut r,
+        "FILES",
+        &[
+            (
+                "/etc/ferroturn/config.toml",
+                "The configuration file of the systemd unit; see ferroturn.toml(5).",
+            ),
+            (
+                ferroturn::config::DEFAULT_ADMIN_SOCKET,
+                "The admin API's Unix socket, where sessions and kill look by default.",
+            ),
+        ],
+    );
+    entries(
+        &mut r,
+        "EXIT STATUS",
+        &[
+            ("0", "Success."),
+            (
+                "1",
+                "The configuration is invalid (FILE: KEY: REASON on stderr), the server failed, or the admin API could not be reached or refused the request.",
+            ),
+            ("2", "Wrong or missing arguments."),
+        ],
+    );
+    r.control("SH", ["SEE ALSO"]);
+    r.text([
+        bold("ferroturn.toml"),
+        roman("(5), "),
+        bold("systemctl"),
+        roman("(1)"),
+    ]);
+    page += &mangen_lines(|w| r.to_writer(w), true);
+    page += &mangen_lines(|w| root.render_version_section(w), true);
+    page
+}
+
+/// The fish lines clap_complete leaves out (clap-rs/clap#6295: its fish
+/// script completes options only): the closed list of values of each
+/// subcommand's positional argument, so that `ferroturn completions <Tab>`
+/// offers the shells rather than file names. The condition is the helper
+/// function clap_complete's script defines.
+fn fish_positionals(cmd: &clap::Command) -> String {
+    let mut lines = String::new();
+    for sub in cmd.get_subcommands() {
+        for arg in sub.get_positionals() {
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            if !values.is_empty() {
+                lines += &format!(
+                    "complete -c ferroturn -n \"__fish_ferroturn_using_subcommand {}\" -f -a \"{}\"\n",
+                    sub.get_name(),
+                    values.join(" ")
+                );
+            }
+        }
+    }
+    lines
+}
+
+/// `ferroturn man`: one page to stdout, or both into `dir`.
+fn man(section: &str, dir: Option<&PathBuf>) -> ExitCode {
+    let page_5 = || ferroturn::config_keys::man_page(env!("CARGO_PKG_VERSION"));
+    let Some(dir) = dir else {
+        print!(
+            "{}",
+            if section == "5" {
+                page_5()
+            } else {
+                man_page_1()
+            }
+        );
+        return ExitCode::SUCCESS;
+    };
+    for (name, text) in [
+        ("ferroturn.1", man_page_1()),
+        ("ferroturn.toml.5", page_5()),
+    ] {
+        let path = dir.join(name);
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("ferroturn man: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("{}", path.display());
+    }
+    ExitCode::SUCCESS
 }
 
 fn json_string(s: &str) -> String {

@@ -14,12 +14,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # checks the unit and the server's system calls; openssl: tests/tls.rs makes
 # certificates and probes TLS versions.
 # prometheus: tests/dashboard.rs runs the Grafana dashboard's queries in it.
+# man-db (man) and groff-base (groff, which man runs): tests/manpages.rs
+# renders the man pages with warnings on; zsh and fish: tests/completions.rs
+# loads the completion scripts in them (bash is there already).
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
           iptables:/usr/sbin/iptables iproute2:/usr/sbin/ip \
           systemd:/usr/bin/systemd-analyze strace:/usr/bin/strace openssl:/usr/bin/openssl \
-          prometheus:/usr/bin/prometheus; do
+          prometheus:/usr/bin/prometheus \
+          man-db:/usr/bin/man groff-base:/usr/bin/groff zsh:/usr/bin/zsh fish:/usr/bin/fish; do
     [ -x "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -30,7 +34,7 @@ if [ ${#need[@]} -gt 0 ]; then
     $S env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi
 for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedriver iptables ip \
-         systemd-analyze strace openssl prometheus; do
+         systemd-analyze strace openssl prometheus man groff zsh fish; do
     command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing packages" >&2; exit 1; }
 done
 

@@ -12,12 +12,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # iptables, iproute2: demo_netns.rs builds NAT routers in network namespaces.
 # systemd (systemd-analyze, systemd-sysusers) and strace: tests/systemd.rs
 # checks the unit and the server's system calls; openssl: tests/tls.rs makes
-# certificates and probes TLS versions.
+# certificates and probes TLS versions. dpkg-dev (dpkg-shlibdeps) and
+# binutils (strip): cargo-deb computes the package's Depends and strips the
+# binary for tests/package.rs.
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
           iptables:/usr/sbin/iptables iproute2:/usr/sbin/ip \
-          systemd:/usr/bin/systemd-analyze strace:/usr/bin/strace openssl:/usr/bin/openssl; do
+          systemd:/usr/bin/systemd-analyze strace:/usr/bin/strace openssl:/usr/bin/openssl \
+          dpkg-dev:/usr/bin/dpkg-shlibdeps binutils:/usr/bin/strip; do
     [ -x "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -28,11 +31,14 @@ if [ ${#need[@]} -gt 0 ]; then
     $S env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi
 for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedriver iptables ip \
-         systemd-analyze strace openssl; do
+         systemd-analyze strace openssl dpkg-shlibdeps strip; do
     command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing packages" >&2; exit 1; }
 done
 
 rc=0
+# cargo-deb, at the version packaging/build-deb.sh pins (installed once):
+# tests/package.rs builds the Debian package with that script.
+bash packaging/build-deb.sh --tools || rc=1
 echo "==> cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast || rc=1
 

@@ -418,7 +418,7 @@ fn package_installs_serves_and_purges() {
 
     // No secret and no user in the config: its only credential is the file.
     let config = ferroturn::config::load(Path::new(CONFIG)).expect("load the installed config");
-    assert_eq!(config.secrets, [secret.clone()]);
+    assert_eq!(config.secrets, std::slice::from_ref(&secret));
     assert!(config.users.is_empty(), "{:?}", config.users);
     // On loopback until the admin says otherwise.
     assert!(

@@ -130,6 +130,9 @@ fn default_ports() -> String {
 struct RawAuth {
     #[serde(default)]
     secrets: Vec<String>,
+    /// Files holding one secret each (paths, not secret).
+    #[serde(default)]
+    secret_files: Vec<String>,
     #[serde(default)]
     users: BTreeMap<String, RawUser>,
     #[serde(default)]
@@ -144,6 +147,7 @@ impl fmt::Debug for RawAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawAuth")
             .field("secrets", &vec![Redacted; self.secrets.len()])
+            .field("secret_files", &self.secret_files)
             .field("users", &self.users)
             .field("nonce_lifetime", &self.nonce_lifetime)
             .field("strict_expiry", &self.strict_expiry)
@@ -409,8 +413,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// Most `[auth] secrets` a config may list.
+/// Most secrets a config may name, `[auth] secrets` and `secret_files`
+/// together.
 pub const MAX_SECRETS: usize = 8;
+
+/// Most bytes a file of `[auth] secret_files` may hold. A secret is one
+/// line; the bound keeps a wrong path (a log, an image) from being read
+/// whole at every start and reload.
+const SECRET_FILE_MAX: u64 = 64 * 1024;
 
 /// Where the admin API listens when `[admin]` names no address.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/ferroturn/admin.sock";
@@ -547,6 +557,8 @@ pub struct Config {
     pub udp_scheduling: UdpScheduling,
     pub listen: Vec<Listen>,
     pub relay: Relay,
+    /// REST secrets: those of `auth.secrets`, then one per file of
+    /// `auth.secret_files` (read at every start and reload).
     pub secrets: Vec<String>,
     /// Static users: a password or long-term keys each.
     pub users: BTreeMap<String, StaticUser>,
@@ -787,6 +799,41 @@ pub fn secret_file(flag: &str, path: &Path) -> Result<String, String> {
     let from = format!("{flag} {}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| format!("{from}: {e}"))?;
     secret_text(&text, &from)
+}
+
+/// The secret held by a file of `[auth] secret_files`: [`secret_text`] of
+/// it, named by its path. The file is opened without blocking and must be
+/// a regular file of at most [`SECRET_FILE_MAX`] bytes, so that a FIFO, a
+/// device or a huge file named by mistake cannot hold up a start or a
+/// reload (the reload runs on the server's main loop).
+fn secret_files_entry(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !Path::new(path).is_absolute() {
+        return Err(format!(
+            "{path:?} is not an absolute path (the server's working directory is no place to look)"
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("{path}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{path}: not a regular file"));
+    }
+    if meta.len() > SECRET_FILE_MAX {
+        return Err(format!(
+            "{path}: {} bytes, more than {SECRET_FILE_MAX}: a secret file holds the secret on its first line",
+            meta.len()
+        ));
+    }
+    let mut text = String::new();
+    file.take(SECRET_FILE_MAX)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{path}: {e}"))?;
+    secret_text(&text, path)
 }
 
 /// The value of a key that names one of a few values, the first being the
@@ -1158,10 +1205,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let ports = parse_ports(&raw.relay.ports).map_err(|r| err("relay.ports", r))?;
 
     let turn = listen.iter().any(|l| l.turn);
-    if turn && raw.auth.secrets.is_empty() && raw.auth.users.is_empty() {
+    if turn
+        && raw.auth.secrets.is_empty()
+        && raw.auth.secret_files.is_empty()
+        && raw.auth.users.is_empty()
+    {
         return Err(err(
             "auth",
-            "no credentials configured: set auth.secrets or auth.users (TURN never relays without authentication)".into(),
+            "no credentials configured: set auth.secrets, auth.secret_files or auth.users (TURN never relays without authentication)".into(),
         ));
     }
     // Each secret costs every signed request under a REST name its own
@@ -1175,6 +1226,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    if raw.auth.secrets.len() + raw.auth.secret_files.len() > MAX_SECRETS {
+        return Err(err(
+            "auth.secret_files",
+            format!(
+                "at most {MAX_SECRETS} secrets in auth.secrets and auth.secret_files together (each is tried on every REST request)"
+            ),
+        ));
+    }
     for (i, s) in raw.auth.secrets.iter().enumerate() {
         if s.is_empty() {
             return Err(err(
@@ -1182,6 +1241,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 "must not be empty".into(),
             ));
         }
+    }
+    // Every secret with the key that names it in an error: the inline ones,
+    // then one per file, read now (at start, `check` and every reload).
+    let mut secrets: Vec<(String, String)> = raw
+        .auth
+        .secrets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("auth.secrets[{i}]"), s.clone()))
+        .collect();
+    for (i, path) in raw.auth.secret_files.iter().enumerate() {
+        let key = format!("auth.secret_files[{i}]");
+        let secret = secret_files_entry(path).map_err(|r| err(&key, r))?;
+        secrets.push((key, secret));
     }
     let mut users = BTreeMap::new();
     for (u, raw_user) in &raw.auth.users {
@@ -1202,14 +1275,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             "refused while listen[{i}] ({}) is not loopback: anyone can read this credential in ferroturn's bundled config.toml and relay through this server",
             l.address
         );
-        if let Some(j) = raw
-            .auth
-            .secrets
+        if let Some((key, _)) = secrets
             .iter()
-            .position(|s| EXAMPLE_SECRETS.contains(&s.as_str()))
+            .find(|(_, s)| EXAMPLE_SECRETS.contains(&s.as_str()))
         {
             return Err(err(
-                &format!("auth.secrets[{j}]"),
+                key,
                 format!(
                     "is the bundled example's secret, {why}; set a secret of your own (e.g. `openssl rand -base64 32`) or listen on loopback only"
                 ),
@@ -1377,7 +1448,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             public_address_v6,
             default_family,
         },
-        secrets: raw.auth.secrets,
+        secrets: secrets.into_iter().map(|(_, s)| s).collect(),
         users,
         nonce_lifetime,
         strict_expiry: raw.auth.strict_expiry,
@@ -1767,6 +1838,153 @@ deny = []
         assert_eq!(secret_text("\n", "$V"), Err("$V: empty".into()));
         let e = secret_file("--token-file", Path::new("/nonexistent/t")).unwrap_err();
         assert!(e.starts_with("--token-file /nonexistent/t: "), "{e}");
+    }
+
+    /// A scratch directory for secret files, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!(
+                "ferroturn-config-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        /// Write `text` to `name` in the directory; its absolute path.
+        fn file(&self, name: &str, text: &str) -> String {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// GOOD with `auth.secrets` replaced by `secrets_line` and the files
+    /// listed in `auth.secret_files`.
+    fn with_files(secrets_line: &str, files: &[&str]) -> String {
+        let list: Vec<String> = files.iter().map(|f| format!("{f:?}")).collect();
+        GOOD.replace(
+            "secrets = [\"s3cret\"]",
+            &format!("{secrets_line}\nsecret_files = [{}]", list.join(", ")),
+        )
+    }
+
+    #[test]
+    fn secret_files_add_their_first_line_to_the_secrets() {
+        let dir = Scratch::new("secret-files");
+        let a = dir.file("a", "  from-file-a \nsecond line is ignored\n");
+        let b = dir.file("b", "from-file-b");
+        let c = p(&with_files("secrets = [\"s3cret\"]", &[&a, &b])).unwrap();
+        assert_eq!(c.secrets, ["s3cret", "from-file-a", "from-file-b"]);
+        // A file alone is a credential source: no secrets, no users.
+        let only = with_files("", &[&b]).replace("users = { alice = \"liddell\" }", "");
+        assert_eq!(p(&only).unwrap().secrets, ["from-file-b"]);
+        // Neither its Debug nor the config's shows the secret; the path shows.
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("from-file"), "{shown}");
+        let raw: RawConfig = toml::from_str(&with_files("", &[&a])).unwrap();
+        let shown = format!("{raw:?}");
+        assert!(
+            shown.contains(&a) && !shown.contains("from-file"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn secret_files_are_read_again_by_every_load() {
+        let dir = Scratch::new("secret-reload");
+        let secret = dir.file("secret", "first\n");
+        let config = dir.file("ferroturn.toml", &with_files("", &[&secret]));
+        assert_eq!(load(Path::new(&config)).unwrap().secrets, ["first"]);
+        dir.file("secret", "second\n");
+        assert_eq!(load(Path::new(&config)).unwrap().secrets, ["second"]);
+        std::fs::remove_file(&secret).unwrap();
+        let e = load(Path::new(&config)).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            (config.as_str(), "auth.secret_files[0]")
+        );
+    }
+
+    #[test]
+    fn a_bad_secret_file_is_refused_with_file_key_and_reason() {
+        let dir = Scratch::new("secret-bad");
+        let fifo = dir.0.join("fifo");
+        let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let fifo = fifo.display().to_string();
+        let missing = dir.0.join("missing").display().to_string();
+        let empty = dir.file("empty", " \n\nlater lines do not count\n");
+        let big = dir.file("big", &"x".repeat(SECRET_FILE_MAX as usize + 1));
+        let folder = dir.0.display().to_string();
+        let good = dir.file("good", "fine");
+        for (path, reason) in [
+            (
+                missing.as_str(),
+                format!("{missing}: No such file or directory"),
+            ),
+            (empty.as_str(), format!("{empty}: empty")),
+            (folder.as_str(), format!("{folder}: not a regular file")),
+            // Opened without blocking, although no one writes to it.
+            (fifo.as_str(), format!("{fifo}: not a regular file")),
+            (big.as_str(), format!("{big}: 65537 bytes, more than 65536")),
+            ("secret", "\"secret\" is not an absolute path".into()),
+        ] {
+            let e = p(&with_files("secrets = [\"s3cret\"]", &[&good, path])).unwrap_err();
+            assert_eq!(
+                (e.file.as_str(), e.key.as_str()),
+                ("t.toml", "auth.secret_files[1]"),
+                "{e}"
+            );
+            assert!(e.reason.starts_with(&reason), "{e}");
+        }
+    }
+
+    #[test]
+    fn secret_files_count_against_the_most_secrets() {
+        let dir = Scratch::new("secret-count");
+        let files: Vec<String> = (0..3)
+            .map(|i| dir.file(&format!("s{i}"), &format!("f{i}")))
+            .collect();
+        let files: Vec<&str> = files.iter().map(String::as_str).collect();
+        let inline = |n: usize| {
+            let v: Vec<String> = (0..n).map(|i| format!("\"s{i}\"")).collect();
+            format!("secrets = [{}]", v.join(", "))
+        };
+        assert_eq!(p(&with_files(&inline(5), &files)).unwrap().secrets.len(), 8);
+        let e = p(&with_files(&inline(6), &files)).unwrap_err();
+        assert_eq!(e.key, "auth.secret_files", "{e}");
+        assert!(e.reason.starts_with("at most 8 secrets"), "{e}");
+    }
+
+    /// The bundled example's secret is refused off loopback also when a
+    /// file holds it, and the error names the file's key.
+    #[test]
+    fn the_bundled_secret_in_a_file_is_refused_off_loopback() {
+        let dir = Scratch::new("secret-bundled");
+        let f = dir.file("secret", &format!("{}\n", EXAMPLE_SECRETS[0]));
+        let e =
+            p(&with_files("", &[&f]).replace("users = { alice = \"liddell\" }", "")).unwrap_err();
+        assert_eq!(e.key, "auth.secret_files[0]", "{e}");
+        assert!(
+            e.reason.starts_with("is the bundled example's secret"),
+            "{e}"
+        );
+        let lo = with_files("", &[&f])
+            .replace("0.0.0.0:3478", "127.0.0.1:3478")
+            .replace("users = { alice = \"liddell\" }", "");
+        assert_eq!(p(&lo).unwrap().secrets, EXAMPLE_SECRETS);
     }
 
     #[test]

@@ -232,6 +232,13 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         section: "auth",
+        name: "secret_files",
+        kind: "array of strings",
+        default: Value("[]"),
+        doc: "Files each holding one REST secret (its first line, without surrounding blanks): absolute paths to regular files of at most 64 KiB, read at start, by `ferroturn check` and at every reload, so rewriting a file and reloading rotates its secret. A missing, unreadable or empty file stops startup (a reload keeps the running configuration). They count with `secrets`, at most 8 in all. The Debian package names `/etc/ferroturn/secret`, a random secret written at install (root:ferroturn 0640).",
+    },
+    Key {
+        section: "auth",
         name: "users",
         kind: "table",
         default: Value("{}"),

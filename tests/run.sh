@@ -17,13 +17,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # man-db (man) and groff-base (groff, which man runs): tests/manpages.rs
 # renders the man pages with warnings on; zsh and fish: tests/completions.rs
 # loads the completion scripts in them (bash is there already).
+# dpkg-dev (dpkg-shlibdeps) and binutils (strip): cargo-deb computes the
+# package's Depends and strips the binary for tests/package.rs.
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
           iptables:/usr/sbin/iptables iproute2:/usr/sbin/ip \
           systemd:/usr/bin/systemd-analyze strace:/usr/bin/strace openssl:/usr/bin/openssl \
           prometheus:/usr/bin/prometheus \
-          man-db:/usr/bin/man groff-base:/usr/bin/groff zsh:/usr/bin/zsh fish:/usr/bin/fish; do
+          man-db:/usr/bin/man groff-base:/usr/bin/groff zsh:/usr/bin/zsh fish:/usr/bin/fish \
+          dpkg-dev:/usr/bin/dpkg-shlibdeps binutils:/usr/bin/strip; do
     [ -x "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -34,11 +37,14 @@ if [ ${#need[@]} -gt 0 ]; then
     $S env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi
 for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedriver iptables ip \
-         systemd-analyze strace openssl prometheus man groff zsh fish; do
+         systemd-analyze strace openssl prometheus man groff zsh fish dpkg-shlibdeps strip; do
     command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing packages" >&2; exit 1; }
 done
 
 rc=0
+# cargo-deb, at the version packaging/build-deb.sh pins (installed once):
+# tests/package.rs builds the Debian package with that script.
+bash packaging/build-deb.sh --tools || rc=1
 echo "==> cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast || rc=1
 

@@ -7,7 +7,7 @@
 //!   1.6, as measured.
 //! - `TasksMax=` holds the threads of the most workers a config may ask
 //!   for, counted on a running server.
-//! - `systemd/ferroturn.sysusers.conf` creates the user the unit runs as.
+//! - `systemd/ferroturn.sysusers` creates the user the unit runs as.
 //! - The real binary, given `$NOTIFY_SOCKET` and `$WATCHDOG_USEC`, sends
 //!   READY=1 only once it answers STUN, pings the watchdog, wraps a SIGHUP
 //!   reload in RELOADING=1 / READY=1, and sends STOPPING=1 on SIGTERM before
@@ -29,11 +29,9 @@ use std::time::{Duration, Instant};
 use common::{LOCALHOST, ServerConfig, TempDir, binding_udp, free_port, relay_block};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/ferroturn.service");
-const SYSUSERS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/systemd/ferroturn.sysusers.conf"
-);
-const INSTALLED_BIN: &str = "/usr/local/bin/ferroturn";
+const SYSUSERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/ferroturn.sysusers");
+/// Where the Debian package and the hand install put the binary.
+const INSTALLED_BIN: &str = "/usr/bin/ferroturn";
 
 fn unit_text() -> String {
     fs::read_to_string(UNIT).unwrap_or_else(|e| panic!("read {UNIT}: {e}"))
@@ -104,7 +102,7 @@ fn unit_has_the_required_directives() {
         ("NotifyAccess", "main"),
         (
             "ExecStart",
-            "/usr/local/bin/ferroturn --config /etc/ferroturn/config.toml",
+            "/usr/bin/ferroturn --config /etc/ferroturn/config.toml",
         ),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("WatchdogSec", "30"),

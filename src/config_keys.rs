@@ -71,7 +71,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         "auth",
-        "Credentials: TURN REST API secrets and static users. TURN needs at least one of `secrets` and `users`: ferroturn never relays for anonymous clients.",
+        "Credentials: TURN REST API secrets and static users. TURN needs at least one of `secrets`, `secret_files` and `users`: ferroturn never relays for anonymous clients.",
     ),
     (
         "peers",

@@ -44,8 +44,8 @@ enum Command {
         #[arg(long, conflicts_with = "secret_file")]
         secret: Option<String>,
         /// A file holding the shared secret: its first line, without surrounding blanks.
-        /// Without it or --secret: $FERROTURN_SECRET, else the first of [auth]
-        /// secrets in --config.
+        /// Without it or --secret: $FERROTURN_SECRET, else the first secret of
+        /// --config ([auth] secrets, then secret_files).
         #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
         secret_file: Option<PathBuf>,
         /// Name after the expiry in the username.

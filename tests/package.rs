@@ -113,7 +113,9 @@ struct Exclusive {
 
 impl Exclusive {
     fn take() -> Exclusive {
-        let path = std::env::temp_dir().join("ferroturn-package-test.lock");
+        // Beside the marker, in a fixed place: two runs with different TMPDIRs
+        // must still take turns.
+        let path = Path::new("/var/lib/ferroturn-package-test.lock");
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -384,6 +384,7 @@ impl Engine {
             return;
         };
         tracing::warn!(client = %a.client, "could not bind a relay socket");
+        a.report_end(id, &mut self.out);
         self.cfg.shared.release(&a.held);
         self.ports.release(a.port);
         if let Some((p, _)) = a.extra {

@@ -1,13 +1,15 @@
 //! The state of one allocation (RFC 8656 §2.2): its relayed transport
 //! address, permissions and channel bindings, each with its expiry.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use super::Output;
 use super::quota::{Held, Meter};
 use super::stats::Traffic;
 pub use super::stats::{TO_CLIENT, TO_PEER};
-use crate::addr::{ChannelNumber, ClientAddr, PeerAddr, RelayPort};
+use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr, RelayPort};
 use crate::config::Limits;
 use crate::policy::Reach;
 use crate::proto::integrity::Signer;
@@ -32,6 +34,105 @@ pub struct Channel {
     pub number: ChannelNumber,
     pub peer: PeerAddr,
     pub expires: Instant,
+}
+
+/// What a [`Grant`] is about: a permission or a channel binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granted {
+    /// Every port of `ip` may send to the client, and the client to it
+    /// (RFC 8656 §9); `reach` is what the policy lets through to that IP,
+    /// as in [`Permission`]: anything but [`Reach::Any`] needs the port
+    /// checked packet by packet.
+    Permission { ip: IpAddr, reach: Reach },
+    /// ChannelData on `number` goes to `peer` and back (§12); it still
+    /// needs a live permission for the peer's IP.
+    Channel {
+        number: ChannelNumber,
+        peer: PeerAddr,
+    },
+}
+
+/// How a permission or channel binding changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Installed by a request (CreatePermission, or a ChannelBind for its
+    /// channel and the permission it implies).
+    Created,
+    /// Still there with a new state: its expiry renewed by a request, or,
+    /// for a permission, its reach changed by a reload.
+    Refreshed,
+    /// Its lifetime ran out while the allocation lives on.
+    Expired,
+    /// Gone before its expiry: with its allocation (however that ended),
+    /// or by a reload whose policy denies the peer.
+    Removed,
+}
+
+/// A change to a permission or channel binding, reported so that
+/// something outside the engine (a kernel fast path for bound channels)
+/// can mirror them. Each one starts with [`Change::Created`] and ends with
+/// exactly one [`Change::Expired`] or [`Change::Removed`]; a created or
+/// refreshed one is live. A request reports its permission before its
+/// channel; an end reports the channels before the permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub alloc: AllocId,
+    /// The client's 5-tuple.
+    pub client: ClientAddr,
+    /// The relayed transport address (as advertised) of the peer's family;
+    /// its socket is the one [`Output::OpenRelay`] bound at this port.
+    pub relay: SocketAddr,
+    pub what: Granted,
+    pub change: Change,
+    /// When it expires, or would have.
+    pub expires: Instant,
+}
+
+/// What every [`Grant`] of one allocation shares, copied out so that
+/// events can be made while its tables are borrowed.
+#[derive(Clone, Copy)]
+pub(super) struct Owner {
+    alloc: AllocId,
+    client: ClientAddr,
+    relayed: SocketAddr,
+    extra: Option<SocketAddr>,
+}
+
+impl Owner {
+    pub(super) fn grant(&self, what: Granted, change: Change, expires: Instant) -> Output {
+        let ip = match what {
+            Granted::Permission { ip, .. } => ip,
+            Granted::Channel { peer, .. } => peer.0.ip(),
+        };
+        let relay = match self.extra {
+            Some(r) if r.is_ipv4() == ip.is_ipv4() => r,
+            _ => self.relayed,
+        };
+        Output::Grant(Grant {
+            alloc: self.alloc,
+            client: self.client,
+            relay,
+            what,
+            change,
+            expires,
+        })
+    }
+
+    pub(super) fn permission(&self, p: &Permission, change: Change) -> Output {
+        let what = Granted::Permission {
+            ip: p.ip,
+            reach: p.reach,
+        };
+        self.grant(what, change, p.expires)
+    }
+
+    pub(super) fn channel(&self, c: &Channel, change: Change) -> Output {
+        let what = Granted::Channel {
+            number: c.number,
+            peer: c.peer,
+        };
+        self.grant(what, change, c.expires)
+    }
 }
 
 /// Whether the relay socket is open yet.
@@ -100,13 +201,38 @@ impl Allocation {
         })
     }
 
-    /// Install or refresh a permission for `ip`, which the policy lets
-    /// through as `reach`.
-    pub fn permit(&mut self, ip: IpAddr, expires: Instant, reach: Reach) {
-        match self.permissions.iter_mut().find(|p| p.ip == ip) {
-            Some(p) => p.expires = p.expires.max(expires),
-            None => self.permissions.push(Permission { ip, expires, reach }),
+    pub(super) fn owner(&self, alloc: AllocId) -> Owner {
+        Owner {
+            alloc,
+            client: self.client,
+            relayed: self.relayed,
+            extra: self.extra.map(|e| e.1),
         }
+    }
+
+    /// Install or refresh a permission for `ip`, which the policy lets
+    /// through as `reach`, and report it.
+    pub(super) fn permit(
+        &mut self,
+        owner: &Owner,
+        ip: IpAddr,
+        expires: Instant,
+        reach: Reach,
+        out: &mut VecDeque<Output>,
+    ) {
+        let (p, change) = match self.permissions.iter().position(|p| p.ip == ip) {
+            Some(i) => {
+                let p = &mut self.permissions[i];
+                p.expires = p.expires.max(expires);
+                (*p, Change::Refreshed)
+            }
+            None => {
+                let p = Permission { ip, expires, reach };
+                self.permissions.push(p);
+                (p, Change::Created)
+            }
+        };
+        out.push_back(owner.permission(&p, change));
     }
 
     #[inline]
@@ -142,10 +268,29 @@ impl Allocation {
                 .is_some_and(|(_, r)| r.is_ipv4() == peer.is_ipv4())
     }
 
-    /// Drop expired permissions and channels; the earliest expiry left.
-    pub fn sweep(&mut self, now: Instant) -> Instant {
-        self.permissions.retain(|p| p.expires > now);
-        self.channels.retain(|c| c.expires > now);
+    /// Drop expired channels and permissions, reported as expired; the
+    /// earliest expiry left. At most one event per entry.
+    pub(super) fn sweep(
+        &mut self,
+        id: AllocId,
+        now: Instant,
+        out: &mut VecDeque<Output>,
+    ) -> Instant {
+        let owner = self.owner(id);
+        self.channels.retain(|c| {
+            let live = c.expires > now;
+            if !live {
+                out.push_back(owner.channel(c, Change::Expired));
+            }
+            live
+        });
+        self.permissions.retain(|p| {
+            let live = p.expires > now;
+            if !live {
+                out.push_back(owner.permission(p, Change::Expired));
+            }
+            live
+        });
         let mut next = self.expires;
         for p in &self.permissions {
             next = next.min(p.expires);
@@ -154,5 +299,17 @@ impl Allocation {
             next = next.min(c.expires);
         }
         next
+    }
+
+    /// Report every channel and permission as removed: the allocation ends.
+    /// At most one event per entry.
+    pub(super) fn report_end(&self, id: AllocId, out: &mut VecDeque<Output>) {
+        let owner = self.owner(id);
+        for c in &self.channels {
+            out.push_back(owner.channel(c, Change::Removed));
+        }
+        for p in &self.permissions {
+            out.push_back(owner.permission(p, Change::Removed));
+        }
     }
 }

@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use stun::message::Message;
 
-use super::allocation::{CHANNEL_LIFETIME_SECS, Channel, PERMISSION_LIFETIME_SECS, TO_PEER};
+use super::allocation::{
+    CHANNEL_LIFETIME_SECS, Change, Channel, PERMISSION_LIFETIME_SECS, TO_PEER,
+};
 use super::{Authed, Engine, ToPeer, stats};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
@@ -13,7 +15,11 @@ use crate::proto::stun as wire;
 impl Engine {
     /// ChannelBind request (§12.2): number in 0x4000–0x4FFF, one peer; a
     /// number already bound to another peer, or a peer already bound to
-    /// another number, is a 400. Binding also installs a permission.
+    /// another number, is a 400. Binding also installs or refreshes the
+    /// permission for the peer's IP (§12.2), reported before the channel.
+    /// Nothing is held back after a binding expires: RFC 8656 §12 asks the
+    /// client, not the server, to wait 5 minutes before reusing its number
+    /// or peer, so a bind after expiry is a new binding.
     pub(super) fn channel_bind(
         &mut self,
         now: Instant,
@@ -43,34 +49,44 @@ impl Engine {
         }
         let max = self.cfg.limits.channels_per_allocation as usize;
         let a = self.allocs[id.0 as usize].as_mut().expect("checked");
+        // Only live bindings conflict or get refreshed (§12.2: "currently
+        // bound"), and what expired is reported before what this binds.
+        a.sweep(id, now, &mut self.out);
         let by_number = a.channels.iter().position(|c| c.number == number);
         let by_peer = a.channels.iter().position(|c| c.peer == peer);
-        let channel_expires = now + Duration::from_secs(CHANNEL_LIFETIME_SECS);
-        match (by_number, by_peer) {
-            (Some(i), Some(j)) if i == j => a.channels[i].expires = channel_expires,
-            (None, None) => {
-                if a.channels.len() >= max {
-                    // A quota: 508 (RFC 8656 §12.2).
-                    self.stats.quota_rejections += 1;
-                    return err(508);
-                }
-                a.channels.push(Channel {
-                    number,
-                    peer,
-                    expires: channel_expires,
-                });
+        let change = match (by_number, by_peer) {
+            (Some(i), Some(j)) if i == j => Change::Refreshed,
+            (None, None) if a.channels.len() >= max => {
+                // A quota: 508 (RFC 8656 §12.2).
+                self.stats.quota_rejections += 1;
+                return err(508);
             }
+            (None, None) => Change::Created,
             _ => {
                 tracing::debug!(channel = n, %peer, "channel or peer already bound otherwise");
                 return err(400);
             }
-        }
+        };
+        let owner = a.owner(id);
         let reach = self.cfg.policy.reach(peer.0.ip());
+        let permission_expires = now + Duration::from_secs(PERMISSION_LIFETIME_SECS);
         a.permit(
+            &owner,
             peer.0.ip(),
-            now + Duration::from_secs(PERMISSION_LIFETIME_SECS),
+            permission_expires,
             reach,
+            &mut self.out,
         );
+        let channel = Channel {
+            number,
+            peer,
+            expires: now + Duration::from_secs(CHANNEL_LIFETIME_SECS),
+        };
+        match by_number {
+            Some(i) => a.channels[i] = channel,
+            None => a.channels.push(channel),
+        }
+        self.out.push_back(owner.channel(&channel, change));
         self.reschedule(id, now);
         authed.ok(m)
     }

@@ -11,7 +11,8 @@
 //!   back as a [`ToClient`], framed in place.
 //! - [`Engine::relay_opened`]: the shell's answer to [`Output::OpenRelay`].
 //! - [`Engine::poll_timeout`] / [`Engine::handle_timeout`]: expiry timers.
-//! - [`Engine::poll_output`]: queued work for the shell.
+//! - [`Engine::poll_output`]: queued work for the shell, and [`Grant`]s:
+//!   how permissions and channel bindings come and go.
 
 mod allocate;
 pub mod allocation;
@@ -38,6 +39,7 @@ use crate::policy::{PeerPolicy, Reach};
 use crate::proto::integrity::{self, ALGORITHM_MD5, ALGORITHM_SHA256, Signer};
 use crate::proto::{self, Kind, stun as wire};
 use allocation::Allocation;
+pub use allocation::{Change, Grant, Granted};
 use ports::PortPool;
 pub use quota::Shared;
 
@@ -98,6 +100,16 @@ pub enum Output {
     OpenRelay { alloc: AllocId, bind: SocketAddr },
     /// Close the relay socket of `alloc`.
     CloseRelay { alloc: AllocId },
+    /// A permission or channel binding was created, refreshed, expired or
+    /// removed: the seam for a kernel fast path that relays bound channels
+    /// itself and so must mirror them. One variant for every kind, so that
+    /// a shell with no use for them ignores them in one arm, and a mirror
+    /// finds the allocation, client and relay in every event. Requests,
+    /// timeouts, closes and reloads make them, relayed data never does. A
+    /// call reports each permission and channel it ends, makes or refreshes
+    /// once, so what it queues for one allocation stays within twice its
+    /// quotas (what expired, then what the request installs).
+    Grant(Grant),
 }
 
 impl EngineConfig {
@@ -299,7 +311,8 @@ impl Engine {
     /// Apply a reloaded configuration: credentials, peer policy, limits and
     /// expiry rules. Allocations stay, and so do their permissions and
     /// channels, but for those whose peer the new policy denies: no packet
-    /// reaches a destination the policy in force refuses.
+    /// reaches a destination the policy in force refuses. What is removed,
+    /// and any permission whose reach changes, is reported as a [`Grant`].
     pub fn update(&mut self, u: Update) {
         self.cfg.credentials = u.credentials;
         self.cfg.policy = u.policy;
@@ -307,15 +320,29 @@ impl Engine {
         self.cfg.strict_expiry = u.strict_expiry;
         self.cfg.expiry_grace = u.expiry_grace;
         let policy = &self.cfg.policy;
+        let out = &mut self.out;
         let mut dropped = 0;
-        for a in self.allocs.iter_mut().flatten() {
+        for (i, a) in self.allocs.iter_mut().enumerate() {
+            let Some(a) = a else { continue };
+            let owner = a.owner(AllocId(i as u32));
             let before = a.permissions.len() + a.channels.len();
-            a.permissions.retain_mut(|p| {
-                p.reach = policy.reach(p.ip);
-                p.reach != Reach::Closed
+            a.channels.retain(|c| {
+                let keep = policy.reach(c.peer.0.ip()) != Reach::Closed;
+                if !keep {
+                    out.push_back(owner.channel(c, Change::Removed));
+                }
+                keep
             });
-            a.channels
-                .retain(|c| policy.reach(c.peer.0.ip()) != Reach::Closed);
+            a.permissions.retain_mut(|p| {
+                let reach = policy.reach(p.ip);
+                if reach == Reach::Closed {
+                    out.push_back(owner.permission(p, Change::Removed));
+                } else if reach != p.reach {
+                    p.reach = reach;
+                    out.push_back(owner.permission(p, Change::Refreshed));
+                }
+                reach != Reach::Closed
+            });
             dropped += before - a.permissions.len() - a.channels.len();
         }
         if dropped > 0 {
@@ -491,8 +518,10 @@ impl Engine {
 
     /// Sweep an allocation and make sure a wake-up is queued for its next expiry.
     fn reschedule(&mut self, id: AllocId, now: Instant) {
-        let Some(a) = self.alloc_mut(id) else { return };
-        let next = a.sweep(now);
+        let Some(a) = self.allocs.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let next = a.sweep(id, now, &mut self.out);
         if a.scheduled.is_none_or(|s| next < s) {
             a.scheduled = Some(next);
             self.timers.push(Reverse((next, id.0)));
@@ -508,6 +537,7 @@ impl Engine {
         let Some(a) = self.allocs.get_mut(id.0 as usize).and_then(Option::take) else {
             return;
         };
+        a.report_end(id, &mut self.out);
         if matches!(a.state, allocation::State::Active) {
             let lived = now.saturating_duration_since(a.created).as_secs();
             self.stats.session_seconds.observe(lived);

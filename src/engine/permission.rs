@@ -30,7 +30,8 @@ impl Engine {
 
     /// CreatePermission request (§9.2): every XOR-PEER-ADDRESS is checked,
     /// then all are installed (or refreshed) for 300 s; one bad peer fails
-    /// the whole request and installs nothing.
+    /// the whole request and installs nothing. Each IP is reported once,
+    /// however many of the peers share it.
     pub(super) fn create_permission(
         &mut self,
         now: Instant,
@@ -51,6 +52,9 @@ impl Engine {
         let max = self.cfg.limits.permissions_per_allocation as usize;
         let policy = &self.cfg.policy;
         let a = self.allocs[id.0 as usize].as_mut().expect("checked");
+        // What expired is gone before anything is counted or refreshed, so
+        // that a permission asked again after its expiry is a new one.
+        a.sweep(id, now, &mut self.out);
         let mut new: Vec<_> = peers
             .iter()
             .map(|p| p.ip())
@@ -64,8 +68,12 @@ impl Engine {
             return err(508);
         }
         let expires = now + Duration::from_secs(PERMISSION_LIFETIME_SECS);
-        for p in &peers {
-            a.permit(p.ip(), expires, policy.reach(p.ip()));
+        let owner = a.owner(id);
+        for (i, p) in peers.iter().enumerate() {
+            let ip = p.ip();
+            if peers[..i].iter().all(|q| q.ip() != ip) {
+                a.permit(&owner, ip, expires, policy.reach(ip), &mut self.out);
+            }
         }
         self.reschedule(id, now);
         authed.ok(m)

@@ -15,6 +15,8 @@ use crate::proto::channel_data::{self, HEADROOM};
 use crate::proto::integrity::{self, ALGORITHM_SHA256, Key, Mac, Signer};
 use crate::proto::stun as wire;
 
+mod grants;
+
 const REALM: &str = "example.org";
 const UNIX0: u64 = 1_800_000_000;
 const PEER: &str = "93.184.216.34:9000";
@@ -54,6 +56,8 @@ struct T {
     now: Instant,
     nonce: String,
     bind_ok: bool,
+    /// Grants drained with the answers, in order (see `grants.rs`).
+    grants: Vec<Grant>,
 }
 
 fn client(port: u16) -> ClientAddr {
@@ -95,6 +99,7 @@ impl T {
             now,
             nonce: String::new(),
             bind_ok: true,
+            grants: Vec::new(),
         };
         // Learn a nonce the way a client does: an unauthenticated Allocate.
         let r = t.send(client(1), &Req::new(METHOD_ALLOCATE).transport(17).bytes());
@@ -121,6 +126,7 @@ impl T {
                     self.e.relay_opened(self.now, alloc, self.bind_ok)
                 }
                 Output::CloseRelay { .. } => {}
+                Output::Grant(g) => self.grants.push(g),
             }
         }
         out
@@ -1611,6 +1617,7 @@ fn a_failed_ipv6_bind_retries_then_gives_up_cleanly() {
             }
             Some(Output::CloseRelay { .. }) => closed = true,
             Some(Output::Transmit { data, .. }) => answer = wire::decode(&data),
+            Some(Output::Grant(g)) => panic!("nothing was granted: {g:?}"),
             None => break,
         }
     }

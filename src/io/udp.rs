@@ -363,6 +363,8 @@ impl Shard {
                         self.compact_due = true;
                     }
                 }
+                // For a kernel fast path to mirror; nothing here uses them yet.
+                Output::Grant(_) => {}
             }
         }
     }

@@ -250,6 +250,8 @@ impl Worker {
                         }
                     }
                 }
+                // For a kernel fast path to mirror; nothing here uses them yet.
+                Output::Grant(_) => {}
             }
         }
         let next = self.engine.poll_timeout();

@@ -5,7 +5,7 @@
 //! means nothing, so that `git diff` shows exactly what changed:
 //!
 //! - `check.txt`: exit code, stdout and stderr of the real `ferroturn check`
-//!   on some 280 configuration files: every error `src/config.rs` can give
+//!   on some 300 configuration files: every error `src/config.rs` can give
 //!   (by hand, key by key), a wrong type, a negative and a too-large value for
 //!   every key of the reference table (generated from it), the file-level
 //!   errors, and the bundled configurations. Temporary paths read `FILE`

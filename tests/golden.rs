@@ -1096,6 +1096,9 @@ const BOB: (&str, &str) = ("bob", "builder");
 /// nothing is ever sent there.
 const DENIED_PEER: ([u8; 4], u16) = ([127, 0, 0, 2], 9);
 
+/// What the last line of a reload says, applied or refused.
+const RELOADED: [&str; 2] = ["configuration reloaded", "reload refused"];
+
 /// What varies from run to run, and the names it is shown by.
 #[derive(Default)]
 struct Masks {
@@ -1203,13 +1206,14 @@ impl Log {
     }
 
     /// Wait (at most 5 s) until the lines written since the last step hold
-    /// `needle`; a wait that runs out is no failure here, as the golden file
-    /// shows what came instead.
-    fn wait_for(&self, needle: &str) {
+    /// one of `needles`; a wait that runs out is no failure here, as the
+    /// golden file shows what came instead.
+    fn wait_for(&self, needles: &[&str]) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let text = self.text();
-            if text.get(self.read..).is_some_and(|t| t.contains(needle)) {
+            let new = text.get(self.read..).unwrap_or("");
+            if needles.iter().any(|n| new.contains(n)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -1503,7 +1507,7 @@ fn session(format: &str) -> Session {
         .expect("an echo peer on a port without a name");
     masks.port("PEER", echo.addr.port());
 
-    log.wait_for("ready");
+    log.wait_for(&["ready"]);
     log.step("start");
 
     let probe = UdpSocket::bind((LOCALHOST, 0)).unwrap();
@@ -1640,7 +1644,7 @@ fn session(format: &str) -> Session {
     log.step("a scrape of /metrics");
 
     signal(&server.0, libc::SIGHUP);
-    log.wait_for("reload");
+    log.wait_for(&RELOADED);
     log.step("SIGHUP, the file unchanged");
 
     let tls = (tls_files.0.as_path(), tls_files.1.as_path());
@@ -1650,18 +1654,18 @@ fn session(format: &str) -> Session {
     )
     .unwrap();
     signal(&server.0, libc::SIGHUP);
-    log.wait_for("reload");
+    log.wait_for(&RELOADED);
     log.step("SIGHUP: realm (needs a restart), admin token and peers.deny changed");
 
     let bad = session_config(format, &ports, dir.path(), tls, true)
         .replace("[auth]\n", "[auth]\nnonce_lifetime = 5\n");
     fs::write(&config_path, bad).unwrap();
     signal(&server.0, libc::SIGHUP);
-    log.wait_for("reload");
+    log.wait_for(&RELOADED);
     log.step("SIGHUP, an invalid file");
 
     signal(&server.0, libc::SIGTERM);
-    log.wait_for("draining");
+    log.wait_for(&["draining"]);
     let mut late = masks.client("CLIENT_LATE", || RawClient::udp(addr, REALM, BOB.0, BOB.1));
     let r = late.signed(Request::new(METHOD_ALLOCATE).transport(17));
     assert_eq!(

@@ -140,6 +140,25 @@ pub fn spawn_ferroturn(
         .stderr(file)
         .spawn()
         .expect("spawn ferroturn");
+    match wait_ready(&mut child, addr, log, ready) {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// Wait at most [`STARTUP_TIMEOUT`] until the ferroturn `child` (logging
+/// to `log`) answers a STUN Binding on `addr` over UDP and `ready()` holds;
+/// else the reason, with the log. The child is left as it is.
+pub fn wait_ready(
+    child: &mut Child,
+    addr: SocketAddr,
+    log: &Path,
+    ready: impl Fn() -> bool,
+) -> Result<(), String> {
     let read_log = || fs::read_to_string(log).unwrap_or_default();
     let probe = UdpSocket::bind((LOCALHOST, 0)).expect("bind probe socket");
     probe
@@ -154,11 +173,9 @@ pub fn spawn_ferroturn(
             ));
         }
         if binding_udp(&probe, addr).is_some() && ready() {
-            return Ok(child);
+            return Ok(());
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
     Err(format!(
         "ferroturn on {addr} did not get ready within {STARTUP_TIMEOUT:?}:\n{}",
         read_log()

@@ -688,6 +688,16 @@ fn every_panel_query_finds_data_in_a_live_server() {
         );
         for (m, v) in &found {
             assert!(v.is_finite(), "{}/{}: {m} is {v}", t.panel, t.ref_id);
+            // A misspelt grouping label (`sum by (cod)`) still finds one
+            // series, without the label: each must carry every one.
+            for l in grouping(&t.expr) {
+                assert!(
+                    m[&l].as_str().is_some_and(|v| !v.is_empty()),
+                    "{}/{}: a series of {expr} lacks its grouping label {l}: {m}",
+                    t.panel,
+                    t.ref_id
+                );
+            }
         }
         let may = MAY_BE_ZERO
             .iter()
@@ -734,4 +744,33 @@ fn every_panel_query_finds_data_in_a_live_server() {
         seen += 1;
     }
     assert!(seen > 0, "no panel shows ferroturn_draining");
+}
+
+/// The labels `expr` groups by (every `by (...)`), but `le`, which
+/// `histogram_quantile` consumes.
+fn grouping(expr: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("by (") {
+        let after = &rest[i + 4..];
+        let end = after.find(')').unwrap_or(after.len());
+        for l in after[..end].split(',').map(str::trim) {
+            if !l.is_empty() && l != "le" && !out.iter().any(|o| o == l) {
+                out.push(l.to_owned());
+            }
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+#[test]
+fn grouping_labels_are_read_from_every_by() {
+    assert_eq!(
+        grouping(
+            "histogram_quantile(0.5, sum by (le, transport) (rate(x[1m]))) / sum by (instance) (y)"
+        ),
+        ["transport", "instance"]
+    );
+    assert!(grouping("sum(x)").is_empty());
 }

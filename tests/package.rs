@@ -291,13 +291,56 @@ fn package_installs_serves_and_purges() {
         .lines()
         .find_map(|l| l.strip_prefix("Depends: "))
         .unwrap_or_else(|| panic!("no Depends:\n{control}"));
-    // The binary's libraries (dpkg-shlibdeps), and the postinst's
-    // systemd-sysusers; nothing more.
+    // The binary's libraries (dpkg-shlibdeps), the unit's /bin/kill and
+    // the postinst's systemd-sysusers; nothing more.
     assert!(depends.starts_with("libc6 (>= "), "{depends}");
     assert!(
-        depends.ends_with(", systemd | systemd-standalone-sysusers | systemd-sysusers"),
+        depends.ends_with(", procps, systemd | systemd-standalone-sysusers | systemd-sysusers"),
         "{depends}"
     );
+    // What the maintainer scripts do where systemd runs, which this machine
+    // cannot show (systemd is not PID 1 here): read from the package.
+    // systemd is reloaded only where it runs; an upgrade (the postinst's
+    // $2, the old version) try-restarts, which starts nothing that was
+    // stopped; nothing enables or starts the unit (an enablement is only
+    // carried over from before); only a removal stops it.
+    let scripts = TempDir::new("ferroturn-deb-scripts");
+    let mut extract = Command::new("dpkg-deb");
+    extract.arg("-e").arg(&deb).arg(scripts.path());
+    ok("dpkg-deb -e", extract, STEP);
+    let script = |name: &str| fs::read_to_string(scripts.path().join(name)).unwrap();
+    let postinst = script("postinst");
+    let flat: String = postinst.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("if [ -d /run/systemd/system ]; then systemctl --system daemon-reload"),
+        "{postinst}"
+    );
+    assert!(
+        flat.contains("if [ -n \"$2\" ]; then deb-systemd-invoke try-restart ferroturn.service"),
+        "{postinst}"
+    );
+    assert!(!flat.contains("deb-systemd-invoke start"), "{postinst}");
+    assert!(!flat.contains("systemctl enable"), "{postinst}");
+    assert!(
+        flat.contains(
+            "if deb-systemd-helper --quiet was-enabled ferroturn.service; then # Create new symlinks, if any. deb-systemd-helper enable"
+        ),
+        "{postinst}"
+    );
+    assert_eq!(
+        flat.matches("deb-systemd-helper enable").count(),
+        1,
+        "{postinst}"
+    );
+    let prerm = script("prerm");
+    let flat: String = prerm.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains(
+            "if [ -d /run/systemd/system ] && [ \"$1\" = remove ]; then deb-systemd-invoke stop ferroturn.service"
+        ),
+        "{prerm}"
+    );
+    assert_eq!(flat.matches("deb-systemd-invoke").count(), 1, "{prerm}");
     let mut conffiles = Command::new("dpkg-deb");
     conffiles.arg("--info").arg(&deb).arg("conffiles");
     assert_eq!(

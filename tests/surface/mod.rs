@@ -58,9 +58,14 @@ pub fn subcommands() -> Vec<String> {
     list
 }
 
-/// The long options (`--user`) `ferroturn SUB -h` lists, `--help` included.
+/// The long options (`--user`) `ferroturn SUB -h` lists, `--help` included;
+/// with `sub` empty, those of `ferroturn -h`.
 pub fn long_options(sub: &str) -> Vec<String> {
-    let help = ferroturn(&[sub, "-h"]);
+    let help = if sub.is_empty() {
+        ferroturn(&["-h"])
+    } else {
+        ferroturn(&[sub, "-h"])
+    };
     let list: Vec<String> = help
         .lines()
         // An option's own line; wrapped help text is indented further.

@@ -104,8 +104,13 @@ const TPUT: [(&str, usize, usize); 4] = [
     ("tput 100x1200", 100, 1200),
 ];
 const FLOWS: usize = 100;
-/// The control-plane test: cycles in flight, and the metric.
-const CTL: [(usize, &str); 2] = [(64, "cycles/s"), (8, "ctl8 cycles/s")];
+/// The control-plane test: cycles in flight, and its metrics (rate, and
+/// the server's CPU per cycle, which still compares builds when the
+/// bench's one client thread, not the server, sets the rate).
+const CTL: [(usize, &str, &str); 2] = [
+    (64, "cycles/s", "ctl cpu µs/cycle"),
+    (8, "ctl8 cycles/s", "ctl8 cpu µs/cycle"),
+];
 const CPU_RATE: f64 = 25_000.0;
 
 fn main() {
@@ -544,7 +549,7 @@ fn run_server(
 
     // 64 in flight: how many cycles the server can take; 8: what each
     // cycle costs when the server is not kept busy (a wake-up per request).
-    for (i, (window, metric)) in CTL.into_iter().enumerate() {
+    for (i, (window, metric, cpu_metric)) in CTL.into_iter().enumerate() {
         if !(kind.is_turn() && on("ctl")) {
             break;
         }
@@ -556,6 +561,7 @@ fn run_server(
             server = Server::start(target, paths, echo.addr)?;
         }
         let ctl = gen_socket();
+        let (c0, me0) = (server.cpu(), servers::thread_cpu());
         let st = turn::drive(
             &ctl,
             server.addr,
@@ -565,15 +571,20 @@ fn run_server(
             || Some(turn::Client::new(src.next(), None)),
             None,
         );
+        let (cpu, me) = (server.cpu() - c0, servers::thread_cpu() - me0);
         let rate = st.done as f64 / st.secs;
+        let per = cpu / st.done.max(1) as f64 * 1e6;
         eprintln!(
-            "  allocation cycles, {window} in flight: {} in {:.2} s = {rate:.0}/s ({} failed{})",
+            "  allocation cycles, {window} in flight: {} in {:.2} s = {rate:.0}/s ({} failed{}); server CPU {per:.1} µs per cycle ({:.0} % of a core), client {:.0} % of a core",
             st.done,
             st.secs,
             st.failed,
-            st.why()
+            st.why(),
+            cpu / st.secs * 100.0,
+            me / st.secs * 100.0
         );
         push(res, name, metric, rate);
+        push(res, name, cpu_metric, per);
     }
 
     if !(on("tput") || on("lat") || on("cpu")) {
@@ -711,7 +722,15 @@ const ROWS: &[(&str, &str)] = &[
         "cycles/s",
         "allocation cycles/s (Allocate→401, Allocate, Refresh 0)",
     ),
+    (
+        "ctl cpu µs/cycle",
+        "server CPU per allocation cycle, 64 in flight (µs)",
+    ),
     ("ctl8 cycles/s", "allocation cycles/s, 8 in flight (ctl8)"),
+    (
+        "ctl8 cpu µs/cycle",
+        "server CPU per allocation cycle, 8 in flight (µs)",
+    ),
     ("rss idle", "RSS idle (MiB)"),
     ("rss per alloc", "RSS per held allocation (bytes)"),
     (
@@ -726,6 +745,8 @@ fn fmt(metric: &str, v: f64) -> String {
     }
     if metric.starts_with("tput") {
         format!("{:.1} k", v / 1e3)
+    } else if metric.ends_with("µs/cycle") {
+        format!("{v:.1}")
     } else if metric == "cpu s/M" || metric == "rss idle" || metric == "wakes/pkt" {
         format!("{v:.2}")
     } else {

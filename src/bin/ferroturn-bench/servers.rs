@@ -486,6 +486,17 @@ pub fn machine_busy() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU seconds of the calling thread (the bench's client, during the
+/// control-plane test).
+pub fn thread_cpu() -> f64 {
+    unsafe {
+        let mut r: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut r);
+        let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+        t(r.ru_utime) + t(r.ru_stime)
+    }
+}
+
 /// CPU seconds of this process and of its children that have exited (the
 /// servers, once stopped and waited for).
 pub fn own_cpu() -> f64 {

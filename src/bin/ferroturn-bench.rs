@@ -762,6 +762,7 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     res: &Results,
     plan: &Plan,

@@ -513,6 +513,13 @@ pub fn own_cpu() -> f64 {
 mod tests {
     use super::*;
 
+    /// Remove the directories `file` made.
+    fn clean(files: &[&PathBuf]) {
+        for f in files {
+            let _ = std::fs::remove_dir_all(f.parent().unwrap());
+        }
+    }
+
     /// A file in a fresh directory of its own, with `mode`.
     fn file(name: &str, mode: u32) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
@@ -541,6 +548,7 @@ mod tests {
             ("prev.1", "a=b".as_ref())
         );
         assert!(b.path.is_absolute());
+        clean(&[&exe, &odd]);
     }
 
     #[test]
@@ -565,6 +573,7 @@ mod tests {
         assert!(e.contains("label of another column"), "{e}");
         let e = err(format!("a b={}", exe.display()));
         assert!(e.contains("may hold only"), "{e}");
+        clean(&[&exe, &plain]);
     }
 
     #[test]
@@ -584,5 +593,6 @@ mod tests {
         assert_eq!((t.name.as_str(), t.base()), ("new-batch", "new"));
         let t = Target::new(Kind::Coturn, Some(&b("new")));
         assert_eq!((t.name.as_str(), t.build.is_none()), ("coturn", true));
+        clean(&[&exe]);
     }
 }

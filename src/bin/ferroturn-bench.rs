@@ -5,6 +5,8 @@
 //! cargo build --release --bin ferroturn --bin ferroturn-bench
 //! cargo run --release --bin ferroturn-bench            # full run, ≤ 15 min on 2 cores
 //! cargo run --release --bin ferroturn-bench -- --quick # smoke test, ~1 min
+//! # two builds side by side, one column each (README: Comparing two builds)
+//! cargo run --release --bin ferroturn-bench -- --ferroturn prev=PATH --ferroturn new=PATH
 //! ```
 //!
 //! Everything runs on 127.0.0.0/8. Every loop is bounded in count and time.

@@ -5,6 +5,8 @@
 //! cargo build --release --bin ferroturn --bin ferroturn-bench
 //! cargo run --release --bin ferroturn-bench            # full run, ≤ 15 min on 2 cores
 //! cargo run --release --bin ferroturn-bench -- --quick # smoke test, ~1 min
+//! # two builds side by side, one column each (README: Comparing two builds)
+//! cargo run --release --bin ferroturn-bench -- --ferroturn prev=PATH --ferroturn new=PATH
 //! ```
 //!
 //! Everything runs on 127.0.0.0/8. Every loop is bounded in count and time.
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use load::{Echo, Flow};
-use servers::{Kind, Paths, Server};
+use servers::{Build, Kind, Paths, Server, Target};
 use stats::{median, percentile};
 
 #[derive(Parser)]
@@ -58,9 +60,12 @@ struct Opts {
     /// Allocations held for the memory test (default 10,000; 1,000 with --quick).
     #[arg(long)]
     allocations: Option<usize>,
-    /// The ferroturn binary (default: beside this one, i.e. target/release/ferroturn).
-    #[arg(long)]
-    ferroturn: Option<PathBuf>,
+    /// A ferroturn build to measure, as NAME=PATH (NAME labels its
+    /// column, e.g. `prev` or `new`); repeat it to compare builds side by
+    /// side in one run. Default: `ferroturn` beside this binary, i.e.
+    /// target/release/ferroturn.
+    #[arg(long, value_name = "NAME=PATH", value_parser = servers::parse_build)]
+    ferroturn: Vec<Build>,
     /// coturn's turnserver (default: on PATH; `apt-get install coturn`).
     #[arg(long)]
     turnserver: Option<PathBuf>,
@@ -101,6 +106,13 @@ const TPUT: [(&str, usize, usize); 4] = [
     ("tput 100x1200", 100, 1200),
 ];
 const FLOWS: usize = 100;
+/// The control-plane test: cycles in flight, and its metrics (rate, and
+/// the server's CPU per cycle, which still compares builds when the
+/// bench's one client thread, not the server, sets the rate).
+const CTL: [(usize, &str, &str); 2] = [
+    (64, "cycles/s", "ctl cpu µs/cycle"),
+    (8, "ctl8 cycles/s", "ctl8 cpu µs/cycle"),
+];
 const CPU_RATE: f64 = 25_000.0;
 
 fn main() {
@@ -147,14 +159,40 @@ fn main() {
     let me = std::env::current_exe().expect("own path");
     let beside = me.parent().unwrap().to_path_buf();
     let need = |k: Kind| kinds.contains(&k);
-    let ferroturn = servers::locate(o.ferroturn.as_deref(), "ferroturn", &beside);
+    let builds: Vec<Build> = if o.ferroturn.is_empty() {
+        servers::locate(None, "ferroturn", &beside)
+            .map(|path| Build {
+                name: "ferroturn".into(),
+                path,
+            })
+            .into_iter()
+            .collect()
+    } else {
+        o.ferroturn.clone()
+    };
+    if let Err(e) = servers::check_builds(&builds) {
+        eprintln!("--ferroturn: {e}");
+        std::process::exit(2);
+    }
     let turnserver = servers::locate(o.turnserver.as_deref(), "turnserver", &beside);
-    if kinds.iter().any(|k| k.is_ferroturn()) && ferroturn.is_none() {
+    if kinds.iter().any(|k| k.is_ferroturn()) && builds.is_empty() {
         eprintln!(
-            "no ferroturn binary: run `cargo build --release --bin ferroturn` (or pass --ferroturn)"
+            "no ferroturn binary: run `cargo build --release --bin ferroturn` (or pass --ferroturn NAME=PATH)"
         );
         std::process::exit(2);
     }
+    // Each kind in turn; a ferroturn kind once per build, builds side by
+    // side so that they meet the same moment of the host.
+    let targets: Vec<Target> = kinds
+        .iter()
+        .flat_map(|&k| {
+            if k.is_ferroturn() {
+                builds.iter().map(|b| Target::new(k, Some(b))).collect()
+            } else {
+                vec![Target::new(k, None)]
+            }
+        })
+        .collect();
     if need(Kind::Coturn) && turnserver.is_none() {
         eprintln!("no turnserver: `apt-get install coturn` (or pass --turnserver)");
         std::process::exit(2);
@@ -162,7 +200,6 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("ferroturn-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let paths = Paths {
-        ferroturn: ferroturn.unwrap_or_default(),
         turnserver: turnserver.unwrap_or_default(),
         me,
         dir: dir.clone(),
@@ -186,7 +223,7 @@ fn main() {
     eprintln!(
         "ferroturn-bench: {} rep(s) of {:?}, {cores} cores, echo peer {}",
         plan.reps,
-        kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         echo.addr
     );
 
@@ -199,15 +236,15 @@ fn main() {
             );
             ceiling(&plan, &echo, &mut src, &mut trial_id, &mut res, &on);
         }
-        for &k in &kinds {
+        for t in &targets {
             eprintln!(
                 "[rep {}] {} ({:.0} s so far)",
                 rep + 1,
-                k.name(),
+                t.name,
                 started.elapsed().as_secs_f64()
             );
             if let Err(e) = run_server(
-                k,
+                t,
                 &paths,
                 &plan,
                 &echo,
@@ -216,27 +253,34 @@ fn main() {
                 &mut res,
                 &on,
             ) {
-                eprintln!("  {}: {e}", k.name());
+                eprintln!("  {}: {e}", t.name);
             }
         }
     }
-    // The cost of the worst messages, once, against ferroturn alone.
+    // The cost of the worst messages, once per build, against ferroturn alone.
     let mut costs = String::new();
-    if on("msgcost") && kinds.iter().any(|k| k.is_ferroturn()) {
+    for b in builds
+        .iter()
+        .filter(|_| on("msgcost") && kinds.iter().any(|k| k.is_ferroturn()))
+    {
         eprintln!(
-            "message cost ({:.0} s so far)",
+            "message cost of {} ({:.0} s so far)",
+            b.name,
             started.elapsed().as_secs_f64()
         );
-        match Server::start(Kind::Ferroturn, &paths, echo.addr) {
+        match Server::start(&Target::new(Kind::Ferroturn, Some(b)), &paths, echo.addr) {
             Ok(server) => {
                 let each = if o.quick {
                     Duration::from_secs(1)
                 } else {
                     Duration::from_secs(3)
                 };
-                costs = msgcost::table(&msgcost::run(&server, each));
+                if builds.len() > 1 {
+                    let _ = write!(costs, "\n### {}: {}\n", b.name, b.path.display());
+                }
+                costs += &msgcost::table(&msgcost::run(&server, each));
             }
-            Err(e) => eprintln!("  msgcost: {e}"),
+            Err(e) => eprintln!("  msgcost of {}: {e}", b.name),
         }
     }
     drop(hogs);
@@ -253,7 +297,8 @@ fn main() {
             cores,
             total,
             foreign,
-            &kinds,
+            &targets,
+            &builds,
             paths.ferroturn_workers,
             o.hogs
         )
@@ -439,7 +484,7 @@ fn ceiling(
 
 #[allow(clippy::too_many_arguments)]
 fn run_server(
-    kind: Kind,
+    target: &Target,
     paths: &Paths,
     plan: &Plan,
     echo: &Echo,
@@ -448,8 +493,9 @@ fn run_server(
     res: &mut Results,
     on: &dyn Fn(&str) -> bool,
 ) -> Result<(), String> {
-    let mut server = Server::start(kind, paths, echo.addr)?;
-    let name = kind.name();
+    let kind = target.kind;
+    let mut server = Server::start(target, paths, echo.addr)?;
+    let name = target.name.as_str();
     eprintln!("  pid {} on {}", server.pid(), server.addr);
 
     if kind.is_turn() && on("mem") {
@@ -499,30 +545,48 @@ fn run_server(
         // A fresh server for the rest: coturn keeps the ports and memory
         // of deleted allocations for up to a minute.
         server.stop();
-        server = Server::start(kind, paths, echo.addr)?;
+        server = Server::start(target, paths, echo.addr)?;
         eprintln!("  restarted: pid {}", server.pid());
     }
 
-    if kind.is_turn() && on("ctl") {
+    // 64 in flight: how many cycles the server can take; 8: what each
+    // cycle costs when the server is not kept busy (a wake-up per request).
+    for (i, (window, metric, cpu_metric)) in CTL.into_iter().enumerate() {
+        if !(kind.is_turn() && on("ctl")) {
+            break;
+        }
+        if i > 0 {
+            // coturn holds the ports of finished allocations for a minute
+            // and the first window used most of its range: a fresh server
+            // for each window, whatever the kind.
+            server.stop();
+            server = Server::start(target, paths, echo.addr)?;
+        }
         let ctl = gen_socket();
+        let (c0, me0) = (server.cpu(), servers::thread_cpu());
         let st = turn::drive(
             &ctl,
             server.addr,
             turn::Plan::Cycle,
-            64,
+            window,
             Instant::now() + plan.ctl,
             || Some(turn::Client::new(src.next(), None)),
             None,
         );
+        let (cpu, me) = (server.cpu() - c0, servers::thread_cpu() - me0);
         let rate = st.done as f64 / st.secs;
+        let per = cpu / st.done.max(1) as f64 * 1e6;
         eprintln!(
-            "  allocation cycles: {} in {:.2} s = {rate:.0}/s ({} failed{})",
+            "  allocation cycles, {window} in flight: {} in {:.2} s = {rate:.0}/s ({} failed{}); server CPU {per:.1} µs per cycle ({:.0} % of a core), client {:.0} % of a core",
             st.done,
             st.secs,
             st.failed,
-            st.why()
+            st.why(),
+            cpu / st.secs * 100.0,
+            me / st.secs * 100.0
         );
-        push(res, name, "cycles/s", rate);
+        push(res, name, metric, rate);
+        push(res, name, cpu_metric, per);
     }
 
     if !(on("tput") || on("lat") || on("cpu")) {
@@ -660,6 +724,15 @@ const ROWS: &[(&str, &str)] = &[
         "cycles/s",
         "allocation cycles/s (Allocate→401, Allocate, Refresh 0)",
     ),
+    (
+        "ctl cpu µs/cycle",
+        "server CPU per allocation cycle, 64 in flight (µs)",
+    ),
+    ("ctl8 cycles/s", "allocation cycles/s, 8 in flight (ctl8)"),
+    (
+        "ctl8 cpu µs/cycle",
+        "server CPU per allocation cycle, 8 in flight (µs)",
+    ),
     ("rss idle", "RSS idle (MiB)"),
     ("rss per alloc", "RSS per held allocation (bytes)"),
     (
@@ -674,6 +747,8 @@ fn fmt(metric: &str, v: f64) -> String {
     }
     if metric.starts_with("tput") {
         format!("{:.1} k", v / 1e3)
+    } else if metric.ends_with("µs/cycle") {
+        format!("{v:.1}")
     } else if metric == "cpu s/M" || metric == "rss idle" || metric == "wakes/pkt" {
         format!("{v:.2}")
     } else {
@@ -689,16 +764,21 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     res: &Results,
     plan: &Plan,
     cores: usize,
     total: Duration,
     foreign: f64,
-    kinds: &[Kind],
+    targets: &[Target],
+    builds: &[Build],
     workers: usize,
     hogs: usize,
 ) -> String {
+    // One column per build; with several, each later one is also set
+    // against the first (`new / prev`).
+    let names: Vec<&str> = builds.iter().map(|b| b.name.as_str()).collect();
     let m = |t: &str, k: &'static str| res.get(&(t.to_string(), k)).map_or(f64::NAN, |v| median(v));
     let mut s = String::new();
     let _ = writeln!(
@@ -727,54 +807,74 @@ fn report(
             "{hogs} busy thread(s) competed for the CPUs during the whole run (--hogs).\n"
         );
     }
+    if names.len() > 1 || names.first().is_some_and(|n| *n != "ferroturn") {
+        for b in builds {
+            let _ = writeln!(s, "- `{}`: {}", b.name, b.path.display());
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(
         s,
         "Throughput is client-sent ChannelData/s at ≤ 0.1 % round-trip loss (the relay forwards twice that: both directions). Ratios are ferroturn's value over the other's.\n"
     );
-    let _ = writeln!(
-        s,
-        "| metric | generator ↔ echo | forwarder | coturn | ferroturn | ferroturn / forwarder | ferroturn / coturn |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let mut head = "| metric | generator ↔ echo | forwarder | coturn |".to_string();
+    for n in &names {
+        let _ = write!(head, " {n} |");
+    }
+    for n in &names {
+        let _ = write!(head, " {n} / forwarder | {n} / coturn |");
+    }
+    for n in names.iter().skip(1) {
+        let _ = write!(head, " {n} / {} |", names[0]);
+    }
+    let cols = head.matches('|').count() - 1;
+    let _ = writeln!(s, "{head}\n|{}", "---|".repeat(cols));
     for (k, label) in ROWS {
         let g = m("generator", k);
         let f = m("forwarder", k);
         let c = m("coturn", k);
-        let t = m("ferroturn", k);
-        if [g, f, c, t].iter().all(|v| !v.is_finite()) {
+        let t: Vec<f64> = names.iter().map(|n| m(n, k)).collect();
+        if [g, f, c].iter().chain(&t).all(|v| !v.is_finite()) {
             continue;
         }
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "| {label} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} |",
             fmt(k, g),
             fmt(k, f),
-            fmt(k, c),
-            fmt(k, t),
-            ratio(t, f),
-            ratio(t, c)
+            fmt(k, c)
         );
+        for v in &t {
+            let _ = write!(s, " {} |", fmt(k, *v));
+        }
+        for v in &t {
+            let _ = write!(s, " {} | {} |", ratio(*v, f), ratio(*v, c));
+        }
+        for v in t.iter().skip(1) {
+            let _ = write!(s, " {} |", ratio(*v, t[0]));
+        }
+        let _ = writeln!(s);
     }
 
     // ferroturn's variants, where they ran.
     let mut variants = Vec::new();
-    for kind in kinds
+    for t in targets
         .iter()
-        .filter(|k| k.is_ferroturn() && **k != Kind::Ferroturn)
+        .filter(|t| t.kind.is_ferroturn() && t.kind != Kind::Ferroturn)
     {
-        let d = kind.name();
+        let (d, base) = (t.name.as_str(), t.base());
         if !ROWS.iter().any(|(k, _)| m(d, k).is_finite()) {
             continue;
         }
         variants.push(d);
         let _ = writeln!(
             s,
-            "\nferroturn with `[server] {}`:\n",
-            kind.server_keys().trim()
+            "\n{base} with `[server] {}`:\n",
+            t.kind.server_keys().trim()
         );
         let _ = writeln!(
             s,
-            "| metric | {d} | / forwarder | / coturn | / ferroturn |\n|---|---|---|---|---|"
+            "| metric | {d} | / forwarder | / coturn | / {base} |\n|---|---|---|---|---|"
         );
         for (k, label) in ROWS {
             let v = m(d, k);
@@ -787,7 +887,7 @@ fn report(
                 fmt(k, v),
                 ratio(v, m("forwarder", k)),
                 ratio(v, m("coturn", k)),
-                ratio(v, m("ferroturn", k))
+                ratio(v, m(base, k))
             );
         }
     }
@@ -802,7 +902,7 @@ fn report(
             "**not met**"
         }
     };
-    let mut named = vec!["ferroturn"];
+    let mut named = names.clone();
     named.extend(&variants);
     let _ = writeln!(
         s,
@@ -815,7 +915,7 @@ fn report(
     );
     // (target, ferroturn over: "forwarder" | "coturn" | "" for its own
     // value, measurement, at most (true) or at least (false), the bound, unit)
-    let targets: [(&str, &str, &'static str, bool, f64, &str); 10] = [
+    let goals: [(&str, &str, &'static str, bool, f64, &str); 10] = [
         (
             "100 allocations × 200 B ≥ 0.95× forwarder",
             "forwarder",
@@ -897,7 +997,7 @@ fn report(
             " KiB",
         ),
     ];
-    for (name, base, key, at_most, bound, unit) in targets {
+    for (name, base, key, at_most, bound, unit) in goals {
         let _ = write!(s, "| {name} |");
         for &t in &named {
             let v = match base {
@@ -922,9 +1022,9 @@ fn report(
     // Every repetition (every trial, for the latencies), for the reader
     // who distrusts medians.
     let _ = writeln!(s, "\nPer repetition (latency: per trial):\n");
-    let mut targets = vec!["generator"];
-    targets.extend(kinds.iter().map(|k| k.name()));
-    for t in targets {
+    let mut columns = vec!["generator"];
+    columns.extend(targets.iter().map(|t| t.name.as_str()));
+    for t in columns {
         let mut line = format!("- {t}:");
         for (k, _) in ROWS {
             if let Some(v) = res.get(&(t.to_string(), *k)) {

@@ -44,6 +44,11 @@ impl Kind {
             Kind::FerroturnNormal => "ferroturn-normal",
         }
     }
+    /// The column of this kind for ferroturn build `build`: `ferroturn`
+    /// becomes the build's name (`ferroturn-normal` becomes `new-normal`).
+    pub fn label(self, build: &str) -> String {
+        self.name().replacen("ferroturn", build, 1)
+    }
     pub fn is_turn(self) -> bool {
         self != Kind::Forwarder
     }
@@ -72,12 +77,116 @@ pub const FERROTURN_PORTS: (u16, u16) = (1024, 16383);
 pub const COTURN_PORTS: (u16, u16) = (16384, 65535);
 
 pub struct Paths {
-    pub ferroturn: PathBuf,
     pub turnserver: PathBuf,
     pub me: PathBuf,
     pub dir: PathBuf,
     /// ferroturn's `[server] workers`.
     pub ferroturn_workers: usize,
+}
+
+/// A ferroturn build under test: `--ferroturn NAME=PATH`, or the one
+/// beside the bench binary, named `ferroturn`. Several builds run in one
+/// invocation so that host noise falls on all of them alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Build {
+    /// Column label: short, e.g. `prev` or `new`.
+    pub name: String,
+    /// Absolute, so that a bare file name is never looked up on PATH.
+    pub path: PathBuf,
+}
+
+/// Columns the bench fills itself; a build may not take their names.
+const RESERVED: [&str; 3] = ["generator", "forwarder", "coturn"];
+
+/// Parse one `--ferroturn NAME=PATH`. The path must be an executable
+/// file: a typo should stop the run now, not after minutes of other
+/// servers.
+pub fn parse_build(arg: &str) -> Result<Build, String> {
+    let Some((name, path)) = arg.split_once('=') else {
+        return Err("expected NAME=PATH, e.g. new=target/release/ferroturn".into());
+    };
+    if name.is_empty() {
+        return Err("empty NAME before `=`".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(format!(
+            "NAME `{name}` may hold only letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    if RESERVED.contains(&name) {
+        return Err(format!("NAME `{name}` is the label of another column"));
+    }
+    if path.is_empty() {
+        return Err("empty PATH after `=`".into());
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{path} is not a file"));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("{path} is not executable"));
+    }
+    let path = std::fs::canonicalize(path).map_err(|e| format!("{path}: {e}"))?;
+    Ok(Build {
+        name: name.to_string(),
+        path,
+    })
+}
+
+/// Every column label must be unique, variants included (`new-normal`
+/// of build `new` against a build named `new-normal`).
+pub fn check_builds(builds: &[Build]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for b in builds {
+        if !seen.insert(b.name.as_str()) {
+            return Err(format!("NAME `{}` is given twice", b.name));
+        }
+    }
+    for b in builds {
+        for k in Kind::ALL.into_iter().filter(|k| *k != Kind::Ferroturn) {
+            let label = k.label(&b.name);
+            if k.is_ferroturn() && seen.contains(label.as_str()) {
+                return Err(format!(
+                    "NAME `{label}` is also the label of build `{}` with `[server] {}`",
+                    b.name,
+                    k.server_keys().trim()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One server of a run: the column it fills (and results key), and for
+/// ferroturn the build it runs.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub kind: Kind,
+    pub name: String,
+    pub build: Option<Build>,
+}
+
+impl Target {
+    pub fn new(kind: Kind, build: Option<&Build>) -> Target {
+        let name = match build {
+            Some(b) if kind.is_ferroturn() => kind.label(&b.name),
+            _ => kind.name().to_string(),
+        };
+        Target {
+            kind,
+            name,
+            build: build.filter(|_| kind.is_ferroturn()).cloned(),
+        }
+    }
+    /// The column of this build's default configuration (for a variant's
+    /// ratio), or the target's own name.
+    pub fn base(&self) -> &str {
+        self.build.as_ref().map_or(&self.name, |b| &b.name)
+    }
 }
 
 pub struct Server {
@@ -133,7 +242,8 @@ level = "info"
 }
 
 impl Server {
-    pub fn start(kind: Kind, paths: &Paths, echo: SocketAddrV4) -> Result<Server, String> {
+    pub fn start(target: &Target, paths: &Paths, echo: SocketAddrV4) -> Result<Server, String> {
+        let kind = target.kind;
         let port = net::free_port();
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let mut cmd = match kind {
@@ -178,7 +288,14 @@ impl Server {
             }
             // Ferroturn and its variants.
             _ => {
-                let file = paths.dir.join("ferroturn.toml");
+                let Some(build) = &target.build else {
+                    return Err(format!("{}: no ferroturn binary", target.name));
+                };
+                // A config of its own per column. The listening port is
+                // fresh each start; the relay range is shared, since only
+                // one server runs at a time and the memory test needs
+                // 10,000 of its ports.
+                let file = paths.dir.join(format!("{}.toml", target.name));
                 // Newer builds take [limits]; older ones refuse the section.
                 let mut chosen = None;
                 for limits in [true, false] {
@@ -187,7 +304,7 @@ impl Server {
                         ferroturn_config(port, paths.ferroturn_workers, kind.server_keys(), limits),
                     )
                     .map_err(|e| e.to_string())?;
-                    let ok = Command::new(&paths.ferroturn)
+                    let ok = Command::new(&build.path)
                         .args(["check", "--config"])
                         .arg(&file)
                         .stdout(Stdio::null())
@@ -203,7 +320,7 @@ impl Server {
                 if chosen.is_none() {
                     return Err(format!("ferroturn check refused {}", file.display()));
                 }
-                let mut c = Command::new(&paths.ferroturn);
+                let mut c = Command::new(&build.path);
                 c.arg("--config").arg(&file);
                 c.stdout(Stdio::null());
                 c
@@ -213,7 +330,7 @@ impl Server {
         die_with_parent(&mut cmd);
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", kind.name()))?;
+            .map_err(|e| format!("cannot start {}: {e}", target.name))?;
         let ready = match kind {
             Kind::Forwarder => {
                 use std::io::BufRead;
@@ -226,7 +343,7 @@ impl Server {
         let mut s = Server { addr, child };
         if !ready {
             s.stop();
-            return Err(format!("{} did not come up on {addr}", kind.name()));
+            return Err(format!("{} did not come up on {addr}", target.name));
         }
         Ok(s)
     }
@@ -369,6 +486,17 @@ pub fn machine_busy() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU seconds of the calling thread (the bench's client, during the
+/// control-plane test).
+pub fn thread_cpu() -> f64 {
+    unsafe {
+        let mut r: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut r);
+        let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+        t(r.ru_utime) + t(r.ru_stime)
+    }
+}
+
 /// CPU seconds of this process and of its children that have exited (the
 /// servers, once stopped and waited for).
 pub fn own_cpu() -> f64 {
@@ -379,4 +507,92 @@ pub fn own_cpu() -> f64 {
         t(r.ru_utime) + t(r.ru_stime)
     };
     secs(libc::RUSAGE_SELF) + secs(libc::RUSAGE_CHILDREN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Remove the directories `file` made.
+    fn clean(files: &[&PathBuf]) {
+        for f in files {
+            let _ = std::fs::remove_dir_all(f.parent().unwrap());
+        }
+    }
+
+    /// A file in a fresh directory of its own, with `mode`.
+    fn file(name: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "ferroturn-bench-test-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_build_is_name_and_executable_path() {
+        let exe = file("ok", 0o755);
+        let b = parse_build(&format!("new={}", exe.display())).unwrap();
+        assert_eq!(b.name, "new");
+        assert_eq!(b.path, std::fs::canonicalize(&exe).unwrap());
+        // Only the first `=` splits: a path may hold one.
+        let odd = file("a=b", 0o700);
+        let b = parse_build(&format!("prev.1={}", odd.display())).unwrap();
+        assert_eq!(
+            (b.name.as_str(), b.path.file_name().unwrap()),
+            ("prev.1", "a=b".as_ref())
+        );
+        assert!(b.path.is_absolute());
+        clean(&[&exe, &odd]);
+    }
+
+    #[test]
+    fn bad_builds_are_refused_with_the_reason() {
+        let exe = file("exe", 0o755);
+        let plain = file("plain", 0o644);
+        let dir = exe.parent().unwrap();
+        let err = |arg: String| parse_build(&arg).unwrap_err();
+        let e = err(exe.display().to_string());
+        assert!(e.contains("expected NAME=PATH"), "{e}");
+        let e = err(format!("={}", exe.display()));
+        assert!(e.contains("empty NAME"), "{e}");
+        let e = err("new=".to_string());
+        assert!(e.contains("empty PATH"), "{e}");
+        let e = err(format!("new={}", plain.display()));
+        assert!(e.contains("is not executable"), "{e}");
+        let e = err(format!("new={}", dir.display()));
+        assert!(e.contains("is not a file"), "{e}");
+        let e = err(format!("new={}/missing", dir.display()));
+        assert!(e.contains("missing") && e.contains("No such file"), "{e}");
+        let e = err(format!("coturn={}", exe.display()));
+        assert!(e.contains("label of another column"), "{e}");
+        let e = err(format!("a b={}", exe.display()));
+        assert!(e.contains("may hold only"), "{e}");
+        clean(&[&exe, &plain]);
+    }
+
+    #[test]
+    fn build_names_are_unique_columns() {
+        let exe = file("uniq", 0o755);
+        let b = |n: &str| parse_build(&format!("{n}={}", exe.display())).unwrap();
+        assert_eq!(check_builds(&[b("prev"), b("new")]), Ok(()));
+        let e = check_builds(&[b("new"), b("prev"), b("new")]).unwrap_err();
+        assert!(e.contains("`new` is given twice"), "{e}");
+        let e = check_builds(&[b("new"), b("new-normal")]).unwrap_err();
+        assert!(
+            e.contains("`new-normal`") && e.contains("udp_scheduling"),
+            "{e}"
+        );
+        // Columns: the build's name, and its variants after it.
+        let t = Target::new(Kind::FerroturnBatch, Some(&b("new")));
+        assert_eq!((t.name.as_str(), t.base()), ("new-batch", "new"));
+        let t = Target::new(Kind::Coturn, Some(&b("new")));
+        assert_eq!((t.name.as_str(), t.build.is_none()), ("coturn", true));
+        clean(&[&exe]);
+    }
 }

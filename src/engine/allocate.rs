@@ -135,7 +135,7 @@ impl Engine {
             });
             let held = Held { name, ports };
             let port = if let Some(one) = reserved.clone() {
-                self.ports.take_pair().map(|(even, odd)| {
+                self.take_port_pair().map(|(even, odd)| {
                     let t = self.next_token();
                     self.cfg
                         .shared
@@ -146,10 +146,10 @@ impl Engine {
                     even
                 })
             } else {
-                self.ports.take(even)
+                self.take_port(even)
             };
             let Some(port) = port else {
-                tracing::warn!(%client, even, free = self.ports.len(), "no free relay port");
+                tracing::warn!(%client, even, free = self.free_ports(), "no free relay port");
                 self.cfg.shared.release(&held);
                 if let Some(one) = &reserved {
                     // The reservation, never made.
@@ -275,7 +275,7 @@ impl Engine {
         let extra = a.extra.is_some();
         if ok && dual && !extra {
             // The IPv4 relay is open; now the IPv6 one.
-            match self.ports.take(false) {
+            match self.take_port(false) {
                 Some(port) => {
                     let relayed = SocketAddr::new(self.public_ip(true), port.0);
                     let a = self.alloc_mut(id).expect("present");
@@ -333,12 +333,12 @@ impl Engine {
         // pair is broken.
         if let Some(t) = token {
             if let Some(p) = self.cfg.shared.expire(&t) {
-                self.ports.release(p);
+                self.release_port(p);
             }
         }
         let even = !extra && wire::attr(&request, ATTR_EVEN_PORT).is_some();
         let next = if tries < BIND_TRIES {
-            self.ports.take(even)
+            self.take_port(even)
         } else {
             None
         };
@@ -353,7 +353,7 @@ impl Engine {
         } else {
             a.port
         };
-        self.ports.release(old);
+        self.release_port(old);
         let relayed = SocketAddr::new(self.public_ip(v6), port.0);
         let a = self.alloc_mut(id).expect("present");
         if extra {
@@ -386,9 +386,9 @@ impl Engine {
         tracing::warn!(client = %a.client, "could not bind a relay socket");
         a.report_end(id, &mut self.out);
         self.cfg.shared.release(&a.held);
-        self.ports.release(a.port);
+        self.release_port(a.port);
         if let Some((p, _)) = a.extra {
-            self.ports.release(p);
+            self.release_port(p);
         }
         self.by_client.remove(&a.client);
         self.free_ids.push(id.0);

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use stun::attributes::*;
 use stun::message::Message;
 
-use crate::addr::{AllocId, ClientAddr, PeerAddr};
+use crate::addr::{AllocId, ClientAddr, PeerAddr, RelayPort};
 use crate::auth::Credentials;
 use crate::config::Limits;
 use crate::policy::{PeerPolicy, Reach};
@@ -40,7 +40,7 @@ use crate::proto::integrity::{self, ALGORITHM_MD5, ALGORITHM_SHA256, Signer};
 use crate::proto::{self, Kind, stun as wire};
 use allocation::Allocation;
 pub use allocation::{Change, Grant, Granted};
-use ports::PortPool;
+use ports::Relay;
 pub use quota::Shared;
 
 pub use relay::ToClient;
@@ -62,12 +62,14 @@ pub struct EngineConfig {
     /// Without REQUESTED-ADDRESS-FAMILY, relay in the client's own family
     /// (when configured) instead of IPv4 as RFC 8656 §7.2 says.
     pub same_family_default: bool,
-    /// The relay ports this engine may use.
+    /// The relay ports this engine brings to the server's pool
+    /// ([`Shared::ports`]), from which every engine takes: in a server each
+    /// engine names the whole range, and a port joins the pool once.
     pub ports: Vec<u16>,
     /// Default and maximum allocation lifetime (RFC 8656 §7.2).
     pub lifetime: Duration,
     pub max_lifetime: Duration,
-    /// Seeds the port shuffle and Data indication transaction ids.
+    /// Seeds where port searches start and Data indication transaction ids.
     pub seed: u64,
     /// Accept channel numbers up to 0x7FFF as RFC 5766 did, not just
     /// 0x4000–0x4FFF (RFC 8656 §12). coturn's client tools need it.
@@ -181,7 +183,8 @@ impl Gauges {
         self.allocations += o.allocations;
         self.permissions += o.permissions;
         self.channels += o.channels;
-        self.free_ports += o.free_ports;
+        // Every engine counts the one pool they share: the same number.
+        self.free_ports = self.free_ports.max(o.free_ports);
     }
 }
 
@@ -264,7 +267,8 @@ pub struct Engine {
     allocs: Vec<Option<Allocation>>,
     free_ids: Vec<u32>,
     by_client: HashMap<ClientAddr, AllocId>,
-    ports: PortPool,
+    /// Where the next relay port search starts: xorshift state.
+    port_random: u64,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     /// Tokens this engine issued, with their expiry, oldest first.
     reserved: VecDeque<(Instant, [u8; 8])>,
@@ -286,14 +290,14 @@ impl Engine {
     /// A new engine; `now` and `unix_now` (seconds since 1970) anchor its
     /// idea of wall-clock time, which nonces and REST expiries need.
     pub fn new(cfg: EngineConfig, now: Instant, unix_now: u64) -> Self {
-        let ports = PortPool::new(cfg.ports.clone(), cfg.seed);
+        cfg.shared.ports.join(Relay::MAIN, &cfg.ports);
         let seed = cfg.seed;
         Engine {
             cfg,
             allocs: Vec::new(),
             free_ids: Vec::new(),
             by_client: HashMap::new(),
-            ports,
+            port_random: seed,
             timers: BinaryHeap::new(),
             reserved: VecDeque::new(),
             out: VecDeque::new(),
@@ -401,7 +405,7 @@ impl Engine {
     pub fn gauges(&self) -> Gauges {
         let mut g = Gauges {
             allocations: self.by_client.len() as u64,
-            free_ports: self.ports.len() as u64,
+            free_ports: self.free_ports() as u64,
             ..Gauges::default()
         };
         for a in self.allocs.iter().flatten() {
@@ -451,9 +455,26 @@ impl Engine {
         self.by_client.len()
     }
 
-    /// Free relay ports left in this engine's share.
+    /// Free relay ports left in the server's pool, for every engine.
     pub fn free_ports(&self) -> usize {
-        self.ports.len()
+        self.cfg.shared.ports.free(Relay::MAIN)
+    }
+
+    /// Take a free relay port from the server's pool, an even one if `even`.
+    fn take_port(&mut self, even: bool) -> Option<RelayPort> {
+        let r = ports::next_random(&mut self.port_random);
+        self.cfg.shared.ports.take(Relay::MAIN, even, r)
+    }
+
+    /// Take an even relay port and the odd one after it.
+    fn take_port_pair(&mut self) -> Option<(RelayPort, RelayPort)> {
+        let r = ports::next_random(&mut self.port_random);
+        self.cfg.shared.ports.take_pair(Relay::MAIN, r)
+    }
+
+    /// Give a relay port back to the server's pool.
+    fn release_port(&self, port: RelayPort) {
+        self.cfg.shared.ports.release(Relay::MAIN, port);
     }
 
     /// The allocation behind `id`, if any.
@@ -484,14 +505,14 @@ impl Engine {
     /// Expire what is due at `now`: permissions, channels, allocations
     /// (RFC 8656 §7, §9, §12).
     pub fn handle_timeout(&mut self, now: Instant) {
-        // An unredeemed reservation gives its port back to this engine.
+        // An unredeemed reservation gives its port back to the pool.
         while let Some(&(t, token)) = self.reserved.front() {
             if t > now {
                 break;
             }
             self.reserved.pop_front();
             if let Some(port) = self.cfg.shared.expire(&token) {
-                self.ports.release(port);
+                self.release_port(port);
             }
         }
         while let Some(&Reverse((t, id))) = self.timers.peek() {
@@ -543,12 +564,12 @@ impl Engine {
             self.stats.session_seconds.observe(lived);
         }
         self.by_client.remove(&a.client);
-        self.ports.release(a.port);
+        self.release_port(a.port);
         self.cfg
             .shared
             .set_live(a.relayed.is_ipv6(), a.port.0, false);
         if let Some((p, r)) = a.extra {
-            self.ports.release(p);
+            self.release_port(p);
             self.cfg.shared.set_live(r.is_ipv6(), p.0, false);
         }
         self.cfg.shared.release(&a.held);

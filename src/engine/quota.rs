@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use super::ports::PortPool;
 use crate::addr::{Origin, RelayPort};
 use crate::config::Limits;
 
@@ -37,8 +38,8 @@ const PORT_WORDS: usize = 65_536 / 64;
 
 /// State every worker's engine shares. The quotas and reservations are
 /// touched by the control plane only (Allocate and allocation removal);
-/// the live relay ports and the unauthenticated-answer limiter are atomics,
-/// read without a lock.
+/// the relay port pool, the live relay ports and the unauthenticated-answer
+/// limiter are atomics, used without a lock.
 #[derive(Debug)]
 pub struct Shared {
     /// Ports held for a RESERVATION-TOKEN (RFC 8656 §7.2, §14.9): the
@@ -53,6 +54,9 @@ pub struct Shared {
     live: [Box<[AtomicU64]>; 2],
     /// Unauthenticated answers per source IP, for the whole server.
     pub limiter: SourceLimiter,
+    /// The relay ports of every engine: one pool, so that clients of any
+    /// transport may use the whole range.
+    pub ports: PortPool,
 }
 
 impl Default for Shared {
@@ -71,6 +75,7 @@ impl Shared {
             total: AtomicU32::new(0),
             live: [words(), words()],
             limiter: SourceLimiter::new(key),
+            ports: PortPool::default(),
         }
     }
 

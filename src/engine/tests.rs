@@ -16,6 +16,7 @@ use crate::proto::integrity::{self, ALGORITHM_SHA256, Key, Mac, Signer};
 use crate::proto::stun as wire;
 
 mod grants;
+mod pool;
 
 const REALM: &str = "example.org";
 const UNIX0: u64 = 1_800_000_000;

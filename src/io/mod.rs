@@ -413,9 +413,10 @@ impl Server {
         );
         let own = host::addresses();
         let policy = policy_from(&config, &own);
-        // One for the whole server: quotas, reservations, live relay ports
-        // and the unauthenticated-answer limiter, whose slot hash is keyed
-        // so that a spoofer cannot aim at another source's slot.
+        // One for the whole server: quotas, reservations, the relay port
+        // pool, live relay ports and the unauthenticated-answer limiter,
+        // whose slot hash is keyed so that a spoofer cannot aim at another
+        // source's slot.
         let mut key = [0u8; 8];
         rng.fill(&mut key)
             .map_err(|_| std::io::Error::other("no system randomness"))?;
@@ -440,8 +441,9 @@ impl Server {
         } else {
             0
         };
-        let mut shares = port_shares(lo, hi, shards, streams).into_iter();
-        let engine_config = |ports: Vec<u16>| -> std::io::Result<EngineConfig> {
+        // Every engine names the whole range: the ports join one pool in
+        // `shared` that UDP shards and stream workers all take from.
+        let engine_config = || -> std::io::Result<EngineConfig> {
             let mut seed = [0u8; 8];
             rng.fill(&mut seed)
                 .map_err(|_| std::io::Error::other("no system randomness"))?;
@@ -454,7 +456,7 @@ impl Server {
                 relay_public_v6: config.relay.public_address_v6,
                 same_family_default: config.relay.default_family
                     == crate::config::DefaultFamily::SameAsClient,
-                ports,
+                ports: (lo..=hi).collect(),
                 lifetime: std::time::Duration::from_secs(config.lifetime as u64),
                 max_lifetime: std::time::Duration::from_secs(config.max_lifetime as u64),
                 seed: u64::from_le_bytes(seed),
@@ -471,7 +473,7 @@ impl Server {
         // threads as the load asks.
         let mut udp_shards = Vec::new();
         for (i, sockets) in per_shard.into_iter().enumerate().take(shards) {
-            let cfg = engine_config(shares.next().unwrap_or_default())?;
+            let cfg = engine_config()?;
             let (shard, mailbox) = udp::Shard::new(i, cfg, sockets, Instant::now(), unix_now)?;
             udp_shards.push(shard);
             controls.push(mailbox);
@@ -498,7 +500,7 @@ impl Server {
         // TCP and TLS clients: one tokio worker per core, with engines of
         // their own, when a listener takes streams.
         for (i, sockets) in per_worker.into_iter().enumerate().take(streams) {
-            let cfg = engine_config(shares.next().unwrap_or_default())?;
+            let cfg = engine_config()?;
             let stop_rx = stop_rx.clone();
             let (tx, rx) = mpsc::unbounded_channel();
             server.control.workers.push(Mailbox::tokio(tx));
@@ -598,28 +600,6 @@ impl Drop for Server {
     }
 }
 
-/// The relay ports of each engine: the `udp` shards first, then the
-/// `streams` stream workers. Ports go in pairs (an even one and the odd
-/// one after it, for EVEN-PORT), each pair to one engine, so that engines
-/// never collide. When there are both kinds, a UDP shard gets three pairs
-/// for a stream worker's one: most media goes over UDP.
-fn port_shares(lo: u16, hi: u16, udp: usize, streams: usize) -> Vec<Vec<u16>> {
-    let rounds = if udp > 0 && streams > 0 { 3 } else { 1 };
-    let owners: Vec<usize> = (0..rounds)
-        .flat_map(|_| 0..udp)
-        .chain(udp..udp + streams)
-        .collect();
-    let mut shares = vec![Vec::new(); udp + streams];
-    if owners.is_empty() {
-        return shares;
-    }
-    for p in lo..=hi {
-        let pair = (p / 2 - lo / 2) as usize;
-        shares[owners[pair % owners.len()]].push(p);
-    }
-    shares
-}
-
 /// What a reload of `config` changes in the engines. Its realm is the
 /// running one (a restart-only setting): keys and nonces depend on it.
 fn update_from(config: &Config, nonce_secret: &[u8], own: &[std::net::IpAddr]) -> Update {
@@ -666,36 +646,4 @@ pub async fn wait_for_signal() -> std::io::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::port_shares;
-
-    #[test]
-    fn port_shares_split_the_range_in_whole_pairs_without_overlap() {
-        for (udp, streams) in [(2, 0), (0, 2), (2, 2), (1, 1), (3, 3)] {
-            let shares = port_shares(50_000, 50_999, udp, streams);
-            assert_eq!(shares.len(), udp + streams);
-            let mut all: Vec<u16> = shares.concat();
-            all.sort_unstable();
-            assert_eq!(
-                all,
-                (50_000..=50_999).collect::<Vec<_>>(),
-                "{udp}+{streams}"
-            );
-            // An even port and the odd one after it stay with one engine.
-            for s in &shares {
-                for p in s.iter().filter(|p| *p % 2 == 0) {
-                    assert!(s.contains(&(p + 1)), "{p} without {}", p + 1);
-                }
-            }
-            // Both kinds: every UDP shard gets three times a stream worker's share.
-            if udp > 0 && streams > 0 {
-                let (u, s) = (shares[0].len() as f64, shares[udp].len() as f64);
-                assert!((u / s - 3.0).abs() < 0.1, "{u} vs {s}");
-            }
-        }
-        assert!(port_shares(1, 2, 0, 0).is_empty());
-    }
 }

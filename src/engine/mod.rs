@@ -62,9 +62,10 @@ pub struct EngineConfig {
     /// Without REQUESTED-ADDRESS-FAMILY, relay in the client's own family
     /// (when configured) instead of IPv4 as RFC 8656 §7.2 says.
     pub same_family_default: bool,
-    /// The relay ports this engine brings to the server's pool
-    /// ([`Shared::ports`]), from which every engine takes: in a server each
-    /// engine names the whole range, and a port joins the pool once.
+    /// Relay ports this engine adds to the pool it takes from
+    /// ([`Shared::ports`], one for every engine of a server; a port joins
+    /// it once). The server adds the whole range to the pool itself and
+    /// gives its engines none.
     pub ports: Vec<u16>,
     /// Default and maximum allocation lifetime (RFC 8656 §7.2).
     pub lifetime: Duration,

@@ -372,12 +372,12 @@ mod tests {
                     let mut got = Vec::new();
                     for i in 0..N {
                         let r = next_random(&mut seed);
-                        if i % 3 == 0 {
-                            if let Some((a, b)) = p.take_pair(M, r) {
-                                assert_eq!((a.0 % 2, b.0), (0, a.0 + 1));
-                                got.extend([a.0, b.0]);
-                                continue;
-                            }
+                        if i % 3 == 0
+                            && let Some((a, b)) = p.take_pair(M, r)
+                        {
+                            assert_eq!((a.0 % 2, b.0), (0, a.0 + 1));
+                            got.extend([a.0, b.0]);
+                            continue;
                         }
                         match p.take(M, i % 5 == 0, r) {
                             Some(q) => got.push(q.0),

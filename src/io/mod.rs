@@ -441,8 +441,10 @@ impl Server {
         } else {
             0
         };
-        // Every engine names the whole range: the ports join one pool in
-        // `shared` that UDP shards and stream workers all take from.
+        // The range joins one pool in `shared` that UDP shards and stream
+        // workers all take from, so the engines bring no ports of their own.
+        let range: Vec<u16> = (lo..=hi).collect();
+        shared.ports.join(crate::engine::ports::Relay::MAIN, &range);
         let engine_config = || -> std::io::Result<EngineConfig> {
             let mut seed = [0u8; 8];
             rng.fill(&mut seed)
@@ -456,7 +458,7 @@ impl Server {
                 relay_public_v6: config.relay.public_address_v6,
                 same_family_default: config.relay.default_family
                     == crate::config::DefaultFamily::SameAsClient,
-                ports: (lo..=hi).collect(),
+                ports: Vec::new(),
                 lifetime: std::time::Duration::from_secs(config.lifetime as u64),
                 max_lifetime: std::time::Duration::from_secs(config.max_lifetime as u64),
                 seed: u64::from_le_bytes(seed),

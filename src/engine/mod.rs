@@ -673,12 +673,11 @@ impl Engine {
             }
         };
         let method = m.typ.method;
-        if m.typ.class == CLASS_REQUEST
-            || (m.typ.class == CLASS_INDICATION && method == METHOD_SEND)
+        if (m.typ.class == CLASS_REQUEST
+            || (m.typ.class == CLASS_INDICATION && method == METHOD_SEND))
+            && let Some(counted) = stats::Method::of(method)
         {
-            if let Some(counted) = stats::Method::of(method) {
-                self.stats.request(counted);
-            }
+            self.stats.request(counted);
         }
         if m.typ.class == CLASS_INDICATION {
             if method == stun::message::METHOD_SEND {

@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::config;
 use crate::engine::Session;
-use crate::engine::stats::{TO_CLIENT, TO_PEER, TRANSPORTS, transport_index};
+use crate::engine::stats::{Direction, Transport};
 use crate::http::{self, Caps, Listener, Request, Response};
 use crate::io::Control;
 
@@ -55,7 +55,7 @@ pub struct SessionInfo {
     pub user: String,
     /// The client's address as the server sees it (`IP:PORT`).
     pub client: String,
-    /// `udp` or `tcp`: how the client reaches the server.
+    /// `udp`, `tcp` or `tls`: how the client reaches the server.
     pub transport: String,
     /// The relayed transport address (`IP:PORT`).
     pub relay: String,
@@ -79,20 +79,20 @@ pub struct Traffic {
 
 impl SessionInfo {
     pub fn from_session(s: &Session) -> SessionInfo {
-        let t = |dir: usize| Traffic {
-            packets: s.traffic[dir].packets,
-            bytes: s.traffic[dir].bytes,
+        let t = |dir: Direction| Traffic {
+            packets: s.traffic[dir.index()].packets,
+            bytes: s.traffic[dir.index()].bytes,
         };
         SessionInfo {
             user: s.user.clone(),
             client: s.client.remote.to_string(),
-            transport: TRANSPORTS[transport_index(s.client.via)].to_owned(),
+            transport: Transport::of(s.client.via).name().to_owned(),
             relay: s.relayed.to_string(),
             relay_port: s.relayed.port(),
             relay_v6: s.relayed_extra.map(|r| r.to_string()),
             age_seconds: s.age.as_secs(),
-            to_peer: t(TO_PEER),
-            to_client: t(TO_CLIENT),
+            to_peer: t(Direction::ToPeer),
+            to_client: t(Direction::ToClient),
         }
     }
 }

@@ -2,19 +2,20 @@
 //!
 //! Every figure comes from one [`Control::report`]: counters merged over all
 //! workers and gauges taken at the time of the scrape. Labels come from
-//! fixed lists only (method, code, reason, direction, transport): never a
-//! user name or an address, so that the series stay few and say nothing
-//! about who uses the server.
+//! fixed sets only (method, code, reason, direction, transport: the enums
+//! of [`crate::engine::stats`] and [`StreamRefusal`], each declared once
+//! with its names and order): never a user name or an address, so that the
+//! series stay few and say nothing about who uses the server.
 
 use std::fmt::Write;
 
 use tokio::net::TcpListener;
 
 use crate::engine::stats::{
-    AUTH_FAILURES, CODES, DURATION_BUCKETS, METHODS, TO_CLIENT, TO_PEER, TRANSPORTS,
+    AuthFailure, Code, DURATION_BUCKETS, Direction, Method, Traffic, Transport,
 };
 use crate::http::{self, Caps, Listener, Request, Response};
-use crate::io::{Control, WorkerReport};
+use crate::io::{Control, StreamRefusal, WorkerReport};
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -26,9 +27,6 @@ pub const CAPS: Caps = Caps {
     total: 256,
     per_peer: 64,
 };
-
-/// Relay directions, in the order of [`TO_PEER`] and [`TO_CLIENT`].
-const DIRECTIONS: [(usize, &str); 2] = [(TO_PEER, "to_peer"), (TO_CLIENT, "to_client")];
 
 /// Serve `/metrics` on `listener` until the process ends. Only requests
 /// whose `Host` is an IP literal, `localhost` or one of `hosts`
@@ -164,20 +162,28 @@ pub fn render(report: &WorkerReport) -> String {
         "counter",
         "STUN requests (and Send indications) received, by method.",
     );
-    for (m, n) in METHODS.iter().zip(s.requests) {
-        o.sample("requests_total", &format!("method=\"{m}\""), n);
+    for m in Method::ALL {
+        let labels = format!("{}=\"{}\"", Method::KEY, m.name());
+        o.sample("requests_total", &labels, s.requests[m.index()]);
     }
     o.family(
         "error_responses_total",
         "counter",
         "Error responses sent, by method and error code.",
     );
-    for (m, row) in METHODS.iter().zip(s.errors) {
-        for (c, n) in CODES.iter().zip(row) {
+    for m in Method::ALL {
+        for c in Code::ALL {
+            let labels = format!(
+                "{}=\"{}\",{}=\"{}\"",
+                Method::KEY,
+                m.name(),
+                Code::KEY,
+                c.name()
+            );
             o.sample(
                 "error_responses_total",
-                &format!("method=\"{m}\",code=\"{c}\""),
-                n,
+                &labels,
+                s.errors[m.index()][c.index()],
             );
         }
     }
@@ -186,8 +192,9 @@ pub fn render(report: &WorkerReport) -> String {
         "counter",
         "Failed authentications, by reason.",
     );
-    for (r, n) in AUTH_FAILURES.iter().zip(s.auth_failures) {
-        o.sample("auth_failures_total", &format!("reason=\"{r}\""), n);
+    for r in AuthFailure::ALL {
+        let labels = format!("{}=\"{}\"", AuthFailure::KEY, r.name());
+        o.sample("auth_failures_total", &labels, s.auth_failures[r.index()]);
     }
     o.single(
         "peer_policy_denials_total",
@@ -219,7 +226,7 @@ pub fn render(report: &WorkerReport) -> String {
         (
             "relayed_packets_total",
             "Packets relayed, by direction and client transport.",
-            (|t: &crate::engine::stats::Traffic| t.packets) as fn(&_) -> u64,
+            (|t: &Traffic| t.packets) as fn(&_) -> u64,
         ),
         (
             "relayed_bytes_total",
@@ -228,10 +235,16 @@ pub fn render(report: &WorkerReport) -> String {
         ),
     ] {
         o.family(name, "counter", help);
-        for (d, dname) in DIRECTIONS {
-            for (t, tname) in TRANSPORTS.iter().enumerate() {
-                let labels = format!("direction=\"{dname}\",transport=\"{tname}\"");
-                o.sample(name, &labels, get(&s.relayed[d][t]));
+        for d in Direction::ALL {
+            for t in Transport::ALL {
+                let labels = format!(
+                    "{}=\"{}\",{}=\"{}\"",
+                    Direction::KEY,
+                    d.name(),
+                    Transport::KEY,
+                    t.name()
+                );
+                o.sample(name, &labels, get(&s.relayed[d.index()][t.index()]));
             }
         }
     }
@@ -259,11 +272,13 @@ pub fn render(report: &WorkerReport) -> String {
         "counter",
         "TCP/TLS clients refused, closed or dropped by a stream limit, by reason.",
     );
-    for (r, n) in crate::io::STREAM_REFUSAL_REASONS
-        .iter()
-        .zip(report.stream_refusals)
-    {
-        o.sample("stream_refusals_total", &format!("reason=\"{r}\""), n);
+    for r in StreamRefusal::ALL {
+        let labels = format!("{}=\"{}\"", StreamRefusal::KEY, r.name());
+        o.sample(
+            "stream_refusals_total",
+            &labels,
+            report.stream_refusals[r.index()],
+        );
     }
 
     o.single(
@@ -319,8 +334,8 @@ mod tests {
         r.stats.allocations_created = 5;
         r.stats.auth_failures[5] = 2;
         r.stats.requests[1] = 9;
-        r.stats.error_sent(1, 401);
-        r.stats.relayed[TO_CLIENT][1].add(100);
+        r.stats.errors[1][2] = 1;
+        r.stats.relayed[1][1].add(100);
         r.stats.session_seconds.observe(5);
         r.stats.session_seconds.observe(700);
         r.stats.session_seconds.observe(100_000);

@@ -8,9 +8,10 @@ use stun::message::Message;
 
 use super::allocation::{Allocation, State};
 use super::quota::{Held, Meter};
-use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, Authed, Engine, Output};
+use super::stats::{Code, Direction};
+use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, Answer, Authed, Engine, Output, Reply};
 use crate::addr::{AllocId, ClientAddr};
-use crate::proto::stun::{self as wire, Response};
+use crate::proto::stun as wire;
 
 /// UDP's protocol number, the only REQUESTED-TRANSPORT we relay (§7.2).
 const PROTO_UDP: u8 = 17;
@@ -64,22 +65,23 @@ impl Engine {
         authed: Authed,
     ) {
         let signer = authed.signer;
-        let err = |code: u16| authed.error(m, code);
+        let err = |code: Code| authed.error(m, code);
         if self.by_client.contains_key(&client) {
-            self.reply(client, err(437));
+            self.reply(client, err(Code::AllocationMismatch));
             return;
         }
         if let Some(alternate) = self.draining {
             let r = match alternate {
-                Some(alt) => Response::error(m, 300).address(ATTR_ALTERNATE_SERVER, alt),
-                None => Response::error(m, 508),
+                Some(alt) => Reply::error(m, Code::TryAlternate)
+                    .with(|r| r.address(ATTR_ALTERNATE_SERVER, alt)),
+                None => Reply::error(m, Code::InsufficientCapacity),
             };
             return self.reply(client, r.finish(Some(&signer), false));
         }
         match wire::requested_transport(m) {
             Some(Ok(PROTO_UDP)) => {}
-            Some(Ok(_)) => return self.reply(client, err(442)),
-            None | Some(Err(())) => return self.reply(client, err(400)),
+            Some(Ok(_)) => return self.reply(client, err(Code::UnsupportedTransport)),
+            None | Some(Err(())) => return self.reply(client, err(Code::BadRequest)),
         }
         let Ok(mut families) = self.families(client, m) else {
             return self.reply(client, err(self.family_error(m)));
@@ -88,14 +90,14 @@ impl Engine {
         let (even, reserve) = match wire::attr(m, ATTR_EVEN_PORT) {
             None => (false, false),
             Some(v) if v.len() == 1 => (true, v[0] & 0x80 != 0),
-            Some(_) => return self.reply(client, err(400)),
+            Some(_) => return self.reply(client, err(Code::BadRequest)),
         };
         let token = wire::attr(m, ATTR_RESERVATION_TOKEN);
         if token.is_some() && (even || families.dual) {
-            return self.reply(client, err(400));
+            return self.reply(client, err(Code::BadRequest));
         }
         let lifetime = match wire::u32_attr(m, ATTR_LIFETIME) {
-            Some(Err(())) => return self.reply(client, err(400)),
+            Some(Err(())) => return self.reply(client, err(Code::BadRequest)),
             Some(Ok(s)) => self.granted_lifetime(Some(s)),
             None => self.granted_lifetime(None),
         };
@@ -115,7 +117,7 @@ impl Engine {
                     families.v6 = v6;
                     (port, held)
                 }
-                None => return self.reply(client, err(508)),
+                None => return self.reply(client, err(Code::InsufficientCapacity)),
             }
         } else {
             let units = 1 + reserve as u32;
@@ -124,7 +126,7 @@ impl Engine {
                     .shared
                     .acquire(&name, units, ports + reserve as u32, &self.cfg.limits)
             {
-                tracing::info!(%client, user = %authed.username, code, "allocation quota reached");
+                tracing::info!(%client, user = %authed.username, code = code.value(), "allocation quota reached");
                 self.stats.quota_rejections += 1;
                 return self.reply(client, err(code));
             }
@@ -155,7 +157,7 @@ impl Engine {
                     // The reservation, never made.
                     self.cfg.shared.release(one);
                 }
-                return self.reply(client, err(508));
+                return self.reply(client, err(Code::InsufficientCapacity));
             };
             (port, held)
         };
@@ -191,7 +193,7 @@ impl Engine {
             channels: Vec::new(),
             scheduled: None,
             traffic: Default::default(),
-            meters: [Meter::new(now, &self.cfg.limits); 2],
+            meters: [Meter::new(now, &self.cfg.limits); Direction::COUNT],
         });
         self.by_client.insert(client, id);
         self.out.push_back(Output::OpenRelay {
@@ -228,11 +230,11 @@ impl Engine {
 
     /// The error code for a request [`Engine::families`] refused: 400 when
     /// the attributes contradict each other or are malformed, else 440.
-    fn family_error(&self, m: &Message) -> u16 {
+    fn family_error(&self, m: &Message) -> Code {
         let additional = wire::attr(m, ATTR_ADDITIONAL_ADDRESS_FAMILY);
         match (wire::requested_family(m), additional) {
-            (Some(_), Some(_)) | (None, Some(_)) | (Some(Err(())), None) => 400,
-            _ => 440,
+            (Some(_), Some(_)) | (None, Some(_)) | (Some(Err(())), None) => Code::BadRequest,
+            _ => Code::AddressFamilyNotSupported,
         }
     }
 
@@ -297,23 +299,25 @@ impl Engine {
         if ok {
             let a = self.alloc_mut(id).expect("present");
             let lifetime = a.expires.saturating_duration_since(now).as_secs() as u32;
-            let mut resp =
-                Response::success(&request).xor_address(ATTR_XOR_RELAYED_ADDRESS, a.relayed);
-            if let Some((_, v6)) = a.extra {
-                resp = resp.xor_address(ATTR_XOR_RELAYED_ADDRESS, v6);
-            }
-            if v6_refused {
-                resp = resp.address_error(0x02, 440);
-            }
-            resp = resp
-                .u32(ATTR_LIFETIME, lifetime)
-                .xor_address(ATTR_XORMAPPED_ADDRESS, client.remote);
-            if let Some(t) = token {
-                resp = resp.bytes(ATTR_RESERVATION_TOKEN, &t);
-            }
+            let resp = Reply::success(&request).with(|mut resp| {
+                resp = resp.xor_address(ATTR_XOR_RELAYED_ADDRESS, a.relayed);
+                if let Some((_, v6)) = a.extra {
+                    resp = resp.xor_address(ATTR_XOR_RELAYED_ADDRESS, v6);
+                }
+                if v6_refused {
+                    resp = resp.address_error(0x02, Code::AddressFamilyNotSupported.value());
+                }
+                resp = resp
+                    .u32(ATTR_LIFETIME, lifetime)
+                    .xor_address(ATTR_XORMAPPED_ADDRESS, client.remote);
+                if let Some(t) = token {
+                    resp = resp.bytes(ATTR_RESERVATION_TOKEN, &t);
+                }
+                resp
+            });
             let resp = resp.finish(Some(&signer), false);
             a.state = State::Active;
-            a.last_response = resp.clone();
+            a.last_response = resp.data.clone();
             let (relayed, extra) = (a.relayed, a.extra);
             tracing::info!(%client, user = %a.username, relay = %a.relayed, extra = ?a.extra.map(|e| e.1), lifetime, "allocation created");
             self.stats.allocations_created += 1;
@@ -396,7 +400,7 @@ impl Engine {
         self.out.push_back(Output::CloseRelay { alloc: id });
         self.reply(
             a.client,
-            Response::error(request, 508).finish(Some(signer), false),
+            Reply::error(request, Code::InsufficientCapacity).finish(Some(signer), false),
         );
     }
 
@@ -418,9 +422,9 @@ impl Engine {
         id: AllocId,
         m: &Message,
         authed: &Authed,
-    ) -> Vec<u8> {
+    ) -> Answer {
         let signer = authed.signer;
-        let err = |code: u16| authed.error(m, code);
+        let err = |code: Code| authed.error(m, code);
         // REQUESTED-ADDRESS-FAMILY must name a family the allocation has (§7.3).
         if let Some(f) = wire::requested_family(m) {
             let a = self.allocation(id).expect("checked");
@@ -430,11 +434,11 @@ impl Engine {
             match f {
                 Ok(0x01) if has(false) => {}
                 Ok(0x02) if has(true) => {}
-                _ => return err(443),
+                _ => return err(Code::PeerAddressFamilyMismatch),
             }
         }
         let requested = match wire::u32_attr(m, ATTR_LIFETIME) {
-            Some(Err(())) => return err(400),
+            Some(Err(())) => return err(Code::BadRequest),
             Some(Ok(s)) => Some(s),
             None => None,
         };
@@ -443,8 +447,8 @@ impl Engine {
             tracing::info!(client = %a.client, user = %a.username, "allocation deleted");
             self.stats.allocations_deleted += 1;
             self.remove(id, now);
-            return Response::success(m)
-                .u32(ATTR_LIFETIME, 0)
+            return Reply::success(m)
+                .with(|r| r.u32(ATTR_LIFETIME, 0))
                 .finish(Some(&signer), false);
         }
         let lifetime = self.granted_lifetime(requested);
@@ -452,8 +456,8 @@ impl Engine {
         a.expires = capped(now + lifetime, authed.deadline);
         let left = a.expires.saturating_duration_since(now).as_secs() as u32;
         self.reschedule(id, now);
-        Response::success(m)
-            .u32(ATTR_LIFETIME, left)
+        Reply::success(m)
+            .with(|r| r.u32(ATTR_LIFETIME, left))
             .finish(Some(&signer), false)
     }
 }

@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use super::Output;
 use super::quota::{Held, Meter};
-use super::stats::Traffic;
-pub use super::stats::{TO_CLIENT, TO_PEER};
+use super::stats::{Direction, Traffic};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr, RelayPort};
 use crate::config::Limits;
 use crate::policy::Reach;
@@ -177,10 +176,10 @@ pub struct Allocation {
     pub channels: Vec<Channel>,
     /// The wake-up time queued for this allocation, if any.
     pub scheduled: Option<Instant>,
-    /// Relayed traffic, by direction ([`TO_PEER`], [`TO_CLIENT`]).
-    pub traffic: [Traffic; 2],
-    /// Bandwidth and packet-rate ceilings, by direction.
-    pub meters: [Meter; 2],
+    /// Relayed traffic, by [`Direction`].
+    pub traffic: [Traffic; Direction::COUNT],
+    /// Bandwidth and packet-rate ceilings, by [`Direction`].
+    pub meters: [Meter; Direction::COUNT],
 }
 
 impl Allocation {
@@ -252,11 +251,11 @@ impl Allocation {
     /// Let `len` bytes through in direction `dir` if the ceilings allow,
     /// and count them; false when a ceiling drops the packet.
     #[inline]
-    pub fn admit(&mut self, now: Instant, dir: usize, len: usize, limits: &Limits) -> bool {
-        if !self.meters[dir].allow(now, len, limits) {
+    pub fn admit(&mut self, now: Instant, dir: Direction, len: usize, limits: &Limits) -> bool {
+        if !self.meters[dir.index()].allow(now, len, limits) {
             return false;
         }
-        self.traffic[dir].add(len);
+        self.traffic[dir.index()].add(len);
         true
     }
 

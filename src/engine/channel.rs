@@ -4,10 +4,9 @@ use std::time::{Duration, Instant};
 
 use stun::message::Message;
 
-use super::allocation::{
-    CHANNEL_LIFETIME_SECS, Change, Channel, PERMISSION_LIFETIME_SECS, TO_PEER,
-};
-use super::{Authed, Engine, ToPeer, stats};
+use super::allocation::{CHANNEL_LIFETIME_SECS, Change, Channel, PERMISSION_LIFETIME_SECS};
+use super::stats::{Code, Direction, Transport};
+use super::{Answer, Authed, Engine, ToPeer};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
 use crate::proto::stun as wire;
@@ -26,10 +25,10 @@ impl Engine {
         id: AllocId,
         m: &Message,
         authed: &Authed,
-    ) -> Vec<u8> {
-        let err = |code: u16| authed.error(m, code);
+    ) -> Answer {
+        let err = |code: Code| authed.error(m, code);
         let Some(Ok(n)) = wire::channel_number(m) else {
-            return err(400);
+            return err(Code::BadRequest);
         };
         let number = if self.cfg.legacy_channels {
             ChannelNumber::new_legacy(n)
@@ -38,11 +37,11 @@ impl Engine {
         };
         let Some(number) = number else {
             tracing::debug!(channel = n, "channel number outside the allowed range");
-            return err(400);
+            return err(Code::BadRequest);
         };
         let peer = match wire::xor_peer_addresses(m) {
             Ok(p) if p.len() == 1 => PeerAddr(p[0]),
-            _ => return err(400),
+            _ => return err(Code::BadRequest),
         };
         if let Err(code) = self.check_peer(id, peer) {
             return err(code);
@@ -59,12 +58,12 @@ impl Engine {
             (None, None) if a.channels.len() >= max => {
                 // A quota: 508 (RFC 8656 §12.2).
                 self.stats.quota_rejections += 1;
-                return err(508);
+                return err(Code::InsufficientCapacity);
             }
             (None, None) => Change::Created,
             _ => {
                 tracing::debug!(channel = n, %peer, "channel or peer already bound otherwise");
-                return err(400);
+                return err(Code::BadRequest);
             }
         };
         let owner = a.owner(id);
@@ -114,11 +113,13 @@ impl Engine {
             self.stats.dropped += 1;
             return None;
         };
-        if !a.admit(now, TO_PEER, len, &self.cfg.limits) {
+        if !a.admit(now, Direction::ToPeer, len, &self.cfg.limits) {
             self.stats.rate_limited += 1;
             return None;
         }
-        self.stats.relayed[TO_PEER][stats::transport_index(client.via)].add(len);
+        self.stats
+            .traffic(Direction::ToPeer, Transport::of(client.via))
+            .add(len);
         Some(ToPeer {
             relay: id,
             peer,

@@ -44,8 +44,8 @@ use ports::Relay;
 pub use quota::Shared;
 
 pub use relay::ToClient;
-use stats::AuthFailure;
 pub use stats::Stats;
+use stats::{AuthFailure, Code, Outcome};
 
 /// What the engine needs to know; one per worker.
 #[derive(Debug, Clone)]
@@ -166,8 +166,8 @@ pub struct Session {
     /// The IPv6 relay of a dual allocation.
     pub relayed_extra: Option<SocketAddr>,
     pub age: Duration,
-    /// Relayed traffic, by direction ([`stats::TO_PEER`], [`stats::TO_CLIENT`]).
-    pub traffic: [stats::Traffic; 2],
+    /// Relayed traffic, by [`stats::Direction`].
+    pub traffic: [stats::Traffic; stats::Direction::COUNT],
 }
 
 /// Point-in-time figures for metrics.
@@ -242,14 +242,65 @@ struct Authed {
 
 impl Authed {
     /// An error response, signed as the request was.
-    fn error(&self, m: &Message, code: u16) -> Vec<u8> {
-        wire::Response::error(m, code).finish(Some(&self.signer), false)
+    fn error(&self, m: &Message, code: Code) -> Answer {
+        Reply::error(m, code).finish(Some(&self.signer), false)
     }
 
     /// A success response with nothing but the signature.
-    fn ok(&self, m: &Message) -> Vec<u8> {
-        wire::Response::success(m).finish(Some(&self.signer), false)
+    fn ok(&self, m: &Message) -> Answer {
+        Reply::success(m).finish(Some(&self.signer), false)
     }
+}
+
+/// A response under construction, with the [`Outcome`] the stats will
+/// count for it: the error code is given once, as a [`Code`], and both the
+/// wire and the counters take it from there.
+struct Reply {
+    response: wire::Response,
+    outcome: Outcome,
+}
+
+impl Reply {
+    /// A success response to `m`.
+    fn success(m: &Message) -> Self {
+        Reply {
+            response: wire::Response::success(m),
+            outcome: Outcome {
+                method: stats::Method::of(m.typ.method),
+                error: None,
+            },
+        }
+    }
+
+    /// An error response to `m` with ERROR-CODE `code`.
+    fn error(m: &Message, code: Code) -> Self {
+        Reply {
+            response: wire::Response::error(m, code.value()),
+            outcome: Outcome {
+                method: stats::Method::of(m.typ.method),
+                error: Some(code),
+            },
+        }
+    }
+
+    /// Add attributes to the response.
+    fn with(mut self, add: impl FnOnce(wire::Response) -> wire::Response) -> Self {
+        self.response = add(self.response);
+        self
+    }
+
+    fn finish(self, signer: Option<&Signer>, fingerprint: bool) -> Answer {
+        Answer {
+            data: self.response.finish(signer, fingerprint),
+            outcome: self.outcome,
+        }
+    }
+}
+
+/// An encoded response and what it came to (see [`Reply`]).
+struct Answer {
+    data: Vec<u8>,
+    outcome: Outcome,
 }
 
 /// Why a request is refused before authentication: the error code, and
@@ -257,8 +308,8 @@ impl Authed {
 /// PASSWORD-ALGORITHMS) or the unknown attributes (420 to a Binding).
 #[derive(Debug, Clone)]
 enum Reject {
-    Challenge(u16),
-    Plain(u16),
+    Challenge(Code),
+    Plain(Code),
     Unknown(Vec<AttrType>),
 }
 
@@ -638,18 +689,17 @@ impl Engine {
                     && let Some(h) = wire::header_only(packet)
                     && h.typ.class == CLASS_REQUEST
                 {
-                    self.unauthenticated_answer(now, client, &h, Reject::Plain(400));
+                    self.unauthenticated_answer(now, client, &h, Reject::Plain(Code::BadRequest));
                 }
                 return None;
             }
         };
         let method = m.typ.method;
-        if m.typ.class == CLASS_REQUEST
-            || (m.typ.class == CLASS_INDICATION && method == METHOD_SEND)
+        if (m.typ.class == CLASS_REQUEST
+            || (m.typ.class == CLASS_INDICATION && method == METHOD_SEND))
+            && let Some(counted) = stats::Method::of(method)
         {
-            if let Some(i) = stats::method_index(wire::method_number(packet)) {
-                self.stats.requests[i] += 1;
-            }
+            self.stats.request(counted);
         }
         if m.typ.class == CLASS_INDICATION {
             if method == stun::message::METHOD_SEND {
@@ -685,7 +735,7 @@ impl Engine {
             METHOD_CHANNEL_BIND,
         ];
         if !known.contains(&method) || self.cfg.stun_only.contains(&client.via.listener()) {
-            self.unauthenticated_answer(now, client, &m, Reject::Plain(400));
+            self.unauthenticated_answer(now, client, &m, Reject::Plain(Code::BadRequest));
             return None;
         }
         let authed = match self.authenticate(now, client, &m) {
@@ -697,7 +747,7 @@ impl Engine {
         };
         let unknown = wire::unknown_required(&m, KNOWN);
         if !unknown.is_empty() {
-            let r = wire::Response::error(&m, 420).unknown(unknown);
+            let r = Reply::error(&m, Code::UnknownAttribute).with(|r| r.unknown(unknown));
             self.reply(client, r.finish(Some(&authed.signer), false));
             return None;
         }
@@ -707,15 +757,15 @@ impl Engine {
             // Every other request needs the client's allocation (RFC 8656
             // §7.3, §9.2, §11.2): 437 without one, 441 from another user.
             let Some(id) = self.by_client.get(&client).copied() else {
-                self.reply(client, authed.error(&m, 437));
+                self.reply(client, authed.error(&m, Code::AllocationMismatch));
                 return None;
             };
             let a = self.allocs[id.0 as usize].as_ref().expect("indexed");
             if a.username != authed.username {
-                self.reply(client, authed.error(&m, 441));
+                self.reply(client, authed.error(&m, Code::WrongCredentials));
                 return None;
             }
-            let resp = if method == METHOD_REFRESH {
+            let answer = if method == METHOD_REFRESH {
                 self.refresh(now, id, &m, &authed)
             } else if method == METHOD_CREATE_PERMISSION {
                 self.create_permission(now, id, &m, &authed)
@@ -724,20 +774,20 @@ impl Engine {
             };
             if let Some(a) = self.alloc_mut(id) {
                 a.last_txid = m.transaction_id.0;
-                a.last_response = resp.clone();
+                a.last_response = answer.data.clone();
             }
-            self.reply(client, resp);
+            self.reply(client, answer);
         }
         None
     }
 
-    fn reply(&mut self, to: ClientAddr, data: Vec<u8>) {
-        if let Some(code) = wire::reply_error_code(&data) {
-            if let Some(i) = stats::method_index(wire::method_number(&data)) {
-                self.stats.error_sent(i, code);
-            }
-        }
-        self.out.push_back(Output::Transmit { to, data });
+    /// Send an answer, and count what it came to.
+    fn reply(&mut self, to: ClientAddr, answer: Answer) {
+        self.stats.answered(answer.outcome);
+        self.out.push_back(Output::Transmit {
+            to,
+            data: answer.data,
+        });
     }
 
     /// Binding request (RFC 8489 §6.3.1): the client's reflexive address,
@@ -751,7 +801,7 @@ impl Engine {
             self.unauthenticated_answer(now, client, m, Reject::Unknown(unknown));
             return;
         }
-        let resp = wire::Response::success(m).xor_address(ATTR_XORMAPPED_ADDRESS, client.remote);
+        let resp = Reply::success(m).with(|r| r.xor_address(ATTR_XORMAPPED_ADDRESS, client.remote));
         self.reply(client, resp.finish(None, wire::has_fingerprint(m)));
     }
 
@@ -765,14 +815,18 @@ impl Engine {
             return;
         }
         let answer = match r {
-            Reject::Plain(code) => wire::Response::error(m, code),
-            Reject::Unknown(types) => wire::Response::error(m, 420).unknown(types),
+            Reject::Plain(code) => Reply::error(m, code),
+            Reject::Unknown(types) => {
+                Reply::error(m, Code::UnknownAttribute).with(|r| r.unknown(types))
+            }
             Reject::Challenge(code) => {
                 let creds = &self.cfg.credentials;
-                wire::Response::error(m, code)
-                    .text(ATTR_REALM, creds.realm())
-                    .text(ATTR_NONCE, &creds.nonce(self.unix(now), client.remote))
-                    .bytes(ATTR_PASSWORD_ALGORITHMS, &wire::PASSWORD_ALGORITHMS)
+                let nonce = creds.nonce(self.unix(now), client.remote);
+                Reply::error(m, code).with(|r| {
+                    r.text(ATTR_REALM, creds.realm())
+                        .text(ATTR_NONCE, &nonce)
+                        .bytes(ATTR_PASSWORD_ALGORITHMS, &wire::PASSWORD_ALGORITHMS)
+                })
             }
         };
         self.reply(client, answer.finish(None, wire::has_fingerprint(m)));
@@ -793,11 +847,11 @@ impl Engine {
         let unix = self.unix(now);
         let creds = &self.cfg.credentials;
         if !wire::has_integrity(m) {
-            return Err(Reject::Challenge(401));
+            return Err(Reject::Challenge(Code::Unauthorized));
         }
         if m.raw.len() > wire::MAX_SIGNED_LEN {
             self.stats.malformed += 1;
-            return Err(Reject::Plain(400));
+            return Err(Reject::Plain(Code::BadRequest));
         }
         // USERHASH names a static user by SHA-256(user:realm) (§14.4).
         let user = match (wire::text(m, ATTR_USERNAME), wire::attr(m, ATTR_USER_HASH)) {
@@ -809,7 +863,7 @@ impl Engine {
             (user, wire::text(m, ATTR_REALM), wire::text(m, ATTR_NONCE))
         else {
             self.stats.auth_failed(AuthFailure::MissingAttributes);
-            return Err(Reject::Plain(400));
+            return Err(Reject::Plain(Code::BadRequest));
         };
         // PASSWORD-ALGORITHM must come with the PASSWORD-ALGORITHMS we sent,
         // unchanged, so that nobody can bid a client down (§9.2.4).
@@ -825,22 +879,22 @@ impl Engine {
                     alg @ (ALGORITHM_MD5 | ALGORITHM_SHA256) => alg,
                     _ => {
                         self.stats.auth_failed(AuthFailure::BadAlgorithm);
-                        return Err(Reject::Plain(400));
+                        return Err(Reject::Plain(Code::BadRequest));
                     }
                 }
             }
             _ => {
                 self.stats.auth_failed(AuthFailure::BadAlgorithm);
-                return Err(Reject::Plain(400));
+                return Err(Reject::Plain(Code::BadRequest));
             }
         };
         if !creds.nonce_valid(&nonce, unix, client.remote) {
             self.stats.auth_failed(AuthFailure::StaleNonce);
-            return Err(Reject::Challenge(438));
+            return Err(Reject::Challenge(Code::StaleNonce));
         }
         let Some(username) = user else {
             self.stats.auth_failed(AuthFailure::UnknownUser);
-            return Err(Reject::Challenge(401));
+            return Err(Reject::Challenge(Code::Unauthorized));
         };
         let keys = creds.keys(&username, algorithm, unix);
         let found = keys
@@ -857,8 +911,8 @@ impl Engine {
                 AuthFailure::UnknownUser
             };
             self.stats.auth_failed(why);
-            tracing::debug!(%client, reason = stats::AUTH_FAILURES[why as usize], "authentication failed");
-            return Err(Reject::Challenge(401));
+            tracing::debug!(%client, reason = why.name(), "authentication failed");
+            return Err(Reject::Challenge(Code::Unauthorized));
         };
         // Strict expiry: a REST credential's allocations end when it does.
         let deadline = match crate::auth::rest_expiry(&username) {

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 use stun::attributes::ATTR_DATA;
 use stun::message::Message;
 
-use super::allocation::{PERMISSION_LIFETIME_SECS, TO_PEER};
-use super::{Authed, Engine, ToPeer, stats};
+use super::allocation::PERMISSION_LIFETIME_SECS;
+use super::stats::{Code, Direction, Transport};
+use super::{Answer, Authed, Engine, ToPeer};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::stun as wire;
 
@@ -14,16 +15,16 @@ impl Engine {
     /// Check a peer for this allocation: allowed by the peer policy (403),
     /// then of the relay's address family (443, §9.2). The policy comes
     /// first, so that every denied form, IPv6 ones included, reads as 403.
-    pub(super) fn check_peer(&mut self, id: AllocId, peer: PeerAddr) -> Result<(), u16> {
+    pub(super) fn check_peer(&mut self, id: AllocId, peer: PeerAddr) -> Result<(), Code> {
         let a = self.allocation(id).expect("checked");
         let shared = &self.cfg.shared;
         if let Err(d) = self.cfg.policy.check(peer.0, |r| shared.is_live(r)) {
             tracing::info!(client = %a.client, %peer, rule = %d, "peer denied");
             self.stats.policy_denials += 1;
-            return Err(403);
+            return Err(Code::Forbidden);
         }
         if !a.serves_family(peer.0) {
-            return Err(443);
+            return Err(Code::PeerAddressFamilyMismatch);
         }
         Ok(())
     }
@@ -38,11 +39,11 @@ impl Engine {
         id: AllocId,
         m: &Message,
         authed: &Authed,
-    ) -> Vec<u8> {
-        let err = |code: u16| authed.error(m, code);
+    ) -> Answer {
+        let err = |code: Code| authed.error(m, code);
         let peers = match wire::xor_peer_addresses(m) {
             Ok(p) if !p.is_empty() => p,
-            _ => return err(400),
+            _ => return err(Code::BadRequest),
         };
         for p in &peers {
             if let Err(code) = self.check_peer(id, PeerAddr(*p)) {
@@ -65,7 +66,7 @@ impl Engine {
         if a.permissions.len() + new.len() > max {
             // A quota: 508 (RFC 8656 §9.2).
             self.stats.quota_rejections += 1;
-            return err(508);
+            return err(Code::InsufficientCapacity);
         }
         let expires = now + Duration::from_secs(PERMISSION_LIFETIME_SECS);
         let owner = a.owner(id);
@@ -122,11 +123,13 @@ impl Engine {
             }
             return None;
         }
-        if !a.admit(now, TO_PEER, end - start, &limits) {
+        if !a.admit(now, Direction::ToPeer, end - start, &limits) {
             self.stats.rate_limited += 1;
             return None;
         }
-        self.stats.relayed[TO_PEER][stats::transport_index(client.via)].add(end - start);
+        self.stats
+            .traffic(Direction::ToPeer, Transport::of(client.via))
+            .add(end - start);
         Some(ToPeer {
             relay: id,
             peer: PeerAddr(peer),

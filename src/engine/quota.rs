@@ -9,6 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use super::ports::PortPool;
+use super::stats::Code;
 use crate::addr::{Origin, RelayPort};
 use crate::config::Limits;
 
@@ -128,16 +129,16 @@ impl Shared {
         units: u32,
         ports: u32,
         limits: &Limits,
-    ) -> Result<(), u16> {
+    ) -> Result<(), Code> {
         let mut users = lock(&self.users);
         let held = users.get(name).copied().unwrap_or(0);
         if held.saturating_add(units) > limits.allocations_per_user {
-            return Err(486);
+            return Err(Code::AllocationQuotaReached);
         }
         let total = self.total.fetch_add(ports, Ordering::Relaxed);
         if total.saturating_add(ports) > limits.total_allocations {
             self.total.fetch_sub(ports, Ordering::Relaxed);
-            return Err(508);
+            return Err(Code::InsufficientCapacity);
         }
         users.insert(name.to_owned(), held + units);
         Ok(())
@@ -341,18 +342,18 @@ mod tests {
         };
         assert_eq!(s.acquire("a", 1, 1, &l), Ok(()));
         assert_eq!(s.acquire("a", 1, 1, &l), Ok(()));
-        assert_eq!(s.acquire("a", 1, 1, &l), Err(486));
+        assert_eq!(s.acquire("a", 1, 1, &l), Err(Code::AllocationQuotaReached));
         assert_eq!(s.acquire("b", 1, 1, &l), Ok(()));
-        assert_eq!(s.acquire("c", 1, 1, &l), Err(508));
+        assert_eq!(s.acquire("c", 1, 1, &l), Err(Code::InsufficientCapacity));
         s.release(&held("a"));
         assert_eq!(s.acquire("c", 1, 1, &l), Ok(()));
         assert_eq!(s.total(), 3);
         // Two at once (an allocation and its reserved port) need room for both.
         s.release(&held("c"));
-        assert_eq!(s.acquire("b", 2, 2, &l), Err(486));
+        assert_eq!(s.acquire("b", 2, 2, &l), Err(Code::AllocationQuotaReached));
         assert_eq!(
             s.acquire("d", 1, 2, &l),
-            Err(508),
+            Err(Code::InsufficientCapacity),
             "a dual-stack allocation holds two ports"
         );
         assert_eq!((s.held_by("a"), s.held_by("b"), s.total()), (1, 1, 2));

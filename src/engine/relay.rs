@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::allocation::TO_CLIENT;
-use super::{Engine, stats};
+use super::Engine;
+use super::stats::{Direction, Transport};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
 
@@ -58,11 +58,13 @@ impl Engine {
             self.stats.dropped += 1;
             return None;
         }
-        if !a.admit(now, TO_CLIENT, end - start, &self.cfg.limits) {
+        if !a.admit(now, Direction::ToClient, end - start, &self.cfg.limits) {
             self.stats.rate_limited += 1;
             return None;
         }
-        self.stats.relayed[TO_CLIENT][stats::transport_index(client.via)].add(end - start);
+        self.stats
+            .traffic(Direction::ToClient, Transport::of(client.via))
+            .add(end - start);
         let (s, e) = match channel {
             Some(n) => channel_data::frame_in_place(buf, start, end, n, client.via.is_stream()),
             None => {

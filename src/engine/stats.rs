@@ -1,39 +1,176 @@
 //! What the engine counts, for logs, metrics and the admin API. Plain
 //! integers: an engine is owned by one worker, and a report is a copy.
 
-/// Request methods, in the order of [`Stats::requests`] and [`Stats::errors`].
-pub const METHODS: [&str; 6] = [
-    "binding",
-    "allocate",
-    "refresh",
-    "create_permission",
-    "channel_bind",
-    "send",
-];
+/// Declares a label set once: a fieldless enum whose variants, in the
+/// order written, are the order of the counters and of `/metrics`. It gets
+/// `ALL` (every variant, in that order), `COUNT` (the size of the arrays
+/// counted by it), `name()` (the label value operators see), `index()`
+/// (its place in those arrays) and `KEY` (the label's name in `/metrics`).
+/// A set that stands for protocol values (methods, error codes) also says
+/// each variant's value after `=>`, and gets `value()` and `of()`; a set of
+/// numbers (error codes) is named by its numbers. Writing a label anywhere else by
+/// hand is what this is here to prevent.
+macro_rules! labels {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident($key:literal) {
+            $($(#[$vmeta:meta])* $variant:ident = $label:expr,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
 
-/// Error codes counted per method (RFC 8489 §14.8, RFC 8656 §19).
-pub const CODES: [u16; 14] = [
-    300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508,
-];
+        impl $name {
+            /// The label's name in `/metrics`.
+            pub const KEY: &'static str = $key;
+            /// How many values the label takes.
+            pub const COUNT: usize = [$($label,)+].len();
+            /// Every value, in the order of the counters and of `/metrics`.
+            pub const ALL: [Self; Self::COUNT] = [$(Self::$variant,)+];
 
-/// Why authentication failed, in the order of [`Stats::auth_failures`].
-pub const AUTH_FAILURES: [&str; 6] = [
-    "missing_attributes",
-    "bad_algorithm",
-    "stale_nonce",
-    "unknown_user",
-    "expired",
-    "bad_integrity",
-];
+            /// The label value, as `/metrics` and the logs show it.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $label,)+
+                }
+            }
 
+            /// Its place in [`Self::ALL`] and in the arrays counted by it.
+            #[inline]
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident($key:literal): $ty:ty {
+            $($(#[$vmeta:meta])* $variant:ident => $value:literal,)+
+        }
+    ) => {
+        $crate::engine::stats::labels! {
+            $(#[$meta])*
+            $vis enum $name($key): $ty {
+                $($(#[$vmeta])* $variant = stringify!($value) => $value,)+
+            }
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident($key:literal): $ty:ty {
+            $($(#[$vmeta:meta])* $variant:ident = $label:expr => $value:expr,)+
+        }
+    ) => {
+        $crate::engine::stats::labels! {
+            $(#[$meta])*
+            $vis enum $name($key) {
+                $($(#[$vmeta])* $variant = $label,)+
+            }
+        }
+
+        impl $name {
+            /// The protocol value this label stands for.
+            pub const fn value(self) -> $ty {
+                match self {
+                    $(Self::$variant => $value,)+
+                }
+            }
+
+            /// The label of a protocol value, if the set names it.
+            #[inline]
+            pub fn of(value: $ty) -> Option<Self> {
+                Self::ALL.into_iter().find(|l| l.value() == value)
+            }
+        }
+    };
+}
+pub(crate) use labels;
+
+labels! {
+    /// Request methods counted (a Send indication counts as a request).
+    pub enum Method("method"): stun::message::Method {
+        Binding = "binding" => stun::message::METHOD_BINDING,
+        Allocate = "allocate" => stun::message::METHOD_ALLOCATE,
+        Refresh = "refresh" => stun::message::METHOD_REFRESH,
+        CreatePermission = "create_permission" => stun::message::METHOD_CREATE_PERMISSION,
+        ChannelBind = "channel_bind" => stun::message::METHOD_CHANNEL_BIND,
+        Send = "send" => stun::message::METHOD_SEND,
+    }
+}
+
+labels! {
+    /// The error codes this server sends (RFC 8489 §14.8, RFC 8656 §19),
+    /// each one an error response counts under.
+    pub enum Code("code"): u16 {
+        TryAlternate => 300,
+        BadRequest => 400,
+        Unauthorized => 401,
+        Forbidden => 403,
+        UnknownAttribute => 420,
+        AllocationMismatch => 437,
+        StaleNonce => 438,
+        AddressFamilyNotSupported => 440,
+        WrongCredentials => 441,
+        UnsupportedTransport => 442,
+        PeerAddressFamilyMismatch => 443,
+        AllocationQuotaReached => 486,
+        ServerError => 500,
+        InsufficientCapacity => 508,
+    }
+}
+
+labels! {
+    /// Why authentication failed.
+    pub enum AuthFailure("reason") {
+        MissingAttributes = "missing_attributes",
+        BadAlgorithm = "bad_algorithm",
+        StaleNonce = "stale_nonce",
+        UnknownUser = "unknown_user",
+        Expired = "expired",
+        BadIntegrity = "bad_integrity",
+    }
+}
+
+labels! {
+    /// Which way relayed data goes.
+    pub enum Direction("direction") {
+        ToPeer = "to_peer",
+        ToClient = "to_client",
+    }
+}
+
+labels! {
+    /// How a client reaches the server.
+    pub enum Transport("transport") {
+        Udp = "udp",
+        Tcp = "tcp",
+        Tls = "tls",
+    }
+}
+
+impl Transport {
+    /// A client's transport.
+    #[inline]
+    pub fn of(via: crate::addr::Via) -> Self {
+        match via {
+            crate::addr::Via::Udp(_) => Transport::Udp,
+            crate::addr::Via::Stream { tls: false, .. } => Transport::Tcp,
+            crate::addr::Via::Stream { tls: true, .. } => Transport::Tls,
+        }
+    }
+}
+
+/// What an answered request came to, as the stats count it: its method
+/// (`None` for one no metric names) and, for an error response, the code.
+/// The engine makes it with the answer, so that nothing reads the encoded
+/// bytes back to count them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthFailure {
-    MissingAttributes = 0,
-    BadAlgorithm = 1,
-    StaleNonce = 2,
-    UnknownUser = 3,
-    Expired = 4,
-    BadIntegrity = 5,
+pub struct Outcome {
+    pub method: Option<Method>,
+    pub error: Option<Code>,
 }
 
 /// Upper bounds (seconds) of the session duration histogram buckets.
@@ -53,12 +190,6 @@ impl Traffic {
         self.bytes += bytes as u64;
     }
 }
-
-/// Relay directions, the first index of [`Stats::relayed`].
-pub const TO_PEER: usize = 0;
-pub const TO_CLIENT: usize = 1;
-/// Client transports, the second index of [`Stats::relayed`].
-pub const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
 
 /// A histogram of session durations, in seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,8 +221,8 @@ pub struct Stats {
     pub allocations_expired: u64,
     /// Deleted by Refresh 0, a closed connection, or an operator.
     pub allocations_deleted: u64,
-    /// Failed authentications, by reason ([`AUTH_FAILURES`]).
-    pub auth_failures: [u64; AUTH_FAILURES.len()],
+    /// Failed authentications, by [`AuthFailure`].
+    pub auth_failures: [u64; AuthFailure::COUNT],
     pub policy_denials: u64,
     /// Allocate requests refused by a quota (486, 508) and permissions or
     /// channels refused past their per-allocation limit (508).
@@ -100,30 +231,38 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Unauthenticated answers not sent: the source was over its rate.
     pub answers_suppressed: u64,
-    /// Requests (and Send indications) by method ([`METHODS`]).
-    pub requests: [u64; METHODS.len()],
-    /// Error responses by method and code ([`CODES`]).
-    pub errors: [[u64; CODES.len()]; METHODS.len()],
-    /// Relayed traffic by direction ([`TO_PEER`], [`TO_CLIENT`]) and client
-    /// transport ([`TRANSPORTS`]).
-    pub relayed: [[Traffic; TRANSPORTS.len()]; 2],
+    /// Requests (and Send indications) by [`Method`].
+    pub requests: [u64; Method::COUNT],
+    /// Error responses by [`Method`] and [`Code`].
+    pub errors: [[u64; Code::COUNT]; Method::COUNT],
+    /// Relayed traffic by [`Direction`] and client [`Transport`].
+    pub relayed: [[Traffic; Transport::COUNT]; Direction::COUNT],
     /// How long allocations lived.
     pub session_seconds: Histogram,
 }
 
 impl Stats {
     pub fn auth_failed(&mut self, why: AuthFailure) {
-        self.auth_failures[why as usize] += 1;
+        self.auth_failures[why.index()] += 1;
     }
 
-    /// Count an error response of `method` (an index in [`METHODS`]).
-    pub fn error_sent(&mut self, method: usize, code: u16) {
-        if let (Some(row), Some(i)) = (
-            self.errors.get_mut(method),
-            CODES.iter().position(|&c| c == code),
-        ) {
-            row[i] += 1;
+    /// Count a request (or Send indication).
+    #[inline]
+    pub fn request(&mut self, method: Method) {
+        self.requests[method.index()] += 1;
+    }
+
+    /// Count an answer: error responses by method and code.
+    pub fn answered(&mut self, o: Outcome) {
+        if let (Some(method), Some(code)) = (o.method, o.error) {
+            self.errors[method.index()][code.index()] += 1;
         }
+    }
+
+    /// The relayed traffic of one direction and client transport.
+    #[inline]
+    pub fn traffic(&mut self, dir: Direction, transport: Transport) -> &mut Traffic {
+        &mut self.relayed[dir.index()][transport.index()]
     }
 
     /// Add another engine's counters.
@@ -163,29 +302,6 @@ impl Stats {
     }
 }
 
-/// The index in [`TRANSPORTS`] of a client's transport.
-#[inline]
-pub fn transport_index(via: crate::addr::Via) -> usize {
-    match via {
-        crate::addr::Via::Udp(_) => 0,
-        crate::addr::Via::Stream { tls: false, .. } => 1,
-        crate::addr::Via::Stream { tls: true, .. } => 2,
-    }
-}
-
-/// The index in [`METHODS`] of a STUN method number.
-pub fn method_index(method: u16) -> Option<usize> {
-    match method {
-        0x001 => Some(0),
-        0x003 => Some(1),
-        0x004 => Some(2),
-        0x008 => Some(3),
-        0x009 => Some(4),
-        0x006 => Some(5),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,14 +309,85 @@ mod tests {
     #[test]
     fn transports_are_told_apart() {
         use crate::addr::Via;
-        assert_eq!(TRANSPORTS[transport_index(Via::Udp(3))], "udp");
+        assert_eq!(Transport::of(Via::Udp(3)).name(), "udp");
         let s = |tls| Via::Stream {
             listener: 0,
             conn: 1,
             tls,
         };
-        assert_eq!(TRANSPORTS[transport_index(s(false))], "tcp");
-        assert_eq!(TRANSPORTS[transport_index(s(true))], "tls");
+        assert_eq!(Transport::of(s(false)).name(), "tcp");
+        assert_eq!(Transport::of(s(true)).name(), "tls");
+    }
+
+    /// The label values and their order are what operators' queries and
+    /// dashboards use: pinned here, and each set's parts agree.
+    #[test]
+    fn label_sets_keep_their_values_and_order() {
+        fn names<const N: usize, L: Copy>(
+            all: [L; N],
+            name: fn(L) -> &'static str,
+        ) -> Vec<&'static str> {
+            all.into_iter().map(name).collect()
+        }
+        assert_eq!(
+            names(Method::ALL, Method::name),
+            [
+                "binding",
+                "allocate",
+                "refresh",
+                "create_permission",
+                "channel_bind",
+                "send"
+            ]
+        );
+        assert_eq!(
+            names(Code::ALL, Code::name),
+            [
+                "300", "400", "401", "403", "420", "437", "438", "440", "441", "442", "443", "486",
+                "500", "508"
+            ]
+        );
+        assert_eq!(
+            names(AuthFailure::ALL, AuthFailure::name),
+            [
+                "missing_attributes",
+                "bad_algorithm",
+                "stale_nonce",
+                "unknown_user",
+                "expired",
+                "bad_integrity"
+            ]
+        );
+        assert_eq!(
+            names(Direction::ALL, Direction::name),
+            ["to_peer", "to_client"]
+        );
+        assert_eq!(
+            names(Transport::ALL, Transport::name),
+            ["udp", "tcp", "tls"]
+        );
+        assert_eq!(
+            [
+                Method::KEY,
+                Code::KEY,
+                AuthFailure::KEY,
+                Direction::KEY,
+                Transport::KEY
+            ],
+            ["method", "code", "reason", "direction", "transport"]
+        );
+        for (i, m) in Method::ALL.into_iter().enumerate() {
+            assert_eq!(m.index(), i);
+            assert_eq!(Method::of(m.value()), Some(m));
+        }
+        for (i, c) in Code::ALL.into_iter().enumerate() {
+            assert_eq!(c.index(), i);
+            assert_eq!(c.name(), c.value().to_string());
+            assert_eq!(Code::of(c.value()), Some(c));
+        }
+        assert_eq!(Method::of(stun::message::METHOD_SEND), Some(Method::Send));
+        assert_eq!(Method::of(stun::message::METHOD_DATA), None);
+        assert_eq!(Code::of(439), None);
     }
 
     #[test]
@@ -212,13 +399,26 @@ mod tests {
         assert_eq!(a.session_seconds.buckets[0], 1);
         assert_eq!(a.session_seconds.buckets[4], 1);
         assert_eq!(a.session_seconds.count, 3);
-        a.error_sent(1, 401);
-        a.relayed[TO_PEER][0].add(100);
+        a.answered(Outcome {
+            method: Some(Method::Allocate),
+            error: Some(Code::Unauthorized),
+        });
+        // A success counts nothing; neither does a method no metric names.
+        a.answered(Outcome {
+            method: Some(Method::Allocate),
+            error: None,
+        });
+        a.answered(Outcome {
+            method: None,
+            error: Some(Code::BadRequest),
+        });
+        a.traffic(Direction::ToPeer, Transport::Udp).add(100);
         let mut b = a;
         b.merge(&a);
         assert_eq!(b.errors[1][2], 2);
+        assert_eq!(b.errors.iter().flatten().sum::<u64>(), 2);
         assert_eq!(
-            b.relayed[TO_PEER][0],
+            b.relayed[Direction::ToPeer.index()][Transport::Udp.index()],
             Traffic {
                 packets: 2,
                 bytes: 200

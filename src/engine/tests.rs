@@ -1331,23 +1331,23 @@ fn stats_count_relayed_traffic_by_transport_and_session_durations() {
     };
     bound(&mut t, s);
     t.e.handle_client(t.now, s, &pkt).unwrap();
-    use stats::{TO_CLIENT, TO_PEER, Traffic};
+    use stats::{Direction, Traffic};
     assert_eq!(
-        t.e.stats.relayed[TO_PEER][0],
+        t.e.stats.relayed[Direction::ToPeer.index()][0],
         Traffic {
             packets: 1,
             bytes: 3
         }
     );
     assert_eq!(
-        t.e.stats.relayed[TO_PEER][1],
+        t.e.stats.relayed[Direction::ToPeer.index()][1],
         Traffic {
             packets: 1,
             bytes: 3
         }
     );
     assert_eq!(
-        t.e.stats.relayed[TO_CLIENT][0],
+        t.e.stats.relayed[Direction::ToClient.index()][0],
         Traffic {
             packets: 1,
             bytes: 10
@@ -1966,4 +1966,106 @@ fn a_dual_stack_allocation_counts_one_against_its_user_and_two_in_all() {
     t.signed(client(1), Req::new(METHOD_REFRESH).lifetime(0));
     assert_eq!(t.e.cfg.shared.total(), 1);
     assert_eq!(t.e.cfg.shared.held_by("alice"), 1);
+}
+
+/// The error counters are what reading every answer back off the wire
+/// would count (as the stats once did): by the method and ERROR-CODE in the
+/// bytes sent, for every code the engine sends, and nothing for a method
+/// no metric names.
+#[test]
+fn error_counters_match_the_answers_sent() {
+    use stats::{Code, Method};
+    let mut t = with_limits(|l| {
+        l.allocations_per_user = 2;
+        l.channels_per_allocation = 1;
+    });
+    let mut expected = t.e.stats.errors;
+    let mut seen = Vec::new();
+    let (a, b) = (client(1), client(2));
+    let mut feed = |t: &mut T, c: ClientAddr, p: Vec<u8>| {
+        t.e.handle_client(t.now, c, &p);
+        while let Some(o) = t.e.poll_output() {
+            match o {
+                Output::Transmit { data, .. } => {
+                    let m = wire::decode(&data).expect("a STUN answer");
+                    let code = wire::reply_error_code(&data);
+                    if let Some(code) = code {
+                        seen.push(code);
+                        let code = Code::of(code).expect("a code the metrics name");
+                        if let Some(method) = Method::of(m.typ.method) {
+                            expected[method.index()][code.index()] += 1;
+                        }
+                    }
+                }
+                Output::OpenRelay { alloc, .. } => t.e.relay_opened(t.now, alloc, true),
+                Output::CloseRelay { .. } | Output::Grant(_) => {}
+            }
+        }
+    };
+    // The clock stands still: each client's nonce stays valid.
+    let nonces: Vec<String> = (0..5).map(|p| t.nonce_for(client(p))).collect();
+    let alice = |c: ClientAddr, req: Req| {
+        req.sign_as("alice", "wonderland", &nonces[c.remote.port() as usize])
+    };
+    let allocate = || Req::new(METHOD_ALLOCATE).transport(17);
+    let unknown = AttrType(0x0031);
+
+    feed(&mut t, a, allocate().bytes()); // 401
+    feed(
+        &mut t,
+        a,
+        allocate().sign_as("alice", "wonderland", "stale"),
+    ); // 438
+    feed(&mut t, a, alice(a, Req::new(METHOD_ALLOCATE))); // 400
+    feed(&mut t, a, alice(a, Req::new(METHOD_ALLOCATE).transport(6))); // 442
+    let v6 = allocate().attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    feed(&mut t, a, alice(a, v6)); // 440
+    feed(&mut t, a, alice(a, allocate().attr(unknown, &[0; 4]))); // 420
+    feed(&mut t, a, alice(a, allocate()));
+    feed(&mut t, a, alice(a, allocate())); // 437
+    let n = t.nonce_for(a);
+    feed(
+        &mut t,
+        a,
+        Req::new(METHOD_REFRESH).sign_as("bob", "builder", &n),
+    ); // 441
+    let v6 = Req::new(METHOD_REFRESH).attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    feed(&mut t, a, alice(a, v6)); // 443
+    let denied = Req::new(METHOD_CREATE_PERMISSION).peer(peer("127.0.0.1:80"));
+    feed(&mut t, a, alice(a, denied)); // 403
+    let bind = |n: u16, p: &str| Req::new(METHOD_CHANNEL_BIND).channel(n).peer(peer(p));
+    feed(&mut t, a, alice(a, bind(0x4000, PEER)));
+    feed(&mut t, a, alice(a, bind(0x4001, PEER2))); // 508
+    feed(&mut t, b, alice(b, allocate()));
+    feed(&mut t, client(3), alice(client(3), allocate())); // 486
+    // Unauthenticated answers: a Binding (420), a method nobody counts (400).
+    feed(
+        &mut t,
+        a,
+        Req::new(METHOD_BINDING).attr(unknown, &[0; 4]).bytes(),
+    );
+    feed(&mut t, a, Req::new(METHOD_CONNECT).bytes());
+    t.e.drain(Some(peer("198.51.100.7:3478")));
+    feed(&mut t, client(4), alice(client(4), allocate())); // 300
+
+    assert_eq!(t.e.stats.errors, expected);
+    seen.sort_unstable();
+    seen.dedup();
+    let sent: Vec<u16> = Code::ALL
+        .iter()
+        .map(|c| c.value())
+        .filter(|&c| c != 500)
+        .collect();
+    assert_eq!(seen, sent, "every code but 500 was sent");
+    assert_eq!(
+        expected[Method::Allocate.index()][Code::Unauthorized.index()],
+        2,
+        "the nonce learnt at the start, and the challenge here"
+    );
+    assert_eq!(
+        expected[Method::Binding.index()][Code::UnknownAttribute.index()],
+        1
+    );
+    let counted: u64 = expected.iter().flatten().sum();
+    assert_eq!(counted as usize, 15, "every error but the one to CONNECT");
 }

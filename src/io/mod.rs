@@ -25,7 +25,7 @@ mod tls;
 mod udp;
 mod worker;
 
-pub use stream_guard::REFUSAL_REASONS as STREAM_REFUSAL_REASONS;
+pub use stream_guard::Refusal as StreamRefusal;
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
@@ -96,9 +96,9 @@ pub struct WorkerReport {
     pub udp_threads: u64,
     /// Of those threads, how many run under SCHED_BATCH now.
     pub udp_batch_threads: u64,
-    /// Stream clients refused or cut short, by reason
-    /// ([`STREAM_REFUSAL_REASONS`]); server-wide.
-    pub stream_refusals: [u64; 6],
+    /// Stream clients refused or cut short, by [`StreamRefusal`];
+    /// server-wide.
+    pub stream_refusals: [u64; StreamRefusal::COUNT],
 }
 
 impl WorkerReport {
@@ -129,7 +129,7 @@ impl Command {
                     draining: engine.draining(),
                     udp_threads: 0,
                     udp_batch_threads: 0,
-                    stream_refusals: [0; 6],
+                    stream_refusals: [0; StreamRefusal::COUNT],
                 });
             }
             Command::CloseUser { user, reply } => {

@@ -16,35 +16,26 @@ use std::time::Duration;
 use crate::addr::Origin;
 use crate::config::StreamLimits;
 
-/// Why a stream client was refused or cut short.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// A message was not finished within `stream_message_timeout` of its
-    /// first byte (or a TLS handshake within that time of the accept).
-    MessageTimeout,
-    /// No allocation `stream_allocation_timeout` after the accept or the
-    /// end of the last allocation.
-    AllocationTimeout,
-    /// The source IP already held `connections_per_ip` connections.
-    PerIpConnections,
-    /// The source IP already ran `tls_handshakes_per_ip` handshakes.
-    PerIpHandshakes,
-    /// A frame for a client that does not read was dropped: its queue held
-    /// `stream_queue_bytes`.
-    QueueFull,
-    /// The server already held `stream_connections` connections.
-    ServerConnections,
+crate::engine::stats::labels! {
+    /// Why a stream client was refused or cut short.
+    pub enum Refusal("reason") {
+        /// A message was not finished within `stream_message_timeout` of its
+        /// first byte (or a TLS handshake within that time of the accept).
+        MessageTimeout = "message_timeout",
+        /// No allocation `stream_allocation_timeout` after the accept or the
+        /// end of the last allocation.
+        AllocationTimeout = "allocation_timeout",
+        /// The source IP already held `connections_per_ip` connections.
+        PerIpConnections = "per_ip_connections",
+        /// The source IP already ran `tls_handshakes_per_ip` handshakes.
+        PerIpHandshakes = "per_ip_handshakes",
+        /// A frame for a client that does not read was dropped: its queue held
+        /// `stream_queue_bytes`.
+        QueueFull = "queue_full",
+        /// The server already held `stream_connections` connections.
+        ServerConnections = "server_connections",
+    }
 }
-
-/// The `reason` label of each [`Refusal`], in its order.
-pub const REFUSAL_REASONS: [&str; 6] = [
-    "message_timeout",
-    "allocation_timeout",
-    "per_ip_connections",
-    "per_ip_handshakes",
-    "queue_full",
-    "server_connections",
-];
 
 /// The keys a source address is counted under: an IPv4 address (also when
 /// it comes IPv4-mapped), or the /64 of an IPv6 one (a single subscriber
@@ -88,7 +79,7 @@ pub struct StreamGuard {
     /// Connections held now, by every worker.
     connections: AtomicU32,
     by_source: Mutex<HashMap<Source, Counts>>,
-    refusals: [AtomicU64; 6],
+    refusals: [AtomicU64; Refusal::COUNT],
 }
 
 /// A connection's or a handshake's place in its source's count, given back
@@ -247,11 +238,11 @@ impl StreamGuard {
 
     /// Count a refusal.
     pub fn refuse(&self, r: Refusal) {
-        self.refusals[r as usize].fetch_add(1, Ordering::Relaxed);
+        self.refusals[r.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Refusals so far, in the order of [`REFUSAL_REASONS`].
-    pub fn refusals(&self) -> [u64; 6] {
+    /// Refusals so far, by [`Refusal`].
+    pub fn refusals(&self) -> [u64; Refusal::COUNT] {
         std::array::from_fn(|i| self.refusals[i].load(Ordering::Relaxed))
     }
 

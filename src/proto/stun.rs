@@ -25,13 +25,6 @@ pub fn header_ok(packet: &[u8]) -> bool {
         }
 }
 
-/// The method number in a message's type field (RFC 8489 §5: the class
-/// bits are interleaved with it).
-pub fn method_number(packet: &[u8]) -> u16 {
-    let t = u16::from_be_bytes([packet[0], packet[1]]);
-    (t & 0x000F) | ((t & 0x00E0) >> 1) | ((t & 0x3E00) >> 2)
-}
-
 /// The error code of an error response built by [`Response::error`], whose
 /// first attribute is ERROR-CODE; `None` for anything else.
 pub fn reply_error_code(reply: &[u8]) -> Option<u16> {
@@ -590,13 +583,10 @@ mod tests {
     }
 
     #[test]
-    fn method_and_error_code_from_bytes() {
+    fn error_code_from_bytes() {
         let req = decode(RFC5769_REQUEST).unwrap();
-        assert_eq!(method_number(RFC5769_REQUEST), 0x001);
         let mut m = Request::new(stun::message::METHOD_CHANNEL_BIND).bytes();
-        assert_eq!(method_number(&m), 0x009);
         m = Response::error(&decode(&m).unwrap(), 438).finish(None, false);
-        assert_eq!(method_number(&m), 0x009);
         assert_eq!(reply_error_code(&m), Some(438));
         let ok = Response::success(&req).finish(None, false);
         assert_eq!(reply_error_code(&ok), None);

@@ -335,10 +335,10 @@ impl Engine {
         // That port is taken by someone else: try another, and put it back
         // at the end of the pool. A retry cannot keep a reservation: the
         // pair is broken.
-        if let Some(t) = token {
-            if let Some(p) = self.cfg.shared.expire(&t) {
-                self.release_port(p);
-            }
+        if let Some(t) = token
+            && let Some(p) = self.cfg.shared.expire(&t)
+        {
+            self.release_port(p);
         }
         let even = !extra && wire::attr(&request, ATTR_EVEN_PORT).is_some();
         let next = if tries < BIND_TRIES {

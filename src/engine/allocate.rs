@@ -333,8 +333,8 @@ impl Engine {
             return;
         }
         // That port is taken by someone else: try another, and put it back
-        // at the end of the pool. A retry cannot keep a reservation: the
-        // pair is broken.
+        // in the pool. A retry cannot keep a reservation: the pair is
+        // broken.
         if let Some(t) = token
             && let Some(p) = self.cfg.shared.expire(&t)
         {

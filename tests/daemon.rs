@@ -876,3 +876,29 @@ fn refused_reload_never_prints_an_auth_or_admin_value() {
     d.signal(libc::SIGINT);
     assert!(d.wait_exit(Duration::from_secs(5)).is_some());
 }
+
+/// The test harness's timeout ends what a command started, not only the
+/// command: a script killed at its deadline leaves no child running.
+#[test]
+fn a_timed_out_command_takes_its_children_along() {
+    let dir = TempDir::new("timeout-group");
+    let pidfile = dir.path().join("child.pid");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("sleep 60 & echo $! > {}; wait", pidfile.display()));
+    let out = common::run_with_timeout(cmd, Duration::from_millis(500));
+    assert!(out.timed_out, "{}", out.output);
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("the script wrote its child's pid")
+        .trim()
+        .parse()
+        .unwrap();
+    // The child is gone (or a zombie reaped by init shortly): poll briefly.
+    let t0 = std::time::Instant::now();
+    let alive =
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    while alive() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(), "the script's child {pid} outlived the timeout");
+}

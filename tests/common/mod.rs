@@ -670,10 +670,15 @@ pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
     let path = dir.path().join("output.txt");
     let file = fs::File::create(&path).expect("create output file");
     let start = Instant::now();
+    // In a process group of its own, so that a timeout kills what it
+    // started too (a script's `cargo build` would otherwise run on and
+    // hold the build directory's lock).
+    use std::os::unix::process::CommandExt;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("dup output file"))
         .stderr(file)
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let mut timed_out = false;
@@ -682,6 +687,9 @@ pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
             Some(s) => break Some(s),
             None if start.elapsed() >= limit => {
                 timed_out = true;
+                // SAFETY: kill(2) with the group of a child we started and
+                // have not yet reaped, so the id is still ours.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;

@@ -40,7 +40,6 @@ use common::{
     KillOnDrop, LOCALHOST, ServerConfig, TempDir, binding_udp, free_port, relay_block,
     run_with_timeout, spawn_ferroturn, wait_ready,
 };
-use turn::client::{Client, ClientConfig};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const PACKAGE: &str = "ferroturn";
@@ -214,20 +213,7 @@ fn allocate(server: SocketAddr, realm: &str, user: &str, pass: &str) -> Result<S
         .expect("tokio runtime");
     rt.block_on(async {
         let sock = Arc::new(tokio::net::UdpSocket::bind((LOCALHOST, 0)).await.unwrap());
-        let client = Client::new(ClientConfig {
-            stun_serv_addr: server.to_string(),
-            turn_serv_addr: server.to_string(),
-            username: user.into(),
-            password: pass.into(),
-            realm: realm.into(),
-            software: String::new(),
-            rto_in_ms: 0,
-            conn: sock,
-            vnet: None,
-        })
-        .await
-        .expect("turn Client::new");
-        client.listen().await.expect("turn Client::listen");
+        let client = common::turn_client(server, sock, realm, user, pass).await;
         let res = tokio::time::timeout(STEP, client.allocate())
             .await
             .map_err(|_| format!("Allocate timed out after {STEP:?}"))

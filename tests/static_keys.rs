@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{EchoPeer, LOCALHOST, REALM, Server, ServerConfig};
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
-use turn::client::{Client, ClientConfig};
+use turn::client::Client;
 use webrtc_util::Conn;
 
 const STEP: Duration = Duration::from_secs(10);
@@ -40,21 +40,7 @@ fn password_key(user: &str, password: &str) -> String {
 
 async fn client(server: SocketAddr, user: &str, password: &str) -> Client {
     let sock = Arc::new(UdpSocket::bind((LOCALHOST, 0)).await.unwrap());
-    let c = Client::new(ClientConfig {
-        stun_serv_addr: server.to_string(),
-        turn_serv_addr: server.to_string(),
-        username: user.into(),
-        password: password.into(),
-        realm: REALM.into(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: sock,
-        vnet: None,
-    })
-    .await
-    .expect("turn Client::new");
-    c.listen().await.expect("turn Client::listen");
-    c
+    common::turn_client(server, sock, REALM, user, password).await
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
-use turn::client::{Client, ClientConfig};
+use turn::client::Client;
 use turn::proto::PROTO_UDP;
 use turn::proto::channum::ChannelNumber;
 use turn::proto::lifetime::Lifetime;
@@ -131,20 +131,7 @@ async fn turn_client(server: &Server, user: &str, pass: &str) -> (Client, Arc<Ud
 }
 
 async fn client_on(server: &Server, sock: Arc<UdpSocket>, user: &str, pass: &str) -> Client {
-    let cfg = ClientConfig {
-        stun_serv_addr: server.addr.to_string(),
-        turn_serv_addr: server.addr.to_string(),
-        username: user.into(),
-        password: pass.into(),
-        realm: REALM.into(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: sock,
-        vnet: None,
-    };
-    let client = Client::new(cfg).await.expect("turn Client::new");
-    client.listen().await.expect("turn Client::listen");
-    client
+    common::turn_client(server.addr, sock, REALM, user, pass).await
 }
 
 /// Send `data` through the relay to the echo peer and check the echo.

@@ -813,3 +813,29 @@ pub fn client_config(roots: &[&Path]) -> Arc<rustls::ClientConfig> {
             .with_no_client_auth(),
     )
 }
+
+/// A `turn` crate client of the server at `server` on `sock`, listening,
+/// with long-term credentials `user`/`password` in `realm`.
+pub async fn turn_client(
+    server: SocketAddr,
+    sock: Arc<tokio::net::UdpSocket>,
+    realm: &str,
+    user: &str,
+    password: &str,
+) -> turn::client::Client {
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: user.into(),
+        password: password.into(),
+        realm: realm.into(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: sock,
+        vnet: None,
+    })
+    .await
+    .expect("turn Client::new");
+    client.listen().await.expect("turn Client::listen");
+    client
+}

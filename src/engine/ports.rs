@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::addr::RelayPort;
 
-/// Words of one relay address's table: one bit per port number.
-const WORDS: usize = 65_536 / 64;
+/// Words of a table with one bit per port number (the pool's and the
+/// live relay ports' in [`super::quota::Shared`]).
+pub(super) const WORDS: usize = 65_536 / 64;
 /// The even ports of a word (bit `i` is port `64 * word + i`).
 const EVEN: u64 = 0x5555_5555_5555_5555;
 /// How many times one word is retried when other engines keep changing it;

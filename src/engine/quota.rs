@@ -34,9 +34,6 @@ pub struct Held {
     pub ports: u32,
 }
 
-/// Relay ports per family: one bit each.
-const PORT_WORDS: usize = 65_536 / 64;
-
 /// State every worker's engine shares. The quotas and reservations are
 /// touched by the control plane only (Allocate and allocation removal);
 /// the relay port pool, the live relay ports and the unauthenticated-answer
@@ -69,7 +66,11 @@ impl Default for Shared {
 impl Shared {
     /// Shared state; `key` (random in the server) keys the limiter's hash.
     pub fn new(key: u64) -> Self {
-        let words = || (0..PORT_WORDS).map(|_| AtomicU64::new(0)).collect();
+        let words = || {
+            (0..super::ports::WORDS)
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        };
         Shared {
             reservations: Mutex::default(),
             users: Mutex::default(),

@@ -195,34 +195,32 @@ impl PortPool {
 
 /// Clear the lowest bit of `word` within `want` that is set; which one.
 fn take_one(word: &AtomicU64, want: u64) -> Option<u32> {
-    let mut cur = word.load(Ordering::Relaxed);
-    for _ in 0..CAS_TRIES {
-        let candidates = cur & want;
-        if candidates == 0 {
-            return None;
-        }
-        let b = candidates.trailing_zeros();
-        match word.compare_exchange_weak(cur, cur & !(1 << b), Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => return Some(b),
-            Err(seen) => cur = seen,
-        }
-    }
-    None
+    take_where(word, |cur| cur & want, 1)
 }
 
 /// Clear the lowest even bit of `word` within `want` that is set together
 /// with the bit after it; the even one.
 fn take_two(word: &AtomicU64, want: u64) -> Option<u32> {
+    take_where(word, |cur| cur & (cur >> 1) & EVEN & want, 0b11)
+}
+
+/// Clear `bits` shifted to the lowest bit of `candidates(word)`, in one
+/// compare-and-swap (retried while other engines change the word); that
+/// bit's number.
+fn take_where(word: &AtomicU64, candidates: impl Fn(u64) -> u64, bits: u64) -> Option<u32> {
     let mut cur = word.load(Ordering::Relaxed);
     for _ in 0..CAS_TRIES {
-        let candidates = cur & (cur >> 1) & EVEN & want;
-        if candidates == 0 {
+        let found = candidates(cur);
+        if found == 0 {
             return None;
         }
-        let b = candidates.trailing_zeros();
-        match word.compare_exchange_weak(cur, cur & !(3 << b), Ordering::Relaxed, Ordering::Relaxed)
-        {
+        let b = found.trailing_zeros();
+        match word.compare_exchange_weak(
+            cur,
+            cur & !(bits << b),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => return Some(b),
             Err(seen) => cur = seen,
         }

@@ -548,11 +548,13 @@ impl Engine {
     }
 
     /// Next queued piece of work for the shell.
+    #[inline]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
 
     /// When [`Engine::handle_timeout`] next needs to run.
+    #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let alloc = self.timers.peek().map(|Reverse((t, _))| *t);
         let resv = self.reserved.front().map(|(t, _)| *t);
@@ -668,6 +670,7 @@ impl Engine {
 
     /// A packet from a client. Returns data to relay to a peer, if any;
     /// answers are queued for [`Engine::poll_output`].
+    #[inline]
     pub fn handle_client(
         &mut self,
         now: Instant,

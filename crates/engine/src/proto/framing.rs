@@ -3,6 +3,7 @@
 
 /// Length of the next complete frame at the start of `buf`, `Ok(None)` if
 /// more bytes are needed, `Err(())` if the stream cannot be a TURN stream.
+#[inline]
 pub fn next_frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
     if buf.len() < 4 {
         return Ok(None);

@@ -728,16 +728,15 @@ impl Engine {
             return None;
         }
         // A retransmitted request gets the answer it got before.
-        if let Some(id) = self.by_client.get(&client) {
-            if let Some(a) = self.allocs[id.0 as usize].as_ref() {
-                if a.last_txid == m.transaction_id.0 {
-                    if matches!(a.state, allocation::State::Active) {
-                        let data = a.last_response.clone();
-                        self.out.push_back(Output::Transmit { to: client, data });
-                    }
-                    return None;
-                }
+        if let Some(id) = self.by_client.get(&client)
+            && let Some(a) = self.allocs[id.0 as usize].as_ref()
+            && a.last_txid == m.transaction_id.0
+        {
+            if matches!(a.state, allocation::State::Active) {
+                let data = a.last_response.clone();
+                self.out.push_back(Output::Transmit { to: client, data });
             }
+            return None;
         }
         let known = [
             METHOD_ALLOCATE,

@@ -11,6 +11,9 @@ use serde::Deserialize;
 use crate::auth::{Redacted, StaticUser, parse_key_hex};
 use crate::policy::Cidr;
 
+/// The `[limits]` the engine enforces (defined with the engine, in its crate).
+pub use crate::engine::Limits;
+
 /// The most `server.workers` may be. Each worker has up to two threads (UDP
 /// and streams), so the systemd unit's `TasksMax=` is sized from this.
 pub const MAX_WORKERS: usize = 256;
@@ -454,41 +457,6 @@ impl fmt::Debug for Admin {
             .field("socket", &self.socket)
             .field("token", &self.token.as_ref().map(|_| Redacted))
             .finish()
-    }
-}
-
-/// Quotas and rate limits; 0 turns a rate limit off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Allocations one user may hold at once (486 beyond, RFC 8656 §7.2).
-    pub allocations_per_user: u32,
-    /// Allocations the server holds at once (508 beyond).
-    pub total_allocations: u32,
-    /// Permissions per allocation (508 beyond, §9.2).
-    pub permissions_per_allocation: u32,
-    /// Channels per allocation (508 beyond, §12.2).
-    pub channels_per_allocation: u32,
-    /// Bytes per second per allocation and direction; excess is dropped.
-    pub bandwidth: u64,
-    /// Packets per second per allocation and direction; excess is dropped.
-    pub packet_rate: u32,
-    /// Unauthenticated answers (401, 400, 438) per second per source IP.
-    pub unauthenticated_rate: u32,
-}
-
-impl Default for Limits {
-    /// The documented defaults (the total is the relay port count when
-    /// read from a config file).
-    fn default() -> Self {
-        Limits {
-            allocations_per_user: 10,
-            total_allocations: u32::MAX,
-            permissions_per_allocation: 10,
-            channels_per_allocation: 10,
-            bandwidth: 6_250_000,
-            packet_rate: 10_000,
-            unauthenticated_rate: 100,
-        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::fmt::Write;
 use tokio::net::TcpListener;
 
 use crate::engine::stats::{
-    AuthFailure, Code, DURATION_BUCKETS, Direction, Method, Traffic, Transport,
+    AuthFailure, Code, DURATION_BUCKETS, Direction, Method, TrafficCount, Transport,
 };
 use crate::http::{self, Caps, Listener, Request, Response};
 use crate::io::{Control, StreamRefusal, WorkerReport};
@@ -226,7 +226,7 @@ pub fn render(report: &WorkerReport) -> String {
         (
             "relayed_packets_total",
             "Packets relayed, by direction and client transport.",
-            (|t: &Traffic| t.packets) as fn(&_) -> u64,
+            (|t: &TrafficCount| t.packets) as fn(&_) -> u64,
         ),
         (
             "relayed_bytes_total",

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::Credentials;
 use crate::config::{Config, UdpThreads};
-use crate::engine::{EngineConfig, Gauges, Session, Shared, Stats, Update};
+use crate::engine::{EngineConfig, Gauges, ServerState, Session, Stats, Update};
 use crate::policy::PeerPolicy;
 
 /// The `iceServers` URIs a configuration offers.
@@ -420,7 +420,7 @@ impl Server {
         let mut key = [0u8; 8];
         rng.fill(&mut key)
             .map_err(|_| std::io::Error::other("no system randomness"))?;
-        let shared = std::sync::Arc::new(Shared::new(u64::from_le_bytes(key)));
+        let shared = std::sync::Arc::new(ServerState::new(u64::from_le_bytes(key)));
         let stun_only: Vec<u16> = (0..config.listen.len() as u16)
             .filter(|&i| !config.listen[i as usize].turn)
             .collect();

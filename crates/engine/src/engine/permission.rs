@@ -11,6 +11,9 @@ use super::{Answer, Authed, Engine, ToPeer};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::stun as wire;
 
+/// The target of this module's log lines (see [`super::LOG_TARGET`]).
+const LOG_TARGET: &str = "ferroturn::engine::permission";
+
 impl Engine {
     /// Check a peer for this allocation: allowed by the peer policy (403),
     /// then of the relay's address family (443, §9.2). The policy comes
@@ -19,7 +22,7 @@ impl Engine {
         let a = self.allocation(id).expect("checked");
         let shared = &self.cfg.shared;
         if let Err(d) = self.cfg.policy.check(peer.0, |r| shared.is_live(r)) {
-            tracing::info!(client = %a.client, %peer, rule = %d, "peer denied");
+            tracing::info!(target: LOG_TARGET, client = %a.client, %peer, rule = %d, "peer denied");
             self.stats.policy_denials += 1;
             return Err(Code::Forbidden);
         }
@@ -118,7 +121,7 @@ impl Engine {
                     .is_none_or(|t| now >= t + Duration::from_secs(1))
                 {
                     self.send_denial_logged = Some(now);
-                    tracing::info!(%client, %peer, rule = %d, "peer denied (Send indication)");
+                    tracing::info!(target: LOG_TARGET, %client, %peer, rule = %d, "peer denied (Send indication)");
                 }
             }
             return None;

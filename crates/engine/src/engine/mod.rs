@@ -2,7 +2,7 @@
 //!
 //! Bytes, addresses and the current time go in; packets to send, relay
 //! sockets to open or close and the next wake-up time come out. There are no
-//! sockets, no clock and no async here: the shell in [`crate::io`] drives it.
+//! sockets, no clock and no async here: the shell (`ferroturn::io`) drives it.
 //!
 //! - [`Engine::handle_client`]: a packet from a client. ChannelData and Send
 //!   indications come back as a [`ToPeer`] to send from the relay socket;
@@ -34,18 +34,25 @@ use stun::message::Message;
 
 use crate::addr::{AllocId, ClientAddr, PeerAddr, RelayPort};
 use crate::auth::Credentials;
-use crate::config::Limits;
 use crate::policy::{PeerPolicy, Reach};
 use crate::proto::integrity::{self, ALGORITHM_MD5, ALGORITHM_SHA256, Signer};
 use crate::proto::{self, Kind, stun as wire};
 use allocation::Allocation;
 pub use allocation::{Change, Grant, Granted};
 use ports::Relay;
-pub use quota::Shared;
+pub use quota::{Limits, ServerState};
 
 pub use relay::ToClient;
 pub use stats::Stats;
 use stats::{AuthFailure, Code, Outcome};
+
+/// The target of this module's log lines. Each logging module of the engine
+/// names its target by hand: the path it had in the `ferroturn` crate, not
+/// this crate's (`ferroturn_engine::…`), so that log lines keep the target
+/// operators see and `[log] level` / `RUST_LOG` directives such as
+/// `ferroturn::engine=debug` keep matching them. tests/engine_crate.rs
+/// checks every such constant against its file's path.
+const LOG_TARGET: &str = "ferroturn::engine";
 
 /// What the engine needs to know; one per worker.
 #[derive(Debug, Clone)]
@@ -63,7 +70,7 @@ pub struct EngineConfig {
     /// (when configured) instead of IPv4 as RFC 8656 §7.2 says.
     pub same_family_default: bool,
     /// Relay ports this engine adds to the pool it takes from
-    /// ([`Shared::ports`], one for every engine of a server; a port joins
+    /// ([`ServerState::ports`], one for every engine of a server; a port joins
     /// it once). The server adds the whole range to the pool itself and
     /// gives its engines none.
     pub ports: Vec<u16>,
@@ -83,7 +90,7 @@ pub struct EngineConfig {
     /// Listener indexes that answer STUN only (TURN requests get 400).
     pub stun_only: Vec<u16>,
     /// State shared by every worker's engine (quotas, reservations).
-    pub shared: Arc<Shared>,
+    pub shared: Arc<ServerState>,
 }
 
 /// The per-packet policy check of a permission ([`PeerPolicy::reaches`]),
@@ -167,7 +174,7 @@ pub struct Session {
     pub relayed_extra: Option<SocketAddr>,
     pub age: Duration,
     /// Relayed traffic, by [`stats::Direction`].
-    pub traffic: [stats::Traffic; stats::Direction::COUNT],
+    pub traffic: [stats::TrafficCount; stats::Direction::COUNT],
 }
 
 /// Point-in-time figures for metrics.
@@ -403,6 +410,7 @@ impl Engine {
         }
         if dropped > 0 {
             tracing::info!(
+                target: LOG_TARGET,
                 dropped,
                 "permissions and channels to peers the new policy denies removed"
             );
@@ -490,7 +498,7 @@ impl Engine {
             .collect();
         for &id in &ids {
             if let Some(a) = self.allocation(id) {
-                tracing::info!(client = %a.client, user = %a.username, "allocation closed by the operator");
+                tracing::info!(target: LOG_TARGET, client = %a.client, user = %a.username, "allocation closed by the operator");
             }
             self.stats.allocations_deleted += 1;
             self.remove(id, now);
@@ -540,11 +548,13 @@ impl Engine {
     }
 
     /// Next queued piece of work for the shell.
+    #[inline]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
 
     /// When [`Engine::handle_timeout`] next needs to run.
+    #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let alloc = self.timers.peek().map(|Reverse((t, _))| *t);
         let resv = self.reserved.front().map(|(t, _)| *t);
@@ -580,7 +590,7 @@ impl Engine {
                 a.scheduled = None;
             }
             if a.expires <= now {
-                tracing::info!(client = %a.client, user = %a.username, "allocation expired");
+                tracing::info!(target: LOG_TARGET, client = %a.client, user = %a.username, "allocation expired");
                 self.stats.allocations_expired += 1;
                 self.remove(id, now);
                 continue;
@@ -632,7 +642,7 @@ impl Engine {
     /// A stream connection closed: its allocation goes with it (RFC 8656 §3.1).
     pub fn connection_closed(&mut self, now: Instant, client: ClientAddr) {
         if let Some(id) = self.by_client.get(&client).copied() {
-            tracing::info!(%client, "connection closed; allocation deleted");
+            tracing::info!(target: LOG_TARGET, %client, "connection closed; allocation deleted");
             self.stats.allocations_deleted += 1;
             self.remove(id, now);
         }
@@ -660,6 +670,7 @@ impl Engine {
 
     /// A packet from a client. Returns data to relay to a peer, if any;
     /// answers are queued for [`Engine::poll_output`].
+    #[inline]
     pub fn handle_client(
         &mut self,
         now: Instant,
@@ -717,16 +728,15 @@ impl Engine {
             return None;
         }
         // A retransmitted request gets the answer it got before.
-        if let Some(id) = self.by_client.get(&client) {
-            if let Some(a) = self.allocs[id.0 as usize].as_ref() {
-                if a.last_txid == m.transaction_id.0 {
-                    if matches!(a.state, allocation::State::Active) {
-                        let data = a.last_response.clone();
-                        self.out.push_back(Output::Transmit { to: client, data });
-                    }
-                    return None;
-                }
+        if let Some(id) = self.by_client.get(&client)
+            && let Some(a) = self.allocs[id.0 as usize].as_ref()
+            && a.last_txid == m.transaction_id.0
+        {
+            if matches!(a.state, allocation::State::Active) {
+                let data = a.last_response.clone();
+                self.out.push_back(Output::Transmit { to: client, data });
             }
+            return None;
         }
         let known = [
             METHOD_ALLOCATE,
@@ -911,7 +921,7 @@ impl Engine {
                 AuthFailure::UnknownUser
             };
             self.stats.auth_failed(why);
-            tracing::debug!(%client, reason = why.name(), "authentication failed");
+            tracing::debug!(target: LOG_TARGET, %client, reason = why.name(), "authentication failed");
             return Err(Reject::Challenge(Code::Unauthorized));
         };
         // Strict expiry: a REST credential's allocations end when it does.

@@ -3,6 +3,7 @@
 
 /// Length of the next complete frame at the start of `buf`, `Ok(None)` if
 /// more bytes are needed, `Err(())` if the stream cannot be a TURN stream.
+#[inline]
 pub fn next_frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
     if buf.len() < 4 {
         return Ok(None);
@@ -13,7 +14,7 @@ pub fn next_frame_len(buf: &[u8]) -> Result<Option<usize>, ()> {
         1 => super::channel_data::stream_len(len),
         _ => return Err(()),
     };
-    if buf[0] >> 6 == 0 && len % 4 != 0 {
+    if buf[0] >> 6 == 0 && !len.is_multiple_of(4) {
         return Err(());
     }
     Ok(if buf.len() >= total {

@@ -1331,24 +1331,24 @@ fn stats_count_relayed_traffic_by_transport_and_session_durations() {
     };
     bound(&mut t, s);
     t.e.handle_client(t.now, s, &pkt).unwrap();
-    use stats::{Direction, Traffic};
+    use stats::{Direction, TrafficCount};
     assert_eq!(
         t.e.stats.relayed[Direction::ToPeer.index()][0],
-        Traffic {
+        TrafficCount {
             packets: 1,
             bytes: 3
         }
     );
     assert_eq!(
         t.e.stats.relayed[Direction::ToPeer.index()][1],
-        Traffic {
+        TrafficCount {
             packets: 1,
             bytes: 3
         }
     );
     assert_eq!(
         t.e.stats.relayed[Direction::ToClient.index()][0],
-        Traffic {
+        TrafficCount {
             packets: 1,
             bytes: 10
         }
@@ -1763,7 +1763,7 @@ fn a_permission_for_the_own_relay_reaches_live_relay_ports_only() {
 
 #[test]
 fn own_relay_ports_of_another_engine_are_live_through_the_shared_table() {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(ServerState::default());
     let mut c1 = config((50000..50004).collect());
     c1.shared = shared.clone();
     let mut c2 = config((50004..50010).collect());

@@ -6,10 +6,10 @@ use std::collections::HashSet;
 
 use super::*;
 
-/// Two engines on one `Shared`, each naming the same `ports`, as the
+/// Two engines on one `ServerState`, each naming the same `ports`, as the
 /// server's UDP shard and stream worker do.
 fn two(ports: std::ops::Range<u16>, dual: bool) -> (T, T) {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(ServerState::default());
     let mk = |seed| {
         let mut c = if dual {
             dual_config()

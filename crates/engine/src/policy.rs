@@ -456,9 +456,7 @@ fn embedded_v4(ip: IpAddr) -> Embedded {
         out.push(last);
     }
     // 64:ff9b::/96 well-known NAT64 and 64:ff9b:1::/48 local-use NAT64.
-    if (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0])
-        || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1)
-    {
+    if seg[0] == 0x64 && seg[1] == 0xff9b && (seg[2..6] == [0, 0, 0, 0] || seg[2] == 1) {
         out.push(last);
     }
     // 2002::/16 6to4: the IPv4 address follows the prefix.
@@ -757,7 +755,7 @@ mod tests {
             ),
         ];
         let ports = [9, 3478, 5349, 9641, 50000, 50001, 50010, 50011];
-        let live = |p: SocketAddr| p.port() % 2 == 0;
+        let live = |p: SocketAddr| p.port().is_multiple_of(2);
         let mut checked = 0;
         for p in policies {
             let p = p

@@ -21,7 +21,7 @@ pub fn header_ok(packet: &[u8]) -> bool {
         && u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]) == MAGIC_COOKIE
         && {
             let len = u16::from_be_bytes([packet[2], packet[3]]) as usize;
-            len % 4 == 0 && packet.len() == 20 + len
+            len.is_multiple_of(4) && packet.len() == 20 + len
         }
 }
 
@@ -128,10 +128,9 @@ pub fn parse(packet: &[u8]) -> Result<Message, Malformed> {
         .0
         .iter()
         .position(|a| a.typ == ATTR_FINGERPRINT)
+        && (pos + 1 != m.attributes.0.len() || !super::fingerprint::check(&m.raw))
     {
-        if pos + 1 != m.attributes.0.len() || !super::fingerprint::check(&m.raw) {
-            return Err(Malformed::Fingerprint);
-        }
+        return Err(Malformed::Fingerprint);
     }
     Ok(m)
 }
@@ -166,7 +165,7 @@ pub fn attrs_before_integrity(m: &Message) -> impl Iterator<Item = &RawAttribute
 }
 
 /// The value of the first attribute of type `t` before MESSAGE-INTEGRITY.
-pub fn attr<'m>(m: &'m Message, t: AttrType) -> Option<&'m [u8]> {
+pub fn attr(m: &Message, t: AttrType) -> Option<&[u8]> {
     attrs_before_integrity(m)
         .find(|a| a.typ == t)
         .map(|a| a.value.as_slice())

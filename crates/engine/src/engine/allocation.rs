@@ -6,10 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::Output;
-use super::quota::{Held, Meter};
-use super::stats::{Direction, Traffic};
+use super::quota::{Held, Limits, Meter};
+use super::stats::{Direction, TrafficCount};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr, RelayPort};
-use crate::config::Limits;
 use crate::policy::Reach;
 use crate::proto::integrity::Signer;
 
@@ -177,7 +176,7 @@ pub struct Allocation {
     /// The wake-up time queued for this allocation, if any.
     pub scheduled: Option<Instant>,
     /// Relayed traffic, by [`Direction`].
-    pub traffic: [Traffic; Direction::COUNT],
+    pub traffic: [TrafficCount; Direction::COUNT],
     /// Bandwidth and packet-rate ceilings, by [`Direction`].
     pub meters: [Meter; Direction::COUNT],
 }

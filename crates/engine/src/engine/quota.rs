@@ -11,7 +11,41 @@ use std::time::Instant;
 use super::ports::PortPool;
 use super::stats::Code;
 use crate::addr::{Origin, RelayPort};
-use crate::config::Limits;
+
+/// Quotas and rate limits; 0 turns a rate limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Allocations one user may hold at once (486 beyond, RFC 8656 §7.2).
+    pub allocations_per_user: u32,
+    /// Allocations the server holds at once (508 beyond).
+    pub total_allocations: u32,
+    /// Permissions per allocation (508 beyond, §9.2).
+    pub permissions_per_allocation: u32,
+    /// Channels per allocation (508 beyond, §12.2).
+    pub channels_per_allocation: u32,
+    /// Bytes per second per allocation and direction; excess is dropped.
+    pub bandwidth: u64,
+    /// Packets per second per allocation and direction; excess is dropped.
+    pub packet_rate: u32,
+    /// Unauthenticated answers (401, 400, 438) per second per source IP.
+    pub unauthenticated_rate: u32,
+}
+
+impl Default for Limits {
+    /// The documented defaults (the total is the relay port count when
+    /// read from a config file).
+    fn default() -> Self {
+        Limits {
+            allocations_per_user: 10,
+            total_allocations: u32::MAX,
+            permissions_per_allocation: 10,
+            channels_per_allocation: 10,
+            bandwidth: 6_250_000,
+            packet_rate: 10_000,
+            unauthenticated_rate: 100,
+        }
+    }
+}
 
 /// A relay port held for a RESERVATION-TOKEN.
 #[derive(Debug)]
@@ -34,12 +68,13 @@ pub struct Held {
     pub ports: u32,
 }
 
-/// State every worker's engine shares. The quotas and reservations are
-/// touched by the control plane only (Allocate and allocation removal);
-/// the relay port pool, the live relay ports and the unauthenticated-answer
-/// limiter are atomics, used without a lock.
+/// The server-wide state that every worker's engine shares (one per
+/// server, behind an `Arc`; not the state of one engine). The quotas and
+/// reservations are touched by the control plane only (Allocate and
+/// allocation removal); the relay port pool, the live relay ports and the
+/// unauthenticated-answer limiter are atomics, used without a lock.
 #[derive(Debug)]
-pub struct Shared {
+pub struct ServerState {
     /// Ports held for a RESERVATION-TOKEN (RFC 8656 §7.2, §14.9): the
     /// Allocate that redeems it may arrive at another worker.
     reservations: Mutex<HashMap<[u8; 8], Reservation>>,
@@ -57,21 +92,21 @@ pub struct Shared {
     pub ports: PortPool,
 }
 
-impl Default for Shared {
+impl Default for ServerState {
     fn default() -> Self {
-        Shared::new(0x5eed_f00d)
+        ServerState::new(0x5eed_f00d)
     }
 }
 
-impl Shared {
-    /// Shared state; `key` (random in the server) keys the limiter's hash.
+impl ServerState {
+    /// Empty server-wide state; `key` (random in the server) keys the limiter's hash.
     pub fn new(key: u64) -> Self {
         let words = || {
             (0..super::ports::WORDS)
                 .map(|_| AtomicU64::new(0))
                 .collect()
         };
-        Shared {
+        ServerState {
             reservations: Mutex::default(),
             users: Mutex::default(),
             total: AtomicU32::new(0),
@@ -82,7 +117,7 @@ impl Shared {
     }
 
     /// Hold `port` (of the IPv6 family if `v6`) for `token`, for `user`,
-    /// with the quota units `held` that [`Shared::acquire`] counted for it.
+    /// with the quota units `held` that [`ServerState::acquire`] counted for it.
     pub(super) fn reserve(
         &self,
         token: [u8; 8],
@@ -335,7 +370,7 @@ mod tests {
 
     #[test]
     fn per_user_and_total_quotas() {
-        let s = Shared::default();
+        let s = ServerState::default();
         let l = limits();
         let held = |n: &str| Held {
             name: n.into(),
@@ -431,7 +466,7 @@ mod tests {
 
     #[test]
     fn live_relay_ports_are_per_family() {
-        let s = Shared::default();
+        let s = ServerState::default();
         s.set_live(false, 50_000, true);
         s.set_live(true, 50_002, true);
         assert!(s.is_live("127.0.0.1:50000".parse().unwrap()));

@@ -10,6 +10,11 @@
 /// each variant's value after `=>`, and gets `value()` and `of()`; a set of
 /// numbers (error codes) is named by its numbers. Writing a label anywhere else by
 /// hand is what this is here to prevent.
+///
+/// Exported (the shell declares its own label sets with it, e.g. the stream
+/// limits' refusal reasons) and re-exported here, so its path stays
+/// `engine::stats::labels!`.
+#[macro_export]
 macro_rules! labels {
     (
         $(#[$meta:meta])*
@@ -87,7 +92,7 @@ macro_rules! labels {
         }
     };
 }
-pub(crate) use labels;
+pub use labels;
 
 labels! {
     /// Request methods counted (a Send indication counts as a request).
@@ -176,14 +181,16 @@ pub struct Outcome {
 /// Upper bounds (seconds) of the session duration histogram buckets.
 pub const DURATION_BUCKETS: [u64; 8] = [10, 60, 300, 600, 1800, 3600, 7200, 21_600];
 
-/// Packets and bytes.
+/// Running counts of the packets and bytes relayed (in one direction, by
+/// one allocation or one engine).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Traffic {
+pub struct TrafficCount {
     pub packets: u64,
     pub bytes: u64,
 }
 
-impl Traffic {
+impl TrafficCount {
+    /// Counts one packet of `bytes` bytes.
     #[inline]
     pub fn add(&mut self, bytes: usize) {
         self.packets += 1;
@@ -236,7 +243,7 @@ pub struct Stats {
     /// Error responses by [`Method`] and [`Code`].
     pub errors: [[u64; Code::COUNT]; Method::COUNT],
     /// Relayed traffic by [`Direction`] and client [`Transport`].
-    pub relayed: [[Traffic; Transport::COUNT]; Direction::COUNT],
+    pub relayed: [[TrafficCount; Transport::COUNT]; Direction::COUNT],
     /// How long allocations lived.
     pub session_seconds: Histogram,
 }
@@ -261,7 +268,7 @@ impl Stats {
 
     /// The relayed traffic of one direction and client transport.
     #[inline]
-    pub fn traffic(&mut self, dir: Direction, transport: Transport) -> &mut Traffic {
+    pub fn traffic(&mut self, dir: Direction, transport: Transport) -> &mut TrafficCount {
         &mut self.relayed[dir.index()][transport.index()]
     }
 
@@ -419,7 +426,7 @@ mod tests {
         assert_eq!(b.errors.iter().flatten().sum::<u64>(), 2);
         assert_eq!(
             b.relayed[Direction::ToPeer.index()][Transport::Udp.index()],
-            Traffic {
+            TrafficCount {
                 packets: 2,
                 bytes: 200
             }

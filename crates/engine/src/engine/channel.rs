@@ -11,6 +11,9 @@ use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
 use crate::proto::stun as wire;
 
+/// The target of this module's log lines (see [`super::LOG_TARGET`]).
+const LOG_TARGET: &str = "ferroturn::engine::channel";
+
 impl Engine {
     /// ChannelBind request (§12.2): number in 0x4000–0x4FFF, one peer; a
     /// number already bound to another peer, or a peer already bound to
@@ -36,7 +39,7 @@ impl Engine {
             ChannelNumber::new(n)
         };
         let Some(number) = number else {
-            tracing::debug!(channel = n, "channel number outside the allowed range");
+            tracing::debug!(target: LOG_TARGET, channel = n, "channel number outside the allowed range");
             return err(Code::BadRequest);
         };
         let peer = match wire::xor_peer_addresses(m) {
@@ -62,7 +65,7 @@ impl Engine {
             }
             (None, None) => Change::Created,
             _ => {
-                tracing::debug!(channel = n, %peer, "channel or peer already bound otherwise");
+                tracing::debug!(target: LOG_TARGET, channel = n, %peer, "channel or peer already bound otherwise");
                 return err(Code::BadRequest);
             }
         };

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::addr::RelayPort;
 
 /// Words of a table with one bit per port number (the pool's and the
-/// live relay ports' in [`super::quota::Shared`]).
+/// live relay ports' in [`super::quota::ServerState`]).
 pub(super) const WORDS: usize = 65_536 / 64;
 /// The even ports of a word (bit `i` is port `64 * word + i`).
 const EVEN: u64 = 0x5555_5555_5555_5555;

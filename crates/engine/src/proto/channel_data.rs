@@ -66,7 +66,7 @@ pub fn frame_in_place(
     buf[hdr + 2..hdr + 4].copy_from_slice(&(len as u16).to_be_bytes());
     let mut stop = end;
     if pad {
-        while (stop - hdr) % 4 != 0 {
+        while !(stop - hdr).is_multiple_of(4) {
             buf[stop] = 0;
             stop += 1;
         }

@@ -13,6 +13,9 @@ use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, Answer, Authed, Engine, Output, Repl
 use crate::addr::{AllocId, ClientAddr};
 use crate::proto::stun as wire;
 
+/// The target of this module's log lines (see [`super::LOG_TARGET`]).
+const LOG_TARGET: &str = "ferroturn::engine::allocate";
+
 /// UDP's protocol number, the only REQUESTED-TRANSPORT we relay (§7.2).
 const PROTO_UDP: u8 = 17;
 /// How many ports to try when binding one fails.
@@ -126,7 +129,7 @@ impl Engine {
                     .shared
                     .acquire(&name, units, ports + reserve as u32, &self.cfg.limits)
             {
-                tracing::info!(%client, user = %authed.username, code = code.value(), "allocation quota reached");
+                tracing::info!(target: LOG_TARGET, %client, user = %authed.username, code = code.value(), "allocation quota reached");
                 self.stats.quota_rejections += 1;
                 return self.reply(client, err(code));
             }
@@ -151,7 +154,7 @@ impl Engine {
                 self.take_port(even)
             };
             let Some(port) = port else {
-                tracing::warn!(%client, even, free = self.free_ports(), "no free relay port");
+                tracing::warn!(target: LOG_TARGET, %client, even, free = self.free_ports(), "no free relay port");
                 self.cfg.shared.release(&held);
                 if let Some(one) = &reserved {
                     // The reservation, never made.
@@ -319,7 +322,7 @@ impl Engine {
             a.state = State::Active;
             a.last_response = resp.data.clone();
             let (relayed, extra) = (a.relayed, a.extra);
-            tracing::info!(%client, user = %a.username, relay = %a.relayed, extra = ?a.extra.map(|e| e.1), lifetime, "allocation created");
+            tracing::info!(target: LOG_TARGET, %client, user = %a.username, relay = %a.relayed, extra = ?a.extra.map(|e| e.1), lifetime, "allocation created");
             self.stats.allocations_created += 1;
             // Its relay ports are now reachable as peers of other clients.
             self.cfg
@@ -387,7 +390,7 @@ impl Engine {
         let Some(a) = self.allocs[id.0 as usize].take() else {
             return;
         };
-        tracing::warn!(client = %a.client, "could not bind a relay socket");
+        tracing::warn!(target: LOG_TARGET, client = %a.client, "could not bind a relay socket");
         a.report_end(id, &mut self.out);
         self.cfg.shared.release(&a.held);
         self.release_port(a.port);
@@ -444,7 +447,7 @@ impl Engine {
         };
         if requested == Some(0) {
             let a = self.allocation(id).expect("checked");
-            tracing::info!(client = %a.client, user = %a.username, "allocation deleted");
+            tracing::info!(target: LOG_TARGET, client = %a.client, user = %a.username, "allocation deleted");
             self.stats.allocations_deleted += 1;
             self.remove(id, now);
             return Reply::success(m)

@@ -1748,8 +1748,13 @@ deny = []
                 "[server]\nudp_scheduling = \"batch\"\n[[listen]]",
             ))
         .unwrap();
-        let (kept, changed) = running.reload(new);
+        let (kept, changed) = running.reload(new.clone());
         assert_eq!(changed, ["server.udp_scheduling", "realm"]);
+        assert_eq!(kept.restart, running.restart);
+        assert!(
+            kept.live == new.live,
+            "the live part is the new file's, whole"
+        );
         assert_eq!(kept.restart.realm, "example.org");
         assert_eq!(kept.restart.udp_scheduling, UdpScheduling::Auto);
         // A live setting comes from the new file.
@@ -1779,6 +1784,42 @@ deny = []
         // its own (old.pem).
         assert_eq!(kept.live.tls_files(0, at(5349)), None);
         assert_eq!(kept.restart, running.restart);
+    }
+
+    /// What the engine takes as its defaults when it runs alone (tests,
+    /// benchmarks) is what the reference table says, but for the total,
+    /// which the server derives from the relay ports.
+    #[test]
+    fn the_engines_own_defaults_are_the_tables() {
+        let table = RawLimits::default().limits((1, 1));
+        let engine = Limits {
+            total_allocations: table.total_allocations,
+            ..Limits::default()
+        };
+        assert_eq!(engine, table);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let e = crate::engine::EngineConfig::new(
+            crate::auth::Credentials::new("r", &[], &BTreeMap::new(), b"k", 600),
+            crate::policy::PeerPolicy::new(vec![], vec![], vec![], (1, 1)),
+            ip,
+            ip,
+            Vec::new(),
+        )
+        .live;
+        let (a, auth) = (RawAllocation::default(), RawAuth::default());
+        let secs = |s: u32| std::time::Duration::from_secs(s.into());
+        assert_eq!(
+            (e.lifetime, e.max_lifetime, e.legacy_channels),
+            (
+                secs(a.lifetime),
+                secs(a.max_lifetime),
+                a.legacy_channel_numbers
+            )
+        );
+        assert_eq!(
+            (e.strict_expiry, e.expiry_grace.as_secs()),
+            (auth.strict_expiry, auth.expiry_grace)
+        );
     }
 
     #[test]

@@ -339,6 +339,25 @@ fn lifetime_is_clamped_between_default_and_maximum() {
     }
 }
 
+/// The lifetimes are live settings: a reload changes what the next
+/// request is granted (RFC 8656 §7.2), not what was granted before.
+#[test]
+fn update_applies_new_lifetimes_to_later_requests() {
+    let mut t = T::new();
+    let ask = |t: &mut T, c, asked| {
+        let r = t.signed(c, Req::new(METHOD_ALLOCATE).transport(17).lifetime(asked));
+        wire::u32_attr(&r, ATTR_LIFETIME)
+    };
+    assert_eq!(ask(&mut t, client(1), 10), Some(Ok(600)));
+    t.e.update(Update {
+        lifetime: Duration::from_secs(300),
+        max_lifetime: Duration::from_secs(900),
+        ..t.e.cfg.live.clone()
+    });
+    assert_eq!(ask(&mut t, client(2), 10), Some(Ok(300)));
+    assert_eq!(ask(&mut t, client(3), 100_000), Some(Ok(900)));
+}
+
 #[test]
 fn second_allocate_gets_437_but_a_retransmission_the_same_answer() {
     let mut t = T::new();

@@ -3,14 +3,14 @@
 //! reason (`FILE: KEY: REASON`).
 //!
 //! A file is read in three steps:
-//! 1. serde deserializes it into [`RawConfig`], whose values already have their
+//! 1. serde deserializes it into `RawConfig`, whose values already have their
 //!    types (addresses, CIDRs, the port range, names of a few values); a
 //!    value that is not one gives the reason its type's `TryFrom` states,
 //!    and serde's path to it is the key. A key left out takes the default
 //!    of the reference table, [`crate::config_keys::KEYS`], where each
 //!    default is written once.
-//! 2. [`RawConfig::check`] applies the rules between values and their ranges.
-//! 3. [`RawConfig::into_config`] reads the secret files, derives what follows
+//! 2. `RawConfig::check` applies the rules between values and their ranges.
+//! 3. `RawConfig::into_config` reads the secret files, derives what follows
 //!    from other keys, and splits the settings into the [`Restart`] part,
 //!    which only a restart applies, and the [`Live`] part, which a reload
 //!    replaces whole ([`Config::reload`]).
@@ -495,7 +495,7 @@ pub struct Demo {
 // ---- Values of their types ---------------------------------------------
 
 /// Why a value is not of its type, from the type's `TryFrom`. Its
-/// `Display` starts with [`REASON_MARK`], so that [`parse`] shows it as
+/// `Display` starts with a mark (`REASON_MARK`), so that [`parse`] shows it as
 /// `KEY: REASON` like a rule's refusal: no line number (toml's own
 /// messages get one) and never hidden (it quotes no secret).
 #[derive(Debug)]

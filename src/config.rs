@@ -157,11 +157,7 @@ pub struct Live {
     pub stream_limits: StreamLimits,
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
-    /// Default and maximum allocation lifetime in seconds (RFC 8656 §7.2).
-    pub lifetime: u32,
-    pub max_lifetime: u32,
-    /// Accept RFC 5766 channel numbers 0x5000–0x7FFF too.
-    pub legacy_channel_numbers: bool,
+    pub allocation: Allocation,
     pub log_level: String,
     pub demo: Demo,
     /// The admin API's bearer token (`admin.token`).
@@ -186,9 +182,7 @@ impl fmt::Debug for Live {
             .field("stream_limits", &self.stream_limits)
             .field("allow", &self.allow)
             .field("deny", &self.deny)
-            .field("lifetime", &self.lifetime)
-            .field("max_lifetime", &self.max_lifetime)
-            .field("legacy_channel_numbers", &self.legacy_channel_numbers)
+            .field("allocation", &self.allocation)
             .field("log_level", &self.log_level)
             .field("demo", &self.demo)
             .field("admin_token", &self.admin_token.as_ref().map(|_| Redacted))
@@ -477,21 +471,6 @@ pub struct Relay {
     pub default_family: DefaultFamily,
 }
 
-/// The `[demo]` section: the signaling demo's HTTP server (`ferroturn demo`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Demo {
-    /// Where the demo's HTTP server listens.
-    pub address: SocketAddr,
-    /// Lifetime in seconds of the TURN REST credentials `/ice-servers` mints.
-    pub credential_ttl: u64,
-    /// Seconds a signaling WebSocket may stay silent (no message, no pong
-    /// to the server's pings) before it is closed.
-    pub idle_timeout: u64,
-    /// Connections (pages and WebSockets) one IP address, or IPv6 /64,
-    /// may hold at once.
-    pub connections_per_ip: usize,
-}
-
 // ---- Values of their types ---------------------------------------------
 
 /// Why a value is not of its type, from the type's `TryFrom`. Its
@@ -745,14 +724,14 @@ fn table_default<T: DeserializeOwned>(section: &str, name: &str) -> T {
 /// takes a key left out from its `Default`, the reference table's
 /// defaults.
 macro_rules! table {
-    ($(#[$m:meta])* struct $name:ident in $section:literal {
-        $($(#[$fm:meta])* $field:ident: $ty:ty,)*
+    ($(#[$m:meta])* $vis:vis struct $name:ident in $section:literal {
+        $($(#[$fm:meta])* $fvis:vis $field:ident: $ty:ty,)*
     }) => {
-        $(#[$m])*
         #[derive(Debug, Deserialize)]
         #[serde(default, deny_unknown_fields)]
-        struct $name {
-            $($(#[$fm])* $field: $ty,)*
+        $(#[$m])*
+        $vis struct $name {
+            $($(#[$fm])* $fvis $field: $ty,)*
         }
 
         impl Default for $name {
@@ -784,11 +763,11 @@ struct RawConfig {
     #[serde(default)]
     peers: RawPeers,
     #[serde(default)]
-    allocation: RawAllocation,
+    allocation: Allocation,
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
-    demo: RawDemo,
+    demo: Demo,
     #[serde(default)]
     limits: RawLimits,
     metrics: Option<RawMetrics>,
@@ -852,10 +831,16 @@ table! {
 }
 
 table! {
-    struct RawAllocation in "allocation" {
-        lifetime: u32,
-        max_lifetime: u32,
-        legacy_channel_numbers: bool,
+    /// The `[allocation]` section, live as the file gives it.
+    #[derive(Clone, PartialEq, Eq)]
+    #[serde(expecting = "struct RawAllocation")]
+    pub struct Allocation in "allocation" {
+        /// Default and maximum allocation lifetime in seconds (RFC 8656
+        /// §7.2).
+        pub lifetime: u32,
+        pub max_lifetime: u32,
+        /// Accept RFC 5766 channel numbers 0x5000–0x7FFF too.
+        pub legacy_channel_numbers: bool,
     }
 }
 
@@ -878,12 +863,29 @@ table! {
 }
 
 table! {
-    struct RawDemo in "demo" {
-        address: SockAddr,
-        credential_ttl: u64,
-        idle_timeout: u64,
-        connections_per_ip: usize,
+    /// The `[demo]` section: the signaling demo's HTTP server (`ferroturn
+    /// demo`), as the file gives it.
+    #[derive(Clone, PartialEq, Eq)]
+    #[serde(expecting = "struct RawDemo")]
+    pub struct Demo in "demo" {
+        /// Where the demo's HTTP server listens.
+        #[serde(deserialize_with = "sockaddr")]
+        pub address: SocketAddr,
+        /// Lifetime in seconds of the TURN REST credentials `/ice-servers`
+        /// mints.
+        pub credential_ttl: u64,
+        /// Seconds a signaling WebSocket may stay silent (no message, no
+        /// pong to the server's pings) before it is closed.
+        pub idle_timeout: u64,
+        /// Connections (pages and WebSockets) one IP address, or IPv6 /64,
+        /// may hold at once.
+        pub connections_per_ip: usize,
     }
+}
+
+/// An `IP:PORT` value ([`SockAddr`]) as a `SocketAddr`.
+fn sockaddr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    SockAddr::deserialize(d).map(|a| a.0)
 }
 
 table! {
@@ -1393,16 +1395,9 @@ impl RawConfig {
             stream_limits: self.limits.stream_limits(),
             allow: cidrs(&self.peers.allow),
             deny: cidrs(&self.peers.deny),
-            lifetime: self.allocation.lifetime,
-            max_lifetime: self.allocation.max_lifetime,
-            legacy_channel_numbers: self.allocation.legacy_channel_numbers,
+            allocation: self.allocation,
             log_level: self.log.level.0,
-            demo: Demo {
-                address: self.demo.address.0,
-                credential_ttl: self.demo.credential_ttl,
-                idle_timeout: self.demo.idle_timeout,
-                connections_per_ip: self.demo.connections_per_ip,
-            },
+            demo: self.demo,
             admin_token: self
                 .admin
                 .as_ref()
@@ -1680,12 +1675,12 @@ pub(crate) fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("relay", f::<RawRelay>()),
         ("auth", f::<RawAuth>()),
         ("peers", f::<RawPeers>()),
-        ("allocation", f::<RawAllocation>()),
+        ("allocation", f::<Allocation>()),
         ("limits", f::<RawLimits>()),
         ("log", f::<RawLog>()),
         ("metrics", f::<RawMetrics>()),
         ("admin", f::<RawAdmin>()),
-        ("demo", f::<RawDemo>()),
+        ("demo", f::<Demo>()),
     ]
 }
 
@@ -1806,7 +1801,7 @@ deny = []
             Vec::new(),
         )
         .live;
-        let (a, auth) = (RawAllocation::default(), RawAuth::default());
+        let (a, auth) = (Allocation::default(), RawAuth::default());
         let secs = |s: u32| std::time::Duration::from_secs(s.into());
         assert_eq!(
             (e.lifetime, e.max_lifetime, e.legacy_channels),

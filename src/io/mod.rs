@@ -604,9 +604,9 @@ fn update_from(config: &Config, nonce_secret: &[u8], own: &[std::net::IpAddr]) -
         limits: live.limits,
         strict_expiry: live.strict_expiry,
         expiry_grace: seconds(live.expiry_grace),
-        lifetime: seconds(live.lifetime.into()),
-        max_lifetime: seconds(live.max_lifetime.into()),
-        legacy_channels: live.legacy_channel_numbers,
+        lifetime: seconds(live.allocation.lifetime.into()),
+        max_lifetime: seconds(live.allocation.max_lifetime.into()),
+        legacy_channels: live.allocation.legacy_channel_numbers,
     }
 }
 

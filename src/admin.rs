@@ -429,7 +429,8 @@ pub mod client {
             token: TokenSource,
             config: Option<&Config>,
         ) -> Result<Target, String> {
-            let section = config.and_then(|c| c.admin.as_ref());
+            let section = config.and_then(Config::admin);
+            let section = section.as_ref();
             let dest = match (admin, section, config) {
                 (Some(a), _, _) if a.contains('/') => Dest::Unix(PathBuf::from(a)),
                 (Some(a), _, _) => Dest::Tcp(

@@ -1,5 +1,19 @@
-//! The TOML configuration: schema, validation, and the settings derived
-//! from it. Every error names the file, the key and the reason.
+//! The TOML configuration: its types, the rules between its values, and
+//! what a reload changes. Every error names the file, the key and the
+//! reason (`FILE: KEY: REASON`).
+//!
+//! A file is read in three steps:
+//! 1. serde deserializes it into `RawConfig`, whose values already have their
+//!    types (addresses, CIDRs, the port range, names of a few values); a
+//!    value that is not one gives the reason its type's `TryFrom` states,
+//!    and serde's path to it is the key. A key left out takes the default
+//!    of the reference table, [`crate::config_keys::KEYS`], where each
+//!    default is written once.
+//! 2. `RawConfig::check` applies the rules between values and their ranges.
+//! 3. `RawConfig::into_config` reads the secret files, derives what follows
+//!    from other keys, and splits the settings into the [`Restart`] part,
+//!    which only a restart applies, and the [`Live`] part, which a reload
+//!    replaces whole ([`Config::reload`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,12 +21,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::{DeserializeOwned, IntoDeserializer};
 
 use crate::auth::{Redacted, StaticUser, parse_key_hex};
+use crate::config_keys::{KEYS, KeyDefault};
 use crate::policy::Cidr;
-
-/// The `[limits]` the engine enforces (defined with the engine, in its crate).
-pub use crate::engine::Limits;
 
 /// The most `server.workers` may be. Each worker has up to two threads (UDP
 /// and streams), so the systemd unit's `TasksMax=` is sized from this.
@@ -25,6 +38,18 @@ pub const EXAMPLE_SECRETS: [&str; 1] = ["change-me"];
 /// The bundled `config.toml`'s static users (name, password); see
 /// [`EXAMPLE_SECRETS`].
 pub const EXAMPLE_USERS: [(&str, &str); 1] = [("alice", "wonderland")];
+
+/// Most secrets a config may name, `[auth] secrets` and `secret_files`
+/// together.
+pub const MAX_SECRETS: usize = 8;
+
+/// Most bytes a file of `[auth] secret_files` may hold. A secret is one
+/// line; the bound keeps a wrong path (a log, an image) from being read
+/// whole at every start and reload.
+const SECRET_FILE_MAX: u64 = 64 * 1024;
+
+/// Where the admin API listens when `[admin]` names no address.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/ferroturn/admin.sock";
 
 /// A configuration error: `FILE: KEY: REASON`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +67,655 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A key and the reason its value is refused; [`parse`] adds the file.
+type Refusal = (String, String);
+
+fn refuse<T>(key: impl Into<String>, reason: impl Into<String>) -> Result<T, Refusal> {
+    Err((key.into(), reason.into()))
+}
+
+// ---- The validated configuration ------------------------------------------
+
+/// A validated configuration: what only a restart applies, and what a
+/// reload replaces. Its `Debug` shows how many secrets there are and which
+/// users, never a secret, password, key or token.
+#[derive(Debug, Clone)]
+#[cfg_attr(test, derive(PartialEq))]
+pub struct Config {
+    pub path: PathBuf,
+    pub restart: Restart,
+    pub live: Live,
+}
+
+/// Declares [`Restart`] with the key that names each field in the warning
+/// a reload gives when the file changes it; [`Restart::changed`] compares
+/// field by field, in declaration order.
+macro_rules! restart_only {
+    ($(#[$m:meta])* pub struct $name:ident {
+        $($(#[$fm:meta])* $key:literal => $field:ident: $ty:ty,)*
+    }) => {
+        $(#[$m])*
+        pub struct $name {
+            $($(#[$fm])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// The keys whose settings differ in `new`, in field order.
+            pub fn changed(&self, new: &$name) -> Vec<&'static str> {
+                let mut keys = Vec::new();
+                $(if self.$field != new.$field {
+                    keys.push($key);
+                })*
+                keys
+            }
+        }
+    };
+}
+
+restart_only! {
+    /// The settings only a restart applies: sockets, threads, and the
+    /// realm, which keys and nonces derive from. A reload keeps the running
+    /// ones and warns with the key of each that the file changed.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Restart {
+        /// The `[[listen]]` entries (their TLS files are live:
+        /// [`Live::tls`]).
+        "listen" => listen: Vec<Listen>,
+        "relay" => relay: Relay,
+        /// `server.workers`, with 0 resolved to the CPU count.
+        "server.workers" => workers: usize,
+        "server.udp_threads" => udp_threads: UdpThreads,
+        "server.udp_scheduling" => udp_scheduling: UdpScheduling,
+        "realm" => realm: String,
+        "log.format" => log_format: LogFormat,
+        /// `/metrics`, if the file has a `[metrics]` section.
+        "metrics" => metrics: Option<Metrics>,
+        /// The admin API's listeners, if the file has an `[admin]` section
+        /// (its token is live: [`Live::admin_token`]).
+        "admin" => admin: Option<AdminListeners>,
+    }
+}
+
+/// The settings a reload applies: [`Config::reload`] takes them whole from
+/// the new file.
+#[derive(Clone)]
+#[cfg_attr(test, derive(PartialEq))]
+pub struct Live {
+    /// The certificate and key of each TLS `[[listen]]` entry.
+    pub tls: Vec<TlsFiles>,
+    /// REST secrets: those of `auth.secrets`, then one per file of
+    /// `auth.secret_files` (read at every start and reload).
+    pub secrets: Vec<String>,
+    /// Static users: a password or long-term keys each.
+    pub users: BTreeMap<String, StaticUser>,
+    pub nonce_lifetime: u64,
+    /// Close a REST credential's allocations when it expires (plus grace).
+    pub strict_expiry: bool,
+    pub expiry_grace: u64,
+    pub limits: Limits,
+    /// What one TCP or TLS client may cost.
+    pub stream_limits: StreamLimits,
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+    pub allocation: Allocation,
+    pub log_level: String,
+    pub demo: Demo,
+    /// The admin API's bearer token (`admin.token`).
+    pub admin_token: Option<String>,
+    /// Sent with 300 Try Alternate to new Allocates while draining.
+    pub alternate: Option<SocketAddr>,
+    /// Seconds existing allocations may live on after SIGTERM.
+    pub drain_timeout: u64,
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Fields added later stay out until listed here: unlisted is safe.
+        f.debug_struct("Live")
+            .field("tls", &self.tls)
+            .field("secrets", &vec![Redacted; self.secrets.len()])
+            .field("users", &self.users)
+            .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("strict_expiry", &self.strict_expiry)
+            .field("expiry_grace", &self.expiry_grace)
+            .field("limits", &self.limits)
+            .field("stream_limits", &self.stream_limits)
+            .field("allow", &self.allow)
+            .field("deny", &self.deny)
+            .field("allocation", &self.allocation)
+            .field("log_level", &self.log_level)
+            .field("demo", &self.demo)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| Redacted))
+            .field("alternate", &self.alternate)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A reload to `new`: its live part whole, this configuration's
+    /// restart-only part, and the keys of the restart-only settings `new`
+    /// changes. Those stay as they run, so that the next reload compares
+    /// against them (and warns again) and never applies them.
+    pub fn reload(&self, new: Config) -> (Config, Vec<&'static str>) {
+        let changed = self.restart.changed(&new.restart);
+        let mut live = new.live;
+        // The token rotates, but is never taken away from a running TCP
+        // listener: a file that moves the API to the Unix socket only (a
+        // restart away) needs no token, and must not leave the TCP
+        // listener open until then. A file without `[admin]` (also a
+        // restart away) keeps the running token too.
+        let keeps_token = match &new.restart.admin {
+            None => true,
+            Some(_) => self
+                .restart
+                .admin
+                .as_ref()
+                .is_some_and(|a| a.address.is_some()),
+        };
+        if live.admin_token.is_none() && keeps_token {
+            live.admin_token = self.live.admin_token.clone();
+        }
+        let kept = Config {
+            path: new.path,
+            restart: self.restart.clone(),
+            live,
+        };
+        (kept, changed)
+    }
+
+    /// The admin API as configured: its listeners and its token.
+    pub fn admin(&self) -> Option<Admin> {
+        self.restart.admin.as_ref().map(|a| Admin {
+            address: a.address,
+            socket: a.socket.clone(),
+            token: self.live.admin_token.clone(),
+        })
+    }
+}
+
+impl Live {
+    /// The TLS files of `[[listen]]` entry `listen` if it is at `address`:
+    /// a running TLS listener takes new files from the same entry only.
+    pub fn tls_files(&self, listen: usize, address: SocketAddr) -> Option<&TlsFiles> {
+        self.tls
+            .iter()
+            .find(|t| t.listen == listen && t.address == address)
+    }
+}
+
+/// One `[[listen]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub address: SocketAddr,
+    pub udp: bool,
+    pub tcp: bool,
+    /// false: a STUN-only listener (Binding answered, TURN refused).
+    pub turn: bool,
+    pub tls: bool,
+}
+
+/// The PEM certificate chain and private key of a TLS `[[listen]]` entry:
+/// read at start, and again by every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The entry's index in `[[listen]]`, and its address.
+    pub listen: usize,
+    pub address: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Declares an enum that a key names by one of a few strings, and its
+/// `TryFrom<String>`, whose error lists them.
+macro_rules! named_values {
+    ($(#[$m:meta])* pub enum $name:ident {
+        $($(#[$vm:meta])* $text:literal => $variant:ident,)*
+    }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+        #[serde(try_from = "String")]
+        pub enum $name {
+            $($(#[$vm])* $variant,)*
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Reason;
+            fn try_from(v: String) -> Result<Self, Reason> {
+                match v.as_str() {
+                    $($text => Ok($name::$variant),)*
+                    _ => Err(Reason(format!(
+                        "{v:?}: expected {}",
+                        either(&[$(concat!("\"", $text, "\"")),*])
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+/// `"a", "b" or "c"`.
+fn either(names: &[&str]) -> String {
+    let (last, rest) = names.split_last().expect("at least one value");
+    match rest {
+        [] => (*last).to_owned(),
+        _ => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+named_values! {
+    /// Which relay family an Allocate without REQUESTED-ADDRESS-FAMILY gets.
+    pub enum DefaultFamily {
+        /// IPv4, as RFC 8656 §7.2 says.
+        "ipv4" => Ipv4,
+        /// The family the client came in with.
+        "same-as-client" => SameAsClient,
+    }
+}
+
+named_values! {
+    /// How the UDP workers use their threads (`server.udp_threads`).
+    pub enum UdpThreads {
+        /// One thread drives every worker while it is lightly loaded; each
+        /// worker gets a thread of its own when that thread is busy.
+        "adaptive" => Adaptive,
+        /// Each worker has a thread of its own at any load.
+        "dedicated" => Dedicated,
+    }
+}
+
+named_values! {
+    /// The scheduling policy of the UDP data-plane threads
+    /// (`server.udp_scheduling`).
+    pub enum UdpScheduling {
+        /// SCHED_BATCH while the thread's own run-queue waits stay short,
+        /// SCHED_OTHER while other tasks keep the CPUs busy (`io::sched`).
+        "auto" => Auto,
+        /// SCHED_OTHER, as every other thread.
+        "normal" => Normal,
+        /// SCHED_BATCH: a woken relay thread does not preempt the task
+        /// running on its CPU (good when peers or clients share the host;
+        /// under CPU contention a packet may wait for that task's slice to
+        /// end).
+        "batch" => Batch,
+    }
+}
+
+named_values! {
+    /// Log output format.
+    pub enum LogFormat {
+        "text" => Text,
+        "json" => Json,
+    }
+}
+
+/// The admin API's listeners: a Unix socket (the default, guarded by its
+/// file mode), a TCP address (always with a token), or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminListeners {
+    /// TCP listener, if `admin.address` is set.
+    pub address: Option<SocketAddr>,
+    /// Unix socket, mode 0660: `admin.socket`, or [`DEFAULT_ADMIN_SOCKET`]
+    /// when no address is set.
+    pub socket: Option<PathBuf>,
+}
+
+/// The admin API as configured ([`Config::admin`]): its listeners and the
+/// token every request needs, if set (always set with an address).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub address: Option<SocketAddr>,
+    pub socket: Option<PathBuf>,
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Admin {
+    /// Whether a token is set, never the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("address", &self.address)
+            .field("socket", &self.socket)
+            .field("token", &self.token.as_ref().map(|_| Redacted))
+            .finish()
+    }
+}
+
+/// The `[metrics]` section: Prometheus `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    pub address: SocketAddr,
+    /// Names (lower case) `/metrics` answers to in `Host`, besides IP
+    /// literals and `localhost`.
+    pub hosts: Vec<String>,
+}
+
+/// Quotas and rate limits, defined beside the engine that enforces them.
+pub use crate::engine::Limits;
+
+/// What one TCP or TLS client may cost (the stream keys of `[limits]`).
+/// Shared by every stream worker and changed by a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Seconds a connection has to finish a STUN message or ChannelData
+    /// frame (RFC 8656 §12.5 framing) from its first byte; also the TLS
+    /// handshake's deadline.
+    pub message_timeout: u64,
+    /// Seconds a connection may live without an allocation: from its
+    /// accept, and again from the end of each allocation it held.
+    pub allocation_timeout: u64,
+    /// Connections one source IP (an IPv6 /64) may hold; 0 = no cap.
+    pub connections_per_ip: u32,
+    /// TLS handshakes one source IP (an IPv6 /64) may run at once; 0 = no cap.
+    pub tls_handshakes_per_ip: u32,
+    /// Bytes of answers and relayed data queued for one client that does
+    /// not read; further frames are dropped (one frame of any size goes
+    /// into an empty queue).
+    pub queue_bytes: u32,
+    /// Stream connections the whole server holds at once (all workers):
+    /// with the per-connection bounds, the server's memory budget.
+    pub connections: u32,
+}
+
+impl Default for StreamLimits {
+    /// The reference table's defaults.
+    fn default() -> Self {
+        RawLimits::default().stream_limits()
+    }
+}
+
+/// The relay settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// Where relay sockets bind.
+    pub address: IpAddr,
+    /// What XOR-RELAYED-ADDRESS advertises.
+    pub public_address: IpAddr,
+    /// Inclusive port range.
+    pub ports: (u16, u16),
+    /// Where IPv6 relay sockets bind, if IPv6 relays are enabled.
+    pub address_v6: Option<IpAddr>,
+    /// What XOR-RELAYED-ADDRESS advertises for IPv6 relays.
+    pub public_address_v6: Option<IpAddr>,
+    pub default_family: DefaultFamily,
+}
+
+// ---- Values of their types ---------------------------------------------
+
+/// Why a value is not of its type, from the type's `TryFrom`. Its
+/// `Display` starts with a mark (`REASON_MARK`), so that [`parse`] shows it as
+/// `KEY: REASON` like a rule's refusal: no line number (toml's own
+/// messages get one) and never hidden (it quotes no secret).
+#[derive(Debug)]
+pub struct Reason(String);
+
+/// Starts the text of a [`Reason`] in a deserialization error.
+const REASON_MARK: char = '\u{1f}';
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{REASON_MARK}{}", self.0)
+    }
+}
+
+/// Declares a type read from a TOML string: `$parse` turns the string
+/// `$v` into the type or the reason it is not one.
+macro_rules! from_string {
+    ($(#[$m:meta])* $name:ident($inner:ty), |$v:ident| $parse:expr) => {
+        $(#[$m])*
+        #[derive(Clone, PartialEq, Eq, Deserialize)]
+        #[serde(try_from = "String")]
+        struct $name($inner);
+
+        impl TryFrom<String> for $name {
+            type Error = Reason;
+            fn try_from($v: String) -> Result<Self, Reason> {
+                let parsed: Result<$inner, String> = $parse;
+                parsed.map($name).map_err(Reason)
+            }
+        }
+    };
+}
+
+from_string! {
+    /// An `IP:PORT` address.
+    #[derive(Debug, Copy)]
+    SockAddr(SocketAddr),
+    |v| v.parse().map_err(|_| format!("{v:?} is not an IP:PORT address"))
+}
+
+from_string! {
+    /// An IP address of either family.
+    #[derive(Debug, Copy)]
+    Ip(IpAddr),
+    |v| v.parse().map_err(|_| format!("{v:?} is not an IP address"))
+}
+
+from_string! {
+    /// An IPv6 address.
+    #[derive(Debug, Copy)]
+    Ipv6(IpAddr),
+    |v| match v.parse::<IpAddr>() {
+        Ok(ip) if ip.is_ipv6() => Ok(ip),
+        _ => Err(format!("{v:?} is not an IPv6 address")),
+    }
+}
+
+from_string! {
+    /// An IPv6 address clients can reach: not `::`.
+    #[derive(Debug, Copy)]
+    ReachableIpv6(IpAddr),
+    |v| match v.parse::<IpAddr>() {
+        Ok(ip) if ip.is_ipv6() && !ip.is_unspecified() => Ok(ip),
+        _ => Err(format!("{v:?} is not a reachable IPv6 address")),
+    }
+}
+
+from_string! {
+    /// An inclusive port range `START-END`, ports 1 to 65535.
+    #[derive(Debug, Copy)]
+    PortRange((u16, u16)),
+    |v| port_range(&v)
+}
+
+from_string! {
+    /// An address or CIDR range.
+    #[derive(Debug)]
+    CidrText(Cidr),
+    |v| v.parse()
+}
+
+from_string! {
+    /// A host name, in lower case: no port, no IP literal.
+    #[derive(Debug)]
+    HostName(String),
+    |v| {
+        let name_ok = (1..=253).contains(&v.len())
+            && v.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        match name_ok {
+            true => Ok(v.to_ascii_lowercase()),
+            false => Err(format!(
+                "{v:?} is not a host name (no port, no IP address: those are always accepted)"
+            )),
+        }
+    }
+}
+
+from_string! {
+    /// A log level or tracing filter.
+    #[derive(Debug)]
+    LogLevel(String),
+    |v| match tracing_subscriber::EnvFilter::try_new(&v) {
+        Ok(_) => Ok(v),
+        Err(_) => Err(format!(
+            "{v:?} is not a level (error, warn, info, debug, trace) or filter"
+        )),
+    }
+}
+
+from_string! {
+    /// The admin API's bearer token: printable ASCII, as an HTTP header
+    /// carries it.
+    Token(String),
+    |v| if v.is_empty() {
+        Err("must not be empty".to_owned())
+    } else if !v.bytes().all(|b| b.is_ascii_graphic()) {
+        Err("must be printable ASCII without spaces (it is sent in an HTTP header)".to_owned())
+    } else {
+        Ok(v)
+    }
+}
+
+from_string! {
+    /// The admin API's Unix socket: an absolute path that fits `sun_path`.
+    #[derive(Debug)]
+    SocketPath(PathBuf),
+    |v| {
+        let p = PathBuf::from(v);
+        if !p.is_absolute() {
+            Err(format!("{:?} must be an absolute path", p.display()))
+        } else if p.as_os_str().len() > 107 {
+            // sun_path holds 108 bytes with the terminating NUL.
+            Err("longer than 107 bytes, the most a Unix socket path can be".to_owned())
+        } else {
+            Ok(p)
+        }
+    }
+}
+
+from_string! {
+    /// One REST secret of `auth.secrets`: not empty.
+    Secret(String),
+    |v| match v.is_empty() {
+        true => Err("must not be empty".to_owned()),
+        false => Ok(v),
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Redacted.fmt(f)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Redacted.fmt(f)
+    }
+}
+
+fn port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a range START-END"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: start is not a port number"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: end is not a port number"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 1 <= START <= END"));
+    }
+    Ok((a, b))
+}
+
+/// The transports of a `[[listen]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+struct Transports {
+    udp: bool,
+    tcp: bool,
+    tls: bool,
+}
+
+impl TryFrom<Vec<String>> for Transports {
+    type Error = Reason;
+    fn try_from(names: Vec<String>) -> Result<Self, Reason> {
+        let refuse = |r: &str| Err(Reason(r.to_owned()));
+        if names.is_empty() {
+            return refuse("name at least one of \"udp\", \"tcp\"");
+        }
+        let mut t = Transports {
+            udp: false,
+            tcp: false,
+            tls: false,
+        };
+        for name in &names {
+            match name.as_str() {
+                "udp" => t.udp = true,
+                "tcp" => t.tcp = true,
+                "tls" => t.tls = true,
+                other => {
+                    return Err(Reason(format!(
+                        "unknown transport {other:?}: expected \"udp\", \"tcp\" or \"tls\""
+                    )));
+                }
+            }
+        }
+        if t.tls && t.tcp {
+            return refuse(
+                "\"tcp\" and \"tls\" cannot share a port: give each its own [[listen]] entry",
+            );
+        }
+        Ok(t)
+    }
+}
+
+// ---- The file as written ----------------------------------------------
+
+/// The default the reference table ([`KEYS`]) gives key `name` of
+/// `section`, as a `T`: the table is where each default is written. A key
+/// the table leaves unset is `None` (its type is an `Option`).
+fn table_default<T: DeserializeOwned>(section: &str, name: &str) -> T {
+    // A key the table lacks or requires, or a default its type refuses,
+    // panics: every parse takes the defaults of the tables it has.
+    let default = KEYS
+        .iter()
+        .find(|k| k.section == section && k.name == name)
+        .map(|k| k.default);
+    let value = match default {
+        Some(KeyDefault::Value(v)) => {
+            T::deserialize(toml::de::ValueDeserializer::new(v)).map_err(|e| e.message().to_owned())
+        }
+        Some(KeyDefault::Unset(_)) => T::deserialize(().into_deserializer())
+            .map_err(|e: serde::de::value::Error| e.to_string()),
+        other => Err(format!("{other:?}")),
+    };
+    value.unwrap_or_else(|e| panic!("{section}.{name}: {e}"))
+}
+
+/// Declares a table of the file whose keys all have a default: serde
+/// takes a key left out from its `Default`, the reference table's
+/// defaults.
+macro_rules! table {
+    ($(#[$m:meta])* $vis:vis struct $name:ident in $section:literal {
+        $($(#[$fm:meta])* $fvis:vis $field:ident: $ty:ty,)*
+    }) => {
+        #[derive(Debug, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        $(#[$m])*
+        $vis struct $name {
+            $($(#[$fm])* $fvis $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    $($field: table_default($section, stringify!($field)),)*
+                }
+            }
+        }
+    };
+}
+
+/// The file as written (raw: before the rules between values and the split
+/// into restart-only and live settings), each value of its type. serde
+/// names these structs in its messages ("expected struct RawServer"),
+/// which operators see: their names stay.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -57,105 +731,150 @@ struct RawConfig {
     #[serde(default)]
     peers: RawPeers,
     #[serde(default)]
-    allocation: RawAllocation,
+    allocation: Allocation,
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
-    demo: RawDemo,
+    demo: Demo,
     #[serde(default)]
     limits: RawLimits,
     metrics: Option<RawMetrics>,
     admin: Option<RawAdmin>,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    #[serde(default)]
-    workers: usize,
-    udp_threads: Option<String>,
-    udp_scheduling: Option<String>,
-    alternate: Option<String>,
-    drain_timeout: Option<u64>,
+table! {
+    struct RawServer in "server" {
+        workers: usize,
+        udp_threads: UdpThreads,
+        udp_scheduling: UdpScheduling,
+        alternate: Option<SockAddr>,
+        drain_timeout: u64,
+    }
 }
 
+/// One `[[listen]]` entry; `address` and `transports` are required.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListen {
-    address: String,
-    transports: Vec<String>,
-    #[serde(default = "yes")]
+    address: SockAddr,
+    transports: Transports,
+    #[serde(default = "listen_turn")]
     turn: bool,
     cert: Option<String>,
     key: Option<String>,
 }
 
-fn yes() -> bool {
-    true
+fn listen_turn() -> bool {
+    table_default("listen", "turn")
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRelay {
-    #[serde(default = "default_relay_address")]
-    address: String,
-    #[serde(default)]
-    public_address: Option<String>,
-    #[serde(default = "default_ports")]
-    ports: String,
-    address_v6: Option<String>,
-    public_address_v6: Option<String>,
-    default_family: Option<String>,
-}
-
-impl Default for RawRelay {
-    fn default() -> Self {
-        RawRelay {
-            address: default_relay_address(),
-            public_address: None,
-            ports: default_ports(),
-            address_v6: None,
-            public_address_v6: None,
-            default_family: None,
-        }
+table! {
+    struct RawRelay in "relay" {
+        address: Ip,
+        public_address: Option<Ip>,
+        ports: PortRange,
+        address_v6: Option<Ipv6>,
+        public_address_v6: Option<ReachableIpv6>,
+        default_family: DefaultFamily,
     }
 }
 
-fn default_relay_address() -> String {
-    "0.0.0.0".into()
-}
-fn default_ports() -> String {
-    "49152-65535".into()
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    #[serde(default)]
-    secrets: Vec<String>,
-    /// Files holding one secret each (paths, not secret).
-    #[serde(default)]
-    secret_files: Vec<String>,
-    #[serde(default)]
-    users: BTreeMap<String, RawUser>,
-    #[serde(default)]
-    nonce_lifetime: Option<u64>,
-    #[serde(default = "yes")]
-    strict_expiry: bool,
-    #[serde(default)]
-    expiry_grace: u64,
+table! {
+    struct RawAuth in "auth" {
+        secrets: Vec<Secret>,
+        /// Files holding one secret each (paths, not secret).
+        secret_files: Vec<String>,
+        users: BTreeMap<String, RawUser>,
+        nonce_lifetime: u64,
+        strict_expiry: bool,
+        expiry_grace: u64,
+    }
 }
 
-impl fmt::Debug for RawAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawAuth")
-            .field("secrets", &vec![Redacted; self.secrets.len()])
-            .field("secret_files", &self.secret_files)
-            .field("users", &self.users)
-            .field("nonce_lifetime", &self.nonce_lifetime)
-            .field("strict_expiry", &self.strict_expiry)
-            .field("expiry_grace", &self.expiry_grace)
-            .finish()
+table! {
+    struct RawPeers in "peers" {
+        allow: Vec<CidrText>,
+        deny: Vec<CidrText>,
+    }
+}
+
+table! {
+    /// The `[allocation]` section, live as the file gives it.
+    #[derive(Clone, PartialEq, Eq)]
+    #[serde(expecting = "struct RawAllocation")]
+    pub struct Allocation in "allocation" {
+        /// Default and maximum allocation lifetime in seconds (RFC 8656
+        /// §7.2).
+        pub lifetime: u32,
+        pub max_lifetime: u32,
+        /// Accept RFC 5766 channel numbers 0x5000–0x7FFF too.
+        pub legacy_channel_numbers: bool,
+    }
+}
+
+table! {
+    struct RawLimits in "limits" {
+        allocations_per_user: u32,
+        total_allocations: u32,
+        permissions_per_allocation: u32,
+        channels_per_allocation: u32,
+        bandwidth: u64,
+        packet_rate: u32,
+        unauthenticated_rate: u32,
+        stream_message_timeout: u64,
+        stream_allocation_timeout: u64,
+        connections_per_ip: u32,
+        tls_handshakes_per_ip: u32,
+        stream_queue_bytes: u32,
+        stream_connections: u32,
+    }
+}
+
+table! {
+    /// The `[demo]` section: the signaling demo's HTTP server (`ferroturn
+    /// demo`), as the file gives it.
+    #[derive(Clone, PartialEq, Eq)]
+    #[serde(expecting = "struct RawDemo")]
+    pub struct Demo in "demo" {
+        /// Where the demo's HTTP server listens.
+        #[serde(deserialize_with = "sockaddr")]
+        pub address: SocketAddr,
+        /// Lifetime in seconds of the TURN REST credentials `/ice-servers`
+        /// mints.
+        pub credential_ttl: u64,
+        /// Seconds a signaling WebSocket may stay silent (no message, no
+        /// pong to the server's pings) before it is closed.
+        pub idle_timeout: u64,
+        /// Connections (pages and WebSockets) one IP address, or IPv6 /64,
+        /// may hold at once.
+        pub connections_per_ip: usize,
+    }
+}
+
+/// An `IP:PORT` value ([`SockAddr`]) as a `SocketAddr`.
+fn sockaddr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    SockAddr::deserialize(d).map(|a| a.0)
+}
+
+table! {
+    struct RawLog in "log" {
+        level: LogLevel,
+        format: LogFormat,
+    }
+}
+
+table! {
+    struct RawMetrics in "metrics" {
+        address: SockAddr,
+        hosts: Vec<HostName>,
+    }
+}
+
+table! {
+    struct RawAdmin in "admin" {
+        address: Option<SockAddr>,
+        socket: Option<SocketPath>,
+        token: Option<Token>,
     }
 }
 
@@ -225,442 +944,499 @@ impl<'de> Deserialize<'de> for RawUser {
 /// long-term keys. A string that starts with `0x` is an MD5 key, as in
 /// coturn's `user=NAME:0x…`; a password that starts with `0x` is written
 /// as a table, `{ password = "0x…" }`. The error never quotes the value.
-fn static_user(name: &str, raw: &RawUser) -> Result<StaticUser, (String, String)> {
+fn static_user(name: &str, raw: &RawUser) -> Result<StaticUser, Refusal> {
     let key = format!("auth.users.{name}");
     let md5_form =
         "0x and 32 hex digits, MD5(user:realm:password) as `ferroturn password` prints it";
     let sha256_form = "0x and 64 hex digits, SHA-256(user:realm:password) as `ferroturn password --toml` prints it";
     match raw {
-        RawUser::Text(t) if t.is_empty() => Err((key, "must not be empty".into())),
+        RawUser::Text(t) if t.is_empty() => refuse(key, "must not be empty"),
         RawUser::Text(t) if t.starts_with("0x") => match parse_key_hex(t) {
             Some(k) => Ok(StaticUser::Keys {
                 md5: Some(k),
                 sha256: None,
             }),
-            None => Err((
+            None => refuse(
                 key,
                 format!(
                     "a value that starts with 0x is an MD5 key (as in coturn): expected {md5_form}; \
                      a password that starts with 0x is written {name} = {{ password = \"0x…\" }}"
                 ),
-            )),
+            ),
         },
         RawUser::Text(t) => Ok(StaticUser::Password(t.clone())),
         RawUser::Table {
             password: Some(_),
             md5,
             sha256,
-        } if md5.is_some() || sha256.is_some() => Err((
-            key,
-            "give either password or keys (md5, sha256), not both".into(),
-        )),
+        } if md5.is_some() || sha256.is_some() => {
+            refuse(key, "give either password or keys (md5, sha256), not both")
+        }
         RawUser::Table {
             password: Some(p), ..
         } => match p.is_empty() {
-            true => Err((format!("{key}.password"), "must not be empty".into())),
+            true => refuse(format!("{key}.password"), "must not be empty"),
             false => Ok(StaticUser::Password(p.clone())),
         },
         RawUser::Table {
             password: None,
             md5: None,
             sha256: None,
-        } => Err((key, "give password, md5 or sha256".into())),
+        } => refuse(key, "give password, md5 or sha256"),
         RawUser::Table { md5, sha256, .. } => {
-            let md5 = match md5 {
-                None => None,
-                Some(k) => Some(
-                    parse_key_hex(k)
-                        .ok_or_else(|| (format!("{key}.md5"), format!("expected {md5_form}")))?,
-                ),
-            };
-            let sha256 =
-                match sha256 {
-                    None => None,
-                    Some(k) => Some(parse_key_hex(k).ok_or_else(|| {
-                        (format!("{key}.sha256"), format!("expected {sha256_form}"))
-                    })?),
-                };
-            Ok(StaticUser::Keys { md5, sha256 })
+            fn hex<const N: usize>(
+                v: &Option<String>,
+                key: String,
+                form: &str,
+            ) -> Result<Option<[u8; N]>, Refusal> {
+                match v {
+                    None => Ok(None),
+                    Some(k) => match parse_key_hex(k) {
+                        Some(k) => Ok(Some(k)),
+                        None => refuse(key, format!("expected {form}")),
+                    },
+                }
+            }
+            Ok(StaticUser::Keys {
+                md5: hex(md5, format!("{key}.md5"), md5_form)?,
+                sha256: hex(sha256, format!("{key}.sha256"), sha256_form)?,
+            })
         }
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawPeers {
-    #[serde(default)]
-    allow: Vec<String>,
-    #[serde(default)]
-    deny: Vec<String>,
-}
+// ---- Rules between values ----------------------------------------------
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAllocation {
-    lifetime: Option<u32>,
-    max_lifetime: Option<u32>,
-    #[serde(default)]
-    legacy_channel_numbers: bool,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    allocations_per_user: Option<u32>,
-    total_allocations: Option<u32>,
-    permissions_per_allocation: Option<u32>,
-    channels_per_allocation: Option<u32>,
-    bandwidth: Option<u64>,
-    packet_rate: Option<u32>,
-    unauthenticated_rate: Option<u32>,
-    stream_message_timeout: Option<u64>,
-    stream_allocation_timeout: Option<u64>,
-    connections_per_ip: Option<u32>,
-    tls_handshakes_per_ip: Option<u32>,
-    stream_queue_bytes: Option<u32>,
-    stream_connections: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawDemo {
-    address: Option<String>,
-    credential_ttl: Option<u64>,
-    idle_timeout: Option<u64>,
-    connections_per_ip: Option<usize>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    level: Option<String>,
-    format: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    address: Option<String>,
-    hosts: Option<Vec<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    address: Option<String>,
-    socket: Option<String>,
-    token: Option<String>,
-}
-
-impl fmt::Debug for RawAdmin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawAdmin")
-            .field("address", &self.address)
-            .field("token", &self.token.as_ref().map(|_| Redacted))
-            .finish_non_exhaustive()
+/// Whether `v` lies in `lo..=hi`; else `key` with the reason (`unit`
+/// follows the bounds in it).
+fn between<T: PartialOrd + fmt::Display + Copy>(
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+    unit: &str,
+) -> Result<(), Refusal> {
+    match (lo..=hi).contains(&v) {
+        true => Ok(()),
+        false => refuse(key, format!("must be between {lo} and {hi}{unit}")),
     }
 }
 
-/// One `[[listen]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listen {
-    pub address: SocketAddr,
-    pub udp: bool,
-    pub tcp: bool,
-    /// false: a STUN-only listener (Binding answered, TURN refused).
-    pub turn: bool,
-    pub tls: bool,
-    /// PEM certificate chain and private key, for `tls`.
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-}
-
-/// Which relay family an Allocate without REQUESTED-ADDRESS-FAMILY gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DefaultFamily {
-    /// IPv4, as RFC 8656 §7.2 says.
-    Ipv4,
-    /// The family the client came in with.
-    SameAsClient,
-}
-
-/// How the UDP workers use their threads (`server.udp_threads`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UdpThreads {
-    /// One thread drives every worker while it is lightly loaded; each
-    /// worker gets a thread of its own when that thread is busy.
-    Adaptive,
-    /// Each worker has a thread of its own at any load.
-    Dedicated,
-}
-
-/// The scheduling policy of the UDP data-plane threads
-/// (`server.udp_scheduling`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UdpScheduling {
-    /// SCHED_BATCH while the thread's own run-queue waits stay short,
-    /// SCHED_OTHER while other tasks keep the CPUs busy (`io::sched`).
-    Auto,
-    /// SCHED_OTHER, as every other thread.
-    Normal,
-    /// SCHED_BATCH: a woken relay thread does not preempt the task running
-    /// on its CPU (good when peers or clients share the host; under CPU
-    /// contention a packet may wait for that task's slice to end).
-    Batch,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Most secrets a config may name, `[auth] secrets` and `secret_files`
-/// together.
-pub const MAX_SECRETS: usize = 8;
-
-/// Most bytes a file of `[auth] secret_files` may hold. A secret is one
-/// line; the bound keeps a wrong path (a log, an image) from being read
-/// whole at every start and reload.
-const SECRET_FILE_MAX: u64 = 64 * 1024;
-
-/// Where the admin API listens when `[admin]` names no address.
-pub const DEFAULT_ADMIN_SOCKET: &str = "/run/ferroturn/admin.sock";
-
-/// The admin API's listeners: a Unix socket (the default, guarded by its
-/// file mode), a TCP address (always with a token), or both.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Admin {
-    /// TCP listener, if `admin.address` is set.
-    pub address: Option<SocketAddr>,
-    /// Unix socket, mode 0660: `admin.socket`, or [`DEFAULT_ADMIN_SOCKET`]
-    /// when no address is set.
-    pub socket: Option<PathBuf>,
-    /// Bearer token required by every request, if set (always set with
-    /// an address). Changed by a reload.
-    pub token: Option<String>,
-}
-
-impl Admin {
-    /// The listeners only, which only a restart changes.
-    fn listeners(&self) -> (Option<SocketAddr>, Option<&Path>) {
-        (self.address, self.socket.as_deref())
-    }
-}
-
-impl fmt::Debug for Admin {
-    /// Whether a token is set, never the token.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Admin")
-            .field("address", &self.address)
-            .field("socket", &self.socket)
-            .field("token", &self.token.as_ref().map(|_| Redacted))
-            .finish()
-    }
-}
-
-/// What one TCP or TLS client may cost (the stream keys of `[limits]`).
-/// Shared by every stream worker and changed by a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamLimits {
-    /// Seconds a connection has to finish a STUN message or ChannelData
-    /// frame (RFC 8656 §12.5 framing) from its first byte; also the TLS
-    /// handshake's deadline.
-    pub message_timeout: u64,
-    /// Seconds a connection may live without an allocation: from its
-    /// accept, and again from the end of each allocation it held.
-    pub allocation_timeout: u64,
-    /// Connections one source IP (an IPv6 /64) may hold; 0 = no cap.
-    pub connections_per_ip: u32,
-    /// TLS handshakes one source IP (an IPv6 /64) may run at once; 0 = no cap.
-    pub tls_handshakes_per_ip: u32,
-    /// Bytes of answers and relayed data queued for one client that does
-    /// not read; further frames are dropped (one frame of any size goes
-    /// into an empty queue).
-    pub queue_bytes: u32,
-    /// Stream connections the whole server holds at once (all workers):
-    /// with the per-connection bounds, the server's memory budget.
-    pub connections: u32,
-}
-
-impl Default for StreamLimits {
-    fn default() -> Self {
-        StreamLimits {
-            message_timeout: 10,
-            allocation_timeout: 60,
-            connections_per_ip: 64,
-            tls_handshakes_per_ip: 8,
-            queue_bytes: 65_536,
-            connections: 16_384,
+impl RawConfig {
+    /// The rules between values and the ranges of numbers, in the order
+    /// the file's sections come; the first refusal.
+    fn check(&self) -> Result<(), Refusal> {
+        if self.realm.trim().is_empty() {
+            return refuse("realm", "must not be empty");
         }
-    }
-}
-
-/// The relay settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relay {
-    /// Where relay sockets bind.
-    pub address: IpAddr,
-    /// What XOR-RELAYED-ADDRESS advertises.
-    pub public_address: IpAddr,
-    /// Inclusive port range.
-    pub ports: (u16, u16),
-    /// Where IPv6 relay sockets bind, if IPv6 relays are enabled.
-    pub address_v6: Option<IpAddr>,
-    /// What XOR-RELAYED-ADDRESS advertises for IPv6 relays.
-    pub public_address_v6: Option<IpAddr>,
-    pub default_family: DefaultFamily,
-}
-
-/// A validated configuration. Its `Debug` shows how many secrets there
-/// are and which users, never a secret, password, key or token.
-#[derive(Clone)]
-#[cfg_attr(test, derive(PartialEq))]
-pub struct Config {
-    pub path: PathBuf,
-    pub realm: String,
-    pub workers: usize,
-    pub udp_threads: UdpThreads,
-    pub udp_scheduling: UdpScheduling,
-    pub listen: Vec<Listen>,
-    pub relay: Relay,
-    /// REST secrets: those of `auth.secrets`, then one per file of
-    /// `auth.secret_files` (read at every start and reload).
-    pub secrets: Vec<String>,
-    /// Static users: a password or long-term keys each.
-    pub users: BTreeMap<String, StaticUser>,
-    pub nonce_lifetime: u64,
-    /// Close a REST credential's allocations when it expires (plus grace).
-    pub strict_expiry: bool,
-    pub expiry_grace: u64,
-    pub limits: Limits,
-    /// What one TCP or TLS client may cost.
-    pub stream_limits: StreamLimits,
-    pub allow: Vec<Cidr>,
-    pub deny: Vec<Cidr>,
-    /// Default and maximum allocation lifetime in seconds (RFC 8656 §7.2).
-    pub lifetime: u32,
-    pub max_lifetime: u32,
-    /// Accept RFC 5766 channel numbers 0x5000–0x7FFF too.
-    pub legacy_channel_numbers: bool,
-    pub log_level: String,
-    pub log_format: LogFormat,
-    pub demo: Demo,
-    /// Where `/metrics` is served (Prometheus text), if enabled.
-    pub metrics: Option<SocketAddr>,
-    /// Names (lower case) `/metrics` answers to in `Host`, besides IP
-    /// literals and `localhost` (`[metrics] hosts`).
-    pub metrics_hosts: Vec<String>,
-    pub admin: Option<Admin>,
-    /// Sent with 300 Try Alternate to new Allocates while draining.
-    pub alternate: Option<SocketAddr>,
-    /// Seconds existing allocations may live on after SIGTERM.
-    pub drain_timeout: u64,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Fields added later stay out until listed here: unlisted is safe.
-        f.debug_struct("Config")
-            .field("path", &self.path)
-            .field("realm", &self.realm)
-            .field("workers", &self.workers)
-            .field("udp_threads", &self.udp_threads)
-            .field("udp_scheduling", &self.udp_scheduling)
-            .field("listen", &self.listen)
-            .field("relay", &self.relay)
-            .field("secrets", &vec![Redacted; self.secrets.len()])
-            .field("users", &self.users)
-            .field("nonce_lifetime", &self.nonce_lifetime)
-            .field("strict_expiry", &self.strict_expiry)
-            .field("expiry_grace", &self.expiry_grace)
-            .field("limits", &self.limits)
-            .field("allow", &self.allow)
-            .field("deny", &self.deny)
-            .field("lifetime", &self.lifetime)
-            .field("max_lifetime", &self.max_lifetime)
-            .field("legacy_channel_numbers", &self.legacy_channel_numbers)
-            .field("log_level", &self.log_level)
-            .field("log_format", &self.log_format)
-            .field("demo", &self.demo)
-            .field("metrics", &self.metrics)
-            .field("admin", &self.admin)
-            .field("alternate", &self.alternate)
-            .field("drain_timeout", &self.drain_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The `[demo]` section: the signaling demo's HTTP server (`ferroturn demo`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Demo {
-    /// Where the demo's HTTP server listens (default 127.0.0.1:8080).
-    pub address: SocketAddr,
-    /// Lifetime in seconds of the TURN REST credentials `/ice-servers` mints.
-    pub credential_ttl: u64,
-    /// Seconds a signaling WebSocket may stay silent (no message, no pong
-    /// to the server's pings) before it is closed.
-    pub idle_timeout: u64,
-    /// Connections (pages and WebSockets) one IP address, or IPv6 /64,
-    /// may hold at once.
-    pub connections_per_ip: usize,
-}
-
-/// The `[admin]` section: a TCP address needs a token (the API can close
-/// any session, and a token is what keeps other local users and web pages
-/// out); without an address it is a Unix socket.
-fn admin_section(
-    a: &RawAdmin,
-    err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<Admin, ConfigError> {
-    let token = match &a.token {
-        Some(t) if t.is_empty() => return Err(err("admin.token", "must not be empty".into())),
-        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
-            return Err(err(
+        if self.server.workers > MAX_WORKERS {
+            return refuse("server.workers", format!("at most {MAX_WORKERS}"));
+        }
+        self.check_listen()?;
+        self.relay.check()?;
+        self.check_auth()?;
+        self.limits.check()?;
+        let a = &self.allocation;
+        if a.lifetime == 0 {
+            return refuse("allocation.lifetime", "must be positive");
+        }
+        if a.max_lifetime < a.lifetime {
+            return refuse(
+                "allocation.max_lifetime",
+                "must not be less than allocation.lifetime",
+            );
+        }
+        if let Some(RawAdmin {
+            address: Some(addr),
+            token: None,
+            ..
+        }) = &self.admin
+        {
+            return refuse(
                 "admin.token",
-                "must be printable ASCII without spaces (it is sent in an HTTP header)".into(),
-            ));
+                format!(
+                    "required with admin.address ({}), loopback too: any local user or web page could otherwise close sessions; or drop admin.address to use the Unix socket {DEFAULT_ADMIN_SOCKET}",
+                    addr.0
+                ),
+            );
         }
-        t => t.clone(),
-    };
-    let address = match &a.address {
-        None => None,
-        Some(v) => Some(sockaddr(v).map_err(|r| err("admin.address", r))?),
-    };
-    if let (Some(addr), None) = (address, &token) {
-        return Err(err(
-            "admin.token",
-            format!(
-                "required with admin.address ({addr}), loopback too: any local user or web page could otherwise close sessions; or drop admin.address to use the Unix socket {DEFAULT_ADMIN_SOCKET}"
+        let d = &self.demo;
+        between("demo.idle_timeout", d.idle_timeout, 1, 3600, " seconds")?;
+        between("demo.connections_per_ip", d.connections_per_ip, 1, 4096, "")?;
+        between(
+            "demo.credential_ttl",
+            d.credential_ttl,
+            60,
+            86_400,
+            " seconds",
+        )
+    }
+
+    /// At least one entry; a TLS entry has a certificate and key, others
+    /// none.
+    fn check_listen(&self) -> Result<(), Refusal> {
+        if self.listen.is_empty() {
+            return refuse("listen", "at least one [[listen]] entry is needed");
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            for (name, v) in [("cert", &l.cert), ("key", &l.key)] {
+                match (l.transports.tls, v) {
+                    (true, None) => {
+                        return refuse(
+                            format!("listen[{i}].{name}"),
+                            format!("a \"tls\" listener needs a PEM {name} file"),
+                        );
+                    }
+                    (false, Some(_)) => {
+                        return refuse(
+                            format!("listen[{i}].{name}"),
+                            "only used with transports = [\"tls\"]",
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// TURN needs credentials; at most [`MAX_SECRETS`] secrets.
+    fn check_auth(&self) -> Result<(), Refusal> {
+        let a = &self.auth;
+        let turn = self.listen.iter().any(|l| l.turn);
+        if turn && a.secrets.is_empty() && a.secret_files.is_empty() && a.users.is_empty() {
+            return refuse(
+                "auth",
+                "no credentials configured: set auth.secrets, auth.secret_files or auth.users (TURN never relays without authentication)",
+            );
+        }
+        // Each secret costs every signed request under a REST name its own
+        // HMACs (the server cannot tell which one minted it): a rotation
+        // needs two or three, so a long list is a cost for nothing.
+        if a.secrets.len() > MAX_SECRETS {
+            return refuse(
+                "auth.secrets",
+                format!(
+                    "at most {MAX_SECRETS} (each is tried on every REST request; a rotation needs 2)"
+                ),
+            );
+        }
+        if a.secrets.len() + a.secret_files.len() > MAX_SECRETS {
+            return refuse(
+                "auth.secret_files",
+                format!(
+                    "at most {MAX_SECRETS} secrets in auth.secrets and auth.secret_files together (each is tried on every REST request)"
+                ),
+            );
+        }
+        if a.users.keys().any(String::is_empty) {
+            return refuse("auth.users", "user names must not be empty");
+        }
+        between(
+            "auth.nonce_lifetime",
+            a.nonce_lifetime,
+            10,
+            86_400,
+            " seconds",
+        )
+    }
+}
+
+impl RawRelay {
+    /// The addresses' families, and an advertised address clients can
+    /// reach.
+    fn check(&self) -> Result<(), Refusal> {
+        let address = self.address.0;
+        match &self.public_address {
+            Some(Ip(p)) if p.is_ipv4() != address.is_ipv4() => {
+                return refuse(
+                    "relay.public_address",
+                    "must be of the same address family as relay.address",
+                );
+            }
+            Some(Ip(p)) if p.is_unspecified() => {
+                return refuse(
+                    "relay.public_address",
+                    "must be an address clients can reach, not unspecified",
+                );
+            }
+            None if address.is_unspecified() => {
+                return refuse(
+                    "relay.public_address",
+                    format!(
+                        "required when relay.address is {address}: clients must be told a reachable relay address"
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if address.is_ipv6() {
+            return refuse(
+                "relay.address",
+                "must be IPv4; IPv6 relays are set with relay.address_v6",
+            );
+        }
+        match (&self.public_address_v6, &self.address_v6) {
+            (Some(_), None) => refuse("relay.public_address_v6", "needs relay.address_v6"),
+            (None, Some(Ipv6(a))) if a.is_unspecified() => refuse(
+                "relay.public_address_v6",
+                format!(
+                    "required when relay.address_v6 is {a}: clients must be told a reachable relay address"
+                ),
             ),
-        ));
+            _ => Ok(()),
+        }
     }
-    let socket = match (&a.socket, address) {
-        (Some(p), _) => Some(PathBuf::from(p)),
-        (None, None) => Some(PathBuf::from(DEFAULT_ADMIN_SOCKET)),
-        (None, Some(_)) => None,
+
+    fn relay(&self) -> Relay {
+        let address = self.address.0;
+        let address_v6 = self.address_v6.as_ref().map(|a| a.0);
+        Relay {
+            address,
+            public_address: self.public_address.as_ref().map_or(address, |p| p.0),
+            ports: self.ports.0,
+            address_v6,
+            public_address_v6: self.public_address_v6.as_ref().map(|p| p.0).or(address_v6),
+            default_family: self.default_family,
+        }
+    }
+}
+
+impl RawLimits {
+    /// Quotas of at least 1; stream timeouts that cannot be turned off
+    /// (that would reopen the trickling attack); per-IP caps that can (0),
+    /// for servers behind a proxy or NAT that shows every client with one
+    /// address.
+    fn check(&self) -> Result<(), Refusal> {
+        for (key, v) in [
+            ("limits.allocations_per_user", self.allocations_per_user),
+            (
+                "limits.permissions_per_allocation",
+                self.permissions_per_allocation,
+            ),
+            (
+                "limits.channels_per_allocation",
+                self.channels_per_allocation,
+            ),
+        ] {
+            if v == 0 {
+                return refuse(key, "must be at least 1");
+            }
+        }
+        if self.channels_per_allocation > 4096 {
+            return refuse(
+                "limits.channels_per_allocation",
+                "at most 4096 (the channel number range)",
+            );
+        }
+        let s = self.stream_limits();
+        between("limits.stream_connections", s.connections, 1, 1 << 20, "")?;
+        between(
+            "limits.stream_message_timeout",
+            s.message_timeout,
+            1,
+            300,
+            " seconds",
+        )?;
+        between(
+            "limits.stream_allocation_timeout",
+            s.allocation_timeout,
+            1,
+            3600,
+            " seconds",
+        )?;
+        if s.connections_per_ip != 0
+            && (s.tls_handshakes_per_ip == 0 || s.tls_handshakes_per_ip > s.connections_per_ip)
+        {
+            return refuse(
+                "limits.tls_handshakes_per_ip",
+                format!(
+                    "must be between 1 and limits.connections_per_ip ({}): a handshake is a connection",
+                    s.connections_per_ip
+                ),
+            );
+        }
+        between(
+            "limits.stream_queue_bytes",
+            s.queue_bytes,
+            4096,
+            16 << 20,
+            " bytes",
+        )
+    }
+
+    /// The engines' quotas; a total of 0 is one allocation per relay port.
+    fn limits(&self, ports: (u16, u16)) -> Limits {
+        Limits {
+            allocations_per_user: self.allocations_per_user,
+            total_allocations: match self.total_allocations {
+                0 => (ports.1 - ports.0) as u32 + 1,
+                n => n,
+            },
+            permissions_per_allocation: self.permissions_per_allocation,
+            channels_per_allocation: self.channels_per_allocation,
+            bandwidth: self.bandwidth,
+            packet_rate: self.packet_rate,
+            unauthenticated_rate: self.unauthenticated_rate,
+        }
+    }
+
+    fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            message_timeout: self.stream_message_timeout,
+            allocation_timeout: self.stream_allocation_timeout,
+            connections_per_ip: self.connections_per_ip,
+            tls_handshakes_per_ip: self.tls_handshakes_per_ip,
+            queue_bytes: self.stream_queue_bytes,
+            connections: self.stream_connections,
+        }
+    }
+}
+
+// ---- From the file to the configuration ---------------------------------
+
+impl RawConfig {
+    /// The configuration of this checked file: the secret files read,
+    /// users' credentials made, what follows from other keys derived, and
+    /// the settings split into their restart-only and live parts.
+    fn into_config(self, path: &Path) -> Result<Config, Refusal> {
+        // Every secret with the key that names it in an error: the inline
+        // ones, then one per file, read now (at start, `check` and every
+        // reload).
+        let mut secrets: Vec<(String, String)> = (self.auth.secrets.iter().enumerate())
+            .map(|(i, s)| (format!("auth.secrets[{i}]"), s.0.clone()))
+            .collect();
+        for (i, path) in self.auth.secret_files.iter().enumerate() {
+            let key = format!("auth.secret_files[{i}]");
+            match secret_files_entry(path) {
+                Ok(secret) => secrets.push((key, secret)),
+                Err(r) => return refuse(key, r),
+            }
+        }
+        let mut users = BTreeMap::new();
+        for (name, raw) in &self.auth.users {
+            users.insert(name.clone(), static_user(name, raw)?);
+        }
+        let listen: Vec<Listen> = (self.listen.iter())
+            .map(|l| Listen {
+                address: l.address.0,
+                udp: l.transports.udp,
+                tcp: l.transports.tcp,
+                turn: l.turn,
+                tls: l.transports.tls,
+            })
+            .collect();
+        refuse_bundled_credentials(&listen, &secrets, &users, &self.realm)?;
+        let tls = (self.listen.iter().enumerate())
+            .filter_map(|(i, l)| match (&l.cert, &l.key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    listen: i,
+                    address: l.address.0,
+                    cert: PathBuf::from(cert),
+                    key: PathBuf::from(key),
+                }),
+                _ => None,
+            })
+            .collect();
+        let relay = self.relay.relay();
+        let workers = match self.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let admin = self.admin.as_ref().map(|a| AdminListeners {
+            address: a.address.as_ref().map(|a| a.0),
+            socket: match (&a.socket, &a.address) {
+                (Some(p), _) => Some(p.0.clone()),
+                (None, None) => Some(PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+                (None, Some(_)) => None,
+            },
+        });
+        let cidrs = |list: &[CidrText]| list.iter().map(|c| c.0).collect();
+        let live = Live {
+            tls,
+            secrets: secrets.into_iter().map(|(_, s)| s).collect(),
+            users,
+            nonce_lifetime: self.auth.nonce_lifetime,
+            strict_expiry: self.auth.strict_expiry,
+            expiry_grace: self.auth.expiry_grace,
+            limits: self.limits.limits(relay.ports),
+            stream_limits: self.limits.stream_limits(),
+            allow: cidrs(&self.peers.allow),
+            deny: cidrs(&self.peers.deny),
+            allocation: self.allocation,
+            log_level: self.log.level.0,
+            demo: self.demo,
+            admin_token: self
+                .admin
+                .as_ref()
+                .and_then(|a| a.token.clone())
+                .map(|t| t.0),
+            alternate: self.server.alternate.map(|a| a.0),
+            drain_timeout: self.server.drain_timeout,
+        };
+        let restart = Restart {
+            listen,
+            relay,
+            workers,
+            udp_threads: self.server.udp_threads,
+            udp_scheduling: self.server.udp_scheduling,
+            realm: self.realm,
+            log_format: self.log.format,
+            metrics: self.metrics.map(|m| Metrics {
+                address: m.address.0,
+                hosts: m.hosts.into_iter().map(|h| h.0).collect(),
+            }),
+            admin,
+        };
+        Ok(Config {
+            path: path.to_owned(),
+            restart,
+            live,
+        })
+    }
+}
+
+/// The first command must not make an open relay: the bundled example's
+/// credentials are refused on any TURN listener off loopback. `secrets`
+/// holds each secret with the key that names it.
+fn refuse_bundled_credentials(
+    listen: &[Listen],
+    secrets: &[(String, String)],
+    users: &BTreeMap<String, StaticUser>,
+    realm: &str,
+) -> Result<(), Refusal> {
+    let Some((i, l)) = (listen.iter().enumerate())
+        .find(|(_, l)| l.turn && !l.address.ip().to_canonical().is_loopback())
+    else {
+        return Ok(());
     };
-    if let Some(p) = &socket {
-        if !p.is_absolute() {
-            return Err(err(
-                "admin.socket",
-                format!("{:?} must be an absolute path", p.display()),
-            ));
-        }
-        // sun_path holds 108 bytes with the terminating NUL.
-        if p.as_os_str().len() > 107 {
-            return Err(err(
-                "admin.socket",
-                "longer than 107 bytes, the most a Unix socket path can be".into(),
-            ));
-        }
+    let why = format!(
+        "refused while listen[{i}] ({}) is not loopback: anyone can read this credential in ferroturn's bundled config.toml and relay through this server",
+        l.address
+    );
+    if let Some((key, _)) = secrets
+        .iter()
+        .find(|(_, s)| EXAMPLE_SECRETS.contains(&s.as_str()))
+    {
+        return refuse(
+            key.as_str(),
+            format!(
+                "is the bundled example's secret, {why}; set a secret of your own (e.g. `openssl rand -base64 32`) or listen on loopback only"
+            ),
+        );
     }
-    Ok(Admin {
-        address,
-        socket,
-        token,
-    })
+    if let Some((name, _)) = EXAMPLE_USERS
+        .iter()
+        .find(|(n, p)| users.get(*n).is_some_and(|u| u.is(n, realm, p)))
+    {
+        return refuse(
+            format!("auth.users.{name}"),
+            format!(
+                "is the bundled example's user and password, {why}; remove it or give it a password of your own"
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Read and validate the configuration file at `path`.
@@ -673,82 +1449,54 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(path, &text)
 }
 
-/// A reload: `new` with every setting that only a restart applies as
-/// `running` has it, and the keys of those that differ. A `[[listen]]`
-/// entry's TLS `cert` and `key` paths are live: a running TLS listener
-/// takes them from the same entry of `new` if it names the same address.
-pub fn keep_restart_only(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
-    let shape = |c: &Config| -> Vec<Listen> {
-        c.listen
-            .iter()
-            .map(|l| Listen {
-                cert: None,
-                key: None,
-                ..l.clone()
-            })
-            .collect()
+/// Validate configuration `text` as if read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let error = |(key, reason): Refusal| ConfigError {
+        file: path.display().to_string(),
+        key,
+        reason,
     };
-    let changed = [
-        ("listen", shape(running) != shape(&new)),
-        ("relay", running.relay != new.relay),
-        ("server.workers", running.workers != new.workers),
-        ("server.udp_threads", running.udp_threads != new.udp_threads),
-        (
-            "server.udp_scheduling",
-            running.udp_scheduling != new.udp_scheduling,
-        ),
-        ("realm", running.realm != new.realm),
-        ("log.format", running.log_format != new.log_format),
-        (
-            "metrics",
-            running.metrics != new.metrics || running.metrics_hosts != new.metrics_hosts,
-        ),
-        (
-            "admin",
-            running.admin.as_ref().map(Admin::listeners)
-                != new.admin.as_ref().map(Admin::listeners),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(key, differs)| differs.then_some(key))
-    .collect();
-    let listen = running
-        .listen
-        .iter()
-        .enumerate()
-        .map(|(i, l)| match new.listen.get(i) {
-            Some(n) if l.tls && n.tls && n.address == l.address => Listen {
-                cert: n.cert.clone(),
-                key: n.key.clone(),
-                ..l.clone()
-            },
-            _ => l.clone(),
-        })
-        .collect();
-    let kept = Config {
-        listen,
-        relay: running.relay.clone(),
-        workers: running.workers,
-        udp_threads: running.udp_threads,
-        udp_scheduling: running.udp_scheduling,
-        realm: running.realm.clone(),
-        log_format: running.log_format,
-        metrics: running.metrics,
-        metrics_hosts: running.metrics_hosts.clone(),
-        // The listeners stay; the token is rotated by the reload, but never
-        // taken away from a running TCP listener: a file that moves the API
-        // to the Unix socket only (a restart away) needs no token, and must
-        // not leave the TCP listener open until then.
-        admin: running.admin.clone().map(|a| Admin {
-            token: match &new.admin {
-                Some(n) if n.token.is_some() || a.address.is_none() => n.token.clone(),
-                _ => a.token.clone(),
-            },
-            ..a
-        }),
-        ..new
+    let de = toml::Deserializer::new(text);
+    let file: RawConfig =
+        serde_path_to_error::deserialize(de).map_err(|e| error(deserialize_error(text, e)))?;
+    file.check().map_err(error)?;
+    file.into_config(path).map_err(error)
+}
+
+/// The key and reason of an error from deserializing `text`. A reason a
+/// value's type gives ([`Reason`]) shows as it is; toml's and serde's own
+/// messages get the line, and in `[auth]` and `[admin]` no value.
+fn deserialize_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> Refusal {
+    let key = e.path().to_string();
+    let inner = e.into_inner();
+    let key = match key.as_str() {
+        "." | "" => "(syntax)".to_string(),
+        _ => key,
     };
-    (kept, changed)
+    if let Some(reason) = inner.message().strip_prefix(REASON_MARK) {
+        return (key, reason.to_owned());
+    }
+    let line = inner
+        .span()
+        .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
+        .unwrap_or_default();
+    // One line (toml puts "expected …" on a second one), so that a log
+    // or journal entry holds all of it.
+    let mut msg = inner
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let section = match key.as_str() {
+        "(syntax)" => inner.span().map_or("", |s| section_at(text, s.start)),
+        k => k,
+    };
+    if holds_secrets(section) {
+        msg = hide_values(&msg);
+    }
+    (key, format!("{msg}{line}"))
 }
 
 /// A secret or token read from a file or the environment: its first line,
@@ -802,20 +1550,6 @@ fn secret_files_entry(path: &str) -> Result<String, String> {
         .read_to_string(&mut text)
         .map_err(|e| format!("{path}: {e}"))?;
     secret_text(&text, path)
-}
-
-/// The value of a key that names one of a few values, the first being the
-/// default; else the reason.
-fn one_of<T: Copy>(v: Option<&str>, values: &[(&str, T)]) -> Result<T, String> {
-    let Some(v) = v else {
-        return Ok(values[0].1);
-    };
-    if let Some((_, t)) = values.iter().find(|(name, _)| *name == v) {
-        return Ok(*t);
-    }
-    let names: Vec<String> = values.iter().map(|(n, _)| format!("{n:?}")).collect();
-    let (last, rest) = names.split_last().expect("at least one value");
-    Err(format!("{v:?}: expected {} or {last}", rest.join(", ")))
 }
 
 /// Whether a key path (`auth.secrets[0]`, `admin`, …) lies in a section
@@ -896,35 +1630,9 @@ fn hide_values(msg: &str) -> String {
     out
 }
 
-/// Whether `ip` is a loopback address (also as an IPv4-mapped IPv6 one).
-fn is_loopback(ip: IpAddr) -> bool {
-    ip.to_canonical().is_loopback()
-}
-
-/// Whether `v` lies in `lo..=hi`; else the reason (`unit` follows the
-/// bounds in it).
-fn between<T: PartialOrd + fmt::Display + Copy>(
-    v: T,
-    lo: T,
-    hi: T,
-    unit: &str,
-) -> Result<(), String> {
-    if (lo..=hi).contains(&v) {
-        Ok(())
-    } else {
-        Err(format!("must be between {lo} and {hi}{unit}"))
-    }
-}
-
-/// An `IP:PORT` value, or the reason it is not one.
-fn sockaddr(v: &str) -> Result<SocketAddr, String> {
-    v.parse()
-        .map_err(|_| format!("{v:?} is not an IP:PORT address"))
-}
-
 /// The keys [`parse`] accepts, table by table: serde's field list of each
-/// raw struct, which `deny_unknown_fields` holds files to. `config_keys`'
-/// tests compare them with the reference table.
+/// table's struct, which `deny_unknown_fields` holds files to.
+/// `config_keys`' tests compare them with the reference table.
 #[cfg(test)]
 pub(crate) fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
     use crate::config_keys::fields_of as f;
@@ -935,561 +1643,13 @@ pub(crate) fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("relay", f::<RawRelay>()),
         ("auth", f::<RawAuth>()),
         ("peers", f::<RawPeers>()),
-        ("allocation", f::<RawAllocation>()),
+        ("allocation", f::<Allocation>()),
         ("limits", f::<RawLimits>()),
         ("log", f::<RawLog>()),
         ("metrics", f::<RawMetrics>()),
         ("admin", f::<RawAdmin>()),
-        ("demo", f::<RawDemo>()),
+        ("demo", f::<Demo>()),
     ]
-}
-
-/// Validate configuration `text` as if read from `path`.
-pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let file = path.display().to_string();
-    let err = |key: &str, reason: String| ConfigError {
-        file: file.clone(),
-        key: key.to_owned(),
-        reason,
-    };
-    let de = toml::Deserializer::new(text);
-    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        let line = inner
-            .span()
-            .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
-            .unwrap_or_default();
-        // One line (toml puts "expected …" on a second one), so that a log
-        // or journal entry holds all of it.
-        let mut msg = inner
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let key = if key == "." || key.is_empty() {
-            "(syntax)".to_string()
-        } else {
-            key
-        };
-        let section = match key.as_str() {
-            "(syntax)" => inner.span().map_or("", |s| section_at(text, s.start)),
-            k => k,
-        };
-        if holds_secrets(section) {
-            msg = hide_values(&msg);
-        }
-        err(&key, format!("{msg}{line}"))
-    })?;
-
-    if raw.realm.trim().is_empty() {
-        return Err(err("realm", "must not be empty".into()));
-    }
-
-    let workers = if raw.server.workers == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else if raw.server.workers > MAX_WORKERS {
-        return Err(err("server.workers", format!("at most {MAX_WORKERS}")));
-    } else {
-        raw.server.workers
-    };
-
-    let udp_threads = one_of(
-        raw.server.udp_threads.as_deref(),
-        &[
-            ("adaptive", UdpThreads::Adaptive),
-            ("dedicated", UdpThreads::Dedicated),
-        ],
-    )
-    .map_err(|r| err("server.udp_threads", r))?;
-    let udp_scheduling = one_of(
-        raw.server.udp_scheduling.as_deref(),
-        &[
-            ("auto", UdpScheduling::Auto),
-            ("normal", UdpScheduling::Normal),
-            ("batch", UdpScheduling::Batch),
-        ],
-    )
-    .map_err(|r| err("server.udp_scheduling", r))?;
-
-    if raw.listen.is_empty() {
-        return Err(err(
-            "listen",
-            "at least one [[listen]] entry is needed".into(),
-        ));
-    }
-    let mut listen = Vec::new();
-    for (i, l) in raw.listen.iter().enumerate() {
-        let address = sockaddr(&l.address).map_err(|r| err(&format!("listen[{i}].address"), r))?;
-        let mut entry = Listen {
-            address,
-            udp: false,
-            tcp: false,
-            turn: l.turn,
-            tls: false,
-            cert: l.cert.as_ref().map(PathBuf::from),
-            key: l.key.as_ref().map(PathBuf::from),
-        };
-        if l.transports.is_empty() {
-            return Err(err(
-                &format!("listen[{i}].transports"),
-                "name at least one of \"udp\", \"tcp\"".into(),
-            ));
-        }
-        for t in &l.transports {
-            match t.as_str() {
-                "udp" => entry.udp = true,
-                "tcp" => entry.tcp = true,
-                "tls" => entry.tls = true,
-                other => {
-                    return Err(err(
-                        &format!("listen[{i}].transports"),
-                        format!(
-                            "unknown transport {other:?}: expected \"udp\", \"tcp\" or \"tls\""
-                        ),
-                    ));
-                }
-            }
-        }
-        if entry.tls && entry.tcp {
-            return Err(err(
-                &format!("listen[{i}].transports"),
-                "\"tcp\" and \"tls\" cannot share a port: give each its own [[listen]] entry"
-                    .into(),
-            ));
-        }
-        for (name, v) in [("cert", &entry.cert), ("key", &entry.key)] {
-            match (entry.tls, v) {
-                (true, None) => {
-                    return Err(err(
-                        &format!("listen[{i}].{name}"),
-                        format!("a \"tls\" listener needs a PEM {name} file"),
-                    ));
-                }
-                (false, Some(_)) => {
-                    return Err(err(
-                        &format!("listen[{i}].{name}"),
-                        "only used with transports = [\"tls\"]".into(),
-                    ));
-                }
-                _ => {}
-            }
-        }
-        listen.push(entry);
-    }
-
-    let address: IpAddr = raw.relay.address.parse().map_err(|_| {
-        err(
-            "relay.address",
-            format!("{:?} is not an IP address", raw.relay.address),
-        )
-    })?;
-    let public_address = match &raw.relay.public_address {
-        Some(p) => {
-            let ip: IpAddr = p.parse().map_err(|_| {
-                err(
-                    "relay.public_address",
-                    format!("{p:?} is not an IP address"),
-                )
-            })?;
-            if ip.is_ipv4() != address.is_ipv4() {
-                return Err(err(
-                    "relay.public_address",
-                    "must be of the same address family as relay.address".into(),
-                ));
-            }
-            if ip.is_unspecified() {
-                return Err(err(
-                    "relay.public_address",
-                    "must be an address clients can reach, not unspecified".into(),
-                ));
-            }
-            ip
-        }
-        None if address.is_unspecified() => {
-            return Err(err(
-                "relay.public_address",
-                format!(
-                    "required when relay.address is {address}: clients must be told a reachable relay address"
-                ),
-            ));
-        }
-        None => address,
-    };
-    if address.is_ipv6() {
-        return Err(err(
-            "relay.address",
-            "must be IPv4; IPv6 relays are set with relay.address_v6".into(),
-        ));
-    }
-    let address_v6 = match &raw.relay.address_v6 {
-        None => None,
-        Some(a) => match a.parse::<IpAddr>() {
-            Ok(ip) if ip.is_ipv6() => Some(ip),
-            _ => {
-                return Err(err(
-                    "relay.address_v6",
-                    format!("{a:?} is not an IPv6 address"),
-                ));
-            }
-        },
-    };
-    let public_address_v6 = match (&raw.relay.public_address_v6, address_v6) {
-        (Some(_), None) => {
-            return Err(err(
-                "relay.public_address_v6",
-                "needs relay.address_v6".into(),
-            ));
-        }
-        (Some(p), Some(_)) => match p.parse::<IpAddr>() {
-            Ok(ip) if ip.is_ipv6() && !ip.is_unspecified() => Some(ip),
-            _ => {
-                return Err(err(
-                    "relay.public_address_v6",
-                    format!("{p:?} is not a reachable IPv6 address"),
-                ));
-            }
-        },
-        (None, Some(a)) if a.is_unspecified() => {
-            return Err(err(
-                "relay.public_address_v6",
-                format!(
-                    "required when relay.address_v6 is {a}: clients must be told a reachable relay address"
-                ),
-            ));
-        }
-        (None, a) => a,
-    };
-    let default_family = one_of(
-        raw.relay.default_family.as_deref(),
-        &[
-            ("ipv4", DefaultFamily::Ipv4),
-            ("same-as-client", DefaultFamily::SameAsClient),
-        ],
-    )
-    .map_err(|r| err("relay.default_family", r))?;
-    let ports = parse_ports(&raw.relay.ports).map_err(|r| err("relay.ports", r))?;
-
-    let turn = listen.iter().any(|l| l.turn);
-    if turn
-        && raw.auth.secrets.is_empty()
-        && raw.auth.secret_files.is_empty()
-        && raw.auth.users.is_empty()
-    {
-        return Err(err(
-            "auth",
-            "no credentials configured: set auth.secrets, auth.secret_files or auth.users (TURN never relays without authentication)".into(),
-        ));
-    }
-    // Each secret costs every signed request under a REST name its own
-    // HMACs (the server cannot tell which one minted it): a rotation needs
-    // two or three, so a long list is a cost for nothing.
-    if raw.auth.secrets.len() > MAX_SECRETS {
-        return Err(err(
-            "auth.secrets",
-            format!(
-                "at most {MAX_SECRETS} (each is tried on every REST request; a rotation needs 2)"
-            ),
-        ));
-    }
-    if raw.auth.secrets.len() + raw.auth.secret_files.len() > MAX_SECRETS {
-        return Err(err(
-            "auth.secret_files",
-            format!(
-                "at most {MAX_SECRETS} secrets in auth.secrets and auth.secret_files together (each is tried on every REST request)"
-            ),
-        ));
-    }
-    for (i, s) in raw.auth.secrets.iter().enumerate() {
-        if s.is_empty() {
-            return Err(err(
-                &format!("auth.secrets[{i}]"),
-                "must not be empty".into(),
-            ));
-        }
-    }
-    // Every secret with the key that names it in an error: the inline ones,
-    // then one per file, read now (at start, `check` and every reload).
-    let mut secrets: Vec<(String, String)> = raw
-        .auth
-        .secrets
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (format!("auth.secrets[{i}]"), s.clone()))
-        .collect();
-    for (i, path) in raw.auth.secret_files.iter().enumerate() {
-        let key = format!("auth.secret_files[{i}]");
-        let secret = secret_files_entry(path).map_err(|r| err(&key, r))?;
-        secrets.push((key, secret));
-    }
-    let mut users = BTreeMap::new();
-    for (u, raw_user) in &raw.auth.users {
-        if u.is_empty() {
-            return Err(err("auth.users", "user names must not be empty".into()));
-        }
-        let user = static_user(u, raw_user).map_err(|(key, reason)| err(&key, reason))?;
-        users.insert(u.clone(), user);
-    }
-    // The first command must not make an open relay: the bundled example's
-    // credentials are refused on any TURN listener off loopback.
-    if let Some((i, l)) = listen
-        .iter()
-        .enumerate()
-        .find(|(_, l)| l.turn && !is_loopback(l.address.ip()))
-    {
-        let why = format!(
-            "refused while listen[{i}] ({}) is not loopback: anyone can read this credential in ferroturn's bundled config.toml and relay through this server",
-            l.address
-        );
-        if let Some((key, _)) = secrets
-            .iter()
-            .find(|(_, s)| EXAMPLE_SECRETS.contains(&s.as_str()))
-        {
-            return Err(err(
-                key,
-                format!(
-                    "is the bundled example's secret, {why}; set a secret of your own (e.g. `openssl rand -base64 32`) or listen on loopback only"
-                ),
-            ));
-        }
-        if let Some((name, _)) = EXAMPLE_USERS.iter().find(|(n, p)| {
-            users
-                .get(*n)
-                .is_some_and(|u: &StaticUser| u.is(n, &raw.realm, p))
-        }) {
-            return Err(err(
-                &format!("auth.users.{name}"),
-                format!(
-                    "is the bundled example's user and password, {why}; remove it or give it a password of your own"
-                ),
-            ));
-        }
-    }
-    let nonce_lifetime = raw.auth.nonce_lifetime.unwrap_or(600);
-    between(nonce_lifetime, 10, 86_400, " seconds").map_err(|r| err("auth.nonce_lifetime", r))?;
-
-    let cidrs = |key: &str, list: &[String]| -> Result<Vec<Cidr>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(i, s)| s.parse().map_err(|r| err(&format!("{key}[{i}]"), r)))
-            .collect()
-    };
-    let allow = cidrs("peers.allow", &raw.peers.allow)?;
-    let deny = cidrs("peers.deny", &raw.peers.deny)?;
-
-    let l = &raw.limits;
-    let port_count = (ports.1 - ports.0) as u32 + 1;
-    let d = Limits::default();
-    let limits = Limits {
-        allocations_per_user: l.allocations_per_user.unwrap_or(d.allocations_per_user),
-        total_allocations: match l.total_allocations {
-            None | Some(0) => port_count,
-            Some(n) => n,
-        },
-        permissions_per_allocation: l
-            .permissions_per_allocation
-            .unwrap_or(d.permissions_per_allocation),
-        channels_per_allocation: l
-            .channels_per_allocation
-            .unwrap_or(d.channels_per_allocation),
-        bandwidth: l.bandwidth.unwrap_or(d.bandwidth),
-        packet_rate: l.packet_rate.unwrap_or(d.packet_rate),
-        unauthenticated_rate: l.unauthenticated_rate.unwrap_or(d.unauthenticated_rate),
-    };
-    for (key, v) in [
-        ("limits.allocations_per_user", limits.allocations_per_user),
-        (
-            "limits.permissions_per_allocation",
-            limits.permissions_per_allocation,
-        ),
-        (
-            "limits.channels_per_allocation",
-            limits.channels_per_allocation,
-        ),
-    ] {
-        if v == 0 {
-            return Err(err(key, "must be at least 1".into()));
-        }
-    }
-    if limits.channels_per_allocation > 4096 {
-        return Err(err(
-            "limits.channels_per_allocation",
-            "at most 4096 (the channel number range)".into(),
-        ));
-    }
-
-    let stream_limits = stream_limits(l).map_err(|(key, r)| err(key, r))?;
-
-    let lifetime = raw.allocation.lifetime.unwrap_or(600);
-    let max_lifetime = raw.allocation.max_lifetime.unwrap_or(3600);
-    if lifetime == 0 {
-        return Err(err("allocation.lifetime", "must be positive".into()));
-    }
-    if max_lifetime < lifetime {
-        return Err(err(
-            "allocation.max_lifetime",
-            "must not be less than allocation.lifetime".into(),
-        ));
-    }
-
-    let log_format = one_of(
-        raw.log.format.as_deref(),
-        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
-    )
-    .map_err(|r| err("log.format", r))?;
-    let metrics = match &raw.metrics {
-        None => None,
-        Some(m) => Some(
-            sockaddr(m.address.as_deref().unwrap_or("127.0.0.1:9641"))
-                .map_err(|r| err("metrics.address", r))?,
-        ),
-    };
-    let mut metrics_hosts = Vec::new();
-    for (i, h) in raw
-        .metrics
-        .as_ref()
-        .and_then(|m| m.hosts.as_ref())
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let name_ok = (1..=253).contains(&h.len())
-            && h.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !name_ok {
-            return Err(err(
-                &format!("metrics.hosts[{i}]"),
-                format!(
-                    "{h:?} is not a host name (no port, no IP address: those are always accepted)"
-                ),
-            ));
-        }
-        metrics_hosts.push(h.to_ascii_lowercase());
-    }
-    let admin = match &raw.admin {
-        None => None,
-        Some(a) => Some(admin_section(a, &err)?),
-    };
-    let alternate = match &raw.server.alternate {
-        None => None,
-        Some(a) => Some(sockaddr(a).map_err(|r| err("server.alternate", r))?),
-    };
-    let drain_timeout = raw.server.drain_timeout.unwrap_or(60);
-
-    let log_level = raw.log.level.unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-        return Err(err(
-            "log.level",
-            format!("{log_level:?} is not a level (error, warn, info, debug, trace) or filter"),
-        ));
-    }
-
-    let demo = Demo {
-        address: match &raw.demo.address {
-            Some(a) => sockaddr(a).map_err(|r| err("demo.address", r))?,
-            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
-        },
-        credential_ttl: raw.demo.credential_ttl.unwrap_or(3600),
-        idle_timeout: raw.demo.idle_timeout.unwrap_or(60),
-        connections_per_ip: raw.demo.connections_per_ip.unwrap_or(32),
-    };
-    between(demo.idle_timeout, 1, 3600, " seconds").map_err(|r| err("demo.idle_timeout", r))?;
-    between(demo.connections_per_ip, 1, 4096, "").map_err(|r| err("demo.connections_per_ip", r))?;
-    between(demo.credential_ttl, 60, 86_400, " seconds")
-        .map_err(|r| err("demo.credential_ttl", r))?;
-
-    Ok(Config {
-        path: path.to_owned(),
-        realm: raw.realm,
-        workers,
-        udp_threads,
-        udp_scheduling,
-        listen,
-        relay: Relay {
-            address,
-            public_address,
-            ports,
-            address_v6,
-            public_address_v6,
-            default_family,
-        },
-        secrets: secrets.into_iter().map(|(_, s)| s).collect(),
-        users,
-        nonce_lifetime,
-        strict_expiry: raw.auth.strict_expiry,
-        expiry_grace: raw.auth.expiry_grace,
-        limits,
-        stream_limits,
-        allow,
-        deny,
-        lifetime,
-        max_lifetime,
-        legacy_channel_numbers: raw.allocation.legacy_channel_numbers,
-        log_level,
-        log_format,
-        demo,
-        metrics,
-        metrics_hosts,
-        admin,
-        alternate,
-        drain_timeout,
-    })
-}
-
-/// The stream keys of `[limits]`, validated: the key and reason of the
-/// first bad one. Timeouts cannot be turned off (that would reopen the
-/// trickling attack); the per-IP caps can (0), for servers behind a proxy
-/// or NAT that shows every client with one address.
-fn stream_limits(l: &RawLimits) -> Result<StreamLimits, (&'static str, String)> {
-    let d = StreamLimits::default();
-    let s = StreamLimits {
-        message_timeout: l.stream_message_timeout.unwrap_or(d.message_timeout),
-        allocation_timeout: l.stream_allocation_timeout.unwrap_or(d.allocation_timeout),
-        connections_per_ip: l.connections_per_ip.unwrap_or(d.connections_per_ip),
-        tls_handshakes_per_ip: l.tls_handshakes_per_ip.unwrap_or(d.tls_handshakes_per_ip),
-        queue_bytes: l.stream_queue_bytes.unwrap_or(d.queue_bytes),
-        connections: l.stream_connections.unwrap_or(d.connections),
-    };
-    between(s.connections, 1, 1 << 20, "").map_err(|r| ("limits.stream_connections", r))?;
-    between(s.message_timeout, 1, 300, " seconds")
-        .map_err(|r| ("limits.stream_message_timeout", r))?;
-    between(s.allocation_timeout, 1, 3600, " seconds")
-        .map_err(|r| ("limits.stream_allocation_timeout", r))?;
-    if s.connections_per_ip != 0
-        && (s.tls_handshakes_per_ip == 0 || s.tls_handshakes_per_ip > s.connections_per_ip)
-    {
-        return Err((
-            "limits.tls_handshakes_per_ip",
-            format!(
-                "must be between 1 and limits.connections_per_ip ({}): a handshake is a connection",
-                s.connections_per_ip
-            ),
-        ));
-    }
-    between(s.queue_bytes, 4096, 16 << 20, " bytes")
-        .map_err(|r| ("limits.stream_queue_bytes", r))?;
-    Ok(s)
-}
-
-fn parse_ports(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("{s:?} is not a range START-END"))?;
-    let a: u16 = a
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?}: start is not a port number"))?;
-    let b: u16 = b
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?}: end is not a port number"))?;
-    if a == 0 || a > b {
-        return Err(format!("{s:?}: need 1 <= START <= END"));
-    }
-    Ok((a, b))
 }
 
 #[cfg(test)]
@@ -1520,24 +1680,24 @@ deny = []
     #[test]
     fn contract_example_parses() {
         let c = p(GOOD).unwrap();
-        assert_eq!(c.relay.ports, (49152, 65535));
+        assert_eq!(c.restart.relay.ports, (49152, 65535));
         assert_eq!(
-            c.relay.public_address,
+            c.restart.relay.public_address,
             "203.0.113.10".parse::<IpAddr>().unwrap()
         );
-        assert!(c.listen[0].udp && c.listen[0].tcp);
-        assert_eq!(c.users["alice"], "liddell".into());
-        assert_eq!(c.udp_threads, UdpThreads::Adaptive);
-        assert_eq!(c.udp_scheduling, UdpScheduling::Auto);
+        assert!(c.restart.listen[0].udp && c.restart.listen[0].tcp);
+        assert_eq!(c.live.users["alice"], "liddell".into());
+        assert_eq!(c.restart.udp_threads, UdpThreads::Adaptive);
+        assert_eq!(c.restart.udp_scheduling, UdpScheduling::Auto);
         let server = |line: &str| {
             p(&GOOD.replace("[[listen]]", &format!("[server]\n{line}\n[[listen]]"))).unwrap()
         };
         let c = server("udp_threads = \"dedicated\"");
-        assert_eq!(c.udp_threads, UdpThreads::Dedicated);
+        assert_eq!(c.restart.udp_threads, UdpThreads::Dedicated);
         let c = server("udp_scheduling = \"batch\"");
-        assert_eq!(c.udp_scheduling, UdpScheduling::Batch);
+        assert_eq!(c.restart.udp_scheduling, UdpScheduling::Batch);
         let c = server("udp_scheduling = \"normal\"");
-        assert_eq!(c.udp_scheduling, UdpScheduling::Normal);
+        assert_eq!(c.restart.udp_scheduling, UdpScheduling::Normal);
     }
 
     #[test]
@@ -1551,13 +1711,18 @@ deny = []
                 "[server]\nudp_scheduling = \"batch\"\n[[listen]]",
             ))
         .unwrap();
-        let (kept, changed) = keep_restart_only(&running, new);
+        let (kept, changed) = running.reload(new.clone());
         assert_eq!(changed, ["server.udp_scheduling", "realm"]);
-        assert_eq!(kept.realm, "example.org");
-        assert_eq!(kept.udp_scheduling, UdpScheduling::Auto);
+        assert_eq!(kept.restart, running.restart);
+        assert!(
+            kept.live == new.live,
+            "the live part is the new file's, whole"
+        );
+        assert_eq!(kept.restart.realm, "example.org");
+        assert_eq!(kept.restart.udp_scheduling, UdpScheduling::Auto);
         // A live setting comes from the new file.
-        assert_eq!(kept.users["alice"], "looking-glass".into());
-        let (_, changed) = keep_restart_only(&running, running.clone());
+        assert_eq!(kept.live.users["alice"], "looking-glass".into());
+        let (_, changed) = running.reload(running.clone());
         assert!(changed.is_empty(), "{changed:?}");
 
         // TLS paths are live for the same listener, and only for it.
@@ -1571,12 +1736,53 @@ deny = []
             p(&text).unwrap()
         };
         let running = tls("127.0.0.1:5349", "old.pem");
-        let (kept, changed) = keep_restart_only(&running, tls("127.0.0.1:5349", "new.pem"));
+        let (kept, changed) = running.reload(tls("127.0.0.1:5349", "new.pem"));
         assert!(changed.is_empty(), "{changed:?}");
-        assert_eq!(kept.listen[0].cert, Some(PathBuf::from("new.pem")));
-        let (kept, changed) = keep_restart_only(&running, tls("127.0.0.1:5350", "new.pem"));
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let files = kept.live.tls_files(0, at(5349)).unwrap();
+        assert_eq!(files.cert, PathBuf::from("new.pem"));
+        let (kept, changed) = running.reload(tls("127.0.0.1:5350", "new.pem"));
         assert_eq!(changed, ["listen"]);
-        assert_eq!(kept.listen[0].cert, Some(PathBuf::from("old.pem")));
+        // The running listener finds no files for its entry, so it keeps
+        // its own (old.pem).
+        assert_eq!(kept.live.tls_files(0, at(5349)), None);
+        assert_eq!(kept.restart, running.restart);
+    }
+
+    /// What the engine takes as its defaults when it runs alone (tests,
+    /// benchmarks) is what the reference table says, but for the total,
+    /// which the server derives from the relay ports.
+    #[test]
+    fn the_engines_own_defaults_are_the_tables() {
+        let table = RawLimits::default().limits((1, 1));
+        let engine = Limits {
+            total_allocations: table.total_allocations,
+            ..Limits::default()
+        };
+        assert_eq!(engine, table);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let e = crate::engine::EngineConfig::new(
+            crate::auth::Credentials::new("r", &[], &BTreeMap::new(), b"k", 600),
+            crate::policy::PeerPolicy::new(vec![], vec![], vec![], (1, 1)),
+            ip,
+            ip,
+            Vec::new(),
+        )
+        .live;
+        let (a, auth) = (Allocation::default(), RawAuth::default());
+        let secs = |s: u32| std::time::Duration::from_secs(s.into());
+        assert_eq!(
+            (e.lifetime, e.max_lifetime, e.legacy_channels),
+            (
+                secs(a.lifetime),
+                secs(a.max_lifetime),
+                a.legacy_channel_numbers
+            )
+        );
+        assert_eq!(
+            (e.strict_expiry, e.expiry_grace.as_secs()),
+            (auth.strict_expiry, auth.expiry_grace)
+        );
     }
 
     #[test]
@@ -1626,26 +1832,29 @@ deny = []
     #[test]
     fn admin_listens_on_a_unix_socket_unless_given_an_address_and_a_token() {
         let admin = |section: &str| p(&format!("{GOOD}[admin]\n{section}\n"));
-        let a = admin("").unwrap().admin.unwrap();
+        let a = admin("").unwrap().admin().unwrap();
         assert_eq!(
             (a.address, a.socket.as_deref(), a.token.as_deref()),
             (None, Some(Path::new(DEFAULT_ADMIN_SOCKET)), None)
         );
-        assert!(p(GOOD).unwrap().admin.is_none(), "no section, no admin API");
+        assert!(
+            p(GOOD).unwrap().admin().is_none(),
+            "no section, no admin API"
+        );
         let a = admin("socket = \"/tmp/x/a.sock\"\ntoken = \"t\"")
             .unwrap()
-            .admin
+            .admin()
             .unwrap();
         assert_eq!(a.socket.as_deref(), Some(Path::new("/tmp/x/a.sock")));
         assert_eq!(a.token.as_deref(), Some("t"));
         let a = admin("address = \"127.0.0.1:9642\"\ntoken = \"t\"")
             .unwrap()
-            .admin
+            .admin()
             .unwrap();
         assert_eq!(a.address, Some("127.0.0.1:9642".parse().unwrap()));
         assert_eq!(a.socket, None);
         let both = "address = \"[::1]:9642\"\nsocket = \"/run/f/a.sock\"\ntoken = \"t\"";
-        let a = admin(both).unwrap().admin.unwrap();
+        let a = admin(both).unwrap().admin().unwrap();
         assert!(a.address.is_some() && a.socket.is_some());
 
         for (section, key, reason) in [
@@ -1680,7 +1889,10 @@ deny = []
             "{GOOD}[metrics]\nhosts = [\"Turn1.Example.org\", \"prom\"]\n"
         ))
         .unwrap();
-        assert_eq!(c.metrics_hosts, ["turn1.example.org", "prom"]);
+        assert_eq!(
+            c.restart.metrics.unwrap().hosts,
+            ["turn1.example.org", "prom"]
+        );
         for bad in ["turn1:9641", "", "a..b", "[::1]", "a b"] {
             let e = p(&format!("{GOOD}[metrics]\nhosts = [\"ok\", {bad:?}]\n")).unwrap_err();
             assert_eq!(e.key, "metrics.hosts[1]", "{bad:?}: {e}");
@@ -1691,24 +1903,18 @@ deny = []
     fn a_reload_rotates_the_admin_token_and_keeps_its_listeners() {
         let with = |section: &str| p(&format!("{GOOD}[admin]\n{section}\n")).unwrap();
         let running = with("address = \"127.0.0.1:9642\"\ntoken = \"old\"");
-        let (kept, changed) = keep_restart_only(
-            &running,
-            with("address = \"127.0.0.1:9642\"\ntoken = \"new\""),
-        );
+        let (kept, changed) = running.reload(with("address = \"127.0.0.1:9642\"\ntoken = \"new\""));
         assert!(changed.is_empty(), "{changed:?}");
-        assert_eq!(kept.admin.as_ref().unwrap().token.as_deref(), Some("new"));
-        let (kept, changed) = keep_restart_only(
-            &running,
-            with("address = \"127.0.0.1:9643\"\ntoken = \"new\""),
-        );
+        assert_eq!(kept.admin().as_ref().unwrap().token.as_deref(), Some("new"));
+        let (kept, changed) = running.reload(with("address = \"127.0.0.1:9643\"\ntoken = \"new\""));
         assert_eq!(changed, ["admin"]);
-        let a = kept.admin.unwrap();
+        let a = kept.admin().unwrap();
         assert_eq!(a.address, Some("127.0.0.1:9642".parse().unwrap()));
         assert_eq!(a.token.as_deref(), Some("new"), "the token still rotates");
         // On the socket, a token may come and go.
         let running = with("");
-        let (kept, _) = keep_restart_only(&running, with("token = \"t\""));
-        assert_eq!(kept.admin.unwrap().token.as_deref(), Some("t"));
+        let (kept, _) = running.reload(with("token = \"t\""));
+        assert_eq!(kept.admin().unwrap().token.as_deref(), Some("t"));
     }
 
     #[test]
@@ -1723,25 +1929,25 @@ deny = []
                 "transports = [\"udp\"]\nturn = false",
             );
         let c = p(&text).unwrap();
-        assert!(!c.listen[0].turn);
-        assert_eq!(c.limits.allocations_per_user, 10);
-        assert_eq!(c.limits.total_allocations, 65535 - 49152 + 1);
-        assert!(c.strict_expiry);
+        assert!(!c.restart.listen[0].turn);
+        assert_eq!(c.live.limits.allocations_per_user, 10);
+        assert_eq!(c.live.limits.total_allocations, 65535 - 49152 + 1);
+        assert!(c.live.strict_expiry);
     }
 
     #[test]
     fn stream_limits_default_validate_and_reload() {
         let c = p(GOOD).unwrap();
-        assert_eq!(c.stream_limits, StreamLimits::default());
-        assert_eq!(c.stream_limits.message_timeout, 10);
-        assert_eq!(c.stream_limits.allocation_timeout, 60);
-        assert_eq!(c.stream_limits.connections_per_ip, 64);
-        assert_eq!(c.stream_limits.tls_handshakes_per_ip, 8);
-        assert_eq!(c.stream_limits.queue_bytes, 65_536);
+        assert_eq!(c.live.stream_limits, StreamLimits::default());
+        assert_eq!(c.live.stream_limits.message_timeout, 10);
+        assert_eq!(c.live.stream_limits.allocation_timeout, 60);
+        assert_eq!(c.live.stream_limits.connections_per_ip, 64);
+        assert_eq!(c.live.stream_limits.tls_handshakes_per_ip, 8);
+        assert_eq!(c.live.stream_limits.queue_bytes, 65_536);
         let with = |lines: &str| p(&format!("{GOOD}[limits]\n{lines}\n"));
         let c = with("stream_message_timeout = 2\nstream_allocation_timeout = 5\nconnections_per_ip = 0\ntls_handshakes_per_ip = 0\nstream_queue_bytes = 4096").unwrap();
         assert_eq!(
-            c.stream_limits,
+            c.live.stream_limits,
             StreamLimits {
                 message_timeout: 2,
                 allocation_timeout: 5,
@@ -1779,9 +1985,9 @@ deny = []
         }
         // Live on reload: nothing to restart.
         let running = p(GOOD).unwrap();
-        let (kept, changed) = keep_restart_only(&running, with("connections_per_ip = 16").unwrap());
+        let (kept, changed) = running.reload(with("connections_per_ip = 16").unwrap());
         assert!(changed.is_empty(), "{changed:?}");
-        assert_eq!(kept.stream_limits.connections_per_ip, 16);
+        assert_eq!(kept.live.stream_limits.connections_per_ip, 16);
     }
 
     #[test]
@@ -1793,7 +1999,7 @@ deny = []
                 &format!("secrets = [{}]", v.join(", ")),
             )
         };
-        assert_eq!(p(&list(8)).unwrap().secrets.len(), 8);
+        assert_eq!(p(&list(8)).unwrap().live.secrets.len(), 8);
         let e = p(&list(9)).unwrap_err();
         assert_eq!(e.key, "auth.secrets", "{e}");
         assert!(!e.to_string().contains("s8"), "no value: {e}");
@@ -1853,10 +2059,10 @@ deny = []
         let a = dir.file("a", "  from-file-a \nsecond line is ignored\n");
         let b = dir.file("b", "from-file-b");
         let c = p(&with_files("secrets = [\"s3cret\"]", &[&a, &b])).unwrap();
-        assert_eq!(c.secrets, ["s3cret", "from-file-a", "from-file-b"]);
+        assert_eq!(c.live.secrets, ["s3cret", "from-file-a", "from-file-b"]);
         // A file alone is a credential source: no secrets, no users.
         let only = with_files("", &[&b]).replace("users = { alice = \"liddell\" }", "");
-        assert_eq!(p(&only).unwrap().secrets, ["from-file-b"]);
+        assert_eq!(p(&only).unwrap().live.secrets, ["from-file-b"]);
         // Neither its Debug nor the config's shows the secret; the path shows.
         let shown = format!("{c:?}");
         assert!(!shown.contains("from-file"), "{shown}");
@@ -1873,9 +2079,9 @@ deny = []
         let dir = Scratch::new("secret-reload");
         let secret = dir.file("secret", "first\n");
         let config = dir.file("ferroturn.toml", &with_files("", &[&secret]));
-        assert_eq!(load(Path::new(&config)).unwrap().secrets, ["first"]);
+        assert_eq!(load(Path::new(&config)).unwrap().live.secrets, ["first"]);
         dir.file("secret", "second\n");
-        assert_eq!(load(Path::new(&config)).unwrap().secrets, ["second"]);
+        assert_eq!(load(Path::new(&config)).unwrap().live.secrets, ["second"]);
         std::fs::remove_file(&secret).unwrap();
         let e = load(Path::new(&config)).unwrap_err();
         assert_eq!(
@@ -1930,7 +2136,14 @@ deny = []
             let v: Vec<String> = (0..n).map(|i| format!("\"s{i}\"")).collect();
             format!("secrets = [{}]", v.join(", "))
         };
-        assert_eq!(p(&with_files(&inline(5), &files)).unwrap().secrets.len(), 8);
+        assert_eq!(
+            p(&with_files(&inline(5), &files))
+                .unwrap()
+                .live
+                .secrets
+                .len(),
+            8
+        );
         let e = p(&with_files(&inline(6), &files)).unwrap_err();
         assert_eq!(e.key, "auth.secret_files", "{e}");
         assert!(e.reason.starts_with("at most 8 secrets"), "{e}");
@@ -1952,7 +2165,7 @@ deny = []
         let lo = with_files("", &[&f])
             .replace("0.0.0.0:3478", "127.0.0.1:3478")
             .replace("users = { alice = \"liddell\" }", "");
-        assert_eq!(p(&lo).unwrap().secrets, EXAMPLE_SECRETS);
+        assert_eq!(p(&lo).unwrap().live.secrets, EXAMPLE_SECRETS);
     }
 
     #[test]
@@ -1962,30 +2175,40 @@ deny = []
         // To the socket only, without a token: a restart is needed, and
         // until then the TCP listener keeps its token.
         let moved = p(&format!("{GOOD}[admin]\nsocket = \"/run/x/admin.sock\"\n")).unwrap();
-        let (kept, changed) = keep_restart_only(&running, moved);
+        let (kept, changed) = running.reload(moved);
         assert_eq!(changed, ["admin"]);
-        let a = kept.admin.unwrap();
+        let a = kept.admin().unwrap();
         assert_eq!(a.address, Some("127.0.0.1:9642".parse().unwrap()));
         assert_eq!(a.token.as_deref(), Some("old-token"));
         // Same listener, new token: rotated.
         let rotated = p(&tcp.replace("old-token", "new-token")).unwrap();
-        let (kept, changed) = keep_restart_only(&running, rotated);
+        let (kept, changed) = running.reload(rotated);
         assert!(changed.is_empty());
-        assert_eq!(kept.admin.unwrap().token.as_deref(), Some("new-token"));
+        assert_eq!(kept.admin().unwrap().token.as_deref(), Some("new-token"));
     }
 
     #[test]
     fn bundled_credentials_are_refused_off_loopback() {
         // The list in the code is what the bundled file holds.
         let bundled = p(include_str!("../config.toml")).unwrap();
-        assert_eq!(bundled.secrets, EXAMPLE_SECRETS);
-        let users: Vec<(&str, &StaticUser)> =
-            bundled.users.iter().map(|(n, u)| (n.as_str(), u)).collect();
+        assert_eq!(bundled.live.secrets, EXAMPLE_SECRETS);
+        let users: Vec<(&str, &StaticUser)> = bundled
+            .live
+            .users
+            .iter()
+            .map(|(n, u)| (n.as_str(), u))
+            .collect();
         assert_eq!(users.len(), EXAMPLE_USERS.len());
         for ((name, user), (n, pw)) in users.iter().zip(EXAMPLE_USERS) {
             assert_eq!((*name, *user), (n, &StaticUser::from(pw)));
         }
-        assert!(bundled.listen.iter().all(|l| l.address.ip().is_loopback()));
+        assert!(
+            bundled
+                .restart
+                .listen
+                .iter()
+                .all(|l| l.address.ip().is_loopback())
+        );
 
         let with = |listen: &str, auth: &str| {
             p(&format!(
@@ -2047,7 +2270,7 @@ deny = []
         let sha = key_hex(&Key::sha256("carol", "example.org", "pw"));
         let user = |value: &str| {
             p(&GOOD.replace("alice = \"liddell\"", &format!("carol = {value}")))
-                .map(|c| c.users["carol"].clone())
+                .map(|c| c.live.users["carol"].clone())
         };
         let keys = |u: &StaticUser| {
             [ALGORITHM_MD5, ALGORITHM_SHA256].map(|a| u.key(a, "carol", "example.org"))
@@ -2133,21 +2356,27 @@ deny = []
         ) + "[admin]\naddress = \"127.0.0.1:9642\"\ntoken = \"tok-e1f2\"\n";
         let c = p(&text).unwrap();
         let raw: RawConfig = toml::from_str(&text).unwrap();
-        let creds = crate::auth::Credentials::new(&c.realm, &c.secrets, &c.users, b"nonce", 600);
+        let creds = crate::auth::Credentials::new(
+            &c.restart.realm,
+            &c.live.secrets,
+            &c.live.users,
+            b"nonce",
+            600,
+        );
         let ice = crate::demo::ice::IceConfig {
             urls: vec![],
-            secret: c.secrets.first().cloned(),
+            secret: c.live.secrets.first().cloned(),
             ttl: 60,
         };
         let target = crate::admin::client::Target {
-            dest: crate::http::Dest::Tcp(c.admin.as_ref().unwrap().address.unwrap()),
-            token: c.admin.as_ref().unwrap().token.clone(),
+            dest: crate::http::Dest::Tcp(c.admin().as_ref().unwrap().address.unwrap()),
+            token: c.admin().as_ref().unwrap().token.clone(),
         };
         let token_arg = crate::admin::client::TokenSource::Arg("tok-e1f2".into());
         let shown = [
             format!("{c:?}"),
-            format!("{:?}", c.admin),
-            format!("{:?}", c.users),
+            format!("{:?}", c.admin()),
+            format!("{:?}", c.live.users),
             format!("{raw:?}"),
             format!("{:?}", raw.auth),
             format!("{:?}", raw.admin),

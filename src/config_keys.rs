@@ -2,14 +2,17 @@
 //!
 //! The man page `ferroturn.toml(5)`, the README's "Configuration reference"
 //! and the bundled `config.toml` are written from, or checked against, this
-//! table, and so is the parser in [`crate::config`]: its tests fail when a
-//! key is accepted but not listed here (or listed but not accepted), when a
-//! listed default is not what the parser uses, and when the README or
-//! `config.toml` leaves a key out. A key is documented once, here.
+//! table, and so is the parser in [`crate::config`], which takes the
+//! default of every key the file leaves out from here: its tests fail when
+//! a key is accepted but not listed here (or listed but not accepted), when
+//! a listed default is not what the parser uses, and when the README or
+//! `config.toml` leaves a key out. A key is documented once, here, and its
+//! default written once, here.
 //!
-//! To add a key: add its field to the parser, its row to [`KEYS`], a line
-//! (set or commented out) to `config.toml`, then run `cargo test --lib
-//! config_keys`, which prints the README table to paste when it differs.
+//! To add a key: add its field to its table's struct in `config.rs` (and to
+//! `Restart` or `Live`), its row to [`KEYS`], a line (set or commented out)
+//! to `config.toml`, then run `cargo test --lib config_keys`, which prints
+//! the README table to paste when it differs.
 
 use clap_mangen::roff::{Roff, bold, italic, roman};
 
@@ -31,8 +34,9 @@ pub struct Key {
 /// What a key is when the file does not set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyDefault {
-    /// The value the parser uses, written in TOML: setting the key to it
-    /// changes nothing (a test holds the parser to that).
+    /// The value, written in TOML, that the parser takes when the key is
+    /// left out: setting the key to it changes nothing (a test holds the
+    /// parser to that).
     Value(&'static str),
     /// The key must be given.
     Required,

@@ -34,13 +34,13 @@ pub fn run(config: Config) -> std::io::Result<()> {
 async fn supervise(server: &Server, config: Config) -> std::io::Result<()> {
     let control = server.control();
     // Bound before READY=1, so that a taken port stops startup.
-    if let Some(addr) = config.metrics {
-        let listener = bind(addr, "metrics").await?;
-        let hosts = config.metrics_hosts.clone();
+    if let Some(m) = &config.restart.metrics {
+        let listener = bind(m.address, "metrics").await?;
+        let hosts = m.hosts.clone();
         tokio::spawn(crate::metrics::serve(listener, control.clone(), hosts));
     }
-    let admin = match &config.admin {
-        Some(a) => Some(crate::admin::Admin::start(a, control.clone()).await?),
+    let admin = match config.admin() {
+        Some(a) => Some(crate::admin::Admin::start(&a, control.clone()).await?),
         None => None,
     };
     let mut hup = signal(SignalKind::hangup())?;
@@ -59,7 +59,7 @@ async fn supervise(server: &Server, config: Config) -> std::io::Result<()> {
                 notify::reloading();
                 current = reload(server, current);
                 if let Some(a) = &admin {
-                    a.reload(current.admin.as_ref());
+                    a.reload(current.admin().as_ref());
                 }
                 notify::ready();
             }
@@ -75,8 +75,8 @@ async fn supervise(server: &Server, config: Config) -> std::io::Result<()> {
 
     // Drain: refuse new allocations, let the existing ones finish.
     notify::stopping();
-    control.drain(current.alternate);
-    let timeout = Duration::from_secs(current.drain_timeout);
+    control.drain(current.live.alternate);
+    let timeout = Duration::from_secs(current.live.drain_timeout);
     let deadline = Instant::now() + timeout;
     let live = control.report(false).await.gauges.allocations;
     tracing::info!(
@@ -129,12 +129,12 @@ fn reload(server: &Server, current: Config) -> Config {
         Ok(new) => {
             // What needs a restart stays as it runs, so that the next reload
             // compares against it (and warns again) and never applies it.
-            let (kept, changed) = config::keep_restart_only(&current, new);
+            let (kept, changed) = current.reload(new);
             for key in changed {
                 tracing::warn!(key, "changed in the config: needs a restart to apply");
             }
             server.reload(&kept);
-            crate::log::set_level(&kept.log_level);
+            crate::log::set_level(&kept.live.log_level);
             tracing::info!(path = %kept.path.display(), "configuration reloaded");
             kept
         }

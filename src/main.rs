@@ -226,7 +226,7 @@ fn serve(
         Ok(c) => c,
         Err(code) => return code,
     };
-    ferroturn::log::init(&config.log_level, config.log_format);
+    ferroturn::log::init(&config.live.log_level, config.restart.log_format);
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -272,7 +272,7 @@ fn rest_secret(
         return ferroturn::config::secret_text(&v, &format!("${SECRET_ENV}"));
     }
     config
-        .and_then(|c| c.secrets.first().cloned())
+        .and_then(|c| c.live.secrets.first().cloned())
         .ok_or_else(|| {
             format!("give --secret-file FILE, ${SECRET_ENV}, or --config with [auth] secrets")
         })
@@ -358,7 +358,7 @@ fn password(
         }
         (Some(r), None) => r,
         (None, Some(_)) => match load(config, "password") {
-            Ok(c) => c.realm,
+            Ok(c) => c.restart.realm,
             Err(code) => return code,
         },
         (None, None) => {

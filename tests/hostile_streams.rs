@@ -449,7 +449,7 @@ const HELLO_START: [u8; 9] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0x
 fn defaults_are_ten_and_sixty_seconds_64_connections_8_handshakes_64_kib() {
     let text = "realm = \"r\"\n[[listen]]\naddress = \"127.0.0.1:3478\"\ntransports = [\"tcp\"]\n[relay]\naddress = \"127.0.0.1\"\n[auth]\nusers = { a = \"b\" }\n";
     let c = ferroturn::config::parse(Path::new("t.toml"), text).unwrap();
-    let l = c.stream_limits;
+    let l = c.live.stream_limits;
     assert_eq!(l.message_timeout, 10);
     assert_eq!(l.allocation_timeout, 60);
     assert_eq!(l.connections_per_ip, 64);
@@ -459,7 +459,7 @@ fn defaults_are_ten_and_sixty_seconds_64_connections_8_handshakes_64_kib() {
     // The bundled config states the same values.
     let bundled =
         ferroturn::config::parse(Path::new("config.toml"), include_str!("../config.toml")).unwrap();
-    assert_eq!(bundled.stream_limits, l);
+    assert_eq!(bundled.live.stream_limits, l);
 }
 
 #[test]

@@ -449,13 +449,17 @@ fn package_installs_serves_and_purges() {
 
     // No secret and no user in the config: its only credential is the file.
     let config = ferroturn::config::load(Path::new(CONFIG)).expect("load the installed config");
-    assert_eq!(config.secrets, std::slice::from_ref(&secret));
-    assert!(config.users.is_empty(), "{:?}", config.users);
+    assert_eq!(config.live.secrets, std::slice::from_ref(&secret));
+    assert!(config.live.users.is_empty(), "{:?}", config.live.users);
     // On loopback until the admin says otherwise.
     assert!(
-        config.listen.iter().all(|l| l.address.ip().is_loopback()),
+        config
+            .restart
+            .listen
+            .iter()
+            .all(|l| l.address.ip().is_loopback()),
         "{:?}",
-        config.listen
+        config.restart.listen
     );
 
     // ---- The installed binary serves, as the service's user ----
@@ -515,7 +519,7 @@ fn package_installs_serves_and_purges() {
     // TURN with REST credentials minted from the installed secret (by the
     // test, and by the installed `ferroturn credentials --config`).
     let (user, pass) = ferroturn::auth::rest_credentials(&secret, "package", unix_now() + 3600);
-    let relayed = allocate(addr, &config.realm, &user, &pass)
+    let relayed = allocate(addr, &config.restart.realm, &user, &pass)
         .unwrap_or_else(|e| panic!("Allocate with the installed secret: {e}"));
     assert_eq!(relayed.ip(), LOCALHOST);
     assert!((relay.0..=relay.1).contains(&relayed.port()), "{relayed}");
@@ -542,12 +546,13 @@ fn package_installs_serves_and_purges() {
         ferroturn::auth::rest_credentials(&secret, "cli", expiry),
         (cli_user.clone(), cli_pass.clone())
     );
-    allocate(addr, &config.realm, &cli_user, &cli_pass)
+    allocate(addr, &config.restart.realm, &cli_user, &cli_pass)
         .unwrap_or_else(|e| panic!("Allocate with `ferroturn credentials`: {e}"));
     // Any other secret is refused.
     let (user, pass) =
         ferroturn::auth::rest_credentials("not-the-secret", "package", unix_now() + 3600);
-    let e = allocate(addr, &config.realm, &user, &pass).expect_err("a foreign secret allocated");
+    let e = allocate(addr, &config.restart.realm, &user, &pass)
+        .expect_err("a foreign secret allocated");
     assert!(e.contains("401"), "expected 401 Unauthorized, got: {e}");
     drop(server);
 
@@ -619,7 +624,7 @@ fn secret_files_are_read_at_start_and_on_reload() {
     );
     let config = dir.path().join("ferroturn.toml");
     fs::write(&config, &text).unwrap();
-    let realm = ferroturn::config::load(&config).unwrap().realm;
+    let realm = ferroturn::config::load(&config).unwrap().restart.realm;
     let log = dir.path().join("ferroturn.log");
     let addr = SocketAddr::from((LOCALHOST, port));
     let server = KillOnDrop(

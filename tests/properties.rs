@@ -35,8 +35,8 @@ fn engine(now: Instant) -> Engine {
             );
             cfg.relay_bind_v6 = Some("::".parse().unwrap());
             cfg.relay_public_v6 = Some("2001:db8::1".parse().unwrap());
-            cfg.legacy_channels = false;
-            cfg.limits = Limits {
+            cfg.live.legacy_channels = false;
+            cfg.live.limits = Limits {
                 allocations_per_user: 100,
                 total_allocations: 100,
                 permissions_per_allocation: PERMISSIONS,

@@ -513,10 +513,11 @@ fn config_checks_tls_entries() {
         ferroturn::config::parse(Path::new("t.toml"), &format!("{base}{listen}{tail}"))
     };
     let c = parse("transports = [\"udp\", \"tls\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
-    let l = &c.listen[0];
+    let l = &c.restart.listen[0];
     assert!(l.tls && l.udp && !l.tcp);
-    assert_eq!(l.cert.as_deref(), Some(Path::new("c.pem")));
-    assert_eq!(l.key.as_deref(), Some(Path::new("k.pem")));
+    let files = c.live.tls_files(0, l.address).unwrap();
+    assert_eq!(files.cert, Path::new("c.pem"));
+    assert_eq!(files.key, Path::new("k.pem"));
     for (listen, key) in [
         (
             "transports = [\"tls\"]\nkey = \"k.pem\"\n",

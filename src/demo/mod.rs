@@ -112,11 +112,11 @@ pub fn run(config: Config) -> std::io::Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        let listener = TcpListener::bind(config.demo.address).await?;
+        let listener = TcpListener::bind(config.live.demo.address).await?;
         let addr = listener.local_addr()?;
         tracing::info!(address = %addr, "demo: open http://{addr}/ (call) and http://{addr}/trickle-ice");
         tokio::select! {
-            r = serve(listener, ice, Limits::from_config(&config.demo)) => r,
+            r = serve(listener, ice, Limits::from_config(&config.live.demo)) => r,
             r = crate::io::wait_for_signal() => r,
             r = server.watch_host(&config) => r,
         }
@@ -131,7 +131,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
 /// (`turn = false`) get a `stun:` URI only.
 pub fn ice_config(config: &Config, bound: &[SocketAddr]) -> IceConfig {
     let mut c = config.clone();
-    for (l, b) in c.listen.iter_mut().zip(bound) {
+    for (l, b) in c.restart.listen.iter_mut().zip(bound) {
         l.address.set_port(b.port());
         if !l.turn {
             // ice_urls gives turn: URIs for every transport listed.
@@ -141,8 +141,8 @@ pub fn ice_config(config: &Config, bound: &[SocketAddr]) -> IceConfig {
     }
     IceConfig {
         urls: crate::io::ice_urls(&c),
-        secret: config.secrets.first().cloned(),
-        ttl: config.demo.credential_ttl,
+        secret: config.live.secrets.first().cloned(),
+        ttl: config.live.demo.credential_ttl,
     }
 }
 

@@ -42,9 +42,9 @@ use crate::policy::PeerPolicy;
 /// The `iceServers` URIs a configuration offers.
 pub fn ice_urls(config: &Config) -> Vec<String> {
     let mut urls = Vec::new();
-    for l in &config.listen {
+    for l in &config.restart.listen {
         let ip = if l.address.ip().is_unspecified() {
-            config.relay.public_address
+            config.restart.relay.public_address
         } else {
             l.address.ip()
         };
@@ -316,11 +316,11 @@ impl Server {
         let mut nonce_secret = [0u8; 32];
         rng.fill(&mut nonce_secret)
             .map_err(|_| std::io::Error::other("no system randomness"))?;
-        let n = config.workers.max(1);
+        let n = config.restart.workers.max(1);
 
         // Bind everything first, so that an error stops startup before any
         // worker runs.
-        let guard = stream_guard::StreamGuard::new(&config.stream_limits);
+        let guard = stream_guard::StreamGuard::new(&config.live.stream_limits);
         let mut per_worker: Vec<worker::Sockets> = (0..n)
             .map(|_| worker::Sockets {
                 guard: guard.clone(),
@@ -331,10 +331,10 @@ impl Server {
             (0..n).map(|_| Vec::new()).collect();
         let mut listen = Vec::new();
         let mut acceptors = Vec::new();
-        for (i, l) in config.listen.iter().enumerate() {
+        for (i, l) in config.restart.listen.iter().enumerate() {
             if l.tls {
                 // A bad certificate or key stops startup: FILE: KEY: REASON.
-                let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
+                let Some(files) = config.live.tls_files(i, l.address) else {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidInput,
                         format!(
@@ -343,7 +343,7 @@ impl Server {
                         ),
                     ));
                 };
-                let acceptor = tls::Acceptor::new(cert, key).map_err(|e| {
+                let acceptor = tls::Acceptor::new(&files.cert, &files.key).map_err(|e| {
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidInput,
                         format!("{}: listen[{i}].{e}", config.path.display()),
@@ -384,10 +384,10 @@ impl Server {
             );
             listen.push(addr);
         }
-        let (lo, hi) = config.relay.ports;
+        let (lo, hi) = config.restart.relay.ports;
         tracing::info!(
-            bind = %config.relay.address,
-            advertised = %config.relay.public_address,
+            bind = %config.restart.relay.address,
+            advertised = %config.restart.relay.public_address,
             ports = %format!("{lo}-{hi}"),
             workers = n,
             "relay"
@@ -404,15 +404,8 @@ impl Server {
             );
         }
 
-        let credentials = Credentials::new(
-            &config.realm,
-            &config.secrets,
-            &config.users,
-            &nonce_secret,
-            config.nonce_lifetime,
-        );
         let own = host::addresses();
-        let policy = policy_from(&config, &own);
+        let live = update_from(&config, &nonce_secret, &own);
         // One for the whole server: quotas, reservations, the relay port
         // pool, live relay ports and the unauthenticated-answer limiter,
         // whose slot hash is keyed so that a spoofer cannot aim at another
@@ -421,8 +414,8 @@ impl Server {
         rng.fill(&mut key)
             .map_err(|_| std::io::Error::other("no system randomness"))?;
         let shared = std::sync::Arc::new(ServerState::new(u64::from_le_bytes(key)));
-        let stun_only: Vec<u16> = (0..config.listen.len() as u16)
-            .filter(|&i| !config.listen[i as usize].turn)
+        let stun_only: Vec<u16> = (0..config.restart.listen.len() as u16)
+            .filter(|&i| !config.restart.listen[i as usize].turn)
             .collect();
         let (stop, stop_rx) = watch::channel(false);
         let unix_now = SystemTime::now()
@@ -449,23 +442,17 @@ impl Server {
             let mut seed = [0u8; 8];
             rng.fill(&mut seed)
                 .map_err(|_| std::io::Error::other("no system randomness"))?;
+            let relay = &config.restart.relay;
             Ok(EngineConfig {
-                credentials: credentials.clone(),
-                policy: policy.clone(),
-                relay_bind: config.relay.address,
-                relay_public: config.relay.public_address,
-                relay_bind_v6: config.relay.address_v6,
-                relay_public_v6: config.relay.public_address_v6,
-                same_family_default: config.relay.default_family
+                live: live.clone(),
+                relay_bind: relay.address,
+                relay_public: relay.public_address,
+                relay_bind_v6: relay.address_v6,
+                relay_public_v6: relay.public_address_v6,
+                same_family_default: relay.default_family
                     == crate::config::DefaultFamily::SameAsClient,
                 ports: Vec::new(),
-                lifetime: std::time::Duration::from_secs(config.lifetime as u64),
-                max_lifetime: std::time::Duration::from_secs(config.max_lifetime as u64),
                 seed: u64::from_le_bytes(seed),
-                legacy_channels: config.legacy_channel_numbers,
-                limits: config.limits,
-                strict_expiry: config.strict_expiry,
-                expiry_grace: std::time::Duration::from_secs(config.expiry_grace),
                 stun_only: stun_only.clone(),
                 shared: shared.clone(),
             })
@@ -480,11 +467,11 @@ impl Server {
             udp_shards.push(shard);
             controls.push(mailbox);
         }
-        let balance = match config.udp_threads {
+        let balance = match config.restart.udp_threads {
             UdpThreads::Adaptive => Some(udp::Balance::default()),
             UdpThreads::Dedicated => None,
         };
-        let (hub, workers) = udp::start(udp_shards, n, balance, config.udp_scheduling)?;
+        let (hub, workers) = udp::start(udp_shards, n, balance, config.restart.udp_scheduling)?;
         // From here on, an error drops `server`, which stops what runs.
         let mut server = Server {
             stop,
@@ -522,8 +509,8 @@ impl Server {
     }
 
     /// Apply a reloaded configuration, whose restart-only settings are
-    /// those it runs with ([`crate::config::keep_restart_only`]):
-    /// credentials, peer policy, limits and expiry rules take effect at once
+    /// those it runs with ([`crate::config::Config::reload`]): credentials,
+    /// peer policy, limits, expiry rules and lifetimes take effect at once
     /// in every worker, and TLS listeners re-read the certificate and key
     /// their `listen` entries name.
     pub fn reload(&self, applied: &Config) {
@@ -531,15 +518,12 @@ impl Server {
         self.control
             .update(update_from(applied, &self.nonce_secret, &own));
         *self.host.lock().unwrap_or_else(|e| e.into_inner()) = own;
-        self.control.streams.set(&applied.stream_limits);
+        self.control.streams.set(&applied.live.stream_limits);
         // Re-read every TLS certificate: new connections get the new one.
         for (i, address, acceptor) in &self.tls {
-            let (cert, key) = match applied.listen.get(*i) {
-                Some(l) if l.tls && l.address == *address => match (&l.cert, &l.key) {
-                    (Some(c), Some(k)) => (c.clone(), k.clone()),
-                    _ => acceptor.paths(),
-                },
-                _ => acceptor.paths(),
+            let (cert, key) = match applied.live.tls_files(*i, *address) {
+                Some(f) => (f.cert.clone(), f.key.clone()),
+                None => acceptor.paths(),
             };
             match acceptor.reload(&cert, &key) {
                 Ok(()) => tracing::info!(
@@ -602,21 +586,27 @@ impl Drop for Server {
     }
 }
 
-/// What a reload of `config` changes in the engines. Its realm is the
-/// running one (a restart-only setting): keys and nonces depend on it.
+/// The engines' live settings of `config`: what they start with, and what
+/// a reload sends them. Its realm is the running one (a restart-only
+/// setting): keys and nonces depend on it.
 fn update_from(config: &Config, nonce_secret: &[u8], own: &[std::net::IpAddr]) -> Update {
+    let live = &config.live;
+    let seconds = std::time::Duration::from_secs;
     Update {
         credentials: Credentials::new(
-            &config.realm,
-            &config.secrets,
-            &config.users,
+            &config.restart.realm,
+            &live.secrets,
+            &live.users,
             nonce_secret,
-            config.nonce_lifetime,
+            live.nonce_lifetime,
         ),
         policy: policy_from(config, own),
-        limits: config.limits,
-        strict_expiry: config.strict_expiry,
-        expiry_grace: std::time::Duration::from_secs(config.expiry_grace),
+        limits: live.limits,
+        strict_expiry: live.strict_expiry,
+        expiry_grace: seconds(live.expiry_grace),
+        lifetime: seconds(live.allocation.lifetime.into()),
+        max_lifetime: seconds(live.allocation.max_lifetime.into()),
+        legacy_channels: live.allocation.legacy_channel_numbers,
     }
 }
 
@@ -624,18 +614,24 @@ fn update_from(config: &Config, nonce_secret: &[u8], own: &[std::net::IpAddr]) -
 /// live relay port is a peer), every listening socket of the server, which
 /// no peer may be, and `own`, the interfaces' addresses as last read.
 fn policy_from(config: &Config, own: &[std::net::IpAddr]) -> PeerPolicy {
-    let r = &config.relay;
+    let r = &config.restart.relay;
     let mut relays = vec![r.public_address, r.address];
     relays.extend(r.public_address_v6);
     relays.extend(r.address_v6);
-    let mut listeners: Vec<SocketAddr> = config.listen.iter().map(|l| l.address).collect();
-    listeners.extend(config.metrics);
-    listeners.extend(config.admin.as_ref().and_then(|a| a.address));
+    let restart = &config.restart;
+    let mut listeners: Vec<SocketAddr> = restart.listen.iter().map(|l| l.address).collect();
+    listeners.extend(restart.metrics.as_ref().map(|m| m.address));
+    listeners.extend(restart.admin.as_ref().and_then(|a| a.address));
     // Closed whether or not `ferroturn demo` runs it.
-    listeners.push(config.demo.address);
-    PeerPolicy::new(config.allow.clone(), config.deny.clone(), relays, r.ports)
-        .with_listeners(listeners)
-        .with_own_addresses(own.iter().copied())
+    listeners.push(config.live.demo.address);
+    PeerPolicy::new(
+        config.live.allow.clone(),
+        config.live.deny.clone(),
+        relays,
+        r.ports,
+    )
+    .with_listeners(listeners)
+    .with_own_addresses(own.iter().copied())
 }
 
 /// Wait for SIGINT or SIGTERM.

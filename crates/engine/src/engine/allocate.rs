@@ -53,9 +53,9 @@ impl Engine {
     fn granted_lifetime(&self, requested: Option<u32>) -> Duration {
         match requested {
             Some(s) => Duration::from_secs(s as u64)
-                .min(self.cfg.max_lifetime)
-                .max(self.cfg.lifetime),
-            None => self.cfg.lifetime,
+                .min(self.cfg.live.max_lifetime)
+                .max(self.cfg.live.lifetime),
+            None => self.cfg.live.lifetime,
         }
     }
 
@@ -127,7 +127,7 @@ impl Engine {
             if let Err(code) =
                 self.cfg
                     .shared
-                    .acquire(&name, units, ports + reserve as u32, &self.cfg.limits)
+                    .acquire(&name, units, ports + reserve as u32, &self.cfg.live.limits)
             {
                 tracing::info!(target: LOG_TARGET, %client, user = %authed.username, code = code.value(), "allocation quota reached");
                 self.stats.quota_rejections += 1;
@@ -196,7 +196,7 @@ impl Engine {
             channels: Vec::new(),
             scheduled: None,
             traffic: Default::default(),
-            meters: [Meter::new(now, &self.cfg.limits); Direction::COUNT],
+            meters: [Meter::new(now, &self.cfg.live.limits); Direction::COUNT],
         });
         self.by_client.insert(client, id);
         self.out.push_back(Output::OpenRelay {

@@ -33,7 +33,7 @@ impl Engine {
         let Some(Ok(n)) = wire::channel_number(m) else {
             return err(Code::BadRequest);
         };
-        let number = if self.cfg.legacy_channels {
+        let number = if self.cfg.live.legacy_channels {
             ChannelNumber::new_legacy(n)
         } else {
             ChannelNumber::new(n)
@@ -49,7 +49,7 @@ impl Engine {
         if let Err(code) = self.check_peer(id, peer) {
             return err(code);
         }
-        let max = self.cfg.limits.channels_per_allocation as usize;
+        let max = self.cfg.live.limits.channels_per_allocation as usize;
         let a = self.allocs[id.0 as usize].as_mut().expect("checked");
         // Only live bindings conflict or get refreshed (§12.2: "currently
         // bound"), and what expired is reported before what this binds.
@@ -70,7 +70,7 @@ impl Engine {
             }
         };
         let owner = a.owner(id);
-        let reach = self.cfg.policy.reach(peer.0.ip());
+        let reach = self.cfg.live.policy.reach(peer.0.ip());
         let permission_expires = now + Duration::from_secs(PERMISSION_LIFETIME_SECS);
         a.permit(
             &owner,
@@ -116,7 +116,7 @@ impl Engine {
             self.stats.dropped += 1;
             return None;
         };
-        if !a.admit(now, Direction::ToPeer, len, &self.cfg.limits) {
+        if !a.admit(now, Direction::ToPeer, len, &self.cfg.live.limits) {
             self.stats.rate_limited += 1;
             return None;
         }

@@ -57,8 +57,8 @@ const LOG_TARGET: &str = "ferroturn::engine";
 /// What the engine needs to know; one per worker.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    pub credentials: Credentials,
-    pub policy: PeerPolicy,
+    /// What a reload replaces ([`Engine::update`]).
+    pub live: Update,
     /// Where relay sockets bind.
     pub relay_bind: IpAddr,
     /// What XOR-RELAYED-ADDRESS advertises.
@@ -74,19 +74,8 @@ pub struct EngineConfig {
     /// it once). The server adds the whole range to the pool itself and
     /// gives its engines none.
     pub ports: Vec<u16>,
-    /// Default and maximum allocation lifetime (RFC 8656 §7.2).
-    pub lifetime: Duration,
-    pub max_lifetime: Duration,
     /// Seeds where port searches start and Data indication transaction ids.
     pub seed: u64,
-    /// Accept channel numbers up to 0x7FFF as RFC 5766 did, not just
-    /// 0x4000–0x4FFF (RFC 8656 §12). coturn's client tools need it.
-    pub legacy_channels: bool,
-    /// Quotas and rate limits.
-    pub limits: Limits,
-    /// Close allocations of a REST credential when it expires, plus grace.
-    pub strict_expiry: bool,
-    pub expiry_grace: Duration,
     /// Listener indexes that answer STUN only (TURN requests get 400).
     pub stun_only: Vec<u16>,
     /// State shared by every worker's engine (quotas, reservations).
@@ -97,7 +86,11 @@ pub struct EngineConfig {
 /// with the live relay ports of every worker: borrowed from the config, so
 /// that it can be used while an allocation is borrowed mutably.
 fn reaches(cfg: &EngineConfig) -> impl Fn(SocketAddr, Reach) -> bool + '_ {
-    |peer, reach| cfg.policy.reaches(peer, reach, |r| cfg.shared.is_live(r))
+    |peer, reach| {
+        cfg.live
+            .policy
+            .reaches(peer, reach, |r| cfg.shared.is_live(r))
+    }
 }
 
 /// Work for the shell.
@@ -133,35 +126,46 @@ impl EngineConfig {
         ports: Vec<u16>,
     ) -> Self {
         EngineConfig {
-            credentials,
-            policy,
+            live: Update {
+                credentials,
+                policy,
+                limits: Limits::default(),
+                strict_expiry: true,
+                expiry_grace: Duration::ZERO,
+                lifetime: Duration::from_secs(600),
+                max_lifetime: Duration::from_secs(3600),
+                legacy_channels: false,
+            },
             relay_bind,
             relay_public,
             relay_bind_v6: None,
             relay_public_v6: None,
             same_family_default: false,
             ports,
-            lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
             seed: 1,
-            legacy_channels: false,
-            limits: Limits::default(),
-            strict_expiry: true,
-            expiry_grace: Duration::ZERO,
             stun_only: Vec::new(),
             shared: Arc::default(),
         }
     }
 }
 
-/// What a reload may change in a running engine.
+/// The engine's live settings: what it starts with and what a reload
+/// replaces whole.
 #[derive(Debug, Clone)]
 pub struct Update {
     pub credentials: Credentials,
     pub policy: PeerPolicy,
+    /// Quotas and rate limits.
     pub limits: Limits,
+    /// Close allocations of a REST credential when it expires, plus grace.
     pub strict_expiry: bool,
     pub expiry_grace: Duration,
+    /// Default and maximum allocation lifetime (RFC 8656 §7.2).
+    pub lifetime: Duration,
+    pub max_lifetime: Duration,
+    /// Accept channel numbers up to 0x7FFF as RFC 5766 did, not just
+    /// 0x4000–0x4FFF (RFC 8656 §12). coturn's client tools need it.
+    pub legacy_channels: bool,
 }
 
 /// One allocation, as the admin API lists it.
@@ -371,18 +375,14 @@ impl Engine {
         }
     }
 
-    /// Apply a reloaded configuration: credentials, peer policy, limits and
-    /// expiry rules. Allocations stay, and so do their permissions and
+    /// Apply a reloaded configuration: credentials, peer policy, limits,
+    /// expiry rules and lifetimes. Allocations stay, and so do their permissions and
     /// channels, but for those whose peer the new policy denies: no packet
     /// reaches a destination the policy in force refuses. What is removed,
     /// and any permission whose reach changes, is reported as a [`Grant`].
     pub fn update(&mut self, u: Update) {
-        self.cfg.credentials = u.credentials;
-        self.cfg.policy = u.policy;
-        self.cfg.limits = u.limits;
-        self.cfg.strict_expiry = u.strict_expiry;
-        self.cfg.expiry_grace = u.expiry_grace;
-        let policy = &self.cfg.policy;
+        self.cfg.live = u;
+        let policy = &self.cfg.live.policy;
         let out = &mut self.out;
         let mut dropped = 0;
         for (i, a) in self.allocs.iter_mut().enumerate() {
@@ -421,7 +421,7 @@ impl Engine {
     /// or the part of a REST username after its expiry (`<expiry>:<name>`),
     /// so that each freshly minted credential of one name shares its quota.
     fn quota_name(&self, username: &str) -> String {
-        if self.cfg.credentials.is_static(username) {
+        if self.cfg.live.credentials.is_static(username) {
             return username.to_owned();
         }
         // A REST username with no name part (just an expiry) counts in one
@@ -819,7 +819,7 @@ impl Engine {
     /// source IP is over its rate (then nothing is sent: no reflection, no
     /// amplification). Nothing is stored for the client either way.
     fn unauthenticated_answer(&mut self, now: Instant, client: ClientAddr, m: &Message, r: Reject) {
-        let rate = self.cfg.limits.unauthenticated_rate;
+        let rate = self.cfg.live.limits.unauthenticated_rate;
         if !self.cfg.shared.limiter.allow(now, client.remote.ip(), rate) {
             self.stats.answers_suppressed += 1;
             return;
@@ -830,7 +830,7 @@ impl Engine {
                 Reply::error(m, Code::UnknownAttribute).with(|r| r.unknown(types))
             }
             Reject::Challenge(code) => {
-                let creds = &self.cfg.credentials;
+                let creds = &self.cfg.live.credentials;
                 let nonce = creds.nonce(self.unix(now), client.remote);
                 Reply::error(m, code).with(|r| {
                     r.text(ATTR_REALM, creds.realm())
@@ -855,7 +855,7 @@ impl Engine {
         m: &Message,
     ) -> Result<Authed, Reject> {
         let unix = self.unix(now);
-        let creds = &self.cfg.credentials;
+        let creds = &self.cfg.live.credentials;
         if !wire::has_integrity(m) {
             return Err(Reject::Challenge(Code::Unauthorized));
         }
@@ -926,9 +926,9 @@ impl Engine {
         };
         // Strict expiry: a REST credential's allocations end when it does.
         let deadline = match crate::auth::rest_expiry(&username) {
-            Some(exp) if self.cfg.strict_expiry && !creds.is_static(&username) => {
+            Some(exp) if self.cfg.live.strict_expiry && !creds.is_static(&username) => {
                 let left = exp
-                    .saturating_add(self.cfg.expiry_grace.as_secs())
+                    .saturating_add(self.cfg.live.expiry_grace.as_secs())
                     .saturating_sub(unix);
                 // An expiry too far to represent is no deadline at all.
                 now.checked_add(Duration::from_secs(left))

@@ -21,7 +21,7 @@ impl Engine {
     pub(super) fn check_peer(&mut self, id: AllocId, peer: PeerAddr) -> Result<(), Code> {
         let a = self.allocation(id).expect("checked");
         let shared = &self.cfg.shared;
-        if let Err(d) = self.cfg.policy.check(peer.0, |r| shared.is_live(r)) {
+        if let Err(d) = self.cfg.live.policy.check(peer.0, |r| shared.is_live(r)) {
             tracing::info!(target: LOG_TARGET, client = %a.client, %peer, rule = %d, "peer denied");
             self.stats.policy_denials += 1;
             return Err(Code::Forbidden);
@@ -53,8 +53,8 @@ impl Engine {
                 return err(code);
             }
         }
-        let max = self.cfg.limits.permissions_per_allocation as usize;
-        let policy = &self.cfg.policy;
+        let max = self.cfg.live.limits.permissions_per_allocation as usize;
+        let policy = &self.cfg.live.policy;
         let a = self.allocs[id.0 as usize].as_mut().expect("checked");
         // What expired is gone before anything is counted or refreshed, so
         // that a permission asked again after its expiry is a new one.
@@ -99,9 +99,9 @@ impl Engine {
         };
         let peer = wire::xor_peer_addresses(m).ok()?.into_iter().next();
         let data = wire::attr_range(m, ATTR_DATA);
-        let limits = self.cfg.limits;
+        let limits = self.cfg.live.limits;
         let reaches = super::reaches(&self.cfg);
-        let (policy, shared) = (&self.cfg.policy, &self.cfg.shared);
+        let (policy, shared) = (&self.cfg.live.policy, &self.cfg.shared);
         let a = self.allocs.get_mut(id.0 as usize)?.as_mut()?;
         let (Some(peer), Some((start, end))) = (peer, data) else {
             self.stats.dropped += 1;

@@ -58,7 +58,7 @@ impl Engine {
             self.stats.dropped += 1;
             return None;
         }
-        if !a.admit(now, Direction::ToClient, end - start, &self.cfg.limits) {
+        if !a.admit(now, Direction::ToClient, end - start, &self.cfg.live.limits) {
             self.stats.rate_limited += 1;
             return None;
         }

@@ -40,7 +40,7 @@ fn config(ports: Vec<u16>) -> EngineConfig {
         ports,
     );
     cfg.seed = 42;
-    cfg.limits = Limits {
+    cfg.live.limits = Limits {
         allocations_per_user: 10,
         total_allocations: 100,
         permissions_per_allocation: 10,
@@ -143,6 +143,7 @@ impl T {
     fn nonce_for(&self, c: ClientAddr) -> String {
         self.e
             .cfg
+            .live
             .credentials
             .nonce(self.e.unix(self.now), c.remote)
     }
@@ -336,6 +337,25 @@ fn lifetime_is_clamped_between_default_and_maximum() {
             "asked {asked}"
         );
     }
+}
+
+/// The lifetimes are live settings: a reload changes what the next
+/// request is granted (RFC 8656 §7.2), not what was granted before.
+#[test]
+fn update_applies_new_lifetimes_to_later_requests() {
+    let mut t = T::new();
+    let ask = |t: &mut T, c, asked| {
+        let r = t.signed(c, Req::new(METHOD_ALLOCATE).transport(17).lifetime(asked));
+        wire::u32_attr(&r, ATTR_LIFETIME)
+    };
+    assert_eq!(ask(&mut t, client(1), 10), Some(Ok(600)));
+    t.e.update(Update {
+        lifetime: Duration::from_secs(300),
+        max_lifetime: Duration::from_secs(900),
+        ..t.e.cfg.live.clone()
+    });
+    assert_eq!(ask(&mut t, client(2), 10), Some(Ok(300)));
+    assert_eq!(ask(&mut t, client(3), 100_000), Some(Ok(900)));
 }
 
 #[test]
@@ -909,7 +929,7 @@ fn unredeemed_reservations_give_their_port_back_after_30_seconds() {
 #[test]
 fn legacy_channel_numbers_are_accepted_only_when_configured() {
     let mut cfg = config((50000..50010).collect());
-    cfg.legacy_channels = true;
+    cfg.live.legacy_channels = true;
     let mut t = T::with(cfg);
     let c = client(1);
     t.allocate(c);
@@ -925,7 +945,7 @@ fn legacy_channel_numbers_are_accepted_only_when_configured() {
 
 fn with_limits(f: impl FnOnce(&mut Limits)) -> T {
     let mut cfg = config((50000..50040).collect());
-    f(&mut cfg.limits);
+    f(&mut cfg.live.limits);
     T::with(cfg)
 }
 
@@ -1153,8 +1173,8 @@ fn unauthenticated_answers_are_rate_limited_per_source() {
 fn strict_expiry_closes_a_rest_allocation_when_its_credential_expires() {
     for (strict, grace, closes_at) in [(true, 0, 100), (true, 30, 130), (false, 0, 600)] {
         let mut cfg = config((50000..50010).collect());
-        cfg.strict_expiry = strict;
-        cfg.expiry_grace = Duration::from_secs(grace);
+        cfg.live.strict_expiry = strict;
+        cfg.live.expiry_grace = Duration::from_secs(grace);
         let mut t = T::with(cfg);
         let c = client(1);
         let (u, p) = crate::auth::rest_credentials("s3cret", "carol", UNIX0 + 100);
@@ -1285,7 +1305,7 @@ fn every_denied_form_gets_403_and_sends_to_it_are_dropped() {
 #[test]
 fn allowing_loopback_opens_127_0_0_1_and_nothing_else() {
     let mut cfg = config((50000..50010).collect());
-    cfg.policy = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![], vec![], (1, 1));
+    cfg.live.policy = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![], vec![], (1, 1));
     let mut t = T::with(cfg);
     let c = client(1);
     t.allocate(c);
@@ -1303,6 +1323,7 @@ fn allowing_loopback_opens_127_0_0_1_and_nothing_else() {
     ] {
         assert!(
             t.e.cfg
+                .live
                 .policy
                 .check(SocketAddr::new(a.parse().unwrap(), 9), |_| true)
                 .is_err(),
@@ -1429,10 +1450,11 @@ fn update_applies_new_credentials_without_dropping_allocations() {
     users.insert("alice".to_string(), "new-password".into());
     t.e.update(Update {
         credentials: Credentials::new(REALM, &["rotated".into()], &users, b"nonce-key", 600),
-        policy: t.e.cfg.policy.clone(),
-        limits: t.e.cfg.limits,
+        policy: t.e.cfg.live.policy.clone(),
+        limits: t.e.cfg.live.limits,
         strict_expiry: true,
         expiry_grace: Duration::ZERO,
+        ..t.e.cfg.live.clone()
     });
     assert_eq!(t.e.allocation_count(), 1);
     let n = t.nonce_for(c);
@@ -1462,7 +1484,7 @@ fn dual_config() -> EngineConfig {
     let mut cfg = config((50000..50010).collect());
     cfg.relay_bind_v6 = Some("::".parse().unwrap());
     cfg.relay_public_v6 = Some("2001:db8::7".parse().unwrap());
-    cfg.policy = PeerPolicy::new(vec![], vec![], vec![], (1, 1));
+    cfg.live.policy = PeerPolicy::new(vec![], vec![], vec![], (1, 1));
     cfg
 }
 
@@ -1786,16 +1808,17 @@ fn a_reload_removes_permissions_and_channels_the_new_policy_denies() {
     let id = bound(&mut t, c);
     assert_eq!(t.permit(c, PEER2), None);
     let mut u = Update {
-        credentials: t.e.cfg.credentials.clone(),
+        credentials: t.e.cfg.live.credentials.clone(),
         policy: PeerPolicy::new(
             vec![],
             vec!["93.184.216.34/32".parse().unwrap()],
             vec!["198.51.100.1".parse().unwrap()],
             (50000, 50009),
         ),
-        limits: t.e.cfg.limits,
+        limits: t.e.cfg.live.limits,
         strict_expiry: true,
         expiry_grace: Duration::ZERO,
+        ..t.e.cfg.live.clone()
     };
     t.e.update(u.clone());
     let a = t.e.allocation(id).unwrap();
@@ -1837,7 +1860,7 @@ fn rest_allocate(t: &mut T, c: ClientAddr, name: &str, exp: u64) -> Option<u16> 
 #[test]
 fn the_per_user_quota_counts_a_rest_name_across_fresh_credentials() {
     let mut cfg = config((50000..50040).collect());
-    cfg.limits.allocations_per_user = 10;
+    cfg.live.limits.allocations_per_user = 10;
     let mut t = T::with(cfg);
     // The attack: a new credential of one name for every Allocate.
     let codes: Vec<_> = (0..15)
@@ -1941,7 +1964,7 @@ fn an_even_port_reservation_counts_until_redeemed_or_expired() {
 #[test]
 fn a_dual_stack_allocation_counts_one_against_its_user_and_two_in_all() {
     let mut cfg = dual_config();
-    cfg.limits.total_allocations = 3;
+    cfg.live.limits.total_allocations = 3;
     let mut t = T::with(cfg);
     let dual = |t: &mut T, c| {
         code(

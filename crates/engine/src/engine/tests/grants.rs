@@ -350,11 +350,12 @@ fn a_reload_reports_what_its_policy_removes_or_changes() {
         (50000, 50009),
     );
     t.e.update(Update {
-        credentials: t.e.cfg.credentials.clone(),
+        credentials: t.e.cfg.live.credentials.clone(),
         policy: policy.clone(),
-        limits: t.e.cfg.limits,
+        limits: t.e.cfg.live.limits,
         strict_expiry: true,
         expiry_grace: Duration::ZERO,
+        ..t.e.cfg.live.clone()
     });
     assert_eq!(
         t.grants(),
@@ -366,11 +367,12 @@ fn a_reload_reports_what_its_policy_removes_or_changes() {
     );
     // The same policy again changes nothing, and reports nothing.
     t.e.update(Update {
-        credentials: t.e.cfg.credentials.clone(),
+        credentials: t.e.cfg.live.credentials.clone(),
         policy,
-        limits: t.e.cfg.limits,
+        limits: t.e.cfg.live.limits,
         strict_expiry: true,
         expiry_grace: Duration::ZERO,
+        ..t.e.cfg.live.clone()
     });
     assert_eq!(t.grants(), []);
 }

@@ -18,7 +18,7 @@ fn two(ports: std::ops::Range<u16>, dual: bool) -> (T, T) {
         };
         c.ports = ports.clone().collect();
         c.seed = seed;
-        c.limits.allocations_per_user = 100;
+        c.live.limits.allocations_per_user = 100;
         c.shared = shared.clone();
         T::with(c)
     };

@@ -20,9 +20,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use browser::webdriver::Driver;
+use browser::ws::frame::{self as websocket, Message};
 use browser::ws::{Client, raw_head_on};
 use browser::{Demo, DemoConfig, Net, TempDir, free_port};
-use ferroturn::demo::websocket::{self, Message};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};

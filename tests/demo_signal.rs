@@ -8,9 +8,9 @@ mod browser;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use browser::ws::frame as websocket;
 use browser::ws::{Client, raw_head};
 use browser::{Demo, DemoConfig, Net, SECRET, STATIC_PASSWORD, TempDir, http_get, http_request};
-use ferroturn::demo::websocket;
 use serde_json::{Value, json};
 
 const QUIET: Duration = Duration::from_millis(300);

@@ -219,9 +219,14 @@ impl Client {
     }
 
     /// The connection's slot, for a task that outlives the HTTP exchange
-    /// (a WebSocket) to hold and [`Slot::attach`] itself to.
+    /// (a WebSocket) to hold and [`Slot::attach`] itself to; idle, as a
+    /// WebSocket is unless its owner says otherwise.
     pub fn take_slot(&self) -> Option<Slot> {
-        self.slot.lock().unwrap().take()
+        let slot = self.slot.lock().unwrap().take();
+        if let Some(s) = &slot {
+            s.set_busy(false);
+        }
+        slot
     }
 }
 

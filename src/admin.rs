@@ -245,12 +245,14 @@ pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
 /// Serve the admin API on `listener` until the process ends; every request
 /// must carry `Authorization: Bearer TOKEN` while a token is set.
 async fn serve(listener: Listener, token: Token, control: Control) {
-    let router = http::limits(Router::new().fallback(answer).with_state(control))
-        .layer(from_fn_with_state(token, require_token))
-        .layer(from_fn_with_state(
-            LocalOnly::new("admin", Vec::new()),
-            http::check_host,
-        ));
+    let router = Router::new()
+        .fallback(answer)
+        .with_state(control)
+        .layer(from_fn_with_state(token, require_token));
+    let router = http::limits(router).layer(from_fn_with_state(
+        LocalOnly::new("admin", Vec::new()),
+        http::check_host,
+    ));
     http::serve(listener, "admin", CAPS, None, router).await;
 }
 

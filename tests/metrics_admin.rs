@@ -1100,7 +1100,8 @@ fn hostile_requests_are_refused_and_others_are_served() {
     let absolute = format!("GET http://rebind.example/metrics HTTP/1.1\r\n{host}\r\n");
     let small_body = format!("GET /metrics HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello");
     // Each case: what it may get (None: closed without an answer).
-    let cases: [(&str, Vec<u8>, &[Option<u16>]); 8] = [
+    type Case<'a> = (&'a str, Vec<u8>, &'a [Option<u16>]);
+    let cases: [Case; 8] = [
         ("1 MB header", big_header.into_bytes(), &[Some(431), None]),
         (
             "10,000 headers",

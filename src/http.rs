@@ -685,6 +685,52 @@ mod tests {
         assert!(b.due(), "another owner's line is its own");
     }
 
+    #[tokio::test]
+    async fn serve_answers_over_tcp_and_unix_and_fetch_reads_it() {
+        let caps = Caps {
+            total: 4,
+            per_peer: 4,
+        };
+        let router = Router::new().fallback(|req: Request| async move {
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let unix = req.extensions().get::<Client>().unwrap().addr.is_none();
+            format!("{} {} {auth} {unix}", req.method(), req.uri().path())
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = Dest::Tcp(listener.local_addr().unwrap());
+        tokio::spawn(serve(
+            Listener::Tcp(listener),
+            "test",
+            caps,
+            None,
+            router.clone(),
+        ));
+        let dir = std::env::temp_dir().join(format!("ferroturn-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let unix = UnixListener::bind(&path).unwrap();
+        tokio::spawn(serve(Listener::Unix(unix), "test", caps, None, router));
+        let got = tokio::task::spawn_blocking(move || {
+            let t = Duration::from_secs(5);
+            let a = fetch(&addr, "DELETE", "/x/y", &[("Authorization", "Bearer t")], t);
+            let b = fetch(&addr, "HEAD", "/z", &[], t);
+            let c = fetch(&Dest::Unix(path), "GET", "/u", &[], t);
+            (a.unwrap(), b.unwrap(), c.unwrap())
+        })
+        .await
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(got.0, (200, b"DELETE /x/y Bearer t false".to_vec()));
+        assert_eq!(got.1, (200, Vec::new()));
+        assert_eq!(got.2, (200, b"GET /u - true".to_vec()));
+    }
+
     #[test]
     fn local_authorities_are_ip_literals_and_localhost() {
         for h in [
@@ -725,6 +771,23 @@ mod tests {
         assert!(is_local_authority("turn1.example.org", &also));
         assert!(!is_local_authority("turn2.example.org", &also));
         assert!(!is_local_authority("turn1.example.org.evil", &also));
+    }
+
+    #[test]
+    fn local_host_refusals() {
+        let status = |version: Version, hosts: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in hosts {
+                h.append(header::HOST, axum::http::HeaderValue::from_static(v));
+            }
+            local_host_refusal(version, &h, &[]).map(|r| r.status().as_u16())
+        };
+        assert_eq!(status(Version::HTTP_11, &["127.0.0.1:1"]), None);
+        assert_eq!(status(Version::HTTP_10, &[]), None);
+        assert_eq!(status(Version::HTTP_11, &[]), Some(400));
+        assert_eq!(status(Version::HTTP_11, &["localhost", "a.b"]), Some(400));
+        assert_eq!(status(Version::HTTP_10, &["rebind.example"]), Some(421));
+        assert_eq!(status(Version::HTTP_11, &["a.example:9642"]), Some(421));
     }
 
     #[test]

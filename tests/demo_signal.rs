@@ -129,11 +129,11 @@ async fn bad_messages_get_errors_and_never_disturb_the_room() {
         json!({"type": "candidate", "candidate": null})
     );
 
-    // A message over the hard limit (256 KiB, four times the largest
+    // A message over the hard limit (128 KiB, twice the largest
     // accepted) is not read at all: an error, then close 1009; the other
     // member is told its peer left, and a new member takes the place.
     let (mut f, mut g) = pair(addr, "room-4").await;
-    let over = json!({"type": "offer", "sdp": format!("v=0{}", "x".repeat(300_000))});
+    let over = json!({"type": "offer", "sdp": format!("v=0{}", "x".repeat(140_000))});
     f.send_json(&over).await;
     f.expect_error("too-large").await;
     // The rest of the message stays unread, so the close frame may be lost

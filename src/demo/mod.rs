@@ -60,10 +60,11 @@ pub const OUTBOX_BYTES: usize = 256 << 10;
 const MESSAGE_OVERHEAD: usize = 64;
 /// Largest WebSocket frame or message read at all: one over
 /// [`signal::MAX_MESSAGE`] but within this is read, answered with an
-/// error and dropped; one over it closes the connection (1009). Bounds
-/// what a client can make the server buffer: 512 connections hold at
-/// most 128 MiB between them.
-pub const WS_HARD_LIMIT: usize = 4 * signal::MAX_MESSAGE;
+/// error and dropped; one over it closes the connection (1009). tungstenite
+/// buffers a whole frame and a whole message, so a client makes the
+/// server hold at most twice this of its input: 256 KiB, 128 MiB for
+/// [`MAX_CONNECTIONS`], as much as their outboxes.
+pub const WS_HARD_LIMIT: usize = 2 * signal::MAX_MESSAGE;
 /// The answer to a connection over the caps, written without waiting for
 /// its request.
 const TOO_MANY: &str = "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nContent-Length: 62\r\nConnection: close\r\n\r\n429 Too Many Requests: too many connections from your address\n";

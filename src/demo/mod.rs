@@ -386,7 +386,9 @@ async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response 
         Ok(ws) => ws,
         Err(refused) => return refused.into_response(),
     };
-    let from = client.addr;
+    let from = client
+        .addr
+        .map_or_else(|| "-".to_owned(), |a| a.to_string());
     let slot = client.take_slot();
     ws.max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
@@ -395,7 +397,7 @@ async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response 
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            tracing::debug!(client = ?from, "demo: signaling connected");
+            tracing::debug!(client = %from, "demo: signaling connected");
             let task = tokio::spawn(signaling(socket, app));
             // A WebSocket stays idle in its slot: when the server is
             // full, a newcomer closes the oldest one of the client holding

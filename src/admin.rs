@@ -27,6 +27,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, UnixListener};
@@ -34,7 +39,7 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::config;
 use crate::engine::Session;
 use crate::engine::stats::{Direction, Transport};
-use crate::http::{self, Caps, Listener, Request, Response};
+use crate::http::{self, Caps, Listener, LocalOnly};
 use crate::io::Control;
 
 /// Connections held at once per listener, and per client (IP address,
@@ -240,22 +245,33 @@ pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
 /// Serve the admin API on `listener` until the process ends; every request
 /// must carry `Authorization: Bearer TOKEN` while a token is set.
 async fn serve(listener: Listener, token: Token, control: Control) {
-    http::serve_each(listener, "admin", CAPS, Vec::new(), move |req| {
-        let control = control.clone();
-        let token = *token.read().unwrap();
-        async move {
-            if !authorized(&req, token.as_ref()) {
-                static LAST: http::Sparse = http::Sparse::new();
-                if LAST.due() {
-                    tracing::warn!(method = %req.method, path = %req.path, "admin: request without the right token refused; such lines are logged at most every 10 s");
-                }
-                return Response::json_error(401, "missing or wrong bearer token")
-                    .with("WWW-Authenticate", "Bearer realm=\"ferroturn admin\"");
-            }
-            answer(&req, &control).await
-        }
-    })
-    .await;
+    let router = Router::new()
+        .fallback(answer)
+        .with_state(control)
+        .layer(from_fn_with_state(token, require_token));
+    let router = http::limits(router).layer(from_fn_with_state(
+        LocalOnly::new("admin", Vec::new()),
+        http::check_host,
+    ));
+    http::serve(listener, "admin", CAPS, None, router).await;
+}
+
+/// Middleware: 401 for a request without the token (while one is set).
+async fn require_token(State(token): State<Token>, req: Request, next: Next) -> Response {
+    let want = *token.read().unwrap();
+    if authorized(req.headers(), want.as_ref()) {
+        return next.run(req).await;
+    }
+    static LAST: http::Sparse = http::Sparse::new();
+    if LAST.due() {
+        tracing::warn!(method = %req.method(), path = %req.uri().path(), "admin: request without the right token refused; such lines are logged at most every 10 s");
+    }
+    let mut r = http::json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ferroturn admin\""),
+    );
+    r
 }
 
 fn digest(b: &[u8]) -> [u8; 32] {
@@ -263,30 +279,40 @@ fn digest(b: &[u8]) -> [u8; 32] {
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
-/// Whether `req` carries the token (always, without one). Digests of equal
-/// length are compared in constant time, so that neither the token's
+/// Whether `headers` carry the token (always, without one). Digests of
+/// equal length are compared in constant time, so that neither the token's
 /// content nor its length leaks through timing.
-fn authorized(req: &Request, token: Option<&[u8; 32]>) -> bool {
+fn authorized(headers: &HeaderMap, token: Option<&[u8; 32]>) -> bool {
     let Some(want) = token else {
         return true;
     };
-    let Some(given) = req.header("authorization").and_then(|v| {
-        let (scheme, cred) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| cred.trim())
-    }) else {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, cred) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| cred.trim())
+        })
+    else {
         return false;
     };
     digest(given.as_bytes()).ct_eq(want).into()
 }
 
-fn not_allowed(allow: &str) -> Response {
-    Response::json_error(405, &format!("allowed here: {allow}")).with("Allow", allow.to_owned())
+fn not_allowed(allow: &'static str) -> Response {
+    let mut r = http::json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("allowed here: {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
 }
 
 /// Route an authorized request.
-async fn answer(req: &Request, control: &Control) -> Response {
-    let m = req.method.as_str();
-    let parts: Vec<&str> = req.path.split('/').skip(1).collect();
+async fn answer(State(control): State<Control>, method: Method, uri: Uri) -> Response {
+    let m = method.as_str();
+    let parts: Vec<&str> = uri.path().split('/').skip(1).collect();
     match parts.as_slice() {
         ["sessions"] => match m {
             "GET" | "HEAD" => {
@@ -297,7 +323,7 @@ async fn answer(req: &Request, control: &Control) -> Response {
                     .map(SessionInfo::from_session)
                     .collect();
                 sessions.sort_by(|a, b| (&a.user, a.relay_port).cmp(&(&b.user, b.relay_port)));
-                Response::json(200, &SessionList { sessions })
+                http::json(StatusCode::OK, &SessionList { sessions })
             }
             _ => not_allowed("GET, HEAD"),
         },
@@ -306,13 +332,19 @@ async fn answer(req: &Request, control: &Control) -> Response {
                 return not_allowed("DELETE");
             }
             let Some(port) = port.parse::<u16>().ok().filter(|&p| p != 0) else {
-                return Response::json_error(400, "a relay port is a number from 1 to 65535");
+                return http::json_error(
+                    StatusCode::BAD_REQUEST,
+                    "a relay port is a number from 1 to 65535",
+                );
             };
             if control.close_relay_port(port).await {
                 tracing::info!(relay_port = port, "admin: session closed");
-                Response::json(200, &Closed { closed: 1 })
+                http::json(StatusCode::OK, &Closed { closed: 1 })
             } else {
-                Response::json_error(404, &format!("no session on relay port {port}"))
+                http::json_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no session on relay port {port}"),
+                )
             }
         }
         ["users", name, "sessions"] => {
@@ -320,14 +352,17 @@ async fn answer(req: &Request, control: &Control) -> Response {
                 return not_allowed("DELETE");
             }
             let Some(user) = percent_decode(name).filter(|u| !u.is_empty()) else {
-                return Response::json_error(400, "the user name must be percent-encoded UTF-8");
+                return http::json_error(
+                    StatusCode::BAD_REQUEST,
+                    "the user name must be percent-encoded UTF-8",
+                );
             };
             let closed = control.close_user(&user).await;
             tracing::info!(%user, closed, "admin: sessions of a user closed");
-            Response::json(200, &Closed { closed })
+            http::json(StatusCode::OK, &Closed { closed })
         }
-        _ => Response::json_error(
-            404,
+        _ => http::json_error(
+            StatusCode::NOT_FOUND,
             "no such resource; try GET /sessions, DELETE /sessions/{relay_port}, DELETE /users/{name}/sessions",
         ),
     }
@@ -628,24 +663,19 @@ pub mod client {
 mod tests {
     use super::*;
 
-    fn req(method: &str, headers: &[(&str, &str)]) -> Request {
-        Request {
-            method: method.into(),
-            path: "/sessions".into(),
-            query: String::new(),
-            http11: true,
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
+    fn req(authorization: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in authorization {
+            h.append(header::AUTHORIZATION, v.parse().unwrap());
         }
+        h
     }
 
     #[test]
     fn bearer_token_is_checked() {
         let t = digest(b"s3cret");
-        assert!(authorized(&req("GET", &[]), None));
-        assert!(!authorized(&req("GET", &[]), Some(&t)));
+        assert!(authorized(&req(&[]), None));
+        assert!(!authorized(&req(&[]), Some(&t)));
         for (v, ok) in [
             ("Bearer s3cret", true),
             ("bearer  s3cret", true),
@@ -655,11 +685,7 @@ mod tests {
             ("s3cret", false),
             ("Bearer ", false),
         ] {
-            assert_eq!(
-                authorized(&req("GET", &[("authorization", v)]), Some(&t)),
-                ok,
-                "{v:?}"
-            );
+            assert_eq!(authorized(&req(&[v]), Some(&t)), ok, "{v:?}");
         }
     }
 

@@ -1,269 +1,95 @@
-//! A minimal HTTP/1.1 server side: read one request head, write one
-//! response, close. Enough for a handful of embedded pages, a JSON endpoint,
-//! the WebSocket upgrade (demo), `/metrics` and the admin API; request
-//! bodies are neither expected nor read. Plus [`fetch`], the blocking
-//! one-shot client the `ferroturn sessions` and `kill` commands use.
+//! What the HTTP listeners (the demo, `/metrics`, the admin API) add to
+//! hyper and axum: per-client connection caps that close idle connections
+//! to make room ([`Slots`]), the accept loop that applies them with
+//! hyper's limits and timeouts ([`serve`]), the `Host` check of the
+//! local-only listeners ([`check_host`]), and [`fetch`], the blocking
+//! one-shot client of `ferroturn sessions` and `kill`, on hyper's client.
 //!
-//! Connections are held in [`Slots`]: a connection must send its whole
-//! request head within [`HEAD_TIMEOUT`], however it trickles, and when a
-//! client (an IP address, an IPv6 /64, or a local user on a Unix socket)
-//! or the whole listener is at its cap, the oldest connection that is not
-//! being answered is closed to make room. Idle sockets therefore can
-//! neither hold every slot nor keep a real request out.
+//! hyper reads and writes HTTP/1.1 (RFC 9112). A request head must arrive
+//! whole within [`HEAD_TIMEOUT`] of the accept, however it trickles
+//! (hyper's header read timeout, armed before the first byte); it may hold
+//! at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers (431 otherwise).
+//! One request is answered per connection, which is then closed.
+//! tower-http refuses bodies over [`MAX_BODY`] (413, none of these
+//! listeners reads one) and bounds a handler to [`ANSWER_TIMEOUT`] (503);
+//! a connection gets [`CONNECTION_TIMEOUT`] in all until its answer is
+//! written or it has become a WebSocket.
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, Version, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::AbortHandle;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::addr::Origin;
 
-/// Largest request head accepted (request line and headers).
+/// Largest request head accepted (request line and headers): hyper's
+/// read buffer, which a head must fit.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers accepted.
-const MAX_HEADERS: usize = 64;
+pub const MAX_HEADERS: usize = 64;
 /// Time a client gets to send its whole request head, from the moment it
 /// is accepted: a sender that trickles a byte at a time is cut off too.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A parsed request head.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub method: String,
-    /// The path without the query string.
-    pub path: String,
-    /// The query string, without `?`.
-    pub query: String,
-    /// HTTP/1.1 (or a later 1.x), which must send `Host`; false for 1.0.
-    pub http11: bool,
-    /// Header names lower-cased, values trimmed, in order.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Request {
-    /// The first value of header `name` (lower-case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether header `name` holds `token` in its comma-separated list
-    /// (case-insensitive), as `Connection: keep-alive, Upgrade` does.
-    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .flat_map(|(_, v)| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    }
-}
-
-/// Why a request head could not be read.
-#[derive(Debug, PartialEq, Eq)]
-pub enum HeadError {
-    /// The connection closed or failed first.
-    Closed,
-    /// Longer than [`MAX_HEAD`] or more than 64 headers.
-    TooLarge,
-    /// Not HTTP/1.x.
-    Malformed(&'static str),
-}
-
-/// Parse a complete head (up to and including the blank line).
-pub fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
-    let text = std::str::from_utf8(head).map_err(|_| HeadError::Malformed("not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let line = lines.next().ok_or(HeadError::Malformed("empty"))?;
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HeadError::Malformed("bad request line"));
-    };
-    let Some(minor) = version.strip_prefix("HTTP/1.") else {
-        return Err(HeadError::Malformed("not HTTP/1.x"));
-    };
-    if minor.is_empty() || !minor.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(HeadError::Malformed("not HTTP/1.x"));
-    }
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(HeadError::Malformed("bad method"));
-    }
-    if !target.starts_with('/') {
-        return Err(HeadError::Malformed("target must be a path"));
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut headers = Vec::new();
-    for l in lines {
-        if l.is_empty() {
-            break;
-        }
-        let (name, value) = l
-            .split_once(':')
-            .ok_or(HeadError::Malformed("header without colon"))?;
-        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
-            return Err(HeadError::Malformed("bad header name"));
-        }
-        headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
-        if headers.len() > MAX_HEADERS {
-            return Err(HeadError::TooLarge);
-        }
-    }
-    Ok(Request {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        query: query.to_owned(),
-        http11: minor != "0",
-        headers,
-    })
-}
-
-/// Read one request head from `stream`. Bytes after the head (there should
-/// be none before a response) are returned too.
-pub async fn read_head<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> Result<(Request, Vec<u8>), HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| HeadError::Closed)?;
-        if n == 0 {
-            return Err(HeadError::Closed);
-        }
-        let searched_from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = find(&buf[searched_from..], b"\r\n\r\n") {
-            let end = searched_from + i + 4;
-            let rest = buf.split_off(end);
-            return Ok((parse_head(&buf)?, rest));
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A response: status, extra headers and a body.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    /// A 200 with a body of `content_type`.
-    pub fn ok(content_type: &str, body: impl Into<Vec<u8>>) -> Response {
-        Response {
-            status: 200,
-            headers: vec![("Content-Type", content_type.to_owned())],
-            body: body.into(),
-        }
-    }
-
-    /// An error status with a one-line plain-text body.
-    pub fn error(status: u16, text: &str) -> Response {
-        Response {
-            status,
-            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
-            body: format!("{status} {}: {text}\n", reason(status)).into_bytes(),
-        }
-    }
-
-    /// A JSON body `{"error": text}` with `status`, never cached.
-    pub fn json_error(status: u16, text: &str) -> Response {
-        Response::json(status, &serde_json::json!({ "error": text }))
-    }
-
-    /// A JSON body with `status`, never cached.
-    pub fn json(status: u16, body: &impl serde::Serialize) -> Response {
-        let mut r = Response::ok(
-            "application/json",
-            serde_json::to_vec(body).expect("serializable"),
-        )
-        .with("Cache-Control", "no-store");
-        r.status = status;
-        r
-    }
-
-    /// Add a header.
-    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Response {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    /// The bytes on the wire; `head_only` for HEAD requests.
-    pub fn to_bytes(&self, head_only: bool) -> Vec<u8> {
-        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
-        for (n, v) in &self.headers {
-            out.push_str(&format!("{n}: {v}\r\n"));
-        }
-        if self.status == 101 {
-            // The connection is switching protocols: it carries its own headers.
-            out.push_str("\r\n");
-        } else {
-            out.push_str(&format!(
-                "Content-Length: {}\r\nConnection: close\r\n\r\n",
-                self.body.len()
-            ));
-        }
-        let mut bytes = out.into_bytes();
-        if !head_only {
-            bytes.extend_from_slice(&self.body);
-        }
-        bytes
-    }
-
-    /// Write the response and flush.
-    pub async fn write<S: AsyncWrite + Unpin>(
-        &self,
-        stream: &mut S,
-        head_only: bool,
-    ) -> std::io::Result<()> {
-        stream.write_all(&self.to_bytes(head_only)).await?;
-        stream.flush().await
-    }
-}
-
-/// The reason phrase of the statuses this server uses.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        421 => "Misdirected Request",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
+/// Time a handler gets to make its answer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client gets to take a whole response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection's whole life up to the end of its answer (or its switch
+/// to a WebSocket).
+pub const CONNECTION_TIMEOUT: Duration = HEAD_TIMEOUT
+    .saturating_add(ANSWER_TIMEOUT)
+    .saturating_add(WRITE_TIMEOUT);
+/// Largest request body announced: these listeners read none.
+pub const MAX_BODY: usize = 4 * 1024;
+
+/// An error status with a one-line plain-text body,
+/// `404 Not Found: TEXT`.
+pub fn error(status: StatusCode, text: &str) -> Response {
+    let reason = status.canonical_reason().unwrap_or("Status");
+    let body = format!("{} {reason}: {text}\n", status.as_u16());
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// A JSON body with `status`, never cached.
+pub fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).expect("serializable");
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// A JSON body `{"error": text}` with `status`, never cached.
+pub fn json_error(status: StatusCode, text: &str) -> Response {
+    json(status, &serde_json::json!({ "error": text }))
+}
 
 /// Whether a `Host` value names this machine without DNS: an IPv4
 /// literal, a bracketed IPv6 literal or `localhost`, or one of the names in
@@ -297,24 +123,204 @@ pub fn is_local_authority(host: &str, also: &[String]) -> bool {
 /// `also`): 421 for a foreign name, 400 for an HTTP/1.1 request without
 /// exactly one `Host` (RFC 9112 §3.2). `None` when the request may be
 /// answered.
-pub fn local_host_refusal(req: &Request, also: &[String]) -> Option<Response> {
-    let mut hosts = req.headers.iter().filter(|(n, _)| n == "host");
+pub fn local_host_refusal(
+    version: Version,
+    headers: &HeaderMap,
+    also: &[String],
+) -> Option<Response> {
+    let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Some(Response::json_error(400, "more than one Host header"));
+        return Some(json_error(
+            StatusCode::BAD_REQUEST,
+            "more than one Host header",
+        ));
     }
     match host {
-        None if req.http11 => Some(Response::json_error(
-            400,
+        None if version >= Version::HTTP_11 => Some(json_error(
+            StatusCode::BAD_REQUEST,
             "an HTTP/1.1 request needs a Host header",
         )),
         None => None,
-        Some((_, h)) if is_local_authority(h, also) => None,
-        Some(_) => Some(Response::json_error(
-            421,
+        Some(h) if h.to_str().is_ok_and(|h| is_local_authority(h.trim(), also)) => None,
+        Some(_) => Some(json_error(
+            StatusCode::MISDIRECTED_REQUEST,
             "this server answers only requests addressed to an IP address or localhost (Host header)",
         )),
     }
+}
+
+/// A local-only listener's `Host` rule: its name for the log, the names
+/// it answers besides IP literals and `localhost`, and when it last
+/// logged a refusal (its own, so that a flood at one listener cannot
+/// silence another's warning).
+#[derive(Clone)]
+pub struct LocalOnly {
+    name: &'static str,
+    also: Arc<[String]>,
+    warned: Arc<Sparse>,
+}
+
+impl LocalOnly {
+    pub fn new(name: &'static str, also: Vec<String>) -> LocalOnly {
+        LocalOnly {
+            name,
+            also: also.into(),
+            warned: Arc::new(Sparse::new()),
+        }
+    }
+}
+
+/// Middleware: requests refused by [`local_host_refusal`] never reach the
+/// handler (a web page must not reach a loopback listener by DNS
+/// rebinding); a refusal is logged at most every 10 s.
+pub async fn check_host(State(rule): State<LocalOnly>, req: Request, next: Next) -> Response {
+    let Some(refusal) = local_host_refusal(req.version(), req.headers(), &rule.also) else {
+        return next.run(req).await;
+    };
+    if rule.warned.due() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
+        let name = rule.name;
+        tracing::warn!(host, path = %req.uri().path(), "{name}: request for a foreign Host refused (a web page trying DNS rebinding?); such lines are logged at most every 10 s");
+    }
+    refusal
+}
+
+/// The limits every listener puts on a request: a body cap and a time
+/// for the answer.
+pub fn limits(router: Router) -> Router {
+    router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ANSWER_TIMEOUT,
+        ))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+}
+
+/// The client of a request, put in its extensions by [`serve`]: who it
+/// is, and its connection's place in [`Slots`].
+#[derive(Clone)]
+pub struct Client {
+    pub peer: Peer,
+    /// The TCP address, none on a Unix socket.
+    pub addr: Option<SocketAddr>,
+    slot: Arc<Mutex<Option<Slot>>>,
+}
+
+impl Client {
+    fn set_busy(&self, busy: bool) {
+        if let Some(s) = &*self.slot.lock().unwrap() {
+            s.set_busy(busy);
+        }
+    }
+
+    /// The connection's slot, for a task that outlives the HTTP exchange
+    /// (a WebSocket) to hold and [`Slot::attach`] itself to; idle, as a
+    /// WebSocket is unless its owner says otherwise.
+    pub fn take_slot(&self) -> Option<Slot> {
+        let slot = self.slot.lock().unwrap().take();
+        if let Some(s) = &slot {
+            s.set_busy(false);
+        }
+        slot
+    }
+}
+
+/// A connection of a [`Listener`].
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Serve `router` on `listener` until the process ends, one request per
+/// connection. Connections are held in [`Slots`] of `caps`; one that
+/// cannot be let in gets `refusal` written (if any, without waiting for
+/// its request) and is closed. Each request carries its [`Client`]. `name`
+/// labels the log lines.
+pub async fn serve(
+    listener: Listener,
+    name: &'static str,
+    caps: Caps,
+    refusal: Option<&'static str>,
+    router: Router,
+) {
+    let slots = Slots::new(caps.total, caps.per_peer);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: wait a little rather than spin.
+                tracing::warn!("{name}: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = slots.admit(peer) else {
+            tracing::debug!(?peer, "{name}: connection refused, every slot is busy");
+            if let (Some(r), Stream::Tcp(s)) = (refusal, &stream) {
+                let _ = s.try_write(r.as_bytes());
+            }
+            continue;
+        };
+        let id = slot.id();
+        let client = |addr| Client {
+            peer,
+            addr,
+            slot: Arc::new(Mutex::new(Some(slot))),
+        };
+        let router = router.clone();
+        let task = match stream {
+            Stream::Tcp(s) => {
+                let client = client(s.peer_addr().ok());
+                tokio::spawn(connection(s, client, router))
+            }
+            Stream::Unix(s) => tokio::spawn(connection(s, client(None), router)),
+        };
+        slots.attach(id, task.abort_handle());
+    }
+}
+
+/// One connection: one request, answered by `router` (with upgrades, for
+/// WebSockets), within [`CONNECTION_TIMEOUT`].
+async fn connection<S>(stream: S, client: Client, router: Router)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        let client = client.clone();
+        let mut router = router.clone();
+        async move {
+            // Origin-form only (RFC 9112 §3.2.1): an absolute URI would
+            // carry its own authority past the Host check.
+            let uri = req.uri();
+            if uri.authority().is_some() || !uri.path().starts_with('/') {
+                return Ok::<_, Infallible>(error(
+                    StatusCode::BAD_REQUEST,
+                    "the request target must be a path",
+                ));
+            }
+            req.extensions_mut().insert(client.clone());
+            // Busy while its answer is made: never closed to make room.
+            client.set_busy(true);
+            let answer = tower_service::Service::call(&mut router, req.map(Body::new)).await;
+            client.set_busy(false);
+            answer
+        }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(false);
+    let conn = http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
 }
 
 /// Who a connection comes from, for per-client caps: an IPv4 address, an
@@ -333,10 +339,6 @@ impl Peer {
     }
 }
 
-/// A byte stream of a TCP or Unix connection.
-pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
-
 /// A TCP or Unix listening socket.
 pub enum Listener {
     Tcp(TcpListener),
@@ -345,18 +347,18 @@ pub enum Listener {
 
 impl Listener {
     /// The next connection and whom it comes from.
-    pub async fn accept(&self) -> std::io::Result<(Box<dyn Conn>, Peer)> {
+    pub async fn accept(&self) -> std::io::Result<(Stream, Peer)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, from) = l.accept().await?;
-                Ok((Box::new(s), Peer::of_ip(from.ip())))
+                Ok((Stream::Tcp(s), Peer::of_ip(from.ip())))
             }
             Listener::Unix(l) => {
                 let (s, _) = l.accept().await?;
                 // SO_PEERCRED cannot fail on a connected Unix socket; if it
                 // did, every such client would share one cap.
                 let uid = s.peer_cred().map_or(u32::MAX, |c| c.uid());
-                Ok((Box::new(s), Peer::Uid(uid)))
+                Ok((Stream::Unix(s), Peer::Uid(uid)))
             }
         }
     }
@@ -496,6 +498,12 @@ impl Slot {
         self.id
     }
 
+    /// Make `task` the one aborted when this connection is evicted (a
+    /// WebSocket's task, once the HTTP exchange is over).
+    pub fn attach(&self, task: AbortHandle) {
+        self.slots.attach(self.id, task);
+    }
+
     /// Mark the connection busy (never evicted) or idle again.
     pub fn set_busy(&self, busy: bool) {
         if let Some(e) = self.slots.table.lock().unwrap().conns.get_mut(&self.id) {
@@ -510,88 +518,13 @@ impl Drop for Slot {
     }
 }
 
-/// How many connections a listener of [`serve_each`] holds.
+/// How many connections a listener of [`serve`] holds.
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
     /// In all.
     pub total: usize,
     /// Per [`Peer`].
     pub per_peer: usize,
-}
-
-/// Serve one request per connection on `listener` forever: read the head
-/// (within [`HEAD_TIMEOUT`]), answer with `handler`, close. Only requests
-/// whose `Host` is an IP literal, `localhost` or one of the names `hosts`
-/// reach `handler` ([`local_host_refusal`]). Connections are held in
-/// [`Slots`] of `caps`; a connection that cannot be let in is closed at
-/// once. A HEAD request gets the head of `handler`'s answer to it. `name`
-/// labels the log lines.
-pub async fn serve_each<F, Fut>(
-    listener: Listener,
-    name: &'static str,
-    caps: Caps,
-    hosts: Vec<String>,
-    handler: F,
-) where
-    F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response> + Send + 'static,
-{
-    let slots = Slots::new(caps.total, caps.per_peer);
-    let hosts: Arc<[String]> = hosts.into();
-    // When this listener last logged a refused Host: its own, so that a
-    // flood at one listener cannot silence another's warning.
-    let last_warned = Arc::new(Sparse::default());
-    loop {
-        let (mut stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and friends: wait a little rather than spin.
-                tracing::warn!("{name}: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Some(slot) = slots.admit(peer) else {
-            tracing::debug!(?peer, "{name}: connection refused, every slot is busy");
-            continue;
-        };
-        let handler = handler.clone();
-        let hosts = hosts.clone();
-        let last_warned = last_warned.clone();
-        let id = slot.id();
-        let task = tokio::spawn(async move {
-            let slot = slot;
-            let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await;
-            let (response, head_only) = match head {
-                Ok(Ok((req, _))) => {
-                    let head_only = req.method == "HEAD";
-                    match local_host_refusal(&req, &hosts) {
-                        Some(refusal) => {
-                            if last_warned.due() {
-                                let host = req.header("host").unwrap_or("-");
-                                tracing::warn!(host, path = %req.path, "{name}: request for a foreign Host refused (a web page trying DNS rebinding?); such lines are logged at most every 10 s");
-                            }
-                            (refusal, head_only)
-                        }
-                        None => {
-                            slot.set_busy(true);
-                            let r = handler(req).await;
-                            slot.set_busy(false);
-                            (r, head_only)
-                        }
-                    }
-                }
-                Ok(Err(HeadError::Closed)) | Err(_) => return,
-                Ok(Err(HeadError::TooLarge)) => {
-                    (Response::error(431, "request head too large"), false)
-                }
-                Ok(Err(HeadError::Malformed(why))) => (Response::error(400, why), false),
-            };
-            let write = response.write(&mut stream, head_only);
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, write).await;
-        });
-        slots.attach(id, task.abort_handle());
-    }
 }
 
 /// Lets a log line through at most once every 10 s, measured on the
@@ -628,9 +561,6 @@ impl Sparse {
     }
 }
 
-/// Largest response body [`fetch`] accepts.
-pub const MAX_FETCH: u64 = 64 * 1024 * 1024;
-
 /// Where [`fetch`] connects: a TCP address or a Unix socket path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dest {
@@ -648,8 +578,10 @@ impl fmt::Display for Dest {
 }
 
 /// One blocking HTTP/1.1 request to `dest` (`Connection: close`, no body):
-/// the status code and the body. Every step is bounded by `timeout`. The
-/// `Host` is the address, or `localhost` on a Unix socket.
+/// the status code and the body (at most [`MAX_FETCH`] bytes). Connecting,
+/// the answer's head and its body each get `timeout`. The `Host` is the
+/// address, or `localhost` on a Unix socket. Not for a thread that runs
+/// an async runtime.
 pub fn fetch(
     dest: &Dest,
     method: &str,
@@ -657,68 +589,89 @@ pub fn fetch(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    match dest {
-        Dest::Tcp(addr) => {
-            let s = std::net::TcpStream::connect_timeout(addr, timeout)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            exchange(s, &addr.to_string(), method, path, headers)
-        }
-        Dest::Unix(p) => {
-            let s = std::os::unix::net::UnixStream::connect(p)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            exchange(s, "localhost", method, path, headers)
-        }
+    let host = match dest {
+        Dest::Tcp(a) => a.to_string(),
+        Dest::Unix(_) => "localhost".to_owned(),
+    };
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, host)
+        .header(header::CONNECTION, "close");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
     }
+    let req = req
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(std::io::Error::other)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match dest {
+            Dest::Tcp(a) => {
+                exchange(within(timeout, TcpStream::connect(a)).await??, req, timeout).await
+            }
+            Dest::Unix(p) => {
+                exchange(
+                    within(timeout, UnixStream::connect(p)).await??,
+                    req,
+                    timeout,
+                )
+                .await
+            }
+        }
+    })
 }
 
-fn exchange(
-    mut s: impl Read + Write,
-    host: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> std::io::Result<(u16, Vec<u8>)> {
-    use std::io::{Error, ErrorKind};
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    req.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.take(MAX_FETCH + MAX_HEAD as u64).read_to_end(&mut raw)?;
-    let bad = |why: &str| Error::new(ErrorKind::InvalidData, format!("bad HTTP answer: {why}"));
-    let end = find(&raw, b"\r\n\r\n").ok_or_else(|| bad("no complete head"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("head not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
-        return Err(bad("no status line"));
-    };
-    let status: u16 = match code.parse() {
-        Ok(c) if version.starts_with("HTTP/1.") => c,
-        _ => return Err(bad("no status line")),
-    };
-    let length = lines.find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
-    });
-    let mut body = raw.split_off(end + 4);
-    if method == "HEAD" {
-        body.clear();
-    } else if let Some(n) = length {
-        if body.len() < n {
-            return Err(bad("body shorter than Content-Length"));
-        }
-        body.truncate(n);
-    }
-    Ok((status, body))
+/// `f`, or a TimedOut error after `limit`.
+async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> std::io::Result<T> {
+    tokio::time::timeout(limit, f).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {limit:?}"),
+        )
+    })
 }
+
+async fn exchange<S>(
+    stream: S,
+    req: hyper::Request<http_body_util::Empty<Bytes>>,
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let bad = |e: &dyn fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad HTTP answer: {e}"),
+        )
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| bad(&e))?;
+    let conn = tokio::spawn(conn);
+    let answer = async {
+        let res = within(timeout, sender.send_request(req))
+            .await?
+            .map_err(|e| bad(&e))?;
+        let status = res.status().as_u16();
+        let body = http_body_util::Limited::new(res.into_body(), MAX_FETCH);
+        let body = within(timeout, body.collect())
+            .await?
+            .map_err(|e| bad(&*e))?
+            .to_bytes();
+        Ok((status, body.to_vec()))
+    }
+    .await;
+    conn.abort();
+    answer
+}
+
+/// Largest response body [`fetch`] accepts.
+pub const MAX_FETCH: usize = 64 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -732,126 +685,37 @@ mod tests {
         assert!(b.due(), "another owner's line is its own");
     }
 
-    #[test]
-    fn parses_a_browser_upgrade_head() {
-        let head = b"GET /signal?x=1 HTTP/1.1\r\nHost: a:8080\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
-        let r = parse_head(head).unwrap();
-        assert!(r.http11);
-        assert_eq!(r.method, "GET");
-        assert_eq!(r.path, "/signal");
-        assert_eq!(r.query, "x=1");
-        assert_eq!(r.header("host"), Some("a:8080"));
-        assert!(r.header_has_token("connection", "upgrade"));
-        assert!(!r.header_has_token("connection", "close"));
-    }
-
-    #[test]
-    fn refuses_malformed_heads() {
-        for head in [
-            &b"GET /\r\n\r\n"[..],
-            b"GET / HTTP/2\r\n\r\n",
-            b"get / HTTP/1.1\r\n\r\n",
-            b"GET http://x/ HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
-            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
-            b"GET / HTTP/1.1 extra\r\n\r\n",
-        ] {
-            assert!(
-                matches!(parse_head(head), Err(HeadError::Malformed(_))),
-                "{:?}",
-                String::from_utf8_lossy(head)
-            );
-        }
-        let many = format!(
-            "GET / HTTP/1.1\r\n{}\r\n",
-            "A: b\r\n".repeat(MAX_HEADERS + 1)
-        );
-        assert_eq!(parse_head(many.as_bytes()), Err(HeadError::TooLarge));
-    }
-
     #[tokio::test]
-    async fn reads_a_head_split_across_reads_and_caps_size() {
-        let (mut a, mut b) = tokio::io::duplex(64);
-        let w = tokio::spawn(async move {
-            for part in [
-                &b"GET / HT"[..],
-                b"TP/1.1\r\nHost: x\r",
-                b"\n\r",
-                b"\nextra",
-            ] {
-                a.write_all(part).await.unwrap();
-                tokio::task::yield_now().await;
-            }
-            a
-        });
-        let (r, rest) = read_head(&mut b).await.unwrap();
-        assert_eq!(r.path, "/");
-        assert_eq!(r.header("host"), Some("x"));
-        let _a = w.await.unwrap();
-        assert!(b"extra".starts_with(&rest));
-
-        let (mut a, mut b) = tokio::io::duplex(MAX_HEAD * 2);
-        a.write_all(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD)).as_bytes())
-            .await
-            .unwrap();
-        assert_eq!(read_head(&mut b).await.unwrap_err(), HeadError::TooLarge);
-    }
-
-    #[test]
-    fn responses_carry_length_and_close() {
-        let bytes = Response::ok("text/plain", "hi")
-            .with("X-A", "1")
-            .to_bytes(false);
-        let text = String::from_utf8(bytes).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
-        assert!(text.contains("X-A: 1\r\n"));
-        assert!(text.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\nhi"));
-        let up = Response {
-            status: 101,
-            headers: vec![("Connection", "Upgrade".into())],
-            body: Vec::new(),
-        };
-        let text = String::from_utf8(up.to_bytes(false)).unwrap();
-        assert_eq!(
-            text,
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n"
-        );
-        let head = Response::error(404, "no").to_bytes(true);
-        assert!(String::from_utf8(head).unwrap().ends_with("\r\n\r\n"));
-    }
-
-    #[tokio::test]
-    async fn serve_each_answers_and_fetch_reads_it() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = Dest::Tcp(listener.local_addr().unwrap());
+    async fn serve_answers_over_tcp_and_unix_and_fetch_reads_it() {
         let caps = Caps {
             total: 4,
             per_peer: 4,
         };
-        let handler = |req: Request| async move {
-            let auth = req.header("authorization").unwrap_or("-").to_owned();
-            Response::ok("text/plain", format!("{} {} {auth}", req.method, req.path))
-        };
-        let none = Vec::new();
-        tokio::spawn(serve_each(
+        let router = Router::new().fallback(|req: Request| async move {
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let unix = req.extensions().get::<Client>().unwrap().addr.is_none();
+            format!("{} {} {auth} {unix}", req.method(), req.uri().path())
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = Dest::Tcp(listener.local_addr().unwrap());
+        tokio::spawn(serve(
             Listener::Tcp(listener),
             "test",
             caps,
-            none.clone(),
-            handler,
+            None,
+            router.clone(),
         ));
         let dir = std::env::temp_dir().join(format!("ferroturn-http-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.sock");
         let _ = std::fs::remove_file(&path);
         let unix = UnixListener::bind(&path).unwrap();
-        tokio::spawn(serve_each(
-            Listener::Unix(unix),
-            "test",
-            caps,
-            none,
-            handler,
-        ));
+        tokio::spawn(serve(Listener::Unix(unix), "test", caps, None, router));
         let got = tokio::task::spawn_blocking(move || {
             let t = Duration::from_secs(5);
             let a = fetch(&addr, "DELETE", "/x/y", &[("Authorization", "Bearer t")], t);
@@ -862,9 +726,9 @@ mod tests {
         .await
         .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(got.0, (200, b"DELETE /x/y Bearer t".to_vec()));
+        assert_eq!(got.0, (200, b"DELETE /x/y Bearer t false".to_vec()));
         assert_eq!(got.1, (200, Vec::new()));
-        assert_eq!(got.2, (200, b"GET /u -".to_vec()));
+        assert_eq!(got.2, (200, b"GET /u - true".to_vec()));
     }
 
     #[test]
@@ -907,23 +771,23 @@ mod tests {
         assert!(is_local_authority("turn1.example.org", &also));
         assert!(!is_local_authority("turn2.example.org", &also));
         assert!(!is_local_authority("turn1.example.org.evil", &also));
-        let req = |head: &str| parse_head(head.as_bytes()).unwrap();
-        let status = |head: &str| local_host_refusal(&req(head), &[]).map(|r| r.status);
-        assert_eq!(status("GET / HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n"), None);
-        assert_eq!(status("GET / HTTP/1.0\r\n\r\n"), None);
-        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), Some(400));
-        assert_eq!(
-            status("GET / HTTP/1.1\r\nHost: localhost\r\nHost: a.b\r\n\r\n"),
-            Some(400)
-        );
-        assert_eq!(
-            status("GET / HTTP/1.0\r\nHost: rebind.example\r\n\r\n"),
-            Some(421)
-        );
-        let r = local_host_refusal(&req("GET / HTTP/1.1\r\nHost: a.example:9642\r\n\r\n"), &[])
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert!(body["error"].as_str().unwrap().contains("Host"), "{body}");
+    }
+
+    #[test]
+    fn local_host_refusals() {
+        let status = |version: Version, hosts: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in hosts {
+                h.append(header::HOST, axum::http::HeaderValue::from_static(v));
+            }
+            local_host_refusal(version, &h, &[]).map(|r| r.status().as_u16())
+        };
+        assert_eq!(status(Version::HTTP_11, &["127.0.0.1:1"]), None);
+        assert_eq!(status(Version::HTTP_10, &[]), None);
+        assert_eq!(status(Version::HTTP_11, &[]), Some(400));
+        assert_eq!(status(Version::HTTP_11, &["localhost", "a.b"]), Some(400));
+        assert_eq!(status(Version::HTTP_10, &["rebind.example"]), Some(421));
+        assert_eq!(status(Version::HTTP_11, &["a.example:9642"]), Some(421));
     }
 
     #[test]

@@ -9,12 +9,16 @@
 
 use std::fmt::Write;
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
 use crate::engine::stats::{
-    AuthFailure, Code, DURATION_BUCKETS, Direction, Method, TrafficCount, Transport,
+    AuthFailure, Code, DURATION_BUCKETS, Direction, Method as StunMethod, TrafficCount, Transport,
 };
-use crate::http::{self, Caps, Listener, Request, Response};
+use crate::http::{self, Caps, Listener, LocalOnly};
 use crate::io::{Control, StreamRefusal, WorkerReport};
 
 /// The content type of the text exposition format.
@@ -33,33 +37,40 @@ pub const CAPS: Caps = Caps {
 /// (`[metrics] hosts`) are answered, as for the admin API: a web page must
 /// not read the server's figures through DNS rebinding.
 pub async fn serve(listener: TcpListener, control: Control, hosts: Vec<String>) {
-    http::serve_each(
-        Listener::Tcp(listener),
-        "metrics",
-        CAPS,
-        hosts,
-        move |req| {
-            let control = control.clone();
-            async move { answer(&req, &control).await }
-        },
-    )
-    .await;
+    let router = http::limits(Router::new().fallback(answer).with_state(control)).layer(
+        axum::middleware::from_fn_with_state(LocalOnly::new("metrics", hosts), http::check_host),
+    );
+    http::serve(Listener::Tcp(listener), "metrics", CAPS, None, router).await;
 }
 
-async fn answer(req: &Request, control: &Control) -> Response {
-    if req.method != "GET" && req.method != "HEAD" {
-        return Response::error(405, "only GET and HEAD").with("Allow", "GET, HEAD");
+async fn answer(State(control): State<Control>, method: Method, uri: Uri) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = http::error(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
-    match req.path.as_str() {
+    match uri.path() {
         "/metrics" => {
             let report = control.report(false).await;
-            Response::ok(CONTENT_TYPE, render(&report)).with("Cache-Control", "no-store")
+            (
+                [
+                    (header::CONTENT_TYPE, CONTENT_TYPE),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                render(&report),
+            )
+                .into_response()
         }
-        "/" => Response::ok(
-            "text/plain; charset=utf-8",
+        "/" => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             "ferroturn: Prometheus metrics at /metrics\n",
+        )
+            .into_response(),
+        p => http::error(
+            StatusCode::NOT_FOUND,
+            &format!("no page at {p}; metrics are at /metrics"),
         ),
-        p => Response::error(404, &format!("no page at {p}; metrics are at /metrics")),
     }
 }
 
@@ -162,8 +173,8 @@ pub fn render(report: &WorkerReport) -> String {
         "counter",
         "STUN requests (and Send indications) received, by method.",
     );
-    for m in Method::ALL {
-        let labels = format!("{}=\"{}\"", Method::KEY, m.name());
+    for m in StunMethod::ALL {
+        let labels = format!("{}=\"{}\"", StunMethod::KEY, m.name());
         o.sample("requests_total", &labels, s.requests[m.index()]);
     }
     o.family(
@@ -171,11 +182,11 @@ pub fn render(report: &WorkerReport) -> String {
         "counter",
         "Error responses sent, by method and error code.",
     );
-    for m in Method::ALL {
+    for m in StunMethod::ALL {
         for c in Code::ALL {
             let labels = format!(
                 "{}=\"{}\",{}=\"{}\"",
-                Method::KEY,
+                StunMethod::KEY,
                 m.name(),
                 Code::KEY,
                 c.name()

@@ -20,9 +20,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use browser::webdriver::Driver;
+use browser::ws::frame::{self as websocket, Message};
 use browser::ws::{Client, raw_head_on};
 use browser::{Demo, DemoConfig, Net, TempDir, free_port};
-use ferroturn::demo::websocket::{self, Message};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -283,6 +283,61 @@ async fn a_peer_that_does_not_read_is_cut_off_and_the_other_goes_on() {
     join(&mut c, "outbox", 1).await;
     assert_eq!(a.recv_json().await, json!({"type": "peer-joined"}));
     relay_both_ways(&mut a, &mut c, "after the cut").await;
+}
+
+/// A slow loris (a request head a byte at a time) and a silent socket
+/// are closed at the head deadline, while a page asked for meanwhile from
+/// the same address is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_or_silent_client_is_cut_at_the_head_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_dir, demo) = start("demo-loris", "");
+    let addr = demo.config.http;
+    let deadline = ferroturn::http::HEAD_TIMEOUT;
+    let start = Instant::now();
+    let mut loris = connect_from([127, 0, 0, 5], addr, None).await;
+    let mut silent = connect_from([127, 0, 0, 5], addr, None).await;
+    let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ".repeat(4);
+    let mut cut = None;
+    let mut served = false;
+    // Bounded: 50 rounds of 200 ms.
+    for round in 0..50 {
+        if loris.write_all(&head[round..round + 1]).await.is_err() {
+            cut = Some(start.elapsed());
+            break;
+        }
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(200), loris.read(&mut b)).await {
+            Ok(Ok(0) | Err(_)) => {
+                cut = Some(start.elapsed());
+                break;
+            }
+            Ok(Ok(_)) => panic!("an answer to half a head"),
+            Err(_) => {}
+        }
+        if round == 5 {
+            let get = "GET /ice-servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+            let s = connect_from([127, 0, 0, 5], addr, None).await;
+            let (resp, _, _) = raw_head_on(s, get).await;
+            assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+            served = true;
+        }
+    }
+    let cut = cut.expect("the slow loris was cut off within 10 s");
+    assert!(served);
+    assert!(cut >= deadline, "cut after {cut:?}, before the deadline");
+    assert!(
+        cut <= deadline + Duration::from_secs(2),
+        "cut after {cut:?}"
+    );
+    let mut b = [0u8; 1];
+    let silent_end = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut b)).await;
+    assert!(
+        matches!(silent_end, Ok(Ok(0) | Err(_))),
+        "the silent socket is still open: {silent_end:?}"
+    );
+    eprintln!("a slow loris was cut {cut:?} after it connected");
 }
 
 #[test]

@@ -8,9 +8,9 @@ mod browser;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use browser::ws::frame as websocket;
 use browser::ws::{Client, raw_head};
 use browser::{Demo, DemoConfig, Net, SECRET, STATIC_PASSWORD, TempDir, http_get, http_request};
-use ferroturn::demo::websocket;
 use serde_json::{Value, json};
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -128,6 +128,25 @@ async fn bad_messages_get_errors_and_never_disturb_the_room() {
         b.recv_json().await,
         json!({"type": "candidate", "candidate": null})
     );
+
+    // A message over the hard limit (128 KiB, twice the largest
+    // accepted) is not read at all: an error, then close 1009; the other
+    // member is told its peer left, and a new member takes the place.
+    let (mut f, mut g) = pair(addr, "room-4").await;
+    let over = json!({"type": "offer", "sdp": format!("v=0{}", "x".repeat(140_000))});
+    f.send_json(&over).await;
+    f.expect_error("too-large").await;
+    // The rest of the message stays unread, so the close frame may be lost
+    // to the reset that closing such a socket sends.
+    let code = f.expect_close().await;
+    assert!(matches!(code, Some(1009) | None), "{code:?}");
+    assert_eq!(g.recv_json().await, json!({"type": "peer-left"}));
+    let mut h = Client::connect(addr).await;
+    h.send_json(&json!({"type": "join", "room": "room-4"}))
+        .await;
+    assert_eq!(h.recv_json().await["peers"], 1);
+    assert_eq!(g.recv_json().await, json!({"type": "peer-joined"}));
+    relays(&mut g, &mut h, "after the hard limit").await;
 
     // A frame announcing 1 TiB: an error, then the server closes with
     // 1009; b is told its peer left.
@@ -264,4 +283,22 @@ fn pages_and_ice_servers_are_served() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (resp, _, _) = rt.block_on(raw_head(addr, &head));
     assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+    // 65 headers: 431; a 1 GB body announced: 413, without reading it; an
+    // absolute URI: 400. The pages are still served.
+    let headers = (0..64).map(|i| format!("X-{i}: 1\r\n")).collect::<String>();
+    for (head, status) in [
+        (format!("GET / HTTP/1.1\r\nHost: x\r\n{headers}\r\n"), "431"),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n".to_owned(),
+            "413",
+        ),
+        (
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            "400",
+        ),
+    ] {
+        let (resp, _, _) = rt.block_on(raw_head(addr, &head));
+        assert!(resp.starts_with(&format!("HTTP/1.1 {status} ")), "{resp}");
+    }
+    assert_eq!(http_get(&net, addr, "/").unwrap().0, 200);
 }

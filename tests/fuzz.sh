@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 start=$SECONDS
 budget=${FUZZ_BUDGET:-360}
-targets=(codec engine framing http_head websocket text)
+targets=(codec engine framing text)
 # The fuzz build persists outside the checkout, so that a fresh clone only
 # rebuilds ferroturn itself (a cold build of every dependency takes minutes).
 target_dir=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferroturn/fuzz-target}
@@ -41,7 +41,7 @@ cargo "${tc[@]}" fuzz build "${flags[@]}"
 # round of two engine runs covers twice the inputs. Each run takes about a
 # second more than its -max_total_time (start-up, final statistics): keep
 # 2 s per round and 5 s aside.
-runs=(engine engine codec framing http_head websocket text text)
+runs=(engine engine codec framing text text)
 host=$(rustc -vV | sed -n 's/^host: //p')
 bin="$target_dir/$host/release"
 par=$(nproc)

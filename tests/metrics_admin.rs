@@ -1030,3 +1030,149 @@ fn a_connection_flood_from_the_scrapers_own_address_leaves_scrapes_answered() {
         "the flood went past the address's cap ({during})"
     );
 }
+
+/// What one hostile request gets: the status of the answer, or `None` when
+/// the server closed (or reset) the connection without one.
+fn hostile_answer(to: SocketAddr, request: &[u8]) -> (Option<u16>, Duration) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before the whole request is sent:
+    // write from another thread, read here.
+    let mut w = s.try_clone().unwrap();
+    let request = request.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&request);
+    });
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("neither answered nor closed within 10 s: {e}"),
+        }
+        assert!(raw.len() < 1 << 20, "an endless answer");
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok());
+    (status, started.elapsed())
+}
+
+/// Requests an attacker would try on a listener, each answered with an
+/// error or closed, never served, and the listener serving others
+/// meanwhile: a 1 MB header, 10,000 headers, 65 headers (64 pass), a
+/// 1 GB body announced on a GET, a chunked body that never ends, an
+/// absolute URI naming another host.
+#[test]
+fn hostile_requests_are_refused_and_others_are_served() {
+    let s = Server::start();
+    // The admin API's token too (/metrics ignores it): the same answers
+    // are expected from both.
+    let host = format!("Host: localhost\r\nAuthorization: Bearer {TOKEN}\r\n");
+    let big_header = format!(
+        "GET /metrics HTTP/1.1\r\n{host}X-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let many = |n: usize| {
+        let mut r = format!("GET /metrics HTTP/1.1\r\n{host}");
+        for i in 0..n {
+            r.push_str(&format!("X-{i}: 1\r\n"));
+        }
+        r + "\r\n"
+    };
+    let huge_body = format!(
+        "GET /metrics HTTP/1.1\r\n{host}Content-Length: 1000000000\r\n\r\n{}",
+        "b".repeat(64 * 1024)
+    );
+    let endless_chunks = format!(
+        "GET /metrics HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n{}",
+        "1000\r\n".to_owned() + &"c".repeat(0x1000) + "\r\n"
+    )
+    .repeat(16);
+    let absolute = format!("GET http://rebind.example/metrics HTTP/1.1\r\n{host}\r\n");
+    let small_body = format!("GET /metrics HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello");
+    // Each case: what it may get (None: closed without an answer).
+    type Case<'a> = (&'a str, Vec<u8>, &'a [Option<u16>]);
+    let cases: [Case; 8] = [
+        ("1 MB header", big_header.into_bytes(), &[Some(431), None]),
+        (
+            "10,000 headers",
+            many(10_000).into_bytes(),
+            &[Some(431), None],
+        ),
+        // Host and Authorization make 64 and 65.
+        ("64 headers", many(62).into_bytes(), &[Some(200)]),
+        ("65 headers", many(63).into_bytes(), &[Some(431)]),
+        (
+            "1 GB body on a GET",
+            huge_body.into_bytes(),
+            &[Some(413), None],
+        ),
+        // Its body is never read: the answer, then the connection closes.
+        (
+            "chunked body on a GET",
+            endless_chunks.into_bytes(),
+            &[Some(200)],
+        ),
+        ("absolute URI", absolute.into_bytes(), &[Some(400)]),
+        // A small body is ignored, as before.
+        (
+            "5-byte body on a GET",
+            small_body.into_bytes(),
+            &[Some(200)],
+        ),
+    ];
+    // A scraper keeps scraping while the cases run.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let (stop, to) = (stop.clone(), s.metrics);
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            for _ in 0..200 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                assert_eq!(http(to, "GET", "/metrics", None).0, 200);
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            answered
+        })
+    };
+    for (name, request, allowed) in &cases {
+        for to in [s.metrics, s.admin] {
+            // /metrics on the admin API is a 404.
+            let request = if to == s.admin {
+                String::from_utf8_lossy(request)
+                    .replacen("/metrics", "/sessions", 1)
+                    .into_bytes()
+            } else {
+                request.clone()
+            };
+            let (got, took) = hostile_answer(to, &request);
+            assert!(
+                allowed.contains(&got),
+                "{name} to {to}: {got:?}, expected one of {allowed:?}"
+            );
+            assert!(
+                took < ferroturn::http::HEAD_TIMEOUT + Duration::from_secs(2),
+                "{name}: {took:?}"
+            );
+            eprintln!("{name} to {to}: {got:?} after {took:?}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = scraper.join().unwrap();
+    assert!(answered >= 1, "the scraper got answers meanwhile");
+    assert_eq!(http(s.metrics, "GET", "/metrics", None).0, 200);
+    let (status, _) = http(s.admin, "GET", "/sessions", Some(TOKEN));
+    assert_eq!(status, 200);
+}

@@ -666,6 +666,21 @@ fn unit_allowed_syscalls() -> BTreeSet<String> {
 /// watchdog, a reload, a drain that ends when the allocation is deleted)
 /// and check that every system call it made passes the unit's filter, so
 /// that nothing fails with EPERM under systemd.
+/// Send one request head on `s` and read the answer to its end: the
+/// status code (0 if there is none).
+fn http_status(mut s: impl std::io::Read + std::io::Write, head: &str) -> u16 {
+    s.write_all(head.as_bytes()).expect("send the request");
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .expect("the whole answer within 10 s");
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn syscalls_fit_the_unit_filter() {
     assert!(
@@ -690,7 +705,16 @@ fn syscalls_fit_the_unit_filter() {
         ..ServerConfig::default()
     };
     let config_path = dir.path().join("ferroturn.toml");
-    fs::write(&config_path, config.to_toml(port, relay_block())).unwrap();
+    // The metrics and admin listeners too (hyper's HTTP server, over TCP
+    // and a Unix socket), so that their system calls are traced.
+    let (metrics, admin) = (free_port(), free_port());
+    let admin_socket = dir.path().join("admin.sock");
+    let toml = config.to_toml(port, relay_block())
+        + &format!(
+            "\n[metrics]\naddress = \"127.0.0.1:{metrics}\"\n\n[admin]\naddress = \"127.0.0.1:{admin}\"\nsocket = \"{}\"\ntoken = \"strace-token\"\n",
+            admin_socket.display()
+        );
+    fs::write(&config_path, toml).unwrap();
     let trace = dir.path().join("strace.txt");
     let log = dir.path().join("ferroturn.log");
     let log_file = fs::File::create(&log).unwrap();
@@ -739,6 +763,38 @@ fn syscalls_fit_the_unit_filter() {
         let n = c.recv(&mut buf);
         assert_eq!(&buf[..n], &frame[..], "ChannelData echo");
     }
+    let get = |path: &str, auth: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")
+    };
+    let bearer = "Authorization: Bearer strace-token\r\n";
+    let tcp = |port: u16| {
+        let s = std::net::TcpStream::connect((LOCALHOST, port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    assert_eq!(
+        http_status(tcp(metrics), &get("/metrics", "")),
+        200,
+        "scrape"
+    );
+    assert_eq!(
+        http_status(tcp(admin), &get("/sessions", bearer)),
+        200,
+        "admin over TCP"
+    );
+    assert_eq!(
+        http_status(tcp(admin), &get("/sessions", "")),
+        401,
+        "admin without the token"
+    );
+    let unix = std::os::unix::net::UnixStream::connect(&admin_socket).expect("admin socket");
+    unix.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        http_status(unix, &get("/sessions", bearer)),
+        200,
+        "admin over its socket"
+    );
     signal(pid, libc::SIGHUP);
     notes.expect("RELOADING=1", Duration::from_secs(10));
     notes.expect("READY=1", Duration::from_secs(10));

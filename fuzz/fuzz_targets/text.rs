@@ -1,7 +1,8 @@
 //! The other hand-written text parsers: TURN REST usernames and nonces
-//! (src/auth.rs), the demo's signaling messages, and the configuration
-//! file (TOML, then this server's own checks). None may panic; a refused
-//! configuration names a key.
+//! (src/auth.rs), the demo's signaling messages, the `Host` check of the
+//! metrics and admin listeners (HTTP itself is hyper's), and the
+//! configuration file (TOML, then this server's own checks). None may
+//! panic; a refused configuration names a key.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -23,6 +24,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = creds.nonce_valid(text, 1_800_000_000, from);
     let _ = creds.keys(text, 1, 1_800_000_000);
     let _ = ferroturn::demo::signal::parse(text);
+    let also = ["turn.example".to_owned()];
+    if ferroturn::http::is_local_authority(text, &also) {
+        assert!(!text.is_empty() && !text.contains(char::is_whitespace));
+    }
     if let Err(e) = ferroturn::config::parse(Path::new("fuzz.toml"), text) {
         assert_eq!(e.file, "fuzz.toml");
     }

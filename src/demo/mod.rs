@@ -8,36 +8,45 @@
 //!
 //! Pages and scripts are embedded in the binary.
 //!
-//! Limits, since the demo runs inside the TURN process: every connection
-//! must send its request head within [`http::HEAD_TIMEOUT`] and take its
-//! answer within [`http::WRITE_TIMEOUT`]; one IP address (or IPv6 /64)
-//! holds at most `[demo] connections_per_ip` connections, pages and
-//! WebSockets together, and the server [`MAX_CONNECTIONS`] (a new
-//! connection closes the oldest idle one, see [`http::Slots`]); a
+//! HTTP is hyper's and axum's, the WebSocket axum's (tungstenite), with
+//! the limits of [`http::serve`] (head within [`http::HEAD_TIMEOUT`], the
+//! whole exchange within [`http::CONNECTION_TIMEOUT`], capped head and
+//! body).
+//!
+//! Limits, since the demo runs inside the TURN process: one IP address
+//! (or IPv6 /64) holds at most `[demo] connections_per_ip` connections,
+//! pages and WebSockets together, and the server [`MAX_CONNECTIONS`] (a
+//! new connection closes the oldest idle one, see [`http::Slots`]); a
 //! WebSocket that sends nothing, not even a pong to the server's pings,
-//! for `[demo] idle_timeout` seconds is closed; and a client that lets more
-//! than [`OUTBOX_BYTES`] pile up unread is disconnected, which the other
-//! member of its room sees as `peer-left`.
+//! for `[demo] idle_timeout` seconds is closed; a WebSocket message over
+//! [`signal::MAX_MESSAGE`] gets an error, and a frame or message over
+//! [`WS_HARD_LIMIT`] closes the connection (1009); and a client that lets
+//! more than [`OUTBOX_BYTES`] pile up unread is disconnected, which the
+//! other member of its room sees as `peer-left`.
 
 pub mod ice;
 pub mod signal;
-pub mod websocket;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::Config;
-use crate::http::{self, HeadError, Peer, Request, Response, Slot, Slots};
+use crate::http::{self, Caps, Listener};
 use ice::IceConfig;
 use signal::{Delivery, Hub, PeerId};
-use websocket::{Message, close_code};
 
 /// Connections held at once, from all clients.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -49,6 +58,16 @@ pub const OUTBOX_BYTES: usize = 256 << 10;
 /// What a queued message costs beyond its payload, so that a flood of
 /// tiny messages is bounded too.
 const MESSAGE_OVERHEAD: usize = 64;
+/// Largest WebSocket frame or message read at all: one over
+/// [`signal::MAX_MESSAGE`] but within this is read, answered with an
+/// error and dropped; one over it closes the connection (1009). tungstenite
+/// buffers a whole frame and a whole message, so a client makes the
+/// server hold at most twice this of its input: 256 KiB, 128 MiB for
+/// [`MAX_CONNECTIONS`], as much as their outboxes.
+pub const WS_HARD_LIMIT: usize = 2 * signal::MAX_MESSAGE;
+/// The answer to a connection over the caps, written without waiting for
+/// its request.
+const TOO_MANY: &str = "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nContent-Length: 62\r\nConnection: close\r\n\r\n429 Too Many Requests: too many connections from your address\n";
 /// Time a closing WebSocket gets to flush its last frames.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -152,41 +171,28 @@ pub async fn serve(listener: TcpListener, ice: IceConfig, limits: Limits) -> std
         ice,
         signal: Mutex::new(Signal::default()),
         next_id: AtomicU64::new(1),
-        slots: Slots::new(MAX_CONNECTIONS, limits.per_ip),
         idle: limits.idle_timeout,
     });
-    loop {
-        let (stream, from) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and friends: wait a little rather than spin.
-                tracing::warn!("demo: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Some(slot) = app.slots.admit(Peer::of_ip(from.ip())) else {
-            // Over the cap with nothing idle to close: say so at once,
-            // without waiting for the request.
-            tracing::debug!(client = %from, "demo: too many connections from one client");
-            let r = Response::error(429, "too many connections from your address");
-            let _ = stream.try_write(&r.with("Retry-After", "1").to_bytes(false));
-            continue;
-        };
-        let id = slot.id();
-        let task = {
-            let app = app.clone();
-            tokio::spawn(async move { connection(stream, from, &app, slot).await })
-        };
-        app.slots.attach(id, task.abort_handle());
-    }
+    let router = http::limits(Router::new().fallback(answer).with_state(app));
+    let caps = Caps {
+        total: MAX_CONNECTIONS,
+        per_peer: limits.per_ip,
+    };
+    http::serve(
+        Listener::Tcp(listener),
+        "demo",
+        caps,
+        Some(TOO_MANY),
+        router,
+    )
+    .await;
+    Ok(())
 }
 
 struct App {
     ice: IceConfig,
     signal: Mutex<Signal>,
     next_id: AtomicU64,
-    slots: Arc<Slots>,
     idle: Duration,
 }
 
@@ -236,7 +242,6 @@ impl Signal {
 enum Outgoing {
     Text(String),
     Ping,
-    Pong(Vec<u8>),
     Close(u16, String),
 }
 
@@ -247,118 +252,164 @@ impl Outgoing {
             + match self {
                 Outgoing::Text(t) => t.len(),
                 Outgoing::Ping => 0,
-                Outgoing::Pong(p) => p.len(),
                 Outgoing::Close(_, r) => r.len(),
             }
     }
 }
 
-async fn connection(mut stream: TcpStream, from: SocketAddr, app: &App, _slot: Slot) {
-    let head = tokio::time::timeout(http::HEAD_TIMEOUT, http::read_head(&mut stream)).await;
-    let answer = |r: Response, head_only: bool| async move {
-        let mut stream = stream;
-        let write = r.write(&mut stream, head_only);
-        let ok = matches!(
-            tokio::time::timeout(http::WRITE_TIMEOUT, write).await,
-            Ok(Ok(()))
-        );
-        ok.then_some(stream)
-    };
-    let (req, leftover) = match head {
-        Ok(Ok(r)) => r,
-        Ok(Err(HeadError::Closed)) | Err(_) => return,
-        Ok(Err(HeadError::TooLarge)) => {
-            answer(Response::error(431, "request head too large"), false).await;
-            return;
-        }
-        Ok(Err(HeadError::Malformed(why))) => {
-            answer(Response::error(400, why), false).await;
-            return;
-        }
-    };
-    let head_only = req.method == "HEAD";
-    if req.method != "GET" && !head_only {
-        let r = Response::error(405, "only GET and HEAD").with("Allow", "GET, HEAD");
-        answer(r, false).await;
-        return;
+/// Any request: pages and `/ice-servers` to GET and HEAD, `/signal` to a
+/// WebSocket upgrade.
+async fn answer(
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<http::Client>,
+    req: Request,
+) -> Response {
+    let head_only = req.method() == Method::HEAD;
+    if req.method() != Method::GET && !head_only {
+        let mut r = http::error(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
-    if req.path == "/signal" && !head_only {
-        match upgrade(&req) {
-            Ok(r) => {
-                if let Some(stream) = answer(r, false).await {
-                    tracing::debug!(client = %from, "demo: signaling connected");
-                    // A WebSocket stays idle in its slot: when the server
-                    // is full, a newcomer closes the oldest one of the
-                    // client holding the most, so that a few addresses
-                    // that keep theirs alive (they answer pings) cannot
-                    // hold every slot and lock every visitor out.
-                    signaling(stream, leftover, app).await;
-                }
-            }
-            Err(r) => {
-                answer(r, false).await;
-            }
-        }
-        return;
+    if req.uri().path() == "/signal" && !head_only {
+        return match upgrade_refusal(req.headers()) {
+            None => upgrade(req, app, client).await,
+            Some(refusal) => refusal,
+        };
     }
-    answer(route(&req, app, from.ip()), head_only).await;
+    let visitor = client
+        .addr
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    route(req.uri().path(), &app, visitor)
 }
 
-/// The response to a plain GET.
-fn route(req: &Request, app: &App, visitor: std::net::IpAddr) -> Response {
-    if req.path == "/ice-servers" {
+/// The response to a plain GET of `path`.
+fn route(path: &str, app: &App, visitor: IpAddr) -> Response {
+    if path == "/ice-servers" {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let body = ice::ice_servers(&app.ice, now, visitor).to_string();
-        return Response::ok("application/json", body).with("Cache-Control", "no-store");
+        return (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response();
     }
-    if req.path == "/signal" {
-        return Response::error(426, "WebSocket only").with("Upgrade", "websocket");
+    if path == "/signal" {
+        return websocket_only("WebSocket only");
     }
-    match ASSETS.iter().find(|(p, _, _)| *p == req.path) {
-        Some((_, ctype, body)) => Response::ok(ctype, *body)
-            .with("Content-Security-Policy", CSP)
-            .with("X-Content-Type-Options", "nosniff")
-            .with("Cache-Control", "no-cache"),
-        None => Response::error(404, &format!("no page at {}", req.path)),
+    match ASSETS.iter().find(|(p, _, _)| *p == path) {
+        Some((_, ctype, body)) => (
+            [
+                (header::CONTENT_TYPE, *ctype),
+                (header::CONTENT_SECURITY_POLICY, CSP),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => http::error(StatusCode::NOT_FOUND, &format!("no page at {path}")),
     }
 }
 
-/// Check a WebSocket opening handshake; the 101 to send, or the error.
-fn upgrade(req: &Request) -> Result<Response, Response> {
-    if !req.header_has_token("upgrade", "websocket")
-        || !req.header_has_token("connection", "upgrade")
+/// 426 with `Upgrade: websocket`.
+fn websocket_only(text: &str) -> Response {
+    let mut r = http::error(StatusCode::UPGRADE_REQUIRED, text);
+    r.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    r
+}
+
+/// Whether header `name` holds `token` in its comma-separated lists
+/// (case-insensitive), as `Connection: keep-alive, Upgrade` does.
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Check a WebSocket opening handshake (RFC 6455 §4.2.1) beyond what
+/// axum checks: the refusal to answer, if any.
+fn upgrade_refusal(headers: &HeaderMap) -> Option<Response> {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if !has_token(headers, header::UPGRADE, "websocket")
+        || !has_token(headers, header::CONNECTION, "upgrade")
     {
-        return Err(Response::error(426, "WebSocket only").with("Upgrade", "websocket"));
+        return Some(websocket_only("WebSocket only"));
     }
-    if req.header("sec-websocket-version") != Some("13") {
-        return Err(
-            Response::error(426, "WebSocket version 13 only").with("Sec-WebSocket-Version", "13")
+    if text(header::SEC_WEBSOCKET_VERSION) != Some("13") {
+        let mut r = websocket_only("WebSocket version 13 only");
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
         );
+        return Some(r);
     }
-    let Some(key) = req
-        .header("sec-websocket-key")
-        .filter(|k| websocket::valid_key(k))
-    else {
-        return Err(Response::error(400, "missing or invalid Sec-WebSocket-Key"));
-    };
+    // The base64 of 16 bytes (§4.1).
+    let key_ok = text(header::SEC_WEBSOCKET_KEY).is_some_and(|k| {
+        base64::engine::general_purpose::STANDARD
+            .decode(k.trim())
+            .is_ok_and(|k| k.len() == 16)
+    });
+    if !key_ok {
+        return Some(http::error(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Sec-WebSocket-Key",
+        ));
+    }
     // Browsers send Origin: only pages of this origin may signal here.
-    if let (Some(origin), Some(host)) = (req.header("origin"), req.header("host")) {
+    if let (Some(origin), Some(host)) = (text(header::ORIGIN), text(header::HOST)) {
         let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
         if !authority.eq_ignore_ascii_case(host) {
-            return Err(Response::error(403, "cross-origin signaling refused"));
+            return Some(http::error(
+                StatusCode::FORBIDDEN,
+                "cross-origin signaling refused",
+            ));
         }
     }
-    Ok(Response {
-        status: 101,
-        headers: vec![
-            ("Upgrade", "websocket".into()),
-            ("Connection", "Upgrade".into()),
-            ("Sec-WebSocket-Accept", websocket::accept_key(key)),
-        ],
-        body: Vec::new(),
-    })
+    None
+}
+
+/// Switch a checked request to a WebSocket, which takes over the
+/// connection's slot: evicting it to make room aborts the signaling task.
+async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response {
+    let (mut parts, _) = req.into_parts();
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(refused) => return refused.into_response(),
+    };
+    let from = client
+        .addr
+        .map_or_else(|| "-".to_owned(), |a| a.to_string());
+    let slot = client.take_slot();
+    ws.max_message_size(WS_HARD_LIMIT)
+        .max_frame_size(WS_HARD_LIMIT)
+        // Small buffers, grown only for what a client does send: an idle
+        // signaling connection costs little.
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| async move {
+            tracing::debug!(client = %from, "demo: signaling connected");
+            let task = tokio::spawn(signaling(socket, app));
+            // A WebSocket stays idle in its slot: when the server is
+            // full, a newcomer closes the oldest one of the client holding
+            // the most, so that a few addresses that keep theirs alive
+            // (they answer pings) cannot hold every slot and lock every
+            // visitor out.
+            if let Some(slot) = &slot {
+                slot.attach(task.abort_handle());
+            }
+            let _ = task.await;
+            drop(slot);
+        })
 }
 
 /// How a signaling connection ended.
@@ -374,9 +425,10 @@ enum End {
 }
 
 /// One signaling client, from the 101 until it leaves.
-async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
+async fn signaling(socket: WebSocket, app: Arc<App>) {
+    let app = &*app;
     let id = app.next_id.fetch_add(1, Ordering::Relaxed);
-    let (rd, wr) = stream.into_split();
+    let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let kick = Arc::new(Notify::new());
@@ -388,7 +440,7 @@ async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
             kick: kick.clone(),
         },
     );
-    let mut writer = tokio::spawn(write_loop(wr, rx, queued));
+    let mut writer = tokio::spawn(write_loop(sink, rx, queued));
     // However this ends, also when the task is aborted to make room for
     // another connection: out of its room and its outbox, writer stopped.
     let _leave = Leave {
@@ -396,12 +448,11 @@ async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
         app,
         writer: writer.abort_handle(),
     };
-    let mut reader = websocket::Reader::server(rd, leftover, signal::MAX_MESSAGE);
     // Microseconds from `start` to the last complete frame received.
     let start = Instant::now();
     let heard = AtomicU64::new(0);
     let end = tokio::select! {
-        _ = read_loop(id, &mut reader, app, start, &heard) => End::Read,
+        _ = read_loop(id, &mut stream, app, start, &heard) => End::Read,
         _ = &mut writer => End::Writer,
         _ = kick.notified() => End::Overflow,
         _ = keepalive(id, app, start, &heard) => End::Idle,
@@ -410,10 +461,7 @@ async fn signaling(stream: TcpStream, leftover: Vec<u8>, app: &App) {
         let mut s = app.signal.lock().unwrap();
         if let End::Idle = end {
             tracing::debug!(peer = id, "demo: signaling client silent too long, closing");
-            s.send(
-                id,
-                Outgoing::Close(close_code::GOING_AWAY, "idle timeout".into()),
-            );
+            s.send(id, Outgoing::Close(close_code::AWAY, "idle timeout".into()));
         }
         leave(&mut s, id);
     }
@@ -480,42 +528,55 @@ async fn keepalive(id: PeerId, app: &App, start: Instant, heard: &AtomicU64) {
 
 async fn read_loop(
     id: PeerId,
-    reader: &mut websocket::Reader<impl tokio::io::AsyncRead + Unpin>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
     app: &App,
     start: Instant,
     heard: &AtomicU64,
 ) {
-    loop {
-        let msg = reader.next().await;
+    // tungstenite answers pings and close frames by itself (RFC 6455
+    // §5.5.2, §5.5.1): the pong or the close goes out with the next read
+    // or write.
+    while let Some(msg) = stream.next().await {
         if msg.is_ok() {
             heard.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         let mut s = app.signal.lock().unwrap();
+        let too_large = |s: &mut Signal, n: usize| {
+            s.deliver(vec![Delivery::error(id, &signal::Error::TooLarge(n))]);
+        };
         match msg {
+            Ok(Message::Text(text)) if text.len() > signal::MAX_MESSAGE => {
+                too_large(&mut s, text.len());
+            }
             Ok(Message::Text(text)) => {
                 let out = s.hub.message(id, &text);
                 s.deliver(out);
             }
+            Ok(Message::Binary(b)) if b.len() > signal::MAX_MESSAGE => too_large(&mut s, b.len()),
             Ok(Message::Binary(_)) => {
                 s.deliver(vec![Delivery::error(id, &signal::Error::Binary)]);
             }
-            Ok(Message::TooLarge(n)) => {
-                let n = usize::try_from(n).unwrap_or(usize::MAX);
-                s.deliver(vec![Delivery::error(id, &signal::Error::TooLarge(n))]);
-            }
-            Ok(Message::Ping(p)) => s.send(id, Outgoing::Pong(p)),
-            Ok(Message::Pong(_)) => {}
-            Ok(Message::Close(_)) => {
-                s.send(id, Outgoing::Close(close_code::NORMAL, String::new()));
-                return;
-            }
-            Err(websocket::Error::Closed) => return,
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Ok(Message::Close(_)) => return,
             Err(e) => {
-                if let websocket::Error::Huge(n) = e {
-                    let n = usize::try_from(n).unwrap_or(usize::MAX);
-                    s.deliver(vec![Delivery::error(id, &signal::Error::TooLarge(n))]);
-                }
-                s.send(id, Outgoing::Close(e.close_code(), format!("{e:?}")));
+                let Ok(e) = e.into_inner().downcast::<tungstenite::Error>() else {
+                    return;
+                };
+                let code = match *e {
+                    tungstenite::Error::Capacity(
+                        tungstenite::error::CapacityError::MessageTooLong { size, .. },
+                    ) => {
+                        too_large(&mut s, size);
+                        close_code::SIZE
+                    }
+                    tungstenite::Error::Utf8(_) => close_code::INVALID,
+                    tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                    ) => return,
+                    tungstenite::Error::Protocol(_) => close_code::PROTOCOL,
+                    _ => return,
+                };
+                s.send(id, Outgoing::Close(code, e.to_string()));
                 return;
             }
         }
@@ -523,27 +584,35 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     queued: Arc<AtomicUsize>,
 ) {
     while let Some(o) = rx.recv().await {
         let cost = o.cost();
-        let (bytes, last) = match o {
-            Outgoing::Text(t) => (
-                websocket::encode(websocket::TEXT, t.as_bytes(), None),
-                false,
-            ),
-            Outgoing::Ping => (websocket::encode(websocket::PING, b"", None), false),
-            Outgoing::Pong(p) => (websocket::encode(websocket::PONG, &p, None), false),
-            Outgoing::Close(code, reason) => (websocket::close_frame(code, &reason, None), true),
+        let (msg, last) = match o {
+            Outgoing::Text(t) => (Message::Text(t.into()), false),
+            Outgoing::Ping => (Message::Ping(Default::default()), false),
+            Outgoing::Close(code, mut reason) => {
+                // A close frame's reason fits in 123 bytes (RFC 6455 §5.5).
+                while reason.len() > 123 {
+                    reason.pop();
+                }
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                (Message::Close(Some(frame)), true)
+            }
         };
-        if wr.write_all(&bytes).await.is_err() || last {
+        if sink.send(msg).await.is_err() || last {
             break;
         }
         queued.fetch_sub(cost, Ordering::Relaxed);
     }
-    let _ = wr.shutdown().await;
+    // Flushes what tungstenite queued by itself (the answer to the
+    // client's close frame) and ends the connection.
+    let _ = sink.close().await;
 }
 
 #[cfg(test)]
@@ -597,19 +666,9 @@ credential_ttl = 120
             },
             signal: Mutex::new(Signal::default()),
             next_id: AtomicU64::new(1),
-            slots: Slots::new(1, 1),
             idle: Duration::from_secs(60),
         };
-        let get = |path: &str, headers: &[(&str, &str)]| Request {
-            method: "GET".into(),
-            path: path.into(),
-            query: String::new(),
-            http11: true,
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        };
+        let visitor: IpAddr = "127.0.0.1".parse().unwrap();
         for (path, status) in [
             ("/", 200),
             ("/trickle-ice", 200),
@@ -618,19 +677,18 @@ credential_ttl = 120
             ("/signal", 426),
             ("/x", 404),
         ] {
-            assert_eq!(
-                route(&get(path, &[]), &app, "127.0.0.1".parse().unwrap()).status,
-                status,
-                "{path}"
-            );
+            assert_eq!(route(path, &app, visitor).status(), status, "{path}");
         }
-        let page = route(&get("/", &[]), &app, "127.0.0.1".parse().unwrap());
-        assert!(
-            page.headers
-                .iter()
-                .any(|(n, _)| *n == "Content-Security-Policy")
-        );
+        let page = route("/", &app, visitor);
+        assert!(page.headers().contains_key(header::CONTENT_SECURITY_POLICY));
 
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(*n, HeaderValue::from_static(v));
+            }
+            h
+        };
         let ws = [
             ("host", "a:1"),
             ("upgrade", "websocket"),
@@ -639,17 +697,21 @@ credential_ttl = 120
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
             ("origin", "http://a:1"),
         ];
-        let ok = upgrade(&get("/signal", &ws)).unwrap();
-        assert_eq!(ok.status, 101);
-        assert!(ok.headers.contains(&(
-            "Sec-WebSocket-Accept",
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_string()
-        )));
-        let mut other = ws;
-        other[5] = ("origin", "http://b:1");
-        assert_eq!(upgrade(&get("/signal", &other)).unwrap_err().status, 403);
-        let mut old = ws;
-        old[3] = ("sec-websocket-version", "8");
-        assert_eq!(upgrade(&get("/signal", &old)).unwrap_err().status, 426);
+        assert!(upgrade_refusal(&headers(&ws)).is_none());
+        let status = |pairs: &[(&'static str, &'static str)]| {
+            upgrade_refusal(&headers(pairs)).unwrap().status()
+        };
+        // One header changed at a time: another site's page, an old
+        // version, a key that is not 16 bytes, no Upgrade in Connection.
+        for (i, changed, want) in [
+            (5, ("origin", "http://b:1"), 403),
+            (3, ("sec-websocket-version", "8"), 426),
+            (4, ("sec-websocket-key", "c2hvcnQ="), 400),
+            (2, ("connection", "keep-alive"), 426),
+        ] {
+            let mut h = ws;
+            h[i] = changed;
+            assert_eq!(status(&h), want, "{changed:?}");
+        }
     }
 }

@@ -1,11 +1,12 @@
-//! A WebSocket client for the signaling tests, on ferroturn's own frame
-//! codec (whose encoding is checked against RFC 6455's examples in its unit
-//! tests) with the client-side rules: frames masked, server frames not.
+//! A WebSocket client for the signaling tests, frame by frame (so that a
+//! test can send broken frames and leave pings unanswered), on
+//! tungstenite's frame codec with the client-side rules: frames masked,
+//! server frames not.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ferroturn::demo::websocket::{self, Message, Reader};
+use frame::{Message, Reader};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -65,9 +66,14 @@ impl Client {
         );
         let (resp, rest, stream) = raw_head_on(stream, &head).await;
         assert!(resp.starts_with("HTTP/1.1 101 "), "upgrade refused: {resp}");
-        let accept = websocket::accept_key(KEY);
+        let accept = frame::accept_key(KEY);
         assert!(
-            resp.contains(&format!("Sec-WebSocket-Accept: {accept}\r\n")),
+            // Header names are case-insensitive (RFC 9110 §5.1), values not.
+            resp.lines()
+                .any(|l| l
+                    .split_once(':')
+                    .is_some_and(|(n, v)| n.eq_ignore_ascii_case("sec-websocket-accept")
+                        && v.trim() == accept)),
             "wrong accept key: {resp}"
         );
         let (rd, writer) = stream.into_split();
@@ -84,12 +90,8 @@ impl Client {
 
     /// Send a text message.
     pub async fn send_text(&mut self, text: &str) {
-        self.send_raw(&websocket::encode(
-            websocket::TEXT,
-            text.as_bytes(),
-            Some(MASK),
-        ))
-        .await;
+        self.send_raw(&frame::encode(frame::TEXT, text.as_bytes(), Some(MASK)))
+            .await;
     }
 
     /// Send a JSON value as text.
@@ -106,7 +108,7 @@ impl Client {
     }
 
     /// The next message, or what ended the connection (no time limit).
-    pub async fn recv_raw(&mut self) -> Result<Message, websocket::Error> {
+    pub async fn recv_raw(&mut self) -> Result<Message, frame::Error> {
         self.reader.next().await
     }
 
@@ -144,7 +146,7 @@ impl Client {
             {
                 Ok(Message::Close(code)) => return code,
                 Ok(_) => continue,
-                Err(websocket::Error::Closed) => return None,
+                Err(frame::Error::Closed) => return None,
                 Err(e) => panic!("{e:?}"),
             }
         }
@@ -156,5 +158,165 @@ impl Client {
         let _ = writer.shutdown().await;
         drop(reader);
         drop(writer);
+    }
+}
+
+/// RFC 6455 frames as a client sends and reads them, on tungstenite's
+/// `Frame` and `FrameHeader`.
+pub mod frame {
+    use std::io::Cursor;
+
+    use base64::Engine as _;
+    use tokio::io::{AsyncRead, AsyncReadExt};
+    use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+    use tungstenite::protocol::frame::{Frame, FrameHeader};
+
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+
+    /// Close codes (RFC 6455 §7.4.1).
+    pub mod close_code {
+        pub const GOING_AWAY: u16 = 1001;
+    }
+
+    /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+    pub fn accept_key(key: &str) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+        ctx.update(key.as_bytes());
+        ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+        base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+    }
+
+    /// One frame with FIN set: `opcode` (0 for a continuation),
+    /// `payload`, masked with `mask` if given.
+    pub fn encode(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let header = FrameHeader {
+            opcode: OpCode::from(opcode),
+            mask,
+            ..FrameHeader::default()
+        };
+        let mut out = Vec::new();
+        Frame::from_payload(header, payload.to_vec().into())
+            .format(&mut out)
+            .expect("a frame");
+        out
+    }
+
+    /// A close frame with `code` and `reason`.
+    pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason.as_bytes());
+        encode(CLOSE, &payload, mask)
+    }
+
+    /// A message from the server.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Message {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        /// The close code, if one was sent.
+        Close(Option<u16>),
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Error {
+        /// The stream ended or failed.
+        Closed,
+        /// The server broke a framing rule.
+        Protocol(String),
+    }
+
+    /// Reads the server's messages, reassembling fragments.
+    pub struct Reader<R> {
+        inner: R,
+        buf: Vec<u8>,
+        max_message: usize,
+    }
+
+    impl<R: AsyncRead + Unpin> Reader<R> {
+        /// `leftover`: bytes read after the HTTP head.
+        pub fn client(inner: R, leftover: Vec<u8>, max_message: usize) -> Reader<R> {
+            Reader {
+                inner,
+                buf: leftover,
+                max_message,
+            }
+        }
+
+        async fn frame(&mut self) -> Result<(FrameHeader, Vec<u8>), Error> {
+            loop {
+                let mut c = Cursor::new(&self.buf[..]);
+                match FrameHeader::parse(&mut c) {
+                    Ok(Some((h, len))) => {
+                        if len > self.max_message as u64 {
+                            return Err(Error::Protocol(format!("a frame of {len} bytes")));
+                        }
+                        let start = c.position() as usize;
+                        let end = start + len as usize;
+                        if self.buf.len() >= end {
+                            if h.mask.is_some() {
+                                return Err(Error::Protocol("a masked server frame".into()));
+                            }
+                            let payload = self.buf[start..end].to_vec();
+                            self.buf.drain(..end);
+                            return Ok((h, payload));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(Error::Protocol(e.to_string())),
+                }
+                let mut chunk = [0u8; 16 * 1024];
+                match self.inner.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return Err(Error::Closed),
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+
+        /// The next message; control frames between fragments come first.
+        pub async fn next(&mut self) -> Result<Message, Error> {
+            let mut partial: Option<(Data, Vec<u8>)> = None;
+            loop {
+                let (h, payload) = self.frame().await?;
+                match h.opcode {
+                    OpCode::Control(c) => {
+                        return Ok(match c {
+                            Control::Close => Message::Close(
+                                (payload.len() >= 2)
+                                    .then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                            ),
+                            Control::Ping => Message::Ping(payload),
+                            Control::Pong => Message::Pong(payload),
+                            Control::Reserved(_) => {
+                                return Err(Error::Protocol("a reserved opcode".into()));
+                            }
+                        });
+                    }
+                    OpCode::Data(d) => {
+                        let (kind, mut acc) = match (d, partial.take()) {
+                            (Data::Continue, Some(p)) => p,
+                            (Data::Text | Data::Binary, None) => (d, Vec::new()),
+                            _ => return Err(Error::Protocol("bad fragment".into())),
+                        };
+                        acc.extend_from_slice(&payload);
+                        if !h.is_final {
+                            partial = Some((kind, acc));
+                            continue;
+                        }
+                        return match kind {
+                            Data::Text => String::from_utf8(acc)
+                                .map(Message::Text)
+                                .map_err(|_| Error::Protocol("text not UTF-8".into())),
+                            _ => Ok(Message::Binary(acc)),
+                        };
+                    }
+                }
+            }
+        }
     }
 }

@@ -194,6 +194,7 @@ impl Engine {
             last_response: Vec::new(),
             permissions: Vec::new(),
             channels: Vec::new(),
+            held_channels: Vec::new(),
             scheduled: None,
             traffic: Default::default(),
             meters: [Meter::new(now, &self.cfg.live.limits); Direction::COUNT],

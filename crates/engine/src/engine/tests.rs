@@ -798,6 +798,90 @@ fn permissions_expire_after_300_seconds() {
     );
 }
 
+const PEER3: &str = "93.184.216.36:9002";
+
+#[test]
+fn an_expired_channel_holds_its_number_and_peer_for_five_minutes() {
+    // RFC 8656 §12: for 5 minutes after a binding expires, its number
+    // binds to no other peer and its peer to no other number.
+    let mut t = T::new();
+    let c = client(1);
+    let id = bound(&mut t, c);
+    t.signed(c, Req::new(METHOD_REFRESH).lifetime(3600));
+    t.advance(600);
+    assert!(t.e.allocation(id).unwrap().channels.is_empty(), "expired");
+    assert_eq!(
+        t.bind(c, 0x4000, PEER2),
+        Some(400),
+        "number to another peer"
+    );
+    assert_eq!(t.bind(c, 0x4001, PEER), Some(400), "peer to another number");
+    assert_eq!(t.bind(c, 0x4002, PEER2), None, "an unrelated pair binds");
+    t.advance(299);
+    assert_eq!(t.bind(c, 0x4000, PEER3), Some(400), "still held at 899 s");
+    t.advance(1);
+    // The hold ends 300 s after the expiry (600 s).
+    assert_eq!(t.bind(c, 0x4000, PEER3), None, "free at 900 s");
+    assert_eq!(t.bind(c, 0x4001, PEER), None, "free at 900 s");
+    assert!(t.e.allocation(id).unwrap().held_channels.is_empty());
+}
+
+#[test]
+fn a_held_pair_binds_again_and_relays() {
+    let mut t = T::new();
+    let c = client(1);
+    let id = bound(&mut t, c);
+    t.signed(c, Req::new(METHOD_REFRESH).lifetime(3600));
+    t.advance(600);
+    let pkt = [0x40, 0x00, 0x00, 0x00];
+    assert!(t.e.handle_client(t.now, c, &pkt).is_none(), "expired");
+    assert_eq!(t.bind(c, 0x4000, PEER), None, "the same pair");
+    let a = t.e.allocation(id).unwrap();
+    assert_eq!(a.channels.len(), 1);
+    assert!(a.held_channels.is_empty(), "live again, not held");
+    assert!(t.e.handle_client(t.now, c, &pkt).is_some(), "relays");
+    // It expires again and is held again, from its new expiry.
+    t.advance(600);
+    assert_eq!(t.bind(c, 0x4000, PEER2), Some(400));
+    t.advance(300);
+    assert_eq!(t.bind(c, 0x4000, PEER2), None);
+}
+
+#[test]
+fn held_channels_take_no_quota_and_stay_within_it() {
+    // channels_per_allocation is 10. Holds do not count against it (a
+    // client binds new pairs at once), and there are never more of them
+    // than live bindings 5 minutes earlier.
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let id = t.e.allocation_of(c).unwrap();
+    t.signed(c, Req::new(METHOD_REFRESH).lifetime(3600));
+    let ip = |i: u16| format!("93.184.216.{}:9000", 40 + i);
+    for round in 0..3u16 {
+        for i in 0..10 {
+            let n = 0x4000 + round * 10 + i;
+            assert_eq!(
+                t.bind(c, n, &ip(round * 10 + i)),
+                None,
+                "round {round} #{i}"
+            );
+        }
+        let peer_ip = ip(round * 10 + 10);
+        assert_eq!(t.bind(c, 0x4FFF, &peer_ip), Some(508), "the quota");
+        t.advance(600);
+        let a = t.e.allocation(id).unwrap();
+        assert_eq!(a.channels.len(), 0);
+        assert_eq!(
+            a.held_channels.len(),
+            10,
+            "round {round}: only this round's"
+        );
+        // Keep the allocation alive.
+        t.signed(c, Req::new(METHOD_REFRESH).lifetime(3600));
+    }
+}
+
 #[test]
 fn channels_expire_after_600_seconds_and_fall_back_to_data_indications() {
     let mut t = T::new();

@@ -164,6 +164,10 @@ pub struct Live {
     pub admin_token: Option<String>,
     /// Sent with 300 Try Alternate to new Allocates while draining.
     pub alternate: Option<SocketAddr>,
+    /// Sent instead to clients on TLS listeners: another server's TLS
+    /// listener, and the name its certificate carries.
+    pub alternate_tls: Option<SocketAddr>,
+    pub alternate_domain: Option<String>,
     /// Seconds existing allocations may live on after SIGTERM.
     pub drain_timeout: u64,
 }
@@ -187,8 +191,26 @@ impl fmt::Debug for Live {
             .field("demo", &self.demo)
             .field("admin_token", &self.admin_token.as_ref().map(|_| Redacted))
             .field("alternate", &self.alternate)
+            .field("alternate_tls", &self.alternate_tls)
+            .field("alternate_domain", &self.alternate_domain)
             .field("drain_timeout", &self.drain_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    /// Where a draining server sends new Allocates (see
+    /// [`crate::engine::Redirect`]).
+    pub fn redirect(&self) -> crate::engine::Redirect {
+        crate::engine::Redirect {
+            alternate: self.alternate,
+            tls: self
+                .alternate_tls
+                .map(|address| crate::engine::TlsAlternate {
+                    address,
+                    domain: self.alternate_domain.clone(),
+                }),
+        }
     }
 }
 
@@ -543,6 +565,34 @@ from_string! {
 }
 
 from_string! {
+    /// A DNS name as a certificate names a host: labels of 1 to 63
+    /// letters, digits and hyphens, no hyphen at either end (RFC 1123
+    /// §2.1), at most 253 characters (255 bytes in DNS wire form, the
+    /// most ALTERNATE-DOMAIN carries, RFC 8489 §14.16); in lower case.
+    #[derive(Debug)]
+    DomainName(String),
+    |v| {
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if v.parse::<IpAddr>().is_ok() {
+            Err(format!("{v:?} is an IP address, not a DNS name"))
+        } else if v.len() > 253 {
+            Err("longer than 253 characters, the most a DNS name can be".to_owned())
+        } else if !v.split('.').all(label_ok) {
+            Err(format!(
+                "{v:?} is not a DNS name (labels of letters, digits and inner hyphens, 1 to 63 each, dot-separated)"
+            ))
+        } else {
+            Ok(v.to_ascii_lowercase())
+        }
+    }
+}
+
+from_string! {
     /// A log level or tracing filter.
     #[derive(Debug)]
     LogLevel(String),
@@ -748,6 +798,8 @@ table! {
         udp_threads: UdpThreads,
         udp_scheduling: UdpScheduling,
         alternate: Option<SockAddr>,
+        alternate_tls: Option<SockAddr>,
+        alternate_domain: Option<DomainName>,
         drain_timeout: u64,
     }
 }
@@ -1031,6 +1083,9 @@ impl RawConfig {
         }
         if self.server.workers > MAX_WORKERS {
             return refuse("server.workers", format!("at most {MAX_WORKERS}"));
+        }
+        if self.server.alternate_domain.is_some() && self.server.alternate_tls.is_none() {
+            return refuse("server.alternate_domain", "needs server.alternate_tls");
         }
         self.check_listen()?;
         self.relay.check()?;
@@ -1372,6 +1427,8 @@ impl RawConfig {
                 .and_then(|a| a.token.clone())
                 .map(|t| t.0),
             alternate: self.server.alternate.map(|a| a.0),
+            alternate_tls: self.server.alternate_tls.map(|a| a.0),
+            alternate_domain: self.server.alternate_domain.map(|d| d.0),
             drain_timeout: self.server.drain_timeout,
         };
         let restart = Restart {
@@ -1675,6 +1732,50 @@ deny = []
 
     fn p(text: &str) -> Result<Config, ConfigError> {
         parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn tls_clients_get_their_own_alternate_and_its_domain() {
+        use crate::engine::{Redirect, TlsAlternate};
+        let with =
+            |server: &str| p(&format!("{GOOD}[server]\n{server}\n")).map(|c| c.live.redirect());
+        assert_eq!(with("").unwrap(), Redirect::default());
+        let alt: SocketAddr = "198.51.100.20:3478".parse().unwrap();
+        let tls: SocketAddr = "198.51.100.20:5349".parse().unwrap();
+        assert_eq!(
+            with("alternate = \"198.51.100.20:3478\"\nalternate_tls = \"198.51.100.20:5349\"\nalternate_domain = \"TURN2.Example.org\"").unwrap(),
+            Redirect {
+                alternate: Some(alt),
+                tls: Some(TlsAlternate {
+                    address: tls,
+                    domain: Some("turn2.example.org".into()),
+                }),
+            }
+        );
+        assert_eq!(
+            with("alternate_tls = \"198.51.100.20:5349\"").unwrap().tls,
+            Some(TlsAlternate {
+                address: tls,
+                domain: None
+            })
+        );
+        let e = with("alternate_domain = \"turn2.example.org\"").unwrap_err();
+        assert_eq!(e.key, "server.alternate_domain");
+        // 253 characters is the longest name.
+        let longest = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(longest.len(), 253);
+        let server =
+            format!("alternate_tls = \"198.51.100.20:5349\"\nalternate_domain = \"{longest}\"");
+        assert!(with(&server).is_ok());
+        let server =
+            format!("alternate_tls = \"198.51.100.20:5349\"\nalternate_domain = \"x{longest}\"");
+        assert_eq!(with(&server).unwrap_err().key, "server.alternate_domain");
     }
 
     #[test]

@@ -145,6 +145,20 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         section: "server",
+        name: "alternate_tls",
+        kind: "string",
+        default: Unset("`server.alternate`"),
+        doc: "`IP:PORT` of the other server's TLS listener, sent instead of `alternate` to clients on TLS listeners while draining (ALTERNATE-SERVER).",
+    },
+    Key {
+        section: "server",
+        name: "alternate_domain",
+        kind: "string",
+        default: Unset("none"),
+        doc: "The DNS name the certificate of `alternate_tls` carries, sent with it as ALTERNATE-DOMAIN (RFC 8489 §14.16) so that a TLS client can verify the other server; needs `alternate_tls`. Without it the client checks the name it used for this server.",
+    },
+    Key {
+        section: "server",
         name: "drain_timeout",
         kind: "integer",
         default: Value("60"),

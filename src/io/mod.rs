@@ -80,7 +80,7 @@ pub enum Command {
         reply: oneshot::Sender<bool>,
     },
     Update(Box<Update>),
-    Drain(Option<SocketAddr>),
+    Drain(crate::engine::Redirect),
 }
 
 /// What one worker reports.
@@ -283,9 +283,9 @@ impl Control {
     }
 
     /// Refuse new allocations everywhere (see [`crate::engine::Engine::drain`]).
-    pub fn drain(&self, alternate: Option<SocketAddr>) {
+    pub fn drain(&self, alternate: crate::engine::Redirect) {
         for w in &self.workers {
-            w.send(Command::Drain(alternate));
+            w.send(Command::Drain(alternate.clone()));
         }
     }
 }

@@ -73,10 +73,16 @@ impl Engine {
             self.reply(client, err(Code::AllocationMismatch));
             return;
         }
-        if let Some(alternate) = self.draining {
-            let r = match alternate {
-                Some(alt) => Reply::error(m, Code::TryAlternate)
-                    .with(|r| r.address(ATTR_ALTERNATE_SERVER, alt)),
+        if let Some(redirect) = &self.draining {
+            let r = match redirect.for_client(client.via) {
+                Some((alt, domain)) => Reply::error(m, Code::TryAlternate).with(|r| {
+                    let r = r.address(ATTR_ALTERNATE_SERVER, alt);
+                    match domain {
+                        // A name's bytes as they are (RFC 8489 §14.16).
+                        Some(d) => r.bytes(ATTR_ALTERNATE_DOMAIN, d.as_bytes()),
+                        None => r,
+                    }
+                }),
                 None => Reply::error(m, Code::InsufficientCapacity),
             };
             return self.reply(client, r.finish(Some(&signer), false));

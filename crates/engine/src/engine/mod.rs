@@ -181,6 +181,52 @@ pub struct Session {
     pub traffic: [stats::TrafficCount; stats::Direction::COUNT],
 }
 
+/// Where a draining server sends new Allocates (300 Try Alternate, RFC
+/// 8489 §10).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redirect {
+    /// ALTERNATE-SERVER (§14.15) for every client, but those on TLS
+    /// listeners when `tls` is set.
+    pub alternate: Option<SocketAddr>,
+    /// For clients on TLS listeners: the other server's TLS listener, sent
+    /// as ALTERNATE-SERVER, and the name its certificate carries, sent as
+    /// ALTERNATE-DOMAIN (§14.16) so that the client can verify it there.
+    pub tls: Option<TlsAlternate>,
+}
+
+/// The TLS listener of another server (see [`Redirect::tls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsAlternate {
+    pub address: SocketAddr,
+    /// At most 255 bytes (§14.16); without it the client checks the
+    /// certificate against the name it used for this server.
+    pub domain: Option<String>,
+}
+
+impl From<Option<SocketAddr>> for Redirect {
+    /// The same alternate for every client.
+    fn from(alternate: Option<SocketAddr>) -> Self {
+        Redirect {
+            alternate,
+            tls: None,
+        }
+    }
+}
+
+impl Redirect {
+    /// What a client arriving `via` is sent: ALTERNATE-SERVER and, for a
+    /// TLS client with a TLS alternate, ALTERNATE-DOMAIN; `None` (508)
+    /// when no alternate is set for it.
+    pub fn for_client(&self, via: crate::addr::Via) -> Option<(SocketAddr, Option<&str>)> {
+        match (&self.tls, via) {
+            (Some(t), crate::addr::Via::Stream { tls: true, .. }) => {
+                Some((t.address, t.domain.as_deref()))
+            }
+            _ => self.alternate.map(|a| (a, None)),
+        }
+    }
+}
+
 /// Point-in-time figures for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gauges {
@@ -339,8 +385,8 @@ pub struct Engine {
     epoch: Instant,
     epoch_unix: u64,
     txid_counter: u64,
-    /// Set by [`Engine::drain`]: the alternate server, if any.
-    draining: Option<Option<SocketAddr>>,
+    /// Set by [`Engine::drain`]: where new Allocates are sent.
+    draining: Option<Redirect>,
     /// When a denied Send indication was last logged.
     send_denial_logged: Option<Instant>,
     /// Keys the RESERVATION-TOKENs this engine issues.
@@ -433,10 +479,11 @@ impl Engine {
     }
 
     /// Stop accepting new allocations: Allocate gets 300 with
-    /// ALTERNATE-SERVER (RFC 8489 §10) when an alternate is given, else 508.
+    /// ALTERNATE-SERVER (RFC 8489 §10) when `redirect` names an alternate
+    /// for the client's transport ([`Redirect::for_client`]), else 508.
     /// Existing allocations live on until they expire or are closed.
-    pub fn drain(&mut self, alternate: Option<SocketAddr>) {
-        self.draining = Some(alternate);
+    pub fn drain(&mut self, redirect: impl Into<Redirect>) {
+        self.draining = Some(redirect.into());
     }
 
     /// Whether [`Engine::drain`] was called.

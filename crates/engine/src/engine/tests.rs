@@ -1500,6 +1500,73 @@ fn draining_refuses_new_allocations_and_keeps_old_ones() {
 }
 
 #[test]
+fn draining_sends_tls_clients_to_the_tls_alternate_with_its_domain() {
+    let mut t = T::new();
+    let alt: SocketAddr = "198.51.100.7:3478".parse().unwrap();
+    let alt_tls: SocketAddr = "198.51.100.8:443".parse().unwrap();
+    let on = |port, via| ClientAddr {
+        remote: SocketAddr::new("203.0.113.5".parse().unwrap(), port),
+        via,
+    };
+    let tls = on(
+        2,
+        Via::Stream {
+            listener: 0,
+            conn: 1,
+            tls: true,
+        },
+    );
+    let tcp = on(
+        3,
+        Via::Stream {
+            listener: 0,
+            conn: 2,
+            tls: false,
+        },
+    );
+    let udp = client(4);
+    let answer = |t: &mut T, c| {
+        let r = t.signed(c, Req::new(METHOD_ALLOCATE).transport(17));
+        let server = wire::attr(&r, ATTR_ALTERNATE_SERVER).map(|v| {
+            let v = v.to_vec();
+            let ip = std::net::Ipv4Addr::new(v[4], v[5], v[6], v[7]);
+            SocketAddr::from((ip, u16::from_be_bytes([v[2], v[3]])))
+        });
+        let domain = wire::attr(&r, ATTR_ALTERNATE_DOMAIN);
+        (
+            code(&r),
+            server,
+            domain.map(|d| String::from_utf8(d.to_vec()).unwrap()),
+        )
+    };
+    let domain = Some("turn2.example.org".to_string());
+    t.e.drain(Redirect {
+        alternate: Some(alt),
+        tls: Some(TlsAlternate {
+            address: alt_tls,
+            domain: domain.clone(),
+        }),
+    });
+    assert_eq!(answer(&mut t, tls), (Some(300), Some(alt_tls), domain));
+    assert_eq!(answer(&mut t, tcp), (Some(300), Some(alt), None));
+    assert_eq!(answer(&mut t, udp), (Some(300), Some(alt), None));
+    // Without a domain the TLS client gets the TLS address alone; without
+    // `alternate` the others get 508.
+    t.e.drain(Redirect {
+        alternate: None,
+        tls: Some(TlsAlternate {
+            address: alt_tls,
+            domain: None,
+        }),
+    });
+    assert_eq!(answer(&mut t, tls), (Some(300), Some(alt_tls), None));
+    assert_eq!(answer(&mut t, udp), (Some(508), None, None));
+    // Without a TLS alternate, TLS clients get `alternate` as every client.
+    t.e.drain(Some(alt));
+    assert_eq!(answer(&mut t, tls), (Some(300), Some(alt), None));
+}
+
+#[test]
 fn sessions_are_listed_and_closed_by_user_or_relay_port() {
     let mut t = T::new();
     let a = t.allocate(client(1));

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::Output;
+use super::ports::Relay;
 use super::quota::{Held, Limits, Meter};
 use super::stats::{Direction, TrafficCount};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr, RelayPort};
@@ -180,6 +181,8 @@ pub struct Allocation {
     pub held: Held,
     /// Signs answers: the key and integrity attribute the Allocate used.
     pub signer: Signer,
+    /// The relay address its ports are of (both, for a dual allocation).
+    pub relay: Relay,
     pub port: RelayPort,
     /// The advertised relayed transport address (XOR-RELAYED-ADDRESS).
     pub relayed: SocketAddr,

@@ -59,6 +59,8 @@ struct T {
     bind_ok: bool,
     /// Grants drained with the answers, in order (see `grants.rs`).
     grants: Vec<Grant>,
+    /// Where each relay socket was asked for, in order.
+    opened: Vec<SocketAddr>,
 }
 
 fn client(port: u16) -> ClientAddr {
@@ -101,6 +103,7 @@ impl T {
             nonce: String::new(),
             bind_ok: true,
             grants: Vec::new(),
+            opened: Vec::new(),
         };
         // Learn a nonce the way a client does: an unauthenticated Allocate.
         let r = t.send(client(1), &Req::new(METHOD_ALLOCATE).transport(17).bytes());
@@ -123,7 +126,8 @@ impl T {
                     assert_eq!(to, c);
                     out.push(wire::decode(&data).expect("valid response"));
                 }
-                Output::OpenRelay { alloc, .. } => {
+                Output::OpenRelay { alloc, bind } => {
+                    self.opened.push(bind);
                     self.e.relay_opened(self.now, alloc, self.bind_ok)
                 }
                 Output::CloseRelay { .. } => {}

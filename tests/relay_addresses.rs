@@ -13,10 +13,9 @@ mod common;
 mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::net::{IpAddr, SocketAddr};
 
-use common::{LOCALHOST, PASSWORD, REALM, ServerConfig, TempDir, USER};
+use common::{LOCALHOST, PASSWORD, REALM, Server, ServerConfig, USER};
 use ferroturn::proto::stun::{self as wire, Request};
 use raw::RawClient;
 use stun::message::*;
@@ -25,83 +24,40 @@ use stun::message::*;
 const PORTS: u16 = 12;
 const SECOND: [u8; 4] = [127, 0, 0, 2];
 
-struct TwoAddressServer {
-    child: std::process::Child,
-    addr: SocketAddr,
-    ports: (u16, u16),
-    log: std::path::PathBuf,
-    _dir: TempDir,
+/// A server with `workers = 2`, relay addresses 127.0.0.1 and 127.0.0.2
+/// and [`PORTS`] relay ports, where a user may hold every one of them.
+fn start() -> Server {
+    let block = common::relay_block();
+    Server::start_with(ServerConfig {
+        workers: Some(2),
+        transports: vec!["udp".into()],
+        relay_ports: Some((block.0, block.0 + PORTS - 1)),
+        relay_addresses: vec!["127.0.0.1".into(), "127.0.0.2".into()],
+        // 127.0.0.1 alone: the second relay address is no peer but at its
+        // live relay ports (it is this server's own).
+        allow: vec!["127.0.0.1/32".into()],
+        limits: vec![
+            ("allocations_per_user", "1000".into()),
+            ("unauthenticated_rate", "0".into()),
+        ],
+        log_level: "info".into(),
+        ..ServerConfig::default()
+    })
 }
 
-impl TwoAddressServer {
-    fn start() -> TwoAddressServer {
-        let dir = TempDir::new("relay-addresses");
-        let block = common::relay_block();
-        let ports = (block.0, block.0 + PORTS - 1);
-        let config = ServerConfig {
-            workers: Some(2),
-            transports: vec!["udp".into()],
-            // 127.0.0.1 alone: the second relay address is no peer but at
-            // its live relay ports (it is this server's own).
-            allow: vec!["127.0.0.1/32".into()],
-            limits: vec![
-                ("allocations_per_user", "1000".into()),
-                ("unauthenticated_rate", "0".into()),
-            ],
-            log_level: "info".into(),
-            ..ServerConfig::default()
-        };
-        let one = "[relay]\naddress = \"127.0.0.1\"\n";
-        let two = "[relay]\naddress = [\"127.0.0.1\", \"127.0.0.2\"]\n";
-        let mut last = String::new();
-        for attempt in 0..3 {
-            let port = common::free_port();
-            let text = config.to_toml(port, ports);
-            assert!(text.contains(one), "unexpected test config:\n{text}");
-            let path = dir.path().join(format!("ferroturn-{attempt}.toml"));
-            let log = dir.path().join(format!("ferroturn-{attempt}.log"));
-            fs::write(&path, text.replacen(one, two, 1)).unwrap();
-            let addr = SocketAddr::from((LOCALHOST, port));
-            match common::spawn_ferroturn(&path, &log, addr, || true) {
-                Ok(child) => {
-                    return TwoAddressServer {
-                        child,
-                        addr,
-                        ports,
-                        log,
-                        _dir: dir,
-                    };
-                }
-                Err(e) => last = e,
-            }
-        }
-        panic!("ferroturn did not start:\n{last}");
-    }
-
-    fn client(&self) -> RawClient {
-        RawClient::udp(self.addr, REALM, USER, PASSWORD)
-    }
-}
-
-impl Drop for TwoAddressServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("---- ferroturn log ----\n{log}---- end of log ----");
-        }
-    }
+fn client(server: &Server) -> RawClient {
+    RawClient::udp(server.addr, REALM, USER, PASSWORD)
 }
 
 #[test]
 fn two_relay_addresses_hold_twice_the_range() {
-    let server = TwoAddressServer::start();
-    let range: BTreeSet<u16> = (server.ports.0..=server.ports.1).collect();
+    let server = start();
+    let (lo, hi) = server.relay_ports;
+    let range: BTreeSet<u16> = (lo..=hi).collect();
     let mut clients = Vec::new();
     let mut by_ip: BTreeMap<IpAddr, BTreeSet<u16>> = BTreeMap::new();
     for i in 0..2 * PORTS {
-        let mut c = server.client();
+        let mut c = client(&server);
         let relayed = c.allocate();
         assert!(
             by_ip
@@ -119,7 +75,7 @@ fn two_relay_addresses_hold_twice_the_range() {
     ]
     .into();
     assert_eq!(by_ip, want);
-    let mut one_more = server.client();
+    let mut one_more = client(&server);
     let r = one_more.signed(Request::new(METHOD_ALLOCATE).transport(17));
     assert_eq!(wire::error_code(&r), Some(508), "the 25th Allocate");
 

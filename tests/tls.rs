@@ -214,23 +214,13 @@ async fn tls_connect_alpn(
 /// One Binding transaction on `s`: the XOR-MAPPED-ADDRESS.
 async fn binding(s: &mut ClientStream) -> SocketAddr {
     let tid = common::transaction_id();
-    tokio::time::timeout(STEP, async {
-        s.write_all(&common::binding_request(&tid)).await.unwrap();
-        s.flush().await.unwrap();
-        let mut msg = vec![0u8; 20];
-        s.read_exact(&mut msg).await.unwrap();
-        let len = u16::from_be_bytes([msg[2], msg[3]]) as usize;
-        msg.resize(20 + len, 0);
-        s.read_exact(&mut msg[20..]).await.unwrap();
-        common::parse_binding_success(&msg, &tid)
-            .unwrap_or_else(|| panic!("not a Binding success for our request: {msg:02x?}"))
-    })
-    .await
-    .expect("Binding over TLS timed out")
+    let msg = exchange(s, &common::binding_request(&tid)).await;
+    common::parse_binding_success(&msg, &tid)
+        .unwrap_or_else(|| panic!("not a Binding success for our request: {msg:02x?}"))
 }
 
-/// One request on `s`: the decoded answer.
-async fn tls_request(s: &mut ClientStream, request: &[u8]) -> Message {
+/// Send `request` on `s` and read one STUN message back.
+async fn exchange(s: &mut ClientStream, request: &[u8]) -> Vec<u8> {
     tokio::time::timeout(STEP, async {
         s.write_all(request).await.unwrap();
         s.flush().await.unwrap();
@@ -239,10 +229,16 @@ async fn tls_request(s: &mut ClientStream, request: &[u8]) -> Message {
         let len = u16::from_be_bytes([msg[2], msg[3]]) as usize;
         msg.resize(20 + len, 0);
         s.read_exact(&mut msg[20..]).await.unwrap();
-        wire::decode(&msg).unwrap_or_else(|| panic!("not a STUN answer: {msg:02x?}"))
+        msg
     })
     .await
     .expect("answer over TLS timed out")
+}
+
+/// One request on `s`: the decoded answer.
+async fn tls_request(s: &mut ClientStream, request: &[u8]) -> Message {
+    let msg = exchange(s, request).await;
+    wire::decode(&msg).unwrap_or_else(|| panic!("not a STUN answer: {msg:02x?}"))
 }
 
 /// The end-entity certificate the server presents to a new connection,

@@ -150,7 +150,7 @@ impl Engine {
             // A relay address with an IPv6 twin if an IPv6 relay is asked.
             let v6 = families.v6 || families.dual;
             let port = if let Some(one) = reserved.clone() {
-                self.take_port_pair(v6).map(|(relay, even, odd)| {
+                self.take_port_pair(v6).map(|(relay, (even, odd))| {
                     let t = self.next_token();
                     self.cfg
                         .shared

@@ -611,21 +611,7 @@ impl Engine {
     /// with an IPv6 twin if `v6`: the relay addresses in turn from a random
     /// one, each from a random port, so that allocations spread over them.
     fn take_port(&mut self, v6: bool, even: bool) -> Option<(Relay, RelayPort)> {
-        let n = relay_count(&self.cfg);
-        let first = match n {
-            1 => 0,
-            _ => ports::next_random(&mut self.port_random) as usize % n,
-        };
-        for k in 0..n {
-            let relay = Relay(((first + k) % n) as u8);
-            if v6 && self.relay_address(relay).bind_v6.is_none() {
-                continue;
-            }
-            if let Some(port) = self.take_port_of(relay, even) {
-                return Some((relay, port));
-            }
-        }
-        None
+        self.take_from_relays(v6, |pool, relay, r| pool.take(relay, even, r))
     }
 
     /// Take a free relay port of `relay`, an even one if `even`.
@@ -637,7 +623,18 @@ impl Engine {
     /// Take an even relay port and the odd one after it, of one relay
     /// address (with an IPv6 twin if `v6`), chosen as [`Engine::take_port`]
     /// does.
-    fn take_port_pair(&mut self, v6: bool) -> Option<(Relay, RelayPort, RelayPort)> {
+    fn take_port_pair(&mut self, v6: bool) -> Option<(Relay, (RelayPort, RelayPort))> {
+        self.take_from_relays(v6, |pool, relay, r| pool.take_pair(relay, r))
+    }
+
+    /// What `take` gives from the first relay address (with an IPv6 twin
+    /// if `v6`) that gives something, trying them in turn from a random
+    /// one; `take` gets a fresh random number for each.
+    fn take_from_relays<T>(
+        &mut self,
+        v6: bool,
+        take: impl Fn(&ports::PortPool, Relay, u64) -> Option<T>,
+    ) -> Option<(Relay, T)> {
         let n = relay_count(&self.cfg);
         let first = match n {
             1 => 0,
@@ -649,8 +646,8 @@ impl Engine {
                 continue;
             }
             let r = ports::next_random(&mut self.port_random);
-            if let Some((even, odd)) = self.cfg.shared.ports.take_pair(relay, r) {
-                return Some((relay, even, odd));
+            if let Some(got) = take(&self.cfg.shared.ports, relay, r) {
+                return Some((relay, got));
             }
         }
         None

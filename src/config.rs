@@ -25,6 +25,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 
 use crate::auth::{Redacted, StaticUser, parse_key_hex};
 use crate::config_keys::{KEYS, KeyDefault};
+use crate::engine::ports;
 use crate::policy::Cidr;
 
 /// The most `server.workers` may be. Each worker has up to two threads (UDP
@@ -164,6 +165,10 @@ pub struct Live {
     pub admin_token: Option<String>,
     /// Sent with 300 Try Alternate to new Allocates while draining.
     pub alternate: Option<SocketAddr>,
+    /// Sent instead to clients on TLS listeners: another server's TLS
+    /// listener, and the name its certificate carries.
+    pub alternate_tls: Option<SocketAddr>,
+    pub alternate_domain: Option<String>,
     /// Seconds existing allocations may live on after SIGTERM.
     pub drain_timeout: u64,
 }
@@ -187,8 +192,26 @@ impl fmt::Debug for Live {
             .field("demo", &self.demo)
             .field("admin_token", &self.admin_token.as_ref().map(|_| Redacted))
             .field("alternate", &self.alternate)
+            .field("alternate_tls", &self.alternate_tls)
+            .field("alternate_domain", &self.alternate_domain)
             .field("drain_timeout", &self.drain_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    /// Where a draining server sends new Allocates (see
+    /// [`crate::engine::Redirect`]).
+    pub fn redirect(&self) -> crate::engine::Redirect {
+        crate::engine::Redirect {
+            alternate: self.alternate,
+            tls: self
+                .alternate_tls
+                .map(|address| crate::engine::TlsAlternate {
+                    address,
+                    domain: self.alternate_domain.clone(),
+                }),
+        }
     }
 }
 
@@ -423,20 +446,31 @@ impl Default for StreamLimits {
     }
 }
 
-/// The relay settings.
+/// The relay settings. The first relay address is in the fields of its
+/// own; `relay.address` as a list adds the others in `more`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relay {
     /// Where relay sockets bind.
     pub address: IpAddr,
     /// What XOR-RELAYED-ADDRESS advertises.
     pub public_address: IpAddr,
-    /// Inclusive port range.
+    /// Inclusive port range, of every relay address.
     pub ports: (u16, u16),
     /// Where IPv6 relay sockets bind, if IPv6 relays are enabled.
     pub address_v6: Option<IpAddr>,
     /// What XOR-RELAYED-ADDRESS advertises for IPv6 relays.
     pub public_address_v6: Option<IpAddr>,
     pub default_family: DefaultFamily,
+    /// The relay addresses after the first, each with its IPv6 twin if
+    /// `relay.address_v6` lists one at its place.
+    pub more: Vec<crate::engine::RelayAddress>,
+}
+
+impl Relay {
+    /// How many relay addresses there are.
+    pub fn count(&self) -> usize {
+        1 + self.more.len()
+    }
 }
 
 // ---- Values of their types ---------------------------------------------
@@ -474,6 +508,38 @@ macro_rules! from_string {
             }
         }
     };
+}
+
+/// A value, or a list of values of its type: `"10.0.0.1"` or
+/// `["10.0.0.1", "10.0.0.2"]`. A single value is read by its own type, so
+/// that its errors stay what they are for a key that takes one.
+#[derive(Debug)]
+struct OneOrMany<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(|t| OneOrMany(vec![t]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut all = Vec::new();
+                while let Some(t) = seq.next_element()? {
+                    all.push(t);
+                }
+                Ok(OneOrMany(all))
+            }
+        }
+        d.deserialize_any(Visitor(std::marker::PhantomData))
+    }
 }
 
 from_string! {
@@ -538,6 +604,34 @@ from_string! {
             false => Err(format!(
                 "{v:?} is not a host name (no port, no IP address: those are always accepted)"
             )),
+        }
+    }
+}
+
+from_string! {
+    /// A DNS name as a certificate names a host: labels of 1 to 63
+    /// letters, digits and hyphens, no hyphen at either end (RFC 1123
+    /// §2.1), at most 253 characters (255 bytes in DNS wire form, the
+    /// most ALTERNATE-DOMAIN carries, RFC 8489 §14.16); in lower case.
+    #[derive(Debug)]
+    DomainName(String),
+    |v| {
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if v.parse::<IpAddr>().is_ok() {
+            Err(format!("{v:?} is an IP address, not a DNS name"))
+        } else if v.len() > 253 {
+            Err("longer than 253 characters, the most a DNS name can be".to_owned())
+        } else if !v.split('.').all(label_ok) {
+            Err(format!(
+                "{v:?} is not a DNS name (labels of letters, digits and inner hyphens, 1 to 63 each, dot-separated)"
+            ))
+        } else {
+            Ok(v.to_ascii_lowercase())
         }
     }
 }
@@ -748,6 +842,8 @@ table! {
         udp_threads: UdpThreads,
         udp_scheduling: UdpScheduling,
         alternate: Option<SockAddr>,
+        alternate_tls: Option<SockAddr>,
+        alternate_domain: Option<DomainName>,
         drain_timeout: u64,
     }
 }
@@ -770,11 +866,11 @@ fn listen_turn() -> bool {
 
 table! {
     struct RawRelay in "relay" {
-        address: Ip,
-        public_address: Option<Ip>,
+        address: OneOrMany<Ip>,
+        public_address: Option<OneOrMany<Ip>>,
         ports: PortRange,
-        address_v6: Option<Ipv6>,
-        public_address_v6: Option<ReachableIpv6>,
+        address_v6: Option<OneOrMany<Ipv6>>,
+        public_address_v6: Option<OneOrMany<ReachableIpv6>>,
         default_family: DefaultFamily,
     }
 }
@@ -1032,6 +1128,9 @@ impl RawConfig {
         if self.server.workers > MAX_WORKERS {
             return refuse("server.workers", format!("at most {MAX_WORKERS}"));
         }
+        if self.server.alternate_domain.is_some() && self.server.alternate_tls.is_none() {
+            return refuse("server.alternate_domain", "needs server.alternate_tls");
+        }
         self.check_listen()?;
         self.relay.check()?;
         self.check_auth()?;
@@ -1144,61 +1243,151 @@ impl RawConfig {
 
 impl RawRelay {
     /// The addresses' families, and an advertised address clients can
-    /// reach.
+    /// reach for each; lists of one address each, none twice, and no
+    /// unspecified one among several (it would bind them all).
     fn check(&self) -> Result<(), Refusal> {
-        let address = self.address.0;
-        match &self.public_address {
-            Some(Ip(p)) if p.is_ipv4() != address.is_ipv4() => {
-                return refuse(
-                    "relay.public_address",
-                    "must be of the same address family as relay.address",
-                );
-            }
-            Some(Ip(p)) if p.is_unspecified() => {
-                return refuse(
-                    "relay.public_address",
-                    "must be an address clients can reach, not unspecified",
-                );
-            }
-            None if address.is_unspecified() => {
-                return refuse(
-                    "relay.public_address",
-                    format!(
-                        "required when relay.address is {address}: clients must be told a reachable relay address"
-                    ),
-                );
-            }
-            _ => {}
-        }
-        if address.is_ipv6() {
-            return refuse(
+        let addresses: Vec<IpAddr> = self.address.0.iter().map(|a| a.0).collect();
+        list(
+            "relay.address",
+            &addresses,
+            ports::MAX_RELAYS,
+            "the most relay addresses ferroturn keeps",
+        )?;
+        if let Some(public) = &self.public_address {
+            same_length(
+                "relay.public_address",
+                public.0.len(),
                 "relay.address",
-                "must be IPv4; IPv6 relays are set with relay.address_v6",
-            );
+                addresses.len(),
+            )?;
+        }
+        for (i, &address) in addresses.iter().enumerate() {
+            match self.public_address.as_ref().map(|p| p.0[i].0) {
+                Some(p) if p.is_ipv4() != address.is_ipv4() => {
+                    return refuse(
+                        "relay.public_address",
+                        "must be of the same address family as relay.address",
+                    );
+                }
+                Some(p) if p.is_unspecified() => {
+                    return refuse(
+                        "relay.public_address",
+                        "must be an address clients can reach, not unspecified",
+                    );
+                }
+                None if address.is_unspecified() => {
+                    return refuse(
+                        "relay.public_address",
+                        format!(
+                            "required when relay.address is {address}: clients must be told a reachable relay address"
+                        ),
+                    );
+                }
+                _ => {}
+            }
+            if address.is_ipv6() {
+                return refuse(
+                    "relay.address",
+                    "must be IPv4; IPv6 relays are set with relay.address_v6",
+                );
+            }
+        }
+        let v6: Vec<IpAddr> = (self.address_v6.iter())
+            .flat_map(|l| l.0.iter().map(|a| a.0))
+            .collect();
+        if self.address_v6.is_some() {
+            // An IPv6 twin for each of the first relay addresses at most.
+            list(
+                "relay.address_v6",
+                &v6,
+                addresses.len(),
+                "one IPv6 twin for each relay.address",
+            )?;
         }
         match (&self.public_address_v6, &self.address_v6) {
             (Some(_), None) => refuse("relay.public_address_v6", "needs relay.address_v6"),
-            (None, Some(Ipv6(a))) if a.is_unspecified() => refuse(
+            (Some(p), Some(_)) => same_length(
                 "relay.public_address_v6",
-                format!(
-                    "required when relay.address_v6 is {a}: clients must be told a reachable relay address"
-                ),
+                p.0.len(),
+                "relay.address_v6",
+                v6.len(),
             ),
-            _ => Ok(()),
+            (None, Some(_)) => match v6.iter().find(|a| a.is_unspecified()) {
+                Some(a) => refuse(
+                    "relay.public_address_v6",
+                    format!(
+                        "required when relay.address_v6 is {a}: clients must be told a reachable relay address"
+                    ),
+                ),
+                None => Ok(()),
+            },
+            (None, None) => Ok(()),
         }
     }
 
     fn relay(&self) -> Relay {
-        let address = self.address.0;
-        let address_v6 = self.address_v6.as_ref().map(|a| a.0);
+        let at = |i: usize| {
+            let bind = self.address.0[i].0;
+            let bind_v6 = self
+                .address_v6
+                .as_ref()
+                .and_then(|l| l.0.get(i))
+                .map(|a| a.0);
+            crate::engine::RelayAddress {
+                bind,
+                public: self.public_address.as_ref().map_or(bind, |p| p.0[i].0),
+                bind_v6,
+                public_v6: (self.public_address_v6.as_ref())
+                    .and_then(|p| p.0.get(i))
+                    .map(|p| p.0)
+                    .or(bind_v6),
+            }
+        };
+        let first = at(0);
         Relay {
-            address,
-            public_address: self.public_address.as_ref().map_or(address, |p| p.0),
+            address: first.bind,
+            public_address: first.public,
             ports: self.ports.0,
-            address_v6,
-            public_address_v6: self.public_address_v6.as_ref().map(|p| p.0).or(address_v6),
+            address_v6: first.bind_v6,
+            public_address_v6: first.public_v6,
             default_family: self.default_family,
+            more: (1..self.address.0.len()).map(at).collect(),
         }
+    }
+}
+
+/// A list of relay addresses under `key`: at least one, at most `most`
+/// (`why` says why), none twice, and an unspecified one only alone.
+fn list(key: &str, addresses: &[IpAddr], most: usize, why: &str) -> Result<(), Refusal> {
+    if addresses.is_empty() {
+        return refuse(key, "must name at least one address");
+    }
+    if addresses.len() > most {
+        let n = addresses.len();
+        return refuse(key, format!("lists {n} addresses, at most {most}: {why}"));
+    }
+    for (i, a) in addresses.iter().enumerate() {
+        if addresses[..i].contains(a) {
+            return refuse(key, format!("{a} is listed twice"));
+        }
+        if a.is_unspecified() && addresses.len() > 1 {
+            return refuse(
+                key,
+                format!("{a} binds every address: it cannot be one of several"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `key` lists one address for each of `of`'s.
+fn same_length(key: &str, len: usize, of: &str, want: usize) -> Result<(), Refusal> {
+    match len == want {
+        true => Ok(()),
+        false => refuse(
+            key,
+            format!("lists {len} addresses, {of} {want}: one for each"),
+        ),
     }
 }
 
@@ -1265,12 +1454,14 @@ impl RawLimits {
         )
     }
 
-    /// The engines' quotas; a total of 0 is one allocation per relay port.
-    fn limits(&self, ports: (u16, u16)) -> Limits {
+    /// The engines' quotas; a total of 0 is one allocation per relay port
+    /// of every relay address.
+    fn limits(&self, relay: &Relay) -> Limits {
+        let (lo, hi) = relay.ports;
         Limits {
             allocations_per_user: self.allocations_per_user,
             total_allocations: match self.total_allocations {
-                0 => (ports.1 - ports.0) as u32 + 1,
+                0 => ((hi - lo) as u32 + 1) * relay.count() as u32,
                 n => n,
             },
             permissions_per_allocation: self.permissions_per_allocation,
@@ -1359,7 +1550,7 @@ impl RawConfig {
             nonce_lifetime: self.auth.nonce_lifetime,
             strict_expiry: self.auth.strict_expiry,
             expiry_grace: self.auth.expiry_grace,
-            limits: self.limits.limits(relay.ports),
+            limits: self.limits.limits(&relay),
             stream_limits: self.limits.stream_limits(),
             allow: cidrs(&self.peers.allow),
             deny: cidrs(&self.peers.deny),
@@ -1372,6 +1563,8 @@ impl RawConfig {
                 .and_then(|a| a.token.clone())
                 .map(|t| t.0),
             alternate: self.server.alternate.map(|a| a.0),
+            alternate_tls: self.server.alternate_tls.map(|a| a.0),
+            alternate_domain: self.server.alternate_domain.map(|d| d.0),
             drain_timeout: self.server.drain_timeout,
         };
         let restart = Restart {
@@ -1678,6 +1871,126 @@ deny = []
     }
 
     #[test]
+    fn tls_clients_get_their_own_alternate_and_its_domain() {
+        use crate::engine::{Redirect, TlsAlternate};
+        let with =
+            |server: &str| p(&format!("{GOOD}[server]\n{server}\n")).map(|c| c.live.redirect());
+        assert_eq!(with("").unwrap(), Redirect::default());
+        let alt: SocketAddr = "198.51.100.20:3478".parse().unwrap();
+        let tls: SocketAddr = "198.51.100.20:5349".parse().unwrap();
+        assert_eq!(
+            with("alternate = \"198.51.100.20:3478\"\nalternate_tls = \"198.51.100.20:5349\"\nalternate_domain = \"TURN2.Example.org\"").unwrap(),
+            Redirect {
+                alternate: Some(alt),
+                tls: Some(TlsAlternate {
+                    address: tls,
+                    domain: Some("turn2.example.org".into()),
+                }),
+            }
+        );
+        assert_eq!(
+            with("alternate_tls = \"198.51.100.20:5349\"").unwrap().tls,
+            Some(TlsAlternate {
+                address: tls,
+                domain: None
+            })
+        );
+        let e = with("alternate_domain = \"turn2.example.org\"").unwrap_err();
+        assert_eq!(e.key, "server.alternate_domain");
+        // 253 characters is the longest name.
+        let longest = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(longest.len(), 253);
+        let server =
+            format!("alternate_tls = \"198.51.100.20:5349\"\nalternate_domain = \"{longest}\"");
+        assert!(with(&server).is_ok());
+        let server =
+            format!("alternate_tls = \"198.51.100.20:5349\"\nalternate_domain = \"x{longest}\"");
+        assert_eq!(with(&server).unwrap_err().key, "server.alternate_domain");
+    }
+
+    #[test]
+    fn relay_addresses_may_be_lists() {
+        let relay = |keys: &str| {
+            let text = GOOD.replace(
+                "address = \"0.0.0.0\"\npublic_address = \"203.0.113.10\"\n",
+                &format!("{keys}\n"),
+            );
+            p(&text).map(|c| (c.restart.relay, c.live.limits.total_allocations))
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // One address as before; the total is the port count.
+        let (r, total) = relay("address = \"10.0.0.1\"").unwrap();
+        assert_eq!(
+            (r.address, r.public_address, r.more.len()),
+            (ip("10.0.0.1"), ip("10.0.0.1"), 0)
+        );
+        assert_eq!(total, 16384);
+        let (r, total) = relay(
+            "address = [\"10.0.0.1\", \"10.0.0.2\", \"10.0.0.3\"]\n\
+             public_address = [\"203.0.113.1\", \"203.0.113.2\", \"203.0.113.3\"]\n\
+             address_v6 = [\"2001:db8::1\", \"2001:db8::2\"]",
+        )
+        .unwrap();
+        assert_eq!(total, 3 * 16384, "every address's ports");
+        assert_eq!(
+            (r.address, r.public_address),
+            (ip("10.0.0.1"), ip("203.0.113.1"))
+        );
+        assert_eq!(r.public_address_v6, Some(ip("2001:db8::1")));
+        let more: Vec<_> = r
+            .more
+            .iter()
+            .map(|m| (m.bind, m.public, m.bind_v6, m.public_v6))
+            .collect();
+        assert_eq!(
+            more,
+            [
+                (
+                    ip("10.0.0.2"),
+                    ip("203.0.113.2"),
+                    Some(ip("2001:db8::2")),
+                    Some(ip("2001:db8::2"))
+                ),
+                (ip("10.0.0.3"), ip("203.0.113.3"), None, None)
+            ]
+        );
+        let refused = |keys: &str| relay(keys).unwrap_err().to_string();
+        for (keys, why) in [
+            (
+                "address = []",
+                "relay.address: must name at least one address",
+            ),
+            (
+                "address = [\"10.0.0.1\", \"10.0.0.1\"]",
+                "10.0.0.1 is listed twice",
+            ),
+            (
+                "address = [\"0.0.0.0\", \"10.0.0.1\"]",
+                "0.0.0.0 binds every address",
+            ),
+            (
+                "address = [\"10.0.0.1\", \"10.0.0.2\"]\npublic_address = \"203.0.113.1\"",
+                "relay.public_address: lists 1 addresses, relay.address 2",
+            ),
+            (
+                "address = \"10.0.0.1\"\naddress_v6 = [\"::1\", \"::2\"]",
+                "relay.address_v6: lists 2 addresses, at most 1",
+            ),
+        ] {
+            assert!(refused(keys).contains(why), "{keys}: {}", refused(keys));
+        }
+        let many: Vec<String> = (1..=33).map(|i| format!("\"10.0.0.{i}\"")).collect();
+        let keys = format!("address = [{}]", many.join(", "));
+        assert!(refused(&keys).contains("lists 33 addresses, at most 32"));
+    }
+
+    #[test]
     fn contract_example_parses() {
         let c = p(GOOD).unwrap();
         assert_eq!(c.restart.relay.ports, (49152, 65535));
@@ -1754,7 +2067,7 @@ deny = []
     /// which the server derives from the relay ports.
     #[test]
     fn the_engines_own_defaults_are_the_tables() {
-        let table = RawLimits::default().limits((1, 1));
+        let table = RawLimits::default().limits(&RawRelay::default().relay());
         let engine = Limits {
             total_allocations: table.total_allocations,
             ..Limits::default()

@@ -145,6 +145,20 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         section: "server",
+        name: "alternate_tls",
+        kind: "string",
+        default: Unset("`server.alternate`"),
+        doc: "`IP:PORT` of the other server's TLS listener, sent instead of `alternate` to clients on TLS listeners while draining (ALTERNATE-SERVER).",
+    },
+    Key {
+        section: "server",
+        name: "alternate_domain",
+        kind: "string",
+        default: Unset("none"),
+        doc: "The DNS name the certificate of `alternate_tls` carries, sent with it as ALTERNATE-DOMAIN (RFC 8489 §14.16) so that a TLS client can verify the other server; needs `alternate_tls`. Without it the client checks the name it used for this server.",
+    },
+    Key {
+        section: "server",
         name: "drain_timeout",
         kind: "integer",
         default: Value("60"),
@@ -188,16 +202,16 @@ pub const KEYS: &[Key] = &[
     Key {
         section: "relay",
         name: "address",
-        kind: "string",
+        kind: "string or array of strings",
         default: Value("\"0.0.0.0\""),
-        doc: "IPv4 address relay sockets bind to. Needs a restart.",
+        doc: "IPv4 address relay sockets bind to, or a list of up to 32 (`[\"10.0.0.1\", \"10.0.0.2\"]`): each has the whole `ports` range, so one node holds that many allocations per address; an Allocate takes a port of one of them, tried in turn from a random one. `0.0.0.0` only alone. Needs a restart.",
     },
     Key {
         section: "relay",
         name: "public_address",
-        kind: "string",
+        kind: "string or array of strings",
         default: Unset("`relay.address`"),
-        doc: "What XOR-RELAYED-ADDRESS tells clients; required when `relay.address` is unspecified (`0.0.0.0`): this host's public IP behind 1:1 NAT. Needs a restart.",
+        doc: "What XOR-RELAYED-ADDRESS tells clients; required when `relay.address` is unspecified (`0.0.0.0`): this host's public IP behind 1:1 NAT. With a list of relay addresses, a list of as many, each advertised for the relay address at its place. Needs a restart.",
     },
     Key {
         section: "relay",
@@ -209,16 +223,16 @@ pub const KEYS: &[Key] = &[
     Key {
         section: "relay",
         name: "address_v6",
-        kind: "string",
+        kind: "string or array of strings",
         default: Unset("none"),
-        doc: "IPv6 address relay sockets bind to; enables IPv6 relays (REQUESTED-ADDRESS-FAMILY, ADDITIONAL-ADDRESS-FAMILY). Needs a restart.",
+        doc: "IPv6 address relay sockets bind to; enables IPv6 relays (REQUESTED-ADDRESS-FAMILY, ADDITIONAL-ADDRESS-FAMILY). A list gives the first relay addresses an IPv6 twin each, in order (at most as many as `relay.address`); an address and its twin share one set of port numbers, and IPv6 relays come from the addresses that have one. Needs a restart.",
     },
     Key {
         section: "relay",
         name: "public_address_v6",
-        kind: "string",
+        kind: "string or array of strings",
         default: Unset("`relay.address_v6`"),
-        doc: "Advertised IPv6 relay address; required when `relay.address_v6` is unspecified (`::`). Needs a restart.",
+        doc: "Advertised IPv6 relay address; required when `relay.address_v6` is unspecified (`::`). A list of as many as `relay.address_v6`, in its order. Needs a restart.",
     },
     Key {
         section: "relay",
@@ -316,7 +330,7 @@ pub const KEYS: &[Key] = &[
         name: "total_allocations",
         kind: "integer",
         default: Value("0"),
-        doc: "Allocations the server holds at once; 508 beyond. `0` is one per relay port.",
+        doc: "Allocations the server holds at once; 508 beyond. `0` is one per relay port of every relay address.",
     },
     Key {
         section: "limits",
@@ -771,6 +785,8 @@ mod tests {
                 .type_str();
             let expected = match k.kind {
                 "array of strings" => "array",
+                // Its default is the one-address form.
+                "string or array of strings" => "string",
                 other => other,
             };
             assert_eq!(

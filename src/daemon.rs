@@ -75,7 +75,7 @@ async fn supervise(server: &Server, config: Config) -> std::io::Result<()> {
 
     // Drain: refuse new allocations, let the existing ones finish.
     notify::stopping();
-    control.drain(current.live.alternate);
+    control.drain(current.live.redirect());
     let timeout = Duration::from_secs(current.live.drain_timeout);
     let deadline = Instant::now() + timeout;
     let live = control.report(false).await.gauges.allocations;

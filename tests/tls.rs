@@ -1,11 +1,15 @@
 //! TLS (`turns:`) listeners: coturn's uclient relays over TLS, TLS 1.2 is
 //! the minimum, a rustls client gets a Binding answer, and SIGHUP swaps
-//! the certificate without dropping an allocation.
+//! the certificate without dropping an allocation. ALPN (RFC 7443):
+//! `stun.turn` is negotiated, no ALPN is served, `h2` alone is refused.
+//! While draining, a TLS client is redirected to `server.alternate_tls`
+//! with ALTERNATE-DOMAIN, a UDP client to `server.alternate`.
 //!
 //! Certificates are made by the `openssl` CLI in a temp dir; every
 //! connection goes to 127.0.0.1 and every wait is bounded.
 
 mod common;
+mod raw;
 
 use std::fs;
 use std::net::{SocketAddr, UdpSocket};
@@ -18,8 +22,11 @@ use common::{
     KillOnDrop, LOCALHOST, PASSWORD, STARTUP_TIMEOUT, ServerConfig, TempDir, USER, client_config,
     make_cert, run_with_timeout,
 };
+use ferroturn::proto::stun::{self as wire, Message, Request};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use stun::attributes::{ATTR_ALTERNATE_DOMAIN, ATTR_ALTERNATE_SERVER, ATTR_NONCE};
+use stun::message::METHOD_ALLOCATE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A uclient run must finish within this.
@@ -49,6 +56,11 @@ struct TlsServer {
 
 impl TlsServer {
     fn start(config: ServerConfig) -> TlsServer {
+        TlsServer::start_with(config, "")
+    }
+
+    /// As [`TlsServer::start`], with `tail` (TOML tables) appended.
+    fn start_with(config: ServerConfig, tail: &str) -> TlsServer {
         let dir = TempDir::new("tls");
         let (cert, key) = make_cert(dir.path(), "first");
         let relay = common::relay_block();
@@ -57,7 +69,8 @@ impl TlsServer {
             let port = common::free_port();
             let config_path = dir.path().join(format!("ferroturn-{attempt}.toml"));
             let log_path = dir.path().join(format!("ferroturn-{attempt}.log"));
-            fs::write(&config_path, tls_toml(&config, port, relay, &cert, &key)).unwrap();
+            let text = tls_toml(&config, port, relay, &cert, &key) + tail;
+            fs::write(&config_path, text).unwrap();
             let log = fs::File::create(&log_path).unwrap();
             let child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
                 .arg("--config")
@@ -177,7 +190,18 @@ fn runtime() -> tokio::runtime::Runtime {
 type ClientStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 async fn tls_connect(server: SocketAddr, roots: &[&Path]) -> std::io::Result<ClientStream> {
-    let connector = tokio_rustls::TlsConnector::from(client_config(roots));
+    tls_connect_alpn(server, roots, &[]).await
+}
+
+/// [`tls_connect`] offering the ALPN protocols `alpn` (none when empty).
+async fn tls_connect_alpn(
+    server: SocketAddr,
+    roots: &[&Path],
+    alpn: &[&[u8]],
+) -> std::io::Result<ClientStream> {
+    let mut config = (*client_config(roots)).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::time::timeout(STEP, tokio::net::TcpStream::connect(server))
         .await
         .map_err(|_| std::io::Error::other("connect timed out"))??;
@@ -190,19 +214,31 @@ async fn tls_connect(server: SocketAddr, roots: &[&Path]) -> std::io::Result<Cli
 /// One Binding transaction on `s`: the XOR-MAPPED-ADDRESS.
 async fn binding(s: &mut ClientStream) -> SocketAddr {
     let tid = common::transaction_id();
+    let msg = exchange(s, &common::binding_request(&tid)).await;
+    common::parse_binding_success(&msg, &tid)
+        .unwrap_or_else(|| panic!("not a Binding success for our request: {msg:02x?}"))
+}
+
+/// Send `request` on `s` and read one STUN message back.
+async fn exchange(s: &mut ClientStream, request: &[u8]) -> Vec<u8> {
     tokio::time::timeout(STEP, async {
-        s.write_all(&common::binding_request(&tid)).await.unwrap();
+        s.write_all(request).await.unwrap();
         s.flush().await.unwrap();
         let mut msg = vec![0u8; 20];
         s.read_exact(&mut msg).await.unwrap();
         let len = u16::from_be_bytes([msg[2], msg[3]]) as usize;
         msg.resize(20 + len, 0);
         s.read_exact(&mut msg[20..]).await.unwrap();
-        common::parse_binding_success(&msg, &tid)
-            .unwrap_or_else(|| panic!("not a Binding success for our request: {msg:02x?}"))
+        msg
     })
     .await
-    .expect("Binding over TLS timed out")
+    .expect("answer over TLS timed out")
+}
+
+/// One request on `s`: the decoded answer.
+async fn tls_request(s: &mut ClientStream, request: &[u8]) -> Message {
+    let msg = exchange(s, request).await;
+    wire::decode(&msg).unwrap_or_else(|| panic!("not a STUN answer: {msg:02x?}"))
 }
 
 /// The end-entity certificate the server presents to a new connection,
@@ -539,4 +575,109 @@ fn config_checks_tls_entries() {
         let e = parse(listen).unwrap_err();
         assert_eq!(e.key, key, "{e}");
     }
+}
+
+#[test]
+fn alpn_negotiates_stun_turn_serves_none_and_refuses_others() {
+    let server = TlsServer::start(ServerConfig::default());
+    runtime().block_on(async {
+        let roots: [&Path; 1] = [&server.cert];
+        // RFC 7443: "stun.turn", also when offered among others.
+        for offer in [&[&b"stun.turn"[..]][..], &[b"h2", b"stun.turn"]] {
+            let mut s = tls_connect_alpn(server.addr(), &roots, offer)
+                .await
+                .unwrap_or_else(|e| panic!("offering {offer:?}: {e}"));
+            assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"stun.turn"[..]));
+            let local = s.get_ref().0.local_addr().unwrap();
+            assert_eq!(binding(&mut s).await, local);
+        }
+        // No ALPN at all: served, with none negotiated.
+        let mut s = tls_connect_alpn(server.addr(), &roots, &[]).await.unwrap();
+        assert_eq!(s.get_ref().1.alpn_protocol(), None);
+        let local = s.get_ref().0.local_addr().unwrap();
+        assert_eq!(binding(&mut s).await, local);
+        // Only other protocols: the handshake fails with rustls's alert.
+        let e = tls_connect_alpn(server.addr(), &roots, &[b"h2"])
+            .await
+            .map(|_| ())
+            .expect_err("a client offering only h2 was accepted");
+        assert!(
+            e.to_string().contains("NoApplicationProtocol"),
+            "not refused for its ALPN: {e}"
+        );
+    });
+    let deadline = Instant::now() + STEP;
+    let line = "the client offers ALPN protocols but not \"stun.turn\"";
+    while !server.log().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal line in the log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    no_panic(&server);
+}
+
+/// ALTERNATE-SERVER of a 300, as an address.
+fn alternate_server(r: &Message) -> SocketAddr {
+    let v = wire::attr(r, ATTR_ALTERNATE_SERVER).expect("ALTERNATE-SERVER in the 300");
+    assert_eq!((v.len(), v[1]), (8, 0x01), "ALTERNATE-SERVER {v:02x?}");
+    let ip = std::net::Ipv4Addr::new(v[4], v[5], v[6], v[7]);
+    SocketAddr::from((ip, u16::from_be_bytes([v[2], v[3]])))
+}
+
+#[test]
+fn draining_redirects_tls_clients_with_alternate_domain() {
+    let alternate: SocketAddr = "127.0.0.1:3479".parse().unwrap();
+    let alternate_tls: SocketAddr = "127.0.0.1:5349".parse().unwrap();
+    let domain = "turn2.example.org";
+    let tail = format!(
+        "\n[server]\nalternate = \"{alternate}\"\nalternate_tls = \"{alternate_tls}\"\n\
+         alternate_domain = \"{domain}\"\ndrain_timeout = 30\n"
+    );
+    let server = TlsServer::start_with(ServerConfig::default(), &tail);
+    let (realm, user, pass) = (common::REALM, USER, PASSWORD);
+    // An allocation keeps the server draining rather than exiting.
+    let mut old = raw::RawClient::udp(server.addr(), realm, user, pass);
+    old.allocate();
+    let mut udp = raw::RawClient::udp(server.addr(), realm, user, pass);
+    // SAFETY: plain kill(2) on our own child's pid.
+    let r = unsafe { libc::kill(server.child.0.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(r, 0, "kill -TERM");
+    let deadline = Instant::now() + STEP;
+    while !server.log().contains("draining") {
+        assert!(Instant::now() < deadline, "not draining:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    runtime().block_on(async {
+        let mut s = tls_connect_alpn(server.addr(), &[&server.cert], &[b"stun.turn"])
+            .await
+            .expect("TLS connect");
+        let allocate = || Request::new(METHOD_ALLOCATE).transport(17);
+        let r = tls_request(&mut s, &allocate().bytes()).await;
+        assert_eq!(wire::error_code(&r), Some(401));
+        let nonce = wire::text(&r, ATTR_NONCE).expect("NONCE in the 401");
+        let r = tls_request(&mut s, &allocate().sign(user, realm, pass, &nonce)).await;
+        assert_eq!(
+            wire::error_code(&r),
+            Some(300),
+            "Allocate over TLS while draining"
+        );
+        assert_eq!(alternate_server(&r), alternate_tls);
+        let d = wire::attr(&r, ATTR_ALTERNATE_DOMAIN).expect("ALTERNATE-DOMAIN in the 300");
+        assert_eq!(d, domain.as_bytes());
+    });
+    let r = udp.signed(Request::new(METHOD_ALLOCATE).transport(17));
+    assert_eq!(
+        wire::error_code(&r),
+        Some(300),
+        "Allocate over UDP while draining"
+    );
+    assert_eq!(alternate_server(&r), alternate);
+    assert!(
+        wire::attr(&r, ATTR_ALTERNATE_DOMAIN).is_none(),
+        "ALTERNATE-DOMAIN to a UDP client"
+    );
+    no_panic(&server);
 }

@@ -80,7 +80,7 @@ pub enum Command {
         reply: oneshot::Sender<bool>,
     },
     Update(Box<Update>),
-    Drain(Option<SocketAddr>),
+    Drain(crate::engine::Redirect),
 }
 
 /// What one worker reports.
@@ -283,9 +283,9 @@ impl Control {
     }
 
     /// Refuse new allocations everywhere (see [`crate::engine::Engine::drain`]).
-    pub fn drain(&self, alternate: Option<SocketAddr>) {
+    pub fn drain(&self, alternate: crate::engine::Redirect) {
         for w in &self.workers {
-            w.send(Command::Drain(alternate));
+            w.send(Command::Drain(alternate.clone()));
         }
     }
 }
@@ -449,6 +449,7 @@ impl Server {
                 relay_public: relay.public_address,
                 relay_bind_v6: relay.address_v6,
                 relay_public_v6: relay.public_address_v6,
+                more_relays: relay.more.clone(),
                 same_family_default: relay.default_family
                     == crate::config::DefaultFamily::SameAsClient,
                 ports: Vec::new(),
@@ -618,6 +619,12 @@ fn policy_from(config: &Config, own: &[std::net::IpAddr]) -> PeerPolicy {
     let mut relays = vec![r.public_address, r.address];
     relays.extend(r.public_address_v6);
     relays.extend(r.address_v6);
+    relays.extend(
+        r.more
+            .iter()
+            .flat_map(|m| [Some(m.public), Some(m.bind), m.public_v6, m.bind_v6])
+            .flatten(),
+    );
     let restart = &config.restart;
     let mut listeners: Vec<SocketAddr> = restart.listen.iter().map(|l| l.address).collect();
     listeners.extend(restart.metrics.as_ref().map(|m| m.address));

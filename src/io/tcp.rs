@@ -129,6 +129,21 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    // rustls hands its queued records over in one vectored write; without
+    // these, the last write after a failed handshake (its alert) would
+    // carry only the first record.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }

@@ -65,7 +65,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, LoadError> {
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .map_err(|e| cert_err(format!("TLS setup: {e}")))?
         .with_no_client_auth();
-    let config = builder
+    let mut config = builder
         .with_single_cert(chain, private)
         .map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => key_err(format!(
@@ -75,8 +75,15 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, LoadError> {
             e @ rustls::Error::General(_) => key_err(format!("unusable private key: {e}")),
             e => cert_err(format!("unusable certificate or key: {e}")),
         })?;
+    // RFC 7443: offer "stun.turn". A client that sends no ALPN is served;
+    // one that offers only other protocols is refused by rustls with a
+    // no_application_protocol alert (RFC 7301 §3.2).
+    config.alpn_protocols = vec![ALPN_STUN_TURN.to_vec()];
     Ok(Arc::new(config))
 }
+
+/// The ALPN protocol ID of TURN and STUN over TLS (RFC 7443 §5).
+pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
 
 /// The TLS acceptor of one `[[listen]]` entry, shared by every worker.
 /// Cheap to clone.
@@ -139,6 +146,10 @@ impl Acceptor {
     ) -> std::io::Result<TlsStream<Watched>> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config());
         match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+            Ok(Err(e)) if is_alpn_refusal(&e) => Err(std::io::Error::new(
+                e.kind(),
+                "the client offers ALPN protocols but not \"stun.turn\" (RFC 7443): refused",
+            )),
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -146,6 +157,14 @@ impl Acceptor {
             )),
         }
     }
+}
+
+/// Whether a handshake failed because the client offered no protocol we
+/// speak.
+fn is_alpn_refusal(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| *e == rustls::Error::NoApplicationProtocol)
 }
 
 #[cfg(test)]

@@ -207,6 +207,8 @@ pub struct ServerConfig {
     pub log_level: String,
     /// Relay ports; `None` picks a fresh block with [`relay_block`].
     pub relay_ports: Option<(u16, u16)>,
+    /// `relay.address` as a list of these; empty is `"127.0.0.1"` alone.
+    pub relay_addresses: Vec<String>,
     /// Also listen on [::1] (same port) and relay IPv6 on ::1, with ::1
     /// allowed as a peer.
     pub ipv6: bool,
@@ -232,6 +234,7 @@ impl Default for ServerConfig {
             legacy_channel_numbers: None,
             log_level: "debug".into(),
             relay_ports: None,
+            relay_addresses: Vec::new(),
             ipv6: false,
             limits: vec![],
         }
@@ -283,8 +286,12 @@ impl ServerConfig {
                 toml_list(&self.transports)
             ));
         }
+        let address = match self.relay_addresses.as_slice() {
+            [] => toml_str("127.0.0.1"),
+            list => toml_list(list),
+        };
         t.push_str(&format!(
-            "\n[relay]\naddress = \"127.0.0.1\"\nports = \"{}-{}\"\n",
+            "\n[relay]\naddress = {address}\nports = \"{}-{}\"\n",
             relay.0, relay.1
         ));
         if self.ipv6 {

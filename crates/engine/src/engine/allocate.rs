@@ -7,6 +7,7 @@ use stun::attributes::*;
 use stun::message::Message;
 
 use super::allocation::{Allocation, State};
+use super::ports::Relay;
 use super::quota::{Held, Meter};
 use super::stats::{Code, Direction};
 use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, Answer, Authed, Engine, Output, Reply};
@@ -73,10 +74,16 @@ impl Engine {
             self.reply(client, err(Code::AllocationMismatch));
             return;
         }
-        if let Some(alternate) = self.draining {
-            let r = match alternate {
-                Some(alt) => Reply::error(m, Code::TryAlternate)
-                    .with(|r| r.address(ATTR_ALTERNATE_SERVER, alt)),
+        if let Some(redirect) = &self.draining {
+            let r = match redirect.for_client(client.via) {
+                Some((alt, domain)) => Reply::error(m, Code::TryAlternate).with(|r| {
+                    let r = r.address(ATTR_ALTERNATE_SERVER, alt);
+                    match domain {
+                        // A name's bytes as they are (RFC 8489 §14.16).
+                        Some(d) => r.bytes(ATTR_ALTERNATE_DOMAIN, d.as_bytes()),
+                        None => r,
+                    }
+                }),
                 None => Reply::error(m, Code::InsufficientCapacity),
             };
             return self.reply(client, r.finish(Some(&signer), false));
@@ -112,13 +119,14 @@ impl Engine {
         let name = self.quota_name(&authed.username);
         let ports = if families.dual { 2 } else { 1 };
         let mut issued = None;
-        let (port, held) = if let Some(t) = token {
-            // A port another Allocate reserved (§7.2), in the family it was
-            // reserved in, already counted: 508 if unknown or gone.
+        let ((relay, port), held) = if let Some(t) = token {
+            // A port another Allocate reserved (§7.2), of the relay address
+            // and in the family it was reserved in, already counted: 508 if
+            // unknown or gone.
             match self.cfg.shared.redeem(t, &authed.username) {
-                Some((port, v6, held)) => {
+                Some((at, v6, held)) => {
                     families.v6 = v6;
-                    (port, held)
+                    (at, held)
                 }
                 None => return self.reply(client, err(Code::InsufficientCapacity)),
             }
@@ -139,19 +147,21 @@ impl Engine {
                 ports: 1,
             });
             let held = Held { name, ports };
+            // A relay address with an IPv6 twin if an IPv6 relay is asked.
+            let v6 = families.v6 || families.dual;
             let port = if let Some(one) = reserved.clone() {
-                self.take_port_pair().map(|(even, odd)| {
+                self.take_port_pair(v6).map(|(relay, (even, odd))| {
                     let t = self.next_token();
                     self.cfg
                         .shared
-                        .reserve(t, odd, families.v6, &authed.username, one);
+                        .reserve(t, (relay, odd), families.v6, &authed.username, one);
                     self.reserved
                         .push_back((now + Duration::from_secs(super::RESERVATION_SECS), t));
                     issued = Some(t);
-                    even
+                    (relay, even)
                 })
             } else {
-                self.take_port(even)
+                self.take_port(v6, even)
             };
             let Some(port) = port else {
                 tracing::warn!(target: LOG_TARGET, %client, even, free = self.free_ports(), "no free relay port");
@@ -171,12 +181,13 @@ impl Engine {
                 AllocId(self.allocs.len() as u32 - 1)
             }
         };
-        let relayed = SocketAddr::new(self.public_ip(families.v6), port.0);
+        let relayed = SocketAddr::new(self.public_ip(relay, families.v6), port.0);
         self.allocs[id.0 as usize] = Some(Allocation {
             client,
             username: authed.username,
             held,
             signer,
+            relay,
             port,
             relayed,
             extra: None,
@@ -194,6 +205,7 @@ impl Engine {
             last_response: Vec::new(),
             permissions: Vec::new(),
             channels: Vec::new(),
+            held_channels: Vec::new(),
             scheduled: None,
             traffic: Default::default(),
             meters: [Meter::new(now, &self.cfg.live.limits); Direction::COUNT],
@@ -201,7 +213,7 @@ impl Engine {
         self.by_client.insert(client, id);
         self.out.push_back(Output::OpenRelay {
             alloc: id,
-            bind: SocketAddr::new(self.bind_ip(families.v6), port.0),
+            bind: SocketAddr::new(self.bind_ip(relay, families.v6), port.0),
         });
     }
 
@@ -241,17 +253,21 @@ impl Engine {
         }
     }
 
-    fn bind_ip(&self, v6: bool) -> std::net::IpAddr {
-        match (v6, self.cfg.relay_bind_v6) {
+    /// Where a relay socket of `relay` binds, of the IPv6 twin if `v6`.
+    fn bind_ip(&self, relay: Relay, v6: bool) -> std::net::IpAddr {
+        let r = self.relay_address(relay);
+        match (v6, r.bind_v6) {
             (true, Some(ip)) => ip,
-            _ => self.cfg.relay_bind,
+            _ => r.bind,
         }
     }
 
-    fn public_ip(&self, v6: bool) -> std::net::IpAddr {
-        match (v6, self.cfg.relay_public_v6) {
+    /// What XOR-RELAYED-ADDRESS advertises for `relay`, of its IPv6 twin if `v6`.
+    fn public_ip(&self, relay: Relay, v6: bool) -> std::net::IpAddr {
+        let r = self.relay_address(relay);
+        match (v6, r.public_v6) {
             (true, Some(ip)) => ip,
-            _ => self.cfg.relay_public,
+            _ => r.public,
         }
     }
 
@@ -273,16 +289,15 @@ impl Engine {
         };
         let (request, tries, token, dual, v6_refused) =
             (request.clone(), *tries, *token, *dual, *v6_refused);
-        let client = a.client;
-        let signer = a.signer;
+        let (client, signer, relay) = (a.client, a.signer, a.relay);
         // Which relay was being opened: the IPv6 one of a dual allocation
         // once it has been given a port, else the primary one.
         let extra = a.extra.is_some();
         if ok && dual && !extra {
             // The IPv4 relay is open; now the IPv6 one.
-            match self.take_port(false) {
+            match self.take_port_of(relay, false) {
                 Some(port) => {
-                    let relayed = SocketAddr::new(self.public_ip(true), port.0);
+                    let relayed = SocketAddr::new(self.public_ip(relay, true), port.0);
                     let a = self.alloc_mut(id).expect("present");
                     a.extra = Some((port, relayed));
                     a.state = State::Opening {
@@ -292,7 +307,7 @@ impl Engine {
                         dual,
                         v6_refused,
                     };
-                    let bind = SocketAddr::new(self.bind_ip(true), port.0);
+                    let bind = SocketAddr::new(self.bind_ip(relay, true), port.0);
                     self.out.push_back(Output::OpenRelay { alloc: id, bind });
                 }
                 None => self.fail_allocation(id, &request, &signer),
@@ -339,13 +354,15 @@ impl Engine {
         // in the pool. A retry cannot keep a reservation: the pair is
         // broken.
         if let Some(t) = token
-            && let Some(p) = self.cfg.shared.expire(&t)
+            && let Some((r, p)) = self.cfg.shared.expire(&t)
         {
-            self.release_port(p);
+            self.release_port(r, p);
         }
         let even = !extra && wire::attr(&request, ATTR_EVEN_PORT).is_some();
+        // Another port of the same relay address: a dual allocation's two
+        // ports are of one.
         let next = if tries < BIND_TRIES {
-            self.take_port(even)
+            self.take_port_of(relay, even)
         } else {
             None
         };
@@ -360,8 +377,8 @@ impl Engine {
         } else {
             a.port
         };
-        self.release_port(old);
-        let relayed = SocketAddr::new(self.public_ip(v6), port.0);
+        self.release_port(relay, old);
+        let relayed = SocketAddr::new(self.public_ip(relay, v6), port.0);
         let a = self.alloc_mut(id).expect("present");
         if extra {
             a.extra = Some((port, relayed));
@@ -376,7 +393,7 @@ impl Engine {
             dual,
             v6_refused,
         };
-        let bind = SocketAddr::new(self.bind_ip(v6), port.0);
+        let bind = SocketAddr::new(self.bind_ip(relay, v6), port.0);
         self.out.push_back(Output::OpenRelay { alloc: id, bind });
     }
 
@@ -393,9 +410,9 @@ impl Engine {
         tracing::warn!(target: LOG_TARGET, client = %a.client, "could not bind a relay socket");
         a.report_end(id, &mut self.out);
         self.cfg.shared.release(&a.held);
-        self.release_port(a.port);
+        self.release_port(a.relay, a.port);
         if let Some((p, _)) = a.extra {
-            self.release_port(p);
+            self.release_port(a.relay, p);
         }
         self.by_client.remove(&a.client);
         self.free_ids.push(id.0);

@@ -3,9 +3,10 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Output;
+use super::ports::Relay;
 use super::quota::{Held, Limits, Meter};
 use super::stats::{Direction, TrafficCount};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr, RelayPort};
@@ -16,6 +17,9 @@ use crate::proto::integrity::Signer;
 pub const PERMISSION_LIFETIME_SECS: u64 = 300;
 /// Channel binding lifetime, fixed by RFC 8656 §12.
 pub const CHANNEL_LIFETIME_SECS: u64 = 600;
+/// How long the number and peer of an expired channel binding stay tied to
+/// each other (RFC 8656 §12: 5 minutes after the binding expires).
+pub const CHANNEL_HOLD_SECS: u64 = 300;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Permission {
@@ -32,6 +36,24 @@ pub struct Channel {
     pub number: ChannelNumber,
     pub peer: PeerAddr,
     pub expires: Instant,
+}
+
+/// A channel binding that expired and is still on hold (RFC 8656 §12):
+/// until `until`, its number binds to no other peer and its peer to no
+/// other number; binding the same pair again makes a new binding.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldChannel {
+    pub number: ChannelNumber,
+    pub peer: PeerAddr,
+    pub until: Instant,
+}
+
+impl HeldChannel {
+    /// Whether binding `number` to `peer` breaks this hold at `now`: it
+    /// names one half of the held pair but not the other.
+    pub fn forbids(&self, number: ChannelNumber, peer: PeerAddr, now: Instant) -> bool {
+        self.until > now && (self.number == number) != (self.peer == peer)
+    }
 }
 
 /// What a [`Grant`] is about: a permission or a channel binding.
@@ -159,6 +181,8 @@ pub struct Allocation {
     pub held: Held,
     /// Signs answers: the key and integrity attribute the Allocate used.
     pub signer: Signer,
+    /// The relay address its ports are of (both, for a dual allocation).
+    pub relay: Relay,
     pub port: RelayPort,
     /// The advertised relayed transport address (XOR-RELAYED-ADDRESS).
     pub relayed: SocketAddr,
@@ -173,6 +197,13 @@ pub struct Allocation {
     pub last_response: Vec<u8>,
     pub permissions: Vec<Permission>,
     pub channels: Vec<Channel>,
+    /// Expired channel bindings on hold (RFC 8656 §12). Bounded without a
+    /// quota of its own: the hold (5 minutes) is shorter than a binding's
+    /// lifetime (10 minutes), so every entry held now was a live binding 5
+    /// minutes ago, and there were at most `channels_per_allocation` of
+    /// those; the live bindings and the held ones never share a number or
+    /// a peer. Held entries leave at the sweep after their hold ends.
+    pub held_channels: Vec<HeldChannel>,
     /// The wake-up time queued for this allocation, if any.
     pub scheduled: Option<Instant>,
     /// Relayed traffic, by [`Direction`].
@@ -267,7 +298,9 @@ impl Allocation {
     }
 
     /// Drop expired channels and permissions, reported as expired; the
-    /// earliest expiry left. At most one event per entry.
+    /// earliest expiry left. An expired channel goes on hold for
+    /// [`CHANNEL_HOLD_SECS`] after its expiry, and holds that ended go.
+    /// At most one event per entry.
     pub(super) fn sweep(
         &mut self,
         id: AllocId,
@@ -275,10 +308,20 @@ impl Allocation {
         out: &mut VecDeque<Output>,
     ) -> Instant {
         let owner = self.owner(id);
+        let held = &mut self.held_channels;
+        held.retain(|h| h.until > now);
         self.channels.retain(|c| {
             let live = c.expires > now;
             if !live {
                 out.push_back(owner.channel(c, Change::Expired));
+                let until = c.expires + Duration::from_secs(CHANNEL_HOLD_SECS);
+                if until > now {
+                    held.push(HeldChannel {
+                        number: c.number,
+                        peer: c.peer,
+                        until,
+                    });
+                }
             }
             live
         });

@@ -19,9 +19,13 @@ impl Engine {
     /// number already bound to another peer, or a peer already bound to
     /// another number, is a 400. Binding also installs or refreshes the
     /// permission for the peer's IP (§12.2), reported before the channel.
-    /// Nothing is held back after a binding expires: RFC 8656 §12 asks the
-    /// client, not the server, to wait 5 minutes before reusing its number
-    /// or peer, so a bind after expiry is a new binding.
+    /// For 5 minutes after a binding expires (§12), its number binds to no
+    /// other peer and its peer to no other number (400); binding the same
+    /// pair again is allowed and makes a new binding, reported as
+    /// [`Change::Created`]: the expired one was unbound and reported as
+    /// [`Change::Expired`], and a mirror pairs each end with a start. Only
+    /// expiry puts a binding on hold: one removed with its allocation, or
+    /// by a reload that denies its peer, frees its number at once.
     pub(super) fn channel_bind(
         &mut self,
         now: Instant,
@@ -54,6 +58,10 @@ impl Engine {
         // Only live bindings conflict or get refreshed (§12.2: "currently
         // bound"), and what expired is reported before what this binds.
         a.sweep(id, now, &mut self.out);
+        if a.held_channels.iter().any(|h| h.forbids(number, peer, now)) {
+            tracing::debug!(target: LOG_TARGET, channel = n, %peer, "channel or peer on hold after its binding expired");
+            return err(Code::BadRequest);
+        }
         let by_number = a.channels.iter().position(|c| c.number == number);
         let by_peer = a.channels.iter().position(|c| c.peer == peer);
         let change = match (by_number, by_peer) {
@@ -86,7 +94,12 @@ impl Engine {
         };
         match by_number {
             Some(i) => a.channels[i] = channel,
-            None => a.channels.push(channel),
+            None => {
+                // A held pair bound again is live, no longer on hold.
+                a.held_channels
+                    .retain(|h| h.number != number || h.peer != peer);
+                a.channels.push(channel);
+            }
         }
         self.out.push_back(owner.channel(&channel, change));
         self.reschedule(id, now);

@@ -66,6 +66,10 @@ pub struct EngineConfig {
     /// Where IPv6 relay sockets bind and what they advertise, if enabled.
     pub relay_bind_v6: Option<IpAddr>,
     pub relay_public_v6: Option<IpAddr>,
+    /// Relay addresses after the first (the one above), each a
+    /// [`ports::Relay`] of its own with the first one's port range; an
+    /// Allocate takes a port of one of them.
+    pub more_relays: Vec<RelayAddress>,
     /// Without REQUESTED-ADDRESS-FAMILY, relay in the client's own family
     /// (when configured) instead of IPv4 as RFC 8656 §7.2 says.
     pub same_family_default: bool,
@@ -80,6 +84,11 @@ pub struct EngineConfig {
     pub stun_only: Vec<u16>,
     /// State shared by every worker's engine (quotas, reservations).
     pub shared: Arc<ServerState>,
+}
+
+/// How many relay addresses `cfg` has (at most [`ports::MAX_RELAYS`]).
+fn relay_count(cfg: &EngineConfig) -> usize {
+    (1 + cfg.more_relays.len()).min(ports::MAX_RELAYS)
 }
 
 /// The per-packet policy check of a permission ([`PeerPolicy::reaches`]),
@@ -140,6 +149,7 @@ impl EngineConfig {
             relay_public,
             relay_bind_v6: None,
             relay_public_v6: None,
+            more_relays: Vec::new(),
             same_family_default: false,
             ports,
             seed: 1,
@@ -147,6 +157,17 @@ impl EngineConfig {
             shared: Arc::default(),
         }
     }
+}
+
+/// One relay address of the server: where its relay sockets bind and what
+/// XOR-RELAYED-ADDRESS advertises (RFC 8656 §7.2), with its IPv6 twin if
+/// it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayAddress {
+    pub bind: IpAddr,
+    pub public: IpAddr,
+    pub bind_v6: Option<IpAddr>,
+    pub public_v6: Option<IpAddr>,
 }
 
 /// The engine's live settings: what it starts with and what a reload
@@ -179,6 +200,52 @@ pub struct Session {
     pub age: Duration,
     /// Relayed traffic, by [`stats::Direction`].
     pub traffic: [stats::TrafficCount; stats::Direction::COUNT],
+}
+
+/// Where a draining server sends new Allocates (300 Try Alternate, RFC
+/// 8489 §10).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redirect {
+    /// ALTERNATE-SERVER (§14.15) for every client, but those on TLS
+    /// listeners when `tls` is set.
+    pub alternate: Option<SocketAddr>,
+    /// For clients on TLS listeners: the other server's TLS listener, sent
+    /// as ALTERNATE-SERVER, and the name its certificate carries, sent as
+    /// ALTERNATE-DOMAIN (§14.16) so that the client can verify it there.
+    pub tls: Option<TlsAlternate>,
+}
+
+/// The TLS listener of another server (see [`Redirect::tls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsAlternate {
+    pub address: SocketAddr,
+    /// At most 255 bytes (§14.16); without it the client checks the
+    /// certificate against the name it used for this server.
+    pub domain: Option<String>,
+}
+
+impl From<Option<SocketAddr>> for Redirect {
+    /// The same alternate for every client.
+    fn from(alternate: Option<SocketAddr>) -> Self {
+        Redirect {
+            alternate,
+            tls: None,
+        }
+    }
+}
+
+impl Redirect {
+    /// What a client arriving `via` is sent: ALTERNATE-SERVER and, for a
+    /// TLS client with a TLS alternate, ALTERNATE-DOMAIN; `None` (508)
+    /// when no alternate is set for it.
+    pub fn for_client(&self, via: crate::addr::Via) -> Option<(SocketAddr, Option<&str>)> {
+        match (&self.tls, via) {
+            (Some(t), crate::addr::Via::Stream { tls: true, .. }) => {
+                Some((t.address, t.domain.as_deref()))
+            }
+            _ => self.alternate.map(|a| (a, None)),
+        }
+    }
 }
 
 /// Point-in-time figures for metrics.
@@ -339,8 +406,8 @@ pub struct Engine {
     epoch: Instant,
     epoch_unix: u64,
     txid_counter: u64,
-    /// Set by [`Engine::drain`]: the alternate server, if any.
-    draining: Option<Option<SocketAddr>>,
+    /// Set by [`Engine::drain`]: where new Allocates are sent.
+    draining: Option<Redirect>,
     /// When a denied Send indication was last logged.
     send_denial_logged: Option<Instant>,
     /// Keys the RESERVATION-TOKENs this engine issues.
@@ -354,6 +421,9 @@ impl Engine {
     /// idea of wall-clock time, which nonces and REST expiries need.
     pub fn new(cfg: EngineConfig, now: Instant, unix_now: u64) -> Self {
         cfg.shared.ports.join(Relay::MAIN, &cfg.ports);
+        for i in 1..relay_count(&cfg) {
+            cfg.shared.ports.join_like(Relay(i as u8), Relay::MAIN);
+        }
         let seed = cfg.seed;
         Engine {
             cfg,
@@ -433,10 +503,11 @@ impl Engine {
     }
 
     /// Stop accepting new allocations: Allocate gets 300 with
-    /// ALTERNATE-SERVER (RFC 8489 §10) when an alternate is given, else 508.
+    /// ALTERNATE-SERVER (RFC 8489 §10) when `redirect` names an alternate
+    /// for the client's transport ([`Redirect::for_client`]), else 508.
     /// Existing allocations live on until they expire or are closed.
-    pub fn drain(&mut self, alternate: Option<SocketAddr>) {
-        self.draining = Some(alternate);
+    pub fn drain(&mut self, redirect: impl Into<Redirect>) {
+        self.draining = Some(redirect.into());
     }
 
     /// Whether [`Engine::drain`] was called.
@@ -515,26 +586,76 @@ impl Engine {
         self.by_client.len()
     }
 
-    /// Free relay ports left in the server's pool, for every engine.
+    /// Free relay ports left in the server's pool, for every engine: of
+    /// every relay address.
     pub fn free_ports(&self) -> usize {
-        self.cfg.shared.ports.free(Relay::MAIN)
+        (0..relay_count(&self.cfg))
+            .map(|i| self.cfg.shared.ports.free(Relay(i as u8)))
+            .sum()
     }
 
-    /// Take a free relay port from the server's pool, an even one if `even`.
-    fn take_port(&mut self, even: bool) -> Option<RelayPort> {
-        let r = ports::next_random(&mut self.port_random);
-        self.cfg.shared.ports.take(Relay::MAIN, even, r)
+    /// The addresses of `relay`.
+    fn relay_address(&self, relay: Relay) -> RelayAddress {
+        match relay.0 {
+            0 => RelayAddress {
+                bind: self.cfg.relay_bind,
+                public: self.cfg.relay_public,
+                bind_v6: self.cfg.relay_bind_v6,
+                public_v6: self.cfg.relay_public_v6,
+            },
+            i => self.cfg.more_relays[i as usize - 1],
+        }
     }
 
-    /// Take an even relay port and the odd one after it.
-    fn take_port_pair(&mut self) -> Option<(RelayPort, RelayPort)> {
+    /// Take a free relay port, an even one if `even`, of a relay address
+    /// with an IPv6 twin if `v6`: the relay addresses in turn from a random
+    /// one, each from a random port, so that allocations spread over them.
+    fn take_port(&mut self, v6: bool, even: bool) -> Option<(Relay, RelayPort)> {
+        self.take_from_relays(v6, |pool, relay, r| pool.take(relay, even, r))
+    }
+
+    /// Take a free relay port of `relay`, an even one if `even`.
+    fn take_port_of(&mut self, relay: Relay, even: bool) -> Option<RelayPort> {
         let r = ports::next_random(&mut self.port_random);
-        self.cfg.shared.ports.take_pair(Relay::MAIN, r)
+        self.cfg.shared.ports.take(relay, even, r)
+    }
+
+    /// Take an even relay port and the odd one after it, of one relay
+    /// address (with an IPv6 twin if `v6`), chosen as [`Engine::take_port`]
+    /// does.
+    fn take_port_pair(&mut self, v6: bool) -> Option<(Relay, (RelayPort, RelayPort))> {
+        self.take_from_relays(v6, |pool, relay, r| pool.take_pair(relay, r))
+    }
+
+    /// What `take` gives from the first relay address (with an IPv6 twin
+    /// if `v6`) that gives something, trying them in turn from a random
+    /// one; `take` gets a fresh random number for each.
+    fn take_from_relays<T>(
+        &mut self,
+        v6: bool,
+        take: impl Fn(&ports::PortPool, Relay, u64) -> Option<T>,
+    ) -> Option<(Relay, T)> {
+        let n = relay_count(&self.cfg);
+        let first = match n {
+            1 => 0,
+            _ => ports::next_random(&mut self.port_random) as usize % n,
+        };
+        for k in 0..n {
+            let relay = Relay(((first + k) % n) as u8);
+            if v6 && self.relay_address(relay).bind_v6.is_none() {
+                continue;
+            }
+            let r = ports::next_random(&mut self.port_random);
+            if let Some(got) = take(&self.cfg.shared.ports, relay, r) {
+                return Some((relay, got));
+            }
+        }
+        None
     }
 
     /// Give a relay port back to the server's pool.
-    fn release_port(&self, port: RelayPort) {
-        self.cfg.shared.ports.release(Relay::MAIN, port);
+    fn release_port(&self, relay: Relay, port: RelayPort) {
+        self.cfg.shared.ports.release(relay, port);
     }
 
     /// The allocation behind `id`, if any.
@@ -573,8 +694,8 @@ impl Engine {
                 break;
             }
             self.reserved.pop_front();
-            if let Some(port) = self.cfg.shared.expire(&token) {
-                self.release_port(port);
+            if let Some((relay, port)) = self.cfg.shared.expire(&token) {
+                self.release_port(relay, port);
             }
         }
         while let Some(&Reverse((t, id))) = self.timers.peek() {
@@ -626,12 +747,12 @@ impl Engine {
             self.stats.session_seconds.observe(lived);
         }
         self.by_client.remove(&a.client);
-        self.release_port(a.port);
+        self.release_port(a.relay, a.port);
         self.cfg
             .shared
             .set_live(a.relayed.is_ipv6(), a.port.0, false);
         if let Some((p, r)) = a.extra {
-            self.release_port(p);
+            self.release_port(a.relay, p);
             self.cfg.shared.set_live(r.is_ipv6(), p.0, false);
         }
         self.cfg.shared.release(&a.held);

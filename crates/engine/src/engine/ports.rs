@@ -15,6 +15,7 @@
 //! chunk another engine cannot use: with one table, the last free port is
 //! free for everyone, and exhaustion (508) means the range is full.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::addr::RelayPort;
@@ -29,20 +30,25 @@ const EVEN: u64 = 0x5555_5555_5555_5555;
 const CAS_TRIES: usize = 64;
 
 /// One relay address of the server, as the pool knows it: the first half
-/// of the key (relay address, port) the pool hands out. Today there is one,
-/// [`Relay::MAIN`]: the configured relay address together with its IPv6
-/// twin when there is one. The two families draw from one set of port
-/// numbers, as they always have: a dual-stack allocation gets two different
-/// ports, `relay_ports_free` counts port numbers, and an operator closes an
-/// allocation by its port alone. A further relay address would join as a
-/// `Relay` of its own, with its own ports.
+/// of the key (relay address, port) the pool hands out. [`Relay::MAIN`] is
+/// the first configured relay address together with its IPv6 twin when
+/// there is one, and each further one (`relay.address` as a list) is a
+/// `Relay` of its own, with its IPv6 twin if it has one. An address and
+/// its twin draw from one set of port numbers, as they always have: a
+/// dual-stack allocation gets two different ports of one `Relay`. Every
+/// relay address has the same range, `relay.ports`
+/// ([`PortPool::join_like`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Relay(pub u8);
 
 impl Relay {
-    /// The configured relay address (and its IPv6 twin).
+    /// The first configured relay address (and its IPv6 twin).
     pub const MAIN: Relay = Relay(0);
 }
+
+/// How many relay addresses the pool keys at most (`relay.address`
+/// lists at most this many).
+pub const MAX_RELAYS: usize = 32;
 
 /// The ports of one relay address.
 #[derive(Debug)]
@@ -83,14 +89,17 @@ impl Ports {
 /// Relaxed atomics suffice: whoever clears a port's bit owns the port, and
 /// the read-modify-writes of one word are ordered among themselves; a port
 /// carries no other memory between engines.
+/// A relay's tables (16 KiB) are made when it first joins, so that an
+/// unused relay key costs a pointer.
 #[derive(Debug)]
 pub struct PortPool {
-    relays: Box<[Ports]>,
+    relays: Box<[OnceLock<Ports>]>,
 }
 
 impl Default for PortPool {
+    /// A pool for up to [`MAX_RELAYS`] relay addresses.
     fn default() -> Self {
-        PortPool::new(1)
+        PortPool::new(MAX_RELAYS)
     }
 }
 
@@ -99,12 +108,30 @@ impl PortPool {
     /// `Relay(relays - 1)`); ports come in with [`PortPool::join`].
     pub fn new(relays: usize) -> Self {
         PortPool {
-            relays: (0..relays.max(1)).map(|_| Ports::new()).collect(),
+            relays: (0..relays.max(1)).map(|_| OnceLock::new()).collect(),
         }
     }
 
     fn of(&self, relay: Relay) -> &Ports {
-        &self.relays[relay.0 as usize]
+        self.relays[relay.0 as usize].get_or_init(Ports::new)
+    }
+
+    /// Add the ports of `like` to `relay`, free, as [`PortPool::join`]
+    /// does: every relay address has the range of the first.
+    pub fn join_like(&self, relay: Relay, like: Relay) {
+        let from = self.of(like);
+        let Some((first, count)) = from.span() else {
+            return;
+        };
+        let ports: Vec<u16> = (first..first + count)
+            .flat_map(|w| {
+                let bits = from.member[w].load(Ordering::Relaxed);
+                (0..64u16)
+                    .filter(move |b| bits & (1 << b) != 0)
+                    .map(move |b| (w * 64) as u16 + b)
+            })
+            .collect();
+        self.join(relay, &ports);
     }
 
     /// Add `ports` of `relay` to the pool, free. A port already in the pool
@@ -351,6 +378,28 @@ mod tests {
         assert_eq!(p.take(Relay(1), false, 0), Some(RelayPort(7000)));
         assert_eq!((p.free(Relay(0)), p.free(Relay(1))), (0, 1));
         assert!(p.take(Relay(0), false, 1).is_none());
+    }
+
+    #[test]
+    fn a_relay_joins_the_range_of_another() {
+        let p = PortPool::default();
+        p.join(Relay(0), &[7000, 7001, 7100]);
+        let a = p.take(Relay(0), false, 0).unwrap();
+        p.join_like(Relay(3), Relay(0));
+        p.join_like(Relay(3), Relay(0));
+        assert_eq!(
+            (p.free(Relay(0)), p.free(Relay(3))),
+            (2, 3),
+            "{} taken at 0 only",
+            a.0
+        );
+        let mut got: Vec<u16> = (0..3)
+            .filter_map(|r| p.take(Relay(3), false, r))
+            .map(|q| q.0)
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [7000, 7001, 7100]);
+        assert_eq!(p.free(Relay(1)), 0, "never joined");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use super::ports::PortPool;
+use super::ports::{PortPool, Relay};
 use super::stats::Code;
 use crate::addr::{Origin, RelayPort};
 
@@ -50,6 +50,7 @@ impl Default for Limits {
 /// A relay port held for a RESERVATION-TOKEN.
 #[derive(Debug)]
 struct Reservation {
+    relay: Relay,
     port: RelayPort,
     v6: bool,
     /// Only the user who reserved it may redeem it.
@@ -116,17 +117,19 @@ impl ServerState {
         }
     }
 
-    /// Hold `port` (of the IPv6 family if `v6`) for `token`, for `user`,
-    /// with the quota units `held` that [`ServerState::acquire`] counted for it.
+    /// Hold `port` of `relay` (of the IPv6 family if `v6`) for `token`,
+    /// for `user`, with the quota units `held` that
+    /// [`ServerState::acquire`] counted for it.
     pub(super) fn reserve(
         &self,
         token: [u8; 8],
-        port: RelayPort,
+        (relay, port): (Relay, RelayPort),
         v6: bool,
         user: &str,
         held: Held,
     ) {
         let r = Reservation {
+            relay,
             port,
             v6,
             user: user.to_owned(),
@@ -135,24 +138,30 @@ impl ServerState {
         lock(&self.reservations).insert(token, r);
     }
 
-    /// Redeem a token for `user`: its port, family and quota units, once;
-    /// the units pass to the allocation that redeems it. Another user's
-    /// token redeems nothing (and stays for its owner).
-    pub(super) fn redeem(&self, token: &[u8], user: &str) -> Option<(RelayPort, bool, Held)> {
+    /// Redeem a token for `user`: its relay and port, family and quota
+    /// units, once; the units pass to the allocation that redeems it.
+    /// Another user's token redeems nothing (and stays for its owner).
+    pub(super) fn redeem(
+        &self,
+        token: &[u8],
+        user: &str,
+    ) -> Option<((Relay, RelayPort), bool, Held)> {
         let token: [u8; 8] = token.try_into().ok()?;
         let mut held = lock(&self.reservations);
         match held.get(&token) {
-            Some(r) if r.user == user => held.remove(&token).map(|r| (r.port, r.v6, r.held)),
+            Some(r) if r.user == user => held
+                .remove(&token)
+                .map(|r| ((r.relay, r.port), r.v6, r.held)),
             _ => None,
         }
     }
 
-    /// Drop a token whatever its user (expiry, or a broken pair): its port.
-    /// What it counted against the quotas is given back.
-    pub(super) fn expire(&self, token: &[u8; 8]) -> Option<RelayPort> {
+    /// Drop a token whatever its user (expiry, or a broken pair): its relay
+    /// and port. What it counted against the quotas is given back.
+    pub(super) fn expire(&self, token: &[u8; 8]) -> Option<(Relay, RelayPort)> {
         let r = lock(&self.reservations).remove(token)?;
         self.release(&r.held);
-        Some(r.port)
+        Some((r.relay, r.port))
     }
 
     /// Count `units` allocations against `name` and `ports` against the

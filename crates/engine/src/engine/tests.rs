@@ -59,6 +59,8 @@ struct T {
     bind_ok: bool,
     /// Grants drained with the answers, in order (see `grants.rs`).
     grants: Vec<Grant>,
+    /// Where each relay socket was asked for, in order.
+    opened: Vec<SocketAddr>,
 }
 
 fn client(port: u16) -> ClientAddr {
@@ -101,6 +103,7 @@ impl T {
             nonce: String::new(),
             bind_ok: true,
             grants: Vec::new(),
+            opened: Vec::new(),
         };
         // Learn a nonce the way a client does: an unauthenticated Allocate.
         let r = t.send(client(1), &Req::new(METHOD_ALLOCATE).transport(17).bytes());
@@ -123,7 +126,8 @@ impl T {
                     assert_eq!(to, c);
                     out.push(wire::decode(&data).expect("valid response"));
                 }
-                Output::OpenRelay { alloc, .. } => {
+                Output::OpenRelay { alloc, bind } => {
+                    self.opened.push(bind);
                     self.e.relay_opened(self.now, alloc, self.bind_ok)
                 }
                 Output::CloseRelay { .. } => {}
@@ -798,6 +802,90 @@ fn permissions_expire_after_300_seconds() {
     );
 }
 
+const PEER3: &str = "93.184.216.36:9002";
+
+#[test]
+fn an_expired_channel_holds_its_number_and_peer_for_five_minutes() {
+    // RFC 8656 §12: for 5 minutes after a binding expires, its number
+    // binds to no other peer and its peer to no other number.
+    let mut t = T::new();
+    let c = client(1);
+    let id = bound(&mut t, c);
+    t.signed(c, Req::new(METHOD_REFRESH).lifetime(3600));
+    t.advance(600);
+    assert!(t.e.allocation(id).unwrap().channels.is_empty(), "expired");
+    assert_eq!(
+        t.bind(c, 0x4000, PEER2),
+        Some(400),
+        "number to another peer"
+    );
+    assert_eq!(t.bind(c, 0x4001, PEER), Some(400), "peer to another number");
+    assert_eq!(t.bind(c, 0x4002, PEER2), None, "an unrelated pair binds");
+    t.advance(299);
+    assert_eq!(t.bind(c, 0x4000, PEER3), Some(400), "still held at 899 s");
+    t.advance(1);
+    // The hold ends 300 s after the expiry (600 s).
+    assert_eq!(t.bind(c, 0x4000, PEER3), None, "free at 900 s");
+    assert_eq!(t.bind(c, 0x4001, PEER), None, "free at 900 s");
+    assert!(t.e.allocation(id).unwrap().held_channels.is_empty());
+}
+
+#[test]
+fn a_held_pair_binds_again_and_relays() {
+    let mut t = T::new();
+    let c = client(1);
+    let id = bound(&mut t, c);
+    t.signed(c, Req::new(METHOD_REFRESH).lifetime(3600));
+    t.advance(600);
+    let pkt = [0x40, 0x00, 0x00, 0x00];
+    assert!(t.e.handle_client(t.now, c, &pkt).is_none(), "expired");
+    assert_eq!(t.bind(c, 0x4000, PEER), None, "the same pair");
+    let a = t.e.allocation(id).unwrap();
+    assert_eq!(a.channels.len(), 1);
+    assert!(a.held_channels.is_empty(), "live again, not held");
+    assert!(t.e.handle_client(t.now, c, &pkt).is_some(), "relays");
+    // It expires again and is held again, from its new expiry.
+    t.advance(600);
+    assert_eq!(t.bind(c, 0x4000, PEER2), Some(400));
+    t.advance(300);
+    assert_eq!(t.bind(c, 0x4000, PEER2), None);
+}
+
+#[test]
+fn held_channels_take_no_quota_and_stay_within_it() {
+    // channels_per_allocation is 10. Holds do not count against it (a
+    // client binds new pairs at once), and there are never more of them
+    // than live bindings 5 minutes earlier.
+    let mut t = T::new();
+    let c = client(1);
+    t.allocate(c);
+    let id = t.e.allocation_of(c).unwrap();
+    t.signed(c, Req::new(METHOD_REFRESH).lifetime(3600));
+    let ip = |i: u16| format!("93.184.216.{}:9000", 40 + i);
+    for round in 0..3u16 {
+        for i in 0..10 {
+            let n = 0x4000 + round * 10 + i;
+            assert_eq!(
+                t.bind(c, n, &ip(round * 10 + i)),
+                None,
+                "round {round} #{i}"
+            );
+        }
+        let peer_ip = ip(round * 10 + 10);
+        assert_eq!(t.bind(c, 0x4FFF, &peer_ip), Some(508), "the quota");
+        t.advance(600);
+        let a = t.e.allocation(id).unwrap();
+        assert_eq!(a.channels.len(), 0);
+        assert_eq!(
+            a.held_channels.len(),
+            10,
+            "round {round}: only this round's"
+        );
+        // Keep the allocation alive.
+        t.signed(c, Req::new(METHOD_REFRESH).lifetime(3600));
+    }
+}
+
 #[test]
 fn channels_expire_after_600_seconds_and_fall_back_to_data_indications() {
     let mut t = T::new();
@@ -1413,6 +1501,73 @@ fn draining_refuses_new_allocations_and_keeps_old_ones() {
     let r = t.signed(c, Req::new(METHOD_REFRESH));
     assert_eq!(code(&r), None);
     assert_eq!(t.e.allocation_count(), 1);
+}
+
+#[test]
+fn draining_sends_tls_clients_to_the_tls_alternate_with_its_domain() {
+    let mut t = T::new();
+    let alt: SocketAddr = "198.51.100.7:3478".parse().unwrap();
+    let alt_tls: SocketAddr = "198.51.100.8:443".parse().unwrap();
+    let on = |port, via| ClientAddr {
+        remote: SocketAddr::new("203.0.113.5".parse().unwrap(), port),
+        via,
+    };
+    let tls = on(
+        2,
+        Via::Stream {
+            listener: 0,
+            conn: 1,
+            tls: true,
+        },
+    );
+    let tcp = on(
+        3,
+        Via::Stream {
+            listener: 0,
+            conn: 2,
+            tls: false,
+        },
+    );
+    let udp = client(4);
+    let answer = |t: &mut T, c| {
+        let r = t.signed(c, Req::new(METHOD_ALLOCATE).transport(17));
+        let server = wire::attr(&r, ATTR_ALTERNATE_SERVER).map(|v| {
+            let v = v.to_vec();
+            let ip = std::net::Ipv4Addr::new(v[4], v[5], v[6], v[7]);
+            SocketAddr::from((ip, u16::from_be_bytes([v[2], v[3]])))
+        });
+        let domain = wire::attr(&r, ATTR_ALTERNATE_DOMAIN);
+        (
+            code(&r),
+            server,
+            domain.map(|d| String::from_utf8(d.to_vec()).unwrap()),
+        )
+    };
+    let domain = Some("turn2.example.org".to_string());
+    t.e.drain(Redirect {
+        alternate: Some(alt),
+        tls: Some(TlsAlternate {
+            address: alt_tls,
+            domain: domain.clone(),
+        }),
+    });
+    assert_eq!(answer(&mut t, tls), (Some(300), Some(alt_tls), domain));
+    assert_eq!(answer(&mut t, tcp), (Some(300), Some(alt), None));
+    assert_eq!(answer(&mut t, udp), (Some(300), Some(alt), None));
+    // Without a domain the TLS client gets the TLS address alone; without
+    // `alternate` the others get 508.
+    t.e.drain(Redirect {
+        alternate: None,
+        tls: Some(TlsAlternate {
+            address: alt_tls,
+            domain: None,
+        }),
+    });
+    assert_eq!(answer(&mut t, tls), (Some(300), Some(alt_tls), None));
+    assert_eq!(answer(&mut t, udp), (Some(508), None, None));
+    // Without a TLS alternate, TLS clients get `alternate` as every client.
+    t.e.drain(Some(alt));
+    assert_eq!(answer(&mut t, tls), (Some(300), Some(alt), None));
 }
 
 #[test]

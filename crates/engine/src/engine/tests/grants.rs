@@ -158,8 +158,8 @@ fn a_full_allocation_life_reports_each_grant_in_order() {
     assert_eq!(t.grants(), [l.permission(PEER2, Expired, 620)]);
     t.advance(80);
     assert_eq!(t.grants(), [l.channel(0x4000, PEER, Expired, 700)]);
-    // The server holds nothing back after expiry (RFC 8656 §12 has the
-    // client wait): the number binds again at once, as a new binding.
+    // The pair is on hold for 5 minutes (RFC 8656 §12), which lets the
+    // same pair bind again at once: a new binding, after the expired one.
     assert_eq!(t.bind(c, 0x4000, PEER), None);
     assert_eq!(
         t.grants(),
@@ -194,7 +194,8 @@ fn a_full_allocation_life_reports_each_grant_in_order() {
 #[test]
 fn a_binding_expired_but_not_yet_swept_is_not_refreshed() {
     // The clock passes the channel's expiry before the timer runs: the
-    // bind sweeps first, so the old binding expires and a new one is made.
+    // bind sweeps first, so the old binding expires (and goes on hold,
+    // RFC 8656 §12) and binding the same pair makes a new one.
     let mut t = T::new();
     let c = client(1);
     let relay = t.allocate(c);
@@ -203,14 +204,20 @@ fn a_binding_expired_but_not_yet_swept_is_not_refreshed() {
     assert_eq!(t.bind(c, 0x4000, PEER), None);
     t.grants();
     t.now += Duration::from_secs(600);
-    assert_eq!(t.bind(c, 0x4000, PEER2), None, "the old binding is gone");
+    assert_eq!(t.bind(c, 0x4000, PEER2), Some(400), "the number is on hold");
     assert_eq!(
         t.grants(),
         [
             l.channel(0x4000, PEER, Expired, 600),
-            l.permission(PEER, Expired, 300),
-            l.permission(PEER2, Created, 900),
-            l.channel(0x4000, PEER2, Created, 1200)
+            l.permission(PEER, Expired, 300)
+        ]
+    );
+    assert_eq!(t.bind(c, 0x4000, PEER), None, "the same pair binds again");
+    assert_eq!(
+        t.grants(),
+        [
+            l.permission(PEER, Created, 900),
+            l.channel(0x4000, PEER, Created, 1200)
         ]
     );
 }

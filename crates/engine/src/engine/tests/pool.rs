@@ -134,3 +134,95 @@ fn dual_allocations_of_two_engines_take_distinct_ports_of_one_range() {
     b.signed(client(10), Req::new(METHOD_REFRESH).lifetime(0));
     assert_eq!(a.e.free_ports(), 2, "both of b's ports came back");
 }
+
+/// Relay addresses 10.0.0.1 and 10.0.0.2, advertised as 203.0.113.1 and
+/// 203.0.113.2, ports 50000-50009 each; only the first has an IPv6 twin.
+fn two_relays() -> EngineConfig {
+    let mut c = dual_config();
+    c.relay_bind = "10.0.0.1".parse().unwrap();
+    c.relay_public = "203.0.113.1".parse().unwrap();
+    c.more_relays = vec![RelayAddress {
+        bind: "10.0.0.2".parse().unwrap(),
+        public: "203.0.113.2".parse().unwrap(),
+        bind_v6: None,
+        public_v6: None,
+    }];
+    c.live.limits.allocations_per_user = 100;
+    c
+}
+
+#[test]
+fn allocations_spread_over_every_relay_address() {
+    let mut t = T::with(two_relays());
+    assert_eq!(t.e.free_ports(), 20);
+    let mut at = std::collections::HashMap::<std::net::IpAddr, HashSet<u16>>::new();
+    for i in 0..20 {
+        let relayed = t.allocate(client(100 + i));
+        // The socket binds the address that is advertised, at its port.
+        let bind = t.opened.pop().unwrap();
+        let public = if bind.ip().to_string() == "10.0.0.1" {
+            "203.0.113.1"
+        } else {
+            "203.0.113.2"
+        };
+        assert_eq!(
+            relayed,
+            SocketAddr::new(public.parse().unwrap(), bind.port())
+        );
+        assert!(at.entry(relayed.ip()).or_default().insert(relayed.port()));
+    }
+    // Ten each: more than one address's range holds.
+    assert_eq!(at.len(), 2);
+    assert!(at.values().all(|ports| ports.len() == 10), "{at:?}");
+    assert_eq!(allocate_code(&mut t, client(200)), Some(508));
+    assert_eq!(t.e.free_ports(), 0);
+    // A port freed on the second address is the next one taken.
+    let second: SocketAddr = "203.0.113.2:0".parse().unwrap();
+    let c = (100..120)
+        .map(client)
+        .find(|&c| {
+            let id = t.e.allocation_of(c).unwrap();
+            t.e.allocation(id).unwrap().relayed.ip() == second.ip()
+        })
+        .unwrap();
+    t.signed(c, Req::new(METHOD_REFRESH).lifetime(0));
+    assert_eq!(t.e.free_ports(), 1);
+    assert_eq!(t.allocate(client(300)).ip(), second.ip());
+}
+
+#[test]
+fn ipv6_and_reserved_ports_stay_on_their_relay_address() {
+    let mut t = T::with(two_relays());
+    // IPv6 only where there is an IPv6 twin: the first address.
+    for i in 0..4 {
+        let r = t.signed(
+            client(100 + i),
+            Req::new(METHOD_ALLOCATE)
+                .transport(17)
+                .attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+        );
+        assert_eq!(code(&r), None);
+        let relayed = wire::xor_address(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+        assert_eq!(
+            relayed.ip(),
+            "2001:db8::7".parse::<std::net::IpAddr>().unwrap()
+        );
+    }
+    // A reserved port is redeemed at the address it was reserved on.
+    let mut ips = HashSet::new();
+    for i in 0..4 {
+        let r = reserve_pair(&mut t, client(200 + i));
+        let even = wire::xor_address(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+        let token = wire::attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
+        let r = t.signed(
+            client(300 + i),
+            Req::new(METHOD_ALLOCATE)
+                .transport(17)
+                .attr(ATTR_RESERVATION_TOKEN, &token),
+        );
+        let odd = wire::xor_address(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+        assert_eq!(odd, SocketAddr::new(even.ip(), even.port() + 1));
+        ips.insert(even.ip());
+    }
+    assert_eq!(ips.len(), 2, "pairs on both addresses: {ips:?}");
+}

@@ -41,16 +41,9 @@ pub trait Transport {
     /// dropping it closes the socket.
     type Relay: AsFd;
 
-    /// Start watching `sock`, the new relay socket of allocation `id`,
-    /// bound to `bind`, for `client`; `None` if it cannot be watched (the
-    /// transport says why in its log).
-    fn watch(
-        &mut self,
-        id: AllocId,
-        bind: SocketAddr,
-        sock: std::net::UdpSocket,
-        client: Option<ClientAddr>,
-    ) -> Option<Self::Relay>;
+    /// Start watching a relay socket just bound; `None` if it cannot be
+    /// watched (the transport says why in its log).
+    fn watch(&mut self, new: Bound) -> Option<Self::Relay>;
 
     /// Stop watching `relay`, whose allocation ended at `now`.
     fn unwatch(&mut self, relay: Self::Relay, now: Instant);
@@ -79,6 +72,17 @@ pub trait Transport {
 
     /// Shrink the transport's own tables (with [`Host::compact_if_due`]).
     fn compact(&mut self) {}
+}
+
+/// A relay socket just bound, for a [`Transport`] to watch.
+pub struct Bound {
+    /// The allocation it relays for.
+    pub id: AllocId,
+    /// The address it is bound to.
+    pub bind: SocketAddr,
+    pub socket: std::net::UdpSocket,
+    /// The allocation's client.
+    pub client: Option<ClientAddr>,
 }
 
 /// How a read of one socket ended.
@@ -305,7 +309,7 @@ impl<T: Transport> Host<T> {
 
     /// Bind allocation `id`'s relay socket on `bind` and watch it.
     fn open_relay(&mut self, id: AllocId, bind: SocketAddr) -> bool {
-        let sock = match socket::relay(bind) {
+        let socket = match socket::relay(bind) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%bind, "relay bind failed: {e}");
@@ -313,7 +317,13 @@ impl<T: Transport> Host<T> {
             }
         };
         let client = self.engine.allocation(id).map(|a| a.client);
-        let Some(relay) = self.transport.watch(id, bind, sock, client) else {
+        let new = Bound {
+            id,
+            bind,
+            socket,
+            client,
+        };
+        let Some(relay) = self.transport.watch(new) else {
             return false;
         };
         let i = id.0 as usize;

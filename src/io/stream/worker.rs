@@ -11,7 +11,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::rc::Rc;
@@ -28,7 +27,7 @@ use super::{tcp, tls};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig};
 use crate::io::command::HostCommand;
-use crate::io::host::{Drained, Host, Transport};
+use crate::io::host::{Bound, Drained, Host, Transport};
 use crate::io::mmsg::{self, Batch, Out};
 
 /// The log target of this file's lines (where they stood before the
@@ -75,23 +74,17 @@ impl AsFd for StreamRelay {
 impl Transport for Streams {
     type Relay = StreamRelay;
 
-    fn watch(
-        &mut self,
-        id: AllocId,
-        bind: SocketAddr,
-        sock: std::net::UdpSocket,
-        client: Option<ClientAddr>,
-    ) -> Option<StreamRelay> {
-        let sock = match UdpSocket::from_std(sock) {
+    fn watch(&mut self, new: Bound) -> Option<StreamRelay> {
+        let sock = match UdpSocket::from_std(new.socket) {
             Ok(s) => Rc::new(s),
             Err(e) => {
-                tracing::debug!(%bind, "relay bind failed: {e}");
+                tracing::debug!(bind = %new.bind, "relay bind failed: {e}");
                 return None;
             }
         };
-        let task = tokio::task::spawn_local(relay_loop(me()?, id, sock.clone()));
+        let task = tokio::task::spawn_local(relay_loop(me()?, new.id, sock.clone()));
         // The client's connection holds an allocation from now on.
-        let conn = match client.map(|c| c.via) {
+        let conn = match new.client.map(|c| c.via) {
             Some(Via::Stream { conn, .. }) => Some(conn),
             _ => None,
         };

@@ -109,6 +109,14 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// The default marks, with a calm spell of 100 ms.
+    fn quick() -> Balance {
+        Balance {
+            calm: 100 * MS,
+            ..Balance::default()
+        }
+    }
+
     fn window<'a>(id: usize, load: u32, held: &'a [usize], loads: &'a [u32]) -> Window<'a> {
         Window {
             id,
@@ -137,11 +145,7 @@ mod tests {
 
     #[test]
     fn the_last_driver_merges_after_a_calm_spell_and_no_other_does() {
-        let b = Balance {
-            split: 600,
-            merge: 500,
-            calm: 100 * MS,
-        };
+        let b = quick();
         let t = Instant::now();
         let held = [1, 1, 1];
         let loads = [100, 100, 100];
@@ -166,11 +170,7 @@ mod tests {
 
     #[test]
     fn a_busy_spell_restarts_the_calm_clock() {
-        let b = Balance {
-            split: 600,
-            merge: 500,
-            calm: 100 * MS,
-        };
+        let b = quick();
         let t = Instant::now();
         let held = [1, 1];
         let mut calm = None;

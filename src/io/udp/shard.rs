@@ -8,7 +8,7 @@
 //! queue goes out with one `sendmmsg` per socket once every ready socket
 //! was read (or sooner, when the batch is nearly full).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use super::LOG;
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig};
 use crate::io::command::{HostCommand, Mailbox};
-use crate::io::host::{Host, Transport};
+use crate::io::host::{Bound, Host, Transport};
 use crate::io::mmsg::{self, Batch, Out};
 use crate::io::poll::{self, Epoll, EventFd};
 
@@ -56,19 +56,18 @@ impl Listeners {
 impl Transport for Listeners {
     type Relay = UdpSocket;
 
-    fn watch(
-        &mut self,
-        id: AllocId,
-        bind: SocketAddr,
-        sock: UdpSocket,
-        _client: Option<ClientAddr>,
-    ) -> Option<UdpSocket> {
-        let kind = if bind.is_ipv6() { RELAY_V6 } else { RELAY_V4 };
-        if let Err(e) = poll::add(self.epfd, sock.as_raw_fd(), token(self.index, kind, id.0)) {
-            tracing::warn!(target: LOG, %bind, "cannot watch a relay socket: {e}");
+    fn watch(&mut self, new: Bound) -> Option<UdpSocket> {
+        let kind = if new.bind.is_ipv6() {
+            RELAY_V6
+        } else {
+            RELAY_V4
+        };
+        let t = token(self.index, kind, new.id.0);
+        if let Err(e) = poll::add(self.epfd, new.socket.as_raw_fd(), t) {
+            tracing::warn!(target: LOG, bind = %new.bind, "cannot watch a relay socket: {e}");
             return None;
         }
-        Some(sock)
+        Some(new.socket)
     }
 
     /// A closed socket leaves the epoll set by itself.

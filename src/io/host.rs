@@ -63,8 +63,8 @@ pub trait Transport {
         frame: Range<usize>,
     ) -> bool;
 
-    /// The engine's queue was carried out; `next` is its next deadline.
-    fn flushed(&mut self, _next: Option<Instant>) {}
+    /// `engine`'s queue was carried out (its next deadline may have moved).
+    fn flushed(&mut self, _engine: &Engine) {}
 
     /// The last allocation of many is gone: call [`Host::compact_if_due`]
     /// now or a little later.
@@ -304,7 +304,7 @@ impl<T: Transport> Host<T> {
                 Output::Grant(_) => {}
             }
         }
-        self.transport.flushed(self.engine.poll_timeout());
+        self.transport.flushed(&self.engine);
     }
 
     /// Bind allocation `id`'s relay socket on `bind` and watch it.

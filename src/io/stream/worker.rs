@@ -128,7 +128,8 @@ impl Transport for Streams {
     }
 
     /// Re-arm the timer if the engine's next deadline moved earlier.
-    fn flushed(&mut self, next: Option<Instant>) {
+    fn flushed(&mut self, engine: &Engine) {
+        let next = engine.poll_timeout();
         if next.is_some() && (self.armed.is_none() || next < self.armed) {
             self.timer.notify_one();
         }

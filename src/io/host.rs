@@ -5,7 +5,7 @@
 //! closes relay sockets (RFC 8656 §7.2, §7.3), sends answers and relayed
 //! data, counts what it could not send, reads peer datagrams with
 //! `recvmmsg` into one shared [`Batch`] and lets the engine frame them in
-//! place (§11.5, §12.4), answers the control plane's [`HostCommand`]s,
+//! place (§12.7, §11.3), answers the control plane's [`HostCommand`]s,
 //! and compacts its tables once the last allocation of many is gone.
 //!
 //! What differs between transports is behind [`Transport`]: how a relay
@@ -232,7 +232,7 @@ impl<T: Transport> Host<T> {
     }
 
     /// Datagram `i` of the batch, from a peer on the relay socket of `id`:
-    /// framed in place by the engine (RFC 8656 §11.5, §12.4) and handed to
+    /// framed in place by the engine (RFC 8656 §12.7, §11.3) and handed to
     /// the transport for the client.
     #[inline]
     fn peer_datagram(&mut self, now: Instant, id: AllocId, i: usize) {

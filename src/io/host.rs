@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::command::HostCommand;
@@ -137,7 +137,7 @@ impl<T: Transport> Host<T> {
 
     /// Every relay socket: its allocation, whether it is the IPv6 one, and
     /// its descriptor.
-    pub fn relay_fds(&self) -> impl Iterator<Item = (AllocId, bool, i32)> + '_ {
+    pub fn relay_fds(&self) -> impl Iterator<Item = (AllocId, bool, RawFd)> + '_ {
         self.relays.iter().enumerate().flat_map(|(id, pair)| {
             pair.iter().enumerate().filter_map(move |(v6, r)| {
                 r.as_ref()
@@ -148,7 +148,7 @@ impl<T: Transport> Host<T> {
 
     /// The descriptor of `id`'s relay socket for IPv6 (`v6`) or IPv4 peers.
     #[inline]
-    pub fn relay_fd(&self, id: AllocId, v6: bool) -> Option<i32> {
+    pub fn relay_fd(&self, id: AllocId, v6: bool) -> Option<RawFd> {
         self.relay(id, v6).map(|r| r.as_fd().as_raw_fd())
     }
 

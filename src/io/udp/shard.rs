@@ -31,7 +31,7 @@ const RELAY_V4: u64 = 1;
 const RELAY_V6: u64 = 2;
 const MAILBOX: u64 = 3;
 
-pub(super) fn token(shard: usize, kind: u64, index: u32) -> u64 {
+fn token(shard: usize, kind: u64, index: u32) -> u64 {
     (shard as u64) << 56 | kind << 48 | index as u64
 }
 

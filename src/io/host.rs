@@ -52,6 +52,13 @@ pub trait Transport {
     /// if it was dropped.
     fn to_client(&mut self, client: ClientAddr, data: &[u8]) -> bool;
 
+    /// The socket from which a datagram for `client` may wait in the batch
+    /// and leave with the round's `sendmmsg`; `None`: send it at once
+    /// ([`Self::to_client`]).
+    fn queue_for(&self, _client: ClientAddr) -> Option<RawFd> {
+        None
+    }
+
     /// Send `frame`, a ChannelData message or Data indication in `batch`,
     /// to `client`: at once, or queued in `outs` (sent when the round
     /// ends, with one `sendmmsg` per socket). False if it was dropped.
@@ -213,6 +220,7 @@ impl<T: Transport> Host<T> {
                 start: at + f.start,
                 end: at + f.end,
                 to: f.peer.0,
+                answer: false,
             });
         }
         self.flush(now);
@@ -291,7 +299,7 @@ impl<T: Transport> Host<T> {
         while let Some(o) = self.engine.poll_output() {
             match o {
                 Output::Transmit { to, data } => {
-                    if !self.transport.to_client(to, &data) {
+                    if !self.queue(to, &data) && !self.transport.to_client(to, &data) {
                         self.send_drops += 1;
                     }
                 }
@@ -305,6 +313,31 @@ impl<T: Transport> Host<T> {
             }
         }
         self.transport.flushed(&self.engine);
+    }
+
+    /// Copy `data` for `client` into a free slot of the batch and queue it
+    /// with the round's datagrams, if the transport sends that way and a
+    /// slot is free; whether it was queued. Answers of one round then share
+    /// a `sendmmsg` with each other and with relayed data.
+    fn queue(&mut self, client: ClientAddr, data: &[u8]) -> bool {
+        let i = self.batch.used;
+        if i >= SLOTS || data.len() > BUF_LEN {
+            return false;
+        }
+        let Some(fd) = self.transport.queue_for(client) else {
+            return false;
+        };
+        let start = Batch::base(i);
+        self.batch.data[start..start + data.len()].copy_from_slice(data);
+        self.batch.used += 1;
+        self.outs.push(Out {
+            fd,
+            start,
+            end: start + data.len(),
+            to: client.remote,
+            answer: true,
+        });
+        true
     }
 
     /// Bind allocation `id`'s relay socket on `bind` and watch it.

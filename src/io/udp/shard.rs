@@ -10,7 +10,7 @@
 
 use std::net::UdpSocket;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -83,6 +83,14 @@ impl Transport for Listeners {
         }
     }
 
+    /// A UDP client's answers wait for the round's `sendmmsg`.
+    fn queue_for(&self, client: ClientAddr) -> Option<RawFd> {
+        match client.via {
+            Via::Udp(l) => self.get(l).map(|s| s.as_raw_fd()),
+            Via::Stream { .. } => None,
+        }
+    }
+
     /// Queued, to leave with the round's `sendmmsg` on the listener.
     #[inline]
     fn frame_to_client(
@@ -101,6 +109,7 @@ impl Transport for Listeners {
                 start: frame.start,
                 end: frame.end,
                 to: client.remote,
+                answer: false,
             });
         }
         true

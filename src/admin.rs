@@ -70,21 +70,21 @@ pub struct SessionInfo {
     pub relay_v6: Option<String>,
     pub age_seconds: u64,
     /// Relayed from the client to peers.
-    pub to_peer: Traffic,
+    pub to_peer: TrafficReport,
     /// Relayed from peers to the client.
-    pub to_client: Traffic,
+    pub to_client: TrafficReport,
 }
 
-/// Packets and bytes in one direction.
+/// Packets and bytes in one direction, as the admin API reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Traffic {
+pub struct TrafficReport {
     pub packets: u64,
     pub bytes: u64,
 }
 
 impl SessionInfo {
     pub fn from_session(s: &Session) -> SessionInfo {
-        let t = |dir: Direction| Traffic {
+        let t = |dir: Direction| TrafficReport {
             packets: s.traffic[dir.index()].packets,
             bytes: s.traffic[dir.index()].bytes,
         };
@@ -709,11 +709,11 @@ mod tests {
             relay_port: 10000,
             relay_v6: None,
             age_seconds: 3725,
-            to_peer: Traffic {
+            to_peer: TrafficReport {
                 packets: 3,
                 bytes: 300,
             },
-            to_client: Traffic {
+            to_client: TrafficReport {
                 packets: 2,
                 bytes: 20,
             },

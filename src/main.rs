@@ -27,11 +27,11 @@ struct Cli {
     #[arg(long, short, global = true, value_name = "FILE", value_hint = ValueHint::FilePath)]
     config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<CliCommand>,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum CliCommand {
     /// Run the server (the default).
     Run,
     /// Run the server plus the signaling demo's web pages ([demo] address).
@@ -407,9 +407,9 @@ fn password(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Man { section, dir } => man(&section, dir.as_ref()),
-        Command::Completions { shell } => {
+    match cli.command.unwrap_or(CliCommand::Run) {
+        CliCommand::Man { section, dir } => man(&section, dir.as_ref()),
+        CliCommand::Completions { shell } => {
             let mut cmd = Cli::command();
             let mut out = std::io::stdout();
             let generator = match shell {
@@ -423,16 +423,16 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run => serve(cli.config.as_ref(), "run", ferroturn::daemon::run),
-        Command::Demo => serve(cli.config.as_ref(), "demo", ferroturn::demo::run),
-        Command::Check => match load(cli.config.as_ref(), "check") {
+        CliCommand::Run => serve(cli.config.as_ref(), "run", ferroturn::daemon::run),
+        CliCommand::Demo => serve(cli.config.as_ref(), "demo", ferroturn::demo::run),
+        CliCommand::Check => match load(cli.config.as_ref(), "check") {
             Ok(_) => {
                 println!("{}: ok", cli.config.as_ref().expect("loaded").display());
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
-        Command::Credentials {
+        CliCommand::Credentials {
             secret,
             secret_file,
             user,
@@ -478,13 +478,13 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Password {
+        CliCommand::Password {
             user,
             realm,
             password: given,
             toml,
         } => password(cli.config.as_ref(), &user, realm, given, toml),
-        Command::Sessions {
+        CliCommand::Sessions {
             admin,
             token_file,
             token,
@@ -512,7 +512,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Kill {
+        CliCommand::Kill {
             user,
             relay_port,
             admin,

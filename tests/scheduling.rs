@@ -1,4 +1,4 @@
-//! `udp_scheduling = "auto"` (the default, `io::sched`): a UDP driver
+//! `udp_scheduling = "auto"` (the default, `io::udp::sched`): a UDP driver
 //! thread runs under SCHED_BATCH, leaves it while another task keeps its CPU
 //! busy, and comes back once the CPU is free; no request is lost meanwhile.
 //! A file of its own: the test keeps one CPU busy for a few seconds.

@@ -1,92 +1,437 @@
-//! This host's own addresses, read from its interfaces (getifaddrs(3)), so
-//! that the peer policy can tell a relay to another host from one back into
-//! this one.
+//! The engine host: one engine with the relay sockets of its allocations,
+//! whatever transport its clients use.
+//!
+//! A [`Host`] carries out what its engine asks ([`Output`]): it opens and
+//! closes relay sockets (RFC 8656 §7.2, §7.3), sends answers and relayed
+//! data, counts what it could not send, reads peer datagrams with
+//! `recvmmsg` into one shared [`Batch`] and lets the engine frame them in
+//! place (§12.7, §11.3), answers the control plane's [`HostCommand`]s,
+//! and compacts its tables once the last allocation of many is gone.
+//!
+//! What differs between transports is behind [`Transport`]: how a relay
+//! socket is watched for readiness (the UDP shard's epoll set, or a tokio
+//! task of the stream worker) and how a frame reaches a client (a UDP
+//! listener, or a stream connection).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::time::Instant;
 
-/// Every IPv4 and IPv6 address on this host's interfaces, and the
-/// subnet-router anycast address of each IPv6 prefix. An error (no
-/// interfaces readable) gives none: the configured addresses and loopback
-/// still count as own.
-pub fn addresses() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list that we walk read-only and
-    // free once with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot list this host's addresses");
-        return out;
+use super::command::HostCommand;
+use super::mmsg::{Batch, Out, SLOTS};
+use super::socket;
+use crate::addr::{AllocId, ClientAddr, Via};
+use crate::engine::{Engine, Output};
+use crate::proto::channel_data::{BUF_LEN, HEADROOM};
+
+/// `recvmmsg` calls per ready socket before the next socket's turn.
+const ROUNDS: usize = 4;
+
+/// Free slots below which the queue is sent before the next `recvmmsg`.
+const MIN_FREE: usize = 8;
+
+/// Relay table size from which emptying it compacts the tables.
+const COMPACT_AFTER: usize = 256;
+
+/// What a transport gives a [`Host`]: readiness for relay sockets, and the
+/// way to its clients.
+pub trait Transport {
+    /// A relay socket as this transport keeps it, watched for readiness;
+    /// dropping it closes the socket.
+    type Relay: AsFd;
+
+    /// Start watching a relay socket just bound; `None` if it cannot be
+    /// watched (the transport says why in its log).
+    fn watch(&mut self, new: Bound) -> Option<Self::Relay>;
+
+    /// Stop watching `relay`, whose allocation ended at `now`.
+    fn unwatch(&mut self, relay: Self::Relay, now: Instant);
+
+    /// Send `data` (an answer or a Data indication) to `client` now; false
+    /// if it was dropped.
+    fn to_client(&mut self, client: ClientAddr, data: &[u8]) -> bool;
+
+    /// The socket from which a datagram for `client` may wait in the batch
+    /// and leave with the round's `sendmmsg`; `None`: send it at once
+    /// ([`Self::to_client`]).
+    fn queue_for(&self, _client: ClientAddr) -> Option<RawFd> {
+        None
     }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        let sa = ifa.ifa_addr;
-        if !sa.is_null() {
-            // SAFETY: the family says which sockaddr type `sa` points to.
-            match unsafe { (*sa).sa_family } as i32 {
-                libc::AF_INET => {
-                    let a = unsafe { &*(sa as *const libc::sockaddr_in) };
-                    out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))));
-                }
-                libc::AF_INET6 => {
-                    let a = unsafe { &*(sa as *const libc::sockaddr_in6) };
-                    let addr = Ipv6Addr::from(a.sin6_addr.s6_addr);
-                    out.push(IpAddr::V6(addr));
-                    // The subnet-router anycast address of its prefix (RFC
-                    // 4291 §2.6.1) is this host's too when it forwards.
-                    let mask = ifa.ifa_netmask;
-                    if !mask.is_null() {
-                        // SAFETY: an AF_INET6 address has an AF_INET6 mask.
-                        let m = unsafe { &*(mask as *const libc::sockaddr_in6) };
-                        let m = u128::from(Ipv6Addr::from(m.sin6_addr.s6_addr));
-                        if m != u128::MAX {
-                            out.push(IpAddr::V6(Ipv6Addr::from(u128::from(addr) & m)));
-                        }
+
+    /// Send `frame`, a ChannelData message or Data indication in `batch`,
+    /// to `client`: at once, or queued in `outs` (sent when the round
+    /// ends, with one `sendmmsg` per socket). False if it was dropped.
+    fn frame_to_client(
+        &mut self,
+        outs: &mut Vec<Out>,
+        batch: &Batch,
+        client: ClientAddr,
+        frame: Range<usize>,
+    ) -> bool;
+
+    /// `engine`'s queue was carried out (its next deadline may have moved).
+    fn flushed(&mut self, _engine: &Engine) {}
+
+    /// The last allocation of many is gone: call [`Host::compact_if_due`]
+    /// now or a little later.
+    fn compaction_due(&mut self) {}
+
+    /// Shrink the transport's own tables (with [`Host::compact_if_due`]).
+    fn compact(&mut self) {}
+}
+
+/// A relay socket just bound, for a [`Transport`] to watch.
+pub struct Bound {
+    /// The allocation it relays for.
+    pub id: AllocId,
+    /// The address it is bound to.
+    pub bind: SocketAddr,
+    pub socket: std::net::UdpSocket,
+    /// The allocation's client.
+    pub client: Option<ClientAddr>,
+}
+
+/// How a read of one socket ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// A short batch emptied the socket's queue.
+    Short,
+    /// The socket had nothing (more) to read.
+    Empty,
+    /// [`ROUNDS`] full batches: more may be waiting.
+    Busy,
+}
+
+/// One engine, its relay sockets and its receive batch, served through the
+/// transport `T`.
+pub struct Host<T: Transport> {
+    pub engine: Engine,
+    /// Relay sockets by allocation id, IPv4 then IPv6 (a dual allocation
+    /// has both): a mirror of the engine's allocation slab.
+    relays: Vec<[Option<T::Relay>; 2]>,
+    /// Receive buffers for one `recvmmsg`.
+    batch: Batch,
+    /// Datagrams of the current round that wait in `batch`, sent together
+    /// at its end.
+    outs: Vec<Out>,
+    /// Datagrams and frames we could not send (socket buffer full, or a
+    /// client that does not read), dropped.
+    send_drops: u64,
+    /// The relay table was emptied after holding many: compact it.
+    compact_due: bool,
+    pub transport: T,
+}
+
+impl<T: Transport> Host<T> {
+    pub fn new(engine: Engine, transport: T) -> Host<T> {
+        Host {
+            engine,
+            relays: Vec::new(),
+            batch: Batch::new(),
+            outs: Vec::with_capacity(SLOTS),
+            send_drops: 0,
+            compact_due: false,
+            transport,
+        }
+    }
+
+    /// The relay socket of allocation `id` for IPv6 (`v6`) or IPv4 peers.
+    #[inline]
+    fn relay(&self, id: AllocId, v6: bool) -> Option<&T::Relay> {
+        self.relays.get(id.0 as usize)?[v6 as usize].as_ref()
+    }
+
+    /// Every relay socket: its allocation, whether it is the IPv6 one, and
+    /// its descriptor.
+    pub fn relay_fds(&self) -> impl Iterator<Item = (AllocId, bool, RawFd)> + '_ {
+        self.relays.iter().enumerate().flat_map(|(id, pair)| {
+            pair.iter().enumerate().filter_map(move |(v6, r)| {
+                r.as_ref()
+                    .map(|r| (AllocId(id as u32), v6 == 1, r.as_fd().as_raw_fd()))
+            })
+        })
+    }
+
+    /// The descriptor of `id`'s relay socket for IPv6 (`v6`) or IPv4 peers.
+    #[inline]
+    pub fn relay_fd(&self, id: AllocId, v6: bool) -> Option<RawFd> {
+        self.relay(id, v6).map(|r| r.as_fd().as_raw_fd())
+    }
+
+    /// Up to [`ROUNDS`] reads into the batch with `recv` (a `recvmmsg`),
+    /// `on` handling each datagram in place.
+    #[inline]
+    pub fn read(
+        &mut self,
+        now: Instant,
+        mut recv: impl FnMut(&mut Batch) -> std::io::Result<usize>,
+        mut on: impl FnMut(&mut Self, Instant, usize),
+    ) -> Drained {
+        for _ in 0..ROUNDS {
+            self.recycle();
+            let at = self.batch.used;
+            match recv(&mut self.batch) {
+                Ok(n) => {
+                    for i in at..at + n {
+                        on(self, now, i);
+                    }
+                    if n < SLOTS - at {
+                        // Drained; a later datagram raises a new event.
+                        return Drained::Short;
                     }
                 }
-                _ => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Drained::Empty,
+                // A pending socket error (an ICMP report) is gone once read.
+                Err(_) => {}
             }
         }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from a successful getifaddrs.
-    unsafe { libc::freeifaddrs(head) };
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`, which
-/// applies to IPv6 too), where it can be read (not under the unit's
-/// `ProcSubset=pid`).
-pub fn ephemeral_ports() -> Option<(u16, u16)> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    parse_range(&text)
-}
-
-fn parse_range(text: &str) -> Option<(u16, u16)> {
-    let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
-    match (it.next()??, it.next()??) {
-        (lo, hi) if lo <= hi => Some((lo, hi)),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_ephemeral_range_is_two_numbers() {
-        assert_eq!(super::parse_range("32768\t60999\n"), Some((32768, 60999)));
-        assert_eq!(super::parse_range("60999 32768"), None);
-        assert_eq!(super::parse_range("x"), None);
-        assert!(super::ephemeral_ports().is_some(), "readable here");
+        Drained::Busy
     }
 
-    #[test]
-    fn loopback_is_among_this_hosts_addresses() {
-        let a = super::addresses();
-        assert!(a.contains(&"127.0.0.1".parse().unwrap()), "{a:?}");
-        assert!(a.contains(&"::1".parse().unwrap()), "{a:?}");
+    /// Read allocation `id`'s relay socket with `recv` (see [`Self::read`]);
+    /// each datagram goes to the client framed.
+    #[inline]
+    pub fn read_relay(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        recv: impl FnMut(&mut Batch) -> std::io::Result<usize>,
+    ) -> Drained {
+        self.read(now, recv, |h, now, i| h.peer_datagram(now, id, i))
+    }
+
+    /// Datagram `i` of the batch, from a client on `via` (a UDP listener):
+    /// the engine reads it in place, and a relayed payload is queued to go
+    /// out from the relay socket straight from the batch buffer.
+    #[inline]
+    pub fn client_datagram(&mut self, now: Instant, via: Via, i: usize) {
+        let at = Batch::base(i) + HEADROOM;
+        let client = ClientAddr {
+            remote: self.batch.from[i],
+            via,
+        };
+        let packet = &self.batch.data[at..at + self.batch.len[i]];
+        if let Some(f) = self.engine.handle_client(now, client, packet)
+            && let Some(fd) = self.relay_fd(f.relay, f.peer.0.is_ipv6())
+        {
+            self.outs.push(Out {
+                fd,
+                start: at + f.start,
+                end: at + f.end,
+                to: f.peer.0,
+                answer: false,
+            });
+        }
+        self.flush(now);
+    }
+
+    /// A whole message from a stream client: the engine reads it, and a
+    /// relayed payload goes out from the relay socket at once.
+    #[inline]
+    pub fn client_frame(&mut self, now: Instant, client: ClientAddr, packet: &[u8]) {
+        if let Some(f) = self.engine.handle_client(now, client, packet)
+            && let Some(r) = self.relay(f.relay, f.peer.0.is_ipv6())
+            && send_now(r, &packet[f.start..f.end], f.peer.0).is_err()
+        {
+            self.send_drops += 1;
+        }
+        self.flush(now);
+    }
+
+    /// Datagram `i` of the batch, from a peer on the relay socket of `id`:
+    /// framed in place by the engine (RFC 8656 §12.7, §11.3) and handed to
+    /// the transport for the client.
+    #[inline]
+    fn peer_datagram(&mut self, now: Instant, id: AllocId, i: usize) {
+        let base = Batch::base(i);
+        let end = HEADROOM + self.batch.len[i];
+        let from = self.batch.from[i];
+        let slot = &mut self.batch.data[base..base + BUF_LEN];
+        let Some(tc) = self.engine.handle_peer(now, id, from, slot, HEADROOM, end) else {
+            return;
+        };
+        let frame = base + tc.start..base + tc.end;
+        if !self
+            .transport
+            .frame_to_client(&mut self.outs, &self.batch, tc.client, frame)
+        {
+            self.send_drops += 1;
+        }
+    }
+
+    /// Send the queued datagrams: one `sendmmsg` per socket.
+    pub fn send_queued(&mut self) {
+        if !self.outs.is_empty() {
+            self.send_drops += self.batch.send(&mut self.outs) as u64;
+            self.outs.clear();
+        }
+    }
+
+    /// End of a round of reads: send the queue, and free the batch.
+    pub fn end_round(&mut self) {
+        self.send_queued();
+        self.batch.used = 0;
+    }
+
+    /// Before a read: free the batch's slots if nothing queued names them,
+    /// and send the queue first if too few slots are left.
+    #[inline]
+    fn recycle(&mut self) {
+        if self.outs.is_empty() {
+            self.batch.used = 0;
+        } else if SLOTS - self.batch.used < MIN_FREE {
+            self.end_round();
+        }
+    }
+
+    /// Run the engine's timers if one is due at `now`.
+    pub fn timers(&mut self, now: Instant) {
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(now);
+            self.flush(now);
+            self.send_queued();
+        }
+    }
+
+    /// Carry out what the engine queued.
+    pub fn flush(&mut self, now: Instant) {
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::Transmit { to, data } => {
+                    if !self.queue(to, &data) && !self.transport.to_client(to, &data) {
+                        self.send_drops += 1;
+                    }
+                }
+                Output::OpenRelay { alloc, bind } => {
+                    let ok = self.open_relay(alloc, bind);
+                    self.engine.relay_opened(now, alloc, ok);
+                }
+                Output::CloseRelay { alloc } => self.close_relay(now, alloc),
+                // For a kernel fast path to mirror; nothing here uses them yet.
+                Output::Grant(_) => {}
+            }
+        }
+        self.transport.flushed(&self.engine);
+    }
+
+    /// Copy `data` for `client` into a free slot of the batch and queue it
+    /// with the round's datagrams, if the transport sends that way and a
+    /// slot is free; whether it was queued. Answers of one round then share
+    /// a `sendmmsg` with each other and with relayed data.
+    fn queue(&mut self, client: ClientAddr, data: &[u8]) -> bool {
+        let i = self.batch.used;
+        if i >= SLOTS || data.len() > BUF_LEN {
+            return false;
+        }
+        let Some(fd) = self.transport.queue_for(client) else {
+            return false;
+        };
+        let start = Batch::base(i);
+        self.batch.data[start..start + data.len()].copy_from_slice(data);
+        self.batch.used += 1;
+        self.outs.push(Out {
+            fd,
+            start,
+            end: start + data.len(),
+            to: client.remote,
+            answer: true,
+        });
+        true
+    }
+
+    /// Bind allocation `id`'s relay socket on `bind` and watch it.
+    fn open_relay(&mut self, id: AllocId, bind: SocketAddr) -> bool {
+        let socket = match socket::relay(bind) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%bind, "relay bind failed: {e}");
+                return false;
+            }
+        };
+        let client = self.engine.allocation(id).map(|a| a.client);
+        let new = Bound {
+            id,
+            bind,
+            socket,
+            client,
+        };
+        let Some(relay) = self.transport.watch(new) else {
+            return false;
+        };
+        let i = id.0 as usize;
+        if self.relays.len() <= i {
+            self.relays.resize_with(i + 1, Default::default);
+        }
+        self.relays[i][bind.is_ipv6() as usize] = Some(relay);
+        true
+    }
+
+    /// Close allocation `id`'s relay sockets.
+    fn close_relay(&mut self, now: Instant, id: AllocId) {
+        // Queued datagrams name socket descriptors: send them before one
+        // closes and its number is reused.
+        self.send_queued();
+        if let Some(pair) = self.relays.get_mut(id.0 as usize) {
+            for r in pair.iter_mut().filter_map(Option::take) {
+                self.transport.unwatch(r, now);
+            }
+        }
+        if self.engine.allocation_count() == 0
+            && self.relays.len() >= COMPACT_AFTER
+            && !self.compact_due
+        {
+            self.compact_due = true;
+            self.transport.compaction_due();
+        }
+    }
+
+    /// If the relay table was emptied after holding many and no allocation
+    /// came since, shrink the tables and hand freed heap back to the
+    /// system, so that memory returns to its idle level.
+    pub fn compact_if_due(&mut self) {
+        if !std::mem::take(&mut self.compact_due) || self.engine.allocation_count() != 0 {
+            return;
+        }
+        tracing::debug!(
+            relays = self.relays.len(),
+            "compacting tables after the last allocation"
+        );
+        self.engine.compact();
+        self.relays = Vec::new();
+        self.transport.compact();
+        self.batch.release();
+        trim_heap();
+    }
+
+    /// Carry out one command of the control plane.
+    pub fn command(&mut self, c: HostCommand, now: Instant) {
+        c.carry_out(&mut self.engine, now, self.send_drops);
+        self.flush(now);
+    }
+
+    /// Close every allocation, on stop.
+    pub fn close_all(&mut self, now: Instant) {
+        self.engine.close_all(now);
+        self.flush(now);
+        self.send_queued();
+    }
+}
+
+/// Send a datagram now, with one non-blocking `sendto`. (tokio's
+/// `try_send_to` refuses until its reactor has seen the socket writable,
+/// which a fresh relay socket may not have been yet; a datagram send needs
+/// no such gate.)
+#[inline]
+pub fn send_now(sock: &impl AsFd, buf: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    socket2::SockRef::from(sock).send_to(buf, &to.into())
+}
+
+/// Hand the heap memory freed since the last call back to the system:
+/// glibc keeps it in its arenas otherwise.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -132,11 +132,16 @@ pub struct Out {
     pub start: usize,
     pub end: usize,
     pub to: SocketAddr,
+    /// An answer of the engine's rather than relayed data: if the kernel
+    /// refuses it (not only for a full buffer), it counts as dropped, as
+    /// its own `sendto` would have.
+    pub answer: bool,
 }
 
 /// Send every datagram in `outs` (bytes from `data`), one `sendmmsg` per run
 /// of datagrams from the same socket. Datagrams of one socket keep their
-/// order. Returns how many could not be sent (socket buffer full).
+/// order. Returns how many were dropped: those a full socket buffer
+/// refused, and answers ([`Out::answer`]) the kernel refused otherwise.
 fn send(data: &[u8], h: &mut Headers, outs: &mut [Out]) -> usize {
     // Group by socket; the index keeps each socket's order (and the sort
     // unstable, which does not allocate).
@@ -171,7 +176,7 @@ fn send_run(fd: RawFd, data: &[u8], h: &mut Headers, outs: &[Out]) -> usize {
         hdrs[k].msg_hdr.msg_iov = &mut iovs[k];
         hdrs[k].msg_hdr.msg_iovlen = 1;
     }
-    let mut sent = 0;
+    let (mut sent, mut refused) = (0, 0);
     // A datagram the kernel refuses (one bad destination) must not stop
     // the rest: skip it and go on.
     while sent < n {
@@ -189,13 +194,14 @@ fn send_run(fd: RawFd, data: &[u8], h: &mut Headers, outs: &[Out]) -> usize {
         }
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::WouldBlock {
-            return n - sent;
+            return refused + n - sent;
         }
         if e.kind() != io::ErrorKind::Interrupted {
+            refused += outs[sent].answer as usize;
             sent += 1;
         }
     }
-    0
+    refused
 }
 
 fn to_sockaddr(a: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
@@ -274,6 +280,7 @@ mod tests {
                     start: i * 10,
                     end: i * 10 + 3 + i,
                     to,
+                    answer: false,
                 })
                 .collect();
             let mut h: Box<Headers> = Box::new(unsafe { zeroed() });
@@ -310,6 +317,34 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(50));
             assert_eq!(recv(rx.as_raw_fd(), &mut batch).unwrap(), 1);
             assert_eq!(&batch.data[HEADROOM..HEADROOM + 3], &data[..3]);
+        }
+    }
+
+    #[test]
+    fn a_refused_answer_counts_as_dropped_and_the_rest_go_out() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        // An IPv6 destination from an IPv4 socket: the kernel refuses it.
+        let bad: SocketAddr = "[::1]:9".parse().unwrap();
+        let data = [7u8; 16];
+        let mut h: Box<Headers> = Box::new(unsafe { zeroed() });
+        for answer in [false, true] {
+            let out = |to, start| Out {
+                fd: tx.as_raw_fd(),
+                start,
+                end: start + 4,
+                to,
+                answer,
+            };
+            let mut outs = [out(to, 0), out(bad, 4), out(to, 8)];
+            // Relayed data refused so is not a drop (its HELP: a full
+            // buffer); an answer is, as its own sendto counted it.
+            assert_eq!(send(&data, &mut h, &mut outs), answer as usize);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut batch = Batch::new();
+            assert_eq!(recv(rx.as_raw_fd(), &mut batch).unwrap(), 2);
         }
     }
 }

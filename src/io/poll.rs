@@ -124,6 +124,15 @@ pub fn set_batch(batch: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// A thread's cumulative scheduler statistics: time spent waiting on a run
+/// queue, and the number of times it was put on a CPU
+/// (`/proc/thread-self/schedstat`, fields 2 and 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Waits {
+    pub delay: Duration,
+    pub runs: u64,
+}
+
 /// The calling thread's `/proc/thread-self/schedstat`, kept open: time on
 /// a CPU, time waiting on a run queue, and runs on a CPU (proc(5)).
 pub struct RunDelay(std::fs::File);
@@ -136,7 +145,7 @@ impl RunDelay {
     }
 
     /// The wait and run counters now; one `pread`, no allocation.
-    pub fn read(&self) -> io::Result<super::sched::Waits> {
+    pub fn read(&self) -> io::Result<Waits> {
         use std::os::unix::fs::FileExt;
         let mut buf = [0u8; 96];
         let n = self.0.read_at(&mut buf, 0)?;
@@ -146,7 +155,7 @@ impl RunDelay {
         let mut next = || f.next().and_then(|v| v.parse::<u64>().ok()).ok_or_else(bad);
         let delay = Duration::from_nanos(next()?);
         let runs = next()?;
-        Ok(super::sched::Waits { delay, runs })
+        Ok(Waits { delay, runs })
     }
 }
 

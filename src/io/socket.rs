@@ -65,13 +65,16 @@ pub fn tcp_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::Tc
         .collect()
 }
 
-/// A relay socket: exclusive, non-blocking.
+/// A relay socket: exclusive, non-blocking. One is opened per Allocate
+/// and closed with its allocation, so it is made with as few system calls
+/// as can be: non-blocking from `socket()` on, and without the privileged
+/// buffer options once they were refused (see [`grow_buffers`]).
 pub fn relay(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let ty = Type::DGRAM.nonblocking();
+    let s = Socket::new(Domain::for_address(addr), ty, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.set_nonblocking(true)?;
     // Bursts from a peer queue here; the memory is used only when they do.
     grow_buffers(&s, RELAY_BUFFER);
     s.bind(&addr.into())?;
@@ -84,8 +87,12 @@ const RELAY_BUFFER: usize = 1 << 20;
 /// Ask for `bytes` of receive and send buffer. The kernel caps SO_RCVBUF at
 /// `net.core.rmem_max` (208 KB by default); with CAP_NET_ADMIN the FORCE
 /// variants pass the cap, otherwise raise the sysctl for full effect.
+/// Once the kernel refused a FORCE variant (no CAP_NET_ADMIN, which a
+/// process does not gain later), later sockets skip it.
 fn grow_buffers(s: &Socket, bytes: usize) {
     use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FORCE_REFUSED: AtomicBool = AtomicBool::new(false);
     let v = bytes as libc::c_int;
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
@@ -100,8 +107,34 @@ fn grow_buffers(s: &Socket, bytes: usize) {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             ) == 0
         };
-        if !set(force) {
-            set(plain);
+        if !FORCE_REFUSED.load(Ordering::Relaxed) {
+            if set(force) {
+                continue;
+            }
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+                FORCE_REFUSED.store(true, Ordering::Relaxed);
+            }
         }
+        set(plain);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_relay_socket_is_non_blocking_and_exclusive() {
+        let a = super::relay("127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = a.local_addr().unwrap();
+        let mut buf = [0u8; 16];
+        let e = a.recv_from(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        // No SO_REUSEADDR or SO_REUSEPORT: nobody else binds its port.
+        assert!(super::relay(at).is_err());
+        // A second one after the first, with the buffer options known.
+        let b = super::relay("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(
+            b.recv_from(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
     }
 }

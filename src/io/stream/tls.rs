@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 
-use super::tcp::Watched;
+use super::conn::Watched;
 
 /// Why a certificate or key could not be loaded: which of the two
 /// (`"cert"` or `"key"`), and the reason, which names the file.

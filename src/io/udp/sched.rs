@@ -1,8 +1,8 @@
 //! `udp_scheduling = "auto"`: when a UDP driver thread runs under
 //! SCHED_BATCH and when under SCHED_OTHER, decided from its own run-queue
 //! waits. Plain logic over values; the driver reads the numbers
-//! ([`super::poll::RunDelay`]) and applies the answer
-//! ([`super::poll::set_batch`]).
+//! ([`crate::io::poll::RunDelay`]) and applies the answer
+//! ([`crate::io::poll::set_batch`]).
 //!
 //! SCHED_BATCH (sched(7)) takes the same CPU share as SCHED_OTHER, but a
 //! woken batch thread never preempts the task running on its CPU. On an
@@ -25,20 +25,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::io::poll::Waits;
+
 /// The two policies "auto" moves between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     Normal,
     Batch,
-}
-
-/// A thread's cumulative scheduler statistics: time spent waiting on a run
-/// queue, and the number of times it was put on a CPU
-/// (`/proc/thread-self/schedstat`, fields 2 and 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Waits {
-    pub delay: Duration,
-    pub runs: u64,
 }
 
 /// The "auto" state of one thread.

@@ -8,29 +8,28 @@
 //! loop and the queue.
 //!
 //! What a connection may cost is bounded by the `[limits]` stream keys
-//! (see [`super::stream_guard`]): each message must be whole within
+//! (see [`super::guard`]): each message must be whole within
 //! `stream_message_timeout` of its first byte, the connection must hold an
 //! allocation within `stream_allocation_timeout` of its accept (and of the
 //! end of each allocation it held), and at most `stream_queue_bytes` wait
 //! for a client that does not read.
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio_rustls::server::TlsStream;
 
-use super::stream_guard::{Refusal, Slot, StreamGuard};
-use super::worker::Shared;
+use super::conn::{Clock, Conn, OwnerCell, Watched};
+use super::guard::{Refusal, Slot};
 use crate::addr::{ClientAddr, Via};
 use crate::proto::framing::next_frame_len;
+
+/// The log target of this file's lines (where they stood before the
+/// stream modules were split).
+const LOG: &str = "ferroturn::io::tcp";
 
 /// Most stream connections one worker holds; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 16_384;
@@ -45,158 +44,6 @@ const MAX_FRAME: usize = 20 + 65_535;
 /// Bytes rustls may hold encrypted for a TLS client that does not read, on
 /// top of the queue (its default is 64 KiB; one record is 16 KiB).
 const TLS_BUFFER_LIMIT: usize = 16 * 1024;
-
-/// A TLS connection's socket. It follows the TLS record framing of what
-/// the client sends (RFC 8446 §5.1: a 5-byte header with the length, then
-/// the body), so that a client trickling a TLS record, which yields no
-/// plaintext until it is whole, is on the message clock too; whole records
-/// without application data (a KeyUpdate) stop that clock like any other.
-pub struct Watched {
-    inner: TcpStream,
-    clock: Rc<Clock>,
-    records: Records,
-}
-
-impl Watched {
-    pub fn new(inner: TcpStream, clock: Rc<Clock>) -> Watched {
-        Watched {
-            inner,
-            clock,
-            records: Records::default(),
-        }
-    }
-}
-
-/// Where a stream of TLS records stands.
-#[derive(Default)]
-struct Records {
-    /// Header bytes of the next record seen so far.
-    header: [u8; 5],
-    have: usize,
-    /// Body bytes of the current record still to come.
-    left: usize,
-}
-
-impl Records {
-    /// Follow the records through `data`, just read: whether one ended in
-    /// it, and whether one is unfinished at its end.
-    fn scan(&mut self, mut data: &[u8]) -> (bool, bool) {
-        let mut ended = false;
-        while !data.is_empty() {
-            if self.left > 0 {
-                let n = self.left.min(data.len());
-                self.left -= n;
-                data = &data[n..];
-                ended |= self.left == 0;
-                continue;
-            }
-            let n = (5 - self.have).min(data.len());
-            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
-            self.have += n;
-            data = &data[n..];
-            if self.have == 5 {
-                self.have = 0;
-                self.left = u16::from_be_bytes([self.header[3], self.header[4]]) as usize;
-                ended |= self.left == 0;
-            }
-        }
-        (ended, self.have > 0 || self.left > 0)
-    }
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let (ended, unfinished) = self.records.scan(&buf.filled()[before..]);
-            self.clock.record_progress(ended, unfinished);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    // rustls hands its queued records over in one vectored write; without
-    // these, the last write after a failed handshake (its alert) would
-    // carry only the first record.
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The deadlines of one connection that others move: its allocation (the
-/// worker) and, on TLS, its incoming records ([`Watched`]).
-pub struct Clock {
-    /// Since when a TLS record is coming in unfinished (set by [`Watched`]).
-    record_since: Cell<Option<Instant>>,
-    /// Since when the connection holds no allocation; `None` while it does.
-    unallocated_since: Cell<Option<Instant>>,
-    /// Wakes the reader to arm its deadline again.
-    changed: Notify,
-}
-
-impl Clock {
-    /// A clock for a connection accepted at `accepted`, without allocation.
-    pub fn new(accepted: Instant) -> Rc<Clock> {
-        Rc::new(Clock {
-            record_since: Cell::new(None),
-            unallocated_since: Cell::new(Some(accepted)),
-            changed: Notify::new(),
-        })
-    }
-
-    /// Bytes of TLS records came: whether a record `ended` in them, and
-    /// whether one is `unfinished` at their end.
-    fn record_progress(&self, ended: bool, unfinished: bool) {
-        if !unfinished {
-            self.record_since.set(None);
-        } else if ended || self.record_since.get().is_none() {
-            self.record_since.set(Some(Instant::now()));
-            self.changed.notify_one();
-        }
-    }
-
-    /// The connection got an allocation (its relay socket is open).
-    pub fn allocated(&self) {
-        self.unallocated_since.set(None);
-    }
-
-    /// The connection's allocation ended at `now`: the allocation deadline
-    /// runs again from here.
-    pub fn deallocated(&self, now: Instant) {
-        self.unallocated_since.set(Some(now));
-        self.changed.notify_one();
-    }
-}
 
 /// The read side of a connection.
 enum Reader {
@@ -226,79 +73,10 @@ enum Writer {
     Tls(WriteHalf<TlsStream<Watched>>),
 }
 
-/// The write side of a client connection, shared with the worker.
-pub struct Conn {
-    /// The socket of a plain TCP connection, for writes without the queue.
-    direct: Option<Rc<TcpStream>>,
-    queued: RefCell<Vec<u8>>,
-    /// Where each queued frame ends, for TLS: every frame goes out in its
-    /// own TLS record, as clients that read one message at a time (coturn's
-    /// among them) expect; a record holding several frames can leave the
-    /// tail unread in their TLS buffer until more data arrives.
-    ends: RefCell<Vec<usize>>,
-    /// Bytes the TLS writer took from the queue and has not yet handed to
-    /// rustls: they count against the queue's budget.
-    in_flight: Cell<usize>,
-    wake: Notify,
-    closed: Cell<bool>,
-    pub clock: Rc<Clock>,
-    guard: Arc<StreamGuard>,
-}
-
-impl Conn {
-    /// Send a whole frame, or queue it behind what is already waiting.
-    /// Never blocks. Returns false if the frame was dropped: the client
-    /// does not read, and `stream_queue_bytes` are waiting for it already.
-    /// A frame of any size goes into an empty queue, so that the largest
-    /// datagram still reaches a client that reads.
-    pub fn send(&self, frame: &[u8]) -> bool {
-        if self.closed.get() {
-            return false;
-        }
-        let mut q = self.queued.borrow_mut();
-        let held = q.len() + self.in_flight.get();
-        if held == 0 {
-            match &self.direct {
-                Some(stream) => match stream.try_write(frame) {
-                    Ok(n) if n == frame.len() => return true,
-                    Ok(n) => q.extend_from_slice(&frame[n..]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        q.extend_from_slice(frame)
-                    }
-                    Err(_) => {
-                        self.closed.set(true);
-                        return false;
-                    }
-                },
-                None => self.push(&mut q, frame),
-            }
-            self.wake.notify_one();
-            return true;
-        }
-        if held + frame.len() > self.guard.queue_bytes() {
-            self.guard.refuse(Refusal::QueueFull);
-            return false;
-        }
-        let was_empty = q.is_empty();
-        self.push(&mut q, frame);
-        if was_empty {
-            self.wake.notify_one();
-        }
-        true
-    }
-
-    fn push(&self, q: &mut Vec<u8>, frame: &[u8]) {
-        q.extend_from_slice(frame);
-        if self.direct.is_none() {
-            self.ends.borrow_mut().push(q.len());
-        }
-    }
-}
-
 /// Start the reader and writer tasks of a new TCP connection, accepted at
 /// `accepted`, holding its place `slot` in its source's count.
 pub fn spawn(
-    w: Shared,
+    w: OwnerCell,
     listener: u16,
     stream: TcpStream,
     remote: SocketAddr,
@@ -322,7 +100,7 @@ pub fn spawn(
 /// Start the reader and writer tasks of a TLS connection whose handshake
 /// is done; `clock` is the one its socket reports to.
 pub fn spawn_tls(
-    w: Shared,
+    w: OwnerCell,
     listener: u16,
     mut stream: TlsStream<Watched>,
     remote: SocketAddr,
@@ -346,7 +124,7 @@ pub fn spawn_tls(
 
 #[allow(clippy::too_many_arguments)]
 fn start(
-    w: Shared,
+    w: OwnerCell,
     listener: u16,
     remote: SocketAddr,
     clock: Rc<Clock>,
@@ -356,24 +134,14 @@ fn start(
     writer: Writer,
     what: &'static str,
 ) {
-    if w.borrow().conns.len() >= MAX_CONNECTIONS {
-        tracing::warn!(%remote, "too many stream connections on this worker; closing");
+    if w.borrow().connections() >= MAX_CONNECTIONS {
+        tracing::warn!(target: LOG, %remote, "too many stream connections on this worker; closing");
         return;
     }
-    let id = w.borrow_mut().conn_id();
     let tls = direct.is_none();
-    let guard = w.borrow().guard.clone();
-    let conn = Rc::new(Conn {
-        direct,
-        queued: RefCell::new(Vec::new()),
-        ends: RefCell::new(Vec::new()),
-        in_flight: Cell::new(0),
-        wake: Notify::new(),
-        closed: Cell::new(false),
-        clock,
-        guard,
-    });
-    w.borrow_mut().conns.insert(id, conn.clone());
+    let guard = w.borrow().guard();
+    let conn = Rc::new(Conn::new(direct, clock, guard));
+    let id = w.borrow_mut().admit(conn.clone());
     let client = ClientAddr {
         remote,
         // Only plain TCP writes directly; TLS goes through its writer task.
@@ -393,11 +161,7 @@ fn start(
         writer.abort();
         conn.closed.set(true);
         let now = Instant::now();
-        let mut wb = w.borrow_mut();
-        wb.conns.remove(&id);
-        wb.engine.connection_closed(now, client);
-        wb.flush(now);
-        drop(wb);
+        w.borrow_mut().closed(now, id, client);
         drop(slot);
     });
 }
@@ -424,7 +188,7 @@ fn deadline(conn: &Conn, message: Option<Instant>) -> Option<(Instant, Refusal)>
 /// Read and hand on frames until the client leaves (`None`) or misses a
 /// deadline (the reason).
 async fn read_loop(
-    w: &Shared,
+    w: &OwnerCell,
     mut reader: Reader,
     client: ClientAddr,
     conn: &Conn,
@@ -451,7 +215,7 @@ async fn read_loop(
                 match deadline(conn, message) {
                     Some((t, Refusal::AllocationTimeout)) if t <= now => {
                         // The engine has the last word on whether there is one.
-                        if w.borrow().engine.allocation_of(client).is_some() {
+                        if w.borrow().holds_allocation(client) {
                             conn.clock.allocated();
                             continue;
                         }
@@ -474,7 +238,7 @@ async fn read_loop(
             match next_frame_len(&buf[start..filled]) {
                 Ok(Some(len)) => {
                     w.borrow_mut()
-                        .client_packet(now, client, &buf[start..start + len]);
+                        .message(now, client, &buf[start..start + len]);
                     start += len;
                 }
                 Ok(None) => break,
@@ -563,24 +327,5 @@ async fn write_loop(conn: Rc<Conn>, writer: Writer) {
 fn shrink(q: &mut Vec<u8>) {
     if q.is_empty() && q.capacity() > 16 * 1024 {
         *q = Vec::new();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Records;
-
-    #[test]
-    fn records_are_followed_across_reads() {
-        let mut r = Records::default();
-        // A header in two pieces, then a 3-byte body in two.
-        assert_eq!(r.scan(&[0x17, 0x03]), (false, true));
-        assert_eq!(r.scan(&[0x03, 0x00, 0x03, 0xaa]), (false, true));
-        assert_eq!(r.scan(&[0xbb, 0xcc]), (true, false));
-        // A whole record and the start of the next in one read.
-        assert_eq!(r.scan(&[0x17, 3, 3, 0, 1, 0xdd, 0x17]), (true, true));
-        assert_eq!(r.scan(&[3, 3, 0, 2, 1, 2]), (true, false));
-        // An empty record ends at its header.
-        assert_eq!(r.scan(&[0x15, 3, 3, 0, 0]), (true, false));
     }
 }

@@ -1,0 +1,124 @@
+//! What the control plane asks of one engine host, and the mailbox that
+//! carries it there.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::poll::EventFd;
+use super::stream::guard::Refusal as StreamRefusal;
+use crate::engine::{Engine, Gauges, Session, Stats, Update};
+
+/// A request from the control plane to one engine host (a UDP shard or a
+/// stream worker).
+pub enum HostCommand {
+    Report {
+        sessions: bool,
+        reply: oneshot::Sender<WorkerReport>,
+    },
+    CloseUser {
+        user: String,
+        reply: oneshot::Sender<usize>,
+    },
+    CloseRelayPort {
+        port: u16,
+        reply: oneshot::Sender<bool>,
+    },
+    Update(Box<Update>),
+    Drain(crate::engine::Redirect),
+}
+
+/// What one worker reports.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerReport {
+    pub stats: Stats,
+    pub gauges: Gauges,
+    pub sessions: Vec<Session>,
+    /// Packets the shell could not send (socket buffer full).
+    pub send_drops: u64,
+    pub draining: bool,
+    /// Threads driving the UDP data plane now (see [`super::udp::Balance`]).
+    pub udp_threads: u64,
+    /// Of those threads, how many run under SCHED_BATCH now.
+    pub udp_batch_threads: u64,
+    /// Stream clients refused or cut short, by [`StreamRefusal`];
+    /// server-wide.
+    pub stream_refusals: [u64; StreamRefusal::COUNT],
+}
+
+impl WorkerReport {
+    pub(super) fn merge(&mut self, o: WorkerReport) {
+        self.stats.merge(&o.stats);
+        self.gauges.merge(&o.gauges);
+        self.sessions.extend(o.sessions);
+        self.send_drops += o.send_drops;
+        self.draining |= o.draining;
+    }
+}
+
+impl HostCommand {
+    /// Carry out this command on a worker's `engine`; `send_drops` is the
+    /// worker's count of unsent packets, for a report.
+    pub(super) fn carry_out(self, engine: &mut Engine, now: Instant, send_drops: u64) {
+        match self {
+            HostCommand::Report { sessions, reply } => {
+                let _ = reply.send(WorkerReport {
+                    stats: engine.stats,
+                    gauges: engine.gauges(),
+                    sessions: if sessions {
+                        engine.sessions(now)
+                    } else {
+                        Vec::new()
+                    },
+                    send_drops,
+                    draining: engine.draining(),
+                    udp_threads: 0,
+                    udp_batch_threads: 0,
+                    stream_refusals: [0; StreamRefusal::COUNT],
+                });
+            }
+            HostCommand::CloseUser { user, reply } => {
+                let _ = reply.send(engine.close_user(now, &user));
+            }
+            HostCommand::CloseRelayPort { port, reply } => {
+                let _ = reply.send(engine.close_relay_port(now, port));
+            }
+            HostCommand::Update(u) => engine.update(*u),
+            HostCommand::Drain(alternate) => engine.drain(alternate),
+        }
+    }
+}
+
+/// Where a worker's control-plane commands go: the channel, and for a UDP
+/// shard the eventfd that wakes whichever thread drives it (a tokio
+/// worker's runtime wakes by itself).
+#[derive(Clone)]
+pub struct Mailbox {
+    tx: mpsc::UnboundedSender<HostCommand>,
+    wake: Option<Arc<EventFd>>,
+}
+
+impl Mailbox {
+    pub(super) fn tokio(tx: mpsc::UnboundedSender<HostCommand>) -> Mailbox {
+        Mailbox { tx, wake: None }
+    }
+
+    pub(super) fn woken_by(tx: mpsc::UnboundedSender<HostCommand>, wake: Arc<EventFd>) -> Mailbox {
+        Mailbox {
+            tx,
+            wake: Some(wake),
+        }
+    }
+
+    /// Post `c`; false if the receiver is gone.
+    pub(super) fn send(&self, c: HostCommand) -> bool {
+        if self.tx.send(c).is_err() {
+            return false;
+        }
+        if let Some(w) = &self.wake {
+            w.signal();
+        }
+        true
+    }
+}

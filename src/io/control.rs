@@ -1,0 +1,92 @@
+//! The control plane: reports, operator actions, reload and drain, fanned
+//! out to every engine host and gathered back.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::command::{HostCommand, Mailbox, WorkerReport};
+use super::stream::guard::StreamGuard;
+use super::udp::Drivers;
+use crate::engine::Update;
+
+/// How long the control plane waits for one worker's answer.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The control plane's handle on a running server: reports, operator
+/// actions, reload and drain. Cheap to clone; talks to every worker.
+#[derive(Clone)]
+pub struct Control {
+    pub(super) workers: Vec<Mailbox>,
+    /// The threads of the UDP data plane.
+    pub(super) drivers: Arc<Drivers>,
+    /// Stream limits, per-IP counts and refusals, shared by stream workers.
+    pub(super) streams: Arc<StreamGuard>,
+}
+
+impl Control {
+    /// Counters and gauges of the whole server, and its sessions if asked.
+    pub async fn report(&self, sessions: bool) -> WorkerReport {
+        let mut total = WorkerReport::default();
+        for w in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            if w.send(HostCommand::Report { sessions, reply }) {
+                // A stuck worker must not hang every scrape.
+                if let Ok(Ok(r)) = tokio::time::timeout(REPLY_TIMEOUT, rx).await {
+                    total.merge(r);
+                }
+            }
+        }
+        total.udp_threads = self.drivers.placement().iter().filter(|&&n| n > 0).count() as u64;
+        total.udp_batch_threads = self.drivers.batch_threads() as u64;
+        total.stream_refusals = self.streams.refusals();
+        total
+    }
+
+    /// Close every session of `user`; how many were closed.
+    pub async fn close_user(&self, user: &str) -> usize {
+        let mut n = 0;
+        for w in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            let user = user.to_owned();
+            if w.send(HostCommand::CloseUser { user, reply }) {
+                n += tokio::time::timeout(REPLY_TIMEOUT, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
+            }
+        }
+        n
+    }
+
+    /// Close the session whose relay port is `port`; whether one was.
+    pub async fn close_relay_port(&self, port: u16) -> bool {
+        let mut closed = false;
+        for w in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            if w.send(HostCommand::CloseRelayPort { port, reply }) {
+                closed |= tokio::time::timeout(REPLY_TIMEOUT, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(false);
+            }
+        }
+        closed
+    }
+
+    /// Apply a reloaded configuration in every worker.
+    pub fn update(&self, u: Update) {
+        for w in &self.workers {
+            w.send(HostCommand::Update(Box::new(u.clone())));
+        }
+    }
+
+    /// Refuse new allocations everywhere (see [`crate::engine::Engine::drain`]).
+    pub fn drain(&self, alternate: crate::engine::Redirect) {
+        for w in &self.workers {
+            w.send(HostCommand::Drain(alternate.clone()));
+        }
+    }
+}

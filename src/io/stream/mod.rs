@@ -1,0 +1,16 @@
+//! The stream listeners: TCP and TLS clients (RFC 8656 §3.1), served by
+//! tokio workers, each one engine host of its own.
+//!
+//! From the bottom up: [`guard`] (stream limits and per-IP counts every
+//! worker shares), [`conn`] (a connection's write side and deadlines, and
+//! what it asks of its worker), [`tls`] (certificates and handshakes),
+//! [`tcp`] (a connection's reading and writing tasks), [`worker`] (the
+//! thread: listeners, relay sockets, timers, commands).
+
+mod conn;
+pub mod guard;
+mod tcp;
+pub mod tls;
+mod worker;
+
+pub use worker::{Sockets, run};

@@ -1,0 +1,378 @@
+//! A stream worker: a thread with a current-thread runtime, its TCP and
+//! TLS listeners, their connections, and one engine [`Host`] with the
+//! relay sockets of their allocations. (UDP clients are the business of
+//! the shards in [`crate::io::udp`].)
+//!
+//! Every task of a worker runs on the same thread, so they share the worker
+//! through `Rc<RefCell<..>>` ([`WorkerCell`]); a borrow is never held across
+//! an await. Each relay socket has a task that waits for it to be readable;
+//! peer datagrams are read into the host's one batch with `recvmmsg` and
+//! framed in place onto the client's connection.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::conn::{Clock, Conn, Owner, Watched};
+use super::guard::{Refusal, StreamGuard};
+use super::{tcp, tls};
+use crate::addr::{AllocId, ClientAddr, Via};
+use crate::engine::{Engine, EngineConfig};
+use crate::io::command::HostCommand;
+use crate::io::host::{Bound, Drained, Host, Transport};
+use crate::io::mmsg::{self, Batch, Out};
+
+/// The log target of this file's lines (where they stood before the
+/// stream modules were split).
+const LOG: &str = "ferroturn::io::worker";
+
+/// The sockets a worker is given at start, with the index of their
+/// `[[listen]]` entry, and the stream guard all workers share.
+#[derive(Default)]
+pub struct Sockets {
+    pub tcp: Vec<(u16, std::net::TcpListener)>,
+    /// TLS listeners, with the acceptor their entry shares across workers.
+    pub tls: Vec<(u16, std::net::TcpListener, tls::Acceptor)>,
+    /// The stream limits and per-IP counts every worker shares.
+    pub guard: Arc<StreamGuard>,
+}
+
+/// A stream worker's way to its clients and its readiness: its
+/// connections, a tokio task per relay socket, and the engine's timer.
+pub struct Streams {
+    conns: HashMap<u32, Rc<Conn>>,
+    next_conn: u32,
+    /// The deadline the timer task sleeps until.
+    armed: Option<Instant>,
+    timer: Rc<Notify>,
+    /// Stream limits and per-IP counts, shared by every worker.
+    guard: Arc<StreamGuard>,
+}
+
+/// A relay socket of a stream worker, and the task that reads it.
+pub struct StreamRelay {
+    socket: Rc<UdpSocket>,
+    task: JoinHandle<()>,
+    /// The connection of the allocation's client, told when it ends.
+    conn: Option<u32>,
+}
+
+impl AsFd for StreamRelay {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl Transport for Streams {
+    type Relay = StreamRelay;
+
+    fn watch(&mut self, new: Bound) -> Option<StreamRelay> {
+        let sock = match UdpSocket::from_std(new.socket) {
+            Ok(s) => Rc::new(s),
+            Err(e) => {
+                tracing::debug!(bind = %new.bind, "relay bind failed: {e}");
+                return None;
+            }
+        };
+        let task = tokio::task::spawn_local(relay_loop(me()?, new.id, sock.clone()));
+        // The client's connection holds an allocation from now on.
+        let conn = match new.client.map(|c| c.via) {
+            Some(Via::Stream { conn, .. }) => Some(conn),
+            _ => None,
+        };
+        if let Some(c) = conn.and_then(|c| self.conns.get(&c)) {
+            c.clock.allocated();
+        }
+        Some(StreamRelay {
+            socket: sock,
+            task,
+            conn,
+        })
+    }
+
+    fn unwatch(&mut self, relay: StreamRelay, now: Instant) {
+        relay.task.abort();
+        // Its connection, if still open, must allocate again within the
+        // allocation timeout.
+        if let Some(c) = relay.conn.and_then(|c| self.conns.get(&c)) {
+            c.clock.deallocated(now);
+        }
+    }
+
+    fn to_client(&mut self, client: ClientAddr, data: &[u8]) -> bool {
+        match client.via {
+            Via::Stream { conn, .. } => self.conns.get(&conn).is_some_and(|c| c.send(data)),
+            // A stream worker has no UDP clients.
+            Via::Udp(_) => false,
+        }
+    }
+
+    /// Sent on the client's connection at once.
+    #[inline]
+    fn frame_to_client(
+        &mut self,
+        _outs: &mut Vec<Out>,
+        batch: &Batch,
+        client: ClientAddr,
+        frame: Range<usize>,
+    ) -> bool {
+        self.to_client(client, &batch.data[frame])
+    }
+
+    /// Re-arm the timer if the engine's next deadline moved earlier.
+    fn flushed(&mut self, engine: &Engine) {
+        let next = engine.poll_timeout();
+        if next.is_some() && (self.armed.is_none() || next < self.armed) {
+            self.timer.notify_one();
+        }
+    }
+
+    /// Aborted relay tasks free their sockets only when the runtime drops
+    /// them: compact a little later.
+    fn compaction_due(&mut self) {
+        if let Some(me) = me() {
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                me.borrow_mut().compact_if_due();
+            });
+        }
+    }
+
+    fn compact(&mut self) {
+        self.conns.shrink_to_fit();
+    }
+}
+
+/// A stream worker, shared by its tasks.
+pub(super) type WorkerCell = Rc<RefCell<Host<Streams>>>;
+
+impl Owner for Host<Streams> {
+    fn connections(&self) -> usize {
+        self.transport.conns.len()
+    }
+
+    fn admit(&mut self, conn: Rc<Conn>) -> u32 {
+        let s = &mut self.transport;
+        s.next_conn = s.next_conn.wrapping_add(1);
+        s.conns.insert(s.next_conn, conn);
+        s.next_conn
+    }
+
+    fn guard(&self) -> Arc<StreamGuard> {
+        self.transport.guard.clone()
+    }
+
+    fn message(&mut self, now: Instant, client: ClientAddr, message: &[u8]) {
+        self.client_frame(now, client, message);
+    }
+
+    fn holds_allocation(&self, client: ClientAddr) -> bool {
+        self.engine.allocation_of(client).is_some()
+    }
+
+    fn closed(&mut self, now: Instant, id: u32, client: ClientAddr) {
+        self.transport.conns.remove(&id);
+        self.engine.connection_closed(now, client);
+        self.flush(now);
+    }
+}
+
+/// Thread body of worker `index`.
+pub fn run(
+    index: usize,
+    cfg: EngineConfig,
+    sockets: Sockets,
+    stop: watch::Receiver<bool>,
+    commands: mpsc::UnboundedReceiver<HostCommand>,
+    now: Instant,
+    unix_now: u64,
+) {
+    // I/O and timers only: signals are the main thread's business.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(target: LOG, worker = index, "cannot start runtime: {e}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let timer = Rc::new(Notify::new());
+        let streams = Streams {
+            conns: HashMap::new(),
+            next_conn: 0,
+            armed: None,
+            timer: timer.clone(),
+            guard: sockets.guard.clone(),
+        };
+        let w: WorkerCell = Rc::new(RefCell::new(Host::new(
+            Engine::new(cfg, now, unix_now),
+            streams,
+        )));
+        SELF.with(|s| *s.borrow_mut() = Some(w.clone()));
+        for (i, l) in sockets.tcp {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::task::spawn_local(accept_loop(w.clone(), i, l, None));
+                }
+                Err(e) => return tracing::error!(target: LOG, worker = index, "tcp listener: {e}"),
+            }
+        }
+        for (i, l, acceptor) in sockets.tls {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::task::spawn_local(accept_loop(w.clone(), i, l, Some(acceptor)));
+                }
+                Err(e) => return tracing::error!(target: LOG, worker = index, "tls listener: {e}"),
+            }
+        }
+        tokio::task::spawn_local(timer_loop(w.clone(), timer));
+        tokio::task::spawn_local(command_loop(w.clone(), commands));
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+        w.borrow_mut().close_all(Instant::now());
+        SELF.with(|s| *s.borrow_mut() = None);
+    });
+}
+
+thread_local! {
+    static SELF: RefCell<Option<WorkerCell>> = const { RefCell::new(None) };
+}
+
+/// A handle to this thread's worker for new tasks. Workers are always
+/// reached through their `Rc`, kept in a thread-local at start.
+fn me() -> Option<WorkerCell> {
+    SELF.with(|s| s.borrow().clone())
+}
+
+/// Read the relay socket of allocation `id` whenever it is readable, into
+/// the host's batch, each datagram handled while it is still there.
+async fn relay_loop(w: WorkerCell, id: AllocId, sock: Rc<UdpSocket>) {
+    let fd = sock.as_raw_fd();
+    let readable = tokio::io::Interest::READABLE;
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        let drained = w.borrow_mut().read_relay(Instant::now(), id, |b| {
+            sock.try_io(readable, || mmsg::recv(fd, b))
+        });
+        match drained {
+            // A short batch emptied the queue: clear the readiness without
+            // another (empty) recvmmsg. A datagram that came meanwhile
+            // raises a new event.
+            Drained::Short => {
+                let _ = sock.try_io(readable, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+            }
+            Drained::Empty => {}
+            // Let the worker's other sockets have a turn.
+            Drained::Busy => tokio::task::yield_now().await,
+        }
+    }
+}
+
+/// TLS handshakes one worker runs at once; connections beyond are closed.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// Accept TCP clients on one listener; with `tls`, each in its own task
+/// through a TLS handshake first (bounded by `stream_message_timeout`), so
+/// that a slow client never holds up the worker. A source IP over its
+/// connection or handshake cap is closed at once, before any TLS work.
+async fn accept_loop(w: WorkerCell, index: u16, listener: TcpListener, tls: Option<tls::Acceptor>) {
+    let handshakes = Rc::new(std::cell::Cell::new(0usize));
+    let guard = w.borrow().transport.guard.clone();
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let accepted = Instant::now();
+                let Some(slot) = guard.connection(remote.ip()) else {
+                    tracing::debug!(%remote, "too many connections from this address; closing");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let Some(acceptor) = &tls else {
+                    tcp::spawn(w.clone(), index, stream, remote, accepted, slot);
+                    continue;
+                };
+                if handshakes.get() >= MAX_HANDSHAKES {
+                    tracing::debug!(%remote, "too many TLS handshakes in progress; closing");
+                    continue;
+                }
+                let Some(shaking) = guard.handshake(remote.ip()) else {
+                    tracing::debug!(%remote, "too many TLS handshakes from this address; closing");
+                    continue;
+                };
+                handshakes.set(handshakes.get() + 1);
+                let (w, acceptor, handshakes) = (w.clone(), acceptor.clone(), handshakes.clone());
+                let guard = guard.clone();
+                tokio::task::spawn_local(async move {
+                    let clock = Clock::new(accepted);
+                    let socket = Watched::new(stream, clock.clone());
+                    let r = acceptor.accept(socket, guard.message_timeout()).await;
+                    handshakes.set(handshakes.get() - 1);
+                    drop(shaking);
+                    match r {
+                        Ok(s) => tcp::spawn_tls(w, index, s, remote, clock, slot),
+                        Err(e) => {
+                            if e.kind() == std::io::ErrorKind::TimedOut {
+                                guard.refuse(Refusal::MessageTimeout);
+                            }
+                            tracing::debug!(%remote, "TLS handshake failed: {e}");
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(target: LOG, "accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Carry out the control plane's commands (reports, closes, reloads, drain).
+async fn command_loop(w: WorkerCell, mut commands: mpsc::UnboundedReceiver<HostCommand>) {
+    while let Some(c) = commands.recv().await {
+        let now = Instant::now();
+        w.borrow_mut().command(c, now);
+    }
+}
+
+/// Run the engine's timers: sleep until its next deadline, or until a new
+/// earlier one is armed.
+async fn timer_loop(w: WorkerCell, notify: Rc<Notify>) {
+    loop {
+        let next = {
+            let mut wb = w.borrow_mut();
+            let n = wb.engine.poll_timeout();
+            wb.transport.armed = n;
+            n
+        };
+        match next {
+            Some(t) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(t.into()) => {
+                        let now = Instant::now();
+                        w.borrow_mut().timers(now);
+                    }
+                    _ = notify.notified() => {}
+                }
+            }
+            None => notify.notified().await,
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! A UDP shard: one [`Host`] with its SO_REUSEPORT listener sockets, whose
+//! sockets an epoll set watches. The kernel hashes a client's 5-tuple to
+//! one listener socket, so the shard of that socket owns the client's
+//! allocation for its whole life.
+//!
+//! Per wake-up: datagrams are read with `recvmmsg` into the host's batch,
+//! the engine handles them in place, and what they relay is queued; the
+//! queue goes out with one `sendmmsg` per socket once every ready socket
+//! was read (or sooner, when the batch is nearly full).
+
+use std::net::UdpSocket;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::LOG;
+use crate::addr::{AllocId, ClientAddr, Via};
+use crate::engine::{Engine, EngineConfig};
+use crate::io::command::{HostCommand, Mailbox};
+use crate::io::host::{Bound, Host, Transport};
+use crate::io::mmsg::{self, Batch, Out};
+use crate::io::poll::{self, Epoll, EventFd};
+
+// Event tokens: shard index in the top byte, what the fd is in the next,
+// an index (listener, allocation) in the low 32 bits.
+const LISTENER: u64 = 0;
+const RELAY_V4: u64 = 1;
+const RELAY_V6: u64 = 2;
+const MAILBOX: u64 = 3;
+
+fn token(shard: usize, kind: u64, index: u32) -> u64 {
+    (shard as u64) << 56 | kind << 48 | index as u64
+}
+
+/// A shard's way to its clients and its readiness: UDP listener sockets,
+/// and the epoll set of the driver it is with.
+pub(super) struct Listeners {
+    index: usize,
+    /// UDP listener sockets by `[[listen]]` index.
+    udp: Vec<Option<UdpSocket>>,
+    /// The epoll set of the driver this shard is with.
+    epfd: i32,
+}
+
+impl Listeners {
+    /// The UDP listener socket of `[[listen]]` entry `l`.
+    #[inline]
+    fn get(&self, l: u16) -> Option<&UdpSocket> {
+        self.udp.get(l as usize)?.as_ref()
+    }
+}
+
+impl Transport for Listeners {
+    type Relay = UdpSocket;
+
+    fn watch(&mut self, new: Bound) -> Option<UdpSocket> {
+        let kind = if new.bind.is_ipv6() {
+            RELAY_V6
+        } else {
+            RELAY_V4
+        };
+        let t = token(self.index, kind, new.id.0);
+        if let Err(e) = poll::add(self.epfd, new.socket.as_raw_fd(), t) {
+            tracing::warn!(target: LOG, bind = %new.bind, "cannot watch a relay socket: {e}");
+            return None;
+        }
+        Some(new.socket)
+    }
+
+    /// A closed socket leaves the epoll set by itself.
+    fn unwatch(&mut self, _relay: UdpSocket, _now: Instant) {}
+
+    fn to_client(&mut self, client: ClientAddr, data: &[u8]) -> bool {
+        match client.via {
+            Via::Udp(l) => self
+                .get(l)
+                .is_some_and(|s| s.send_to(data, client.remote).is_ok()),
+            // A UDP shard has no stream clients.
+            Via::Stream { .. } => false,
+        }
+    }
+
+    /// A UDP client's answers wait for the round's `sendmmsg`.
+    fn queue_for(&self, client: ClientAddr) -> Option<RawFd> {
+        match client.via {
+            Via::Udp(l) => self.get(l).map(|s| s.as_raw_fd()),
+            Via::Stream { .. } => None,
+        }
+    }
+
+    /// Queued, to leave with the round's `sendmmsg` on the listener.
+    #[inline]
+    fn frame_to_client(
+        &mut self,
+        outs: &mut Vec<Out>,
+        _batch: &Batch,
+        client: ClientAddr,
+        frame: Range<usize>,
+    ) -> bool {
+        // A UDP shard's clients are all on its UDP listeners.
+        if let Via::Udp(l) = client.via
+            && let Some(s) = self.get(l)
+        {
+            outs.push(Out {
+                fd: s.as_raw_fd(),
+                start: frame.start,
+                end: frame.end,
+                to: client.remote,
+                answer: false,
+            });
+        }
+        true
+    }
+}
+
+/// One engine host and its UDP sockets, with the mailbox of its commands.
+pub struct Shard {
+    pub(super) index: usize,
+    pub(super) host: Host<Listeners>,
+    commands: mpsc::UnboundedReceiver<HostCommand>,
+    mailbox: Arc<EventFd>,
+}
+
+impl Shard {
+    /// Shard `index` with its listener sockets; also the mailbox that
+    /// reaches it.
+    pub fn new(
+        index: usize,
+        cfg: EngineConfig,
+        sockets: Vec<(u16, UdpSocket)>,
+        now: Instant,
+        unix_now: u64,
+    ) -> std::io::Result<(Box<Shard>, Mailbox)> {
+        let mut udp: Vec<Option<UdpSocket>> = Vec::new();
+        for (i, s) in sockets {
+            let i = i as usize;
+            if udp.len() <= i {
+                udp.resize_with(i + 1, || None);
+            }
+            udp[i] = Some(s);
+        }
+        let (tx, commands) = mpsc::unbounded_channel();
+        let mailbox = Arc::new(EventFd::new()?);
+        let listeners = Listeners {
+            index,
+            udp,
+            epfd: -1,
+        };
+        let shard = Box::new(Shard {
+            index,
+            host: Host::new(Engine::new(cfg, now, unix_now), listeners),
+            commands,
+            mailbox: mailbox.clone(),
+        });
+        Ok((shard, Mailbox::woken_by(tx, mailbox)))
+    }
+
+    /// Every fd of this shard with its token.
+    fn fds(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        let i = self.index;
+        let listeners = self.host.transport.udp.iter().enumerate();
+        let listeners = listeners.filter_map(move |(l, s)| {
+            s.as_ref()
+                .map(|s| (s.as_raw_fd(), token(i, LISTENER, l as u32)))
+        });
+        let relays = self.host.relay_fds().map(move |(id, v6, fd)| {
+            let kind = if v6 { RELAY_V6 } else { RELAY_V4 };
+            (fd, token(i, kind, id.0))
+        });
+        std::iter::once((self.mailbox.raw(), token(i, MAILBOX, 0)))
+            .chain(listeners)
+            .chain(relays)
+    }
+
+    /// Register every fd with the epoll set `ep`.
+    pub(super) fn attach(&mut self, ep: &Epoll) {
+        self.host.transport.epfd = ep.raw();
+        for (fd, t) in self.fds() {
+            if let Err(e) = poll::add(ep.raw(), fd, t) {
+                tracing::error!(target: LOG, shard = self.index, "cannot watch a socket: {e}");
+            }
+        }
+    }
+
+    /// Unregister every fd from the current epoll set.
+    pub(super) fn detach(&mut self) {
+        self.host.send_queued();
+        let epfd = self.host.transport.epfd;
+        for (fd, _) in self.fds() {
+            poll::remove(epfd, fd);
+        }
+        self.host.transport.epfd = -1;
+    }
+
+    /// Read the socket behind a token of kind `kind` and `index`, and
+    /// handle what came.
+    pub(super) fn ready(&mut self, now: Instant, kind: u64, index: u32) {
+        match kind {
+            LISTENER => {
+                let l = index as u16;
+                if let Some(fd) = self.host.transport.get(l).map(|s| s.as_raw_fd()) {
+                    let via = Via::Udp(l);
+                    self.host.read(
+                        now,
+                        |b| mmsg::recv(fd, b),
+                        |h, now, i| h.client_datagram(now, via, i),
+                    );
+                }
+            }
+            RELAY_V4 | RELAY_V6 => {
+                let id = AllocId(index);
+                if let Some(fd) = self.host.relay_fd(id, kind == RELAY_V6) {
+                    self.host.read_relay(now, id, |b| mmsg::recv(fd, b));
+                }
+            }
+            _ => self.commands(now),
+        }
+    }
+
+    /// End of a round of events: send the queue, run due timers, compact.
+    pub(super) fn end_round(&mut self, now: Instant) {
+        self.host.end_round();
+        self.host.timers(now);
+        self.host.compact_if_due();
+    }
+
+    /// Carry out the control plane's commands.
+    fn commands(&mut self, now: Instant) {
+        self.mailbox.clear();
+        while let Ok(c) = self.commands.try_recv() {
+            self.host.command(c, now);
+        }
+    }
+
+    /// Close every allocation, on stop.
+    pub(super) fn close(&mut self) {
+        self.host.close_all(Instant::now());
+    }
+}

@@ -211,6 +211,18 @@ fn two_call_pages_connect_through_the_relay_and_chat() {
     );
 }
 
+/// Wait (at most 10 s) until `expr` holds on page `s`; its value, else a
+/// panic with `what` and the page's view of member `peer`.
+fn wait_for_link(s: &browser::webdriver::Session<'_>, peer: u64, expr: &str, what: &str) -> Value {
+    s.wait_until(expr, Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: {}",
+                s.eval(&format!("JSON.stringify(ferroturnCall.peers[{peer}])"))
+            )
+        })
+}
+
 /// What each page sends each other member, and in what order.
 const MESH_MESSAGES: usize = 10;
 
@@ -283,14 +295,7 @@ fn four_call_pages_make_a_full_mesh_through_the_relay() {
             let expr = format!(
                 "ferroturnCall.peers[{from}].received.length >= {MESH_MESSAGES} && ferroturnCall.peers[{from}].received"
             );
-            let got = s
-                .wait_until(&expr, Duration::from_secs(10))
-                .unwrap_or_else(|| {
-                    panic!(
-                        "{me} did not hear {from}: {}",
-                        s.eval(&format!("JSON.stringify(ferroturnCall.peers[{from}])"))
-                    )
-                });
+            let got = wait_for_link(s, *from, &expr, &format!("{me} did not hear {from}"));
             let want: Vec<String> = (0..MESH_MESSAGES)
                 .map(|k| format!("{from}>{me}#{k}"))
                 .collect();
@@ -314,14 +319,7 @@ fn four_call_pages_make_a_full_mesh_through_the_relay() {
             let expr = format!(
                 "(p => p && p.pair && p.pair.local.type === 'relay' && p.pair.remote.type === 'relay' && p.pair)(ferroturnCall.peers[{other}])"
             );
-            let pair = s
-                .wait_until(&expr, Duration::from_secs(10))
-                .unwrap_or_else(|| {
-                    panic!(
-                        "no relay pair {me}-{other}: {}",
-                        s.eval(&format!("JSON.stringify(ferroturnCall.peers[{other}])"))
-                    )
-                });
+            let pair = wait_for_link(s, *other, &expr, &format!("no relay pair {me}-{other}"));
             for side in ["local", "remote"] {
                 assert_eq!(pair[side]["address"], "127.0.0.1", "{pair}");
                 let port = pair[side]["port"].as_u64().unwrap();

@@ -450,6 +450,18 @@ impl Delivery {
     }
 }
 
+/// `text` for each of `peers` but `sender`.
+fn copies(text: &str, peers: &[PeerId], sender: PeerId) -> Vec<Delivery> {
+    peers
+        .iter()
+        .filter(|&&p| p != sender)
+        .map(|&to| Delivery {
+            to,
+            text: text.to_owned(),
+        })
+        .collect()
+}
+
 /// Rooms and their members, and the tutorial's broadcast group.
 #[derive(Debug)]
 pub struct Hub {
@@ -528,14 +540,7 @@ impl Hub {
                 if !self.group.contains(&from) && !self.enter_group(from) {
                     return vec![Delivery::error(from, &Error::GroupFull)];
                 }
-                self.group
-                    .iter()
-                    .filter(|&&p| p != from)
-                    .map(|&to| Delivery {
-                        to,
-                        text: text.clone(),
-                    })
-                    .collect()
+                copies(&text, &self.group, from)
             }
         }
     }
@@ -616,15 +621,7 @@ impl Hub {
         let Some(room) = self.member_of.get(&from) else {
             return Vec::new();
         };
-        let text = value.to_string();
-        self.members(room)
-            .iter()
-            .filter(|&&p| p != from)
-            .map(|&to| Delivery {
-                to,
-                text: text.clone(),
-            })
-            .collect()
+        copies(&value.to_string(), self.members(room), from)
     }
 
     fn remove(&mut self, peer: PeerId) {

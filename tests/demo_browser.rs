@@ -19,7 +19,7 @@ mod browser;
 use std::time::{Duration, Instant};
 
 use browser::webdriver::Driver;
-use browser::{Demo, DemoConfig, Net, TempDir, free_port};
+use browser::{Demo, DemoConfig, Net, TempDir};
 use serde_json::Value;
 
 fn candidates_of(v: &Value, kind: &str) -> Vec<Value> {
@@ -37,7 +37,7 @@ fn trickle_ice_page_finds_srflx_and_relay_and_reports_401() {
     let dir = TempDir::new("trickle");
     let demo = Demo::start(&Net::Host, DemoConfig::loopback(), dir.path());
     let (lo, hi) = demo.config.relay_ports;
-    let driver = Driver::start(Net::Host, free_port(), dir.path());
+    let driver = Driver::start_on_free_port(Net::Host, dir.path());
     let s = driver.session("trickle");
     s.goto(&demo.url("/trickle-ice"));
     s.wait_until(
@@ -133,7 +133,7 @@ fn two_call_pages_connect_through_the_relay_and_chat() {
     let dir = TempDir::new("call");
     let demo = Demo::start(&Net::Host, DemoConfig::loopback(), dir.path());
     let (lo, hi) = demo.config.relay_ports;
-    let driver = Driver::start(Net::Host, free_port(), dir.path());
+    let driver = Driver::start_on_free_port(Net::Host, dir.path());
     let a = driver.session("a");
     let b = driver.session("b");
     let page = demo.url("/?room=relay-test&relay=1");
@@ -238,7 +238,7 @@ fn four_call_pages_make_a_full_mesh_through_the_relay() {
     };
     let demo = Demo::start(&Net::Host, config, dir.path());
     let (lo, hi) = demo.config.relay_ports;
-    let driver = Driver::start(Net::Host, free_port(), dir.path());
+    let driver = Driver::start_on_free_port(Net::Host, dir.path());
     let pages: Vec<_> = ["m0", "m1", "m2", "m3"]
         .iter()
         .map(|n| driver.session(n))
@@ -425,7 +425,7 @@ fn the_tutorial_client_opens_a_data_channel_through_the_demo() {
         dir.path(),
         &format!("allowed_origins = [{origin:?}]"),
     );
-    let driver = Driver::start(Net::Host, free_port(), dir.path());
+    let driver = Driver::start_on_free_port(Net::Host, dir.path());
     let a = driver.session("tutorial-a");
     let b = driver.session("tutorial-b");
     // Record what arrives on any channel, the page's own or announced.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use browser::webdriver::Driver;
 use browser::ws::frame::{self as websocket, Message};
 use browser::ws::{Client, raw_head_on};
-use browser::{Demo, DemoConfig, Net, TempDir, free_port};
+use browser::{Demo, DemoConfig, Net, TempDir};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -371,14 +371,7 @@ fn a_browser_page_answers_the_pings_and_stays_in_its_room() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const IDLE: Duration = Duration::from_secs(2);
     let (dir, demo) = start("demo-idle-browser", "idle_timeout = 2");
-    // chromedriver also binds [::1]:PORT, which free_port() does not check:
-    // another port if that one is taken (at most 3 tries).
-    let driver = (0..3)
-        .find_map(|_| {
-            let d = dir.path().to_owned();
-            std::panic::catch_unwind(move || Driver::start(Net::Host, free_port(), &d)).ok()
-        })
-        .expect("chromedriver started");
+    let driver = Driver::start_on_free_port(Net::Host, dir.path());
     let page = driver.session("idle");
     page.goto(&demo.url("/?room=idle-page"));
     page.wait_until("window.ferroturnCall", Duration::from_secs(10))

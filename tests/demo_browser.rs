@@ -5,11 +5,13 @@
 //!   candidate with a wrong password;
 //! - two call pages meet in a room through `/signal`, connect with "relay
 //!   only", exchange 50 data-channel messages each way, and `getStats()`
-//!   reports a relay/relay selected pair;
+//!   reports a relay/relay selected pair; both restart ICE at the same
+//!   moment, the offers cross, and the call goes on;
 //! - four call pages in one room with "relay only" make a full mesh: all
 //!   six pairs connect through ferroturn (negotiating at once from both
 //!   ends: perfect negotiation settles the collisions), exchange messages
-//!   both ways, and each end of each pair reports a relay/relay pair;
+//!   both ways, and each end of each pair reports a relay/relay pair and
+//!   a bitrate on its tile;
 //! - the classic tutorial's client (no join, `{event, data}` messages),
 //!   served from another origin listed in `[demo] allowed_origins`, opens a
 //!   data channel between two pages through `/signal`.
@@ -198,6 +200,42 @@ fn two_call_pages_connect_through_the_relay_and_chat() {
         assert_eq!(s.eval("ferroturnCall.connectionState"), "connected");
     }
 
+    // Both pages restart ICE at the same moment (a time on the clock they
+    // share): their offers cross on a connected link, the polite one rolls
+    // its own back, and the call goes on over a new relay pair.
+    let collisions =
+        |s: &browser::webdriver::Session<'_>| s.eval("ferroturnCall.collisions").as_u64().unwrap();
+    let before = collisions(&a) + collisions(&b);
+    let at = a.eval("Date.now() + 500").as_u64().unwrap();
+    for s in [&a, &b] {
+        let schedule = format!(
+            "setTimeout(() => Object.keys(ferroturnCall.peers).forEach((id) => ferroturnCall.renegotiate(id)), {at} - Date.now()); return true;"
+        );
+        assert_eq!(s.exec(&schedule, serde_json::json!([])).unwrap(), true);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    for s in [&a, &b] {
+        s.wait_until(
+            "(p => p.signalingState === 'stable' && p.connectionState === 'connected' && p.channelOpen)(Object.values(ferroturnCall.peers)[0])",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("renegotiation did not settle: {}", s.eval("JSON.stringify(ferroturnCall.peers)")));
+    }
+    let crossed = collisions(&a) + collisions(&b) - before;
+    eprintln!("simultaneous ICE restarts: {crossed} collisions");
+    assert!(
+        crossed >= 1,
+        "the offers did not cross: glare was not exercised"
+    );
+    assert_eq!(a.eval("ferroturnCall.say('after the restart')"), true);
+    b.wait_until(
+        "ferroturnCall.received.includes('after the restart')",
+        Duration::from_secs(5),
+    )
+    .expect("the call goes on after the restart");
+    assert_eq!(a.eval("ferroturnCall.errors"), serde_json::json!([]));
+    assert_eq!(b.eval("ferroturnCall.errors"), serde_json::json!([]));
+
     // Hanging up tells the other page, which can take a new call.
     a.click("#hangup");
     b.wait_until(
@@ -330,6 +368,19 @@ fn four_call_pages_make_a_full_mesh_through_the_relay() {
                 "connected"
             );
             assert_eq!(s.text(&format!("#tile-{other} .path")), "relay");
+            // The tile's bitrate, from two getStats() a second apart.
+            let rate = wait_for_link(
+                s,
+                *other,
+                &format!("ferroturnCall.peers[{other}].bitrate"),
+                &format!("no bitrate {me}-{other}"),
+            );
+            assert!(rate["send"].is_u64() && rate["receive"].is_u64(), "{rate}");
+            let shown = s.text(&format!("#tile-{other} .bitrate"));
+            assert!(
+                shown.contains("kbit/s out") && shown.contains("kbit/s in"),
+                "{shown}"
+            );
             pairs.insert((*me.min(other), *me.max(other)));
         }
         assert_eq!(s.eval("document.querySelectorAll('.tile').length"), 3);

@@ -30,6 +30,7 @@ const state = {
   iceServers: null,
   say, // say(text): send a chat message to every member
   sayTo, // sayTo(id, text): send a chat message to one member
+  renegotiate, // renegotiate(id): restart ICE with member id (a new offer)
 };
 // The first member's view, as the two-party page had it.
 const first = () => Object.values(state.peers)[0];
@@ -359,6 +360,15 @@ function sayTo(id, text) {
   if (!link || !link.channel || link.channel.readyState !== "open") return false;
   link.channel.send(text);
   state.sent += 1;
+  return true;
+}
+
+/** Restart ICE with member `id`: a new offer from this end, which may
+ *  cross one from the other (both ends may do it at once). */
+function renegotiate(id) {
+  const link = links.get(Number(id));
+  if (!link) return false;
+  link.pc.restartIce();
   return true;
 }
 

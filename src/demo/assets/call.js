@@ -399,8 +399,9 @@ async function updateStats() {
     const remote = describe(stats.get(pair.remoteCandidateId));
     if (!local || !remote) continue;
     view.pair = { local, remote, state: pair.state, rtt: pair.currentRoundTripTime };
-    const now = { t: pair.timestamp, sent: pair.bytesSent || 0, received: pair.bytesReceived || 0 };
-    if (link.last && now.t > link.last.t) {
+    const now = { pairId, t: pair.timestamp, sent: pair.bytesSent || 0, received: pair.bytesReceived || 0 };
+    // Counted on one pair only: a newly selected pair starts from zero.
+    if (link.last && link.last.pairId === pairId && now.t > link.last.t) {
       const kbps = (bytes) => Math.round((bytes * 8) / (now.t - link.last.t)); // bits per ms = kbit/s
       view.bitrate = { send: kbps(now.sent - link.last.sent), receive: kbps(now.received - link.last.received) };
     }

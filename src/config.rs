@@ -637,6 +637,31 @@ from_string! {
 }
 
 from_string! {
+    /// A web origin as browsers send it in `Origin` (RFC 6454 §6.1):
+    /// `http` or `https`, `://`, a host and an optional port; no path.
+    /// Kept in lower case.
+    #[derive(Debug)]
+    Origin(String),
+    |v| {
+        let lower = v.to_ascii_lowercase();
+        let authority = lower
+            .strip_prefix("http://")
+            .or_else(|| lower.strip_prefix("https://"));
+        let ok = authority.is_some_and(|a| {
+            !a.is_empty()
+                && a.len() <= 260
+                && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        });
+        match ok {
+            true => Ok(lower),
+            false => Err(format!(
+                "{v:?} is not an origin: scheme://host[:port] with http or https, no path"
+            )),
+        }
+    }
+}
+
+from_string! {
     /// A log level or tracing filter.
     #[derive(Debug)]
     LogLevel(String),
@@ -944,7 +969,19 @@ table! {
         /// Connections (pages and WebSockets) one IP address, or IPv6 /64,
         /// may hold at once.
         pub connections_per_ip: usize,
+        /// Peers one signaling room holds (a full mesh: each has a peer
+        /// connection to every other).
+        pub room_size: usize,
+        /// Origins (`scheme://host[:port]`, lower case) besides the demo's
+        /// own whose pages may open `/signal`.
+        #[serde(deserialize_with = "origins")]
+        pub allowed_origins: Vec<String>,
     }
+}
+
+/// A list of [`Origin`]s as strings.
+fn origins<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<Origin>::deserialize(d).map(|v| v.into_iter().map(|o| o.0).collect())
 }
 
 /// An `IP:PORT` value ([`SockAddr`]) as a `SocketAddr`.
@@ -1162,6 +1199,10 @@ impl RawConfig {
         let d = &self.demo;
         between("demo.idle_timeout", d.idle_timeout, 1, 3600, " seconds")?;
         between("demo.connections_per_ip", d.connections_per_ip, 1, 4096, "")?;
+        between("demo.room_size", d.room_size, 2, 8, " peers")?;
+        if d.allowed_origins.len() > 32 {
+            return refuse("demo.allowed_origins", "at most 32 origins");
+        }
         between(
             "demo.credential_ttl",
             d.credential_ttl,

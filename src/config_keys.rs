@@ -486,6 +486,20 @@ pub const KEYS: &[Key] = &[
         default: Value("32"),
         doc: "Connections one IP address (or IPv6 /64) may hold on the demo's web server; 1–4096.",
     },
+    Key {
+        section: "demo",
+        name: "room_size",
+        kind: "integer",
+        default: Value("4"),
+        doc: "Peers one signaling room holds; the call page connects each to every other (a full mesh); 2–8.",
+    },
+    Key {
+        section: "demo",
+        name: "allowed_origins",
+        kind: "array of strings",
+        default: Value("[]"),
+        doc: "Origins (`https://app.example:8443`) besides the demo's own whose pages may open `/signal`; others get 403. At most 32.",
+    },
 ];
 
 /// The keys of one section, in table order.

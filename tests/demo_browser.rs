@@ -5,14 +5,23 @@
 //!   candidate with a wrong password;
 //! - two call pages meet in a room through `/signal`, connect with "relay
 //!   only", exchange 50 data-channel messages each way, and `getStats()`
-//!   reports a relay/relay selected pair.
+//!   reports a relay/relay selected pair; both restart ICE at the same
+//!   moment, the offers cross, and the call goes on;
+//! - four call pages in one room with "relay only" make a full mesh: all
+//!   six pairs connect through ferroturn (negotiating at once from both
+//!   ends: perfect negotiation settles the collisions), exchange messages
+//!   both ways, and each end of each pair reports a relay/relay pair and
+//!   a bitrate on its tile;
+//! - the classic tutorial's client (no join, `{event, data}` messages),
+//!   served from another origin listed in `[demo] allowed_origins`, opens a
+//!   data channel between two pages through `/signal`.
 
 mod browser;
 
 use std::time::{Duration, Instant};
 
 use browser::webdriver::Driver;
-use browser::{Demo, DemoConfig, Net, TempDir, free_port};
+use browser::{Demo, DemoConfig, Net, TempDir};
 use serde_json::Value;
 
 fn candidates_of(v: &Value, kind: &str) -> Vec<Value> {
@@ -30,7 +39,7 @@ fn trickle_ice_page_finds_srflx_and_relay_and_reports_401() {
     let dir = TempDir::new("trickle");
     let demo = Demo::start(&Net::Host, DemoConfig::loopback(), dir.path());
     let (lo, hi) = demo.config.relay_ports;
-    let driver = Driver::start(Net::Host, free_port(), dir.path());
+    let driver = Driver::start_on_free_port(Net::Host, dir.path());
     let s = driver.session("trickle");
     s.goto(&demo.url("/trickle-ice"));
     s.wait_until(
@@ -126,7 +135,7 @@ fn two_call_pages_connect_through_the_relay_and_chat() {
     let dir = TempDir::new("call");
     let demo = Demo::start(&Net::Host, DemoConfig::loopback(), dir.path());
     let (lo, hi) = demo.config.relay_ports;
-    let driver = Driver::start(Net::Host, free_port(), dir.path());
+    let driver = Driver::start_on_free_port(Net::Host, dir.path());
     let a = driver.session("a");
     let b = driver.session("b");
     let page = demo.url("/?room=relay-test&relay=1");
@@ -138,7 +147,7 @@ fn two_call_pages_connect_through_the_relay_and_chat() {
     }
     a.click("#join");
     a.wait_until(
-        "ferroturnCall.signaling === 'waiting for peer'",
+        "ferroturnCall.signaling === 'waiting for peers'",
         Duration::from_secs(10),
     )
     .expect("first peer joined");
@@ -187,9 +196,45 @@ fn two_call_pages_connect_through_the_relay_and_chat() {
             let port = pair[side]["port"].as_u64().unwrap();
             assert!((lo as u64..=hi as u64).contains(&port), "{pair}");
         }
-        assert_eq!(s.text("#pair-local td:nth-child(2)"), "relay");
+        assert_eq!(s.text(".tile .path"), "relay");
         assert_eq!(s.eval("ferroturnCall.connectionState"), "connected");
     }
+
+    // Both pages restart ICE at the same moment (a time on the clock they
+    // share): their offers cross on a connected link, the polite one rolls
+    // its own back, and the call goes on over a new relay pair.
+    let collisions =
+        |s: &browser::webdriver::Session<'_>| s.eval("ferroturnCall.collisions").as_u64().unwrap();
+    let before = collisions(&a) + collisions(&b);
+    let at = a.eval("Date.now() + 500").as_u64().unwrap();
+    for s in [&a, &b] {
+        let schedule = format!(
+            "setTimeout(() => Object.keys(ferroturnCall.peers).forEach((id) => ferroturnCall.renegotiate(id)), {at} - Date.now()); return true;"
+        );
+        assert_eq!(s.exec(&schedule, serde_json::json!([])).unwrap(), true);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    for s in [&a, &b] {
+        s.wait_until(
+            "(p => p.signalingState === 'stable' && p.connectionState === 'connected' && p.channelOpen)(Object.values(ferroturnCall.peers)[0])",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("renegotiation did not settle: {}", s.eval("JSON.stringify(ferroturnCall.peers)")));
+    }
+    let crossed = collisions(&a) + collisions(&b) - before;
+    eprintln!("simultaneous ICE restarts: {crossed} collisions");
+    assert!(
+        crossed >= 1,
+        "the offers did not cross: glare was not exercised"
+    );
+    assert_eq!(a.eval("ferroturnCall.say('after the restart')"), true);
+    b.wait_until(
+        "ferroturnCall.received.includes('after the restart')",
+        Duration::from_secs(5),
+    )
+    .expect("the call goes on after the restart");
+    assert_eq!(a.eval("ferroturnCall.errors"), serde_json::json!([]));
+    assert_eq!(b.eval("ferroturnCall.errors"), serde_json::json!([]));
 
     // Hanging up tells the other page, which can take a new call.
     a.click("#hangup");
@@ -202,4 +247,279 @@ fn two_call_pages_connect_through_the_relay_and_chat() {
         "call test: connected after {connected:?}, total {:?}",
         started.elapsed()
     );
+}
+
+/// Wait (at most 10 s) until `expr` holds on page `s`; its value, else a
+/// panic with `what` and the page's view of member `peer`.
+fn wait_for_link(s: &browser::webdriver::Session<'_>, peer: u64, expr: &str, what: &str) -> Value {
+    s.wait_until(expr, Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: {}",
+                s.eval(&format!("JSON.stringify(ferroturnCall.peers[{peer}])"))
+            )
+        })
+}
+
+/// What each page sends each other member, and in what order.
+const MESH_MESSAGES: usize = 10;
+
+#[test]
+fn four_call_pages_make_a_full_mesh_through_the_relay() {
+    let started = Instant::now();
+    let dir = TempDir::new("mesh");
+    // Four pages from one address, each with a UDP and a TCP allocation
+    // per member: 24 for the one REST user.
+    let config = DemoConfig {
+        allocations_per_user: 32,
+        ..DemoConfig::loopback()
+    };
+    let demo = Demo::start(&Net::Host, config, dir.path());
+    let (lo, hi) = demo.config.relay_ports;
+    let driver = Driver::start_on_free_port(Net::Host, dir.path());
+    let pages: Vec<_> = ["m0", "m1", "m2", "m3"]
+        .iter()
+        .map(|n| driver.session(n))
+        .collect();
+    let url = demo.url("/?room=mesh-test&relay=1");
+    for s in &pages {
+        s.goto(&url);
+        s.wait_until("window.ferroturnCall", Duration::from_secs(10))
+            .expect("page script loaded");
+    }
+    // Join one after the other without waiting: every newcomer and every
+    // member it joins start negotiating at once.
+    for s in &pages {
+        s.click("#join");
+    }
+    let mut ids = Vec::new();
+    for s in &pages {
+        let id = s
+            .wait_until("ferroturnCall.id", Duration::from_secs(10))
+            .expect("joined");
+        ids.push(id.as_u64().unwrap());
+    }
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 4, "four distinct peer ids: {ids:?}");
+    let open3 = "Object.values(ferroturnCall.peers).filter((p) => p.channelOpen).length === 3";
+    for s in &pages {
+        if s.wait_until(open3, Duration::from_secs(30)).is_none() {
+            for p in &pages {
+                eprintln!(
+                    "page state: {}\npage log:\n{}",
+                    p.eval("JSON.stringify(ferroturnCall.peers)"),
+                    p.text("#log")
+                );
+            }
+            panic!("not every channel opened")
+        }
+    }
+    let connected = started.elapsed();
+
+    // Every page sends MESH_MESSAGES to each other member; each receives
+    // exactly those, in order, from each.
+    for (s, me) in pages.iter().zip(&ids) {
+        for k in 0..MESH_MESSAGES {
+            for to in ids.iter().filter(|&&i| i != *me) {
+                let sent = s.eval(&format!("ferroturnCall.sayTo({to}, '{me}>{to}#{k}')"));
+                assert_eq!(sent, true, "{me} to {to}");
+            }
+        }
+    }
+    for (s, me) in pages.iter().zip(&ids) {
+        for from in ids.iter().filter(|&&i| i != *me) {
+            let expr = format!(
+                "ferroturnCall.peers[{from}].received.length >= {MESH_MESSAGES} && ferroturnCall.peers[{from}].received"
+            );
+            let got = wait_for_link(s, *from, &expr, &format!("{me} did not hear {from}"));
+            let want: Vec<String> = (0..MESH_MESSAGES)
+                .map(|k| format!("{from}>{me}#{k}"))
+                .collect();
+            let got: Vec<String> = serde_json::from_value(got).unwrap();
+            assert_eq!(got, want, "at {me} from {from}");
+        }
+        let total = s.eval("ferroturnCall.received.length");
+        assert_eq!(
+            total,
+            3 * MESH_MESSAGES as u64,
+            "nothing else arrived at {me}"
+        );
+    }
+
+    // getStats(): each end of each of the six pairs uses relay candidates
+    // on this server, and its tile says so.
+    let mut pairs = std::collections::BTreeSet::new();
+    let mut collisions = 0;
+    for (s, me) in pages.iter().zip(&ids) {
+        for other in ids.iter().filter(|&&i| i != *me) {
+            let expr = format!(
+                "(p => p && p.pair && p.pair.local.type === 'relay' && p.pair.remote.type === 'relay' && p.pair)(ferroturnCall.peers[{other}])"
+            );
+            let pair = wait_for_link(s, *other, &expr, &format!("no relay pair {me}-{other}"));
+            for side in ["local", "remote"] {
+                assert_eq!(pair[side]["address"], "127.0.0.1", "{pair}");
+                let port = pair[side]["port"].as_u64().unwrap();
+                assert!((lo as u64..=hi as u64).contains(&port), "{pair}");
+            }
+            assert_eq!(
+                s.eval(&format!("ferroturnCall.peers[{other}].connectionState")),
+                "connected"
+            );
+            assert_eq!(s.text(&format!("#tile-{other} .path")), "relay");
+            // The tile's bitrate, from two getStats() a second apart.
+            let rate = wait_for_link(
+                s,
+                *other,
+                &format!("ferroturnCall.peers[{other}].bitrate"),
+                &format!("no bitrate {me}-{other}"),
+            );
+            assert!(rate["send"].is_u64() && rate["receive"].is_u64(), "{rate}");
+            let shown = s.text(&format!("#tile-{other} .bitrate"));
+            assert!(
+                shown.contains("kbit/s out") && shown.contains("kbit/s in"),
+                "{shown}"
+            );
+            pairs.insert((*me.min(other), *me.max(other)));
+        }
+        assert_eq!(s.eval("document.querySelectorAll('.tile').length"), 3);
+        collisions += s.eval("ferroturnCall.collisions").as_u64().unwrap();
+        let errors = s.eval("ferroturnCall.errors");
+        assert_eq!(errors, serde_json::json!([]), "at {me}");
+    }
+    assert_eq!(pairs.len(), 6, "{pairs:?}");
+    // Both ends of every pair offer at once: offers did cross, and every
+    // pair still connected.
+    assert!(collisions > 0, "no offers crossed: glare was not exercised");
+
+    // A member hangs up: the other three drop its tile and keep their
+    // links to each other.
+    pages[0].click("#hangup");
+    for s in &pages[1..] {
+        s.wait_until(
+            "Object.keys(ferroturnCall.peers).length === 2 && document.querySelectorAll('.tile').length === 2",
+            Duration::from_secs(5),
+        )
+        .expect("the leaver's tile goes");
+        assert_eq!(s.eval(open3.replace("=== 3", "=== 2").as_str()), true);
+    }
+    assert_eq!(
+        pages[1].eval(&format!("ferroturnCall.sayTo({}, 'still here')", ids[2])),
+        true
+    );
+    pages[2]
+        .wait_until(
+            &format!(
+                "ferroturnCall.peers[{}].received.includes('still here')",
+                ids[1]
+            ),
+            Duration::from_secs(5),
+        )
+        .expect("the rest of the mesh carries on");
+    eprintln!(
+        "mesh test: 6 pairs connected after {connected:?} ({collisions} offer collisions settled), total {:?}",
+        started.elapsed()
+    );
+}
+
+/// The classic tutorial's client, as it is written there: a WebSocket to
+/// `/signal` without any join, `{event, data}` messages, and a data channel
+/// created up front. `HOST` is replaced by the demo's address. Only the
+/// URL differs from the tutorial's (`/signal` on the demo's port).
+const TUTORIAL_PAGE: &str = include_str!("browser/tutorial.html");
+
+/// Serve `page` on a port of its own (another origin than the demo's) to
+/// at most `requests` requests; its address.
+fn serve_page(page: String, requests: usize) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(requests) {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 << 10 {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let (status, body) = if head.starts_with(b"GET / ") {
+                ("200 OK", page.as_str())
+            } else {
+                ("404 Not Found", "")
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_tutorial_client_opens_a_data_channel_through_the_demo() {
+    let started = Instant::now();
+    let dir = TempDir::new("tutorial");
+    let config = DemoConfig::loopback();
+    let page = TUTORIAL_PAGE.replace("HOST", &config.http.to_string());
+    let site = serve_page(page, 20);
+    let origin = format!("http://{site}");
+    let demo = Demo::start_with(
+        &Net::Host,
+        config,
+        dir.path(),
+        &format!("allowed_origins = [{origin:?}]"),
+    );
+    let driver = Driver::start_on_free_port(Net::Host, dir.path());
+    let a = driver.session("tutorial-a");
+    let b = driver.session("tutorial-b");
+    // Record what arrives on any channel, the page's own or announced.
+    let record = "window.got = []; \
+        const hear = (ch) => ch.addEventListener('message', (e) => got.push(e.data)); \
+        hear(dataChannel); \
+        peerConnection.addEventListener('datachannel', (e) => hear(e.channel)); \
+        return true;";
+    for s in [&a, &b] {
+        s.goto(&format!("{origin}/"));
+        s.wait_until(
+            "typeof peerConnection !== 'undefined' && peerConnection && conn.readyState === 1",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "the tutorial page did not connect; log:\n{}",
+                demo.log_text()
+            )
+        });
+        assert_eq!(s.exec(record, serde_json::json!([])).unwrap(), true);
+    }
+    // As the tutorial says: call createOffer() on one side.
+    a.eval("(createOffer(), true)");
+    for s in [&a, &b] {
+        s.wait_until("dataChannel.readyState === 'open'", Duration::from_secs(20))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no data channel: {}; log:\n{}",
+                    s.eval("peerConnection.connectionState"),
+                    demo.log_text()
+                )
+            });
+    }
+    // The tutorial's sendMessage() sends the input's text on dataChannel.
+    for (s, text) in [(&a, "hello from a"), (&b, "hello from b")] {
+        s.eval(&format!(
+            "(document.getElementById('messageInput').value = '{text}', sendMessage(), true)"
+        ));
+    }
+    for (s, want) in [(&a, "hello from b"), (&b, "hello from a")] {
+        s.wait_until(&format!("got.includes('{want}')"), Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{want} did not arrive: {}", s.eval("JSON.stringify(got)")));
+    }
+    eprintln!("tutorial test took {:?}", started.elapsed());
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use browser::webdriver::Driver;
 use browser::ws::frame::{self as websocket, Message};
 use browser::ws::{Client, raw_head_on};
-use browser::{Demo, DemoConfig, Net, TempDir, free_port};
+use browser::{Demo, DemoConfig, Net, TempDir};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -53,10 +53,24 @@ async fn connect_from(from: [u8; 4], to: SocketAddr, rcvbuf: Option<u32>) -> Tcp
         .expect("connect")
 }
 
-async fn join(c: &mut Client, room: &str, peers: u64) {
+/// Join `room`, where `peers` are already; the id the server gave.
+async fn join(c: &mut Client, room: &str, peers: &[u64]) -> u64 {
     c.send_json(&json!({"type": "join", "room": room})).await;
     let v = c.recv_json().await;
-    assert_eq!(v, json!({"type": "joined", "room": room, "peers": peers}));
+    let id = v["id"].as_u64().expect("joined gives an id");
+    assert_eq!(
+        v,
+        json!({"type": "joined", "room": room, "id": id, "peers": peers})
+    );
+    id
+}
+
+fn peer_joined(id: u64) -> Value {
+    json!({"type": "peer-joined", "from": id})
+}
+
+fn peer_left(id: u64) -> Value {
+    json!({"type": "peer-left", "from": id})
 }
 
 /// The next text message of `c`, answering pings on the way (as a browser
@@ -77,14 +91,23 @@ async fn next_text(c: &mut Client) -> (Value, usize) {
     panic!("100 pings and no text");
 }
 
-/// Offers both ways between `a` and `b`, answering pings.
-async fn relay_both_ways(a: &mut Client, b: &mut Client, tag: &str) {
-    let offer = json!({"type": "offer", "sdp": format!("v=0\r\ns={tag}\r\n")});
-    a.send_json(&offer).await;
-    assert_eq!(next_text(b).await.0, offer);
-    let answer = json!({"type": "answer", "sdp": format!("v=0\r\ns={tag}\r\n")});
-    b.send_json(&answer).await;
-    assert_eq!(next_text(a).await.0, answer);
+/// An offer from `a` (peer `ids.0`) to `b` (peer `ids.1`) and an answer
+/// back, answering pings.
+async fn relay_both_ways(a: &mut Client, b: &mut Client, ids: (u64, u64), tag: &str) {
+    let (ia, ib) = ids;
+    let sdp = format!("v=0\r\ns={tag}\r\n");
+    a.send_json(&json!({"type": "offer", "to": ib, "sdp": sdp}))
+        .await;
+    assert_eq!(
+        next_text(b).await.0,
+        json!({"type": "offer", "from": ia, "to": ib, "sdp": sdp})
+    );
+    b.send_json(&json!({"type": "answer", "to": ia, "sdp": sdp}))
+        .await;
+    assert_eq!(
+        next_text(a).await.0,
+        json!({"type": "answer", "from": ib, "to": ia, "sdp": sdp})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,10 +118,10 @@ async fn a_silent_websocket_is_closed_and_a_live_one_stays() {
     let addr = demo.config.http;
     let mut a = Client::connect(addr).await;
     let mut b = Client::connect(addr).await;
-    join(&mut a, "idle", 0).await;
-    join(&mut b, "idle", 1).await;
+    let ia = join(&mut a, "idle", &[]).await;
+    let ib = join(&mut b, "idle", &[ia]).await;
     let joined = Instant::now();
-    assert_eq!(next_text(&mut a).await.0, json!({"type": "peer-joined"}));
+    assert_eq!(next_text(&mut a).await.0, peer_joined(ib));
 
     // b never answers: it gets pings, then a close frame "going away".
     let silent = tokio::spawn(async move {
@@ -114,7 +137,7 @@ async fn a_silent_websocket_is_closed_and_a_live_one_stays() {
     });
     // a answers the pings: it hears peer-left, and only that.
     let (left, pongs) = next_text(&mut a).await;
-    assert_eq!(left, json!({"type": "peer-left"}));
+    assert_eq!(left, peer_left(ib));
     let (pings, code, after) = silent.await.unwrap();
     assert!(pings >= 1, "the server pings a silent client first");
     assert_eq!(code, Some(websocket::close_code::GOING_AWAY));
@@ -142,9 +165,9 @@ async fn a_silent_websocket_is_closed_and_a_live_one_stays() {
     }
     assert!(more >= 2, "{more} pings answered");
     let mut c = Client::connect(addr).await;
-    join(&mut c, "idle", 1).await;
-    assert_eq!(next_text(&mut a).await.0, json!({"type": "peer-joined"}));
-    relay_both_ways(&mut a, &mut c, "after the timeout").await;
+    let ic = join(&mut c, "idle", &[ia]).await;
+    assert_eq!(next_text(&mut a).await.0, peer_joined(ic));
+    relay_both_ways(&mut a, &mut c, (ia, ic), "after the timeout").await;
     assert!(demo.log_text().is_empty() || !demo.log_text().contains("panicked"));
 }
 
@@ -160,12 +183,9 @@ async fn one_address_holds_at_most_its_cap_and_idle_sockets_make_room() {
         ws.push(Client::connect(addr).await);
     }
     // The oldest and the newest share a room.
-    join(&mut ws[0], "evict", 0).await;
-    join(&mut ws[3], "evict", 1).await;
-    assert_eq!(
-        next_text(&mut ws[0]).await.0,
-        json!({"type": "peer-joined"})
-    );
+    let i0 = join(&mut ws[0], "evict", &[]).await;
+    let i3 = join(&mut ws[3], "evict", &[i0]).await;
+    assert_eq!(next_text(&mut ws[0]).await.0, peer_joined(i3));
     // A fifth connection from there is let in and closes that address's
     // oldest connection, a WebSocket: an address competes with itself.
     let s = connect_from([127, 0, 0, 1], addr, None).await;
@@ -178,20 +198,17 @@ async fn one_address_holds_at_most_its_cap_and_idle_sockets_make_room() {
         "the oldest WebSocket was not closed: {closed:?}"
     );
     // It left its room as a client that goes does: the other hears it.
-    assert_eq!(next_text(&mut ws[2]).await.0, json!({"type": "peer-left"}));
+    assert_eq!(next_text(&mut ws[2]).await.0, peer_left(i0));
     // Other addresses are not affected.
     let s = connect_from([127, 0, 0, 2], addr, None).await;
     let (resp, _, _) = raw_head_on(s, &get).await;
     assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
     // The other WebSockets still work.
     let (first, rest) = ws.split_at_mut(1);
-    join(&mut first[0], "cap", 0).await;
-    join(&mut rest[0], "cap", 1).await;
-    assert_eq!(
-        next_text(&mut first[0]).await.0,
-        json!({"type": "peer-joined"})
-    );
-    relay_both_ways(&mut first[0], &mut rest[0], "at the cap").await;
+    let i1 = join(&mut first[0], "cap", &[]).await;
+    let i2 = join(&mut rest[0], "cap", &[i1]).await;
+    assert_eq!(next_text(&mut first[0]).await.0, peer_joined(i2));
+    relay_both_ways(&mut first[0], &mut rest[0], (i1, i2), "at the cap").await;
 
     // Twenty idle sockets from 127.0.0.3: a real request from there still
     // gets in (the oldest idle ones are closed to make room), and only the
@@ -224,13 +241,13 @@ async fn a_peer_that_does_not_read_is_cut_off_and_the_other_goes_on() {
     // socket fills soon.
     let stream = connect_from([127, 0, 0, 1], addr, Some(4096)).await;
     let mut b = Client::connect_on(addr, stream).await;
-    join(&mut a, "outbox", 0).await;
-    join(&mut b, "outbox", 1).await;
-    assert_eq!(a.recv_json().await, json!({"type": "peer-joined"}));
+    let ia = join(&mut a, "outbox", &[]).await;
+    let ib = join(&mut b, "outbox", &[ia]).await;
+    assert_eq!(a.recv_json().await, peer_joined(ib));
 
     // a sends offers of 60 kB until it hears peer-left: b's outbox went
     // over 256 KiB on top of what the sockets hold. At most 400 (24 MB).
-    let offer = json!({"type": "offer", "sdp": format!("v=0\r\n{}", "a".repeat(60_000))});
+    let offer = json!({"type": "offer", "to": ib, "sdp": format!("v=0\r\n{}", "a".repeat(60_000))});
     let mut sent = 0;
     let mut left = false;
     while sent < 400 && !left {
@@ -242,15 +259,24 @@ async fn a_peer_that_does_not_read_is_cut_off_and_the_other_goes_on() {
             let Message::Text(t) = m else {
                 panic!("unexpected {m:?}")
             };
-            assert_eq!(
-                serde_json::from_str::<Value>(&t).unwrap(),
-                json!({"type": "peer-left"})
-            );
+            assert_eq!(serde_json::from_str::<Value>(&t).unwrap(), peer_left(ib));
             left = true;
         }
     }
     if !left {
-        assert_eq!(a.recv_json().await, json!({"type": "peer-left"}));
+        assert_eq!(a.recv_json().await, peer_left(ib));
+    }
+    // Offers a sent after b was cut name a peer no longer in the room:
+    // each gets unknown-peer, and nothing else comes.
+    let mut late = 0;
+    while let Ok(m) = tokio::time::timeout(Duration::from_millis(300), a.recv()).await {
+        let Message::Text(t) = m else {
+            panic!("unexpected {m:?}")
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["code"], "unknown-peer", "{v}");
+        late += 1;
+        assert!(late <= sent, "more errors than offers");
     }
     eprintln!("b was cut off after a sent {sent} offers of 60 kB");
     assert!(
@@ -280,9 +306,9 @@ async fn a_peer_that_does_not_read_is_cut_off_and_the_other_goes_on() {
 
     // a is undisturbed: a newcomer joins and they relay both ways.
     let mut c = Client::connect(addr).await;
-    join(&mut c, "outbox", 1).await;
-    assert_eq!(a.recv_json().await, json!({"type": "peer-joined"}));
-    relay_both_ways(&mut a, &mut c, "after the cut").await;
+    let ic = join(&mut c, "outbox", &[ia]).await;
+    assert_eq!(a.recv_json().await, peer_joined(ic));
+    relay_both_ways(&mut a, &mut c, (ia, ic), "after the cut").await;
 }
 
 /// A slow loris (a request head a byte at a time) and a silent socket
@@ -345,21 +371,14 @@ fn a_browser_page_answers_the_pings_and_stays_in_its_room() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const IDLE: Duration = Duration::from_secs(2);
     let (dir, demo) = start("demo-idle-browser", "idle_timeout = 2");
-    // chromedriver also binds [::1]:PORT, which free_port() does not check:
-    // another port if that one is taken (at most 3 tries).
-    let driver = (0..3)
-        .find_map(|_| {
-            let d = dir.path().to_owned();
-            std::panic::catch_unwind(move || Driver::start(Net::Host, free_port(), &d)).ok()
-        })
-        .expect("chromedriver started");
+    let driver = Driver::start_on_free_port(Net::Host, dir.path());
     let page = driver.session("idle");
     page.goto(&demo.url("/?room=idle-page"));
     page.wait_until("window.ferroturnCall", Duration::from_secs(10))
         .expect("page script loaded");
     page.click("#join");
     page.wait_until(
-        "ferroturnCall.signaling === 'waiting for peer'",
+        "ferroturnCall.signaling === 'waiting for peers'",
         Duration::from_secs(10),
     )
     .expect("the page joined");
@@ -368,16 +387,24 @@ fn a_browser_page_answers_the_pings_and_stays_in_its_room() {
     std::thread::sleep(IDLE * 7 / 2);
     assert_eq!(
         page.eval("ferroturnCall.signaling"),
-        "waiting for peer",
+        "waiting for peers",
         "{}",
         demo.log_text()
     );
     // And still in the room: a newcomer finds one peer there, and the page
     // sends it an offer.
+    let page_id = page
+        .eval("ferroturnCall.id")
+        .as_u64()
+        .expect("the page's id");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut c = Client::connect(demo.config.http).await;
-        join(&mut c, "idle-page", 1).await;
-        assert_eq!(next_text(&mut c).await.0["type"], "offer");
+        let ic = join(&mut c, "idle-page", &[page_id]).await;
+        let offer = next_text(&mut c).await.0;
+        assert_eq!(
+            (&offer["type"], &offer["from"], &offer["to"]),
+            (&json!("offer"), &json!(page_id), &json!(ic))
+        );
     });
 }

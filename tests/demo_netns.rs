@@ -142,6 +142,7 @@ fn relay_gets_calls_through_symmetric_nats() {
         relay_ports: (40000, 40199),
         allow: vec![netns::SUBNET.into()],
         http: format!("{}:8080", netns::SERVER_IP).parse().unwrap(),
+        allocations_per_user: 10,
     };
     let demo = Demo::start(&Net::Ns(netns::PUBLIC.into()), config, &dir.join("pub"));
     let da = Driver::start(

@@ -485,6 +485,10 @@ const ONE_KEY: &[(&str, &str, &str, &str)] = &[
     ("demo.connections_per_ip: 4097", "demo", "connections_per_ip", "4097"),
     ("demo.credential_ttl: 59", "demo", "credential_ttl", "59"),
     ("demo.credential_ttl: 86401", "demo", "credential_ttl", "86401"),
+    ("demo.room_size: 1", "demo", "room_size", "1"),
+    ("demo.room_size: 9", "demo", "room_size", "9"),
+    ("demo.allowed_origins: no scheme", "demo", "allowed_origins", "[\"app.example\"]"),
+    ("demo.allowed_origins: a path", "demo", "allowed_origins", "[\"https://app.example/call\"]"),
 ];
 
 /// The cases written by hand: every error `parse` and its helpers in
@@ -566,6 +570,10 @@ fn hand_cases(f: &Files) -> Vec<Case> {
         ("metrics.hosts: 254 bytes", b().set("metrics", "hosts", &format!("[\"{}.org\"]", "a".repeat(250)))),
         ("admin.address: not IP:PORT", b().set("admin", "address", "\"localhost:9642\"").set("admin", "token", "\"t\"")),
         ("admin.socket: 108 bytes", b().set("admin", "socket", &q(&format!("/{}", "s".repeat(107))))),
+        (
+            "demo.allowed_origins: 33",
+            b().set("demo", "allowed_origins", &format!("[{}]", (0..33).map(|i| q(&format!("https://o{i}.example"))).collect::<Vec<_>>().join(", "))),
+        ),
     ];
     for (what, file) in [
         ("relative path", "secret".to_owned()),

@@ -4,7 +4,9 @@
 //!   "relay only", live selected candidate pair),
 //! - `/trickle-ice`: candidate gathering against any STUN/TURN server,
 //! - `/ice-servers`: `iceServers` JSON with short-lived REST credentials,
-//! - `/signal`: WebSocket signaling in rooms of two.
+//! - `/signal`: WebSocket signaling in mesh rooms of up to `[demo]
+//!   room_size` peers, and the classic tutorial's `{event, data}` broadcast
+//!   for sessions outside rooms (see [`signal`]).
 //!
 //! Pages and scripts are embedded in the binary.
 //!
@@ -22,7 +24,10 @@
 //! [`signal::MAX_MESSAGE`] gets an error, and a frame or message over
 //! [`WS_HARD_LIMIT`] closes the connection (1009); and a client that lets
 //! more than [`OUTBOX_BYTES`] pile up unread is disconnected, which the
-//! other member of its room sees as `peer-left`.
+//! other members of its room see as `peer-left`; a session sending more
+//! than [`signal::RATE_BURST`] messages at once, or more than
+//! [`signal::RATE_PER_SECOND`] a second after that, has the excess dropped
+//! (and is told once per run of drops).
 
 pub mod ice;
 pub mod signal;
@@ -71,14 +76,18 @@ const TOO_MANY: &str = "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/pla
 /// Time a closing WebSocket gets to flush its last frames.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The demo's connection limits (`[demo]`).
-#[derive(Debug, Clone, Copy)]
+/// The demo's connection limits and signaling settings (`[demo]`).
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Silence after which a WebSocket is closed; pings go out every third
     /// of it while the client is silent.
     pub idle_timeout: Duration,
     /// Connections per IP address or IPv6 /64.
     pub per_ip: usize,
+    /// Peers one room holds.
+    pub room_size: usize,
+    /// Origins besides the demo's own whose pages may open `/signal`.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Limits {
@@ -86,6 +95,8 @@ impl Limits {
         Limits {
             idle_timeout: Duration::from_secs(c.idle_timeout),
             per_ip: c.connections_per_ip,
+            room_size: c.room_size,
+            allowed_origins: c.allowed_origins.clone(),
         }
     }
 }
@@ -169,9 +180,10 @@ pub fn ice_config(config: &Config, bound: &[SocketAddr]) -> IceConfig {
 pub async fn serve(listener: TcpListener, ice: IceConfig, limits: Limits) -> std::io::Result<()> {
     let app = Arc::new(App {
         ice,
-        signal: Mutex::new(Signal::default()),
+        signal: Mutex::new(Signal::new(limits.room_size)),
         next_id: AtomicU64::new(1),
         idle: limits.idle_timeout,
+        allowed_origins: limits.allowed_origins,
     });
     let router = http::limits(Router::new().fallback(answer).with_state(app));
     let caps = Caps {
@@ -194,10 +206,10 @@ struct App {
     signal: Mutex<Signal>,
     next_id: AtomicU64,
     idle: Duration,
+    allowed_origins: Vec<String>,
 }
 
 /// The hub and the outbox of every connected signaling client.
-#[derive(Default)]
 struct Signal {
     hub: Hub,
     outboxes: HashMap<PeerId, Outbox>,
@@ -213,6 +225,13 @@ struct Outbox {
 }
 
 impl Signal {
+    fn new(room_size: usize) -> Signal {
+        Signal {
+            hub: Hub::new(room_size),
+            outboxes: HashMap::new(),
+        }
+    }
+
     /// Queue `deliveries`; a client whose outbox is full is dropped (its
     /// connection closes at once, unflushed).
     fn deliver(&mut self, deliveries: Vec<Delivery>) {
@@ -272,7 +291,7 @@ async fn answer(
         return r;
     }
     if req.uri().path() == "/signal" && !head_only {
-        return match upgrade_refusal(req.headers()) {
+        return match upgrade_refusal(req.headers(), &app.allowed_origins) {
             None => upgrade(req, app, client).await,
             Some(refusal) => refusal,
         };
@@ -337,8 +356,10 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 }
 
 /// Check a WebSocket opening handshake (RFC 6455 §4.2.1) beyond what
-/// axum checks: the refusal to answer, if any.
-fn upgrade_refusal(headers: &HeaderMap) -> Option<Response> {
+/// axum checks: the refusal to answer, if any. Pages of the demo's own
+/// origin and of `allowed` (`[demo] allowed_origins`, lower case) may
+/// connect.
+fn upgrade_refusal(headers: &HeaderMap, allowed: &[String]) -> Option<Response> {
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     if !has_token(headers, header::UPGRADE, "websocket")
         || !has_token(headers, header::CONNECTION, "upgrade")
@@ -365,10 +386,12 @@ fn upgrade_refusal(headers: &HeaderMap) -> Option<Response> {
             "missing or invalid Sec-WebSocket-Key",
         ));
     }
-    // Browsers send Origin: only pages of this origin may signal here.
+    // Browsers send Origin: only pages of this origin, or of one the
+    // operator allowed, may signal here.
     if let (Some(origin), Some(host)) = (text(header::ORIGIN), text(header::HOST)) {
         let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
-        if !authority.eq_ignore_ascii_case(host) {
+        let listed = allowed.iter().any(|a| a.eq_ignore_ascii_case(origin));
+        if !authority.eq_ignore_ascii_case(host) && !listed {
             return Some(http::error(
                 StatusCode::FORBIDDEN,
                 "cross-origin signaling refused",
@@ -389,6 +412,11 @@ async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response 
     let from = client
         .addr
         .map_or_else(|| "-".to_owned(), |a| a.to_string());
+    let source = http::Peer::of_ip(
+        client
+            .addr
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()),
+    );
     let slot = client.take_slot();
     ws.max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
@@ -398,7 +426,7 @@ async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response 
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             tracing::debug!(client = %from, "demo: signaling connected");
-            let task = tokio::spawn(signaling(socket, app));
+            let task = tokio::spawn(signaling(socket, app, source));
             // A WebSocket stays idle in its slot: when the server is
             // full, a newcomer closes the oldest one of the client holding
             // the most, so that a few addresses that keep theirs alive
@@ -425,21 +453,25 @@ enum End {
 }
 
 /// One signaling client, from the 101 until it leaves.
-async fn signaling(socket: WebSocket, app: Arc<App>) {
+async fn signaling(socket: WebSocket, app: Arc<App>, source: http::Peer) {
     let app = &*app;
     let id = app.next_id.fetch_add(1, Ordering::Relaxed);
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let kick = Arc::new(Notify::new());
-    app.signal.lock().unwrap().outboxes.insert(
-        id,
-        Outbox {
-            tx,
-            queued: queued.clone(),
-            kick: kick.clone(),
-        },
-    );
+    {
+        let mut s = app.signal.lock().unwrap();
+        s.outboxes.insert(
+            id,
+            Outbox {
+                tx,
+                queued: queued.clone(),
+                kick: kick.clone(),
+            },
+        );
+        s.hub.connect(id, source);
+    }
     let mut writer = tokio::spawn(write_loop(sink, rx, queued));
     // However this ends, also when the task is aborted to make room for
     // another connection: out of its room and its outbox, writer stopped.
@@ -536,11 +568,23 @@ async fn read_loop(
     // tungstenite answers pings and close frames by itself (RFC 6455
     // §5.5.2, §5.5.1): the pong or the close goes out with the next read
     // or write.
+    let mut rate = signal::Rate::default();
     while let Some(msg) = stream.next().await {
+        let now = start.elapsed().as_micros() as u64;
         if msg.is_ok() {
-            heard.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            heard.store(now, Ordering::Relaxed);
         }
         let mut s = app.signal.lock().unwrap();
+        if let Ok(Message::Text(_) | Message::Binary(_)) = msg {
+            match rate.take(now) {
+                signal::Admit::Pass => {}
+                signal::Admit::DropAndWarn => {
+                    s.deliver(vec![Delivery::error(id, &signal::Error::RateLimited)]);
+                    continue;
+                }
+                signal::Admit::Drop => continue,
+            }
+        }
         let too_large = |s: &mut Signal, n: usize| {
             s.deliver(vec![Delivery::error(id, &signal::Error::TooLarge(n))]);
         };
@@ -664,9 +708,10 @@ credential_ttl = 120
                 secret: None,
                 ttl: 60,
             },
-            signal: Mutex::new(Signal::default()),
+            signal: Mutex::new(Signal::new(4)),
             next_id: AtomicU64::new(1),
             idle: Duration::from_secs(60),
+            allowed_origins: vec!["https://app.example".into()],
         };
         let visitor: IpAddr = "127.0.0.1".parse().unwrap();
         for (path, status) in [
@@ -697,10 +742,19 @@ credential_ttl = 120
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
             ("origin", "http://a:1"),
         ];
-        assert!(upgrade_refusal(&headers(&ws)).is_none());
+        assert!(upgrade_refusal(&headers(&ws), &app.allowed_origins).is_none());
         let status = |pairs: &[(&'static str, &'static str)]| {
-            upgrade_refusal(&headers(pairs)).unwrap().status()
+            upgrade_refusal(&headers(pairs), &app.allowed_origins)
+                .unwrap()
+                .status()
         };
+        // An origin the operator listed may connect (any case), and only
+        // that one.
+        let mut listed = ws;
+        listed[5] = ("origin", "https://App.example");
+        assert!(upgrade_refusal(&headers(&listed), &app.allowed_origins).is_none());
+        listed[5] = ("origin", "http://app.example");
+        assert_eq!(status(&listed), 403);
         // One header changed at a time: another site's page, an old
         // version, a key that is not 16 bytes, no Upgrade in Connection.
         for (i, changed, want) in [

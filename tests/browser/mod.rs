@@ -199,6 +199,10 @@ pub struct DemoConfig {
     pub allow: Vec<String>,
     /// The demo's HTTP address.
     pub http: SocketAddr,
+    /// `[limits] allocations_per_user`: every page of a test comes from
+    /// 127.0.0.1, one REST user, and a mesh page holds two allocations
+    /// (UDP and TCP) per member.
+    pub allocations_per_user: u32,
 }
 
 impl DemoConfig {
@@ -210,6 +214,7 @@ impl DemoConfig {
             relay_ports: relay_block(),
             allow: vec!["127.0.0.0/8".into()],
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            allocations_per_user: 10,
         }
     }
 
@@ -231,6 +236,8 @@ secrets = ["{SECRET}", "older-secret"]
 users = {{ alice = "{STATIC_PASSWORD}" }}
 [peers]
 allow = [{allow}]
+[limits]
+allocations_per_user = {allocations_per_user}
 [demo]
 address = "{http}"
 credential_ttl = 600
@@ -243,6 +250,7 @@ level = "info"
             hi = self.relay_ports.1,
             allow = allow.join(", "),
             http = self.http,
+            allocations_per_user = self.allocations_per_user,
         )
     }
 }

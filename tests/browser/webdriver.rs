@@ -50,6 +50,27 @@ impl Driver {
     /// Start chromedriver in `net` on 127.0.0.1:`port`, logging into `dir`,
     /// and wait (at most 15 s) until it is ready.
     pub fn start(net: Net, port: u16, dir: &Path) -> Driver {
+        Driver::try_start(net, port, dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Driver::start`] on a free port, with up to two more ports if
+    /// chromedriver finds its port taken (it also binds `[::1]:PORT`, and
+    /// another test may take a port between its check and the bind).
+    pub fn start_on_free_port(net: Net, dir: &Path) -> Driver {
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            match Driver::try_start(net.clone(), super::free_port(), dir) {
+                Ok(d) => return d,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!(
+            "chromedriver did not start on 3 ports:\n{}",
+            errors.join("\n")
+        )
+    }
+
+    fn try_start(net: Net, port: u16, dir: &Path) -> Result<Driver, String> {
         assert!(
             Path::new(CHROMEDRIVER).exists() && Path::new(CHROMIUM).exists(),
             "{CHROMEDRIVER} and {CHROMIUM} are needed: apt-get install chromium chromium-driver"
@@ -68,18 +89,18 @@ impl Driver {
             let v: Value = serde_json::from_slice(&body).ok()?;
             (status == 200 && v["value"]["ready"] == true).then_some(true)
         });
-        assert_eq!(
-            ready,
-            Some(true),
-            "chromedriver did not become ready; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Driver {
+        if ready != Some(true) {
+            return Err(format!(
+                "chromedriver did not become ready; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        Ok(Driver {
             net,
             addr,
             proc,
             dir: dir.to_owned(),
-        }
+        })
     }
 
     /// A new browser session with a fresh profile `dir/profile-NAME`.

@@ -1,6 +1,15 @@
-// ferroturn call demo: WebSocket signaling to /signal, ICE servers from
-// /ice-servers, a data channel chat, optional camera and microphone, and the
-// selected candidate pair from getStats().
+// ferroturn call demo: a full mesh. Every member of a room has one
+// RTCPeerConnection to every other member, signaled over the WebSocket
+// /signal (messages addressed by peer id), with ICE servers from
+// /ice-servers. Each connection carries a data channel (chat) and, when
+// the camera is on, audio and video; a tile per member shows its states,
+// its selected candidate pair from getStats() and its current bitrate.
+//
+// Both ends of a pair may start negotiating at once (each creates the
+// pre-negotiated chat channel as it learns of the other): "perfect
+// negotiation" resolves the collision. The member with the higher peer id
+// is polite (it rolls its own offer back and answers); the other ignores
+// the colliding offer.
 //
 // URL parameters prefill the form: ?room=NAME&relay=1&servers=stun&media=1,
 // and &autojoin=1 joins at once. window.ferroturnCall exposes the live state
@@ -10,27 +19,32 @@
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  signaling: "not connected", // not connected, waiting for peer, in call, peer left, closed
-  iceConnectionState: "new",
-  connectionState: "new",
-  channelOpen: false,
-  pair: null, // {local: {...}, remote: {...}} of the selected candidate pair
-  candidates: [], // local candidates gathered: {type, protocol, address, port}
-  received: [], // chat messages received, in order
+  signaling: "not connected", // not connected, connecting, waiting for peers, in call (N peers), closed
+  id: null, // this page's peer id in its room
+  room: null,
+  peers: {}, // id -> {polite, connectionState, iceConnectionState, channelOpen, pair, bitrate, received}
+  received: [], // chat messages received from anyone, in order
   sent: 0,
   errors: [], // {code, message} from the signaling server, or local errors
+  collisions: 0, // offers that crossed one of ours (resolved by perfect negotiation)
   iceServers: null,
-  say, // say(text): send a chat message
+  say, // say(text): send a chat message to every member
+  sayTo, // sayTo(id, text): send a chat message to one member
+  renegotiate, // renegotiate(id): restart ICE with member id (a new offer)
 };
+// The first member's view, as the two-party page had it.
+const first = () => Object.values(state.peers)[0];
+Object.defineProperty(state, "channelOpen", { get: () => Object.values(state.peers).some((p) => p.channelOpen) });
+Object.defineProperty(state, "pair", { get: () => (first() ? first().pair : null) });
+Object.defineProperty(state, "connectionState", { get: () => (first() ? first().connectionState : "new") });
 window.ferroturnCall = state;
 
 let ws = null;
-let pc = null;
-let channel = null;
 let localStream = null;
 let iceServers = [];
 let queue = Promise.resolve(); // signaling messages are handled in order
 let statsTimer = null;
+const links = new Map(); // peer id -> {pc, channel, makingOffer, ignoreOffer, answerPending, tile, last}
 
 function show(id, text) { $(id).textContent = text; }
 
@@ -51,6 +65,11 @@ function fail(message, code = "local") {
 function setSignaling(s) {
   state.signaling = s;
   show("signaling", s);
+}
+
+function showMembers() {
+  const n = links.size;
+  setSignaling(n === 0 ? "waiting for peers" : `in call (${n} peer${n === 1 ? "" : "s"})`);
 }
 
 function send(msg) {
@@ -86,7 +105,7 @@ async function join() {
     try {
       localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
       $("local").srcObject = localStream;
-      $("videos").classList.remove("hidden");
+      $("local").classList.remove("hidden");
     } catch (e) {
       log(`no camera/microphone (${e.name}): chat only`);
     }
@@ -104,42 +123,46 @@ async function join() {
     $("join").disabled = false;
   };
   setSignaling("connecting");
+  statsTimer = setInterval(updateStats, 1000);
 }
 
 async function onSignal(msg) {
   switch (msg.type) {
     case "joined":
-      setSignaling(msg.peers > 0 ? "joined, waiting for the offer" : "waiting for peer");
-      log(`joined room ${msg.room} (${msg.peers} other peer${msg.peers === 1 ? "" : "s"})`);
+      state.id = msg.id;
+      state.room = msg.room;
+      show("my-id", String(msg.id));
+      log(`joined room ${msg.room} as peer ${msg.id} (${msg.peers.length} other peer${msg.peers.length === 1 ? "" : "s"})`);
+      msg.peers.forEach(connectTo);
+      showMembers();
       break;
     case "peer-joined":
-      // The member already in the room makes the offer.
-      log("peer joined: calling");
-      newPeerConnection();
-      setChannel(pc.createDataChannel("chat"));
-      await pc.setLocalDescription(await pc.createOffer());
-      send({ type: "offer", sdp: pc.localDescription.sdp });
-      setSignaling("in call (offer sent)");
+      log(`peer ${msg.from} joined`);
+      connectTo(msg.from);
+      showMembers();
       break;
     case "offer":
-      if (!pc) newPeerConnection();
-      await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
-      await pc.setLocalDescription(await pc.createAnswer());
-      send({ type: "answer", sdp: pc.localDescription.sdp });
-      setSignaling("in call (answered)");
-      break;
     case "answer":
-      await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
-      setSignaling("in call");
+      await onDescription(msg);
       break;
-    case "candidate":
-      if (pc) await pc.addIceCandidate(msg.candidate || undefined);
+    case "candidate": {
+      const link = links.get(msg.from);
+      if (!link) return;
+      state.peers[msg.from].candidatesIn += 1;
+      try {
+        await link.pc.addIceCandidate(msg.candidate || undefined);
+      } catch (e) {
+        // Candidates of an offer this end ignored are expected to fail.
+        if (!link.ignoreOffer) throw e;
+      }
       break;
+    }
     case "bye":
     case "peer-left":
-      log(msg.type === "bye" ? "peer hung up" : "peer left");
-      closePeerConnection();
-      setSignaling("peer left, waiting for peer");
+      log(`peer ${msg.from} ${msg.type === "bye" ? "hung up" : "left"}`);
+      disconnectFrom(msg.from);
+      showMembers();
+      if (links.size === 0) setSignaling("peer left, waiting for peers");
       break;
     case "error":
       fail(msg.message, msg.code);
@@ -149,124 +172,252 @@ async function onSignal(msg) {
       }
       break;
     default:
-      log(`unexpected message ${msg.type}`);
+      log(`unexpected message ${msg.type || JSON.stringify(msg).slice(0, 80)}`);
   }
 }
 
-function newPeerConnection() {
-  closePeerConnection();
-  state.candidates = [];
+/** Perfect negotiation's receiving half (one link). */
+async function onDescription(msg) {
+  const link = links.get(msg.from) || connectTo(msg.from);
+  const description = { type: msg.type, sdp: msg.sdp };
+  const ready = !link.makingOffer && (link.pc.signalingState === "stable" || link.answerPending);
+  const collision = description.type === "offer" && !ready;
+  if (collision) state.collisions += 1;
+  link.ignoreOffer = !state.peers[msg.from].polite && collision;
+  if (link.ignoreOffer) {
+    log(`offer from ${msg.from} collided with ours: ignored (impolite)`);
+    return;
+  }
+  if (collision && !link.pc.remoteDescription) {
+    // Nothing negotiated yet, so nothing to keep: answer on a fresh
+    // connection rather than rolling the first offer back (Chromium may
+    // then never gather candidates for the answer, seen with "relay only").
+    log(`offer from ${msg.from} collided with our first offer: answering on a fresh connection (polite)`);
+    openPeerConnection(msg.from, link);
+  } else if (collision) {
+    log(`offer from ${msg.from} collided with ours: rolled back (polite)`);
+  }
+  const pc = link.pc;
+  link.answerPending = description.type === "answer";
+  await pc.setRemoteDescription(description); // rolls a pending offer back
+  link.answerPending = false;
+  if (description.type === "offer") {
+    await pc.setLocalDescription();
+    send({ type: "answer", to: msg.from, sdp: pc.localDescription.sdp });
+  }
+}
+
+/** The link to member `id`, made if new. */
+function connectTo(id) {
+  if (links.has(id)) return links.get(id);
+  const view = {
+    polite: state.id > id,
+    connectionState: "new",
+    iceConnectionState: "new",
+    signalingState: "stable",
+    channelOpen: false,
+    pair: null,
+    bitrate: null, // {send, receive} in kbit/s over the last second
+    received: [],
+    candidatesOut: 0,
+    candidatesIn: 0,
+  };
+  state.peers[id] = view;
+  const link = { pc: null, channel: null, makingOffer: false, ignoreOffer: false, answerPending: false, tile: makeTile(id), last: null };
+  links.set(id, link);
+  openPeerConnection(id, link);
+  paintTile(id);
+  return link;
+}
+
+/** A new RTCPeerConnection (and chat channel) for `link`, replacing any
+ *  it had. Events of a replaced connection are ignored. */
+function openPeerConnection(id, link) {
+  if (link.pc) link.pc.close();
+  const view = state.peers[id];
   const config = { iceServers };
   if ($("relay").checked) config.iceTransportPolicy = "relay";
-  pc = new RTCPeerConnection(config);
-  const mine = pc;
-  pc.onicecandidate = (e) => {
-    if (mine !== pc) return;
-    const c = e.candidate;
-    if (c && c.candidate) {
-      state.candidates.push({ type: c.type, protocol: c.protocol, address: c.address, port: c.port });
+  const pc = new RTCPeerConnection(config);
+  const current = () => link.pc === pc;
+  Object.assign(link, { pc, makingOffer: false, ignoreOffer: false, answerPending: false, last: null });
+  pc.onnegotiationneeded = async () => {
+    try {
+      link.makingOffer = true;
+      await pc.setLocalDescription();
+      if (current()) send({ type: pc.localDescription.type, to: id, sdp: pc.localDescription.sdp });
+    } catch (e) {
+      if (current()) fail(`offer to ${id}: ${e}`);
+    } finally {
+      if (current()) link.makingOffer = false;
     }
-    send({ type: "candidate", candidate: c ? c.toJSON() : null });
+  };
+  pc.onsignalingstatechange = () => {
+    if (current()) view.signalingState = pc.signalingState;
+  };
+  pc.onicecandidate = (e) => {
+    if (!current()) return;
+    view.candidatesOut += 1;
+    send({ type: "candidate", to: id, candidate: e.candidate ? e.candidate.toJSON() : null });
   };
   pc.oniceconnectionstatechange = () => {
-    state.iceConnectionState = mine.iceConnectionState;
-    show("ice-state", mine.iceConnectionState);
+    if (!current()) return;
+    view.iceConnectionState = pc.iceConnectionState;
+    paintTile(id);
   };
   pc.onconnectionstatechange = () => {
-    state.connectionState = mine.connectionState;
-    show("conn-state", mine.connectionState);
+    if (!current()) return;
+    view.connectionState = pc.connectionState;
+    paintTile(id);
   };
-  pc.ondatachannel = (e) => setChannel(e.channel);
   pc.ontrack = (e) => {
-    $("remote").srcObject = e.streams[0];
-    $("videos").classList.remove("hidden");
+    if (!current()) return;
+    const video = link.tile.querySelector("video");
+    video.srcObject = e.streams[0];
+    video.classList.remove("hidden");
+  };
+  // Both ends create the same pre-negotiated channel: no one waits for the
+  // other's, and both start negotiating (the collision the polite end
+  // resolves).
+  const channel = pc.createDataChannel("chat", { negotiated: true, id: 0 });
+  link.channel = channel;
+  channel.onopen = () => {
+    if (!current()) return;
+    view.channelOpen = true;
+    $("message").disabled = $("send").disabled = false;
+    log(`data channel to ${id} open`);
+    paintTile(id);
+  };
+  channel.onclose = () => {
+    if (!current()) return;
+    view.channelOpen = false;
+    paintTile(id);
+  };
+  channel.onmessage = (e) => {
+    view.received.push(e.data);
+    state.received.push(e.data);
+    log(`${id}: ${e.data}`);
+    paintTile(id);
   };
   if (localStream) localStream.getTracks().forEach((t) => pc.addTrack(t, localStream));
-  statsTimer = setInterval(updateStats, 500);
 }
 
-function closePeerConnection() {
-  if (statsTimer) clearInterval(statsTimer);
-  statsTimer = null;
-  if (pc) pc.close();
-  pc = null;
-  channel = null;
-  state.channelOpen = false;
-  state.pair = null;
-  state.iceConnectionState = state.connectionState = "closed";
-  show("ice-state", "closed");
-  show("conn-state", "closed");
-  $("message").disabled = $("send").disabled = true;
+function disconnectFrom(id) {
+  const link = links.get(id);
+  if (!link) return;
+  link.pc.close();
+  link.tile.remove();
+  links.delete(id);
+  delete state.peers[id];
+  if (!state.channelOpen) $("message").disabled = $("send").disabled = true;
 }
 
-function setChannel(ch) {
-  channel = ch;
-  ch.onopen = () => {
-    state.channelOpen = true;
-    $("message").disabled = $("send").disabled = false;
-    log("data channel open");
-  };
-  ch.onclose = () => {
-    state.channelOpen = false;
-    $("message").disabled = $("send").disabled = true;
-  };
-  ch.onmessage = (e) => {
-    state.received.push(e.data);
-    log(`peer: ${e.data}`);
-  };
+function makeTile(id) {
+  const tile = document.createElement("div");
+  tile.className = "tile";
+  tile.id = `tile-${id}`;
+  tile.innerHTML = '<h3></h3><video autoplay playsinline class="hidden"></video><table>' +
+    '<tr><td>connection</td><td class="state"></td></tr>' +
+    '<tr><td>path</td><td class="path"></td></tr>' +
+    '<tr><td>local</td><td class="local"></td></tr>' +
+    '<tr><td>remote</td><td class="remote"></td></tr>' +
+    '<tr><td>bitrate</td><td class="bitrate"></td></tr>' +
+    '<tr><td>messages</td><td class="count"></td></tr></table>';
+  tile.querySelector("h3").textContent = `peer ${id}`;
+  $("tiles").append(tile);
+  return tile;
 }
 
-/** Send one chat message; false when the channel is not open. */
+function paintTile(id) {
+  const link = links.get(id);
+  const view = state.peers[id];
+  if (!link || !view) return;
+  const cell = (cls, text) => { link.tile.querySelector(`.${cls}`).textContent = text; };
+  cell("state", `${view.connectionState} (ICE ${view.iceConnectionState})${view.channelOpen ? ", chat open" : ""}`);
+  const p = view.pair;
+  const relayed = p && (p.local.type === "relay" || p.remote.type === "relay");
+  cell("path", p ? (relayed ? "relay" : "direct") : "-");
+  const side = (c) => `${c.type} ${c.protocol} ${c.address}:${c.port}${c.relayProtocol ? ` (relay over ${c.relayProtocol})` : ""}`;
+  cell("local", p ? side(p.local) : "-");
+  cell("remote", p ? side(p.remote) : "-");
+  cell("bitrate", view.bitrate ? `${view.bitrate.send} kbit/s out, ${view.bitrate.receive} kbit/s in` : "-");
+  cell("count", String(view.received.length));
+  link.tile.className = `tile ${p ? (relayed ? "relay" : "direct") : ""}`;
+}
+
+/** Send one chat message to every member whose channel is open; false
+ *  when none is. */
 function say(text) {
-  if (!channel || channel.readyState !== "open") return false;
-  channel.send(text);
+  let sent = false;
+  for (const id of links.keys()) sent = sayTo(id, text) || sent;
+  if (sent) log(`me: ${text}`);
+  return sent;
+}
+
+/** Send one chat message to member `id`; false when its channel is not
+ *  open. */
+function sayTo(id, text) {
+  const link = links.get(Number(id));
+  if (!link || !link.channel || link.channel.readyState !== "open") return false;
+  link.channel.send(text);
   state.sent += 1;
-  log(`me: ${text}`);
+  return true;
+}
+
+/** Restart ICE with member `id`: a new offer from this end, which may
+ *  cross one from the other (both ends may do it at once). */
+function renegotiate(id) {
+  const link = links.get(Number(id));
+  if (!link) return false;
+  link.pc.restartIce();
   return true;
 }
 
 async function updateStats() {
-  if (!pc) return;
-  const mine = pc;
-  const stats = await mine.getStats();
-  let pairId = null;
-  stats.forEach((s) => {
-    if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
-  });
-  if (!pairId) {
+  for (const [id, link] of links) {
+    const stats = await link.pc.getStats();
+    const view = state.peers[id];
+    if (!view || links.get(id) !== link) continue;
+    let pairId = null;
     stats.forEach((s) => {
-      if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pairId = s.id;
+      if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
     });
+    if (!pairId) {
+      stats.forEach((s) => {
+        if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pairId = s.id;
+      });
+    }
+    const pair = pairId && stats.get(pairId);
+    if (!pair) continue;
+    const describe = (c) => c && {
+      type: c.candidateType,
+      protocol: c.protocol,
+      address: c.address || c.ip,
+      port: c.port,
+      relayProtocol: c.relayProtocol || "",
+    };
+    const local = describe(stats.get(pair.localCandidateId));
+    const remote = describe(stats.get(pair.remoteCandidateId));
+    if (!local || !remote) continue;
+    view.pair = { local, remote, state: pair.state, rtt: pair.currentRoundTripTime };
+    const now = { pairId, t: pair.timestamp, sent: pair.bytesSent || 0, received: pair.bytesReceived || 0 };
+    // Counted on one pair only: a newly selected pair starts from zero.
+    if (link.last && link.last.pairId === pairId && now.t > link.last.t) {
+      const kbps = (bytes) => Math.round((bytes * 8) / (now.t - link.last.t)); // bits per ms = kbit/s
+      view.bitrate = { send: kbps(now.sent - link.last.sent), receive: kbps(now.received - link.last.received) };
+    }
+    link.last = now;
+    paintTile(id);
   }
-  const pair = pairId && stats.get(pairId);
-  if (!pair || mine !== pc) return;
-  const describe = (c) => c && {
-    type: c.candidateType,
-    protocol: c.protocol,
-    address: c.address || c.ip,
-    port: c.port,
-    relayProtocol: c.relayProtocol || "",
-  };
-  const local = describe(stats.get(pair.localCandidateId));
-  const remote = describe(stats.get(pair.remoteCandidateId));
-  if (!local || !remote) return;
-  state.pair = { local, remote, state: pair.state, rtt: pair.currentRoundTripTime };
-  for (const [id, c] of [["pair-local", local], ["pair-remote", remote]]) {
-    const cells = $(id).children;
-    [c.type, c.protocol, c.address, c.port, c.relayProtocol].forEach((v, i) => {
-      cells[i + 1].textContent = v === undefined ? "" : String(v);
-    });
-    $(id).className = c.type;
-  }
-  const relayed = local.type === "relay" || remote.type === "relay";
-  show("pair-note", relayed ? "Relayed through a TURN server." : "Direct path (no relay).");
 }
 
 function hangup() {
   send({ type: "bye" });
-  closePeerConnection();
+  for (const id of [...links.keys()]) disconnectFrom(id);
+  if (statsTimer) clearInterval(statsTimer);
+  statsTimer = null;
   if (ws) ws.close();
   ws = null;
+  state.id = null;
   setSignaling("closed");
   $("join").disabled = false;
   $("hangup").disabled = true;

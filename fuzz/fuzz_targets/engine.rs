@@ -41,8 +41,8 @@ fn engine(now: Instant) -> Engine {
             );
             cfg.relay_bind_v6 = Some("::".parse().unwrap());
             cfg.relay_public_v6 = Some("2001:db8::1".parse().unwrap());
-            cfg.legacy_channels = true;
-            cfg.limits = Limits {
+            cfg.live.legacy_channels = true;
+            cfg.live.limits = Limits {
                 allocations_per_user: 8,
                 total_allocations: 8,
                 permissions_per_allocation: 4,

@@ -52,7 +52,7 @@ fn call(a: &Driver, b: &Driver, demo: &Demo, params: &str, limit: Duration) -> O
     let sb = b.session("b");
     join(&sa, &url);
     sa.wait_until(
-        "ferroturnCall.signaling === 'waiting for peer'",
+        "ferroturnCall.signaling === 'waiting for peers'",
         Duration::from_secs(10),
     )
     .unwrap_or_else(|| {

@@ -24,6 +24,7 @@ const state = {
   room: null,
   peers: {}, // id -> {polite, connectionState, iceConnectionState, channelOpen, pair, bitrate, received}
   received: [], // chat messages received from anyone, in order
+  candidates: [], // local candidates gathered, all links: {type, protocol, address, port}
   sent: 0,
   errors: [], // {code, message} from the signaling server, or local errors
   collisions: 0, // offers that crossed one of ours (resolved by perfect negotiation)
@@ -37,6 +38,7 @@ const first = () => Object.values(state.peers)[0];
 Object.defineProperty(state, "channelOpen", { get: () => Object.values(state.peers).some((p) => p.channelOpen) });
 Object.defineProperty(state, "pair", { get: () => (first() ? first().pair : null) });
 Object.defineProperty(state, "connectionState", { get: () => (first() ? first().connectionState : "new") });
+Object.defineProperty(state, "iceConnectionState", { get: () => (first() ? first().iceConnectionState : "new") });
 window.ferroturnCall = state;
 
 let ws = null;
@@ -257,7 +259,11 @@ function openPeerConnection(id, link) {
   pc.onicecandidate = (e) => {
     if (!current()) return;
     view.candidatesOut += 1;
-    send({ type: "candidate", to: id, candidate: e.candidate ? e.candidate.toJSON() : null });
+    const c = e.candidate;
+    if (c && c.candidate) {
+      state.candidates.push({ type: c.type, protocol: c.protocol, address: c.address, port: c.port });
+    }
+    send({ type: "candidate", to: id, candidate: c ? c.toJSON() : null });
   };
   pc.oniceconnectionstatechange = () => {
     if (!current()) return;

@@ -102,6 +102,10 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "demo",
         "The signaling demo's web server (`ferroturn demo`, which reads the file once: it has no reload).",
     ),
+    (
+        "cluster",
+        "Users and REST secrets from Redis, in coturn's schema (README, \"Cluster (Redis)\"); off unless the section is present. Needs a restart.",
+    ),
 ];
 
 use KeyDefault::{Required, Unset, Value};
@@ -485,6 +489,20 @@ pub const KEYS: &[Key] = &[
         kind: "integer",
         default: Value("32"),
         doc: "Connections one IP address (or IPv6 /64) may hold on the demo's web server; 1–4096.",
+    },
+    Key {
+        section: "cluster",
+        name: "redis",
+        kind: "string",
+        default: Required,
+        doc: "`redis://[:PASSWORD@]HOST[:PORT][/DB]` of the Redis (or Valkey) holding users under `turn/realm/REALM/user/NAME/key` or `/password` and secrets in the set `turn/realm/REALM/secret`; `rediss://` is not supported yet. Needs a restart.",
+    },
+    Key {
+        section: "cluster",
+        name: "node",
+        kind: "string",
+        default: Unset("this host's name"),
+        doc: "This node's name among the nodes sharing the Redis (1 to 64 printable ASCII characters). Needs a restart.",
     },
 ];
 

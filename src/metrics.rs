@@ -304,6 +304,14 @@ pub fn render(report: &WorkerReport) -> String {
         "UDP data-plane threads under SCHED_BATCH now (udp_scheduling).",
         report.udp_batch_threads,
     );
+    if let Some(up) = report.cluster_up {
+        o.single(
+            "cluster_up",
+            "gauge",
+            "1 while this node's cluster store (Redis, [cluster]) answers, else 0; absent without [cluster].",
+            u64::from(up),
+        );
+    }
 
     // Session durations.
     let h = &s.session_seconds;

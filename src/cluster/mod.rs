@@ -52,6 +52,13 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MOST: Duration = Duration::from_secs(5);
 
+/// Answers the task keeps to give again without a read, when an engine
+/// asks for a name another engine's request just had read (each engine
+/// asks on its own first miss): at most this many, each this long, and
+/// forgotten when the name changes in Redis.
+const RECENT_MAX: usize = 4096;
+const RECENT_TTL: Duration = Duration::from_secs(10);
+
 /// The keyspace events the caches need: K (keyspace channel), g (DEL,
 /// RENAME, EXPIRE…), $ (string commands), s (set commands), x (expiry).
 const EVENTS: &str = "Kg$sx";
@@ -282,11 +289,19 @@ impl Task {
         // Names being read, and whether a notification came meanwhile
         // (then the answer may be stale and is not given out).
         let mut reading: HashMap<String, bool> = HashMap::new();
+        let mut recent: HashMap<String, (Option<StaticUser>, tokio::time::Instant)> =
+            HashMap::new();
         let mut ping = tokio::time::interval(PING_EVERY);
         loop {
             tokio::select! {
                 Some(name) = self.lookups.recv() => {
                     if reading.contains_key(&name) {
+                        continue;
+                    }
+                    if let Some((user, at)) = recent.get(&name)
+                        && at.elapsed() < RECENT_TTL
+                    {
+                        self.control.cluster_user(&name, user.clone());
                         continue;
                     }
                     reading.insert(name.clone(), false);
@@ -306,7 +321,11 @@ impl Task {
                     match read {
                         Ok(Ok((password, key))) if !stale => {
                             let user = credential(password, key);
-                            self.control.cluster_user(&name, user);
+                            self.control.cluster_user(&name, user.clone());
+                            if recent.len() >= RECENT_MAX {
+                                recent.clear();
+                            }
+                            recent.insert(name, (user, tokio::time::Instant::now()));
                         }
                         Ok(Ok(_)) => self.control.cluster_forget(Some(&name)),
                         Ok(Err(e)) => return format!("read: {e}"),
@@ -324,6 +343,7 @@ impl Task {
                             if let Some(stale) = reading.get_mut(name) {
                                 *stale = true;
                             }
+                            recent.remove(name);
                             self.control.cluster_forget(Some(name));
                         }
                         Changed::Secrets => {

@@ -17,6 +17,7 @@ use ferroturn::proto::integrity::{ALGORITHM_MD5, ALGORITHM_SHA256, Key, Mac, Sig
 use ferroturn::proto::stun::{self as wire, Request, User};
 use stun::attributes::ATTR_NONCE;
 use stun::message::METHOD_ALLOCATE;
+use webrtc_util::Conn;
 
 /// The ceiling of every wait for a change to show (the promise is 1 s).
 const CEILING: Duration = Duration::from_secs(10);
@@ -110,7 +111,7 @@ fn hex(key: &Key) -> String {
 
 /// A ferroturn with `[cluster]` pointed at `redis` and `/metrics` on.
 struct Node {
-    _server: common::KillOnDrop,
+    server: common::KillOnDrop,
     addr: SocketAddr,
     metrics: SocketAddr,
     log: std::path::PathBuf,
@@ -143,7 +144,7 @@ impl Node {
         let child =
             common::spawn_ferroturn(&config, &log, addr, || true).expect("ferroturn starts");
         let node = Node {
-            _server: common::KillOnDrop(child),
+            server: common::KillOnDrop(child),
             addr,
             metrics,
             log,
@@ -246,6 +247,26 @@ async fn turn_allocates(node: &Node, user: &str, password: &str) -> bool {
     ok
 }
 
+/// Send `n` datagrams through `relay` to the echo `peer`, one at a time;
+/// how many came back.
+async fn echo_round(relay: &impl Conn, peer: SocketAddr, n: u8) -> usize {
+    let mut back = 0;
+    for i in 0..n {
+        let data = [i; 100];
+        if relay.send_to(&data, peer).await.is_err() {
+            continue;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Ok((len, from))) =
+            tokio::time::timeout(Duration::from_secs(2), relay.recv_from(&mut buf)).await
+            && (from, &buf[..len]) == (peer, &data[..])
+        {
+            back += 1;
+        }
+    }
+    back
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_and_secrets_follow_redis_and_survive_its_restart() {
     let mut redis = Redis::start();
@@ -315,6 +336,21 @@ async fn users_and_secrets_follow_redis_and_survive_its_restart() {
     );
     assert!(turn_allocates(&node, &rest_user, &rest_pass).await);
 
+    // A client relaying throughout, under the configuration's alice (whose
+    // requests never need Redis): nothing of it is lost below.
+    let peer = common::EchoPeer::start();
+    let sock = Arc::new(tokio::net::UdpSocket::bind((LOCALHOST, 0)).await.unwrap());
+    let relaying = common::turn_client(node.addr, sock, REALM, "alice", "wonderland").await;
+    let relay = tokio::time::timeout(CEILING, relaying.allocate())
+        .await
+        .expect("Allocate timed out")
+        .expect("alice allocates");
+    assert_eq!(
+        echo_round(&relay, peer.addr, 20).await,
+        20,
+        "before the kill"
+    );
+
     // Redis killed: what the node has seen keeps working, the metric says
     // down.
     redis.kill();
@@ -327,6 +363,11 @@ async fn users_and_secrets_follow_redis_and_survive_its_restart() {
     assert_eq!(node.allocate("erin", "pw-256", ALGORITHM_SHA256), None);
     assert_eq!(node.md5(&rest_user, &rest_pass), None);
     assert_eq!(node.md5("alice", "wonderland"), None);
+    assert_eq!(
+        echo_round(&relay, peer.addr, 20).await,
+        20,
+        "while Redis is down"
+    );
 
     // Restarted (empty: no persistence): up again, and a new user works.
     redis.restart();
@@ -344,9 +385,30 @@ async fn users_and_secrets_follow_redis_and_survive_its_restart() {
         |n| n.md5("dave", "two") == Some(401),
         "dave gone with the old Redis",
     );
+    assert_eq!(
+        echo_round(&relay, peer.addr, 20).await,
+        20,
+        "after the restart"
+    );
+    // A reload warns again about the name both define.
+    redis.cli(&[
+        "SET",
+        &user_key("alice", "key"),
+        &hex(&Key::md5("alice", REALM, "x")),
+    ]);
+    let warned = |n: &Node| n.log().matches("user defined in both").count();
+    let before = warned(&node);
+    let hup = Command::new("kill")
+        .args(["-HUP", &node.server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    node.wait_for(|n| warned(n) > before, "the warning again on reload");
     for scan in ["keys", "scan"] {
         assert_eq!(redis.calls(scan), 0, "{scan} issued");
     }
+    let _ = relay.close().await;
+    let _ = relaying.close().await;
     drop(node);
 }
 

@@ -2288,6 +2288,30 @@ deny = []
     }
 
     #[test]
+    fn cluster_is_optional_and_hides_its_password() {
+        assert_eq!(p(GOOD).unwrap().restart.cluster, None);
+        let c = p(&format!(
+            "{GOOD}[cluster]\nredis = \"redis://:hunter2@10.0.0.5:6379/3\"\n"
+        ))
+        .unwrap();
+        let cluster = c.restart.cluster.clone().unwrap();
+        assert_eq!(cluster.node, host_name());
+        assert!(!cluster.node.is_empty());
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("10.0.0.5:6379/3") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        // Users may all come from Redis: no [auth] credentials needed.
+        let bare = GOOD
+            .replace("secrets = [\"s3cret\"]\n", "")
+            .replace("users = { alice = \"liddell\" }\n", "");
+        assert!(p(&bare).is_err());
+        let named = format!("{bare}[cluster]\nredis = \"redis://127.0.0.1\"\nnode = \"turn-7\"\n");
+        assert_eq!(p(&named).unwrap().restart.cluster.unwrap().node, "turn-7");
+    }
+
+    #[test]
     fn metrics_hosts_are_host_names() {
         let c = p(&format!(
             "{GOOD}[metrics]\nhosts = [\"Turn1.Example.org\", \"prom\"]\n"

@@ -25,16 +25,23 @@ const CEILING: Duration = Duration::from_secs(10);
 /// A `redis-server` on a loopback port, without persistence; killed on drop.
 struct Redis {
     port: u16,
+    /// Options beyond the port and no persistence.
+    options: Vec<String>,
     child: Option<Child>,
     dir: TempDir,
 }
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    fn start_with(options: &[&str]) -> Redis {
         let port = common::free_port();
         let dir = TempDir::new("redis");
         let mut r = Redis {
             port,
+            options: options.iter().map(|o| o.to_string()).collect(),
             child: None,
             dir,
         };
@@ -49,6 +56,7 @@ impl Redis {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -120,6 +128,16 @@ struct Node {
 
 impl Node {
     fn start(redis: &Redis, users: Vec<(String, String)>) -> Node {
+        let node = Node::start_without_waiting(redis, users);
+        node.wait_for(
+            |n| n.cluster_up() == Some(1),
+            "the cluster store up at start",
+        );
+        node
+    }
+
+    /// Start, whether or not Redis answers.
+    fn start_without_waiting(redis: &Redis, users: Vec<(String, String)>) -> Node {
         let dir = TempDir::new("cluster-node");
         let port = common::free_port();
         let metrics = SocketAddr::from((LOCALHOST, common::free_port()));
@@ -143,18 +161,13 @@ impl Node {
         let addr = SocketAddr::from((LOCALHOST, port));
         let child =
             common::spawn_ferroturn(&config, &log, addr, || true).expect("ferroturn starts");
-        let node = Node {
+        Node {
             server: common::KillOnDrop(child),
             addr,
             metrics,
             log,
             _dir: dir,
-        };
-        node.wait_for(
-            |n| n.cluster_up() == Some(1),
-            "the cluster store up at start",
-        );
-        node
+        }
     }
 
     fn log(&self) -> String {
@@ -360,9 +373,12 @@ async fn users_and_secrets_follow_redis_and_survive_its_restart() {
         turn_allocates(&node, "dave", "two").await,
         "cached user while Redis is down"
     );
-    assert_eq!(node.allocate("erin", "pw-256", ALGORITHM_SHA256), None);
-    assert_eq!(node.md5(&rest_user, &rest_pass), None);
-    assert_eq!(node.md5("alice", "wonderland"), None);
+    let seen = (
+        node.allocate("erin", "pw-256", ALGORITHM_SHA256),
+        node.md5(&rest_user, &rest_pass),
+        node.md5("alice", "wonderland"),
+    );
+    assert_eq!(seen, (None, None, None), "{}", node.log());
     assert_eq!(
         echo_round(&relay, peer.addr, 20).await,
         20,
@@ -434,4 +450,48 @@ fn a_spray_of_unknown_names_costs_at_most_one_read_each() {
         assert_eq!(redis.calls(scan), 0, "{scan} issued");
     }
     assert_eq!(node.md5("alice", "wonderland"), None);
+}
+
+#[test]
+fn a_redis_that_refuses_config_gets_a_warning_and_works_with_its_own_events() {
+    // As a managed Redis: CONFIG renamed away, the events set by its operator.
+    let redis = Redis::start_with(&[
+        "--rename-command",
+        "CONFIG",
+        "",
+        "--notify-keyspace-events",
+        "Kg$sx",
+    ]);
+    let node = Node::start(&redis, vec![("alice".into(), "wonderland".into())]);
+    assert!(
+        node.log().contains("cannot turn on keyspace notifications"),
+        "{}",
+        node.log()
+    );
+    redis.cli(&["SET", &user_key("heidi", "password"), "alps"]);
+    node.wait_for(|n| n.md5("heidi", "alps").is_none(), "heidi added");
+    redis.cli(&["DEL", &user_key("heidi", "password")]);
+    node.wait_for(|n| n.md5("heidi", "alps") == Some(401), "heidi removed");
+}
+
+#[test]
+fn a_node_started_without_redis_serves_its_config_users_and_connects_later() {
+    let mut redis = Redis::start();
+    redis.kill();
+    let node = Node::start_without_waiting(&redis, vec![("alice".into(), "wonderland".into())]);
+    node.wait_for(|n| n.cluster_up() == Some(0), "cluster_up 0");
+    node.wait_for(
+        |n| n.log().contains("cluster store unreachable"),
+        "the warning",
+    );
+    assert_eq!(node.md5("alice", "wonderland"), None);
+    // A name nobody knows: 401 once its 50 ms wait ends.
+    assert_eq!(node.md5("ivan", "x"), Some(401));
+    redis.restart();
+    node.wait_for(
+        |n| n.cluster_up() == Some(1),
+        "cluster_up 1 once Redis is there",
+    );
+    redis.cli(&["SET", &user_key("ivan", "password"), "x"]);
+    node.wait_for(|n| n.md5("ivan", "x").is_none(), "ivan added");
 }

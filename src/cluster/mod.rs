@@ -13,19 +13,19 @@
 //! engine first meets it ([`crate::engine::Output::LookupUser`]), and every
 //! engine is given the answer, a "no such user" too. Keyspace notifications
 //! (which the task turns on with `CONFIG SET notify-keyspace-events` where
-//! Redis allows it) make every engine forget a name whose keys changed, so
-//! that its next request reads it again; the secret set is read at connect
-//! and whenever it changes. The engines never wait for Redis: a request
+//! Redis allows it) make every engine forget a name whose keys changed at
+//! once, and the task reads it again and gives every engine the new answer;
+//! the secret set is read at connect and whenever it changes. The engines never wait for Redis: a request
 //! waits for its lookup at most 50 ms inside its engine, then is answered as
 //! an unknown user's.
 //!
 //! When Redis cannot be reached, nodes serve with what their engines last
-//! learnt, the task reconnects with backoff, and on connecting again every
-//! engine forgets the store's users (notifications may have been missed)
-//! and is given the secrets anew. [`Status`] says which (the
+//! learnt, the task reconnects with backoff, and on connecting again it
+//! reads every name it gave the engines anew (notifications may have been
+//! missed) and gives them the secrets anew. [`Status`] says which (the
 //! `ferroturn_cluster_up` metric).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -58,6 +58,12 @@ const BACKOFF_MOST: Duration = Duration::from_secs(5);
 /// forgotten when the name changes in Redis.
 const RECENT_MAX: usize = 4096;
 const RECENT_TTL: Duration = Duration::from_secs(10);
+
+/// Names whose answers the task gave the engines and keeps track of, to
+/// read again when they change or after an outage (as many as an engine
+/// keeps users); beyond, the engines are told to forget everything at the
+/// next reconnect instead.
+const GIVEN_MAX: usize = 65_536;
 
 /// The keyspace events the caches need: K (keyspace channel), g (DEL,
 /// RENAME, EXPIRE…), $ (string commands), s (set commands), x (expiry).
@@ -118,6 +124,8 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
         lookups,
         reloads,
         toml_users: config.live.users.keys().cloned().collect(),
+        given: HashSet::new(),
+        given_overflowed: false,
     };
     tracing::info!(target: LOG, node = %c.node, "cluster store: users and secrets from Redis");
     tokio::spawn(task.run());
@@ -219,14 +227,42 @@ struct Task {
     lookups: mpsc::UnboundedReceiver<String>,
     reloads: mpsc::UnboundedReceiver<Vec<String>>,
     toml_users: Vec<String>,
+    /// Names whose answers the engines were given.
+    given: HashSet<String>,
+    /// Whether some were given beyond [`GIVEN_MAX`], untracked.
+    given_overflowed: bool,
+}
+
+/// An MGET of a user's password and key, as read by [`read_user`].
+type Read =
+    Result<redis::RedisResult<(Option<Vec<u8>>, Option<Vec<u8>>)>, tokio::time::error::Elapsed>;
+
+/// Read `name`'s password and key on a task of its own; the outcome goes
+/// to `done`.
+fn read_user(
+    conn: &redis::aio::MultiplexedConnection,
+    keys: &Schema,
+    name: String,
+    done: &mpsc::UnboundedSender<(String, Read)>,
+) {
+    let (mut conn, done) = (conn.clone(), done.clone());
+    let keys = [keys.password(&name), keys.key(&name)];
+    tokio::spawn(async move {
+        let read = tokio::time::timeout(COMMAND_TIMEOUT, conn.mget(&keys)).await;
+        let _ = done.send((name, read));
+    });
 }
 
 impl Task {
     async fn run(mut self) {
         let mut backoff = BACKOFF_FIRST;
+        // Whether the operator was told the store is away (once per outage,
+        // and at a start without it).
+        let mut told = false;
         loop {
             let lost = self.session(&mut backoff).await;
-            if self.status.set(false) {
+            if self.status.set(false) || !told {
+                told = true;
                 tracing::warn!(
                     target: LOG,
                     "cluster store unreachable ({lost}); serving with the users and secrets last seen, reconnecting"
@@ -274,8 +310,16 @@ impl Task {
         if let Err(e) = pubsub.psubscribe(self.keys.pattern(db)).await {
             return format!("subscribe: {e}");
         }
-        // Notifications may have been missed while away: start afresh.
-        self.control.cluster_forget(None);
+        // Notifications may have been missed while away: what the engines
+        // were given is read again below (or, if untracked, forgotten).
+        let again: Vec<String> = if self.given_overflowed {
+            self.control.cluster_forget(None);
+            self.given.clear();
+            self.given_overflowed = false;
+            Vec::new()
+        } else {
+            self.given.iter().cloned().collect()
+        };
         if let Err(e) = self.load_secrets(&mut conn).await {
             return e;
         }
@@ -287,8 +331,12 @@ impl Task {
         let mut messages = pubsub.into_on_message();
         let (done_tx, mut done) = mpsc::unbounded_channel();
         // Names being read, and whether a notification came meanwhile
-        // (then the answer may be stale and is not given out).
+        // (then the answer may be stale: the name is read again).
         let mut reading: HashMap<String, bool> = HashMap::new();
+        for name in again {
+            reading.insert(name.clone(), false);
+            read_user(&conn, &self.keys, name, &done_tx);
+        }
         let mut recent: HashMap<String, (Option<StaticUser>, tokio::time::Instant)> =
             HashMap::new();
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -305,29 +353,28 @@ impl Task {
                         continue;
                     }
                     reading.insert(name.clone(), false);
-                    let (mut conn, done_tx) = (conn.clone(), done_tx.clone());
-                    let keys = [self.keys.password(&name), self.keys.key(&name)];
-                    tokio::spawn(async move {
-                        let read = tokio::time::timeout(
-                            COMMAND_TIMEOUT,
-                            conn.mget::<_, (Option<Vec<u8>>, Option<Vec<u8>>)>(&keys),
-                        )
-                        .await;
-                        let _ = done_tx.send((name, read));
-                    });
+                    read_user(&conn, &self.keys, name, &done_tx);
                 }
                 Some((name, read)) = done.recv() => {
-                    let stale = reading.remove(&name).unwrap_or(true);
+                    let stale = reading.remove(&name).unwrap_or(false);
                     match read {
-                        Ok(Ok((password, key))) if !stale => {
+                        Ok(Ok(_)) if stale => {
+                            reading.insert(name.clone(), false);
+                            read_user(&conn, &self.keys, name, &done_tx);
+                        }
+                        Ok(Ok((password, key))) => {
                             let user = credential(password, key);
                             self.control.cluster_user(&name, user.clone());
                             if recent.len() >= RECENT_MAX {
                                 recent.clear();
                             }
-                            recent.insert(name, (user, tokio::time::Instant::now()));
+                            recent.insert(name.clone(), (user, tokio::time::Instant::now()));
+                            if self.given.len() < GIVEN_MAX {
+                                self.given.insert(name);
+                            } else if !self.given.contains(&name) {
+                                self.given_overflowed = true;
+                            }
                         }
-                        Ok(Ok(_)) => self.control.cluster_forget(Some(&name)),
                         Ok(Err(e)) => return format!("read: {e}"),
                         Err(_) => return "read: timed out".to_owned(),
                     }
@@ -340,11 +387,17 @@ impl Task {
                     let key = channel.split_once(':').map_or("", |(_, k)| k);
                     match self.keys.changed(key) {
                         Changed::User(name) => {
+                            // Forgotten at once (a removed user is refused
+                            // from now on), and read again if the engines
+                            // had it.
+                            self.control.cluster_forget(Some(name));
+                            recent.remove(name);
                             if let Some(stale) = reading.get_mut(name) {
                                 *stale = true;
+                            } else if self.given.contains(name) {
+                                reading.insert(name.to_owned(), false);
+                                read_user(&conn, &self.keys, name.to_owned(), &done_tx);
                             }
-                            recent.remove(name);
-                            self.control.cluster_forget(Some(name));
                         }
                         Changed::Secrets => {
                             if let Err(e) = self.load_secrets(&mut conn).await {

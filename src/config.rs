@@ -728,15 +728,13 @@ from_string! {
 }
 
 from_string! {
-    /// `cluster.redis`: a `redis://` URL that redis-rs can parse (TLS,
-    /// `rediss://`, is not built in yet).
+    /// `cluster.redis`: a `redis://` or `rediss://` (TLS) URL that
+    /// redis-rs can parse.
     RedisUrl(String),
-    |v| if v.starts_with("rediss://") {
-        Err("rediss:// (Redis over TLS) is not supported yet: use redis:// on a trusted network or through a TLS tunnel".to_owned())
-    } else if !v.starts_with("redis://") {
-        Err("is not a redis:// URL".to_owned())
+    |v| if !v.starts_with("redis://") && !v.starts_with("rediss://") {
+        Err("is not a redis:// or rediss:// URL".to_owned())
     } else if redis::Client::open(v.as_str()).is_err() {
-        Err("is not a Redis URL redis-rs can parse (redis://[:PASSWORD@]HOST[:PORT][/DB])".to_owned())
+        Err("is not a Redis URL redis-rs can parse (redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB])".to_owned())
     } else {
         Ok(v)
     }

@@ -495,7 +495,7 @@ pub const KEYS: &[Key] = &[
         name: "redis",
         kind: "string",
         default: Required,
-        doc: "`redis://[:PASSWORD@]HOST[:PORT][/DB]` of the Redis (or Valkey) holding users under `turn/realm/REALM/user/NAME/key` or `/password` and secrets in the set `turn/realm/REALM/secret`; `rediss://` is not supported yet. Needs a restart.",
+        doc: "`redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` of the Redis (or Valkey) holding users under `turn/realm/REALM/user/NAME/key` or `/password` and secrets in the set `turn/realm/REALM/secret`; `rediss://` for TLS, its certificate checked against the system's roots (or the file `SSL_CERT_FILE` names). Needs a restart.",
     },
     Key {
         section: "cluster",

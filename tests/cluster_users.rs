@@ -27,6 +27,8 @@ struct Redis {
     port: u16,
     /// Options beyond the port and no persistence.
     options: Vec<String>,
+    /// With TLS only: its (self-signed) certificate.
+    tls: Option<std::path::PathBuf>,
     child: Option<Child>,
     dir: TempDir,
 }
@@ -42,6 +44,7 @@ impl Redis {
         let mut r = Redis {
             port,
             options: options.iter().map(|o| o.to_string()).collect(),
+            tls: None,
             child: None,
             dir,
         };
@@ -49,10 +52,51 @@ impl Redis {
         r
     }
 
+    /// A Redis that speaks TLS only, with a certificate for 127.0.0.1.
+    fn start_tls() -> Redis {
+        let port = common::free_port();
+        let dir = TempDir::new("redis-tls");
+        let (cert, key) = common::make_cert(dir.path(), "redis");
+        let mut r = Redis {
+            port,
+            options: Vec::new(),
+            tls: Some(cert.clone()),
+            child: None,
+            dir,
+        };
+        for (option, value) in [
+            ("--tls-cert-file", &cert),
+            ("--tls-key-file", &key),
+            ("--tls-ca-cert-file", &cert),
+        ] {
+            r.options.push(option.into());
+            r.options.push(value.display().to_string());
+        }
+        r.options
+            .extend(["--tls-auth-clients", "no"].map(String::from));
+        r.restart();
+        r
+    }
+
+    /// The URL of this Redis, database 0.
+    fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
     /// Start (again) on the same port.
     fn restart(&mut self) {
+        let port = self.port.to_string();
+        let ports = match self.tls {
+            Some(_) => ["--port", "0", "--tls-port", &port],
+            None => ["--port", &port, "--bind", "127.0.0.1"],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -78,7 +122,11 @@ impl Redis {
 
     /// `redis-cli -p PORT ARGS…`: its standard output.
     fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(cert) = &self.tls {
+            cli.arg("--tls").arg("--cacert").arg(cert);
+        }
+        let out = cli
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -138,6 +186,11 @@ impl Node {
 
     /// Start, whether or not Redis answers.
     fn start_without_waiting(redis: &Redis, users: Vec<(String, String)>) -> Node {
+        Node::spawn(redis, users, true)
+    }
+
+    /// Start; with `trust`, trusting a TLS Redis's certificate.
+    fn spawn(redis: &Redis, users: Vec<(String, String)>, trust: bool) -> Node {
         let dir = TempDir::new("cluster-node");
         let port = common::free_port();
         let metrics = SocketAddr::from((LOCALHOST, common::free_port()));
@@ -152,15 +205,31 @@ impl Node {
         };
         let mut toml = cfg.to_toml(port, common::relay_block());
         toml.push_str(&format!(
-            "\n[metrics]\naddress = \"{metrics}\"\n\n[cluster]\nredis = \"redis://127.0.0.1:{}/0\"\nnode = \"test-node\"\n",
-            redis.port
+            "\n[metrics]\naddress = \"{metrics}\"\n\n[cluster]\nredis = \"{}\"\nnode = \"test-node\"\n",
+            redis.url()
         ));
         let config = dir.path().join("ferroturn.toml");
         let log = dir.path().join("ferroturn.log");
         std::fs::write(&config, toml).unwrap();
         let addr = SocketAddr::from((LOCALHOST, port));
-        let child =
-            common::spawn_ferroturn(&config, &log, addr, || true).expect("ferroturn starts");
+        // The server trusts a TLS Redis's certificate as an operator's
+        // private CA: through SSL_CERT_FILE.
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroturn"));
+        cmd.arg("--config").arg(&config).env_remove("RUST_LOG");
+        if let Some(cert) = redis.tls.as_ref().filter(|_| trust) {
+            cmd.env("SSL_CERT_FILE", cert);
+        }
+        let file = std::fs::File::create(&log).unwrap();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn ferroturn");
+        if let Err(e) = common::wait_ready(&mut child, addr, &log, || true) {
+            let _ = child.kill();
+            panic!("{e}");
+        }
         Node {
             server: common::KillOnDrop(child),
             addr,
@@ -494,4 +563,28 @@ fn a_node_started_without_redis_serves_its_config_users_and_connects_later() {
     );
     redis.cli(&["SET", &user_key("ivan", "password"), "x"]);
     node.wait_for(|n| n.md5("ivan", "x").is_none(), "ivan added");
+}
+
+#[test]
+fn a_redis_over_tls_serves_users_and_secrets() {
+    let redis = Redis::start_tls();
+    assert_eq!(redis.cli(&["PING"]).trim(), "PONG");
+    let node = Node::start(&redis, vec![("alice".into(), "wonderland".into())]);
+    redis.cli(&["SET", &user_key("judy", "password"), "over-tls"]);
+    node.wait_for(
+        |n| n.md5("judy", "over-tls").is_none(),
+        "judy added over TLS",
+    );
+    redis.cli(&["DEL", &user_key("judy", "password")]);
+    node.wait_for(|n| n.md5("judy", "over-tls") == Some(401), "judy removed");
+    // A node that does not trust the certificate never talks to it.
+    redis.cli(&["SET", &user_key("judy", "password"), "over-tls"]);
+    let doubting = Node::spawn(&redis, vec![("alice".into(), "wonderland".into())], false);
+    doubting.wait_for(
+        |n| n.log().contains("cluster store unreachable"),
+        "the refusal",
+    );
+    assert_eq!(doubting.cluster_up(), Some(0));
+    assert_eq!(doubting.md5("judy", "over-tls"), Some(401));
+    assert_eq!(doubting.md5("alice", "wonderland"), None);
 }

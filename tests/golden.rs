@@ -486,7 +486,6 @@ const ONE_KEY: &[(&str, &str, &str, &str)] = &[
     ("demo.credential_ttl: 59", "demo", "credential_ttl", "59"),
     ("demo.credential_ttl: 86401", "demo", "credential_ttl", "86401"),
     ("cluster.redis: not a redis URL", "cluster", "redis", "\"http://127.0.0.1:6379\""),
-    ("cluster.redis: rediss", "cluster", "redis", "\"rediss://127.0.0.1:6380\""),
     ("cluster.redis: unparsable", "cluster", "redis", "\"redis://[::1:6379\""),
 ];
 

@@ -139,6 +139,7 @@ impl ClusterUsers {
     }
 
     /// How many users and absent names are cached.
+    #[cfg(test)]
     pub fn sizes(&self) -> (usize, usize) {
         (self.users.len(), self.absent.len())
     }

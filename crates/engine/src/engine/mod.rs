@@ -550,11 +550,6 @@ impl Engine {
         self.cluster.set_secrets(secrets);
     }
 
-    /// How many store users and absent names this engine has cached.
-    pub fn cluster_cache_sizes(&self) -> (usize, usize) {
-        self.cluster.sizes()
-    }
-
     /// Handle parked requests again; none is parked twice.
     fn replay(&mut self, now: Instant, parked: Vec<cluster::Parked>) {
         self.cluster.replaying = true;

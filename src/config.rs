@@ -134,6 +134,9 @@ restart_only! {
         /// The admin API's listeners, if the file has an `[admin]` section
         /// (its token is live: [`Live::admin_token`]).
         "admin" => admin: Option<AdminListeners>,
+        /// Users and secrets from Redis, if the file has a `[cluster]`
+        /// section.
+        "cluster" => cluster: Option<Cluster>,
     }
 }
 
@@ -410,6 +413,43 @@ pub struct Metrics {
     /// Names (lower case) `/metrics` answers to in `Host`, besides IP
     /// literals and `localhost`.
     pub hosts: Vec<String>,
+}
+
+/// The `[cluster]` section: the Redis this node reads users and secrets
+/// from, and the node's name. Its `Debug` hides the URL's password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// A `redis://` URL, password and database included.
+    pub redis: String,
+    /// This node's name: `cluster.node`, or the host name.
+    pub node: String,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Everything between "//" and the last '@' may hold a password.
+        let shown = match (self.redis.split_once("//"), self.redis.rfind('@')) {
+            (Some((scheme, _)), Some(at)) => format!("{scheme}//<redacted>{}", &self.redis[at..]),
+            _ => self.redis.clone(),
+        };
+        f.debug_struct("Cluster")
+            .field("redis", &shown)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+/// This machine's host name, the default `cluster.node`.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes a
+    // NUL-terminated name into it (truncated if longer).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match rc {
+        0 if len > 0 => String::from_utf8_lossy(&buf[..len]).into_owned(),
+        _ => "ferroturn".to_owned(),
+    }
 }
 
 /// Quotas and rate limits, defined beside the engine that enforces them.
@@ -712,6 +752,36 @@ from_string! {
     }
 }
 
+from_string! {
+    /// `cluster.redis`: a `redis://` or `rediss://` (TLS) URL that
+    /// redis-rs can parse.
+    RedisUrl(String),
+    |v| if !v.starts_with("redis://") && !v.starts_with("rediss://") {
+        Err("is not a redis:// or rediss:// URL".to_owned())
+    } else if redis::Client::open(v.as_str()).is_err() {
+        Err("is not a Redis URL redis-rs can parse (redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB])".to_owned())
+    } else {
+        Ok(v)
+    }
+}
+
+from_string! {
+    /// `cluster.node`: 1 to 64 printable ASCII characters, no spaces.
+    #[derive(Debug)]
+    NodeName(String),
+    |v| if (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(v)
+    } else {
+        Err(format!("{v:?} is not a node name (1 to 64 printable ASCII characters, no spaces)"))
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Redacted.fmt(f)
+    }
+}
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         Redacted.fmt(f)
@@ -859,6 +929,15 @@ struct RawConfig {
     limits: RawLimits,
     metrics: Option<RawMetrics>,
     admin: Option<RawAdmin>,
+    cluster: Option<RawCluster>,
+}
+
+/// The `[cluster]` section as written; `redis` is required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    redis: RedisUrl,
+    node: Option<NodeName>,
 }
 
 table! {
@@ -1244,7 +1323,12 @@ impl RawConfig {
     fn check_auth(&self) -> Result<(), Refusal> {
         let a = &self.auth;
         let turn = self.listen.iter().any(|l| l.turn);
-        if turn && a.secrets.is_empty() && a.secret_files.is_empty() && a.users.is_empty() {
+        if turn
+            && a.secrets.is_empty()
+            && a.secret_files.is_empty()
+            && a.users.is_empty()
+            && self.cluster.is_none()
+        {
             return refuse(
                 "auth",
                 "no credentials configured: set auth.secrets, auth.secret_files or auth.users (TURN never relays without authentication)",
@@ -1621,6 +1705,10 @@ impl RawConfig {
                 hosts: m.hosts.into_iter().map(|h| h.0).collect(),
             }),
             admin,
+            cluster: self.cluster.map(|c| Cluster {
+                redis: c.redis.0,
+                node: c.node.map_or_else(host_name, |n| n.0),
+            }),
         };
         Ok(Config {
             path: path.to_owned(),
@@ -1789,7 +1877,7 @@ fn secret_files_entry(path: &str) -> Result<String, String> {
 /// Whether a key path (`auth.secrets[0]`, `admin`, …) lies in a section
 /// whose values are secret: `[auth]` and `[admin]`.
 fn holds_secrets(path: &str) -> bool {
-    ["auth", "admin"].iter().any(|s| {
+    ["auth", "admin", "cluster"].iter().any(|s| {
         path.strip_prefix(s)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
     })
@@ -1883,6 +1971,7 @@ pub(crate) fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("metrics", f::<RawMetrics>()),
         ("admin", f::<RawAdmin>()),
         ("demo", f::<Demo>()),
+        ("cluster", f::<RawCluster>()),
     ]
 }
 
@@ -2235,6 +2324,30 @@ deny = []
         }
         let long = format!("socket = \"/{}\"", "a".repeat(120));
         assert_eq!(admin(&long).unwrap_err().key, "admin.socket");
+    }
+
+    #[test]
+    fn cluster_is_optional_and_hides_its_password() {
+        assert_eq!(p(GOOD).unwrap().restart.cluster, None);
+        let c = p(&format!(
+            "{GOOD}[cluster]\nredis = \"redis://:hunter2@10.0.0.5:6379/3\"\n"
+        ))
+        .unwrap();
+        let cluster = c.restart.cluster.clone().unwrap();
+        assert_eq!(cluster.node, host_name());
+        assert!(!cluster.node.is_empty());
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("10.0.0.5:6379/3") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        // Users may all come from Redis: no [auth] credentials needed.
+        let bare = GOOD
+            .replace("secrets = [\"s3cret\"]\n", "")
+            .replace("users = { alice = \"liddell\" }\n", "");
+        assert!(p(&bare).is_err());
+        let named = format!("{bare}[cluster]\nredis = \"redis://127.0.0.1\"\nnode = \"turn-7\"\n");
+        assert_eq!(p(&named).unwrap().restart.cluster.unwrap().node, "turn-7");
     }
 
     #[test]

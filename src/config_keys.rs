@@ -102,6 +102,10 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "demo",
         "The signaling demo's web server (`ferroturn demo`, which reads the file once: it has no reload).",
     ),
+    (
+        "cluster",
+        "Users and REST secrets from Redis, in coturn's schema (README, \"Cluster (Redis)\"); off unless the section is present. Needs a restart.",
+    ),
 ];
 
 use KeyDefault::{Required, Unset, Value};
@@ -499,6 +503,20 @@ pub const KEYS: &[Key] = &[
         kind: "array of strings",
         default: Value("[]"),
         doc: "Origins (`https://app.example:8443`) besides the demo's own whose pages may open `/signal`; others get 403. At most 32.",
+    },
+    Key {
+        section: "cluster",
+        name: "redis",
+        kind: "string",
+        default: Required,
+        doc: "`redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` of the Redis (or Valkey) holding users under `turn/realm/REALM/user/NAME/key` or `/password` and secrets in the set `turn/realm/REALM/secret`; `rediss://` for TLS, its certificate checked against the system's roots (or the file `SSL_CERT_FILE` names). Needs a restart.",
+    },
+    Key {
+        section: "cluster",
+        name: "node",
+        kind: "string",
+        default: Unset("this host's name"),
+        doc: "This node's name among the nodes sharing the Redis (1 to 64 printable ASCII characters). Needs a restart.",
     },
 ];
 

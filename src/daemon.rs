@@ -39,6 +39,7 @@ async fn supervise(server: &Server, config: Config) -> std::io::Result<()> {
         let hosts = m.hosts.clone();
         tokio::spawn(crate::metrics::serve(listener, control.clone(), hosts));
     }
+    let cluster = crate::cluster::start(&config, &control);
     let admin = match config.admin() {
         Some(a) => Some(crate::admin::Admin::start(&a, control.clone()).await?),
         None => None,
@@ -58,6 +59,9 @@ async fn supervise(server: &Server, config: Config) -> std::io::Result<()> {
             _ = hup.recv() => {
                 notify::reloading();
                 current = reload(server, current);
+                if let Some(c) = &cluster {
+                    c.reloaded(&current);
+                }
                 if let Some(a) = &admin {
                     a.reload(current.admin().as_ref());
                 }

@@ -21,6 +21,7 @@
 pub use ferroturn_engine::{addr, auth, engine, policy, proto};
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod config_keys;
 pub mod daemon;

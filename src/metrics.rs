@@ -304,6 +304,14 @@ pub fn render(report: &WorkerReport) -> String {
         "UDP data-plane threads under SCHED_BATCH now (udp_scheduling).",
         report.udp_batch_threads,
     );
+    if let Some(up) = report.cluster_up {
+        o.single(
+            "cluster_up",
+            "gauge",
+            "1 while this node's cluster store (Redis, [cluster]) answers, else 0; absent without [cluster].",
+            u64::from(up),
+        );
+    }
 
     // Session durations.
     let h = &s.session_seconds;
@@ -353,6 +361,15 @@ mod tests {
         r.draining = true;
         r.stream_refusals[4] = 7;
         let t = render(&r);
+        // Only with [cluster].
+        assert_eq!(value(&t, "ferroturn_cluster_up"), None);
+        for up in [false, true] {
+            r.cluster_up = Some(up);
+            assert_eq!(
+                value(&render(&r), "ferroturn_cluster_up"),
+                Some(u64::from(up))
+            );
+        }
 
         assert_eq!(value(&t, "ferroturn_allocations_active"), Some(3));
         assert_eq!(value(&t, "ferroturn_relay_ports_free"), Some(97));

@@ -489,6 +489,8 @@ const ONE_KEY: &[(&str, &str, &str, &str)] = &[
     ("demo.room_size: 9", "demo", "room_size", "9"),
     ("demo.allowed_origins: no scheme", "demo", "allowed_origins", "[\"app.example\"]"),
     ("demo.allowed_origins: a path", "demo", "allowed_origins", "[\"https://app.example/call\"]"),
+    ("cluster.redis: not a redis URL", "cluster", "redis", "\"http://127.0.0.1:6379\""),
+    ("cluster.redis: unparsable", "cluster", "redis", "\"redis://[::1:6379\""),
 ];
 
 /// The cases written by hand: every error `parse` and its helpers in
@@ -569,6 +571,11 @@ fn hand_cases(f: &Files) -> Vec<Case> {
         ),
         ("metrics.hosts: 254 bytes", b().set("metrics", "hosts", &format!("[\"{}.org\"]", "a".repeat(250)))),
         ("admin.address: not IP:PORT", b().set("admin", "address", "\"localhost:9642\"").set("admin", "token", "\"t\"")),
+        ("cluster.redis: missing", b().set("cluster", "node", "\"turn1\"")),
+        (
+            "cluster.node: a space",
+            b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "node", "\"turn 1\""),
+        ),
         ("admin.socket: 108 bytes", b().set("admin", "socket", &q(&format!("/{}", "s".repeat(107))))),
         (
             "demo.allowed_origins: 33",

@@ -19,6 +19,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # loads the completion scripts in them (bash is there already).
 # dpkg-dev (dpkg-shlibdeps) and binutils (strip): cargo-deb computes the
 # package's Depends and strips the binary for tests/package.rs.
+# redis-server, redis-tools (redis-cli): tests/cluster_users.rs runs a Redis
+# on a loopback port and changes users in it as an operator would.
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
@@ -26,7 +28,8 @@ for pb in coturn:/usr/bin/turnutils_uclient \
           systemd:/usr/bin/systemd-analyze strace:/usr/bin/strace openssl:/usr/bin/openssl \
           prometheus:/usr/bin/prometheus \
           man-db:/usr/bin/man groff-base:/usr/bin/groff zsh:/usr/bin/zsh fish:/usr/bin/fish \
-          dpkg-dev:/usr/bin/dpkg-shlibdeps binutils:/usr/bin/strip; do
+          dpkg-dev:/usr/bin/dpkg-shlibdeps binutils:/usr/bin/strip \
+          redis-server:/usr/bin/redis-server redis-tools:/usr/bin/redis-cli; do
     [ -x "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -37,7 +40,8 @@ if [ ${#need[@]} -gt 0 ]; then
     $S env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi
 for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedriver iptables ip \
-         systemd-analyze strace openssl prometheus man groff zsh fish dpkg-shlibdeps strip; do
+         systemd-analyze strace openssl prometheus man groff zsh fish dpkg-shlibdeps strip \
+         redis-server redis-cli; do
     command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing packages" >&2; exit 1; }
 done
 

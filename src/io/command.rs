@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::poll::EventFd;
 use super::stream::guard::Refusal as StreamRefusal;
+use crate::auth::StaticUser;
 use crate::engine::{Engine, Gauges, Session, Stats, Update};
 
 /// A request from the control plane to one engine host (a UDP shard or a
@@ -27,6 +28,18 @@ pub enum HostCommand {
     },
     Update(Box<Update>),
     Drain(crate::engine::Redirect),
+    /// Names the engine asks the cluster store for go here
+    /// ([`crate::engine::Output::LookupUser`]); carried out by the host.
+    ClusterLink(mpsc::UnboundedSender<String>),
+    /// The store's credential of a name, or `None`: it has none.
+    ClusterUser {
+        name: String,
+        user: Option<StaticUser>,
+    },
+    /// The store changed this name (`None`: maybe any name).
+    ClusterForget(Option<String>),
+    /// The store's REST secrets.
+    ClusterSecrets(Vec<String>),
 }
 
 /// What one worker reports.
@@ -45,6 +58,8 @@ pub struct WorkerReport {
     /// Stream clients refused or cut short, by [`StreamRefusal`];
     /// server-wide.
     pub stream_refusals: [u64; StreamRefusal::COUNT],
+    /// Whether the cluster store answers; `None` without `[cluster]`.
+    pub cluster_up: Option<bool>,
 }
 
 impl WorkerReport {
@@ -76,6 +91,7 @@ impl HostCommand {
                     udp_threads: 0,
                     udp_batch_threads: 0,
                     stream_refusals: [0; StreamRefusal::COUNT],
+                    cluster_up: None,
                 });
             }
             HostCommand::CloseUser { user, reply } => {
@@ -86,6 +102,11 @@ impl HostCommand {
             }
             HostCommand::Update(u) => engine.update(*u),
             HostCommand::Drain(alternate) => engine.drain(alternate),
+            // The host keeps the link ([`super::host::Host::command`]).
+            HostCommand::ClusterLink(_) => engine.cluster_on(),
+            HostCommand::ClusterUser { name, user } => engine.cluster_user(now, &name, user),
+            HostCommand::ClusterForget(name) => engine.cluster_forget(name.as_deref()),
+            HostCommand::ClusterSecrets(secrets) => engine.cluster_secrets(&secrets),
         }
     }
 }

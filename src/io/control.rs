@@ -22,6 +22,8 @@ pub struct Control {
     pub(super) drivers: Arc<Drivers>,
     /// Stream limits, per-IP counts and refusals, shared by stream workers.
     pub(super) streams: Arc<StreamGuard>,
+    /// Whether the cluster store answers, with `[cluster]`.
+    pub(super) cluster: Option<Arc<crate::cluster::Status>>,
 }
 
 impl Control {
@@ -40,6 +42,7 @@ impl Control {
         total.udp_threads = self.drivers.placement().iter().filter(|&&n| n > 0).count() as u64;
         total.udp_batch_threads = self.drivers.batch_threads() as u64;
         total.stream_refusals = self.streams.refusals();
+        total.cluster_up = self.cluster.as_ref().map(|s| s.up());
         total
     }
 
@@ -80,6 +83,40 @@ impl Control {
     pub fn update(&self, u: Update) {
         for w in &self.workers {
             w.send(HostCommand::Update(Box::new(u.clone())));
+        }
+    }
+
+    /// The cluster task's status, with `[cluster]`.
+    pub fn cluster_status(&self) -> Option<Arc<crate::cluster::Status>> {
+        self.cluster.clone()
+    }
+
+    /// Send every worker's cluster lookups to `tx`, and turn them on.
+    pub fn cluster_link(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        self.broadcast(|| HostCommand::ClusterLink(tx.clone()));
+    }
+
+    /// The store's answer for `name`, to every worker.
+    pub fn cluster_user(&self, name: &str, user: Option<crate::auth::StaticUser>) {
+        self.broadcast(|| HostCommand::ClusterUser {
+            name: name.to_owned(),
+            user: user.clone(),
+        });
+    }
+
+    /// The store changed `name` (`None`: maybe any): every worker forgets it.
+    pub fn cluster_forget(&self, name: Option<&str>) {
+        self.broadcast(|| HostCommand::ClusterForget(name.map(str::to_owned)));
+    }
+
+    /// The store's REST secrets, to every worker.
+    pub fn cluster_secrets(&self, secrets: &[String]) {
+        self.broadcast(|| HostCommand::ClusterSecrets(secrets.to_vec()));
+    }
+
+    fn broadcast(&self, command: impl Fn() -> HostCommand) {
+        for w in &self.workers {
+            w.send(command());
         }
     }
 

@@ -118,6 +118,9 @@ pub struct Host<T: Transport> {
     /// Datagrams and frames we could not send (socket buffer full, or a
     /// client that does not read), dropped.
     send_drops: u64,
+    /// Where the engine's cluster lookups go, once the cluster task linked
+    /// this host ([`HostCommand::ClusterLink`]).
+    lookups: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// The relay table was emptied after holding many: compact it.
     compact_due: bool,
     pub transport: T,
@@ -131,6 +134,7 @@ impl<T: Transport> Host<T> {
             batch: Batch::new(),
             outs: Vec::with_capacity(SLOTS),
             send_drops: 0,
+            lookups: None,
             compact_due: false,
             transport,
         }
@@ -310,6 +314,11 @@ impl<T: Transport> Host<T> {
                 Output::CloseRelay { alloc } => self.close_relay(now, alloc),
                 // For a kernel fast path to mirror; nothing here uses them yet.
                 Output::Grant(_) => {}
+                Output::LookupUser { name } => {
+                    if let Some(tx) = &self.lookups {
+                        let _ = tx.send(name);
+                    }
+                }
             }
         }
         self.transport.flushed(&self.engine);
@@ -406,6 +415,9 @@ impl<T: Transport> Host<T> {
 
     /// Carry out one command of the control plane.
     pub fn command(&mut self, c: HostCommand, now: Instant) {
+        if let HostCommand::ClusterLink(tx) = &c {
+            self.lookups = Some(tx.clone());
+        }
         c.carry_out(&mut self.engine, now, self.send_drops);
         self.flush(now);
     }

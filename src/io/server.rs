@@ -210,6 +210,11 @@ impl Server {
                 workers: controls,
                 drivers,
                 streams: guard,
+                cluster: config
+                    .restart
+                    .cluster
+                    .as_ref()
+                    .map(|_| Arc::new(crate::cluster::Status::default())),
             },
             nonce_secret,
             listen,

@@ -55,7 +55,7 @@ impl StaticUser {
     /// The keys of this credential for `username` in `realm`: a password
     /// turned into both keys once, so that a request costs no key
     /// derivation and the running server holds no password.
-    fn derived(&self, username: &str, realm: &str) -> StaticUser {
+    pub fn derived(&self, username: &str, realm: &str) -> StaticUser {
         match self {
             StaticUser::Password(p) => StaticUser::Keys {
                 md5: match Key::md5(username, realm, p) {

@@ -17,6 +17,7 @@
 mod allocate;
 pub mod allocation;
 mod channel;
+pub mod cluster;
 mod permission;
 pub mod ports;
 pub mod quota;
@@ -122,6 +123,11 @@ pub enum Output {
     /// once, so what it queues for one allocation stays within twice its
     /// quotas (what expired, then what the request installs).
     Grant(Grant),
+    /// Ask the cluster store for the credential of `name`, which neither
+    /// the configuration nor [`Engine::cluster_user`] made known; the
+    /// request that named it waits at most [`cluster::PARK_TIMEOUT`]. Only
+    /// after [`Engine::cluster_on`].
+    LookupUser { name: String },
 }
 
 impl EngineConfig {
@@ -389,6 +395,8 @@ enum Reject {
     Challenge(Code),
     Plain(Code),
     Unknown(Vec<AttrType>),
+    /// Held until its user is looked up: no answer now.
+    Parked,
 }
 
 /// The protocol state of one worker.
@@ -413,6 +421,8 @@ pub struct Engine {
     /// Keys the RESERVATION-TOKENs this engine issues.
     token_key: ring::hmac::Key,
     token_counter: u64,
+    /// Users and secrets of the cluster store, as the shell reported them.
+    cluster: cluster::ClusterUsers,
     pub stats: Stats,
 }
 
@@ -441,6 +451,7 @@ impl Engine {
             send_denial_logged: None,
             token_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed.to_le_bytes()),
             token_counter: 0,
+            cluster: cluster::ClusterUsers::default(),
             stats: Stats::default(),
         }
     }
@@ -500,6 +511,52 @@ impl Engine {
             Some(_) => username.split_once(':').map_or("", |(_, n)| n).to_owned(),
             None => username.to_owned(),
         }
+    }
+
+    /// A cluster store is there: a request under a name nobody here knows
+    /// waits (at most [`cluster::PARK_TIMEOUT`]) while
+    /// [`Output::LookupUser`] asks for it.
+    pub fn cluster_on(&mut self) {
+        self.cluster.on = true;
+    }
+
+    /// The store's answer for `name`: its credential (a password or keys,
+    /// turned into keys for this realm here), or `None` if it has none.
+    /// Requests parked for the name are handled again now. A name the
+    /// configuration defines keeps the configuration's credential.
+    pub fn cluster_user(
+        &mut self,
+        now: Instant,
+        name: &str,
+        user: Option<crate::auth::StaticUser>,
+    ) {
+        let realm = self.cfg.live.credentials.realm().to_owned();
+        let user = user.map(|u| u.derived(name, &realm));
+        self.cluster.learn(now, name, user);
+        let ready = self.cluster.unpark(|p| p.name == name);
+        self.replay(now, ready);
+    }
+
+    /// The store changed `name` (or, with `None`, may have changed any
+    /// name): what was learnt of it is forgotten, and asked again when next
+    /// used.
+    pub fn cluster_forget(&mut self, name: Option<&str>) {
+        self.cluster.forget(name);
+    }
+
+    /// The store's REST secrets, which verify REST usernames beside the
+    /// configuration's.
+    pub fn cluster_secrets(&mut self, secrets: &[String]) {
+        self.cluster.set_secrets(secrets);
+    }
+
+    /// Handle parked requests again; none is parked twice.
+    fn replay(&mut self, now: Instant, parked: Vec<cluster::Parked>) {
+        self.cluster.replaying = true;
+        for p in parked {
+            self.handle_stun(now, p.client, &p.packet);
+        }
+        self.cluster.replaying = false;
     }
 
     /// Stop accepting new allocations: Allocate gets 300 with
@@ -679,15 +736,18 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let alloc = self.timers.peek().map(|Reverse((t, _))| *t);
         let resv = self.reserved.front().map(|(t, _)| *t);
-        match (alloc, resv) {
-            (Some(a), Some(r)) => Some(a.min(r)),
-            (a, r) => a.or(r),
-        }
+        let parked = self.cluster.next_deadline();
+        [alloc, resv, parked].into_iter().flatten().min()
     }
 
     /// Expire what is due at `now`: permissions, channels, allocations
     /// (RFC 8656 §7, §9, §12).
     pub fn handle_timeout(&mut self, now: Instant) {
+        // A lookup that did not come in time: answered as an unknown user.
+        if self.cluster.next_deadline().is_some_and(|t| t <= now) {
+            let late = self.cluster.unpark(|p| p.deadline <= now);
+            self.replay(now, late);
+        }
         // An unredeemed reservation gives its port back to the pool.
         while let Some(&(t, token)) = self.reserved.front() {
             if t > now {
@@ -829,6 +889,7 @@ impl Engine {
         let method = m.typ.method;
         if (m.typ.class == CLASS_REQUEST
             || (m.typ.class == CLASS_INDICATION && method == METHOD_SEND))
+            && !self.cluster.replaying
             && let Some(counted) = stats::Method::of(method)
         {
             self.stats.request(counted);
@@ -871,6 +932,7 @@ impl Engine {
         }
         let authed = match self.authenticate(now, client, &m) {
             Ok(a) => a,
+            Err(Reject::Parked) => return None,
             Err(reject) => {
                 self.unauthenticated_answer(now, client, &m, reject);
                 return None;
@@ -950,6 +1012,8 @@ impl Engine {
             Reject::Unknown(types) => {
                 Reply::error(m, Code::UnknownAttribute).with(|r| r.unknown(types))
             }
+            // Never given here: a parked request has no answer yet.
+            Reject::Parked => return,
             Reject::Challenge(code) => {
                 let creds = &self.cfg.live.credentials;
                 let nonce = creds.nonce(self.unix(now), client.remote);
@@ -1027,7 +1091,31 @@ impl Engine {
             self.stats.auth_failed(AuthFailure::UnknownUser);
             return Err(Reject::Challenge(Code::Unauthorized));
         };
-        let keys = creds.keys(&username, algorithm, unix);
+        let mut keys = creds.keys(&username, algorithm, unix);
+        if self.cluster.on && !creds.is_static(&username) {
+            match crate::auth::rest_expiry(&username) {
+                Some(exp) if exp > unix => {
+                    keys.extend(self.cluster.rest_keys(&username, algorithm, creds.realm()));
+                }
+                Some(_) => {}
+                None => match self.cluster.known(&username, now) {
+                    cluster::Known::User(u) => {
+                        keys.extend(u.key(algorithm, &username, creds.realm()));
+                    }
+                    cluster::Known::Absent => {}
+                    cluster::Known::Unknown if !self.cluster.replaying => {
+                        let ask = !self.cluster.waiting_for(&username);
+                        if self.cluster.park(now, client, &m.raw, &username) {
+                            if ask {
+                                self.out.push_back(Output::LookupUser { name: username });
+                            }
+                            return Err(Reject::Parked);
+                        }
+                    }
+                    cluster::Known::Unknown => {}
+                },
+            }
+        }
         let found = keys
             .iter()
             .find_map(|&key| integrity::verify(m, &key).map(|mac| Signer { key, mac }));

@@ -15,6 +15,7 @@ use crate::proto::channel_data::{self, HEADROOM};
 use crate::proto::integrity::{self, ALGORITHM_SHA256, Key, Mac, Signer};
 use crate::proto::stun as wire;
 
+mod cluster;
 mod grants;
 mod pool;
 
@@ -130,7 +131,7 @@ impl T {
                     self.opened.push(bind);
                     self.e.relay_opened(self.now, alloc, self.bind_ok)
                 }
-                Output::CloseRelay { .. } => {}
+                Output::CloseRelay { .. } | Output::LookupUser { .. } => {}
                 Output::Grant(g) => self.grants.push(g),
             }
         }
@@ -1796,6 +1797,7 @@ fn a_failed_ipv6_bind_retries_then_gives_up_cleanly() {
             Some(Output::CloseRelay { .. }) => closed = true,
             Some(Output::Transmit { data, .. }) => answer = wire::decode(&data),
             Some(Output::Grant(g)) => panic!("nothing was granted: {g:?}"),
+            Some(Output::LookupUser { name }) => panic!("no store to ask for {name}"),
             None => break,
         }
     }
@@ -2176,7 +2178,7 @@ fn error_counters_match_the_answers_sent() {
                     }
                 }
                 Output::OpenRelay { alloc, .. } => t.e.relay_opened(t.now, alloc, true),
-                Output::CloseRelay { .. } | Output::Grant(_) => {}
+                Output::CloseRelay { .. } | Output::Grant(_) | Output::LookupUser { .. } => {}
             }
         }
     };

@@ -1,0 +1,563 @@
+//! The cluster store: users and REST secrets in Redis (or Valkey), in
+//! coturn's schema, so that every node pointed at one Redis serves the
+//! same users, and a deployment of coturn's can move over unchanged.
+//!
+//! - `turn/realm/<realm>/user/<name>/key`: the long-term key in hex, 32
+//!   digits for MD5(name:realm:password), 64 for its SHA-256 (RFC 8489
+//!   §9.2.2, §18.5);
+//! - `turn/realm/<realm>/user/<name>/password`: the password itself (then
+//!   both keys derive from it; it wins over `key`);
+//! - the set `turn/realm/<realm>/secret`: TURN REST secrets, any verifies.
+//!
+//! Nothing is scanned: a name is read (one MGET of its two keys) when an
+//! engine first meets it ([`crate::engine::Output::LookupUser`]), and every
+//! engine is given the answer, a "no such user" too. Keyspace notifications
+//! (which the task turns on with `CONFIG SET notify-keyspace-events` where
+//! Redis allows it) make every engine forget a name whose keys changed at
+//! once, and the task reads it again and gives every engine the new answer;
+//! the secret set is read at connect and whenever it changes. The engines never wait for Redis: a request
+//! waits for its lookup at most 50 ms inside its engine, then is answered as
+//! an unknown user's.
+//!
+//! When Redis cannot be reached, nodes serve with what their engines last
+//! learnt, the task reconnects with backoff, and on connecting again it
+//! reads every name it gave the engines anew (notifications may have been
+//! missed) and gives them the secrets anew. [`Status`] says which (the
+//! `ferroturn_cluster_up` metric).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use tokio::sync::mpsc;
+
+use crate::auth::{StaticUser, parse_key_hex};
+use crate::config::Config;
+use crate::io::Control;
+
+/// The log target of this module's lines.
+const LOG: &str = "ferroturn::cluster";
+
+/// How long a connect, or one command, may take before the store counts as
+/// unreachable.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the task checks that the store answers while it is idle.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Waits between reconnection attempts: doubled from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MOST: Duration = Duration::from_secs(5);
+
+/// Answers the task keeps to give again without a read, when an engine
+/// asks for a name another engine's request just had read (each engine
+/// asks on its own first miss): at most this many, each this long, and
+/// forgotten when the name changes in Redis.
+const RECENT_MAX: usize = 4096;
+const RECENT_TTL: Duration = Duration::from_secs(10);
+
+/// Names whose answers the task gave the engines and keeps track of, to
+/// read again when they change or after an outage (as many as an engine
+/// keeps users); beyond, the engines are told to forget everything at the
+/// next reconnect instead.
+const GIVEN_MAX: usize = 65_536;
+
+/// The keyspace events the caches need: K (keyspace channel), g (DEL,
+/// RENAME, EXPIRE…), $ (string commands), s (set commands), x (expiry).
+const EVENTS: &str = "Kg$sx";
+
+/// Whether the store answers now; shared with the metrics.
+#[derive(Debug, Default)]
+pub struct Status {
+    up: AtomicBool,
+}
+
+impl Status {
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, up: bool) -> bool {
+        self.up.swap(up, Ordering::Relaxed)
+    }
+}
+
+/// The running cluster task: tell it about reloads.
+pub struct Cluster {
+    reloaded: mpsc::UnboundedSender<Vec<String>>,
+}
+
+impl Cluster {
+    /// The configuration was reloaded: warn again about `[auth] users`
+    /// names that Redis has too.
+    pub fn reloaded(&self, config: &Config) {
+        let _ = self
+            .reloaded
+            .send(config.live.users.keys().cloned().collect());
+    }
+}
+
+/// Start the cluster task on the current tokio runtime, if `config` has a
+/// `[cluster]` section: it links every engine of `control` to Redis.
+pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
+    let c = config.restart.cluster.as_ref()?;
+    let status = control.cluster_status()?;
+    let client = match redis::Client::open(c.redis.as_str()) {
+        Ok(client) => client,
+        Err(e) => {
+            // `check` refuses such a URL; this is a last guard.
+            tracing::error!(target: LOG, "cluster.redis: {e}; running without the cluster store");
+            return None;
+        }
+    };
+    let (lookups_tx, lookups) = mpsc::unbounded_channel();
+    control.cluster_link(lookups_tx);
+    let (reloaded, reloads) = mpsc::unbounded_channel();
+    let task = Task {
+        client,
+        keys: Schema::new(&config.restart.realm),
+        control: control.clone(),
+        status,
+        lookups,
+        reloads,
+        toml_users: config.live.users.keys().cloned().collect(),
+        given: HashSet::new(),
+        given_overflowed: false,
+    };
+    tracing::info!(target: LOG, node = %c.node, "cluster store: users and secrets from Redis");
+    tokio::spawn(task.run());
+    Some(Cluster { reloaded })
+}
+
+/// The key names of coturn's schema for one realm.
+struct Schema {
+    prefix: String,
+}
+
+impl Schema {
+    fn new(realm: &str) -> Schema {
+        Schema {
+            prefix: format!("turn/realm/{realm}/"),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}user/{name}/key", self.prefix)
+    }
+
+    fn password(&self, name: &str) -> String {
+        format!("{}user/{name}/password", self.prefix)
+    }
+
+    fn secrets(&self) -> String {
+        format!("{}secret", self.prefix)
+    }
+
+    /// The keyspace channels of every key of the realm in database `db`
+    /// (glob characters of the realm escaped).
+    fn pattern(&self, db: i64) -> String {
+        let mut p = format!("__keyspace@{db}__:");
+        for ch in self.prefix.chars() {
+            if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+                p.push('\\');
+            }
+            p.push(ch);
+        }
+        p.push('*');
+        p
+    }
+
+    /// What a keyspace notification's key names.
+    fn changed<'a>(&self, key: &'a str) -> Changed<'a> {
+        let Some(rest) = key.strip_prefix(self.prefix.as_str()) else {
+            return Changed::Other;
+        };
+        if rest == "secret" {
+            return Changed::Secrets;
+        }
+        match rest.strip_prefix("user/").and_then(|r| r.rsplit_once('/')) {
+            Some((name, "key" | "password")) => Changed::User(name),
+            _ => Changed::Other,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Changed<'a> {
+    User(&'a str),
+    Secrets,
+    Other,
+}
+
+/// A user's credential from the values of its `password` and `key`: the
+/// password if set, else the key by its length; `None` if neither is
+/// usable.
+fn credential(password: Option<Vec<u8>>, key: Option<Vec<u8>>) -> Option<StaticUser> {
+    if let Some(p) = password.and_then(|p| String::from_utf8(p).ok()) {
+        return Some(StaticUser::Password(p));
+    }
+    let key = String::from_utf8(key?).ok()?;
+    let hex = key.trim();
+    let hex = hex.strip_prefix("0x").unwrap_or(hex);
+    let hex = format!("0x{hex}");
+    match hex.len() - 2 {
+        32 => Some(StaticUser::Keys {
+            md5: Some(parse_key_hex::<16>(&hex)?),
+            sha256: None,
+        }),
+        64 => Some(StaticUser::Keys {
+            md5: None,
+            sha256: Some(parse_key_hex::<32>(&hex)?),
+        }),
+        _ => None,
+    }
+}
+
+/// What a session with the store ended with.
+type Lost = String;
+
+struct Task {
+    client: redis::Client,
+    keys: Schema,
+    control: Control,
+    status: Arc<Status>,
+    lookups: mpsc::UnboundedReceiver<String>,
+    reloads: mpsc::UnboundedReceiver<Vec<String>>,
+    toml_users: Vec<String>,
+    /// Names whose answers the engines were given.
+    given: HashSet<String>,
+    /// Whether some were given beyond [`GIVEN_MAX`], untracked.
+    given_overflowed: bool,
+}
+
+/// An MGET of a user's password and key, as read by [`read_user`].
+type Read =
+    Result<redis::RedisResult<(Option<Vec<u8>>, Option<Vec<u8>>)>, tokio::time::error::Elapsed>;
+
+/// Read `name`'s password and key on a task of its own; the outcome goes
+/// to `done`.
+fn read_user(
+    conn: &redis::aio::MultiplexedConnection,
+    keys: &Schema,
+    name: String,
+    done: &mpsc::UnboundedSender<(String, Read)>,
+) {
+    let (mut conn, done) = (conn.clone(), done.clone());
+    let keys = [keys.password(&name), keys.key(&name)];
+    tokio::spawn(async move {
+        let read = tokio::time::timeout(COMMAND_TIMEOUT, conn.mget(&keys)).await;
+        let _ = done.send((name, read));
+    });
+}
+
+impl Task {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_FIRST;
+        // Whether the operator was told the store is away (once per outage,
+        // and at a start without it).
+        let mut told = false;
+        loop {
+            let lost = self.session(&mut backoff).await;
+            if self.status.set(false) || !told {
+                told = true;
+                tracing::warn!(
+                    target: LOG,
+                    "cluster store unreachable ({lost}); serving with the users and secrets last seen, reconnecting"
+                );
+            } else {
+                tracing::debug!(target: LOG, "cluster store still unreachable: {lost}");
+            }
+            // Lookups that come meanwhile cannot be answered: their
+            // requests are answered as unknown users' after 50 ms.
+            let wait = tokio::time::sleep(backoff);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    Some(_) = self.lookups.recv() => {}
+                    Some(users) = self.reloads.recv() => self.toml_users = users,
+                }
+            }
+            backoff = (backoff * 2).min(BACKOFF_MOST);
+        }
+    }
+
+    /// Connect, subscribe, bring every engine up to date, then answer
+    /// lookups and follow notifications until the connection fails.
+    async fn session(&mut self, backoff: &mut Duration) -> Lost {
+        let timed = |what: &'static str| move |_| format!("{what}: timed out");
+        let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub()).await;
+        let mut pubsub = match pubsub.map_err(timed("connect")) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return format!("connect: {e}"),
+            Err(e) => return e,
+        };
+        let conn = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await;
+        let mut conn = match conn.map_err(timed("connect")) {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return format!("connect: {e}"),
+            Err(e) => return e,
+        };
+        self.enable_notifications(&mut conn).await;
+        let db = self.client.get_connection_info().redis_settings().db();
+        if let Err(e) = pubsub.psubscribe(self.keys.pattern(db)).await {
+            return format!("subscribe: {e}");
+        }
+        // Notifications may have been missed while away: what the engines
+        // were given is read again below (or, if untracked, forgotten).
+        let again: Vec<String> = if self.given_overflowed {
+            self.control.cluster_forget(None);
+            self.given.clear();
+            self.given_overflowed = false;
+            Vec::new()
+        } else {
+            self.given.iter().cloned().collect()
+        };
+        if let Err(e) = self.load_secrets(&mut conn).await {
+            return e;
+        }
+        self.warn_duplicates(&mut conn).await;
+        self.status.set(true);
+        *backoff = BACKOFF_FIRST;
+        tracing::info!(target: LOG, "cluster store connected");
+
+        let mut messages = pubsub.into_on_message();
+        let (done_tx, mut done) = mpsc::unbounded_channel();
+        // Names being read, and whether a notification came meanwhile
+        // (then the answer may be stale: the name is read again).
+        let mut reading: HashMap<String, bool> = HashMap::new();
+        for name in again {
+            reading.insert(name.clone(), false);
+            read_user(&conn, &self.keys, name, &done_tx);
+        }
+        let mut recent: HashMap<String, (Option<StaticUser>, tokio::time::Instant)> =
+            HashMap::new();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        loop {
+            tokio::select! {
+                Some(name) = self.lookups.recv() => {
+                    if reading.contains_key(&name) {
+                        continue;
+                    }
+                    if let Some((user, at)) = recent.get(&name)
+                        && at.elapsed() < RECENT_TTL
+                    {
+                        self.control.cluster_user(&name, user.clone());
+                        continue;
+                    }
+                    reading.insert(name.clone(), false);
+                    read_user(&conn, &self.keys, name, &done_tx);
+                }
+                Some((name, read)) = done.recv() => {
+                    let stale = reading.remove(&name).unwrap_or(false);
+                    match read {
+                        Ok(Ok(_)) if stale => {
+                            reading.insert(name.clone(), false);
+                            read_user(&conn, &self.keys, name, &done_tx);
+                        }
+                        Ok(Ok((password, key))) => {
+                            let user = credential(password, key);
+                            self.control.cluster_user(&name, user.clone());
+                            if recent.len() >= RECENT_MAX {
+                                recent.clear();
+                            }
+                            recent.insert(name.clone(), (user, tokio::time::Instant::now()));
+                            if self.given.len() < GIVEN_MAX {
+                                self.given.insert(name);
+                            } else if !self.given.contains(&name) {
+                                self.given_overflowed = true;
+                            }
+                        }
+                        Ok(Err(e)) => return format!("read: {e}"),
+                        Err(_) => return "read: timed out".to_owned(),
+                    }
+                }
+                message = messages.next() => {
+                    let Some(m) = message else {
+                        return "connection closed".to_owned();
+                    };
+                    let channel = m.get_channel_name();
+                    let key = channel.split_once(':').map_or("", |(_, k)| k);
+                    match self.keys.changed(key) {
+                        Changed::User(name) => {
+                            // Forgotten at once (a removed user is refused
+                            // from now on), and read again if the engines
+                            // had it.
+                            self.control.cluster_forget(Some(name));
+                            recent.remove(name);
+                            if let Some(stale) = reading.get_mut(name) {
+                                *stale = true;
+                            } else if self.given.contains(name) {
+                                reading.insert(name.to_owned(), false);
+                                read_user(&conn, &self.keys, name.to_owned(), &done_tx);
+                            }
+                        }
+                        Changed::Secrets => {
+                            if let Err(e) = self.load_secrets(&mut conn).await {
+                                return e;
+                            }
+                        }
+                        Changed::Other => {}
+                    }
+                }
+                Some(users) = self.reloads.recv() => {
+                    self.toml_users = users;
+                    self.warn_duplicates(&mut conn).await;
+                }
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(
+                        COMMAND_TIMEOUT,
+                        redis::cmd("PING").query_async::<String>(&mut conn),
+                    )
+                    .await;
+                    match pong {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("ping: {e}"),
+                        Err(_) => return "ping: timed out".to_owned(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turn on the keyspace events the caches need, keeping those already
+    /// on; a Redis that refuses CONFIG (managed services often do) gets a
+    /// warning: its operator must set them.
+    async fn enable_notifications(&self, conn: &mut redis::aio::MultiplexedConnection) {
+        let current: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(conn)
+            .await;
+        let mut flags = match &current {
+            Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        // "A" stands for every class but K, E, m and n.
+        let has = |f: &str, c: char| f.contains(c) || (f.contains('A') && "g$lshzxetd".contains(c));
+        let missing: String = EVENTS.chars().filter(|&c| !has(&flags, c)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        flags.push_str(&missing);
+        let set: redis::RedisResult<()> = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(&flags)
+            .query_async(conn)
+            .await;
+        if let Err(e) = set {
+            tracing::warn!(
+                target: LOG,
+                "cannot turn on keyspace notifications ({e}): set notify-keyspace-events to include \
+                 {EVENTS} on the Redis server, else changes to users and secrets are seen only \
+                 after a reconnect"
+            );
+        }
+    }
+
+    /// Read the secret set and give it to every engine.
+    async fn load_secrets(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<(), Lost> {
+        let read = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            conn.smembers::<_, Vec<String>>(self.keys.secrets()),
+        )
+        .await;
+        match read {
+            Ok(Ok(mut secrets)) => {
+                secrets.retain(|s| !s.is_empty());
+                secrets.sort();
+                self.control.cluster_secrets(&secrets);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("read secrets: {e}")),
+            Err(_) => Err("read secrets: timed out".to_owned()),
+        }
+    }
+
+    /// Warn about each `[auth] users` name Redis defines too: the
+    /// configuration's entry is the one used.
+    async fn warn_duplicates(&self, conn: &mut redis::aio::MultiplexedConnection) {
+        for name in &self.toml_users {
+            let keys = [self.keys.password(name), self.keys.key(name)];
+            let read = tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                conn.mget::<_, (Option<Vec<u8>>, Option<Vec<u8>>)>(&keys),
+            )
+            .await;
+            if let Ok(Ok((p, k))) = read
+                && (p.is_some() || k.is_some())
+            {
+                tracing::warn!(
+                    target: LOG,
+                    user = %name,
+                    "user defined in both [auth] users and Redis: the configuration's entry is used"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_name_users_and_the_secret_set() {
+        let s = Schema::new("example.org");
+        assert_eq!(s.key("bob"), "turn/realm/example.org/user/bob/key");
+        assert_eq!(
+            s.changed("turn/realm/example.org/user/bob/password"),
+            Changed::User("bob")
+        );
+        assert_eq!(
+            s.changed("turn/realm/example.org/user/a/b/key"),
+            Changed::User("a/b")
+        );
+        assert_eq!(s.changed("turn/realm/example.org/secret"), Changed::Secrets);
+        for other in [
+            "turn/realm/example.org/user/bob/allocation/1/status",
+            "turn/realm/other.org/user/bob/key",
+            "turn/realm/example.org/user/bob",
+        ] {
+            assert_eq!(s.changed(other), Changed::Other, "{other}");
+        }
+        assert_eq!(
+            Schema::new("a*b").pattern(3),
+            "__keyspace@3__:turn/realm/a\\*b/*"
+        );
+    }
+
+    #[test]
+    fn keys_by_length_and_passwords_first() {
+        let md5 = "72f86f2053703faa0f521ce71cfe6f59";
+        let Some(StaticUser::Keys {
+            md5: Some(_),
+            sha256: None,
+        }) = credential(None, Some(md5.into()))
+        else {
+            panic!("32 digits: MD5");
+        };
+        let Some(StaticUser::Keys {
+            md5: None,
+            sha256: Some(_),
+        }) = credential(None, Some(format!("0x{md5}{md5}").into()))
+        else {
+            panic!("64 digits: SHA-256");
+        };
+        assert!(credential(None, Some("abc".into())).is_none());
+        assert!(credential(None, Some(format!("{md5}zz").into())).is_none());
+        assert!(credential(None, None).is_none());
+        assert_eq!(
+            credential(Some("pw".into()), Some(md5.into())),
+            Some(StaticUser::Password("pw".into()))
+        );
+    }
+}

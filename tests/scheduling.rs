@@ -98,8 +98,32 @@ impl Traffic {
     }
 }
 
+/// Attempts of the whole scenario. The two "stays" and "comes back" steps
+/// need the CPUs free of other work; on a shared machine (other builds or
+/// tests running) one attempt may see another task's load as the busy
+/// loop's. A broken policy fails every attempt; a lost request fails at once.
+const ATTEMPTS: usize = 3;
+
 #[test]
 fn auto_leaves_batch_while_its_cpu_is_busy_and_comes_back() {
+    let mut failures = Vec::new();
+    for _ in 0..ATTEMPTS {
+        match one_cycle() {
+            Ok(()) => {
+                for f in &failures {
+                    eprintln!("an earlier attempt failed (load from outside the test?): {f}");
+                }
+                return;
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!("every attempt failed:\n{}", failures.join("\n---\n"));
+}
+
+/// One server through batch, other and batch again under traffic; an
+/// error for a step that did not happen in time.
+fn one_cycle() -> Result<(), String> {
     let s = Server::start_with(ServerConfig {
         workers: Some(1),
         ..ServerConfig::default()
@@ -111,11 +135,16 @@ fn auto_leaves_batch_while_its_cpu_is_busy_and_comes_back() {
     while policy() != Some(libc::SCHED_BATCH) && t0.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(policy(), Some(libc::SCHED_BATCH), "{}", s.log());
+    if policy() != Some(libc::SCHED_BATCH) {
+        return Err(format!("did not start under batch\n{}", s.log()));
+    }
     let mut traffic = Traffic::new(s.addr);
     // Under traffic on a free CPU it stays there.
-    assert!(!traffic.until(Duration::from_millis(500), || policy()
-        != Some(libc::SCHED_BATCH)));
+    if traffic.until(Duration::from_millis(500), || {
+        policy() != Some(libc::SCHED_BATCH)
+    }) {
+        return Err(format!("left batch on a free CPU\n{}", s.log()));
+    }
 
     // A busy loop shares CPU 0 with the driver: a woken batch thread waits
     // for the loop's slice, which auto sees and leaves batch for.
@@ -138,18 +167,27 @@ fn auto_leaves_batch_while_its_cpu_is_busy_and_comes_back() {
     });
     stop.store(true, Ordering::Relaxed);
     hog.join().unwrap();
-    assert!(left, "still batch with a busy loop on its CPU\n{}", s.log());
+    if !left {
+        return Err(format!(
+            "still batch with a busy loop on its CPU\n{}",
+            s.log()
+        ));
+    }
 
     // The CPU is free again: batch returns after the hold (1 s after a
     // first demotion).
     let back = traffic.until(Duration::from_secs(10), || {
         policy() == Some(libc::SCHED_BATCH)
     });
-    assert!(back, "not back to batch\n{}", s.log());
+    if !back {
+        return Err(format!("not back to batch\n{}", s.log()));
+    }
     assert!(s.log().contains("UDP thread policy"), "{}", s.log());
 
-    // Every Binding request was answered through both switches.
+    // Every Binding request was answered through both switches, whatever
+    // the load.
     let lost = traffic.unanswered();
     assert_eq!(lost, 0, "{lost} of {} unanswered", traffic.sent);
     assert!(traffic.sent > 100, "{}", traffic.sent);
+    Ok(())
 }

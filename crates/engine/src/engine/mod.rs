@@ -821,7 +821,10 @@ impl Engine {
     }
 
     /// A stream connection closed: its allocation goes with it (RFC 8656 §3.1).
+    /// Requests it had parked for a user lookup go too, unanswered: their
+    /// replay must not allocate for a 5-tuple that is gone.
     pub fn connection_closed(&mut self, now: Instant, client: ClientAddr) {
+        drop(self.cluster.unpark(|p| p.client == client));
         if let Some(id) = self.by_client.get(&client).copied() {
             tracing::info!(target: LOG_TARGET, %client, "connection closed; allocation deleted");
             self.stats.allocations_deleted += 1;
@@ -1104,11 +1107,27 @@ impl Engine {
                     }
                     cluster::Known::Absent => {}
                     cluster::Known::Unknown if !self.cluster.replaying => {
+                        // Any client can name a user nobody has: each
+                        // parked request counts against its source's
+                        // unauthenticated answers before it costs a lookup.
+                        let rate = self.cfg.live.limits.unauthenticated_rate;
                         let ask = !self.cluster.waiting_for(&username);
-                        if self.cluster.park(now, client, &m.raw, &username) {
+                        let parked = if self.cfg.shared.limiter.allow(now, client.remote.ip(), rate)
+                        {
+                            self.cluster.park(now, client, &m.raw, &username, ask)
+                        } else {
+                            cluster::Park::Refused
+                        };
+                        let displaced = match parked {
+                            cluster::Park::Refused => None,
+                            cluster::Park::Held => Some(None),
+                            cluster::Park::Displaced(p) => Some(Some(p)),
+                        };
+                        if let Some(displaced) = displaced {
                             if ask {
                                 self.out.push_back(Output::LookupUser { name: username });
                             }
+                            self.replay(now, displaced.into_iter().collect());
                             return Err(Reject::Parked);
                         }
                     }

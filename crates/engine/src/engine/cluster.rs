@@ -90,11 +90,14 @@ pub(super) struct ClusterUsers {
     pub on: bool,
     /// Users, their keys derived for the realm.
     users: HashMap<String, StaticUser>,
-    /// Names the store does not have, until when that is believed.
-    absent: HashMap<String, Instant>,
-    /// The same names oldest first, with the expiry each had when it was
-    /// queued (an entry whose name was learnt again since is stale).
-    absent_order: VecDeque<(Instant, String)>,
+    /// Names the store does not have: until when that is believed, and
+    /// the number of their entry in `absent_order`.
+    absent: HashMap<String, (Instant, u64)>,
+    /// The same names oldest first, by entry number (an entry whose name
+    /// was forgotten or learnt again since is stale).
+    absent_order: VecDeque<(u64, String)>,
+    /// The number of the next entry of `absent_order`.
+    absent_next: u64,
     /// The start of the current second of lookups, and how many it asked.
     lookups: Option<(Instant, u32)>,
     /// The store's REST secrets.
@@ -110,7 +113,7 @@ impl ClusterUsers {
             return Known::User(u);
         }
         match self.absent.get(name) {
-            Some(&until) if until > now => Known::Absent,
+            Some(&(until, _)) if until > now => Known::Absent,
             _ => Known::Unknown,
         }
     }
@@ -131,24 +134,29 @@ impl ClusterUsers {
             None => {
                 // Expired names go, then the oldest while full: each costs
                 // O(1), however many are kept.
-                while let Some((until, _)) = self.absent_order.front() {
-                    if *until > now && self.absent.len() < MAX_ABSENT {
-                        break;
+                while let Some((entry, old)) = self.absent_order.front() {
+                    match self.absent.get(old) {
+                        Some(&(until, e)) if e == *entry => {
+                            if until > now && self.absent.len() < MAX_ABSENT {
+                                break;
+                            }
+                            self.absent.remove(old);
+                        }
+                        _ => {}
                     }
-                    let (until, old) = self.absent_order.pop_front().expect("a front");
-                    if self.absent.get(&old) == Some(&until) {
-                        self.absent.remove(&old);
-                    }
+                    self.absent_order.pop_front();
                 }
-                let until = now + ABSENT_TTL;
-                self.absent.insert(name.to_owned(), until);
-                self.absent_order.push_back((until, name.to_owned()));
+                let entry = self.absent_next;
+                self.absent_next += 1;
+                self.absent
+                    .insert(name.to_owned(), (now + ABSENT_TTL, entry));
+                self.absent_order.push_back((entry, name.to_owned()));
                 // Names forgotten or learnt again leave stale entries
                 // behind: drop them before they outnumber the live ones.
                 if self.absent_order.len() > 2 * MAX_ABSENT {
                     let absent = &self.absent;
                     self.absent_order
-                        .retain(|(until, n)| absent.get(n) == Some(until));
+                        .retain(|(entry, n)| absent.get(n).is_some_and(|&(_, e)| e == *entry));
                 }
             }
         }
@@ -322,5 +330,35 @@ mod tests {
         assert!(matches!(c.known(&last, t0), Known::Unknown));
         c.forget(None);
         assert_eq!(c.sizes(), (0, 0));
+    }
+
+    /// A full absent cache lets its oldest name go (not an arbitrary one,
+    /// and without scanning the rest); names learnt again or forgotten
+    /// leave no more than a bounded queue behind.
+    #[test]
+    fn absent_names_leave_oldest_first() {
+        let mut c = ClusterUsers::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_ABSENT {
+            c.learn(t0, &format!("a{i}"), None);
+        }
+        for i in 0..10 {
+            c.learn(t0, &format!("b{i}"), None);
+            assert!(matches!(c.known(&format!("a{i}"), t0), Known::Unknown));
+            assert!(matches!(c.known(&format!("a{}", i + 1), t0), Known::Absent));
+        }
+        assert_eq!(c.sizes(), (0, MAX_ABSENT));
+        // The same name again and again: one entry, a bounded queue.
+        for _ in 0..5 * MAX_ABSENT {
+            c.learn(t0, "again", None);
+            c.forget(Some("again"));
+        }
+        assert!(c.absent_order.len() <= 2 * MAX_ABSENT + 1);
+        // Expired names go as new ones come.
+        let later = t0 + ABSENT_TTL;
+        c.learn(later, "new", None);
+        assert_eq!(c.sizes(), (0, 1));
+        c.forget_absent();
+        assert!(matches!(c.known("new", later), Known::Unknown));
     }
 }

@@ -544,6 +544,13 @@ impl Engine {
         self.cluster.forget(name);
     }
 
+    /// The shell reconnected to the store after missing its notifications:
+    /// names believed absent may exist now, and are looked up again when
+    /// next used (users it gave are read anew and given again instead).
+    pub fn cluster_forget_absent(&mut self) {
+        self.cluster.forget_absent();
+    }
+
     /// The store's REST secrets, which verify REST usernames beside the
     /// configuration's.
     pub fn cluster_secrets(&mut self, secrets: &[String]) {

@@ -1125,16 +1125,14 @@ impl Engine {
                         } else {
                             cluster::Park::Refused
                         };
-                        let displaced = match parked {
-                            cluster::Park::Refused => None,
-                            cluster::Park::Held => Some(None),
-                            cluster::Park::Displaced(p) => Some(Some(p)),
-                        };
-                        if let Some(displaced) = displaced {
+                        if !matches!(parked, cluster::Park::Refused) {
                             if ask {
                                 self.out.push_back(Output::LookupUser { name: username });
                             }
-                            self.replay(now, displaced.into_iter().collect());
+                            // The request that made room is answered now.
+                            if let cluster::Park::Displaced(p) = parked {
+                                self.replay(now, vec![p]);
+                            }
                             return Err(Reject::Parked);
                         }
                     }

@@ -588,3 +588,25 @@ fn a_redis_over_tls_serves_users_and_secrets() {
     assert_eq!(doubting.md5("judy", "over-tls"), Some(401));
     assert_eq!(doubting.md5("alice", "wonderland"), None);
 }
+
+/// Names both in `[auth] users` and Redis get their warning from one MGET
+/// (not one read per user, awaited in the task's main loop while lookups
+/// wait).
+#[test]
+fn duplicate_users_are_checked_in_one_read() {
+    let redis = Redis::start();
+    for name in ["u7", "u150"] {
+        redis.cli(&["SET", &user_key(name, "password"), "from-redis"]);
+    }
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let users = (0..200)
+        .map(|i| (format!("u{i}"), "pw".to_owned()))
+        .collect();
+    let node = Node::start(&redis, users);
+    node.wait_for(
+        |n| n.log().matches("user defined in both").count() == 2,
+        "a warning for each duplicate",
+    );
+    assert_eq!(redis.calls("mget"), 1, "{}", node.log());
+    assert_eq!(node.md5("u7", "pw"), None, "the configuration's entry");
+}

@@ -21,11 +21,20 @@
 //!
 //! When Redis cannot be reached, nodes serve with what their engines last
 //! learnt, the task reconnects with backoff, and on connecting again it
-//! reads every name it gave the engines anew (notifications may have been
-//! missed) and gives them the secrets anew. [`Status`] says which (the
+//! reads every user it gave the engines anew (notifications may have been
+//! missed), has them forget the names Redis lacked, and gives them the
+//! secrets anew.
+//!
+//! Any client can name a user nobody has, so reads are bounded: at most
+//! [`MAX_READING`] at once (a lookup beyond is dropped: its request is
+//! answered as an unknown user's), names Redis lacks are not tracked, and
+//! at most [`MAX_SECRETS`] secrets are used (each costs every REST request
+//! an HMAC). Nothing slow is awaited in the main loop: secrets, the check
+//! for names in both `[auth] users` and Redis, and PING run on tasks of
+//! their own, so lookups keep being answered meanwhile. [`Status`] says which (the
 //! `ferroturn_cluster_up` metric).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -35,7 +44,7 @@ use redis::AsyncCommands;
 use tokio::sync::mpsc;
 
 use crate::auth::{StaticUser, parse_key_hex};
-use crate::config::Config;
+use crate::config::{Config, MAX_SECRETS};
 use crate::io::Control;
 
 /// The log target of this module's lines.
@@ -64,6 +73,10 @@ const RECENT_TTL: Duration = Duration::from_secs(10);
 /// keeps users); beyond, the engines are told to forget everything at the
 /// next reconnect instead.
 const GIVEN_MAX: usize = 65_536;
+
+/// Reads of users in flight at once; a lookup beyond is dropped, and a
+/// re-read (after a notification or an outage) waits its turn.
+const MAX_READING: usize = 64;
 
 /// The keyspace events the caches need: K (keyspace channel), g (DEL,
 /// RENAME, EXPIRE…), $ (string commands), s (set commands), x (expiry).
@@ -124,8 +137,7 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
         lookups,
         reloads,
         toml_users: config.live.users.keys().cloned().collect(),
-        given: HashSet::new(),
-        given_overflowed: false,
+        given: Given::default(),
     };
     tracing::info!(target: LOG, node = %c.node, "cluster store: users and secrets from Redis");
     tokio::spawn(task.run());
@@ -133,6 +145,7 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
 }
 
 /// The key names of coturn's schema for one realm.
+#[derive(Clone)]
 struct Schema {
     prefix: String,
 }
@@ -219,6 +232,41 @@ fn credential(password: Option<Vec<u8>>, key: Option<Vec<u8>>) -> Option<StaticU
 /// What a session with the store ended with.
 type Lost = String;
 
+/// The users whose credentials the task gave the engines, to read again
+/// when they change or after an outage. Names Redis lacks are not kept:
+/// any client can make up as many as it likes (the engines forget those
+/// after a while, and at once on a reconnect).
+#[derive(Default)]
+struct Given {
+    names: HashSet<String>,
+    /// Whether some were given beyond [`GIVEN_MAX`], untracked.
+    overflowed: bool,
+}
+
+impl Given {
+    /// The engines were given what Redis has of `name` (`found`: a user).
+    fn record(&mut self, name: &str, found: bool) {
+        if !found {
+            self.names.remove(name);
+        } else if self.names.len() < GIVEN_MAX {
+            self.names.insert(name.to_owned());
+        } else if !self.names.contains(name) {
+            self.overflowed = true;
+        }
+    }
+}
+
+/// The secrets to give the engines out of Redis's set: the non-empty ones,
+/// sorted, at most [`MAX_SECRETS`] (as `[auth]` allows); whether some were
+/// left out.
+fn usable_secrets(mut secrets: Vec<String>) -> (Vec<String>, bool) {
+    secrets.retain(|s| !s.is_empty());
+    secrets.sort();
+    let over = secrets.len() > MAX_SECRETS;
+    secrets.truncate(MAX_SECRETS);
+    (secrets, over)
+}
+
 struct Task {
     client: redis::Client,
     keys: Schema,
@@ -227,10 +275,7 @@ struct Task {
     lookups: mpsc::UnboundedReceiver<String>,
     reloads: mpsc::UnboundedReceiver<Vec<String>>,
     toml_users: Vec<String>,
-    /// Names whose answers the engines were given.
-    given: HashSet<String>,
-    /// Whether some were given beyond [`GIVEN_MAX`], untracked.
-    given_overflowed: bool,
+    given: Given,
 }
 
 /// An MGET of a user's password and key, as read by [`read_user`].
@@ -312,18 +357,27 @@ impl Task {
         }
         // Notifications may have been missed while away: what the engines
         // were given is read again below (or, if untracked, forgotten).
-        let again: Vec<String> = if self.given_overflowed {
+        let mut again: VecDeque<String> = if self.given.overflowed {
             self.control.cluster_forget(None);
-            self.given.clear();
-            self.given_overflowed = false;
-            Vec::new()
+            self.given = Given::default();
+            VecDeque::new()
         } else {
-            self.given.iter().cloned().collect()
+            self.control.cluster_forget_absent();
+            self.given.names.iter().cloned().collect()
         };
-        if let Err(e) = self.load_secrets(&mut conn).await {
-            return e;
+        match load_secrets(&self.keys, &mut conn).await {
+            Ok(secrets) => self.control.cluster_secrets(&secrets),
+            Err(e) => return e,
         }
-        self.warn_duplicates(&mut conn).await;
+        let (failed_tx, mut failed) = mpsc::unbounded_channel::<Lost>();
+        let (secrets_tx, mut secrets_read) = mpsc::unbounded_channel();
+        // Secret reads in order: an older one finishing last is dropped.
+        let (mut secrets_asked, mut secrets_given) = (0u64, 0u64);
+        tokio::spawn(warn_duplicates(
+            conn.clone(),
+            self.keys.clone(),
+            self.toml_users.clone(),
+        ));
         self.status.set(true);
         *backoff = BACKOFF_FIRST;
         tracing::info!(target: LOG, "cluster store connected");
@@ -333,10 +387,18 @@ impl Task {
         // Names being read, and whether a notification came meanwhile
         // (then the answer may be stale: the name is read again).
         let mut reading: HashMap<String, bool> = HashMap::new();
-        for name in again {
-            reading.insert(name.clone(), false);
-            read_user(&conn, &self.keys, name, &done_tx);
-        }
+        // `again` holds re-reads waiting for room among MAX_READING.
+        let start_reads = |reading: &mut HashMap<String, bool>, again: &mut VecDeque<String>| {
+            while reading.len() < MAX_READING
+                && let Some(name) = again.pop_front()
+            {
+                if !reading.contains_key(&name) {
+                    reading.insert(name.clone(), false);
+                    read_user(&conn, &self.keys, name, &done_tx);
+                }
+            }
+        };
+        start_reads(&mut reading, &mut again);
         let mut recent: HashMap<String, (Option<StaticUser>, tokio::time::Instant)> =
             HashMap::new();
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -352,32 +414,30 @@ impl Task {
                         self.control.cluster_user(&name, user.clone());
                         continue;
                     }
-                    reading.insert(name.clone(), false);
-                    read_user(&conn, &self.keys, name, &done_tx);
+                    // Over the bound the lookup is dropped: its request
+                    // is answered as an unknown user's.
+                    if reading.len() < MAX_READING {
+                        reading.insert(name.clone(), false);
+                        read_user(&conn, &self.keys, name, &done_tx);
+                    }
                 }
                 Some((name, read)) = done.recv() => {
                     let stale = reading.remove(&name).unwrap_or(false);
                     match read {
-                        Ok(Ok(_)) if stale => {
-                            reading.insert(name.clone(), false);
-                            read_user(&conn, &self.keys, name, &done_tx);
-                        }
+                        Ok(Ok(_)) if stale => again.push_front(name),
                         Ok(Ok((password, key))) => {
                             let user = credential(password, key);
                             self.control.cluster_user(&name, user.clone());
                             if recent.len() >= RECENT_MAX {
                                 recent.clear();
                             }
-                            recent.insert(name.clone(), (user, tokio::time::Instant::now()));
-                            if self.given.len() < GIVEN_MAX {
-                                self.given.insert(name);
-                            } else if !self.given.contains(&name) {
-                                self.given_overflowed = true;
-                            }
+                            self.given.record(&name, user.is_some());
+                            recent.insert(name, (user, tokio::time::Instant::now()));
                         }
                         Ok(Err(e)) => return format!("read: {e}"),
                         Err(_) => return "read: timed out".to_owned(),
                     }
+                    start_reads(&mut reading, &mut again);
                 }
                 message = messages.next() => {
                     let Some(m) = message else {
@@ -394,35 +454,56 @@ impl Task {
                             recent.remove(name);
                             if let Some(stale) = reading.get_mut(name) {
                                 *stale = true;
-                            } else if self.given.contains(name) {
-                                reading.insert(name.to_owned(), false);
-                                read_user(&conn, &self.keys, name.to_owned(), &done_tx);
+                            } else if self.given.names.contains(name) {
+                                again.push_back(name.to_owned());
+                                start_reads(&mut reading, &mut again);
                             }
                         }
                         Changed::Secrets => {
-                            if let Err(e) = self.load_secrets(&mut conn).await {
-                                return e;
-                            }
+                            secrets_asked += 1;
+                            let (keys, mut conn, tx) =
+                                (self.keys.clone(), conn.clone(), secrets_tx.clone());
+                            let asked = secrets_asked;
+                            tokio::spawn(async move {
+                                let _ = tx.send((asked, load_secrets(&keys, &mut conn).await));
+                            });
                         }
                         Changed::Other => {}
                     }
                 }
+                Some((asked, read)) = secrets_read.recv() => match read {
+                    Ok(secrets) if asked > secrets_given => {
+                        secrets_given = asked;
+                        self.control.cluster_secrets(&secrets);
+                    }
+                    Ok(_) => {}
+                    Err(e) => return e,
+                },
                 Some(users) = self.reloads.recv() => {
                     self.toml_users = users;
-                    self.warn_duplicates(&mut conn).await;
+                    tokio::spawn(warn_duplicates(
+                        conn.clone(),
+                        self.keys.clone(),
+                        self.toml_users.clone(),
+                    ));
                 }
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(
-                        COMMAND_TIMEOUT,
-                        redis::cmd("PING").query_async::<String>(&mut conn),
-                    )
-                    .await;
-                    match pong {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return format!("ping: {e}"),
-                        Err(_) => return "ping: timed out".to_owned(),
-                    }
+                    let (mut conn, failed) = (conn.clone(), failed_tx.clone());
+                    tokio::spawn(async move {
+                        let pong = tokio::time::timeout(
+                            COMMAND_TIMEOUT,
+                            redis::cmd("PING").query_async::<String>(&mut conn),
+                        )
+                        .await;
+                        let lost = match pong {
+                            Ok(Ok(_)) => return,
+                            Ok(Err(e)) => format!("ping: {e}"),
+                            Err(_) => "ping: timed out".to_owned(),
+                        };
+                        let _ = failed.send(lost);
+                    });
                 }
+                Some(lost) = failed.recv() => return lost,
             }
         }
     }
@@ -462,45 +543,61 @@ impl Task {
             );
         }
     }
+}
 
-    /// Read the secret set and give it to every engine.
-    async fn load_secrets(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<(), Lost> {
-        let read = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            conn.smembers::<_, Vec<String>>(self.keys.secrets()),
-        )
-        .await;
-        match read {
-            Ok(Ok(mut secrets)) => {
-                secrets.retain(|s| !s.is_empty());
-                secrets.sort();
-                self.control.cluster_secrets(&secrets);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(format!("read secrets: {e}")),
-            Err(_) => Err("read secrets: timed out".to_owned()),
-        }
-    }
-
-    /// Warn about each `[auth] users` name Redis defines too: the
-    /// configuration's entry is the one used.
-    async fn warn_duplicates(&self, conn: &mut redis::aio::MultiplexedConnection) {
-        for name in &self.toml_users {
-            let keys = [self.keys.password(name), self.keys.key(name)];
-            let read = tokio::time::timeout(
-                COMMAND_TIMEOUT,
-                conn.mget::<_, (Option<Vec<u8>>, Option<Vec<u8>>)>(&keys),
-            )
-            .await;
-            if let Ok(Ok((p, k))) = read
-                && (p.is_some() || k.is_some())
-            {
+/// Read the secret set (the part of it [`usable_secrets`] keeps).
+async fn load_secrets(
+    keys: &Schema,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<Vec<String>, Lost> {
+    let read = tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        conn.smembers::<_, Vec<String>>(keys.secrets()),
+    )
+    .await;
+    match read {
+        Ok(Ok(secrets)) => {
+            let (secrets, over) = usable_secrets(secrets);
+            if over {
                 tracing::warn!(
                     target: LOG,
-                    user = %name,
-                    "user defined in both [auth] users and Redis: the configuration's entry is used"
+                    "more than {MAX_SECRETS} secrets in {}: only the first {MAX_SECRETS} (sorted) are used",
+                    keys.secrets()
                 );
             }
+            Ok(secrets)
+        }
+        Ok(Err(e)) => Err(format!("read secrets: {e}")),
+        Err(_) => Err("read secrets: timed out".to_owned()),
+    }
+}
+
+/// Warn about each `[auth] users` name Redis defines too: the
+/// configuration's entry is the one used. One MGET for them all.
+async fn warn_duplicates(
+    mut conn: redis::aio::MultiplexedConnection,
+    keys: Schema,
+    names: Vec<String>,
+) {
+    if names.is_empty() {
+        return;
+    }
+    let read: Vec<String> = names
+        .iter()
+        .flat_map(|n| [keys.password(n), keys.key(n)])
+        .collect();
+    let values =
+        tokio::time::timeout(COMMAND_TIMEOUT, conn.mget::<_, Vec<Option<Vec<u8>>>>(&read)).await;
+    let Ok(Ok(values)) = values else {
+        return;
+    };
+    for (name, pair) in names.iter().zip(values.chunks(2)) {
+        if pair.iter().any(Option::is_some) {
+            tracing::warn!(
+                target: LOG,
+                user = %name,
+                "user defined in both [auth] users and Redis: the configuration's entry is used"
+            );
         }
     }
 }
@@ -533,6 +630,40 @@ mod tests {
             Schema::new("a*b").pattern(3),
             "__keyspace@3__:turn/realm/a\\*b/*"
         );
+    }
+
+    /// Names Redis lacks are not kept to read again (a spray of them
+    /// would make every reconnect re-read them all, or overflow the set
+    /// and make the engines forget every user); a user removed from Redis
+    /// leaves the set.
+    #[test]
+    fn only_users_found_are_tracked() {
+        let mut g = Given::default();
+        for i in 0..GIVEN_MAX + 10 {
+            g.record(&format!("junk{i}"), false);
+        }
+        assert!(g.names.is_empty());
+        assert!(!g.overflowed);
+        g.record("carol", true);
+        assert!(g.names.contains("carol"));
+        g.record("carol", false);
+        assert!(g.names.is_empty());
+    }
+
+    /// At most MAX_SECRETS from Redis, as from [auth]: each costs every
+    /// REST request a key derivation and an HMAC.
+    #[test]
+    fn secrets_from_redis_are_bounded() {
+        let set: Vec<String> = (0..3 * MAX_SECRETS)
+            .map(|i| format!("s{i:02}"))
+            .chain([String::new()])
+            .collect();
+        let (kept, over) = usable_secrets(set);
+        assert!(over);
+        assert_eq!(kept.len(), MAX_SECRETS);
+        assert_eq!(kept[0], "s00", "sorted: every node keeps the same ones");
+        let (kept, over) = usable_secrets(vec!["b".into(), String::new(), "a".into()]);
+        assert_eq!((kept, over), (vec!["a".to_owned(), "b".to_owned()], false));
     }
 
     #[test]

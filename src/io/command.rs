@@ -38,6 +38,8 @@ pub enum HostCommand {
     },
     /// The store changed this name (`None`: maybe any name).
     ClusterForget(Option<String>),
+    /// The store was away: names it lacked may exist now.
+    ClusterForgetAbsent,
     /// The store's REST secrets.
     ClusterSecrets(Vec<String>),
 }
@@ -106,6 +108,7 @@ impl HostCommand {
             HostCommand::ClusterLink(_) => engine.cluster_on(),
             HostCommand::ClusterUser { name, user } => engine.cluster_user(now, &name, user),
             HostCommand::ClusterForget(name) => engine.cluster_forget(name.as_deref()),
+            HostCommand::ClusterForgetAbsent => engine.cluster_forget_absent(),
             HostCommand::ClusterSecrets(secrets) => engine.cluster_secrets(&secrets),
         }
     }

@@ -109,6 +109,11 @@ impl Control {
         self.broadcast(|| HostCommand::ClusterForget(name.map(str::to_owned)));
     }
 
+    /// The store was away: every worker forgets the names it lacked.
+    pub fn cluster_forget_absent(&self) {
+        self.broadcast(|| HostCommand::ClusterForgetAbsent);
+    }
+
     /// The store's REST secrets, to every worker.
     pub fn cluster_secrets(&self, secrets: &[String]) {
         self.broadcast(|| HostCommand::ClusterSecrets(secrets.to_vec()));

@@ -75,6 +75,16 @@ impl Transport for Streams {
     type Relay = StreamRelay;
 
     fn watch(&mut self, new: Bound) -> Option<StreamRelay> {
+        // The client's connection, which holds the allocation from now on;
+        // one that closed meanwhile gets no relay (its allocation fails).
+        let conn = match new.client.map(|c| c.via) {
+            Some(Via::Stream { conn, .. }) => Some(conn),
+            _ => None,
+        };
+        if conn.is_some_and(|c| !self.conns.contains_key(&c)) {
+            tracing::debug!(bind = %new.bind, "relay for a closed connection refused");
+            return None;
+        }
         let sock = match UdpSocket::from_std(new.socket) {
             Ok(s) => Rc::new(s),
             Err(e) => {
@@ -83,11 +93,6 @@ impl Transport for Streams {
             }
         };
         let task = tokio::task::spawn_local(relay_loop(me()?, new.id, sock.clone()));
-        // The client's connection holds an allocation from now on.
-        let conn = match new.client.map(|c| c.via) {
-            Some(Via::Stream { conn, .. }) => Some(conn),
-            _ => None,
-        };
         if let Some(c) = conn.and_then(|c| self.conns.get(&c)) {
             c.clock.allocated();
         }

@@ -11,11 +11,17 @@
 //! Both caches are bounded ([`MAX_USERS`], [`MAX_ABSENT`]); a name known
 //! to be absent is forgotten after [`ABSENT_TTL`], or at once when the
 //! shell says the store changed it.
+//!
+//! Lookups are paid for by whoever asks for them, since any client can
+//! name a user nobody has: one source holds at most
+//! [`MAX_PARKED_PER_SOURCE`] parked requests, and one engine asks at most
+//! [`MAX_LOOKUPS_PER_SECOND`] lookups (the engine also charges each parked
+//! request to its source's unauthenticated-answer rate).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::addr::ClientAddr;
+use crate::addr::{ClientAddr, Origin};
 use crate::auth::{Key, StaticUser, rest_password};
 
 /// Users one engine keeps; beyond, an arbitrary one is forgotten (and
@@ -23,8 +29,8 @@ use crate::auth::{Key, StaticUser, rest_password};
 /// bytes) and the map's overhead: about 16 MB for names of 64 bytes.
 pub const MAX_USERS: usize = 65_536;
 
-/// Names known to be absent one engine keeps; beyond, the expired ones go,
-/// then arbitrary ones. A USERNAME is at most 763 bytes (RFC 8489 §14.3),
+/// Names known to be absent one engine keeps; beyond, the oldest go
+/// first (all live equally long, so the oldest expire first). A USERNAME is at most 763 bytes (RFC 8489 §14.3),
 /// so this holds at most about 3.3 MB of names.
 pub const MAX_ABSENT: usize = 4096;
 
@@ -34,8 +40,17 @@ pub const MAX_ABSENT: usize = 4096;
 pub const ABSENT_TTL: Duration = Duration::from_secs(10);
 
 /// Requests one engine holds while their users are looked up; beyond,
-/// a request is answered as an unknown user's at once.
+/// the busiest source's oldest parked request makes room (answered as an
+/// unknown user's), or the newcomer is if its source is the busiest.
 pub const MAX_PARKED: usize = 64;
+
+/// Parked requests of one source (an IPv4 address or an IPv6 /64); beyond,
+/// its request is answered as an unknown user's at once.
+pub const MAX_PARKED_PER_SOURCE: usize = 4;
+
+/// Lookups one engine asks per second; beyond, a request under a name it
+/// does not know is answered as an unknown user's without one.
+pub const MAX_LOOKUPS_PER_SECOND: u32 = 200;
 
 /// The longest a request waits for a lookup.
 pub const PARK_TIMEOUT: Duration = Duration::from_millis(50);
@@ -47,6 +62,18 @@ pub(super) struct Parked {
     pub packet: Vec<u8>,
     pub name: String,
     pub deadline: Instant,
+}
+
+/// What [`ClusterUsers::park`] did with a request.
+#[derive(Debug)]
+pub(super) enum Park {
+    /// Held until its lookup's answer or its deadline.
+    Held,
+    /// Held, and this other request was let go to make room: it is to be
+    /// answered as an unknown user's now.
+    Displaced(Parked),
+    /// Not held: to be answered as an unknown user's now.
+    Refused,
 }
 
 /// What the cache says of a name.
@@ -63,8 +90,16 @@ pub(super) struct ClusterUsers {
     pub on: bool,
     /// Users, their keys derived for the realm.
     users: HashMap<String, StaticUser>,
-    /// Names the store does not have, until when that is believed.
-    absent: HashMap<String, Instant>,
+    /// Names the store does not have: until when that is believed, and
+    /// the number of their entry in `absent_order`.
+    absent: HashMap<String, (Instant, u64)>,
+    /// The same names oldest first, by entry number (an entry whose name
+    /// was forgotten or learnt again since is stale).
+    absent_order: VecDeque<(u64, String)>,
+    /// The number of the next entry of `absent_order`.
+    absent_next: u64,
+    /// The start of the current second of lookups, and how many it asked.
+    lookups: Option<(Instant, u32)>,
     /// The store's REST secrets.
     secrets: Vec<Vec<u8>>,
     pub parked: Vec<Parked>,
@@ -78,7 +113,7 @@ impl ClusterUsers {
             return Known::User(u);
         }
         match self.absent.get(name) {
-            Some(&until) if until > now => Known::Absent,
+            Some(&(until, _)) if until > now => Known::Absent,
             _ => Known::Unknown,
         }
     }
@@ -97,17 +132,41 @@ impl ClusterUsers {
                 self.users.insert(name.to_owned(), u);
             }
             None => {
-                if self.absent.len() >= MAX_ABSENT {
-                    self.absent.retain(|_, &mut until| until > now);
+                // Expired names go, then the oldest while full: each costs
+                // O(1), however many are kept.
+                while let Some((entry, old)) = self.absent_order.front() {
+                    match self.absent.get(old) {
+                        Some(&(until, e)) if e == *entry => {
+                            if until > now && self.absent.len() < MAX_ABSENT {
+                                break;
+                            }
+                            self.absent.remove(old);
+                        }
+                        _ => {}
+                    }
+                    self.absent_order.pop_front();
                 }
-                if self.absent.len() >= MAX_ABSENT
-                    && let Some(k) = self.absent.keys().next().cloned()
-                {
-                    self.absent.remove(&k);
+                let entry = self.absent_next;
+                self.absent_next += 1;
+                self.absent
+                    .insert(name.to_owned(), (now + ABSENT_TTL, entry));
+                self.absent_order.push_back((entry, name.to_owned()));
+                // Names forgotten or learnt again leave stale entries
+                // behind: drop them before they outnumber the live ones.
+                if self.absent_order.len() > 2 * MAX_ABSENT {
+                    let absent = &self.absent;
+                    self.absent_order
+                        .retain(|(entry, n)| absent.get(n).is_some_and(|&(_, e)| e == *entry));
                 }
-                self.absent.insert(name.to_owned(), now + ABSENT_TTL);
             }
         }
+    }
+
+    /// Forget every name known to be absent (the store may have gained
+    /// them while the shell could not hear of it).
+    pub fn forget_absent(&mut self) {
+        self.absent = HashMap::new();
+        self.absent_order = VecDeque::new();
     }
 
     /// Forget what is known of `name`, or of every name.
@@ -119,7 +178,7 @@ impl ClusterUsers {
             }
             None => {
                 self.users = HashMap::new();
-                self.absent = HashMap::new();
+                self.forget_absent();
             }
         }
     }
@@ -144,18 +203,76 @@ impl ClusterUsers {
         (self.users.len(), self.absent.len())
     }
 
-    /// Hold a request for `name`; false when [`MAX_PARKED`] are held.
-    /// Whether the shell must be asked is [`Self::waiting_for`] before.
-    pub fn park(&mut self, now: Instant, client: ClientAddr, packet: &[u8], name: &str) -> bool {
-        if self.parked.len() >= MAX_PARKED {
-            return false;
+    /// Hold a request for `name`, whose lookup is to be asked if `ask`
+    /// (no request waits for it yet: [`Self::waiting_for`]). Refused when
+    /// its source holds [`MAX_PARKED_PER_SOURCE`], when its lookup is over
+    /// [`MAX_LOOKUPS_PER_SECOND`], or when [`MAX_PARKED`] are held and no
+    /// other source holds more than its own.
+    pub fn park(
+        &mut self,
+        now: Instant,
+        client: ClientAddr,
+        packet: &[u8],
+        name: &str,
+        ask: bool,
+    ) -> Park {
+        let origin = Origin::of(client.remote.ip());
+        let held = |o: Origin| {
+            self.parked
+                .iter()
+                .filter(|p| Origin::of(p.client.remote.ip()) == o)
+                .count()
+        };
+        let mine = held(origin);
+        if mine >= MAX_PARKED_PER_SOURCE {
+            return Park::Refused;
         }
+        // Full: the oldest request of the busiest source makes room.
+        let mut room = None;
+        if self.parked.len() >= MAX_PARKED {
+            let busiest = self
+                .parked
+                .iter()
+                .map(|p| Origin::of(p.client.remote.ip()))
+                .max_by_key(|&o| held(o))
+                .expect("parked requests");
+            if held(busiest) <= mine {
+                return Park::Refused;
+            }
+            room = self
+                .parked
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| Origin::of(p.client.remote.ip()) == busiest)
+                .min_by_key(|(_, p)| p.deadline)
+                .map(|(i, _)| i);
+        }
+        if ask && !self.take_lookup(now) {
+            return Park::Refused;
+        }
+        let displaced = room.map(|i| self.parked.swap_remove(i));
         self.parked.push(Parked {
             client,
             packet: packet.to_vec(),
             name: name.to_owned(),
             deadline: now + PARK_TIMEOUT,
         });
+        match displaced {
+            Some(p) => Park::Displaced(p),
+            None => Park::Held,
+        }
+    }
+
+    /// Whether one more lookup fits in this second's budget (and count it).
+    fn take_lookup(&mut self, now: Instant) -> bool {
+        let (start, asked) = match self.lookups {
+            Some((start, asked)) if now < start + Duration::from_secs(1) => (start, asked),
+            _ => (now, 0),
+        };
+        if asked >= MAX_LOOKUPS_PER_SECOND {
+            return false;
+        }
+        self.lookups = Some((start, asked + 1));
         true
     }
 
@@ -213,5 +330,35 @@ mod tests {
         assert!(matches!(c.known(&last, t0), Known::Unknown));
         c.forget(None);
         assert_eq!(c.sizes(), (0, 0));
+    }
+
+    /// A full absent cache lets its oldest name go (not an arbitrary one,
+    /// and without scanning the rest); names learnt again or forgotten
+    /// leave no more than a bounded queue behind.
+    #[test]
+    fn absent_names_leave_oldest_first() {
+        let mut c = ClusterUsers::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_ABSENT {
+            c.learn(t0, &format!("a{i}"), None);
+        }
+        for i in 0..10 {
+            c.learn(t0, &format!("b{i}"), None);
+            assert!(matches!(c.known(&format!("a{i}"), t0), Known::Unknown));
+            assert!(matches!(c.known(&format!("a{}", i + 1), t0), Known::Absent));
+        }
+        assert_eq!(c.sizes(), (0, MAX_ABSENT));
+        // The same name again and again: one entry, a bounded queue.
+        for _ in 0..5 * MAX_ABSENT {
+            c.learn(t0, "again", None);
+            c.forget(Some("again"));
+        }
+        assert!(c.absent_order.len() <= 2 * MAX_ABSENT + 1);
+        // Expired names go as new ones come.
+        let later = t0 + ABSENT_TTL;
+        c.learn(later, "new", None);
+        assert_eq!(c.sizes(), (0, 1));
+        c.forget_absent();
+        assert!(matches!(c.known("new", later), Known::Unknown));
     }
 }

@@ -544,6 +544,13 @@ impl Engine {
         self.cluster.forget(name);
     }
 
+    /// The shell reconnected to the store after missing its notifications:
+    /// names believed absent may exist now, and are looked up again when
+    /// next used (users it gave are read anew and given again instead).
+    pub fn cluster_forget_absent(&mut self) {
+        self.cluster.forget_absent();
+    }
+
     /// The store's REST secrets, which verify REST usernames beside the
     /// configuration's.
     pub fn cluster_secrets(&mut self, secrets: &[String]) {
@@ -821,7 +828,10 @@ impl Engine {
     }
 
     /// A stream connection closed: its allocation goes with it (RFC 8656 §3.1).
+    /// Requests it had parked for a user lookup go too, unanswered: their
+    /// replay must not allocate for a 5-tuple that is gone.
     pub fn connection_closed(&mut self, now: Instant, client: ClientAddr) {
+        drop(self.cluster.unpark(|p| p.client == client));
         if let Some(id) = self.by_client.get(&client).copied() {
             tracing::info!(target: LOG_TARGET, %client, "connection closed; allocation deleted");
             self.stats.allocations_deleted += 1;
@@ -1104,10 +1114,24 @@ impl Engine {
                     }
                     cluster::Known::Absent => {}
                     cluster::Known::Unknown if !self.cluster.replaying => {
+                        // Any client can name a user nobody has: each
+                        // parked request counts against its source's
+                        // unauthenticated answers before it costs a lookup.
+                        let rate = self.cfg.live.limits.unauthenticated_rate;
                         let ask = !self.cluster.waiting_for(&username);
-                        if self.cluster.park(now, client, &m.raw, &username) {
+                        let parked = if self.cfg.shared.limiter.allow(now, client.remote.ip(), rate)
+                        {
+                            self.cluster.park(now, client, &m.raw, &username, ask)
+                        } else {
+                            cluster::Park::Refused
+                        };
+                        if !matches!(parked, cluster::Park::Refused) {
                             if ask {
                                 self.out.push_back(Output::LookupUser { name: username });
+                            }
+                            // The request that made room is answered now.
+                            if let cluster::Park::Displaced(p) = parked {
+                                self.replay(now, vec![p]);
                             }
                             return Err(Reject::Parked);
                         }

@@ -170,6 +170,9 @@ pub enum Error {
     GroupFull,
     /// More messages than the session's rate allows; they were dropped.
     RateLimited,
+    /// A receiver's outbox had no room for the message: it was dropped
+    /// for that receiver (the others got it).
+    PeerBusy,
 }
 
 impl Error {
@@ -189,6 +192,7 @@ impl Error {
             Error::InRoom(_) => "in-room",
             Error::GroupFull => "group-full",
             Error::RateLimited => "rate-limited",
+            Error::PeerBusy => "peer-busy",
         }
     }
 
@@ -224,6 +228,7 @@ impl Error {
             Error::RateLimited => format!(
                 "too many messages: at most {RATE_BURST} at once and {RATE_PER_SECOND} a second; the excess was dropped"
             ),
+            Error::PeerBusy => "a receiver has not read what it was sent yet: this message was not passed to it (the others got it); send it again later".into(),
         }
     }
 

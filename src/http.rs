@@ -411,13 +411,14 @@ enum Stage {
 /// Whom the cap on the whole listener weighs: a [`Peer`], with the /64s
 /// of an IPv6 /48 counted as one ([`Origin::site`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Site {
+pub enum Site {
     Peer(Peer),
+    /// The top 48 bits of an IPv6 address.
     V6(u64),
 }
 
 impl Site {
-    fn of(peer: Peer) -> Site {
+    pub fn of(peer: Peer) -> Site {
         match peer {
             Peer::Net(o) => o.site().map_or(Site::Peer(peer), Site::V6),
             Peer::Uid(_) => Site::Peer(peer),

@@ -217,6 +217,8 @@ struct App {
 struct Signal {
     hub: Hub,
     outboxes: HashMap<PeerId, Outbox>,
+    /// The origin of the hub's clock ([`Hub::advance`]).
+    started: Instant,
 }
 
 /// Where messages for one client wait for its writer, bounded in bytes.
@@ -260,7 +262,14 @@ impl Signal {
         Signal {
             hub: Hub::new(room_size),
             outboxes: HashMap::new(),
+            started: Instant::now(),
         }
+    }
+
+    /// Bring the hub's clock to now, before it hears of a session.
+    fn advance_clock(&mut self) {
+        let now = self.started.elapsed().as_micros() as u64;
+        self.hub.advance(now);
     }
 
     /// Queue `deliveries`, caused by a message (or the leaving) of `from`.
@@ -560,6 +569,7 @@ async fn signaling(socket: WebSocket, app: Arc<App>, source: http::Peer) {
     {
         let mut s = app.signal.lock().unwrap();
         s.outboxes.insert(id, outbox);
+        s.advance_clock();
         s.hub.connect(id, source);
     }
     let mut writer = tokio::spawn(write_loop(sink, rx, counters));
@@ -683,6 +693,7 @@ async fn read_loop(
                 too_large(&mut s, text.len());
             }
             Ok(Message::Text(text)) => {
+                s.advance_clock();
                 let out = s.hub.message(id, &text);
                 s.deliver(id, out);
             }

@@ -247,15 +247,16 @@ async fn a_peer_that_does_not_read_is_cut_off_and_the_other_goes_on() {
 
     // a sends offers of 60 kB until it hears peer-left. Once b's outbox is
     // full, a's offers are dropped for b and a hears peer-busy (and
-    // rate-limited past its burst); b, which reads nothing, is cut off
-    // when it has read nothing for the stall timeout (3 s). At most 2000
-    // offers (120 MB) and 20 s.
+    // rate-limited past its burst: 256 KiB, then 64 KiB a second); b,
+    // which reads nothing, is cut off once its socket buffers are full
+    // and it has read nothing for the stall timeout (3 s). At most 10000
+    // offers and 40 s.
     let offer = json!({"type": "offer", "to": ib, "sdp": format!("v=0\r\n{}", "a".repeat(60_000))});
-    let stop = Instant::now() + Duration::from_secs(20);
+    let stop = Instant::now() + Duration::from_secs(40);
     let mut sent = 0;
     let mut busy = 0;
     let mut left = false;
-    while sent < 2000 && !left && Instant::now() < stop {
+    while sent < 10_000 && !left && Instant::now() < stop {
         a.send_json(&offer).await;
         sent += 1;
         while let Ok(m) = tokio::time::timeout(Duration::from_millis(5), a.recv()).await {

@@ -30,7 +30,9 @@
 //! members of its room see as `peer-left`; a session sending more
 //! than [`signal::RATE_BURST`] messages at once, or more than
 //! [`signal::RATE_PER_SECOND`] a second after that, has the excess dropped
-//! (and is told once per run of drops).
+//! (and is told once per run of drops), and so has one sending more than
+//! [`signal::BYTES_BURST`] at once or [`signal::BYTES_PER_SECOND`] after
+//! that.
 
 pub mod ice;
 pub mod signal;
@@ -675,8 +677,15 @@ async fn read_loop(
             heard.store(now, Ordering::Relaxed);
         }
         let mut s = app.signal.lock().unwrap();
-        if let Ok(Message::Text(_) | Message::Binary(_)) = msg {
-            match rate.take(now) {
+        let len = match &msg {
+            Ok(Message::Text(t)) => Some(t.len()),
+            Ok(Message::Binary(b)) => Some(b.len()),
+            _ => None,
+        };
+        if let Some(len) = len {
+            // One over the limit is answered with an error, not passed:
+            // it costs no more than the largest one passed.
+            match rate.take(now, len.min(signal::MAX_MESSAGE)) {
                 signal::Admit::Pass => {}
                 signal::Admit::DropAndWarn => {
                     s.deliver(id, vec![Delivery::error(id, &signal::Error::RateLimited)]);

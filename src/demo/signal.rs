@@ -231,7 +231,9 @@ impl Error {
                 "the broadcast group is full ({GROUP_SIZE} sessions, {GROUP_PER_SOURCE} per address): join a room instead"
             ),
             Error::RateLimited => format!(
-                "too many messages: at most {RATE_BURST} at once and {RATE_PER_SECOND} a second; the excess was dropped"
+                "too many messages: at most {RATE_BURST} ({} KiB) at once and {RATE_PER_SECOND} ({} KiB) a second; the excess was dropped",
+                BYTES_BURST >> 10,
+                BYTES_PER_SECOND >> 10
             ),
             Error::PeerBusy => "a receiver has not read what it was sent yet: this message was not passed to it (the others got it); send it again later".into(),
         }
@@ -383,14 +385,23 @@ fn truncate(s: &str, max: usize) -> String {
 /// offer or answer and a dozen candidates to each of 7 peers at once.
 pub const RATE_BURST: u32 = 200;
 pub const RATE_PER_SECOND: u32 = 50;
+/// Bytes of messages a session may send at once, and its steady rate
+/// after that: a room's worth of SDP is a few dozen KiB, and a burst of
+/// the largest messages cannot fill another client's outbox many times
+/// over ([`Rate`]).
+pub const BYTES_BURST: u32 = 256 << 10;
+pub const BYTES_PER_SECOND: u32 = 64 << 10;
 
-/// One session's message budget: [`RATE_BURST`] tokens, refilled at
-/// [`RATE_PER_SECOND`]. Time comes in as microseconds, so it is tested
-/// with values.
+/// One session's budget, two token buckets: [`RATE_BURST`] messages,
+/// refilled at [`RATE_PER_SECOND`], and [`BYTES_BURST`] bytes, refilled
+/// at [`BYTES_PER_SECOND`]; a message passes if both can pay for it.
+/// Time comes in as microseconds, so it is tested with values.
 #[derive(Debug, Clone)]
 pub struct Rate {
-    /// Tokens, in millionths.
+    /// Message tokens, in millionths.
     micro_tokens: u64,
+    /// Byte tokens, in millionths.
+    micro_bytes: u64,
     last: u64,
     /// Whether the sender was told of the current run of drops.
     warned: bool,
@@ -410,6 +421,7 @@ impl Default for Rate {
     fn default() -> Self {
         Rate {
             micro_tokens: u64::from(RATE_BURST) * 1_000_000,
+            micro_bytes: u64::from(BYTES_BURST) * 1_000_000,
             last: 0,
             warned: false,
         }
@@ -417,14 +429,18 @@ impl Default for Rate {
 }
 
 impl Rate {
-    /// Spend one token for a message arriving at `now_us`.
-    pub fn take(&mut self, now_us: u64) -> Admit {
-        let full = u64::from(RATE_BURST) * 1_000_000;
-        let earned = now_us.saturating_sub(self.last) * u64::from(RATE_PER_SECOND);
-        self.micro_tokens = (self.micro_tokens + earned).min(full);
+    /// Pay for a message of `len` bytes arriving at `now_us`.
+    pub fn take(&mut self, now_us: u64, len: usize) -> Admit {
+        let elapsed = now_us.saturating_sub(self.last);
+        self.micro_tokens = (self.micro_tokens + elapsed * u64::from(RATE_PER_SECOND))
+            .min(u64::from(RATE_BURST) * 1_000_000);
+        self.micro_bytes = (self.micro_bytes + elapsed * u64::from(BYTES_PER_SECOND))
+            .min(u64::from(BYTES_BURST) * 1_000_000);
         self.last = now_us.max(self.last);
-        if self.micro_tokens >= 1_000_000 {
+        let bytes = len as u64 * 1_000_000;
+        if self.micro_tokens >= 1_000_000 && self.micro_bytes >= bytes {
             self.micro_tokens -= 1_000_000;
+            self.micro_bytes -= bytes;
             self.warned = false;
             Admit::Pass
         } else if self.warned {
@@ -1067,12 +1083,14 @@ mod tests {
     #[test]
     fn rate_allows_a_burst_then_a_steady_rate_and_warns_once_per_run() {
         let mut rate = Rate::default();
-        let passed = (0..1000).filter(|_| rate.take(0) == Admit::Pass).count();
+        let passed = (0..1000)
+            .filter(|_| rate.take(0, 100) == Admit::Pass)
+            .count();
         assert_eq!(passed, RATE_BURST as usize);
         let mut rate = Rate::default();
         let mut verdicts = Vec::new();
         for _ in 0..RATE_BURST + 3 {
-            verdicts.push(rate.take(1_000));
+            verdicts.push(rate.take(1_000, 100));
         }
         assert_eq!(
             &verdicts[RATE_BURST as usize..],
@@ -1081,9 +1099,27 @@ mod tests {
         // One second later: RATE_PER_SECOND more, then a new warning.
         let later = 1_001_000;
         let passed = (0..RATE_PER_SECOND)
-            .filter(|_| rate.take(later) == Admit::Pass)
+            .filter(|_| rate.take(later, 100) == Admit::Pass)
             .count();
         assert_eq!(passed, RATE_PER_SECOND as usize);
-        assert_eq!(rate.take(later), Admit::DropAndWarn);
+        assert_eq!(rate.take(later, 100), Admit::DropAndWarn);
+    }
+
+    /// Large messages spend the byte budget first: BYTES_BURST at once,
+    /// then BYTES_PER_SECOND, however many messages are left.
+    #[test]
+    fn rate_budgets_bytes_too() {
+        let mut rate = Rate::default();
+        let big = MAX_MESSAGE;
+        let at_once = BYTES_BURST as usize / big;
+        let passed = (0..20).filter(|_| rate.take(0, big) == Admit::Pass).count();
+        assert_eq!(passed, at_once);
+        // Not even a small one is left (the sender was told already).
+        assert_eq!(rate.take(0, 10), Admit::Drop);
+        let second = 1_000_000;
+        let passed = (0..20)
+            .filter(|_| rate.take(second, big) == Admit::Pass)
+            .count();
+        assert_eq!(passed, BYTES_PER_SECOND as usize / big);
     }
 }

@@ -15,6 +15,7 @@
 //! a connection gets [`CONNECTION_TIMEOUT`] in all until its answer is
 //! written or it has become a WebSocket.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt;
@@ -224,7 +225,7 @@ impl Client {
     pub fn take_slot(&self) -> Option<Slot> {
         let slot = self.slot.lock().unwrap().take();
         if let Some(s) = &slot {
-            s.set_busy(false);
+            s.set_upgraded();
         }
         slot
     }
@@ -366,12 +367,16 @@ impl Listener {
 
 /// The connections of one listener, with a cap per [`Peer`] and a cap in
 /// all. A new connection is always let in if some connection can make room
-/// for it: when its peer is at its cap, that peer's oldest idle connection
-/// is closed; when the listener is full, the oldest idle connection of the
-/// peer holding the most is closed (else the oldest idle one of anybody).
-/// Idle means not marked busy: still sending its head, waiting for its
-/// response to be read, or anything its owner did not mark. Only when
-/// nothing is idle is the new connection refused.
+/// for it: when its peer is at its cap, one of that peer's idle connections
+/// is closed; when the listener is full, one of the idle connections of the
+/// site holding the most is closed (else one of anybody's). A site is a
+/// [`Peer`], except that the /64s of one IPv6 /48 count as one: whoever
+/// holds many /64s usually holds them in one /48. Of the candidates, one
+/// still sending its request head goes first, then one whose answer is
+/// being read, then a WebSocket; the oldest first within each. Idle means
+/// not marked busy: still sending its head, waiting for its response to be
+/// read, or anything its owner did not mark. Only when nothing is idle is
+/// the new connection refused.
 pub struct Slots {
     table: Mutex<Table>,
     max: usize,
@@ -388,14 +393,47 @@ struct Table {
 struct Entry {
     peer: Peer,
     busy: bool,
+    stage: Stage,
     abort: Option<AbortHandle>,
 }
 
+/// How far a connection got, in the order they are closed to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// No complete request head yet.
+    Head,
+    /// Its request was answered (the answer may still be read).
+    Answered,
+    /// A WebSocket (its slot was taken by a long-lived task).
+    Upgraded,
+}
+
+/// Whom the cap on the whole listener weighs: a [`Peer`], with the /64s
+/// of an IPv6 /48 counted as one ([`Origin::site`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Site {
+    Peer(Peer),
+    /// The top 48 bits of an IPv6 address.
+    V6(u64),
+}
+
+impl Site {
+    pub fn of(peer: Peer) -> Site {
+        match peer {
+            Peer::Net(o) => o.site().map_or(Site::Peer(peer), Site::V6),
+            Peer::Uid(_) => Site::Peer(peer),
+        }
+    }
+}
+
 impl Table {
-    fn oldest_idle(&self, of: impl Fn(Peer) -> bool) -> Option<u64> {
+    /// The idle connection of a peer matching `of` to close first: the
+    /// earliest [`Stage`], the oldest within it.
+    fn first_idle(&self, of: impl Fn(Peer) -> bool) -> Option<u64> {
         self.conns
             .iter()
-            .find(|(_, e)| !e.busy && of(e.peer))
+            .filter(|(_, e)| !e.busy && of(e.peer))
+            .min_by_key(|&(&id, e)| (e.stage, id))
             .map(|(&id, _)| id)
     }
 
@@ -404,13 +442,22 @@ impl Table {
         self.conns.values().filter(|e| e.peer == peer).count()
     }
 
-    /// The peer holding the most connections.
-    fn heaviest(&self) -> Option<Peer> {
-        let mut counts: HashMap<Peer, usize> = HashMap::new();
+    /// The site holding the most connections; of sites holding as many,
+    /// one whose idle connection of the earliest [`Stage`] is earliest (so
+    /// that a tie between many small sites closes a connection still
+    /// sending its head rather than a WebSocket).
+    fn heaviest(&self) -> Option<Site> {
+        // Per site: connections, and the earliest idle stage (None: none
+        // idle) reversed so that earlier weighs more.
+        let mut counts: HashMap<Site, (usize, Option<Reverse<Stage>>)> = HashMap::new();
         for e in self.conns.values() {
-            *counts.entry(e.peer).or_default() += 1;
+            let c = counts.entry(Site::of(e.peer)).or_default();
+            c.0 += 1;
+            if !e.busy {
+                c.1 = c.1.max(Some(Reverse(e.stage)));
+            }
         }
-        counts.into_iter().max_by_key(|&(_, n)| n).map(|(p, _)| p)
+        counts.into_iter().max_by_key(|&(_, c)| c).map(|(s, _)| s)
     }
 }
 
@@ -434,12 +481,12 @@ impl Slots {
     pub fn admit(self: &Arc<Self>, peer: Peer) -> Option<Slot> {
         let mut t = self.table.lock().unwrap();
         let victim = if t.held_by(peer) >= self.per_peer {
-            Some(t.oldest_idle(|p| p == peer)?)
+            Some(t.first_idle(|p| p == peer)?)
         } else if t.conns.len() >= self.max {
             let heaviest = t.heaviest();
             Some(
-                t.oldest_idle(|p| Some(p) == heaviest)
-                    .or_else(|| t.oldest_idle(|_| true))?,
+                t.first_idle(|p| Some(Site::of(p)) == heaviest)
+                    .or_else(|| t.first_idle(|_| true))?,
             )
         } else {
             None
@@ -454,6 +501,7 @@ impl Slots {
             Entry {
                 peer,
                 busy: false,
+                stage: Stage::Head,
                 abort: None,
             },
         );
@@ -485,6 +533,12 @@ impl Slots {
         self.table.lock().unwrap().conns.len()
     }
 
+    /// Whether connection `id` is still held (not evicted, not ended).
+    #[cfg(test)]
+    pub fn holds(&self, id: u64) -> bool {
+        self.table.lock().unwrap().conns.contains_key(&id)
+    }
+
     /// Whether no connection is held.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
@@ -504,10 +558,21 @@ impl Slot {
         self.slots.attach(self.id, task);
     }
 
-    /// Mark the connection busy (never evicted) or idle again.
+    /// Mark the connection busy (never evicted) or idle again; busy also
+    /// means its request head is in.
     pub fn set_busy(&self, busy: bool) {
         if let Some(e) = self.slots.table.lock().unwrap().conns.get_mut(&self.id) {
             e.busy = busy;
+            e.stage = e.stage.max(Stage::Answered);
+        }
+    }
+
+    /// Mark the connection a WebSocket, idle: closed to make room only
+    /// after connections still in their HTTP exchange.
+    fn set_upgraded(&self) {
+        if let Some(e) = self.slots.table.lock().unwrap().conns.get_mut(&self.id) {
+            e.busy = false;
+            e.stage = Stage::Upgraded;
         }
     }
 }
@@ -832,5 +897,68 @@ mod tests {
         assert!(slots.admit(Peer::Uid(1000)).is_none());
         drop((a2, a4, a5, b2, b3));
         assert!(slots.is_empty());
+    }
+
+    /// Many IPv6 /64s of one /48 weigh as one site: a newcomer closes
+    /// one of theirs, not a WebSocket of a /48 holding a single one.
+    #[test]
+    fn slots_weigh_ipv6_by_48_and_close_heads_before_websockets() {
+        let peer = |ip: &str| Peer::of_ip(ip.parse().unwrap());
+        let slots = Slots::new(4, 2);
+        let websocket = slots.admit(peer("2001:db8:1::1")).unwrap();
+        websocket.set_upgraded();
+        // One connection from each of three /64s of another /48, also
+        // WebSockets: by /64 every peer holds one.
+        let many: Vec<Slot> = (1..=3)
+            .map(|n| {
+                let s = slots.admit(peer(&format!("2001:db8:2:{n}::1"))).unwrap();
+                s.set_upgraded();
+                s
+            })
+            .collect();
+        let mut newcomers = Vec::new();
+        for n in 1..=2 {
+            newcomers.push(slots.admit(peer(&format!("198.51.100.{n}"))).unwrap());
+            assert!(
+                slots.holds(websocket.id()),
+                "the lone /48's WebSocket stays"
+            );
+        }
+        assert_eq!(many.iter().filter(|s| slots.holds(s.id())).count(), 1);
+
+        // At a peer's cap, its connection still sending its head goes
+        // before its older WebSocket.
+        let slots = Slots::new(8, 2);
+        let a = peer("192.0.2.1");
+        let websocket = slots.admit(a).unwrap();
+        websocket.set_upgraded();
+        let head = slots.admit(a).unwrap();
+        let _next = slots.admit(a).unwrap();
+        assert!(slots.holds(websocket.id()));
+        assert!(!slots.holds(head.id()));
+
+        // A full listener, every site holding one: the connection still
+        // sending its head is closed, not the older WebSockets (nor one
+        // whose answer is being read, before the head).
+        let slots = Slots::new(4, 2);
+        let sockets: Vec<Slot> = (1..=2)
+            .map(|n| {
+                let s = slots.admit(peer(&format!("192.0.2.{n}"))).unwrap();
+                s.set_upgraded();
+                s
+            })
+            .collect();
+        let answered = slots.admit(peer("192.0.2.3")).unwrap();
+        answered.set_busy(true);
+        answered.set_busy(false);
+        let head = slots.admit(peer("192.0.2.4")).unwrap();
+        let newcomer = slots.admit(peer("198.51.100.1")).unwrap();
+        newcomer.set_busy(true);
+        assert!(!slots.holds(head.id()));
+        assert!(slots.holds(answered.id()));
+        assert!(sockets.iter().all(|s| slots.holds(s.id())));
+        let _next = slots.admit(peer("198.51.100.2")).unwrap();
+        assert!(!slots.holds(answered.id()));
+        assert!(sockets.iter().all(|s| slots.holds(s.id())));
     }
 }

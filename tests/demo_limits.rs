@@ -244,41 +244,76 @@ async fn a_peer_that_does_not_read_is_cut_off_and_the_other_goes_on() {
     let ia = join(&mut a, "outbox", &[]).await;
     let ib = join(&mut b, "outbox", &[ia]).await;
     assert_eq!(a.recv_json().await, peer_joined(ib));
+    // Two more members, so that b's socket buffers fill three times as
+    // fast (each sender's bytes are rate-limited).
+    let mut c = Client::connect(addr).await;
+    let ic = join(&mut c, "outbox", &[ia, ib]).await;
+    assert_eq!(a.recv_json().await, peer_joined(ic));
+    let mut d = Client::connect(addr).await;
+    let id = join(&mut d, "outbox", &[ia, ib, ic]).await;
+    assert_eq!(a.recv_json().await, peer_joined(id));
+    assert_eq!(c.recv_json().await, peer_joined(id));
+    let mut senders = [a, c, d];
 
-    // a sends offers of 60 kB until it hears peer-left: b's outbox went
-    // over 256 KiB on top of what the sockets hold. At most 400 (24 MB).
+    // a, c and d send offers of 60 kB to b until each hears peer-left.
+    // Once b's outbox is full, their offers are dropped for b and they
+    // hear peer-busy (and rate-limited past their bursts: 256 KiB, then
+    // 64 KiB a second each); b, which reads nothing, is cut off once its
+    // socket buffers are full and it has read nothing for the stall
+    // timeout (3 s). At most 10000 rounds and 60 s.
     let offer = json!({"type": "offer", "to": ib, "sdp": format!("v=0\r\n{}", "a".repeat(60_000))});
+    let stop = Instant::now() + Duration::from_secs(60);
     let mut sent = 0;
-    let mut left = false;
-    while sent < 400 && !left {
-        a.send_json(&offer).await;
-        sent += 1;
-        if sent % 10 == 0
-            && let Ok(m) = tokio::time::timeout(Duration::from_millis(20), a.recv()).await
-        {
+    let mut busy = 0;
+    let mut left = [false; 3];
+    while sent < 10_000 && left.contains(&false) && Instant::now() < stop {
+        for (k, s) in senders.iter_mut().enumerate() {
+            if left[k] {
+                continue;
+            }
+            s.send_json(&offer).await;
+            sent += 1;
+            while let Ok(m) = tokio::time::timeout(Duration::from_millis(2), s.recv()).await {
+                let Message::Text(t) = m else {
+                    panic!("unexpected {m:?}")
+                };
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match v["code"].as_str() {
+                    Some("peer-busy") => busy += 1,
+                    Some("rate-limited") => {}
+                    _ => {
+                        assert_eq!(v, peer_left(ib));
+                        left[k] = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(left, [true; 3], "b was not cut off after {sent} offers");
+    assert!(busy > 0, "the senders were never told b is busy");
+    // Offers sent after b was cut name a peer no longer in the room: each
+    // gets unknown-peer (or rate-limited, or peer-busy for one sent
+    // before), and nothing else comes.
+    let mut late = 0;
+    for s in &mut senders {
+        while let Ok(m) = tokio::time::timeout(Duration::from_millis(300), s.recv()).await {
             let Message::Text(t) = m else {
                 panic!("unexpected {m:?}")
             };
-            assert_eq!(serde_json::from_str::<Value>(&t).unwrap(), peer_left(ib));
-            left = true;
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert!(
+                matches!(
+                    v["code"].as_str(),
+                    Some("unknown-peer" | "rate-limited" | "peer-busy")
+                ),
+                "{v}"
+            );
+            late += 1;
+            assert!(late <= sent, "more errors than offers");
         }
     }
-    if !left {
-        assert_eq!(a.recv_json().await, peer_left(ib));
-    }
-    // Offers a sent after b was cut name a peer no longer in the room:
-    // each gets unknown-peer, and nothing else comes.
-    let mut late = 0;
-    while let Ok(m) = tokio::time::timeout(Duration::from_millis(300), a.recv()).await {
-        let Message::Text(t) = m else {
-            panic!("unexpected {m:?}")
-        };
-        let v: Value = serde_json::from_str(&t).unwrap();
-        assert_eq!(v["code"], "unknown-peer", "{v}");
-        late += 1;
-        assert!(late <= sent, "more errors than offers");
-    }
-    eprintln!("b was cut off after a sent {sent} offers of 60 kB");
+    eprintln!("b was cut off after {sent} offers of 60 kB ({busy} peer-busy)");
     assert!(
         demo.log_text().contains("does not read its messages"),
         "{}",
@@ -304,11 +339,16 @@ async fn a_peer_that_does_not_read_is_cut_off_and_the_other_goes_on() {
     }
     assert!(ended, "b's connection is still open");
 
-    // a is undisturbed: a newcomer joins and they relay both ways.
-    let mut c = Client::connect(addr).await;
-    let ic = join(&mut c, "outbox", &[ia]).await;
-    assert_eq!(a.recv_json().await, peer_joined(ic));
-    relay_both_ways(&mut a, &mut c, (ia, ic), "after the cut").await;
+    // The senders are undisturbed: a newcomer joins and relays both ways
+    // with a and with d.
+    let mut e = Client::connect(addr).await;
+    let ie = join(&mut e, "outbox", &[ia, ic, id]).await;
+    for s in &mut senders {
+        assert_eq!(s.recv_json().await, peer_joined(ie));
+    }
+    let [a, _, d] = &mut senders;
+    relay_both_ways(a, &mut e, (ia, ie), "after the cut").await;
+    relay_both_ways(d, &mut e, (id, ie), "after the cut").await;
 }
 
 /// A slow loris (a request head a byte at a time) and a silent socket

@@ -22,12 +22,17 @@
 //! WebSocket that sends nothing, not even a pong to the server's pings,
 //! for `[demo] idle_timeout` seconds is closed; a WebSocket message over
 //! [`signal::MAX_MESSAGE`] gets an error, and a frame or message over
-//! [`WS_HARD_LIMIT`] closes the connection (1009); and a client that lets
-//! more than [`OUTBOX_BYTES`] pile up unread is disconnected, which the
-//! other members of its room see as `peer-left`; a session sending more
+//! [`WS_HARD_LIMIT`] closes the connection (1009); other sessions'
+//! messages fill at most [`RELAY_BYTES`] of a client's outbox (the excess
+//! is dropped and its sender gets `peer-busy`), and a client that lets
+//! its own answers pile up past [`OUTBOX_BYTES`], or reads nothing for
+//! [`STALL_TIMEOUT`] while full, is disconnected, which the other
+//! members of its room see as `peer-left`; a session sending more
 //! than [`signal::RATE_BURST`] messages at once, or more than
 //! [`signal::RATE_PER_SECOND`] a second after that, has the excess dropped
-//! (and is told once per run of drops).
+//! (and is told once per run of drops), and so has one sending more than
+//! [`signal::BYTES_BURST`] at once or [`signal::BYTES_PER_SECOND`] after
+//! that.
 
 pub mod ice;
 pub mod signal;
@@ -56,7 +61,8 @@ use signal::{Delivery, Hub, PeerId};
 /// Connections held at once, from all clients.
 pub const MAX_CONNECTIONS: usize = 512;
 /// Bytes queued for one WebSocket client, counting [`MESSAGE_OVERHEAD`]
-/// per message; a client that lets more pile up unread is disconnected.
+/// per message; a client whose own answers pile up past it unread is
+/// disconnected (others' messages stop at [`RELAY_BYTES`]).
 /// Four of the largest signaling messages (64 KiB): at most 128 MiB for
 /// [`MAX_CONNECTIONS`] inside the TURN process.
 pub const OUTBOX_BYTES: usize = 256 << 10;
@@ -213,6 +219,8 @@ struct App {
 struct Signal {
     hub: Hub,
     outboxes: HashMap<PeerId, Outbox>,
+    /// The origin of the hub's clock ([`Hub::advance`]).
+    started: Instant,
 }
 
 /// Where messages for one client wait for its writer, bounded in bytes.
@@ -220,24 +228,96 @@ struct Outbox {
     tx: mpsc::UnboundedSender<Outgoing>,
     /// Bytes queued, by [`Outgoing::cost`].
     queued: Arc<AtomicUsize>,
-    /// Woken when the client is to be cut off: its outbox overflowed.
+    /// Messages the writer has handed to the socket so far.
+    written: Arc<AtomicU64>,
+    /// Since when messages of other sessions found no room here, and what
+    /// `written` was then: a client that reads nothing during
+    /// [`STALL_TIMEOUT`] of that is cut off.
+    full_since: Option<(Instant, u64)>,
+    /// Woken when the client is to be cut off: it does not read.
     kick: Arc<Notify>,
 }
+
+impl Outbox {
+    fn new(tx: mpsc::UnboundedSender<Outgoing>, kick: Arc<Notify>) -> Outbox {
+        Outbox {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            written: Arc::new(AtomicU64::new(0)),
+            full_since: None,
+            kick,
+        }
+    }
+}
+
+/// What the messages of other sessions (relayed, or news of their joining
+/// and leaving) may fill of a client's outbox; the rest is kept for the
+/// client's own answers, so that others cannot make those overflow.
+const RELAY_BYTES: usize = OUTBOX_BYTES - signal::MAX_MESSAGE;
+/// How long a client may leave its outbox full of others' messages
+/// without reading any of it before it is cut off as one that does not
+/// read. While its writer gets anything out, it stays.
+const STALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Signal {
     fn new(room_size: usize) -> Signal {
         Signal {
             hub: Hub::new(room_size),
             outboxes: HashMap::new(),
+            started: Instant::now(),
         }
     }
 
-    /// Queue `deliveries`; a client whose outbox is full is dropped (its
-    /// connection closes at once, unflushed).
-    fn deliver(&mut self, deliveries: Vec<Delivery>) {
+    /// Bring the hub's clock to now, before it hears of a session.
+    fn advance_clock(&mut self) {
+        let now = self.started.elapsed().as_micros() as u64;
+        self.hub.advance(now);
+    }
+
+    /// Queue `deliveries`, caused by a message (or the leaving) of `from`.
+    /// Its own answers always go in; a client whose own answers overflow
+    /// its outbox is dropped (its connection closes at once, unflushed).
+    /// What goes to others is dropped when it would fill their outbox past
+    /// [`RELAY_BYTES`], and `from` is told (`peer-busy`, once per call):
+    /// one session never cuts off another by sending it much.
+    fn deliver(&mut self, from: PeerId, deliveries: Vec<Delivery>) {
+        let mut refused = false;
         for d in deliveries {
-            self.send(d.to, Outgoing::Text(d.text));
+            if d.to == from {
+                self.send(d.to, Outgoing::Text(d.text));
+            } else if !self.relay(d.to, Outgoing::Text(d.text)) {
+                refused = true;
+            }
         }
+        if refused {
+            self.send(from, Outgoing::Text(signal::Error::PeerBusy.to_json()));
+        }
+    }
+
+    /// Queue `o` from another session for `to` if its outbox has room
+    /// within [`RELAY_BYTES`]; false if it was dropped. A client that has
+    /// read nothing for [`STALL_TIMEOUT`] while full is cut off.
+    fn relay(&mut self, to: PeerId, o: Outgoing) -> bool {
+        let Some(out) = self.outboxes.get_mut(&to) else {
+            return true;
+        };
+        let queued = out.queued.load(Ordering::Relaxed);
+        if queued + o.cost() <= RELAY_BYTES {
+            out.full_since = None;
+            self.send(to, o);
+            return true;
+        }
+        let written = out.written.load(Ordering::Relaxed);
+        let now = Instant::now();
+        match out.full_since {
+            Some((since, then)) if then == written => {
+                if now.duration_since(since) >= STALL_TIMEOUT {
+                    self.cut_off(to, queued);
+                }
+            }
+            _ => out.full_since = Some((now, written)),
+        }
+        false
     }
 
     fn send(&mut self, to: PeerId, o: Outgoing) {
@@ -247,13 +327,20 @@ impl Signal {
         let cost = o.cost();
         let queued = out.queued.fetch_add(cost, Ordering::Relaxed) + cost;
         if queued > OUTBOX_BYTES || out.tx.send(o).is_err() {
-            tracing::info!(
-                peer = to,
-                queued,
-                "demo: signaling client does not read its messages, disconnecting"
-            );
+            self.cut_off(to, queued);
+        }
+    }
+
+    /// Drop `to`, which does not read its messages: its connection closes
+    /// at once, unflushed.
+    fn cut_off(&mut self, to: PeerId, queued: usize) {
+        tracing::info!(
+            peer = to,
+            queued,
+            "demo: signaling client does not read its messages, disconnecting"
+        );
+        if let Some(out) = self.outboxes.remove(&to) {
             out.kick.notify_one();
-            self.outboxes.remove(&to);
         }
     }
 }
@@ -356,9 +443,10 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 }
 
 /// Check a WebSocket opening handshake (RFC 6455 §4.2.1) beyond what
-/// axum checks: the refusal to answer, if any. Pages of the demo's own
-/// origin and of `allowed` (`[demo] allowed_origins`, lower case) may
-/// connect.
+/// axum checks: the refusal to answer, if any. A request with an `Origin`
+/// (RFC 6454 §7; browsers send one) must come from a page of `allowed`
+/// (`[demo] allowed_origins`, lower case) or of the demo's own origin, see
+/// [`own_origin`]; one without (not a browser) may connect.
 fn upgrade_refusal(headers: &HeaderMap, allowed: &[String]) -> Option<Response> {
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     if !has_token(headers, header::UPGRADE, "websocket")
@@ -386,12 +474,10 @@ fn upgrade_refusal(headers: &HeaderMap, allowed: &[String]) -> Option<Response> 
             "missing or invalid Sec-WebSocket-Key",
         ));
     }
-    // Browsers send Origin: only pages of this origin, or of one the
-    // operator allowed, may signal here.
-    if let (Some(origin), Some(host)) = (text(header::ORIGIN), text(header::HOST)) {
-        let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
-        let listed = allowed.iter().any(|a| a.eq_ignore_ascii_case(origin));
-        if !authority.eq_ignore_ascii_case(host) && !listed {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let listed = origin != "null" && allowed.iter().any(|a| a.eq_ignore_ascii_case(origin));
+        if !listed && !own_origin(origin, text(header::HOST)) {
             return Some(http::error(
                 StatusCode::FORBIDDEN,
                 "cross-origin signaling refused",
@@ -399,6 +485,27 @@ fn upgrade_refusal(headers: &HeaderMap, allowed: &[String]) -> Option<Response> 
         }
     }
     None
+}
+
+/// Whether `origin` is the demo's own for a request with Host `host`:
+/// `http://` and that Host, which must name this machine without DNS (an
+/// IP literal or `localhost`, [`http::is_local_authority`]). A page that
+/// reached the demo by a domain name could be another site's after DNS
+/// rebinding (which sets Host too), so names must be listed in `[demo]
+/// allowed_origins`. An opaque origin (`null`: sandboxed frames, files)
+/// never matches.
+fn own_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host.map(str::trim) else {
+        return false;
+    };
+    let Some(authority) = origin
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .map(|_| &origin[7..])
+    else {
+        return false;
+    };
+    authority.eq_ignore_ascii_case(host) && http::is_local_authority(host, &[])
 }
 
 /// Switch a checked request to a WebSocket, which takes over the
@@ -458,21 +565,16 @@ async fn signaling(socket: WebSocket, app: Arc<App>, source: http::Peer) {
     let id = app.next_id.fetch_add(1, Ordering::Relaxed);
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
     let kick = Arc::new(Notify::new());
+    let outbox = Outbox::new(tx, kick.clone());
+    let counters = (outbox.queued.clone(), outbox.written.clone());
     {
         let mut s = app.signal.lock().unwrap();
-        s.outboxes.insert(
-            id,
-            Outbox {
-                tx,
-                queued: queued.clone(),
-                kick: kick.clone(),
-            },
-        );
+        s.outboxes.insert(id, outbox);
+        s.advance_clock();
         s.hub.connect(id, source);
     }
-    let mut writer = tokio::spawn(write_loop(sink, rx, queued));
+    let mut writer = tokio::spawn(write_loop(sink, rx, counters));
     // However this ends, also when the task is aborted to make room for
     // another connection: out of its room and its outbox, writer stopped.
     let _leave = Leave {
@@ -514,7 +616,7 @@ async fn signaling(socket: WebSocket, app: Arc<App>, source: http::Peer) {
 /// it twice does nothing.
 fn leave(s: &mut Signal, id: PeerId) {
     let out = s.hub.disconnect(id);
-    s.deliver(out);
+    s.deliver(id, out);
     s.outboxes.remove(&id);
 }
 
@@ -575,30 +677,38 @@ async fn read_loop(
             heard.store(now, Ordering::Relaxed);
         }
         let mut s = app.signal.lock().unwrap();
-        if let Ok(Message::Text(_) | Message::Binary(_)) = msg {
-            match rate.take(now) {
+        let len = match &msg {
+            Ok(Message::Text(t)) => Some(t.len()),
+            Ok(Message::Binary(b)) => Some(b.len()),
+            _ => None,
+        };
+        if let Some(len) = len {
+            // One over the limit is answered with an error, not passed:
+            // it costs no more than the largest one passed.
+            match rate.take(now, len.min(signal::MAX_MESSAGE)) {
                 signal::Admit::Pass => {}
                 signal::Admit::DropAndWarn => {
-                    s.deliver(vec![Delivery::error(id, &signal::Error::RateLimited)]);
+                    s.deliver(id, vec![Delivery::error(id, &signal::Error::RateLimited)]);
                     continue;
                 }
                 signal::Admit::Drop => continue,
             }
         }
         let too_large = |s: &mut Signal, n: usize| {
-            s.deliver(vec![Delivery::error(id, &signal::Error::TooLarge(n))]);
+            s.deliver(id, vec![Delivery::error(id, &signal::Error::TooLarge(n))]);
         };
         match msg {
             Ok(Message::Text(text)) if text.len() > signal::MAX_MESSAGE => {
                 too_large(&mut s, text.len());
             }
             Ok(Message::Text(text)) => {
+                s.advance_clock();
                 let out = s.hub.message(id, &text);
-                s.deliver(out);
+                s.deliver(id, out);
             }
             Ok(Message::Binary(b)) if b.len() > signal::MAX_MESSAGE => too_large(&mut s, b.len()),
             Ok(Message::Binary(_)) => {
-                s.deliver(vec![Delivery::error(id, &signal::Error::Binary)]);
+                s.deliver(id, vec![Delivery::error(id, &signal::Error::Binary)]);
             }
             Ok(Message::Ping(_) | Message::Pong(_)) => {}
             Ok(Message::Close(_)) => return,
@@ -630,7 +740,7 @@ async fn read_loop(
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    queued: Arc<AtomicUsize>,
+    (queued, written): (Arc<AtomicUsize>, Arc<AtomicU64>),
 ) {
     while let Some(o) = rx.recv().await {
         let cost = o.cost();
@@ -653,6 +763,7 @@ async fn write_loop(
             break;
         }
         queued.fetch_sub(cost, Ordering::Relaxed);
+        written.fetch_add(1, Ordering::Relaxed);
     }
     // Flushes what tungstenite queued by itself (the answer to the
     // client's close frame) and ends the connection.
@@ -735,12 +846,12 @@ credential_ttl = 120
             h
         };
         let ws = [
-            ("host", "a:1"),
+            ("host", "192.0.2.1:1"),
             ("upgrade", "websocket"),
             ("connection", "keep-alive, Upgrade"),
             ("sec-websocket-version", "13"),
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ("origin", "http://a:1"),
+            ("origin", "http://192.0.2.1:1"),
         ];
         assert!(upgrade_refusal(&headers(&ws), &app.allowed_origins).is_none());
         let status = |pairs: &[(&'static str, &'static str)]| {
@@ -767,5 +878,160 @@ credential_ttl = 120
             h[i] = changed;
             assert_eq!(status(&h), want, "{changed:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::*;
+
+    fn ws_headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("host", host),
+        ] {
+            h.insert(k, HeaderValue::from_str(v).unwrap());
+        }
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        h
+    }
+
+    /// A page's origin matching Host is the demo's own only when Host
+    /// names this machine without DNS (a rebinding page sets both to its
+    /// name), with the http scheme; `null` never passes, not even listed;
+    /// a client without Origin does.
+    #[test]
+    fn own_origin_is_an_ip_literal_or_localhost_over_http() {
+        let allowed = vec!["https://app.example".to_owned(), "null".to_owned()];
+        let refused = |origin: &str, host: &str| {
+            upgrade_refusal(&ws_headers(Some(origin), host), &allowed).map(|r| r.status().as_u16())
+        };
+        for (origin, host) in [
+            ("http://evil.example:8080", "evil.example:8080"),
+            ("http://turn.example", "turn.example"),
+            ("null", "null"),
+            ("null", "127.0.0.1:8080"),
+            ("https://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("ws://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("http://127.0.0.1:8081", "127.0.0.1:8080"),
+            ("http://127.0.0.1:8080", "rebind.example:8080"),
+        ] {
+            assert_eq!(refused(origin, host), Some(403), "{origin} / {host}");
+        }
+        for (origin, host) in [
+            ("http://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("HTTP://LocalHost:8080", "localhost:8080"),
+            ("http://[::1]:8080", "[::1]:8080"),
+            ("http://192.0.2.7", "192.0.2.7"),
+            ("https://app.example", "turn.example"),
+        ] {
+            assert_eq!(refused(origin, host), None, "{origin} / {host}");
+        }
+        assert!(upgrade_refusal(&ws_headers(None, "turn.example"), &allowed).is_none());
+    }
+}
+
+#[cfg(test)]
+mod outbox_tests {
+    use super::*;
+
+    /// A hub with members 1 to 4 (different addresses, all in the
+    /// tutorial's group), with their outboxes' receiving ends.
+    fn group_of_four() -> (Signal, Vec<mpsc::UnboundedReceiver<Outgoing>>) {
+        let mut s = Signal::new(4);
+        let mut rxs = Vec::new();
+        for id in 1..=4u64 {
+            let (tx, rx) = mpsc::unbounded_channel();
+            s.outboxes
+                .insert(id, Outbox::new(tx, Arc::new(Notify::new())));
+            s.hub.connect(
+                id,
+                http::Peer::of_ip(format!("198.51.100.{id}").parse().unwrap()),
+            );
+            rxs.push(rx);
+        }
+        assert_eq!(s.hub.group().len(), 4);
+        (s, rxs)
+    }
+
+    fn largest_broadcast() -> String {
+        let pad = "x".repeat(signal::MAX_MESSAGE - 40);
+        let msg = format!(r#"{{"event":"offer","data":"{pad}"}}"#);
+        assert!(msg.len() <= signal::MAX_MESSAGE);
+        msg
+    }
+
+    fn texts(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            if let Outgoing::Text(t) = o {
+                out.push(t);
+            }
+        }
+        out
+    }
+
+    /// Five of the largest broadcasts from one member, before any writer
+    /// runs, cut off nobody: what does not fit a receiver's share of its
+    /// outbox is dropped for that receiver and the sender hears
+    /// `peer-busy`.
+    #[test]
+    fn a_burst_from_one_member_cuts_off_nobody() {
+        let (mut s, mut rxs) = group_of_four();
+        let msg = largest_broadcast();
+        for _ in 0..5 {
+            let out = s.hub.message(1, &msg);
+            s.deliver(1, out);
+        }
+        let mut left: Vec<_> = s.outboxes.keys().copied().collect();
+        left.sort_unstable();
+        assert_eq!(left, [1, 2, 3, 4], "every member is still connected");
+        for id in 2..=4u64 {
+            let queued = s.outboxes[&id].queued.load(Ordering::Relaxed);
+            assert!(queued <= RELAY_BYTES, "{id}: {queued}");
+            let got = texts(&mut rxs[id as usize - 1]);
+            assert!(!got.is_empty() && got.len() < 5, "{id}: {}", got.len());
+            assert!(got.iter().all(|t| *t == msg));
+        }
+        let errors = texts(&mut rxs[0]);
+        assert!(!errors.is_empty());
+        assert!(errors.iter().all(|t| t.contains("peer-busy")), "{errors:?}");
+        // The receivers' own answers still find room.
+        let out = s.hub.message(2, "not json");
+        s.deliver(2, out);
+        assert!(s.outboxes.contains_key(&2));
+        assert!(texts(&mut rxs[1])[0].contains("bad-json"));
+    }
+
+    /// A receiver that reads nothing while its outbox stays full is cut
+    /// off after STALL_TIMEOUT; one whose writer got something out stays.
+    #[test]
+    fn a_receiver_that_reads_nothing_is_cut_off_after_the_stall_timeout() {
+        let (mut s, _rxs) = group_of_four();
+        let msg = largest_broadcast();
+        for _ in 0..4 {
+            let out = s.hub.message(1, &msg);
+            s.deliver(1, out);
+        }
+        // Full and refused since long enough ago: 2 read something since
+        // then, 3 and 4 did not.
+        let past = Instant::now() - STALL_TIMEOUT;
+        for id in 2..=4u64 {
+            let out = s.outboxes.get_mut(&id).unwrap();
+            assert!(out.full_since.is_some(), "{id}");
+            out.full_since = Some((past, 0));
+        }
+        s.outboxes[&2].written.store(1, Ordering::Relaxed);
+        let out = s.hub.message(1, &msg);
+        s.deliver(1, out);
+        let mut left: Vec<_> = s.outboxes.keys().copied().collect();
+        left.sort_unstable();
+        assert_eq!(left, [1, 2]);
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! **The tutorial's broadcast group.** A session that has not joined a
 //! room belongs to the tutorial's group (while it has room: [`GROUP_SIZE`]
-//! sessions, [`GROUP_PER_SOURCE`] per IP address or IPv6 /64); its
+//! sessions, [`GROUP_PER_SOURCE`] per IP address or IPv6 /48; a newcomer
+//! takes the place of a member silent for [`GROUP_SILENCE`]); its
 //! `{"event":"offer"|"answer"|"candidate","data":…}` messages reach every
 //! other member of the group unchanged, as the classic WebRTC tutorial's
 //! server passes each message to every other session. Joining a room
@@ -37,7 +38,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::http::Peer as Source;
+use crate::http::{Peer as Source, Site};
 
 /// Members a room holds unless `[demo] room_size` says otherwise.
 pub const DEFAULT_ROOM_SIZE: usize = 4;
@@ -47,8 +48,12 @@ pub const MAX_ROOM_SIZE: usize = 8;
 /// Sessions the tutorial's broadcast group holds: each of its messages is
 /// copied to all the others, so this bounds the fan-out.
 pub const GROUP_SIZE: usize = 16;
-/// Members of the broadcast group one IP address (or IPv6 /64) may be.
+/// Members of the broadcast group one IP address (or IPv6 /48) may be.
 pub const GROUP_PER_SOURCE: usize = 4;
+/// A member of the broadcast group that has sent nothing for this long
+/// gives its place to a session the group has no room for: sessions that
+/// merely stay connected cannot hold the group.
+pub const GROUP_SILENCE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Largest message accepted, in bytes (an SDP with audio, video, data and
 /// trickled candidates is well under 16 KiB).
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -170,6 +175,9 @@ pub enum Error {
     GroupFull,
     /// More messages than the session's rate allows; they were dropped.
     RateLimited,
+    /// A receiver's outbox had no room for the message: it was dropped
+    /// for that receiver (the others got it).
+    PeerBusy,
 }
 
 impl Error {
@@ -189,6 +197,7 @@ impl Error {
             Error::InRoom(_) => "in-room",
             Error::GroupFull => "group-full",
             Error::RateLimited => "rate-limited",
+            Error::PeerBusy => "peer-busy",
         }
     }
 
@@ -222,8 +231,11 @@ impl Error {
                 "the broadcast group is full ({GROUP_SIZE} sessions, {GROUP_PER_SOURCE} per address): join a room instead"
             ),
             Error::RateLimited => format!(
-                "too many messages: at most {RATE_BURST} at once and {RATE_PER_SECOND} a second; the excess was dropped"
+                "too many messages: at most {RATE_BURST} ({} KiB) at once and {RATE_PER_SECOND} ({} KiB) a second; the excess was dropped",
+                BYTES_BURST >> 10,
+                BYTES_PER_SECOND >> 10
             ),
+            Error::PeerBusy => "a receiver has not read what it was sent yet: this message was not passed to it (the others got it); send it again later".into(),
         }
     }
 
@@ -373,14 +385,23 @@ fn truncate(s: &str, max: usize) -> String {
 /// offer or answer and a dozen candidates to each of 7 peers at once.
 pub const RATE_BURST: u32 = 200;
 pub const RATE_PER_SECOND: u32 = 50;
+/// Bytes of messages a session may send at once, and its steady rate
+/// after that: a room's worth of SDP is a few dozen KiB, and a burst of
+/// the largest messages cannot fill another client's outbox many times
+/// over ([`Rate`]).
+pub const BYTES_BURST: u32 = 256 << 10;
+pub const BYTES_PER_SECOND: u32 = 64 << 10;
 
-/// One session's message budget: [`RATE_BURST`] tokens, refilled at
-/// [`RATE_PER_SECOND`]. Time comes in as microseconds, so it is tested
-/// with values.
+/// One session's budget, two token buckets: [`RATE_BURST`] messages,
+/// refilled at [`RATE_PER_SECOND`], and [`BYTES_BURST`] bytes, refilled
+/// at [`BYTES_PER_SECOND`]; a message passes if both can pay for it.
+/// Time comes in as microseconds, so it is tested with values.
 #[derive(Debug, Clone)]
 pub struct Rate {
-    /// Tokens, in millionths.
+    /// Message tokens, in millionths.
     micro_tokens: u64,
+    /// Byte tokens, in millionths.
+    micro_bytes: u64,
     last: u64,
     /// Whether the sender was told of the current run of drops.
     warned: bool,
@@ -400,6 +421,7 @@ impl Default for Rate {
     fn default() -> Self {
         Rate {
             micro_tokens: u64::from(RATE_BURST) * 1_000_000,
+            micro_bytes: u64::from(BYTES_BURST) * 1_000_000,
             last: 0,
             warned: false,
         }
@@ -407,14 +429,18 @@ impl Default for Rate {
 }
 
 impl Rate {
-    /// Spend one token for a message arriving at `now_us`.
-    pub fn take(&mut self, now_us: u64) -> Admit {
-        let full = u64::from(RATE_BURST) * 1_000_000;
-        let earned = now_us.saturating_sub(self.last) * u64::from(RATE_PER_SECOND);
-        self.micro_tokens = (self.micro_tokens + earned).min(full);
+    /// Pay for a message of `len` bytes arriving at `now_us`.
+    pub fn take(&mut self, now_us: u64, len: usize) -> Admit {
+        let elapsed = now_us.saturating_sub(self.last);
+        self.micro_tokens = (self.micro_tokens + elapsed * u64::from(RATE_PER_SECOND))
+            .min(u64::from(RATE_BURST) * 1_000_000);
+        self.micro_bytes = (self.micro_bytes + elapsed * u64::from(BYTES_PER_SECOND))
+            .min(u64::from(BYTES_BURST) * 1_000_000);
         self.last = now_us.max(self.last);
-        if self.micro_tokens >= 1_000_000 {
+        let bytes = len as u64 * 1_000_000;
+        if self.micro_tokens >= 1_000_000 && self.micro_bytes >= bytes {
             self.micro_tokens -= 1_000_000;
+            self.micro_bytes -= bytes;
             self.warned = false;
             Admit::Pass
         } else if self.warned {
@@ -472,8 +498,13 @@ pub struct Hub {
     /// Where each connected session comes from.
     sources: HashMap<PeerId, Source>,
     /// The broadcast group, in the order its members came; at most
-    /// [`GROUP_SIZE`], [`GROUP_PER_SOURCE`] per source.
+    /// [`GROUP_SIZE`], [`GROUP_PER_SOURCE`] per [`Site`].
     group: Vec<PeerId>,
+    /// When each session last sent a message (or connected), in
+    /// microseconds of the hub's clock.
+    last_heard: HashMap<PeerId, u64>,
+    /// The time, as last told by [`Hub::advance`].
+    now_us: u64,
 }
 
 impl Default for Hub {
@@ -491,18 +522,30 @@ impl Hub {
             member_of: HashMap::new(),
             sources: HashMap::new(),
             group: Vec::new(),
+            last_heard: HashMap::new(),
+            now_us: 0,
         }
+    }
+
+    /// Tell the hub the time, in microseconds on a monotonic clock (it
+    /// never goes back): what tells a silent member of the group.
+    pub fn advance(&mut self, now_us: u64) {
+        self.now_us = self.now_us.max(now_us);
     }
 
     /// A session connected from `source`: it joins the broadcast group if
     /// the group has a place for it.
     pub fn connect(&mut self, peer: PeerId, source: Source) {
         self.sources.insert(peer, source);
+        self.last_heard.insert(peer, self.now_us);
         self.enter_group(peer);
     }
 
     /// Handle the text of one message from `from`.
     pub fn message(&mut self, from: PeerId, text: &str) -> Vec<Delivery> {
+        if let Some(t) = self.last_heard.get_mut(&from) {
+            *t = self.now_us;
+        }
         match parse(text) {
             Ok(msg) => self.handle(from, msg),
             Err(e) => vec![Delivery::error(from, &e)],
@@ -549,6 +592,7 @@ impl Hub {
     pub fn disconnect(&mut self, peer: PeerId) -> Vec<Delivery> {
         self.group.retain(|&p| p != peer);
         self.sources.remove(&peer);
+        self.last_heard.remove(&peer);
         if !self.member_of.contains_key(&peer) {
             return Vec::new();
         }
@@ -572,18 +616,37 @@ impl Hub {
         self.rooms.len()
     }
 
-    /// Put `peer` in the broadcast group if there is a place for it.
+    /// Put `peer` in the broadcast group if there is a place for it, or
+    /// one a member silent for [`GROUP_SILENCE`] gives up: of its own site
+    /// when that has [`GROUP_PER_SOURCE`] members, else of any site when
+    /// the group is full; the one silent longest.
     fn enter_group(&mut self, peer: PeerId) -> bool {
-        let Some(source) = self.sources.get(&peer) else {
+        let Some(&source) = self.sources.get(&peer) else {
             return false;
         };
-        let same_source = self
-            .group
-            .iter()
-            .filter(|p| self.sources.get(p) == Some(source))
-            .count();
-        if self.group.len() >= GROUP_SIZE || same_source >= GROUP_PER_SOURCE {
-            return false;
+        let site = Site::of(source);
+        let of_site = |p: &PeerId| self.sources.get(p).map(|&s| Site::of(s)) == Some(site);
+        let same_site = self.group.iter().filter(|p| of_site(p)).count();
+        let crowded: Option<&dyn Fn(&PeerId) -> bool> = if same_site >= GROUP_PER_SOURCE {
+            Some(&of_site)
+        } else if self.group.len() >= GROUP_SIZE {
+            Some(&|_| true)
+        } else {
+            None
+        };
+        if let Some(among) = crowded {
+            let silence = GROUP_SILENCE.as_micros() as u64;
+            let silent = self
+                .group
+                .iter()
+                .filter(|p| among(p))
+                .map(|&p| (self.last_heard.get(&p).copied().unwrap_or(0), p))
+                .filter(|&(heard, _)| self.now_us.saturating_sub(heard) >= silence)
+                .min();
+            let Some((_, gone)) = silent else {
+                return false;
+            };
+            self.group.retain(|&p| p != gone);
         }
         self.group.push(peer);
         true
@@ -955,15 +1018,79 @@ mod tests {
         assert_eq!(hub.message(2, text).len(), GROUP_SIZE - 1);
     }
 
+    /// An IPv6 /48 counts as one address in the group, and members that
+    /// stay silent for GROUP_SILENCE give their places to newcomers: the
+    /// one silent longest first, of the newcomer's own site when that is
+    /// at its cap.
+    #[test]
+    fn silent_members_give_their_places_and_ipv6_counts_by_48() {
+        let v6 = |n: u16| Source::of_ip(format!("2001:db8:7:{n}::1").parse().unwrap());
+        let text = r#"{"event":"offer","data":{}}"#;
+        let mut hub = Hub::new(4);
+        // Many /64s of one /48: GROUP_PER_SOURCE members.
+        for id in 1..=GROUP_PER_SOURCE as u64 + 1 {
+            hub.connect(id, v6(id as u16));
+        }
+        assert_eq!(hub.group(), [1, 2, 3, 4]);
+        // Other addresses fill the group, all at time 0.
+        for id in 10..10 + (GROUP_SIZE - GROUP_PER_SOURCE) as u64 {
+            hub.connect(id, source(id as u8));
+        }
+        assert_eq!(hub.group().len(), GROUP_SIZE);
+        let silence = GROUP_SILENCE.as_micros() as u64;
+        // Not silent long enough: a newcomer stays out.
+        hub.advance(silence - 1);
+        hub.connect(100, source(100));
+        assert!(!hub.group().contains(&100));
+        // Member 10 and member 2 spoke since; at GROUP_SILENCE the
+        // newcomer takes the place of 1, silent longest of all (10 would
+        // be as old, but it spoke).
+        hub.advance(silence / 2);
+        hub.message(10, text);
+        hub.message(2, text);
+        hub.advance(silence);
+        hub.connect(101, source(101));
+        assert!(hub.group().contains(&101));
+        assert!(!hub.group().contains(&1));
+        assert!(hub.group().contains(&10) && hub.group().contains(&2));
+        // The next newcomer takes the place of the next silent longest
+        // (3, which came before 4 and the others).
+        hub.connect(102, source(102));
+        assert!(hub.group().contains(&102) && !hub.group().contains(&3));
+        assert_eq!(hub.group().len(), GROUP_SIZE);
+        // One that lost its place gets it back the same way when it
+        // speaks, and hears group-full while nobody is silent.
+        hub.advance(2 * silence);
+        for &p in &hub.group().to_vec() {
+            hub.message(p, text);
+        }
+        assert_eq!(error_code(&hub.message(1, text), 1), "group-full");
+
+        // A fifth of a /48 at its cap takes the place of a silent member
+        // of its own site, not of an older silent one of another address.
+        let mut hub = Hub::new(4);
+        hub.connect(50, source(50));
+        hub.advance(silence / 2);
+        for id in 1..=GROUP_PER_SOURCE as u64 {
+            hub.connect(id, v6(id as u16));
+        }
+        hub.advance(2 * silence);
+        hub.message(2, text);
+        hub.connect(5, v6(5));
+        assert_eq!(hub.group(), [50, 2, 3, 4, 5]);
+    }
+
     #[test]
     fn rate_allows_a_burst_then_a_steady_rate_and_warns_once_per_run() {
         let mut rate = Rate::default();
-        let passed = (0..1000).filter(|_| rate.take(0) == Admit::Pass).count();
+        let passed = (0..1000)
+            .filter(|_| rate.take(0, 100) == Admit::Pass)
+            .count();
         assert_eq!(passed, RATE_BURST as usize);
         let mut rate = Rate::default();
         let mut verdicts = Vec::new();
         for _ in 0..RATE_BURST + 3 {
-            verdicts.push(rate.take(1_000));
+            verdicts.push(rate.take(1_000, 100));
         }
         assert_eq!(
             &verdicts[RATE_BURST as usize..],
@@ -972,9 +1099,27 @@ mod tests {
         // One second later: RATE_PER_SECOND more, then a new warning.
         let later = 1_001_000;
         let passed = (0..RATE_PER_SECOND)
-            .filter(|_| rate.take(later) == Admit::Pass)
+            .filter(|_| rate.take(later, 100) == Admit::Pass)
             .count();
         assert_eq!(passed, RATE_PER_SECOND as usize);
-        assert_eq!(rate.take(later), Admit::DropAndWarn);
+        assert_eq!(rate.take(later, 100), Admit::DropAndWarn);
+    }
+
+    /// Large messages spend the byte budget first: BYTES_BURST at once,
+    /// then BYTES_PER_SECOND, however many messages are left.
+    #[test]
+    fn rate_budgets_bytes_too() {
+        let mut rate = Rate::default();
+        let big = MAX_MESSAGE;
+        let at_once = BYTES_BURST as usize / big;
+        let passed = (0..20).filter(|_| rate.take(0, big) == Admit::Pass).count();
+        assert_eq!(passed, at_once);
+        // Not even a small one is left (the sender was told already).
+        assert_eq!(rate.take(0, 10), Admit::Drop);
+        let second = 1_000_000;
+        let passed = (0..20)
+            .filter(|_| rate.take(second, big) == Admit::Pass)
+            .count();
+        assert_eq!(passed, BYTES_PER_SECOND as usize / big);
     }
 }

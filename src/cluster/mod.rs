@@ -78,6 +78,10 @@ const GIVEN_MAX: usize = 65_536;
 /// re-read (after a notification or an outage) waits its turn.
 const MAX_READING: usize = 64;
 
+/// Lookups waiting for the task, from every engine together (each engine
+/// asks at most 200 a second): beyond this they are dropped.
+const LOOKUP_QUEUE: usize = 4096;
+
 /// The keyspace events the caches need: K (keyspace channel), g (DEL,
 /// RENAME, EXPIRE…), $ (string commands), s (set commands), x (expiry).
 const EVENTS: &str = "Kg$sx";
@@ -126,7 +130,10 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
             return None;
         }
     };
-    let (lookups_tx, lookups) = mpsc::unbounded_channel();
+    // Bounded: while the task is busy connecting, a full queue drops new
+    // lookups (their requests get 401 after the park timeout) instead of
+    // growing.
+    let (lookups_tx, lookups) = mpsc::channel(LOOKUP_QUEUE);
     control.cluster_link(lookups_tx);
     let (reloaded, reloads) = mpsc::unbounded_channel();
     let task = Task {
@@ -272,7 +279,7 @@ struct Task {
     keys: Schema,
     control: Control,
     status: Arc<Status>,
-    lookups: mpsc::UnboundedReceiver<String>,
+    lookups: mpsc::Receiver<String>,
     reloads: mpsc::UnboundedReceiver<Vec<String>>,
     toml_users: Vec<String>,
     given: Given,

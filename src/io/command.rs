@@ -30,7 +30,7 @@ pub enum HostCommand {
     Drain(crate::engine::Redirect),
     /// Names the engine asks the cluster store for go here
     /// ([`crate::engine::Output::LookupUser`]); carried out by the host.
-    ClusterLink(mpsc::UnboundedSender<String>),
+    ClusterLink(mpsc::Sender<String>),
     /// The store's credential of a name, or `None`: it has none.
     ClusterUser {
         name: String,

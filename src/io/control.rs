@@ -92,7 +92,7 @@ impl Control {
     }
 
     /// Send every worker's cluster lookups to `tx`, and turn them on.
-    pub fn cluster_link(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+    pub fn cluster_link(&self, tx: tokio::sync::mpsc::Sender<String>) {
         self.broadcast(|| HostCommand::ClusterLink(tx.clone()));
     }
 

@@ -120,7 +120,7 @@ pub struct Host<T: Transport> {
     send_drops: u64,
     /// Where the engine's cluster lookups go, once the cluster task linked
     /// this host ([`HostCommand::ClusterLink`]).
-    lookups: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    lookups: Option<tokio::sync::mpsc::Sender<String>>,
     /// The relay table was emptied after holding many: compact it.
     compact_due: bool,
     pub transport: T,
@@ -315,8 +315,10 @@ impl<T: Transport> Host<T> {
                 // For a kernel fast path to mirror; nothing here uses them yet.
                 Output::Grant(_) => {}
                 Output::LookupUser { name } => {
+                    // A full queue drops the lookup: its requests get 401
+                    // when their park time ends, as with Redis away.
                     if let Some(tx) = &self.lookups {
-                        let _ = tx.send(name);
+                        let _ = tx.try_send(name);
                     }
                 }
             }

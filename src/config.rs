@@ -705,9 +705,12 @@ from_string! {
     /// A log level or tracing filter.
     #[derive(Debug)]
     LogLevel(String),
-    |v| match tracing_subscriber::EnvFilter::try_new(&v) {
-        Ok(_) => Ok(v),
-        Err(_) => Err(format!(
+    // tracing-subscriber's directive parser slices at byte offsets and
+    // panics inside a multi-byte character: only ASCII reaches it (targets
+    // are Rust paths, levels are words).
+    |v| match v.is_ascii().then(|| tracing_subscriber::EnvFilter::try_new(&v)) {
+        Some(Ok(_)) => Ok(v),
+        _ => Err(format!(
             "{v:?} is not a level (error, warn, info, debug, trace) or filter"
         )),
     }

@@ -942,3 +942,15 @@ fn errors_in_auth_and_admin_never_quote_a_value() {
         "unknown field `sekrets`, expected one of `secrets`"
     );
 }
+
+#[test]
+fn a_log_filter_with_non_ascii_is_refused_not_a_panic() {
+    // The fuzz target's find: tracing-subscriber panicked on this.
+    let text = GOOD.replace(
+        "[auth]",
+        "[log]\nlevel = \"cert,\u{85}\u{85}\u{85}oo=ooo\"\n[auth]",
+    );
+    let e = parse(Path::new("f.toml"), &text).unwrap_err();
+    assert_eq!(e.key, "log.level", "{e}");
+    assert!(e.reason.contains("is not a level"), "{e}");
+}

@@ -705,10 +705,15 @@ from_string! {
     /// A log level or tracing filter.
     #[derive(Debug)]
     LogLevel(String),
-    // tracing-subscriber's directive parser slices at byte offsets and
-    // panics inside a multi-byte character: only ASCII reaches it (targets
-    // are Rust paths, levels are words).
-    |v| match v.is_ascii().then(|| tracing_subscriber::EnvFilter::try_new(&v)) {
+    // Only levels and `target=level` lists reach tracing-subscriber: its
+    // directive parser slices at byte offsets and panicked inside a
+    // multi-byte character, and span and field filters (`[span{field=…}]`)
+    // compile regular expressions, which a crafted value grew past 1 GB.
+    |v| match v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b" _:=,-.".contains(&b))
+        .then(|| tracing_subscriber::EnvFilter::try_new(&v))
+    {
         Some(Ok(_)) => Ok(v),
         _ => Err(format!(
             "{v:?} is not a level (error, warn, info, debug, trace) or filter"

@@ -954,3 +954,18 @@ fn a_log_filter_with_non_ascii_is_refused_not_a_panic() {
     assert_eq!(e.key, "log.level", "{e}");
     assert!(e.reason.contains("is not a level"), "{e}");
 }
+
+#[test]
+fn a_log_filter_with_span_or_field_filters_is_refused() {
+    // Field filters compile regular expressions: a fuzzed one took 1 GB.
+    for level in ["warn,[span{x=y}]=debug", "info,ferroturn[conn]=trace"] {
+        let text = GOOD.replace("[auth]", &format!("[log]\nlevel = {level:?}\n[auth]"));
+        let e = parse(Path::new("f.toml"), &text).unwrap_err();
+        assert_eq!(e.key, "log.level", "{e}");
+    }
+    let ok = GOOD.replace(
+        "[auth]",
+        "[log]\nlevel = \"warn,ferroturn::engine=debug\"\n[auth]",
+    );
+    parse(Path::new("f.toml"), &ok).unwrap();
+}

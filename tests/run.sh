@@ -45,6 +45,13 @@ for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedr
     command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing packages" >&2; exit 1; }
 done
 
+# The JavaScript clients the demo tests drive (sockjs-client, both stompjs
+# packages, ws), at the versions tests/js/package-lock.json pins. Install
+# scripts stay off: the only ones are optional native speed-ups of `ws`.
+command -v npm >/dev/null 2>&1 || { echo "error: npm not found" >&2; exit 1; }
+echo "==> npm ci (tests/js)"
+(cd tests/js && npm ci --ignore-scripts --no-audit --no-fund)
+
 rc=0
 # cargo-deb, at the version packaging/build-deb.sh pins (installed once):
 # tests/package.rs builds the Debian package with that script.

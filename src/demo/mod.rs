@@ -35,6 +35,7 @@
 //! that.
 
 pub mod ice;
+pub mod session;
 pub mod signal;
 
 use std::collections::HashMap;

@@ -135,6 +135,20 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("assets/style.css"),
     ),
+    // The call page's way in when WebSocket is blocked: the browser
+    // builds of sockjs-client 1.6.1 (MIT) and @stomp/stompjs 7.5.0
+    // (Apache-2.0), unchanged from the npm packages tests/js pins (their
+    // licences sit beside them; tests/demo_vendor.rs compares the bytes).
+    (
+        "/vendor/sockjs.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/vendor/sockjs.min.js"),
+    ),
+    (
+        "/vendor/stomp.umd.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/vendor/stomp.umd.min.js"),
+    ),
 ];
 
 /// Pages may load only their own scripts and styles and talk only to

@@ -11,8 +11,15 @@
 // is polite (it rolls its own offer back and answers); the other ignores
 // the colliding offer.
 //
+// Signaling tries a WebSocket to /signal first. Where that fails (a
+// corporate proxy that refuses WebSocket, an old browser), it falls back to
+// STOMP over SockJS at /ws, whose HTTP transports (streaming, polling) pass
+// where WebSocket does not; the page shows which way it got in. Both carry
+// the same messages: {type, to|from, ...}.
+//
 // URL parameters prefill the form: ?room=NAME&relay=1&servers=stun&media=1,
-// and &autojoin=1 joins at once. window.ferroturnCall exposes the live state
+// &signaling=websocket|sockjs (default: WebSocket, then SockJS), and
+// &autojoin=1 joins at once. window.ferroturnCall exposes the live state
 // (used by the browser tests).
 "use strict";
 
@@ -20,6 +27,8 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   signaling: "not connected", // not connected, connecting, waiting for peers, in call (N peers), closed
+  via: null, // how signaling got in: "websocket", or "sockjs/TRANSPORT" (STOMP over SockJS)
+  attempts: [], // each way tried, in order: {via, ok, detail}
   id: null, // this page's peer id in its room
   room: null,
   peers: {}, // id -> {polite, connectionState, iceConnectionState, channelOpen, pair, bitrate, received}
@@ -41,7 +50,7 @@ Object.defineProperty(state, "connectionState", { get: () => (first() ? first().
 Object.defineProperty(state, "iceConnectionState", { get: () => (first() ? first().iceConnectionState : "new") });
 window.ferroturnCall = state;
 
-let ws = null;
+let channel = null; // the signaling channel in use: {send(msg), close()}
 let localStream = null;
 let iceServers = [];
 let queue = Promise.resolve(); // signaling messages are handled in order
@@ -75,7 +84,128 @@ function showMembers() {
 }
 
 function send(msg) {
-  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
+  if (channel) channel.send(msg);
+}
+
+/** Time a way in gets to open before the next is tried. */
+const OPEN_TIMEOUT_MS = 8000;
+
+/** The rooms protocol over a WebSocket to /signal. Resolves with the
+ *  channel once open; rejects if it closes or times out first. */
+function openWebSocket(room, handlers) {
+  return new Promise((resolve, reject) => {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    let opened = false;
+    let sock;
+    try {
+      sock = new WebSocket(`${proto}//${location.host}/signal`);
+    } catch (e) {
+      reject(e);
+      return;
+    }
+    const timer = setTimeout(() => { if (!opened) { sock.close(); reject(new Error("no answer")); } }, OPEN_TIMEOUT_MS);
+    sock.onopen = () => {
+      opened = true;
+      clearTimeout(timer);
+      const ch = {
+        via: "websocket",
+        send: (msg) => { if (sock.readyState === WebSocket.OPEN) sock.send(JSON.stringify(msg)); },
+        close: () => sock.close(),
+      };
+      ch.send({ type: "join", room });
+      resolve(ch);
+    };
+    sock.onmessage = (ev) => handlers.message(ev.data);
+    sock.onclose = (ev) => {
+      clearTimeout(timer);
+      if (opened) handlers.closed(ev.code);
+      else reject(new Error(`closed (${ev.code})`));
+    };
+  });
+}
+
+/** Load one of the embedded scripts (sockjs-client, stompjs) on demand. */
+function loadScript(src) {
+  return new Promise((resolve, reject) => {
+    const el = document.createElement("script");
+    el.src = src;
+    el.onload = resolve;
+    el.onerror = () => reject(new Error(`${src} did not load`));
+    document.head.append(el);
+  });
+}
+
+/** The same rooms protocol as STOMP over SockJS at /ws: join with a SEND
+ *  to /app/room/NAME/join, messages to one member as SENDs to
+ *  /app/room/NAME/signal with a `to` header, messages for this page on
+ *  /user/queue/signal and room events on /topic/room/NAME. */
+async function openStomp(room, handlers) {
+  if (!window.SockJS) await loadScript("/vendor/sockjs.min.js");
+  if (!window.StompJs) await loadScript("/vendor/stomp.umd.min.js");
+  return new Promise((resolve, reject) => {
+    let opened = false;
+    let sock = null;
+    const client = new window.StompJs.Client({
+      webSocketFactory: () => (sock = new window.SockJS("/ws")),
+      reconnectDelay: 0,
+      heartbeatIncoming: 10000,
+      heartbeatOutgoing: 10000,
+      connectionTimeout: OPEN_TIMEOUT_MS,
+    });
+    const timer = setTimeout(() => { if (!opened) { client.deactivate(); reject(new Error("no answer")); } }, OPEN_TIMEOUT_MS + 2000);
+    const deliver = (frame) => handlers.message(frame.body);
+    client.onConnect = () => {
+      opened = true;
+      clearTimeout(timer);
+      client.subscribe("/user/queue/signal", deliver);
+      client.subscribe(`/topic/room/${room}`, deliver);
+      const ch = {
+        via: `sockjs/${(sock && sock.transport) || "?"}`,
+        send: (msg) => {
+          if (!client.connected) return;
+          if (msg.type === "join") return;
+          if (msg.type === "bye") {
+            client.publish({ destination: `/app/room/${room}/leave`, body: "" });
+            return;
+          }
+          const headers = msg.to != null ? { to: String(msg.to) } : {};
+          client.publish({ destination: `/app/room/${room}/signal`, headers, body: JSON.stringify(msg) });
+        },
+        close: () => client.deactivate(),
+      };
+      client.publish({ destination: `/app/room/${room}/join`, body: "" });
+      resolve(ch);
+    };
+    client.onStompError = (frame) => {
+      const text = frame.headers.message || frame.body || "STOMP error";
+      if (opened) fail(text, "stomp");
+      else { clearTimeout(timer); client.deactivate(); reject(new Error(text)); }
+    };
+    client.onWebSocketClose = (ev) => {
+      if (opened) handlers.closed(ev.code);
+      else { clearTimeout(timer); client.deactivate(); reject(new Error(`closed (${ev.code})`)); }
+    };
+    client.activate();
+  });
+}
+
+/** Open signaling: the ways the page may use, in order, until one opens. */
+async function openSignaling(room, handlers) {
+  const forced = new URLSearchParams(location.search).get("signaling");
+  const ways = forced === "websocket" ? ["websocket"] : forced === "sockjs" ? ["sockjs"] : ["websocket", "sockjs"];
+  for (const way of ways) {
+    setSignaling(`connecting (${way === "websocket" ? "WebSocket" : "SockJS/STOMP"})`);
+    try {
+      const ch = way === "websocket" ? await openWebSocket(room, handlers) : await openStomp(room, handlers);
+      state.attempts.push({ via: ch.via, ok: true, detail: "" });
+      log(`signaling via ${ch.via === "websocket" ? "WebSocket /signal" : `STOMP over SockJS /ws (${ch.via.slice(7)})`}`);
+      return ch;
+    } catch (e) {
+      state.attempts.push({ via: way, ok: false, detail: String(e.message || e) });
+      log(`signaling via ${way}: ${e.message || e}`, "error");
+    }
+  }
+  throw new Error(`no way in: ${state.attempts.map((a) => `${a.via} ${a.detail}`).join("; ")}`);
 }
 
 async function join() {
@@ -112,19 +242,27 @@ async function join() {
       log(`no camera/microphone (${e.name}): chat only`);
     }
   }
-  const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  ws = new WebSocket(`${proto}//${location.host}/signal`);
-  ws.onopen = () => send({ type: "join", room });
-  ws.onmessage = (ev) => {
-    let msg;
-    try { msg = JSON.parse(ev.data); } catch (e) { fail(`bad message from server: ${e}`); return; }
-    queue = queue.then(() => onSignal(msg)).catch((e) => fail(`${msg.type}: ${e}`));
+  const handlers = {
+    message: (text) => {
+      let msg;
+      try { msg = JSON.parse(text); } catch (e) { fail(`bad message from server: ${e}`); return; }
+      queue = queue.then(() => onSignal(msg)).catch((e) => fail(`${msg.type}: ${e}`));
+    },
+    closed: (code) => {
+      if (state.signaling !== "closed") setSignaling(`closed (${code})`);
+      $("join").disabled = false;
+    },
   };
-  ws.onclose = (ev) => {
-    if (state.signaling !== "closed") setSignaling(`closed (${ev.code})`);
+  try {
+    channel = await openSignaling(room, handlers);
+  } catch (e) {
+    fail(`signaling: ${e.message || e}`);
+    setSignaling("failed");
     $("join").disabled = false;
-  };
-  setSignaling("connecting");
+    return;
+  }
+  state.via = channel.via;
+  show("via", channel.via === "websocket" ? "WebSocket /signal" : `STOMP over SockJS /ws (${channel.via.slice(7)})`);
   statsTimer = setInterval(updateStats, 1000);
 }
 
@@ -169,7 +307,8 @@ async function onSignal(msg) {
     case "error":
       fail(msg.message, msg.code);
       if (msg.code === "room-full") {
-        ws.close();
+        if (channel) channel.close();
+        channel = null;
         setSignaling("closed");
       }
       break;
@@ -421,8 +560,8 @@ function hangup() {
   for (const id of [...links.keys()]) disconnectFrom(id);
   if (statsTimer) clearInterval(statsTimer);
   statsTimer = null;
-  if (ws) ws.close();
-  ws = null;
+  if (channel) channel.close();
+  channel = null;
   state.id = null;
   setSignaling("closed");
   $("join").disabled = false;

@@ -280,11 +280,17 @@ impl Demo {
 
     /// [`Demo::start`] with `demo_keys` (lines) added to `[demo]`.
     pub fn start_with(net: &Net, config: DemoConfig, dir: &Path, demo_keys: &str) -> Demo {
-        let path = dir.join("ferroturn.toml");
         let toml = config.to_toml().replace(
             "credential_ttl = 600\n",
             &format!("credential_ttl = 600\n{demo_keys}\n"),
         );
+        Demo::start_toml(net, config, dir, &toml)
+    }
+
+    /// [`Demo::start`] with the whole config file given (`config` still
+    /// says where the demo's HTTP server is).
+    pub fn start_toml(net: &Net, config: DemoConfig, dir: &Path, toml: &str) -> Demo {
+        let path = dir.join("ferroturn.toml");
         fs::write(&path, toml).unwrap();
         let log = dir.join("ferroturn.log");
         let bin = env!("CARGO_BIN_EXE_ferroturn");

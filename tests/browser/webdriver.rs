@@ -105,10 +105,16 @@ impl Driver {
 
     /// A new browser session with a fresh profile `dir/profile-NAME`.
     pub fn session(&self, name: &str) -> Session<'_> {
+        self.session_with(name, &[])
+    }
+
+    /// [`Driver::session`] with `extra` Chromium flags (a proxy, say).
+    pub fn session_with(&self, name: &str, extra: &[&str]) -> Session<'_> {
         let profile = self.dir.join(format!("profile-{name}"));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).unwrap();
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
         args.push(format!("--user-data-dir={}", profile.display()));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",

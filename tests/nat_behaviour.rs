@@ -19,13 +19,14 @@
 //! `coturn` package, which tests/run.sh installs). Namespaces are removed,
 //! and the server killed, also when a test fails.
 
+mod browser;
 mod common;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use browser::netns::{exists, remove, sh};
 use common::{TempDir, free_udp_port, relay_block, run_with_timeout, spawn_ferroturn};
 use ferroturn::proto::stun::{self as wire, Request};
 use stun::attributes::*;
@@ -228,60 +229,6 @@ const SERVER_A2: &str = "10.203.0.4";
 const ROUTER_WAN: &str = "10.203.0.2";
 const NETMAP_PUBLIC: &str = "10.203.0.3";
 const CLIENT_IP: &str = "10.203.1.2";
-
-fn sh(ns: Option<&str>, cmd: &str) {
-    let mut args: Vec<&str> = Vec::new();
-    if let Some(ns) = ns {
-        args.extend(["ip", "netns", "exec", ns]);
-    }
-    args.extend(cmd.split_whitespace());
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: cannot run: {e} (iproute2 and iptables are needed)"));
-    assert!(
-        out.status.success(),
-        "{ns:?} {cmd}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn exists(ns: &str) -> bool {
-    Path::new("/run/netns").join(ns).exists()
-}
-
-/// Kill what still runs in `ns` (only this test starts processes there)
-/// and delete it, with its veths and bridge.
-fn remove(ns: &str) {
-    if !exists(ns) {
-        return;
-    }
-    for _ in 0..3 {
-        let out = Command::new("ip").args(["netns", "pids", ns]).output();
-        let pids: Vec<i32> = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        if pids.is_empty() {
-            break;
-        }
-        for pid in pids {
-            // SAFETY: kill(2) on a process of a namespace this test made.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = Command::new("ip").args(["netns", "del", ns]).status();
-    for _ in 0..50 {
-        if !exists(ns) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The namespaces: the server on a bridge with two addresses, a router
 /// with one leg on that bridge, and the client behind the router.

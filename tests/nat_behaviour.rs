@@ -5,7 +5,7 @@
 //!    CHANGE-REQUEST answers from the other sockets; RESPONSE-PORT answers
 //!    another port of the client's IP; PADDING with RESPONSE-PORT gets 400
 //!    at the source; no request, whatever it carries, gets more than one
-//!    answer or one more than 80 bytes larger than itself; TURN on the
+//!    answer or one more than 72 bytes larger than itself; TURN on the
 //!    extra sockets gets 400.
 //! 2. coturn's `turnutils_natdiscovery` (`-m` mapping, `-f` filtering,
 //!    `-P` padding) in a network namespace behind a router namespace that

@@ -31,11 +31,12 @@ use crate::addr::{ClientAddr, Via};
 use crate::proto::stun as wire;
 
 /// The most a Binding answer on a discovery socket exceeds its request
-/// by: a 20-byte header, XOR-MAPPED-ADDRESS, RESPONSE-ORIGIN and
-/// OTHER-ADDRESS of 24 bytes each (IPv6), FINGERPRINT (8) and an empty
-/// PADDING (4) make 104 bytes, against a request of at least 24 bytes
-/// when it carries PADDING (20 without: then the answer is at most 100).
-pub const ANSWER_OVERHEAD: usize = 80;
+/// by: the answer has the request's 20-byte header, its FINGERPRINT (8)
+/// if the request had one and an empty PADDING (4) if the request had
+/// one, so what it adds is XOR-MAPPED-ADDRESS, RESPONSE-ORIGIN and
+/// OTHER-ADDRESS, 24 bytes each with IPv6 addresses (12 with IPv4). A
+/// padded answer is filled only up to the request's size.
+pub const ANSWER_OVERHEAD: usize = 72;
 
 /// The request attributes RFC 5780 adds, understood on discovery sockets
 /// only: elsewhere they stay unknown and get 420 (RFC 8489 §6.3.1;

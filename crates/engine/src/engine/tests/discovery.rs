@@ -287,3 +287,37 @@ fn errors_on_discovery_sockets_count_against_the_unauthenticated_rate() {
     // The limiter's burst is one second's worth (100) at 100/s.
     assert!((100..=110).contains(&answered), "{answered}");
 }
+
+/// The bound holds where answers are largest: IPv6 addresses in all
+/// three address attributes, FINGERPRINT, and the smallest requests.
+#[test]
+fn ipv6_answers_stay_within_the_overhead_too() {
+    let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+    let mut cfg = config((50000..50010).collect());
+    cfg.nat_behaviour = Some(NatSockets {
+        sockets: [
+            (0, a("[2001:db8::1]:3478")),
+            (1, a("[2001:db8::1]:3479")),
+            (2, a("[2001:db8::2]:3478")),
+            (3, a("[2001:db8::2]:3479")),
+        ],
+    });
+    let mut e = Engine::new(cfg, Instant::now(), UNIX0);
+    let c = ClientAddr {
+        remote: a("[2001:db8:ffff::9]:5000"),
+        via: Via::Udp(3),
+    };
+    let mut largest = 0;
+    for req in [
+        binding().bytes(),
+        binding().fingerprinted(),
+        binding().attr(ATTR_PADDING, &[]).bytes(),
+        binding().attr(ATTR_PADDING, &[]).fingerprinted(),
+    ] {
+        let (_, r) = one(&mut e, c, &req);
+        assert_eq!(code(&r), None);
+        assert_eq!(plain(&r, ATTR_OTHER_ADDRESS), Some(a("[2001:db8::1]:3478")));
+        largest = largest.max(r.raw.len() - req.len());
+    }
+    assert_eq!(largest, ANSWER_OVERHEAD, "the bound is reached, not passed");
+}

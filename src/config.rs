@@ -137,6 +137,9 @@ restart_only! {
         /// Users and secrets from Redis, if the file has a `[cluster]`
         /// section.
         "cluster" => cluster: Option<Cluster>,
+        /// NAT behaviour discovery (RFC 5780), if the file has a
+        /// `[nat_behaviour]` section.
+        "nat_behaviour" => nat_behaviour: Option<NatBehaviour>,
     }
 }
 
@@ -437,6 +440,18 @@ impl fmt::Debug for Cluster {
             .field("node", &self.node)
             .finish()
     }
+}
+
+/// The `[nat_behaviour]` section: RFC 5780 NAT behaviour discovery on
+/// four UDP sockets, the `[[listen]]` entry `listen` (the one UDP listener
+/// of `other_address`'s family) and the three pairs of its address and
+/// port with `other_address` and `other_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatBehaviour {
+    /// The index of the primary UDP listener.
+    pub listen: usize,
+    pub other_address: IpAddr,
+    pub other_port: u16,
 }
 
 /// This machine's host name, the default `cluster.node`.
@@ -938,6 +953,17 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     admin: Option<RawAdmin>,
     cluster: Option<RawCluster>,
+    nat_behaviour: Option<RawNatBehaviour>,
+}
+
+/// The `[nat_behaviour]` section as written; `other_address` and
+/// `other_port` are required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNatBehaviour {
+    listen: Option<SockAddr>,
+    other_address: Ip,
+    other_port: u16,
 }
 
 /// The `[cluster]` section as written; `redis` is required.
@@ -1257,6 +1283,7 @@ impl RawConfig {
         }
         self.check_listen()?;
         self.relay.check()?;
+        self.check_nat_behaviour()?;
         self.check_auth()?;
         self.limits.check()?;
         let a = &self.allocation;
@@ -1325,6 +1352,106 @@ impl RawConfig {
             }
         }
         Ok(())
+    }
+
+    /// `[nat_behaviour]` pairs with the one UDP listener of its address's
+    /// family, on a specific address; the other address and port differ
+    /// from it and stay out of the relay range (RFC 5780 §6: the four
+    /// sockets answer from distinct addresses and ports).
+    fn check_nat_behaviour(&self) -> Result<(), Refusal> {
+        self.nat_listener().map(|_| ())
+    }
+
+    /// The index of the UDP listener `[nat_behaviour]` pairs with, if the
+    /// section is there.
+    fn nat_listener(&self) -> Result<Option<usize>, Refusal> {
+        let Some(n) = &self.nat_behaviour else {
+            return Ok(None);
+        };
+        let other = n.other_address.0;
+        let family = if other.is_ipv4() { "IPv4" } else { "IPv6" };
+        if other.is_unspecified() || other.is_multicast() {
+            return refuse(
+                "nat_behaviour.other_address",
+                format!("{other} is not an address this host can answer from"),
+            );
+        }
+        let udp = (self.listen.iter().enumerate()).filter(|(_, l)| l.transports.udp);
+        let i = match n.listen.map(|a| a.0) {
+            Some(named) => match udp.clone().find(|(_, l)| l.address.0 == named) {
+                Some((i, _)) => i,
+                None => {
+                    return refuse(
+                        "nat_behaviour.listen",
+                        format!("no [[listen]] entry with \"udp\" has the address {named}"),
+                    );
+                }
+            },
+            None => {
+                let same: Vec<usize> = udp
+                    .filter(|(_, l)| l.address.0.is_ipv4() == other.is_ipv4())
+                    .map(|(i, _)| i)
+                    .collect();
+                match same.as_slice() {
+                    &[i] => i,
+                    [] => {
+                        return refuse(
+                            "nat_behaviour",
+                            format!(
+                                "needs a UDP [[listen]] entry of the {family} family to pair with"
+                            ),
+                        );
+                    }
+                    _ => {
+                        return refuse(
+                            "nat_behaviour.listen",
+                            format!(
+                                "{} UDP [[listen]] entries of the {family} family: name the one to pair with",
+                                same.len()
+                            ),
+                        );
+                    }
+                }
+            }
+        };
+        let primary = self.listen[i].address.0;
+        if primary.is_ipv4() != other.is_ipv4() {
+            return refuse(
+                "nat_behaviour.other_address",
+                format!("must be of the family of listen[{i}] ({primary})"),
+            );
+        }
+        if primary.ip().is_unspecified() {
+            return refuse(
+                "nat_behaviour",
+                format!(
+                    "listen[{i}] ({primary}) must name one address: answers leave from the address a client sent to, and RESPONSE-ORIGIN tells it"
+                ),
+            );
+        }
+        if other == primary.ip() {
+            return refuse(
+                "nat_behaviour.other_address",
+                format!("must differ from listen[{i}]'s address ({primary})"),
+            );
+        }
+        if n.other_port == 0 || n.other_port == primary.port() {
+            return refuse(
+                "nat_behaviour.other_port",
+                format!("must be a port other than 0 and listen[{i}]'s ({primary})"),
+            );
+        }
+        let (lo, hi) = self.relay.ports.0;
+        if let Some(p) = [n.other_port, primary.port()]
+            .into_iter()
+            .find(|p| (lo..=hi).contains(p))
+        {
+            return refuse(
+                "nat_behaviour.other_port",
+                format!("port {p} lies in relay.ports ({lo}-{hi}), where relay sockets bind"),
+            );
+        }
+        Ok(Some(i))
     }
 
     /// TURN needs credentials; at most [`MAX_SECRETS`] secrets.
@@ -1662,6 +1789,14 @@ impl RawConfig {
                 _ => None,
             })
             .collect();
+        let nat_behaviour = match (self.nat_listener()?, &self.nat_behaviour) {
+            (Some(listen), Some(n)) => Some(NatBehaviour {
+                listen,
+                other_address: n.other_address.0,
+                other_port: n.other_port,
+            }),
+            _ => None,
+        };
         let relay = self.relay.relay();
         let workers = match self.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -1717,6 +1852,7 @@ impl RawConfig {
                 redis: c.redis.0,
                 node: c.node.map_or_else(host_name, |n| n.0),
             }),
+            nat_behaviour,
         };
         Ok(Config {
             path: path.to_owned(),
@@ -1980,6 +2116,7 @@ pub(crate) fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("admin", f::<RawAdmin>()),
         ("demo", f::<Demo>()),
         ("cluster", f::<RawCluster>()),
+        ("nat_behaviour", f::<RawNatBehaviour>()),
     ]
 }
 

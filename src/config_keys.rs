@@ -106,6 +106,10 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "cluster",
         "Users and REST secrets from Redis, in coturn's schema (README, \"Cluster (Redis)\"); off unless the section is present. Needs a restart.",
     ),
+    (
+        "nat_behaviour",
+        "NAT behaviour discovery (RFC 5780; README, \"NAT behaviour discovery\"): a second address and port, off unless the section is present. Needs a restart.",
+    ),
 ];
 
 use KeyDefault::{Required, Unset, Value};
@@ -517,6 +521,27 @@ pub const KEYS: &[Key] = &[
         kind: "string",
         default: Unset("this host's name"),
         doc: "This node's name among the nodes sharing the Redis (1 to 64 printable ASCII characters). Needs a restart.",
+    },
+    Key {
+        section: "nat_behaviour",
+        name: "listen",
+        kind: "string",
+        default: Unset("the one UDP `[[listen]]` entry of `other_address`'s family"),
+        doc: "`IP:PORT` of the UDP `[[listen]]` entry to pair with (its address must be a specific one, not `0.0.0.0` or `::`): the primary address and port. Needs a restart.",
+    },
+    Key {
+        section: "nat_behaviour",
+        name: "other_address",
+        kind: "string",
+        default: Required,
+        doc: "The second IP address of this host, of the primary's family. Binding requests are answered on four UDP sockets, the primary and other address each with the primary and other port, with RESPONSE-ORIGIN and OTHER-ADDRESS; CHANGE-REQUEST, RESPONSE-PORT (to the client's own IP only) and PADDING are honoured there. The three extra sockets answer Binding only (TURN requests get 400). Needs a restart.",
+    },
+    Key {
+        section: "nat_behaviour",
+        name: "other_port",
+        kind: "integer",
+        default: Required,
+        doc: "The second port, not the primary's and outside `relay.ports`. Needs a restart.",
     },
 ];
 

@@ -531,6 +531,10 @@ fn hand_cases(f: &Files) -> Vec<Case> {
             .set("auth", auth, value)
     };
     let bundled_file = format!("[{}]", q(&f.path("bundled-secret")));
+    let nat = |other: &str, port: &str| {
+        b().set("nat_behaviour", "other_address", other)
+            .set("nat_behaviour", "other_port", port)
+    };
     let alice_keys = format!(
         "{{ alice = {{ md5 = {}, sha256 = {} }} }}",
         q(&alice_md5),
@@ -577,6 +581,16 @@ fn hand_cases(f: &Files) -> Vec<Case> {
             b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "node", "\"turn 1\""),
         ),
         ("admin.socket: 108 bytes", b().set("admin", "socket", &q(&format!("/{}", "s".repeat(107))))),
+        ("nat_behaviour: no UDP listener of the family", nat("\"::2\"", "3479")),
+        ("nat_behaviour: listener on 0.0.0.0", nat("\"127.0.0.2\"", "3479").set("listen", "address", "\"0.0.0.0:3478\"")),
+        ("nat_behaviour.listen: two UDP listeners of the family", nat("\"127.0.0.2\"", "3479").table("listen", &udp_at("\"127.0.0.3:3478\""))),
+        ("nat_behaviour.listen: no such UDP listener", nat("\"127.0.0.2\"", "3479").set("nat_behaviour", "listen", "\"127.0.0.9:3478\"")),
+        ("nat_behaviour.other_address: the listener's", nat("\"127.0.0.1\"", "3479")),
+        ("nat_behaviour.other_address: unspecified", nat("\"0.0.0.0\"", "3479")),
+        ("nat_behaviour.other_address: not the listener's family", nat("\"::2\"", "3479").set("nat_behaviour", "listen", "\"127.0.0.1:3478\"")),
+        ("nat_behaviour.other_address: missing", b().set("nat_behaviour", "other_port", "3479")),
+        ("nat_behaviour.other_port: the listener's", nat("\"127.0.0.2\"", "3478")),
+        ("nat_behaviour.other_port: in relay.ports", nat("\"127.0.0.2\"", "50000")),
         (
             "demo.allowed_origins: 33",
             b().set("demo", "allowed_origins", &format!("[{}]", (0..33).map(|i| q(&format!("https://o{i}.example"))).collect::<Vec<_>>().join(", "))),
@@ -612,6 +626,11 @@ fn hand_cases(f: &Files) -> Vec<Case> {
         cases.push(case(&format!("relay.public_address_v6: {what}"), &t, false));
     }
     cases.extend(more.iter().map(|(name, t)| case(name, t, false)));
+    cases.push(case(
+        "nat_behaviour: passes",
+        &nat("\"127.0.0.2\"", "3479"),
+        true,
+    ));
 
     // TOML syntax, and the values it hides in [auth] and [admin].
     let base = b().render();

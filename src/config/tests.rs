@@ -969,3 +969,64 @@ fn a_log_filter_with_span_or_field_filters_is_refused() {
     );
     parse(Path::new("f.toml"), &ok).unwrap();
 }
+
+/// `[nat_behaviour]` pairs with the one UDP listener of its family, or
+/// the one it names; every rule between them refuses with its key.
+#[test]
+fn nat_behaviour_pairs_with_one_udp_listener() {
+    let two = GOOD.replace("0.0.0.0:3478", "192.0.2.1:3478")
+        + "[[listen]]\naddress = \"[2001:db8::1]:3478\"\ntransports = [\"udp\"]\n";
+    let with = |base: &str, section: &str| p(&format!("{base}[nat_behaviour]\n{section}\n"));
+    assert_eq!(p(GOOD).unwrap().restart.nat_behaviour, None);
+    let c = with(&two, "other_address = \"2001:db8::2\"\nother_port = 3479").unwrap();
+    assert_eq!(
+        c.restart.nat_behaviour,
+        Some(NatBehaviour {
+            listen: 1,
+            other_address: "2001:db8::2".parse().unwrap(),
+            other_port: 3479,
+        })
+    );
+    let c = with(
+        &two,
+        "listen = \"192.0.2.1:3478\"\nother_address = \"192.0.2.2\"\nother_port = 3479",
+    );
+    assert_eq!(c.unwrap().restart.nat_behaviour.unwrap().listen, 0);
+    let refused = |base: &str, section: &str| with(base, section).unwrap_err().key;
+    // 0.0.0.0 cannot say which address an answer leaves from.
+    assert_eq!(
+        refused(GOOD, "other_address = \"192.0.2.2\"\nother_port = 3479"),
+        "nat_behaviour"
+    );
+    assert_eq!(
+        refused(&two, "other_address = \"192.0.2.1\"\nother_port = 3479"),
+        "nat_behaviour.other_address"
+    );
+    assert_eq!(
+        refused(&two, "other_address = \"0.0.0.0\"\nother_port = 3479"),
+        "nat_behaviour.other_address"
+    );
+    assert_eq!(
+        refused(&two, "other_address = \"192.0.2.2\"\nother_port = 3478"),
+        "nat_behaviour.other_port"
+    );
+    assert_eq!(
+        refused(&two, "other_address = \"192.0.2.2\"\nother_port = 50000"),
+        "nat_behaviour.other_port"
+    );
+    assert_eq!(
+        refused(
+            &two,
+            "listen = \"192.0.2.1:3478\"\nother_address = \"2001:db8::2\"\nother_port = 3479"
+        ),
+        "nat_behaviour.other_address"
+    );
+    assert_eq!(
+        refused(
+            &two,
+            "listen = \"192.0.2.9:3478\"\nother_address = \"192.0.2.2\"\nother_port = 3479"
+        ),
+        "nat_behaviour.listen"
+    );
+    assert_eq!(refused(&two, "other_port = 3479"), "nat_behaviour");
+}

@@ -7,18 +7,19 @@ use std::time::Duration;
 
 use crate::auth::Credentials;
 use crate::config::{Config, DefaultFamily};
-use crate::engine::{EngineConfig, ServerState, Update};
+use crate::engine::{EngineConfig, NatSockets, ServerState, Update};
 use crate::policy::PeerPolicy;
 
 /// The settings of one engine of a server running `config`: `live` its
 /// live settings ([`update_from`]), `shared` the state all its engines
 /// share (quotas, the relay port pool, which is why `ports` stays empty),
-/// `seed` this engine's own randomness, and `stun_only` the listeners that
-/// answer STUN alone.
+/// `seed` this engine's own randomness, `stun_only` the listeners that
+/// answer STUN alone, and `nat` the sockets of NAT behaviour discovery.
 pub(super) fn engine_config(
     config: &Config,
     live: &Update,
     stun_only: &[u16],
+    nat: Option<NatSockets>,
     shared: &Arc<ServerState>,
     seed: u64,
 ) -> EngineConfig {
@@ -34,6 +35,7 @@ pub(super) fn engine_config(
         ports: Vec::new(),
         seed,
         stun_only: stun_only.to_vec(),
+        nat_behaviour: nat,
         shared: shared.clone(),
     }
 }
@@ -81,6 +83,7 @@ pub(super) fn policy_from(config: &Config, own: &[std::net::IpAddr]) -> PeerPoli
     );
     let restart = &config.restart;
     let mut listeners: Vec<SocketAddr> = restart.listen.iter().map(|l| l.address).collect();
+    listeners.extend(nat_addresses(config).into_iter().flatten());
     listeners.extend(restart.metrics.as_ref().map(|m| m.address));
     listeners.extend(restart.admin.as_ref().and_then(|a| a.address));
     // Closed whether or not `ferroturn demo` runs it.
@@ -93,4 +96,25 @@ pub(super) fn policy_from(config: &Config, own: &[std::net::IpAddr]) -> PeerPoli
     )
     .with_listeners(listeners)
     .with_own_addresses(own.iter().copied())
+}
+
+/// The addresses of the three sockets `[nat_behaviour]` adds to its
+/// primary listener (whose port, if 0 in the file, is `primary_port`):
+/// the primary address with the other port, the other address with the
+/// primary port, the other address with the other port.
+pub(super) fn nat_addresses_on(config: &Config, primary_port: u16) -> Option<[SocketAddr; 3]> {
+    let n = config.restart.nat_behaviour?;
+    let primary = config.restart.listen.get(n.listen)?.address.ip();
+    Some([
+        SocketAddr::new(primary, n.other_port),
+        SocketAddr::new(n.other_address, primary_port),
+        SocketAddr::new(n.other_address, n.other_port),
+    ])
+}
+
+/// [`nat_addresses_on`] with the primary port as the file gives it.
+fn nat_addresses(config: &Config) -> Option<[SocketAddr; 3]> {
+    let n = config.restart.nat_behaviour?;
+    let port = config.restart.listen.get(n.listen)?.address.port();
+    nat_addresses_on(config, port)
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::command::Mailbox;
 use super::control::Control;
-use super::derive::{engine_config, update_from};
+use super::derive::{engine_config, nat_addresses_on, update_from};
 use super::interfaces;
 use super::socket;
 use super::stream::{self, guard::StreamGuard, tls};
@@ -119,6 +119,32 @@ impl Server {
             );
             listen.push(addr);
         }
+        // NAT behaviour discovery (RFC 5780): three more UDP socket groups
+        // beside the primary listener, as listeners numbered after the
+        // file's; the engines learn which is which (NatSockets) and answer
+        // TURN on them with 400 (stun_only).
+        let mut nat = None;
+        if let Some(nb) = config.restart.nat_behaviour {
+            let primary = listen[nb.listen];
+            let extra = nat_addresses_on(&config, primary.port()).expect("checked by config");
+            let mut sockets = [(nb.listen as u16, primary); 4];
+            for (k, addr) in extra.into_iter().enumerate() {
+                let index = (config.restart.listen.len() + k) as u16;
+                let socks = socket::udp_group(addr, n)?;
+                sockets[k + 1] = (index, socks[0].local_addr()?);
+                for (sh, s) in per_shard.iter_mut().zip(socks) {
+                    sh.push((index, s));
+                }
+            }
+            tracing::info!(
+                target: LOG,
+                primary = %primary,
+                other_address = %nb.other_address,
+                other_port = nb.other_port,
+                "NAT behaviour discovery (RFC 5780) on four UDP sockets"
+            );
+            nat = Some(crate::engine::NatSockets { sockets });
+        }
         let (lo, hi) = config.restart.relay.ports;
         tracing::info!(
                 target: LOG,
@@ -151,9 +177,10 @@ impl Server {
         rng.fill(&mut key)
             .map_err(|_| std::io::Error::other("no system randomness"))?;
         let shared = Arc::new(ServerState::new(u64::from_le_bytes(key)));
-        let stun_only: Vec<u16> = (0..config.restart.listen.len() as u16)
+        let mut stun_only: Vec<u16> = (0..config.restart.listen.len() as u16)
             .filter(|&i| !config.restart.listen[i as usize].turn)
             .collect();
+        stun_only.extend(nat.iter().flat_map(|n| n.extra_listeners()));
         let (stop, stop_rx) = watch::channel(false);
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -183,6 +210,7 @@ impl Server {
                 &config,
                 &live,
                 &stun_only,
+                nat,
                 &shared,
                 u64::from_le_bytes(seed),
             ))

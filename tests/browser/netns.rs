@@ -70,13 +70,13 @@ pub fn sh(ns: Option<&str>, cmd: &str) {
     );
 }
 
-fn exists(ns: &str) -> bool {
+pub fn exists(ns: &str) -> bool {
     std::path::Path::new("/run/netns").join(ns).exists()
 }
 
 /// Kill every process in `ns` (all were started by these tests) and delete
 /// it; its veths and bridge go with it.
-fn remove(ns: &str) {
+pub fn remove(ns: &str) {
     if !exists(ns) {
         return;
     }

@@ -18,6 +18,7 @@ mod allocate;
 pub mod allocation;
 mod channel;
 pub mod cluster;
+pub mod discovery;
 mod permission;
 pub mod ports;
 pub mod quota;
@@ -40,6 +41,7 @@ use crate::proto::integrity::{self, ALGORITHM_MD5, ALGORITHM_SHA256, Signer};
 use crate::proto::{self, Kind, stun as wire};
 use allocation::Allocation;
 pub use allocation::{Change, Grant, Granted};
+pub use discovery::NatSockets;
 use ports::Relay;
 pub use quota::{Limits, ServerState};
 
@@ -83,6 +85,10 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Listener indexes that answer STUN only (TURN requests get 400).
     pub stun_only: Vec<u16>,
+    /// The four UDP sockets of NAT behaviour discovery (RFC 5780), if
+    /// `[nat_behaviour]` is set; the three besides the primary listener
+    /// are in `stun_only` too.
+    pub nat_behaviour: Option<NatSockets>,
     /// State shared by every worker's engine (quotas, reservations).
     pub shared: Arc<ServerState>,
 }
@@ -160,6 +166,7 @@ impl EngineConfig {
             ports,
             seed: 1,
             stun_only: Vec::new(),
+            nat_behaviour: None,
             shared: Arc::default(),
         }
     }
@@ -998,10 +1005,20 @@ impl Engine {
     /// success answer is the STUN service itself, at most about twice the
     /// request's size, and is not rate limited; a 420 is an unauthenticated
     /// answer like any other.
+    /// On the sockets of NAT behaviour discovery, RFC 5780 applies
+    /// (`discovery.rs`).
     fn binding(&mut self, now: Instant, client: ClientAddr, m: &Message) {
-        let unknown = wire::unknown_required(m, KNOWN);
+        let discovery = self.discovery_socket(client);
+        let mut unknown = wire::unknown_required(m, KNOWN);
+        if discovery.is_some() {
+            unknown.retain(|&t| !Self::discovery_attr(t));
+        }
         if !unknown.is_empty() {
             self.unauthenticated_answer(now, client, m, Reject::Unknown(unknown));
+            return;
+        }
+        if let Some((nat, at)) = discovery {
+            self.discovery_binding(now, client, m, nat, at);
             return;
         }
         let resp = Reply::success(m).with(|r| r.xor_address(ATTR_XORMAPPED_ADDRESS, client.remote));

@@ -16,6 +16,7 @@ use crate::proto::integrity::{self, ALGORITHM_SHA256, Key, Mac, Signer};
 use crate::proto::stun as wire;
 
 mod cluster;
+mod discovery;
 mod grants;
 mod pool;
 

@@ -495,6 +495,7 @@ impl ReceiverBody {
 impl Progress {
     async fn next(&mut self) -> Option<String> {
         if let Some(prelude) = self.body.prelude.take().filter(|p| !p.is_empty()) {
+            self.sent += prelude.len();
             return Some(prelude);
         }
         if self.done {

@@ -290,7 +290,7 @@ mod tests {
             !q.chars()
                 .skip(1)
                 .take(q.chars().count() - 2)
-                .any(|c| must_escape(c))
+                .any(must_escape)
         );
         let plain = "héllo \u{7f}\u{ad}\u{feff} 日本 😀";
         let mut p = String::new();

@@ -596,7 +596,7 @@ async fn protocol_details_over_raw_http() {
     // The rest waits for the next receiver.
     let mut total = a.body.matches(&msg).count();
     if total < 3 {
-        total += poll_raw(to, "stream").await.matches(&msg).count();
+        total += poll(to, "stream").await.body.matches(&msg).count();
     }
     assert_eq!(total, 3);
 
@@ -631,15 +631,41 @@ async fn protocol_details_over_raw_http() {
     );
 }
 
-async fn poll_raw(to: SocketAddr, session: &str) -> String {
-    request(
-        LOCAL,
-        to,
-        "POST",
-        &format!("/ws/000/{session}/xhr"),
-        &[],
-        b"",
-    )
-    .await
-    .body
+/// When the endpoint is full (4 sessions here), a newcomer from an address
+/// holding fewer takes the place of the busiest address's oldest session,
+/// which answers `c[1013,"Too many sessions"]`; once both hold as many,
+/// the next is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_endpoint_makes_room_for_another_address() {
+    let settings = Settings {
+        max_sessions: 4,
+        ..quick(25_000, 20_000)
+    };
+    let server = Server::start(settings).await;
+    let to = server.addr;
+    for i in 0..4 {
+        assert_eq!(poll(to, &format!("f{i}")).await.body, "o\n");
+    }
+    assert_eq!(
+        poll(to, "f4").await.body,
+        "c[1013,\"Too many sessions\"]\n",
+        "the busiest address itself gets no room"
+    );
+    let other = |path: String| async move { request(OTHER, to, "POST", &path, &[], b"").await };
+    assert_eq!(other("/ws/0/g0/xhr".into()).await.body, "o\n");
+    assert_eq!(other("/ws/0/g1/xhr".into()).await.body, "o\n");
+    assert_eq!(
+        other("/ws/0/g2/xhr".into()).await.body,
+        "c[1013,\"Too many sessions\"]\n",
+        "two each: nobody gives way"
+    );
+    // The two oldest of 127.0.0.1 were closed, the others live on.
+    for (id, want) in [
+        ("f0", "c[1013,\"Too many sessions\"]\n"),
+        ("f1", "c[1013,\"Too many sessions\"]\n"),
+    ] {
+        assert_eq!(poll(to, id).await.body, want, "{id}");
+    }
+    assert_eq!(send(to, "f3", br#"["alive"]"#).await.status, 204);
+    assert_eq!(poll(to, "f3").await.body, "a[\"alive\"]\n");
 }

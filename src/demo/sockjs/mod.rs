@@ -32,7 +32,10 @@
 //! - at most [`Settings::sessions_per_ip`] ([`SESSIONS_PER_IP`]) sessions
 //!   per IP address or IPv6 /64 and [`Settings::max_sessions`]
 //!   ([`MAX_SESSIONS`]) in all, over every transport: one over them is
-//!   answered `c[1013,"Too many sessions"]`;
+//!   answered `c[1013,"Too many sessions"]`; when the endpoint is full, a
+//!   newcomer from a site (an address, or an IPv6 /48) holding fewer than
+//!   the busiest takes the place of the busiest's oldest session, closed
+//!   with that frame, so a few addresses cannot lock everyone out;
 //! - an `xhr_send` body over [`MAX_MESSAGE`] is answered 413 and closes its
 //!   session with `c[1009,"Message too big"]` (so does a WebSocket message
 //!   over it); a malformed one is answered 500 and changes nothing;
@@ -713,6 +716,7 @@ async fn ws_session(socket: WebSocket, ep: Arc<Endpoint>, from: Source, framed: 
                 Some(Outgoing::Close { code, reason }) => break Some((code, reason)),
                 None => break Some(owned(close::GO_AWAY)),
             },
+            _ = seat.evicted.notified() => break Some(owned(close::TOO_MANY)),
             _ = beat.tick() => {
                 let m = if framed { text(frame::HEARTBEAT.into()) } else { Message::Ping(Bytes::new()) };
                 if !write(&mut sink, m).await {

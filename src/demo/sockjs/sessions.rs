@@ -3,7 +3,7 @@
 //! ([`HttpSession`]), with the task that feeds each from its protocol and
 //! ends it, and the body of a receiving request ([`ReceiverBody`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -17,14 +17,14 @@ use tokio::time::Instant;
 use super::frame::{self, Wrap};
 use super::{Handler, INBOX_BYTES, INBOX_WAIT, OUTBOX_BYTES, RECEIVER_LIFETIME, Settings, close};
 use crate::demo::session::{self, Outgoing};
-use crate::http::Peer;
+use crate::http::{Peer, Site};
 
 /// What a queued message costs beyond its text, so that a flood of tiny
 /// messages is bounded too.
 const MESSAGE_OVERHEAD: usize = 16;
 
-/// The sessions of one endpoint: the HTTP ones by id, and the count of
-/// every session (WebSockets too) per peer and in all.
+/// The sessions of one endpoint: the HTTP ones by id, and the seat of
+/// every session (WebSockets too), counted per peer.
 pub struct Registry {
     table: Mutex<Table>,
     per_peer: usize,
@@ -35,26 +35,63 @@ pub struct Registry {
 #[derive(Default)]
 struct Table {
     by_id: HashMap<String, Arc<HttpSession>>,
-    seats: HashMap<Peer, usize>,
-    total: usize,
+    /// Every seat held, by number: in the order they were taken.
+    seats: BTreeMap<u64, Held>,
+    per_peer: HashMap<Peer, usize>,
+    next: u64,
+}
+
+struct Held {
+    peer: Peer,
+    /// Woken to end the session: its seat went to a newcomer.
+    evict: Arc<Notify>,
+}
+
+impl Table {
+    fn release(&mut self, number: u64) {
+        let Some(held) = self.seats.remove(&number) else {
+            return;
+        };
+        if let Some(n) = self.per_peer.get_mut(&held.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&held.peer);
+            }
+        }
+    }
+
+    /// When the endpoint is full, the oldest seat of the site holding the
+    /// most, if that site holds more than `newcomer`'s would with it:
+    /// a few addresses (or the /64s of one IPv6 /48) cannot hold every
+    /// seat and lock others out.
+    fn to_evict(&self, newcomer: Peer) -> Option<u64> {
+        let mut by_site: HashMap<Site, usize> = HashMap::new();
+        for h in self.seats.values() {
+            *by_site.entry(Site::of(h.peer)).or_default() += 1;
+        }
+        let (heaviest, most) = by_site.iter().max_by_key(|&(_, n)| *n)?;
+        let mine = by_site.get(&Site::of(newcomer)).copied().unwrap_or(0);
+        if *most <= mine + 1 {
+            return None;
+        }
+        self.seats
+            .iter()
+            .find(|(_, h)| Site::of(h.peer) == *heaviest)
+            .map(|(&n, _)| n)
+    }
 }
 
 /// A session's place under the caps, given back when dropped.
 pub struct Seat {
     registry: Arc<Registry>,
-    peer: Peer,
+    number: u64,
+    /// Woken when the seat was given to a newcomer: end the session.
+    pub evicted: Arc<Notify>,
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        let mut t = self.registry.lock();
-        t.total -= 1;
-        if let Some(n) = t.seats.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                t.seats.remove(&self.peer);
-            }
-        }
+        self.registry.lock().release(self.number);
     }
 }
 
@@ -93,15 +130,32 @@ impl Registry {
     }
 
     fn take_seat(this: &Arc<Self>, t: &mut Table, peer: Peer) -> Option<Seat> {
-        let held = t.seats.get(&peer).copied().unwrap_or(0);
-        if t.total >= this.max || held >= this.per_peer {
+        if t.per_peer.get(&peer).copied().unwrap_or(0) >= this.per_peer {
             return None;
         }
-        t.total += 1;
-        *t.seats.entry(peer).or_default() += 1;
+        if t.seats.len() >= this.max {
+            let number = t.to_evict(peer)?;
+            if let Some(h) = t.seats.get(&number) {
+                tracing::debug!(peer = ?h.peer, "sockjs: the endpoint is full, closing a session of the busiest site");
+                h.evict.notify_one();
+            }
+            t.release(number);
+        }
+        t.next += 1;
+        let number = t.next;
+        let evicted = Arc::new(Notify::new());
+        t.seats.insert(
+            number,
+            Held {
+                peer,
+                evict: evicted.clone(),
+            },
+        );
+        *t.per_peer.entry(peer).or_default() += 1;
         Some(Seat {
             registry: this.clone(),
-            peer,
+            number,
+            evicted,
         })
     }
 
@@ -164,7 +218,7 @@ impl Registry {
     /// Sessions held now, in all.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.lock().total
+        self.lock().seats.len()
     }
 }
 
@@ -354,6 +408,7 @@ async fn run(
                 None => s.close(close::GO_AWAY),
             },
             _ = s.changed.notified() => {}
+            _ = seat.evicted.notified() => s.close(close::TOO_MANY),
             _ = tick.tick() => {}
         }
         if protocol && s.is_closed() {
@@ -547,20 +602,43 @@ mod tests {
     #[test]
     fn seats_are_capped_per_peer_and_in_all() {
         let r = Registry::new(&settings(2, 3));
-        let a = Peer::of_ip("192.0.2.1".parse().unwrap());
-        let b = Peer::of_ip("192.0.2.2".parse().unwrap());
-        // Two addresses of one IPv6 /64 are one peer.
-        let v6a = Peer::of_ip("2001:db8::1".parse().unwrap());
-        let v6b = Peer::of_ip("2001:db8::2".parse().unwrap());
+        let ip = |a: &str| Peer::of_ip(a.parse().unwrap());
+        let (a, b, c) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3"));
         let a1 = r.seat(a).unwrap();
-        let _a2 = r.seat(a).unwrap();
+        let a2 = r.seat(a).unwrap();
         assert!(r.seat(a).is_none(), "third of one address");
         let _b1 = r.seat(b).unwrap();
+        // Full: b would hold as many as a, so nobody makes room for it.
         assert!(r.seat(b).is_none(), "over the total");
-        drop(a1);
-        let _v1 = r.seat(v6a).unwrap();
-        assert!(r.seat(v6b).is_none());
         assert_eq!(r.len(), 3);
+        // c holds none: a, the busiest, gives up its oldest seat.
+        let c1 = r.seat(c).unwrap();
+        assert_eq!(r.len(), 3);
+        let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let n = a1.evicted.notified();
+            futures_util::pin_mut!(n);
+            use std::future::Future;
+            let waker = futures_util::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            woken.store(
+                n.poll(&mut cx).is_ready(),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+        }
+        assert!(
+            woken.load(std::sync::atomic::Ordering::SeqCst),
+            "the oldest of a is told"
+        );
+        drop(a1);
+        assert_eq!(r.len(), 3, "an evicted seat is not counted twice");
+        drop((a2, c1));
+        assert_eq!(r.len(), 1);
+        // Two addresses of one IPv6 /64 are one peer.
+        let r = Registry::new(&settings(1, 8));
+        let _v = r.seat(ip("2001:db8::1")).unwrap();
+        assert!(r.seat(ip("2001:db8::2")).is_none());
+        assert!(r.seat(ip("2001:db8:0:1::1")).is_some());
     }
 
     #[tokio::test]

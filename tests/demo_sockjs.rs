@@ -68,7 +68,11 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let live = Arc::new(AtomicUsize::new(0));
-        let router = Router::new().nest("/ws", sockjs::router(settings, echo(live.clone())));
+        // Mounted as the demo will: the other pages under the listeners'
+        // common limits (4 KiB bodies), SockJS nested beside them with its
+        // own.
+        let pages = http::limits(Router::new().fallback(|| async { "a page" }));
+        let router = pages.nest("/ws", sockjs::router(settings, echo(live.clone())));
         let caps = Caps {
             total: 512,
             per_peer: 256,
@@ -558,6 +562,22 @@ async fn protocol_details_over_raw_http() {
             .status,
         404
     );
+    // The pages keep their 4 KiB body cap; xhr_send takes up to 64 KiB.
+    let five_k = vec![b'x'; 5000];
+    assert_eq!(
+        request(LOCAL, to, "POST", "/page", &[], &five_k)
+            .await
+            .status,
+        413
+    );
+    assert_eq!(
+        request(LOCAL, to, "GET", "/page", &[], b"").await.body,
+        "a page"
+    );
+    assert_eq!(poll(to, "wide").await.body, "o\n");
+    let wide = format!("[\"{}\"]", "w".repeat(60_000));
+    assert_eq!(send(to, "wide", wide.as_bytes()).await.status, 204);
+    assert_eq!(poll(to, "wide").await.body.len(), 60_000 + 6);
     assert_eq!(
         request(LOCAL, to, "GET", "/ws/000/x/xhr", &[], b"")
             .await
@@ -668,4 +688,28 @@ async fn a_full_endpoint_makes_room_for_another_address() {
     }
     assert_eq!(send(to, "f3", br#"["alive"]"#).await.status, 204);
     assert_eq!(poll(to, "f3").await.body, "a[\"alive\"]\n");
+}
+
+/// The plain WebSocket (`/ws/websocket`): messages go both ways as they
+/// are, unframed, and the protocol's close arrives as the WebSocket's
+/// close code and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_websocket_carries_messages_as_they_are() {
+    let server = Server::start(quick(25_000, 1000)).await;
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg("sockjs_raw.js")
+        .arg(format!("ws://{}/ws/websocket", server.addr))
+        .current_dir(js_dir())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(45), cmd.output())
+        .await
+        .expect("node finishes in time")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(stdout.lines().last().expect("a line")).unwrap();
+    assert_eq!(r["received"][0], "hello", "{r}");
+    assert_eq!(r["received"][1], r#"["not", "unwrapped"]"#, "{r}");
+    assert_eq!(r["code"], 3000, "{r}");
+    assert_eq!(r["reason"], "Go away!", "{r}");
+    assert!(server.wait_live(0, Duration::from_secs(5)).await);
 }

@@ -696,9 +696,21 @@ async fn a_full_endpoint_makes_room_for_another_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plain_websocket_carries_messages_as_they_are() {
     let server = Server::start(quick(25_000, 1000)).await;
+    let url = format!("ws://{}/ws/websocket", server.addr);
+    let r = node_ws(&url, "plain").await;
+    assert_eq!(r["received"][0], "hello", "{r}");
+    assert_eq!(r["received"][1], r#"["not", "unwrapped"]"#, "{r}");
+    assert_eq!(r["code"], 3000, "{r}");
+    assert_eq!(r["reason"], "Go away!", "{r}");
+    assert!(server.wait_live(0, Duration::from_secs(5)).await);
+}
+
+/// Run `sockjs_raw.js` and return the JSON line it prints.
+async fn node_ws(url: &str, mode: &str) -> Value {
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg("sockjs_raw.js")
-        .arg(format!("ws://{}/ws/websocket", server.addr))
+        .arg(url)
+        .arg(mode)
         .current_dir(js_dir())
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(45), cmd.output())
@@ -706,10 +718,18 @@ async fn the_plain_websocket_carries_messages_as_they_are() {
         .expect("node finishes in time")
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: Value = serde_json::from_str(stdout.lines().last().expect("a line")).unwrap();
-    assert_eq!(r["received"][0], "hello", "{r}");
-    assert_eq!(r["received"][1], r#"["not", "unwrapped"]"#, "{r}");
-    assert_eq!(r["code"], 3000, "{r}");
-    assert_eq!(r["reason"], "Go away!", "{r}");
+    serde_json::from_str(stdout.lines().last().expect("a line")).unwrap()
+}
+
+/// 1000 messages in one WebSocket frame, echoed: more than the protocol's
+/// channels hold each way (64), so the reader waits for the protocol while
+/// the writer drains it; all come back, then the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_in_one_frame_comes_back_whole() {
+    let server = Server::start(quick(25_000, 1000)).await;
+    let url = format!("ws://{}/ws/000/burst/websocket", server.addr);
+    let r = node_ws(&url, "flood").await;
+    assert_eq!(r["echoed"], 1000, "{r}");
+    assert_eq!(r["received"][0], "c[3000,\"Go away!\"]", "{r}");
     assert!(server.wait_live(0, Duration::from_secs(5)).await);
 }

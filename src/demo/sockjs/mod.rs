@@ -632,58 +632,107 @@ async fn write(sink: &mut Sink, msg: Message) -> bool {
 /// Messages taken from the protocol at once into one `a[...]` frame.
 const BATCH: usize = 64;
 
-/// One WebSocket session, from the upgrade to its end.
+/// One WebSocket session, from the upgrade to its end: this task reads
+/// the client into the protocol, [`ws_writer`] writes the protocol's
+/// messages and the heartbeats, so that neither waits for the other.
 async fn ws_session(socket: WebSocket, ep: Arc<Endpoint>, from: Source, framed: bool) {
     let (mut sink, mut stream) = socket.split();
-    let text = |s: String| Message::Text(s.into());
     let Some(seat) = ep.registry.seat(from.peer) else {
         let (code, reason) = close::TOO_MANY;
         if framed {
-            write(&mut sink, text(frame::close(code, reason))).await;
+            write(&mut sink, Message::Text(frame::close(code, reason).into())).await;
         }
         finish(&mut sink, framed, code, reason).await;
         return;
     };
-    if framed && !write(&mut sink, text(frame::OPEN.into())).await {
+    if framed && !write(&mut sink, Message::Text(frame::OPEN.into())).await {
         return;
     }
-    let (session, in_tx, mut out_rx) = session::pair(from.ip);
+    let (session, in_tx, out_rx) = session::pair(from.ip);
     tokio::spawn((ep.handler)(session));
     let mut inbox = Inbox::new(in_tx);
-    let every = ep.settings.heartbeat;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let mut writer = tokio::spawn(ws_writer(
+        sink,
+        out_rx,
+        stop_rx,
+        framed,
+        ep.settings.heartbeat,
+    ));
+    // Why the reader stops: a close for the writer to send, or none when
+    // the client left or broke the protocol (the suite: broken JSON ends
+    // the connection abruptly), or the writer ended first.
+    enum Stop {
+        Close((u16, &'static str)),
+        Abrupt,
+        WriterDone,
+    }
+    let stop = loop {
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            _ = &mut writer => break Stop::WriterDone,
+            _ = seat.evicted.notified() => break Stop::Close(close::TOO_MANY),
+        };
+        let t = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Binary(_))) => break Stop::Close(close::UNSUPPORTED),
+            Some(Err(e)) if is_too_long(&e) => break Stop::Close(close::TOO_BIG),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Stop::Abrupt,
+        };
+        let messages = if framed {
+            if t.is_empty() {
+                continue;
+            }
+            match frame::parse_payload(t.as_bytes()) {
+                Ok(m) => m,
+                Err(_) => break Stop::Abrupt,
+            }
+        } else {
+            vec![t.to_string()]
+        };
+        if messages.iter().map(String::len).sum::<usize>() > MAX_MESSAGE {
+            break Stop::Close(close::TOO_BIG);
+        }
+        match inbox.push_all(messages).await {
+            Ok(()) => {}
+            Err(sessions::InboxError::TooFast) => break Stop::Close(close::TOO_FAST),
+            // The protocol ended: the writer sends its close.
+            Err(sessions::InboxError::Closed) => {}
+        }
+    };
+    // The protocol hears the end.
+    drop(inbox);
+    match stop {
+        Stop::Close(c) => {
+            let _ = stop_tx.send(owned(c));
+            let flush = WRITE_STALL + FLUSH_TIMEOUT;
+            if tokio::time::timeout(flush, &mut writer).await.is_err() {
+                writer.abort();
+            }
+        }
+        Stop::Abrupt => writer.abort(),
+        Stop::WriterDone => {}
+    }
+    drop(seat);
+}
+
+/// Write the protocol's messages (batched into `a[...]` frames when
+/// `framed`) and heartbeats (`h`, or pings on a plain WebSocket) until the
+/// protocol closes or ends, the reader asks for a close (`stop`), or the
+/// client stops taking what is written; then the close.
+async fn ws_writer(
+    mut sink: Sink,
+    mut out_rx: tokio::sync::mpsc::Receiver<Outgoing>,
+    mut stop: tokio::sync::oneshot::Receiver<(u16, String)>,
+    framed: bool,
+    every: Duration,
+) {
+    let text = |s: String| Message::Text(s.into());
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    // The close to send, if any: none when the client left or broke the
-    // protocol (the suite: broken JSON ends the connection abruptly).
     let end: Option<(u16, String)> = loop {
         tokio::select! {
-            msg = stream.next() => {
-                let t = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Binary(_))) => break Some(owned(close::UNSUPPORTED)),
-                    Some(Err(e)) if is_too_long(&e) => break Some(owned(close::TOO_BIG)),
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
-                };
-                let messages = if framed {
-                    if t.is_empty() {
-                        continue;
-                    }
-                    match frame::parse_payload(t.as_bytes()) {
-                        Ok(m) => m,
-                        Err(_) => break None,
-                    }
-                } else {
-                    vec![t.to_string()]
-                };
-                if messages.iter().map(String::len).sum::<usize>() > MAX_MESSAGE {
-                    break Some(owned(close::TOO_BIG));
-                }
-                match inbox.push_all(messages).await {
-                    Ok(()) => {}
-                    Err(sessions::InboxError::TooFast) => break Some(owned(close::TOO_FAST)),
-                    Err(sessions::InboxError::Closed) => break Some(owned(close::GO_AWAY)),
-                }
-            }
+            c = &mut stop => break c.ok(),
             out = out_rx.recv() => match out {
                 Some(Outgoing::Text(first)) if framed => {
                     // What else is waiting goes in the same frame; a close
@@ -716,7 +765,6 @@ async fn ws_session(socket: WebSocket, ep: Arc<Endpoint>, from: Source, framed: 
                 Some(Outgoing::Close { code, reason }) => break Some((code, reason)),
                 None => break Some(owned(close::GO_AWAY)),
             },
-            _ = seat.evicted.notified() => break Some(owned(close::TOO_MANY)),
             _ = beat.tick() => {
                 let m = if framed { text(frame::HEARTBEAT.into()) } else { Message::Ping(Bytes::new()) };
                 if !write(&mut sink, m).await {
@@ -725,7 +773,6 @@ async fn ws_session(socket: WebSocket, ep: Arc<Endpoint>, from: Source, framed: 
             }
         }
     };
-    drop(inbox);
     drop(out_rx);
     if let Some((code, reason)) = end {
         if framed {
@@ -733,7 +780,6 @@ async fn ws_session(socket: WebSocket, ep: Arc<Endpoint>, from: Source, framed: 
         }
         finish(&mut sink, framed, code, &reason).await;
     }
-    drop(seat);
 }
 
 fn owned((code, reason): (u16, &str)) -> (u16, String) {

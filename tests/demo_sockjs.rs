@@ -733,3 +733,36 @@ async fn a_burst_in_one_frame_comes_back_whole() {
     assert_eq!(r["received"][0], "c[3000,\"Go away!\"]", "{r}");
     assert!(server.wait_live(0, Duration::from_secs(5)).await);
 }
+
+/// A client that sends but never takes its messages: past 256 KiB waiting
+/// for it the session is closed with `c[1008,…]`; another session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_closed() {
+    let server = Server::start(quick(25_000, 20_000)).await;
+    let to = server.addr;
+    assert_eq!(poll(to, "deaf").await.body, "o\n");
+    assert_eq!(poll(to, "ok").await.body, "o\n");
+    let chunk = format!("[\"{}\"]", "d".repeat(60_000));
+    let mut refused = None;
+    for i in 0..8 {
+        let a = send(to, "deaf", chunk.as_bytes()).await;
+        if a.status != 204 {
+            refused = Some((i, a.status));
+            break;
+        }
+        // Let the echo's answer reach the outbox before the next.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        refused.map(|r| r.1),
+        Some(404),
+        "sends after the close: {refused:?}"
+    );
+    assert!(refused.unwrap().0 >= 4, "{refused:?}");
+    assert_eq!(
+        poll(to, "deaf").await.body,
+        "c[1008,\"Client does not read its messages\"]\n"
+    );
+    assert_eq!(send(to, "ok", br#"["fine"]"#).await.status, 204);
+    assert_eq!(poll(to, "ok").await.body, "a[\"fine\"]\n");
+}

@@ -1089,6 +1089,11 @@ table! {
         /// own whose pages may open `/signal`.
         #[serde(deserialize_with = "origins")]
         pub allowed_origins: Vec<String>,
+        /// Seconds between SockJS heartbeat frames on a quiet session.
+        pub sockjs_heartbeat: u64,
+        /// Seconds a SockJS session may have no receiving request before
+        /// it is closed.
+        pub sockjs_disconnect_delay: u64,
     }
 }
 
@@ -1314,6 +1319,20 @@ impl RawConfig {
         between("demo.idle_timeout", d.idle_timeout, 1, 3600, " seconds")?;
         between("demo.connections_per_ip", d.connections_per_ip, 1, 4096, "")?;
         between("demo.room_size", d.room_size, 2, 8, " peers")?;
+        between(
+            "demo.sockjs_heartbeat",
+            d.sockjs_heartbeat,
+            1,
+            300,
+            " seconds",
+        )?;
+        between(
+            "demo.sockjs_disconnect_delay",
+            d.sockjs_disconnect_delay,
+            1,
+            300,
+            " seconds",
+        )?;
         if d.allowed_origins.len() > 32 {
             return refuse("demo.allowed_origins", "at most 32 origins");
         }

@@ -509,6 +509,20 @@ pub const KEYS: &[Key] = &[
         doc: "Origins (`https://app.example:8443`) besides the demo's own whose pages may open `/signal`; others get 403. At most 32.",
     },
     Key {
+        section: "demo",
+        name: "sockjs_heartbeat",
+        kind: "integer",
+        default: Value("25"),
+        doc: "Seconds between SockJS heartbeat frames (`h`) on a quiet `/ws` session; 1–300.",
+    },
+    Key {
+        section: "demo",
+        name: "sockjs_disconnect_delay",
+        kind: "integer",
+        default: Value("5"),
+        doc: "Seconds a SockJS session may go without a receiving request (or a closed one keeps answering its close frame) before it is dropped; 1–300.",
+    },
+    Key {
         section: "cluster",
         name: "redis",
         kind: "string",

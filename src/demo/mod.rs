@@ -37,6 +37,7 @@
 pub mod ice;
 pub mod session;
 pub mod signal;
+pub mod sockjs;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -95,6 +96,9 @@ pub struct Limits {
     pub room_size: usize,
     /// Origins besides the demo's own whose pages may open `/signal`.
     pub allowed_origins: Vec<String>,
+    /// SockJS heartbeat interval and disconnect delay ([`sockjs`]).
+    pub sockjs_heartbeat: Duration,
+    pub sockjs_disconnect_delay: Duration,
 }
 
 impl Limits {
@@ -104,6 +108,8 @@ impl Limits {
             per_ip: c.connections_per_ip,
             room_size: c.room_size,
             allowed_origins: c.allowed_origins.clone(),
+            sockjs_heartbeat: Duration::from_secs(c.sockjs_heartbeat),
+            sockjs_disconnect_delay: Duration::from_secs(c.sockjs_disconnect_delay),
         }
     }
 }
@@ -462,7 +468,7 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 /// (RFC 6454 §7; browsers send one) must come from a page of `allowed`
 /// (`[demo] allowed_origins`, lower case) or of the demo's own origin, see
 /// [`own_origin`]; one without (not a browser) may connect.
-fn upgrade_refusal(headers: &HeaderMap, allowed: &[String]) -> Option<Response> {
+pub(crate) fn upgrade_refusal(headers: &HeaderMap, allowed: &[String]) -> Option<Response> {
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     if !has_token(headers, header::UPGRADE, "websocket")
         || !has_token(headers, header::CONNECTION, "upgrade")
@@ -509,7 +515,7 @@ fn upgrade_refusal(headers: &HeaderMap, allowed: &[String]) -> Option<Response> 
 /// rebinding (which sets Host too), so names must be listed in `[demo]
 /// allowed_origins`. An opaque origin (`null`: sandboxed frames, files)
 /// never matches.
-fn own_origin(origin: &str, host: Option<&str>) -> bool {
+pub(crate) fn own_origin(origin: &str, host: Option<&str>) -> bool {
     let Some(host) = host.map(str::trim) else {
         return false;
     };

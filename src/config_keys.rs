@@ -518,6 +518,13 @@ pub const KEYS: &[Key] = &[
         default: Unset("this host's name"),
         doc: "This node's name among the nodes sharing the Redis (1 to 64 printable ASCII characters). Needs a restart.",
     },
+    Key {
+        section: "cluster",
+        name: "heartbeat",
+        kind: "integer",
+        default: Value("10"),
+        doc: "Seconds between this node's rewrites of its rows in Redis (its per-user allocation counts and its sessions), 1–60. They expire after three heartbeats, so a node that dies stops counting against any quota, and its sessions leave `ferroturn sessions`, within 3 × this (30 s by default). Needs a restart.",
+    },
 ];
 
 /// The keys of one section, in table order.

@@ -312,6 +312,14 @@ pub fn render(report: &WorkerReport) -> String {
             u64::from(up),
         );
     }
+    if let Some(nodes) = report.cluster_nodes {
+        o.single(
+            "cluster_nodes",
+            "gauge",
+            "Cluster nodes this one has heard from within their expiry (3 heartbeats), itself included; absent without [cluster].",
+            nodes,
+        );
+    }
 
     // Session durations.
     let h = &s.session_seconds;

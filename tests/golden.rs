@@ -576,6 +576,14 @@ fn hand_cases(f: &Files) -> Vec<Case> {
             "cluster.node: a space",
             b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "node", "\"turn 1\""),
         ),
+        (
+            "cluster.heartbeat: 0",
+            b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "heartbeat", "0"),
+        ),
+        (
+            "cluster.heartbeat: 61",
+            b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "heartbeat", "61"),
+        ),
         ("admin.socket: 108 bytes", b().set("admin", "socket", &q(&format!("/{}", "s".repeat(107))))),
         (
             "demo.allowed_origins: 33",

@@ -36,7 +36,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -46,6 +46,10 @@ use tokio::sync::mpsc;
 use crate::auth::{StaticUser, parse_key_hex};
 use crate::config::{Config, MAX_SECRETS};
 use crate::io::Control;
+
+mod nodes;
+
+use nodes::{Event, Peers, Sum};
 
 /// The log target of this module's lines.
 const LOG: &str = "ferroturn::cluster";
@@ -86,15 +90,30 @@ const LOOKUP_QUEUE: usize = 4096;
 /// RENAME, EXPIRE…), $ (string commands), s (set commands), x (expiry).
 const EVENTS: &str = "Kg$sx";
 
-/// Whether the store answers now; shared with the metrics.
+/// How often local count changes are published, and other nodes'
+/// expiry checked: the longest a change waits before it leaves.
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
+
+/// Count batches waiting for the writer; beyond, a batch is dropped and
+/// the next heartbeat's whole rewrite makes up for it.
+const WRITE_QUEUE: usize = 64;
+
+/// Whether the store answers now, and how many nodes this one hears;
+/// shared with the metrics.
 #[derive(Debug, Default)]
 pub struct Status {
     up: AtomicBool,
+    nodes: AtomicU64,
 }
 
 impl Status {
     pub fn up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Nodes seen within their expiry, this one included.
+    pub fn nodes(&self) -> u64 {
+        self.nodes.load(Ordering::Relaxed)
     }
 
     fn set(&self, up: bool) -> bool {
@@ -136,7 +155,13 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
     let (lookups_tx, lookups) = mpsc::channel(LOOKUP_QUEUE);
     control.cluster_link(lookups_tx);
     let (reloaded, reloads) = mpsc::unbounded_channel();
+    control.shared().track_changes();
+    status.nodes.store(1, Ordering::Relaxed);
     let task = Task {
+        node: c.node.clone(),
+        heartbeat: c.heartbeat,
+        cluster_keys: nodes::Keys::new(&config.restart.realm),
+        peers: Peers::new(&c.node, c.heartbeat * nodes::EXPIRY_BEATS),
         client,
         keys: Schema::new(&config.restart.realm),
         control: control.clone(),
@@ -275,6 +300,12 @@ fn usable_secrets(mut secrets: Vec<String>) -> (Vec<String>, bool) {
 }
 
 struct Task {
+    /// This node's name, heartbeat, and the keys of the cluster's own rows.
+    node: String,
+    heartbeat: Duration,
+    cluster_keys: nodes::Keys,
+    /// The other nodes' per-user counts.
+    peers: Peers,
     client: redis::Client,
     keys: Schema,
     control: Control,
@@ -326,11 +357,18 @@ impl Task {
             // requests are answered as unknown users' after 50 ms.
             let wait = tokio::time::sleep(backoff);
             tokio::pin!(wait);
+            let mut tick = tokio::time::interval(PUBLISH_EVERY);
             loop {
                 tokio::select! {
                     _ = &mut wait => break,
                     Some(_) = self.lookups.recv() => {}
                     Some(users) = self.reloads.recv() => self.toml_users = users,
+                    _ = tick.tick() => {
+                        // Nothing can be published: the next session
+                        // rewrites every count. The others' counts age out.
+                        self.control.shared().take_changes();
+                        self.expire_peers();
+                    }
                 }
             }
             backoff = (backoff * 2).min(BACKOFF_MOST);
@@ -362,6 +400,10 @@ impl Task {
         if let Err(e) = pubsub.psubscribe(self.keys.pattern(db)).await {
             return format!("subscribe: {e}");
         }
+        let events = self.cluster_keys.channel();
+        if let Err(e) = pubsub.subscribe(&events).await {
+            return format!("subscribe: {e}");
+        }
         // Notifications may have been missed while away: what the engines
         // were given is read again below (or, if untracked, forgotten).
         let mut again: VecDeque<String> = if self.given.overflowed {
@@ -390,18 +432,34 @@ impl Task {
         tracing::info!(target: LOG, "cluster store connected");
 
         let mut messages = pubsub.into_on_message();
+        // This node's rows: written in order by one writer.
+        let (writes, writes_rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(write_rows(
+            conn.clone(),
+            self.cluster_keys.clone(),
+            self.node.clone(),
+            self.heartbeat * nodes::EXPIRY_BEATS,
+            writes_rx,
+            failed_tx.clone(),
+        ));
+        let (rows_tx, mut rows_read) = mpsc::unbounded_channel();
+        let mut beat = tokio::time::interval(self.heartbeat);
+        let mut publish = tokio::time::interval(PUBLISH_EVERY);
+        // A batch was dropped: rewrite everything at the next tick.
+        let mut rewrite = false;
         let (done_tx, mut done) = mpsc::unbounded_channel();
         // Names being read, and whether a notification came meanwhile
         // (then the answer may be stale: the name is read again).
         let mut reading: HashMap<String, bool> = HashMap::new();
         // `again` holds re-reads waiting for room among MAX_READING.
+        let schema = self.keys.clone();
         let start_reads = |reading: &mut HashMap<String, bool>, again: &mut VecDeque<String>| {
             while reading.len() < MAX_READING
                 && let Some(name) = again.pop_front()
             {
                 if !reading.contains_key(&name) {
                     reading.insert(name.clone(), false);
-                    read_user(&conn, &self.keys, name, &done_tx);
+                    read_user(&conn, &schema, name, &done_tx);
                 }
             }
         };
@@ -451,6 +509,12 @@ impl Task {
                         return "connection closed".to_owned();
                     };
                     let channel = m.get_channel_name();
+                    if channel == events {
+                        if let Ok(text) = m.get_payload::<String>() {
+                            self.event(&text);
+                        }
+                        continue;
+                    }
                     let key = channel.split_once(':').map_or("", |(_, k)| k);
                     match self.keys.changed(key) {
                         Changed::User(name) => {
@@ -494,6 +558,42 @@ impl Task {
                         self.toml_users.clone(),
                     ));
                 }
+                _ = beat.tick() => {
+                    let whole = self.control.shared().local_counts();
+                    if writes.try_send(Write::Whole(whole)).is_err() {
+                        rewrite = true;
+                    }
+                    tokio::spawn(read_rows(
+                        conn.clone(),
+                        self.cluster_keys.clone(),
+                        self.node.clone(),
+                        rows_tx.clone(),
+                    ));
+                }
+                _ = publish.tick() => {
+                    let shared = self.control.shared();
+                    let write = if rewrite {
+                        shared.take_changes();
+                        Write::Whole(shared.local_counts())
+                    } else {
+                        let changes = shared.take_changes();
+                        if changes.is_empty() {
+                            self.expire_peers();
+                            continue;
+                        }
+                        Write::Counts(changes)
+                    };
+                    rewrite = writes.try_send(write).is_err();
+                    self.expire_peers();
+                }
+                Some(rows) = rows_read.recv() => {
+                    let now = std::time::Instant::now();
+                    for (node, counts, ttl) in rows {
+                        let sums = self.peers.replace(&node, counts, ttl, now);
+                        self.apply(sums);
+                    }
+                    self.status.nodes.store(1 + self.peers.live() as u64, Ordering::Relaxed);
+                }
                 _ = ping.tick() => {
                     let (mut conn, failed) = (conn.clone(), failed_tx.clone());
                     tokio::spawn(async move {
@@ -513,6 +613,42 @@ impl Task {
                 Some(lost) = failed.recv() => return lost,
             }
         }
+    }
+
+    /// A message from another node (or this one's own, ignored).
+    fn event(&mut self, text: &str) {
+        let now = std::time::Instant::now();
+        match Event::parse(text) {
+            Some(Event::Count { node, n, name }) => {
+                let sum = self.peers.count(node, name, n, now);
+                self.apply(sum.into_iter().collect());
+            }
+            Some(Event::Beat { node }) => self.peers.beat(node, now),
+            None => tracing::debug!(target: LOG, "unknown cluster message ignored"),
+        }
+        self.status
+            .nodes
+            .store(1 + self.peers.live() as u64, Ordering::Relaxed);
+    }
+
+    /// Hand the engines the other nodes' new sums.
+    fn apply(&self, sums: Vec<Sum>) {
+        let shared = self.control.shared();
+        for (name, n) in sums {
+            shared.set_remote(&name, n);
+        }
+    }
+
+    /// Forget the nodes not heard from within their expiry.
+    fn expire_peers(&mut self) {
+        let sums = self.peers.expire(std::time::Instant::now());
+        if !sums.is_empty() {
+            tracing::info!(target: LOG, names = sums.len(), "a node's rows expired: its allocations no longer count");
+        }
+        self.apply(sums);
+        self.status
+            .nodes
+            .store(1 + self.peers.live() as u64, Ordering::Relaxed);
     }
 
     /// Turn on the keyspace events the caches need, keeping those already
@@ -549,6 +685,110 @@ impl Task {
                  after a reconnect"
             );
         }
+    }
+}
+
+/// What the writer writes of this node's rows.
+enum Write {
+    /// Every name's count: the hash rewritten whole, and a heartbeat.
+    Whole(Vec<(String, u32)>),
+    /// The counts that changed (0: gone), each published.
+    Counts(Vec<(String, u32)>),
+}
+
+/// Write this node's rows in order, each batch in one MULTI, until the
+/// session ends (`writes` closes) or a write fails (told to `failed`).
+async fn write_rows(
+    mut conn: redis::aio::MultiplexedConnection,
+    keys: nodes::Keys,
+    node: String,
+    expiry: Duration,
+    mut writes: mpsc::Receiver<Write>,
+    failed: mpsc::UnboundedSender<Lost>,
+) {
+    let hash = keys.quota(&node);
+    let channel = keys.channel();
+    while let Some(w) = writes.recv().await {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match &w {
+            Write::Whole(counts) => {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                pipe.del(&hash).ignore();
+                if !counts.is_empty() {
+                    pipe.hset_multiple(&hash, counts).ignore();
+                }
+                pipe.zadd(keys.nodes(), &node, now_ms).ignore();
+                // Names of nodes gone for a day leave the set.
+                pipe.zrembyscore(keys.nodes(), "-inf", now_ms - 86_400_000)
+                    .ignore();
+                let beat = Event::Beat { node: &node }.text();
+                pipe.publish(&channel, beat).ignore();
+            }
+            Write::Counts(counts) => {
+                for (name, n) in counts {
+                    if *n == 0 {
+                        pipe.hdel(&hash, name).ignore();
+                    } else {
+                        pipe.hset(&hash, name, n).ignore();
+                    }
+                    let count = Event::Count {
+                        node: &node,
+                        n: *n,
+                        name,
+                    };
+                    pipe.publish(&channel, count.text()).ignore();
+                }
+            }
+        }
+        pipe.pexpire(&hash, expiry.as_millis() as i64).ignore();
+        let done = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+        let lost = match done {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => format!("write counts: {e}"),
+            Err(_) => "write counts: timed out".to_owned(),
+        };
+        let _ = failed.send(lost);
+        return;
+    }
+}
+
+/// One other node's hash as read: its name, counts and time to live.
+type Rows = (String, HashMap<String, u32>, Duration);
+
+/// Read every other node's counts (at most [`nodes::MAX_NODES`] nodes);
+/// what was read goes to `done` (nothing on an error: the next heartbeat
+/// tries again, and a lost connection shows in the ping).
+async fn read_rows(
+    mut conn: redis::aio::MultiplexedConnection,
+    keys: nodes::Keys,
+    node: String,
+    done: mpsc::UnboundedSender<Vec<Rows>>,
+) {
+    let read = async {
+        let names: Vec<String> = conn
+            .zrevrange(keys.nodes(), 0, nodes::MAX_NODES as isize)
+            .await?;
+        let names: Vec<String> = names.into_iter().filter(|n| *n != node).collect();
+        let mut pipe = redis::pipe();
+        for n in &names {
+            pipe.hgetall(keys.quota(n)).pttl(keys.quota(n));
+        }
+        let values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut rows = Vec::new();
+        for (n, pair) in names.into_iter().zip(values.chunks(2)) {
+            let counts: HashMap<String, u32> = redis::from_redis_value_ref(&pair[0])?;
+            let ttl: i64 = redis::from_redis_value_ref(&pair[1])?;
+            if ttl > 0 {
+                rows.push((n, counts, Duration::from_millis(ttl as u64)));
+            }
+        }
+        redis::RedisResult::Ok(rows)
+    };
+    if let Ok(Ok(rows)) = tokio::time::timeout(COMMAND_TIMEOUT, read).await {
+        let _ = done.send(rows);
     }
 }
 

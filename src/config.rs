@@ -951,11 +951,11 @@ struct RawCluster {
     redis: RedisUrl,
     node: Option<NodeName>,
     #[serde(default = "default_heartbeat")]
-    heartbeat: u64,
+    heartbeat: u32,
 }
 
 /// `cluster.heartbeat`'s default, seconds.
-fn default_heartbeat() -> u64 {
+fn default_heartbeat() -> u32 {
     table_default("cluster", "heartbeat")
 }
 
@@ -1730,7 +1730,7 @@ impl RawConfig {
             cluster: self.cluster.map(|c| Cluster {
                 redis: c.redis.0,
                 node: c.node.map_or_else(host_name, |n| n.0),
-                heartbeat: std::time::Duration::from_secs(c.heartbeat),
+                heartbeat: std::time::Duration::from_secs(c.heartbeat.into()),
             }),
         };
         Ok(Config {

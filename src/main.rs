@@ -117,6 +117,40 @@ enum CliCommand {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Refuse a user name on every node (through the admin API).
+    ///
+    /// Its live allocations close at once, on every node of a cluster, and
+    /// its Allocates and Refreshes get 401 until the revocation ends: how a
+    /// leaked REST credential is stopped before its expiry. Without
+    /// [cluster] a revocation lives in the server's memory (a restart
+    /// forgets it); with [cluster] it is kept in Redis.
+    Revoke {
+        /// The static user name, or the REST name (the part after `<expiry>:`).
+        #[arg(
+            long,
+            required_unless_present_any = ["list", "remove"],
+            conflicts_with_all = ["list", "remove"]
+        )]
+        user: Option<String>,
+        /// Until when: a duration (90s, 30m, 12h, 7d) or an RFC 3339 time (2026-12-24T18:00:00Z); default 24h, at most a year.
+        #[arg(long, value_name = "TIME", requires = "user")]
+        until: Option<String>,
+        /// List the revocations in force.
+        #[arg(long, conflicts_with = "remove")]
+        list: bool,
+        /// Lift this name's revocation.
+        #[arg(long, value_name = "NAME")]
+        remove: Option<String>,
+        /// Admin API: IP:PORT or a socket path; defaults to [admin] in --config, else /run/ferroturn/admin.sock.
+        #[arg(long, value_name = "ADDR|SOCKET")]
+        admin: Option<String>,
+        /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
+        #[arg(long, value_name = "FILE", conflicts_with = "token", value_hint = ValueHint::FilePath)]
+        token_file: Option<PathBuf>,
+        /// Bearer token (visible to other users in ps: prefer --token-file).
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Print a manual page (roff) on stdout, or write both into a directory.
     ///
     /// ferroturn(1) describes the commands, ferroturn.toml(5) every
@@ -540,6 +574,84 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        CliCommand::Revoke {
+            user,
+            until,
+            list,
+            remove,
+            admin,
+            token_file,
+            token,
+        } => revoke(cli.config.as_ref(), user, until, list, remove, admin, token_file, token),
+    }
+}
+
+/// `ferroturn revoke`: add, list or remove revocations.
+#[allow(clippy::too_many_arguments)]
+fn revoke(
+    config: Option<&PathBuf>,
+    user: Option<String>,
+    until: Option<String>,
+    list: bool,
+    remove: Option<String>,
+    admin: Option<String>,
+    token_file: Option<PathBuf>,
+    token: Option<String>,
+) -> ExitCode {
+    use ferroturn::admin::client::{DEFAULT_REVOCATION_SECS, parse_until};
+    let target = match admin_target(config, admin, token_file, token, "revoke") {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let done = if list {
+        target.revocations().map(|l| {
+            if l.is_empty() {
+                return "no revocations\n".to_owned();
+            }
+            l.iter()
+                .map(|r| format!("{}  until {} ({}s from now)\n", r.name, r.until, r.until.saturating_sub(now)))
+                .collect()
+        })
+    } else if let Some(name) = remove {
+        target.unrevoke(&name).map(|removed| match removed {
+            true => format!("revocation of {name} removed\n"),
+            false => format!("{name} was not revoked on this node (removed on the others if they had it)\n"),
+        })
+    } else {
+        let name = user.expect("clap requires --user, --list or --remove");
+        let until = match until {
+            Some(t) => match parse_until(&t, now) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("ferroturn revoke: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => now + DEFAULT_REVOCATION_SECS,
+        };
+        target.revoke(&name, until).map(|r| {
+            let s = if r.closed == 1 { "" } else { "s" };
+            format!(
+                "{} revoked until {} ({}s from now); closed {} session{s} here\n",
+                r.name,
+                r.until,
+                r.until.saturating_sub(now),
+                r.closed
+            )
+        })
+    };
+    match done {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferroturn revoke: {e}");
+            ExitCode::FAILURE
         }
     }
 }

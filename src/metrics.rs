@@ -312,6 +312,12 @@ pub fn render(report: &WorkerReport) -> String {
             u64::from(up),
         );
     }
+    o.single(
+        "revocations_applied_total",
+        "counter",
+        "Revocations this node applied: `ferroturn revoke` here, or on another node of its cluster.",
+        report.revocations_applied,
+    );
     if let Some(nodes) = report.cluster_nodes {
         o.single(
             "cluster_nodes",

@@ -9,12 +9,16 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::redis::{Redis, echo_round};
 use common::{EchoPeer, LOCALHOST, REALM, SECRET, ServerConfig, TempDir};
+use ferroturn::admin::SessionInfo;
+use ferroturn::admin::client::Target;
 use ferroturn::auth::rest_credentials;
+use ferroturn::http::Dest;
 use webrtc_util::Conn;
 
 /// The ceiling of a wait for a 1 s promise.
@@ -38,6 +42,11 @@ struct Node {
 impl Node {
     /// Node `i` (1, 2, 3) on 127.0.0.`i`, heartbeat 1 s.
     fn start(redis: &Redis, i: u8) -> Node {
+        Node::spawn(Some(redis), i)
+    }
+
+    /// Node `i` with `[cluster]` pointed at `redis`, or alone.
+    fn spawn(redis: Option<&Redis>, i: u8) -> Node {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, i));
         let dir = TempDir::new("cluster-nodes");
         let port = common::free_port();
@@ -56,10 +65,15 @@ impl Node {
             .to_toml(port, common::relay_block())
             .replace("\"127.0.0.1", &format!("\"{ip}"));
         toml.push_str(&format!(
-            "\n[metrics]\naddress = \"{metrics}\"\n\n[admin]\nsocket = \"{}\"\n\n[cluster]\nredis = \"{}\"\nnode = \"{name}\"\nheartbeat = 1\n",
+            "\n[metrics]\naddress = \"{metrics}\"\n\n[admin]\nsocket = \"{}\"\n",
             admin.display(),
-            redis.url()
         ));
+        if let Some(redis) = redis {
+            toml.push_str(&format!(
+                "\n[cluster]\nredis = \"{}\"\nnode = \"{name}\"\nheartbeat = 1\n",
+                redis.url()
+            ));
+        }
         let config = dir.path().join("ferroturn.toml");
         let log = dir.path().join("ferroturn.log");
         std::fs::write(&config, toml).unwrap();
@@ -98,6 +112,37 @@ impl Node {
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
             .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The sessions of this node's admin API (empty if it does not answer).
+    fn sessions(&self) -> Vec<SessionInfo> {
+        // The client blocks on a runtime of its own: off the test's.
+        let target = self.target();
+        std::thread::spawn(move || target.sessions().unwrap_or_default())
+            .join()
+            .unwrap()
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            dest: Dest::Unix(self.admin.clone()),
+            token: None,
+        }
+    }
+
+    /// Whether a session of REST name `name` is on this node.
+    fn has_session_of(&self, name: &str) -> bool {
+        let suffix = format!(":{name}");
+        self.sessions().iter().any(|s| s.user.ends_with(&suffix))
+    }
+
+    /// `ferroturn ARGS… --admin SOCKET` against this node: its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroturn"));
+        cmd.args(args).arg("--admin").arg(&self.admin);
+        let out = common::run_with_timeout(cmd, CEILING);
+        assert_eq!(out.code, Some(0), "ferroturn {args:?}: {}", out.output);
+        out.output
     }
 
     /// SIGKILL: no goodbye to Redis.
@@ -397,4 +442,88 @@ async fn redis_stopped_under_relaying_clients_falls_back_and_converges() {
     for h in b_held {
         h.release().await;
     }
+}
+
+/// `ferroturn kill --user` on node B closes the user's allocations on A
+/// and C too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_on_one_node_closes_the_allocations_on_every_node() {
+    let c = Cluster::start();
+    let on_a = allocate(c.nodes[0].addr, "ivy").await.expect("ivy on A");
+    let on_c = allocate(c.nodes[2].addr, "ivy").await.expect("ivy on C");
+    assert!(c.nodes[0].has_session_of("ivy") && c.nodes[2].has_session_of("ivy"));
+    let out = c.nodes[1].cli(&["kill", "--user", "ivy"]);
+    assert!(out.contains("closed 0 sessions"), "none on B itself: {out}");
+    let took = c.wait_for(
+        || !c.nodes[0].has_session_of("ivy") && !c.nodes[2].has_session_of("ivy"),
+        "ivy's sessions on A and C closed",
+        CEILING,
+    );
+    eprintln!("kill on B closed the sessions on A and C within {took:?}");
+    // Another name's session on A is untouched by it.
+    let other = allocate(c.nodes[0].addr, "jo").await.expect("jo on A");
+    c.nodes[1].cli(&["kill", "--user", "ivy"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(c.nodes[0].has_session_of("jo"));
+    for h in [on_a, on_c, other] {
+        h.release().await;
+    }
+}
+
+/// `ferroturn revoke --user` of a REST name on B: its allocations on A and
+/// C close, every node answers its Allocates with 401, a node started
+/// afterwards learns it from Redis, `--list` shows it anywhere, and
+/// `--remove` lets the name back on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_reaches_every_node_and_remove_lifts_it() {
+    let mut c = Cluster::start();
+    let on_a = allocate(c.nodes[0].addr, "kim").await.expect("kim on A");
+    let on_c = allocate(c.nodes[2].addr, "kim").await.expect("kim on C");
+    let out = c.nodes[1].cli(&["revoke", "--user", "kim", "--until", "10m"]);
+    assert!(out.contains("kim revoked until"), "{out}");
+    c.wait_for(
+        || !c.nodes[0].has_session_of("kim") && !c.nodes[2].has_session_of("kim"),
+        "kim's sessions on A and C closed",
+        CEILING,
+    );
+    for n in &c.nodes {
+        wait_refused(&c, n.addr, "kim", "401", CEILING).await;
+    }
+    // Other names are not touched.
+    allocate(c.nodes[0].addr, "lee").await.expect("lee").release().await;
+    let list = c.nodes[2].cli(&["revoke", "--list"]);
+    assert!(list.starts_with("kim  until "), "{list}");
+    assert!(c.nodes[0].metric("ferroturn_revocations_applied_total") >= Some(1));
+    // C restarted: it learns the revocation from Redis.
+    c.nodes[2].sigkill();
+    c.nodes[2] = Node::start(&c.redis, 3);
+    wait_refused(&c, c.nodes[2].addr, "kim", "401", CEILING).await;
+    let out = c.nodes[0].cli(&["revoke", "--remove", "kim"]);
+    assert!(out.contains("revocation of kim removed"), "{out}");
+    for n in &c.nodes {
+        wait_allowed(&c, n.addr, "kim", CEILING).await.release().await;
+    }
+    assert_eq!(c.nodes[1].cli(&["revoke", "--list"]), "no revocations\n");
+    for h in [on_a, on_c] {
+        let _ = h.client.close().await;
+    }
+}
+
+/// Without `[cluster]`, a revocation holds on the one node (in memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_works_on_a_single_node_without_a_cluster() {
+    let n = Node::spawn(None, 1);
+    let c = Cluster {
+        nodes: vec![n],
+        redis: Redis::start(),
+    };
+    let held = allocate(c.nodes[0].addr, "max").await.expect("max");
+    c.nodes[0].cli(&["revoke", "--user", "max", "--until", "1h"]);
+    assert!(!c.nodes[0].has_session_of("max"), "closed at once");
+    assert_eq!(c.nodes[0].metric("ferroturn_revocations_applied_total"), Some(1));
+    assert_eq!(c.nodes[0].metric("ferroturn_cluster_nodes"), None);
+    wait_refused(&c, c.nodes[0].addr, "max", "401", CEILING).await;
+    c.nodes[0].cli(&["revoke", "--remove", "max"]);
+    allocate(c.nodes[0].addr, "max").await.expect("back").release().await;
+    let _ = held.client.close().await;
 }

@@ -36,6 +36,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -104,6 +105,31 @@ const WRITE_QUEUE: usize = 64;
 pub struct Status {
     up: AtomicBool,
     nodes: AtomicU64,
+    /// Where operator actions go to reach the other nodes.
+    ops: OnceLock<mpsc::Sender<Op>>,
+}
+
+/// Operator actions waiting for the task (while Redis is away they wait
+/// for it); beyond, an action is carried out on this node only.
+const OP_QUEUE: usize = 256;
+
+/// An operator action that every node carries out: this node already has.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Close the allocations of a quota name.
+    Kill(String),
+    /// Refuse a name until a Unix time (and close its allocations).
+    Revoke { name: String, until: u64 },
+    /// Lift a name's revocation.
+    Unrevoke(String),
+}
+
+/// Hand `op`, carried out on this node, to the cluster task to reach every
+/// other node: `None` without `[cluster]`, false if it cannot be queued
+/// (the task is far behind).
+pub fn tell(control: &Control, op: Op) -> Option<bool> {
+    let ops = control.cluster_status()?.ops.get()?.clone();
+    Some(ops.try_send(op).is_ok())
 }
 
 impl Status {
@@ -155,6 +181,8 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
     let (lookups_tx, lookups) = mpsc::channel(LOOKUP_QUEUE);
     control.cluster_link(lookups_tx);
     let (reloaded, reloads) = mpsc::unbounded_channel();
+    let (ops_tx, ops) = mpsc::channel(OP_QUEUE);
+    let _ = status.ops.set(ops_tx);
     control.shared().track_changes();
     status.nodes.store(1, Ordering::Relaxed);
     let task = Task {
@@ -162,6 +190,7 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
         heartbeat: c.heartbeat,
         cluster_keys: nodes::Keys::new(&config.restart.realm),
         peers: Peers::new(&c.node, c.heartbeat * nodes::EXPIRY_BEATS),
+        ops,
         client,
         keys: Schema::new(&config.restart.realm),
         control: control.clone(),
@@ -306,6 +335,8 @@ struct Task {
     cluster_keys: nodes::Keys,
     /// The other nodes' per-user counts.
     peers: Peers,
+    /// Operator actions to publish.
+    ops: mpsc::Receiver<Op>,
     client: redis::Client,
     keys: Schema,
     control: Control,
@@ -416,6 +447,10 @@ impl Task {
         };
         match load_secrets(&self.keys, &mut conn).await {
             Ok(secrets) => self.control.cluster_secrets(&secrets),
+            Err(e) => return e,
+        }
+        match load_revocations(&self.cluster_keys, &mut conn).await {
+            Ok(list) => self.control.shared().replace_revocations(list),
             Err(e) => return e,
         }
         let (failed_tx, mut failed) = mpsc::unbounded_channel::<Lost>();
@@ -586,6 +621,11 @@ impl Task {
                     rewrite = writes.try_send(write).is_err();
                     self.expire_peers();
                 }
+                Some(op) = self.ops.recv() => {
+                    if writes.try_send(Write::Op(op)).is_err() {
+                        tracing::warn!(target: LOG, "cluster writes far behind: an operator action reached this node only");
+                    }
+                }
                 Some(rows) = rows_read.recv() => {
                     let now = std::time::Instant::now();
                     for (node, counts, ttl) in rows {
@@ -618,17 +658,48 @@ impl Task {
     /// A message from another node (or this one's own, ignored).
     fn event(&mut self, text: &str) {
         let now = std::time::Instant::now();
-        match Event::parse(text) {
-            Some(Event::Count { node, n, name }) => {
+        let Some(event) = Event::parse(text) else {
+            tracing::debug!(target: LOG, "unknown cluster message ignored");
+            return;
+        };
+        if event.node() == self.node {
+            return;
+        }
+        let shared = self.control.shared();
+        match event {
+            Event::Count { node, n, name } => {
                 let sum = self.peers.count(node, name, n, now);
                 self.apply(sum.into_iter().collect());
             }
-            Some(Event::Beat { node }) => self.peers.beat(node, now),
-            None => tracing::debug!(target: LOG, "unknown cluster message ignored"),
+            Event::Beat { node } => self.peers.beat(node, now),
+            Event::Kill { node, name } => {
+                tracing::info!(target: LOG, from = node, user = name, "kill from another node");
+                self.close_user(name);
+            }
+            Event::Revoke { node, until, name } => {
+                tracing::info!(target: LOG, from = node, user = name, until, "revocation from another node");
+                if shared.revoke(name, until) {
+                    shared.note_revocation();
+                }
+                self.close_user(name);
+            }
+            Event::Unrevoke { node, name } => {
+                tracing::info!(target: LOG, from = node, user = name, "revocation lifted by another node");
+                shared.unrevoke(name);
+            }
         }
         self.status
             .nodes
             .store(1 + self.peers.live() as u64, Ordering::Relaxed);
+    }
+
+    /// Close `name`'s allocations on this node, off the main loop.
+    fn close_user(&self, name: &str) {
+        let (control, name) = (self.control.clone(), name.to_owned());
+        tokio::spawn(async move {
+            let closed = control.close_user(&name).await;
+            tracing::info!(target: LOG, user = %name, closed, "allocations closed for the cluster");
+        });
     }
 
     /// Hand the engines the other nodes' new sums.
@@ -694,6 +765,8 @@ enum Write {
     Whole(Vec<(String, u32)>),
     /// The counts that changed (0: gone), each published.
     Counts(Vec<(String, u32)>),
+    /// An operator action: recorded if it lasts, and published.
+    Op(Op),
 }
 
 /// Write this node's rows in order, each batch in one MULTI, until the
@@ -727,6 +800,24 @@ async fn write_rows(
                 let beat = Event::Beat { node: &node }.text();
                 pipe.publish(&channel, beat).ignore();
             }
+            Write::Op(op) => {
+                let event = match op {
+                    Op::Kill(name) => Event::Kill { node: &node, name },
+                    Op::Revoke { name, until } => {
+                        pipe.hset(keys.revoked(), name, until).ignore();
+                        Event::Revoke {
+                            node: &node,
+                            until: *until,
+                            name,
+                        }
+                    }
+                    Op::Unrevoke(name) => {
+                        pipe.hdel(keys.revoked(), name).ignore();
+                        Event::Unrevoke { node: &node, name }
+                    }
+                };
+                pipe.publish(&channel, event.text()).ignore();
+            }
             Write::Counts(counts) => {
                 for (name, n) in counts {
                     if *n == 0 {
@@ -753,6 +844,36 @@ async fn write_rows(
         let _ = failed.send(lost);
         return;
     }
+}
+
+/// Read the revoked names whose revocation has not ended (and drop the
+/// others from the hash).
+async fn load_revocations(
+    keys: &nodes::Keys,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<Vec<(String, u64)>, Lost> {
+    let now = unix_now();
+    let read = async {
+        let all: HashMap<String, u64> = conn.hgetall(keys.revoked()).await?;
+        let (live, ended): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, until)| *until > now);
+        if !ended.is_empty() {
+            let names: Vec<&String> = ended.iter().map(|(n, _)| n).collect();
+            conn.hdel::<_, _, ()>(keys.revoked(), names).await?;
+        }
+        redis::RedisResult::Ok(live)
+    };
+    match tokio::time::timeout(COMMAND_TIMEOUT, read).await {
+        Ok(Ok(list)) => Ok(list),
+        Ok(Err(e)) => Err(format!("read revocations: {e}")),
+        Err(_) => Err("read revocations: timed out".to_owned()),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One other node's hash as read: its name, counts and time to live.

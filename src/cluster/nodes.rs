@@ -8,8 +8,11 @@
 //!   three heartbeats, so that a node that dies stops counting by itself;
 //! - `nodes`: a sorted set of node names, scored by the Unix time (ms) of
 //!   their last heartbeat, which a node reads to learn the others;
+//! - `revoked`: a hash of revoked names → the Unix time the revocation
+//!   ends (entries past it are dropped when a node reads the hash);
 //! - the channel `events`, where each change is published at once
-//!   (`count`), each heartbeat too (`beat`), and operator actions.
+//!   (`count`), each heartbeat too (`beat`), and operator actions (`kill`,
+//!   `revoke`, `unrevoke`), each carried out by every node.
 //!
 //! A node learns another's counts from its messages and, every heartbeat,
 //! from its hash (with the hash's remaining time to live); it forgets
@@ -54,6 +57,11 @@ impl Keys {
         format!("{}nodes", self.prefix)
     }
 
+    /// The hash of revoked names → the Unix time their revocation ends.
+    pub fn revoked(&self) -> String {
+        format!("{}revoked", self.prefix)
+    }
+
     /// The channel of changes and operator actions.
     pub fn channel(&self) -> String {
         format!("{}events", self.prefix)
@@ -72,19 +80,52 @@ pub enum Event<'a> {
     },
     /// `beat NODE`: `node` is alive (and rewrote its rows).
     Beat { node: &'a str },
+    /// `kill NODE NAME`: the operator closed `name`'s allocations at
+    /// `node`; every node closes its own.
+    Kill { node: &'a str, name: &'a str },
+    /// `revoke NODE UNTIL NAME`: `name` is refused until the Unix time
+    /// `until`, and its allocations closed, on every node.
+    Revoke {
+        node: &'a str,
+        until: u64,
+        name: &'a str,
+    },
+    /// `unrevoke NODE NAME`: `name`'s revocation is lifted.
+    Unrevoke { node: &'a str, name: &'a str },
 }
 
 impl Event<'_> {
     pub fn parse(text: &str) -> Option<Event<'_>> {
-        let mut w = text.splitn(4, ' ');
-        match (w.next()?, w.next()?) {
-            ("count", node) => {
-                let n = w.next()?.parse().ok()?;
-                let name = w.next()?;
+        let (kind, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let (node, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        if node.is_empty() {
+            return None;
+        }
+        match kind {
+            "count" => {
+                let (n, name) = numbered(rest)?;
+                let n = u32::try_from(n).ok()?;
                 Some(Event::Count { node, n, name })
             }
-            ("beat", node) => Some(Event::Beat { node }),
+            "beat" if rest.is_empty() => Some(Event::Beat { node }),
+            "kill" if !rest.is_empty() => Some(Event::Kill { node, name: rest }),
+            "revoke" => {
+                let (until, name) = numbered(rest)?;
+                Some(Event::Revoke { node, until, name })
+            }
+            "unrevoke" if !rest.is_empty() => Some(Event::Unrevoke { node, name: rest }),
             _ => None,
+        }
+    }
+
+    /// The node the message comes from.
+    pub fn node(&self) -> &str {
+        match self {
+            Event::Count { node, .. }
+            | Event::Beat { node }
+            | Event::Kill { node, .. }
+            | Event::Revoke { node, .. }
+            | Event::Unrevoke { node, .. } => node,
         }
     }
 
@@ -92,8 +133,20 @@ impl Event<'_> {
         match self {
             Event::Count { node, n, name } => format!("count {node} {n} {name}"),
             Event::Beat { node } => format!("beat {node}"),
+            Event::Kill { node, name } => format!("kill {node} {name}"),
+            Event::Revoke { node, until, name } => format!("revoke {node} {until} {name}"),
+            Event::Unrevoke { node, name } => format!("unrevoke {node} {name}"),
         }
     }
+}
+
+/// A number, then a name (which may hold spaces, but is not empty).
+fn numbered(rest: &str) -> Option<(u64, &str)> {
+    let (n, name) = rest.split_once(' ')?;
+    if name.is_empty() {
+        return None;
+    }
+    Some((n.parse().ok()?, name))
 }
 
 /// What this node knows of one other node.
@@ -264,11 +317,27 @@ mod tests {
                 name: "bob smith",
             },
             Event::Beat { node: "turn-1" },
+            Event::Kill {
+                node: "a",
+                name: "1795000000:x y",
+            },
+            Event::Revoke {
+                node: "b",
+                until: 1_795_000_000,
+                name: "leaked",
+            },
+            Event::Unrevoke {
+                node: "b",
+                name: "leaked",
+            },
         ] {
             assert_eq!(Event::parse(&e.text()), Some(e));
         }
         assert_eq!(Event::parse("count a x bob"), None);
         assert_eq!(Event::parse("other a"), None);
+        assert_eq!(Event::parse("kill a"), None, "no name");
+        assert_eq!(Event::parse("count a 1 "), None, "an empty name");
+        assert_eq!(Event::parse("beat"), None);
         assert_eq!(Event::parse(""), None);
     }
 

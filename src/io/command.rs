@@ -65,6 +65,9 @@ pub struct WorkerReport {
     /// Cluster nodes heard from within their expiry, this one included;
     /// `None` without `[cluster]`.
     pub cluster_nodes: Option<u64>,
+    /// Revocations this node applied (`ferroturn revoke`, here or on
+    /// another node of its cluster).
+    pub revocations_applied: u64,
 }
 
 impl WorkerReport {
@@ -98,6 +101,7 @@ impl HostCommand {
                     stream_refusals: [0; StreamRefusal::COUNT],
                     cluster_up: None,
                     cluster_nodes: None,
+                    revocations_applied: 0,
                 });
             }
             HostCommand::CloseUser { user, reply } => {

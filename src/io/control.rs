@@ -46,6 +46,7 @@ impl Control {
         total.stream_refusals = self.streams.refusals();
         total.cluster_up = self.cluster.as_ref().map(|s| s.up());
         total.cluster_nodes = self.cluster.as_ref().map(|s| s.nodes());
+        total.revocations_applied = self.shared.revocations_applied();
         total
     }
 

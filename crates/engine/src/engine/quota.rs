@@ -115,6 +115,9 @@ pub struct ServerState {
     /// Names whose revocation the operator asked for, each until a Unix
     /// time ([`ServerState::revoke`]); at most [`MAX_REVOKED`].
     revoked: Mutex<HashMap<String, u64>>,
+    /// Revocations this server applied (its operator's, or another
+    /// node's), for the metrics.
+    revocations_applied: AtomicU64,
     /// Relay ports held in all.
     total: AtomicU32,
     /// Relay ports that hold a live allocation, by family (IPv4, IPv6):
@@ -146,6 +149,7 @@ impl ServerState {
             users: Mutex::default(),
             remote: Mutex::default(),
             revoked: Mutex::default(),
+            revocations_applied: AtomicU64::new(0),
             total: AtomicU32::new(0),
             live: [words(), words()],
             limiter: SourceLimiter::new(key),
@@ -304,6 +308,23 @@ impl ServerState {
         }
         revoked.insert(name.to_owned(), until);
         true
+    }
+
+    /// Replace every revocation with `list` (name, until): the cluster
+    /// store's whole table; at most [`MAX_REVOKED`] are kept.
+    pub fn replace_revocations(&self, list: Vec<(String, u64)>) {
+        let mut revoked = lock(&self.revoked);
+        *revoked = list.into_iter().take(MAX_REVOKED).collect();
+    }
+
+    /// Count one revocation applied here.
+    pub fn note_revocation(&self) {
+        self.revocations_applied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Revocations applied here so far.
+    pub fn revocations_applied(&self) -> u64 {
+        self.revocations_applied.load(Ordering::Relaxed)
     }
 
     /// Lift `name`'s revocation; whether there was one.
@@ -583,6 +604,8 @@ mod tests {
         }
         assert!(!s.revoke("over", 10), "bounded");
         assert!(s.revoke("r0", 20), "a kept name may change its end");
+        s.replace_revocations(vec![("carol".into(), 30)]);
+        assert_eq!(s.revocations(0), vec![("carol".to_owned(), 30)]);
     }
 
     #[test]

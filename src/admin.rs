@@ -467,8 +467,21 @@ async fn revoke(control: &Control, name: String, query: &str) -> Response {
     shared.note_revocation();
     let closed = control.close_user(&name).await;
     tracing::info!(user = %name, until, closed, "admin: name revoked");
-    tell_cluster(control, crate::cluster::Op::Revoke { name: name.clone(), until });
-    http::json(StatusCode::OK, &Revoked { name, until, closed })
+    tell_cluster(
+        control,
+        crate::cluster::Op::Revoke {
+            name: name.clone(),
+            until,
+        },
+    );
+    http::json(
+        StatusCode::OK,
+        &Revoked {
+            name,
+            until,
+            closed,
+        },
+    )
 }
 
 /// Hand an operator action to the cluster task, with `[cluster]`.
@@ -711,7 +724,7 @@ pub mod client {
         }
     }
 
-/// The default length of a revocation: a day, the longest lifetime of
+    /// The default length of a revocation: a day, the longest lifetime of
     /// the REST credentials ferroturn itself mints (`demo.credential_ttl`).
     pub const DEFAULT_REVOCATION_SECS: u64 = 86_400;
 
@@ -747,7 +760,9 @@ pub mod client {
         let b = t.as_bytes();
         let num = |r: std::ops::Range<usize>| -> Option<i64> {
             let s = t.get(r)?;
-            s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+            s.bytes()
+                .all(|c| c.is_ascii_digit())
+                .then(|| s.parse().ok())?
         };
         if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
             return None;
@@ -773,12 +788,35 @@ pub mod client {
             }
             _ => return None,
         };
-        let days_in = [31, 28 + i64::from(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)), 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-        if !(1..=12).contains(&mo) || d < 1 || d > days_in[(mo - 1) as usize] || h > 23 || mi > 59 || sec > 60 {
+        let days_in = [
+            31,
+            28 + i64::from(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)),
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
+        if !(1..=12).contains(&mo)
+            || d < 1
+            || d > days_in[(mo - 1) as usize]
+            || h > 23
+            || mi > 59
+            || sec > 60
+        {
             return None;
         }
         // Days since 1970-01-01 of a proleptic Gregorian date.
-        let (yy, mm) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+        let (yy, mm) = if mo <= 2 {
+            (y - 1, mo + 9)
+        } else {
+            (y, mo - 3)
+        };
         let era = yy.div_euclid(400);
         let yoe = yy - era * 400;
         let doy = (153 * mm + 2) / 5 + d - 1;
@@ -789,7 +827,8 @@ pub mod client {
     }
 
     fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-        serde_json::from_slice(body).map_err(|e| format!("unexpected answer from the admin API: {e}"))
+        serde_json::from_slice(body)
+            .map_err(|e| format!("unexpected answer from the admin API: {e}"))
     }
 
     /// The session table `ferroturn sessions` prints.
@@ -914,10 +953,21 @@ mod tests {
             parse_until("2026-12-24T19:00:00.250+01:00", now),
             Ok(1_798_135_200)
         );
-        assert_eq!(parse_until("2000-02-29T00:00:00-00:30", now), Ok(951_784_200));
+        assert_eq!(
+            parse_until("2000-02-29T00:00:00-00:30", now),
+            Ok(951_784_200)
+        );
         for bad in [
-            "", "h", "-1h", "10x", "2026-02-29T00:00:00Z", "2026-12-24", "2026-12-24T18:00:00",
-            "2026-13-01T00:00:00Z", "2026-12-24T18:00:00+0100", "99999999999999999999d",
+            "",
+            "h",
+            "-1h",
+            "10x",
+            "2026-02-29T00:00:00Z",
+            "2026-12-24",
+            "2026-12-24T18:00:00",
+            "2026-13-01T00:00:00Z",
+            "2026-12-24T18:00:00+0100",
+            "99999999999999999999d",
         ] {
             assert!(parse_until(bad, now).is_err(), "{bad:?}");
         }

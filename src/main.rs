@@ -583,7 +583,16 @@ fn main() -> ExitCode {
             admin,
             token_file,
             token,
-        } => revoke(cli.config.as_ref(), user, until, list, remove, admin, token_file, token),
+        } => revoke(
+            cli.config.as_ref(),
+            user,
+            until,
+            list,
+            remove,
+            admin,
+            token_file,
+            token,
+        ),
     }
 }
 
@@ -613,13 +622,22 @@ fn revoke(
                 return "no revocations\n".to_owned();
             }
             l.iter()
-                .map(|r| format!("{}  until {} ({}s from now)\n", r.name, r.until, r.until.saturating_sub(now)))
+                .map(|r| {
+                    format!(
+                        "{}  until {} ({}s from now)\n",
+                        r.name,
+                        r.until,
+                        r.until.saturating_sub(now)
+                    )
+                })
                 .collect()
         })
     } else if let Some(name) = remove {
         target.unrevoke(&name).map(|removed| match removed {
             true => format!("revocation of {name} removed\n"),
-            false => format!("{name} was not revoked on this node (removed on the others if they had it)\n"),
+            false => format!(
+                "{name} was not revoked on this node (removed on the others if they had it)\n"
+            ),
         })
     } else {
         let name = user.expect("clap requires --user, --list or --remove");

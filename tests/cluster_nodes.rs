@@ -490,7 +490,11 @@ async fn revoke_reaches_every_node_and_remove_lifts_it() {
         wait_refused(&c, n.addr, "kim", "401", CEILING).await;
     }
     // Other names are not touched.
-    allocate(c.nodes[0].addr, "lee").await.expect("lee").release().await;
+    allocate(c.nodes[0].addr, "lee")
+        .await
+        .expect("lee")
+        .release()
+        .await;
     let list = c.nodes[2].cli(&["revoke", "--list"]);
     assert!(list.starts_with("kim  until "), "{list}");
     assert!(c.nodes[0].metric("ferroturn_revocations_applied_total") >= Some(1));
@@ -501,7 +505,10 @@ async fn revoke_reaches_every_node_and_remove_lifts_it() {
     let out = c.nodes[0].cli(&["revoke", "--remove", "kim"]);
     assert!(out.contains("revocation of kim removed"), "{out}");
     for n in &c.nodes {
-        wait_allowed(&c, n.addr, "kim", CEILING).await.release().await;
+        wait_allowed(&c, n.addr, "kim", CEILING)
+            .await
+            .release()
+            .await;
     }
     assert_eq!(c.nodes[1].cli(&["revoke", "--list"]), "no revocations\n");
     for h in [on_a, on_c] {
@@ -520,10 +527,17 @@ async fn revoke_works_on_a_single_node_without_a_cluster() {
     let held = allocate(c.nodes[0].addr, "max").await.expect("max");
     c.nodes[0].cli(&["revoke", "--user", "max", "--until", "1h"]);
     assert!(!c.nodes[0].has_session_of("max"), "closed at once");
-    assert_eq!(c.nodes[0].metric("ferroturn_revocations_applied_total"), Some(1));
+    assert_eq!(
+        c.nodes[0].metric("ferroturn_revocations_applied_total"),
+        Some(1)
+    );
     assert_eq!(c.nodes[0].metric("ferroturn_cluster_nodes"), None);
     wait_refused(&c, c.nodes[0].addr, "max", "401", CEILING).await;
     c.nodes[0].cli(&["revoke", "--remove", "max"]);
-    allocate(c.nodes[0].addr, "max").await.expect("back").release().await;
+    allocate(c.nodes[0].addr, "max")
+        .await
+        .expect("back")
+        .release()
+        .await;
     let _ = held.client.close().await;
 }

@@ -10,7 +10,8 @@
 //!
 //! - `GET /sessions`: `{"sessions": [SessionInfo, ...]}`, every live
 //!   allocation with its user, client address and transport, relay address,
-//!   age and traffic each way.
+//!   age and traffic each way; with `[cluster]`, those of every live node,
+//!   each with its `node` (another node's traffic as of its last write).
 //! - `DELETE /sessions/{relay_port}`: close the allocation on that relay
 //!   port; `{"closed": 1}`, or 404.
 //! - `DELETE /users/{name}/sessions`: close every allocation of a user
@@ -64,6 +65,10 @@ pub const SOCKET_MODE: u32 = 0o660;
 /// One session as the API lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
+    /// The cluster node that holds it (`cluster.node`); absent without
+    /// `[cluster]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub user: String,
     /// The client's address as the server sees it (`IP:PORT`).
     pub client: String,
@@ -96,6 +101,7 @@ impl SessionInfo {
             bytes: s.traffic[dir.index()].bytes,
         };
         SessionInfo {
+            node: None,
             user: s.user.clone(),
             client: s.client.remote.to_string(),
             transport: Transport::of(s.client.via).name().to_owned(),
@@ -355,12 +361,15 @@ async fn answer(State(control): State<Control>, method: Method, uri: Uri) -> Res
         ["sessions"] => match m {
             "GET" | "HEAD" => {
                 let report = control.report(true).await;
-                let mut sessions: Vec<SessionInfo> = report
+                let local: Vec<SessionInfo> = report
                     .sessions
                     .iter()
                     .map(SessionInfo::from_session)
                     .collect();
-                sessions.sort_by(|a, b| (&a.user, a.relay_port).cmp(&(&b.user, b.relay_port)));
+                let mut sessions = crate::cluster::all_sessions(&control, local).await;
+                sessions.sort_by(|a, b| {
+                    (&a.node, &a.user, a.relay_port).cmp(&(&b.node, &b.user, b.relay_port))
+                });
                 http::json(StatusCode::OK, &SessionList { sessions })
             }
             _ => not_allowed("GET, HEAD"),
@@ -836,7 +845,10 @@ pub mod client {
         if sessions.is_empty() {
             return "no sessions\n".to_owned();
         }
+        // A NODE column first when the sessions come from a cluster.
+        let clustered = sessions.iter().any(|s| s.node.is_some());
         let header = [
+            "NODE",
             "USER",
             "CLIENT",
             "TRANSPORT",
@@ -847,10 +859,11 @@ pub mod client {
             "TO_CLIENT_PKTS",
             "TO_CLIENT_BYTES",
         ];
-        let rows: Vec<[String; 9]> = sessions
+        let rows: Vec<[String; 10]> = sessions
             .iter()
             .map(|s| {
                 [
+                    printable(s.node.as_deref().unwrap_or("")),
                     printable(&s.user),
                     s.client.clone(),
                     s.transport.clone(),
@@ -872,9 +885,10 @@ pub mod client {
         let mut out = String::new();
         let mut line = |cells: &[&str]| {
             let mut l = String::new();
-            for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+            let skip = usize::from(!clustered);
+            for (i, (c, w)) in cells.iter().zip(width).enumerate().skip(skip) {
                 // Text columns left-aligned, numbers right-aligned.
-                if i < 4 {
+                if i < 5 {
                     l.push_str(&format!("{c:<w$}  "));
                 } else {
                     l.push_str(&format!("{c:>w$}  "));
@@ -986,6 +1000,7 @@ mod tests {
     #[test]
     fn table_lists_sessions() {
         let s = SessionInfo {
+            node: None,
             user: "al\x1bice".into(),
             client: "127.0.0.1:5000".into(),
             transport: "udp".into(),
@@ -1011,5 +1026,16 @@ mod tests {
         assert!(lines[1].ends_with(" 20"));
         assert_eq!(lines[3], "2 sessions");
         assert_eq!(client::table(&[]), "no sessions\n");
+        // From a cluster: a NODE column first.
+        let mut other = s.clone();
+        other.node = Some("turn-2".into());
+        let t = client::table(&[other, s]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NODE    USER "), "{t}");
+        assert!(
+            lines[1].starts_with("turn-2  al?ice  127.0.0.1:5000"),
+            "{t}"
+        );
+        assert!(lines[2].starts_with("        al?ice"), "{t}");
     }
 }

@@ -130,10 +130,23 @@ impl Node {
         }
     }
 
+    /// The nodes of the sessions of REST name `name` this node lists,
+    /// sorted.
+    fn sessions_of(&self, name: &str) -> Vec<String> {
+        let suffix = format!(":{name}");
+        let mut nodes: Vec<String> = self
+            .sessions()
+            .into_iter()
+            .filter(|s| s.user.ends_with(&suffix))
+            .map(|s| s.node.unwrap_or_default())
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
     /// Whether a session of REST name `name` is on this node.
     fn has_session_of(&self, name: &str) -> bool {
-        let suffix = format!(":{name}");
-        self.sessions().iter().any(|s| s.user.ends_with(&suffix))
+        self.sessions_of(name).contains(&self.name)
     }
 
     /// `ferroturn ARGS… --admin SOCKET` against this node: its output.
@@ -366,12 +379,22 @@ async fn a_killed_node_stops_counting_by_expiry() {
         );
     }
     wait_refused(&c, a, "fay", "486", CEILING).await;
+    c.wait_for(
+        || c.nodes[0].sessions_of("fay") == ["node-3", "node-3"],
+        "A lists fay's two sessions on C",
+        CEILING,
+    );
     c.nodes[2].sigkill();
     let killed = Instant::now();
     let on_a = wait_allowed(&c, a, "fay", EXPIRY_CEILING).await;
     eprintln!(
         "C's share freed on A {:?} after the SIGKILL",
         killed.elapsed()
+    );
+    c.wait_for(
+        || c.nodes[0].sessions_of("fay") == ["node-1"],
+        "C's sessions gone from A's list, A's own there",
+        EXPIRY_CEILING,
     );
     c.wait_for(
         || c.nodes[0].metric("ferroturn_cluster_nodes") == Some(2),
@@ -540,4 +563,45 @@ async fn revoke_works_on_a_single_node_without_a_cluster() {
         .release()
         .await;
     let _ = held.client.close().await;
+}
+
+/// `ferroturn sessions` on any node lists the sessions of all three, with
+/// a node column; a session that ends leaves every node's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_any_node_list_every_node() {
+    let c = Cluster::start();
+    let mut held = Vec::new();
+    for n in &c.nodes[..QUOTA] {
+        held.push(allocate(n.addr, "nia").await.expect("nia"));
+    }
+    held.push(allocate(c.nodes[2].addr, "ola").await.expect("ola on C"));
+    for n in &c.nodes {
+        c.wait_for(
+            || n.sessions_of("nia") == ["node-1", "node-2"] && n.sessions_of("ola") == ["node-3"],
+            &format!("{} lists the sessions of every node", n.name),
+            CEILING,
+        );
+    }
+    let table = c.nodes[1].cli(&["sessions"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NODE "), "{table}");
+    for node in ["node-1", "node-2", "node-3"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(node)),
+            "{node} in\n{table}"
+        );
+    }
+    assert_eq!(lines.last(), Some(&"3 sessions"), "{table}");
+    // ola's session ends on C: it leaves A's and B's lists.
+    held.pop().unwrap().release().await;
+    for n in &c.nodes[..2] {
+        c.wait_for(
+            || n.sessions_of("ola").is_empty() && n.sessions_of("nia").len() == 2,
+            &format!("ola's session gone from {}'s list", n.name),
+            CEILING,
+        );
+    }
+    for h in held {
+        h.release().await;
+    }
 }

@@ -44,6 +44,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
 
+use crate::admin::SessionInfo;
 use crate::auth::{StaticUser, parse_key_hex};
 use crate::config::{Config, MAX_SECRETS};
 use crate::io::Control;
@@ -107,6 +108,53 @@ pub struct Status {
     nodes: AtomicU64,
     /// Where operator actions go to reach the other nodes.
     ops: OnceLock<mpsc::Sender<Op>>,
+    /// Where the admin API asks for the other nodes' sessions.
+    session_reads: OnceLock<mpsc::Sender<SessionsWanted>>,
+    /// This node's name.
+    node: OnceLock<String>,
+}
+
+/// The admin API's ask for the other nodes' sessions: the answer goes here.
+type SessionsWanted = tokio::sync::oneshot::Sender<Vec<SessionInfo>>;
+
+/// How long the admin API waits for the other nodes' sessions before it
+/// lists this node's alone.
+const SESSIONS_WAIT: Duration = Duration::from_secs(2);
+
+/// One session as a node keeps it in Redis: when it started (Unix
+/// seconds, so that readers compute its age) and what the admin API lists.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stored {
+    pub started: u64,
+    pub info: SessionInfo,
+}
+
+/// The sessions of this node (`local`, as the admin API lists them) and,
+/// with `[cluster]`, of every other node whose rows have not expired, each
+/// with its node's name. When Redis does not answer in time, this node's
+/// alone.
+pub async fn all_sessions(control: &Control, mut local: Vec<SessionInfo>) -> Vec<SessionInfo> {
+    let Some(status) = control.cluster_status() else {
+        return local;
+    };
+    let me = status.node.get().cloned();
+    for s in &mut local {
+        s.node = me.clone();
+    }
+    let Some(reads) = status.session_reads.get() else {
+        return local;
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if reads.try_send(tx).is_err() {
+        return local;
+    }
+    match tokio::time::timeout(SESSIONS_WAIT, rx).await {
+        Ok(Ok(others)) => local.extend(others),
+        _ => {
+            tracing::warn!(target: LOG, "the other nodes' sessions could not be read: this node's alone")
+        }
+    }
+    local
 }
 
 /// Operator actions waiting for the task (while Redis is away they wait
@@ -183,6 +231,9 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
     let (reloaded, reloads) = mpsc::unbounded_channel();
     let (ops_tx, ops) = mpsc::channel(OP_QUEUE);
     let _ = status.ops.set(ops_tx);
+    let (reads_tx, session_reads) = mpsc::channel(OP_QUEUE);
+    let _ = status.session_reads.set(reads_tx);
+    let _ = status.node.set(c.node.clone());
     control.shared().track_changes();
     status.nodes.store(1, Ordering::Relaxed);
     let task = Task {
@@ -191,6 +242,7 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
         cluster_keys: nodes::Keys::new(&config.restart.realm),
         peers: Peers::new(&c.node, c.heartbeat * nodes::EXPIRY_BEATS),
         ops,
+        session_reads,
         client,
         keys: Schema::new(&config.restart.realm),
         control: control.clone(),
@@ -337,6 +389,8 @@ struct Task {
     peers: Peers,
     /// Operator actions to publish.
     ops: mpsc::Receiver<Op>,
+    /// The admin API's asks for the other nodes' sessions.
+    session_reads: mpsc::Receiver<SessionsWanted>,
     client: redis::Client,
     keys: Schema,
     control: Control,
@@ -394,6 +448,8 @@ impl Task {
                     _ = &mut wait => break,
                     Some(_) = self.lookups.recv() => {}
                     Some(users) = self.reloads.recv() => self.toml_users = users,
+                    // Dropped unanswered: the admin API lists this node's.
+                    Some(_) = self.session_reads.recv() => {}
                     _ = tick.tick() => {
                         // Nothing can be published: the next session
                         // rewrites every count. The others' counts age out.
@@ -478,6 +534,9 @@ impl Task {
             failed_tx.clone(),
         ));
         let (rows_tx, mut rows_read) = mpsc::unbounded_channel();
+        // This node's sessions as last written, and their reads.
+        let (listed_tx, mut listed) = mpsc::unbounded_channel();
+        let mut sessions = SessionSync::default();
         let mut beat = tokio::time::interval(self.heartbeat);
         let mut publish = tokio::time::interval(PUBLISH_EVERY);
         // A batch was dropped: rewrite everything at the next tick.
@@ -593,7 +652,25 @@ impl Task {
                         self.toml_users.clone(),
                     ));
                 }
+                Some(wanted) = self.session_reads.recv() => {
+                    tokio::spawn(read_sessions(
+                        conn.clone(),
+                        self.cluster_keys.clone(),
+                        self.node.clone(),
+                        wanted,
+                    ));
+                }
+                Some((whole, list)) = listed.recv() => {
+                    let write = sessions.listed(whole, list);
+                    if let Some(w) = write {
+                        let _ = writes.try_send(w);
+                    }
+                    if let Some(whole) = sessions.again.take() {
+                        sessions.read(&self.control, whole, &listed_tx);
+                    }
+                }
                 _ = beat.tick() => {
+                    sessions.read(&self.control, true, &listed_tx);
                     let whole = self.control.shared().local_counts();
                     if writes.try_send(Write::Whole(whole)).is_err() {
                         rewrite = true;
@@ -616,6 +693,8 @@ impl Task {
                             self.expire_peers();
                             continue;
                         }
+                        // A count changed: sessions came or went.
+                        sessions.read(&self.control, false, &listed_tx);
                         Write::Counts(changes)
                     };
                     rewrite = writes.try_send(write).is_err();
@@ -767,6 +846,86 @@ enum Write {
     Counts(Vec<(String, u32)>),
     /// An operator action: recorded if it lasts, and published.
     Op(Op),
+    /// Sessions: the hash rewritten whole if `whole`, else these put
+    /// (relay → JSON) and those gone.
+    Sessions {
+        whole: bool,
+        put: Vec<(String, String)>,
+        gone: Vec<String>,
+    },
+}
+
+/// What this node last wrote of its sessions, and the read of them under
+/// way: one at a time, the next one waiting.
+#[derive(Default)]
+struct SessionSync {
+    written: HashSet<String>,
+    reading: bool,
+    /// Another read is wanted (whole if true) once this one is done.
+    again: Option<bool>,
+}
+
+impl SessionSync {
+    /// List this node's sessions (a report of every engine) off the main
+    /// loop; the list goes to `done`.
+    fn read(
+        &mut self,
+        control: &Control,
+        whole: bool,
+        done: &mpsc::UnboundedSender<(bool, Vec<SessionInfo>)>,
+    ) {
+        if self.reading {
+            self.again = Some(self.again.unwrap_or(false) || whole);
+            return;
+        }
+        self.reading = true;
+        let (control, done) = (control.clone(), done.clone());
+        tokio::spawn(async move {
+            let report = control.report(true).await;
+            let list = report
+                .sessions
+                .iter()
+                .map(SessionInfo::from_session)
+                .collect();
+            let _ = done.send((whole, list));
+        });
+    }
+
+    /// The list read: what to write of it (nothing if nothing came or went).
+    fn listed(&mut self, whole: bool, list: Vec<SessionInfo>) -> Option<Write> {
+        self.reading = false;
+        let now = unix_now();
+        let mut current: HashMap<String, SessionInfo> =
+            list.into_iter().map(|s| (s.relay.clone(), s)).collect();
+        let gone: Vec<String> = self
+            .written
+            .iter()
+            .filter(|r| !current.contains_key(*r))
+            .cloned()
+            .collect();
+        if !whole {
+            current.retain(|relay, _| !self.written.contains(relay));
+            if current.is_empty() && gone.is_empty() {
+                return None;
+            }
+        }
+        for r in &gone {
+            self.written.remove(r);
+        }
+        let put: Vec<(String, String)> = current
+            .into_iter()
+            .filter_map(|(relay, info)| {
+                let stored = Stored {
+                    started: now.saturating_sub(info.age_seconds),
+                    info,
+                };
+                let json = serde_json::to_string(&stored).ok()?;
+                self.written.insert(relay.clone());
+                Some((relay, json))
+            })
+            .collect();
+        Some(Write::Sessions { whole, put, gone })
+    }
 }
 
 /// Write this node's rows in order, each batch in one MULTI, until the
@@ -818,6 +977,18 @@ async fn write_rows(
                 };
                 pipe.publish(&channel, event.text()).ignore();
             }
+            Write::Sessions { whole, put, gone } => {
+                let key = keys.sessions(&node);
+                if *whole {
+                    pipe.del(&key).ignore();
+                } else if !gone.is_empty() {
+                    pipe.hdel(&key, gone).ignore();
+                }
+                if !put.is_empty() {
+                    pipe.hset_multiple(&key, put).ignore();
+                }
+                pipe.pexpire(&key, expiry.as_millis() as i64).ignore();
+            }
             Write::Counts(counts) => {
                 for (name, n) in counts {
                     if *n == 0 {
@@ -844,6 +1015,44 @@ async fn write_rows(
         let _ = failed.send(lost);
         return;
     }
+}
+
+/// Read the sessions of every other node whose rows have not expired (at
+/// most [`nodes::MAX_NODES`] nodes) and answer `wanted` (nothing on an
+/// error: the admin API then lists this node's alone).
+async fn read_sessions(
+    mut conn: redis::aio::MultiplexedConnection,
+    keys: nodes::Keys,
+    node: String,
+    wanted: SessionsWanted,
+) {
+    let read = async {
+        let names: Vec<String> = conn
+            .zrevrange(keys.nodes(), 0, nodes::MAX_NODES as isize - 1)
+            .await?;
+        let names: Vec<String> = names.into_iter().filter(|n| *n != node).collect();
+        let mut pipe = redis::pipe();
+        for n in &names {
+            pipe.hvals(keys.sessions(n));
+        }
+        let values: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        redis::RedisResult::Ok(names.into_iter().zip(values).collect::<Vec<_>>())
+    };
+    let Ok(Ok(per_node)) = tokio::time::timeout(COMMAND_TIMEOUT, read).await else {
+        return;
+    };
+    let now = unix_now();
+    let mut list = Vec::new();
+    for (name, values) in per_node {
+        for v in values {
+            if let Ok(Stored { started, mut info }) = serde_json::from_str::<Stored>(&v) {
+                info.node = Some(name.clone());
+                info.age_seconds = now.saturating_sub(started);
+                list.push(info);
+            }
+        }
+    }
+    let _ = wanted.send(list);
 }
 
 /// Read the revoked names whose revocation has not ended (and drop the

@@ -6,6 +6,9 @@
 //! - `node/<node>/quota`: a hash of user name → allocations held on that
 //!   node, rewritten whole every `cluster.heartbeat` and expiring after
 //!   three heartbeats, so that a node that dies stops counting by itself;
+//! - `node/<node>/sessions`: a hash of relay address → the session as
+//!   JSON, written as sessions come and go, rewritten whole (with fresh
+//!   traffic counts) every heartbeat, and expiring like the counts;
 //! - `nodes`: a sorted set of node names, scored by the Unix time (ms) of
 //!   their last heartbeat, which a node reads to learn the others;
 //! - `revoked`: a hash of revoked names → the Unix time the revocation
@@ -50,6 +53,11 @@ impl Keys {
     /// The hash of `node`'s per-user counts.
     pub fn quota(&self, node: &str) -> String {
         format!("{}node/{node}/quota", self.prefix)
+    }
+
+    /// The hash of `node`'s sessions: relay address → [`super::Stored`].
+    pub fn sessions(&self, node: &str) -> String {
+        format!("{}node/{node}/sessions", self.prefix)
     }
 
     /// The sorted set of node names.

@@ -1017,7 +1017,7 @@ mod tests {
                 bytes: 20,
             },
         };
-        let t = client::table(&[s.clone(), s]);
+        let t = client::table(&[s.clone(), s.clone()]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[0].starts_with("USER "));

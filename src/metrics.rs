@@ -384,6 +384,12 @@ mod tests {
                 Some(u64::from(up))
             );
         }
+        assert_eq!(value(&t, "ferroturn_cluster_nodes"), None);
+        r.cluster_nodes = Some(3);
+        r.revocations_applied = 2;
+        let c = render(&r);
+        assert_eq!(value(&c, "ferroturn_cluster_nodes"), Some(3));
+        assert_eq!(value(&c, "ferroturn_revocations_applied_total"), Some(2));
 
         assert_eq!(value(&t, "ferroturn_allocations_active"), Some(3));
         assert_eq!(value(&t, "ferroturn_relay_ports_free"), Some(97));

@@ -443,7 +443,19 @@ async fn redis_stopped_under_relaying_clients_falls_back_and_converges() {
         EXPIRY_CEILING,
     );
 
+    // A revocation made on A meanwhile holds on A at once, and reaches
+    // the others when Redis is back.
+    c.nodes[0].cli(&["revoke", "--user", "quinn", "--until", "1h"]);
+    wait_refused(&c, a, "quinn", "401", CEILING).await;
+    allocate(b, "quinn")
+        .await
+        .expect("B has not heard of it yet")
+        .release()
+        .await;
+
     c.redis.restart();
+    wait_refused(&c, b, "quinn", "401", CEILING).await;
+    wait_refused(&c, a, "quinn", "401", CEILING).await;
     for n in &c.nodes {
         c.wait_for(
             || n.metric("ferroturn_cluster_nodes") == Some(3),

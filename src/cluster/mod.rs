@@ -701,6 +701,18 @@ impl Task {
                     self.expire_peers();
                 }
                 Some(op) = self.ops.recv() => {
+                    // Applied here again: an action queued while Redis was
+                    // away was replaced by Redis's table at reconnect.
+                    let shared = self.control.shared();
+                    match &op {
+                        Op::Revoke { name, until } => {
+                            shared.revoke(name, *until);
+                        }
+                        Op::Unrevoke(name) => {
+                            shared.unrevoke(name);
+                        }
+                        Op::Kill(_) => {}
+                    }
                     if writes.try_send(Write::Op(op)).is_err() {
                         tracing::warn!(target: LOG, "cluster writes far behind: an operator action reached this node only");
                     }

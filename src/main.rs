@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum, ValueHint};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, ValueHint};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,21 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<CliCommand>,
+}
+
+/// Where the admin API is and how to show it the token: the options of
+/// every command that talks to it.
+#[derive(Args)]
+struct AdminArgs {
+    /// Admin API: IP:PORT or a socket path; defaults to [admin] in --config, else /run/ferroturn/admin.sock.
+    #[arg(long, value_name = "ADDR|SOCKET")]
+    admin: Option<String>,
+    /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
+    #[arg(long, value_name = "FILE", conflicts_with = "token", value_hint = ValueHint::FilePath)]
+    token_file: Option<PathBuf>,
+    /// Bearer token (visible to other users in ps: prefer --token-file).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -82,15 +97,8 @@ enum CliCommand {
     },
     /// List the sessions of a running server (through its admin API).
     Sessions {
-        /// Admin API: IP:PORT or a socket path; defaults to [admin] in --config, else /run/ferroturn/admin.sock.
-        #[arg(long, value_name = "ADDR|SOCKET")]
-        admin: Option<String>,
-        /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
-        #[arg(long, value_name = "FILE", conflicts_with = "token", value_hint = ValueHint::FilePath)]
-        token_file: Option<PathBuf>,
-        /// Bearer token (visible to other users in ps: prefer --token-file).
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        api: AdminArgs,
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -107,15 +115,8 @@ enum CliCommand {
         /// Close the session on this relay port.
         #[arg(long, value_name = "PORT")]
         relay_port: Option<u16>,
-        /// Admin API: IP:PORT or a socket path; defaults to [admin] in --config, else /run/ferroturn/admin.sock.
-        #[arg(long, value_name = "ADDR|SOCKET")]
-        admin: Option<String>,
-        /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
-        #[arg(long, value_name = "FILE", conflicts_with = "token", value_hint = ValueHint::FilePath)]
-        token_file: Option<PathBuf>,
-        /// Bearer token (visible to other users in ps: prefer --token-file).
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        api: AdminArgs,
     },
     /// Refuse a user name on every node (through the admin API).
     ///
@@ -141,15 +142,8 @@ enum CliCommand {
         /// Lift this name's revocation.
         #[arg(long, value_name = "NAME")]
         remove: Option<String>,
-        /// Admin API: IP:PORT or a socket path; defaults to [admin] in --config, else /run/ferroturn/admin.sock.
-        #[arg(long, value_name = "ADDR|SOCKET")]
-        admin: Option<String>,
-        /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
-        #[arg(long, value_name = "FILE", conflicts_with = "token", value_hint = ValueHint::FilePath)]
-        token_file: Option<PathBuf>,
-        /// Bearer token (visible to other users in ps: prefer --token-file).
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        api: AdminArgs,
     },
     /// Print a manual page (roff) on stdout, or write both into a directory.
     ///
@@ -225,13 +219,16 @@ fn optional_config(
 /// `ps`.
 fn admin_target(
     path: Option<&PathBuf>,
-    admin: Option<String>,
-    token_file: Option<PathBuf>,
-    token: Option<String>,
+    api: AdminArgs,
     command: &str,
 ) -> Result<ferroturn::admin::client::Target, ExitCode> {
     use ferroturn::admin::client::{TOKEN_ENV, Target, TokenSource};
     let config = optional_config(path, command)?;
+    let AdminArgs {
+        admin,
+        token_file,
+        token,
+    } = api;
     let token = match (token_file, token) {
         (Some(f), _) => TokenSource::File(f),
         (None, Some(t)) => {
@@ -518,15 +515,10 @@ fn main() -> ExitCode {
             password: given,
             toml,
         } => password(cli.config.as_ref(), &user, realm, given, toml),
-        CliCommand::Sessions {
-            admin,
-            token_file,
-            token,
-            json,
-        } => {
+        CliCommand::Sessions { api, json } => {
             use ferroturn::admin::client::table;
             let config = cli.config.as_ref();
-            let target = match admin_target(config, admin, token_file, token, "sessions") {
+            let target = match admin_target(config, api, "sessions") {
                 Ok(t) => t,
                 Err(code) => return code,
             };
@@ -549,12 +541,10 @@ fn main() -> ExitCode {
         CliCommand::Kill {
             user,
             relay_port,
-            admin,
-            token_file,
-            token,
+            api,
         } => {
             let config = cli.config.as_ref();
-            let target = match admin_target(config, admin, token_file, token, "kill") {
+            let target = match admin_target(config, api, "kill") {
                 Ok(t) => t,
                 Err(code) => return code,
             };
@@ -580,36 +570,22 @@ fn main() -> ExitCode {
             until,
             list,
             remove,
-            admin,
-            token_file,
-            token,
-        } => revoke(
-            cli.config.as_ref(),
-            user,
-            until,
-            list,
-            remove,
-            admin,
-            token_file,
-            token,
-        ),
+            api,
+        } => revoke(cli.config.as_ref(), user, until, list, remove, api),
     }
 }
 
 /// `ferroturn revoke`: add, list or remove revocations.
-#[allow(clippy::too_many_arguments)]
 fn revoke(
     config: Option<&PathBuf>,
     user: Option<String>,
     until: Option<String>,
     list: bool,
     remove: Option<String>,
-    admin: Option<String>,
-    token_file: Option<PathBuf>,
-    token: Option<String>,
+    api: AdminArgs,
 ) -> ExitCode {
     use ferroturn::admin::client::{DEFAULT_REVOCATION_SECS, parse_until};
-    let target = match admin_target(config, admin, token_file, token, "revoke") {
+    let target = match admin_target(config, api, "revoke") {
         Ok(t) => t,
         Err(code) => return code,
     };

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -97,21 +97,7 @@ impl Node {
 
     /// A metric's value from `/metrics`.
     fn metric(&self, name: &str) -> Option<u64> {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(self.metrics).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.metrics.ip()
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let prefix = format!("{name} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
+        common::redis::metric(self.metrics, name)
     }
 
     /// The sessions of this node's admin API (empty if it does not answer).
@@ -237,6 +223,13 @@ impl Held {
     }
 }
 
+/// Release each of `held`.
+async fn release_all(held: Vec<Held>) {
+    for h in held {
+        h.release().await;
+    }
+}
+
 /// Allocate on `node` as REST name `name`: the allocation, or the error.
 async fn allocate(node: SocketAddr, name: &str) -> Result<Held, String> {
     let (user, password) = rest(name);
@@ -318,9 +311,7 @@ async fn a_user_past_the_quota_on_one_node_is_refused_on_the_others() {
     wait_refused(&c, cc, "carol", "486", CEILING).await;
     wait_refused(&c, a, "carol", "486", CEILING).await;
     on_b.release().await;
-    for h in held {
-        h.release().await;
-    }
+    release_all(held).await;
 }
 
 /// The stated bound: Allocates racing on n nodes within one propagation
@@ -359,9 +350,7 @@ async fn racing_allocates_on_three_nodes_stay_within_the_stated_bound() {
     for n in &c.nodes {
         wait_refused(&c, n.addr, "erin", "486", CEILING).await;
     }
-    for h in held {
-        h.release().await;
-    }
+    release_all(held).await;
 }
 
 /// A SIGKILLed node's allocations stop counting within its expiry (3
@@ -474,9 +463,7 @@ async fn redis_stopped_under_relaying_clients_falls_back_and_converges() {
     );
     on_a.release().await;
     relaying.release().await;
-    for h in b_held {
-        h.release().await;
-    }
+    release_all(b_held).await;
 }
 
 /// `ferroturn kill --user` on node B closes the user's allocations on A
@@ -500,9 +487,7 @@ async fn kill_on_one_node_closes_the_allocations_on_every_node() {
     c.nodes[1].cli(&["kill", "--user", "ivy"]);
     std::thread::sleep(Duration::from_millis(300));
     assert!(c.nodes[0].has_session_of("jo"));
-    for h in [on_a, on_c, other] {
-        h.release().await;
-    }
+    release_all(vec![on_a, on_c, other]).await;
 }
 
 /// `ferroturn revoke --user` of a REST name on B: its allocations on A and
@@ -613,7 +598,5 @@ async fn sessions_on_any_node_list_every_node() {
             CEILING,
         );
     }
-    for h in held {
-        h.release().await;
-    }
+    release_all(held).await;
 }

@@ -6,8 +6,8 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,19 +116,7 @@ impl Node {
 
     /// `ferroturn_cluster_up` from `/metrics`.
     fn cluster_up(&self) -> Option<u64> {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(self.metrics).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("ferroturn_cluster_up "))
-            .and_then(|v| v.trim().parse().ok())
+        common::redis::metric(self.metrics, "ferroturn_cluster_up")
     }
 
     /// Poll `ok` every 50 ms until it holds, at most [`CEILING`].

@@ -33,6 +33,10 @@
 //! for names in both `[auth] users` and Redis, and PING run on tasks of
 //! their own, so lookups keep being answered meanwhile. [`Status`] says which (the
 //! `ferroturn_cluster_up` metric).
+//!
+//! The same task keeps this node's rows beside coturn's keys and follows
+//! the other nodes' (see the `nodes` module): per-user allocation counts
+//! for the cluster-wide quota, revocations, kills and sessions.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -10,11 +10,19 @@
 //!
 //! - `GET /sessions`: `{"sessions": [SessionInfo, ...]}`, every live
 //!   allocation with its user, client address and transport, relay address,
-//!   age and traffic each way.
+//!   age and traffic each way; with `[cluster]`, those of every live node,
+//!   each with its `node` (another node's traffic as of its last write).
 //! - `DELETE /sessions/{relay_port}`: close the allocation on that relay
 //!   port; `{"closed": 1}`, or 404.
 //! - `DELETE /users/{name}/sessions`: close every allocation of a user
-//!   (name percent-encoded); `{"closed": N}`, N may be 0.
+//!   (name percent-encoded); `{"closed": N}`, N may be 0 (this node's;
+//!   with `[cluster]` every other node closes its own within a second).
+//! - `GET /revocations`: `{"revocations": [{"name", "until"}, ...]}`,
+//!   the names refused now and the Unix time each revocation ends.
+//! - `PUT /revocations/{name}?until=UNIX`: refuse the name's Allocates and
+//!   Refreshes (401) until then and close its allocations, on every node
+//!   of a cluster; `{"name", "until", "closed"}` (this node's closed).
+//! - `DELETE /revocations/{name}`: lift it; `{"removed": true|false}`.
 //!
 //! When a token is configured every request needs
 //! `Authorization: Bearer TOKEN` (compared in constant time), else 401.
@@ -57,6 +65,10 @@ pub const SOCKET_MODE: u32 = 0o660;
 /// One session as the API lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
+    /// The cluster node that holds it (`cluster.node`); absent without
+    /// `[cluster]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub user: String,
     /// The client's address as the server sees it (`IP:PORT`).
     pub client: String,
@@ -89,6 +101,7 @@ impl SessionInfo {
             bytes: s.traffic[dir.index()].bytes,
         };
         SessionInfo {
+            node: None,
             user: s.user.clone(),
             client: s.client.remote.to_string(),
             transport: Transport::of(s.client.via).name().to_owned(),
@@ -107,6 +120,37 @@ impl SessionInfo {
 pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
 }
+
+/// One revocation, as the API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub name: String,
+    /// The Unix time (seconds) it ends.
+    pub until: u64,
+}
+
+/// The body of `GET /revocations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationList {
+    pub revocations: Vec<Revocation>,
+}
+
+/// The body of a successful `PUT /revocations/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    pub name: String,
+    pub until: u64,
+    pub closed: usize,
+}
+
+/// The body of `DELETE /revocations/{name}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: bool,
+}
+
+/// The longest a revocation may last: a year.
+pub const MAX_REVOCATION_SECS: u64 = 366 * 86_400;
 
 /// The body of a successful `DELETE`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -317,12 +361,15 @@ async fn answer(State(control): State<Control>, method: Method, uri: Uri) -> Res
         ["sessions"] => match m {
             "GET" | "HEAD" => {
                 let report = control.report(true).await;
-                let mut sessions: Vec<SessionInfo> = report
+                let local: Vec<SessionInfo> = report
                     .sessions
                     .iter()
                     .map(SessionInfo::from_session)
                     .collect();
-                sessions.sort_by(|a, b| (&a.user, a.relay_port).cmp(&(&b.user, b.relay_port)));
+                let mut sessions = crate::cluster::all_sessions(&control, local).await;
+                sessions.sort_by(|a, b| {
+                    (&a.node, &a.user, a.relay_port).cmp(&(&b.node, &b.user, b.relay_port))
+                });
                 http::json(StatusCode::OK, &SessionList { sessions })
             }
             _ => not_allowed("GET, HEAD"),
@@ -359,12 +406,97 @@ async fn answer(State(control): State<Control>, method: Method, uri: Uri) -> Res
             };
             let closed = control.close_user(&user).await;
             tracing::info!(%user, closed, "admin: sessions of a user closed");
+            tell_cluster(&control, crate::cluster::Op::Kill(user));
             http::json(StatusCode::OK, &Closed { closed })
+        }
+        ["revocations"] => match m {
+            "GET" | "HEAD" => {
+                let revocations = control
+                    .shared()
+                    .revocations(crate::cluster::unix_now())
+                    .into_iter()
+                    .map(|(name, until)| Revocation { name, until })
+                    .collect();
+                http::json(StatusCode::OK, &RevocationList { revocations })
+            }
+            _ => not_allowed("GET, HEAD"),
+        },
+        ["revocations", name] => {
+            let Some(name) = percent_decode(name).filter(|u| !u.is_empty()) else {
+                return http::json_error(
+                    StatusCode::BAD_REQUEST,
+                    "the name must be percent-encoded UTF-8",
+                );
+            };
+            match m {
+                "PUT" => revoke(&control, name, uri.query().unwrap_or("")).await,
+                "DELETE" => {
+                    let removed = control.shared().unrevoke(&name);
+                    tracing::info!(user = %name, removed, "admin: revocation lifted");
+                    tell_cluster(&control, crate::cluster::Op::Unrevoke(name));
+                    http::json(StatusCode::OK, &Removed { removed })
+                }
+                _ => not_allowed("PUT, DELETE"),
+            }
         }
         _ => http::json_error(
             StatusCode::NOT_FOUND,
-            "no such resource; try GET /sessions, DELETE /sessions/{relay_port}, DELETE /users/{name}/sessions",
+            "no such resource; try GET /sessions, DELETE /sessions/{relay_port}, DELETE /users/{name}/sessions, GET /revocations, PUT or DELETE /revocations/{name}",
         ),
+    }
+}
+
+/// `PUT /revocations/{name}?until=UNIX`: refuse `name` until then, close
+/// its allocations here, and tell the other nodes.
+async fn revoke(control: &Control, name: String, query: &str) -> Response {
+    let now = crate::cluster::unix_now();
+    let until = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("until="))
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(until) = until.filter(|&u| u > now && u <= now + MAX_REVOCATION_SECS) else {
+        return http::json_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "give ?until=UNIX_SECONDS, after now and at most {} days ahead",
+                MAX_REVOCATION_SECS / 86_400
+            ),
+        );
+    };
+    let shared = control.shared();
+    if !shared.revoke(&name, until) {
+        return http::json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{} names are revoked already: remove some first",
+                crate::engine::quota::MAX_REVOKED
+            ),
+        );
+    }
+    shared.note_revocation();
+    let closed = control.close_user(&name).await;
+    tracing::info!(user = %name, until, closed, "admin: name revoked");
+    tell_cluster(
+        control,
+        crate::cluster::Op::Revoke {
+            name: name.clone(),
+            until,
+        },
+    );
+    http::json(
+        StatusCode::OK,
+        &Revoked {
+            name,
+            until,
+            closed,
+        },
+    )
+}
+
+/// Hand an operator action to the cluster task, with `[cluster]`.
+fn tell_cluster(control: &Control, op: crate::cluster::Op) {
+    if crate::cluster::tell(control, op) == Some(false) {
+        tracing::warn!("admin: the cluster task is far behind: this action reached this node only");
     }
 }
 
@@ -405,7 +537,10 @@ pub mod client {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    use super::{Closed, SessionInfo, SessionList, percent_encode};
+    use super::{
+        Closed, Removed, Revocation, RevocationList, Revoked, SessionInfo, SessionList,
+        percent_encode,
+    };
     use crate::config::{Config, DEFAULT_ADMIN_SOCKET};
     use crate::http::Dest;
 
@@ -574,6 +709,23 @@ pub mod client {
             self.closed(&self.call("DELETE", &format!("/sessions/{port}"))?)
         }
 
+        /// `PUT /revocations/{name}?until=UNIX`.
+        pub fn revoke(&self, name: &str, until: u64) -> Result<Revoked, String> {
+            let path = format!("/revocations/{}?until={until}", percent_encode(name));
+            parse(&self.call("PUT", &path)?)
+        }
+
+        /// `DELETE /revocations/{name}`: whether there was one.
+        pub fn unrevoke(&self, name: &str) -> Result<bool, String> {
+            let path = format!("/revocations/{}", percent_encode(name));
+            parse::<Removed>(&self.call("DELETE", &path)?).map(|r| r.removed)
+        }
+
+        /// `GET /revocations`.
+        pub fn revocations(&self) -> Result<Vec<Revocation>, String> {
+            parse::<RevocationList>(&self.call("GET", "/revocations")?).map(|l| l.revocations)
+        }
+
         fn closed(&self, body: &[u8]) -> Result<usize, String> {
             serde_json::from_slice::<Closed>(body)
                 .map(|c| c.closed)
@@ -581,12 +733,122 @@ pub mod client {
         }
     }
 
+    /// The default length of a revocation: a day, the longest lifetime of
+    /// the REST credentials ferroturn itself mints (`demo.credential_ttl`).
+    pub const DEFAULT_REVOCATION_SECS: u64 = 86_400;
+
+    /// `--until` of `ferroturn revoke` as a Unix time: a duration from
+    /// `now` (`90s`, `30m`, `12h`, `7d`) or an RFC 3339 time
+    /// (`2026-12-24T18:00:00Z`, an offset like `+01:00`, fractions of a
+    /// second dropped).
+    pub fn parse_until(text: &str, now: u64) -> Result<u64, String> {
+        let bad = || {
+            format!(
+                "--until {text:?} is neither a duration (90s, 30m, 12h, 7d) nor an RFC 3339 time (2026-12-24T18:00:00Z)"
+            )
+        };
+        let t = text.trim();
+        if let Some(unit) = t.chars().last().filter(|c| "smhd".contains(*c)) {
+            let n: u64 = t[..t.len() - 1].parse().map_err(|_| bad())?;
+            let scale = match unit {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                _ => 86_400,
+            };
+            return n
+                .checked_mul(scale)
+                .and_then(|d| now.checked_add(d))
+                .ok_or_else(bad);
+        }
+        rfc3339(t).ok_or_else(bad)
+    }
+
+    /// An RFC 3339 date-time (§5.6) as Unix seconds.
+    fn rfc3339(t: &str) -> Option<u64> {
+        let b = t.as_bytes();
+        let num = |r: std::ops::Range<usize>| -> Option<i64> {
+            let s = t.get(r)?;
+            s.bytes()
+                .all(|c| c.is_ascii_digit())
+                .then(|| s.parse().ok())?
+        };
+        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+            return None;
+        }
+        if b[13] != b':' || b[16] != b':' {
+            return None;
+        }
+        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        let mut rest = &t[19..];
+        if let Some(frac) = rest.strip_prefix('.') {
+            let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return None;
+            }
+            rest = &frac[digits..];
+        }
+        let offset = match rest {
+            "Z" | "z" => 0,
+            o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+                let m = num(t.len() - 5..t.len() - 3)? * 3600 + num(t.len() - 2..t.len())? * 60;
+                if o.starts_with('-') { -m } else { m }
+            }
+            _ => return None,
+        };
+        let days_in = [
+            31,
+            28 + i64::from(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)),
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
+        if !(1..=12).contains(&mo)
+            || d < 1
+            || d > days_in[(mo - 1) as usize]
+            || h > 23
+            || mi > 59
+            || sec > 60
+        {
+            return None;
+        }
+        // Days since 1970-01-01 of a proleptic Gregorian date.
+        let (yy, mm) = if mo <= 2 {
+            (y - 1, mo + 9)
+        } else {
+            (y, mo - 3)
+        };
+        let era = yy.div_euclid(400);
+        let yoe = yy - era * 400;
+        let doy = (153 * mm + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        let unix = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+        u64::try_from(unix).ok()
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+        serde_json::from_slice(body)
+            .map_err(|e| format!("unexpected answer from the admin API: {e}"))
+    }
+
     /// The session table `ferroturn sessions` prints.
     pub fn table(sessions: &[SessionInfo]) -> String {
         if sessions.is_empty() {
             return "no sessions\n".to_owned();
         }
+        // A NODE column first when the sessions come from a cluster.
+        let clustered = sessions.iter().any(|s| s.node.is_some());
         let header = [
+            "NODE",
             "USER",
             "CLIENT",
             "TRANSPORT",
@@ -597,10 +859,11 @@ pub mod client {
             "TO_CLIENT_PKTS",
             "TO_CLIENT_BYTES",
         ];
-        let rows: Vec<[String; 9]> = sessions
+        let rows: Vec<[String; 10]> = sessions
             .iter()
             .map(|s| {
                 [
+                    printable(s.node.as_deref().unwrap_or("")),
                     printable(&s.user),
                     s.client.clone(),
                     s.transport.clone(),
@@ -622,9 +885,10 @@ pub mod client {
         let mut out = String::new();
         let mut line = |cells: &[&str]| {
             let mut l = String::new();
-            for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+            let skip = usize::from(!clustered);
+            for (i, (c, w)) in cells.iter().zip(width).enumerate().skip(skip) {
                 // Text columns left-aligned, numbers right-aligned.
-                if i < 4 {
+                if i < 5 {
                     l.push_str(&format!("{c:<w$}  "));
                 } else {
                     l.push_str(&format!("{c:>w$}  "));
@@ -690,6 +954,40 @@ mod tests {
     }
 
     #[test]
+    fn until_takes_durations_and_rfc3339() {
+        use client::parse_until;
+        let now = 1_000_000;
+        assert_eq!(parse_until("90s", now), Ok(now + 90));
+        assert_eq!(parse_until("30m", now), Ok(now + 1800));
+        assert_eq!(parse_until("12h", now), Ok(now + 43_200));
+        assert_eq!(parse_until("7d", now), Ok(now + 604_800));
+        assert_eq!(parse_until("1970-01-01T00:00:00Z", now), Ok(0));
+        assert_eq!(parse_until("2026-12-24T18:00:00Z", now), Ok(1_798_135_200));
+        assert_eq!(
+            parse_until("2026-12-24T19:00:00.250+01:00", now),
+            Ok(1_798_135_200)
+        );
+        assert_eq!(
+            parse_until("2000-02-29T00:00:00-00:30", now),
+            Ok(951_784_200)
+        );
+        for bad in [
+            "",
+            "h",
+            "-1h",
+            "10x",
+            "2026-02-29T00:00:00Z",
+            "2026-12-24",
+            "2026-12-24T18:00:00",
+            "2026-13-01T00:00:00Z",
+            "2026-12-24T18:00:00+0100",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_until(bad, now).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn percent_coding_round_trips() {
         for s in ["alice", "1795000000:bob", "a b/c%d", "zoë"] {
             assert_eq!(percent_decode(&percent_encode(s)).as_deref(), Some(s));
@@ -702,6 +1000,7 @@ mod tests {
     #[test]
     fn table_lists_sessions() {
         let s = SessionInfo {
+            node: None,
             user: "al\x1bice".into(),
             client: "127.0.0.1:5000".into(),
             transport: "udp".into(),
@@ -718,7 +1017,7 @@ mod tests {
                 bytes: 20,
             },
         };
-        let t = client::table(&[s.clone(), s]);
+        let t = client::table(&[s.clone(), s.clone()]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[0].starts_with("USER "));
@@ -727,5 +1026,16 @@ mod tests {
         assert!(lines[1].ends_with(" 20"));
         assert_eq!(lines[3], "2 sessions");
         assert_eq!(client::table(&[]), "no sessions\n");
+        // From a cluster: a NODE column first.
+        let mut other = s.clone();
+        other.node = Some("turn-2".into());
+        let t = client::table(&[other, s]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NODE    USER "), "{t}");
+        assert!(
+            lines[1].starts_with("turn-2  al?ice  127.0.0.1:5000"),
+            "{t}"
+        );
+        assert!(lines[2].starts_with("        al?ice"), "{t}");
     }
 }

@@ -426,6 +426,9 @@ pub struct Cluster {
     pub redis: String,
     /// This node's name: `cluster.node`, or the host name.
     pub node: String,
+    /// `cluster.heartbeat`: how often this node rewrites its rows in Redis
+    /// (counts, sessions); they expire after three of these.
+    pub heartbeat: std::time::Duration,
 }
 
 impl fmt::Debug for Cluster {
@@ -438,6 +441,7 @@ impl fmt::Debug for Cluster {
         f.debug_struct("Cluster")
             .field("redis", &shown)
             .field("node", &self.node)
+            .field("heartbeat", &self.heartbeat)
             .finish()
     }
 }
@@ -972,6 +976,13 @@ struct RawNatBehaviour {
 struct RawCluster {
     redis: RedisUrl,
     node: Option<NodeName>,
+    #[serde(default = "default_heartbeat")]
+    heartbeat: u32,
+}
+
+/// `cluster.heartbeat`'s default, seconds.
+fn default_heartbeat() -> u32 {
+    table_default("cluster", "heartbeat")
 }
 
 table! {
@@ -1314,6 +1325,9 @@ impl RawConfig {
                     addr.0
                 ),
             );
+        }
+        if let Some(c) = &self.cluster {
+            between("cluster.heartbeat", c.heartbeat, 1, 60, " seconds")?;
         }
         let d = &self.demo;
         between("demo.idle_timeout", d.idle_timeout, 1, 3600, " seconds")?;
@@ -1870,6 +1884,7 @@ impl RawConfig {
             cluster: self.cluster.map(|c| Cluster {
                 redis: c.redis.0,
                 node: c.node.map_or_else(host_name, |n| n.0),
+                heartbeat: std::time::Duration::from_secs(c.heartbeat.into()),
             }),
             nat_behaviour,
         };

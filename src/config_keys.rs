@@ -537,6 +537,13 @@ pub const KEYS: &[Key] = &[
         doc: "This node's name among the nodes sharing the Redis (1 to 64 printable ASCII characters). Needs a restart.",
     },
     Key {
+        section: "cluster",
+        name: "heartbeat",
+        kind: "integer",
+        default: Value("10"),
+        doc: "Seconds between this node's rewrites of its rows in Redis (its per-user allocation counts and its sessions), 1–60. They expire after three heartbeats, so a node that dies stops counting against any quota, and its sessions leave `ferroturn sessions`, within 3 × this (30 s by default). Needs a restart.",
+    },
+    Key {
         section: "nat_behaviour",
         name: "listen",
         kind: "string",
@@ -867,6 +874,10 @@ mod tests {
                 k.path()
             );
             let mut without = base();
+            if k.section == "cluster" {
+                // The section needs its one required key.
+                without.insert(("cluster", "redis"), "\"redis://127.0.0.1:6379\"");
+            }
             without.remove(&(k.section, k.name));
             let mut with = without.clone();
             with.insert((k.section, k.name), v);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum, ValueHint};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, ValueHint};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,21 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<CliCommand>,
+}
+
+/// Where the admin API is and how to show it the token: the options of
+/// every command that talks to it.
+#[derive(Args)]
+struct AdminArgs {
+    /// Admin API: IP:PORT or a socket path; defaults to [admin] in --config, else /run/ferroturn/admin.sock.
+    #[arg(long, value_name = "ADDR|SOCKET")]
+    admin: Option<String>,
+    /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
+    #[arg(long, value_name = "FILE", conflicts_with = "token", value_hint = ValueHint::FilePath)]
+    token_file: Option<PathBuf>,
+    /// Bearer token (visible to other users in ps: prefer --token-file).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -82,15 +97,8 @@ enum CliCommand {
     },
     /// List the sessions of a running server (through its admin API).
     Sessions {
-        /// Admin API: IP:PORT or a socket path; defaults to [admin] in --config, else /run/ferroturn/admin.sock.
-        #[arg(long, value_name = "ADDR|SOCKET")]
-        admin: Option<String>,
-        /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
-        #[arg(long, value_name = "FILE", conflicts_with = "token", value_hint = ValueHint::FilePath)]
-        token_file: Option<PathBuf>,
-        /// Bearer token (visible to other users in ps: prefer --token-file).
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        api: AdminArgs,
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -107,15 +115,35 @@ enum CliCommand {
         /// Close the session on this relay port.
         #[arg(long, value_name = "PORT")]
         relay_port: Option<u16>,
-        /// Admin API: IP:PORT or a socket path; defaults to [admin] in --config, else /run/ferroturn/admin.sock.
-        #[arg(long, value_name = "ADDR|SOCKET")]
-        admin: Option<String>,
-        /// File holding the bearer token; defaults to $FERROTURN_ADMIN_TOKEN, else [admin] token in --config.
-        #[arg(long, value_name = "FILE", conflicts_with = "token", value_hint = ValueHint::FilePath)]
-        token_file: Option<PathBuf>,
-        /// Bearer token (visible to other users in ps: prefer --token-file).
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        api: AdminArgs,
+    },
+    /// Refuse a user name on every node (through the admin API).
+    ///
+    /// Its live allocations close at once, on every node of a cluster, and
+    /// its Allocates and Refreshes get 401 until the revocation ends: how a
+    /// leaked REST credential is stopped before its expiry. Without
+    /// [cluster] a revocation lives in the server's memory (a restart
+    /// forgets it); with [cluster] it is kept in Redis.
+    Revoke {
+        /// The static user name, or the REST name (the part after `<expiry>:`).
+        #[arg(
+            long,
+            required_unless_present_any = ["list", "remove"],
+            conflicts_with_all = ["list", "remove"]
+        )]
+        user: Option<String>,
+        /// Until when: a duration (90s, 30m, 12h, 7d) or an RFC 3339 time (2026-12-24T18:00:00Z); default 24h, at most a year.
+        #[arg(long, value_name = "TIME", requires = "user")]
+        until: Option<String>,
+        /// List the revocations in force.
+        #[arg(long, conflicts_with = "remove")]
+        list: bool,
+        /// Lift this name's revocation.
+        #[arg(long, value_name = "NAME")]
+        remove: Option<String>,
+        #[command(flatten)]
+        api: AdminArgs,
     },
     /// Print a manual page (roff) on stdout, or write both into a directory.
     ///
@@ -191,13 +219,16 @@ fn optional_config(
 /// `ps`.
 fn admin_target(
     path: Option<&PathBuf>,
-    admin: Option<String>,
-    token_file: Option<PathBuf>,
-    token: Option<String>,
+    api: AdminArgs,
     command: &str,
 ) -> Result<ferroturn::admin::client::Target, ExitCode> {
     use ferroturn::admin::client::{TOKEN_ENV, Target, TokenSource};
     let config = optional_config(path, command)?;
+    let AdminArgs {
+        admin,
+        token_file,
+        token,
+    } = api;
     let token = match (token_file, token) {
         (Some(f), _) => TokenSource::File(f),
         (None, Some(t)) => {
@@ -484,15 +515,10 @@ fn main() -> ExitCode {
             password: given,
             toml,
         } => password(cli.config.as_ref(), &user, realm, given, toml),
-        CliCommand::Sessions {
-            admin,
-            token_file,
-            token,
-            json,
-        } => {
+        CliCommand::Sessions { api, json } => {
             use ferroturn::admin::client::table;
             let config = cli.config.as_ref();
-            let target = match admin_target(config, admin, token_file, token, "sessions") {
+            let target = match admin_target(config, api, "sessions") {
                 Ok(t) => t,
                 Err(code) => return code,
             };
@@ -515,12 +541,10 @@ fn main() -> ExitCode {
         CliCommand::Kill {
             user,
             relay_port,
-            admin,
-            token_file,
-            token,
+            api,
         } => {
             let config = cli.config.as_ref();
-            let target = match admin_target(config, admin, token_file, token, "kill") {
+            let target = match admin_target(config, api, "kill") {
                 Ok(t) => t,
                 Err(code) => return code,
             };
@@ -540,6 +564,88 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        CliCommand::Revoke {
+            user,
+            until,
+            list,
+            remove,
+            api,
+        } => revoke(cli.config.as_ref(), user, until, list, remove, api),
+    }
+}
+
+/// `ferroturn revoke`: add, list or remove revocations.
+fn revoke(
+    config: Option<&PathBuf>,
+    user: Option<String>,
+    until: Option<String>,
+    list: bool,
+    remove: Option<String>,
+    api: AdminArgs,
+) -> ExitCode {
+    use ferroturn::admin::client::{DEFAULT_REVOCATION_SECS, parse_until};
+    let target = match admin_target(config, api, "revoke") {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let done = if list {
+        target.revocations().map(|l| {
+            if l.is_empty() {
+                return "no revocations\n".to_owned();
+            }
+            l.iter()
+                .map(|r| {
+                    format!(
+                        "{}  until {} ({}s from now)\n",
+                        r.name,
+                        r.until,
+                        r.until.saturating_sub(now)
+                    )
+                })
+                .collect()
+        })
+    } else if let Some(name) = remove {
+        target.unrevoke(&name).map(|removed| match removed {
+            true => format!("revocation of {name} removed\n"),
+            false => format!(
+                "{name} was not revoked on this node (removed on the others if they had it)\n"
+            ),
+        })
+    } else {
+        let name = user.expect("clap requires --user, --list or --remove");
+        let until = match until {
+            Some(t) => match parse_until(&t, now) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("ferroturn revoke: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => now + DEFAULT_REVOCATION_SECS,
+        };
+        target.revoke(&name, until).map(|r| {
+            let s = if r.closed == 1 { "" } else { "s" };
+            format!(
+                "{} revoked until {} ({}s from now); closed {} session{s} here\n",
+                r.name,
+                r.until,
+                r.until.saturating_sub(now),
+                r.closed
+            )
+        })
+    };
+    match done {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferroturn revoke: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -312,6 +312,20 @@ pub fn render(report: &WorkerReport) -> String {
             u64::from(up),
         );
     }
+    o.single(
+        "revocations_applied_total",
+        "counter",
+        "Revocations this node applied: `ferroturn revoke` here, or on another node of its cluster.",
+        report.revocations_applied,
+    );
+    if let Some(nodes) = report.cluster_nodes {
+        o.single(
+            "cluster_nodes",
+            "gauge",
+            "Cluster nodes this one has heard from within their expiry (3 heartbeats), itself included; absent without [cluster].",
+            nodes,
+        );
+    }
 
     // Session durations.
     let h = &s.session_seconds;
@@ -370,6 +384,12 @@ mod tests {
                 Some(u64::from(up))
             );
         }
+        assert_eq!(value(&t, "ferroturn_cluster_nodes"), None);
+        r.cluster_nodes = Some(3);
+        r.revocations_applied = 2;
+        let c = render(&r);
+        assert_eq!(value(&c, "ferroturn_cluster_nodes"), Some(3));
+        assert_eq!(value(&c, "ferroturn_revocations_applied_total"), Some(2));
 
         assert_eq!(value(&t, "ferroturn_allocations_active"), Some(3));
         assert_eq!(value(&t, "ferroturn_relay_ports_free"), Some(97));

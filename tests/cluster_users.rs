@@ -6,11 +6,12 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::redis::{Redis, echo_round};
 use common::{LOCALHOST, REALM, ServerConfig, TempDir};
 use ferroturn::auth::{key_hex, rest_credentials};
 use ferroturn::proto::integrity::{ALGORITHM_MD5, ALGORITHM_SHA256, Key, Mac, Signer};
@@ -21,136 +22,6 @@ use webrtc_util::Conn;
 
 /// The ceiling of every wait for a change to show (the promise is 1 s).
 const CEILING: Duration = Duration::from_secs(10);
-
-/// A `redis-server` on a loopback port, without persistence; killed on drop.
-struct Redis {
-    port: u16,
-    /// Options beyond the port and no persistence.
-    options: Vec<String>,
-    /// With TLS only: its (self-signed) certificate.
-    tls: Option<std::path::PathBuf>,
-    child: Option<Child>,
-    dir: TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Redis::start_with(&[])
-    }
-
-    fn start_with(options: &[&str]) -> Redis {
-        let port = common::free_port();
-        let dir = TempDir::new("redis");
-        let mut r = Redis {
-            port,
-            options: options.iter().map(|o| o.to_string()).collect(),
-            tls: None,
-            child: None,
-            dir,
-        };
-        r.restart();
-        r
-    }
-
-    /// A Redis that speaks TLS only, with a certificate for 127.0.0.1.
-    fn start_tls() -> Redis {
-        let port = common::free_port();
-        let dir = TempDir::new("redis-tls");
-        let (cert, key) = common::make_cert(dir.path(), "redis");
-        let mut r = Redis {
-            port,
-            options: Vec::new(),
-            tls: Some(cert.clone()),
-            child: None,
-            dir,
-        };
-        for (option, value) in [
-            ("--tls-cert-file", &cert),
-            ("--tls-key-file", &key),
-            ("--tls-ca-cert-file", &cert),
-        ] {
-            r.options.push(option.into());
-            r.options.push(value.display().to_string());
-        }
-        r.options
-            .extend(["--tls-auth-clients", "no"].map(String::from));
-        r.restart();
-        r
-    }
-
-    /// The URL of this Redis, database 0.
-    fn url(&self) -> String {
-        let scheme = if self.tls.is_some() {
-            "rediss"
-        } else {
-            "redis"
-        };
-        format!("{scheme}://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Start (again) on the same port.
-    fn restart(&mut self) {
-        let port = self.port.to_string();
-        let ports = match self.tls {
-            Some(_) => ["--port", "0", "--tls-port", &port],
-            None => ["--port", &port, "--bind", "127.0.0.1"],
-        };
-        let child = Command::new("redis-server")
-            .args(ports)
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(&self.options)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package; tests/run.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + CEILING;
-        while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// `redis-cli -p PORT ARGS…`: its standard output.
-    fn cli(&self, args: &[&str]) -> String {
-        let mut cli = Command::new("redis-cli");
-        if let Some(cert) = &self.tls {
-            cli.arg("--tls").arg("--cacert").arg(cert);
-        }
-        let out = cli
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli (Debian's redis-tools package)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Calls of `command` counted by INFO commandstats since the last reset.
-    fn calls(&self, command: &str) -> u64 {
-        let stats = self.cli(&["INFO", "commandstats"]);
-        let prefix = format!("cmdstat_{command}:calls=");
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn user_key(name: &str, what: &str) -> String {
     format!("turn/realm/{REALM}/user/{name}/{what}")
@@ -245,19 +116,7 @@ impl Node {
 
     /// `ferroturn_cluster_up` from `/metrics`.
     fn cluster_up(&self) -> Option<u64> {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(self.metrics).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("ferroturn_cluster_up "))
-            .and_then(|v| v.trim().parse().ok())
+        common::redis::metric(self.metrics, "ferroturn_cluster_up")
     }
 
     /// Poll `ok` every 50 ms until it holds, at most [`CEILING`].
@@ -327,26 +186,6 @@ async fn turn_allocates(node: &Node, user: &str, password: &str) -> bool {
     );
     let _ = client.close().await;
     ok
-}
-
-/// Send `n` datagrams through `relay` to the echo `peer`, one at a time;
-/// how many came back.
-async fn echo_round(relay: &impl Conn, peer: SocketAddr, n: u8) -> usize {
-    let mut back = 0;
-    for i in 0..n {
-        let data = [i; 100];
-        if relay.send_to(&data, peer).await.is_err() {
-            continue;
-        }
-        let mut buf = [0u8; 256];
-        if let Ok(Ok((len, from))) =
-            tokio::time::timeout(Duration::from_secs(2), relay.recv_from(&mut buf)).await
-            && (from, &buf[..len]) == (peer, &data[..])
-        {
-            back += 1;
-        }
-    }
-    back
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

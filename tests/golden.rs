@@ -584,6 +584,14 @@ fn hand_cases(f: &Files) -> Vec<Case> {
             "cluster.node: a space",
             b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "node", "\"turn 1\""),
         ),
+        (
+            "cluster.heartbeat: 0",
+            b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "heartbeat", "0"),
+        ),
+        (
+            "cluster.heartbeat: 61",
+            b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "heartbeat", "61"),
+        ),
         ("admin.socket: 108 bytes", b().set("admin", "socket", &q(&format!("/{}", "s".repeat(107))))),
         ("nat_behaviour: no UDP listener of the family", nat("\"::2\"", "3479")),
         ("nat_behaviour: listener on 0.0.0.0", nat("\"127.0.0.2\"", "3479").set("listen", "address", "\"0.0.0.0:3478\"")),

@@ -33,19 +33,29 @@
 //! for names in both `[auth] users` and Redis, and PING run on tasks of
 //! their own, so lookups keep being answered meanwhile. [`Status`] says which (the
 //! `ferroturn_cluster_up` metric).
+//!
+//! The same task keeps this node's rows beside coturn's keys and follows
+//! the other nodes' (see the `nodes` module): per-user allocation counts
+//! for the cluster-wide quota, revocations, kills and sessions.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
 
+use crate::admin::SessionInfo;
 use crate::auth::{StaticUser, parse_key_hex};
 use crate::config::{Config, MAX_SECRETS};
 use crate::io::Control;
+
+mod nodes;
+
+use nodes::{Event, Peers, Sum};
 
 /// The log target of this module's lines.
 const LOG: &str = "ferroturn::cluster";
@@ -86,15 +96,102 @@ const LOOKUP_QUEUE: usize = 4096;
 /// RENAME, EXPIRE…), $ (string commands), s (set commands), x (expiry).
 const EVENTS: &str = "Kg$sx";
 
-/// Whether the store answers now; shared with the metrics.
+/// How often local count changes are published, and other nodes'
+/// expiry checked: the longest a change waits before it leaves.
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
+
+/// Count batches waiting for the writer; beyond, a batch is dropped and
+/// the next heartbeat's whole rewrite makes up for it.
+const WRITE_QUEUE: usize = 64;
+
+/// Whether the store answers now, and how many nodes this one hears;
+/// shared with the metrics.
 #[derive(Debug, Default)]
 pub struct Status {
     up: AtomicBool,
+    nodes: AtomicU64,
+    /// Where operator actions go to reach the other nodes.
+    ops: OnceLock<mpsc::Sender<Op>>,
+    /// Where the admin API asks for the other nodes' sessions.
+    session_reads: OnceLock<mpsc::Sender<SessionsWanted>>,
+    /// This node's name.
+    node: OnceLock<String>,
+}
+
+/// The admin API's ask for the other nodes' sessions: the answer goes here.
+type SessionsWanted = tokio::sync::oneshot::Sender<Vec<SessionInfo>>;
+
+/// How long the admin API waits for the other nodes' sessions before it
+/// lists this node's alone.
+const SESSIONS_WAIT: Duration = Duration::from_secs(2);
+
+/// One session as a node keeps it in Redis: when it started (Unix
+/// seconds, so that readers compute its age) and what the admin API lists.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stored {
+    pub started: u64,
+    pub info: SessionInfo,
+}
+
+/// The sessions of this node (`local`, as the admin API lists them) and,
+/// with `[cluster]`, of every other node whose rows have not expired, each
+/// with its node's name. When Redis does not answer in time, this node's
+/// alone.
+pub async fn all_sessions(control: &Control, mut local: Vec<SessionInfo>) -> Vec<SessionInfo> {
+    let Some(status) = control.cluster_status() else {
+        return local;
+    };
+    let me = status.node.get().cloned();
+    for s in &mut local {
+        s.node = me.clone();
+    }
+    let Some(reads) = status.session_reads.get() else {
+        return local;
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if reads.try_send(tx).is_err() {
+        return local;
+    }
+    match tokio::time::timeout(SESSIONS_WAIT, rx).await {
+        Ok(Ok(others)) => local.extend(others),
+        _ => {
+            tracing::warn!(target: LOG, "the other nodes' sessions could not be read: this node's alone")
+        }
+    }
+    local
+}
+
+/// Operator actions waiting for the task (while Redis is away they wait
+/// for it); beyond, an action is carried out on this node only.
+const OP_QUEUE: usize = 256;
+
+/// An operator action that every node carries out: this node already has.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Close the allocations of a quota name.
+    Kill(String),
+    /// Refuse a name until a Unix time (and close its allocations).
+    Revoke { name: String, until: u64 },
+    /// Lift a name's revocation.
+    Unrevoke(String),
+}
+
+/// Hand `op`, carried out on this node, to the cluster task to reach every
+/// other node: `None` without `[cluster]`, false if it cannot be queued
+/// (the task is far behind).
+pub fn tell(control: &Control, op: Op) -> Option<bool> {
+    let ops = control.cluster_status()?.ops.get()?.clone();
+    Some(ops.try_send(op).is_ok())
 }
 
 impl Status {
     pub fn up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Nodes seen within their expiry, this one included.
+    pub fn nodes(&self) -> u64 {
+        self.nodes.load(Ordering::Relaxed)
     }
 
     fn set(&self, up: bool) -> bool {
@@ -136,7 +233,20 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
     let (lookups_tx, lookups) = mpsc::channel(LOOKUP_QUEUE);
     control.cluster_link(lookups_tx);
     let (reloaded, reloads) = mpsc::unbounded_channel();
+    let (ops_tx, ops) = mpsc::channel(OP_QUEUE);
+    let _ = status.ops.set(ops_tx);
+    let (reads_tx, session_reads) = mpsc::channel(OP_QUEUE);
+    let _ = status.session_reads.set(reads_tx);
+    let _ = status.node.set(c.node.clone());
+    control.shared().track_changes();
+    status.nodes.store(1, Ordering::Relaxed);
     let task = Task {
+        node: c.node.clone(),
+        heartbeat: c.heartbeat,
+        cluster_keys: nodes::Keys::new(&config.restart.realm),
+        peers: Peers::new(&c.node, c.heartbeat * nodes::EXPIRY_BEATS),
+        ops,
+        session_reads,
         client,
         keys: Schema::new(&config.restart.realm),
         control: control.clone(),
@@ -275,6 +385,16 @@ fn usable_secrets(mut secrets: Vec<String>) -> (Vec<String>, bool) {
 }
 
 struct Task {
+    /// This node's name, heartbeat, and the keys of the cluster's own rows.
+    node: String,
+    heartbeat: Duration,
+    cluster_keys: nodes::Keys,
+    /// The other nodes' per-user counts.
+    peers: Peers,
+    /// Operator actions to publish.
+    ops: mpsc::Receiver<Op>,
+    /// The admin API's asks for the other nodes' sessions.
+    session_reads: mpsc::Receiver<SessionsWanted>,
     client: redis::Client,
     keys: Schema,
     control: Control,
@@ -326,11 +446,20 @@ impl Task {
             // requests are answered as unknown users' after 50 ms.
             let wait = tokio::time::sleep(backoff);
             tokio::pin!(wait);
+            let mut tick = tokio::time::interval(PUBLISH_EVERY);
             loop {
                 tokio::select! {
                     _ = &mut wait => break,
                     Some(_) = self.lookups.recv() => {}
                     Some(users) = self.reloads.recv() => self.toml_users = users,
+                    // Dropped unanswered: the admin API lists this node's.
+                    Some(_) = self.session_reads.recv() => {}
+                    _ = tick.tick() => {
+                        // Nothing can be published: the next session
+                        // rewrites every count. The others' counts age out.
+                        self.control.shared().take_changes();
+                        self.expire_peers();
+                    }
                 }
             }
             backoff = (backoff * 2).min(BACKOFF_MOST);
@@ -362,6 +491,10 @@ impl Task {
         if let Err(e) = pubsub.psubscribe(self.keys.pattern(db)).await {
             return format!("subscribe: {e}");
         }
+        let events = self.cluster_keys.channel();
+        if let Err(e) = pubsub.subscribe(&events).await {
+            return format!("subscribe: {e}");
+        }
         // Notifications may have been missed while away: what the engines
         // were given is read again below (or, if untracked, forgotten).
         let mut again: VecDeque<String> = if self.given.overflowed {
@@ -374,6 +507,10 @@ impl Task {
         };
         match load_secrets(&self.keys, &mut conn).await {
             Ok(secrets) => self.control.cluster_secrets(&secrets),
+            Err(e) => return e,
+        }
+        match load_revocations(&self.cluster_keys, &mut conn).await {
+            Ok(list) => self.control.shared().replace_revocations(list),
             Err(e) => return e,
         }
         let (failed_tx, mut failed) = mpsc::unbounded_channel::<Lost>();
@@ -390,18 +527,37 @@ impl Task {
         tracing::info!(target: LOG, "cluster store connected");
 
         let mut messages = pubsub.into_on_message();
+        // This node's rows: written in order by one writer.
+        let (writes, writes_rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(write_rows(
+            conn.clone(),
+            self.cluster_keys.clone(),
+            self.node.clone(),
+            self.heartbeat * nodes::EXPIRY_BEATS,
+            writes_rx,
+            failed_tx.clone(),
+        ));
+        let (rows_tx, mut rows_read) = mpsc::unbounded_channel();
+        // This node's sessions as last written, and their reads.
+        let (listed_tx, mut listed) = mpsc::unbounded_channel();
+        let mut sessions = SessionSync::default();
+        let mut beat = tokio::time::interval(self.heartbeat);
+        let mut publish = tokio::time::interval(PUBLISH_EVERY);
+        // A batch was dropped: rewrite everything at the next tick.
+        let mut rewrite = false;
         let (done_tx, mut done) = mpsc::unbounded_channel();
         // Names being read, and whether a notification came meanwhile
         // (then the answer may be stale: the name is read again).
         let mut reading: HashMap<String, bool> = HashMap::new();
         // `again` holds re-reads waiting for room among MAX_READING.
+        let schema = self.keys.clone();
         let start_reads = |reading: &mut HashMap<String, bool>, again: &mut VecDeque<String>| {
             while reading.len() < MAX_READING
                 && let Some(name) = again.pop_front()
             {
                 if !reading.contains_key(&name) {
                     reading.insert(name.clone(), false);
-                    read_user(&conn, &self.keys, name, &done_tx);
+                    read_user(&conn, &schema, name, &done_tx);
                 }
             }
         };
@@ -451,6 +607,12 @@ impl Task {
                         return "connection closed".to_owned();
                     };
                     let channel = m.get_channel_name();
+                    if channel == events {
+                        if let Ok(text) = m.get_payload::<String>() {
+                            self.event(&text);
+                        }
+                        continue;
+                    }
                     let key = channel.split_once(':').map_or("", |(_, k)| k);
                     match self.keys.changed(key) {
                         Changed::User(name) => {
@@ -494,6 +656,79 @@ impl Task {
                         self.toml_users.clone(),
                     ));
                 }
+                Some(wanted) = self.session_reads.recv() => {
+                    tokio::spawn(read_sessions(
+                        conn.clone(),
+                        self.cluster_keys.clone(),
+                        self.node.clone(),
+                        wanted,
+                    ));
+                }
+                Some((whole, list)) = listed.recv() => {
+                    let write = sessions.listed(whole, list);
+                    if let Some(w) = write {
+                        let _ = writes.try_send(w);
+                    }
+                    if let Some(whole) = sessions.again.take() {
+                        sessions.read(&self.control, whole, &listed_tx);
+                    }
+                }
+                _ = beat.tick() => {
+                    sessions.read(&self.control, true, &listed_tx);
+                    let whole = self.control.shared().local_counts();
+                    if writes.try_send(Write::Whole(whole)).is_err() {
+                        rewrite = true;
+                    }
+                    tokio::spawn(read_rows(
+                        conn.clone(),
+                        self.cluster_keys.clone(),
+                        self.node.clone(),
+                        rows_tx.clone(),
+                    ));
+                }
+                _ = publish.tick() => {
+                    let shared = self.control.shared();
+                    let write = if rewrite {
+                        shared.take_changes();
+                        Write::Whole(shared.local_counts())
+                    } else {
+                        let changes = shared.take_changes();
+                        if changes.is_empty() {
+                            self.expire_peers();
+                            continue;
+                        }
+                        // A count changed: sessions came or went.
+                        sessions.read(&self.control, false, &listed_tx);
+                        Write::Counts(changes)
+                    };
+                    rewrite = writes.try_send(write).is_err();
+                    self.expire_peers();
+                }
+                Some(op) = self.ops.recv() => {
+                    // Applied here again: an action queued while Redis was
+                    // away was replaced by Redis's table at reconnect.
+                    let shared = self.control.shared();
+                    match &op {
+                        Op::Revoke { name, until } => {
+                            shared.revoke(name, *until);
+                        }
+                        Op::Unrevoke(name) => {
+                            shared.unrevoke(name);
+                        }
+                        Op::Kill(_) => {}
+                    }
+                    if writes.try_send(Write::Op(op)).is_err() {
+                        tracing::warn!(target: LOG, "cluster writes far behind: an operator action reached this node only");
+                    }
+                }
+                Some(rows) = rows_read.recv() => {
+                    let now = std::time::Instant::now();
+                    for (node, counts, ttl) in rows {
+                        let sums = self.peers.replace(&node, counts, ttl, now);
+                        self.apply(sums);
+                    }
+                    self.status.nodes.store(1 + self.peers.live() as u64, Ordering::Relaxed);
+                }
                 _ = ping.tick() => {
                     let (mut conn, failed) = (conn.clone(), failed_tx.clone());
                     tokio::spawn(async move {
@@ -513,6 +748,73 @@ impl Task {
                 Some(lost) = failed.recv() => return lost,
             }
         }
+    }
+
+    /// A message from another node (or this one's own, ignored).
+    fn event(&mut self, text: &str) {
+        let now = std::time::Instant::now();
+        let Some(event) = Event::parse(text) else {
+            tracing::debug!(target: LOG, "unknown cluster message ignored");
+            return;
+        };
+        if event.node() == self.node {
+            return;
+        }
+        let shared = self.control.shared();
+        match event {
+            Event::Count { node, n, name } => {
+                let sum = self.peers.count(node, name, n, now);
+                self.apply(sum.into_iter().collect());
+            }
+            Event::Beat { node } => self.peers.beat(node, now),
+            Event::Kill { node, name } => {
+                tracing::info!(target: LOG, from = node, user = name, "kill from another node");
+                self.close_user(name);
+            }
+            Event::Revoke { node, until, name } => {
+                tracing::info!(target: LOG, from = node, user = name, until, "revocation from another node");
+                if shared.revoke(name, until) {
+                    shared.note_revocation();
+                }
+                self.close_user(name);
+            }
+            Event::Unrevoke { node, name } => {
+                tracing::info!(target: LOG, from = node, user = name, "revocation lifted by another node");
+                shared.unrevoke(name);
+            }
+        }
+        self.status
+            .nodes
+            .store(1 + self.peers.live() as u64, Ordering::Relaxed);
+    }
+
+    /// Close `name`'s allocations on this node, off the main loop.
+    fn close_user(&self, name: &str) {
+        let (control, name) = (self.control.clone(), name.to_owned());
+        tokio::spawn(async move {
+            let closed = control.close_user(&name).await;
+            tracing::info!(target: LOG, user = %name, closed, "allocations closed for the cluster");
+        });
+    }
+
+    /// Hand the engines the other nodes' new sums.
+    fn apply(&self, sums: Vec<Sum>) {
+        let shared = self.control.shared();
+        for (name, n) in sums {
+            shared.set_remote(&name, n);
+        }
+    }
+
+    /// Forget the nodes not heard from within their expiry.
+    fn expire_peers(&mut self) {
+        let sums = self.peers.expire(std::time::Instant::now());
+        if !sums.is_empty() {
+            tracing::info!(target: LOG, names = sums.len(), "a node's rows expired: its allocations no longer count");
+        }
+        self.apply(sums);
+        self.status
+            .nodes
+            .store(1 + self.peers.live() as u64, Ordering::Relaxed);
     }
 
     /// Turn on the keyspace events the caches need, keeping those already
@@ -549,6 +851,290 @@ impl Task {
                  after a reconnect"
             );
         }
+    }
+}
+
+/// What the writer writes of this node's rows.
+enum Write {
+    /// Every name's count: the hash rewritten whole, and a heartbeat.
+    Whole(Vec<(String, u32)>),
+    /// The counts that changed (0: gone), each published.
+    Counts(Vec<(String, u32)>),
+    /// An operator action: recorded if it lasts, and published.
+    Op(Op),
+    /// Sessions: the hash rewritten whole if `whole`, else these put
+    /// (relay → JSON) and those gone.
+    Sessions {
+        whole: bool,
+        put: Vec<(String, String)>,
+        gone: Vec<String>,
+    },
+}
+
+/// What this node last wrote of its sessions, and the read of them under
+/// way: one at a time, the next one waiting.
+#[derive(Default)]
+struct SessionSync {
+    written: HashSet<String>,
+    reading: bool,
+    /// Another read is wanted (whole if true) once this one is done.
+    again: Option<bool>,
+}
+
+impl SessionSync {
+    /// List this node's sessions (a report of every engine) off the main
+    /// loop; the list goes to `done`.
+    fn read(
+        &mut self,
+        control: &Control,
+        whole: bool,
+        done: &mpsc::UnboundedSender<(bool, Vec<SessionInfo>)>,
+    ) {
+        if self.reading {
+            self.again = Some(self.again.unwrap_or(false) || whole);
+            return;
+        }
+        self.reading = true;
+        let (control, done) = (control.clone(), done.clone());
+        tokio::spawn(async move {
+            let report = control.report(true).await;
+            let list = report
+                .sessions
+                .iter()
+                .map(SessionInfo::from_session)
+                .collect();
+            let _ = done.send((whole, list));
+        });
+    }
+
+    /// The list read: what to write of it (nothing if nothing came or went).
+    fn listed(&mut self, whole: bool, list: Vec<SessionInfo>) -> Option<Write> {
+        self.reading = false;
+        let now = unix_now();
+        let mut current: HashMap<String, SessionInfo> =
+            list.into_iter().map(|s| (s.relay.clone(), s)).collect();
+        let gone: Vec<String> = self
+            .written
+            .iter()
+            .filter(|r| !current.contains_key(*r))
+            .cloned()
+            .collect();
+        if !whole {
+            current.retain(|relay, _| !self.written.contains(relay));
+            if current.is_empty() && gone.is_empty() {
+                return None;
+            }
+        }
+        for r in &gone {
+            self.written.remove(r);
+        }
+        let put: Vec<(String, String)> = current
+            .into_iter()
+            .filter_map(|(relay, info)| {
+                let stored = Stored {
+                    started: now.saturating_sub(info.age_seconds),
+                    info,
+                };
+                let json = serde_json::to_string(&stored).ok()?;
+                self.written.insert(relay.clone());
+                Some((relay, json))
+            })
+            .collect();
+        Some(Write::Sessions { whole, put, gone })
+    }
+}
+
+/// Write this node's rows in order, each batch in one MULTI, until the
+/// session ends (`writes` closes) or a write fails (told to `failed`).
+async fn write_rows(
+    mut conn: redis::aio::MultiplexedConnection,
+    keys: nodes::Keys,
+    node: String,
+    expiry: Duration,
+    mut writes: mpsc::Receiver<Write>,
+    failed: mpsc::UnboundedSender<Lost>,
+) {
+    let hash = keys.quota(&node);
+    let channel = keys.channel();
+    while let Some(w) = writes.recv().await {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match &w {
+            Write::Whole(counts) => {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                pipe.del(&hash).ignore();
+                if !counts.is_empty() {
+                    pipe.hset_multiple(&hash, counts).ignore();
+                }
+                pipe.zadd(keys.nodes(), &node, now_ms).ignore();
+                // Names of nodes gone for a day leave the set.
+                pipe.zrembyscore(keys.nodes(), "-inf", now_ms - 86_400_000)
+                    .ignore();
+                let beat = Event::Beat { node: &node }.text();
+                pipe.publish(&channel, beat).ignore();
+            }
+            Write::Op(op) => {
+                let event = match op {
+                    Op::Kill(name) => Event::Kill { node: &node, name },
+                    Op::Revoke { name, until } => {
+                        pipe.hset(keys.revoked(), name, until).ignore();
+                        Event::Revoke {
+                            node: &node,
+                            until: *until,
+                            name,
+                        }
+                    }
+                    Op::Unrevoke(name) => {
+                        pipe.hdel(keys.revoked(), name).ignore();
+                        Event::Unrevoke { node: &node, name }
+                    }
+                };
+                pipe.publish(&channel, event.text()).ignore();
+            }
+            Write::Sessions { whole, put, gone } => {
+                let key = keys.sessions(&node);
+                if *whole {
+                    pipe.del(&key).ignore();
+                } else if !gone.is_empty() {
+                    pipe.hdel(&key, gone).ignore();
+                }
+                if !put.is_empty() {
+                    pipe.hset_multiple(&key, put).ignore();
+                }
+                pipe.pexpire(&key, expiry.as_millis() as i64).ignore();
+            }
+            Write::Counts(counts) => {
+                for (name, n) in counts {
+                    if *n == 0 {
+                        pipe.hdel(&hash, name).ignore();
+                    } else {
+                        pipe.hset(&hash, name, n).ignore();
+                    }
+                    let count = Event::Count {
+                        node: &node,
+                        n: *n,
+                        name,
+                    };
+                    pipe.publish(&channel, count.text()).ignore();
+                }
+            }
+        }
+        pipe.pexpire(&hash, expiry.as_millis() as i64).ignore();
+        let done = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+        let lost = match done {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => format!("write counts: {e}"),
+            Err(_) => "write counts: timed out".to_owned(),
+        };
+        let _ = failed.send(lost);
+        return;
+    }
+}
+
+/// Read the sessions of every other node whose rows have not expired (at
+/// most [`nodes::MAX_NODES`] nodes) and answer `wanted` (nothing on an
+/// error: the admin API then lists this node's alone).
+async fn read_sessions(
+    mut conn: redis::aio::MultiplexedConnection,
+    keys: nodes::Keys,
+    node: String,
+    wanted: SessionsWanted,
+) {
+    let read = async {
+        let names: Vec<String> = conn
+            .zrevrange(keys.nodes(), 0, nodes::MAX_NODES as isize - 1)
+            .await?;
+        let names: Vec<String> = names.into_iter().filter(|n| *n != node).collect();
+        let mut pipe = redis::pipe();
+        for n in &names {
+            pipe.hvals(keys.sessions(n));
+        }
+        let values: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        redis::RedisResult::Ok(names.into_iter().zip(values).collect::<Vec<_>>())
+    };
+    let Ok(Ok(per_node)) = tokio::time::timeout(COMMAND_TIMEOUT, read).await else {
+        return;
+    };
+    let now = unix_now();
+    let mut list = Vec::new();
+    for (name, values) in per_node {
+        for v in values {
+            if let Ok(Stored { started, mut info }) = serde_json::from_str::<Stored>(&v) {
+                info.node = Some(name.clone());
+                info.age_seconds = now.saturating_sub(started);
+                list.push(info);
+            }
+        }
+    }
+    let _ = wanted.send(list);
+}
+
+/// Read the revoked names whose revocation has not ended (and drop the
+/// others from the hash).
+async fn load_revocations(
+    keys: &nodes::Keys,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<Vec<(String, u64)>, Lost> {
+    let now = unix_now();
+    let read = async {
+        let all: HashMap<String, u64> = conn.hgetall(keys.revoked()).await?;
+        let (live, ended): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, until)| *until > now);
+        if !ended.is_empty() {
+            let names: Vec<&String> = ended.iter().map(|(n, _)| n).collect();
+            conn.hdel::<_, _, ()>(keys.revoked(), names).await?;
+        }
+        redis::RedisResult::Ok(live)
+    };
+    match tokio::time::timeout(COMMAND_TIMEOUT, read).await {
+        Ok(Ok(list)) => Ok(list),
+        Ok(Err(e)) => Err(format!("read revocations: {e}")),
+        Err(_) => Err("read revocations: timed out".to_owned()),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One other node's hash as read: its name, counts and time to live.
+type Rows = (String, HashMap<String, u32>, Duration);
+
+/// Read every other node's counts (at most [`nodes::MAX_NODES`] nodes);
+/// what was read goes to `done` (nothing on an error: the next heartbeat
+/// tries again, and a lost connection shows in the ping).
+async fn read_rows(
+    mut conn: redis::aio::MultiplexedConnection,
+    keys: nodes::Keys,
+    node: String,
+    done: mpsc::UnboundedSender<Vec<Rows>>,
+) {
+    let read = async {
+        let names: Vec<String> = conn
+            .zrevrange(keys.nodes(), 0, nodes::MAX_NODES as isize)
+            .await?;
+        let names: Vec<String> = names.into_iter().filter(|n| *n != node).collect();
+        let mut pipe = redis::pipe();
+        for n in &names {
+            pipe.hgetall(keys.quota(n)).pttl(keys.quota(n));
+        }
+        let values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut rows = Vec::new();
+        for (n, pair) in names.into_iter().zip(values.chunks(2)) {
+            let counts: HashMap<String, u32> = redis::from_redis_value_ref(&pair[0])?;
+            let ttl: i64 = redis::from_redis_value_ref(&pair[1])?;
+            if ttl > 0 {
+                rows.push((n, counts, Duration::from_millis(ttl as u64)));
+            }
+        }
+        redis::RedisResult::Ok(rows)
+    };
+    if let Ok(Ok(rows)) = tokio::time::timeout(COMMAND_TIMEOUT, read).await {
+        let _ = done.send(rows);
     }
 }
 

@@ -62,6 +62,12 @@ pub struct WorkerReport {
     pub stream_refusals: [u64; StreamRefusal::COUNT],
     /// Whether the cluster store answers; `None` without `[cluster]`.
     pub cluster_up: Option<bool>,
+    /// Cluster nodes heard from within their expiry, this one included;
+    /// `None` without `[cluster]`.
+    pub cluster_nodes: Option<u64>,
+    /// Revocations this node applied (`ferroturn revoke`, here or on
+    /// another node of its cluster).
+    pub revocations_applied: u64,
 }
 
 impl WorkerReport {
@@ -94,6 +100,8 @@ impl HostCommand {
                     udp_batch_threads: 0,
                     stream_refusals: [0; StreamRefusal::COUNT],
                     cluster_up: None,
+                    cluster_nodes: None,
+                    revocations_applied: 0,
                 });
             }
             HostCommand::CloseUser { user, reply } => {

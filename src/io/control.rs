@@ -22,6 +22,8 @@ pub struct Control {
     pub(super) drivers: Arc<Drivers>,
     /// Stream limits, per-IP counts and refusals, shared by stream workers.
     pub(super) streams: Arc<StreamGuard>,
+    /// The state every engine shares: per-user counts and revocations.
+    pub(super) shared: Arc<crate::engine::ServerState>,
     /// Whether the cluster store answers, with `[cluster]`.
     pub(super) cluster: Option<Arc<crate::cluster::Status>>,
 }
@@ -43,6 +45,8 @@ impl Control {
         total.udp_batch_threads = self.drivers.batch_threads() as u64;
         total.stream_refusals = self.streams.refusals();
         total.cluster_up = self.cluster.as_ref().map(|s| s.up());
+        total.cluster_nodes = self.cluster.as_ref().map(|s| s.nodes());
+        total.revocations_applied = self.shared.revocations_applied();
         total
     }
 
@@ -84,6 +88,12 @@ impl Control {
         for w in &self.workers {
             w.send(HostCommand::Update(Box::new(u.clone())));
         }
+    }
+
+    /// The state every engine shares (the per-user quota's counts, other
+    /// nodes' counts and revocations), which the shell feeds.
+    pub fn shared(&self) -> &Arc<crate::engine::ServerState> {
+        &self.shared
     }
 
     /// The cluster task's status, with `[cluster]`.

@@ -238,6 +238,7 @@ impl Server {
                 workers: controls,
                 drivers,
                 streams: guard,
+                shared: shared.clone(),
                 cluster: config
                     .restart
                     .cluster

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod coturn;
+pub mod redis;
 
 use std::fs;
 use std::io::{Read, Write};

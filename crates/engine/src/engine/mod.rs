@@ -955,6 +955,20 @@ impl Engine {
                 return None;
             }
         };
+        // A revoked name (the operator's `ferroturn revoke`) gets 401 for
+        // its Allocates and Refreshes, as a wrong credential would (RFC
+        // 8489 §9.2.4): its allocations then run out.
+        if (method == METHOD_ALLOCATE || method == METHOD_REFRESH)
+            && self.cfg.shared.has_revocations()
+            && self
+                .cfg
+                .shared
+                .is_revoked(&self.quota_name(&authed.username), self.unix(now))
+        {
+            tracing::info!(target: LOG_TARGET, %client, user = %authed.username, "request of a revoked name refused");
+            self.unauthenticated_answer(now, client, &m, Reject::Challenge(Code::Unauthorized));
+            return None;
+        }
         let unknown = wire::unknown_required(&m, KNOWN);
         if !unknown.is_empty() {
             let r = Reply::error(&m, Code::UnknownAttribute).with(|r| r.unknown(unknown));

@@ -2,7 +2,7 @@
 //! every worker, per-allocation token buckets on the data path, and a
 //! fixed-size per-source limiter for unauthenticated answers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -69,6 +69,33 @@ pub struct Held {
     pub ports: u32,
 }
 
+/// Names whose other-node counts one server keeps: each costs its name
+/// and a count, about 8 MB for names of 64 bytes. Beyond, a name's other
+/// allocations are not counted here (its quota is then this node's own).
+pub const MAX_REMOTE_NAMES: usize = 65_536;
+
+/// Names one server keeps revoked at once; beyond, a revocation is
+/// refused (the operator is told).
+pub const MAX_REVOKED: usize = 65_536;
+
+/// The per-user counts, and the names changed since a cluster's shell
+/// last took them (`None` without a cluster: nothing is noted).
+#[derive(Debug, Default)]
+struct Users {
+    counts: HashMap<String, u32>,
+    changed: Option<HashSet<String>>,
+}
+
+impl Users {
+    fn changed(&mut self, name: &str) {
+        if let Some(c) = &mut self.changed
+            && !c.contains(name)
+        {
+            c.insert(name.to_owned());
+        }
+    }
+}
+
 /// The server-wide state that every worker's engine shares (one per
 /// server, behind an `Arc`; not the state of one engine). The quotas and
 /// reservations are touched by the control plane only (Allocate and
@@ -80,7 +107,17 @@ pub struct ServerState {
     /// Allocate that redeems it may arrive at another worker.
     reservations: Mutex<HashMap<[u8; 8], Reservation>>,
     /// Allocations and reservations held per user name.
-    users: Mutex<HashMap<String, u32>>,
+    users: Mutex<Users>,
+    /// The allocations other nodes of a cluster hold per user name, as
+    /// the shell last heard ([`ServerState::set_remote`]); at most
+    /// [`MAX_REMOTE_NAMES`] names.
+    remote: Mutex<HashMap<String, u32>>,
+    /// Names whose revocation the operator asked for, each until a Unix
+    /// time ([`ServerState::revoke`]); at most [`MAX_REVOKED`].
+    revoked: Mutex<HashMap<String, u64>>,
+    /// Revocations this server applied (its operator's, or another
+    /// node's), for the metrics.
+    revocations_applied: AtomicU64,
     /// Relay ports held in all.
     total: AtomicU32,
     /// Relay ports that hold a live allocation, by family (IPv4, IPv6):
@@ -110,6 +147,9 @@ impl ServerState {
         ServerState {
             reservations: Mutex::default(),
             users: Mutex::default(),
+            remote: Mutex::default(),
+            revoked: Mutex::default(),
+            revocations_applied: AtomicU64::new(0),
             total: AtomicU32::new(0),
             live: [words(), words()],
             limiter: SourceLimiter::new(key),
@@ -176,8 +216,11 @@ impl ServerState {
         limits: &Limits,
     ) -> Result<(), Code> {
         let mut users = lock(&self.users);
-        let held = users.get(name).copied().unwrap_or(0);
-        if held.saturating_add(units) > limits.allocations_per_user {
+        let held = users.counts.get(name).copied().unwrap_or(0);
+        // The other nodes' count is the shell's last view of it: this
+        // check never waits for them.
+        let remote = lock(&self.remote).get(name).copied().unwrap_or(0);
+        if held.saturating_add(remote).saturating_add(units) > limits.allocations_per_user {
             return Err(Code::AllocationQuotaReached);
         }
         let total = self.total.fetch_add(ports, Ordering::Relaxed);
@@ -185,20 +228,130 @@ impl ServerState {
             self.total.fetch_sub(ports, Ordering::Relaxed);
             return Err(Code::InsufficientCapacity);
         }
-        users.insert(name.to_owned(), held + units);
+        users.counts.insert(name.to_owned(), held + units);
+        users.changed(name);
         Ok(())
     }
 
     /// Give back one allocation's (or reservation's) count.
     pub(super) fn release(&self, held: &Held) {
         let mut users = lock(&self.users);
-        if let Some(n) = users.get_mut(&held.name) {
+        if let Some(n) = users.counts.get_mut(&held.name) {
             *n -= 1;
             if *n == 0 {
-                users.remove(&held.name);
+                users.counts.remove(&held.name);
             }
             self.total.fetch_sub(held.ports, Ordering::Relaxed);
+            users.changed(&held.name);
         }
+    }
+
+    /// Start noting which names' counts change, for
+    /// [`ServerState::take_changes`] (a cluster's shell publishes them).
+    pub fn track_changes(&self) {
+        let mut users = lock(&self.users);
+        if users.changed.is_none() {
+            users.changed = Some(HashSet::new());
+        }
+    }
+
+    /// The names whose counts changed since the last call, each with its
+    /// count now (0: none held).
+    pub fn take_changes(&self) -> Vec<(String, u32)> {
+        let mut users = lock(&self.users);
+        let Some(changed) = users.changed.as_mut().map(std::mem::take) else {
+            return Vec::new();
+        };
+        changed
+            .into_iter()
+            .map(|n| {
+                let c = users.counts.get(&n).copied().unwrap_or(0);
+                (n, c)
+            })
+            .collect()
+    }
+
+    /// Every name that holds allocations here, with its count.
+    pub fn local_counts(&self) -> Vec<(String, u32)> {
+        let users = lock(&self.users);
+        users.counts.iter().map(|(n, &c)| (n.clone(), c)).collect()
+    }
+
+    /// The allocations the other nodes hold under `name` (0: none): added
+    /// to this node's own in the per-user quota. A new name beyond
+    /// [`MAX_REMOTE_NAMES`] is not kept (false): it counts as 0 here.
+    pub fn set_remote(&self, name: &str, count: u32) -> bool {
+        let mut remote = lock(&self.remote);
+        if count == 0 {
+            remote.remove(name);
+        } else if let Some(c) = remote.get_mut(name) {
+            *c = count;
+        } else if remote.len() < MAX_REMOTE_NAMES {
+            remote.insert(name.to_owned(), count);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// The other nodes' allocations under `name`, as last set.
+    pub fn remote(&self, name: &str) -> u32 {
+        lock(&self.remote).get(name).copied().unwrap_or(0)
+    }
+
+    /// Refuse `name`'s Allocates and Refreshes until the Unix time
+    /// `until` (401); false if [`MAX_REVOKED`] other names are revoked.
+    pub fn revoke(&self, name: &str, until: u64) -> bool {
+        let mut revoked = lock(&self.revoked);
+        if !revoked.contains_key(name) && revoked.len() >= MAX_REVOKED {
+            return false;
+        }
+        revoked.insert(name.to_owned(), until);
+        true
+    }
+
+    /// Replace every revocation with `list` (name, until): the cluster
+    /// store's whole table; at most [`MAX_REVOKED`] are kept.
+    pub fn replace_revocations(&self, list: Vec<(String, u64)>) {
+        let mut revoked = lock(&self.revoked);
+        *revoked = list.into_iter().take(MAX_REVOKED).collect();
+    }
+
+    /// Count one revocation applied here.
+    pub fn note_revocation(&self) {
+        self.revocations_applied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Revocations applied here so far.
+    pub fn revocations_applied(&self) -> u64 {
+        self.revocations_applied.load(Ordering::Relaxed)
+    }
+
+    /// Lift `name`'s revocation; whether there was one.
+    pub fn unrevoke(&self, name: &str) -> bool {
+        lock(&self.revoked).remove(name).is_some()
+    }
+
+    /// The revocations in force at the Unix time `now` (those past their
+    /// end are dropped), sorted by name.
+    pub fn revocations(&self, now: u64) -> Vec<(String, u64)> {
+        let mut revoked = lock(&self.revoked);
+        revoked.retain(|_, &mut until| until > now);
+        let mut list: Vec<(String, u64)> = revoked.iter().map(|(n, &u)| (n.clone(), u)).collect();
+        list.sort();
+        list
+    }
+
+    /// Whether any name is revoked (cheaper than [`Self::is_revoked`]).
+    pub fn has_revocations(&self) -> bool {
+        !lock(&self.revoked).is_empty()
+    }
+
+    /// Whether `name` is revoked at the Unix time `now`.
+    pub fn is_revoked(&self, name: &str, now: u64) -> bool {
+        lock(&self.revoked)
+            .get(name)
+            .is_some_and(|&until| until > now)
     }
 
     /// Relay ports held in all.
@@ -208,7 +361,7 @@ impl ServerState {
 
     /// Allocations and reservations counted against a user name.
     pub fn held_by(&self, name: &str) -> u32 {
-        lock(&self.users).get(name).copied().unwrap_or(0)
+        lock(&self.users).counts.get(name).copied().unwrap_or(0)
     }
 
     /// Mark a relay port (of the IPv6 family if `v6`) as holding a live
@@ -402,6 +555,57 @@ mod tests {
             "a dual-stack allocation holds two ports"
         );
         assert_eq!((s.held_by("a"), s.held_by("b"), s.total()), (1, 1, 2));
+    }
+
+    /// Other nodes' allocations count against the quota; the table of
+    /// them is bounded; changes are noted only once tracking is on.
+    #[test]
+    fn remote_counts_join_the_quota() {
+        let s = ServerState::default();
+        let l = limits();
+        assert_eq!(s.acquire("a", 1, 1, &l), Ok(()));
+        assert!(s.take_changes().is_empty(), "not tracked yet");
+        s.track_changes();
+        assert!(s.set_remote("a", 1));
+        assert_eq!(s.acquire("a", 1, 1, &l), Err(Code::AllocationQuotaReached));
+        assert!(s.set_remote("a", 0));
+        assert_eq!(s.acquire("a", 1, 1, &l), Ok(()));
+        assert_eq!(s.take_changes(), vec![("a".to_owned(), 2)]);
+        s.release(&Held {
+            name: "a".into(),
+            ports: 1,
+        });
+        assert_eq!(s.take_changes(), vec![("a".to_owned(), 1)]);
+        assert!(s.take_changes().is_empty());
+        assert_eq!(s.local_counts(), vec![("a".to_owned(), 1)]);
+        for i in 0..MAX_REMOTE_NAMES {
+            assert!(s.set_remote(&format!("n{i}"), 1));
+        }
+        assert!(!s.set_remote("one-more", 1), "the table is full");
+        assert!(s.set_remote("n0", 2), "a kept name still changes");
+        assert_eq!((s.remote("n0"), s.remote("one-more")), (2, 0));
+    }
+
+    #[test]
+    fn revocations_end_at_their_time() {
+        let s = ServerState::default();
+        assert!(!s.has_revocations());
+        assert!(s.revoke("bob", 100));
+        assert!(s.is_revoked("bob", 99));
+        assert!(!s.is_revoked("bob", 100));
+        assert!(!s.is_revoked("alice", 99));
+        assert_eq!(s.revocations(50), vec![("bob".to_owned(), 100)]);
+        assert!(s.revocations(100).is_empty(), "past its end: dropped");
+        assert!(s.revoke("bob", 200));
+        assert!(s.unrevoke("bob"));
+        assert!(!s.unrevoke("bob"));
+        for i in 0..MAX_REVOKED {
+            assert!(s.revoke(&format!("r{i}"), 10));
+        }
+        assert!(!s.revoke("over", 10), "bounded");
+        assert!(s.revoke("r0", 20), "a kept name may change its end");
+        s.replace_revocations(vec![("carol".into(), 30)]);
+        assert_eq!(s.revocations(0), vec![("carol".to_owned(), 30)]);
     }
 
     #[test]

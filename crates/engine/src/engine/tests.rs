@@ -2015,6 +2015,42 @@ fn rest_allocate(t: &mut T, c: ClientAddr, name: &str, exp: u64) -> Option<u16> 
     ))
 }
 
+/// A revoked name (static or REST) gets 401 for Allocate and Refresh
+/// while its revocation lasts; other names and other requests do not.
+#[test]
+fn a_revoked_name_gets_401_for_allocate_and_refresh() {
+    let mut t = T::with(config((50000..50040).collect()));
+    assert_eq!(
+        rest_allocate(&mut t, client(100), "carol", UNIX0 + 1000),
+        None
+    );
+    let (u, p) = crate::auth::rest_credentials("s3cret", "carol", UNIX0 + 1000);
+    let refresh = |t: &mut T| {
+        let n = t.nonce_for(client(100));
+        code(&t.one(
+            client(100),
+            &Req::new(METHOD_REFRESH).lifetime(600).sign_as(&u, &p, &n),
+        ))
+    };
+    assert_eq!(refresh(&mut t), None);
+    t.e.cfg.shared.revoke("carol", UNIX0 + 60);
+    assert_eq!(refresh(&mut t), Some(401));
+    assert_eq!(
+        rest_allocate(&mut t, client(101), "carol", UNIX0 + 2000),
+        Some(401),
+        "a fresh credential of the name too"
+    );
+    assert_eq!(
+        rest_allocate(&mut t, client(102), "dave", UNIX0 + 1000),
+        None
+    );
+    t.e.cfg.shared.unrevoke("carol");
+    assert_eq!(refresh(&mut t), None);
+    // Past its end a revocation no longer refuses.
+    t.e.cfg.shared.revoke("carol", UNIX0);
+    assert_eq!(refresh(&mut t), None);
+}
+
 #[test]
 fn the_per_user_quota_counts_a_rest_name_across_fresh_credentials() {
     let mut cfg = config((50000..50040).collect());

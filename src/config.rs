@@ -1063,6 +1063,12 @@ table! {
         /// own whose pages may open `/signal`.
         #[serde(deserialize_with = "origins")]
         pub allowed_origins: Vec<String>,
+        /// Milliseconds between STOMP heart-beats the demo's broker offers
+        /// each way (0: none).
+        pub stomp_heartbeat: u64,
+        /// STOMP sessions (over `/stomp` or SockJS) one IP address, or
+        /// IPv6 /64, may hold at once.
+        pub stomp_sessions_per_ip: usize,
     }
 }
 
@@ -1287,6 +1293,19 @@ impl RawConfig {
         between("demo.idle_timeout", d.idle_timeout, 1, 3600, " seconds")?;
         between("demo.connections_per_ip", d.connections_per_ip, 1, 4096, "")?;
         between("demo.room_size", d.room_size, 2, 8, " peers")?;
+        if d.stomp_heartbeat != 0 && !(100..=600_000).contains(&d.stomp_heartbeat) {
+            return refuse(
+                "demo.stomp_heartbeat",
+                "must be 0 (no heart-beats) or between 100 and 600000 ms",
+            );
+        }
+        between(
+            "demo.stomp_sessions_per_ip",
+            d.stomp_sessions_per_ip,
+            1,
+            4096,
+            "",
+        )?;
         if d.allowed_origins.len() > 32 {
             return refuse("demo.allowed_origins", "at most 32 origins");
         }

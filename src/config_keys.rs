@@ -505,6 +505,20 @@ pub const KEYS: &[Key] = &[
         doc: "Origins (`https://app.example:8443`) besides the demo's own whose pages may open `/signal`; others get 403. At most 32.",
     },
     Key {
+        section: "demo",
+        name: "stomp_heartbeat",
+        kind: "integer",
+        default: Value("10000"),
+        doc: "Milliseconds between STOMP heart-beats the broker offers each way (`/stomp`, SockJS); each way runs at the larger of this and the client's figure, and a session silent for twice the agreed client interval is closed; 0 (none) or 100–600000.",
+    },
+    Key {
+        section: "demo",
+        name: "stomp_sessions_per_ip",
+        kind: "integer",
+        default: Value("64"),
+        doc: "STOMP sessions one IP address (or IPv6 /64) may hold at once, over `/stomp` and SockJS together; 1–4096.",
+    },
+    Key {
         section: "cluster",
         name: "redis",
         kind: "string",

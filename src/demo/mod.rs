@@ -37,6 +37,7 @@
 pub mod ice;
 pub mod session;
 pub mod signal;
+pub mod stomp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -95,6 +96,8 @@ pub struct Limits {
     pub room_size: usize,
     /// Origins besides the demo's own whose pages may open `/signal`.
     pub allowed_origins: Vec<String>,
+    /// The STOMP broker's settings.
+    pub stomp: stomp::Settings,
 }
 
 impl Limits {
@@ -104,6 +107,11 @@ impl Limits {
             per_ip: c.connections_per_ip,
             room_size: c.room_size,
             allowed_origins: c.allowed_origins.clone(),
+            stomp: stomp::Settings {
+                heartbeat: Duration::from_millis(c.stomp_heartbeat),
+                room_size: c.room_size,
+                sessions_per_ip: c.stomp_sessions_per_ip,
+            },
         }
     }
 }
@@ -191,6 +199,7 @@ pub async fn serve(listener: TcpListener, ice: IceConfig, limits: Limits) -> std
         next_id: AtomicU64::new(1),
         idle: limits.idle_timeout,
         allowed_origins: limits.allowed_origins,
+        stomp: Arc::new(stomp::Broker::new(limits.stomp)),
     });
     let router = http::limits(Router::new().fallback(answer).with_state(app));
     let caps = Caps {
@@ -214,6 +223,7 @@ struct App {
     next_id: AtomicU64,
     idle: Duration,
     allowed_origins: Vec<String>,
+    stomp: Arc<stomp::Broker>,
 }
 
 /// The hub and the outbox of every connected signaling client.
@@ -378,6 +388,12 @@ async fn answer(
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
+    if req.uri().path() == "/stomp" && !head_only {
+        return match upgrade_refusal(req.headers(), &app.allowed_origins) {
+            None => stomp_upgrade(req, app, client).await,
+            Some(refusal) => refusal,
+        };
+    }
     if req.uri().path() == "/signal" && !head_only {
         return match upgrade_refusal(req.headers(), &app.allowed_origins) {
             None => upgrade(req, app, client).await,
@@ -406,7 +422,7 @@ fn route(path: &str, app: &App, visitor: IpAddr) -> Response {
         )
             .into_response();
     }
-    if path == "/signal" {
+    if path == "/signal" || path == "/stomp" {
         return websocket_only("WebSocket only");
     }
     match ASSETS.iter().find(|(p, _, _)| *p == path) {
@@ -546,6 +562,141 @@ async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response 
             let _ = task.await;
             drop(slot);
         })
+}
+
+/// STOMP's WebSocket subprotocols (STOMP 1.2 §"Using STOMP with
+/// WebSocket" is silent; these are the names browsers' STOMP clients and
+/// brokers use), preferred first.
+const STOMP_PROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+/// Time one write to a `/stomp` client may take: one that reads nothing
+/// does not hold its connection longer.
+const STOMP_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Switch a checked request for `/stomp` to a WebSocket carrying one STOMP
+/// session ([`stomp::serve`]); it takes over the connection's slot, as
+/// `/signal`'s do.
+async fn stomp_upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response {
+    let (mut parts, _) = req.into_parts();
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(refused) => return refused.into_response(),
+    };
+    let ip = client
+        .addr
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let slot = client.take_slot();
+    ws.protocols(STOMP_PROTOCOLS)
+        .max_message_size(WS_HARD_LIMIT)
+        .max_frame_size(WS_HARD_LIMIT)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| async move {
+            let task = tokio::spawn(stomp_socket(socket, app, ip));
+            if let Some(slot) = &slot {
+                slot.attach(task.abort_handle());
+            }
+            let _ = task.await;
+            drop(slot);
+        })
+}
+
+/// Carry one STOMP session over `socket`: the client's text messages (and
+/// binary ones holding UTF-8) to the protocol, the protocol's to the
+/// client. A client silent (no message, no pong) for `[demo]
+/// idle_timeout` is closed; it is pinged every third of that while silent.
+async fn stomp_socket(socket: WebSocket, app: Arc<App>, ip: IpAddr) {
+    let (session, to_protocol, mut from_protocol) = session::pair(ip);
+    let mut protocol = tokio::spawn(stomp::serve(app.stomp.clone(), session));
+    let (mut sink, mut stream) = socket.split();
+    let every = app.idle / 3;
+    let mut heard = Instant::now();
+    let mut ping = tokio::time::interval_at((Instant::now() + every).into(), every);
+    let end: Option<(u16, String)> = loop {
+        tokio::select! {
+            m = stream.next() => {
+                let text = match m {
+                    Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+                    Some(Ok(Message::Binary(b))) => match String::from_utf8(b.to_vec()) {
+                        Ok(t) => t,
+                        Err(_) => break Some((close_code::INVALID, "STOMP frames are UTF-8 text".into())),
+                    },
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        heard = Instant::now();
+                        continue;
+                    }
+                    Some(Err(e)) => break websocket_fault(e),
+                };
+                heard = Instant::now();
+                // Waits while the protocol is behind; the client's next
+                // messages wait in TCP meanwhile.
+                if to_protocol.send(text).await.is_err() {
+                    break None;
+                }
+            }
+            o = from_protocol.recv() => match o {
+                Some(session::Outgoing::Text(t)) => {
+                    if !write(&mut sink, Message::Text(t.into())).await {
+                        break None;
+                    }
+                }
+                Some(session::Outgoing::Close { code, reason }) => break Some((code, reason)),
+                None => break Some((close_code::NORMAL, String::new())),
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() >= app.idle {
+                    break Some((close_code::AWAY, "idle timeout".into()));
+                }
+                if heard.elapsed() >= every && !write(&mut sink, Message::Ping(Default::default())).await {
+                    break None;
+                }
+            }
+        }
+    };
+    // The protocol sees the client gone.
+    drop(to_protocol);
+    if let Some((code, mut reason)) = end {
+        // A close frame's reason fits in 123 bytes (RFC 6455 §5.5).
+        while reason.len() > 123 {
+            reason.pop();
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        write(&mut sink, Message::Close(Some(frame))).await;
+    }
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, sink.close()).await;
+    if tokio::time::timeout(FLUSH_TIMEOUT, &mut protocol)
+        .await
+        .is_err()
+    {
+        protocol.abort();
+    }
+}
+
+/// Write `m` within [`STOMP_WRITE_TIMEOUT`]; false if that failed.
+async fn write(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, m: Message) -> bool {
+    matches!(
+        tokio::time::timeout(STOMP_WRITE_TIMEOUT, sink.send(m)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// The close code for a WebSocket read error, `None` when the connection
+/// is simply gone.
+fn websocket_fault(e: axum::Error) -> Option<(u16, String)> {
+    let e = e.into_inner().downcast::<tungstenite::Error>().ok()?;
+    let code = match *e {
+        tungstenite::Error::Capacity(_) => close_code::SIZE,
+        tungstenite::Error::Utf8(_) => close_code::INVALID,
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => return None,
+        tungstenite::Error::Protocol(_) => close_code::PROTOCOL,
+        _ => return None,
+    };
+    Some((code, e.to_string()))
 }
 
 /// How a signaling connection ended.
@@ -824,6 +975,7 @@ credential_ttl = 120
             next_id: AtomicU64::new(1),
             idle: Duration::from_secs(60),
             allowed_origins: vec!["https://app.example".into()],
+            stomp: Arc::new(stomp::Broker::new(stomp::Settings::default())),
         };
         let visitor: IpAddr = "127.0.0.1".parse().unwrap();
         for (path, status) in [
@@ -832,6 +984,7 @@ credential_ttl = 120
             ("/call.js", 200),
             ("/ice-servers", 200),
             ("/signal", 426),
+            ("/stomp", 426),
             ("/x", 404),
         ] {
             assert_eq!(route(path, &app, visitor).status(), status, "{path}");

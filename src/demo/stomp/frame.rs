@@ -216,7 +216,7 @@ impl Decoder {
     }
 
     /// Add text received. What a client can make the decoder hold is
-    /// bounded by [`Decoder::next`], which fails once a frame being read
+    /// bounded by [`Decoder::next_frame`], which fails once a frame being read
     /// grows past [`MAX_FRAME`]; the caller reads all frames after each
     /// push.
     pub fn push(&mut self, text: &str) {
@@ -229,7 +229,7 @@ impl Decoder {
     }
 
     /// The next complete frame, `None` when more input is needed.
-    pub fn next(&mut self) -> Option<Result<Frame, FrameError>> {
+    pub fn next_frame(&mut self) -> Option<Result<Frame, FrameError>> {
         // Heart-beats: EOLs between frames.
         let mut start = 0;
         loop {
@@ -261,7 +261,10 @@ impl Decoder {
 /// next line starts; `None` when the EOL has not come yet.
 fn line(buf: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
     let rest = &buf[at..];
-    match rest.iter().position(|&b| b == b'\n') {
+    match rest.iter().position(|&b| b == b'\n' || b == 0) {
+        Some(i) if rest[i] == 0 => Err(FrameError::Malformed(
+            "a NUL before the end of the command or a header".into(),
+        )),
         Some(i) => {
             if i > MAX_HEADER_LINE + 1 {
                 return Err(FrameError::LineTooLong);
@@ -406,7 +409,7 @@ mod tests {
         let mut out = Vec::new();
         for text in input {
             d.push(text);
-            while let Some(f) = d.next() {
+            while let Some(f) = d.next_frame() {
                 let stop = f.is_err();
                 out.push(f);
                 if stop {
@@ -548,7 +551,7 @@ mod tests {
             one(Version::V1_2, &big),
             Err(FrameError::TooLarge(_))
         ));
-        let got = frames(Version::V1_2, &[&big[..MAX_FRAME + 10]]);
+        let got = frames(Version::V1_2, &[&big[..MAX_FRAME + 5]]);
         assert!(matches!(got[..], [Err(FrameError::TooLarge(_))]), "{got:?}");
         let e = one(
             Version::V1_2,

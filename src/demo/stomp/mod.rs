@@ -378,7 +378,7 @@ impl State {
 
     /// Send `body` to every subscription of `to` on `destination`, on
     /// behalf of `from`; false if any copy was dropped.
-    fn to_subscriptions(
+    fn send_to_subscriptions(
         &mut self,
         from: Option<PeerId>,
         to: PeerId,
@@ -400,7 +400,7 @@ impl State {
     /// An error about one of its frames, for `id` alone.
     fn error(&mut self, id: PeerId, code: &str, message: &str) {
         tracing::debug!(peer = id, code, message, "demo: STOMP error to the sender");
-        self.to_subscriptions(
+        self.send_to_subscriptions(
             Some(id),
             id,
             "/user/queue/errors",
@@ -421,11 +421,11 @@ impl State {
             let kind = v["type"].as_str().unwrap_or("");
             match kind {
                 "error" => {
-                    self.to_subscriptions(from, d.to, "/user/queue/errors", &[], &d.text);
+                    self.send_to_subscriptions(from, d.to, "/user/queue/errors", &[], &d.text);
                 }
                 "offer" | "answer" | "candidate" => {
                     let sender = v["from"].as_u64().unwrap_or(0).to_string();
-                    refused |= !self.to_subscriptions(
+                    refused |= !self.send_to_subscriptions(
                         from,
                         d.to,
                         "/user/queue/signal",
@@ -443,7 +443,7 @@ impl State {
                         continue;
                     };
                     let topic = format!("/topic/room/{room}");
-                    refused |= !self.to_subscriptions(from, d.to, &topic, &[], &d.text);
+                    refused |= !self.send_to_subscriptions(from, d.to, &topic, &[], &d.text);
                 }
             }
         }
@@ -703,7 +703,7 @@ impl Conn {
 
     fn on_text(&mut self, text: &str) -> Flow {
         self.decoder.push(text);
-        while let Some(next) = self.decoder.next() {
+        while let Some(next) = self.decoder.next_frame() {
             let frame = match next {
                 Ok(f) => f,
                 Err(e) => {

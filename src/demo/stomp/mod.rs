@@ -39,16 +39,22 @@
 //! client-to-server interval gets an ERROR and is closed. One that has not
 //! sent CONNECT within [`CONNECT_TIMEOUT`] is closed.
 //!
-//! Limits: [`MAX_SUBSCRIPTIONS`] per session, [`MAX_TOPICS`] destinations
-//! subscribed to at once, [`MAX_SUBSCRIBERS`] per destination;
-//! `[demo] stomp_sessions_per_ip` sessions per IP address (or IPv6 /64),
-//! counted here whatever the transport; each session's frames go through
-//! [`signal::Rate`] (the excess is dropped, and the sender told once per
-//! run). A session's outbox is the session's queue ([`super::session::QUEUE`]
-//! messages): messages from other sessions are dropped for it when fewer
+//! Limits: [`MAX_SUBSCRIPTIONS`] per session (one per destination),
+//! [`MAX_TOPICS`] destinations subscribed to at once, [`MAX_SUBSCRIBERS`]
+//! per destination; `[demo] stomp_sessions_per_ip` sessions per IP address
+//! (or IPv6 /64), counted here whatever the transport (over `/stomp` they
+//! also count in `[demo] connections_per_ip`); each session's frames go
+//! through [`signal::Rate`], `/signal`'s budget (the excess is dropped,
+//! and the sender told once per run of drops).
+//!
+//! A session's outbox is the session's queue ([`super::session::QUEUE`]
+//! messages). Messages from other sessions are dropped for it when fewer
 //! than [`RESERVED`] places are left, and their sender is told
-//! (`peer-busy`), so a flood from one session never closes another; a
-//! session whose own answers find no place does not read and is closed.
+//! (`peer-busy`): a flood from one session never closes another. The
+//! reserved places are for the session's own answers: its next frame is
+//! handled only once they are free, so a client that reads nothing stops
+//! being read (and falls silent for its heart-beats), and one that sends
+//! a burst of frames with receipts is answered at its own pace.
 //! ACK, NACK, BEGIN, COMMIT and ABORT are accepted and do nothing (the
 //! broker delivers at most once and has no transactions).
 
@@ -495,6 +501,12 @@ impl State {
                 ),
             ));
         }
+        if m.subs.iter().any(|(_, d)| d == dest) {
+            return Err((
+                "already-subscribed",
+                format!("this session has a subscription to {dest:?} already"),
+            ));
+        }
         if m.subs.len() >= MAX_SUBSCRIPTIONS {
             return Err((
                 "too-many-subscriptions",
@@ -701,39 +713,27 @@ impl Conn {
         });
     }
 
-    fn on_text(&mut self, text: &str) -> Flow {
-        self.decoder.push(text);
-        while let Some(next) = self.decoder.next_frame() {
-            let frame = match next {
-                Ok(f) => f,
-                Err(e) => {
-                    self.fault(e.into(), None);
-                    return Flow::Stop;
+    /// A decoded frame: past the rate limit (else dropped, and the
+    /// sender told once per run of drops), handled.
+    fn on_decoded(&mut self, frame: Frame) -> Flow {
+        let now = self.start.elapsed().as_micros() as u64;
+        let cost = frame.body.len()
+            + frame
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 2)
+                .sum::<usize>();
+        match self.rate.take(now, cost.min(MAX_FRAME)) {
+            Admit::Pass => self.on_frame(frame),
+            Admit::DropAndWarn => {
+                if let Some(id) = self.id {
+                    let e = signal::Error::RateLimited;
+                    self.broker.state().error(id, e.code(), &e.text());
                 }
-            };
-            let now = self.start.elapsed().as_micros() as u64;
-            let cost = frame.body.len()
-                + frame
-                    .headers
-                    .iter()
-                    .map(|(n, v)| n.len() + v.len() + 2)
-                    .sum::<usize>();
-            match self.rate.take(now, cost.min(MAX_FRAME)) {
-                Admit::Pass => {}
-                Admit::DropAndWarn => {
-                    if let Some(id) = self.id {
-                        let e = signal::Error::RateLimited;
-                        self.broker.state().error(id, e.code(), &e.text());
-                    }
-                    continue;
-                }
-                Admit::Drop => continue,
+                Flow::Go
             }
-            if let Flow::Stop = self.on_frame(frame) {
-                return Flow::Stop;
-            }
+            Admit::Drop => Flow::Go,
         }
-        Flow::Go
     }
 
     fn on_frame(&mut self, frame: Frame) -> Flow {
@@ -968,17 +968,42 @@ pub async fn serve(broker: Arc<Broker>, session: Session) {
     let mut last_heard = Instant::now();
     let mut beat: Option<tokio::time::Interval> = None;
     let kick = conn.kick.clone();
+    let out = conn.out.clone();
+    // The next frame decoded, waiting for room for its answers.
+    let mut ready: Option<Frame> = None;
     loop {
+        if ready.is_none() {
+            match conn.decoder.next_frame() {
+                Some(Ok(f)) => ready = Some(f),
+                Some(Err(e)) => {
+                    conn.fault(e.into(), None);
+                    break;
+                }
+                None => {}
+            }
+        }
         let deadline = match conn.id {
             None => conn.start + CONNECT_TIMEOUT,
             Some(_) if conn.recv_every.is_zero() => last_heard + Duration::from_secs(86_400 * 365),
             Some(_) => last_heard + 2 * conn.recv_every,
         };
         tokio::select! {
-            m = incoming.recv() => {
+            // More input once every frame read so far is handled.
+            m = incoming.recv(), if ready.is_none() => {
                 let Some(text) = m else { break };
                 last_heard = Instant::now();
-                let flow = conn.on_text(&text);
+                conn.decoder.push(&text);
+            }
+            // A frame is handled once its answers (a few: a receipt, an
+            // error, a copy to its own subscription) have room in the
+            // outbox with [`RESERVED`] places: a client that reads nothing
+            // stops being read, and is never closed for the answers to a
+            // burst of its own frames.
+            permits = out.reserve_many(RESERVED), if ready.is_some() => {
+                let Ok(permits) = permits else { break };
+                drop(permits);
+                let Some(frame) = ready.take() else { continue };
+                let flow = conn.on_decoded(frame);
                 if leave.id.is_none() && conn.id.is_some() {
                     leave.id = conn.id;
                     if !conn.send_every.is_zero() {

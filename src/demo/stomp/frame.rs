@@ -189,10 +189,29 @@ impl fmt::Display for FrameError {
 
 /// Reads frames out of a stream of text: whole frames, several in one
 /// message or one split over several (see [`Decoder::push`]).
+///
+/// It reads incrementally: each byte received is looked at a bounded
+/// number of times however the frame is cut into pieces (a head line once
+/// complete, a body byte once while looking for its NUL), so a client
+/// sending a frame a byte at a time costs no more than sending it whole.
 #[derive(Debug)]
 pub struct Decoder {
     buf: Vec<u8>,
     version: Version,
+    /// The frame being read: what of its head is parsed so far.
+    head: Head,
+    /// Where to go on reading in `buf`: the next head line, or the next
+    /// body byte to look at for the NUL.
+    at: usize,
+}
+
+#[derive(Debug, Default)]
+struct Head {
+    command: Option<String>,
+    headers: Vec<(String, String)>,
+    /// Where the body starts, once the head is complete, and its
+    /// `content-length`.
+    body: Option<(usize, Option<usize>)>,
 }
 
 impl Default for Decoder {
@@ -207,6 +226,8 @@ impl Decoder {
         Decoder {
             buf: Vec::new(),
             version: Version::V1_0,
+            head: Head::default(),
+            at: 0,
         }
     }
 
@@ -216,44 +237,138 @@ impl Decoder {
     }
 
     /// Add text received. What a client can make the decoder hold is
-    /// bounded by [`Decoder::next_frame`], which fails once a frame being read
-    /// grows past [`MAX_FRAME`]; the caller reads all frames after each
-    /// push.
+    /// bounded by [`Decoder::next_frame`], which fails once a frame being
+    /// read grows past [`MAX_FRAME`]; the caller reads all frames after
+    /// each push.
     pub fn push(&mut self, text: &str) {
         self.buf.extend_from_slice(text.as_bytes());
     }
 
-    /// Bytes held, of a frame not complete yet.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
-    }
-
     /// The next complete frame, `None` when more input is needed.
     pub fn next_frame(&mut self) -> Option<Result<Frame, FrameError>> {
-        // Heart-beats: EOLs between frames.
-        let mut start = 0;
-        loop {
-            match self.buf.get(start..) {
-                Some([b'\n', ..]) => start += 1,
-                Some([b'\r', b'\n', ..]) => start += 2,
-                _ => break,
-            }
-        }
-        self.buf.drain(..start);
-        if self.buf.is_empty() || self.buf == b"\r" {
-            return None;
-        }
-        match parse(&self.buf, self.version) {
-            Ok(Some((frame, used))) => {
-                self.buf.drain(..used);
-                Some(Ok(frame))
-            }
+        match self.advance() {
+            Ok(Some(f)) => Some(Ok(f)),
             Ok(None) if self.buf.len() > MAX_FRAME => {
                 Some(Err(FrameError::TooLarge(self.buf.len())))
             }
             Ok(None) => None,
             Err(e) => Some(Err(e)),
         }
+    }
+
+    fn advance(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.head.command.is_none() && self.at == 0 {
+            // Heart-beats: EOLs between frames.
+            let mut skip = 0;
+            loop {
+                match self.buf.get(skip..) {
+                    Some([b'\n', ..]) => skip += 1,
+                    Some([b'\r', b'\n', ..]) => skip += 2,
+                    _ => break,
+                }
+            }
+            self.buf.drain(..skip);
+            if self.buf.is_empty() || self.buf == b"\r" {
+                return Ok(None);
+            }
+        }
+        while self.head.body.is_none() {
+            let Some((text, next)) = line(&self.buf, self.at)? else {
+                return Ok(None);
+            };
+            let text = text.to_vec();
+            self.at = next;
+            self.head_line(&text)?;
+        }
+        let Some((start, length)) = self.head.body else {
+            return Ok(None);
+        };
+        let body_end = match length {
+            Some(n) if n > MAX_FRAME => return Err(FrameError::TooLarge(n)),
+            Some(n) if start + n + 1 > MAX_FRAME => {
+                return Err(FrameError::TooLarge(start + n + 1));
+            }
+            Some(n) => {
+                if self.buf.len() <= start + n {
+                    return Ok(None);
+                }
+                if self.buf[start + n] != 0 {
+                    return Err(FrameError::Malformed(
+                        "no NUL after the content-length bytes of the body".into(),
+                    ));
+                }
+                start + n
+            }
+            None => match self.buf[self.at..].iter().position(|&b| b == 0) {
+                Some(i) => self.at + i,
+                None => {
+                    self.at = self.buf.len();
+                    return Ok(None);
+                }
+            },
+        };
+        let end = body_end + 1;
+        if end > MAX_FRAME {
+            return Err(FrameError::TooLarge(end));
+        }
+        let body = utf8(&self.buf[start..body_end], "the body")?;
+        let head = std::mem::take(&mut self.head);
+        self.buf.drain(..end);
+        self.at = 0;
+        Ok(Some(Frame {
+            command: head.command.unwrap_or_default(),
+            headers: head.headers,
+            body,
+        }))
+    }
+
+    /// One complete line of the head: the command, a header, or the empty
+    /// line that ends the head.
+    fn head_line(&mut self, text: &[u8]) -> Result<(), FrameError> {
+        let Some(command) = &self.head.command else {
+            if text.is_empty() || !text.iter().all(u8::is_ascii_uppercase) {
+                return Err(FrameError::Malformed(format!(
+                    "expected a command (capital letters), got {:?}",
+                    String::from_utf8_lossy(&text[..text.len().min(32)])
+                )));
+            }
+            self.head.command = Some(utf8(text, "the command")?);
+            return Ok(());
+        };
+        if text.is_empty() {
+            let length = self
+                .head
+                .headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map(|(_, v)| {
+                    v.trim().parse::<usize>().map_err(|_| {
+                        FrameError::Malformed(format!("content-length {v:?} is not a number"))
+                    })
+                })
+                .transpose()?;
+            self.head.body = Some((self.at, length));
+            return Ok(());
+        }
+        if self.head.headers.len() == MAX_HEADERS {
+            return Err(FrameError::TooManyHeaders);
+        }
+        // CONNECT is read with 1.0 rules: no escapes.
+        let version = if command == "CONNECT" || command == "STOMP" {
+            Version::V1_0
+        } else {
+            self.version
+        };
+        let Some(colon) = text.iter().position(|&b| b == b':') else {
+            return Err(FrameError::Malformed(format!(
+                "header line without a colon: {:?}",
+                String::from_utf8_lossy(&text[..text.len().min(32)])
+            )));
+        };
+        let name = unescape(&utf8(&text[..colon], "a header name")?, version)?;
+        let value = unescape(&utf8(&text[colon + 1..], "a header value")?, version)?;
+        self.head.headers.push((name, value));
+        Ok(())
     }
 }
 
@@ -266,9 +381,6 @@ fn line(buf: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
             "a NUL before the end of the command or a header".into(),
         )),
         Some(i) => {
-            if i > MAX_HEADER_LINE + 1 {
-                return Err(FrameError::LineTooLong);
-            }
             let text = rest[..i].strip_suffix(b"\r").unwrap_or(&rest[..i]);
             if text.len() > MAX_HEADER_LINE {
                 return Err(FrameError::LineTooLong);
@@ -283,91 +395,6 @@ fn line(buf: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
 fn utf8(bytes: &[u8], what: &str) -> Result<String, FrameError> {
     String::from_utf8(bytes.to_vec())
         .map_err(|_| FrameError::Malformed(format!("{what} is not UTF-8")))
-}
-
-/// One frame from the start of `buf` (which starts with its command):
-/// the frame and the bytes it took, or `None` if it is not complete yet.
-fn parse(buf: &[u8], version: Version) -> Result<Option<(Frame, usize)>, FrameError> {
-    let Some((command, mut at)) = line(buf, 0)? else {
-        return Ok(None);
-    };
-    if command.is_empty() || !command.iter().all(u8::is_ascii_uppercase) {
-        return Err(FrameError::Malformed(format!(
-            "expected a command (capital letters), got {:?}",
-            String::from_utf8_lossy(&command[..command.len().min(32)])
-        )));
-    }
-    let command = utf8(command, "the command")?;
-    // CONNECT is read with 1.0 rules: no escapes.
-    let version = if command == "CONNECT" || command == "STOMP" {
-        Version::V1_0
-    } else {
-        version
-    };
-    let mut headers = Vec::new();
-    loop {
-        let Some((text, next)) = line(buf, at)? else {
-            return Ok(None);
-        };
-        at = next;
-        if text.is_empty() {
-            break;
-        }
-        if headers.len() == MAX_HEADERS {
-            return Err(FrameError::TooManyHeaders);
-        }
-        let Some(colon) = text.iter().position(|&b| b == b':') else {
-            return Err(FrameError::Malformed(format!(
-                "header line without a colon: {:?}",
-                String::from_utf8_lossy(&text[..text.len().min(32)])
-            )));
-        };
-        let name = unescape(&utf8(&text[..colon], "a header name")?, version)?;
-        let value = unescape(&utf8(&text[colon + 1..], "a header value")?, version)?;
-        headers.push((name, value));
-    }
-    let length = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map(|(_, v)| {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|_| FrameError::Malformed(format!("content-length {v:?} is not a number")))
-        })
-        .transpose()?;
-    let (body_end, end) = match length {
-        Some(n) if n > MAX_FRAME => return Err(FrameError::TooLarge(n)),
-        Some(n) => {
-            if buf.len() <= at + n {
-                if at + n + 1 > MAX_FRAME {
-                    return Err(FrameError::TooLarge(at + n + 1));
-                }
-                return Ok(None);
-            }
-            if buf[at + n] != 0 {
-                return Err(FrameError::Malformed(
-                    "no NUL after the content-length bytes of the body".into(),
-                ));
-            }
-            (at + n, at + n + 1)
-        }
-        None => match buf[at..].iter().position(|&b| b == 0) {
-            Some(i) => (at + i, at + i + 1),
-            None => return Ok(None),
-        },
-    };
-    if end > MAX_FRAME {
-        return Err(FrameError::TooLarge(end));
-    }
-    let body = utf8(&buf[at..body_end], "the body")?;
-    Ok(Some((
-        Frame {
-            command,
-            headers,
-            body,
-        },
-        end,
-    )))
 }
 
 /// Undo header escapes (1.1 and 1.2 §"Value Encoding"); an escape the
@@ -446,6 +473,22 @@ mod tests {
             assert_eq!(got.len(), 1, "cut at {cut}");
             assert_eq!(got[0].as_ref().unwrap().body, "ab\0de", "cut at {cut}");
         }
+    }
+
+    /// Fed a byte at a time, the same frames come out.
+    #[test]
+    fn a_byte_at_a_time() {
+        let input = "\nSEND\r\nk\\c:v\\n\r\ncontent-length:3\n\na\0b\0\nMESSAGE\nx:y\n\nbody\0\n";
+        let pieces: Vec<String> = input.chars().map(String::from).collect();
+        let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let got = frames(Version::V1_2, &pieces);
+        let whole = frames(Version::V1_2, &[input]);
+        assert_eq!(got, whole);
+        assert_eq!(got.len(), 2);
+        let f = got[0].as_ref().unwrap();
+        assert_eq!(f.headers[0], ("k:".to_owned(), "v\n".to_owned()));
+        assert_eq!(f.body, "a\0b");
+        assert_eq!(got[1].as_ref().unwrap().body, "body");
     }
 
     #[test]

@@ -48,9 +48,12 @@
 //! and the sender told once per run of drops).
 //!
 //! A session's outbox is the session's queue ([`super::session::QUEUE`]
-//! messages). Messages from other sessions are dropped for it when fewer
-//! than [`RESERVED`] places are left, and their sender is told
-//! (`peer-busy`): a flood from one session never closes another. The
+//! messages). Messages from other sessions (and copies of its own SENDs
+//! to a topic it subscribed to) are dropped for it when fewer than
+//! [`RESERVED`] places are left or they would fill more than
+//! [`RELAY_BYTES`], and their sender is told (`peer-busy`): a flood from
+//! one session never closes another, and one that reads nothing holds at
+//! most that much of others' messages. The
 //! reserved places are for the session's own answers: its next frame is
 //! handled only once they are free, so a client that reads nothing stops
 //! being read (and falls silent for its heart-beats), and one that sends
@@ -60,7 +63,7 @@
 
 pub mod frame;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,6 +89,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Places of a session's outbox kept for its own answers (receipts,
 /// errors): other sessions' messages are dropped for it beyond that.
 pub const RESERVED: usize = 16;
+/// Bytes of other sessions' messages a session's outbox may hold (what
+/// `/signal` allows: four of the largest frames less one kept for the
+/// session's own answers).
+pub const RELAY_BYTES: usize = 192 << 10;
 /// The heart-beat interval offered each way unless `[demo]
 /// stomp_heartbeat` says otherwise.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -153,6 +160,47 @@ struct Member {
     /// Notified when its own answers found no place: it does not read.
     kick: Arc<Notify>,
     dead: bool,
+    /// The sizes of the messages put in `out`, oldest first, and their
+    /// sum: of those, the transport has not taken the last `max_capacity
+    /// - capacity` yet (the channel is first in, first out).
+    sizes: VecDeque<usize>,
+    queued: usize,
+}
+
+impl Member {
+    fn new(out: mpsc::Sender<Outgoing>, version: Version, kick: Arc<Notify>) -> Member {
+        Member {
+            out,
+            version,
+            subs: Vec::new(),
+            room: None,
+            kick,
+            dead: false,
+            sizes: VecDeque::new(),
+            queued: 0,
+        }
+    }
+
+    /// Bytes of the messages waiting in the outbox.
+    fn queued_bytes(&mut self) -> usize {
+        let waiting = self.out.max_capacity() - self.out.capacity();
+        while self.sizes.len() > waiting {
+            self.queued -= self.sizes.pop_front().unwrap_or(0);
+        }
+        self.queued
+    }
+
+    /// Put `text` in the outbox if it has a place; false if not.
+    fn put(&mut self, text: String) -> bool {
+        self.queued_bytes();
+        let n = text.len();
+        if self.out.try_send(Outgoing::Text(text)).is_err() {
+            return false;
+        }
+        self.sizes.push_back(n);
+        self.queued += n;
+        true
+    }
 }
 
 impl Broker {
@@ -315,28 +363,32 @@ impl State {
         if m.dead {
             return;
         }
-        if m.out
-            .try_send(Outgoing::Text(f.serialize(m.version)))
-            .is_err()
-        {
+        let text = f.serialize(m.version);
+        if !m.put(text) {
             m.dead = true;
             m.kick.notify_one();
         }
     }
 
-    /// Queue `f` for `to` on behalf of another session, if its outbox has
-    /// more than [`RESERVED`] places; false if it was dropped.
+    /// Queue `f` for `to` on behalf of another session (or of itself, for
+    /// a topic it sent to), if its outbox has more than [`RESERVED`]
+    /// places and room within [`RELAY_BYTES`]; false if it was dropped.
     fn relay(&mut self, to: PeerId, f: &Frame) -> bool {
-        let Some(m) = self.members.get(&to) else {
+        let Some(m) = self.members.get_mut(&to) else {
             return true;
         };
         if m.dead {
             return true;
         }
-        m.out.capacity() > RESERVED
-            && m.out
-                .try_send(Outgoing::Text(f.serialize(m.version)))
-                .is_ok()
+        let text = f.serialize(m.version);
+        m.out.capacity() > RESERVED && m.queued_bytes() + text.len() <= RELAY_BYTES && m.put(text)
+    }
+
+    /// A heart-beat for `id`, skipped when its outbox has no place.
+    fn heartbeat(&mut self, id: PeerId) {
+        if let Some(m) = self.members.get_mut(&id) {
+            m.put("\n".into());
+        }
     }
 
     /// `f` for `to`, as its own answer when `from` is `to`.
@@ -544,7 +596,7 @@ impl State {
                 let mut refused = false;
                 for (to, sub) in subs {
                     let f = self.message(&sub, dest, frame.header("content-type"), &frame.body);
-                    refused |= !self.deliver(Some(id), to, &f);
+                    refused |= !self.relay(to, &f);
                 }
                 if refused {
                     self.error(id, signal::Error::PeerBusy.code(), &signal::Error::PeerBusy.text());
@@ -891,14 +943,7 @@ impl Conn {
         s.next_id += 1;
         s.members.insert(
             id,
-            Member {
-                out: self.out.clone(),
-                version,
-                subs: Vec::new(),
-                room: None,
-                kick: self.kick.clone(),
-                dead: false,
-            },
+            Member::new(self.out.clone(), version, self.kick.clone()),
         );
         self.id = Some(id);
         let f = Frame::new("CONNECTED")
@@ -1025,7 +1070,9 @@ pub async fn serve(broker: Arc<Broker>, session: Session) {
             }
             _ = tick(&mut beat) => {
                 // An EOL; skipped when the outbox is full (it is not read).
-                let _ = conn.out.try_send(Outgoing::Text("\n".into()));
+                if let Some(id) = conn.id {
+                    broker.state().heartbeat(id);
+                }
             }
             _ = kick.notified() => {
                 tracing::info!(peer = ?conn.id, "demo: STOMP client does not read its messages, disconnecting");

@@ -492,3 +492,31 @@ async fn heart_beats_go_out_and_a_silent_session_is_closed() {
     assert_eq!(f.header("message"), Some("heart-beat timeout"));
     assert_eq!(code, 1001);
 }
+
+/// Large messages for a subscriber that reads nothing stop at
+/// RELAY_BYTES, not at the queue's length.
+#[tokio::test]
+async fn others_messages_are_bounded_in_bytes_too() {
+    let b = broker();
+    let (mut slow, _) = Client::connected(&b, "192.0.2.1").await;
+    slow.subscribe("s", "/topic/big").await;
+    let (mut fast, _) = Client::connected(&b, "192.0.2.2").await;
+    fast.subscribe("errors", "/user/queue/errors").await;
+    let body = "x".repeat(60_000);
+    for _ in 0..4 {
+        fast.send_frame(
+            Frame::new("SEND")
+                .with("destination", "/topic/big")
+                .with_body("text/plain", body.clone()),
+        )
+        .await;
+    }
+    fast.error("peer-busy").await;
+    slow.send_frame(Frame::new("ACK").with("id", "1").with("receipt", "r"))
+        .await;
+    let mut got = 0;
+    while slow.frame().await.command == "MESSAGE" {
+        got += 1;
+    }
+    assert_eq!(got, RELAY_BYTES / 60_100);
+}

@@ -528,11 +528,6 @@ fn own_origin(origin: &str, host: Option<&str>) -> bool {
 /// Switch a checked request to a WebSocket, which takes over the
 /// connection's slot: evicting it to make room aborts the signaling task.
 async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response {
-    let (mut parts, _) = req.into_parts();
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws,
-        Err(refused) => return refused.into_response(),
-    };
     let from = client
         .addr
         .map_or_else(|| "-".to_owned(), |a| a.to_string());
@@ -541,16 +536,40 @@ async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response 
             .addr
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()),
     );
+    upgrade_to(req, &client, &[], move |socket| {
+        tracing::debug!(client = %from, "demo: signaling connected");
+        signaling(socket, app, source)
+    })
+    .await
+}
+
+/// Switch a checked request to a WebSocket offering `protocols`, served by
+/// the task `run` makes. The task takes over the connection's slot.
+async fn upgrade_to<F, T>(
+    req: Request,
+    client: &http::Client,
+    protocols: &'static [&'static str],
+    run: F,
+) -> Response
+where
+    F: FnOnce(WebSocket) -> T + Send + 'static,
+    T: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (mut parts, _) = req.into_parts();
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(refused) => return refused.into_response(),
+    };
     let slot = client.take_slot();
-    ws.max_message_size(WS_HARD_LIMIT)
+    ws.protocols(protocols.iter().copied())
+        .max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
         // Small buffers, grown only for what a client does send: an idle
         // signaling connection costs little.
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            tracing::debug!(client = %from, "demo: signaling connected");
-            let task = tokio::spawn(signaling(socket, app, source));
+            let task = tokio::spawn(run(socket));
             // A WebSocket stays idle in its slot: when the server is
             // full, a newcomer closes the oldest one of the client holding
             // the most, so that a few addresses that keep theirs alive
@@ -576,28 +595,13 @@ const STOMP_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// session ([`stomp::serve`]); it takes over the connection's slot, as
 /// `/signal`'s do.
 async fn stomp_upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response {
-    let (mut parts, _) = req.into_parts();
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws,
-        Err(refused) => return refused.into_response(),
-    };
     let ip = client
         .addr
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-    let slot = client.take_slot();
-    ws.protocols(STOMP_PROTOCOLS)
-        .max_message_size(WS_HARD_LIMIT)
-        .max_frame_size(WS_HARD_LIMIT)
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| async move {
-            let task = tokio::spawn(stomp_socket(socket, app, ip));
-            if let Some(slot) = &slot {
-                slot.attach(task.abort_handle());
-            }
-            let _ = task.await;
-            drop(slot);
-        })
+    upgrade_to(req, &client, &STOMP_PROTOCOLS, move |socket| {
+        stomp_socket(socket, app, ip)
+    })
+    .await
 }
 
 /// Carry one STOMP session over `socket`: the client's text messages (and

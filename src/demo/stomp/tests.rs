@@ -291,22 +291,16 @@ async fn rooms_signal_one_member_and_errors_go_to_the_sender_only() {
     // is an error to d only.
     d.send_frame(Frame::new("SEND").with("destination", "/app/room/r2/join"))
         .await;
-    d.send_frame(
-        Frame::new("SEND")
-            .with("destination", "/app/room/r2/signal")
-            .with("to", ids[0].to_string())
-            .with_body("application/json", offer.clone()),
-    )
-    .await;
-    d.error("unknown-peer").await;
-    d.send_frame(
-        Frame::new("SEND")
-            .with("destination", "/app/room/r1/signal")
-            .with("to", ids[0].to_string())
-            .with_body("application/json", offer.clone()),
-    )
-    .await;
-    d.error("not-in-room").await;
+    for (room, code) in [("r2", "unknown-peer"), ("r1", "not-in-room")] {
+        d.send_frame(
+            Frame::new("SEND")
+                .with("destination", format!("/app/room/{room}/signal"))
+                .with("to", ids[0].to_string())
+                .with_body("application/json", offer.clone()),
+        )
+        .await;
+        d.error(code).await;
+    }
     for (dest, code) in [
         ("/queue/x", "unknown-destination"),
         ("/app/other", "unknown-destination"),

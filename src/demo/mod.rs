@@ -615,9 +615,13 @@ async fn stomp_socket(socket: WebSocket, app: Arc<App>, ip: IpAddr) {
     let every = app.idle / 3;
     let mut heard = Instant::now();
     let mut ping = tokio::time::interval_at((Instant::now() + every).into(), every);
+    // A message read from the client that the protocol has no room for
+    // yet: the client is not read further meanwhile, but what the protocol
+    // sends still goes out, so that it can make room.
+    let mut unread: Option<String> = None;
     let end: Option<(u16, String)> = loop {
         tokio::select! {
-            m = stream.next() => {
+            m = stream.next(), if unread.is_none() => {
                 let text = match m {
                     Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
                     Some(Ok(Message::Binary(b))) => match String::from_utf8(b.to_vec()) {
@@ -632,11 +636,13 @@ async fn stomp_socket(socket: WebSocket, app: Arc<App>, ip: IpAddr) {
                     Some(Err(e)) => break websocket_fault(e),
                 };
                 heard = Instant::now();
-                // Waits while the protocol is behind; the client's next
-                // messages wait in TCP meanwhile.
-                if to_protocol.send(text).await.is_err() {
+                unread = Some(text);
+            }
+            permit = to_protocol.reserve(), if unread.is_some() => {
+                let (Ok(permit), Some(text)) = (permit, unread.take()) else {
                     break None;
-                }
+                };
+                permit.send(text);
             }
             o = from_protocol.recv() => match o {
                 Some(session::Outgoing::Text(t)) => {

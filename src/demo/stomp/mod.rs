@@ -93,6 +93,8 @@ pub const RESERVED: usize = 16;
 /// `/signal` allows: four of the largest frames less one kept for the
 /// session's own answers).
 pub const RELAY_BYTES: usize = 192 << 10;
+/// The longest heart-beat interval agreed, in milliseconds.
+const MAX_HEARTBEAT_MS: u64 = 3_600_000;
 /// The heart-beat interval offered each way unless `[demo]
 /// stomp_heartbeat` says otherwise.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -710,6 +712,8 @@ fn heartbeats(header: Option<&str>, offer: Duration) -> Result<(Duration, Durati
             })?
         }
     };
+    // A client's figure beyond an hour is taken as an hour.
+    let (cx, cy) = (cx.min(MAX_HEARTBEAT_MS), cy.min(MAX_HEARTBEAT_MS));
     let ours = offer.as_millis() as u64;
     let agree = |can: u64, wants: u64| {
         if can == 0 || wants == 0 {

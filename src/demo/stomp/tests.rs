@@ -160,6 +160,11 @@ fn heart_beats_take_the_larger_figure_or_none() {
         heartbeats(Some("5000,0"), Duration::ZERO).unwrap(),
         (ms(0), ms(0))
     );
+    // Figures beyond an hour count as an hour.
+    assert_eq!(
+        heartbeats(Some("18446744073709551615,18446744073709551615"), offer).unwrap(),
+        (ms(3_600_000), ms(3_600_000))
+    );
     assert!(heartbeats(Some("x,1"), offer).is_err());
     assert!(heartbeats(Some("10"), offer).is_err());
 }

@@ -7,6 +7,8 @@
 //! - `/signal`: WebSocket signaling in mesh rooms of up to `[demo]
 //!   room_size` peers, and the classic tutorial's `{event, data}` broadcast
 //!   for sessions outside rooms (see [`signal`]).
+//! - `/stomp`: STOMP 1.0–1.2 over a plain WebSocket (subprotocols
+//!   `v12.stomp`, `v11.stomp`, `v10.stomp`), the broker of [`stomp`].
 //!
 //! Pages and scripts are embedded in the binary.
 //!

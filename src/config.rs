@@ -1105,6 +1105,12 @@ table! {
         /// Seconds a SockJS session may have no receiving request before
         /// it is closed.
         pub sockjs_disconnect_delay: u64,
+        /// Milliseconds between STOMP heart-beats the demo's broker offers
+        /// each way (0: none).
+        pub stomp_heartbeat: u64,
+        /// STOMP sessions (over `/stomp` or SockJS) one IP address, or
+        /// IPv6 /64, may hold at once.
+        pub stomp_sessions_per_ip: usize,
     }
 }
 
@@ -1346,6 +1352,19 @@ impl RawConfig {
             1,
             300,
             " seconds",
+        )?;
+        if d.stomp_heartbeat != 0 && !(100..=600_000).contains(&d.stomp_heartbeat) {
+            return refuse(
+                "demo.stomp_heartbeat",
+                "must be 0 (no heart-beats) or between 100 and 600000 ms",
+            );
+        }
+        between(
+            "demo.stomp_sessions_per_ip",
+            d.stomp_sessions_per_ip,
+            1,
+            4096,
+            "",
         )?;
         if d.allowed_origins.len() > 32 {
             return refuse("demo.allowed_origins", "at most 32 origins");

@@ -523,6 +523,20 @@ pub const KEYS: &[Key] = &[
         doc: "Seconds a SockJS session may go without a receiving request (or a closed one keeps answering its close frame) before it is dropped; 1–300.",
     },
     Key {
+        section: "demo",
+        name: "stomp_heartbeat",
+        kind: "integer",
+        default: Value("10000"),
+        doc: "Milliseconds between STOMP heart-beats the broker offers each way (`/stomp`, SockJS); each way runs at the larger of this and the client's figure, and a session silent for twice the agreed client interval is closed; 0 (none) or 100–600000.",
+    },
+    Key {
+        section: "demo",
+        name: "stomp_sessions_per_ip",
+        kind: "integer",
+        default: Value("64"),
+        doc: "STOMP sessions one IP address (or IPv6 /64) may hold at once, over `/stomp` and SockJS together; 1–4096.",
+    },
+    Key {
         section: "cluster",
         name: "redis",
         kind: "string",

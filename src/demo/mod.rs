@@ -7,6 +7,8 @@
 //! - `/signal`: WebSocket signaling in mesh rooms of up to `[demo]
 //!   room_size` peers, and the classic tutorial's `{event, data}` broadcast
 //!   for sessions outside rooms (see [`signal`]).
+//! - `/stomp`: STOMP 1.0–1.2 over a plain WebSocket (subprotocols
+//!   `v12.stomp`, `v11.stomp`, `v10.stomp`), the broker of [`stomp`].
 //!
 //! Pages and scripts are embedded in the binary.
 //!
@@ -38,6 +40,7 @@ pub mod ice;
 pub mod session;
 pub mod signal;
 pub mod sockjs;
+pub mod stomp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -99,6 +102,8 @@ pub struct Limits {
     /// SockJS heartbeat interval and disconnect delay ([`sockjs`]).
     pub sockjs_heartbeat: Duration,
     pub sockjs_disconnect_delay: Duration,
+    /// The STOMP broker's settings.
+    pub stomp: stomp::Settings,
 }
 
 impl Limits {
@@ -110,6 +115,11 @@ impl Limits {
             allowed_origins: c.allowed_origins.clone(),
             sockjs_heartbeat: Duration::from_secs(c.sockjs_heartbeat),
             sockjs_disconnect_delay: Duration::from_secs(c.sockjs_disconnect_delay),
+            stomp: stomp::Settings {
+                heartbeat: Duration::from_millis(c.stomp_heartbeat),
+                room_size: c.room_size,
+                sessions_per_ip: c.stomp_sessions_per_ip,
+            },
         }
     }
 }
@@ -205,14 +215,23 @@ pub fn ice_config(config: &Config, bound: &[SocketAddr]) -> IceConfig {
 
 /// Serve the demo on `listener` forever.
 pub async fn serve(listener: TcpListener, ice: IceConfig, limits: Limits) -> std::io::Result<()> {
+    let sockjs_settings = sockjs::Settings::from_limits(&limits);
+    let broker = Arc::new(stomp::Broker::new(limits.stomp));
     let app = Arc::new(App {
         ice,
         signal: Mutex::new(Signal::new(limits.room_size)),
         next_id: AtomicU64::new(1),
         idle: limits.idle_timeout,
         allowed_origins: limits.allowed_origins,
+        stomp: broker.clone(),
     });
-    let router = http::limits(Router::new().fallback(answer).with_state(app));
+    // SockJS sessions at /ws carry STOMP, to the same broker as /stomp.
+    // SockJS sits outside `http::limits`: its xhr_send bodies may be up to
+    // 64 KiB, and it applies its own caps and timeouts.
+    let over_sockjs: sockjs::Handler =
+        Arc::new(move |session| Box::pin(stomp::serve(broker.clone(), session)));
+    let router = http::limits(Router::new().fallback(answer).with_state(app))
+        .nest("/ws", sockjs::router(sockjs_settings, over_sockjs));
     let caps = Caps {
         total: MAX_CONNECTIONS,
         per_peer: limits.per_ip,
@@ -234,6 +253,7 @@ struct App {
     next_id: AtomicU64,
     idle: Duration,
     allowed_origins: Vec<String>,
+    stomp: Arc<stomp::Broker>,
 }
 
 /// The hub and the outbox of every connected signaling client.
@@ -398,6 +418,12 @@ async fn answer(
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
+    if req.uri().path() == "/stomp" && !head_only {
+        return match upgrade_refusal(req.headers(), &app.allowed_origins) {
+            None => stomp_upgrade(req, app, client).await,
+            Some(refusal) => refusal,
+        };
+    }
     if req.uri().path() == "/signal" && !head_only {
         return match upgrade_refusal(req.headers(), &app.allowed_origins) {
             None => upgrade(req, app, client).await,
@@ -426,7 +452,7 @@ fn route(path: &str, app: &App, visitor: IpAddr) -> Response {
         )
             .into_response();
     }
-    if path == "/signal" {
+    if path == "/signal" || path == "/stomp" {
         return websocket_only("WebSocket only");
     }
     match ASSETS.iter().find(|(p, _, _)| *p == path) {
@@ -532,11 +558,6 @@ pub(crate) fn own_origin(origin: &str, host: Option<&str>) -> bool {
 /// Switch a checked request to a WebSocket, which takes over the
 /// connection's slot: evicting it to make room aborts the signaling task.
 async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response {
-    let (mut parts, _) = req.into_parts();
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws,
-        Err(refused) => return refused.into_response(),
-    };
     let from = client
         .addr
         .map_or_else(|| "-".to_owned(), |a| a.to_string());
@@ -545,16 +566,40 @@ async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response 
             .addr
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()),
     );
+    upgrade_to(req, &client, &[], move |socket| {
+        tracing::debug!(client = %from, "demo: signaling connected");
+        signaling(socket, app, source)
+    })
+    .await
+}
+
+/// Switch a checked request to a WebSocket offering `protocols`, served by
+/// the task `run` makes. The task takes over the connection's slot.
+async fn upgrade_to<F, T>(
+    req: Request,
+    client: &http::Client,
+    protocols: &'static [&'static str],
+    run: F,
+) -> Response
+where
+    F: FnOnce(WebSocket) -> T + Send + 'static,
+    T: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (mut parts, _) = req.into_parts();
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(refused) => return refused.into_response(),
+    };
     let slot = client.take_slot();
-    ws.max_message_size(WS_HARD_LIMIT)
+    ws.protocols(protocols.iter().copied())
+        .max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
         // Small buffers, grown only for what a client does send: an idle
         // signaling connection costs little.
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            tracing::debug!(client = %from, "demo: signaling connected");
-            let task = tokio::spawn(signaling(socket, app, source));
+            let task = tokio::spawn(run(socket));
             // A WebSocket stays idle in its slot: when the server is
             // full, a newcomer closes the oldest one of the client holding
             // the most, so that a few addresses that keep theirs alive
@@ -566,6 +611,132 @@ async fn upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response 
             let _ = task.await;
             drop(slot);
         })
+}
+
+/// STOMP's WebSocket subprotocols (STOMP 1.2 §"Using STOMP with
+/// WebSocket" is silent; these are the names browsers' STOMP clients and
+/// brokers use), preferred first.
+const STOMP_PROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+/// Time one write to a `/stomp` client may take: one that reads nothing
+/// does not hold its connection longer.
+const STOMP_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Switch a checked request for `/stomp` to a WebSocket carrying one STOMP
+/// session ([`stomp::serve`]); it takes over the connection's slot, as
+/// `/signal`'s do.
+async fn stomp_upgrade(req: Request, app: Arc<App>, client: http::Client) -> Response {
+    let ip = client
+        .addr
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    upgrade_to(req, &client, &STOMP_PROTOCOLS, move |socket| {
+        stomp_socket(socket, app, ip)
+    })
+    .await
+}
+
+/// Carry one STOMP session over `socket`: the client's text messages (and
+/// binary ones holding UTF-8) to the protocol, the protocol's to the
+/// client. A client silent (no message, no pong) for `[demo]
+/// idle_timeout` is closed; it is pinged every third of that while silent.
+async fn stomp_socket(socket: WebSocket, app: Arc<App>, ip: IpAddr) {
+    let (session, to_protocol, mut from_protocol) = session::pair(ip);
+    let mut protocol = tokio::spawn(stomp::serve(app.stomp.clone(), session));
+    let (mut sink, mut stream) = socket.split();
+    let every = app.idle / 3;
+    let mut heard = Instant::now();
+    let mut ping = tokio::time::interval_at((Instant::now() + every).into(), every);
+    // A message read from the client that the protocol has no room for
+    // yet: the client is not read further meanwhile, but what the protocol
+    // sends still goes out, so that it can make room.
+    let mut unread: Option<String> = None;
+    let end: Option<(u16, String)> = loop {
+        tokio::select! {
+            m = stream.next(), if unread.is_none() => {
+                let text = match m {
+                    Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+                    Some(Ok(Message::Binary(b))) => match String::from_utf8(b.to_vec()) {
+                        Ok(t) => t,
+                        Err(_) => break Some((close_code::INVALID, "STOMP frames are UTF-8 text".into())),
+                    },
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        heard = Instant::now();
+                        continue;
+                    }
+                    Some(Err(e)) => break websocket_fault(e),
+                };
+                heard = Instant::now();
+                unread = Some(text);
+            }
+            permit = to_protocol.reserve(), if unread.is_some() => {
+                let (Ok(permit), Some(text)) = (permit, unread.take()) else {
+                    break None;
+                };
+                permit.send(text);
+            }
+            o = from_protocol.recv() => match o {
+                Some(session::Outgoing::Text(t)) => {
+                    if !write(&mut sink, Message::Text(t.into())).await {
+                        break None;
+                    }
+                }
+                Some(session::Outgoing::Close { code, reason }) => break Some((code, reason)),
+                None => break Some((close_code::NORMAL, String::new())),
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() >= app.idle {
+                    break Some((close_code::AWAY, "idle timeout".into()));
+                }
+                if heard.elapsed() >= every && !write(&mut sink, Message::Ping(Default::default())).await {
+                    break None;
+                }
+            }
+        }
+    };
+    // The protocol sees the client gone.
+    drop(to_protocol);
+    if let Some((code, mut reason)) = end {
+        // A close frame's reason fits in 123 bytes (RFC 6455 §5.5).
+        while reason.len() > 123 {
+            reason.pop();
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        write(&mut sink, Message::Close(Some(frame))).await;
+    }
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, sink.close()).await;
+    if tokio::time::timeout(FLUSH_TIMEOUT, &mut protocol)
+        .await
+        .is_err()
+    {
+        protocol.abort();
+    }
+}
+
+/// Write `m` within [`STOMP_WRITE_TIMEOUT`]; false if that failed.
+async fn write(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, m: Message) -> bool {
+    matches!(
+        tokio::time::timeout(STOMP_WRITE_TIMEOUT, sink.send(m)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// The close code for a WebSocket read error, `None` when the connection
+/// is simply gone.
+fn websocket_fault(e: axum::Error) -> Option<(u16, String)> {
+    let e = e.into_inner().downcast::<tungstenite::Error>().ok()?;
+    let code = match *e {
+        tungstenite::Error::Capacity(_) => close_code::SIZE,
+        tungstenite::Error::Utf8(_) => close_code::INVALID,
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => return None,
+        tungstenite::Error::Protocol(_) => close_code::PROTOCOL,
+        _ => return None,
+    };
+    Some((code, e.to_string()))
 }
 
 /// How a signaling connection ended.
@@ -844,6 +1015,7 @@ credential_ttl = 120
             next_id: AtomicU64::new(1),
             idle: Duration::from_secs(60),
             allowed_origins: vec!["https://app.example".into()],
+            stomp: Arc::new(stomp::Broker::new(stomp::Settings::default())),
         };
         let visitor: IpAddr = "127.0.0.1".parse().unwrap();
         for (path, status) in [
@@ -852,6 +1024,7 @@ credential_ttl = 120
             ("/call.js", 200),
             ("/ice-servers", 200),
             ("/signal", 426),
+            ("/stomp", 426),
             ("/x", 404),
         ] {
             assert_eq!(route(path, &app, visitor).status(), status, "{path}");

@@ -138,7 +138,8 @@ function loadScript(src) {
 /** The same rooms protocol as STOMP over SockJS at /ws: join with a SEND
  *  to /app/room/NAME/join, messages to one member as SENDs to
  *  /app/room/NAME/signal with a `to` header, messages for this page on
- *  /user/queue/signal and room events on /topic/room/NAME. */
+ *  /user/queue/signal, errors about its own frames on /user/queue/errors,
+ *  and room events on /topic/room/NAME. */
 async function openStomp(room, handlers) {
   if (!window.SockJS) await loadScript("/vendor/sockjs.min.js");
   if (!window.StompJs) await loadScript("/vendor/stomp.umd.min.js");
@@ -158,6 +159,7 @@ async function openStomp(room, handlers) {
       opened = true;
       clearTimeout(timer);
       client.subscribe("/user/queue/signal", deliver);
+      client.subscribe("/user/queue/errors", deliver);
       client.subscribe(`/topic/room/${room}`, deliver);
       const ch = {
         via: `sockjs/${(sock && sock.transport) || "?"}`,

@@ -115,6 +115,7 @@ function wsSession(port, i, room, handlers) {
     const sock = new WebSocket(`ws://127.0.0.1:${port}/signal`, { localAddress: sourceOf(i), origin: `http://127.0.0.1:${port}` });
     sock.on("open", () => sock.send(JSON.stringify({ type: "join", room })));
     sock.on("error", reject);
+    sock.on("close", (code) => handlers.onClose(String(code)));
     sock.on("message", (data) => {
       const msg = JSON.parse(data);
       if (msg.type === "joined") {
@@ -129,7 +130,8 @@ function wsSession(port, i, room, handlers) {
   });
 }
 
-function stompSession(factory, i, room, handlers) {
+// `within(f)` runs f where connections take the session's source address.
+function stompSession(factory, i, room, handlers, within = (f) => f()) {
   const { Client } = require("@stomp/stompjs");
   return new Promise((resolve, reject) => {
     const client = new Client({
@@ -144,11 +146,11 @@ function stompSession(factory, i, room, handlers) {
       if (msg.type === "joined") {
         clearTimeout(timer);
         resolve({
-          send: (to, text) => client.publish({
+          send: (to, text) => within(() => client.connected && client.publish({
             destination: `/app/room/${room}/signal`,
             headers: { to: String(to) },
             body: JSON.stringify({ type: "candidate", to, candidate: { candidate: text, sdpMid: "0" } }),
-          }),
+          })),
           close: () => client.deactivate(),
         });
         (msg.peers || []).forEach(handlers.onPeer);
@@ -161,6 +163,7 @@ function stompSession(factory, i, room, handlers) {
       client.publish({ destination: `/app/room/${room}/join`, body: "" });
     };
     client.onStompError = (f) => reject(new Error(`session ${i}: ${f.headers.message}`));
+    client.onWebSocketClose = (ev) => handlers.onClose(`${ev.code} ${ev.reason || ""}`.trim());
     client.onWebSocketError = () => reject(new Error(`session ${i}: transport error`));
     client.activate();
   });
@@ -175,37 +178,31 @@ function stompWsSession(port, i, room, handlers) {
   return stompSession(factory, i, room, handlers);
 }
 
-// sockjs-client under Node makes its HTTP requests (and its WebSocket) with
-// Node's http module: give each session's requests its own source address
-// by the session id in the URL.
-let sockjsSources = null;
+// sockjs-client under Node opens its HTTP requests and its WebSocket with
+// Node's net module, with no say in the source address: each SockJS
+// session is made inside an AsyncLocalStorage context naming its source
+// address, which every connection made on its behalf (now or from a later
+// callback) takes. Keep-alive is off so that no connection serves two
+// sessions.
+const { AsyncLocalStorage } = require("async_hooks");
+const sourceContext = new AsyncLocalStorage();
+{
+  const connect = net.Socket.prototype.connect;
+  net.Socket.prototype.connect = function (...a) {
+    const src = sourceContext.getStore();
+    // net.connect passes its arguments on normalized: [options, callback].
+    const options = Array.isArray(a[0]) ? a[0][0] : a[0];
+    if (src && options && typeof options === "object" && !options.path) options.localAddress = src;
+    return connect.apply(this, a);
+  };
+  http.globalAgent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+}
 function sockjsSession(transport) {
   return (port, i, room, handlers) => {
-    if (!sockjsSources) {
-      sockjsSources = new Map();
-      const wrap = (orig) => function (opts, ...rest) {
-        if (opts && typeof opts === "object" && typeof opts.path === "string") {
-          const m = opts.path.match(/^\/ws\/[^/]+\/([^/]+)\//);
-          if (m && sockjsSources.has(m[1])) opts = { ...opts, localAddress: sockjsSources.get(m[1]) };
-        }
-        return orig.call(this, opts, ...rest);
-      };
-      http.request = wrap(http.request);
-      http.get = wrap(http.get);
-    }
     const SockJS = require("sockjs-client");
-    const factory = () => {
-      const sock = new SockJS(`http://127.0.0.1:${port}/ws`, null, {
-        transports: [transport],
-        sessionId: () => {
-          const id = `b${i}x${Math.random().toString(36).slice(2, 10)}`;
-          sockjsSources.set(id, sourceOf(i));
-          return id;
-        },
-      });
-      return sock;
-    };
-    return stompSession(factory, i, room, handlers);
+    const factory = () => sourceContext.run(sourceOf(i), () => new SockJS(`http://127.0.0.1:${port}/ws`, null, { transports: [transport] }));
+    const within = (f) => sourceContext.run(sourceOf(i), f);
+    return within(() => stompSession(factory, i, room, handlers, within));
   };
 }
 
@@ -226,6 +223,7 @@ async function run(kind) {
     const sessions = [];
     const peers = new Array(SESSIONS).fill(null);
     let received = 0;
+    const closed = new Map(); // why -> sessions the server closed before the end
     const started = Date.now();
     // Open in batches, so that a slow handshake does not time others out.
     for (let i = 0; i < SESSIONS; i += 20) {
@@ -235,6 +233,7 @@ async function run(kind) {
         batch.push(CLIENTS[kind](server.port, k, room, {
           onPeer: (id) => { peers[k] = id; },
           onMessage: () => { received += 1; },
+          onClose: (why) => { closed.set(why, (closed.get(why) || 0) + 1); },
         }));
       }
       sessions.push(...(await Promise.all(batch)));
@@ -257,8 +256,9 @@ async function run(kind) {
     }
     await waitFor(() => received >= sent, 5000);
     const busy = rssBytes(server.child.pid);
+    const early = [...closed.entries()];
     sessions.forEach((s) => s.close());
-    return { kind, base, idle, busy, openSeconds, paired, sent, received };
+    return { kind, base, idle, busy, openSeconds, paired, sent, received, early };
   } finally {
     server.child.kill("SIGKILL");
     fs.rmSync(dir, { recursive: true, force: true });
@@ -294,6 +294,7 @@ async function waitFor(pred, ms) {
     console.log(
       `${r.kind.padEnd(22)} | ${(r.base / 1048576).toFixed(1).padStart(12)} | ${kib(idle).padStart(16)} | ${kib(busy).padStart(16)} | ${r.openSeconds.toFixed(1).padStart(6)} | ${String(r.sent).padStart(5)} | ${String(r.received).padStart(8)} | ${ratio(idle, wsIdle).padStart(10)} | ${ratio(busy, wsBusy).padStart(10)}`,
     );
+    if (r.early.length) console.log(`  ${r.kind}: sessions closed early: ${r.early.map(([w, n]) => `${n} × ${w}`).join(", ")}`);
     if (!r.paired || r.received < r.sent) console.log(`  ${r.kind}: ${r.paired ? "" : "not every session was paired; "}${r.sent - r.received} messages lost`);
   }
   process.exit(0);

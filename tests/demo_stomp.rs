@@ -11,6 +11,9 @@
 //! signal to another room's member (an error to the sender): each gets
 //! its answer while two members of a room go on signaling undisturbed.
 //!
+//! The same clients then run over SockJS at `/ws` (sockjs-client 1.6.1 as
+//! their socket), with each SockJS transport forced in turn.
+//!
 //! The Node clients are installed by tests/run.sh (`npm ci` in tests/js,
 //! versions pinned by its package-lock.json).
 
@@ -138,6 +141,50 @@ fn npm_clients_connect_subscribe_send_receive_and_signal_in_a_room() {
         let r = node(script, &url, &["idle", &hb, &idle_ms]);
         assert_eq!(r["open"], true, "{script}: {r}");
         assert_eq!(r["body"], "still here", "{script}: {r}");
+    }
+    let log = demo.log_text();
+    assert!(!log.contains("heart-beat timeout"), "{log}");
+}
+
+/// The same npm clients over SockJS at `/ws` (sockjs-client 1.6.1 as their
+/// socket), each SockJS transport forced in turn: STOMP over every way in
+/// that `new SockJS('/ws')` may pick.
+#[test]
+fn npm_clients_over_each_sockjs_transport() {
+    let (_dir, demo) = start("stomp-sockjs", &format!("stomp_heartbeat = {HEARTBEAT_MS}"));
+    let idle_ms = (5 * HEARTBEAT_MS).to_string();
+    let hb = HEARTBEAT_MS.to_string();
+    for transport in ["websocket", "xhr-streaming", "xhr-polling", "eventsource"] {
+        let url = format!("sockjs+{transport}:http://{}/ws", demo.config.http);
+        for (script, version) in [("stomp_v7.js", "1.2"), ("stomp_v2.js", "1.1")] {
+            let what = format!("{script} over {transport}");
+            let r = node(script, &url, &["pubsub"]);
+            assert_eq!(r["version"], version, "{what}: {r}");
+            assert_eq!(r["first"], "hello", "{what}: {r}");
+            assert_eq!(r["secondLength"], 20000, "{what}: {r}");
+
+            let r = node(script, &url, &["room"]);
+            let ids: Vec<u64> = r["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            let (a, b) = (ids[0], ids[1]);
+            assert_eq!(r["bPeers"], json!([a]), "{what}: {r}");
+            assert_eq!(
+                r["signal"],
+                json!({"type": "offer", "sdp": "v=0\r\ns=stomp\r\n", "from": a, "to": b}),
+                "{what}: {r}"
+            );
+            assert_eq!(r["error"], "unknown-peer", "{what}: {r}");
+            assert_eq!(r["strays"], 0, "{what}: {r}");
+
+            // Heart-beats at 300 ms keep an idle session open for 1.5 s.
+            let r = node(script, &url, &["idle", &hb, &idle_ms]);
+            assert_eq!(r["open"], true, "{what}: {r}");
+            assert_eq!(r["body"], "still here", "{what}: {r}");
+        }
     }
     let log = demo.log_text();
     assert!(!log.contains("heart-beat timeout"), "{log}");

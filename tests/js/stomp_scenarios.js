@@ -105,6 +105,20 @@ async function idle(connect, url, heartbeat, idleMs) {
   return { version: c.version, open, body: m.body };
 }
 
+// The socket a client adapter hands its STOMP library: a WebSocket (the
+// ws package) for ws:// URLs, or a SockJS client forced to one transport
+// for `sockjs+TRANSPORT:http://HOST/ws` (websocket, xhr-streaming,
+// xhr-polling, eventsource).
+function socketFor(url, protocols) {
+  const m = url.match(/^sockjs\+([a-z-]+):(.*)$/);
+  if (m) {
+    const SockJS = require('sockjs-client');
+    return new SockJS(m[2], null, { transports: [m[1]] });
+  }
+  const WebSocket = require('ws');
+  return new WebSocket(url, protocols);
+}
+
 function run(connect) {
   const [url, scenario, ...rest] = process.argv.slice(2);
   const scenarios = { pubsub, room, idle };
@@ -118,4 +132,4 @@ function run(connect) {
     .catch((e) => { console.error(`error: ${e && e.stack ? e.stack : e}`); process.exit(1); });
 }
 
-module.exports = { run };
+module.exports = { run, socketFor };

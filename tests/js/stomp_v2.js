@@ -1,12 +1,11 @@
 // stompjs 2.3 (`Stomp.over(ws)`, which offers STOMP 1.1 and 1.0) over the
-// ws package: `node stomp_v2.js URL SCENARIO [ARGS]`, see
+// ws package or sockjs-client (URL `sockjs+TRANSPORT:http://…`): `node stomp_v2.js URL SCENARIO [ARGS]`, see
 // stomp_scenarios.js. Its browser build needs Stomp.setInterval and
 // clearInterval outside a browser, as its own Node entry defines them.
 'use strict';
 
 const { Stomp } = require('stompjs/lib/stomp.js');
-const WebSocket = require('ws');
-const { run } = require('./stomp_scenarios.js');
+const { run, socketFor } = require('./stomp_scenarios.js');
 
 Stomp.setInterval = (ms, f) => setInterval(f, ms);
 Stomp.clearInterval = (id) => clearInterval(id);
@@ -14,7 +13,7 @@ Stomp.clearInterval = (id) => clearInterval(id);
 function connect(url, heartbeat) {
   return new Promise((resolve, reject) => {
     let open = true;
-    const ws = new WebSocket(url, ['v11.stomp', 'v10.stomp']);
+    const ws = socketFor(url, ['v11.stomp', 'v10.stomp']);
     const client = Stomp.over(ws);
     client.debug = null;
     client.heartbeat.outgoing = heartbeat;

@@ -1,16 +1,16 @@
-// @stomp/stompjs 7 over the ws package (Node has no global WebSocket):
+// @stomp/stompjs 7 over the ws package (Node has no global WebSocket) or
+// over sockjs-client (URL `sockjs+TRANSPORT:http://…`):
 // `node stomp_v7.js URL SCENARIO [ARGS]`, see stomp_scenarios.js.
 'use strict';
 
 const { Client } = require('@stomp/stompjs');
-const WebSocket = require('ws');
-const { run } = require('./stomp_scenarios.js');
+const { run, socketFor } = require('./stomp_scenarios.js');
 
 function connect(url, heartbeat) {
   return new Promise((resolve, reject) => {
     let open = true;
     const client = new Client({
-      webSocketFactory: () => new WebSocket(url, ['v12.stomp', 'v11.stomp', 'v10.stomp']),
+      webSocketFactory: () => socketFor(url, ['v12.stomp', 'v11.stomp', 'v10.stomp']),
       heartbeatIncoming: heartbeat,
       heartbeatOutgoing: heartbeat,
       reconnectDelay: 0,

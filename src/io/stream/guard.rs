@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::proxy_header::Refusal as ProxyRefusal;
 use crate::addr::Origin;
 use crate::config::StreamLimits;
 
@@ -80,6 +81,9 @@ pub struct StreamGuard {
     connections: AtomicU32,
     by_source: Mutex<HashMap<Source, Counts>>,
     refusals: [AtomicU64; Refusal::COUNT],
+    /// Connections closed on PROXY protocol listeners before they were
+    /// served.
+    proxy_refusals: [AtomicU64; ProxyRefusal::COUNT],
 }
 
 /// A connection's or a handshake's place in its source's count, given back
@@ -124,6 +128,7 @@ impl Default for StreamGuard {
             connections: AtomicU32::new(0),
             by_source: Mutex::new(HashMap::new()),
             refusals: Default::default(),
+            proxy_refusals: Default::default(),
         };
         g.set(&StreamLimits::default());
         g
@@ -186,6 +191,23 @@ impl StreamGuard {
         slot
     }
 
+    /// A connection from a load balancer on a PROXY protocol listener:
+    /// counted server-wide, but exempt from the per-IP cap (it carries
+    /// many clients). `None` when the server holds `stream_connections`.
+    pub fn balancer_connection(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        if self.connections.fetch_add(1, Ordering::Relaxed) >= max {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            self.refuse(Refusal::ServerConnections);
+            return None;
+        }
+        Some(Slot {
+            guard: self.clone(),
+            sources: [None, None],
+            handshake: false,
+        })
+    }
+
     /// A TLS handshake from `ip`, unless its source runs its cap already
     /// (counted as [`Refusal::PerIpHandshakes`]).
     pub fn handshake(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
@@ -239,6 +261,16 @@ impl StreamGuard {
     /// Count a refusal.
     pub fn refuse(&self, r: Refusal) {
         self.refusals[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a connection closed on a PROXY protocol listener.
+    pub fn refuse_proxy(&self, r: ProxyRefusal) {
+        self.proxy_refusals[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// PROXY protocol refusals so far, by [`ProxyRefusal`].
+    pub fn proxy_refusals(&self) -> [u64; ProxyRefusal::COUNT] {
+        std::array::from_fn(|i| self.proxy_refusals[i].load(Ordering::Relaxed))
     }
 
     /// Refusals so far, by [`Refusal`].

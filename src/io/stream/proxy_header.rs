@@ -255,8 +255,8 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, Malformed> {
 #[derive(Debug)]
 pub enum ReadError {
     Malformed(Malformed),
-    /// The connection ended or failed first.
-    Closed(std::io::Error),
+    /// The connection ended or failed after this many bytes of a header.
+    Closed(std::io::Error, usize),
 }
 
 /// Read the header at the start of `stream`, no byte past its end. The
@@ -272,10 +272,11 @@ pub async fn read(stream: &mut TcpStream) -> Result<Header, ReadError> {
         buf.resize(need, 0);
         match stream.read(&mut buf[filled..]).await {
             Ok(0) => {
-                return Err(ReadError::Closed(std::io::ErrorKind::UnexpectedEof.into()));
+                let eof = std::io::ErrorKind::UnexpectedEof.into();
+                return Err(ReadError::Closed(eof, filled));
             }
             Ok(n) => buf.truncate(filled + n),
-            Err(e) => return Err(ReadError::Closed(e)),
+            Err(e) => return Err(ReadError::Closed(e, filled)),
         }
     }
 }

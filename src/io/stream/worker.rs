@@ -379,7 +379,31 @@ async fn accept_loop(w: WorkerCell, listener: TcpListener, entry: Entry) {
             let header = tokio::time::timeout_at(deadline, proxy_header::read(&mut stream)).await;
             headers.set(headers.get() - 1);
             let refusal = match header {
-                Ok(Ok(Header::Client(client))) => {
+                Ok(Ok(header)) => {
+                    let client = match header {
+                        // The balancer naming itself (HAProxy's v1 health
+                        // checks carry their own addresses) is its own too.
+                        Header::Client(c)
+                            if c.ip().to_canonical() != remote.ip().to_canonical() =>
+                        {
+                            Some(c)
+                        }
+                        _ => None,
+                    };
+                    let Some(client) = client else {
+                        // A health check, or a connection the balancer makes
+                        // for itself: served as its own, exempt from the
+                        // per-IP caps.
+                        tracing::debug!(balancer = %remote, "PROXY protocol header names no client (LOCAL, UNKNOWN or itself): the balancer's own connection");
+                        let own = Accepted {
+                            stream,
+                            client: remote,
+                            at: accepted,
+                            slot,
+                            balancer: true,
+                        };
+                        return serve(&w, &entry, own, &handshakes);
+                    };
                     // From now on the client's connection, under its cap.
                     drop(slot);
                     let Some(slot) = guard.connection(client.ip()) else {
@@ -387,32 +411,25 @@ async fn accept_loop(w: WorkerCell, listener: TcpListener, entry: Entry) {
                         return;
                     };
                     tracing::debug!(%client, balancer = %remote, "PROXY protocol header");
-                    let client = Accepted {
+                    let relayed = Accepted {
                         stream,
                         client,
                         at: accepted,
                         slot,
                         balancer: false,
                     };
-                    return serve(&w, &entry, client, &handshakes);
-                }
-                Ok(Ok(Header::Balancer)) => {
-                    // A health check, or a connection the balancer makes
-                    // for itself: served as its own.
-                    let client = Accepted {
-                        stream,
-                        client: remote,
-                        at: accepted,
-                        slot,
-                        balancer: true,
-                    };
-                    return serve(&w, &entry, client, &handshakes);
+                    return serve(&w, &entry, relayed, &handshakes);
                 }
                 Ok(Err(ReadError::Malformed(why))) => {
                     tracing::debug!(%remote, "malformed PROXY protocol header ({why}); closing");
                     ProxyRefusal::Malformed
                 }
-                Ok(Err(ReadError::Closed(e))) => {
+                Ok(Err(ReadError::Closed(e, 0))) => {
+                    // A bare TCP health check or a probe: nothing to count.
+                    tracing::debug!(%remote, "closed before sending anything: {e}");
+                    return;
+                }
+                Ok(Err(ReadError::Closed(e, _))) => {
                     tracing::debug!(%remote, "closed before its PROXY protocol header was whole: {e}");
                     ProxyRefusal::Malformed
                 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use common::coturn::{CoturnPeer, parse_summary, tool};
 use common::{
     KillOnDrop, LOCALHOST, Output, PASSWORD, REALM, SECRET, TempDir, USER, binding_request,
-    client_config, free_port, make_cert, parse_binding_success, relay_block, run_with_timeout,
+    binding_stream, client_config, free_port, make_cert, relay_block, run_with_timeout,
     spawn_ferroturn, transaction_id,
 };
 use raw::RawClient;
@@ -328,20 +328,6 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     s
 }
 
-/// One Binding transaction on `s`: the XOR-MAPPED-ADDRESS.
-fn binding_on(s: &mut (impl Read + Write)) -> std::io::Result<SocketAddr> {
-    let tid = transaction_id();
-    s.write_all(&binding_request(&tid))?;
-    s.flush()?;
-    let mut head = [0u8; 20];
-    s.read_exact(&mut head)?;
-    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
-    let mut msg = head.to_vec();
-    msg.resize(20 + len, 0);
-    s.read_exact(&mut msg[20..])?;
-    parse_binding_success(&msg, &tid).ok_or_else(|| std::io::Error::other("not a Binding success"))
-}
-
 /// A Binding through the TLS frontend `front` from `from`: the mapped
 /// address, and the connection's local address.
 fn binding_tls(rig: &Rig, from: Ipv4Addr, front: SocketAddr) -> (SocketAddr, SocketAddr) {
@@ -351,7 +337,7 @@ fn binding_tls(rig: &Rig, from: Ipv4Addr, front: SocketAddr) -> (SocketAddr, Soc
     let conn = rustls::ClientConnection::new(client_config(&[&rig.cert]), name).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let mapped =
-        binding_on(&mut tls).unwrap_or_else(|e| panic!("Binding over TLS via {front}: {e}"));
+        binding_stream(&mut tls).unwrap_or_else(|e| panic!("Binding over TLS via {front}: {e}"));
     (mapped, local)
 }
 
@@ -387,7 +373,7 @@ fn clients_behind_haproxy_get_their_own_address() {
     for front in [rig.tcp_v1, rig.tcp_v2] {
         let mut s = connect_from(CLIENT, front);
         let local = s.local_addr().unwrap();
-        let mapped = binding_on(&mut s).unwrap_or_else(|e| panic!("Binding via {front}: {e}"));
+        let mapped = binding_stream(&mut s).unwrap_or_else(|e| panic!("Binding via {front}: {e}"));
         assert_eq!(mapped, local, "via {front}");
     }
     for front in [rig.tls_v1, rig.tls_v2] {
@@ -563,7 +549,7 @@ fn refusals_close_and_count() {
     // The listeners still serve the balancer's clients.
     let mut s = connect_from(CLIENT, rig.tcp_v1);
     let local = s.local_addr().unwrap();
-    assert_eq!(binding_on(&mut s).unwrap(), local);
+    assert_eq!(binding_stream(&mut s).unwrap(), local);
     assert!(!rig.log().contains("panicked"));
 }
 
@@ -578,7 +564,7 @@ fn per_ip_limits_key_on_the_carried_address() {
     for front in [rig.tcp_v1, rig.tcp_v2] {
         let mut s = connect_from(a, front);
         let local = s.local_addr().unwrap();
-        assert_eq!(binding_on(&mut s).unwrap(), local);
+        assert_eq!(binding_stream(&mut s).unwrap(), local);
         held.push(s);
     }
     // A third from a: HAProxy connects, the header names a, and ferroturn
@@ -597,7 +583,7 @@ fn per_ip_limits_key_on_the_carried_address() {
     // already holds more than two connections to ferroturn.
     let mut s = connect_from(b, rig.tcp_v1);
     let local = s.local_addr().unwrap();
-    assert_eq!(binding_on(&mut s).unwrap(), local);
+    assert_eq!(binding_stream(&mut s).unwrap(), local);
     let (mapped, local) = binding_tls(&rig, b, rig.tls_v2);
     assert_eq!(mapped, local);
     // a gets a place back when it closes one.
@@ -605,7 +591,7 @@ fn per_ip_limits_key_on_the_carried_address() {
     let mut again = eventually(
         || {
             let mut s = connect_from(a, rig.tcp_v1);
-            binding_on(&mut s).ok().map(|m| (m, s))
+            binding_stream(&mut s).ok().map(|m| (m, s))
         },
         Option::is_some,
     )

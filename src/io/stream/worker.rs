@@ -243,8 +243,10 @@ pub fn run(
                         index: i,
                         tls,
                         proxy,
+                        handshakes: Cell::new(0),
+                        headers: Cell::new(0),
                     };
-                    tokio::task::spawn_local(accept_loop(w.clone(), l, entry));
+                    tokio::task::spawn_local(accept_loop(w.clone(), l, Rc::new(entry)));
                 }
                 Err(e) => {
                     let what = if entry_is_tls { "tls" } else { "tcp" };
@@ -308,11 +310,15 @@ const MAX_HEADERS: usize = 1024;
 
 /// A listener's own settings: its `[[listen]]` index, its TLS acceptor
 /// if it is a TLS listener, and its load balancers if it takes the PROXY
-/// protocol.
+/// protocol; and what its connections run now.
 struct Entry {
     index: u16,
     tls: Option<tls::Acceptor>,
     proxy: Option<Arc<Balancers>>,
+    /// TLS handshakes in progress.
+    handshakes: Cell<usize>,
+    /// PROXY protocol headers awaited.
+    headers: Cell<usize>,
 }
 
 /// Accept TCP clients on one listener. A source IP over its connection
@@ -321,10 +327,7 @@ struct Entry {
 /// caps until its header names the client, and is then counted under the
 /// client's address (see [`proxy_header`]); the header's wait runs in a
 /// task of its own, so that a slow balancer never holds up the worker.
-async fn accept_loop(w: WorkerCell, listener: TcpListener, entry: Entry) {
-    let entry = Rc::new(entry);
-    let handshakes = Rc::new(Cell::new(0usize));
-    let headers = Rc::new(Cell::new(0usize));
+async fn accept_loop(w: WorkerCell, listener: TcpListener, entry: Rc<Entry>) {
     let guard = w.borrow().transport.guard.clone();
     loop {
         let (stream, remote) = match listener.accept().await {
@@ -335,7 +338,7 @@ async fn accept_loop(w: WorkerCell, listener: TcpListener, entry: Entry) {
                 continue;
             }
         };
-        let accepted = Instant::now();
+        let at = Instant::now();
         let Some(balancers) = &entry.proxy else {
             let Some(slot) = guard.connection(remote.ip()) else {
                 tracing::debug!(%remote, "too many connections from this address; closing");
@@ -345,11 +348,11 @@ async fn accept_loop(w: WorkerCell, listener: TcpListener, entry: Entry) {
             let client = Accepted {
                 stream,
                 client: remote,
-                at: accepted,
+                at,
                 slot,
                 balancer: false,
             };
-            serve(&w, &entry, client, &handshakes);
+            serve(&w, &entry, client);
             continue;
         };
         if !balancers.trusts(remote.ip()) {
@@ -357,7 +360,7 @@ async fn accept_loop(w: WorkerCell, listener: TcpListener, entry: Entry) {
             tracing::debug!(%remote, "not a load balancer of this listener (proxy_from); closing");
             continue;
         }
-        if headers.get() >= MAX_HEADERS {
+        if entry.headers.get() >= MAX_HEADERS {
             tracing::debug!(%remote, "too many PROXY protocol headers awaited; closing");
             continue;
         }
@@ -365,88 +368,84 @@ async fn accept_loop(w: WorkerCell, listener: TcpListener, entry: Entry) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        headers.set(headers.get() + 1);
-        let (w, entry, handshakes, headers) = (
-            w.clone(),
-            entry.clone(),
-            handshakes.clone(),
-            headers.clone(),
-        );
-        let guard = guard.clone();
-        tokio::task::spawn_local(async move {
-            let mut stream = stream;
-            let deadline = tokio::time::Instant::from_std(accepted + proxy_header::HEADER_TIMEOUT);
-            let header = tokio::time::timeout_at(deadline, proxy_header::read(&mut stream)).await;
-            headers.set(headers.get() - 1);
-            let refusal = match header {
-                Ok(Ok(header)) => {
-                    let client = match header {
-                        // The balancer naming itself (HAProxy's v1 health
-                        // checks carry their own addresses) is its own too.
-                        Header::Client(c)
-                            if c.ip().to_canonical() != remote.ip().to_canonical() =>
-                        {
-                            Some(c)
-                        }
-                        _ => None,
-                    };
-                    let Some(client) = client else {
-                        // A health check, or a connection the balancer makes
-                        // for itself: served as its own, exempt from the
-                        // per-IP caps.
-                        tracing::debug!(balancer = %remote, "PROXY protocol header names no client (LOCAL, UNKNOWN or itself): the balancer's own connection");
-                        let own = Accepted {
-                            stream,
-                            client: remote,
-                            at: accepted,
-                            slot,
-                            balancer: true,
-                        };
-                        return serve(&w, &entry, own, &handshakes);
-                    };
-                    // From now on the client's connection, under its cap.
-                    drop(slot);
-                    let Some(slot) = guard.connection(client.ip()) else {
-                        tracing::debug!(%client, balancer = %remote, "too many connections from this address; closing");
-                        return;
-                    };
-                    tracing::debug!(%client, balancer = %remote, "PROXY protocol header");
-                    let relayed = Accepted {
-                        stream,
-                        client,
-                        at: accepted,
-                        slot,
-                        balancer: false,
-                    };
-                    return serve(&w, &entry, relayed, &handshakes);
-                }
-                Ok(Err(ReadError::Malformed(why))) => {
-                    tracing::debug!(%remote, "malformed PROXY protocol header ({why}); closing");
-                    ProxyRefusal::Malformed
-                }
-                Ok(Err(ReadError::Closed(e, 0))) => {
-                    // A bare TCP health check or a probe: nothing to count.
-                    tracing::debug!(%remote, "closed before sending anything: {e}");
-                    return;
-                }
-                Ok(Err(ReadError::Closed(e, _))) => {
-                    tracing::debug!(%remote, "closed before its PROXY protocol header was whole: {e}");
-                    ProxyRefusal::Malformed
-                }
-                Err(_) => {
-                    tracing::debug!(%remote, "no whole PROXY protocol header in time; closing");
-                    ProxyRefusal::Timeout
-                }
-            };
-            guard.refuse_proxy(refusal);
-        });
+        let from_balancer = Accepted {
+            stream,
+            client: remote,
+            at,
+            slot,
+            balancer: true,
+        };
+        // Given back by the task when the wait ends.
+        entry.headers.set(entry.headers.get() + 1);
+        tokio::task::spawn_local(behind_header(w.clone(), entry.clone(), from_balancer));
     }
+}
+
+/// Wait (until [`proxy_header::HEADER_TIMEOUT`] after the accept) for the
+/// PROXY protocol header on a connection from a load balancer, then serve
+/// it as the client's the header names, under that client's per-IP cap,
+/// or as the balancer's own. A connection without a whole, well-formed
+/// header is closed and counted. It holds one of `entry.headers`, taken
+/// by the accept.
+async fn behind_header(w: WorkerCell, entry: Rc<Entry>, mut a: Accepted) {
+    let guard = w.borrow().transport.guard.clone();
+    let balancer = a.client;
+    let deadline = tokio::time::Instant::from_std(a.at + proxy_header::HEADER_TIMEOUT);
+    let header = tokio::time::timeout_at(deadline, proxy_header::read(&mut a.stream)).await;
+    entry.headers.set(entry.headers.get() - 1);
+    let refusal = match header {
+        // The balancer naming itself (HAProxy's v1 health checks carry
+        // their own addresses) is its own connection too.
+        Ok(Ok(Header::Client(client)))
+            if client.ip().to_canonical() != balancer.ip().to_canonical() =>
+        {
+            // From now on the client's connection, under its cap.
+            drop(a.slot);
+            let Some(slot) = guard.connection(client.ip()) else {
+                tracing::debug!(%client, %balancer, "too many connections from this address; closing");
+                return;
+            };
+            tracing::debug!(%client, %balancer, "PROXY protocol header");
+            let relayed = Accepted {
+                client,
+                slot,
+                balancer: false,
+                ..a
+            };
+            return serve(&w, &entry, relayed);
+        }
+        Ok(Ok(_)) => {
+            // A health check, or a connection the balancer makes for
+            // itself: served as its own, exempt from the per-IP caps.
+            tracing::debug!(%balancer, "PROXY protocol header names no client (LOCAL, UNKNOWN or itself): the balancer's own connection");
+            return serve(&w, &entry, a);
+        }
+        Ok(Err(ReadError::Malformed(why))) => {
+            tracing::debug!(%balancer, "malformed PROXY protocol header ({why}); closing");
+            ProxyRefusal::Malformed
+        }
+        Ok(Err(ReadError::Closed(e, 0))) => {
+            // A bare TCP health check or a probe: nothing to count.
+            tracing::debug!(%balancer, "closed before sending anything: {e}");
+            return;
+        }
+        Ok(Err(ReadError::Closed(e, _))) => {
+            tracing::debug!(%balancer, "closed before its PROXY protocol header was whole: {e}");
+            ProxyRefusal::Malformed
+        }
+        Err(_) => {
+            tracing::debug!(%balancer, "no whole PROXY protocol header in time; closing");
+            ProxyRefusal::Timeout
+        }
+    };
+    guard.refuse_proxy(refusal);
 }
 
 /// A connection accepted for `client`, holding its place in the counts.
 struct Accepted {
     stream: TcpStream,
     client: SocketAddr,
+    /// When it was accepted.
     at: Instant,
     slot: Slot,
     /// A load balancer's own connection (exempt from the per-IP caps).
@@ -457,13 +456,13 @@ struct Accepted {
 /// in its own task through a TLS handshake first (bounded by
 /// `stream_message_timeout`), refused if its source runs its handshake cap
 /// already, before any TLS work.
-fn serve(w: &WorkerCell, entry: &Entry, a: Accepted, handshakes: &Rc<Cell<usize>>) {
+fn serve(w: &WorkerCell, entry: &Rc<Entry>, a: Accepted) {
     let Some(acceptor) = &entry.tls else {
         tcp::spawn(w.clone(), entry.index, a.stream, a.client, a.at, a.slot);
         return;
     };
     let remote = a.client;
-    if handshakes.get() >= MAX_HANDSHAKES {
+    if entry.handshakes.get() >= MAX_HANDSHAKES {
         tracing::debug!(%remote, "too many TLS handshakes in progress; closing");
         return;
     }
@@ -478,17 +477,16 @@ fn serve(w: &WorkerCell, entry: &Entry, a: Accepted, handshakes: &Rc<Cell<usize>
         },
         true => None,
     };
-    handshakes.set(handshakes.get() + 1);
-    let (w, acceptor, handshakes, index) =
-        (w.clone(), acceptor.clone(), handshakes.clone(), entry.index);
+    entry.handshakes.set(entry.handshakes.get() + 1);
+    let (w, acceptor, entry) = (w.clone(), acceptor.clone(), entry.clone());
     tokio::task::spawn_local(async move {
         let clock = Clock::new(a.at);
         let socket = Watched::new(a.stream, clock.clone());
         let r = acceptor.accept(socket, guard.message_timeout()).await;
-        handshakes.set(handshakes.get() - 1);
+        entry.handshakes.set(entry.handshakes.get() - 1);
         drop(shaking);
         match r {
-            Ok(s) => tcp::spawn_tls(w, index, s, remote, clock, a.slot),
+            Ok(s) => tcp::spawn_tls(w, entry.index, s, remote, clock, a.slot),
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     guard.refuse(Refusal::MessageTimeout);

@@ -177,10 +177,7 @@ impl StreamGuard {
     /// `stream_connections` already ([`Refusal::ServerConnections`]) or its
     /// source holds its cap ([`Refusal::PerIpConnections`]).
     pub fn connection(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let max = self.max_connections.load(Ordering::Relaxed);
-        if self.connections.fetch_add(1, Ordering::Relaxed) >= max {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
-            self.refuse(Refusal::ServerConnections);
+        if !self.server_place() {
             return None;
         }
         let cap = self.connections_per_ip.load(Ordering::Relaxed);
@@ -195,17 +192,23 @@ impl StreamGuard {
     /// counted server-wide, but exempt from the per-IP cap (it carries
     /// many clients). `None` when the server holds `stream_connections`.
     pub fn balancer_connection(self: &Arc<Self>) -> Option<Slot> {
-        let max = self.max_connections.load(Ordering::Relaxed);
-        if self.connections.fetch_add(1, Ordering::Relaxed) >= max {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
-            self.refuse(Refusal::ServerConnections);
-            return None;
-        }
-        Some(Slot {
+        self.server_place().then(|| Slot {
             guard: self.clone(),
             sources: [None, None],
             handshake: false,
         })
+    }
+
+    /// Take a place in the server-wide count, unless the server holds
+    /// `stream_connections` already ([`Refusal::ServerConnections`]).
+    fn server_place(&self) -> bool {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        if self.connections.fetch_add(1, Ordering::Relaxed) >= max {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            self.refuse(Refusal::ServerConnections);
+            return false;
+        }
+        true
     }
 
     /// A TLS handshake from `ip`, unless its source runs its cap already
@@ -364,6 +367,24 @@ mod tests {
         );
         drop(held);
         assert!(g.connection("2001:db8:7:99::1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn balancer_connections_count_server_wide_only() {
+        let g = StreamGuard::new(&StreamLimits {
+            connections: 3,
+            connections_per_ip: 1,
+            tls_handshakes_per_ip: 1,
+            ..StreamLimits::default()
+        });
+        let a = g.balancer_connection().unwrap();
+        let _b = g.balancer_connection().unwrap();
+        assert_eq!(g.sources(), 0, "no per-IP entry");
+        let _c = g.connection("127.0.0.1".parse().unwrap()).unwrap();
+        assert!(g.balancer_connection().is_none(), "the server is full");
+        assert_eq!(g.refusals()[Refusal::ServerConnections as usize], 1);
+        drop(a);
+        assert!(g.balancer_connection().is_some(), "given back on drop");
     }
 
     #[test]

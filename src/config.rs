@@ -282,6 +282,9 @@ pub struct Listen {
     /// false: a STUN-only listener (Binding answered, TURN refused).
     pub turn: bool,
     pub tls: bool,
+    /// With `proxy_protocol = true`: the load balancers (`proxy_from`) whose
+    /// PROXY protocol header names the client; none otherwise.
+    pub proxy_from: Option<Vec<Cidr>>,
 }
 
 /// The PEM certificate chain and private key of a TLS `[[listen]]` entry:
@@ -1007,10 +1010,53 @@ struct RawListen {
     turn: bool,
     cert: Option<String>,
     key: Option<String>,
+    #[serde(default = "listen_proxy_protocol")]
+    proxy_protocol: bool,
+    proxy_from: Option<Vec<CidrText>>,
 }
 
 fn listen_turn() -> bool {
     table_default("listen", "turn")
+}
+
+fn listen_proxy_protocol() -> bool {
+    table_default("listen", "proxy_protocol")
+}
+
+/// Most `proxy_from` ranges of one `[[listen]]` entry (each accept checks
+/// them all).
+const MAX_PROXY_FROM: usize = 64;
+
+/// `proxy_protocol` on `[[listen]]` entry `i`: on TCP or TLS only, with a
+/// non-empty `proxy_from`; `proxy_from` only with it.
+fn check_proxy(i: usize, l: &RawListen) -> Result<(), Refusal> {
+    let from = l.proxy_from.as_deref();
+    if !l.proxy_protocol {
+        if from.is_some() {
+            return refuse(
+                format!("listen[{i}].proxy_from"),
+                "only used with proxy_protocol = true",
+            );
+        }
+        return Ok(());
+    }
+    if l.transports.udp {
+        return refuse(
+            format!("listen[{i}].proxy_protocol"),
+            "PROXY protocol headers come on \"tcp\" and \"tls\" only: give \"udp\" its own [[listen]] entry",
+        );
+    }
+    match from.map_or(0, <[_]>::len) {
+        0 => refuse(
+            format!("listen[{i}].proxy_from"),
+            "required with proxy_protocol = true: the load balancers' addresses or CIDRs (only they may connect)",
+        ),
+        n if n > MAX_PROXY_FROM => refuse(
+            format!("listen[{i}].proxy_from"),
+            format!("at most {MAX_PROXY_FROM} ranges"),
+        ),
+        _ => Ok(()),
+    }
 }
 
 table! {
@@ -1402,6 +1448,7 @@ impl RawConfig {
                     _ => {}
                 }
             }
+            check_proxy(i, l)?;
         }
         Ok(())
     }
@@ -1827,6 +1874,8 @@ impl RawConfig {
                 tcp: l.transports.tcp,
                 turn: l.turn,
                 tls: l.transports.tls,
+                proxy_from: (l.proxy_protocol)
+                    .then(|| l.proxy_from.iter().flatten().map(|c| c.0).collect()),
             })
             .collect();
         refuse_bundled_credentials(&listen, &secrets, &users, &self.realm)?;

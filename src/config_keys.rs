@@ -208,6 +208,20 @@ pub const KEYS: &[Key] = &[
         doc: "PEM private key (PKCS#8, RSA or EC) of `cert`; read again on reload.",
     },
     Key {
+        section: "listen",
+        name: "proxy_protocol",
+        kind: "boolean",
+        default: Value("false"),
+        doc: "`true`: every connection starts with a PROXY protocol header (v1 text or v2 binary, as HAProxy's `send-proxy`/`send-proxy-v2`, an AWS NLB or a Kubernetes load balancer send it; before the TLS handshake on `\"tls\"`), and the client address it carries is the client's for everything (XOR-MAPPED-ADDRESS, nonces, per-IP limits, logs, sessions). A connection from outside `proxy_from`, or whose header is malformed or not whole within 5 s, is closed. `\"tcp\"` and `\"tls\"` entries only. Needs a restart.",
+    },
+    Key {
+        section: "listen",
+        name: "proxy_from",
+        kind: "array of strings",
+        default: Unset("none"),
+        doc: "The load balancers' addresses or CIDRs (up to 64), required and non-empty with `proxy_protocol = true`, refused without. Only they may connect to the entry; their own address is exempt from the per-IP limits there. Needs a restart.",
+    },
+    Key {
         section: "relay",
         name: "address",
         kind: "string or array of strings",

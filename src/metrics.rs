@@ -3,7 +3,7 @@
 //! Every figure comes from one [`Control::report`]: counters merged over all
 //! workers and gauges taken at the time of the scrape. Labels come from
 //! fixed sets only (method, code, reason, direction, transport: the enums
-//! of [`crate::engine::stats`] and [`StreamRefusal`], each declared once
+//! of [`crate::engine::stats`], [`StreamRefusal`] and [`ProxyRefusal`], each declared once
 //! with its names and order): never a user name or an address, so that the
 //! series stay few and say nothing about who uses the server.
 
@@ -19,7 +19,7 @@ use crate::engine::stats::{
     AuthFailure, Code, DURATION_BUCKETS, Direction, Method as StunMethod, TrafficCount, Transport,
 };
 use crate::http::{self, Caps, Listener, LocalOnly};
-use crate::io::{Control, StreamRefusal, WorkerReport};
+use crate::io::{Control, ProxyRefusal, StreamRefusal, WorkerReport};
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -289,6 +289,20 @@ pub fn render(report: &WorkerReport) -> String {
             "stream_refusals_total",
             &labels,
             report.stream_refusals[r.index()],
+        );
+    }
+
+    o.family(
+        "proxy_header_refusals_total",
+        "counter",
+        "Connections to PROXY protocol listeners closed before they were served: from outside proxy_from, a malformed header, or none within 5 s; by reason.",
+    );
+    for r in ProxyRefusal::ALL {
+        let labels = format!("{}=\"{}\"", ProxyRefusal::KEY, r.name());
+        o.sample(
+            "proxy_header_refusals_total",
+            &labels,
+            report.proxy_refusals[r.index()],
         );
     }
 

@@ -7,7 +7,8 @@
 //!
 //! The test first drives the server through each event a panel shows (a
 //! Binding, allocations relaying over UDP and TCP, a quota refusal, a wrong
-//! password, a denied peer, a refused TCP connection, malformed and
+//! password, a denied peer, a refused TCP connection, a connection to a
+//! PROXY protocol listener without a header, malformed and
 //! undeliverable packets, a rate-limited burst, suppressed unauthenticated
 //! answers, an ended session, and at last a drain), so that a query must
 //! not only parse but also find series with values in them: a misspelt
@@ -423,6 +424,8 @@ struct Turn {
     child: Child,
     addr: SocketAddr,
     metrics: SocketAddr,
+    /// A TCP listener that takes the PROXY protocol from 127.0.0.1.
+    proxied: SocketAddr,
     log: PathBuf,
     _dir: TempDir,
 }
@@ -447,8 +450,13 @@ impl Turn {
         for _ in 0..3 {
             let dir = TempDir::new("dashboard");
             let (port, metrics) = (common::free_port(), common::free_port());
+            let proxied = common::free_port();
             let mut toml = config.to_toml(port, relay);
             toml.push_str(&format!("\n[metrics]\naddress = \"127.0.0.1:{metrics}\"\n"));
+            toml.push_str(&format!(
+                "\n[[listen]]\naddress = \"127.0.0.1:{proxied}\"\ntransports = [\"tcp\"]\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n"
+            ));
+            let proxied = SocketAddr::from((LOCALHOST, proxied));
             let path = dir.path().join("ferroturn.toml");
             let log = dir.path().join("ferroturn.log");
             fs::write(&path, toml).unwrap();
@@ -461,6 +469,7 @@ impl Turn {
                         child,
                         addr,
                         metrics,
+                        proxied,
                         log,
                         _dir: dir,
                     };
@@ -564,6 +573,22 @@ fn workload(s: &Turn, echo: &EchoPeer) {
     }
     assert_eq!(sample(&s.scrape(), series), Some(1.0), "refused connection");
     drop(refused);
+
+    // A STUN message where a PROXY protocol header must come first.
+    let mut headless = TcpStream::connect_timeout(&s.proxied, Duration::from_secs(2)).unwrap();
+    headless
+        .write_all(&Request::new(METHOD_BINDING).bytes())
+        .unwrap();
+    let series = "ferroturn_proxy_header_refusals_total{reason=\"malformed\"}";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sample(&s.scrape(), series) < Some(1.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        sample(&s.scrape(), series),
+        Some(1.0),
+        "malformed PROXY header"
+    );
 
     // A packet that is neither STUN nor ChannelData, and ChannelData on a
     // channel nobody bound.

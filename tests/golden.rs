@@ -521,6 +521,15 @@ fn hand_cases(f: &Files) -> Vec<Case> {
             .set("listen", "cert", "\"/etc/ferroturn/cert.pem\"")
             .set("listen", "key", "\"/etc/ferroturn/key.pem\"")
     };
+    let proxy = || {
+        b().set("listen", "transports", "[\"tcp\"]")
+            .set("listen", "proxy_protocol", "true")
+            .set("listen", "proxy_from", "[\"10.0.0.0/8\"]")
+    };
+    let ranges = |n: usize| {
+        let v: Vec<String> = (0..n).map(|i| q(&format!("10.0.{i}.0/24"))).collect();
+        format!("[{}]", v.join(", "))
+    };
     let secrets = |n: usize| {
         let v: Vec<String> = (0..n).map(|i| q(&format!("secret-{i}"))).collect();
         format!("[{}]", v.join(", "))
@@ -553,6 +562,12 @@ fn hand_cases(f: &Files) -> Vec<Case> {
         ("listen.transports: tcp and tls on one entry", tls().set("listen", "transports", "[\"tcp\", \"tls\"]")),
         ("listen.cert: tls without cert", tls().unset("listen", "cert")),
         ("listen.key: tls without key", tls().unset("listen", "key")),
+        ("listen.proxy_from: missing with proxy_protocol", proxy().unset("listen", "proxy_from")),
+        ("listen.proxy_from: empty", proxy().set("listen", "proxy_from", "[]")),
+        ("listen.proxy_from: 65 ranges", proxy().set("listen", "proxy_from", &ranges(65))),
+        ("listen.proxy_from: not a CIDR", proxy().set("listen", "proxy_from", "[\"10.0.0.0/33\"]")),
+        ("listen.proxy_from: without proxy_protocol", proxy().unset("listen", "proxy_protocol")),
+        ("listen.proxy_protocol: on udp", proxy().set("listen", "transports", "[\"udp\", \"tcp\"]")),
         ("auth: no credentials", b().without("auth")),
         ("auth: empty section", b().without("auth").table("auth", &[])),
         ("auth.secrets: 9", b().set("auth", "secrets", &secrets(9))),
@@ -738,6 +753,8 @@ fn hand_cases(f: &Files) -> Vec<Case> {
         ("two listeners on one address (not checked)", b().table("listen", &[("address", "\"127.0.0.1:3478\""), ("transports", "[\"udp\", \"tcp\"]")])),
         ("tcp and tls entries on one port (not checked)", tls().table("listen", &tcp_beside_tls)),
         ("udp and tls on one entry", tls().set("listen", "transports", "[\"udp\", \"tls\"]")),
+        ("PROXY protocol on tcp, 64 ranges", proxy().set("listen", "proxy_from", &ranges(64))),
+        ("PROXY protocol on tls", tls().set("listen", "proxy_protocol", "true").set("listen", "proxy_from", "[\"::1\"]")),
         (
             "IPv6 relays",
             b().set("relay", "address_v6", "\"::\"")

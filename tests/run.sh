@@ -23,6 +23,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # on a loopback port and changes users in it as an operator would.
 # squid: tests/demo_proxy.rs puts the browsers behind a proxy that refuses
 # WebSocket, as corporate proxies do.
+# haproxy: tests/proxy_protocol.rs puts it in front of ferroturn with
+# send-proxy and send-proxy-v2.
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
@@ -32,7 +34,7 @@ for pb in coturn:/usr/bin/turnutils_uclient \
           man-db:/usr/bin/man groff-base:/usr/bin/groff zsh:/usr/bin/zsh fish:/usr/bin/fish \
           dpkg-dev:/usr/bin/dpkg-shlibdeps binutils:/usr/bin/strip \
           redis-server:/usr/bin/redis-server redis-tools:/usr/bin/redis-cli \
-          squid:/usr/sbin/squid; do
+          squid:/usr/sbin/squid haproxy:/usr/sbin/haproxy; do
     [ -x "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -44,7 +46,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 for t in turnutils_stunclient turnutils_uclient turnutils_peer chromium chromedriver iptables ip \
          systemd-analyze strace openssl prometheus man groff zsh fish dpkg-shlibdeps strip \
-         redis-server redis-cli squid; do
+         redis-server redis-cli /usr/sbin/squid /usr/sbin/haproxy; do
     command -v "$t" >/dev/null 2>&1 || { echo "error: $t not found after installing packages" >&2; exit 1; }
 done
 

@@ -1030,3 +1030,47 @@ fn nat_behaviour_pairs_with_one_udp_listener() {
     );
     assert_eq!(refused(&two, "other_port = 3479"), "nat_behaviour");
 }
+
+#[test]
+fn proxy_protocol_listeners_name_their_balancers() {
+    let entry = |keys: &str| {
+        p(&format!(
+            "{GOOD}[[listen]]\naddress = \"0.0.0.0:3479\"\n{keys}\n"
+        ))
+    };
+    let c = entry(
+        "transports = [\"tcp\"]\nproxy_protocol = true\nproxy_from = [\"10.0.0.0/8\", \"::1\"]",
+    )
+    .unwrap();
+    assert_eq!(c.restart.listen[0].proxy_from, None);
+    let from = c.restart.listen[1].proxy_from.as_ref().unwrap();
+    assert_eq!(from.len(), 2);
+    assert!(from[0].contains("10.9.8.7".parse().unwrap()));
+    let tls = "transports = [\"tls\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\nproxy_protocol = true\nproxy_from = [\"192.0.2.1\"]";
+    assert!(entry(tls).is_ok());
+    let refused = |keys: &str| entry(keys).unwrap_err().key;
+    assert_eq!(
+        refused("transports = [\"tcp\"]\nproxy_protocol = true"),
+        "listen[1].proxy_from"
+    );
+    assert_eq!(
+        refused("transports = [\"tcp\"]\nproxy_protocol = true\nproxy_from = []"),
+        "listen[1].proxy_from"
+    );
+    assert_eq!(
+        refused(
+            "transports = [\"udp\", \"tcp\"]\nproxy_protocol = true\nproxy_from = [\"10.0.0.1\"]"
+        ),
+        "listen[1].proxy_protocol"
+    );
+    assert_eq!(
+        refused("transports = [\"tcp\"]\nproxy_from = [\"10.0.0.1\"]"),
+        "listen[1].proxy_from"
+    );
+    let many: Vec<String> = (0..65).map(|i| format!("\"10.0.0.{i}\"")).collect();
+    let keys = format!(
+        "transports = [\"tcp\"]\nproxy_protocol = true\nproxy_from = [{}]",
+        many.join(", ")
+    );
+    assert_eq!(refused(&keys), "listen[1].proxy_from");
+}

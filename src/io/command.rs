@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::poll::EventFd;
 use super::stream::guard::Refusal as StreamRefusal;
+use super::stream::proxy_header::Refusal as ProxyRefusal;
 use crate::auth::StaticUser;
 use crate::engine::{Engine, Gauges, Session, Stats, Update};
 
@@ -60,6 +61,9 @@ pub struct WorkerReport {
     /// Stream clients refused or cut short, by [`StreamRefusal`];
     /// server-wide.
     pub stream_refusals: [u64; StreamRefusal::COUNT],
+    /// Connections closed on PROXY protocol listeners before they were
+    /// served, by [`ProxyRefusal`]; server-wide.
+    pub proxy_refusals: [u64; ProxyRefusal::COUNT],
     /// Whether the cluster store answers; `None` without `[cluster]`.
     pub cluster_up: Option<bool>,
     /// Cluster nodes heard from within their expiry, this one included;
@@ -99,6 +103,7 @@ impl HostCommand {
                     udp_threads: 0,
                     udp_batch_threads: 0,
                     stream_refusals: [0; StreamRefusal::COUNT],
+                    proxy_refusals: [0; ProxyRefusal::COUNT],
                     cluster_up: None,
                     cluster_nodes: None,
                     revocations_applied: 0,

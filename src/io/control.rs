@@ -44,6 +44,7 @@ impl Control {
         total.udp_threads = self.drivers.placement().iter().filter(|&&n| n > 0).count() as u64;
         total.udp_batch_threads = self.drivers.batch_threads() as u64;
         total.stream_refusals = self.streams.refusals();
+        total.proxy_refusals = self.streams.proxy_refusals();
         total.cluster_up = self.cluster.as_ref().map(|s| s.up());
         total.cluster_nodes = self.cluster.as_ref().map(|s| s.nodes());
         total.revocations_applied = self.shared.revocations_applied();

@@ -39,6 +39,8 @@ pub use control::Control;
 pub use ice::ice_urls;
 pub use server::{HOST_REFRESH, Server, wait_for_signal};
 pub use stream::guard::Refusal as StreamRefusal;
+pub use stream::proxy_header;
+pub use stream::proxy_header::Refusal as ProxyRefusal;
 
 #[cfg(test)]
 mod module_graph;

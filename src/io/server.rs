@@ -94,6 +94,12 @@ impl Server {
                     sh.push((i, s));
                 }
             }
+            if let Some(from) = &l.proxy_from {
+                let balancers = Arc::new(stream::proxy_header::Balancers::new(from.clone()));
+                for w in &mut per_worker {
+                    w.proxy.insert(i, balancers.clone());
+                }
+            }
             if l.tcp {
                 let socks = socket::tcp_group(addr, n)?;
                 addr = socks[0].local_addr()?;
@@ -117,6 +123,9 @@ impl Server {
                 turn = l.turn,
                 "listening"
             );
+            if let Some(from) = &l.proxy_from {
+                tracing::info!(target: LOG, address = %addr, balancers = from.len(), "PROXY protocol required");
+            }
             listen.push(addr);
         }
         // NAT behaviour discovery (RFC 5780): three more UDP socket groups

@@ -641,21 +641,27 @@ pub fn binding_tcp(server: SocketAddr) -> std::io::Result<(SocketAddr, SocketAdd
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let local = s.local_addr()?;
+    Ok((binding_stream(&mut s)?, local))
+}
+
+/// One Binding transaction on a connected stream (TCP, or TLS over it):
+/// the mapped address the server reported.
+pub fn binding_stream(s: &mut (impl Read + Write)) -> std::io::Result<SocketAddr> {
     let tid = transaction_id();
     s.write_all(&binding_request(&tid))?;
+    s.flush()?;
     let mut head = [0u8; 20];
     s.read_exact(&mut head)?;
     let len = u16::from_be_bytes([head[2], head[3]]) as usize;
     let mut msg = head.to_vec();
     msg.resize(20 + len, 0);
     s.read_exact(&mut msg[20..])?;
-    let mapped = parse_binding_success(&msg, &tid).ok_or_else(|| {
+    parse_binding_success(&msg, &tid).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("not a Binding success response to our request: {msg:02x?}"),
         )
-    })?;
-    Ok((mapped, local))
+    })
 }
 
 // ---- Child processes with a time limit ---------------------------------------

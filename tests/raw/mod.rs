@@ -44,6 +44,14 @@ impl RawClient {
         Self::new(Link::Tcp(s), server, realm, user, pass)
     }
 
+    /// A client on a TCP connection made elsewhere (e.g. from a chosen
+    /// local address, or through a proxy).
+    pub fn over_tcp(s: TcpStream, server: SocketAddr, realm: &str, user: &str, pass: &str) -> Self {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Self::new(Link::Tcp(s), server, realm, user, pass)
+    }
+
     fn new(link: Link, server: SocketAddr, realm: &str, user: &str, pass: &str) -> Self {
         RawClient {
             link,

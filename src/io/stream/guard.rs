@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::proxy_header::Refusal as ProxyRefusal;
 use crate::addr::Origin;
 use crate::config::StreamLimits;
 
@@ -80,6 +81,9 @@ pub struct StreamGuard {
     connections: AtomicU32,
     by_source: Mutex<HashMap<Source, Counts>>,
     refusals: [AtomicU64; Refusal::COUNT],
+    /// Connections closed on PROXY protocol listeners before they were
+    /// served.
+    proxy_refusals: [AtomicU64; ProxyRefusal::COUNT],
 }
 
 /// A connection's or a handshake's place in its source's count, given back
@@ -124,6 +128,7 @@ impl Default for StreamGuard {
             connections: AtomicU32::new(0),
             by_source: Mutex::new(HashMap::new()),
             refusals: Default::default(),
+            proxy_refusals: Default::default(),
         };
         g.set(&StreamLimits::default());
         g
@@ -172,10 +177,7 @@ impl StreamGuard {
     /// `stream_connections` already ([`Refusal::ServerConnections`]) or its
     /// source holds its cap ([`Refusal::PerIpConnections`]).
     pub fn connection(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let max = self.max_connections.load(Ordering::Relaxed);
-        if self.connections.fetch_add(1, Ordering::Relaxed) >= max {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
-            self.refuse(Refusal::ServerConnections);
+        if !self.server_place() {
             return None;
         }
         let cap = self.connections_per_ip.load(Ordering::Relaxed);
@@ -184,6 +186,29 @@ impl StreamGuard {
             self.connections.fetch_sub(1, Ordering::Relaxed);
         }
         slot
+    }
+
+    /// A connection from a load balancer on a PROXY protocol listener:
+    /// counted server-wide, but exempt from the per-IP cap (it carries
+    /// many clients). `None` when the server holds `stream_connections`.
+    pub fn balancer_connection(self: &Arc<Self>) -> Option<Slot> {
+        self.server_place().then(|| Slot {
+            guard: self.clone(),
+            sources: [None, None],
+            handshake: false,
+        })
+    }
+
+    /// Take a place in the server-wide count, unless the server holds
+    /// `stream_connections` already ([`Refusal::ServerConnections`]).
+    fn server_place(&self) -> bool {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        if self.connections.fetch_add(1, Ordering::Relaxed) >= max {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            self.refuse(Refusal::ServerConnections);
+            return false;
+        }
+        true
     }
 
     /// A TLS handshake from `ip`, unless its source runs its cap already
@@ -239,6 +264,16 @@ impl StreamGuard {
     /// Count a refusal.
     pub fn refuse(&self, r: Refusal) {
         self.refusals[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a connection closed on a PROXY protocol listener.
+    pub fn refuse_proxy(&self, r: ProxyRefusal) {
+        self.proxy_refusals[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// PROXY protocol refusals so far, by [`ProxyRefusal`].
+    pub fn proxy_refusals(&self) -> [u64; ProxyRefusal::COUNT] {
+        std::array::from_fn(|i| self.proxy_refusals[i].load(Ordering::Relaxed))
     }
 
     /// Refusals so far, by [`Refusal`].
@@ -332,6 +367,24 @@ mod tests {
         );
         drop(held);
         assert!(g.connection("2001:db8:7:99::1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn balancer_connections_count_server_wide_only() {
+        let g = StreamGuard::new(&StreamLimits {
+            connections: 3,
+            connections_per_ip: 1,
+            tls_handshakes_per_ip: 1,
+            ..StreamLimits::default()
+        });
+        let a = g.balancer_connection().unwrap();
+        let _b = g.balancer_connection().unwrap();
+        assert_eq!(g.sources(), 0, "no per-IP entry");
+        let _c = g.connection("127.0.0.1".parse().unwrap()).unwrap();
+        assert!(g.balancer_connection().is_none(), "the server is full");
+        assert_eq!(g.refusals()[Refusal::ServerConnections as usize], 1);
+        drop(a);
+        assert!(g.balancer_connection().is_some(), "given back on drop");
     }
 
     #[test]

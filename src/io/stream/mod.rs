@@ -4,11 +4,13 @@
 //! From the bottom up: [`guard`] (stream limits and per-IP counts every
 //! worker shares), [`conn`] (a connection's write side and deadlines, and
 //! what it asks of its worker), [`tls`] (certificates and handshakes),
-//! [`tcp`] (a connection's reading and writing tasks), [`worker`] (the
+//! [`tcp`] (a connection's reading and writing tasks), [`proxy_header`]
+//! (the PROXY protocol header a load balancer puts first), [`worker`] (the
 //! thread: listeners, relay sockets, timers, commands).
 
 mod conn;
 pub mod guard;
+pub mod proxy_header;
 mod tcp;
 pub mod tls;
 mod worker;

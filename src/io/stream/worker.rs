@@ -9,20 +9,22 @@
 //! peer datagrams are read into the host's one batch with `recvmmsg` and
 //! framed in place onto the client's connection.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::conn::{Clock, Conn, Owner, Watched};
-use super::guard::{Refusal, StreamGuard};
+use super::guard::{Refusal, Slot, StreamGuard};
+use super::proxy_header::{self, Balancers, Header, ReadError, Refusal as ProxyRefusal};
 use super::{tcp, tls};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig};
@@ -43,6 +45,9 @@ pub struct Sockets {
     pub tls: Vec<(u16, std::net::TcpListener, tls::Acceptor)>,
     /// The stream limits and per-IP counts every worker shares.
     pub guard: Arc<StreamGuard>,
+    /// The load balancers of each PROXY protocol listener, by `[[listen]]`
+    /// index.
+    pub proxy: HashMap<u16, Arc<Balancers>>,
 }
 
 /// A stream worker's way to its clients and its readiness: its
@@ -227,20 +232,26 @@ pub fn run(
             streams,
         )));
         SELF.with(|s| *s.borrow_mut() = Some(w.clone()));
-        for (i, l) in sockets.tcp {
+        let listeners = (sockets.tcp.into_iter().map(|(i, l)| (i, l, None)))
+            .chain(sockets.tls.into_iter().map(|(i, l, a)| (i, l, Some(a))));
+        for (i, l, tls) in listeners {
+            let proxy = sockets.proxy.get(&i).cloned();
+            let entry_is_tls = tls.is_some();
             match TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::task::spawn_local(accept_loop(w.clone(), i, l, None));
+                    let entry = Entry {
+                        index: i,
+                        tls,
+                        proxy,
+                        handshakes: Cell::new(0),
+                        headers: Cell::new(0),
+                    };
+                    tokio::task::spawn_local(accept_loop(w.clone(), l, Rc::new(entry)));
                 }
-                Err(e) => return tracing::error!(target: LOG, worker = index, "tcp listener: {e}"),
-            }
-        }
-        for (i, l, acceptor) in sockets.tls {
-            match TcpListener::from_std(l) {
-                Ok(l) => {
-                    tokio::task::spawn_local(accept_loop(w.clone(), i, l, Some(acceptor)));
+                Err(e) => {
+                    let what = if entry_is_tls { "tls" } else { "tcp" };
+                    return tracing::error!(target: LOG, worker = index, "{what} listener: {e}");
                 }
-                Err(e) => return tracing::error!(target: LOG, worker = index, "tls listener: {e}"),
             }
         }
         tokio::task::spawn_local(timer_loop(w.clone(), timer));
@@ -293,60 +304,197 @@ async fn relay_loop(w: WorkerCell, id: AllocId, sock: Rc<UdpSocket>) {
 /// TLS handshakes one worker runs at once; connections beyond are closed.
 const MAX_HANDSHAKES: usize = 1024;
 
-/// Accept TCP clients on one listener; with `tls`, each in its own task
-/// through a TLS handshake first (bounded by `stream_message_timeout`), so
-/// that a slow client never holds up the worker. A source IP over its
-/// connection or handshake cap is closed at once, before any TLS work.
-async fn accept_loop(w: WorkerCell, index: u16, listener: TcpListener, tls: Option<tls::Acceptor>) {
-    let handshakes = Rc::new(std::cell::Cell::new(0usize));
+/// PROXY protocol headers one worker waits for at once; connections
+/// beyond are closed.
+const MAX_HEADERS: usize = 1024;
+
+/// A listener's own settings: its `[[listen]]` index, its TLS acceptor
+/// if it is a TLS listener, and its load balancers if it takes the PROXY
+/// protocol; and what its connections run now.
+struct Entry {
+    index: u16,
+    tls: Option<tls::Acceptor>,
+    proxy: Option<Arc<Balancers>>,
+    /// TLS handshakes in progress.
+    handshakes: Cell<usize>,
+    /// PROXY protocol headers awaited.
+    headers: Cell<usize>,
+}
+
+/// Accept TCP clients on one listener. A source IP over its connection
+/// cap is closed at once. On a PROXY protocol listener, only the entry's
+/// load balancers may connect, each connection is exempt from the per-IP
+/// caps until its header names the client, and is then counted under the
+/// client's address (see [`proxy_header`]); the header's wait runs in a
+/// task of its own, so that a slow balancer never holds up the worker.
+async fn accept_loop(w: WorkerCell, listener: TcpListener, entry: Rc<Entry>) {
     let guard = w.borrow().transport.guard.clone();
     loop {
-        match listener.accept().await {
-            Ok((stream, remote)) => {
-                let accepted = Instant::now();
-                let Some(slot) = guard.connection(remote.ip()) else {
-                    tracing::debug!(%remote, "too many connections from this address; closing");
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let Some(acceptor) = &tls else {
-                    tcp::spawn(w.clone(), index, stream, remote, accepted, slot);
-                    continue;
-                };
-                if handshakes.get() >= MAX_HANDSHAKES {
-                    tracing::debug!(%remote, "too many TLS handshakes in progress; closing");
-                    continue;
-                }
-                let Some(shaking) = guard.handshake(remote.ip()) else {
-                    tracing::debug!(%remote, "too many TLS handshakes from this address; closing");
-                    continue;
-                };
-                handshakes.set(handshakes.get() + 1);
-                let (w, acceptor, handshakes) = (w.clone(), acceptor.clone(), handshakes.clone());
-                let guard = guard.clone();
-                tokio::task::spawn_local(async move {
-                    let clock = Clock::new(accepted);
-                    let socket = Watched::new(stream, clock.clone());
-                    let r = acceptor.accept(socket, guard.message_timeout()).await;
-                    handshakes.set(handshakes.get() - 1);
-                    drop(shaking);
-                    match r {
-                        Ok(s) => tcp::spawn_tls(w, index, s, remote, clock, slot),
-                        Err(e) => {
-                            if e.kind() == std::io::ErrorKind::TimedOut {
-                                guard.refuse(Refusal::MessageTimeout);
-                            }
-                            tracing::debug!(%remote, "TLS handshake failed: {e}");
-                        }
-                    }
-                });
-            }
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(target: LOG, "accept: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let at = Instant::now();
+        let Some(balancers) = &entry.proxy else {
+            let Some(slot) = guard.connection(remote.ip()) else {
+                tracing::debug!(%remote, "too many connections from this address; closing");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let client = Accepted {
+                stream,
+                client: remote,
+                at,
+                slot,
+                balancer: false,
+            };
+            serve(&w, &entry, client);
+            continue;
+        };
+        if !balancers.trusts(remote.ip()) {
+            guard.refuse_proxy(ProxyRefusal::Source);
+            tracing::debug!(%remote, "not a load balancer of this listener (proxy_from); closing");
+            continue;
+        }
+        if entry.headers.get() >= MAX_HEADERS {
+            tracing::debug!(%remote, "too many PROXY protocol headers awaited; closing");
+            continue;
+        }
+        let Some(slot) = guard.balancer_connection() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let from_balancer = Accepted {
+            stream,
+            client: remote,
+            at,
+            slot,
+            balancer: true,
+        };
+        // Given back by the task when the wait ends.
+        entry.headers.set(entry.headers.get() + 1);
+        tokio::task::spawn_local(behind_header(w.clone(), entry.clone(), from_balancer));
+    }
+}
+
+/// Wait (until [`proxy_header::HEADER_TIMEOUT`] after the accept) for the
+/// PROXY protocol header on a connection from a load balancer, then serve
+/// it as the client's the header names, under that client's per-IP cap,
+/// or as the balancer's own. A connection without a whole, well-formed
+/// header is closed and counted. It holds one of `entry.headers`, taken
+/// by the accept.
+async fn behind_header(w: WorkerCell, entry: Rc<Entry>, mut a: Accepted) {
+    let guard = w.borrow().transport.guard.clone();
+    let balancer = a.client;
+    let deadline = tokio::time::Instant::from_std(a.at + proxy_header::HEADER_TIMEOUT);
+    let header = tokio::time::timeout_at(deadline, proxy_header::read(&mut a.stream)).await;
+    entry.headers.set(entry.headers.get() - 1);
+    let refusal = match header {
+        // The balancer naming itself (HAProxy's v1 health checks carry
+        // their own addresses) is its own connection too.
+        Ok(Ok(Header::Client(client)))
+            if client.ip().to_canonical() != balancer.ip().to_canonical() =>
+        {
+            // From now on the client's connection, under its cap.
+            drop(a.slot);
+            let Some(slot) = guard.connection(client.ip()) else {
+                tracing::debug!(%client, %balancer, "too many connections from this address; closing");
+                return;
+            };
+            tracing::debug!(%client, %balancer, "PROXY protocol header");
+            let relayed = Accepted {
+                client,
+                slot,
+                balancer: false,
+                ..a
+            };
+            return serve(&w, &entry, relayed);
+        }
+        Ok(Ok(_)) => {
+            // A health check, or a connection the balancer makes for
+            // itself: served as its own, exempt from the per-IP caps.
+            tracing::debug!(%balancer, "PROXY protocol header names no client (LOCAL, UNKNOWN or itself): the balancer's own connection");
+            return serve(&w, &entry, a);
+        }
+        Ok(Err(ReadError::Malformed(why))) => {
+            tracing::debug!(%balancer, "malformed PROXY protocol header ({why}); closing");
+            ProxyRefusal::Malformed
+        }
+        Ok(Err(ReadError::Closed(e, 0))) => {
+            // A bare TCP health check or a probe: nothing to count.
+            tracing::debug!(%balancer, "closed before sending anything: {e}");
+            return;
+        }
+        Ok(Err(ReadError::Closed(e, _))) => {
+            tracing::debug!(%balancer, "closed before its PROXY protocol header was whole: {e}");
+            ProxyRefusal::Malformed
+        }
+        Err(_) => {
+            tracing::debug!(%balancer, "no whole PROXY protocol header in time; closing");
+            ProxyRefusal::Timeout
+        }
+    };
+    guard.refuse_proxy(refusal);
+}
+
+/// A connection accepted for `client`, holding its place in the counts.
+struct Accepted {
+    stream: TcpStream,
+    client: SocketAddr,
+    /// When it was accepted.
+    at: Instant,
+    slot: Slot,
+    /// A load balancer's own connection (exempt from the per-IP caps).
+    balancer: bool,
+}
+
+/// Serve an accepted connection: at once on a TCP listener; on a TLS one,
+/// in its own task through a TLS handshake first (bounded by
+/// `stream_message_timeout`), refused if its source runs its handshake cap
+/// already, before any TLS work.
+fn serve(w: &WorkerCell, entry: &Rc<Entry>, a: Accepted) {
+    let Some(acceptor) = &entry.tls else {
+        tcp::spawn(w.clone(), entry.index, a.stream, a.client, a.at, a.slot);
+        return;
+    };
+    let remote = a.client;
+    if entry.handshakes.get() >= MAX_HANDSHAKES {
+        tracing::debug!(%remote, "too many TLS handshakes in progress; closing");
+        return;
+    }
+    let guard = w.borrow().transport.guard.clone();
+    let shaking = match a.balancer {
+        false => match guard.handshake(remote.ip()) {
+            Some(s) => Some(s),
+            None => {
+                tracing::debug!(%remote, "too many TLS handshakes from this address; closing");
+                return;
+            }
+        },
+        true => None,
+    };
+    entry.handshakes.set(entry.handshakes.get() + 1);
+    let (w, acceptor, entry) = (w.clone(), acceptor.clone(), entry.clone());
+    tokio::task::spawn_local(async move {
+        let clock = Clock::new(a.at);
+        let socket = Watched::new(a.stream, clock.clone());
+        let r = acceptor.accept(socket, guard.message_timeout()).await;
+        entry.handshakes.set(entry.handshakes.get() - 1);
+        drop(shaking);
+        match r {
+            Ok(s) => tcp::spawn_tls(w, entry.index, s, remote, clock, a.slot),
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    guard.refuse(Refusal::MessageTimeout);
+                }
+                tracing::debug!(%remote, "TLS handshake failed: {e}");
             }
         }
-    }
+    });
 }
 
 /// Carry out the control plane's commands (reports, closes, reloads, drain).

@@ -40,8 +40,9 @@
 //! sent CONNECT within [`CONNECT_TIMEOUT`] is closed.
 //!
 //! Limits: [`MAX_SUBSCRIPTIONS`] per session (one per destination),
-//! [`MAX_TOPICS`] destinations subscribed to at once, [`MAX_SUBSCRIBERS`]
-//! per destination; `[demo] stomp_sessions_per_ip` sessions per IP address
+//! [`MAX_TOPICS`] shared topics (`/topic/NAME`) subscribed to at once,
+//! [`MAX_SUBSCRIBERS`] per shared topic (a session's own queues and its
+//! room's topic count only against its own subscriptions); `[demo] stomp_sessions_per_ip` sessions per IP address
 //! (or IPv6 /64), counted here whatever the transport (over `/stomp` they
 //! also count in `[demo] connections_per_ip`); each session's frames go
 //! through [`signal::Rate`], `/signal`'s budget (the excess is dropped,
@@ -566,6 +567,16 @@ impl State {
                 "too-many-subscriptions",
                 format!("a session holds at most {MAX_SUBSCRIPTIONS} subscriptions"),
             ));
+        }
+        // The session's own queues and its room's topic are delivered from
+        // its own subscription list; only shared topics (`/topic/NAME`,
+        // fanned out to whoever subscribed) are listed by destination, and
+        // only they count against the destination caps.
+        if !matches!(destination(dest), Destination::Topic(_)) {
+            if let Some(m) = self.members.get_mut(&id) {
+                m.subs.push((sub.to_owned(), dest.to_owned()));
+            }
+            return Ok(());
         }
         let listed = self.topics.get(dest).map_or(0, Vec::len);
         if listed == 0 && self.topics.len() >= MAX_TOPICS {

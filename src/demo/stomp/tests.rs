@@ -519,3 +519,79 @@ async fn others_messages_are_bounded_in_bytes_too() {
     }
     assert_eq!(got, RELAY_BYTES / 60_100);
 }
+
+/// Every session has its own `/user/queue/…` and may follow its room's
+/// topic: those are not shared destinations, so more sessions than one
+/// shared topic's cap all get their signals.
+#[tokio::test]
+async fn own_queues_are_not_capped_like_shared_topics() {
+    let b = Arc::new(Broker::new(Settings {
+        sessions_per_ip: 4096,
+        ..settings()
+    }));
+    let n = MAX_SUBSCRIBERS + 8;
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let (mut c, id) = Client::connected(&b, "192.0.2.7").await;
+        c.subscribe("q", "/user/queue/signal").await;
+        c.subscribe("e", "/user/queue/errors").await;
+        c.subscribe("r", &format!("/topic/room/r{}", i / 2)).await;
+        clients.push((c, id));
+    }
+    // Pair them in rooms of two; the last pair's second member signals the
+    // first, past the shared-topic cap.
+    for (i, (c, _)) in clients.iter_mut().enumerate() {
+        c.send_frame(Frame::new("SEND").with("destination", format!("/app/room/r{}/join", i / 2)))
+            .await;
+        let f = c.frame().await;
+        assert_eq!(
+            f.header("destination"),
+            Some(format!("/topic/room/r{}", i / 2).as_str()),
+            "{f:?}"
+        );
+    }
+    let first = clients[n - 2].1;
+    let (sender, _) = &mut clients[n - 1];
+    sender
+        .send_frame(
+            Frame::new("SEND")
+                .with("destination", format!("/app/room/r{}/signal", (n - 1) / 2))
+                .with("to", first.to_string())
+                .with_body("application/json", r#"{"type":"offer","sdp":"v=0"}"#),
+        )
+        .await;
+    let (receiver, _) = &mut clients[n - 2];
+    let f = loop {
+        let f = receiver.frame().await;
+        if f.header("destination") == Some("/user/queue/signal") {
+            break f;
+        }
+    };
+    assert!(f.body.contains("\"offer\""), "{f:?}");
+    // The shared topic cap still holds.
+    for (k, (c, _)) in clients.iter_mut().enumerate() {
+        c.send_frame(
+            Frame::new("SUBSCRIBE")
+                .with("id", "t")
+                .with("destination", "/topic/shared")
+                .with("receipt", "rt"),
+        )
+        .await;
+        // Past room news (peer-joined) first.
+        let f = loop {
+            let f = c.frame().await;
+            if !f
+                .header("destination")
+                .is_some_and(|d| d.starts_with("/topic/room/"))
+            {
+                break f;
+            }
+        };
+        if k < MAX_SUBSCRIBERS {
+            assert_eq!(f.command, "RECEIPT", "{k}: {f:?}");
+        } else {
+            assert_eq!(f.command, "MESSAGE", "{k}: {f:?}");
+            assert!(f.body.contains("topic-full"), "{f:?}");
+        }
+    }
+}

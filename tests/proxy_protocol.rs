@@ -409,6 +409,44 @@ fn clients_behind_haproxy_get_their_own_address() {
     assert_eq!(rig.proxy_refusals("timeout"), 0);
 }
 
+/// aiostun (from PyPI, pinned in tests/py/requirements.txt and installed by
+/// tests/run.sh), a STUN client apps use, over TCP and TLS through each
+/// frontend: its own address comes back in XOR-MAPPED-ADDRESS.
+#[test]
+fn aiostun_behind_haproxy_gets_its_own_address() {
+    let rig = Rig::start("");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: tests/run.sh makes it (python3 -m venv tests/py/.venv; pip install --require-hashes -r tests/py/requirements.txt)",
+        python.display()
+    );
+    for (proto, front) in [
+        ("tcp", rig.tcp_v1),
+        ("tcp", rig.tcp_v2),
+        ("tls", rig.tls_v1),
+        ("tls", rig.tls_v2),
+    ] {
+        let mut cmd = Command::new(&python);
+        cmd.arg(root.join("aiostun_binding.py"))
+            .arg(proto)
+            .arg(front.ip().to_string())
+            .arg(front.port().to_string())
+            .arg(CLIENT.to_string());
+        let Output { code, output, .. } = run_with_timeout(cmd, Duration::from_secs(30));
+        assert_eq!(code, Some(0), "aiostun over {proto} via {front}: {output}");
+        let line = output
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no answer line: {output}"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["mapped"]["ip"], CLIENT.to_string(), "via {front}: {v}");
+        assert_eq!(v["local"][0], CLIENT.to_string(), "via {front}: {v}");
+        assert_eq!(v["mapped"]["port"], v["local"][1], "via {front}: {v}");
+    }
+}
+
 /// HAProxy's health checks (`check`: with `send-proxy-v2` a v2 LOCAL
 /// header; with `send-proxy` a v1 `PROXY TCP4` line naming HAProxy's own
 /// addresses) are served as the balancer's own connections: every server

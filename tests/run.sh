@@ -57,6 +57,12 @@ command -v npm >/dev/null 2>&1 || { echo "error: npm not found" >&2; exit 1; }
 echo "==> npm ci (tests/js)"
 (cd tests/js && npm ci --ignore-scripts --no-audit --no-fund)
 
+# The Python clients (aiostun), pinned with hashes in
+# tests/py/requirements.txt, in a virtual environment of their own.
+echo "==> pip install (tests/py/.venv)"
+python3 -m venv tests/py/.venv
+tests/py/.venv/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tests/py/requirements.txt
+
 rc=0
 # cargo-deb, at the version packaging/build-deb.sh pins (installed once):
 # tests/package.rs builds the Debian package with that script.

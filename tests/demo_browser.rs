@@ -205,27 +205,35 @@ fn two_call_pages_connect_through_the_relay_and_chat() {
     // its own back, and the call goes on over a new relay pair.
     let collisions =
         |s: &browser::webdriver::Session<'_>| s.eval("ferroturnCall.collisions").as_u64().unwrap();
-    let before = collisions(&a) + collisions(&b);
-    let at = a.eval("Date.now() + 500").as_u64().unwrap();
-    for s in [&a, &b] {
-        let schedule = format!(
-            "setTimeout(() => Object.keys(ferroturnCall.peers).forEach((id) => ferroturnCall.renegotiate(id)), {at} - Date.now()); return true;"
-        );
-        assert_eq!(s.exec(&schedule, serde_json::json!([])).unwrap(), true);
+    // Two offers made at the same moment need not cross on a busy machine
+    // (one may arrive before the other is made): up to three tries.
+    let mut crossed = 0;
+    for attempt in 1..=3 {
+        let before = collisions(&a) + collisions(&b);
+        let at = a.eval("Date.now() + 500").as_u64().unwrap();
+        for s in [&a, &b] {
+            let schedule = format!(
+                "setTimeout(() => Object.keys(ferroturnCall.peers).forEach((id) => ferroturnCall.renegotiate(id)), {at} - Date.now()); return true;"
+            );
+            assert_eq!(s.exec(&schedule, serde_json::json!([])).unwrap(), true);
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        for s in [&a, &b] {
+            s.wait_until(
+                "(p => p.signalingState === 'stable' && p.connectionState === 'connected' && p.channelOpen)(Object.values(ferroturnCall.peers)[0])",
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|| panic!("renegotiation did not settle: {}", s.eval("JSON.stringify(ferroturnCall.peers)")));
+        }
+        crossed = collisions(&a) + collisions(&b) - before;
+        eprintln!("simultaneous ICE restarts, try {attempt}: {crossed} collisions");
+        if crossed >= 1 {
+            break;
+        }
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    for s in [&a, &b] {
-        s.wait_until(
-            "(p => p.signalingState === 'stable' && p.connectionState === 'connected' && p.channelOpen)(Object.values(ferroturnCall.peers)[0])",
-            Duration::from_secs(10),
-        )
-        .unwrap_or_else(|| panic!("renegotiation did not settle: {}", s.eval("JSON.stringify(ferroturnCall.peers)")));
-    }
-    let crossed = collisions(&a) + collisions(&b) - before;
-    eprintln!("simultaneous ICE restarts: {crossed} collisions");
     assert!(
         crossed >= 1,
-        "the offers did not cross: glare was not exercised"
+        "the offers did not cross in 3 tries: glare was not exercised"
     );
     assert_eq!(a.eval("ferroturnCall.say('after the restart')"), true);
     b.wait_until(

@@ -114,6 +114,7 @@ labels! {
         BadRequest => 400,
         Unauthorized => 401,
         Forbidden => 403,
+        MobilityForbidden => 405,
         UnknownAttribute => 420,
         AllocationMismatch => 437,
         StaleNonce => 438,
@@ -228,6 +229,8 @@ pub struct Stats {
     pub allocations_expired: u64,
     /// Deleted by Refresh 0, a closed connection, or an operator.
     pub allocations_deleted: u64,
+    /// Allocations moved to a new client 5-tuple (RFC 8016).
+    pub mobility_moves: u64,
     /// Failed authentications, by [`AuthFailure`].
     pub auth_failures: [u64; AuthFailure::COUNT],
     pub policy_denials: u64,
@@ -279,6 +282,7 @@ impl Stats {
         self.allocations_created += o.allocations_created;
         self.allocations_expired += o.allocations_expired;
         self.allocations_deleted += o.allocations_deleted;
+        self.mobility_moves += o.mobility_moves;
         for (a, b) in self.auth_failures.iter_mut().zip(o.auth_failures) {
             *a += b;
         }

@@ -482,7 +482,10 @@ impl<T: Transport> Host<T> {
     fn adopt(
         &mut self,
         now: Instant,
-        (moving, sockets): (crate::engine::mobility::Moving, [Option<std::net::UdpSocket>; 2]),
+        (moving, sockets): (
+            crate::engine::mobility::Moving,
+            [Option<std::net::UdpSocket>; 2],
+        ),
     ) {
         let id = self.engine.adopt(now, moving);
         let client = self.engine.allocation(id).map(|a| a.client);

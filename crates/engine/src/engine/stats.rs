@@ -114,7 +114,6 @@ labels! {
         BadRequest => 400,
         Unauthorized => 401,
         Forbidden => 403,
-        MobilityForbidden => 405,
         UnknownAttribute => 420,
         AllocationMismatch => 437,
         StaleNonce => 438,
@@ -125,6 +124,8 @@ labels! {
         AllocationQuotaReached => 486,
         ServerError => 500,
         InsufficientCapacity => 508,
+        // Last, so that the codes before keep their order.
+        MobilityForbidden => 405,
     }
 }
 
@@ -355,7 +356,7 @@ mod tests {
             names(Code::ALL, Code::name),
             [
                 "300", "400", "401", "403", "420", "437", "438", "440", "441", "442", "443", "486",
-                "500", "508"
+                "500", "508", "405"
             ]
         );
         assert_eq!(

@@ -212,7 +212,7 @@ pub struct Allocation {
     pub meters: [Meter; Direction::COUNT],
     /// With mobility (RFC 8016): the serial of its newest ticket, the only
     /// one that moves it (`Some(0)` until the first is issued).
-    pub ticket: Option<u64>,
+    pub ticket: Option<u32>,
 }
 
 impl Allocation {

@@ -1,14 +1,16 @@
 //! Mobility with TURN (RFC 8016): MOBILITY-TICKET on Allocate and Refresh,
 //! and a Refresh from a new 5-tuple that moves an allocation there.
 //!
-//! A ticket is opaque to the client. Ours is a version byte, the engine
-//! (UDP shard) that owns the allocation, its id, a serial that changes
-//! with every ticket issued, the allocation's expiry (Unix seconds) and
-//! the first 8 bytes of SHA-256 of the owner's username, followed by an
-//! HMAC-SHA256 over all of that with a key drawn at random once per
-//! process ([`EngineConfig::ticket_key`](super::EngineConfig)). Only the
-//! newest ticket of an allocation moves it (its serial), so a ticket that
-//! was used or superseded is worth nothing, whoever replays it.
+//! A ticket is opaque to the client. Ours is 24 bytes, sent as 32
+//! characters of URL-safe base64 (coturn's `turnutils_uclient -M` keeps a
+//! ticket as a C string of at most 32 bytes): the UDP shard that owns the
+//! allocation, its id, a serial that changes with every ticket issued, the
+//! allocation's expiry (Unix seconds), 3 bytes of SHA-256 of the owner's
+//! username, and 8 bytes of HMAC-SHA256, with a key drawn at random once
+//! per process ([`EngineConfig::ticket_key`](super::EngineConfig)), over
+//! all of that and the whole username. Only the newest ticket of an
+//! allocation moves it (its serial), so a ticket that was used or
+//! superseded is worth nothing, whoever replays it.
 //!
 //! The engine that receives the Refresh checks the ticket and the user
 //! (long-term credential, RFC 8489 §9.2); when another engine owns the
@@ -36,12 +38,12 @@ const LOG_TARGET: &str = "ferroturn::engine::mobility";
 /// MOBILITY-TICKET (RFC 8016 §3.4), comprehension-optional.
 pub const ATTR_MOBILITY_TICKET: AttrType = AttrType(0x8030);
 
-/// The layout version of our tickets.
-const VERSION: u8 = 1;
-/// Version, shard, id, serial, expiry, user digest.
-const BODY_LEN: usize = 1 + 2 + 4 + 8 + 8 + 8;
-/// The body and its HMAC-SHA256 tag.
-const TICKET_LEN: usize = BODY_LEN + 32;
+/// Shard, id, serial, expiry, user digest.
+const BODY_LEN: usize = 1 + 4 + 4 + 4 + 3;
+/// Bytes of HMAC-SHA256 kept.
+const TAG_LEN: usize = 8;
+/// The ticket's bytes before base64.
+const RAW_LEN: usize = BODY_LEN + TAG_LEN;
 
 /// How long a Refresh that went to another engine holds back the
 /// retransmissions of its client: the owner's answer comes meanwhile.
@@ -50,61 +52,88 @@ const HANDOFF_WAIT: Duration = Duration::from_secs(2);
 /// unanswered (the client retransmits).
 const MAX_HANDOFFS: usize = 256;
 
-/// What a ticket says, once its tag verified.
+/// What a ticket says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Ticket {
-    shard: u16,
+    shard: u8,
     id: u32,
-    serial: u64,
-    expiry: u64,
-    user: [u8; 8],
+    serial: u32,
+    expiry: u32,
+    user: [u8; 3],
 }
 
-/// The first 8 bytes of SHA-256 of a username: what a ticket names its
-/// owner by.
-fn user_digest(name: &str) -> [u8; 8] {
+/// Why a ticket does not verify for a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsealed {
+    /// Not a ticket of ours, or altered: 400.
+    Invalid,
+    /// Ours, but its digest names another user: 441.
+    OtherUser,
+}
+
+/// The first 3 bytes of SHA-256 of a username: how a ticket tells a
+/// Refresh of another user (441) from a forgery (400). The tag, over the
+/// whole name, is what binds it.
+fn user_digest(name: &str) -> [u8; 3] {
     let d = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&d.as_ref()[..8]);
-    out
+    [d.as_ref()[0], d.as_ref()[1], d.as_ref()[2]]
 }
 
 impl Ticket {
     fn body(&self) -> [u8; BODY_LEN] {
         let mut b = [0u8; BODY_LEN];
-        b[0] = VERSION;
-        b[1..3].copy_from_slice(&self.shard.to_be_bytes());
-        b[3..7].copy_from_slice(&self.id.to_be_bytes());
-        b[7..15].copy_from_slice(&self.serial.to_be_bytes());
-        b[15..23].copy_from_slice(&self.expiry.to_be_bytes());
-        b[23..31].copy_from_slice(&self.user);
+        b[0] = self.shard;
+        b[1..5].copy_from_slice(&self.id.to_be_bytes());
+        b[5..9].copy_from_slice(&self.serial.to_be_bytes());
+        b[9..13].copy_from_slice(&self.expiry.to_be_bytes());
+        b[13..16].copy_from_slice(&self.user);
         b
     }
 
-    fn seal(&self, key: &ring::hmac::Key) -> Vec<u8> {
-        let body = self.body();
-        let tag = ring::hmac::sign(key, &body);
-        let mut out = Vec::with_capacity(TICKET_LEN);
-        out.extend_from_slice(&body);
-        out.extend_from_slice(tag.as_ref());
-        out
+    /// The tag of `body` for `user`.
+    fn tag(key: &ring::hmac::Key, body: &[u8], user: &str) -> ring::hmac::Tag {
+        let mut ctx = ring::hmac::Context::with_key(key);
+        ctx.update(body);
+        ctx.update(user.as_bytes());
+        ctx.sign()
     }
 
-    /// The ticket in `bytes` if its tag verifies under `key`.
-    fn open(bytes: &[u8], key: &ring::hmac::Key) -> Option<Ticket> {
-        if bytes.len() != TICKET_LEN || bytes[0] != VERSION {
-            return None;
+    /// The ticket as sent, for `user`.
+    fn seal(&self, key: &ring::hmac::Key, user: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        let body = self.body();
+        let mut raw = [0u8; RAW_LEN];
+        raw[..BODY_LEN].copy_from_slice(&body);
+        raw[BODY_LEN..].copy_from_slice(&Self::tag(key, &body, user).as_ref()[..TAG_LEN]);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(raw)
+            .into_bytes()
+    }
+
+    /// The ticket in `text` if its tag verifies under `key` for `user`.
+    fn open(text: &[u8], key: &ring::hmac::Key, user: &str) -> Result<Ticket, Unsealed> {
+        use base64::Engine as _;
+        use subtle::ConstantTimeEq;
+        let mut raw = [0u8; RAW_LEN];
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(text, &mut raw);
+        if decoded != Ok(RAW_LEN) {
+            return Err(Unsealed::Invalid);
         }
-        let (body, tag) = bytes.split_at(BODY_LEN);
-        ring::hmac::verify(key, body, tag).ok()?;
-        let u64_at = |i: usize| u64::from_be_bytes(body[i..i + 8].try_into().expect("8 bytes"));
-        Some(Ticket {
-            shard: u16::from_be_bytes([body[1], body[2]]),
-            id: u32::from_be_bytes(body[3..7].try_into().expect("4 bytes")),
-            serial: u64_at(7),
-            expiry: u64_at(15),
-            user: body[23..31].try_into().expect("8 bytes"),
-        })
+        let (body, tag) = raw.split_at(BODY_LEN);
+        let u32_at = |i: usize| u32::from_be_bytes(body[i..i + 4].try_into().expect("4 bytes"));
+        let t = Ticket {
+            shard: body[0],
+            id: u32_at(1),
+            serial: u32_at(5),
+            expiry: u32_at(9),
+            user: [body[13], body[14], body[15]],
+        };
+        let good = Self::tag(key, body, user).as_ref()[..TAG_LEN].ct_eq(tag);
+        match (bool::from(good), t.user == user_digest(user)) {
+            (true, _) => Ok(t),
+            (false, true) => Err(Unsealed::Invalid),
+            (false, false) => Err(Unsealed::OtherUser),
+        }
     }
 }
 
@@ -117,7 +146,7 @@ pub struct Handoff {
     /// The engine the Refresh came to, where the allocation goes.
     pub from: u16,
     id: AllocId,
-    serial: u64,
+    serial: u32,
     /// The client's new 5-tuple.
     client: ClientAddr,
     username: String,
@@ -189,21 +218,24 @@ impl Engine {
     /// A fresh ticket for allocation `id`, if it asked for mobility; older
     /// tickets of it stop working.
     pub(super) fn issue_ticket(&mut self, id: AllocId) -> Option<Vec<u8>> {
+        // Only UDP shards (at most 256) issue tickets.
+        let shard = u8::try_from(self.cfg.shard).ok()?;
         let a = self.allocation(id)?;
         a.ticket?;
-        let expiry = self.unix(a.expires);
-        let user = user_digest(&a.username);
+        // A ticket lives no longer than its allocation, nor past 2106.
+        let expiry = u32::try_from(self.unix(a.expires)).unwrap_or(u32::MAX);
+        let user = a.username.clone();
         self.ticket_serial = self.ticket_serial.wrapping_add(1);
         let serial = self.ticket_serial;
         self.alloc_mut(id).expect("present").ticket = Some(serial);
         let t = Ticket {
-            shard: self.cfg.shard,
+            shard,
             id: id.0,
             serial,
             expiry,
-            user,
+            user: user_digest(&user),
         };
-        Some(t.seal(&self.ticket_key))
+        Some(t.seal(&self.ticket_key, &user))
     }
 
     /// A Refresh with MOBILITY-TICKET from a 5-tuple that holds no
@@ -227,20 +259,23 @@ impl Engine {
             // A retransmission while its move is under way.
             return;
         }
-        let bytes = wire::attr(m, ATTR_MOBILITY_TICKET).unwrap_or_default();
-        let Some(t) = Ticket::open(bytes, &self.ticket_key) else {
-            tracing::info!(target: LOG_TARGET, %client, user = %authed.username, "invalid mobility ticket");
-            return self.reply(client, err(Code::BadRequest));
+        let text = wire::attr(m, ATTR_MOBILITY_TICKET).unwrap_or_default();
+        let t = match Ticket::open(text, &self.ticket_key, &authed.username) {
+            Ok(t) => t,
+            Err(Unsealed::Invalid) => {
+                tracing::info!(target: LOG_TARGET, %client, user = %authed.username, "invalid mobility ticket");
+                return self.reply(client, err(Code::BadRequest));
+            }
+            Err(Unsealed::OtherUser) => {
+                tracing::info!(target: LOG_TARGET, %client, user = %authed.username, "mobility ticket of another user");
+                return self.reply(client, err(Code::WrongCredentials));
+            }
         };
-        if t.user != user_digest(&authed.username) {
-            tracing::info!(target: LOG_TARGET, %client, user = %authed.username, "mobility ticket of another user");
-            return self.reply(client, err(Code::WrongCredentials));
-        }
-        if t.expiry <= self.unix(now) {
+        if u64::from(t.expiry) <= self.unix(now) {
             return self.reply(client, err(Code::AllocationMismatch));
         }
         let h = Box::new(Handoff {
-            owner: t.shard,
+            owner: t.shard.into(),
             from: self.cfg.shard,
             id: AllocId(t.id),
             serial: t.serial,
@@ -250,7 +285,7 @@ impl Engine {
             signer: authed.signer,
             deadline: authed.deadline,
         });
-        if t.shard == self.cfg.shard {
+        if u16::from(t.shard) == self.cfg.shard {
             return self.move_here(now, h);
         }
         if self.handoffs.moves.len() >= MAX_HANDOFFS {

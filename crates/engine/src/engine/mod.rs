@@ -446,7 +446,7 @@ pub struct Engine {
     /// Keys mobility tickets ([`EngineConfig::ticket_key`]).
     ticket_key: ring::hmac::Key,
     /// The serial of the last mobility ticket issued here.
-    ticket_serial: u64,
+    ticket_serial: u32,
     /// Moves sent to other engines, awaited.
     handoffs: mobility::Pending,
     /// Users and secrets of the cluster store, as the shell reported them.
@@ -481,7 +481,7 @@ impl Engine {
             token_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed.to_le_bytes()),
             token_counter: 0,
             ticket_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &cfg_ticket_key),
-            ticket_serial: seed,
+            ticket_serial: seed as u32,
             handoffs: mobility::Pending::default(),
             cluster: cluster::ClusterUsers::default(),
             stats: Stats::default(),

@@ -88,6 +88,13 @@ fn every_refresh_answer_carries_a_new_ticket_and_only_the_newest_moves() {
     let mut t = T::with(mobile_config());
     let c1 = client(1);
     let first = t.allocate_mobile(c1);
+    // 32 printable bytes: coturn's client keeps it as a C string.
+    assert_eq!(first.len(), 32);
+    assert!(
+        first
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    );
     let r = t.signed(c1, Req::new(METHOD_REFRESH).lifetime(600));
     assert_eq!(code(&r), None);
     let second = wire::attr(&r, ATTR_MOBILITY_TICKET).unwrap().to_vec();

@@ -175,26 +175,48 @@ impl Moving {
 }
 
 /// Moves this engine sent to another and awaits, so that a client's
-/// retransmissions do not start a second one.
+/// retransmissions do not start a second one: each is answered (with the
+/// move's answer) once the allocation arrives, as a retransmission to an
+/// allocation is (RFC 8489 §6.3.1).
 #[derive(Debug, Default)]
 pub(super) struct Pending {
-    moves: VecDeque<(Instant, ClientAddr)>,
+    /// Until when, for which new 5-tuple, and how many retransmissions
+    /// came meanwhile (at most [`MAX_REPEATS`]).
+    moves: VecDeque<(Instant, ClientAddr, u8)>,
 }
+
+/// Retransmissions of a move answered at most, once it is done.
+const MAX_REPEATS: u8 = 3;
 
 impl Pending {
     fn prune(&mut self, now: Instant) {
-        while self.moves.front().is_some_and(|(t, _)| *t <= now) {
+        while self.moves.front().is_some_and(|(t, ..)| *t <= now) {
             self.moves.pop_front();
         }
     }
 
+    /// Whether a move for `client` is under way; counts this request as a
+    /// retransmission if so.
     fn waiting(&mut self, now: Instant, client: ClientAddr) -> bool {
         self.prune(now);
-        self.moves.iter().any(|(_, c)| *c == client)
+        match self.moves.iter_mut().find(|(_, c, _)| *c == client) {
+            Some((_, _, n)) => {
+                *n = (*n + 1).min(MAX_REPEATS);
+                true
+            }
+            None => false,
+        }
     }
 
-    fn done(&mut self, client: ClientAddr) {
-        self.moves.retain(|(_, c)| *c != client);
+    /// The move for `client` is over; how many retransmissions it had.
+    fn done(&mut self, client: ClientAddr) -> u8 {
+        let n = self
+            .moves
+            .iter()
+            .find(|(_, c, _)| *c == client)
+            .map_or(0, |m| m.2);
+        self.moves.retain(|(_, c, _)| *c != client);
+        n
     }
 }
 
@@ -291,7 +313,9 @@ impl Engine {
         if self.handoffs.moves.len() >= MAX_HANDOFFS {
             return;
         }
-        self.handoffs.moves.push_back((now + HANDOFF_WAIT, client));
+        self.handoffs
+            .moves
+            .push_back((now + HANDOFF_WAIT, client, 0));
         self.out.push_back(Output::Handoff(h));
     }
 
@@ -364,7 +388,7 @@ impl Engine {
         let Moving {
             mut alloc, handoff, ..
         } = moving;
-        self.handoffs.done(handoff.client);
+        let repeats = self.handoffs.done(handoff.client);
         let id = match self.free_ids.pop() {
             Some(i) => AllocId(i),
             None => {
@@ -386,6 +410,16 @@ impl Engine {
         }
         self.by_client.insert(handoff.client, id);
         self.moved_in(now, id, &handoff);
+        // The retransmissions that came meanwhile get the same answer.
+        if let Some(a) = self.allocs[id.0 as usize].as_ref() {
+            for _ in 0..repeats {
+                let data = a.last_response.clone();
+                self.out.push_back(Output::Transmit {
+                    to: handoff.client,
+                    data,
+                });
+            }
+        }
         id
     }
 

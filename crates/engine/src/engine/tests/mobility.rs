@@ -218,8 +218,9 @@ fn a_move_between_engines_hands_the_allocation_over() {
 
     let id = b.e.adopt(b.now, moving);
     let r = b.drain(c2);
-    assert_eq!(r.len(), 1);
+    assert_eq!(r.len(), 2, "the Refresh and its retransmission answered");
     assert_eq!(code(&r[0]), None);
+    assert_eq!(r[0].raw, r[1].raw);
     let newer = wire::attr(&r[0], ATTR_MOBILITY_TICKET).unwrap().to_vec();
     assert_eq!(b.e.allocation_of(c2), Some(id));
     let s = b.e.sessions(b.now);

@@ -167,6 +167,13 @@ pub struct Moving {
     pub old_id: AllocId,
 }
 
+impl Handoff {
+    /// The client's new 5-tuple.
+    pub fn client(&self) -> ClientAddr {
+        self.client
+    }
+}
+
 impl Moving {
     /// The engine it goes to.
     pub fn to(&self) -> u16 {

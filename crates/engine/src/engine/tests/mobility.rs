@@ -243,3 +243,35 @@ fn a_move_between_engines_hands_the_allocation_over() {
     assert_eq!(code(&r), None);
     assert_eq!(b.e.free_ports(), 10);
 }
+
+/// One user with one valid ticket, from many new addresses at once: each
+/// asks the owner for the allocation, but at most 256 such moves wait at
+/// one engine; the rest are dropped unanswered (the clients retransmit).
+#[test]
+fn moves_in_flight_are_bounded() {
+    let cfg = mobile_config();
+    let mut a = T::with(cfg.clone());
+    let mut other = cfg;
+    other.shard = 1;
+    let mut b = T::with(other);
+    let ticket = a.allocate_mobile(client(1));
+    for port in 1000..1300 {
+        assert!(b.refresh_with(client(port), &ticket, ALICE).is_empty());
+    }
+    assert_eq!(b.handoffs.len(), 256);
+    // The first is given the allocation; every other gets 437 from its owner.
+    let mut given = 0;
+    for h in std::mem::take(&mut b.handoffs) {
+        let c = h.client();
+        match a.e.surrender(a.now, Box::new(h)) {
+            Some(m) => {
+                given += 1;
+                b.e.adopt(b.now, m);
+                assert_eq!(code(&b.drain(c)[0]), None);
+            }
+            None => assert_eq!(code(&a.drain(c)[0]), Some(437)),
+        }
+    }
+    assert_eq!(given, 1);
+    assert_eq!((a.e.allocation_count(), b.e.allocation_count()), (0, 1));
+}

@@ -213,3 +213,106 @@ fn uclient_with_mobility_relays_without_loss() {
     eprintln!("uclient -M: {moves} moves");
     assert!(moves > 0, "uclient moved no allocation:\n{context}\n{log}");
 }
+
+/// A server with mobility, `[metrics]` and the admin API's Unix socket.
+struct Watched {
+    child: common::KillOnDrop,
+    addr: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+    socket: std::path::PathBuf,
+    _dir: common::TempDir,
+}
+
+impl Watched {
+    fn start() -> Watched {
+        let config = ServerConfig {
+            workers: Some(4),
+            mobility: Some(true),
+            ..Default::default()
+        };
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = common::TempDir::new("mobility-admin");
+            let (port, metrics) = (common::free_port(), common::free_port());
+            let socket = dir.path().join("admin.sock");
+            let mut toml = config.to_toml(port, common::relay_block());
+            toml.push_str(&format!(
+                "\n[metrics]\naddress = \"127.0.0.1:{metrics}\"\n\n[admin]\nsocket = \"{}\"\n",
+                socket.display()
+            ));
+            let config_path = dir.path().join("ferroturn.toml");
+            std::fs::write(&config_path, toml).unwrap();
+            let addr = std::net::SocketAddr::from((common::LOCALHOST, port));
+            let metrics = std::net::SocketAddr::from((common::LOCALHOST, metrics));
+            let log = dir.path().join("ferroturn.log");
+            let up = || std::net::TcpStream::connect(metrics).is_ok() && socket.exists();
+            match common::spawn_ferroturn(&config_path, &log, addr, up) {
+                Ok(child) => {
+                    return Watched {
+                        child: common::KillOnDrop(child),
+                        addr,
+                        metrics,
+                        socket,
+                        _dir: dir,
+                    };
+                }
+                Err(e) => last = e,
+            }
+        }
+        panic!("ferroturn did not start: {last}");
+    }
+
+    /// The clients of `ferroturn sessions --json`.
+    fn session_clients(&self) -> Vec<String> {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferroturn"));
+        cmd.args(["sessions", "--json", "--admin"])
+            .arg(&self.socket);
+        let out = run_with_timeout(cmd, Duration::from_secs(30));
+        assert_eq!(out.code, Some(0), "{}", out.output);
+        let v: serde_json::Value = serde_json::from_str(&out.output).expect("JSON");
+        v["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .map(|s| s["client"].as_str().expect("client").to_owned())
+            .collect()
+    }
+
+    /// The value of `series` on `/metrics`.
+    fn metric(&self, series: &str) -> Option<u64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
+#[test]
+fn the_admin_api_and_metrics_show_the_move() {
+    let server = Watched::start();
+    let mut c = RawClient::udp(server.addr, REALM, USER, PASSWORD);
+    let r = c.signed(
+        Request::new(METHOD_ALLOCATE)
+            .transport(17)
+            .attr(TICKET, &[]),
+    );
+    let first = ticket(&r);
+    assert_eq!(server.session_clients(), vec![c.local_addr().to_string()]);
+    assert_eq!(server.metric("ferroturn_mobility_moves_total"), Some(0));
+    let mut moved = RawClient::udp(server.addr, REALM, USER, PASSWORD);
+    ticket(&refresh(&mut moved, &first));
+    assert_eq!(
+        server.session_clients(),
+        vec![moved.local_addr().to_string()]
+    );
+    assert_eq!(server.metric("ferroturn_mobility_moves_total"), Some(1));
+    drop(server.child);
+}

@@ -247,7 +247,11 @@ impl Engine {
     /// A fresh ticket for allocation `id`, if it asked for mobility; older
     /// tickets of it stop working.
     pub(super) fn issue_ticket(&mut self, id: AllocId) -> Option<Vec<u8>> {
-        // Only UDP shards (at most 256) issue tickets.
+        // Only UDP shards (at most 256) issue tickets, and none once a
+        // reload turned mobility off.
+        if !self.cfg.live.mobility {
+            return None;
+        }
         let shard = u8::try_from(self.cfg.shard).ok()?;
         let a = self.allocation(id)?;
         a.ticket?;

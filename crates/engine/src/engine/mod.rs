@@ -13,6 +13,9 @@
 //! - [`Engine::poll_timeout`] / [`Engine::handle_timeout`]: expiry timers.
 //! - [`Engine::poll_output`]: queued work for the shell, and [`Grant`]s:
 //!   how permissions and channel bindings come and go.
+//! - [`Engine::surrender`] / [`Engine::adopt`]: an allocation leaving this
+//!   engine for another, whose client's new 5-tuple it serves now, after an
+//!   [`Output::Handoff`] (mobility, RFC 8016; see `mobility.rs`).
 
 mod allocate;
 pub mod allocation;

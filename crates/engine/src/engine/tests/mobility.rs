@@ -275,3 +275,19 @@ fn moves_in_flight_are_bounded() {
     assert_eq!(given, 1);
     assert_eq!((a.e.allocation_count(), b.e.allocation_count()), (0, 1));
 }
+
+/// A reload that turns mobility off: no more tickets, and a ticket from a
+/// new address gets 405.
+#[test]
+fn a_reload_turning_mobility_off_stops_tickets() {
+    let mut t = T::with(mobile_config());
+    let ticket = t.allocate_mobile(client(1));
+    let mut off = t.e.cfg.live.clone();
+    off.mobility = false;
+    t.e.update(off);
+    let r = t.signed(client(1), Req::new(METHOD_REFRESH).lifetime(600));
+    assert_eq!(code(&r), None);
+    assert!(wire::attr(&r, ATTR_MOBILITY_TICKET).is_none());
+    let r = t.refresh_with(client(2), &ticket, ALICE);
+    assert_eq!(code(&r[0]), Some(405));
+}

@@ -40,6 +40,14 @@ impl T {
     }
 }
 
+/// Two engines of one server (shards 0 and 1): one port pool, one key.
+fn two_engines() -> (T, T) {
+    let cfg = mobile_config();
+    let mut other = cfg.clone();
+    other.shard = 1;
+    (T::with(cfg), T::with(other))
+}
+
 const ALICE: (&str, &str) = ("alice", "wonderland");
 const BOB: (&str, &str) = ("bob", "builder");
 
@@ -183,11 +191,7 @@ fn a_move_within_one_engine_keeps_relay_permissions_and_channels() {
 
 #[test]
 fn a_move_between_engines_hands_the_allocation_over() {
-    let cfg = mobile_config();
-    let mut a = T::with(cfg.clone());
-    let mut other = cfg;
-    other.shard = 1;
-    let mut b = T::with(other);
+    let (mut a, mut b) = two_engines();
     let (c1, c2) = (client(1), client(2));
     let ticket = a.allocate_mobile(c1);
     assert_eq!(a.permit(c1, PEER), None);
@@ -249,11 +253,7 @@ fn a_move_between_engines_hands_the_allocation_over() {
 /// one engine; the rest are dropped unanswered (the clients retransmit).
 #[test]
 fn moves_in_flight_are_bounded() {
-    let cfg = mobile_config();
-    let mut a = T::with(cfg.clone());
-    let mut other = cfg;
-    other.shard = 1;
-    let mut b = T::with(other);
+    let (mut a, mut b) = two_engines();
     let ticket = a.allocate_mobile(client(1));
     for port in 1000..1300 {
         assert!(b.refresh_with(client(port), &ticket, ALICE).is_empty());

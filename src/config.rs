@@ -1100,6 +1100,9 @@ table! {
         pub max_lifetime: u32,
         /// Accept RFC 5766 channel numbers 0x5000–0x7FFF too.
         pub legacy_channel_numbers: bool,
+        /// Mobility (RFC 8016): MOBILITY-TICKETs, and allocations that
+        /// follow their UDP client to a new address.
+        pub mobility: bool,
     }
 }
 

@@ -341,6 +341,13 @@ pub const KEYS: &[Key] = &[
         doc: "Also accept channels 0x5000–0x7FFF, which RFC 5766 allowed and RFC 8656 keeps for DTLS-SRTP (coturn's `turnutils_uclient` picks them).",
     },
     Key {
+        section: "allocation",
+        name: "mobility",
+        kind: "boolean",
+        default: Value("false"),
+        doc: "Mobility (RFC 8016): an Allocate over UDP with MOBILITY-TICKET gets a ticket, and a Refresh with it from a new address moves the allocation there; off, such an Allocate gets 405.",
+    },
+    Key {
         section: "limits",
         name: "allocations_per_user",
         kind: "integer",

@@ -143,6 +143,12 @@ pub fn render(report: &WorkerReport) -> String {
         s.allocations_deleted,
     );
     o.single(
+        "mobility_moves_total",
+        "counter",
+        "Allocations moved to a new client address with a MOBILITY-TICKET (RFC 8016).",
+        s.mobility_moves,
+    );
+    o.single(
         "permissions_active",
         "gauge",
         "Permissions installed now, over all allocations.",

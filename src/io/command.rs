@@ -10,6 +10,7 @@ use super::poll::EventFd;
 use super::stream::guard::Refusal as StreamRefusal;
 use super::stream::proxy_header::Refusal as ProxyRefusal;
 use crate::auth::StaticUser;
+use crate::engine::mobility::{Handoff, Moving};
 use crate::engine::{Engine, Gauges, Session, Stats, Update};
 
 /// A request from the control plane to one engine host (a UDP shard or a
@@ -43,6 +44,15 @@ pub enum HostCommand {
     ClusterForgetAbsent,
     /// The store's REST secrets.
     ClusterSecrets(Vec<String>),
+    /// The mailboxes of every UDP shard, by index (mobility moves go
+    /// through them). Carried out by the host.
+    Shards(Arc<Vec<Mailbox>>),
+    /// Another shard got a Refresh with a ticket for an allocation of this
+    /// one (RFC 8016): give it up there. Carried out by the host.
+    Surrender(Box<Handoff>),
+    /// An allocation another shard gave up, with its relay sockets (IPv4,
+    /// IPv6), for the client's new 5-tuple here. Carried out by the host.
+    Adopt(Box<(Moving, [Option<std::net::UdpSocket>; 2])>),
 }
 
 /// What one worker reports.
@@ -123,6 +133,8 @@ impl HostCommand {
             HostCommand::ClusterForget(name) => engine.cluster_forget(name.as_deref()),
             HostCommand::ClusterForgetAbsent => engine.cluster_forget_absent(),
             HostCommand::ClusterSecrets(secrets) => engine.cluster_secrets(&secrets),
+            // The host's own ([`super::host::Host::command`]).
+            HostCommand::Shards(_) | HostCommand::Surrender(_) | HostCommand::Adopt(_) => {}
         }
     }
 }

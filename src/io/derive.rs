@@ -37,6 +37,9 @@ pub(super) fn engine_config(
         stun_only: stun_only.to_vec(),
         nat_behaviour: nat,
         shared: shared.clone(),
+        // Set by the server per engine ([`super::server`]).
+        shard: 0,
+        ticket_key: [0; 32],
     }
 }
 
@@ -64,6 +67,7 @@ pub(super) fn update_from(
         lifetime: Duration::from_secs(live.allocation.lifetime.into()),
         max_lifetime: Duration::from_secs(live.allocation.max_lifetime.into()),
         legacy_channels: live.allocation.legacy_channel_numbers,
+        mobility: live.allocation.mobility,
     }
 }
 

@@ -79,6 +79,13 @@ pub trait Transport {
 
     /// Shrink the transport's own tables (with [`Host::compact_if_due`]).
     fn compact(&mut self) {}
+
+    /// Stop watching `relay` without closing it: its allocation moves to
+    /// another host (RFC 8016), which watches it anew. `None` where
+    /// allocations do not move (stream workers): the socket closes.
+    fn release(&mut self, _relay: Self::Relay) -> Option<std::net::UdpSocket> {
+        None
+    }
 }
 
 /// A relay socket just bound, for a [`Transport`] to watch.
@@ -123,6 +130,9 @@ pub struct Host<T: Transport> {
     lookups: Option<tokio::sync::mpsc::Sender<String>>,
     /// The relay table was emptied after holding many: compact it.
     compact_due: bool,
+    /// Every UDP shard's mailbox, by index, once the server gave them
+    /// ([`HostCommand::Shards`]): where mobility moves go.
+    shards: Option<std::sync::Arc<Vec<super::command::Mailbox>>>,
     pub transport: T,
 }
 
@@ -136,6 +146,7 @@ impl<T: Transport> Host<T> {
             send_drops: 0,
             lookups: None,
             compact_due: false,
+            shards: None,
             transport,
         }
     }
@@ -314,6 +325,14 @@ impl<T: Transport> Host<T> {
                 Output::CloseRelay { alloc } => self.close_relay(now, alloc),
                 // For a kernel fast path to mirror; nothing here uses them yet.
                 Output::Grant(_) => {}
+                Output::Handoff(h) => {
+                    // A full or gone mailbox drops the move; the client
+                    // retransmits its Refresh.
+                    let owner = self.shards.as_ref().and_then(|s| s.get(h.owner as usize));
+                    if let Some(m) = owner {
+                        m.send(HostCommand::Surrender(h));
+                    }
+                }
                 Output::LookupUser { name } => {
                     // A full queue drops the lookup: its requests get 401
                     // when their park time ends, as with Redis away.
@@ -370,12 +389,17 @@ impl<T: Transport> Host<T> {
         let Some(relay) = self.transport.watch(new) else {
             return false;
         };
+        self.keep_relay(id, bind.is_ipv6(), relay);
+        true
+    }
+
+    /// Keep `relay`, watched, as allocation `id`'s IPv6 (`v6`) or IPv4 socket.
+    fn keep_relay(&mut self, id: AllocId, v6: bool, relay: T::Relay) {
         let i = id.0 as usize;
         if self.relays.len() <= i {
             self.relays.resize_with(i + 1, Default::default);
         }
-        self.relays[i][bind.is_ipv6() as usize] = Some(relay);
-        true
+        self.relays[i][v6 as usize] = Some(relay);
     }
 
     /// Close allocation `id`'s relay sockets.
@@ -417,11 +441,68 @@ impl<T: Transport> Host<T> {
 
     /// Carry out one command of the control plane.
     pub fn command(&mut self, c: HostCommand, now: Instant) {
-        if let HostCommand::ClusterLink(tx) = &c {
-            self.lookups = Some(tx.clone());
+        match c {
+            HostCommand::Shards(s) => self.shards = Some(s),
+            HostCommand::Surrender(h) => self.surrender(now, h),
+            HostCommand::Adopt(moved) => self.adopt(now, *moved),
+            c => {
+                if let HostCommand::ClusterLink(tx) = &c {
+                    self.lookups = Some(tx.clone());
+                }
+                c.carry_out(&mut self.engine, now, self.send_drops);
+            }
         }
-        c.carry_out(&mut self.engine, now, self.send_drops);
         self.flush(now);
+    }
+
+    /// Another shard asks for one of our allocations (RFC 8016): if the
+    /// engine gives it up, its relay sockets leave this host's epoll set
+    /// and go with it to that shard, still bound and still holding what
+    /// peers sent meanwhile.
+    fn surrender(&mut self, now: Instant, h: Box<crate::engine::mobility::Handoff>) {
+        let Some(moving) = self.engine.surrender(now, h) else {
+            return;
+        };
+        // Queued datagrams name descriptors: send them before any leaves.
+        self.send_queued();
+        let mut sockets = [None, None];
+        if let Some(pair) = self.relays.get_mut(moving.old_id.0 as usize) {
+            for (out, r) in sockets.iter_mut().zip(pair.iter_mut()) {
+                *out = r.take().and_then(|r| self.transport.release(r));
+            }
+        }
+        let to = moving.to() as usize;
+        if let Some(m) = self.shards.as_ref().and_then(|s| s.get(to)) {
+            // A shard that is gone is stopping: so is the server.
+            m.send(HostCommand::Adopt(Box::new((moving, sockets))));
+        }
+    }
+
+    /// Take an allocation another shard gave up, with its relay sockets.
+    fn adopt(
+        &mut self,
+        now: Instant,
+        (moving, sockets): (
+            crate::engine::mobility::Moving,
+            [Option<std::net::UdpSocket>; 2],
+        ),
+    ) {
+        let id = self.engine.adopt(now, moving);
+        let client = self.engine.allocation(id).map(|a| a.client);
+        for socket in sockets.into_iter().flatten() {
+            let Ok(bind) = socket.local_addr() else {
+                continue;
+            };
+            let new = Bound {
+                id,
+                bind,
+                socket,
+                client,
+            };
+            if let Some(relay) = self.transport.watch(new) {
+                self.keep_relay(id, bind.is_ipv6(), relay);
+            }
+        }
     }
 
     /// Close every allocation, on stop.

@@ -211,28 +211,44 @@ impl Server {
         // workers all take from, so the engines bring no ports of their own.
         let range: Vec<u16> = (lo..=hi).collect();
         shared.ports.join(crate::engine::ports::Relay::MAIN, &range);
+        // Keys every engine's mobility tickets (RFC 8016): a ticket issued
+        // by one shard is checked by whichever shard its Refresh reaches.
+        let mut ticket_key = [0u8; 32];
+        rng.fill(&mut ticket_key)
+            .map_err(|_| std::io::Error::other("no system randomness"))?;
         let engine_config = || -> std::io::Result<_> {
             let mut seed = [0u8; 8];
             rng.fill(&mut seed)
                 .map_err(|_| std::io::Error::other("no system randomness"))?;
-            Ok(engine_config(
+            let mut cfg = engine_config(
                 &config,
                 &live,
                 &stun_only,
                 nat,
                 &shared,
                 u64::from_le_bytes(seed),
-            ))
+            );
+            cfg.ticket_key = ticket_key;
+            // Stream workers issue no tickets; UDP shards set their index.
+            cfg.shard = u16::MAX;
+            Ok(cfg)
         };
         let mut controls = Vec::new();
         // The UDP data plane: one shard per worker, driven by up to `n`
         // threads as the load asks.
         let mut udp_shards = Vec::new();
         for (i, sockets) in per_shard.into_iter().enumerate().take(shards) {
-            let cfg = engine_config()?;
+            let mut cfg = engine_config()?;
+            cfg.shard = i as u16;
             let (shard, mailbox) = udp::Shard::new(i, cfg, sockets, Instant::now(), unix_now)?;
             udp_shards.push(shard);
             controls.push(mailbox);
+        }
+        // Each shard reaches the others, to move an allocation whose client
+        // came back on another 5-tuple (RFC 8016; see README "Mobility").
+        let shard_mailboxes = Arc::new(controls.clone());
+        for m in &controls {
+            m.send(super::command::HostCommand::Shards(shard_mailboxes.clone()));
         }
         let balance = match config.restart.udp_threads {
             UdpThreads::Adaptive => Some(udp::Balance::default()),

@@ -205,6 +205,8 @@ pub struct ServerConfig {
     /// `[allocation] legacy_channel_numbers` (RFC 5766 channel numbers up
     /// to 0x7FFF, which coturn's uclient picks).
     pub legacy_channel_numbers: Option<bool>,
+    /// `[allocation] mobility` (RFC 8016).
+    pub mobility: Option<bool>,
     pub log_level: String,
     /// Relay ports; `None` picks a fresh block with [`relay_block`].
     pub relay_ports: Option<(u16, u16)>,
@@ -233,6 +235,7 @@ impl Default for ServerConfig {
             lifetime: None,
             max_lifetime: None,
             legacy_channel_numbers: None,
+            mobility: None,
             log_level: "debug".into(),
             relay_ports: None,
             relay_addresses: Vec::new(),
@@ -323,6 +326,7 @@ impl ServerConfig {
         if self.lifetime.is_some()
             || self.max_lifetime.is_some()
             || self.legacy_channel_numbers.is_some()
+            || self.mobility.is_some()
         {
             t.push_str("\n[allocation]\n");
             if let Some(l) = self.lifetime {
@@ -333,6 +337,9 @@ impl ServerConfig {
             }
             if let Some(b) = self.legacy_channel_numbers {
                 t.push_str(&format!("legacy_channel_numbers = {b}\n"));
+            }
+            if let Some(b) = self.mobility {
+                t.push_str(&format!("mobility = {b}\n"));
             }
         }
         if !self.limits.is_empty() {

@@ -73,6 +73,12 @@ impl Transport for Listeners {
     /// A closed socket leaves the epoll set by itself.
     fn unwatch(&mut self, _relay: UdpSocket, _now: Instant) {}
 
+    /// Out of this shard's epoll set, to be watched by another shard.
+    fn release(&mut self, relay: UdpSocket) -> Option<UdpSocket> {
+        poll::remove(self.epfd, relay.as_raw_fd());
+        Some(relay)
+    }
+
     fn to_client(&mut self, client: ClientAddr, data: &[u8]) -> bool {
         match client.via {
             Via::Udp(l) => self

@@ -93,6 +93,10 @@ impl Engine {
             Some(Ok(_)) => return self.reply(client, err(Code::UnsupportedTransport)),
             None | Some(Err(())) => return self.reply(client, err(Code::BadRequest)),
         }
+        let mobile = match self.wants_mobility(client, m) {
+            Ok(mobile) => mobile,
+            Err(code) => return self.reply(client, err(code)),
+        };
         let Ok(mut families) = self.families(client, m) else {
             return self.reply(client, err(self.family_error(m)));
         };
@@ -209,6 +213,7 @@ impl Engine {
             scheduled: None,
             traffic: Default::default(),
             meters: [Meter::new(now, &self.cfg.live.limits); Direction::COUNT],
+            ticket: mobile.then_some(0),
         });
         self.by_client.insert(client, id);
         self.out.push_back(Output::OpenRelay {
@@ -315,6 +320,7 @@ impl Engine {
             return;
         }
         if ok {
+            let ticket = self.issue_ticket(id);
             let a = self.alloc_mut(id).expect("present");
             let lifetime = a.expires.saturating_duration_since(now).as_secs() as u32;
             let resp = Reply::success(&request).with(|mut resp| {
@@ -330,6 +336,9 @@ impl Engine {
                     .xor_address(ATTR_XORMAPPED_ADDRESS, client.remote);
                 if let Some(t) = token {
                     resp = resp.bytes(ATTR_RESERVATION_TOKEN, &t);
+                }
+                if let Some(t) = &ticket {
+                    resp = resp.bytes(super::mobility::ATTR_MOBILITY_TICKET, t);
                 }
                 resp
             });
@@ -476,8 +485,17 @@ impl Engine {
         a.expires = capped(now + lifetime, authed.deadline);
         let left = a.expires.saturating_duration_since(now).as_secs() as u32;
         self.reschedule(id, now);
+        // Every Refresh answer of a mobile allocation carries a new ticket
+        // (RFC 8016 §3.2).
+        let ticket = self.issue_ticket(id);
         Reply::success(m)
-            .with(|r| r.u32(ATTR_LIFETIME, left))
+            .with(|r| {
+                let r = r.u32(ATTR_LIFETIME, left);
+                match &ticket {
+                    Some(t) => r.bytes(super::mobility::ATTR_MOBILITY_TICKET, t),
+                    None => r,
+                }
+            })
             .finish(Some(&signer), false)
     }
 }

@@ -210,6 +210,9 @@ pub struct Allocation {
     pub traffic: [TrafficCount; Direction::COUNT],
     /// Bandwidth and packet-rate ceilings, by [`Direction`].
     pub meters: [Meter; Direction::COUNT],
+    /// With mobility (RFC 8016): the serial of its newest ticket, the only
+    /// one that moves it (`Some(0)` until the first is issued).
+    pub ticket: Option<u32>,
 }
 
 impl Allocation {

@@ -13,12 +13,16 @@
 //! - [`Engine::poll_timeout`] / [`Engine::handle_timeout`]: expiry timers.
 //! - [`Engine::poll_output`]: queued work for the shell, and [`Grant`]s:
 //!   how permissions and channel bindings come and go.
+//! - [`Engine::surrender`] / [`Engine::adopt`]: an allocation leaving this
+//!   engine for another, whose client's new 5-tuple it serves now, after an
+//!   [`Output::Handoff`] (mobility, RFC 8016; see `mobility.rs`).
 
 mod allocate;
 pub mod allocation;
 mod channel;
 pub mod cluster;
 pub mod discovery;
+pub mod mobility;
 mod permission;
 pub mod ports;
 pub mod quota;
@@ -91,6 +95,11 @@ pub struct EngineConfig {
     pub nat_behaviour: Option<NatSockets>,
     /// State shared by every worker's engine (quotas, reservations).
     pub shared: Arc<ServerState>,
+    /// This engine's UDP shard index, which its mobility tickets name.
+    pub shard: u16,
+    /// Keys the mobility tickets (RFC 8016) of every engine of the
+    /// server: random, drawn once per process.
+    pub ticket_key: [u8; 32],
 }
 
 /// How many relay addresses `cfg` has (at most [`ports::MAX_RELAYS`]).
@@ -134,6 +143,10 @@ pub enum Output {
     /// request that named it waits at most [`cluster::PARK_TIMEOUT`]. Only
     /// after [`Engine::cluster_on`].
     LookupUser { name: String },
+    /// A Refresh moves an allocation that engine `owner` holds (a UDP
+    /// shard) to a client of this one (RFC 8016): give it to that engine's
+    /// [`Engine::surrender`].
+    Handoff(Box<mobility::Handoff>),
 }
 
 impl EngineConfig {
@@ -156,6 +169,7 @@ impl EngineConfig {
                 lifetime: Duration::from_secs(600),
                 max_lifetime: Duration::from_secs(3600),
                 legacy_channels: false,
+                mobility: false,
             },
             relay_bind,
             relay_public,
@@ -168,6 +182,8 @@ impl EngineConfig {
             stun_only: Vec::new(),
             nat_behaviour: None,
             shared: Arc::default(),
+            shard: 0,
+            ticket_key: [0; 32],
         }
     }
 }
@@ -200,6 +216,8 @@ pub struct Update {
     /// Accept channel numbers up to 0x7FFF as RFC 5766 did, not just
     /// 0x4000–0x4FFF (RFC 8656 §12). coturn's client tools need it.
     pub legacy_channels: bool,
+    /// Grant MOBILITY-TICKETs and move allocations with them (RFC 8016).
+    pub mobility: bool,
 }
 
 /// One allocation, as the admin API lists it.
@@ -428,6 +446,12 @@ pub struct Engine {
     /// Keys the RESERVATION-TOKENs this engine issues.
     token_key: ring::hmac::Key,
     token_counter: u64,
+    /// Keys mobility tickets ([`EngineConfig::ticket_key`]).
+    ticket_key: ring::hmac::Key,
+    /// The serial of the last mobility ticket issued here.
+    ticket_serial: u32,
+    /// Moves sent to other engines, awaited.
+    handoffs: mobility::Pending,
     /// Users and secrets of the cluster store, as the shell reported them.
     cluster: cluster::ClusterUsers,
     pub stats: Stats,
@@ -442,6 +466,7 @@ impl Engine {
             cfg.shared.ports.join_like(Relay(i as u8), Relay::MAIN);
         }
         let seed = cfg.seed;
+        let cfg_ticket_key = cfg.ticket_key;
         Engine {
             cfg,
             allocs: Vec::new(),
@@ -458,6 +483,9 @@ impl Engine {
             send_denial_logged: None,
             token_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed.to_le_bytes()),
             token_counter: 0,
+            ticket_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &cfg_ticket_key),
+            ticket_serial: seed as u32,
+            handoffs: mobility::Pending::default(),
             cluster: cluster::ClusterUsers::default(),
             stats: Stats::default(),
         }
@@ -977,6 +1005,12 @@ impl Engine {
         }
         if method == METHOD_ALLOCATE {
             self.allocate(now, client, &m, authed);
+        } else if method == METHOD_REFRESH
+            && !self.by_client.contains_key(&client)
+            && wire::attr(&m, mobility::ATTR_MOBILITY_TICKET).is_some()
+        {
+            // A ticket from a new 5-tuple (RFC 8016 §3.2).
+            self.mobility_refresh(now, client, &m, authed);
         } else {
             // Every other request needs the client's allocation (RFC 8656
             // §7.3, §9.2, §11.2): 437 without one, 441 from another user.

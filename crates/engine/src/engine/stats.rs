@@ -124,6 +124,8 @@ labels! {
         AllocationQuotaReached => 486,
         ServerError => 500,
         InsufficientCapacity => 508,
+        // Last, so that the codes before keep their order.
+        MobilityForbidden => 405,
     }
 }
 
@@ -228,6 +230,8 @@ pub struct Stats {
     pub allocations_expired: u64,
     /// Deleted by Refresh 0, a closed connection, or an operator.
     pub allocations_deleted: u64,
+    /// Allocations moved to a new client 5-tuple (RFC 8016).
+    pub mobility_moves: u64,
     /// Failed authentications, by [`AuthFailure`].
     pub auth_failures: [u64; AuthFailure::COUNT],
     pub policy_denials: u64,
@@ -279,6 +283,7 @@ impl Stats {
         self.allocations_created += o.allocations_created;
         self.allocations_expired += o.allocations_expired;
         self.allocations_deleted += o.allocations_deleted;
+        self.mobility_moves += o.mobility_moves;
         for (a, b) in self.auth_failures.iter_mut().zip(o.auth_failures) {
             *a += b;
         }
@@ -351,7 +356,7 @@ mod tests {
             names(Code::ALL, Code::name),
             [
                 "300", "400", "401", "403", "420", "437", "438", "440", "441", "442", "443", "486",
-                "500", "508"
+                "500", "508", "405"
             ]
         );
         assert_eq!(

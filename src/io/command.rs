@@ -43,6 +43,10 @@ pub enum HostCommand {
     ClusterForgetAbsent,
     /// The store's REST secrets.
     ClusterSecrets(Vec<String>),
+    /// Usage facts go here from now on; carried out by the host.
+    UsageLink(crate::cluster::usage::Link),
+    /// Report the traffic of every allocation whose counts moved.
+    UsageTraffic,
 }
 
 /// What one worker reports.
@@ -72,6 +76,9 @@ pub struct WorkerReport {
     /// Revocations this node applied (`ferroturn revoke`, here or on
     /// another node of its cluster).
     pub revocations_applied: u64,
+    /// Usage facts by [`crate::cluster::usage::Outcome`] (0 without
+    /// `[cluster]`).
+    pub usage_events: [u64; crate::cluster::usage::Outcome::COUNT],
 }
 
 impl WorkerReport {
@@ -107,6 +114,7 @@ impl HostCommand {
                     cluster_up: None,
                     cluster_nodes: None,
                     revocations_applied: 0,
+                    usage_events: Default::default(),
                 });
             }
             HostCommand::CloseUser { user, reply } => {
@@ -123,6 +131,9 @@ impl HostCommand {
             HostCommand::ClusterForget(name) => engine.cluster_forget(name.as_deref()),
             HostCommand::ClusterForgetAbsent => engine.cluster_forget_absent(),
             HostCommand::ClusterSecrets(secrets) => engine.cluster_secrets(&secrets),
+            // The host keeps the link.
+            HostCommand::UsageLink(_) => engine.usage_on(),
+            HostCommand::UsageTraffic => engine.usage_traffic(now),
         }
     }
 }

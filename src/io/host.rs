@@ -121,6 +121,9 @@ pub struct Host<T: Transport> {
     /// Where the engine's cluster lookups go, once the cluster task linked
     /// this host ([`HostCommand::ClusterLink`]).
     lookups: Option<tokio::sync::mpsc::Sender<String>>,
+    /// Where the engine's usage facts go, once the cluster task linked
+    /// this host ([`HostCommand::UsageLink`]).
+    usage: Option<crate::cluster::usage::Link>,
     /// The relay table was emptied after holding many: compact it.
     compact_due: bool,
     pub transport: T,
@@ -135,6 +138,7 @@ impl<T: Transport> Host<T> {
             outs: Vec::with_capacity(SLOTS),
             send_drops: 0,
             lookups: None,
+            usage: None,
             compact_due: false,
             transport,
         }
@@ -321,6 +325,11 @@ impl<T: Transport> Host<T> {
                         let _ = tx.try_send(name);
                     }
                 }
+                Output::Usage(u) => {
+                    if let Some(link) = &self.usage {
+                        link.send(u);
+                    }
+                }
             }
         }
         self.transport.flushed(&self.engine);
@@ -417,8 +426,10 @@ impl<T: Transport> Host<T> {
 
     /// Carry out one command of the control plane.
     pub fn command(&mut self, c: HostCommand, now: Instant) {
-        if let HostCommand::ClusterLink(tx) = &c {
-            self.lookups = Some(tx.clone());
+        match &c {
+            HostCommand::ClusterLink(tx) => self.lookups = Some(tx.clone()),
+            HostCommand::UsageLink(link) => self.usage = Some(link.clone()),
+            _ => {}
         }
         c.carry_out(&mut self.engine, now, self.send_drops);
         self.flush(now);

@@ -10,6 +10,7 @@ use super::allocation::{Allocation, State};
 use super::ports::Relay;
 use super::quota::{Held, Meter};
 use super::stats::{Code, Direction};
+use super::usage;
 use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, Answer, Authed, Engine, Output, Reply};
 use crate::addr::{AllocId, ClientAddr};
 use crate::proto::stun as wire;
@@ -208,6 +209,9 @@ impl Engine {
             held_channels: Vec::new(),
             scheduled: None,
             traffic: Default::default(),
+            framed: Default::default(),
+            serial: self.cfg.shared.next_serial(),
+            usage_reported: Default::default(),
             meters: [Meter::new(now, &self.cfg.live.limits); Direction::COUNT],
         });
         self.by_client.insert(client, id);
@@ -348,6 +352,7 @@ impl Engine {
             }
             self.reply(client, resp);
             self.reschedule(id, now);
+            self.usage_fact(id, now, usage::Fact::Created { lifetime });
             return;
         }
         // That port is taken by someone else: try another, and put it back
@@ -463,6 +468,7 @@ impl Engine {
             None => None,
         };
         if requested == Some(0) {
+            self.usage_fact(id, now, usage::Fact::Refreshed { lifetime: 0 });
             let a = self.allocation(id).expect("checked");
             tracing::info!(target: LOG_TARGET, client = %a.client, user = %a.username, "allocation deleted");
             self.stats.allocations_deleted += 1;
@@ -476,6 +482,7 @@ impl Engine {
         a.expires = capped(now + lifetime, authed.deadline);
         let left = a.expires.saturating_duration_since(now).as_secs() as u32;
         self.reschedule(id, now);
+        self.usage_fact(id, now, usage::Fact::Refreshed { lifetime: left });
         Reply::success(m)
             .with(|r| r.u32(ATTR_LIFETIME, left))
             .finish(Some(&signer), false)

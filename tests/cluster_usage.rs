@@ -414,6 +414,29 @@ fn uclient_allocations(sub: &Subscriber, kind: &str) -> BTreeMap<String, Vec<Mes
     relaying(&by_allocation(&messages, USER))
 }
 
+/// The entries of `redis-cli XREVRANGE`'s output: each an id line, then
+/// its fields and values, one a line.
+fn stream_entries(text: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let is_id = |l: &str| {
+        l.split_once('-')
+            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
+    };
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(id) = lines.next() {
+        assert!(is_id(id), "not an entry id: {id:?} in\n{text}");
+        let mut e = std::collections::HashMap::new();
+        while let Some(field) = lines.next_if(|l| !is_id(l)) {
+            let value = lines
+                .next()
+                .unwrap_or_else(|| panic!("{field} has no value"));
+            e.insert(field.to_owned(), value.to_owned());
+        }
+        out.push(e);
+    }
+    out
+}
+
 #[test]
 fn usage_events_as_coturn_publishes_them() {
     let dir = TempDir::new("usage");
@@ -544,39 +567,30 @@ fn usage_events_as_coturn_publishes_them() {
         (1..=STREAM_MAX + NODE_ENTRIES).contains(&len),
         "XLEN {len} after {published} events"
     );
-    let entries = redis.cli(&["XREVRANGE", &stream, "+", "-"]);
-    let fields: Vec<&str> = entries.lines().collect();
-    // redis-cli prints an entry as its id, then its fields and values, one
-    // a line: the newest `deleted` entry, up to the next entry's id.
-    let is_id = |l: &str| {
-        l.split_once('-')
-            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
-    };
-    let at = fields
-        .windows(2)
-        .position(|w| w == ["event", "deleted"])
-        .unwrap_or_else(|| panic!("no deleted entry in:\n{entries}"));
-    let entry: Vec<&str> = fields[at..]
+    let text = redis.cli(&["XREVRANGE", &stream, "+", "-"]);
+    let entries = stream_entries(&text);
+    assert_eq!(entries.len() as u64, len, "{text}");
+    // uclient's last relaying TLS allocation, ended: its totals, node and
+    // how long it lived.
+    let e = entries
         .iter()
-        .take_while(|l| !is_id(l))
-        .copied()
-        .collect();
-    let value = |name: &str| {
-        entry
-            .iter()
-            .position(|f| *f == name)
-            .map(|i| entry[i + 1])
-            .unwrap_or_else(|| panic!("no {name} in {entry:?}\n{entries}"))
-    };
-    assert_eq!(value("event"), "deleted");
-    assert_eq!(value("node"), "usage-node");
-    assert_eq!(value("user"), USER);
-    assert_eq!(value("type"), "TLS/TCP");
-    assert_eq!(value("peer_sentb"), "1000");
-    assert_eq!(value("peer_rcvb"), "1000");
-    value("duration")
-        .parse::<u64>()
-        .expect("duration in seconds");
-    assert_eq!(value("id").len(), 18);
+        .find(|e| e["event"] == "deleted" && e["type"] == "TLS/TCP" && e["peer_sentb"] != "0")
+        .unwrap_or_else(|| panic!("no deleted TLS entry in:\n{text}"));
+    assert_eq!(e["node"], "usage-node", "{e:?}");
+    assert_eq!(e["user"], USER, "{e:?}");
+    assert_eq!(e["realm"], REALM, "{e:?}");
+    for (field, want) in [
+        ("peer_sentp", "10"),
+        ("peer_sentb", "1000"),
+        ("peer_rcvp", "10"),
+        ("peer_rcvb", "1000"),
+        ("rcvp", "10"),
+        ("sentp", "10"),
+    ] {
+        assert_eq!(e[field], want, "{field}: {e:?}");
+    }
+    e["duration"].parse::<u64>().expect("duration in seconds");
+    assert_eq!(e["id"].len(), 18, "{e:?}");
+    assert_eq!(e["local"], node.tls.to_string(), "{e:?}");
     assert!(!node.log().contains("panicked"), "{}", node.log());
 }

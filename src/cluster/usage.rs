@@ -75,17 +75,24 @@ impl Counters {
     }
 }
 
+/// A usage fact as the host hands it on: with the TLS names of its
+/// client's connection, if it has them.
+struct Queued {
+    usage: Box<Usage>,
+    tls: Option<TlsNames>,
+}
+
 /// A host's way to the task: never waits.
 #[derive(Clone)]
 pub struct Link {
-    tx: mpsc::Sender<Box<Usage>>,
+    tx: mpsc::Sender<Queued>,
     status: Arc<Status>,
 }
 
 impl Link {
-    /// Queue `u`; dropped (and counted) if the queue is full.
-    pub fn send(&self, u: Box<Usage>) {
-        if self.tx.try_send(u).is_err() {
+    /// Queue `usage`; dropped (and counted) if the queue is full.
+    pub fn send(&self, usage: Box<Usage>, tls: Option<TlsNames>) {
+        if self.tx.try_send(Queued { usage, tls }).is_err() {
             self.status.usage.add(Outcome::Dropped, 1);
         }
     }
@@ -172,20 +179,54 @@ fn transport(via: Via) -> &'static str {
     }
 }
 
-/// coturn's `ssl` and `cipher` of a client. ferroturn's TLS stack does not
-/// tell the engines which version and suite a connection took: a TLS client
-/// shows `UNKNOWN` for both (coturn's own word for a method it cannot name).
-fn tls_names(via: Via) -> (&'static str, &'static str) {
-    match via {
-        Via::Stream { tls: true, .. } => ("UNKNOWN", "UNKNOWN"),
+/// A TLS connection's version and cipher suite as OpenSSL names them, and
+/// so coturn in its `ssl=` and `cipher=` fields: `TLSv1.3`,
+/// `TLS_AES_256_GCM_SHA384`; `TLSv1.2`, `ECDHE-RSA-AES256-GCM-SHA384`.
+pub type TlsNames = (&'static str, &'static str);
+
+/// The [`TlsNames`] of a connection whose handshake is done (`UNKNOWN`,
+/// coturn's word for a method it cannot name, for anything else).
+pub fn openssl_names(c: &rustls::ServerConnection) -> TlsNames {
+    use rustls::{CipherSuite as S, ProtocolVersion as V};
+    let version = match c.protocol_version() {
+        Some(V::TLSv1_3) => "TLSv1.3",
+        Some(V::TLSv1_2) => "TLSv1.2",
+        _ => "UNKNOWN",
+    };
+    let suite = match c.negotiated_cipher_suite().map(|s| s.suite()) {
+        Some(S::TLS13_AES_256_GCM_SHA384) => "TLS_AES_256_GCM_SHA384",
+        Some(S::TLS13_AES_128_GCM_SHA256) => "TLS_AES_128_GCM_SHA256",
+        Some(S::TLS13_CHACHA20_POLY1305_SHA256) => "TLS_CHACHA20_POLY1305_SHA256",
+        Some(S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384) => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        Some(S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256) => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        Some(S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256) => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        Some(S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) => "ECDHE-RSA-AES256-GCM-SHA384",
+        Some(S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256) => "ECDHE-RSA-AES128-GCM-SHA256",
+        Some(S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256) => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => "UNKNOWN",
+    };
+    (version, suite)
+}
+
+/// coturn's `ssl` and `cipher` of a client: `NONE` without TLS.
+fn tls_names(via: Via, tls: Option<TlsNames>) -> TlsNames {
+    match (via, tls) {
+        (Via::Stream { tls: true, .. }, Some(names)) => names,
+        (Via::Stream { tls: true, .. }, None) => ("UNKNOWN", "UNKNOWN"),
         _ => ("NONE", "NONE"),
     }
 }
 
 /// A status line: `new lifetime=600, type=UDP, local=…, remote=…, ssl=…,
 /// cipher=…`.
-fn status_text(names: &Names, u: &Usage, word: &str, lifetime: u32) -> String {
-    let (ssl, cipher) = tls_names(u.client.via);
+fn status_text(
+    names: &Names,
+    u: &Usage,
+    tls: Option<TlsNames>,
+    word: &str,
+    lifetime: u32,
+) -> String {
+    let (ssl, cipher) = tls_names(u.client.via, tls);
     format!(
         "{word} lifetime={lifetime}, type={}, local={}, remote={}, ssl={ssl}, cipher={cipher}",
         transport(u.client.via),
@@ -210,7 +251,8 @@ fn traffic_text(c: &Counts, peer: bool) -> String {
 
 /// Add the commands that write `u` to `pipe`: coturn's keys and messages,
 /// then the stream entry.
-fn write(names: &Names, pipe: &mut redis::Pipeline, u: &Usage) {
+fn write(names: &Names, pipe: &mut redis::Pipeline, q: &Queued) {
+    let u = &q.usage;
     let id = names.id(u.serial);
     let status = names.key(u, &id, "status");
     let publish_traffic = |pipe: &mut redis::Pipeline, what: &str, c: &Counts| {
@@ -226,7 +268,7 @@ fn write(names: &Names, pipe: &mut redis::Pipeline, u: &Usage) {
                 Fact::Created { .. } => "new",
                 _ => "refreshed",
             };
-            let text = status_text(names, u, word, *lifetime);
+            let text = status_text(names, u, q.tls, word, *lifetime);
             // The key lives as long as the allocation (coturn's never
             // expires: a node that dies would leave it for good).
             pipe.cmd("SET")
@@ -325,7 +367,7 @@ pub fn start(
 struct Publisher {
     names: Names,
     client: redis::Client,
-    rx: mpsc::Receiver<Box<Usage>>,
+    rx: mpsc::Receiver<Queued>,
     status: Arc<Status>,
     control: Control,
     /// How often the engines report traffic.
@@ -442,7 +484,7 @@ mod tests {
             "turn/realm/example.org/user/1700000000:alice/allocation/001000000000000002/status"
         );
         assert_eq!(
-            status_text(&n, &u, "new", 600),
+            status_text(&n, &u, None, "new", 600),
             "new lifetime=600, type=UDP, local=127.0.0.1:3478, remote=127.0.0.1:47156, ssl=NONE, cipher=NONE"
         );
         let tcp = Via::Stream {
@@ -454,6 +496,7 @@ mod tests {
             status_text(
                 &n,
                 &usage(tcp, Fact::Refreshed { lifetime: 0 }),
+                None,
                 "refreshed",
                 0
             )

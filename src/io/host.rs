@@ -79,6 +79,12 @@ pub trait Transport {
 
     /// Shrink the transport's own tables (with [`Host::compact_if_due`]).
     fn compact(&mut self) {}
+
+    /// The TLS version and suite of `client`'s connection, as usage events
+    /// name them; `None` if it has none.
+    fn tls_names(&self, _client: ClientAddr) -> Option<crate::cluster::usage::TlsNames> {
+        None
+    }
 }
 
 /// A relay socket just bound, for a [`Transport`] to watch.
@@ -327,7 +333,8 @@ impl<T: Transport> Host<T> {
                 }
                 Output::Usage(u) => {
                     if let Some(link) = &self.usage {
-                        link.send(u);
+                        let tls = self.transport.tls_names(u.client);
+                        link.send(u, tls);
                     }
                 }
             }

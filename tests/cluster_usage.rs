@@ -594,3 +594,83 @@ fn usage_events_as_coturn_publishes_them() {
     assert_eq!(e["local"], node.tls.to_string(), "{e:?}");
     assert!(!node.log().contains("panicked"), "{}", node.log());
 }
+
+/// Redis away: relaying goes on, the events meanwhile are dropped and
+/// counted; once Redis is back, new events arrive again.
+#[test]
+fn redis_away_drops_events_and_relaying_goes_on() {
+    let dir = TempDir::new("usage-away");
+    let mut redis = Redis::start();
+    let node = Node::start(&redis);
+    redis.kill();
+    let start = Instant::now();
+    while node.metric("ferroturn_cluster_up") != Some(0) {
+        assert!(
+            start.elapsed() < CEILING,
+            "cluster still up:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let echo = common::EchoPeer::start();
+    let rt = runtime();
+    let relay_once = || {
+        rt.block_on(async {
+            let sock = Arc::new(tokio::net::UdpSocket::bind((LOCALHOST, 0)).await.unwrap());
+            let client = common::turn_client(node.addr, sock, REALM, USER, PASSWORD).await;
+            let relay = tokio::time::timeout(CEILING, client.allocate())
+                .await
+                .expect("allocate in time")
+                .expect("allocate");
+            let back = echo_round(&relay, echo.addr, 10).await;
+            let _ = relay.close().await;
+            let _ = client.close().await;
+            back
+        })
+    };
+    assert_eq!(relay_once(), 10, "relaying with Redis away");
+    // Created, refreshed (0), deleted at least: none reached Redis.
+    let start = Instant::now();
+    while node.usage_events("dropped") < 3 {
+        assert!(
+            start.elapsed() < CEILING,
+            "no drops counted:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(node.usage_events("published"), 0);
+
+    redis.restart();
+    let sub = Subscriber::start(&redis, &dir);
+    let start = Instant::now();
+    while node.metric("ferroturn_cluster_up") != Some(1) {
+        assert!(
+            start.elapsed() < CEILING,
+            "cluster not back:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The usage task reconnects on its own (backoff at most 5 s): an
+    // allocation made now is reported whole, or, if it raced the
+    // reconnect, the next one is.
+    let start = Instant::now();
+    loop {
+        assert_eq!(relay_once(), 10);
+        let ended = by_allocation(&sub.messages(), USER).values().any(|l| {
+            l.first().is_some_and(|m| m.text.starts_with("new "))
+                && l.iter().any(|m| m.suffix() == "total_traffic/peer")
+        });
+        if ended {
+            break;
+        }
+        assert!(
+            start.elapsed() < 2 * CEILING,
+            "no events after Redis came back:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(node.usage_events("published") > 0);
+}

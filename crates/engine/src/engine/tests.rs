@@ -19,6 +19,7 @@ mod cluster;
 mod discovery;
 mod grants;
 mod pool;
+mod usage;
 
 const REALM: &str = "example.org";
 const UNIX0: u64 = 1_800_000_000;
@@ -63,6 +64,8 @@ struct T {
     grants: Vec<Grant>,
     /// Where each relay socket was asked for, in order.
     opened: Vec<SocketAddr>,
+    /// Usage facts drained with the answers, in order (see `usage.rs`).
+    usage: Vec<super::usage::Usage>,
 }
 
 fn client(port: u16) -> ClientAddr {
@@ -106,6 +109,7 @@ impl T {
             bind_ok: true,
             grants: Vec::new(),
             opened: Vec::new(),
+            usage: Vec::new(),
         };
         // Learn a nonce the way a client does: an unauthenticated Allocate.
         let r = t.send(client(1), &Req::new(METHOD_ALLOCATE).transport(17).bytes());
@@ -134,6 +138,7 @@ impl T {
                 }
                 Output::CloseRelay { .. } | Output::LookupUser { .. } => {}
                 Output::Grant(g) => self.grants.push(g),
+                Output::Usage(u) => self.usage.push(*u),
             }
         }
         out
@@ -1799,6 +1804,7 @@ fn a_failed_ipv6_bind_retries_then_gives_up_cleanly() {
             Some(Output::Transmit { data, .. }) => answer = wire::decode(&data),
             Some(Output::Grant(g)) => panic!("nothing was granted: {g:?}"),
             Some(Output::LookupUser { name }) => panic!("no store to ask for {name}"),
+            Some(Output::Usage(u)) => panic!("usage facts are off: {u:?}"),
             None => break,
         }
     }
@@ -2215,7 +2221,10 @@ fn error_counters_match_the_answers_sent() {
                     }
                 }
                 Output::OpenRelay { alloc, .. } => t.e.relay_opened(t.now, alloc, true),
-                Output::CloseRelay { .. } | Output::Grant(_) | Output::LookupUser { .. } => {}
+                Output::CloseRelay { .. }
+                | Output::Grant(_)
+                | Output::LookupUser { .. }
+                | Output::Usage(_) => {}
             }
         }
     };

@@ -986,7 +986,7 @@ struct RawCluster {
     #[serde(default = "default_heartbeat")]
     heartbeat: u32,
     #[serde(default = "default_usage_stream_max")]
-    usage_stream_max: u64,
+    usage_stream_max: u32,
 }
 
 /// `cluster.heartbeat`'s default, seconds.
@@ -995,7 +995,7 @@ fn default_heartbeat() -> u32 {
 }
 
 /// `cluster.usage_stream_max`'s default, entries.
-fn default_usage_stream_max() -> u64 {
+fn default_usage_stream_max() -> u32 {
     table_default("cluster", "usage_stream_max")
 }
 
@@ -1971,7 +1971,7 @@ impl RawConfig {
                 redis: c.redis.0,
                 node: c.node.map_or_else(host_name, |n| n.0),
                 heartbeat: std::time::Duration::from_secs(c.heartbeat.into()),
-                usage_stream_max: c.usage_stream_max,
+                usage_stream_max: c.usage_stream_max.into(),
             }),
             nat_behaviour,
         };

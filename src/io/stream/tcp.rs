@@ -109,7 +109,7 @@ pub fn spawn_tls(
     slot: Slot,
 ) {
     stream.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-    let names = crate::cluster::usage::openssl_names(&stream.get_ref().1);
+    let names = crate::cluster::usage::openssl_names(stream.get_ref().1);
     let (r, wr) = tokio::io::split(stream);
     start(
         w,

@@ -318,20 +318,8 @@ impl Node {
         let log = dir.path().join("ferroturn.log");
         std::fs::write(&config, toml).unwrap();
         let addr = SocketAddr::from((LOCALHOST, port));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn ferroturn");
-        if let Err(e) = common::wait_ready(&mut child, addr, &log, || true) {
-            let _ = child.kill();
-            panic!("{e}");
-        }
+        let child =
+            common::spawn_ferroturn(&config, &log, addr, || true).unwrap_or_else(|e| panic!("{e}"));
         let node = Node {
             _server: KillOnDrop(child),
             addr,

@@ -472,6 +472,27 @@ mod tests {
         }
     }
 
+    /// A host never waits: with the queue full a fact is dropped, and
+    /// counted; nothing beyond the queue is held.
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let status = Arc::new(Status::default());
+        let (tx, mut rx) = mpsc::channel(2);
+        let link = Link {
+            tx,
+            status: status.clone(),
+        };
+        for _ in 0..5 {
+            link.send(
+                Box::new(usage(Via::Udp(0), Fact::Created { lifetime: 600 })),
+                None,
+            );
+        }
+        assert_eq!(status.usage_events(), [0, 3]);
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err());
+    }
+
     /// The texts are coturn 4.6.1's, as it published them for
     /// turnutils_uclient (see tests/cluster_usage.rs).
     #[test]

@@ -328,16 +328,27 @@ impl Node {
             log,
             _dir: dir,
         };
-        let start = Instant::now();
-        while node.metric("ferroturn_cluster_up") != Some(1) {
-            assert!(start.elapsed() < CEILING, "cluster not up:\n{}", node.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        node.wait_until("cluster up", |n| {
+            n.metric("ferroturn_cluster_up") == Some(1)
+        });
         node
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Poll `ok` every 50 ms until it holds, at most [`CEILING`].
+    fn wait_until(&self, what: &str, ok: impl Fn(&Node) -> bool) {
+        let start = Instant::now();
+        while !ok(self) {
+            assert!(
+                start.elapsed() < CEILING,
+                "{what}: not within {CEILING:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn metric(&self, name: &str) -> Option<u64> {
@@ -591,15 +602,9 @@ fn redis_away_drops_events_and_relaying_goes_on() {
     let mut redis = Redis::start();
     let node = Node::start(&redis);
     redis.kill();
-    let start = Instant::now();
-    while node.metric("ferroturn_cluster_up") != Some(0) {
-        assert!(
-            start.elapsed() < CEILING,
-            "cluster still up:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.wait_until("cluster down", |n| {
+        n.metric("ferroturn_cluster_up") == Some(0)
+    });
     let echo = common::EchoPeer::start();
     let rt = runtime();
     let relay_once = || {
@@ -618,28 +623,14 @@ fn redis_away_drops_events_and_relaying_goes_on() {
     };
     assert_eq!(relay_once(), 10, "relaying with Redis away");
     // Created, refreshed (0), deleted at least: none reached Redis.
-    let start = Instant::now();
-    while node.usage_events("dropped") < 3 {
-        assert!(
-            start.elapsed() < CEILING,
-            "no drops counted:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.wait_until("drops counted", |n| n.usage_events("dropped") >= 3);
     assert_eq!(node.usage_events("published"), 0);
 
     redis.restart();
     let sub = Subscriber::start(&redis, &dir);
-    let start = Instant::now();
-    while node.metric("ferroturn_cluster_up") != Some(1) {
-        assert!(
-            start.elapsed() < CEILING,
-            "cluster not back:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.wait_until("cluster back", |n| {
+        n.metric("ferroturn_cluster_up") == Some(1)
+    });
     // The usage task reconnects on its own (backoff at most 5 s): an
     // allocation made now is reported whole, or, if it raced the
     // reconnect, the next one is.

@@ -37,6 +37,9 @@
 //! The same task keeps this node's rows beside coturn's keys and follows
 //! the other nodes' (see the `nodes` module): per-user allocation counts
 //! for the cluster-wide quota, revocations, kills and sessions.
+//!
+//! Beside it, the `usage` module's task publishes usage events in
+//! coturn's `--redis-statsdb` format and on one capped stream.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -432,6 +432,9 @@ pub struct Cluster {
     /// `cluster.heartbeat`: how often this node rewrites its rows in Redis
     /// (counts, sessions); they expire after three of these.
     pub heartbeat: std::time::Duration,
+    /// `cluster.usage_stream_max`: the length the usage stream is trimmed
+    /// to (about: Redis trims whole nodes).
+    pub usage_stream_max: u64,
 }
 
 impl fmt::Debug for Cluster {
@@ -445,6 +448,7 @@ impl fmt::Debug for Cluster {
             .field("redis", &shown)
             .field("node", &self.node)
             .field("heartbeat", &self.heartbeat)
+            .field("usage_stream_max", &self.usage_stream_max)
             .finish()
     }
 }
@@ -981,11 +985,18 @@ struct RawCluster {
     node: Option<NodeName>,
     #[serde(default = "default_heartbeat")]
     heartbeat: u32,
+    #[serde(default = "default_usage_stream_max")]
+    usage_stream_max: u32,
 }
 
 /// `cluster.heartbeat`'s default, seconds.
 fn default_heartbeat() -> u32 {
     table_default("cluster", "heartbeat")
+}
+
+/// `cluster.usage_stream_max`'s default, entries.
+fn default_usage_stream_max() -> u32 {
+    table_default("cluster", "usage_stream_max")
 }
 
 table! {
@@ -1383,6 +1394,13 @@ impl RawConfig {
         }
         if let Some(c) = &self.cluster {
             between("cluster.heartbeat", c.heartbeat, 1, 60, " seconds")?;
+            between(
+                "cluster.usage_stream_max",
+                c.usage_stream_max,
+                10,
+                100_000_000,
+                " entries",
+            )?;
         }
         let d = &self.demo;
         between("demo.idle_timeout", d.idle_timeout, 1, 3600, " seconds")?;
@@ -1956,6 +1974,7 @@ impl RawConfig {
                 redis: c.redis.0,
                 node: c.node.map_or_else(host_name, |n| n.0),
                 heartbeat: std::time::Duration::from_secs(c.heartbeat.into()),
+                usage_stream_max: c.usage_stream_max.into(),
             }),
             nat_behaviour,
         };

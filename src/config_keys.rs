@@ -579,6 +579,13 @@ pub const KEYS: &[Key] = &[
         doc: "Seconds between this node's rewrites of its rows in Redis (its per-user allocation counts and its sessions), 1–60. They expire after three heartbeats, so a node that dies stops counting against any quota, and its sessions leave `ferroturn sessions`, within 3 × this (30 s by default). Needs a restart.",
     },
     Key {
+        section: "cluster",
+        name: "usage_stream_max",
+        kind: "integer",
+        default: Value("100000"),
+        doc: "Entries kept in the usage stream `ferroturn/realm/REALM/usage` (every node's allocation events with node, duration and traffic; README \"Usage events\"), 10–100000000: each write trims it to about this many (Redis trims whole nodes of `stream-node-max-entries` entries, 100 by default, so up to that many more stay). Needs a restart.",
+    },
+    Key {
         section: "nat_behaviour",
         name: "listen",
         kind: "string",

@@ -15,6 +15,7 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
+use crate::cluster::usage::Outcome as UsageOutcome;
 use crate::engine::stats::{
     AuthFailure, Code, DURATION_BUCKETS, Direction, Method as StunMethod, TrafficCount, Transport,
 };
@@ -338,6 +339,19 @@ pub fn render(report: &WorkerReport) -> String {
         "Revocations this node applied: `ferroturn revoke` here, or on another node of its cluster.",
         report.revocations_applied,
     );
+    o.family(
+        "usage_events_total",
+        "counter",
+        "Usage events (allocation created, refreshed, traffic, deleted) this node published to its cluster's Redis, or dropped: its queue full or Redis away; 0 without [cluster].",
+    );
+    for outcome in UsageOutcome::ALL {
+        let labels = format!("{}=\"{}\"", UsageOutcome::KEY, outcome.name());
+        o.sample(
+            "usage_events_total",
+            &labels,
+            report.usage_events[outcome.index()],
+        );
+    }
     if let Some(nodes) = report.cluster_nodes {
         o.single(
             "cluster_nodes",

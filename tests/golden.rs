@@ -607,6 +607,10 @@ fn hand_cases(f: &Files) -> Vec<Case> {
             "cluster.heartbeat: 61",
             b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "heartbeat", "61"),
         ),
+        (
+            "cluster.usage_stream_max: 9",
+            b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "usage_stream_max", "9"),
+        ),
         ("admin.socket: 108 bytes", b().set("admin", "socket", &q(&format!("/{}", "s".repeat(107))))),
         ("nat_behaviour: no UDP listener of the family", nat("\"::2\"", "3479")),
         ("nat_behaviour: listener on 0.0.0.0", nat("\"127.0.0.2\"", "3479").set("listen", "address", "\"0.0.0.0:3478\"")),

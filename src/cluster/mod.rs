@@ -37,6 +37,9 @@
 //! The same task keeps this node's rows beside coturn's keys and follows
 //! the other nodes' (see the `nodes` module): per-user allocation counts
 //! for the cluster-wide quota, revocations, kills and sessions.
+//!
+//! Beside it, the `usage` module's task publishes usage events in
+//! coturn's `--redis-statsdb` format and on one capped stream.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -54,6 +57,7 @@ use crate::config::{Config, MAX_SECRETS};
 use crate::io::Control;
 
 mod nodes;
+pub mod usage;
 
 use nodes::{Event, Peers, Sum};
 
@@ -116,6 +120,8 @@ pub struct Status {
     session_reads: OnceLock<mpsc::Sender<SessionsWanted>>,
     /// This node's name.
     node: OnceLock<String>,
+    /// What became of the usage facts.
+    usage: usage::Counters,
 }
 
 /// The admin API's ask for the other nodes' sessions: the answer goes here.
@@ -189,6 +195,11 @@ impl Status {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// Usage facts by [`usage::Outcome`].
+    pub fn usage_events(&self) -> [u64; usage::Outcome::COUNT] {
+        self.usage.get()
+    }
+
     /// Nodes seen within their expiry, this one included.
     pub fn nodes(&self) -> u64 {
         self.nodes.load(Ordering::Relaxed)
@@ -240,6 +251,15 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
     let _ = status.node.set(c.node.clone());
     control.shared().track_changes();
     status.nodes.store(1, Ordering::Relaxed);
+    usage::start(
+        config,
+        control,
+        client.clone(),
+        status.clone(),
+        &c.node,
+        c.heartbeat,
+        c.usage_stream_max,
+    );
     let task = Task {
         node: c.node.clone(),
         heartbeat: c.heartbeat,

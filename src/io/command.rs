@@ -53,6 +53,10 @@ pub enum HostCommand {
     /// An allocation another shard gave up, with its relay sockets (IPv4,
     /// IPv6), for the client's new 5-tuple here. Carried out by the host.
     Adopt(Box<(Moving, [Option<std::net::UdpSocket>; 2])>),
+    /// Usage facts go here from now on; carried out by the host.
+    UsageLink(crate::cluster::usage::Link),
+    /// Report the traffic of every allocation whose counts moved.
+    UsageTraffic,
 }
 
 /// What one worker reports.
@@ -82,6 +86,9 @@ pub struct WorkerReport {
     /// Revocations this node applied (`ferroturn revoke`, here or on
     /// another node of its cluster).
     pub revocations_applied: u64,
+    /// Usage facts by [`crate::cluster::usage::Outcome`] (0 without
+    /// `[cluster]`).
+    pub usage_events: [u64; crate::cluster::usage::Outcome::COUNT],
 }
 
 impl WorkerReport {
@@ -117,6 +124,7 @@ impl HostCommand {
                     cluster_up: None,
                     cluster_nodes: None,
                     revocations_applied: 0,
+                    usage_events: Default::default(),
                 });
             }
             HostCommand::CloseUser { user, reply } => {
@@ -135,6 +143,9 @@ impl HostCommand {
             HostCommand::ClusterSecrets(secrets) => engine.cluster_secrets(&secrets),
             // The host's own ([`super::host::Host::command`]).
             HostCommand::Shards(_) | HostCommand::Surrender(_) | HostCommand::Adopt(_) => {}
+            // The host keeps the link.
+            HostCommand::UsageLink(_) => engine.usage_on(),
+            HostCommand::UsageTraffic => engine.usage_traffic(now),
         }
     }
 }

@@ -48,6 +48,9 @@ impl Control {
         total.cluster_up = self.cluster.as_ref().map(|s| s.up());
         total.cluster_nodes = self.cluster.as_ref().map(|s| s.nodes());
         total.revocations_applied = self.shared.revocations_applied();
+        if let Some(c) = &self.cluster {
+            total.usage_events = c.usage_events();
+        }
         total
     }
 
@@ -128,6 +131,16 @@ impl Control {
     /// The store's REST secrets, to every worker.
     pub fn cluster_secrets(&self, secrets: &[String]) {
         self.broadcast(|| HostCommand::ClusterSecrets(secrets.to_vec()));
+    }
+
+    /// Send every worker's usage facts to `link`, and turn them on.
+    pub fn usage_link(&self, link: &crate::cluster::usage::Link) {
+        self.broadcast(|| HostCommand::UsageLink(link.clone()));
+    }
+
+    /// Every worker reports the traffic that moved since its last report.
+    pub fn usage_traffic(&self) {
+        self.broadcast(|| HostCommand::UsageTraffic);
     }
 
     fn broadcast(&self, command: impl Fn() -> HostCommand) {

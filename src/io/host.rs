@@ -86,6 +86,12 @@ pub trait Transport {
     fn release(&mut self, _relay: Self::Relay) -> Option<std::net::UdpSocket> {
         None
     }
+
+    /// The TLS version and suite of `client`'s connection, as usage events
+    /// name them; `None` if it has none.
+    fn tls_names(&self, _client: ClientAddr) -> Option<crate::cluster::usage::TlsNames> {
+        None
+    }
 }
 
 /// A relay socket just bound, for a [`Transport`] to watch.
@@ -128,6 +134,9 @@ pub struct Host<T: Transport> {
     /// Where the engine's cluster lookups go, once the cluster task linked
     /// this host ([`HostCommand::ClusterLink`]).
     lookups: Option<tokio::sync::mpsc::Sender<String>>,
+    /// Where the engine's usage facts go, once the cluster task linked
+    /// this host ([`HostCommand::UsageLink`]).
+    usage: Option<crate::cluster::usage::Link>,
     /// The relay table was emptied after holding many: compact it.
     compact_due: bool,
     /// Every UDP shard's mailbox, by index, once the server gave them
@@ -145,6 +154,7 @@ impl<T: Transport> Host<T> {
             outs: Vec::with_capacity(SLOTS),
             send_drops: 0,
             lookups: None,
+            usage: None,
             compact_due: false,
             shards: None,
             transport,
@@ -340,6 +350,12 @@ impl<T: Transport> Host<T> {
                         let _ = tx.try_send(name);
                     }
                 }
+                Output::Usage(u) => {
+                    if let Some(link) = &self.usage {
+                        let tls = self.transport.tls_names(u.client);
+                        link.send(u, tls);
+                    }
+                }
             }
         }
         self.transport.flushed(&self.engine);
@@ -446,8 +462,10 @@ impl<T: Transport> Host<T> {
             HostCommand::Surrender(h) => self.surrender(now, h),
             HostCommand::Adopt(moved) => self.adopt(now, *moved),
             c => {
-                if let HostCommand::ClusterLink(tx) = &c {
-                    self.lookups = Some(tx.clone());
+                match &c {
+                    HostCommand::ClusterLink(tx) => self.lookups = Some(tx.clone()),
+                    HostCommand::UsageLink(link) => self.usage = Some(link.clone()),
+                    _ => {}
                 }
                 c.carry_out(&mut self.engine, now, self.send_drops);
             }

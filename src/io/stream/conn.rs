@@ -209,6 +209,8 @@ pub struct Conn {
     pub(super) closed: Cell<bool>,
     pub clock: Rc<Clock>,
     pub(super) guard: Arc<StreamGuard>,
+    /// A TLS connection's version and suite, for usage events.
+    pub(super) tls_names: Cell<Option<crate::cluster::usage::TlsNames>>,
 }
 
 impl Conn {
@@ -224,6 +226,7 @@ impl Conn {
             closed: Cell::new(false),
             clock,
             guard,
+            tls_names: Cell::new(None),
         }
     }
 

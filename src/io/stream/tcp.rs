@@ -94,6 +94,7 @@ pub fn spawn(
         Reader::Tcp(stream.clone()),
         Writer::Tcp(stream),
         "tcp connection",
+        None,
     );
 }
 
@@ -108,6 +109,7 @@ pub fn spawn_tls(
     slot: Slot,
 ) {
     stream.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+    let names = crate::cluster::usage::openssl_names(stream.get_ref().1);
     let (r, wr) = tokio::io::split(stream);
     start(
         w,
@@ -119,6 +121,7 @@ pub fn spawn_tls(
         Reader::Tls(r),
         Writer::Tls(wr),
         "tls connection",
+        Some(names),
     );
 }
 
@@ -133,6 +136,7 @@ fn start(
     reader: Reader,
     writer: Writer,
     what: &'static str,
+    tls_names: Option<crate::cluster::usage::TlsNames>,
 ) {
     if w.borrow().connections() >= MAX_CONNECTIONS {
         tracing::warn!(target: LOG, %remote, "too many stream connections on this worker; closing");
@@ -141,6 +145,7 @@ fn start(
     let tls = direct.is_none();
     let guard = w.borrow().guard();
     let conn = Rc::new(Conn::new(direct, clock, guard));
+    conn.tls_names.set(tls_names);
     let id = w.borrow_mut().admit(conn.clone());
     let client = ClientAddr {
         remote,

@@ -117,6 +117,13 @@ impl Transport for Streams {
         }
     }
 
+    fn tls_names(&self, client: ClientAddr) -> Option<crate::cluster::usage::TlsNames> {
+        match client.via {
+            Via::Stream { conn, .. } => self.conns.get(&conn)?.tls_names.get(),
+            Via::Udp(_) => None,
+        }
+    }
+
     fn to_client(&mut self, client: ClientAddr, data: &[u8]) -> bool {
         match client.via {
             Via::Stream { conn, .. } => self.conns.get(&conn).is_some_and(|c| c.send(data)),

@@ -10,6 +10,7 @@ use super::allocation::{Allocation, State};
 use super::ports::Relay;
 use super::quota::{Held, Meter};
 use super::stats::{Code, Direction};
+use super::usage;
 use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, Answer, Authed, Engine, Output, Reply};
 use crate::addr::{AllocId, ClientAddr};
 use crate::proto::stun as wire;
@@ -212,6 +213,9 @@ impl Engine {
             held_channels: Vec::new(),
             scheduled: None,
             traffic: Default::default(),
+            framed: Default::default(),
+            serial: self.cfg.shared.next_serial(),
+            usage_reported: Default::default(),
             meters: [Meter::new(now, &self.cfg.live.limits); Direction::COUNT],
             ticket: mobile.then_some(0),
         });
@@ -357,6 +361,7 @@ impl Engine {
             }
             self.reply(client, resp);
             self.reschedule(id, now);
+            self.usage_fact(id, now, usage::Fact::Created { lifetime });
             return;
         }
         // That port is taken by someone else: try another, and put it back
@@ -472,6 +477,7 @@ impl Engine {
             None => None,
         };
         if requested == Some(0) {
+            self.usage_fact(id, now, usage::Fact::Refreshed { lifetime: 0 });
             let a = self.allocation(id).expect("checked");
             tracing::info!(target: LOG_TARGET, client = %a.client, user = %a.username, "allocation deleted");
             self.stats.allocations_deleted += 1;
@@ -488,6 +494,7 @@ impl Engine {
         // Every Refresh answer of a mobile allocation carries a new ticket
         // (RFC 8016 §3.2).
         let ticket = self.issue_ticket(id);
+        self.usage_fact(id, now, usage::Fact::Refreshed { lifetime: left });
         Reply::success(m)
             .with(|r| {
                 let r = r.u32(ATTR_LIFETIME, left);

@@ -208,6 +208,13 @@ pub struct Allocation {
     pub scheduled: Option<Instant>,
     /// Relayed traffic, by [`Direction`].
     pub traffic: [TrafficCount; Direction::COUNT],
+    /// The same traffic as the client's frames (ChannelData, Send and Data
+    /// indications, framing included), by [`Direction`].
+    pub framed: [TrafficCount; Direction::COUNT],
+    /// Its number among this server's allocations (usage facts).
+    pub serial: u64,
+    /// Its counts as last reported in a usage fact.
+    pub usage_reported: super::usage::Counts,
     /// Bandwidth and packet-rate ceilings, by [`Direction`].
     pub meters: [Meter; Direction::COUNT],
     /// With mobility (RFC 8016): the serial of its newest ticket, the only
@@ -290,6 +297,13 @@ impl Allocation {
         }
         self.traffic[dir.index()].add(len);
         true
+    }
+
+    /// Count a client's frame of `len` bytes (framing included) that was
+    /// relayed in direction `dir`.
+    #[inline]
+    pub fn framed(&mut self, dir: Direction, len: usize) {
+        self.framed[dir.index()].add(len);
     }
 
     /// Whether the allocation has a relay of `peer`'s address family.

@@ -133,6 +133,7 @@ impl Engine {
             self.stats.rate_limited += 1;
             return None;
         }
+        a.framed(Direction::ToPeer, packet.len());
         self.stats
             .traffic(Direction::ToPeer, Transport::of(client.via))
             .add(len);

@@ -28,6 +28,7 @@ pub mod ports;
 pub mod quota;
 mod relay;
 pub mod stats;
+pub mod usage;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -147,6 +148,10 @@ pub enum Output {
     /// shard) to a client of this one (RFC 8016): give it to that engine's
     /// [`Engine::surrender`].
     Handoff(Box<mobility::Handoff>),
+    /// A usage fact of an allocation, for accounting (coturn's
+    /// `--redis-statsdb` events). Only after [`Engine::usage_on`]; never
+    /// made while relaying a packet.
+    Usage(Box<usage::Usage>),
 }
 
 impl EngineConfig {
@@ -454,6 +459,8 @@ pub struct Engine {
     handoffs: mobility::Pending,
     /// Users and secrets of the cluster store, as the shell reported them.
     cluster: cluster::ClusterUsers,
+    /// Whether usage facts are made ([`Engine::usage_on`]).
+    usage: bool,
     pub stats: Stats,
 }
 
@@ -487,6 +494,7 @@ impl Engine {
             ticket_serial: seed as u32,
             handoffs: mobility::Pending::default(),
             cluster: cluster::ClusterUsers::default(),
+            usage: false,
             stats: Stats::default(),
         }
     }
@@ -553,6 +561,55 @@ impl Engine {
     /// [`Output::LookupUser`] asks for it.
     pub fn cluster_on(&mut self) {
         self.cluster.on = true;
+    }
+
+    /// Make usage facts ([`Output::Usage`]) from now on: an allocation's
+    /// creation, refreshes and end as they happen, its traffic when
+    /// [`Engine::usage_traffic`] asks.
+    pub fn usage_on(&mut self) {
+        self.usage = true;
+    }
+
+    /// A usage fact for every live allocation whose traffic moved since
+    /// its last one: the counts since then.
+    pub fn usage_traffic(&mut self, now: Instant) {
+        if !self.usage {
+            return;
+        }
+        for a in self.allocs.iter_mut().flatten() {
+            if !matches!(a.state, allocation::State::Active) {
+                continue;
+            }
+            let counts = usage::Counts::of(a);
+            let moved = counts.since(&a.usage_reported);
+            if moved.is_zero() {
+                continue;
+            }
+            a.usage_reported = counts;
+            self.out.push_back(Output::Usage(Box::new(usage::Usage {
+                serial: a.serial,
+                user: a.username.clone(),
+                client: a.client,
+                age: now.saturating_duration_since(a.created),
+                fact: usage::Fact::Traffic(moved),
+            })));
+        }
+    }
+
+    /// Queue a usage fact of allocation `id`, if they are on.
+    fn usage_fact(&mut self, id: AllocId, now: Instant, fact: usage::Fact) {
+        if !self.usage {
+            return;
+        }
+        let Some(a) = self.allocation(id) else { return };
+        let u = usage::Usage {
+            serial: a.serial,
+            user: a.username.clone(),
+            client: a.client,
+            age: now.saturating_duration_since(a.created),
+            fact,
+        };
+        self.out.push_back(Output::Usage(Box::new(u)));
     }
 
     /// The store's answer for `name`: its credential (a password or keys,
@@ -845,8 +902,19 @@ impl Engine {
         };
         a.report_end(id, &mut self.out);
         if matches!(a.state, allocation::State::Active) {
-            let lived = now.saturating_duration_since(a.created).as_secs();
-            self.stats.session_seconds.observe(lived);
+            let lived = now.saturating_duration_since(a.created);
+            self.stats.session_seconds.observe(lived.as_secs());
+            if self.usage {
+                let total = usage::Counts::of(&a);
+                let last = total.since(&a.usage_reported);
+                self.out.push_back(Output::Usage(Box::new(usage::Usage {
+                    serial: a.serial,
+                    user: a.username,
+                    client: a.client,
+                    age: lived,
+                    fact: usage::Fact::Deleted { last, total },
+                })));
+            }
         }
         self.by_client.remove(&a.client);
         self.release_port(a.relay, a.port);

@@ -130,6 +130,7 @@ impl Engine {
             self.stats.rate_limited += 1;
             return None;
         }
+        a.framed(Direction::ToPeer, m.raw.len());
         self.stats
             .traffic(Direction::ToPeer, Transport::of(client.via))
             .add(end - start);

@@ -118,6 +118,8 @@ pub struct ServerState {
     /// Revocations this server applied (its operator's, or another
     /// node's), for the metrics.
     revocations_applied: AtomicU64,
+    /// The last allocation number given ([`ServerState::next_serial`]).
+    serial: AtomicU64,
     /// Relay ports held in all.
     total: AtomicU32,
     /// Relay ports that hold a live allocation, by family (IPv4, IPv6):
@@ -150,11 +152,18 @@ impl ServerState {
             remote: Mutex::default(),
             revoked: Mutex::default(),
             revocations_applied: AtomicU64::new(0),
+            serial: AtomicU64::new(0),
             total: AtomicU32::new(0),
             live: [words(), words()],
             limiter: SourceLimiter::new(key),
             ports: PortPool::default(),
         }
+    }
+
+    /// A number for a new allocation, unique among every engine of this
+    /// server (usage facts name allocations by it).
+    pub fn next_serial(&self) -> u64 {
+        self.serial.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Hold `port` of `relay` (of the IPv6 family if `v6`) for `token`,

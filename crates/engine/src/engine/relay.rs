@@ -72,6 +72,9 @@ impl Engine {
                 channel_data::data_indication_in_place(buf, start, end, peer.0, txid)
             }
         };
+        if let Some(a) = self.allocs[id.0 as usize].as_mut() {
+            a.framed(Direction::ToClient, e - s);
+        }
         Some(ToClient {
             client,
             start: s,

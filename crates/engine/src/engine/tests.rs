@@ -20,6 +20,7 @@ mod discovery;
 mod grants;
 mod mobility;
 mod pool;
+mod usage;
 
 const REALM: &str = "example.org";
 const UNIX0: u64 = 1_800_000_000;
@@ -66,6 +67,8 @@ struct T {
     opened: Vec<SocketAddr>,
     /// Moves to other engines (RFC 8016), in order (see `mobility.rs`).
     handoffs: Vec<crate::engine::mobility::Handoff>,
+    /// Usage facts drained with the answers, in order (see `usage.rs`).
+    usage: Vec<super::usage::Usage>,
 }
 
 fn client(port: u16) -> ClientAddr {
@@ -110,6 +113,7 @@ impl T {
             grants: Vec::new(),
             opened: Vec::new(),
             handoffs: Vec::new(),
+            usage: Vec::new(),
         };
         // Learn a nonce the way a client does: an unauthenticated Allocate.
         let r = t.send(client(1), &Req::new(METHOD_ALLOCATE).transport(17).bytes());
@@ -139,6 +143,7 @@ impl T {
                 Output::CloseRelay { .. } | Output::LookupUser { .. } => {}
                 Output::Grant(g) => self.grants.push(g),
                 Output::Handoff(h) => self.handoffs.push(*h),
+                Output::Usage(u) => self.usage.push(*u),
             }
         }
         out
@@ -1805,6 +1810,7 @@ fn a_failed_ipv6_bind_retries_then_gives_up_cleanly() {
             Some(Output::Grant(g)) => panic!("nothing was granted: {g:?}"),
             Some(Output::LookupUser { name }) => panic!("no store to ask for {name}"),
             Some(Output::Handoff(h)) => panic!("nothing moves: {h:?}"),
+            Some(Output::Usage(u)) => panic!("usage facts are off: {u:?}"),
             None => break,
         }
     }
@@ -2224,7 +2230,8 @@ fn error_counters_match_the_answers_sent() {
                 Output::CloseRelay { .. }
                 | Output::Grant(_)
                 | Output::LookupUser { .. }
-                | Output::Handoff(_) => {}
+                | Output::Handoff(_)
+                | Output::Usage(_) => {}
             }
         }
     };

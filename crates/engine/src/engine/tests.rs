@@ -19,6 +19,7 @@ mod cluster;
 mod discovery;
 mod grants;
 mod pool;
+mod spread;
 
 const REALM: &str = "example.org";
 const UNIX0: u64 = 1_800_000_000;

@@ -53,6 +53,7 @@ use crate::auth::{StaticUser, parse_key_hex};
 use crate::config::{Config, MAX_SECRETS};
 use crate::io::Control;
 
+pub mod load;
 mod nodes;
 
 use nodes::{Event, Peers, Sum};

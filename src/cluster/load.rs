@@ -23,7 +23,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::engine::spread::{Target, Targets};
+use crate::engine::ServerState;
+use crate::engine::ports::Relay;
+use crate::engine::spread::{Spread, Target, Targets};
 use crate::engine::stats::Transport;
 
 /// The shortest time between two publications of a changed load; a change
@@ -270,6 +272,132 @@ impl Loads {
             targets.set(v6, Transport::ALL[i], Some(target));
         }
         targets
+    }
+}
+
+/// This node's side of load spreading: what it publishes of itself, what
+/// it heard of the others, and what it last handed its engines.
+pub struct Spreading {
+    pub loads: Loads,
+    /// The engines' settings; `targets` as last handed over.
+    engines: Spread,
+    advertise: Vec<String>,
+    tls_name: Option<String>,
+    relays: usize,
+    /// What was last published, and when.
+    published: Option<(Advert, Instant)>,
+}
+
+impl Spreading {
+    pub fn new(config: &crate::config::Config, expiry: Duration) -> Option<Spreading> {
+        let c = config.restart.cluster.as_ref()?;
+        let relay = &config.restart.relay;
+        let range = (u32::from(relay.ports.1 - relay.ports.0) + 1) * relay.count() as u32;
+        let above = c.redirect_above.map(|t| t.0);
+        Some(Spreading {
+            loads: Loads::new(&c.node, expiry, above),
+            engines: Spread {
+                above,
+                capacity: config.live.limits.total_allocations,
+                range,
+                targets: Targets::default(),
+            },
+            advertise: c.advertise.iter().map(ToString::to_string).collect(),
+            tls_name: c.advertise_tls_name.clone(),
+            relays: relay.count().min(crate::engine::ports::MAX_RELAYS),
+            published: None,
+        })
+    }
+
+    /// This node's load now, from the counters every engine shares.
+    pub fn advert(&self, shared: &ServerState, draining: bool) -> Advert {
+        let held = shared.total();
+        let free: usize = (0..self.relays)
+            .map(|i| shared.ports.free(Relay(i as u8)))
+            .sum();
+        let e = &self.engines;
+        Advert {
+            allocations: held,
+            free_ports: free as u64,
+            load: crate::engine::spread::load(held, e.capacity, free, e.range),
+            draining,
+            advertise: self.advertise.clone(),
+            tls_name: self.tls_name.clone(),
+        }
+    }
+
+    /// The advert to publish now, if any: at every heartbeat (`beat`), and
+    /// when the load changed, at most every [`PUBLISH_GAP`].
+    pub fn due(
+        &mut self,
+        shared: &ServerState,
+        draining: bool,
+        beat: bool,
+        now: Instant,
+    ) -> Option<String> {
+        let advert = self.advert(shared, draining);
+        if !beat
+            && let Some((last, at)) = &self.published
+            && (*last == advert || now.duration_since(*at) < PUBLISH_GAP)
+        {
+            return None;
+        }
+        let json = advert.json();
+        self.published = Some((advert, now));
+        Some(json)
+    }
+
+    /// Hand the engines the current choice of targets, if it changed.
+    pub fn refresh(&mut self, control: &crate::io::Control, now: Instant) {
+        self.loads.expire(now);
+        let targets = self.loads.targets(now);
+        if targets != self.engines.targets {
+            self.engines.targets = targets;
+            control.spread(&self.engines);
+        }
+    }
+
+    /// The engines' settings as they have them.
+    pub fn engines(&self) -> &Spread {
+        &self.engines
+    }
+}
+
+/// Read the load rows of every other node in the `nodes` set (at most
+/// [`super::nodes::MAX_NODES`]) with their time to live; what was read
+/// goes to `done` (nothing on an error: the next heartbeat tries again).
+pub async fn read_loads(
+    mut conn: redis::aio::MultiplexedConnection,
+    keys: super::nodes::Keys,
+    node: String,
+    done: tokio::sync::mpsc::UnboundedSender<Vec<(String, Advert, Duration)>>,
+) {
+    let read = async {
+        let names: Vec<String> = redis::AsyncCommands::zrevrange(
+            &mut conn,
+            keys.nodes(),
+            0,
+            super::nodes::MAX_NODES as isize - 1,
+        )
+        .await?;
+        let names: Vec<String> = names.into_iter().filter(|n| *n != node).collect();
+        let mut pipe = redis::pipe();
+        for n in &names {
+            pipe.get(keys.load(n)).pttl(keys.load(n));
+        }
+        let values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut rows = Vec::new();
+        for (n, pair) in names.into_iter().zip(values.chunks(2)) {
+            let text: Option<String> = redis::from_redis_value_ref(&pair[0])?;
+            let ttl: i64 = redis::from_redis_value_ref(&pair[1])?;
+            if let (Some(advert), true) = (text.as_deref().and_then(Advert::read), ttl > 0) {
+                rows.push((n, advert, Duration::from_millis(ttl as u64)));
+            }
+        }
+        redis::RedisResult::Ok(rows)
+    };
+    if let Ok(Ok(rows)) = tokio::time::timeout(super::COMMAND_TIMEOUT, read).await {
+        let _ = done.send(rows);
     }
 }
 

@@ -117,6 +117,8 @@ pub struct Status {
     session_reads: OnceLock<mpsc::Sender<SessionsWanted>>,
     /// This node's name.
     node: OnceLock<String>,
+    /// The node drains: it takes no new allocations, and says so.
+    draining: AtomicBool,
 }
 
 /// The admin API's ask for the other nodes' sessions: the answer goes here.
@@ -195,6 +197,11 @@ impl Status {
         self.nodes.load(Ordering::Relaxed)
     }
 
+    /// The node started draining (see [`crate::io::Control::drain`]).
+    pub fn drained(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     fn set(&self, up: bool) -> bool {
         self.up.swap(up, Ordering::Relaxed)
     }
@@ -241,7 +248,9 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
     let _ = status.node.set(c.node.clone());
     control.shared().track_changes();
     status.nodes.store(1, Ordering::Relaxed);
+    let spreading = load::Spreading::new(config, c.heartbeat * nodes::EXPIRY_BEATS)?;
     let task = Task {
+        spreading,
         node: c.node.clone(),
         heartbeat: c.heartbeat,
         cluster_keys: nodes::Keys::new(&config.restart.realm),
@@ -392,6 +401,8 @@ struct Task {
     cluster_keys: nodes::Keys,
     /// The other nodes' per-user counts.
     peers: Peers,
+    /// The loads of every node, and where new Allocates go.
+    spreading: load::Spreading,
     /// Operator actions to publish.
     ops: mpsc::Receiver<Op>,
     /// The admin API's asks for the other nodes' sessions.
@@ -539,6 +550,7 @@ impl Task {
             failed_tx.clone(),
         ));
         let (rows_tx, mut rows_read) = mpsc::unbounded_channel();
+        let (loads_tx, mut loads_read) = mpsc::unbounded_channel();
         // This node's sessions as last written, and their reads.
         let (listed_tx, mut listed) = mpsc::unbounded_channel();
         let mut sessions = SessionSync::default();
@@ -675,6 +687,13 @@ impl Task {
                     }
                 }
                 _ = beat.tick() => {
+                    self.publish_load(true, &writes);
+                    tokio::spawn(load::read_loads(
+                        conn.clone(),
+                        self.cluster_keys.clone(),
+                        self.node.clone(),
+                        loads_tx.clone(),
+                    ));
                     sessions.read(&self.control, true, &listed_tx);
                     let whole = self.control.shared().local_counts();
                     if writes.try_send(Write::Whole(whole)).is_err() {
@@ -688,6 +707,7 @@ impl Task {
                     ));
                 }
                 _ = publish.tick() => {
+                    self.publish_load(false, &writes);
                     let shared = self.control.shared();
                     let write = if rewrite {
                         shared.take_changes();
@@ -721,6 +741,13 @@ impl Task {
                     if writes.try_send(Write::Op(op)).is_err() {
                         tracing::warn!(target: LOG, "cluster writes far behind: an operator action reached this node only");
                     }
+                }
+                Some(loads) = loads_read.recv() => {
+                    let now = std::time::Instant::now();
+                    for (node, advert, ttl) in loads {
+                        self.spreading.loads.heard(&node, advert, Some(ttl), now);
+                    }
+                    self.spreading.refresh(&self.control, now);
                 }
                 Some(rows) = rows_read.recv() => {
                     let now = std::time::Instant::now();
@@ -783,6 +810,12 @@ impl Task {
                 tracing::info!(target: LOG, from = node, user = name, "revocation lifted by another node");
                 shared.unrevoke(name);
             }
+            Event::Load { node, advert } => {
+                if let Some(advert) = load::Advert::read(advert) {
+                    self.spreading.loads.heard(node, advert, None, now);
+                    self.spreading.refresh(&self.control, now);
+                }
+            }
         }
         self.status
             .nodes
@@ -806,8 +839,24 @@ impl Task {
         }
     }
 
+    /// This node's load to the writer: at a heartbeat, or when it changed.
+    fn publish_load(&mut self, beat: bool, writes: &mpsc::Sender<Write>) {
+        let draining = self.status.draining.load(Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        if let Some(json) = self
+            .spreading
+            .due(self.control.shared(), draining, beat, now)
+        {
+            // Dropped when the writer is far behind: the next change or
+            // heartbeat publishes it again.
+            let _ = writes.try_send(Write::Load(json));
+        }
+    }
+
     /// Forget the nodes not heard from within their expiry.
     fn expire_peers(&mut self) {
+        self.spreading
+            .refresh(&self.control, std::time::Instant::now());
         let sums = self.peers.expire(std::time::Instant::now());
         if !sums.is_empty() {
             tracing::info!(target: LOG, names = sums.len(), "a node's rows expired: its allocations no longer count");
@@ -863,6 +912,8 @@ enum Write {
     Counts(Vec<(String, u32)>),
     /// An operator action: recorded if it lasts, and published.
     Op(Op),
+    /// This node's load (JSON): its row set, and published.
+    Load(String),
     /// Sessions: the hash rewritten whole if `whole`, else these put
     /// (relay → JSON) and those gone.
     Sessions {
@@ -991,6 +1042,15 @@ async fn write_rows(
                         pipe.hdel(keys.revoked(), name).ignore();
                         Event::Unrevoke { node: &node, name }
                     }
+                };
+                pipe.publish(&channel, event.text()).ignore();
+            }
+            Write::Load(json) => {
+                pipe.pset_ex(keys.load(&node), json, expiry.as_millis() as u64)
+                    .ignore();
+                let event = Event::Load {
+                    node: &node,
+                    advert: json,
                 };
                 pipe.publish(&channel, event.text()).ignore();
             }

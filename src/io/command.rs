@@ -43,6 +43,8 @@ pub enum HostCommand {
     ClusterForgetAbsent,
     /// The store's REST secrets.
     ClusterSecrets(Vec<String>),
+    /// Where new Allocates go while draining or loaded (load spreading).
+    Spread(Box<crate::engine::spread::Spread>),
 }
 
 /// What one worker reports.
@@ -123,6 +125,7 @@ impl HostCommand {
             HostCommand::ClusterForget(name) => engine.cluster_forget(name.as_deref()),
             HostCommand::ClusterForgetAbsent => engine.cluster_forget_absent(),
             HostCommand::ClusterSecrets(secrets) => engine.cluster_secrets(&secrets),
+            HostCommand::Spread(spread) => engine.set_spread(*spread),
         }
     }
 }

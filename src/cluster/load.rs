@@ -363,41 +363,30 @@ impl Spreading {
     }
 }
 
-/// Read the load rows of every other node in the `nodes` set (at most
-/// [`super::nodes::MAX_NODES`]) with their time to live; what was read
-/// goes to `done` (nothing on an error: the next heartbeat tries again).
+/// Read the load rows of every other node with their time to live; what
+/// was read goes to `done` (nothing on an error: the next heartbeat tries
+/// again). A row that is no [`Advert`] is left out.
 pub async fn read_loads(
     mut conn: redis::aio::MultiplexedConnection,
     keys: super::nodes::Keys,
     node: String,
     done: tokio::sync::mpsc::UnboundedSender<Vec<(String, Advert, Duration)>>,
 ) {
-    let read = async {
-        let names: Vec<String> = redis::AsyncCommands::zrevrange(
-            &mut conn,
-            keys.nodes(),
-            0,
-            super::nodes::MAX_NODES as isize - 1,
-        )
-        .await?;
-        let names: Vec<String> = names.into_iter().filter(|n| *n != node).collect();
-        let mut pipe = redis::pipe();
-        for n in &names {
-            pipe.get(keys.load(n)).pttl(keys.load(n));
-        }
-        let values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let mut rows = Vec::new();
-        for (n, pair) in names.into_iter().zip(values.chunks(2)) {
-            let text: Option<String> = redis::from_redis_value_ref(&pair[0])?;
-            let ttl: i64 = redis::from_redis_value_ref(&pair[1])?;
-            if let (Some(advert), true) = (text.as_deref().and_then(Advert::read), ttl > 0) {
-                rows.push((n, advert, Duration::from_millis(ttl as u64)));
-            }
-        }
-        redis::RedisResult::Ok(rows)
-    };
+    let read = super::read_others::<Option<String>>(
+        &mut conn,
+        &keys,
+        &node,
+        super::nodes::Keys::load,
+        |p, k| {
+            p.get(k);
+        },
+    );
     if let Ok(Ok(rows)) = tokio::time::timeout(super::COMMAND_TIMEOUT, read).await {
-        let _ = done.send(rows);
+        let adverts = rows
+            .into_iter()
+            .filter_map(|(n, text, ttl)| Some((n, Advert::read(&text?)?, ttl)))
+            .collect();
+        let _ = done.send(adverts);
     }
 }
 

@@ -1165,35 +1165,50 @@ pub fn unix_now() -> u64 {
 /// One other node's hash as read: its name, counts and time to live.
 type Rows = (String, HashMap<String, u32>, Duration);
 
-/// Read every other node's counts (at most [`nodes::MAX_NODES`] nodes);
-/// what was read goes to `done` (nothing on an error: the next heartbeat
-/// tries again, and a lost connection shows in the ping).
+/// Read one row of every other node in the `nodes` set (at most
+/// [`nodes::MAX_NODES`] others): `row(node)`'s key with the command
+/// `read` adds to the pipeline, and the key's time to live. Rows that have
+/// expired (or never were) are left out.
+pub(crate) async fn read_others<T: redis::FromRedisValue>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &nodes::Keys,
+    me: &str,
+    row: impl Fn(&nodes::Keys, &str) -> String,
+    read: impl Fn(&mut redis::Pipeline, String),
+) -> redis::RedisResult<Vec<(String, T, Duration)>> {
+    let names: Vec<String> = conn
+        .zrevrange(keys.nodes(), 0, nodes::MAX_NODES as isize)
+        .await?;
+    let names: Vec<String> = names.into_iter().filter(|n| n != me).collect();
+    let mut pipe = redis::pipe();
+    for n in &names {
+        read(&mut pipe, row(keys, n));
+        pipe.pttl(row(keys, n));
+    }
+    let values: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let mut rows = Vec::new();
+    for (n, pair) in names.into_iter().zip(values.chunks(2)) {
+        let value: T = redis::from_redis_value_ref(&pair[0])?;
+        let ttl: i64 = redis::from_redis_value_ref(&pair[1])?;
+        if ttl > 0 {
+            rows.push((n, value, Duration::from_millis(ttl as u64)));
+        }
+    }
+    Ok(rows)
+}
+
+/// Read every other node's counts; what was read goes to `done` (nothing
+/// on an error: the next heartbeat tries again, and a lost connection
+/// shows in the ping).
 async fn read_rows(
     mut conn: redis::aio::MultiplexedConnection,
     keys: nodes::Keys,
     node: String,
     done: mpsc::UnboundedSender<Vec<Rows>>,
 ) {
-    let read = async {
-        let names: Vec<String> = conn
-            .zrevrange(keys.nodes(), 0, nodes::MAX_NODES as isize)
-            .await?;
-        let names: Vec<String> = names.into_iter().filter(|n| *n != node).collect();
-        let mut pipe = redis::pipe();
-        for n in &names {
-            pipe.hgetall(keys.quota(n)).pttl(keys.quota(n));
-        }
-        let values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let mut rows = Vec::new();
-        for (n, pair) in names.into_iter().zip(values.chunks(2)) {
-            let counts: HashMap<String, u32> = redis::from_redis_value_ref(&pair[0])?;
-            let ttl: i64 = redis::from_redis_value_ref(&pair[1])?;
-            if ttl > 0 {
-                rows.push((n, counts, Duration::from_millis(ttl as u64)));
-            }
-        }
-        redis::RedisResult::Ok(rows)
-    };
+    let read = read_others(&mut conn, &keys, &node, nodes::Keys::quota, |p, k| {
+        p.hgetall(k);
+    });
     if let Ok(Ok(rows)) = tokio::time::timeout(COMMAND_TIMEOUT, read).await {
         let _ = done.send(rows);
     }

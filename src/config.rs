@@ -435,6 +435,11 @@ pub struct Cluster {
     /// `cluster.usage_stream_max`: the length the usage stream is trimmed
     /// to (about: Redis trims whole nodes).
     pub usage_stream_max: u64,
+    /// Load spreading: `cluster.advertise` (or what the listeners give),
+    /// `advertise_tls_name` and `redirect_above`.
+    pub advertise: Vec<crate::cluster::load::Advertised>,
+    pub advertise_tls_name: Option<String>,
+    pub redirect_above: Option<crate::cluster::load::Threshold>,
 }
 
 impl fmt::Debug for Cluster {
@@ -449,6 +454,9 @@ impl fmt::Debug for Cluster {
             .field("node", &self.node)
             .field("heartbeat", &self.heartbeat)
             .field("usage_stream_max", &self.usage_stream_max)
+            .field("advertise", &self.advertise)
+            .field("advertise_tls_name", &self.advertise_tls_name)
+            .field("redirect_above", &self.redirect_above)
             .finish()
     }
 }
@@ -810,6 +818,13 @@ from_string! {
     }
 }
 
+from_string! {
+    /// One `cluster.advertise` entry: `udp:IP:PORT`, `tcp:…` or `tls:…`.
+    #[derive(Debug)]
+    AdvertiseEntry(crate::cluster::load::Advertised),
+    |v| crate::cluster::load::Advertised::parse(&v)
+}
+
 impl fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         Redacted.fmt(f)
@@ -987,6 +1002,10 @@ struct RawCluster {
     heartbeat: u32,
     #[serde(default = "default_usage_stream_max")]
     usage_stream_max: u32,
+    #[serde(default)]
+    advertise: Vec<AdvertiseEntry>,
+    advertise_tls_name: Option<DomainName>,
+    redirect_above: Option<f64>,
 }
 
 /// `cluster.heartbeat`'s default, seconds.
@@ -1401,6 +1420,7 @@ impl RawConfig {
                 100_000_000,
                 " entries",
             )?;
+            self.check_spread(c)?;
         }
         let d = &self.demo;
         between("demo.idle_timeout", d.idle_timeout, 1, 3600, " seconds")?;
@@ -1447,6 +1467,51 @@ impl RawConfig {
 
     /// At least one entry; a TLS entry has a certificate and key, others
     /// none.
+    /// `cluster.advertise`, `advertise_tls_name` and `redirect_above`.
+    fn check_spread(&self, c: &RawCluster) -> Result<(), Refusal> {
+        use crate::cluster::load;
+        if let Some(r) = c.redirect_above
+            && !(r > 0.0 && r <= 1.0)
+        {
+            return refuse(
+                "cluster.redirect_above",
+                "must be above 0 and at most 1 (a load fraction)",
+            );
+        }
+        let listed: Vec<load::Advertised> = c.advertise.iter().map(|a| a.0).collect();
+        // One per family and transport: at most [`load::MAX_ADVERTISED`].
+        if let Some(d) = load::duplicate(&listed) {
+            return refuse(
+                "cluster.advertise",
+                format!("{d}: a second entry of its transport and family"),
+            );
+        }
+        let derivable = self
+            .listen
+            .iter()
+            .all(|l| !l.turn || (!l.address.0.ip().is_unspecified() && !l.proxy_protocol));
+        if listed.is_empty() && c.redirect_above.is_some() && !derivable {
+            return refuse(
+                "cluster.advertise",
+                "required with cluster.redirect_above when a TURN [[listen]] address is 0.0.0.0, :: or behind a PROXY protocol balancer: the TRANSPORT:IP:PORT other nodes send clients to",
+            );
+        }
+        let tls = !listed.is_empty()
+            && listed
+                .iter()
+                .any(|a| a.transport == crate::engine::stats::Transport::Tls);
+        let tls_listener = listed.is_empty()
+            && derivable
+            && self.listen.iter().any(|l| l.turn && l.transports.tls);
+        if c.advertise_tls_name.is_some() && !tls && !tls_listener {
+            return refuse(
+                "cluster.advertise_tls_name",
+                "needs a tls: entry in cluster.advertise (or a TLS [[listen]] entry)",
+            );
+        }
+        Ok(())
+    }
+
     fn check_listen(&self) -> Result<(), Refusal> {
         if self.listen.is_empty() {
             return refuse("listen", "at least one [[listen]] entry is needed");
@@ -1900,6 +1965,7 @@ impl RawConfig {
             })
             .collect();
         refuse_bundled_credentials(&listen, &secrets, &users, &self.realm)?;
+        let derived_advertise = crate::cluster::load::from_listeners(&listen);
         let tls = (self.listen.iter().enumerate())
             .filter_map(|(i, l)| match (&l.cert, &l.key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
@@ -1975,6 +2041,12 @@ impl RawConfig {
                 node: c.node.map_or_else(host_name, |n| n.0),
                 heartbeat: std::time::Duration::from_secs(c.heartbeat.into()),
                 usage_stream_max: c.usage_stream_max.into(),
+                advertise: match c.advertise.is_empty() {
+                    true => derived_advertise,
+                    false => c.advertise.into_iter().map(|a| a.0).collect(),
+                },
+                advertise_tls_name: c.advertise_tls_name.map(|d| d.0),
+                redirect_above: c.redirect_above.map(crate::cluster::load::Threshold),
             }),
             nat_behaviour,
         };

@@ -586,6 +586,29 @@ pub const KEYS: &[Key] = &[
         doc: "Entries kept in the usage stream `ferroturn/realm/REALM/usage` (every node's allocation events with node, duration and traffic; README \"Usage events\"), 10–100000000: each write trims it to about this many (Redis trims whole nodes of `stream-node-max-entries` entries, 100 by default, so up to that many more stay). Needs a restart.",
     },
     Key {
+        section: "cluster",
+        name: "advertise",
+        kind: "array of strings",
+        default: Unset(
+            "each TURN `[[listen]]` entry on a specific address (not `0.0.0.0`, `::` or a PROXY protocol listener), per transport",
+        ),
+        doc: "Where other nodes send this node's share of clients (300 Try Alternate, ALTERNATE-SERVER): `TRANSPORT:IP:PORT` entries, `udp:203.0.113.5:3478`, `tcp:[2001:db8::5]:3478`, `tls:203.0.113.5:5349`, at most one per transport and family; a client is only sent to an address of its own family and transport. Required with `redirect_above` when a listener cannot give it. Needs a restart.",
+    },
+    Key {
+        section: "cluster",
+        name: "advertise_tls_name",
+        kind: "string",
+        default: Unset("none: TLS clients check the name they used"),
+        doc: "The DNS name this node's TLS certificate carries, sent with its `tls:` address as ALTERNATE-DOMAIN (RFC 8489 §14.16) to TLS clients another node redirects here. Needs a restart.",
+    },
+    Key {
+        section: "cluster",
+        name: "redirect_above",
+        kind: "float",
+        default: Unset("never on load; a draining node still redirects"),
+        doc: "A load fraction in (0, 1]: while this node's load (the larger of its allocations ÷ `limits.total_allocations` and the share of relay ports in use) is above it, a new Allocate is answered 300 Try Alternate with the least-loaded other node that is live, not draining and below this; with no such node it is served here. Needs a restart.",
+    },
+    Key {
         section: "nat_behaviour",
         name: "listen",
         kind: "string",

@@ -359,6 +359,12 @@ pub fn render(report: &WorkerReport) -> String {
             "Cluster nodes this one has heard from within their expiry (3 heartbeats), itself included; absent without [cluster].",
             nodes,
         );
+        o.single(
+            "redirects_total",
+            "counter",
+            "New Allocates sent to another cluster node (300 Try Alternate) because this node drains or is loaded above cluster.redirect_above; absent without [cluster].",
+            s.redirects,
+        );
     }
 
     // Session durations.
@@ -424,6 +430,8 @@ mod tests {
         let c = render(&r);
         assert_eq!(value(&c, "ferroturn_cluster_nodes"), Some(3));
         assert_eq!(value(&c, "ferroturn_revocations_applied_total"), Some(2));
+        assert_eq!(value(&c, "ferroturn_redirects_total"), Some(0));
+        assert_eq!(value(&t, "ferroturn_redirects_total"), None);
 
         assert_eq!(value(&t, "ferroturn_allocations_active"), Some(3));
         assert_eq!(value(&t, "ferroturn_relay_ports_free"), Some(97));

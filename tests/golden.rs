@@ -516,6 +516,10 @@ fn hand_cases(f: &Files) -> Vec<Case> {
     let sha = |user: &str| key_hex(&AuthKey::sha256(user, "example.org", "pw"));
     let alice_md5 = key_hex(&AuthKey::md5("alice", "example.org", "wonderland"));
     let alice_sha = key_hex(&AuthKey::sha256("alice", "example.org", "wonderland"));
+    let spread = || {
+        b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"")
+            .set("cluster", "redirect_above", "0.8")
+    };
     let tls = || {
         b().set("listen", "transports", "[\"tls\"]")
             .set("listen", "cert", "\"/etc/ferroturn/cert.pem\"")
@@ -610,6 +614,19 @@ fn hand_cases(f: &Files) -> Vec<Case> {
         (
             "cluster.usage_stream_max: 9",
             b().set("cluster", "redis", "\"redis://127.0.0.1:6379\"").set("cluster", "usage_stream_max", "9"),
+        ),
+        ("cluster.redirect_above: 0", spread().set("cluster", "redirect_above", "0.0")),
+        ("cluster.redirect_above: 1.5", spread().set("cluster", "redirect_above", "1.5")),
+        ("cluster.advertise: unspecified address", spread().set("cluster", "advertise", "[\"udp:0.0.0.0:3478\"]")),
+        ("cluster.advertise: no transport", spread().set("cluster", "advertise", "[\"203.0.113.5:3478\"]")),
+        (
+            "cluster.advertise: two udp entries of IPv4",
+            spread().set("cluster", "advertise", "[\"udp:203.0.113.5:3478\", \"udp:203.0.113.6:3478\"]"),
+        ),
+        ("cluster.advertise: missing with a listener on 0.0.0.0", spread().set("listen", "address", "\"0.0.0.0:3478\"")),
+        (
+            "cluster.advertise_tls_name: without a tls entry",
+            spread().set("cluster", "advertise", "[\"udp:203.0.113.5:3478\"]").set("cluster", "advertise_tls_name", "\"turn1.example.org\""),
         ),
         ("admin.socket: 108 bytes", b().set("admin", "socket", &q(&format!("/{}", "s".repeat(107))))),
         ("nat_behaviour: no UDP listener of the family", nat("\"::2\"", "3479")),
@@ -770,6 +787,13 @@ fn hand_cases(f: &Files) -> Vec<Case> {
         ("log.level a bare word (taken as a target)", b().set("log", "level", "\"loud\"")),
         ("metrics.hosts an IPv4-looking name", b().set("metrics", "hosts", "[\"1.2.3.4\", \"Turn-1.Example.ORG\"]")),
         ("[admin] empty", b().table("admin", &[])),
+        ("cluster.redirect_above with advertise from the listeners", spread()),
+        (
+            "cluster.advertise with a TLS name",
+            spread()
+                .set("cluster", "advertise", "[\"udp:203.0.113.5:3478\", \"udp:[2001:db8::5]:3478\", \"tls:203.0.113.5:5349\"]")
+                .set("cluster", "advertise_tls_name", "\"turn1.example.org\""),
+        ),
         ("admin.socket 107 bytes", b().set("admin", "socket", &q(&format!("/{}", "s".repeat(106))))),
     ];
     cases.extend(
@@ -806,6 +830,7 @@ fn generated_cases() -> Vec<Case> {
                 ("a float", "1.5"),
             ],
             "boolean" => &[("a string", "\"yes\"")],
+            "float" => &[("a string", "\"0.5\""), ("a boolean", "true")],
             "array of strings" => &[("a string", "\"x\""), ("an integer item", "[1]")],
             "string or array of strings" => &[("an integer", "1"), ("an integer item", "[1]")],
             "table" => &[("an integer", "1")],

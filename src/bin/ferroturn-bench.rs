@@ -50,7 +50,8 @@ struct Opts {
     /// Which to run, comma-separated: forwarder,coturn,ferroturn (its
     /// defaults) and its variants ferroturn-normal and ferroturn-batch
     /// (`udp_scheduling = "normal"`, `"batch"`) and ferroturn-dedicated
-    /// (`udp_threads = "dedicated"`).
+    /// (`udp_threads = "dedicated"`), and ferroturn-cluster (with
+    /// `[cluster]`, on a redis-server the bench starts).
     #[arg(long, default_value = "forwarder,coturn,ferroturn,ferroturn-normal")]
     servers: String,
     /// Which tests, comma-separated: ceiling,mem,ctl,tput,lat,cpu,msgcost
@@ -197,6 +198,16 @@ fn main() {
         eprintln!("no turnserver: `apt-get install coturn` (or pass --turnserver)");
         std::process::exit(2);
     }
+    let redis = match need(Kind::FerroturnCluster) {
+        true => match servers::RedisServer::start() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        },
+        false => None,
+    };
     let dir = std::env::temp_dir().join(format!("ferroturn-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let paths = Paths {
@@ -204,6 +215,7 @@ fn main() {
         me,
         dir: dir.clone(),
         ferroturn_workers: o.ferroturn_workers,
+        redis: redis.as_ref().map(|r| r.url.clone()),
     };
     let nofile = net::raise_nofile();
     if nofile < plan.hold as u64 + 256 {
@@ -867,11 +879,7 @@ fn report(
             continue;
         }
         variants.push(d);
-        let _ = writeln!(
-            s,
-            "\n{base} with `[server] {}`:\n",
-            t.kind.server_keys().trim()
-        );
+        let _ = writeln!(s, "\n{base} with {}:\n", t.kind.setting());
         let _ = writeln!(
             s,
             "| metric | {d} | / forwarder | / coturn | / {base} |\n|---|---|---|---|---|"

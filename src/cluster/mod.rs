@@ -56,6 +56,7 @@ use crate::auth::{StaticUser, parse_key_hex};
 use crate::config::{Config, MAX_SECRETS};
 use crate::io::Control;
 
+pub mod load;
 mod nodes;
 pub mod usage;
 
@@ -122,6 +123,8 @@ pub struct Status {
     node: OnceLock<String>,
     /// What became of the usage facts.
     usage: usage::Counters,
+    /// The node drains: it takes no new allocations, and says so.
+    draining: AtomicBool,
 }
 
 /// The admin API's ask for the other nodes' sessions: the answer goes here.
@@ -205,6 +208,11 @@ impl Status {
         self.nodes.load(Ordering::Relaxed)
     }
 
+    /// The node started draining (see [`crate::io::Control::drain`]).
+    pub fn drained(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     fn set(&self, up: bool) -> bool {
         self.up.swap(up, Ordering::Relaxed)
     }
@@ -260,7 +268,9 @@ pub fn start(config: &Config, control: &Control) -> Option<Cluster> {
         c.heartbeat,
         c.usage_stream_max,
     );
+    let spreading = load::Spreading::new(config, c.heartbeat * nodes::EXPIRY_BEATS)?;
     let task = Task {
+        spreading,
         node: c.node.clone(),
         heartbeat: c.heartbeat,
         cluster_keys: nodes::Keys::new(&config.restart.realm),
@@ -411,6 +421,8 @@ struct Task {
     cluster_keys: nodes::Keys,
     /// The other nodes' per-user counts.
     peers: Peers,
+    /// The loads of every node, and where new Allocates go.
+    spreading: load::Spreading,
     /// Operator actions to publish.
     ops: mpsc::Receiver<Op>,
     /// The admin API's asks for the other nodes' sessions.
@@ -558,6 +570,7 @@ impl Task {
             failed_tx.clone(),
         ));
         let (rows_tx, mut rows_read) = mpsc::unbounded_channel();
+        let (loads_tx, mut loads_read) = mpsc::unbounded_channel();
         // This node's sessions as last written, and their reads.
         let (listed_tx, mut listed) = mpsc::unbounded_channel();
         let mut sessions = SessionSync::default();
@@ -694,6 +707,13 @@ impl Task {
                     }
                 }
                 _ = beat.tick() => {
+                    self.publish_load(true, &writes);
+                    tokio::spawn(load::read_loads(
+                        conn.clone(),
+                        self.cluster_keys.clone(),
+                        self.node.clone(),
+                        loads_tx.clone(),
+                    ));
                     sessions.read(&self.control, true, &listed_tx);
                     let whole = self.control.shared().local_counts();
                     if writes.try_send(Write::Whole(whole)).is_err() {
@@ -707,6 +727,7 @@ impl Task {
                     ));
                 }
                 _ = publish.tick() => {
+                    self.publish_load(false, &writes);
                     let shared = self.control.shared();
                     let write = if rewrite {
                         shared.take_changes();
@@ -740,6 +761,13 @@ impl Task {
                     if writes.try_send(Write::Op(op)).is_err() {
                         tracing::warn!(target: LOG, "cluster writes far behind: an operator action reached this node only");
                     }
+                }
+                Some(loads) = loads_read.recv() => {
+                    let now = std::time::Instant::now();
+                    for (node, advert, ttl) in loads {
+                        self.spreading.loads.heard(&node, advert, Some(ttl), now);
+                    }
+                    self.spreading.refresh(&self.control, now);
                 }
                 Some(rows) = rows_read.recv() => {
                     let now = std::time::Instant::now();
@@ -802,6 +830,12 @@ impl Task {
                 tracing::info!(target: LOG, from = node, user = name, "revocation lifted by another node");
                 shared.unrevoke(name);
             }
+            Event::Load { node, advert } => {
+                if let Some(advert) = load::Advert::read(advert) {
+                    self.spreading.loads.heard(node, advert, None, now);
+                    self.spreading.refresh(&self.control, now);
+                }
+            }
         }
         self.status
             .nodes
@@ -825,8 +859,24 @@ impl Task {
         }
     }
 
+    /// This node's load to the writer: at a heartbeat, or when it changed.
+    fn publish_load(&mut self, beat: bool, writes: &mpsc::Sender<Write>) {
+        let draining = self.status.draining.load(Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        if let Some(json) = self
+            .spreading
+            .due(self.control.shared(), draining, beat, now)
+        {
+            // Dropped when the writer is far behind: the next change or
+            // heartbeat publishes it again.
+            let _ = writes.try_send(Write::Load(json));
+        }
+    }
+
     /// Forget the nodes not heard from within their expiry.
     fn expire_peers(&mut self) {
+        self.spreading
+            .refresh(&self.control, std::time::Instant::now());
         let sums = self.peers.expire(std::time::Instant::now());
         if !sums.is_empty() {
             tracing::info!(target: LOG, names = sums.len(), "a node's rows expired: its allocations no longer count");
@@ -882,6 +932,8 @@ enum Write {
     Counts(Vec<(String, u32)>),
     /// An operator action: recorded if it lasts, and published.
     Op(Op),
+    /// This node's load (JSON): its row set, and published.
+    Load(String),
     /// Sessions: the hash rewritten whole if `whole`, else these put
     /// (relay → JSON) and those gone.
     Sessions {
@@ -1013,6 +1065,15 @@ async fn write_rows(
                 };
                 pipe.publish(&channel, event.text()).ignore();
             }
+            Write::Load(json) => {
+                pipe.pset_ex(keys.load(&node), json, expiry.as_millis() as u64)
+                    .ignore();
+                let event = Event::Load {
+                    node: &node,
+                    advert: json,
+                };
+                pipe.publish(&channel, event.text()).ignore();
+            }
             Write::Sessions { whole, put, gone } => {
                 let key = keys.sessions(&node);
                 if *whole {
@@ -1124,35 +1185,50 @@ pub fn unix_now() -> u64 {
 /// One other node's hash as read: its name, counts and time to live.
 type Rows = (String, HashMap<String, u32>, Duration);
 
-/// Read every other node's counts (at most [`nodes::MAX_NODES`] nodes);
-/// what was read goes to `done` (nothing on an error: the next heartbeat
-/// tries again, and a lost connection shows in the ping).
+/// Read one row of every other node in the `nodes` set (at most
+/// [`nodes::MAX_NODES`] others): `row(node)`'s key with the command
+/// `read` adds to the pipeline, and the key's time to live. Rows that have
+/// expired (or never were) are left out.
+pub(crate) async fn read_others<T: redis::FromRedisValue>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &nodes::Keys,
+    me: &str,
+    row: impl Fn(&nodes::Keys, &str) -> String,
+    read: impl Fn(&mut redis::Pipeline, String),
+) -> redis::RedisResult<Vec<(String, T, Duration)>> {
+    let names: Vec<String> = conn
+        .zrevrange(keys.nodes(), 0, nodes::MAX_NODES as isize)
+        .await?;
+    let names: Vec<String> = names.into_iter().filter(|n| n != me).collect();
+    let mut pipe = redis::pipe();
+    for n in &names {
+        read(&mut pipe, row(keys, n));
+        pipe.pttl(row(keys, n));
+    }
+    let values: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let mut rows = Vec::new();
+    for (n, pair) in names.into_iter().zip(values.chunks(2)) {
+        let value: T = redis::from_redis_value_ref(&pair[0])?;
+        let ttl: i64 = redis::from_redis_value_ref(&pair[1])?;
+        if ttl > 0 {
+            rows.push((n, value, Duration::from_millis(ttl as u64)));
+        }
+    }
+    Ok(rows)
+}
+
+/// Read every other node's counts; what was read goes to `done` (nothing
+/// on an error: the next heartbeat tries again, and a lost connection
+/// shows in the ping).
 async fn read_rows(
     mut conn: redis::aio::MultiplexedConnection,
     keys: nodes::Keys,
     node: String,
     done: mpsc::UnboundedSender<Vec<Rows>>,
 ) {
-    let read = async {
-        let names: Vec<String> = conn
-            .zrevrange(keys.nodes(), 0, nodes::MAX_NODES as isize)
-            .await?;
-        let names: Vec<String> = names.into_iter().filter(|n| *n != node).collect();
-        let mut pipe = redis::pipe();
-        for n in &names {
-            pipe.hgetall(keys.quota(n)).pttl(keys.quota(n));
-        }
-        let values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let mut rows = Vec::new();
-        for (n, pair) in names.into_iter().zip(values.chunks(2)) {
-            let counts: HashMap<String, u32> = redis::from_redis_value_ref(&pair[0])?;
-            let ttl: i64 = redis::from_redis_value_ref(&pair[1])?;
-            if ttl > 0 {
-                rows.push((n, counts, Duration::from_millis(ttl as u64)));
-            }
-        }
-        redis::RedisResult::Ok(rows)
-    };
+    let read = read_others(&mut conn, &keys, &node, nodes::Keys::quota, |p, k| {
+        p.hgetall(k);
+    });
     if let Ok(Ok(rows)) = tokio::time::timeout(COMMAND_TIMEOUT, read).await {
         let _ = done.send(rows);
     }

@@ -70,6 +70,12 @@ impl Keys {
         format!("{}revoked", self.prefix)
     }
 
+    /// `node`'s load and the addresses it takes clients at (JSON, see
+    /// [`super::load::Advert`]).
+    pub fn load(&self, node: &str) -> String {
+        format!("{}node/{node}/load", self.prefix)
+    }
+
     /// The channel of changes and operator actions.
     pub fn channel(&self) -> String {
         format!("{}events", self.prefix)
@@ -100,6 +106,8 @@ pub enum Event<'a> {
     },
     /// `unrevoke NODE NAME`: `name`'s revocation is lifted.
     Unrevoke { node: &'a str, name: &'a str },
+    /// `load NODE JSON`: `node`'s load now ([`super::load::Advert`]).
+    Load { node: &'a str, advert: &'a str },
 }
 
 impl Event<'_> {
@@ -122,6 +130,7 @@ impl Event<'_> {
                 Some(Event::Revoke { node, until, name })
             }
             "unrevoke" if !rest.is_empty() => Some(Event::Unrevoke { node, name: rest }),
+            "load" if !rest.is_empty() => Some(Event::Load { node, advert: rest }),
             _ => None,
         }
     }
@@ -133,7 +142,8 @@ impl Event<'_> {
             | Event::Beat { node }
             | Event::Kill { node, .. }
             | Event::Revoke { node, .. }
-            | Event::Unrevoke { node, .. } => node,
+            | Event::Unrevoke { node, .. }
+            | Event::Load { node, .. } => node,
         }
     }
 
@@ -144,6 +154,7 @@ impl Event<'_> {
             Event::Kill { node, name } => format!("kill {node} {name}"),
             Event::Revoke { node, until, name } => format!("revoke {node} {until} {name}"),
             Event::Unrevoke { node, name } => format!("unrevoke {node} {name}"),
+            Event::Load { node, advert } => format!("load {node} {advert}"),
         }
     }
 }
@@ -337,6 +348,10 @@ mod tests {
             Event::Unrevoke {
                 node: "b",
                 name: "leaked",
+            },
+            Event::Load {
+                node: "c",
+                advert: "{\"load\":0.5}",
             },
         ] {
             assert_eq!(Event::parse(&e.text()), Some(e));

@@ -57,6 +57,8 @@ pub enum HostCommand {
     UsageLink(crate::cluster::usage::Link),
     /// Report the traffic of every allocation whose counts moved.
     UsageTraffic,
+    /// Where new Allocates go while draining or loaded (load spreading).
+    Spread(Box<crate::engine::spread::Spread>),
 }
 
 /// What one worker reports.
@@ -146,6 +148,7 @@ impl HostCommand {
             // The host keeps the link.
             HostCommand::UsageLink(_) => engine.usage_on(),
             HostCommand::UsageTraffic => engine.usage_traffic(now),
+            HostCommand::Spread(spread) => engine.set_spread(*spread),
         }
     }
 }

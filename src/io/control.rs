@@ -143,6 +143,11 @@ impl Control {
         self.broadcast(|| HostCommand::UsageTraffic);
     }
 
+    /// Load spreading's settings and targets, to every worker.
+    pub fn spread(&self, spread: &crate::engine::spread::Spread) {
+        self.broadcast(|| HostCommand::Spread(Box::new(spread.clone())));
+    }
+
     fn broadcast(&self, command: impl Fn() -> HostCommand) {
         for w in &self.workers {
             w.send(command());
@@ -151,6 +156,9 @@ impl Control {
 
     /// Refuse new allocations everywhere (see [`crate::engine::Engine::drain`]).
     pub fn drain(&self, alternate: crate::engine::Redirect) {
+        if let Some(status) = &self.cluster {
+            status.drained();
+        }
         for w in &self.workers {
             w.send(HostCommand::Drain(alternate.clone()));
         }

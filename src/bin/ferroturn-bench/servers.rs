@@ -21,17 +21,20 @@ pub enum Kind {
     FerroturnBatch,
     /// ferroturn with `[server] udp_scheduling = "normal"`.
     FerroturnNormal,
+    /// ferroturn with `[cluster]`, on a `redis-server` the bench starts.
+    FerroturnCluster,
 }
 
 impl Kind {
     /// Every kind, in the order a run takes them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Forwarder,
         Kind::Coturn,
         Kind::Ferroturn,
         Kind::FerroturnNormal,
         Kind::FerroturnBatch,
         Kind::FerroturnDedicated,
+        Kind::FerroturnCluster,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +45,14 @@ impl Kind {
             Kind::FerroturnDedicated => "ferroturn-dedicated",
             Kind::FerroturnBatch => "ferroturn-batch",
             Kind::FerroturnNormal => "ferroturn-normal",
+            Kind::FerroturnCluster => "ferroturn-cluster",
+        }
+    }
+    /// What a ferroturn variant changes, as the report names it.
+    pub fn setting(self) -> String {
+        match self {
+            Kind::FerroturnCluster => "`[cluster]` (a local redis-server)".to_owned(),
+            k => format!("`[server] {}`", k.server_keys().trim()),
         }
     }
     /// The column of this kind for ferroturn build `build`: `ferroturn`
@@ -82,6 +93,56 @@ pub struct Paths {
     pub dir: PathBuf,
     /// ferroturn's `[server] workers`.
     pub ferroturn_workers: usize,
+    /// The `redis://` URL of the bench's redis-server, for
+    /// `ferroturn-cluster`.
+    pub redis: Option<String>,
+}
+
+/// A `redis-server` on a loopback port, without persistence, for
+/// `ferroturn-cluster`; killed with the bench.
+pub struct RedisServer {
+    pub url: String,
+    child: Child,
+}
+
+impl RedisServer {
+    pub fn start() -> Result<RedisServer, String> {
+        let port = net::free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+        cmd.args(["--save", "", "--appendonly", "no"]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("redis-server: {e} (apt-get install redis-server)"))?;
+        let mut r = RedisServer {
+            url: format!("redis://127.0.0.1:{port}/0"),
+            child,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                r.stop();
+                return Err("redis-server did not come up".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(r)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A ferroturn build under test: `--ferroturn NAME=PATH`, or the one
@@ -151,9 +212,9 @@ pub fn check_builds(builds: &[Build]) -> Result<(), String> {
             let label = k.label(&b.name);
             if k.is_ferroturn() && seen.contains(label.as_str()) {
                 return Err(format!(
-                    "NAME `{label}` is also the label of build `{}` with `[server] {}`",
+                    "NAME `{label}` is also the label of build `{}` with {}",
                     b.name,
-                    k.server_keys().trim()
+                    k.setting()
                 ));
             }
         }
@@ -299,11 +360,15 @@ impl Server {
                 // Newer builds take [limits]; older ones refuse the section.
                 let mut chosen = None;
                 for limits in [true, false] {
-                    std::fs::write(
-                        &file,
-                        ferroturn_config(port, paths.ferroturn_workers, kind.server_keys(), limits),
-                    )
-                    .map_err(|e| e.to_string())?;
+                    let mut text =
+                        ferroturn_config(port, paths.ferroturn_workers, kind.server_keys(), limits);
+                    if kind == Kind::FerroturnCluster {
+                        let Some(url) = &paths.redis else {
+                            return Err("no redis-server for ferroturn-cluster".into());
+                        };
+                        text.push_str(&format!("[cluster]\nredis = \"{url}\"\nnode = \"bench\"\n"));
+                    }
+                    std::fs::write(&file, text).map_err(|e| e.to_string())?;
                     let ok = Command::new(&build.path)
                         .args(["check", "--config"])
                         .arg(&file)

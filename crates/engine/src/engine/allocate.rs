@@ -9,7 +9,7 @@ use stun::message::Message;
 use super::allocation::{Allocation, State};
 use super::ports::Relay;
 use super::quota::{Held, Meter};
-use super::stats::{Code, Direction};
+use super::stats::{Code, Direction, Transport};
 use super::usage;
 use super::{ATTR_ADDITIONAL_ADDRESS_FAMILY, Answer, Authed, Engine, Output, Reply};
 use crate::addr::{AllocId, ClientAddr};
@@ -61,6 +61,28 @@ impl Engine {
         }
     }
 
+    /// The cluster node a new Allocate of `client` goes to instead (see
+    /// [`super::spread`]): none unless this node drains or is loaded above
+    /// the threshold, and the shell named a node of the client's family
+    /// and transport.
+    fn spread_target(&self, client: ClientAddr) -> Option<super::spread::Target> {
+        let s = &self.spread;
+        let load = || {
+            super::spread::load(
+                self.cfg.shared.total(),
+                s.capacity,
+                self.free_ports(),
+                s.range,
+            )
+        };
+        let v6 = match client.remote {
+            SocketAddr::V4(_) => false,
+            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_none(),
+        };
+        s.target(self.draining.is_some(), load, v6, Transport::of(client.via))
+            .cloned()
+    }
+
     /// Allocate request (§7.2), after authentication.
     pub(super) fn allocate(
         &mut self,
@@ -74,6 +96,19 @@ impl Engine {
         if self.by_client.contains_key(&client) {
             self.reply(client, err(Code::AllocationMismatch));
             return;
+        }
+        // RFC 8656 §7.2: a 300 may come at any point after authentication;
+        // here, before anything is created or counted.
+        if let Some(target) = self.spread_target(client) {
+            self.stats.redirects += 1;
+            let r = Reply::error(m, Code::TryAlternate).with(|r| {
+                let r = r.address(ATTR_ALTERNATE_SERVER, target.address);
+                match &target.domain {
+                    Some(d) => r.bytes(ATTR_ALTERNATE_DOMAIN, d.as_bytes()),
+                    None => r,
+                }
+            });
+            return self.reply(client, r.finish(Some(&signer), false));
         }
         if let Some(redirect) = &self.draining {
             let r = match redirect.for_client(client.via) {

@@ -27,6 +27,7 @@ mod permission;
 pub mod ports;
 pub mod quota;
 mod relay;
+pub mod spread;
 pub mod stats;
 pub mod usage;
 
@@ -446,6 +447,8 @@ pub struct Engine {
     txid_counter: u64,
     /// Set by [`Engine::drain`]: where new Allocates are sent.
     draining: Option<Redirect>,
+    /// Where a cluster's other nodes take new Allocates (set by the shell).
+    spread: spread::Spread,
     /// When a denied Send indication was last logged.
     send_denial_logged: Option<Instant>,
     /// Keys the RESERVATION-TOKENs this engine issues.
@@ -487,6 +490,7 @@ impl Engine {
             epoch_unix: unix_now,
             txid_counter: seed.rotate_left(17),
             draining: None,
+            spread: spread::Spread::default(),
             send_denial_logged: None,
             token_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed.to_le_bytes()),
             token_counter: 0,
@@ -664,6 +668,12 @@ impl Engine {
     /// Existing allocations live on until they expire or are closed.
     pub fn drain(&mut self, redirect: impl Into<Redirect>) {
         self.draining = Some(redirect.into());
+    }
+
+    /// The cluster's load spreading: the threshold, this node's capacity,
+    /// and where each family and transport is sent now.
+    pub fn set_spread(&mut self, spread: spread::Spread) {
+        self.spread = spread;
     }
 
     /// Whether [`Engine::drain`] was called.

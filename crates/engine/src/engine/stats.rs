@@ -238,6 +238,8 @@ pub struct Stats {
     /// Allocate requests refused by a quota (486, 508) and permissions or
     /// channels refused past their per-allocation limit (508).
     pub quota_rejections: u64,
+    /// New Allocates sent to another cluster node (300 Try Alternate).
+    pub redirects: u64,
     /// Data packets dropped by an allocation's bandwidth or packet ceiling.
     pub rate_limited: u64,
     /// Unauthenticated answers not sent: the source was over its rate.
@@ -289,6 +291,7 @@ impl Stats {
         }
         self.policy_denials += o.policy_denials;
         self.quota_rejections += o.quota_rejections;
+        self.redirects += o.redirects;
         self.rate_limited += o.rate_limited;
         self.answers_suppressed += o.answers_suppressed;
         for (a, b) in self.requests.iter_mut().zip(o.requests) {

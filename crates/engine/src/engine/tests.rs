@@ -20,6 +20,7 @@ mod discovery;
 mod grants;
 mod mobility;
 mod pool;
+mod spread;
 mod usage;
 
 const REALM: &str = "example.org";

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 use browser::netns::sh;
 use browser::webdriver::{Driver, Session};
 use browser::{Demo, DemoConfig, Net, Proc, SECRET, STATIC_PASSWORD, TempDir, wait_for};
-use serde_json::Value;
 
 const SRV: &str = "ftcorp-srv";
 const GW: &str = "ftcorp-gw";
@@ -248,7 +247,18 @@ fn page<'a>(driver: &'a Driver, name: &str) -> Session<'a> {
 }
 
 fn open_call(s: &Session, demo: &Demo, params: &str) {
-    s.goto(&demo.url(&format!("/?{params}")));
+    // The first load through a fresh proxy and browser can take long on a
+    // busy machine (Chromium's renderer starts, squid starts its helpers):
+    // up to three tries of 30 s.
+    let url = demo.url(&format!("/?{params}"));
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        match s.try_goto(&url) {
+            Ok(_) => break,
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    assert!(errors.len() < 3, "load {url}: {errors:?}");
     s.wait_until("window.ferroturnCall", Duration::from_secs(20))
         .expect("the call page loads through the proxy");
     s.click("#join");

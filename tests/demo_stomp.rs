@@ -55,8 +55,12 @@ fn node(script: &str, url: &str, args: &[&str]) -> Value {
             && dir.join("node_modules/stompjs").is_dir(),
         "the npm clients are missing: run `npm ci` in tests/js (tests/run.sh does)"
     );
+    // Tests run in parallel and run the same scripts: a number of its own
+    // per run keeps their output files apart.
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out_path = std::env::temp_dir().join(format!(
-        "stomp-{}-{script}-{}.out",
+        "stomp-{}-{run}-{script}-{}.out",
         std::process::id(),
         args.join("-")
     ));

@@ -226,8 +226,13 @@ impl Session<'_> {
 
     /// Load `url` and wait for it.
     pub fn goto(&self, url: &str) {
-        self.call("POST", "/url", Some(json!({ "url": url })))
+        self.try_goto(url)
             .unwrap_or_else(|e| panic!("load {url}: {e}"));
+    }
+
+    /// [`Session::goto`], with the error returned.
+    pub fn try_goto(&self, url: &str) -> Result<Value, Error> {
+        self.call("POST", "/url", Some(json!({ "url": url })))
     }
 
     /// Run `script` (a function body; `arguments` are `args`) and return

@@ -791,7 +791,12 @@ pub mod client {
         }
         let offset = match rest {
             "Z" | "z" => 0,
-            o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            // `+HH:MM` or `-HH:MM`, looked at as bytes: the text may hold
+            // characters of several bytes anywhere.
+            o if o.len() == 6
+                && (o.starts_with('+') || o.starts_with('-'))
+                && o.as_bytes()[3] == b':' =>
+            {
                 let m = num(t.len() - 5..t.len() - 3)? * 3600 + num(t.len() - 2..t.len())? * 60;
                 if o.starts_with('-') { -m } else { m }
             }
@@ -984,6 +989,27 @@ mod tests {
             "99999999999999999999d",
         ] {
             assert!(parse_until(bad, now).is_err(), "{bad:?}");
+        }
+    }
+
+    /// `--until` is the operator's text: an offset of six bytes holding a
+    /// character of two is refused, not a panic of `ferroturn revoke`
+    /// (slicing it cut that character in two).
+    #[test]
+    fn until_with_a_wide_character_in_the_offset_is_refused() {
+        use client::parse_until;
+        for bad in [
+            "2026-12-24T18:00:00+0\u{e9}00",
+            "2026-12-24T18:00:00+\u{e9}:00",
+            "2026-12-24T18:00:00+01\u{e9}0",
+            "2026-12-24T18:00:00\u{e9}01:00",
+        ] {
+            let got = std::panic::catch_unwind(|| parse_until(bad, 1_000_000));
+            assert!(
+                matches!(got, Ok(Err(_))),
+                "{bad:?}: {:?}",
+                got.map_err(|_| "panicked")
+            );
         }
     }
 

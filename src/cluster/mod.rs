@@ -58,6 +58,7 @@ use crate::io::Control;
 
 pub mod load;
 mod nodes;
+mod revoke;
 pub mod usage;
 
 use nodes::{Event, Peers, Sum};
@@ -541,7 +542,7 @@ impl Task {
             Ok(secrets) => self.control.cluster_secrets(&secrets),
             Err(e) => return e,
         }
-        match load_revocations(&self.cluster_keys, &mut conn).await {
+        match revoke::load(&self.cluster_keys, &mut conn).await {
             Ok(list) => self.control.shared().replace_revocations(list),
             Err(e) => return e,
         }
@@ -1150,29 +1151,6 @@ async fn read_sessions(
         }
     }
     let _ = wanted.send(list);
-}
-
-/// Read the revoked names whose revocation has not ended (and drop the
-/// others from the hash).
-async fn load_revocations(
-    keys: &nodes::Keys,
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> Result<Vec<(String, u64)>, Lost> {
-    let now = unix_now();
-    let read = async {
-        let all: HashMap<String, u64> = conn.hgetall(keys.revoked()).await?;
-        let (live, ended): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, until)| *until > now);
-        if !ended.is_empty() {
-            let names: Vec<&String> = ended.iter().map(|(n, _)| n).collect();
-            conn.hdel::<_, _, ()>(keys.revoked(), names).await?;
-        }
-        redis::RedisResult::Ok(live)
-    };
-    match tokio::time::timeout(COMMAND_TIMEOUT, read).await {
-        Ok(Ok(list)) => Ok(list),
-        Ok(Err(e)) => Err(format!("read revocations: {e}")),
-        Err(_) => Err("read revocations: timed out".to_owned()),
-    }
 }
 
 /// Seconds since the Unix epoch.

@@ -57,6 +57,23 @@ pub fn push_quoted(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// The most bytes `s` takes on its way out on any transport: its JSON
+/// quoting in a frame ([`push_quoted`]: six bytes for a `\uXXXX` escape,
+/// two for a short one) and a comma, with `%` counted as the three bytes
+/// of eventsource's escape ([`Wrap::Events`]).
+pub fn wire_len(s: &str) -> usize {
+    let quoted: usize = s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            '%' => 3,
+            c if must_escape(c) => 6,
+            c => c.len_utf8(),
+        })
+        .sum();
+    quoted + 3
+}
+
 /// What a quoted message costs in a frame at most: six bytes for each
 /// escaped character, the quotes and a comma.
 pub fn quoted_len_bound(s: &str) -> usize {
@@ -210,6 +227,28 @@ pub fn http_date(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `wire_len` is never below what a message takes in a frame, on
+    /// either wrapping.
+    #[test]
+    fn wire_len_bounds_a_message_on_the_wire() {
+        for m in [
+            "",
+            "plain",
+            "\u{1}\u{0}\u{1f}",
+            "%%%",
+            "\"\\\n\r\t\u{8}\u{c}",
+            "\u{2028}\u{200e}\u{fff9}é😀",
+        ] {
+            let alone = messages([m]);
+            let wire = Wrap::Events
+                .frame(&alone)
+                .len()
+                .max(Wrap::Lines.frame(&alone).len());
+            // "a[" "]" and the wrapping are the frame's, not the message's.
+            assert!(wire - "data: a[]\r\n\r\n".len() <= wire_len(m), "{m:?}");
+        }
+    }
 
     #[test]
     fn frames() {

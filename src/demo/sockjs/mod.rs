@@ -546,6 +546,16 @@ async fn send(ep: &Endpoint, id: &str, from: Source, req: Request) -> Response {
     if announced.is_some_and(|n| n > MAX_MESSAGE as u64) {
         return too_big(announced);
     }
+    // While the body comes, the client sets the pace: the connection is
+    // not busy (never closed to make room, see `http::Slots`) but idle, so
+    // that requests whose bodies trickle or never come cannot hold every
+    // slot. It is busy again once the body is in, and its slot is given
+    // back with the answer (the connection then only writes it and
+    // closes).
+    let slot = req
+        .extensions()
+        .get::<http::Client>()
+        .and_then(http::Client::take_slot);
     use http_body_util::BodyExt;
     let body = match http_body_util::Limited::new(req.into_body(), MAX_MESSAGE)
         .collect()
@@ -555,6 +565,9 @@ async fn send(ep: &Endpoint, id: &str, from: Source, req: Request) -> Response {
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_big(None),
         Err(_) => return http::error(StatusCode::BAD_REQUEST, "the request body broke off"),
     };
+    if let Some(slot) = &slot {
+        slot.set_busy(true);
+    }
     let messages = match frame::parse_payload(&body) {
         Ok(m) => m,
         Err(frame::Payload::Empty) => {

@@ -322,16 +322,18 @@ impl HttpSession {
     }
 
     /// Queue a message of the protocol; past [`OUTBOX_BYTES`] the session
-    /// is closed and its queue dropped.
+    /// is closed and its queue dropped. A message counts as many bytes as
+    /// it may take on the wire ([`frame::wire_len`]), so the bound holds
+    /// for the frame a receiver writes; one message alone always fits.
     fn queue(&self, text: String) {
         {
             let mut st = self.lock();
             if st.closed.is_some() {
                 return;
             }
-            st.queued += text.len() + MESSAGE_OVERHEAD;
+            st.queued += frame::wire_len(&text) + MESSAGE_OVERHEAD;
             st.queue.push_back(text);
-            if st.queued > OUTBOX_BYTES {
+            if st.queued > OUTBOX_BYTES && st.queue.len() > 1 {
                 tracing::debug!(session = %self.id, "sockjs: client does not read its messages, closing");
                 st.queue.clear();
                 st.queued = 0;
@@ -655,6 +657,50 @@ mod tests {
         inbox.push("y".into()).await.unwrap();
         drop(rx);
         assert_eq!(inbox.push("z".into()).await, Err(InboxError::Closed));
+    }
+
+    /// What a session holds for its client is bounded as it goes out:
+    /// JSON escapes make a control character six bytes in a frame (and
+    /// eventsource makes `%` three), so counting the messages' own length
+    /// let a client that does not read make one poll's frame six times
+    /// [`OUTBOX_BYTES`]: 1.5 MiB per session, 768 MiB for 512.
+    #[tokio::test]
+    async fn the_outbox_bound_counts_what_goes_out() {
+        let r = Registry::new(&settings(4, 4));
+        let peer = Peer::of_ip("192.0.2.1".parse().unwrap());
+        // A protocol that never answers: the test queues for it.
+        let handler: Handler = Arc::new(|mut s: session::Session| {
+            Box::pin(async move { while s.incoming.recv().await.is_some() {} })
+        });
+        for (id, c, wrap) in [("ctl", '\u{1}', Wrap::Lines), ("pct", '%', Wrap::Events)] {
+            let Opened::Session(s) = r.open(id, peer, "192.0.2.1".parse().unwrap(), &handler)
+            else {
+                panic!("opened")
+            };
+            let Attach::Receiver(rx) = s.attach() else {
+                panic!("attached")
+            };
+            assert_eq!(s.next_frame(rx.number), Some(("o".into(), false)));
+            // Four messages of 60 000 such characters: 240 000 bytes as
+            // the protocol wrote them, within OUTBOX_BYTES by that count.
+            for _ in 0..4 {
+                s.queue(c.to_string().repeat(60_000));
+            }
+            let mut largest = 0;
+            while let Some((f, last)) = s.next_frame(rx.number) {
+                largest = largest.max(wrap.frame(&f).len());
+                if last {
+                    break;
+                }
+            }
+            // One message always goes out whole: the bound is the outbox,
+            // or one message and its escapes.
+            let bound = OUTBOX_BYTES.max(6 * 60_000 + 64);
+            assert!(
+                largest <= bound,
+                "{c:?}: a frame of {largest} bytes went out, over {bound}"
+            );
+        }
     }
 
     #[tokio::test]

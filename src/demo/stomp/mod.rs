@@ -41,6 +41,8 @@
 //!
 //! Limits: [`MAX_SUBSCRIPTIONS`] per session (one per destination),
 //! [`MAX_TOPICS`] shared topics (`/topic/NAME`) subscribed to at once,
+//! [`MAX_TOPIC_SUBSCRIPTIONS_PER_SITE`] subscriptions to them from the
+//! sessions of one site (an IP address or IPv6 /48) together,
 //! [`MAX_SUBSCRIBERS`] per shared topic (a session's own queues and its
 //! room's topic count only against its own subscriptions); `[demo] stomp_sessions_per_ip` sessions per IP address
 //! (or IPv6 /64), counted here whatever the transport (over `/stomp` they
@@ -83,6 +85,11 @@ pub const MAX_SUBSCRIPTIONS: usize = 32;
 pub const MAX_TOPICS: usize = 1024;
 /// Subscriptions to one destination: bounds the copies one SEND makes.
 pub const MAX_SUBSCRIBERS: usize = 128;
+/// Subscriptions to shared topics that the sessions of one site (an IP
+/// address, or the /64s of an IPv6 /48, see [`http::Site`]) hold
+/// together: an eighth of [`MAX_TOPICS`], so that one address cannot take
+/// the whole table and refuse every other visitor a new topic.
+pub const MAX_TOPIC_SUBSCRIPTIONS_PER_SITE: usize = MAX_TOPICS / 8;
 /// Longest topic name after `/topic/`.
 pub const MAX_TOPIC_NAME: usize = 128;
 /// Time from the session's start to its CONNECT.
@@ -150,12 +157,16 @@ struct State {
     topics: HashMap<String, Vec<(PeerId, String)>>,
     /// Sessions held per address.
     per_ip: HashMap<http::Peer, usize>,
+    /// Subscriptions to shared topics held per site.
+    topic_subs_per_site: HashMap<http::Site, usize>,
 }
 
 #[derive(Debug)]
 struct Member {
     out: mpsc::Sender<Outgoing>,
     version: Version,
+    /// Where the session comes from, for [`MAX_TOPIC_SUBSCRIPTIONS_PER_SITE`].
+    site: http::Site,
     /// Subscription id and destination, in order.
     subs: Vec<(String, String)>,
     /// The signaling room joined, if any.
@@ -171,10 +182,16 @@ struct Member {
 }
 
 impl Member {
-    fn new(out: mpsc::Sender<Outgoing>, version: Version, kick: Arc<Notify>) -> Member {
+    fn new(
+        out: mpsc::Sender<Outgoing>,
+        version: Version,
+        site: http::Site,
+        kick: Arc<Notify>,
+    ) -> Member {
         Member {
             out,
             version,
+            site,
             subs: Vec::new(),
             room: None,
             kick,
@@ -216,6 +233,7 @@ impl Broker {
                 members: HashMap::new(),
                 topics: HashMap::new(),
                 per_ip: HashMap::new(),
+                topic_subs_per_site: HashMap::new(),
             }),
             settings,
         }
@@ -524,16 +542,28 @@ impl State {
         self.route(None, out);
         if let Some(m) = self.members.remove(&id) {
             for (sub, dest) in m.subs {
-                self.unsubscribe_from(id, &sub, &dest);
+                self.unsubscribe_from(id, m.site, &sub, &dest);
             }
         }
     }
 
-    fn unsubscribe_from(&mut self, id: PeerId, sub: &str, dest: &str) {
-        if let Some(list) = self.topics.get_mut(dest) {
-            list.retain(|(p, s)| !(*p == id && s == sub));
-            if list.is_empty() {
-                self.topics.remove(dest);
+    /// Take subscription `sub` of `id` (from `site`) off `dest`'s list.
+    fn unsubscribe_from(&mut self, id: PeerId, site: http::Site, sub: &str, dest: &str) {
+        let Some(list) = self.topics.get_mut(dest) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(|(p, s)| !(*p == id && s == sub));
+        let removed = before - list.len();
+        if list.is_empty() {
+            self.topics.remove(dest);
+        }
+        if removed > 0
+            && let Some(n) = self.topic_subs_per_site.get_mut(&site)
+        {
+            *n = n.saturating_sub(removed);
+            if *n == 0 {
+                self.topic_subs_per_site.remove(&site);
             }
         }
     }
@@ -591,6 +621,17 @@ impl State {
                 format!("{dest:?} has {MAX_SUBSCRIBERS} subscriptions already"),
             ));
         }
+        let site = m.site;
+        let of_site = self.topic_subs_per_site.entry(site).or_default();
+        if *of_site >= MAX_TOPIC_SUBSCRIPTIONS_PER_SITE {
+            return Err((
+                "too-many-topics",
+                format!(
+                    "the sessions of one address hold at most {MAX_TOPIC_SUBSCRIPTIONS_PER_SITE} subscriptions to /topic/NAME"
+                ),
+            ));
+        }
+        *of_site += 1;
         self.topics
             .entry(dest.to_owned())
             .or_default()
@@ -742,6 +783,8 @@ fn heartbeats(header: Option<&str>, offer: Duration) -> Result<(Duration, Durati
 /// One session's state while [`serve`] runs.
 struct Conn {
     broker: Arc<Broker>,
+    /// The client's site, for the caps per site.
+    site: http::Site,
     out: mpsc::Sender<Outgoing>,
     decoder: Decoder,
     rate: Rate,
@@ -881,10 +924,10 @@ impl Conn {
                 let mut s = self.broker.state();
                 let dest = s.members.get_mut(&id).and_then(|m| {
                     let i = m.subs.iter().position(|(i, _)| *i == sub)?;
-                    Some(m.subs.remove(i).1)
+                    Some((m.site, m.subs.remove(i).1))
                 });
-                if let Some(dest) = dest {
-                    s.unsubscribe_from(id, &sub, &dest);
+                if let Some((site, dest)) = dest {
+                    s.unsubscribe_from(id, site, &sub, &dest);
                 }
             }
             "ACK" | "NACK" | "BEGIN" | "COMMIT" | "ABORT" => {}
@@ -958,7 +1001,7 @@ impl Conn {
         s.next_id += 1;
         s.members.insert(
             id,
-            Member::new(self.out.clone(), version, self.kick.clone()),
+            Member::new(self.out.clone(), version, self.site, self.kick.clone()),
         );
         self.id = Some(id);
         let f = Frame::new("CONNECTED")
@@ -997,6 +1040,7 @@ pub async fn serve(broker: Arc<Broker>, session: Session) {
     } = session;
     let mut conn = Conn {
         broker: broker.clone(),
+        site: http::Site::of(http::Peer::of_ip(peer)),
         out: outgoing,
         decoder: Decoder::new(),
         rate: Rate::default(),

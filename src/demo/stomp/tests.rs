@@ -595,3 +595,47 @@ async fn own_queues_are_not_capped_like_shared_topics() {
         }
     }
 }
+
+/// One address cannot take the broker's whole table of shared topics:
+/// however many sessions it opens (each with its 32 subscriptions), it
+/// subscribes to at most MAX_TOPIC_SUBSCRIPTIONS_PER_SITE topics, and
+/// another address can still open a new one. Before, one address took
+/// all 1024 and everyone else got `too-many-topics`.
+#[tokio::test]
+async fn one_address_cannot_take_every_shared_topic() {
+    let b = Arc::new(Broker::new(Settings {
+        sessions_per_ip: 64,
+        ..settings()
+    }));
+    let mut held = Vec::new();
+    let mut taken = 0;
+    'sessions: for s in 0..MAX_TOPICS.div_ceil(MAX_SUBSCRIPTIONS - 1) + 1 {
+        let (mut c, _) = Client::connected(&b, "192.0.2.1").await;
+        c.subscribe("errors", "/user/queue/errors").await;
+        for i in 1..MAX_SUBSCRIPTIONS {
+            c.send_frame(
+                Frame::new("SUBSCRIBE")
+                    .with("id", format!("s{i}"))
+                    .with("destination", format!("/topic/squat-{s}-{i}"))
+                    .with("receipt", "r"),
+            )
+            .await;
+            let f = c.frame().await;
+            if f.command != "RECEIPT" {
+                assert!(f.body.contains("too-many-topics"), "{f:?}");
+                held.push(c);
+                break 'sessions;
+            }
+            taken += 1;
+        }
+        held.push(c);
+    }
+    assert!(taken < MAX_TOPICS, "one address took {taken} topics");
+    let (mut other, _) = Client::connected(&b, "192.0.2.2").await;
+    other.subscribe("fresh", "/topic/fresh").await;
+    // What the address gives back it may take again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (mut again, _) = Client::connected(&b, "192.0.2.1").await;
+    again.subscribe("t", "/topic/again").await;
+}

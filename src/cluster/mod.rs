@@ -821,6 +821,10 @@ impl Task {
                 self.close_user(name);
             }
             Event::Revoke { node, until, name } => {
+                // No node's operator can revoke for longer than a year
+                // (`ferroturn revoke --until`); a message asking more is
+                // held to that.
+                let until = until.min(unix_now() + 366 * 86_400);
                 tracing::info!(target: LOG, from = node, user = name, until, "revocation from another node");
                 if shared.revoke(name, until) {
                     shared.note_revocation();
@@ -1126,7 +1130,7 @@ async fn read_sessions(
 ) {
     let read = async {
         let names: Vec<String> = conn
-            .zrevrange(keys.nodes(), 0, nodes::MAX_NODES as isize - 1)
+            .zrevrange(keys.nodes(), 0, nodes::MAX_NODES as isize)
             .await?;
         let names: Vec<String> = names.into_iter().filter(|n| *n != node).collect();
         let mut pipe = redis::pipe();
@@ -1142,7 +1146,8 @@ async fn read_sessions(
     let now = unix_now();
     let mut list = Vec::new();
     for (name, values) in per_node {
-        for v in values {
+        // What one node lists is bounded by what a node can hold.
+        for v in values.into_iter().take(MAX_SESSIONS_PER_NODE) {
             if let Ok(Stored { started, mut info }) = serde_json::from_str::<Stored>(&v) {
                 info.node = Some(name.clone());
                 info.age_seconds = now.saturating_sub(started);
@@ -1152,6 +1157,10 @@ async fn read_sessions(
     }
     let _ = wanted.send(list);
 }
+
+/// Sessions of one other node `ferroturn sessions` lists at most (a node
+/// holds at most one per relay port and address).
+const MAX_SESSIONS_PER_NODE: usize = 1 << 18;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
@@ -1186,8 +1195,14 @@ pub(crate) async fn read_others<T: redis::FromRedisValue>(
     let values: Vec<redis::Value> = pipe.query_async(conn).await?;
     let mut rows = Vec::new();
     for (n, pair) in names.into_iter().zip(values.chunks(2)) {
-        let value: T = redis::from_redis_value_ref(&pair[0])?;
-        let ttl: i64 = redis::from_redis_value_ref(&pair[1])?;
+        // A row that does not read as expected is that node's problem:
+        // left out, the others' rows still count.
+        let (Ok(value), Ok(ttl)) = (
+            redis::from_redis_value_ref::<T>(&pair[0]),
+            redis::from_redis_value_ref::<i64>(&pair[1]),
+        ) else {
+            continue;
+        };
         if ttl > 0 {
             rows.push((n, value, Duration::from_millis(ttl as u64)));
         }
@@ -1204,10 +1219,29 @@ async fn read_rows(
     node: String,
     done: mpsc::UnboundedSender<Vec<Rows>>,
 ) {
-    let read = read_others(&mut conn, &keys, &node, nodes::Keys::quota, |p, k| {
-        p.hgetall(k);
-    });
+    let read = read_others::<HashMap<String, String>>(
+        &mut conn,
+        &keys,
+        &node,
+        nodes::Keys::quota,
+        |p, k| {
+            p.hgetall(k);
+        },
+    );
     if let Ok(Ok(rows)) = tokio::time::timeout(COMMAND_TIMEOUT, read).await {
+        // A field that is no count (or names no name ferroturn can hold)
+        // is skipped, not the whole row.
+        let rows = rows
+            .into_iter()
+            .map(|(n, fields, ttl)| {
+                let counts = fields
+                    .into_iter()
+                    .filter(|(name, _)| name.len() <= nodes::MAX_NAME)
+                    .filter_map(|(name, v)| Some((name, v.parse::<u32>().ok()?)))
+                    .collect();
+                (n, counts, ttl)
+            })
+            .collect();
         let _ = done.send(rows);
     }
 }

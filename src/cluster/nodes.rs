@@ -33,6 +33,15 @@ pub const MAX_NODES: usize = 64;
 /// one is not counted (its node's allocations of that name count as 0).
 /// About 100 bytes each: some 13 MB at most.
 pub const MAX_ENTRIES: usize = 131_072;
+/// The most allocations one node can say it holds of one name: far above
+/// what a node can hold (relay ports), low enough that the sums of
+/// [`MAX_NODES`] nodes never overflow.
+pub const MAX_COUNT: u32 = 1 << 20;
+/// The longest name taken from another node: a USERNAME's limit (RFC 8489
+/// §14.3: under 513 bytes); longer ones are no name ferroturn can hold.
+pub const MAX_NAME: usize = 512;
+/// The longest node name (`[cluster] node`: 1 to 64 characters).
+pub const MAX_NODE_NAME: usize = 64;
 
 /// Rows expire after this many heartbeats.
 pub const EXPIRY_BEATS: u32 = 3;
@@ -114,7 +123,12 @@ impl Event<'_> {
     pub fn parse(text: &str) -> Option<Event<'_>> {
         let (kind, rest) = text.split_once(' ').unwrap_or((text, ""));
         let (node, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-        if node.is_empty() {
+        if node.is_empty() || node.len() > MAX_NODE_NAME {
+            return None;
+        }
+        // Every kind but `load` ends in a name: none longer than a
+        // USERNAME can be.
+        if kind != "load" && rest.len() > MAX_NAME + 21 {
             return None;
         }
         match kind {
@@ -124,12 +138,16 @@ impl Event<'_> {
                 Some(Event::Count { node, n, name })
             }
             "beat" if rest.is_empty() => Some(Event::Beat { node }),
-            "kill" if !rest.is_empty() => Some(Event::Kill { node, name: rest }),
+            "kill" if !rest.is_empty() && rest.len() <= MAX_NAME => {
+                Some(Event::Kill { node, name: rest })
+            }
             "revoke" => {
                 let (until, name) = numbered(rest)?;
                 Some(Event::Revoke { node, until, name })
             }
-            "unrevoke" if !rest.is_empty() => Some(Event::Unrevoke { node, name: rest }),
+            "unrevoke" if !rest.is_empty() && rest.len() <= MAX_NAME => {
+                Some(Event::Unrevoke { node, name: rest })
+            }
             "load" if !rest.is_empty() => Some(Event::Load { node, advert: rest }),
             _ => None,
         }
@@ -162,7 +180,7 @@ impl Event<'_> {
 /// A number, then a name (which may hold spaces, but is not empty).
 fn numbered(rest: &str) -> Option<(u64, &str)> {
     let (n, name) = rest.split_once(' ')?;
-    if name.is_empty() {
+    if name.is_empty() || name.len() > MAX_NAME {
         return None;
     }
     Some((n.parse().ok()?, name))
@@ -242,6 +260,11 @@ impl Peers {
     }
 
     fn set(&mut self, node: &str, name: &str, n: u32) -> Option<Sum> {
+        if name.len() > MAX_NAME {
+            return None;
+        }
+        // Sums of MAX_NODES clamped counts stay far from u32::MAX.
+        let n = n.min(MAX_COUNT);
         let peer = self.nodes.get_mut(node)?;
         let old = match (peer.counts.get_mut(name), n) {
             (Some(c), 0) => {
@@ -396,6 +419,31 @@ mod tests {
 
     /// However many nodes and names the others publish, what one node
     /// keeps of them is bounded.
+    /// Whatever other nodes (or whoever writes to Redis) say, a sum never
+    /// overflows and names no USERNAME can be are not taken.
+    #[test]
+    fn counts_from_others_are_clamped_and_names_bounded() {
+        let t0 = Instant::now();
+        let mut p = Peers::new("me", Duration::from_secs(30));
+        let huge = Event::parse("count a 4294967295 bob").unwrap();
+        let Event::Count { node, n, name } = huge else {
+            panic!("{huge:?}")
+        };
+        assert_eq!(p.count(node, name, n, t0), Some(("bob".into(), MAX_COUNT)));
+        assert_eq!(
+            p.count("b", "bob", u32::MAX, t0),
+            Some(("bob".into(), 2 * MAX_COUNT))
+        );
+        assert_eq!(p.count("a", "bob", 0, t0), Some(("bob".into(), MAX_COUNT)));
+        let long = "x".repeat(MAX_NAME + 1);
+        assert_eq!(p.count("a", &long, 1, t0), None);
+        assert!(Event::parse(&format!("count a 1 {long}")).is_none());
+        assert!(Event::parse(&format!("revoke a 1 {long}")).is_none());
+        assert!(Event::parse(&format!("kill a {long}")).is_none());
+        assert!(Event::parse(&format!("beat {}", "n".repeat(MAX_NODE_NAME + 1))).is_none());
+        assert!(Event::parse(&format!("kill a {}", "y".repeat(MAX_NAME))).is_some());
+    }
+
     #[test]
     fn peers_are_bounded() {
         let t0 = Instant::now();

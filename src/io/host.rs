@@ -79,6 +79,36 @@ pub trait Transport {
 
     /// Shrink the transport's own tables (with [`Host::compact_if_due`]).
     fn compact(&mut self) {}
+
+    /// Listen at `bind` for the TCP allocation `id` of `client` (RFC 6062
+    /// §5.1); `None` if it cannot (or the transport has no TCP relays).
+    fn listen(
+        &mut self,
+        _id: AllocId,
+        _bind: SocketAddr,
+        _client: Option<ClientAddr>,
+    ) -> Option<Self::Relay> {
+        None
+    }
+
+    /// Start connecting from `bind` to `peer` for Connect `conn` of
+    /// allocation `id` (RFC 6062 §5.2), reporting to the engine when done;
+    /// false if it cannot even start.
+    fn connect_peer(
+        &mut self,
+        _id: AllocId,
+        _conn: u32,
+        _bind: SocketAddr,
+        _peer: SocketAddr,
+    ) -> bool {
+        false
+    }
+
+    /// Make `client`'s connection a pipe to peer connection `conn` once
+    /// its queue is written (RFC 6062 §5.4); false if either is gone.
+    fn bind_data(&mut self, _client: ClientAddr, _conn: u32) -> bool {
+        false
+    }
 }
 
 /// A relay socket just bound, for a [`Transport`] to watch.
@@ -311,6 +341,30 @@ impl<T: Transport> Host<T> {
                     let ok = self.open_relay(alloc, bind);
                     self.engine.relay_opened(now, alloc, ok);
                 }
+                Output::OpenTcpRelay { alloc, bind } => {
+                    let client = self.engine.allocation(alloc).map(|a| a.client);
+                    let relay = self.transport.listen(alloc, bind, client);
+                    let ok = relay.is_some();
+                    if let Some(r) = relay {
+                        self.keep_relay(alloc, bind, r);
+                    }
+                    self.engine.relay_opened(now, alloc, ok);
+                }
+                Output::ConnectPeer {
+                    alloc,
+                    conn,
+                    bind,
+                    peer,
+                } => {
+                    if !self.transport.connect_peer(alloc, conn, bind, peer) {
+                        self.engine.peer_connected(now, conn, false);
+                    }
+                }
+                Output::BindData { client, conn } => {
+                    if !self.transport.bind_data(client, conn) {
+                        self.engine.peer_conn_closed(conn);
+                    }
+                }
                 Output::CloseRelay { alloc } => self.close_relay(now, alloc),
                 // For a kernel fast path to mirror; nothing here uses them yet.
                 Output::Grant(_) => {}
@@ -370,12 +424,17 @@ impl<T: Transport> Host<T> {
         let Some(relay) = self.transport.watch(new) else {
             return false;
         };
+        self.keep_relay(id, bind, relay);
+        true
+    }
+
+    /// Keep allocation `id`'s relay socket, bound at `bind`.
+    fn keep_relay(&mut self, id: AllocId, bind: SocketAddr, relay: T::Relay) {
         let i = id.0 as usize;
         if self.relays.len() <= i {
             self.relays.resize_with(i + 1, Default::default);
         }
         self.relays[i][bind.is_ipv6() as usize] = Some(relay);
-        true
     }
 
     /// Close allocation `id`'s relay sockets.

@@ -34,6 +34,8 @@ pub trait Owner {
     /// Connection `id` of `client` closed at `now`: its allocation ends
     /// (RFC 8656 §3.1).
     fn closed(&mut self, now: Instant, id: u32, client: ClientAddr);
+    /// Peer connection `conn` of a TCP allocation ended (RFC 6062).
+    fn peer_conn_closed(&self, conn: u32);
 }
 
 /// A worker, as its connections hold it. Every task of a worker runs on its
@@ -209,6 +211,12 @@ pub struct Conn {
     pub(super) closed: Cell<bool>,
     pub clock: Rc<Clock>,
     pub(super) guard: Arc<StreamGuard>,
+    /// The peer connection a ConnectionBind bound this connection to (RFC
+    /// 6062 §5.4), for its reader to pick up after the message.
+    pub(super) pipe: RefCell<Option<super::tcp_relay::PeerEnd>>,
+    /// Set when the connection turns into a pipe: the writer hands its
+    /// half back once the queue is written.
+    pub(super) handover: Cell<bool>,
 }
 
 impl Conn {
@@ -224,6 +232,8 @@ impl Conn {
             closed: Cell::new(false),
             clock,
             guard,
+            pipe: RefCell::new(None),
+            handover: Cell::new(false),
         }
     }
 

@@ -210,6 +210,9 @@ pub struct Allocation {
     pub traffic: [TrafficCount; Direction::COUNT],
     /// Bandwidth and packet-rate ceilings, by [`Direction`].
     pub meters: [Meter; Direction::COUNT],
+    /// A TCP allocation (RFC 6062): its key among the server's peer
+    /// connections ([`super::PeerConns`]).
+    pub tcp: Option<u64>,
 }
 
 impl Allocation {

@@ -24,6 +24,7 @@ pub mod ports;
 pub mod quota;
 mod relay;
 pub mod stats;
+mod tcp_relay;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -46,6 +47,7 @@ use ports::Relay;
 pub use quota::{Limits, ServerState};
 
 pub use relay::ToClient;
+pub use tcp_relay::{PROTO_TCP, PeerConns, UNBOUND_TIMEOUT};
 pub use stats::Stats;
 use stats::{AuthFailure, Code, Outcome};
 
@@ -134,6 +136,25 @@ pub enum Output {
     /// request that named it waits at most [`cluster::PARK_TIMEOUT`]. Only
     /// after [`Engine::cluster_on`].
     LookupUser { name: String },
+    /// Listen for TCP at `bind`, the relayed transport address of the TCP
+    /// allocation `alloc` (RFC 6062 §5.1), then call
+    /// [`Engine::relay_opened`]; peers that connect there are offered to
+    /// [`Engine::peer_connection`]. [`Output::CloseRelay`] closes it with
+    /// every peer connection of the allocation.
+    OpenTcpRelay { alloc: AllocId, bind: SocketAddr },
+    /// Connect from `bind` (the relayed transport address) to `peer` for
+    /// the Connect request of `alloc` (RFC 6062 §5.2), then call
+    /// [`Engine::peer_connected`] with `conn`.
+    ConnectPeer {
+        alloc: AllocId,
+        conn: u32,
+        bind: SocketAddr,
+        peer: SocketAddr,
+    },
+    /// The connection of `client` was bound to peer connection `conn`
+    /// (RFC 6062 §5.4): once the answer queued before this is written, it
+    /// carries bytes to and from that peer, and no more STUN.
+    BindData { client: ClientAddr, conn: u32 },
 }
 
 impl EngineConfig {
@@ -313,6 +334,7 @@ const KNOWN: &[AttrType] = &[
     ATTR_MESSAGE_INTEGRITY_SHA256,
     ATTR_PASSWORD_ALGORITHM,
     ATTR_USER_HASH,
+    ATTR_CONNECTION_ID,
 ];
 
 /// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11), comprehension-optional.
@@ -430,6 +452,8 @@ pub struct Engine {
     token_counter: u64,
     /// Users and secrets of the cluster store, as the shell reported them.
     cluster: cluster::ClusterUsers,
+    /// Connects to peers under way (RFC 6062 §5.2).
+    tcp: tcp_relay::Connecting,
     pub stats: Stats,
 }
 
@@ -459,6 +483,7 @@ impl Engine {
             token_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed.to_le_bytes()),
             token_counter: 0,
             cluster: cluster::ClusterUsers::default(),
+            tcp: tcp_relay::Connecting::default(),
             stats: Stats::default(),
         }
     }
@@ -830,6 +855,9 @@ impl Engine {
             self.cfg.shared.set_live(r.is_ipv6(), p.0, false);
         }
         self.cfg.shared.release(&a.held);
+        if let Some(owner) = a.tcp {
+            self.tcp_allocation_ended(id, owner);
+        }
         self.free_ids.push(id.0);
         self.out.push_back(Output::CloseRelay { alloc: id });
     }
@@ -942,6 +970,8 @@ impl Engine {
             METHOD_REFRESH,
             METHOD_CREATE_PERMISSION,
             METHOD_CHANNEL_BIND,
+            METHOD_CONNECT,
+            METHOD_CONNECTION_BIND,
         ];
         if !known.contains(&method) || self.cfg.stun_only.contains(&client.via.listener()) {
             self.unauthenticated_answer(now, client, &m, Reject::Plain(Code::BadRequest));
@@ -977,6 +1007,8 @@ impl Engine {
         }
         if method == METHOD_ALLOCATE {
             self.allocate(now, client, &m, authed);
+        } else if method == METHOD_CONNECTION_BIND {
+            self.connection_bind(now, client, &m, authed);
         } else {
             // Every other request needs the client's allocation (RFC 8656
             // §7.3, §9.2, §11.2): 437 without one, 441 from another user.
@@ -989,8 +1021,18 @@ impl Engine {
                 self.reply(client, authed.error(&m, Code::WrongCredentials));
                 return None;
             }
+            let tcp = a.tcp.is_some();
             let answer = if method == METHOD_REFRESH {
                 self.refresh(now, id, &m, &authed)
+            } else if method == METHOD_CONNECT {
+                match self.connect(now, id, &m, &authed) {
+                    Some(answer) => answer,
+                    // Answered when the shell has connected.
+                    None => return None,
+                }
+            } else if tcp && method == METHOD_CHANNEL_BIND {
+                // No channels on a TCP allocation (RFC 6062 §5.1).
+                authed.error(&m, Code::BadRequest)
             } else if method == METHOD_CREATE_PERMISSION {
                 self.create_permission(now, id, &m, &authed)
             } else {

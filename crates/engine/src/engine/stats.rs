@@ -121,6 +121,8 @@ labels! {
         WrongCredentials => 441,
         UnsupportedTransport => 442,
         PeerAddressFamilyMismatch => 443,
+        ConnectionAlreadyExists => 446,
+        ConnectionTimeoutOrFailure => 447,
         AllocationQuotaReached => 486,
         ServerError => 500,
         InsufficientCapacity => 508,

@@ -1,0 +1,264 @@
+//! The sockets of TCP allocations (RFC 6062): the relay's listening socket,
+//! connections to peers made for a Connect, peer connections waiting for
+//! their ConnectionBind, and the byte pipe between a bound client data
+//! connection and its peer connection. The engine decides
+//! ([`crate::engine::tcp_relay`'s] Connect, ConnectionAttempt and
+//! ConnectionBind); this file only moves bytes.
+//!
+//! What one authenticated user can make the server hold: per TCP
+//! allocation at most `limits.connections_per_allocation` peer
+//! connections (connecting, waiting or bound), each waiting at most
+//! [`UNBOUND_TIMEOUT`] for its bind with nothing read from it (the peer's
+//! bytes wait in the kernel's socket buffer), and each bound pair two
+//! fixed [`PIPE_BUFFER`] buffers: a direction reads again only once what it
+//! read is written, so a side that does not read stops the other
+//! (back-pressure, no queue). Every connection closes with its allocation.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+use super::worker::WorkerCell;
+use crate::addr::AllocId;
+use crate::engine::UNBOUND_TIMEOUT;
+
+/// The log target of this file's lines.
+const LOG: &str = "ferroturn::io::tcp_relay";
+
+/// Each direction of a bound pipe reads at most this much at a time.
+pub const PIPE_BUFFER: usize = 16 * 1024;
+
+/// How long a Connect's connection attempt may take (RFC 6062 §5.2
+/// leaves it to the server); then 447.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Backlog of a TCP relay's listening socket.
+const BACKLOG: u32 = 16;
+
+/// A peer connection waiting for its ConnectionBind, which may come to
+/// any worker: kept as a plain socket that any worker's runtime can take.
+struct Parked {
+    stream: std::net::TcpStream,
+    /// Changes (its sender gone) when the allocation ends.
+    closer: watch::Receiver<()>,
+}
+
+/// Peer connections waiting for their bind, for every worker.
+#[derive(Default)]
+pub struct PeerTable {
+    parked: Mutex<HashMap<u32, Parked>>,
+}
+
+/// A bound peer connection, handed to the client connection that bound it.
+pub struct PeerEnd {
+    pub conn: u32,
+    pub stream: std::net::TcpStream,
+    pub closer: watch::Receiver<()>,
+}
+
+impl PeerTable {
+    fn park(&self, conn: u32, stream: std::net::TcpStream, closer: watch::Receiver<()>) {
+        let p = Parked { stream, closer };
+        self.parked.lock().expect("peer table").insert(conn, p);
+    }
+
+    /// Take peer connection `conn` out, for its bind or its timeout.
+    pub fn take(&self, conn: u32) -> Option<PeerEnd> {
+        let p = self.parked.lock().expect("peer table").remove(&conn)?;
+        Some(PeerEnd {
+            conn,
+            stream: p.stream,
+            closer: p.closer,
+        })
+    }
+}
+
+/// Listen at `bind` for a TCP allocation: SO_REUSEPORT so that its
+/// connections to peers can leave from the same address (RFC 6062 §5.2).
+pub fn listen(bind: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = match bind {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(bind)?;
+    s.listen(BACKLOG)
+}
+
+/// Accept peers on allocation `id`'s relay address (RFC 6062 §5.3): the
+/// engine lets a peer in (a ConnectionAttempt to the client) or not
+/// (closed at once).
+pub async fn accept_loop(
+    w: WorkerCell,
+    id: AllocId,
+    listener: std::rc::Rc<TcpListener>,
+    peers: Arc<PeerTable>,
+    closer: watch::Receiver<()>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(target: LOG, "relay accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let conn = {
+            let mut h = w.borrow_mut();
+            let conn = h.engine.peer_connection(now, id, peer);
+            h.flush(now);
+            conn
+        };
+        match conn {
+            Some(conn) => wait_for_bind(&w, &peers, conn, stream, closer.clone()),
+            None => tracing::debug!(target: LOG, %peer, "peer connection refused"),
+        }
+    }
+}
+
+/// Connect from `bind` to `peer` for Connect `conn` of allocation `id`,
+/// and tell the engine how it went.
+pub async fn connect(
+    w: WorkerCell,
+    conn: u32,
+    bind: SocketAddr,
+    peer: SocketAddr,
+    peers: Arc<PeerTable>,
+    closer: watch::Receiver<()>,
+) {
+    let attempt = async {
+        let s = match peer {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        s.set_reuseaddr(true)?;
+        s.set_reuseport(true)?;
+        // From the relayed address if the kernel lets us; its IP at least.
+        if s.bind(bind).is_err() {
+            s.bind(SocketAddr::new(bind.ip(), 0))?;
+        }
+        s.connect(peer).await
+    };
+    let r = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await;
+    let stream = match r {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(target: LOG, %peer, "connect to peer failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(target: LOG, %peer, "connect to peer timed out");
+            None
+        }
+    };
+    let now = Instant::now();
+    let keep = {
+        let mut h = w.borrow_mut();
+        let keep = h.engine.peer_connected(now, conn, stream.is_some());
+        h.flush(now);
+        keep
+    };
+    if let (true, Some(s)) = (keep, stream) {
+        wait_for_bind(&w, &peers, conn, s, closer);
+    }
+}
+
+/// Park peer connection `conn` until it is bound, its allocation ends or
+/// [`UNBOUND_TIMEOUT`] passes; in the last two cases it is closed.
+fn wait_for_bind(
+    w: &WorkerCell,
+    peers: &Arc<PeerTable>,
+    conn: u32,
+    stream: TcpStream,
+    mut closer: watch::Receiver<()>,
+) {
+    let Ok(std) = stream.into_std() else {
+        w.borrow().engine.peer_conn_closed(conn);
+        return;
+    };
+    peers.park(conn, std, closer.clone());
+    let (w, peers) = (w.clone(), peers.clone());
+    tokio::task::spawn_local(async move {
+        let _ = tokio::time::timeout(UNBOUND_TIMEOUT, closer.changed()).await;
+        if peers.take(conn).is_some() {
+            tracing::debug!(target: LOG, conn, "peer connection not bound in time; closed");
+            w.borrow().engine.peer_conn_closed(conn);
+        }
+    });
+}
+
+/// The client side of a pipe, its two halves.
+#[allow(async_fn_in_trait)]
+pub trait ClientRead {
+    /// Read some bytes; 0 at the end of the stream.
+    async fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+#[allow(async_fn_in_trait)]
+pub trait ClientWrite {
+    /// Write all of `buf` (and flush it).
+    async fn write_all_of(&mut self, buf: &[u8]) -> std::io::Result<()>;
+}
+
+/// Pipe bytes between a bound client data connection and its peer
+/// connection until either closes or the allocation ends. `first` is what
+/// the client sent after its ConnectionBind, read already. Each direction
+/// reads into its own [`PIPE_BUFFER`] and reads again only once that is
+/// written.
+pub async fn pipe(
+    reader: &mut impl ClientRead,
+    writer: &mut impl ClientWrite,
+    end: PeerEnd,
+    first: &[u8],
+) {
+    let PeerEnd {
+        stream,
+        mut closer,
+        conn,
+    } = end;
+    let peer = stream
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(stream));
+    let mut peer = match peer {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(target: LOG, conn, "peer connection lost: {e}");
+            return;
+        }
+    };
+    let (mut from_peer, mut to_peer) = peer.split();
+    let up = async {
+        to_peer.write_all(first).await?;
+        let mut buf = vec![0u8; PIPE_BUFFER];
+        loop {
+            let n = reader.read_some(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            to_peer.write_all(&buf[..n]).await?;
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; PIPE_BUFFER];
+        loop {
+            let n = from_peer.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            writer.write_all_of(&buf[..n]).await?;
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = closer.changed() => {}
+    }
+}

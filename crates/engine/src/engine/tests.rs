@@ -19,6 +19,7 @@ mod cluster;
 mod discovery;
 mod grants;
 mod pool;
+mod tcp;
 
 const REALM: &str = "example.org";
 const UNIX0: u64 = 1_800_000_000;
@@ -50,6 +51,7 @@ fn config(ports: Vec<u16>) -> EngineConfig {
         bandwidth: 0,
         packet_rate: 0,
         unauthenticated_rate: 0,
+        connections_per_allocation: 16,
     };
     cfg
 }
@@ -134,6 +136,10 @@ impl T {
                 }
                 Output::CloseRelay { .. } | Output::LookupUser { .. } => {}
                 Output::Grant(g) => self.grants.push(g),
+                // TCP allocations (RFC 6062) have tests of their own (tcp.rs).
+                o @ (Output::OpenTcpRelay { .. }
+                | Output::ConnectPeer { .. }
+                | Output::BindData { .. }) => panic!("unexpected {o:?}"),
             }
         }
         out
@@ -1799,6 +1805,7 @@ fn a_failed_ipv6_bind_retries_then_gives_up_cleanly() {
             Some(Output::Transmit { data, .. }) => answer = wire::decode(&data),
             Some(Output::Grant(g)) => panic!("nothing was granted: {g:?}"),
             Some(Output::LookupUser { name }) => panic!("no store to ask for {name}"),
+            Some(o) => panic!("not a TCP allocation: {o:?}"),
             None => break,
         }
     }
@@ -2216,6 +2223,7 @@ fn error_counters_match_the_answers_sent() {
                 }
                 Output::OpenRelay { alloc, .. } => t.e.relay_opened(t.now, alloc, true),
                 Output::CloseRelay { .. } | Output::Grant(_) | Output::LookupUser { .. } => {}
+                o => panic!("not a TCP allocation: {o:?}"),
             }
         }
     };

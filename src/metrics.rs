@@ -155,6 +155,27 @@ pub fn render(report: &WorkerReport) -> String {
         g.channels,
     );
     o.single(
+        "tcp_allocations_active",
+        "gauge",
+        "TCP allocations (RFC 6062) alive now: their relayed address is a TCP listener.",
+        g.tcp_allocations,
+    );
+    o.family(
+        "tcp_peer_connections",
+        "gauge",
+        "Peer connections of TCP allocations now, by state: waiting (connecting, or waiting for their ConnectionBind) or bound to a client data connection.",
+    );
+    o.sample(
+        "tcp_peer_connections",
+        "state=\"waiting\"",
+        g.peer_connections_waiting,
+    );
+    o.sample(
+        "tcp_peer_connections",
+        "state=\"bound\"",
+        g.peer_connections_bound,
+    );
+    o.single(
         "relay_ports_free",
         "gauge",
         "Relay ports not in use.",

@@ -51,7 +51,7 @@ const PACKET_RATE: u32 = 20;
 /// Queries that may be 0 after this workload, and why. Every other query
 /// must show a value above 0; the drain makes the `ferroturn_draining`
 /// ones so in a second round.
-const MAY_BE_ZERO: [(&str, &str, &str); 3] = [
+const MAY_BE_ZERO: [(&str, &str, &str); 5] = [
     (
         "Allocation churn",
         "B",
@@ -66,6 +66,16 @@ const MAY_BE_ZERO: [(&str, &str, &str); 3] = [
         "Policy, quota and rate limits",
         "E",
         "revocations: the workload revokes no name (tests/cluster_nodes.rs does)",
+    ),
+    (
+        "TCP relays (RFC 6062)",
+        "A",
+        "TCP allocations: the workload makes none (tests/tcp_relay.rs does)",
+    ),
+    (
+        "TCP relays (RFC 6062)",
+        "B",
+        "peer connections of TCP allocations: likewise",
     ),
 ];
 

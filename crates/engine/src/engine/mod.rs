@@ -234,6 +234,8 @@ pub struct Session {
     pub age: Duration,
     /// Relayed traffic, by [`stats::Direction`].
     pub traffic: [stats::TrafficCount; stats::Direction::COUNT],
+    /// A TCP allocation (RFC 6062): its relayed address is a TCP listener.
+    pub tcp: bool,
 }
 
 /// Where a draining server sends new Allocates (300 Try Alternate, RFC
@@ -289,6 +291,12 @@ pub struct Gauges {
     pub permissions: u64,
     pub channels: u64,
     pub free_ports: u64,
+    /// Allocations with a TCP relay (RFC 6062).
+    pub tcp_allocations: u64,
+    /// Peer connections of TCP allocations in the whole server: waiting
+    /// for their bind (or connecting), and bound to a data connection.
+    pub peer_connections_waiting: u64,
+    pub peer_connections_bound: u64,
 }
 
 impl Gauges {
@@ -296,8 +304,12 @@ impl Gauges {
         self.allocations += o.allocations;
         self.permissions += o.permissions;
         self.channels += o.channels;
-        // Every engine counts the one pool they share: the same number.
+        self.tcp_allocations += o.tcp_allocations;
+        // Every engine counts the one pool they share: the same number;
+        // likewise the peer connections, counted server-wide.
         self.free_ports = self.free_ports.max(o.free_ports);
+        self.peer_connections_waiting = self.peer_connections_waiting.max(o.peer_connections_waiting);
+        self.peer_connections_bound = self.peer_connections_bound.max(o.peer_connections_bound);
     }
 }
 
@@ -624,20 +636,26 @@ impl Engine {
                 relayed_extra: a.extra.map(|e| e.1),
                 age: now.saturating_duration_since(a.created),
                 traffic: a.traffic,
+                tcp: a.tcp.is_some(),
             })
             .collect()
     }
 
-    /// Gauges for metrics: allocations, permissions, channels, free ports.
+    /// Gauges for metrics: allocations, permissions, channels, free
+    /// ports, TCP allocations and their peer connections.
     pub fn gauges(&self) -> Gauges {
+        let (waiting, bound) = self.cfg.shared.peer_conns.totals();
         let mut g = Gauges {
             allocations: self.by_client.len() as u64,
             free_ports: self.free_ports() as u64,
+            peer_connections_waiting: waiting,
+            peer_connections_bound: bound,
             ..Gauges::default()
         };
         for a in self.allocs.iter().flatten() {
             g.permissions += a.permissions.len() as u64;
             g.channels += a.channels.len() as u64;
+            g.tcp_allocations += u64::from(a.tcp.is_some());
         }
         g
     }

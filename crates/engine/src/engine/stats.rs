@@ -103,6 +103,8 @@ labels! {
         CreatePermission = "create_permission" => stun::message::METHOD_CREATE_PERMISSION,
         ChannelBind = "channel_bind" => stun::message::METHOD_CHANNEL_BIND,
         Send = "send" => stun::message::METHOD_SEND,
+        Connect = "connect" => stun::message::METHOD_CONNECT,
+        ConnectionBind = "connection_bind" => stun::message::METHOD_CONNECTION_BIND,
     }
 }
 

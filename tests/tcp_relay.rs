@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::coturn::{parse_summary, tool};
 use common::{
-    KillOnDrop, LOCALHOST, PASSWORD, REALM, ServerConfig, TempDir, USER, Server, make_cert,
+    KillOnDrop, LOCALHOST, PASSWORD, REALM, Server, ServerConfig, TempDir, USER, make_cert,
     run_with_timeout,
 };
 use ferroturn::proto::stun::{self as wire, Request};
@@ -39,15 +39,20 @@ const CLIENTS: u64 = 2;
 
 // ---- coturn's uclient ------------------------------------------------------
 
-/// A server with a TCP listener (and UDP, for the readiness probe) and a
-/// TLS listener on another port.
+/// A server with a TCP listener (and UDP, for the readiness probe), a
+/// TLS listener on another port, `/metrics` and the admin API (TCP, with
+/// [`TOKEN`]).
 struct TwoListeners {
     _child: KillOnDrop,
     tcp: u16,
     tls: u16,
+    metrics: SocketAddr,
+    admin: SocketAddr,
     log: PathBuf,
     _dir: TempDir,
 }
+
+const TOKEN: &str = "tcp-relay-test-token";
 
 impl TwoListeners {
     fn start() -> TwoListeners {
@@ -57,6 +62,9 @@ impl TwoListeners {
         let mut last = String::new();
         for attempt in 0..3 {
             let (tcp, tls) = (common::free_port(), common::free_port());
+            let metrics = SocketAddr::from((LOCALHOST, common::free_port()));
+            let admin = SocketAddr::from((LOCALHOST, common::free_port()));
+            let socket = dir.path().join(format!("admin-{attempt}.sock"));
             let config = dir.path().join(format!("ferroturn-{attempt}.toml"));
             let log = dir.path().join(format!("ferroturn-{attempt}.log"));
             let text = ServerConfig::default().to_toml(tcp, relay)
@@ -64,6 +72,10 @@ impl TwoListeners {
                     "\n[[listen]]\naddress = \"127.0.0.1:{tls}\"\ntransports = [\"tls\"]\ncert = {:?}\nkey = {:?}\n",
                     cert.display().to_string(),
                     key.display().to_string()
+                )
+                + &format!(
+                    "\n[metrics]\naddress = \"{metrics}\"\n\n[admin]\naddress = \"{admin}\"\nsocket = {:?}\ntoken = \"{TOKEN}\"\n",
+                    socket.display().to_string()
                 );
             std::fs::write(&config, text).unwrap();
             let addr = SocketAddr::from((LOCALHOST, tcp));
@@ -73,6 +85,8 @@ impl TwoListeners {
                         _child: KillOnDrop(child),
                         tcp,
                         tls,
+                        metrics,
+                        admin,
                         log,
                         _dir: dir,
                     };
@@ -113,8 +127,75 @@ fn uclient_tcp_relay(server: &TwoListeners, port: u16, extra: &[&str]) {
     let s = parse_summary(&out.output).unwrap_or_else(|| panic!("no summary: {context}"));
     s.assert_complete(MESSAGES * CLIENTS, &context);
     let log = server.log();
-    assert!(log.contains("data connection piped"), "no pipe in the log:\n{log}");
+    assert!(
+        log.contains("data connection piped"),
+        "no pipe in the log:\n{log}"
+    );
     assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+}
+
+/// `GET path` over HTTP/1.1 with the admin token: the body, after a 200.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+/// The value of `series` in a `/metrics` text.
+fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_and_sessions_show_tcp_relays() {
+    let server = TwoListeners::start();
+    let addr = SocketAddr::from((LOCALHOST, server.tcp));
+    let peer = TcpPeer::start(true);
+    let mut c = Raw::connect(addr);
+    let relayed = c.allocate_tcp();
+    let conn = c.connect_peer(peer.addr).expect("Connect");
+    let waiting = http_get(server.metrics, "/metrics");
+    assert_eq!(
+        metric(&waiting, "ferroturn_tcp_allocations_active"),
+        Some(1)
+    );
+    let series = |state: &str| format!("ferroturn_tcp_peer_connections{{state=\"{state}\"}}");
+    assert_eq!(metric(&waiting, &series("waiting")), Some(1), "{waiting}");
+    let mut data = bind_data(addr, conn).expect("ConnectionBind");
+    echo(&mut data, b"counted");
+    let bound = http_get(server.metrics, "/metrics");
+    assert_eq!(metric(&bound, &series("waiting")), Some(0));
+    assert_eq!(metric(&bound, &series("bound")), Some(1));
+    let requests = "ferroturn_requests_total{method=\"connection_bind\"}";
+    // The unsigned one that fetched the nonce (401), then the bind.
+    assert_eq!(metric(&bound, requests), Some(2));
+    // The session list: the API and `ferroturn sessions`.
+    let list: serde_json::Value =
+        serde_json::from_str(&http_get(server.admin, "/sessions")).unwrap();
+    let sessions = list["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{list}");
+    assert_eq!(sessions[0]["relay_transport"], "tcp");
+    assert_eq!(sessions[0]["relay"], relayed.to_string());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferroturn"));
+    cmd.args(["sessions", "--admin", &server.admin.to_string()])
+        .env(ferroturn::admin::client::TOKEN_ENV, TOKEN);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{}", out.output);
+    let row = out
+        .output
+        .lines()
+        .find(|l| l.contains(&relayed.to_string()))
+        .unwrap_or_else(|| panic!("no row for {relayed}:\n{}", out.output));
+    assert!(out.output.contains("RELAY_TRANSPORT"), "{}", out.output);
+    assert!(row.contains(&format!("{relayed}  tcp")), "{row}");
 }
 
 #[test]
@@ -299,7 +380,8 @@ fn echo(s: &mut TcpStream, data: &[u8]) {
 /// Whether `s` is closed by the other side within `wait` (EOF or reset),
 /// reading and discarding what comes first.
 fn closes_within(s: &mut TcpStream, wait: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let until = Instant::now() + wait;
     let mut b = [0u8; 1024];
     while Instant::now() < until {
@@ -353,7 +435,10 @@ fn a_peer_connecting_to_the_relay_reaches_the_client() {
     let relayed = c.allocate_tcp();
     // Without a permission the peer is turned away, and nobody is told.
     let mut stranger = TcpStream::connect(relayed).unwrap();
-    assert!(closes_within(&mut stranger, STEP), "a peer without permission stayed");
+    assert!(
+        closes_within(&mut stranger, STEP),
+        "a peer without permission stayed"
+    );
     assert!(c.indication(Duration::from_millis(300)).is_none());
     c.permit(SocketAddr::from((LOCALHOST, 1)));
     let mut peer = TcpStream::connect(relayed).unwrap();
@@ -466,7 +551,10 @@ fn connections_per_allocation_is_enforced() {
     // Nor may a peer connect in.
     c.permit(SocketAddr::from((LOCALHOST, 1)));
     let mut extra = TcpStream::connect(relayed).unwrap();
-    assert!(closes_within(&mut extra, STEP), "a third peer connection stayed");
+    assert!(
+        closes_within(&mut extra, STEP),
+        "a third peer connection stayed"
+    );
     assert!(c.indication(Duration::from_millis(300)).is_none());
 }
 
@@ -505,4 +593,44 @@ fn a_peer_that_does_not_read_holds_the_client_back() {
         "the server's RSS grew by {grown} KiB while {written} bytes were written"
     );
     eprintln!("stalled after {written} bytes; server RSS grew by {grown} KiB");
+}
+
+#[test]
+fn data_connections_keep_the_bandwidth_ceiling_and_no_allocation_deadline() {
+    let server = Server::start_with(ServerConfig {
+        limits: vec![
+            ("bandwidth", "100000".into()),
+            ("stream_allocation_timeout", "1".into()),
+        ],
+        ..Default::default()
+    });
+    let peer = TcpPeer::start(true);
+    let mut c = Raw::connect(server.addr);
+    c.allocate_tcp();
+    let conn = c.connect_peer(peer.addr).expect("Connect");
+    let mut data = bind_data(server.addr, conn).expect("ConnectionBind");
+    // A data connection holds no allocation, and is not closed for it
+    // (stream_allocation_timeout is 1 s here).
+    std::thread::sleep(Duration::from_millis(2500));
+    echo(&mut data, b"still here");
+    // 300 kB each way at 100 kB/s take 2.75 s at least (a quarter of a
+    // second may go at once); read on another thread while writing.
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut reader = data.try_clone().unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    let got = std::thread::spawn(move || {
+        let mut back = vec![0u8; 300_000];
+        reader.read_exact(&mut back).map(|()| back)
+    });
+    data.write_all(&payload).unwrap();
+    let back = got.join().unwrap().expect("the echo, whole");
+    let took = started.elapsed();
+    assert!(back == payload, "the echo differs");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "300 kB went through in {took:?}: faster than the 100 kB/s ceiling"
+    );
 }

@@ -105,8 +105,9 @@ pub trait Transport {
     }
 
     /// Make `client`'s connection a pipe to peer connection `conn` once
-    /// its queue is written (RFC 6062 §5.4); false if either is gone.
-    fn bind_data(&mut self, _client: ClientAddr, _conn: u32) -> bool {
+    /// its queue is written (RFC 6062 §5.4), at most `bandwidth` bytes a
+    /// second each way (0: no ceiling); false if either is gone.
+    fn bind_data(&mut self, _client: ClientAddr, _conn: u32, _bandwidth: u64) -> bool {
         false
     }
 }
@@ -360,8 +361,12 @@ impl<T: Transport> Host<T> {
                         self.engine.peer_connected(now, conn, false);
                     }
                 }
-                Output::BindData { client, conn } => {
-                    if !self.transport.bind_data(client, conn) {
+                Output::BindData {
+                    client,
+                    conn,
+                    bandwidth,
+                } => {
+                    if !self.transport.bind_data(client, conn, bandwidth) {
                         self.engine.peer_conn_closed(conn);
                     }
                 }

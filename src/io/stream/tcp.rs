@@ -242,12 +242,7 @@ fn deadline(conn: &Conn, message: Option<Instant>) -> Option<(Instant, Refusal)>
 
 /// Read and hand on frames until the client leaves (`None`) or misses a
 /// deadline (the reason).
-async fn read_loop(
-    w: &OwnerCell,
-    reader: &mut Reader,
-    client: ClientAddr,
-    conn: &Conn,
-) -> End {
+async fn read_loop(w: &OwnerCell, reader: &mut Reader, client: ClientAddr, conn: &Conn) -> End {
     let mut buf = vec![0u8; READ_BUFFER];
     let mut filled = 0;
     // When the first byte of the frame in progress came, if one is.

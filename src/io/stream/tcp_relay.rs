@@ -59,6 +59,43 @@ pub struct PeerEnd {
     pub conn: u32,
     pub stream: std::net::TcpStream,
     pub closer: watch::Receiver<()>,
+    /// Bytes per second each way (`limits.bandwidth`; 0: no ceiling).
+    pub bandwidth: u64,
+}
+
+/// A bandwidth ceiling on one direction of a pipe: each write moves a
+/// virtual clock on by its share of a second at `rate`, and the next read
+/// waits until the clock is no more than [`PACE_BURST`] ahead of now.
+/// Nothing is dropped: a stream slows down, TCP's back-pressure does the
+/// rest.
+struct Pace {
+    rate: u64,
+    clock: Instant,
+}
+
+/// How far ahead of its ceiling a direction may run: one burst.
+const PACE_BURST: Duration = Duration::from_millis(250);
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            rate,
+            clock: Instant::now(),
+        }
+    }
+
+    /// `n` bytes went through: wait as long as the ceiling wants.
+    async fn sent(&mut self, n: usize) {
+        if self.rate == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let share = Duration::from_secs_f64(n as f64 / self.rate as f64);
+        self.clock = self.clock.max(now) + share;
+        if self.clock > now + PACE_BURST {
+            tokio::time::sleep_until((self.clock - PACE_BURST).into()).await;
+        }
+    }
 }
 
 impl PeerTable {
@@ -74,6 +111,7 @@ impl PeerTable {
             conn,
             stream: p.stream,
             closer: p.closer,
+            bandwidth: 0,
         })
     }
 }
@@ -223,6 +261,7 @@ pub async fn pipe(
         stream,
         mut closer,
         conn,
+        bandwidth,
     } = end;
     let peer = stream
         .set_nonblocking(true)
@@ -236,7 +275,9 @@ pub async fn pipe(
     };
     let (mut from_peer, mut to_peer) = peer.split();
     let up = async {
+        let mut pace = Pace::new(bandwidth);
         to_peer.write_all(first).await?;
+        pace.sent(first.len()).await;
         let mut buf = vec![0u8; PIPE_BUFFER];
         loop {
             let n = reader.read_some(&mut buf).await?;
@@ -244,9 +285,11 @@ pub async fn pipe(
                 return Ok::<(), std::io::Error>(());
             }
             to_peer.write_all(&buf[..n]).await?;
+            pace.sent(n).await;
         }
     };
     let down = async {
+        let mut pace = Pace::new(bandwidth);
         let mut buf = vec![0u8; PIPE_BUFFER];
         loop {
             let n = from_peer.read(&mut buf).await?;
@@ -254,6 +297,7 @@ pub async fn pipe(
                 return Ok::<(), std::io::Error>(());
             }
             writer.write_all_of(&buf[..n]).await?;
+            pace.sent(n).await;
         }
     };
     tokio::select! {

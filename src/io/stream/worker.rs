@@ -181,13 +181,14 @@ impl Transport for Streams {
         true
     }
 
-    fn bind_data(&mut self, client: ClientAddr, conn: u32) -> bool {
+    fn bind_data(&mut self, client: ClientAddr, conn: u32, bandwidth: u64) -> bool {
         let Via::Stream { conn: id, .. } = client.via else {
             return false;
         };
-        let (Some(c), Some(peer)) = (self.conns.get(&id), self.peers.take(conn)) else {
+        let (Some(c), Some(mut peer)) = (self.conns.get(&id), self.peers.take(conn)) else {
             return false;
         };
+        peer.bandwidth = bandwidth;
         *c.pipe.borrow_mut() = Some(peer);
         true
     }

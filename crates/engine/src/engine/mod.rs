@@ -47,9 +47,9 @@ use ports::Relay;
 pub use quota::{Limits, ServerState};
 
 pub use relay::ToClient;
-pub use tcp_relay::{PROTO_TCP, PeerConns, UNBOUND_TIMEOUT};
 pub use stats::Stats;
 use stats::{AuthFailure, Code, Outcome};
+pub use tcp_relay::{PROTO_TCP, PeerConns, UNBOUND_TIMEOUT};
 
 /// The target of this module's log lines. Each logging module of the engine
 /// names its target by hand: the path it had in the `ferroturn` crate, not
@@ -153,8 +153,14 @@ pub enum Output {
     },
     /// The connection of `client` was bound to peer connection `conn`
     /// (RFC 6062 §5.4): once the answer queued before this is written, it
-    /// carries bytes to and from that peer, and no more STUN.
-    BindData { client: ClientAddr, conn: u32 },
+    /// carries bytes to and from that peer, and no more STUN, at most
+    /// `bandwidth` bytes per second each way (`limits.bandwidth`; 0: no
+    /// ceiling).
+    BindData {
+        client: ClientAddr,
+        conn: u32,
+        bandwidth: u64,
+    },
 }
 
 impl EngineConfig {
@@ -308,7 +314,9 @@ impl Gauges {
         // Every engine counts the one pool they share: the same number;
         // likewise the peer connections, counted server-wide.
         self.free_ports = self.free_ports.max(o.free_ports);
-        self.peer_connections_waiting = self.peer_connections_waiting.max(o.peer_connections_waiting);
+        self.peer_connections_waiting = self
+            .peer_connections_waiting
+            .max(o.peer_connections_waiting);
         self.peer_connections_bound = self.peer_connections_bound.max(o.peer_connections_bound);
     }
 }

@@ -70,11 +70,40 @@ pub enum OpenError {
 /// Every peer connection of the server's TCP allocations, by CONNECTION-ID.
 #[derive(Debug, Default)]
 pub struct PeerConns {
-    conns: Mutex<HashMap<u32, PeerConn>>,
+    inner: Mutex<Inner>,
     owners: AtomicU64,
 }
 
+#[derive(Debug, Default)]
+struct Inner {
+    conns: HashMap<u32, PeerConn>,
+    /// The connection ids of each allocation: at most
+    /// `connections_per_allocation`, so that each step is short however
+    /// many the server holds.
+    by_owner: HashMap<u64, Vec<u32>>,
+    bound: u64,
+}
+
+impl Inner {
+    fn remove(&mut self, id: u32) {
+        let Some(p) = self.conns.remove(&id) else {
+            return;
+        };
+        self.bound -= u64::from(p.state == ConnState::Bound);
+        if let Some(ids) = self.by_owner.get_mut(&p.owner) {
+            ids.retain(|&i| i != id);
+            if ids.is_empty() {
+                self.by_owner.remove(&p.owner);
+            }
+        }
+    }
+}
+
 impl PeerConns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("peer conns")
+    }
+
     /// A key for a new TCP allocation, unique in the server.
     pub fn new_owner(&self) -> u64 {
         self.owners.fetch_add(1, Ordering::Relaxed) + 1
@@ -82,8 +111,8 @@ impl PeerConns {
 
     /// Count a new connection `id` of `owner` to `peer`; `until` is its
     /// bind deadline if it is established already (else it is
-    /// connecting). Unbound connections past their deadline are forgotten
-    /// first, so they count no more.
+    /// connecting). The owner's unbound connections past their deadline
+    /// are forgotten first, so they count no more.
     #[allow(clippy::too_many_arguments)]
     fn open(
         &self,
@@ -95,14 +124,18 @@ impl PeerConns {
         limit: u32,
         now: Instant,
     ) -> Result<(), OpenError> {
-        let mut c = self.conns.lock().expect("peer conns");
-        c.retain(|_, p| p.owner != owner || !matches!(p.state, ConnState::Unbound(t) if t <= now));
-        if c.contains_key(&id) {
+        let mut c = self.lock();
+        if c.conns.contains_key(&id) {
             return Err(OpenError::Collision);
         }
-        let mine = c.values().filter(|p| p.owner == owner);
+        let ids = c.by_owner.get(&owner).cloned().unwrap_or_default();
         let mut n = 0;
-        for p in mine {
+        for i in ids {
+            let Some(p) = c.conns.get(&i) else { continue };
+            if matches!(p.state, ConnState::Unbound(t) if t <= now) {
+                c.remove(i);
+                continue;
+            }
             if p.peer == peer {
                 return Err(OpenError::Exists);
             }
@@ -112,21 +145,20 @@ impl PeerConns {
             return Err(OpenError::Quota);
         }
         let state = until.map_or(ConnState::Connecting, ConnState::Unbound);
-        c.insert(
-            id,
-            PeerConn {
-                owner,
-                username: username.to_owned(),
-                peer,
-                state,
-            },
-        );
+        let conn = PeerConn {
+            owner,
+            username: username.to_owned(),
+            peer,
+            state,
+        };
+        c.conns.insert(id, conn);
+        c.by_owner.entry(owner).or_default().push(id);
         Ok(())
     }
 
     /// A connecting `id` is established: it waits for its bind until `until`.
     fn established(&self, id: u32, until: Instant) {
-        if let Some(p) = self.conns.lock().expect("peer conns").get_mut(&id) {
+        if let Some(p) = self.lock().conns.get_mut(&id) {
             p.state = ConnState::Unbound(until);
         }
     }
@@ -134,12 +166,14 @@ impl PeerConns {
     /// Bind `id` for `username` at `now`: its owner and peer, if it waits
     /// for a bind, is that user's and its deadline has not passed.
     fn bind(&self, id: u32, username: &str, now: Instant) -> Option<(u64, SocketAddr)> {
-        let mut c = self.conns.lock().expect("peer conns");
-        let p = c.get_mut(&id)?;
+        let mut c = self.lock();
+        let p = c.conns.get_mut(&id)?;
         match p.state {
             ConnState::Unbound(t) if t > now && p.username == username => {
                 p.state = ConnState::Bound;
-                Some((p.owner, p.peer))
+                let got = (p.owner, p.peer);
+                c.bound += 1;
+                Some(got)
             }
             _ => None,
         }
@@ -147,28 +181,21 @@ impl PeerConns {
 
     /// Connection `id` is closed (or was never made).
     pub fn close(&self, id: u32) {
-        self.conns.lock().expect("peer conns").remove(&id);
+        self.lock().remove(id);
     }
 
     /// Forget every connection of `owner`: its allocation ended.
     fn close_owner(&self, owner: u64) {
-        self.conns
-            .lock()
-            .expect("peer conns")
-            .retain(|_, p| p.owner != owner);
+        let mut c = self.lock();
+        for id in c.by_owner.get(&owner).cloned().unwrap_or_default() {
+            c.remove(id);
+        }
     }
 
-    /// How many connections `owner` has, in every state.
-    pub fn count(&self, owner: u64) -> usize {
-        let c = self.conns.lock().expect("peer conns");
-        c.values().filter(|p| p.owner == owner).count()
-    }
-
-    /// How many peer connections the server holds: (unbound, bound).
+    /// How many peer connections the server holds: (waiting, bound).
     pub fn totals(&self) -> (u64, u64) {
-        let c = self.conns.lock().expect("peer conns");
-        let bound = c.values().filter(|p| p.state == ConnState::Bound).count() as u64;
-        (c.len() as u64 - bound, bound)
+        let c = self.lock();
+        (c.conns.len() as u64 - c.bound, c.bound)
     }
 }
 
@@ -201,9 +228,12 @@ impl Engine {
         let limit = self.cfg.live.limits.connections_per_allocation;
         for _ in 0..8 {
             let conn = self.next_connection_id();
-            match self.cfg.shared.peer_conns.open(
-                conn, owner, &username, peer, until, limit, now,
-            ) {
+            match self
+                .cfg
+                .shared
+                .peer_conns
+                .open(conn, owner, &username, peer, until, limit, now)
+            {
                 Err(OpenError::Collision) => continue,
                 Err(e) => return Err(e),
                 Ok(()) => return Ok(conn),
@@ -297,7 +327,14 @@ impl Engine {
         let client = a.client;
         let reaches = super::reaches(&self.cfg);
         let shared = &self.cfg.shared;
-        if !a.permits(peer, now, reaches) || self.cfg.live.policy.check(peer, |r| shared.is_live(r)).is_err() {
+        if !a.permits(peer, now, reaches)
+            || self
+                .cfg
+                .live
+                .policy
+                .check(peer, |r| shared.is_live(r))
+                .is_err()
+        {
             tracing::debug!(target: LOG_TARGET, %client, %peer, "peer connection without permission refused");
             self.stats.policy_denials += 1;
             return None;
@@ -345,18 +382,19 @@ impl Engine {
             Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
             _ => return bad(self),
         };
-        let Some((owner, peer)) = self
-            .cfg
-            .shared
-            .peer_conns
-            .bind(conn, &authed.username, now)
+        let Some((owner, peer)) = self.cfg.shared.peer_conns.bind(conn, &authed.username, now)
         else {
             tracing::debug!(target: LOG_TARGET, %client, conn, "ConnectionBind for no connection waiting");
             return bad(self);
         };
         tracing::debug!(target: LOG_TARGET, %client, %peer, conn, owner, "data connection bound");
         self.reply(client, authed.ok(m));
-        self.out.push_back(Output::BindData { client, conn });
+        let bandwidth = self.cfg.live.limits.bandwidth;
+        self.out.push_back(Output::BindData {
+            client,
+            conn,
+            bandwidth,
+        });
     }
 
     /// A peer connection of any TCP allocation ended (its data connection

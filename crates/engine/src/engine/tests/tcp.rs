@@ -37,14 +37,18 @@ fn outputs(t: &mut T) -> (Vec<(ClientAddr, Message)>, Vec<Output>) {
 /// One signed request from `c`: its answer (or none yet).
 fn ask(t: &mut T, c: ClientAddr, req: Req) -> (Option<Message>, Vec<Output>) {
     let n = t.nonce_for(c);
-    let fwd = t.e.handle_client(t.now, c, &req.sign_as("alice", "wonderland", &n));
+    let fwd =
+        t.e.handle_client(t.now, c, &req.sign_as("alice", "wonderland", &n));
     assert!(fwd.is_none());
     let (mut sent, other) = outputs(t);
     assert!(sent.len() <= 1, "{sent:?}");
-    (sent.pop().map(|(to, m)| {
-        assert_eq!(to, c);
-        m
-    }), other)
+    (
+        sent.pop().map(|(to, m)| {
+            assert_eq!(to, c);
+            m
+        }),
+        other,
+    )
 }
 
 /// A TCP allocation for `c`: its id and relayed address.
@@ -80,7 +84,10 @@ fn an_incoming_connection_waits_30_s_for_its_bind() {
     assert_eq!(attempt.typ.method, METHOD_CONNECTION_ATTEMPT);
     assert_eq!(attempt.typ.class, CLASS_INDICATION);
     assert_eq!(wire::xor_address(attempt, ATTR_XOR_PEER_ADDRESS), Some(p));
-    assert_eq!(wire::attr(attempt, ATTR_CONNECTION_ID), Some(&conn.to_be_bytes()[..]));
+    assert_eq!(
+        wire::attr(attempt, ATTR_CONNECTION_ID),
+        Some(&conn.to_be_bytes()[..])
+    );
     // 30 s later it is too late.
     t.advance(UNBOUND_TIMEOUT.as_secs());
     let data = stream(2, 2);
@@ -94,7 +101,13 @@ fn an_incoming_connection_waits_30_s_for_its_bind() {
     t.advance(UNBOUND_TIMEOUT.as_secs() - 1);
     let (r, other) = ask(&mut t, data, bind_req(conn));
     assert_eq!(code(&r.unwrap()), None);
-    assert_eq!(other, vec![Output::BindData { client: data, conn }]);
+    let bandwidth = 0;
+    let bound = Output::BindData {
+        client: data,
+        conn,
+        bandwidth,
+    };
+    assert_eq!(other, vec![bound]);
     // Only once, and only for its user.
     let (r, _) = ask(&mut t, stream(3, 3), bind_req(conn));
     assert_eq!(code(&r.unwrap()), Some(400));
@@ -111,7 +124,15 @@ fn connect_answers_quota_and_the_end_of_the_allocation() {
     // The shell is asked to connect from the relayed port; no answer yet.
     let (r, other) = ask(&mut t, c, connect(PEER));
     assert!(r.is_none());
-    let [Output::ConnectPeer { alloc, conn, bind, peer: to }] = other.as_slice() else {
+    let [
+        Output::ConnectPeer {
+            alloc,
+            conn,
+            bind,
+            peer: to,
+        },
+    ] = other.as_slice()
+    else {
         panic!("{other:?}")
     };
     assert_eq!((*alloc, *to, bind.port()), (id, peer(PEER), relayed.port()));
@@ -165,11 +186,21 @@ fn bad_tcp_requests_get_400() {
         (ATTR_RESERVATION_TOKEN, &[0; 8][..]),
         (ATTR_DONT_FRAGMENT, &[][..]),
     ] {
-        let (r, _) = ask(&mut t, c, Req::new(METHOD_ALLOCATE).transport(PROTO_TCP).attr(a, v));
+        let (r, _) = ask(
+            &mut t,
+            c,
+            Req::new(METHOD_ALLOCATE).transport(PROTO_TCP).attr(a, v),
+        );
         assert_eq!(code(&r.unwrap()), Some(400), "with {a}");
     }
     allocate_tcp(&mut t, c);
-    let (r, _) = ask(&mut t, c, Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(PEER)));
+    let (r, _) = ask(
+        &mut t,
+        c,
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4000)
+            .peer(peer(PEER)),
+    );
     assert_eq!(code(&r.unwrap()), Some(400));
     // A Send is dropped: no answer, nothing relayed.
     assert_eq!(t.permit(c, PEER), None);

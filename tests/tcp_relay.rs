@@ -411,7 +411,7 @@ fn connect_to_a_tcp_peer_then_bind_and_relay() {
     assert_eq!(*peer.seen.lock().unwrap(), vec![relayed]);
     let mut data = bind_data(server.addr, conn).expect("ConnectionBind");
     for i in 0..200u32 {
-        let msg: Vec<u8> = (0..(i % 97 + 1)).map(|b| (b as u32 ^ i) as u8).collect();
+        let msg: Vec<u8> = (0..(i % 97 + 1)).map(|b| (b ^ i) as u8).collect();
         echo(&mut data, &msg);
     }
     // A larger burst than the pipe's buffer, back in one piece.

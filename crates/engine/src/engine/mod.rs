@@ -1051,11 +1051,8 @@ impl Engine {
             let answer = if method == METHOD_REFRESH {
                 self.refresh(now, id, &m, &authed)
             } else if method == METHOD_CONNECT {
-                match self.connect(now, id, &m, &authed) {
-                    Some(answer) => answer,
-                    // Answered when the shell has connected.
-                    None => return None,
-                }
+                // None: answered when the shell has connected.
+                self.connect(now, id, &m, &authed)?
             } else if tcp && method == METHOD_CHANNEL_BIND {
                 // No channels on a TCP allocation (RFC 6062 §5.1).
                 authed.error(&m, Code::BadRequest)

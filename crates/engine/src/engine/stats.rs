@@ -123,11 +123,12 @@ labels! {
         WrongCredentials => 441,
         UnsupportedTransport => 442,
         PeerAddressFamilyMismatch => 443,
-        ConnectionAlreadyExists => 446,
-        ConnectionTimeoutOrFailure => 447,
         AllocationQuotaReached => 486,
         ServerError => 500,
         InsufficientCapacity => 508,
+        // RFC 6062 §6.3, after the older codes so that their order stays.
+        ConnectionAlreadyExists => 446,
+        ConnectionTimeoutOrFailure => 447,
     }
 }
 
@@ -348,14 +349,16 @@ mod tests {
                 "refresh",
                 "create_permission",
                 "channel_bind",
-                "send"
+                "send",
+                "connect",
+                "connection_bind"
             ]
         );
         assert_eq!(
             names(Code::ALL, Code::name),
             [
                 "300", "400", "401", "403", "420", "437", "438", "440", "441", "442", "443", "486",
-                "500", "508"
+                "500", "508", "446", "447"
             ]
         );
         assert_eq!(

@@ -23,9 +23,32 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
-use super::worker::WorkerCell;
 use crate::addr::AllocId;
 use crate::engine::UNBOUND_TIMEOUT;
+
+/// What the sockets of TCP allocations ask of the worker whose engine
+/// owns the allocation (RFC 6062); its answers are carried out at once.
+pub trait PeerOwner {
+    /// A peer connected to the relayed address of `id`: its CONNECTION-ID
+    /// if the engine lets it in (see `Engine::peer_connection`), given to
+    /// `park` before the client is told (a ConnectionBind may follow at
+    /// once, on another worker).
+    fn peer_connection(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        peer: SocketAddr,
+        park: &mut dyn FnMut(u32),
+    ) -> Option<u32>;
+    /// How Connect `conn` went: whether to keep the connection for a bind
+    /// (see `Engine::peer_connected`).
+    fn peer_connected(&mut self, now: Instant, conn: u32, ok: bool) -> bool;
+    /// Peer connection `conn` is closed.
+    fn peer_conn_closed(&self, conn: u32);
+}
+
+/// A worker, as these tasks hold it (all on its one thread).
+pub type PeerOwnerCell = std::rc::Rc<std::cell::RefCell<dyn PeerOwner>>;
 
 /// The log target of this file's lines.
 const LOG: &str = "ferroturn::io::tcp_relay";
@@ -133,7 +156,7 @@ pub fn listen(bind: SocketAddr) -> std::io::Result<TcpListener> {
 /// engine lets a peer in (a ConnectionAttempt to the client) or not
 /// (closed at once).
 pub async fn accept_loop(
-    w: WorkerCell,
+    w: PeerOwnerCell,
     id: AllocId,
     listener: std::rc::Rc<TcpListener>,
     peers: Arc<PeerTable>,
@@ -148,15 +171,19 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let now = Instant::now();
-        let conn = {
-            let mut h = w.borrow_mut();
-            let conn = h.engine.peer_connection(now, id, peer);
-            h.flush(now);
-            conn
+        let Ok(stream) = stream.into_std() else {
+            continue;
         };
+        let now = Instant::now();
+        let mut stream = Some(stream);
+        let mut park = |conn: u32| {
+            if let Some(s) = stream.take() {
+                peers.park(conn, s, closer.clone());
+            }
+        };
+        let conn = w.borrow_mut().peer_connection(now, id, peer, &mut park);
         match conn {
-            Some(conn) => wait_for_bind(&w, &peers, conn, stream, closer.clone()),
+            Some(conn) => expire_unbound(&w, &peers, conn, closer.clone()),
             None => tracing::debug!(target: LOG, %peer, "peer connection refused"),
         }
     }
@@ -165,7 +192,7 @@ pub async fn accept_loop(
 /// Connect from `bind` to `peer` for Connect `conn` of allocation `id`,
 /// and tell the engine how it went.
 pub async fn connect(
-    w: WorkerCell,
+    w: PeerOwnerCell,
     conn: u32,
     bind: SocketAddr,
     peer: SocketAddr,
@@ -197,38 +224,36 @@ pub async fn connect(
             None
         }
     };
+    // Parked before the client hears of it: its ConnectionBind may come
+    // at once, to another worker.
+    let stream = stream.and_then(|s| s.into_std().ok());
+    let ok = stream.is_some();
+    if let Some(s) = stream {
+        peers.park(conn, s, closer.clone());
+    }
     let now = Instant::now();
-    let keep = {
-        let mut h = w.borrow_mut();
-        let keep = h.engine.peer_connected(now, conn, stream.is_some());
-        h.flush(now);
-        keep
-    };
-    if let (true, Some(s)) = (keep, stream) {
-        wait_for_bind(&w, &peers, conn, s, closer);
+    let keep = w.borrow_mut().peer_connected(now, conn, ok);
+    if keep {
+        expire_unbound(&w, &peers, conn, closer);
+    } else {
+        drop(peers.take(conn));
     }
 }
 
-/// Park peer connection `conn` until it is bound, its allocation ends or
-/// [`UNBOUND_TIMEOUT`] passes; in the last two cases it is closed.
-fn wait_for_bind(
-    w: &WorkerCell,
+/// Close parked peer connection `conn` unless it is bound before its
+/// allocation ends or [`UNBOUND_TIMEOUT`] passes.
+fn expire_unbound(
+    w: &PeerOwnerCell,
     peers: &Arc<PeerTable>,
     conn: u32,
-    stream: TcpStream,
     mut closer: watch::Receiver<()>,
 ) {
-    let Ok(std) = stream.into_std() else {
-        w.borrow().engine.peer_conn_closed(conn);
-        return;
-    };
-    peers.park(conn, std, closer.clone());
     let (w, peers) = (w.clone(), peers.clone());
     tokio::task::spawn_local(async move {
         let _ = tokio::time::timeout(UNBOUND_TIMEOUT, closer.changed()).await;
         if peers.take(conn).is_some() {
             tracing::debug!(target: LOG, conn, "peer connection not bound in time; closed");
-            w.borrow().engine.peer_conn_closed(conn);
+            w.borrow().peer_conn_closed(conn);
         }
     });
 }

@@ -252,6 +252,34 @@ impl Transport for Streams {
 /// A stream worker, shared by its tasks.
 pub(super) type WorkerCell = Rc<RefCell<Host<Streams>>>;
 
+impl tcp_relay::PeerOwner for Host<Streams> {
+    fn peer_connection(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        peer: SocketAddr,
+        park: &mut dyn FnMut(u32),
+    ) -> Option<u32> {
+        let conn = self.engine.peer_connection(now, id, peer);
+        if let Some(c) = conn {
+            park(c);
+        }
+        // The ConnectionAttempt goes out now.
+        self.flush(now);
+        conn
+    }
+
+    fn peer_connected(&mut self, now: Instant, conn: u32, ok: bool) -> bool {
+        let keep = self.engine.peer_connected(now, conn, ok);
+        self.flush(now);
+        keep
+    }
+
+    fn peer_conn_closed(&self, conn: u32) {
+        self.engine.peer_conn_closed(conn);
+    }
+}
+
 impl Owner for Host<Streams> {
     fn connections(&self) -> usize {
         self.transport.conns.len()
@@ -277,7 +305,7 @@ impl Owner for Host<Streams> {
     }
 
     fn peer_conn_closed(&self, conn: u32) {
-        self.engine.peer_conn_closed(conn);
+        tcp_relay::PeerOwner::peer_conn_closed(self, conn);
     }
 
     fn closed(&mut self, now: Instant, id: u32, client: ClientAddr) {

@@ -175,6 +175,19 @@ pub fn render(report: &WorkerReport) -> String {
         "state=\"bound\"",
         g.peer_connections_bound,
     );
+    o.family(
+        "tcp_relayed_bytes_total",
+        "counter",
+        "Bytes relayed between the data and peer connections of TCP allocations, by direction, for the whole server.",
+    );
+    for d in Direction::ALL {
+        let labels = format!("{}=\"{}\"", Direction::KEY, d.name());
+        o.sample(
+            "tcp_relayed_bytes_total",
+            &labels,
+            g.tcp_relayed_bytes[d.index()],
+        );
+    }
     o.single(
         "relay_ports_free",
         "gauge",

@@ -174,6 +174,9 @@ fn metrics_and_sessions_show_tcp_relays() {
     let bound = http_get(server.metrics, "/metrics");
     assert_eq!(metric(&bound, &series("waiting")), Some(0));
     assert_eq!(metric(&bound, &series("bound")), Some(1));
+    let bytes = |dir: &str| format!("ferroturn_tcp_relayed_bytes_total{{direction=\"{dir}\"}}");
+    assert_eq!(metric(&bound, &bytes("to_peer")), Some(7));
+    assert_eq!(metric(&bound, &bytes("to_client")), Some(7));
     let requests = "ferroturn_requests_total{method=\"connection_bind\"}";
     // The unsigned one that fetched the nonce (401), then the bind.
     assert_eq!(metric(&bound, requests), Some(2));
@@ -183,6 +186,8 @@ fn metrics_and_sessions_show_tcp_relays() {
     let sessions = list["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 1, "{list}");
     assert_eq!(sessions[0]["relay_transport"], "tcp");
+    assert_eq!(sessions[0]["to_peer"]["bytes"], 7);
+    assert_eq!(sessions[0]["to_client"]["bytes"], 7);
     assert_eq!(sessions[0]["relay"], relayed.to_string());
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferroturn"));
     cmd.args(["sessions", "--admin", &server.admin.to_string()])

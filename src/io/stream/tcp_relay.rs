@@ -273,7 +273,8 @@ pub trait ClientWrite {
 
 /// Pipe bytes between a bound client data connection and its peer
 /// connection until either closes or the allocation ends. `first` is what
-/// the client sent after its ConnectionBind, read already. Each direction
+/// the client sent after its ConnectionBind, read already; `count` is told
+/// what goes each way (true: to the peer). Each direction
 /// reads into its own [`PIPE_BUFFER`] and reads again only once that is
 /// written.
 pub async fn pipe(
@@ -281,6 +282,7 @@ pub async fn pipe(
     writer: &mut impl ClientWrite,
     end: PeerEnd,
     first: &[u8],
+    count: &dyn Fn(bool, usize),
 ) {
     let PeerEnd {
         stream,
@@ -302,6 +304,7 @@ pub async fn pipe(
     let up = async {
         let mut pace = Pace::new(bandwidth);
         to_peer.write_all(first).await?;
+        count(true, first.len());
         pace.sent(first.len()).await;
         let mut buf = vec![0u8; PIPE_BUFFER];
         loop {
@@ -310,6 +313,7 @@ pub async fn pipe(
                 return Ok::<(), std::io::Error>(());
             }
             to_peer.write_all(&buf[..n]).await?;
+            count(true, n);
             pace.sent(n).await;
         }
     };
@@ -322,6 +326,7 @@ pub async fn pipe(
                 return Ok::<(), std::io::Error>(());
             }
             writer.write_all_of(&buf[..n]).await?;
+            count(false, n);
             pace.sent(n).await;
         }
     };

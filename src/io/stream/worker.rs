@@ -28,6 +28,7 @@ use super::proxy_header::{self, Balancers, Header, ReadError, Refusal as ProxyRe
 use super::tcp_relay::{self, PeerTable};
 use super::{tcp, tls};
 use crate::addr::{AllocId, ClientAddr, Via};
+use crate::engine::stats::Direction;
 use crate::engine::{Engine, EngineConfig};
 use crate::io::command::HostCommand;
 use crate::io::host::{Bound, Drained, Host, Transport};
@@ -306,6 +307,14 @@ impl Owner for Host<Streams> {
 
     fn peer_conn_closed(&self, conn: u32) {
         tcp_relay::PeerOwner::peer_conn_closed(self, conn);
+    }
+
+    fn pipe_relayed(&self, conn: u32, to_peer: bool, bytes: usize) {
+        let dir = match to_peer {
+            true => Direction::ToPeer,
+            false => Direction::ToClient,
+        };
+        self.engine.peer_conn_relayed(conn, dir, bytes);
     }
 
     fn closed(&mut self, now: Instant, id: u32, client: ClientAddr) {

@@ -303,6 +303,9 @@ pub struct Gauges {
     /// for their bind (or connecting), and bound to a data connection.
     pub peer_connections_waiting: u64,
     pub peer_connections_bound: u64,
+    /// Bytes the pipes of TCP allocations relayed since the start, by
+    /// [`stats::Direction`], for the whole server (a counter).
+    pub tcp_relayed_bytes: [u64; stats::Direction::COUNT],
 }
 
 impl Gauges {
@@ -318,6 +321,9 @@ impl Gauges {
             .peer_connections_waiting
             .max(o.peer_connections_waiting);
         self.peer_connections_bound = self.peer_connections_bound.max(o.peer_connections_bound);
+        for (mine, theirs) in self.tcp_relayed_bytes.iter_mut().zip(o.tcp_relayed_bytes) {
+            *mine = (*mine).max(theirs);
+        }
     }
 }
 
@@ -643,7 +649,18 @@ impl Engine {
                 relayed: a.relayed,
                 relayed_extra: a.extra.map(|e| e.1),
                 age: now.saturating_duration_since(a.created),
-                traffic: a.traffic,
+                traffic: match a.tcp {
+                    // Bytes only: a stream has no packets.
+                    Some(owner) => {
+                        let bytes = self.pipe_traffic(owner);
+                        let mut t = a.traffic;
+                        for (count, b) in t.iter_mut().zip(bytes) {
+                            count.bytes += b;
+                        }
+                        t
+                    }
+                    None => a.traffic,
+                },
                 tcp: a.tcp.is_some(),
             })
             .collect()
@@ -658,6 +675,7 @@ impl Engine {
             free_ports: self.free_ports() as u64,
             peer_connections_waiting: waiting,
             peer_connections_bound: bound,
+            tcp_relayed_bytes: self.cfg.shared.peer_conns.relayed_total(),
             ..Gauges::default()
         };
         for a in self.allocs.iter().flatten() {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use stun::attributes::*;
 use stun::message::{CLASS_INDICATION, METHOD_CONNECTION_ATTEMPT, Message, MessageType};
 
-use super::stats::Code;
+use super::stats::{Code, Direction};
 use super::{Answer, Authed, Engine, Output, Reply};
 use crate::addr::{AllocId, ClientAddr, PeerAddr, Via};
 use crate::proto::stun as wire;
@@ -82,6 +82,10 @@ struct Inner {
     /// many the server holds.
     by_owner: HashMap<u64, Vec<u32>>,
     bound: u64,
+    /// Bytes the pipes relayed, by [`Direction`]: per allocation while it
+    /// lives, and for the whole server since its start.
+    traffic: HashMap<u64, [u64; Direction::COUNT]>,
+    relayed: [u64; Direction::COUNT],
 }
 
 impl Inner {
@@ -190,6 +194,28 @@ impl PeerConns {
         for id in c.by_owner.get(&owner).cloned().unwrap_or_default() {
             c.remove(id);
         }
+        c.traffic.remove(&owner);
+    }
+
+    /// The pipe of bound connection `id` relayed `bytes` in `dir`.
+    pub fn relayed(&self, id: u32, dir: Direction, bytes: usize) {
+        let mut c = self.lock();
+        let Some(owner) = c.conns.get(&id).map(|p| p.owner) else {
+            return;
+        };
+        c.relayed[dir.index()] += bytes as u64;
+        c.traffic.entry(owner).or_default()[dir.index()] += bytes as u64;
+    }
+
+    /// Bytes the pipes of `owner` relayed, by [`Direction`].
+    fn traffic(&self, owner: u64) -> [u64; Direction::COUNT] {
+        self.lock().traffic.get(&owner).copied().unwrap_or_default()
+    }
+
+    /// Bytes every pipe of the server relayed since its start, by
+    /// [`Direction`].
+    pub fn relayed_total(&self) -> [u64; Direction::COUNT] {
+        self.lock().relayed
     }
 
     /// How many peer connections the server holds: (waiting, bound).
@@ -395,6 +421,17 @@ impl Engine {
             conn,
             bandwidth,
         });
+    }
+
+    /// The pipe of bound peer connection `conn` relayed `bytes` in `dir`:
+    /// counted for its allocation's session and the metrics.
+    pub fn peer_conn_relayed(&self, conn: u32, dir: Direction, bytes: usize) {
+        self.cfg.shared.peer_conns.relayed(conn, dir, bytes);
+    }
+
+    /// What the pipes of TCP allocation `owner` relayed, by direction.
+    pub(super) fn pipe_traffic(&self, owner: u64) -> [u64; Direction::COUNT] {
+        self.cfg.shared.peer_conns.traffic(owner)
     }
 
     /// A peer connection of any TCP allocation ended (its data connection

@@ -225,12 +225,7 @@ struct Raw {
 /// Read one STUN message from a stream (RFC 6062 data connections carry
 /// none after their bind).
 fn read_message(s: &mut TcpStream) -> std::io::Result<Message> {
-    let mut head = [0u8; 20];
-    s.read_exact(&mut head)?;
-    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
-    let mut m = head.to_vec();
-    m.resize(20 + len, 0);
-    s.read_exact(&mut m[20..])?;
+    let m = common::read_stun(s)?;
     Ok(wire::decode(&m).expect("a STUN message"))
 }
 

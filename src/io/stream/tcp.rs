@@ -67,13 +67,13 @@ impl Reader {
     }
 }
 
-impl super::tcp_relay::ClientRead for Reader {
+impl super::tcp_relay::PipeRead for Reader {
     async fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.read(buf).await
     }
 }
 
-impl super::tcp_relay::ClientWrite for Writer {
+impl super::tcp_relay::PipeWrite for Writer {
     async fn write_all_of(&mut self, buf: &[u8]) -> std::io::Result<()> {
         match self {
             Writer::Tcp(s) => {

@@ -1,9 +1,9 @@
 //! The sockets of TCP allocations (RFC 6062): the relay's listening socket,
 //! connections to peers made for a Connect, peer connections waiting for
 //! their ConnectionBind, and the byte pipe between a bound client data
-//! connection and its peer connection. The engine decides
-//! ([`crate::engine::tcp_relay`'s] Connect, ConnectionAttempt and
-//! ConnectionBind); this file only moves bytes.
+//! connection and its peer connection. The engine decides (Connect,
+//! ConnectionAttempt and ConnectionBind, in its `tcp_relay` module); this
+//! file holds the sockets and moves bytes.
 //!
 //! What one authenticated user can make the server hold: per TCP
 //! allocation at most `limits.connections_per_allocation` peer
@@ -258,17 +258,60 @@ fn expire_unbound(
     });
 }
 
-/// The client side of a pipe, its two halves.
+/// One side of a pipe, as it is read: the client's connection (TCP or
+/// TLS) or the peer's.
 #[allow(async_fn_in_trait)]
-pub trait ClientRead {
-    /// Read some bytes; 0 at the end of the stream.
+pub trait PipeRead {
+    /// Read some bytes; 0 at the end of the stream. Cancel-safe.
     async fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
 }
 
+/// One side of a pipe, as it is written.
 #[allow(async_fn_in_trait)]
-pub trait ClientWrite {
+pub trait PipeWrite {
     /// Write all of `buf` (and flush it).
     async fn write_all_of(&mut self, buf: &[u8]) -> std::io::Result<()>;
+}
+
+impl PipeRead for tokio::net::tcp::ReadHalf<'_> {
+    async fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.read(buf).await
+    }
+}
+
+impl PipeWrite for tokio::net::tcp::WriteHalf<'_> {
+    async fn write_all_of(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.write_all(buf).await
+    }
+}
+
+/// Copy `from` to `to`, `first` first, through one [`PIPE_BUFFER`]: read
+/// again only once what was read is written, at most `bandwidth` bytes a
+/// second (0: no ceiling); `count` is told each write. Ends at the end of
+/// `from` or the first error.
+async fn one_way(
+    from: &mut impl PipeRead,
+    to: &mut impl PipeWrite,
+    first: &[u8],
+    bandwidth: u64,
+    count: impl Fn(usize),
+) -> std::io::Result<()> {
+    let mut pace = Pace::new(bandwidth);
+    if !first.is_empty() {
+        to.write_all_of(first).await?;
+        count(first.len());
+        pace.sent(first.len()).await;
+    }
+    let mut buf = vec![0u8; PIPE_BUFFER];
+    loop {
+        let n = from.read_some(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all_of(&buf[..n]).await?;
+        count(n);
+        pace.sent(n).await;
+    }
 }
 
 /// Pipe bytes between a bound client data connection and its peer
@@ -278,8 +321,8 @@ pub trait ClientWrite {
 /// reads into its own [`PIPE_BUFFER`] and reads again only once that is
 /// written.
 pub async fn pipe(
-    reader: &mut impl ClientRead,
-    writer: &mut impl ClientWrite,
+    reader: &mut impl PipeRead,
+    writer: &mut impl PipeWrite,
     end: PeerEnd,
     first: &[u8],
     count: &dyn Fn(bool, usize),
@@ -301,35 +344,8 @@ pub async fn pipe(
         }
     };
     let (mut from_peer, mut to_peer) = peer.split();
-    let up = async {
-        let mut pace = Pace::new(bandwidth);
-        to_peer.write_all(first).await?;
-        count(true, first.len());
-        pace.sent(first.len()).await;
-        let mut buf = vec![0u8; PIPE_BUFFER];
-        loop {
-            let n = reader.read_some(&mut buf).await?;
-            if n == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
-            to_peer.write_all(&buf[..n]).await?;
-            count(true, n);
-            pace.sent(n).await;
-        }
-    };
-    let down = async {
-        let mut pace = Pace::new(bandwidth);
-        let mut buf = vec![0u8; PIPE_BUFFER];
-        loop {
-            let n = from_peer.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
-            writer.write_all_of(&buf[..n]).await?;
-            count(false, n);
-            pace.sent(n).await;
-        }
-    };
+    let up = one_way(reader, &mut to_peer, first, bandwidth, |n| count(true, n));
+    let down = one_way(&mut from_peer, writer, &[], bandwidth, |n| count(false, n));
     tokio::select! {
         _ = up => {}
         _ = down => {}

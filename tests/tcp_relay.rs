@@ -634,3 +634,36 @@ fn data_connections_keep_the_bandwidth_ceiling_and_no_allocation_deadline() {
         "300 kB went through in {took:?}: faster than the 100 kB/s ceiling"
     );
 }
+
+#[test]
+fn a_reload_that_denies_the_peer_closes_its_pipe() {
+    let server = Server::start();
+    let peer = TcpPeer::start(true);
+    let mut c = Raw::connect(server.addr);
+    c.allocate_tcp();
+    let conn = c.connect_peer(peer.addr).expect("Connect");
+    let mut data = bind_data(server.addr, conn).expect("ConnectionBind");
+    echo(&mut data, b"before the reload");
+    // The same config without `allow = ["127.0.0.0/8"]`: a loopback port
+    // that is no relay is this host's own, denied.
+    let denying = ServerConfig {
+        allow: vec![],
+        ..server.config.clone()
+    };
+    let text = denying.to_toml(server.addr.port(), server.relay_ports);
+    std::fs::write(server.config_path(), text).unwrap();
+    // SAFETY: kill(2) with SIGHUP on the server we started.
+    assert_eq!(
+        unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    assert!(
+        closes_within(&mut data, Duration::from_secs(10)),
+        "the pipe to a denied peer outlived the reload"
+    );
+    assert!(
+        server
+            .log()
+            .contains("peer connections to peers the new policy denies closed")
+    );
+}

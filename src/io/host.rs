@@ -110,6 +110,9 @@ pub trait Transport {
     fn bind_data(&mut self, _client: ClientAddr, _conn: u32, _bandwidth: u64) -> bool {
         false
     }
+
+    /// Close peer connection `conn` wherever it is (RFC 6062).
+    fn close_peer_conn(&mut self, _conn: u32) {}
 }
 
 /// A relay socket just bound, for a [`Transport`] to watch.
@@ -370,6 +373,7 @@ impl<T: Transport> Host<T> {
                         self.engine.peer_conn_closed(conn);
                     }
                 }
+                Output::ClosePeerConn { conn } => self.transport.close_peer_conn(conn),
                 Output::CloseRelay { alloc } => self.close_relay(now, alloc),
                 // For a kernel fast path to mirror; nothing here uses them yet.
                 Output::Grant(_) => {}

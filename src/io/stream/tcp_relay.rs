@@ -75,6 +75,9 @@ struct Parked {
 #[derive(Default)]
 pub struct PeerTable {
     parked: Mutex<HashMap<u32, Parked>>,
+    /// What ends each pipe that runs, by connection id: dropped, it
+    /// closes that pipe.
+    piped: Mutex<HashMap<u32, watch::Sender<()>>>,
 }
 
 /// A bound peer connection, handed to the client connection that bound it.
@@ -84,6 +87,8 @@ pub struct PeerEnd {
     pub closer: watch::Receiver<()>,
     /// Bytes per second each way (`limits.bandwidth`; 0: no ceiling).
     pub bandwidth: u64,
+    /// Where its pipe is registered, to be closed by a reload.
+    pub table: Option<Arc<PeerTable>>,
 }
 
 /// A bandwidth ceiling on one direction of a pipe: each write moves a
@@ -127,6 +132,24 @@ impl PeerTable {
         self.parked.lock().expect("peer table").insert(conn, p);
     }
 
+    /// Close peer connection `conn`, parked or piped.
+    pub fn kill(&self, conn: u32) {
+        drop(self.take(conn));
+        self.piped.lock().expect("peer table").remove(&conn);
+    }
+
+    /// A pipe of `conn` starts: what ends it when [`PeerTable::kill`]ed.
+    fn piping(&self, conn: u32) -> watch::Receiver<()> {
+        let (tx, rx) = watch::channel(());
+        self.piped.lock().expect("peer table").insert(conn, tx);
+        rx
+    }
+
+    /// The pipe of `conn` ended.
+    fn piped_out(&self, conn: u32) {
+        self.piped.lock().expect("peer table").remove(&conn);
+    }
+
     /// Take peer connection `conn` out, for its bind or its timeout.
     pub fn take(&self, conn: u32) -> Option<PeerEnd> {
         let p = self.parked.lock().expect("peer table").remove(&conn)?;
@@ -135,6 +158,7 @@ impl PeerTable {
             stream: p.stream,
             closer: p.closer,
             bandwidth: 0,
+            table: None,
         })
     }
 }
@@ -332,6 +356,7 @@ pub async fn pipe(
         mut closer,
         conn,
         bandwidth,
+        table,
     } = end;
     let peer = stream
         .set_nonblocking(true)
@@ -346,9 +371,23 @@ pub async fn pipe(
     let (mut from_peer, mut to_peer) = peer.split();
     let up = one_way(reader, &mut to_peer, first, bandwidth, |n| count(true, n));
     let down = one_way(&mut from_peer, writer, &[], bandwidth, |n| count(false, n));
+    // Without a table nothing kills it: the sender lives with the pipe.
+    let (_unkillable, mut killed) = match &table {
+        Some(t) => (None, t.piping(conn)),
+        None => {
+            let (tx, rx) = watch::channel(());
+            (Some(tx), rx)
+        }
+    };
     tokio::select! {
         _ = up => {}
         _ = down => {}
         _ = closer.changed() => {}
+        _ = killed.changed() => {
+            tracing::debug!(target: LOG, conn, "pipe closed: the policy denies its peer");
+        }
+    }
+    if let Some(t) = &table {
+        t.piped_out(conn);
     }
 }

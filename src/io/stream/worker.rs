@@ -190,8 +190,13 @@ impl Transport for Streams {
             return false;
         };
         peer.bandwidth = bandwidth;
+        peer.table = Some(self.peers.clone());
         *c.pipe.borrow_mut() = Some(peer);
         true
+    }
+
+    fn close_peer_conn(&mut self, conn: u32) {
+        self.peers.kill(conn);
     }
 
     fn unwatch(&mut self, relay: StreamRelay, now: Instant) {

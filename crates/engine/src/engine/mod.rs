@@ -151,6 +151,10 @@ pub enum Output {
         bind: SocketAddr,
         peer: SocketAddr,
     },
+    /// Close peer connection `conn` of a TCP allocation, wherever it is
+    /// (waiting for its bind, or piped on any worker): a reload's policy
+    /// denies its peer.
+    ClosePeerConn { conn: u32 },
     /// The connection of `client` was bound to peer connection `conn`
     /// (RFC 6062 §5.4): once the answer queued before this is written, it
     /// carries bytes to and from that peer, and no more STUN, at most
@@ -554,6 +558,7 @@ impl Engine {
                 "permissions and channels to peers the new policy denies removed"
             );
         }
+        self.close_denied_peer_conns();
     }
 
     /// The name a user's allocations count against: a static user's name,

@@ -197,6 +197,21 @@ impl PeerConns {
         c.traffic.remove(&owner);
     }
 
+    /// Forget the connections of `owner` whose peer `denied` refuses;
+    /// their ids.
+    fn close_denied(&self, owner: u64, denied: impl Fn(SocketAddr) -> bool) -> Vec<u32> {
+        let mut c = self.lock();
+        let ids = c.by_owner.get(&owner).cloned().unwrap_or_default();
+        let gone: Vec<u32> = ids
+            .into_iter()
+            .filter(|i| c.conns.get(i).is_some_and(|p| denied(p.peer)))
+            .collect();
+        for &id in &gone {
+            c.remove(id);
+        }
+        gone
+    }
+
     /// The pipe of bound connection `id` relayed `bytes` in `dir`.
     pub fn relayed(&self, id: u32, dir: Direction, bytes: usize) {
         let mut c = self.lock();
@@ -438,6 +453,25 @@ impl Engine {
     /// or its peer closed, or it waited for its bind too long).
     pub fn peer_conn_closed(&self, conn: u32) {
         self.cfg.shared.peer_conns.close(conn);
+    }
+
+    /// After a reload: every peer connection whose peer the new policy
+    /// denies is closed, as permissions to it are dropped.
+    pub(super) fn close_denied_peer_conns(&mut self) {
+        let policy = &self.cfg.live.policy;
+        let shared = &self.cfg.shared;
+        let denied = |peer: SocketAddr| policy.check(peer, |r| shared.is_live(r)).is_err();
+        let mut closed = 0;
+        for a in self.allocs.iter().flatten() {
+            let Some(owner) = a.tcp else { continue };
+            for conn in shared.peer_conns.close_denied(owner, denied) {
+                self.out.push_back(Output::ClosePeerConn { conn });
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            tracing::info!(target: LOG_TARGET, closed, "peer connections to peers the new policy denies closed");
+        }
     }
 
     /// The peer connections of an ending TCP allocation are forgotten;

@@ -139,7 +139,8 @@ impl T {
                 // TCP allocations (RFC 6062) have tests of their own (tcp.rs).
                 o @ (Output::OpenTcpRelay { .. }
                 | Output::ConnectPeer { .. }
-                | Output::BindData { .. }) => panic!("unexpected {o:?}"),
+                | Output::BindData { .. }
+                | Output::ClosePeerConn { .. }) => panic!("unexpected {o:?}"),
             }
         }
         out

@@ -210,3 +210,39 @@ fn bad_tcp_requests_get_400() {
         .bytes();
     assert!(t.e.handle_client(t.now, c, &send).is_none());
 }
+
+#[test]
+fn a_reload_closes_peer_connections_the_new_policy_denies() {
+    let mut t = T::new();
+    let c = stream(1, CONTROL);
+    let (id, _) = allocate_tcp(&mut t, c);
+    assert_eq!(t.permit(c, PEER), None);
+    let kept = t.e.peer_connection(t.now, id, peer(PEER)).unwrap();
+    outputs(&mut t);
+    assert_eq!(t.permit(c, PEER2), None);
+    let denied = t.e.peer_connection(t.now, id, peer(PEER2)).unwrap();
+    outputs(&mut t);
+    let mut u = t.e.cfg.live.clone();
+    u.policy = PeerPolicy::new(
+        vec![],
+        vec!["93.184.216.35/32".parse().unwrap()],
+        vec!["198.51.100.1".parse().unwrap()],
+        (50000, 50009),
+    );
+    t.e.update(u);
+    let (_, other) = outputs(&mut t);
+    let closed: Vec<_> = other
+        .iter()
+        .filter_map(|o| match o {
+            Output::ClosePeerConn { conn } => Some(*conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec![denied]);
+    // The other still waits for its bind; the closed one binds no more.
+    assert_eq!(t.e.cfg.shared.peer_conns.totals(), (1, 0));
+    let (r, _) = ask(&mut t, stream(2, 2), bind_req(denied));
+    assert_eq!(code(&r.unwrap()), Some(400));
+    let (r, _) = ask(&mut t, stream(3, 3), bind_req(kept));
+    assert_eq!(code(&r.unwrap()), None);
+}

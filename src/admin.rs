@@ -76,6 +76,10 @@ pub struct SessionInfo {
     pub transport: String,
     /// The relayed transport address (`IP:PORT`).
     pub relay: String,
+    /// `udp`, or `tcp` for a TCP allocation (RFC 6062); a node that does
+    /// not say has only UDP relays.
+    #[serde(default = "udp")]
+    pub relay_transport: String,
     pub relay_port: u16,
     /// The IPv6 relay of a dual-stack allocation, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +89,10 @@ pub struct SessionInfo {
     pub to_peer: TrafficReport,
     /// Relayed from peers to the client.
     pub to_client: TrafficReport,
+}
+
+fn udp() -> String {
+    "udp".to_owned()
 }
 
 /// Packets and bytes in one direction, as the admin API reports them.
@@ -106,6 +114,7 @@ impl SessionInfo {
             client: s.client.remote.to_string(),
             transport: Transport::of(s.client.via).name().to_owned(),
             relay: s.relayed.to_string(),
+            relay_transport: if s.tcp { "tcp" } else { "udp" }.to_owned(),
             relay_port: s.relayed.port(),
             relay_v6: s.relayed_extra.map(|r| r.to_string()),
             age_seconds: s.age.as_secs(),
@@ -858,13 +867,14 @@ pub mod client {
             "CLIENT",
             "TRANSPORT",
             "RELAY",
+            "RELAY_TRANSPORT",
             "AGE",
             "TO_PEER_PKTS",
             "TO_PEER_BYTES",
             "TO_CLIENT_PKTS",
             "TO_CLIENT_BYTES",
         ];
-        let rows: Vec<[String; 10]> = sessions
+        let rows: Vec<[String; 11]> = sessions
             .iter()
             .map(|s| {
                 [
@@ -873,6 +883,7 @@ pub mod client {
                     s.client.clone(),
                     s.transport.clone(),
                     s.relay.clone(),
+                    s.relay_transport.clone(),
                     age(s.age_seconds),
                     s.to_peer.packets.to_string(),
                     s.to_peer.bytes.to_string(),
@@ -893,7 +904,7 @@ pub mod client {
             let skip = usize::from(!clustered);
             for (i, (c, w)) in cells.iter().zip(width).enumerate().skip(skip) {
                 // Text columns left-aligned, numbers right-aligned.
-                if i < 5 {
+                if i < 6 {
                     l.push_str(&format!("{c:<w$}  "));
                 } else {
                     l.push_str(&format!("{c:>w$}  "));
@@ -1031,6 +1042,7 @@ mod tests {
             client: "127.0.0.1:5000".into(),
             transport: "udp".into(),
             relay: "127.0.0.1:10000".into(),
+            relay_transport: "udp".into(),
             relay_port: 10000,
             relay_v6: None,
             age_seconds: 3725,

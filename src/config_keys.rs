@@ -377,6 +377,13 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         section: "limits",
+        name: "connections_per_allocation",
+        kind: "integer",
+        default: Value("16"),
+        doc: "Peer connections per TCP allocation (RFC 6062), connecting, waiting for their ConnectionBind or bound; a Connect beyond gets 508, a peer connecting beyond is closed. `0`: TCP allocations relay nothing.",
+    },
+    Key {
+        section: "limits",
         name: "bandwidth",
         kind: "integer",
         default: Value("6250000"),

@@ -162,6 +162,40 @@ pub fn render(report: &WorkerReport) -> String {
         g.channels,
     );
     o.single(
+        "tcp_allocations_active",
+        "gauge",
+        "TCP allocations (RFC 6062) alive now: their relayed address is a TCP listener.",
+        g.tcp_allocations,
+    );
+    o.family(
+        "tcp_peer_connections",
+        "gauge",
+        "Peer connections of TCP allocations now, by state: waiting (connecting, or waiting for their ConnectionBind) or bound to a client data connection.",
+    );
+    o.sample(
+        "tcp_peer_connections",
+        "state=\"waiting\"",
+        g.peer_connections_waiting,
+    );
+    o.sample(
+        "tcp_peer_connections",
+        "state=\"bound\"",
+        g.peer_connections_bound,
+    );
+    o.family(
+        "tcp_relayed_bytes_total",
+        "counter",
+        "Bytes relayed between the data and peer connections of TCP allocations, by direction, for the whole server.",
+    );
+    for d in Direction::ALL {
+        let labels = format!("{}=\"{}\"", Direction::KEY, d.name());
+        o.sample(
+            "tcp_relayed_bytes_total",
+            &labels,
+            g.tcp_relayed_bytes[d.index()],
+        );
+    }
+    o.single(
         "relay_ports_free",
         "gauge",
         "Relay ports not in use.",

@@ -51,7 +51,7 @@ const PACKET_RATE: u32 = 20;
 /// Queries that may be 0 after this workload, and why. Every other query
 /// must show a value above 0; the drain makes the `ferroturn_draining`
 /// ones so in a second round.
-const MAY_BE_ZERO: [(&str, &str, &str); 5] = [
+const MAY_BE_ZERO: [(&str, &str, &str); 8] = [
     (
         "Allocation churn",
         "B",
@@ -76,6 +76,21 @@ const MAY_BE_ZERO: [(&str, &str, &str); 5] = [
         "Cluster usage events",
         "A",
         "usage events: only with [cluster] (tests/cluster_usage.rs)",
+    ),
+    (
+        "TCP relays (RFC 6062)",
+        "A",
+        "TCP allocations: the workload makes none (tests/tcp_relay.rs does)",
+    ),
+    (
+        "TCP relays (RFC 6062)",
+        "B",
+        "peer connections of TCP allocations: likewise",
+    ),
+    (
+        "TCP relays (RFC 6062)",
+        "C",
+        "bytes relayed by TCP allocations: likewise",
     ),
 ];
 

@@ -44,6 +44,7 @@ fn engine(now: Instant) -> Engine {
                 bandwidth: 0,
                 packet_rate: 0,
                 unauthenticated_rate: 0,
+                connections_per_allocation: 16,
             };
             cfg
         },

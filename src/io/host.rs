@@ -92,6 +92,39 @@ pub trait Transport {
     fn tls_names(&self, _client: ClientAddr) -> Option<crate::cluster::usage::TlsNames> {
         None
     }
+    /// Listen at `bind` for the TCP allocation `id` of `client` (RFC 6062
+    /// §5.1); `None` if it cannot (or the transport has no TCP relays).
+    fn listen(
+        &mut self,
+        _id: AllocId,
+        _bind: SocketAddr,
+        _client: Option<ClientAddr>,
+    ) -> Option<Self::Relay> {
+        None
+    }
+
+    /// Start connecting from `bind` to `peer` for Connect `conn` of
+    /// allocation `id` (RFC 6062 §5.2), reporting to the engine when done;
+    /// false if it cannot even start.
+    fn connect_peer(
+        &mut self,
+        _id: AllocId,
+        _conn: u32,
+        _bind: SocketAddr,
+        _peer: SocketAddr,
+    ) -> bool {
+        false
+    }
+
+    /// Make `client`'s connection a pipe to peer connection `conn` once
+    /// its queue is written (RFC 6062 §5.4), at most `bandwidth` bytes a
+    /// second each way (0: no ceiling); false if either is gone.
+    fn bind_data(&mut self, _client: ClientAddr, _conn: u32, _bandwidth: u64) -> bool {
+        false
+    }
+
+    /// Close peer connection `conn` wherever it is (RFC 6062).
+    fn close_peer_conn(&mut self, _conn: u32) {}
 }
 
 /// A relay socket just bound, for a [`Transport`] to watch.
@@ -332,6 +365,35 @@ impl<T: Transport> Host<T> {
                     let ok = self.open_relay(alloc, bind);
                     self.engine.relay_opened(now, alloc, ok);
                 }
+                Output::OpenTcpRelay { alloc, bind } => {
+                    let client = self.engine.allocation(alloc).map(|a| a.client);
+                    let relay = self.transport.listen(alloc, bind, client);
+                    let ok = relay.is_some();
+                    if let Some(r) = relay {
+                        self.keep_relay(alloc, bind.is_ipv6(), r);
+                    }
+                    self.engine.relay_opened(now, alloc, ok);
+                }
+                Output::ConnectPeer {
+                    alloc,
+                    conn,
+                    bind,
+                    peer,
+                } => {
+                    if !self.transport.connect_peer(alloc, conn, bind, peer) {
+                        self.engine.peer_connected(now, conn, false);
+                    }
+                }
+                Output::BindData {
+                    client,
+                    conn,
+                    bandwidth,
+                } => {
+                    if !self.transport.bind_data(client, conn, bandwidth) {
+                        self.engine.peer_conn_closed(conn);
+                    }
+                }
+                Output::ClosePeerConn { conn } => self.transport.close_peer_conn(conn),
                 Output::CloseRelay { alloc } => self.close_relay(now, alloc),
                 // For a kernel fast path to mirror; nothing here uses them yet.
                 Output::Grant(_) => {}

@@ -55,9 +55,11 @@ impl Server {
         // Bind everything first, so that an error stops startup before any
         // worker runs.
         let guard = StreamGuard::new(&config.live.stream_limits);
+        let peers = std::sync::Arc::new(stream::PeerTable::default());
         let mut per_worker: Vec<stream::Sockets> = (0..n)
             .map(|_| stream::Sockets {
                 guard: guard.clone(),
+                peers: peers.clone(),
                 ..Default::default()
             })
             .collect();

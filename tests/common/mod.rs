@@ -651,18 +651,25 @@ pub fn binding_tcp(server: SocketAddr) -> std::io::Result<(SocketAddr, SocketAdd
     Ok((binding_stream(&mut s)?, local))
 }
 
-/// One Binding transaction on a connected stream (TCP, or TLS over it):
-/// the mapped address the server reported.
-pub fn binding_stream(s: &mut (impl Read + Write)) -> std::io::Result<SocketAddr> {
-    let tid = transaction_id();
-    s.write_all(&binding_request(&tid))?;
-    s.flush()?;
+/// One STUN message off a stream (RFC 8489 §6.2.2: framed by its own
+/// length field), whole.
+pub fn read_stun(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut head = [0u8; 20];
     s.read_exact(&mut head)?;
     let len = u16::from_be_bytes([head[2], head[3]]) as usize;
     let mut msg = head.to_vec();
     msg.resize(20 + len, 0);
     s.read_exact(&mut msg[20..])?;
+    Ok(msg)
+}
+
+/// One Binding transaction on a connected stream (TCP, or TLS over it):
+/// the mapped address the server reported.
+pub fn binding_stream(s: &mut (impl Read + Write)) -> std::io::Result<SocketAddr> {
+    let tid = transaction_id();
+    s.write_all(&binding_request(&tid))?;
+    s.flush()?;
+    let msg = read_stun(s)?;
     parse_binding_success(&msg, &tid).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

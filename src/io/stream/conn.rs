@@ -34,6 +34,11 @@ pub trait Owner {
     /// Connection `id` of `client` closed at `now`: its allocation ends
     /// (RFC 8656 §3.1).
     fn closed(&mut self, now: Instant, id: u32, client: ClientAddr);
+    /// Peer connection `conn` of a TCP allocation ended (RFC 6062).
+    fn peer_conn_closed(&self, conn: u32);
+    /// The pipe of peer connection `conn` relayed `bytes`, to the peer if
+    /// `to_peer`, else to the client.
+    fn pipe_relayed(&self, conn: u32, to_peer: bool, bytes: usize);
 }
 
 /// A worker, as its connections hold it. Every task of a worker runs on its
@@ -211,6 +216,12 @@ pub struct Conn {
     pub(super) guard: Arc<StreamGuard>,
     /// A TLS connection's version and suite, for usage events.
     pub(super) tls_names: Cell<Option<crate::cluster::usage::TlsNames>>,
+    /// The peer connection a ConnectionBind bound this connection to (RFC
+    /// 6062 §5.4), for its reader to pick up after the message.
+    pub(super) pipe: RefCell<Option<super::tcp_relay::PeerEnd>>,
+    /// Set when the connection turns into a pipe: the writer hands its
+    /// half back once the queue is written.
+    pub(super) handover: Cell<bool>,
 }
 
 impl Conn {
@@ -227,6 +238,8 @@ impl Conn {
             clock,
             guard,
             tls_names: Cell::new(None),
+            pipe: RefCell::new(None),
+            handover: Cell::new(false),
         }
     }
 

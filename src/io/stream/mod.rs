@@ -12,7 +12,9 @@ mod conn;
 pub mod guard;
 pub mod proxy_header;
 mod tcp;
+mod tcp_relay;
 pub mod tls;
 mod worker;
 
+pub use tcp_relay::PeerTable;
 pub use worker::{Sockets, run};

@@ -67,6 +67,45 @@ impl Reader {
     }
 }
 
+impl super::tcp_relay::PipeRead for Reader {
+    async fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.read(buf).await
+    }
+}
+
+impl super::tcp_relay::PipeWrite for Writer {
+    async fn write_all_of(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Tcp(s) => {
+                let mut at = 0;
+                while at < buf.len() {
+                    s.writable().await?;
+                    match s.try_write(&buf[at..]) {
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            Writer::Tls(w) => {
+                w.write_all(buf).await?;
+                w.flush().await
+            }
+        }
+    }
+}
+
+/// How a connection's read loop ended.
+enum End {
+    /// The client left (`None`) or missed a deadline (the reason).
+    Closed(Option<Refusal>),
+    /// A ConnectionBind made it a data connection (RFC 6062 §5.4): pipe
+    /// it to this peer connection, starting with these bytes the client
+    /// sent after the bind.
+    Pipe(super::tcp_relay::PeerEnd, Vec<u8>),
+}
+
 /// The write side of a connection, owned by its writer task.
 enum Writer {
     Tcp(Rc<TcpStream>),
@@ -159,11 +198,28 @@ fn start(
     tracing::debug!(%client, "{what}");
     let writer = tokio::task::spawn_local(write_loop(conn.clone(), writer));
     tokio::task::spawn_local(async move {
-        if let Some(r) = read_loop(&w, reader, client, &conn).await {
-            conn.guard.refuse(r);
-            tracing::debug!(%client, reason = ?r, "closing a stream connection");
+        let mut reader = reader;
+        match read_loop(&w, &mut reader, client, &conn).await {
+            End::Closed(Some(r)) => {
+                conn.guard.refuse(r);
+                tracing::debug!(%client, reason = ?r, "closing a stream connection");
+                writer.abort();
+            }
+            End::Closed(None) => writer.abort(),
+            End::Pipe(peer, first) => {
+                // The writer writes what is queued (the bind's answer),
+                // then hands its half back.
+                conn.handover.set(true);
+                conn.wake.notify_one();
+                let id = peer.conn;
+                if let Ok(Some(mut writer)) = writer.await {
+                    tracing::debug!(%client, conn = id, "data connection piped");
+                    let count = |to_peer: bool, n: usize| w.borrow().pipe_relayed(id, to_peer, n);
+                    super::tcp_relay::pipe(&mut reader, &mut writer, peer, &first, &count).await;
+                }
+                w.borrow().peer_conn_closed(id);
+            }
         }
-        writer.abort();
         conn.closed.set(true);
         let now = Instant::now();
         w.borrow_mut().closed(now, id, client);
@@ -192,12 +248,7 @@ fn deadline(conn: &Conn, message: Option<Instant>) -> Option<(Instant, Refusal)>
 
 /// Read and hand on frames until the client leaves (`None`) or misses a
 /// deadline (the reason).
-async fn read_loop(
-    w: &OwnerCell,
-    mut reader: Reader,
-    client: ClientAddr,
-    conn: &Conn,
-) -> Option<Refusal> {
+async fn read_loop(w: &OwnerCell, reader: &mut Reader, client: ClientAddr, conn: &Conn) -> End {
     let mut buf = vec![0u8; READ_BUFFER];
     let mut filled = 0;
     // When the first byte of the frame in progress came, if one is.
@@ -224,9 +275,9 @@ async fn read_loop(
                             conn.clock.allocated();
                             continue;
                         }
-                        return Some(Refusal::AllocationTimeout);
+                        return End::Closed(Some(Refusal::AllocationTimeout));
                     }
-                    Some((t, r)) if t <= now => return Some(r),
+                    Some((t, r)) if t <= now => return End::Closed(Some(r)),
                     // A reload or a new allocation moved it.
                     _ => continue,
                 }
@@ -235,7 +286,7 @@ async fn read_loop(
         };
         let now = Instant::now();
         match n {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => return End::Closed(None),
             Ok(n) => filled += n,
         }
         let mut start = 0;
@@ -245,11 +296,14 @@ async fn read_loop(
                     w.borrow_mut()
                         .message(now, client, &buf[start..start + len]);
                     start += len;
+                    if let Some(peer) = conn.pipe.borrow_mut().take() {
+                        return End::Pipe(peer, buf[start..filled].to_vec());
+                    }
                 }
                 Ok(None) => break,
                 Err(()) => {
                     tracing::debug!(%client, "not a STUN/TURN stream; closing");
-                    return None;
+                    return End::Closed(None);
                 }
             }
         }
@@ -268,14 +322,17 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(conn: Rc<Conn>, writer: Writer) {
+/// Write what is queued for the client whenever there is some; once the
+/// connection turns into a pipe ([`Conn::handover`]) and the queue is
+/// written, hand the write half back. `None`: the client is gone.
+async fn write_loop(conn: Rc<Conn>, writer: Writer) -> Option<Writer> {
     match writer {
         Writer::Tcp(stream) => loop {
             conn.wake.notified().await;
             while !conn.queued.borrow().is_empty() {
                 if stream.writable().await.is_err() {
                     conn.closed.set(true);
-                    return;
+                    return None;
                 }
                 let mut q = conn.queued.borrow_mut();
                 match stream.try_write(&q) {
@@ -285,11 +342,14 @@ async fn write_loop(conn: Rc<Conn>, writer: Writer) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => {
                         conn.closed.set(true);
-                        return;
+                        return None;
                     }
                 }
             }
             shrink(&mut conn.queued.borrow_mut());
+            if conn.handover.get() {
+                return Some(Writer::Tcp(stream));
+            }
         },
         Writer::Tls(mut w) => {
             // What is being written; frames sent meanwhile queue behind it.
@@ -309,19 +369,22 @@ async fn write_loop(conn: Rc<Conn>, writer: Writer) {
                         // so up to 5 records for the largest).
                         if w.write_all(&out[start..end]).await.is_err() {
                             conn.closed.set(true);
-                            return;
+                            return None;
                         }
                         conn.in_flight.set(out.len() - end);
                         start = end;
                     }
                     if w.flush().await.is_err() {
                         conn.closed.set(true);
-                        return;
+                        return None;
                     }
                     out.clear();
                     ends.clear();
                 }
                 shrink(&mut out);
+                if conn.handover.get() {
+                    return Some(Writer::Tls(w));
+                }
             }
         }
     }

@@ -25,8 +25,10 @@ use tokio::task::JoinHandle;
 use super::conn::{Clock, Conn, Owner, Watched};
 use super::guard::{Refusal, Slot, StreamGuard};
 use super::proxy_header::{self, Balancers, Header, ReadError, Refusal as ProxyRefusal};
+use super::tcp_relay::{self, PeerTable};
 use super::{tcp, tls};
 use crate::addr::{AllocId, ClientAddr, Via};
+use crate::engine::stats::Direction;
 use crate::engine::{Engine, EngineConfig};
 use crate::io::command::HostCommand;
 use crate::io::host::{Bound, Drained, Host, Transport};
@@ -48,6 +50,9 @@ pub struct Sockets {
     /// The load balancers of each PROXY protocol listener, by `[[listen]]`
     /// index.
     pub proxy: HashMap<u16, Arc<Balancers>>,
+    /// Peer connections of TCP allocations waiting for their bind, which
+    /// may come to any worker (RFC 6062).
+    pub peers: Arc<PeerTable>,
 }
 
 /// A stream worker's way to its clients and its readiness: its
@@ -60,19 +65,39 @@ pub struct Streams {
     timer: Rc<Notify>,
     /// Stream limits and per-IP counts, shared by every worker.
     guard: Arc<StreamGuard>,
+    /// Unbound peer connections of every worker (RFC 6062).
+    peers: Arc<PeerTable>,
+    /// What tells each TCP allocation's connections that it ended, by
+    /// allocation id.
+    closers: HashMap<u32, watch::Receiver<()>>,
 }
 
-/// A relay socket of a stream worker, and the task that reads it.
+/// A relay socket of a stream worker, and the task that reads it (or,
+/// for a TCP allocation, accepts on it).
 pub struct StreamRelay {
-    socket: Rc<UdpSocket>,
+    socket: RelaySocket,
     task: JoinHandle<()>,
     /// The connection of the allocation's client, told when it ends.
     conn: Option<u32>,
 }
 
+enum RelaySocket {
+    Udp(Rc<UdpSocket>),
+    /// A TCP allocation's listener (RFC 6062), its allocation id, and what
+    /// closes its peer connections when dropped.
+    Tcp {
+        listener: Rc<TcpListener>,
+        alloc: u32,
+        _closes: watch::Sender<()>,
+    },
+}
+
 impl AsFd for StreamRelay {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
+        match &self.socket {
+            RelaySocket::Udp(s) => s.as_fd(),
+            RelaySocket::Tcp { listener, .. } => listener.as_fd(),
+        }
     }
 }
 
@@ -102,13 +127,82 @@ impl Transport for Streams {
             c.clock.allocated();
         }
         Some(StreamRelay {
-            socket: sock,
+            socket: RelaySocket::Udp(sock),
             task,
             conn,
         })
     }
 
+    fn listen(
+        &mut self,
+        id: AllocId,
+        bind: SocketAddr,
+        client: Option<ClientAddr>,
+    ) -> Option<StreamRelay> {
+        let conn = match client.map(|c| c.via) {
+            Some(Via::Stream { conn, .. }) if self.conns.contains_key(&conn) => conn,
+            _ => return None,
+        };
+        let listener = match tcp_relay::listen(bind) {
+            Ok(l) => Rc::new(l),
+            Err(e) => {
+                tracing::debug!(%bind, "tcp relay listen failed: {e}");
+                return None;
+            }
+        };
+        let (tx, rx) = watch::channel(());
+        let task = tokio::task::spawn_local(tcp_relay::accept_loop(
+            me()?,
+            id,
+            listener.clone(),
+            self.peers.clone(),
+            rx.clone(),
+        ));
+        self.closers.insert(id.0, rx);
+        if let Some(c) = self.conns.get(&conn) {
+            c.clock.allocated();
+        }
+        Some(StreamRelay {
+            socket: RelaySocket::Tcp {
+                listener,
+                alloc: id.0,
+                _closes: tx,
+            },
+            task,
+            conn: Some(conn),
+        })
+    }
+
+    fn connect_peer(&mut self, id: AllocId, conn: u32, bind: SocketAddr, peer: SocketAddr) -> bool {
+        let (Some(closer), Some(w)) = (self.closers.get(&id.0), me()) else {
+            return false;
+        };
+        let task = tcp_relay::connect(w, conn, bind, peer, self.peers.clone(), closer.clone());
+        tokio::task::spawn_local(task);
+        true
+    }
+
+    fn bind_data(&mut self, client: ClientAddr, conn: u32, bandwidth: u64) -> bool {
+        let Via::Stream { conn: id, .. } = client.via else {
+            return false;
+        };
+        let (Some(c), Some(mut peer)) = (self.conns.get(&id), self.peers.take(conn)) else {
+            return false;
+        };
+        peer.bandwidth = bandwidth;
+        peer.table = Some(self.peers.clone());
+        *c.pipe.borrow_mut() = Some(peer);
+        true
+    }
+
+    fn close_peer_conn(&mut self, conn: u32) {
+        self.peers.kill(conn);
+    }
+
     fn unwatch(&mut self, relay: StreamRelay, now: Instant) {
+        if let RelaySocket::Tcp { alloc, .. } = &relay.socket {
+            self.closers.remove(alloc);
+        }
         relay.task.abort();
         // Its connection, if still open, must allocate again within the
         // allocation timeout.
@@ -171,6 +265,34 @@ impl Transport for Streams {
 /// A stream worker, shared by its tasks.
 pub(super) type WorkerCell = Rc<RefCell<Host<Streams>>>;
 
+impl tcp_relay::PeerOwner for Host<Streams> {
+    fn peer_connection(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        peer: SocketAddr,
+        park: &mut dyn FnMut(u32),
+    ) -> Option<u32> {
+        let conn = self.engine.peer_connection(now, id, peer);
+        if let Some(c) = conn {
+            park(c);
+        }
+        // The ConnectionAttempt goes out now.
+        self.flush(now);
+        conn
+    }
+
+    fn peer_connected(&mut self, now: Instant, conn: u32, ok: bool) -> bool {
+        let keep = self.engine.peer_connected(now, conn, ok);
+        self.flush(now);
+        keep
+    }
+
+    fn peer_conn_closed(&self, conn: u32) {
+        self.engine.peer_conn_closed(conn);
+    }
+}
+
 impl Owner for Host<Streams> {
     fn connections(&self) -> usize {
         self.transport.conns.len()
@@ -193,6 +315,18 @@ impl Owner for Host<Streams> {
 
     fn holds_allocation(&self, client: ClientAddr) -> bool {
         self.engine.allocation_of(client).is_some()
+    }
+
+    fn peer_conn_closed(&self, conn: u32) {
+        tcp_relay::PeerOwner::peer_conn_closed(self, conn);
+    }
+
+    fn pipe_relayed(&self, conn: u32, to_peer: bool, bytes: usize) {
+        let dir = match to_peer {
+            true => Direction::ToPeer,
+            false => Direction::ToClient,
+        };
+        self.engine.peer_conn_relayed(conn, dir, bytes);
     }
 
     fn closed(&mut self, now: Instant, id: u32, client: ClientAddr) {
@@ -233,6 +367,8 @@ pub fn run(
             armed: None,
             timer: timer.clone(),
             guard: sockets.guard.clone(),
+            peers: sockets.peers.clone(),
+            closers: HashMap::new(),
         };
         let w: WorkerCell = Rc::new(RefCell::new(Host::new(
             Engine::new(cfg, now, unix_now),

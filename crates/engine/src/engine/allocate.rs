@@ -124,10 +124,21 @@ impl Engine {
             };
             return self.reply(client, r.finish(Some(&signer), false));
         }
-        match wire::requested_transport(m) {
-            Some(Ok(PROTO_UDP)) => {}
+        let tcp = match wire::requested_transport(m) {
+            Some(Ok(PROTO_UDP)) => false,
+            Some(Ok(super::PROTO_TCP)) => true,
             Some(Ok(_)) => return self.reply(client, err(Code::UnsupportedTransport)),
             None | Some(Err(())) => return self.reply(client, err(Code::BadRequest)),
+        };
+        // A TCP allocation (RFC 6062 §5.1) is for a client on a stream, and
+        // has no use for EVEN-PORT, RESERVATION-TOKEN or DONT-FRAGMENT.
+        if tcp
+            && (!matches!(client.via, crate::addr::Via::Stream { .. })
+                || [ATTR_EVEN_PORT, ATTR_RESERVATION_TOKEN, ATTR_DONT_FRAGMENT]
+                    .into_iter()
+                    .any(|t| wire::attr(m, t).is_some()))
+        {
+            return self.reply(client, err(Code::BadRequest));
         }
         let mobile = match self.wants_mobility(client, m) {
             Ok(mobile) => mobile,
@@ -136,6 +147,10 @@ impl Engine {
         let Ok(mut families) = self.families(client, m) else {
             return self.reply(client, err(self.family_error(m)));
         };
+        if tcp && families.dual {
+            // One listening socket: one family.
+            return self.reply(client, err(Code::BadRequest));
+        }
         // EVEN-PORT (§14.6): the R bit asks to reserve the next port too.
         let (even, reserve) = match wire::attr(m, ATTR_EVEN_PORT) {
             None => (false, false),
@@ -253,12 +268,20 @@ impl Engine {
             usage_reported: Default::default(),
             meters: [Meter::new(now, &self.cfg.live.limits); Direction::COUNT],
             ticket: mobile.then_some(0),
+            tcp: tcp.then(|| self.cfg.shared.peer_conns.new_owner()),
         });
         self.by_client.insert(client, id);
-        self.out.push_back(Output::OpenRelay {
-            alloc: id,
-            bind: SocketAddr::new(self.bind_ip(relay, families.v6), port.0),
-        });
+        let bind = SocketAddr::new(self.bind_ip(relay, families.v6), port.0);
+        self.out.push_back(self.open_relay(id, bind));
+    }
+
+    /// The output that opens `id`'s relay socket at `bind`: a UDP socket,
+    /// or a TCP listener for a TCP allocation (RFC 6062 §5.1).
+    fn open_relay(&self, id: AllocId, bind: SocketAddr) -> Output {
+        match self.allocation(id).and_then(|a| a.tcp) {
+            Some(_) => Output::OpenTcpRelay { alloc: id, bind },
+            None => Output::OpenRelay { alloc: id, bind },
+        }
     }
 
     /// The relay families an Allocate asks for (§7.2): REQUESTED-ADDRESS-
@@ -298,7 +321,7 @@ impl Engine {
     }
 
     /// Where a relay socket of `relay` binds, of the IPv6 twin if `v6`.
-    fn bind_ip(&self, relay: Relay, v6: bool) -> std::net::IpAddr {
+    pub(super) fn bind_ip(&self, relay: Relay, v6: bool) -> std::net::IpAddr {
         let r = self.relay_address(relay);
         match (v6, r.bind_v6) {
             (true, Some(ip)) => ip,
@@ -352,7 +375,7 @@ impl Engine {
                         v6_refused,
                     };
                     let bind = SocketAddr::new(self.bind_ip(relay, true), port.0);
-                    self.out.push_back(Output::OpenRelay { alloc: id, bind });
+                    self.out.push_back(self.open_relay(id, bind));
                 }
                 None => self.fail_allocation(id, &request, &signer),
             }
@@ -443,7 +466,7 @@ impl Engine {
             v6_refused,
         };
         let bind = SocketAddr::new(self.bind_ip(relay, v6), port.0);
-        self.out.push_back(Output::OpenRelay { alloc: id, bind });
+        self.out.push_back(self.open_relay(id, bind));
     }
 
     /// Give up on an allocation whose relay could not be opened: 508.
@@ -475,7 +498,7 @@ impl Engine {
 
     /// An unpredictable RESERVATION-TOKEN: a keyed MAC of a counter, with
     /// the key from the engine's random seed.
-    fn next_token(&mut self) -> [u8; 8] {
+    pub(super) fn next_token(&mut self) -> [u8; 8] {
         self.token_counter += 1;
         let tag = ring::hmac::sign(&self.token_key, &self.token_counter.to_be_bytes());
         let mut out = [0u8; 8];

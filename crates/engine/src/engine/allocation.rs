@@ -220,6 +220,9 @@ pub struct Allocation {
     /// With mobility (RFC 8016): the serial of its newest ticket, the only
     /// one that moves it (`Some(0)` until the first is issued).
     pub ticket: Option<u32>,
+    /// A TCP allocation (RFC 6062): its key among the server's peer
+    /// connections ([`super::PeerConns`]).
+    pub tcp: Option<u64>,
 }
 
 impl Allocation {

@@ -29,6 +29,7 @@ pub mod quota;
 mod relay;
 pub mod spread;
 pub mod stats;
+mod tcp_relay;
 pub mod usage;
 
 use std::cmp::Reverse;
@@ -54,6 +55,7 @@ pub use quota::{Limits, ServerState};
 pub use relay::ToClient;
 pub use stats::Stats;
 use stats::{AuthFailure, Code, Outcome};
+pub use tcp_relay::{PROTO_TCP, PeerConns, UNBOUND_TIMEOUT};
 
 /// The target of this module's log lines. Each logging module of the engine
 /// names its target by hand: the path it had in the `ferroturn` crate, not
@@ -153,6 +155,35 @@ pub enum Output {
     /// `--redis-statsdb` events). Only after [`Engine::usage_on`]; never
     /// made while relaying a packet.
     Usage(Box<usage::Usage>),
+    /// Listen for TCP at `bind`, the relayed transport address of the TCP
+    /// allocation `alloc` (RFC 6062 §5.1), then call
+    /// [`Engine::relay_opened`]; peers that connect there are offered to
+    /// [`Engine::peer_connection`]. [`Output::CloseRelay`] closes it with
+    /// every peer connection of the allocation.
+    OpenTcpRelay { alloc: AllocId, bind: SocketAddr },
+    /// Connect from `bind` (the relayed transport address) to `peer` for
+    /// the Connect request of `alloc` (RFC 6062 §5.2), then call
+    /// [`Engine::peer_connected`] with `conn`.
+    ConnectPeer {
+        alloc: AllocId,
+        conn: u32,
+        bind: SocketAddr,
+        peer: SocketAddr,
+    },
+    /// Close peer connection `conn` of a TCP allocation, wherever it is
+    /// (waiting for its bind, or piped on any worker): a reload's policy
+    /// denies its peer.
+    ClosePeerConn { conn: u32 },
+    /// The connection of `client` was bound to peer connection `conn`
+    /// (RFC 6062 §5.4): once the answer queued before this is written, it
+    /// carries bytes to and from that peer, and no more STUN, at most
+    /// `bandwidth` bytes per second each way (`limits.bandwidth`; 0: no
+    /// ceiling).
+    BindData {
+        client: ClientAddr,
+        conn: u32,
+        bandwidth: u64,
+    },
 }
 
 impl EngineConfig {
@@ -237,6 +268,8 @@ pub struct Session {
     pub age: Duration,
     /// Relayed traffic, by [`stats::Direction`].
     pub traffic: [stats::TrafficCount; stats::Direction::COUNT],
+    /// A TCP allocation (RFC 6062): its relayed address is a TCP listener.
+    pub tcp: bool,
 }
 
 /// Where a draining server sends new Allocates (300 Try Alternate, RFC
@@ -292,6 +325,15 @@ pub struct Gauges {
     pub permissions: u64,
     pub channels: u64,
     pub free_ports: u64,
+    /// Allocations with a TCP relay (RFC 6062).
+    pub tcp_allocations: u64,
+    /// Peer connections of TCP allocations in the whole server: waiting
+    /// for their bind (or connecting), and bound to a data connection.
+    pub peer_connections_waiting: u64,
+    pub peer_connections_bound: u64,
+    /// Bytes the pipes of TCP allocations relayed since the start, by
+    /// [`stats::Direction`], for the whole server (a counter).
+    pub tcp_relayed_bytes: [u64; stats::Direction::COUNT],
 }
 
 impl Gauges {
@@ -299,8 +341,17 @@ impl Gauges {
         self.allocations += o.allocations;
         self.permissions += o.permissions;
         self.channels += o.channels;
-        // Every engine counts the one pool they share: the same number.
+        self.tcp_allocations += o.tcp_allocations;
+        // Every engine counts the one pool they share: the same number;
+        // likewise the peer connections, counted server-wide.
         self.free_ports = self.free_ports.max(o.free_ports);
+        self.peer_connections_waiting = self
+            .peer_connections_waiting
+            .max(o.peer_connections_waiting);
+        self.peer_connections_bound = self.peer_connections_bound.max(o.peer_connections_bound);
+        for (mine, theirs) in self.tcp_relayed_bytes.iter_mut().zip(o.tcp_relayed_bytes) {
+            *mine = (*mine).max(theirs);
+        }
     }
 }
 
@@ -337,6 +388,7 @@ const KNOWN: &[AttrType] = &[
     ATTR_MESSAGE_INTEGRITY_SHA256,
     ATTR_PASSWORD_ALGORITHM,
     ATTR_USER_HASH,
+    ATTR_CONNECTION_ID,
 ];
 
 /// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11), comprehension-optional.
@@ -464,6 +516,8 @@ pub struct Engine {
     cluster: cluster::ClusterUsers,
     /// Whether usage facts are made ([`Engine::usage_on`]).
     usage: bool,
+    /// Connects to peers under way (RFC 6062 §5.2).
+    tcp: tcp_relay::Connecting,
     pub stats: Stats,
 }
 
@@ -499,6 +553,7 @@ impl Engine {
             handoffs: mobility::Pending::default(),
             cluster: cluster::ClusterUsers::default(),
             usage: false,
+            tcp: tcp_relay::Connecting::default(),
             stats: Stats::default(),
         }
     }
@@ -543,6 +598,7 @@ impl Engine {
                 "permissions and channels to peers the new policy denies removed"
             );
         }
+        self.close_denied_peer_conns();
     }
 
     /// The name a user's allocations count against: a static user's name,
@@ -693,21 +749,39 @@ impl Engine {
                 relayed: a.relayed,
                 relayed_extra: a.extra.map(|e| e.1),
                 age: now.saturating_duration_since(a.created),
-                traffic: a.traffic,
+                traffic: match a.tcp {
+                    // Bytes only: a stream has no packets.
+                    Some(owner) => {
+                        let bytes = self.pipe_traffic(owner);
+                        let mut t = a.traffic;
+                        for (count, b) in t.iter_mut().zip(bytes) {
+                            count.bytes += b;
+                        }
+                        t
+                    }
+                    None => a.traffic,
+                },
+                tcp: a.tcp.is_some(),
             })
             .collect()
     }
 
-    /// Gauges for metrics: allocations, permissions, channels, free ports.
+    /// Gauges for metrics: allocations, permissions, channels, free
+    /// ports, TCP allocations and their peer connections.
     pub fn gauges(&self) -> Gauges {
+        let (waiting, bound) = self.cfg.shared.peer_conns.totals();
         let mut g = Gauges {
             allocations: self.by_client.len() as u64,
             free_ports: self.free_ports() as u64,
+            peer_connections_waiting: waiting,
+            peer_connections_bound: bound,
+            tcp_relayed_bytes: self.cfg.shared.peer_conns.relayed_total(),
             ..Gauges::default()
         };
         for a in self.allocs.iter().flatten() {
             g.permissions += a.permissions.len() as u64;
             g.channels += a.channels.len() as u64;
+            g.tcp_allocations += u64::from(a.tcp.is_some());
         }
         g
     }
@@ -936,6 +1010,9 @@ impl Engine {
             self.cfg.shared.set_live(r.is_ipv6(), p.0, false);
         }
         self.cfg.shared.release(&a.held);
+        if let Some(owner) = a.tcp {
+            self.tcp_allocation_ended(id, owner);
+        }
         self.free_ids.push(id.0);
         self.out.push_back(Output::CloseRelay { alloc: id });
     }
@@ -1048,6 +1125,8 @@ impl Engine {
             METHOD_REFRESH,
             METHOD_CREATE_PERMISSION,
             METHOD_CHANNEL_BIND,
+            METHOD_CONNECT,
+            METHOD_CONNECTION_BIND,
         ];
         if !known.contains(&method) || self.cfg.stun_only.contains(&client.via.listener()) {
             self.unauthenticated_answer(now, client, &m, Reject::Plain(Code::BadRequest));
@@ -1089,6 +1168,8 @@ impl Engine {
         {
             // A ticket from a new 5-tuple (RFC 8016 §3.2).
             self.mobility_refresh(now, client, &m, authed);
+        } else if method == METHOD_CONNECTION_BIND {
+            self.connection_bind(now, client, &m, authed);
         } else {
             // Every other request needs the client's allocation (RFC 8656
             // §7.3, §9.2, §11.2): 437 without one, 441 from another user.
@@ -1101,8 +1182,15 @@ impl Engine {
                 self.reply(client, authed.error(&m, Code::WrongCredentials));
                 return None;
             }
+            let tcp = a.tcp.is_some();
             let answer = if method == METHOD_REFRESH {
                 self.refresh(now, id, &m, &authed)
+            } else if method == METHOD_CONNECT {
+                // None: answered when the shell has connected.
+                self.connect(now, id, &m, &authed)?
+            } else if tcp && method == METHOD_CHANNEL_BIND {
+                // No channels on a TCP allocation (RFC 6062 §5.1).
+                authed.error(&m, Code::BadRequest)
             } else if method == METHOD_CREATE_PERMISSION {
                 self.create_permission(now, id, &m, &authed)
             } else {

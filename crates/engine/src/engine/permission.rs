@@ -103,7 +103,9 @@ impl Engine {
         let reaches = super::reaches(&self.cfg);
         let (policy, shared) = (&self.cfg.live.policy, &self.cfg.shared);
         let a = self.allocs.get_mut(id.0 as usize)?.as_mut()?;
-        let (Some(peer), Some((start, end))) = (peer, data) else {
+        // No Send on a TCP allocation (RFC 6062 §5.1): an indication gets
+        // no answer, so it is dropped.
+        let (Some(peer), Some((start, end)), None) = (peer, data, a.tcp) else {
             self.stats.dropped += 1;
             return None;
         };

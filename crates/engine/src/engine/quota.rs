@@ -29,6 +29,9 @@ pub struct Limits {
     pub packet_rate: u32,
     /// Unauthenticated answers (401, 400, 438) per second per source IP.
     pub unauthenticated_rate: u32,
+    /// Peer connections per TCP allocation (RFC 6062), in every state
+    /// (508 to a Connect beyond, an incoming one is closed).
+    pub connections_per_allocation: u32,
 }
 
 impl Default for Limits {
@@ -43,6 +46,7 @@ impl Default for Limits {
             bandwidth: 6_250_000,
             packet_rate: 10_000,
             unauthenticated_rate: 100,
+            connections_per_allocation: 16,
         }
     }
 }
@@ -130,6 +134,9 @@ pub struct ServerState {
     /// The relay ports of every engine: one pool, so that clients of any
     /// transport may use the whole range.
     pub ports: PortPool,
+    /// The peer connections of every TCP allocation (RFC 6062), by
+    /// CONNECTION-ID: a ConnectionBind may reach any worker.
+    pub peer_conns: super::PeerConns,
 }
 
 impl Default for ServerState {
@@ -157,6 +164,7 @@ impl ServerState {
             live: [words(), words()],
             limiter: SourceLimiter::new(key),
             ports: PortPool::default(),
+            peer_conns: super::PeerConns::default(),
         }
     }
 
@@ -536,6 +544,7 @@ mod tests {
             bandwidth: 1000,
             packet_rate: 10,
             unauthenticated_rate: 5,
+            connections_per_allocation: 16,
         }
     }
 

@@ -103,6 +103,8 @@ labels! {
         CreatePermission = "create_permission" => stun::message::METHOD_CREATE_PERMISSION,
         ChannelBind = "channel_bind" => stun::message::METHOD_CHANNEL_BIND,
         Send = "send" => stun::message::METHOD_SEND,
+        Connect = "connect" => stun::message::METHOD_CONNECT,
+        ConnectionBind = "connection_bind" => stun::message::METHOD_CONNECTION_BIND,
     }
 }
 
@@ -126,6 +128,9 @@ labels! {
         InsufficientCapacity => 508,
         // Last, so that the codes before keep their order.
         MobilityForbidden => 405,
+        // RFC 6062 §6.3, after the older codes so that their order stays.
+        ConnectionAlreadyExists => 446,
+        ConnectionTimeoutOrFailure => 447,
     }
 }
 
@@ -352,14 +357,16 @@ mod tests {
                 "refresh",
                 "create_permission",
                 "channel_bind",
-                "send"
+                "send",
+                "connect",
+                "connection_bind"
             ]
         );
         assert_eq!(
             names(Code::ALL, Code::name),
             [
                 "300", "400", "401", "403", "420", "437", "438", "440", "441", "442", "443", "486",
-                "500", "508", "405"
+                "500", "508", "405", "446", "447"
             ]
         );
         assert_eq!(

@@ -21,6 +21,7 @@ mod grants;
 mod mobility;
 mod pool;
 mod spread;
+mod tcp;
 mod usage;
 
 const REALM: &str = "example.org";
@@ -53,6 +54,7 @@ fn config(ports: Vec<u16>) -> EngineConfig {
         bandwidth: 0,
         packet_rate: 0,
         unauthenticated_rate: 0,
+        connections_per_allocation: 16,
     };
     cfg
 }
@@ -145,6 +147,11 @@ impl T {
                 Output::Grant(g) => self.grants.push(g),
                 Output::Handoff(h) => self.handoffs.push(*h),
                 Output::Usage(u) => self.usage.push(*u),
+                // TCP allocations (RFC 6062) have tests of their own (tcp.rs).
+                o @ (Output::OpenTcpRelay { .. }
+                | Output::ConnectPeer { .. }
+                | Output::BindData { .. }
+                | Output::ClosePeerConn { .. }) => panic!("unexpected {o:?}"),
             }
         }
         out
@@ -407,7 +414,8 @@ fn second_allocate_gets_437_but_a_retransmission_the_same_answer() {
 #[test]
 fn transport_other_than_udp_gets_442_and_missing_gets_400() {
     let mut t = T::new();
-    let r = t.signed(client(1), Req::new(METHOD_ALLOCATE).transport(6));
+    // SCTP; TCP is RFC 6062's, 400 over UDP (tests/tcp.rs).
+    let r = t.signed(client(1), Req::new(METHOD_ALLOCATE).transport(132));
     assert_eq!(code(&r), Some(442));
     let r = t.signed(client(1), Req::new(METHOD_ALLOCATE));
     assert_eq!(code(&r), Some(400));
@@ -650,7 +658,9 @@ fn unknown_comprehension_required_attribute_gets_420() {
 #[test]
 fn unknown_method_gets_400() {
     let mut t = T::new();
-    let r = t.one(client(1), &Req::new(METHOD_CONNECT).bytes());
+    // Connect is known since RFC 6062 (tests/tcp.rs); Data is an
+    // indication, never a request.
+    let r = t.one(client(1), &Req::new(METHOD_DATA).bytes());
     assert_eq!(code(&r), Some(400));
 }
 
@@ -1812,6 +1822,7 @@ fn a_failed_ipv6_bind_retries_then_gives_up_cleanly() {
             Some(Output::LookupUser { name }) => panic!("no store to ask for {name}"),
             Some(Output::Handoff(h)) => panic!("nothing moves: {h:?}"),
             Some(Output::Usage(u)) => panic!("usage facts are off: {u:?}"),
+            Some(o) => panic!("not a TCP allocation: {o:?}"),
             None => break,
         }
     }
@@ -2227,12 +2238,19 @@ fn error_counters_match_the_answers_sent() {
                         }
                     }
                 }
-                Output::OpenRelay { alloc, .. } => t.e.relay_opened(t.now, alloc, true),
+                Output::OpenRelay { alloc, .. } | Output::OpenTcpRelay { alloc, .. } => {
+                    t.e.relay_opened(t.now, alloc, true)
+                }
+                // The connection to PEER is made, any other fails (447).
+                Output::ConnectPeer { conn, peer: to, .. } => {
+                    t.e.peer_connected(t.now, conn, to == peer(PEER));
+                }
                 Output::CloseRelay { .. }
                 | Output::Grant(_)
                 | Output::LookupUser { .. }
                 | Output::Handoff(_)
                 | Output::Usage(_) => {}
+                o => panic!("unexpected {o:?}"),
             }
         }
     };
@@ -2251,7 +2269,11 @@ fn error_counters_match_the_answers_sent() {
         allocate().sign_as("alice", "wonderland", "stale"),
     ); // 438
     feed(&mut t, a, alice(a, Req::new(METHOD_ALLOCATE))); // 400
-    feed(&mut t, a, alice(a, Req::new(METHOD_ALLOCATE).transport(6))); // 442
+    feed(
+        &mut t,
+        a,
+        alice(a, Req::new(METHOD_ALLOCATE).transport(132)),
+    ); // 442
     let v6 = allocate().attr(ATTR_REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
     feed(&mut t, a, alice(a, v6)); // 440
     feed(&mut t, a, alice(a, allocate().attr(unknown, &[0; 4]))); // 420
@@ -2274,13 +2296,29 @@ fn error_counters_match_the_answers_sent() {
     feed(&mut t, a, alice(a, bind(0x4001, PEER2))); // 508
     feed(&mut t, b, alice(b, allocate()));
     feed(&mut t, client(3), alice(client(3), allocate())); // 486
+    // A TCP allocation of bob's (RFC 6062): Connects that fail and that
+    // find a connection to that peer already.
+    let s = ClientAddr {
+        via: Via::Stream {
+            listener: 0,
+            conn: 1,
+            tls: false,
+        },
+        ..client(3)
+    };
+    let bob = |req: Req| req.sign_as("bob", "builder", &nonces[3]);
+    feed(&mut t, s, bob(Req::new(METHOD_ALLOCATE).transport(6)));
+    let connect = |p: &str| bob(Req::new(METHOD_CONNECT).peer(peer(p)));
+    feed(&mut t, s, connect(PEER));
+    feed(&mut t, s, connect(PEER)); // 446
+    feed(&mut t, s, connect(PEER2)); // 447
     // Unauthenticated answers: a Binding (420), a method nobody counts (400).
     feed(
         &mut t,
         a,
         Req::new(METHOD_BINDING).attr(unknown, &[0; 4]).bytes(),
     );
-    feed(&mut t, a, Req::new(METHOD_CONNECT).bytes());
+    feed(&mut t, a, Req::new(METHOD_DATA).bytes());
     t.e.drain(Some(peer("198.51.100.7:3478")));
     feed(&mut t, client(4), alice(client(4), allocate())); // 300
 
@@ -2292,6 +2330,7 @@ fn error_counters_match_the_answers_sent() {
         .map(|c| c.value())
         .filter(|&c| c != 500)
         .collect();
+    // RFC 6062's codes come last in the label set.
     sent.sort_unstable();
     assert_eq!(seen, sent, "every code but 500 was sent");
     assert_eq!(
@@ -2304,5 +2343,8 @@ fn error_counters_match_the_answers_sent() {
         1
     );
     let counted: u64 = expected.iter().flatten().sum();
-    assert_eq!(counted as usize, 16, "every error but the one to CONNECT");
+    assert_eq!(
+        counted as usize, 18,
+        "every error but the one to the unknown method"
+    );
 }

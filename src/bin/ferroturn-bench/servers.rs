@@ -256,7 +256,7 @@ pub struct Server {
 }
 
 /// Kill the child if the benchmark dies.
-fn die_with_parent(c: &mut Command) {
+pub fn die_with_parent(c: &mut Command) {
     unsafe {
         c.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

@@ -311,20 +311,22 @@ fn main() {
     // CPU the rest of the machine used meanwhile: the noise floor of this run.
     let foreign = (servers::machine_busy() - cpu0.0) - (servers::own_cpu() - cpu0.1);
     let foreign = (foreign / (total.as_secs_f64() * cores as f64)).max(0.0);
-    print!(
-        "{}",
-        report(
-            &res,
-            &plan,
-            cores,
-            total,
-            foreign,
-            &targets,
-            &builds,
-            paths.ferroturn_workers,
-            o.hogs
-        )
-    );
+    if per_server {
+        print!(
+            "{}",
+            report(
+                &res,
+                &plan,
+                cores,
+                total,
+                foreign,
+                &targets,
+                &builds,
+                paths.ferroturn_workers,
+                o.hogs
+            )
+        );
+    }
     print!("{costs}");
 }
 

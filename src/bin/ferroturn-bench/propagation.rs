@@ -29,6 +29,10 @@ use crate::turn;
 
 /// The longest wait for one effect.
 const CAP: Duration = Duration::from_secs(5);
+/// How long a wait that hit the cap goes on looking, to tell a late
+/// effect (e.g. one that came with a heartbeat, 10 s by default) from
+/// none.
+const LATE: Duration = Duration::from_secs(15);
 /// The gap between two looks at node B.
 const POLL: Duration = Duration::from_millis(1);
 /// `limits.allocations_per_user` on both nodes.
@@ -349,17 +353,30 @@ fn hold(server: SocketAddrV4, user: &str) -> Result<Client, String> {
 }
 
 /// Time from `t0` until `done()` holds, looking every `POLL`; None when
-/// `CAP` passes first.
+/// `CAP` passes first. After a cap hit it keeps looking (every 10 ms, up
+/// to [`LATE`]) only to say on stderr when the effect came after all.
 fn wait(t0: Instant, mut done: impl FnMut() -> bool) -> Option<Duration> {
     loop {
         if done() {
             return Some(t0.elapsed());
         }
         if t0.elapsed() > CAP {
-            return None;
+            break;
         }
         std::thread::sleep(POLL);
     }
+    while t0.elapsed() < LATE {
+        if done() {
+            eprintln!(
+                "  cap hit; the effect came after {:.2} s",
+                t0.elapsed().as_secs_f64()
+            );
+            return None;
+        }
+        std::thread::sleep(POLL * 10);
+    }
+    eprintln!("  cap hit; no effect within {} s", LATE.as_secs());
+    None
 }
 
 /// Run the six measurements `reps` times; the report as a Markdown table.

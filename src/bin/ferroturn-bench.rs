@@ -237,16 +237,18 @@ fn main() {
     let started = Instant::now();
     let cpu0 = (servers::machine_busy(), servers::own_cpu());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!(
-        "ferroturn-bench: {} rep(s) of {:?}, {cores} cores, echo peer {}",
-        plan.reps,
-        targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-        echo.addr
-    );
-
-    let hogs = Hogs::start(o.hogs, Duration::from_secs(3600));
     // The per-server tests; propagation alone runs no server of --servers.
     let per_server = tests.iter().any(|t| t != "propagation");
+    if per_server {
+        eprintln!(
+            "ferroturn-bench: {} rep(s) of {:?}, {cores} cores, echo peer {}",
+            plan.reps,
+            targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            echo.addr
+        );
+    }
+
+    let hogs = Hogs::start(o.hogs, Duration::from_secs(3600));
     for rep in 0..plan.reps * usize::from(per_server) {
         if on("ceiling") {
             eprintln!(

@@ -368,14 +368,14 @@ fn wait(t0: Instant, mut done: impl FnMut() -> bool) -> Option<Duration> {
     while t0.elapsed() < LATE {
         if done() {
             eprintln!(
-                "  cap hit; the effect came after {:.2} s",
+                "  the effect came after {:.2} s",
                 t0.elapsed().as_secs_f64()
             );
             return None;
         }
         std::thread::sleep(POLL * 10);
     }
-    eprintln!("  cap hit; no effect within {} s", LATE.as_secs());
+    eprintln!("  no effect within {} s", LATE.as_secs());
     None
 }
 
@@ -404,7 +404,12 @@ pub fn run(build: &Path, dir: &Path, reps: usize) -> Result<String, String> {
         let name = |row: usize| format!("{prefix}-{rep}-{row}");
         for (row, out) in times.iter_mut().enumerate() {
             match measure(row, &name(row), &a, &b, &mut r) {
-                Ok(t) => out.push(Ok(t)),
+                Ok(t) => {
+                    if t.is_none() {
+                        eprintln!("  row {} capped: {}", row + 1, ROWS[row].0);
+                    }
+                    out.push(Ok(t));
+                }
                 Err(e) => {
                     eprintln!("  row {}: {e}", row + 1);
                     out.push(Err(()));

@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferroturn::admin::client::Target;
@@ -23,7 +23,7 @@ use stun::message::{
 };
 
 use crate::net;
-use crate::servers::{RedisServer, die_with_parent};
+use crate::servers::{self, RedisServer};
 use crate::stats::{median, percentile};
 use crate::turn;
 
@@ -119,14 +119,7 @@ node = "{name}"
                 String::from_utf8_lossy(&check.stderr).trim()
             ));
         }
-        let mut cmd = Command::new(build);
-        cmd.arg("--config").arg(&file);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
+        let child = servers::spawn_quiet(Command::new(build).arg("--config").arg(&file))
             .map_err(|e| format!("cannot start {name}: {e}"))?;
         let node = Node {
             name,
@@ -172,18 +165,7 @@ node = "{name}"
 
 impl Drop for Node {
     fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(3) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        servers::stop(&mut self.child);
     }
 }
 

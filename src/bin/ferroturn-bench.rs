@@ -19,6 +19,8 @@ mod load;
 mod msgcost;
 #[path = "ferroturn-bench/net.rs"]
 mod net;
+#[path = "ferroturn-bench/propagation.rs"]
+mod propagation;
 #[path = "ferroturn-bench/servers.rs"]
 mod servers;
 #[path = "ferroturn-bench/stats.rs"]
@@ -55,7 +57,10 @@ struct Opts {
     #[arg(long, default_value = "forwarder,coturn,ferroturn,ferroturn-normal")]
     servers: String,
     /// Which tests, comma-separated: ceiling,mem,ctl,tput,lat,cpu,msgcost
-    /// (msgcost: server CPU per hostile message, ferroturn only, once).
+    /// (msgcost: server CPU per hostile message, ferroturn only, once),
+    /// and propagation (not by default: how long a change takes to reach
+    /// a second cluster node, with a redis-server and two ferroturn nodes
+    /// of its own; 20 repetitions, 5 with --quick, or --reps).
     #[arg(long, default_value = "ceiling,mem,ctl,tput,lat,cpu,msgcost")]
     tests: String,
     /// Allocations held for the memory test (default 10,000; 1,000 with --quick).
@@ -232,15 +237,19 @@ fn main() {
     let started = Instant::now();
     let cpu0 = (servers::machine_busy(), servers::own_cpu());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!(
-        "ferroturn-bench: {} rep(s) of {:?}, {cores} cores, echo peer {}",
-        plan.reps,
-        targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-        echo.addr
-    );
+    // The per-server tests; propagation alone runs no server of --servers.
+    let per_server = tests.iter().any(|t| t != "propagation");
+    if per_server {
+        eprintln!(
+            "ferroturn-bench: {} rep(s) of {:?}, {cores} cores, echo peer {}",
+            plan.reps,
+            targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            echo.addr
+        );
+    }
 
     let hogs = Hogs::start(o.hogs, Duration::from_secs(3600));
-    for rep in 0..plan.reps {
+    for rep in 0..plan.reps * usize::from(per_server) {
         if on("ceiling") {
             eprintln!(
                 "[rep {}] generator ceiling (straight to the echo peer)",
@@ -295,27 +304,54 @@ fn main() {
             Err(e) => eprintln!("  msgcost of {}: {e}", b.name),
         }
     }
+    if on("propagation") {
+        costs += &run_propagation(&o, &builds, &dir, started);
+    }
     drop(hogs);
     let _ = std::fs::remove_dir_all(&dir);
     let total = started.elapsed();
     // CPU the rest of the machine used meanwhile: the noise floor of this run.
     let foreign = (servers::machine_busy() - cpu0.0) - (servers::own_cpu() - cpu0.1);
     let foreign = (foreign / (total.as_secs_f64() * cores as f64)).max(0.0);
-    print!(
-        "{}",
-        report(
-            &res,
-            &plan,
-            cores,
-            total,
-            foreign,
-            &targets,
-            &builds,
-            paths.ferroturn_workers,
-            o.hogs
-        )
-    );
+    if per_server {
+        print!(
+            "{}",
+            report(
+                &res,
+                &plan,
+                cores,
+                total,
+                foreign,
+                &targets,
+                &builds,
+                paths.ferroturn_workers,
+                o.hogs
+            )
+        );
+    }
     print!("{costs}");
+}
+
+/// The cluster propagation test against the first build: its table, or
+/// nothing (after saying why).
+fn run_propagation(o: &Opts, builds: &[Build], dir: &std::path::Path, started: Instant) -> String {
+    let Some(b) = builds.first() else {
+        eprintln!("propagation: no ferroturn binary");
+        return String::new();
+    };
+    eprintln!(
+        "cluster propagation with {} ({:.0} s so far)",
+        b.name,
+        started.elapsed().as_secs_f64()
+    );
+    let reps = o.reps.unwrap_or(if o.quick { 5 } else { 20 });
+    match propagation::run(&b.path, dir, reps) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("  propagation: {e}");
+            String::new()
+        }
+    }
 }
 
 /// Threads that spin until dropped (or for at most `cap`), each competing

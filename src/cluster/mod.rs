@@ -952,7 +952,10 @@ enum Write {
 /// way: one at a time, the next one waiting.
 #[derive(Default)]
 struct SessionSync {
-    written: HashSet<String>,
+    /// Relay address → which session was written under it: an address
+    /// freed and taken again between two reads is another session, to be
+    /// written over the first.
+    written: HashMap<String, String>,
     reading: bool,
     /// Another read is wanted (whole if true) once this one is done.
     again: Option<bool>,
@@ -992,12 +995,12 @@ impl SessionSync {
             list.into_iter().map(|s| (s.relay.clone(), s)).collect();
         let gone: Vec<String> = self
             .written
-            .iter()
+            .keys()
             .filter(|r| !current.contains_key(*r))
             .cloned()
             .collect();
         if !whole {
-            current.retain(|relay, _| !self.written.contains(relay));
+            current.retain(|relay, s| self.written.get(relay) != Some(&session_id(s)));
             if current.is_empty() && gone.is_empty() {
                 return None;
             }
@@ -1013,12 +1016,17 @@ impl SessionSync {
                     info,
                 };
                 let json = serde_json::to_string(&stored).ok()?;
-                self.written.insert(relay.clone());
+                self.written.insert(relay.clone(), session_id(&stored.info));
                 Some((relay, json))
             })
             .collect();
         Some(Write::Sessions { whole, put, gone })
     }
+}
+
+/// What tells two sessions on one relay address apart.
+fn session_id(s: &SessionInfo) -> String {
+    format!("{} {} {}", s.transport, s.client, s.user)
 }
 
 /// Write this node's rows in order, each batch in one MULTI, until the
@@ -1306,6 +1314,41 @@ async fn warn_duplicates(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A relay address freed and taken by another session between two
+    /// reads: the new session is written over the old one, not missed
+    /// until the next heartbeat's whole rewrite.
+    #[test]
+    fn a_reused_relay_address_is_written_again() {
+        let session = |user: &str, client: &str| SessionInfo {
+            node: None,
+            user: user.into(),
+            client: client.into(),
+            transport: "udp".into(),
+            relay: "127.0.0.1:50000".into(),
+            relay_port: 50000,
+            relay_v6: None,
+            age_seconds: 0,
+            to_peer: crate::admin::TrafficReport {
+                packets: 0,
+                bytes: 0,
+            },
+            to_client: crate::admin::TrafficReport {
+                packets: 0,
+                bytes: 0,
+            },
+        };
+        let puts = |w: Option<Write>| match w {
+            Some(Write::Sessions { put, gone, .. }) => (put.len(), gone.len()),
+            _ => (0, 0),
+        };
+        let mut sync = SessionSync::default();
+        let first = vec![session("alice", "127.0.0.1:40000")];
+        assert_eq!(puts(sync.listed(false, first.clone())), (1, 0));
+        assert_eq!(puts(sync.listed(false, first)), (0, 0), "nothing new");
+        let other = vec![session("bob", "127.0.0.1:40001")];
+        assert_eq!(puts(sync.listed(false, other)), (1, 0), "bob over alice");
+    }
 
     #[test]
     fn notifications_name_users_and_the_secret_set() {

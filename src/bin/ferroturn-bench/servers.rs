@@ -111,12 +111,7 @@ impl RedisServer {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
         cmd.args(["--save", "", "--appendonly", "no"]);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
+        let child = spawn_quiet(&mut cmd)
             .map_err(|e| format!("redis-server: {e} (apt-get install redis-server)"))?;
         let mut r = RedisServer {
             url: format!("redis://127.0.0.1:{port}/0"),
@@ -253,6 +248,15 @@ impl Target {
 pub struct Server {
     pub addr: SocketAddrV4,
     child: Child,
+}
+
+/// Start `cmd` without stdin, stdout or stderr, to die with the bench.
+pub fn spawn_quiet(cmd: &mut Command) -> std::io::Result<Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    die_with_parent(cmd);
+    cmd.spawn()
 }
 
 /// Kill the child if the benchmark dies.
@@ -435,19 +439,24 @@ impl Server {
 
     /// SIGTERM, then SIGKILL after 3 s.
     pub fn stop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(3) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
+}
+
+/// SIGTERM to `child`, then SIGKILL after 3 s.
+pub fn stop(child: &mut Child) {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Server {

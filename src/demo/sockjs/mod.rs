@@ -714,11 +714,15 @@ async fn ws_session(socket: WebSocket, ep: Arc<Endpoint>, from: Source, framed: 
             Err(sessions::InboxError::Closed) => {}
         }
     };
-    // The protocol hears the end.
+    // The writer learns why before the protocol hears the end: a protocol
+    // that ends at once drops its sender, and a writer that saw that first
+    // would close with its own "Go away!" instead of this reason.
+    if let Stop::Close(c) = &stop {
+        let _ = stop_tx.send(owned(*c));
+    }
     drop(inbox);
     match stop {
-        Stop::Close(c) => {
-            let _ = stop_tx.send(owned(c));
+        Stop::Close(_) => {
             let flush = WRITE_STALL + FLUSH_TIMEOUT;
             if tokio::time::timeout(flush, &mut writer).await.is_err() {
                 writer.abort();
@@ -745,6 +749,9 @@ async fn ws_writer(
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let end: Option<(u16, String)> = loop {
         tokio::select! {
+            // A close the reader asks for goes before whatever else is
+            // ready (the protocol's end among them).
+            biased;
             c = &mut stop => break c.ok(),
             out = out_rx.recv() => match out {
                 Some(Outgoing::Text(first)) if framed => {

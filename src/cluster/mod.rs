@@ -1325,6 +1325,7 @@ mod tests {
             user: user.into(),
             client: client.into(),
             transport: "udp".into(),
+            relay_transport: "udp".into(),
             relay: "127.0.0.1:50000".into(),
             relay_port: 50000,
             relay_v6: None,

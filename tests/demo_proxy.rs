@@ -30,7 +30,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use browser::netns::sh;
+use browser::netns::{remove, sh};
 use browser::webdriver::{Driver, Session};
 use browser::{Demo, DemoConfig, Net, Proc, SECRET, STATIC_PASSWORD, TempDir, wait_for};
 
@@ -43,30 +43,6 @@ const HTTP_PORT: u16 = 8090;
 
 /// The three namespaces; deleted (with everything running in them) on drop.
 struct Corp;
-
-fn remove(ns: &str) {
-    if !Path::new("/run/netns").join(ns).exists() {
-        return;
-    }
-    for _ in 0..3 {
-        let out = Command::new("ip").args(["netns", "pids", ns]).output();
-        let pids: Vec<i32> = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        if pids.is_empty() {
-            break;
-        }
-        for pid in pids {
-            // SAFETY: processes this test started in its own namespace.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = Command::new("ip").args(["netns", "del", ns]).status();
-}
 
 impl Corp {
     fn create() -> Corp {

@@ -47,6 +47,7 @@ fn engine(now: Instant) -> Engine {
                 total_allocations: 8,
                 permissions_per_allocation: 4,
                 channels_per_allocation: 4,
+                connections_per_allocation: 4,
                 bandwidth: 0,
                 packet_rate: 0,
                 unauthenticated_rate: 0,

@@ -1408,12 +1408,19 @@ impl Engine {
 
     /// A fresh transaction id for a Data indication.
     fn next_txid(&mut self) -> [u8; 12] {
-        self.txid_counter = self.txid_counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut t = [0u8; 12];
-        t[..8].copy_from_slice(&self.txid_counter.to_le_bytes());
-        t[8..].copy_from_slice(&((self.txid_counter >> 13) as u32).to_le_bytes());
-        t
+        next_txid(&mut self.txid_counter)
     }
+}
+
+/// The next transaction id of an indication the server makes, from its
+/// counter (a field of its own, so that the data path can take one while
+/// it holds an allocation).
+fn next_txid(counter: &mut u64) -> [u8; 12] {
+    *counter = counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut t = [0u8; 12];
+    t[..8].copy_from_slice(&counter.to_le_bytes());
+    t[8..].copy_from_slice(&((*counter >> 13) as u32).to_le_bytes());
+    t
 }
 
 #[cfg(test)]

@@ -68,13 +68,11 @@ impl Engine {
         let (s, e) = match channel {
             Some(n) => channel_data::frame_in_place(buf, start, end, n, client.via.is_stream()),
             None => {
-                let txid = self.next_txid();
+                let txid = super::next_txid(&mut self.txid_counter);
                 channel_data::data_indication_in_place(buf, start, end, peer.0, txid)
             }
         };
-        if let Some(a) = self.allocs[id.0 as usize].as_mut() {
-            a.framed(Direction::ToClient, e - s);
-        }
+        a.framed(Direction::ToClient, e - s);
         Some(ToClient {
             client,
             start: s,

@@ -667,3 +667,145 @@ fn a_reload_that_denies_the_peer_closes_its_pipe() {
             .contains("peer connections to peers the new policy denies closed")
     );
 }
+
+/// A TCP peer on 127.0.0.1 that reads and counts what every connection
+/// to it sends, in threads that end with the test.
+struct CountingSink {
+    addr: SocketAddr,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CountingSink {
+    fn start() -> CountingSink {
+        let l = TcpListener::bind((LOCALHOST, 0)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (bytes2, stop2) = (bytes.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(60);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < until {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let (bytes, stop) = (bytes2.clone(), stop2.clone());
+                std::thread::spawn(move || {
+                    let mut b = vec![0u8; 64 * 1024];
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        match s.read(&mut b) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+            }
+        });
+        CountingSink { addr, bytes, stop }
+    }
+
+    fn received(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for CountingSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Write to `s` as fast as it takes it until `stop`, on a thread; every
+/// write waits at most 200 ms, so the thread sees `stop` soon after.
+fn push_until(mut s: TcpStream, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        s.set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let chunk = vec![0xa5u8; 16 * 1024];
+        let until = Instant::now() + Duration::from_secs(30);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            match s.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// `limits.bandwidth` is a ceiling per allocation and direction, as for a
+/// UDP allocation, however many data connections it has: two data
+/// connections of one allocation, each pushing as fast as it can,
+/// together stay within one ceiling, while a second allocation pushing at
+/// the same time has a ceiling of its own.
+#[test]
+fn the_data_connections_of_an_allocation_share_its_bandwidth_ceiling() {
+    const RATE: u64 = 100_000;
+    let server = Server::start_with(ServerConfig {
+        limits: vec![("bandwidth", RATE.to_string())],
+        ..Default::default()
+    });
+    let (sink1, sink2, other_sink) = (
+        CountingSink::start(),
+        CountingSink::start(),
+        CountingSink::start(),
+    );
+    let mut a = Raw::connect(server.addr);
+    a.allocate_tcp();
+    let first = a.connect_peer(sink1.addr).expect("Connect");
+    let second = a.connect_peer(sink2.addr).expect("Connect");
+    let mut b = Raw::connect(server.addr);
+    b.allocate_tcp();
+    let other = b.connect_peer(other_sink.addr).expect("Connect");
+    let data: Vec<TcpStream> = [first, second, other]
+        .into_iter()
+        .map(|conn| bind_data(server.addr, conn).expect("ConnectionBind"))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Before the first byte: a window measured from here is no shorter
+    // than the pipes' own.
+    let started = Instant::now();
+    let pushers: Vec<_> = data
+        .into_iter()
+        .map(|s| push_until(s, stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let shared = sink1.received() + sink2.received();
+    let alone = other_sink.received();
+    let window = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for p in pushers {
+        p.join().unwrap();
+    }
+    // One ceiling over the window, a quarter of a second's burst, and one
+    // 16 KiB read per pipe written before its wait; 10 % more for
+    // rounding and for what the peers' kernels count late or early.
+    let ceiling = (RATE as f64 * (window + 0.25) + 2.0 * 16384.0) * 1.1;
+    eprintln!(
+        "{window:.2} s: two data connections of one allocation {shared} bytes, one of another {alone} (ceiling {ceiling:.0})"
+    );
+    assert!(
+        (shared as f64) <= ceiling,
+        "two data connections of one allocation moved {shared} bytes in {window:.2} s: more than its ceiling of {RATE} B/s"
+    );
+    assert!(shared > 0, "nothing went through");
+    // Held to the first allocation's ceiling, with its two pipes, the
+    // third pipe would get a third of it; on its own it gets all of one.
+    assert!(
+        (alone as f64) > RATE as f64 * window / 2.0,
+        "the other allocation moved only {alone} bytes in {window:.2} s: held back by the first's ceiling"
+    );
+}

@@ -117,9 +117,14 @@ pub trait Transport {
     }
 
     /// Make `client`'s connection a pipe to peer connection `conn` once
-    /// its queue is written (RFC 6062 §5.4), at most `bandwidth` bytes a
-    /// second each way (0: no ceiling); false if either is gone.
-    fn bind_data(&mut self, _client: ClientAddr, _conn: u32, _bandwidth: u64) -> bool {
+    /// its queue is written (RFC 6062 §5.4), within the ceiling of its
+    /// allocation's pipes that `share` holds; false if either is gone.
+    fn bind_data(
+        &mut self,
+        _client: ClientAddr,
+        _conn: u32,
+        _share: std::sync::Arc<crate::engine::PipeShare>,
+    ) -> bool {
         false
     }
 
@@ -387,9 +392,9 @@ impl<T: Transport> Host<T> {
                 Output::BindData {
                     client,
                     conn,
-                    bandwidth,
+                    share,
                 } => {
-                    if !self.transport.bind_data(client, conn, bandwidth) {
+                    if !self.transport.bind_data(client, conn, share) {
                         self.engine.peer_conn_closed(conn);
                     }
                 }

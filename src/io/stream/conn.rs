@@ -36,9 +36,6 @@ pub trait Owner {
     fn closed(&mut self, now: Instant, id: u32, client: ClientAddr);
     /// Peer connection `conn` of a TCP allocation ended (RFC 6062).
     fn peer_conn_closed(&self, conn: u32);
-    /// The pipe of peer connection `conn` relayed `bytes`, to the peer if
-    /// `to_peer`, else to the client.
-    fn pipe_relayed(&self, conn: u32, to_peer: bool, bytes: usize);
 }
 
 /// A worker, as its connections hold it. Every task of a worker runs on its

@@ -214,8 +214,7 @@ fn start(
                 let id = peer.conn;
                 if let Ok(Some(mut writer)) = writer.await {
                     tracing::debug!(%client, conn = id, "data connection piped");
-                    let count = |to_peer: bool, n: usize| w.borrow().pipe_relayed(id, to_peer, n);
-                    super::tcp_relay::pipe(&mut reader, &mut writer, peer, &first, &count).await;
+                    super::tcp_relay::pipe(&mut reader, &mut writer, peer, &first).await;
                 }
                 w.borrow().peer_conn_closed(id);
             }

@@ -13,6 +13,9 @@
 //! fixed [`PIPE_BUFFER`] buffers: a direction reads again only once what it
 //! read is written, so a side that does not read stops the other
 //! (back-pressure, no queue). Every connection closes with its allocation.
+//! All the pipes of one allocation, on whichever worker, share its
+//! bandwidth ceiling ([`PipeShare`]): more data connections buy no more
+//! bandwidth.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +27,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::addr::AllocId;
-use crate::engine::UNBOUND_TIMEOUT;
+use crate::engine::stats::Direction;
+use crate::engine::{PipeShare, UNBOUND_TIMEOUT};
 
 /// What the sockets of TCP allocations ask of the worker whose engine
 /// owns the allocation (RFC 6062); its answers are carried out at once.
@@ -85,45 +89,11 @@ pub struct PeerEnd {
     pub conn: u32,
     pub stream: std::net::TcpStream,
     pub closer: watch::Receiver<()>,
-    /// Bytes per second each way (`limits.bandwidth`; 0: no ceiling).
-    pub bandwidth: u64,
+    /// The ceiling and byte counts of its allocation's pipes (none: no
+    /// ceiling, nothing counted).
+    pub share: Option<Arc<PipeShare>>,
     /// Where its pipe is registered, to be closed by a reload.
     pub table: Option<Arc<PeerTable>>,
-}
-
-/// A bandwidth ceiling on one direction of a pipe: each write moves a
-/// virtual clock on by its share of a second at `rate`, and the next read
-/// waits until the clock is no more than [`PACE_BURST`] ahead of now.
-/// Nothing is dropped: a stream slows down, TCP's back-pressure does the
-/// rest.
-struct Pace {
-    rate: u64,
-    clock: Instant,
-}
-
-/// How far ahead of its ceiling a direction may run: one burst.
-const PACE_BURST: Duration = Duration::from_millis(250);
-
-impl Pace {
-    fn new(rate: u64) -> Pace {
-        Pace {
-            rate,
-            clock: Instant::now(),
-        }
-    }
-
-    /// `n` bytes went through: wait as long as the ceiling wants.
-    async fn sent(&mut self, n: usize) {
-        if self.rate == 0 {
-            return;
-        }
-        let now = Instant::now();
-        let share = Duration::from_secs_f64(n as f64 / self.rate as f64);
-        self.clock = self.clock.max(now) + share;
-        if self.clock > now + PACE_BURST {
-            tokio::time::sleep_until((self.clock - PACE_BURST).into()).await;
-        }
-    }
 }
 
 impl PeerTable {
@@ -157,7 +127,7 @@ impl PeerTable {
             conn,
             stream: p.stream,
             closer: p.closer,
-            bandwidth: 0,
+            share: None,
             table: None,
         })
     }
@@ -309,22 +279,30 @@ impl PipeWrite for tokio::net::tcp::WriteHalf<'_> {
     }
 }
 
-/// Copy `from` to `to`, `first` first, through one [`PIPE_BUFFER`]: read
-/// again only once what was read is written, at most `bandwidth` bytes a
-/// second (0: no ceiling); `count` is told each write. Ends at the end of
-/// `from` or the first error.
+/// `n` bytes went `dir`: counted for the allocation, and wait as long as
+/// its ceiling wants before reading again.
+async fn sent(share: Option<&PipeShare>, dir: Direction, n: usize) {
+    let Some(share) = share else { return };
+    let wait = share.sent(dir, n, Instant::now());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Copy `from` to `to` (direction `dir`), `first` first, through one
+/// [`PIPE_BUFFER`]: read again only once what was read is written and
+/// the allocation's ceiling allows. Ends at the end of `from` or the
+/// first error.
 async fn one_way(
     from: &mut impl PipeRead,
     to: &mut impl PipeWrite,
     first: &[u8],
-    bandwidth: u64,
-    count: impl Fn(usize),
+    share: Option<&PipeShare>,
+    dir: Direction,
 ) -> std::io::Result<()> {
-    let mut pace = Pace::new(bandwidth);
     if !first.is_empty() {
         to.write_all_of(first).await?;
-        count(first.len());
-        pace.sent(first.len()).await;
+        sent(share, dir, first.len()).await;
     }
     let mut buf = vec![0u8; PIPE_BUFFER];
     loop {
@@ -333,29 +311,26 @@ async fn one_way(
             return Ok(());
         }
         to.write_all_of(&buf[..n]).await?;
-        count(n);
-        pace.sent(n).await;
+        sent(share, dir, n).await;
     }
 }
 
 /// Pipe bytes between a bound client data connection and its peer
 /// connection until either closes or the allocation ends. `first` is what
-/// the client sent after its ConnectionBind, read already; `count` is told
-/// what goes each way (true: to the peer). Each direction
+/// the client sent after its ConnectionBind, read already. Each direction
 /// reads into its own [`PIPE_BUFFER`] and reads again only once that is
-/// written.
+/// written; what goes each way is counted for the allocation.
 pub async fn pipe(
     reader: &mut impl PipeRead,
     writer: &mut impl PipeWrite,
     end: PeerEnd,
     first: &[u8],
-    count: &dyn Fn(bool, usize),
 ) {
     let PeerEnd {
         stream,
         mut closer,
         conn,
-        bandwidth,
+        share,
         table,
     } = end;
     let peer = stream
@@ -369,8 +344,9 @@ pub async fn pipe(
         }
     };
     let (mut from_peer, mut to_peer) = peer.split();
-    let up = one_way(reader, &mut to_peer, first, bandwidth, |n| count(true, n));
-    let down = one_way(&mut from_peer, writer, &[], bandwidth, |n| count(false, n));
+    let share = share.as_deref();
+    let up = one_way(reader, &mut to_peer, first, share, Direction::ToPeer);
+    let down = one_way(&mut from_peer, writer, &[], share, Direction::ToClient);
     // Without a table nothing kills it: the sender lives with the pipe.
     let (_unkillable, mut killed) = match &table {
         Some(t) => (None, t.piping(conn)),

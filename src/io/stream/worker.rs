@@ -28,8 +28,7 @@ use super::proxy_header::{self, Balancers, Header, ReadError, Refusal as ProxyRe
 use super::tcp_relay::{self, PeerTable};
 use super::{tcp, tls};
 use crate::addr::{AllocId, ClientAddr, Via};
-use crate::engine::stats::Direction;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, PipeShare};
 use crate::io::command::HostCommand;
 use crate::io::host::{Bound, Drained, Host, Transport};
 use crate::io::mmsg::{self, Batch, Out};
@@ -182,14 +181,14 @@ impl Transport for Streams {
         true
     }
 
-    fn bind_data(&mut self, client: ClientAddr, conn: u32, bandwidth: u64) -> bool {
+    fn bind_data(&mut self, client: ClientAddr, conn: u32, share: Arc<PipeShare>) -> bool {
         let Via::Stream { conn: id, .. } = client.via else {
             return false;
         };
         let (Some(c), Some(mut peer)) = (self.conns.get(&id), self.peers.take(conn)) else {
             return false;
         };
-        peer.bandwidth = bandwidth;
+        peer.share = Some(share);
         peer.table = Some(self.peers.clone());
         *c.pipe.borrow_mut() = Some(peer);
         true
@@ -319,14 +318,6 @@ impl Owner for Host<Streams> {
 
     fn peer_conn_closed(&self, conn: u32) {
         tcp_relay::PeerOwner::peer_conn_closed(self, conn);
-    }
-
-    fn pipe_relayed(&self, conn: u32, to_peer: bool, bytes: usize) {
-        let dir = match to_peer {
-            true => Direction::ToPeer,
-            false => Direction::ToClient,
-        };
-        self.engine.peer_conn_relayed(conn, dir, bytes);
     }
 
     fn closed(&mut self, now: Instant, id: u32, client: ClientAddr) {

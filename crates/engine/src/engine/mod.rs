@@ -55,7 +55,7 @@ pub use quota::{Limits, ServerState};
 pub use relay::ToClient;
 pub use stats::Stats;
 use stats::{AuthFailure, Code, Outcome};
-pub use tcp_relay::{PROTO_TCP, PeerConns, UNBOUND_TIMEOUT};
+pub use tcp_relay::{PROTO_TCP, PeerConns, PipeShare, UNBOUND_TIMEOUT};
 
 /// The target of this module's log lines. Each logging module of the engine
 /// names its target by hand: the path it had in the `ferroturn` crate, not
@@ -176,13 +176,13 @@ pub enum Output {
     ClosePeerConn { conn: u32 },
     /// The connection of `client` was bound to peer connection `conn`
     /// (RFC 6062 §5.4): once the answer queued before this is written, it
-    /// carries bytes to and from that peer, and no more STUN, at most
-    /// `bandwidth` bytes per second each way (`limits.bandwidth`; 0: no
-    /// ceiling).
+    /// carries bytes to and from that peer, and no more STUN, within the
+    /// bandwidth ceiling of its allocation that `share` holds for all its
+    /// pipes.
     BindData {
         client: ClientAddr,
         conn: u32,
-        bandwidth: u64,
+        share: std::sync::Arc<PipeShare>,
     },
 }
 

@@ -9,12 +9,15 @@
 //! A ConnectionBind arrives on a new client connection, which the kernel
 //! may hand to any worker: the peer connections are therefore known in one
 //! table for the whole server ([`PeerConns`], in
-//! [`super::ServerState::peer_conns`]).
+//! [`super::ServerState::peer_conns`]). The pipes of one allocation may
+//! therefore run on several workers; what they share, the allocation's
+//! bandwidth ceiling and byte counts, is a [`PipeShare`] of atomics that
+//! every pipe of the allocation holds.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stun::attributes::*;
@@ -82,10 +85,12 @@ struct Inner {
     /// many the server holds.
     by_owner: HashMap<u64, Vec<u32>>,
     bound: u64,
-    /// Bytes the pipes relayed, by [`Direction`]: per allocation while it
-    /// lives, and for the whole server since its start.
-    traffic: HashMap<u64, [u64; Direction::COUNT]>,
-    relayed: [u64; Direction::COUNT],
+    /// What the pipes of each allocation share, from its first bind to
+    /// its end.
+    shares: HashMap<u64, Arc<PipeShare>>,
+    /// Bytes relayed by the pipes of allocations that ended, by
+    /// [`Direction`].
+    retired: [u64; Direction::COUNT],
 }
 
 impl Inner {
@@ -167,19 +172,38 @@ impl PeerConns {
         }
     }
 
-    /// Bind `id` for `username` at `now`: its owner and peer, if it waits
-    /// for a bind, is that user's and its deadline has not passed.
-    fn bind(&self, id: u32, username: &str, now: Instant) -> Option<(u64, SocketAddr)> {
+    /// Bind `id` for `username` at `now`: its owner and peer, and what
+    /// the owner's pipes share (its ceiling set to `bandwidth`), if it
+    /// waits for a bind, is that user's and its deadline has not passed.
+    fn bind(
+        &self,
+        id: u32,
+        username: &str,
+        now: Instant,
+        bandwidth: u64,
+    ) -> Option<(u64, SocketAddr, Arc<PipeShare>)> {
         let mut c = self.lock();
         let p = c.conns.get_mut(&id)?;
         match p.state {
             ConnState::Unbound(t) if t > now && p.username == username => {
                 p.state = ConnState::Bound;
-                let got = (p.owner, p.peer);
+                let (owner, peer) = (p.owner, p.peer);
                 c.bound += 1;
-                Some(got)
+                let share = c
+                    .shares
+                    .entry(owner)
+                    .or_insert_with(|| Arc::new(PipeShare::new(now)));
+                share.set_bandwidth(bandwidth);
+                Some((owner, peer, share.clone()))
             }
             _ => None,
+        }
+    }
+
+    /// The ceiling of `owner`'s pipes is now `bandwidth` (a reload).
+    fn set_bandwidth(&self, owner: u64, bandwidth: u64) {
+        if let Some(s) = self.lock().shares.get(&owner) {
+            s.set_bandwidth(bandwidth);
         }
     }
 
@@ -194,7 +218,13 @@ impl PeerConns {
         for id in c.by_owner.get(&owner).cloned().unwrap_or_default() {
             c.remove(id);
         }
-        c.traffic.remove(&owner);
+        // Bytes a pipe still moves before it sees the end go uncounted.
+        if let Some(share) = c.shares.remove(&owner) {
+            let bytes = share.relayed();
+            for (total, b) in c.retired.iter_mut().zip(bytes) {
+                *total += b;
+            }
+        }
     }
 
     /// Forget the connections of `owner` whose peer `denied` refuses;
@@ -212,31 +242,112 @@ impl PeerConns {
         gone
     }
 
-    /// The pipe of bound connection `id` relayed `bytes` in `dir`.
-    pub fn relayed(&self, id: u32, dir: Direction, bytes: usize) {
-        let mut c = self.lock();
-        let Some(owner) = c.conns.get(&id).map(|p| p.owner) else {
-            return;
-        };
-        c.relayed[dir.index()] += bytes as u64;
-        c.traffic.entry(owner).or_default()[dir.index()] += bytes as u64;
-    }
-
     /// Bytes the pipes of `owner` relayed, by [`Direction`].
     fn traffic(&self, owner: u64) -> [u64; Direction::COUNT] {
-        self.lock().traffic.get(&owner).copied().unwrap_or_default()
+        let c = self.lock();
+        c.shares.get(&owner).map_or([0; 2], |s| s.relayed())
     }
 
     /// Bytes every pipe of the server relayed since its start, by
-    /// [`Direction`].
+    /// [`Direction`]: those of ended allocations and of living ones.
     pub fn relayed_total(&self) -> [u64; Direction::COUNT] {
-        self.lock().relayed
+        let c = self.lock();
+        let mut total = c.retired;
+        for share in c.shares.values() {
+            for (t, b) in total.iter_mut().zip(share.relayed()) {
+                *t += b;
+            }
+        }
+        total
     }
 
     /// How many peer connections the server holds: (waiting, bound).
     pub fn totals(&self) -> (u64, u64) {
         let c = self.lock();
         (c.conns.len() as u64 - c.bound, c.bound)
+    }
+}
+
+/// What the pipes of one TCP allocation share, on whichever worker each
+/// of its data connections landed: one bandwidth ceiling per direction
+/// (`limits.bandwidth`, per allocation and direction as for a UDP
+/// allocation; RFC 6062 §5 leaves quotas to the server), and the bytes
+/// relayed. Lock-free: a write moves its direction's clock with one
+/// atomic read-modify-write, so the pipes of different allocations never
+/// meet, and those of one allocation meet on one cache line only.
+///
+/// The ceiling is a virtual clock per direction: the instant until which
+/// the bytes sent so far are paid for at the ceiling. A write moves it on
+/// by its share of a second (from now, if the clock lags: idle time is
+/// not saved up), and the pipe that wrote waits until the clock is no
+/// more than [`PipeShare::BURST`] ahead of now before it reads again.
+/// Nothing is dropped: the pipes slow down and TCP's back-pressure holds
+/// the senders. Over any window of `w` seconds an allocation's pipes move
+/// at most `bandwidth × (w + BURST)` bytes each way, plus one read per
+/// pipe.
+#[derive(Debug)]
+pub struct PipeShare {
+    /// Time zero of the clocks.
+    epoch: Instant,
+    /// Bytes per second each way; 0: no ceiling.
+    bandwidth: AtomicU64,
+    /// Per [`Direction`]: nanoseconds after `epoch` until which what was
+    /// sent is paid for.
+    paid: [AtomicU64; Direction::COUNT],
+    /// Per [`Direction`]: bytes relayed.
+    bytes: [AtomicU64; Direction::COUNT],
+}
+
+/// Two handles are equal when they are the same allocation's.
+impl PartialEq for PipeShare {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for PipeShare {}
+
+impl PipeShare {
+    /// How far ahead of its ceiling a direction may run: one burst.
+    pub const BURST: Duration = Duration::from_millis(250);
+
+    pub fn new(now: Instant) -> PipeShare {
+        PipeShare {
+            epoch: now,
+            bandwidth: AtomicU64::new(0),
+            paid: Default::default(),
+            bytes: Default::default(),
+        }
+    }
+
+    pub(super) fn set_bandwidth(&self, bandwidth: u64) {
+        self.bandwidth.store(bandwidth, Ordering::Relaxed);
+    }
+
+    /// `n` bytes went `dir` at `now` on one of the allocation's pipes:
+    /// counted, and how long that pipe waits before it reads again (zero:
+    /// not at all).
+    #[inline]
+    pub fn sent(&self, dir: Direction, n: usize, now: Instant) -> Duration {
+        let i = dir.index();
+        self.bytes[i].fetch_add(n as u64, Ordering::Relaxed);
+        let rate = self.bandwidth.load(Ordering::Relaxed);
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let cost = (n as u128 * 1_000_000_000 / u128::from(rate)) as u64;
+        let moved = |paid: u64| paid.max(now).saturating_add(cost);
+        let before = self.paid[i]
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(moved(p)))
+            .unwrap_or_else(|p| p);
+        let ahead = moved(before) - now;
+        Duration::from_nanos(ahead.saturating_sub(Self::BURST.as_nanos() as u64))
+    }
+
+    /// Bytes relayed so far, by [`Direction`].
+    pub fn relayed(&self) -> [u64; Direction::COUNT] {
+        self.bytes.each_ref().map(|b| b.load(Ordering::Relaxed))
     }
 }
 
@@ -423,25 +534,19 @@ impl Engine {
             Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
             _ => return bad(self),
         };
-        let Some((owner, peer)) = self.cfg.shared.peer_conns.bind(conn, &authed.username, now)
-        else {
+        let bandwidth = self.cfg.live.limits.bandwidth;
+        let peers = &self.cfg.shared.peer_conns;
+        let Some((owner, peer, share)) = peers.bind(conn, &authed.username, now, bandwidth) else {
             tracing::debug!(target: LOG_TARGET, %client, conn, "ConnectionBind for no connection waiting");
             return bad(self);
         };
         tracing::debug!(target: LOG_TARGET, %client, %peer, conn, owner, "data connection bound");
         self.reply(client, authed.ok(m));
-        let bandwidth = self.cfg.live.limits.bandwidth;
         self.out.push_back(Output::BindData {
             client,
             conn,
-            bandwidth,
+            share,
         });
-    }
-
-    /// The pipe of bound peer connection `conn` relayed `bytes` in `dir`:
-    /// counted for its allocation's session and the metrics.
-    pub fn peer_conn_relayed(&self, conn: u32, dir: Direction, bytes: usize) {
-        self.cfg.shared.peer_conns.relayed(conn, dir, bytes);
     }
 
     /// What the pipes of TCP allocation `owner` relayed, by direction.
@@ -456,14 +561,17 @@ impl Engine {
     }
 
     /// After a reload: every peer connection whose peer the new policy
-    /// denies is closed, as permissions to it are dropped.
+    /// denies is closed, as permissions to it are dropped, and the pipes
+    /// that stay take the new bandwidth ceiling.
     pub(super) fn close_denied_peer_conns(&mut self) {
+        let bandwidth = self.cfg.live.limits.bandwidth;
         let policy = &self.cfg.live.policy;
         let shared = &self.cfg.shared;
         let denied = |peer: SocketAddr| policy.check(peer, |r| shared.is_live(r)).is_err();
         let mut closed = 0;
         for a in self.allocs.iter().flatten() {
             let Some(owner) = a.tcp else { continue };
+            shared.peer_conns.set_bandwidth(owner, bandwidth);
             for conn in shared.peer_conns.close_denied(owner, denied) {
                 self.out.push_back(Output::ClosePeerConn { conn });
                 closed += 1;

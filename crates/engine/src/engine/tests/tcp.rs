@@ -101,16 +101,76 @@ fn an_incoming_connection_waits_30_s_for_its_bind() {
     t.advance(UNBOUND_TIMEOUT.as_secs() - 1);
     let (r, other) = ask(&mut t, data, bind_req(conn));
     assert_eq!(code(&r.unwrap()), None);
-    let bandwidth = 0;
-    let bound = Output::BindData {
-        client: data,
-        conn,
-        bandwidth,
+    let [
+        Output::BindData {
+            client,
+            conn: bound,
+            share,
+        },
+    ] = other.as_slice()
+    else {
+        panic!("{other:?}")
     };
-    assert_eq!(other, vec![bound]);
+    assert_eq!((*client, *bound), (data, conn));
     // Only once, and only for its user.
     let (r, _) = ask(&mut t, stream(3, 3), bind_req(conn));
     assert_eq!(code(&r.unwrap()), Some(400));
+    // A second data connection of the allocation shares the first one's
+    // ceiling; another allocation's has its own.
+    let p3: SocketAddr = "93.184.216.34:9003".parse().unwrap();
+    let second = t.e.peer_connection(t.now, id, p3).expect("let in");
+    outputs(&mut t);
+    let (_, other) = ask(&mut t, stream(4, 4), bind_req(second));
+    let [Output::BindData { share: same, .. }] = other.as_slice() else {
+        panic!("{other:?}")
+    };
+    assert!(std::sync::Arc::ptr_eq(share, same));
+    let c2 = stream(5, 5);
+    let (id2, _) = allocate_tcp(&mut t, c2);
+    assert_eq!(t.permit(c2, PEER), None);
+    let third = t.e.peer_connection(t.now, id2, p).expect("let in");
+    outputs(&mut t);
+    let (_, other) = ask(&mut t, stream(6, 6), bind_req(third));
+    let [Output::BindData { share: own, .. }] = other.as_slice() else {
+        panic!("{other:?}")
+    };
+    assert!(!std::sync::Arc::ptr_eq(share, own));
+}
+
+/// The pipes of one allocation, on any worker, take turns on one clock per
+/// direction: together they wait as one pipe would at the ceiling.
+#[test]
+fn pipes_of_an_allocation_share_one_ceiling() {
+    use crate::engine::PipeShare;
+    use crate::engine::stats::Direction;
+    let t0 = Instant::now();
+    let share = PipeShare::new(t0);
+    // No ceiling: counted, never held.
+    assert_eq!(share.sent(Direction::ToPeer, 1_000_000, t0), Duration::ZERO);
+    share.set_bandwidth(1000);
+    // A burst of a quarter of a second goes at once, from either pipe.
+    assert_eq!(share.sent(Direction::ToPeer, 150, t0), Duration::ZERO);
+    assert_eq!(share.sent(Direction::ToPeer, 100, t0), Duration::ZERO);
+    // Beyond it, each write waits for what all of them sent: 500 bytes
+    // at 1000 B/s are half a second, less the burst.
+    assert_eq!(
+        share.sent(Direction::ToPeer, 250, t0),
+        Duration::from_millis(250)
+    );
+    assert_eq!(
+        share.sent(Direction::ToPeer, 100, t0),
+        Duration::from_millis(350)
+    );
+    // The other direction has its own clock.
+    assert_eq!(share.sent(Direction::ToClient, 250, t0), Duration::ZERO);
+    // Time pays the debt off; idle time is not saved up.
+    let later = t0 + Duration::from_secs(10);
+    assert_eq!(share.sent(Direction::ToPeer, 250, later), Duration::ZERO);
+    assert_eq!(
+        share.sent(Direction::ToPeer, 100, later),
+        Duration::from_millis(100)
+    );
+    assert_eq!(share.relayed(), [1_000_000 + 950, 250]);
 }
 
 #[test]

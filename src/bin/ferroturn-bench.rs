@@ -25,6 +25,8 @@ mod propagation;
 mod servers;
 #[path = "ferroturn-bench/stats.rs"]
 mod stats;
+#[path = "ferroturn-bench/tcp_relay.rs"]
+mod tcp_relay;
 #[path = "ferroturn-bench/turn.rs"]
 mod turn;
 
@@ -58,10 +60,12 @@ struct Opts {
     servers: String,
     /// Which tests, comma-separated: ceiling,mem,ctl,tput,lat,cpu,msgcost
     /// (msgcost: server CPU per hostile message, ferroturn only, once),
+    /// tcprelay (RFC 6062 relayed MB/s over TCP and TLS, coturn and
+    /// ferroturn),
     /// and propagation (not by default: how long a change takes to reach
     /// a second cluster node, with a redis-server and two ferroturn nodes
     /// of its own; 20 repetitions, 5 with --quick, or --reps).
-    #[arg(long, default_value = "ceiling,mem,ctl,tput,lat,cpu,msgcost")]
+    #[arg(long, default_value = "ceiling,mem,ctl,tput,lat,cpu,msgcost,tcprelay")]
     tests: String,
     /// Allocations held for the memory test (default 10,000; 1,000 with --quick).
     #[arg(long)]
@@ -248,6 +252,17 @@ fn main() {
         );
     }
 
+    // TCP allocations: coturn and each build's default configuration.
+    let tcp_relay = match on("tcprelay") {
+        true => match tcp_relay::Bench::new(&dir) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("tcprelay: {e}");
+                None
+            }
+        },
+        false => None,
+    };
     let hogs = Hogs::start(o.hogs, Duration::from_secs(3600));
     for rep in 0..plan.reps * usize::from(per_server) {
         if on("ceiling") {
@@ -275,6 +290,19 @@ fn main() {
                 &on,
             ) {
                 eprintln!("  {}: {e}", t.name);
+            }
+            let relays_tcp = matches!(t.kind, Kind::Coturn | Kind::Ferroturn);
+            if let Some(b) = tcp_relay.as_ref().filter(|_| relays_tcp) {
+                eprintln!("  {}: TCP allocations (RFC 6062)", t.name);
+                let trial = plan.trial * 3;
+                match b.run(t, &paths, echo.addr, trial) {
+                    Ok(figures) => {
+                        for (metric, v) in figures {
+                            push(&mut res, &t.name, metric, v);
+                        }
+                    }
+                    Err(e) => eprintln!("  {}: tcprelay: {e}", t.name),
+                }
             }
         }
     }
@@ -781,6 +809,15 @@ const ROWS: &[(&str, &str)] = &[
         "ctl8 cpu µs/cycle",
         "server CPU per allocation cycle, 8 in flight (µs)",
     ),
+    (
+        "tcprelay 1",
+        "TCP allocation (RFC 6062), client over TCP: relayed MB/s each way, 1 data connection",
+    ),
+    (
+        "tcprelay 4",
+        "the same, 4 allocations with a data connection each",
+    ),
+    ("tlsrelay 1", "the same, client over TLS, 1 data connection"),
     ("rss idle", "RSS idle (MiB)"),
     ("rss per alloc", "RSS per held allocation (bytes)"),
     (
@@ -797,6 +834,8 @@ fn fmt(metric: &str, v: f64) -> String {
         format!("{:.1} k", v / 1e3)
     } else if metric.ends_with("µs/cycle") {
         format!("{v:.1}")
+    } else if metric.contains("relay ") {
+        format!("{v:.0} MB/s")
     } else if metric == "cpu s/M" || metric == "rss idle" || metric == "wakes/pkt" {
         format!("{v:.2}")
     } else {
@@ -950,7 +989,7 @@ fn report(
     named.extend(&variants);
     let _ = writeln!(
         s,
-        "\n| target (issue 6) |{}\n|---|{}",
+        "\n| target (issues 6, 18) |{}\n|---|{}",
         named
             .iter()
             .map(|t| format!(" {t} | verdict |"))
@@ -959,7 +998,7 @@ fn report(
     );
     // (target, ferroturn over: "forwarder" | "coturn" | "" for its own
     // value, measurement, at most (true) or at least (false), the bound, unit)
-    let goals: [(&str, &str, &'static str, bool, f64, &str); 10] = [
+    let goals: [(&str, &str, &'static str, bool, f64, &str); 12] = [
         (
             "100 allocations × 200 B ≥ 0.95× forwarder",
             "forwarder",
@@ -1039,6 +1078,23 @@ fn report(
             true,
             1024.0,
             " KiB",
+        ),
+        // Issue 18.
+        (
+            "TCP-relay MB/s ≥ coturn (1 data connection)",
+            "coturn",
+            "tcprelay 1",
+            false,
+            1.0,
+            "×",
+        ),
+        (
+            "TLS TCP-relay MB/s ≥ coturn",
+            "coturn",
+            "tlsrelay 1",
+            false,
+            1.0,
+            "×",
         ),
     ];
     for (name, base, key, at_most, bound, unit) in goals {

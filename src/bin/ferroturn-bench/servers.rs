@@ -269,15 +269,33 @@ fn die_with_parent(c: &mut Command) {
     }
 }
 
+/// Stream listeners for the TCP-relay test (`tcp_relay.rs`): TCP on the
+/// UDP listener's port, and TLS on `tls_port` with this certificate.
+pub struct Streams {
+    pub tls_port: u16,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// `keys`: more lines for `[server]`.
-fn ferroturn_config(port: u16, workers: usize, keys: &str, limits: bool) -> String {
+fn ferroturn_config(
+    port: u16,
+    workers: usize,
+    keys: &str,
+    limits: bool,
+    streams: Option<&Streams>,
+) -> String {
+    let transports = match streams {
+        Some(_) => r#"["udp", "tcp"]"#,
+        None => r#"["udp"]"#,
+    };
     let mut s = format!(
         r#"realm = "{realm}"
 [server]
 workers = {workers}
 {keys}[[listen]]
 address = "127.0.0.1:{port}"
-transports = ["udp"]
+transports = {transports}
 [relay]
 address = "127.0.0.1"
 ports = "{lo}-{hi}"
@@ -303,11 +321,30 @@ level = "info"
             "[limits]\nallocations_per_user = 1000000\nbandwidth = 0\npacket_rate = 0\nunauthenticated_rate = 0\n",
         );
     }
+    if let Some(t) = streams {
+        s.push_str(&format!(
+            "[[listen]]\naddress = \"127.0.0.1:{}\"\ntransports = [\"tls\"]\ncert = {:?}\nkey = {:?}\n",
+            t.tls_port,
+            t.cert.display().to_string(),
+            t.key.display().to_string()
+        ));
+    }
     s
 }
 
 impl Server {
     pub fn start(target: &Target, paths: &Paths, echo: SocketAddrV4) -> Result<Server, String> {
+        Server::start_with(target, paths, echo, None)
+    }
+
+    /// With `streams`, a TURN server also listens on TCP (the UDP port)
+    /// and TLS, and coturn relays over TCP (RFC 6062) too.
+    pub fn start_with(
+        target: &Target,
+        paths: &Paths,
+        echo: SocketAddrV4,
+        streams: Option<&Streams>,
+    ) -> Result<Server, String> {
         let kind = target.kind;
         let port = net::free_port();
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
@@ -340,7 +377,15 @@ impl Server {
                 c.args(["--lt-cred-mech", "--realm", turn::REALM]);
                 c.args(["--user", &format!("{}:{}", turn::USER, turn::PASS)]);
                 c.args(["--allow-loopback-peers", "--no-cli", "--no-rfc5780"]);
-                c.args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay"]);
+                match streams {
+                    None => c.args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay"]),
+                    Some(t) => c
+                        .args(["--no-dtls", "--tls-listening-port", &t.tls_port.to_string()])
+                        .arg("--cert")
+                        .arg(&t.cert)
+                        .arg("--pkey")
+                        .arg(&t.key),
+                };
                 c.args([
                     "--no-software-attribute",
                     "--log-file",
@@ -364,8 +409,13 @@ impl Server {
                 // Newer builds take [limits]; older ones refuse the section.
                 let mut chosen = None;
                 for limits in [true, false] {
-                    let mut text =
-                        ferroturn_config(port, paths.ferroturn_workers, kind.server_keys(), limits);
+                    let mut text = ferroturn_config(
+                        port,
+                        paths.ferroturn_workers,
+                        kind.server_keys(),
+                        limits,
+                        streams,
+                    );
                     if kind == Kind::FerroturnCluster {
                         let Some(url) = &paths.redis else {
                             return Err("no redis-server for ferroturn-cluster".into());
@@ -407,7 +457,10 @@ impl Server {
                 let out = child.stdout.take().unwrap();
                 std::io::BufReader::new(out).read_line(&mut line).is_ok() && line.trim() == "ready"
             }
-            _ => turn::wait_ready(addr, Duration::from_secs(10)),
+            _ => {
+                turn::wait_ready(addr, Duration::from_secs(10))
+                    && streams.is_none_or(|t| wait_listening(t.tls_port, Duration::from_secs(10)))
+            }
         };
         let mut s = Server { addr, child };
         if !ready {
@@ -441,6 +494,19 @@ impl Server {
     pub fn stop(&mut self) {
         stop(&mut self.child);
     }
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port` within
+/// `wait`.
+fn wait_listening(port: u16, wait: Duration) -> bool {
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        if std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// SIGTERM to `child`, then SIGKILL after 3 s.

@@ -818,6 +818,16 @@ const ROWS: &[(&str, &str)] = &[
         "the same, 4 allocations with a data connection each",
     ),
     ("tlsrelay 1", "the same, client over TLS, 1 data connection"),
+    (
+        "tcprelay 1 s/GB",
+        "server CPU s per GB relayed each way, TCP allocation, 1 data connection",
+    ),
+    ("tcprelay 4 s/GB", "the same, 4 allocations"),
+    ("tlsrelay 1 s/GB", "the same, client over TLS"),
+    (
+        "tcprelay stalls",
+        "TCP allocations: data connections stalled at a trial's end (of 6 per repetition: nothing back for 0.5 s with bytes in flight)",
+    ),
     ("rss idle", "RSS idle (MiB)"),
     ("rss per alloc", "RSS per held allocation (bytes)"),
     (
@@ -834,6 +844,10 @@ fn fmt(metric: &str, v: f64) -> String {
         format!("{:.1} k", v / 1e3)
     } else if metric.ends_with("µs/cycle") {
         format!("{v:.1}")
+    } else if metric.ends_with("s/GB") {
+        format!("{v:.2}")
+    } else if metric == tcp_relay::STALLS {
+        format!("{v:.0}")
     } else if metric.contains("relay ") {
         format!("{v:.0} MB/s")
     } else if metric == "cpu s/M" || metric == "rss idle" || metric == "wakes/pkt" {

@@ -28,13 +28,17 @@ use crate::net;
 use crate::servers::{Server, Streams, Target};
 use crate::turn;
 
-/// The cases, as (metric, data connections, one allocation each; client
-/// over TLS).
-pub const CASES: [(&str, usize, bool); 3] = [
-    ("tcprelay 1", 1, false),
-    ("tcprelay 4", 4, false),
-    ("tlsrelay 1", 1, true),
+/// The cases, as (metric: MB/s that came back; metric: the server's CPU
+/// seconds per GB that came back; data connections, one allocation each;
+/// client over TLS).
+pub const CASES: [(&str, &str, usize, bool); 3] = [
+    ("tcprelay 1", "tcprelay 1 s/GB", 1, false),
+    ("tcprelay 4", "tcprelay 4 s/GB", 4, false),
+    ("tlsrelay 1", "tlsrelay 1 s/GB", 1, true),
 ];
+
+/// The metric of the data connections that stalled, over all cases.
+pub const STALLS: &str = "tcprelay stalls";
 
 /// Bytes per write of the client and per read of everyone.
 const CHUNK: usize = 64 * 1024;
@@ -106,8 +110,8 @@ impl Bench {
 
     /// Every case against `target`, started with TCP and TLS listeners
     /// (and for coturn TCP relaying, which the other tests turn off):
-    /// (metric, MB/s) for each case that ran, in [`CASES`] order. `trial`:
-    /// how long each case counts.
+    /// (metric, value) for each case that ran, in [`CASES`] order.
+    /// `trial`: how long each case counts.
     pub fn run(
         &self,
         target: &Target,
@@ -126,7 +130,8 @@ impl Bench {
             .build()
             .map_err(|e| e.to_string())?;
         let mut got = Vec::new();
-        for (metric, conns, tls) in CASES {
+        let mut stalls = 0;
+        for (metric, cpu_metric, conns, tls) in CASES {
             let (port, client) = match tls {
                 true => (streams.tls_port, Some(&self.client)),
                 false => (server.addr.port(), None),
@@ -136,18 +141,31 @@ impl Bench {
             let r = rt.block_on(trial_once(at, client, self.peer.addr, conns, trial));
             let cpu = server.cpu() - cpu0;
             match r {
-                Ok(rate) => {
+                Ok(f) => {
+                    let per_gb = match f.back {
+                        0 => f64::NAN,
+                        n => cpu / (n as f64 / 1e9),
+                    };
                     eprintln!(
-                        "  {metric}: {:.0} MB/s each way ({conns} data connection(s){}), server CPU {:.0} % of a core",
-                        rate / 1e6,
+                        "  {metric}: {:.0} MB/s each way ({conns} data connection(s){}), server CPU {:.0} % of a core, {per_gb:.2} s per GB{}",
+                        f.rate / 1e6,
                         if tls { ", TLS" } else { "" },
-                        cpu / (trial + WARM).as_secs_f64() * 100.0
+                        cpu / (trial + WARM).as_secs_f64() * 100.0,
+                        match f.stalled {
+                            0 => String::new(),
+                            n => format!("; {n} connection(s) stalled: bytes sent never came back"),
+                        }
                     );
-                    got.push((metric, rate / 1e6));
+                    got.push((metric, f.rate / 1e6));
+                    if per_gb.is_finite() {
+                        got.push((cpu_metric, per_gb));
+                    }
+                    stalls += f.stalled;
                 }
                 Err(e) => eprintln!("  {metric}: {e}"),
             }
         }
+        got.push((STALLS, stalls as f64));
         Ok(got)
     }
 }
@@ -275,15 +293,29 @@ async fn bound_pair(
     Ok((control, data))
 }
 
-/// `conns` bound pairs streaming at once for `WARM` + `trial`: the bytes
-/// per second that came back during `trial`.
+/// What one trial measured.
+struct Figures {
+    /// Bytes per second that came back during the trial.
+    rate: f64,
+    /// Bytes that came back in all, warm-up included.
+    back: u64,
+    /// Data connections on which nothing came back in the trial's last
+    /// [`STALL`] while bytes were in flight.
+    stalled: usize,
+}
+
+/// Nothing back for this long at the end of a trial, with bytes in
+/// flight: the relay stalled.
+const STALL: Duration = Duration::from_millis(500);
+
+/// `conns` bound pairs streaming at once for `WARM` + `trial`.
 async fn trial_once(
     at: SocketAddr,
     tls: Option<&Arc<rustls::ClientConfig>>,
     peer: SocketAddr,
     conns: usize,
     trial: Duration,
-) -> Result<f64, String> {
+) -> Result<Figures, String> {
     let mut pairs = Vec::new();
     for _ in 0..conns {
         pairs.push(bound_pair(at, tls, peer).await?);
@@ -291,15 +323,17 @@ async fn trial_once(
     let start = tokio::time::Instant::now();
     let (from, until) = (start + WARM, start + WARM + trial);
     let counted = Arc::new(AtomicU64::new(0));
+    let (back_all, stalled) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut controls = Vec::new();
     for (control, data) in pairs {
         controls.push(control);
-        let counted = counted.clone();
+        let (counted, back_all, stalled) = (counted.clone(), back_all.clone(), stalled.clone());
         tasks.spawn(async move {
             let (mut rx, mut tx) = tokio::io::split(data);
             let (chunk, mut buf) = (vec![0x5au8; CHUNK], vec![0u8; CHUNK]);
             let (mut sent, mut back) = (0u64, 0u64);
+            let mut last_back = start;
             let ended = loop {
                 let ahead = sent - back < IN_FLIGHT;
                 tokio::select! {
@@ -307,7 +341,8 @@ async fn trial_once(
                         Ok(0) => break Some("closed by the server".to_string()),
                         Ok(n) => {
                             back += n as u64;
-                            if tokio::time::Instant::now() >= from {
+                            last_back = tokio::time::Instant::now();
+                            if last_back >= from {
                                 counted.fetch_add(n as u64, Ordering::Relaxed);
                             }
                         }
@@ -320,6 +355,10 @@ async fn trial_once(
                     _ = tokio::time::sleep_until(until) => break None,
                 }
             };
+            back_all.fetch_add(back, Ordering::Relaxed);
+            if ended.is_none() && sent > back && last_back + STALL < until {
+                stalled.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(why) = ended {
                 eprintln!(
                     "  a data connection ended {:.2} s into the trial ({why}); {back} bytes came back",
@@ -330,11 +369,14 @@ async fn trial_once(
     }
     while tasks.join_next().await.is_some() {}
     drop(controls);
+    // A relay that stalled from the start scores 0: that is what it
+    // relayed.
     let bytes = counted.load(Ordering::Relaxed);
-    if bytes == 0 {
-        return Err("nothing came back".into());
-    }
-    Ok(bytes as f64 / trial.as_secs_f64())
+    Ok(Figures {
+        rate: bytes as f64 / trial.as_secs_f64(),
+        back: back_all.load(Ordering::Relaxed),
+        stalled: stalled.load(Ordering::Relaxed) as usize,
+    })
 }
 
 /// A TCP peer on 127.0.0.1 that writes back what it reads, a thread per

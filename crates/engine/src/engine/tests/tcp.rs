@@ -303,6 +303,20 @@ fn a_reload_closes_peer_connections_the_new_policy_denies() {
     assert_eq!(t.e.cfg.shared.peer_conns.totals(), (1, 0));
     let (r, _) = ask(&mut t, stream(2, 2), bind_req(denied));
     assert_eq!(code(&r.unwrap()), Some(400));
-    let (r, _) = ask(&mut t, stream(3, 3), bind_req(kept));
+    let (r, other) = ask(&mut t, stream(3, 3), bind_req(kept));
     assert_eq!(code(&r.unwrap()), None);
+    // A reload's bandwidth ceiling reaches the pipes already bound.
+    let [Output::BindData { share, .. }] = other.as_slice() else {
+        panic!("{other:?}")
+    };
+    use crate::engine::stats::Direction;
+    let now = t.now;
+    assert_eq!(share.sent(Direction::ToPeer, 1 << 30, now), Duration::ZERO);
+    let mut u = t.e.cfg.live.clone();
+    u.limits.bandwidth = 1000;
+    t.e.update(u);
+    assert_eq!(
+        share.sent(Direction::ToPeer, 1250, now),
+        Duration::from_secs(1)
+    );
 }

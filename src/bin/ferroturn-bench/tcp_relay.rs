@@ -153,7 +153,9 @@ impl Bench {
                         cpu / (trial + WARM).as_secs_f64() * 100.0,
                         match f.stalled {
                             0 => String::new(),
-                            n => format!("; {n} connection(s) stalled: bytes sent never came back"),
+                            n => format!(
+                                "; {n} connection(s) stalled: nothing came back for the last {STALL:?} with bytes in flight"
+                            ),
                         }
                     );
                     got.push((metric, f.rate / 1e6));

@@ -387,7 +387,7 @@ pub const KEYS: &[Key] = &[
         name: "bandwidth",
         kind: "integer",
         default: Value("6250000"),
-        doc: "Bytes per second per allocation and direction (6250000 is 50 Mbit/s); the excess is dropped, the session survives. `0` is off.",
+        doc: "Bytes per second per allocation and direction (6250000 is 50 Mbit/s); the excess is dropped (on a TCP allocation's data connections, held back), the session survives. `0` is off.",
     },
     Key {
         section: "limits",

@@ -27,7 +27,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # send-proxy and send-proxy-v2.
 # clang, llvm, libbpf-dev (BPF headers), libelf-dev, zlib1g-dev, pkg-config:
 # the cargo feature `fastpath` compiles the XDP program and a vendored
-# libbpf (tests/fastpath.rs and the program's unit tests).
+# libbpf (tests/fastpath.rs and the program's unit tests). ethtool (veth
+# GRO and checksum settings) and bpftool (detaching the program's links):
+# tests/fastpath.rs.
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
@@ -39,7 +41,8 @@ for pb in coturn:/usr/bin/turnutils_uclient \
           redis-server:/usr/bin/redis-server redis-tools:/usr/bin/redis-cli \
           squid:/usr/sbin/squid haproxy:/usr/sbin/haproxy \
           clang:/usr/bin/clang llvm:/usr/bin/llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h \
-          libelf-dev:/usr/include/libelf.h zlib1g-dev:/usr/include/zlib.h pkg-config:/usr/bin/pkg-config; do
+          libelf-dev:/usr/include/libelf.h zlib1g-dev:/usr/include/zlib.h pkg-config:/usr/bin/pkg-config \
+          ethtool:/usr/sbin/ethtool bpftool:/usr/sbin/bpftool; do
     [ -e "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then

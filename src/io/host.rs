@@ -573,6 +573,13 @@ impl<T: Transport> Host<T> {
                 match &c {
                     HostCommand::ClusterLink(tx) => self.lookups = Some(tx.clone()),
                     HostCommand::UsageLink(link) => self.usage = Some(link.clone()),
+                    // A report (metrics, sessions) counts what the kernel
+                    // relayed up to now.
+                    HostCommand::Report { .. } => {
+                        if let Some(f) = &mut self.fastpath {
+                            f.sync_now(&mut self.engine, now);
+                        }
+                    }
                     _ => {}
                 }
                 c.carry_out(&mut self.engine, now, self.send_drops);

@@ -287,6 +287,7 @@ impl Server {
                     .cluster
                     .as_ref()
                     .map(|_| Arc::new(crate::cluster::Status::default())),
+                fastpath,
             },
             nonce_secret,
             listen,

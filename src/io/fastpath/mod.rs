@@ -357,6 +357,12 @@ impl HostPath {
         }
     }
 
+    /// Hand the engine what the kernel relayed up to now.
+    pub fn sync_now(&mut self, engine: &mut Engine, now: Instant) {
+        self.next_sync = now;
+        self.sync(engine, now);
+    }
+
     fn report_channel(&mut self, engine: &mut Engine, alloc: AllocId, slot: u32) {
         let now = self.shared.kernel.count(slot);
         let was = self.seen.insert(slot, now).unwrap_or_default();

@@ -97,7 +97,11 @@ const MAY_BE_ZERO: [(&str, &str, &str); 11] = [
         "A",
         "packets relayed in the kernel: the workload's server runs with the fast path off (tests/fastpath.rs runs it on)",
     ),
-    ("Kernel fast path", "B", "bytes relayed in the kernel: likewise"),
+    (
+        "Kernel fast path",
+        "B",
+        "bytes relayed in the kernel: likewise",
+    ),
     ("Kernel fast path", "C", "channels in the kernel: likewise"),
 ];
 

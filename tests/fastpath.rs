@@ -33,6 +33,8 @@ const PASS: &str = "path-test-password";
 const LISTENER: &str = "10.201.1.1:3478";
 const METRICS: &str = "127.0.0.1:9464";
 const PEER_IP: &str = "10.201.2.2";
+const LISTENER_V6: &str = "[fd01::1]:3478";
+const PEER_IP_V6: &str = "fd02::2";
 /// An address of the peer namespace the policy denies.
 const DENIED_IP: &str = "10.201.2.3";
 
@@ -118,9 +120,11 @@ impl Net {
                 c,
                 vec![
                     "ip addr add 10.201.1.2/24 dev c0",
+                    "ip addr add fd01::2/64 dev c0 nodad",
                     "ip link set c0 up",
                     "ip link set lo up",
                     "ip route add default via 10.201.1.1",
+                    "ip -6 route add default via fd01::1",
                     "ethtool -K c0 gro on",
                     // veth leaves a sender's UDP checksum partial (for an
                     // offload that never comes); the program updates
@@ -134,10 +138,13 @@ impl Net {
                 vec![
                     "ip addr add 10.201.1.1/24 dev sc",
                     "ip addr add 10.201.2.1/24 dev sp",
+                    "ip addr add fd01::1/64 dev sc nodad",
+                    "ip addr add fd02::1/64 dev sp nodad",
                     "ip link set sc up",
                     "ip link set sp up",
                     "ip link set lo up",
                     "sysctl -q -w net.ipv4.conf.all.forwarding=1",
+                    "sysctl -q -w net.ipv6.conf.all.forwarding=1",
                 ],
             ),
             (
@@ -145,9 +152,11 @@ impl Net {
                 vec![
                     "ip addr add 10.201.2.2/24 dev p0",
                     "ip addr add 10.201.2.3/24 dev p0",
+                    "ip addr add fd02::2/64 dev p0 nodad",
                     "ip link set p0 up",
                     "ip link set lo up",
                     "ip route add default via 10.201.2.1",
+                    "ip -6 route add default via fd02::1",
                     "ethtool -K p0 gro on",
                     "ethtool -K p0 tx off",
                 ],
@@ -168,7 +177,14 @@ impl Net {
                 c_mac.trim()
             ),
         );
-        for ip in ["10.201.2.2", "10.201.2.3"] {
+        sh(
+            s,
+            &format!(
+                "ip -6 neigh replace fd01::2 lladdr {} dev sc nud permanent",
+                c_mac.trim()
+            ),
+        );
+        for ip in ["10.201.2.2", "10.201.2.3", "fd02::2"] {
             sh(
                 s,
                 &format!(
@@ -183,6 +199,7 @@ impl Net {
     /// Start ferroturn in the server namespace with the fast path on.
     fn start(&mut self, extra: &str) {
         let config = self.dir.join("config.toml");
+        let socket = self.dir.join("admin.sock").display().to_string();
         std::fs::write(
             &config,
             format!(
@@ -192,13 +209,20 @@ workers = 1
 [[listen]]
 address = "{LISTENER}"
 transports = ["udp"]
+[[listen]]
+address = "{LISTENER_V6}"
+transports = ["udp"]
 [relay]
 address = "10.201.2.1"
+address_v6 = "fd02::1"
+default_family = "same-as-client"
 ports = "50000-50999"
 [auth]
 users = {{ {USER} = "{PASS}" }}
 [peers]
-allow = ["{PEER_IP}/32"]
+allow = ["{PEER_IP}/32", "{PEER_IP_V6}/128"]
+[admin]
+socket = "{socket}"
 [metrics]
 address = "{METRICS}"
 [fastpath]
@@ -257,11 +281,15 @@ interfaces = ["sc", "sp"]
         s
     }
 
-    /// A TURN client in the client namespace.
-    fn client(&self) -> (RawClient, UdpSocket) {
-        let s = self.udp(&self.client.clone(), "10.201.1.2:0");
+    /// A TURN client in the client namespace, of IPv6 (`v6`) or IPv4.
+    fn client(&self, v6: bool) -> (RawClient, UdpSocket) {
+        let (at, server) = match v6 {
+            true => ("[fd01::2]:0", LISTENER_V6),
+            false => ("10.201.1.2:0", LISTENER),
+        };
+        let s = self.udp(&self.client.clone(), at);
         let data = s.try_clone().unwrap();
-        (RawClient::udp_on(s, sa(LISTENER), REALM, USER, PASS), data)
+        (RawClient::udp_on(s, sa(server), REALM, USER, PASS), data)
     }
 
     /// The value of one sample of /metrics (`name{labels}`), 0 if absent.
@@ -349,12 +377,21 @@ struct Session {
 }
 
 fn session(net: &Net, channels: u16, first_port: u16) -> Session {
-    let (mut client, data) = net.client();
+    session_of(net, false, channels, first_port)
+}
+
+fn session_of(net: &Net, v6: bool, channels: u16, first_port: u16) -> Session {
+    let (mut client, data) = net.client(v6);
     let relay = client.allocate();
+    assert_eq!(relay.is_ipv6(), v6);
     let mut chans = Vec::new();
     for i in 0..channels {
         let n = 0x4000 + i;
-        let peer = net.udp(&net.peer.clone(), &format!("{PEER_IP}:{}", first_port + i));
+        let at = match v6 {
+            true => format!("[{PEER_IP_V6}]:{}", first_port + i),
+            false => format!("{PEER_IP}:{}", first_port + i),
+        };
+        let peer = net.udp(&net.peer.clone(), &at);
         client.channel_bind(n, peer.local_addr().unwrap());
         chans.push((n, peer));
     }
@@ -376,7 +413,7 @@ fn exchange(sessions: &[Session], rounds: u32, len: usize) -> u64 {
                 s.data
                     .send_to(
                         &s.client.channel_data(*n, &payload(*n, r, len)),
-                        sa(LISTENER),
+                        s.client.server,
                     )
                     .unwrap();
                 sent += 1;
@@ -402,7 +439,7 @@ fn exchange(sessions: &[Session], rounds: u32, len: usize) -> u64 {
                 .map(|(n, _)| s.client.channel_data(*n, &payload(*n, r + 1_000_000, len)))
                 .collect();
             let got_set: BTreeSet<Vec<u8>> = got.iter().map(|(d, _)| d.clone()).collect();
-            assert!(got.iter().all(|(_, from)| *from == sa(LISTENER)));
+            assert!(got.iter().all(|(_, from)| *from == s.client.server));
             assert_eq!(got.len(), want.len(), "round {r}: to the client");
             assert_eq!(got_set, want, "round {r}: to the client");
         }
@@ -621,4 +658,127 @@ fn detached_mid_stream_traffic_goes_on_in_userspace_and_a_kill_leaves_nothing_at
         (!xdp_on(&net, "sc") && !xdp_on(&net, "sp")).then_some(())
     });
     assert!(gone.is_some(), "XDP still attached after SIGKILL");
+}
+
+#[test]
+fn ipv6_channels_are_relayed_in_the_kernel_too() {
+    let mut net = Net::new("s");
+    net.start("");
+    let sessions: Vec<Session> = (0..2)
+        .map(|i| session_of(&net, true, 5, 9000 + i * 5))
+        .collect();
+    assert_eq!(net.metric("ferroturn_fastpath_channels"), 10);
+    let len = 333;
+    let sent = exchange(&sessions, 40, len);
+    assert_eq!(net.relayed_packets("to_peer"), sent);
+    assert_eq!(net.relayed_packets("to_client"), sent);
+    assert_eq!(net.relayed_bytes("to_client"), sent * len as u64);
+    let k = net.kernel_packets("to_peer");
+    assert!(k >= sent - 10, "{k} of {sent} to IPv6 peers in the kernel");
+    assert!(net.kernel_packets("to_client") >= sent - 10);
+    // And an IPv4 session beside them, on the same program.
+    let v4 = [session(&net, 1, 9500)];
+    let sent4 = exchange(&v4, 20, len);
+    assert_eq!(net.relayed_packets("to_peer"), sent + sent4);
+}
+
+#[test]
+fn revoking_the_user_stops_kernel_relaying_at_once() {
+    let mut net = Net::new("v");
+    net.start("");
+    let s = session(&net, 3, 9000);
+    exchange(std::slice::from_ref(&s), 5, 50);
+    assert_eq!(net.metric("ferroturn_fastpath_channels"), 3);
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
+        .arg("revoke")
+        .arg("-c")
+        .arg(net.dir.join("config.toml"))
+        .args(["--user", USER, "--until", "1h"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(net.metric("ferroturn_fastpath_channels"), 0);
+    let kernel = net.kernel_packets("to_peer");
+    for (n, peer) in &s.channels {
+        for r in 0..10 {
+            let f = s.client.channel_data(*n, &payload(*n, r, 50));
+            s.data.send_to(&f, s.client.server).unwrap();
+            peer.send_to(&payload(*n, r, 50), s.relay).unwrap();
+        }
+    }
+    for (_, peer) in &s.channels {
+        assert!(
+            drain(peer, 1).is_empty(),
+            "a peer got data after the revocation"
+        );
+    }
+    let cd: Vec<_> = drain(&s.data, 30)
+        .into_iter()
+        .filter(|(d, _)| d[0] >> 6 == 1)
+        .collect();
+    assert!(
+        cd.is_empty(),
+        "the client got ChannelData after the revocation"
+    );
+    assert_eq!(net.kernel_packets("to_peer"), kernel);
+}
+
+#[test]
+fn the_packet_rate_ceiling_holds_in_the_kernel() {
+    let mut net = Net::new("c");
+    let rate = 400u64;
+    net.start(&format!("[limits]\npacket_rate = {rate}\nbandwidth = 0"));
+    let s = session(&net, 1, 9000);
+    let (n, peer) = &s.channels[0];
+    peer.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut got = 0u64;
+    // 1,200 packets at about 1,000 a second: over the ceiling throughout.
+    for r in 0..1200u32 {
+        let f = s.client.channel_data(*n, &payload(*n, r, 40));
+        s.data.send_to(&f, s.client.server).unwrap();
+        sent += 1;
+        if r % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(10));
+            got += drain_nowait(peer);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(100));
+    got += drain_nowait(peer);
+    // A full bucket (one second of the rate), then the rate.
+    let allowed = rate as f64 * (1.0 + elapsed);
+    eprintln!("sent {sent} in {elapsed:.2} s, {got} passed, {allowed:.0} allowed");
+    assert!(
+        sent as f64 > allowed * 1.2,
+        "the sender did not exceed the ceiling"
+    );
+    let off = (got as f64 - allowed).abs() / allowed;
+    assert!(
+        off <= 0.05,
+        "{got} passed, {allowed:.0} allowed: {:.1} % off",
+        off * 100.0
+    );
+    // The drops are counted as the userspace path counts its own.
+    let limited = net.metric("ferroturn_rate_limited_packets_total");
+    assert_eq!(limited, sent - got);
+    assert_eq!(net.relayed_packets("to_peer"), got);
+}
+
+/// What `s` holds now, without waiting.
+fn drain_nowait(s: &UdpSocket) -> u64 {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while s.recv_from(&mut buf).is_ok() {
+        n += 1;
+    }
+    s.set_nonblocking(false).unwrap();
+    n
 }

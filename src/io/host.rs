@@ -573,6 +573,13 @@ impl<T: Transport> Host<T> {
                 match &c {
                     HostCommand::ClusterLink(tx) => self.lookups = Some(tx.clone()),
                     HostCommand::UsageLink(link) => self.usage = Some(link.clone()),
+                    // New ceilings reach the kernel with the allocations
+                    // that enter it after the reload.
+                    HostCommand::Update(u) => {
+                        if let Some(f) = &mut self.fastpath {
+                            f.set_ceilings(&u.limits);
+                        }
+                    }
                     // A report (metrics, sessions) counts what the kernel
                     // relayed up to now.
                     HostCommand::Report { .. } => {

@@ -51,16 +51,12 @@ struct flow_key {
 };
 
 /*
- * What it becomes. `channel` nonzero: frame the payload as ChannelData on
- * that channel (to a client); 0: unwrap ChannelData (to a peer).
+ * What it becomes: `to`, the packet as it leaves, whose `channel` nonzero
+ * frames the payload as ChannelData on that channel (to a client), 0
+ * unwraps ChannelData (to a peer).
  */
 struct flow_target {
-	__u8 src[16];
-	__u8 dst[16];
-	__be16 sport;
-	__be16 dport;
-	__be16 channel;
-	__u16 pad;
+	struct flow_key to;
 	__u32 chan_slot;
 	__u32 alloc_slot;
 	/* CLOCK_MONOTONIC (bpf_ktime_get_ns) after which the entry is dead. */
@@ -288,14 +284,14 @@ static __always_inline int relay(struct xdp_md *ctx, const int v6)
 		pad = plen - 4 - len;
 		key.channel = chan_word;
 		t = bpf_map_lookup_elem(&flows, &key);
-		if (!t || t->channel != 0)
+		if (!t || t->to.channel != 0)
 			return XDP_PASS;
-	} else if (t->channel == 0) {
+	} else if (t->to.channel == 0) {
 		return XDP_PASS;
 	}
-	int dir = t->channel ? TO_CLIENT : TO_PEER;
+	int dir = t->to.channel ? TO_CLIENT : TO_PEER;
 	__u64 now = bpf_ktime_get_ns();
-	if (now >= t->expires_ns || is_mapped(t->dst) == v6 || is_mapped(t->src) == v6)
+	if (now >= t->expires_ns || is_mapped(t->to.dst) == v6 || is_mapped(t->to.src) == v6)
 		return XDP_PASS;
 
 	__u32 new_udp = sizeof(struct udphdr) + (dir == TO_CLIENT ? 4 + len : len);
@@ -308,17 +304,17 @@ static __always_inline int relay(struct xdp_md *ctx, const int v6)
 	struct bpf_fib_lookup fib = {};
 	fib.ifindex = ctx->ingress_ifindex;
 	fib.l4_protocol = IPPROTO_UDP;
-	fib.sport = t->sport;
-	fib.dport = t->dport;
+	fib.sport = t->to.sport;
+	fib.dport = t->to.dport;
 	fib.tot_len = l3 + new_udp;
 	if (v6) {
 		fib.family = FAMILY_INET6;
-		__builtin_memcpy(fib.ipv6_src, t->src, 16);
-		__builtin_memcpy(fib.ipv6_dst, t->dst, 16);
+		__builtin_memcpy(fib.ipv6_src, t->to.src, 16);
+		__builtin_memcpy(fib.ipv6_dst, t->to.dst, 16);
 	} else {
 		fib.family = FAMILY_INET;
-		__builtin_memcpy(&fib.ipv4_src, t->src + 12, 4);
-		__builtin_memcpy(&fib.ipv4_dst, t->dst + 12, 4);
+		__builtin_memcpy(&fib.ipv4_src, t->to.src + 12, 4);
+		__builtin_memcpy(&fib.ipv4_dst, t->to.dst + 12, 4);
 	}
 	if (unit_test) {
 		__builtin_memset(fib.dmac, 0xd0, ETH_ALEN);
@@ -345,12 +341,12 @@ static __always_inline int relay(struct xdp_md *ctx, const int v6)
 	if (old_check && !pad) {
 		__u32 old_sum = sum_addr(key.src, v6) + sum_addr(key.dst, v6) +
 				key.sport + key.dport + 2 * (__u32)udp->len;
-		__u32 new_sum = sum_addr(t->src, v6) + sum_addr(t->dst, v6) + t->sport +
-				t->dport + 2 * (__u32)bpf_htons(new_udp);
+		__u32 new_sum = sum_addr(t->to.src, v6) + sum_addr(t->to.dst, v6) + t->to.sport +
+				t->to.dport + 2 * (__u32)bpf_htons(new_udp);
 		if (dir == TO_PEER)
 			old_sum += chan_word + len_word;
 		else
-			new_sum += t->channel + bpf_htons(len);
+			new_sum += t->to.channel + bpf_htons(len);
 		__u32 s = (__u16)~old_check + (__u16)~fold(fold(old_sum)) + fold(new_sum);
 		check = ~fold(s);
 		if (check == 0)
@@ -380,8 +376,8 @@ static __always_inline int relay(struct xdp_md *ctx, const int v6)
 		ip->payload_len = bpf_htons(new_udp);
 		ip->nexthdr = IPPROTO_UDP;
 		ip->hop_limit = TTL;
-		__builtin_memcpy(ip->saddr, out.src, 16);
-		__builtin_memcpy(ip->daddr, out.dst, 16);
+		__builtin_memcpy(ip->saddr, out.to.src, 16);
+		__builtin_memcpy(ip->daddr, out.to.dst, 16);
 	} else {
 		struct ip4 *ip = data + sizeof(struct ethhdr);
 		ip->vihl = 0x45;
@@ -392,8 +388,8 @@ static __always_inline int relay(struct xdp_md *ctx, const int v6)
 		ip->ttl = TTL;
 		ip->protocol = IPPROTO_UDP;
 		ip->check = 0;
-		__builtin_memcpy(&ip->saddr, out.src + 12, 4);
-		__builtin_memcpy(&ip->daddr, out.dst + 12, 4);
+		__builtin_memcpy(&ip->saddr, out.to.src + 12, 4);
+		__builtin_memcpy(&ip->daddr, out.to.dst + 12, 4);
 		const __u16 *w = (const __u16 *)ip;
 		__u32 s = 0;
 #pragma unroll
@@ -402,13 +398,13 @@ static __always_inline int relay(struct xdp_md *ctx, const int v6)
 		ip->check = ~fold(s);
 	}
 	udp = data + sizeof(struct ethhdr) + l3;
-	udp->source = out.sport;
-	udp->dest = out.dport;
+	udp->source = out.to.sport;
+	udp->dest = out.to.dport;
 	udp->len = bpf_htons(new_udp);
 	udp->check = check;
 	if (dir == TO_CLIENT) {
 		__be16 *h = (void *)(udp + 1);
-		h[0] = out.channel;
+		h[0] = out.to.channel;
 		h[1] = bpf_htons(len);
 	}
 	if (fib.ifindex == ctx->ingress_ifindex)

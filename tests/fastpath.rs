@@ -764,3 +764,46 @@ fn drain_nowait(s: &UdpSocket) -> u64 {
     s.set_nonblocking(false).unwrap();
     n
 }
+
+#[test]
+fn mode_on_refuses_to_start_when_it_cannot_attach_and_says_why() {
+    let net = Net::new("a");
+    let config = net.dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"realm = "{REALM}"
+[[listen]]
+address = "{LISTENER}"
+transports = ["udp"]
+[relay]
+address = "10.201.2.1"
+ports = "50000-50999"
+[auth]
+users = {{ {USER} = "{PASS}" }}
+[fastpath]
+mode = "on"
+interfaces = ["sc", "nosuch0"]
+"#
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.server])
+        .arg(env!("CARGO_BIN_EXE_ferroturn"))
+        .arg("--config")
+        .arg(&config);
+    let out = cmd.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "it started:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "{}: fastpath.interfaces: interface nosuch0: No such device",
+            config.display()
+        )),
+        "{text}"
+    );
+    // What it attached before the failure went with it.
+    assert!(!xdp_on(&net, "sc"), "XDP left on sc");
+}

@@ -8,7 +8,7 @@ pub enum Kernel {}
 
 impl Kernel {
     pub fn load() -> Result<Kernel, String> {
-        Err("fastpath.mode: \"on\" needs a ferroturn built with the cargo feature `fastpath`; this one was built without it".to_owned())
+        Err("\"on\" needs a ferroturn built with the cargo feature `fastpath`; this one was built without it".to_owned())
     }
     pub fn attach(&self, _name: &str) -> Result<AttachMode, String> {
         match *self {}

@@ -137,10 +137,12 @@ impl FastPath {
                 interfaces_of(&wanted)?
             }
         };
-        let kernel = Kernel::load()?;
+        let kernel = Kernel::load().map_err(|e| format!("fastpath.mode: {e}"))?;
         let mut attached = Vec::new();
         for name in &interfaces {
-            let mode = kernel.attach(name)?;
+            let mode = kernel
+                .attach(name)
+                .map_err(|e| format!("fastpath.interfaces: {e}"))?;
             if !forwarding(name) {
                 tracing::warn!(
                     target: LOG,

@@ -807,3 +807,45 @@ interfaces = ["sc", "nosuch0"]
     // What it attached before the failure went with it.
     assert!(!xdp_on(&net, "sc"), "XDP left on sc");
 }
+
+#[test]
+fn a_reload_brings_new_ceilings_into_the_kernel() {
+    let mut net = Net::new("l");
+    net.start("");
+    let s = session(&net, 1, 9000);
+    exchange(std::slice::from_ref(&s), 5, 40);
+    // The same file with a packet-rate ceiling of 100 a second, reloaded.
+    let config = net.dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[limits]\npacket_rate = 100\n")).unwrap();
+    let pid = net.ferroturn.as_ref().unwrap().id();
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let reloaded = wait(Duration::from_secs(10), || {
+        net.log().contains("configuration reloaded").then_some(())
+    });
+    assert!(reloaded.is_some(), "no reload in the log:\n{}", net.log());
+    // A scrape's report reaches the host after the reload's update did.
+    net.metric("ferroturn_fastpath_channels");
+    let (n, peer) = &s.channels[0];
+    let started = Instant::now();
+    let mut got = 0u64;
+    for r in 0..600u32 {
+        let f = s.client.channel_data(*n, &payload(*n, r, 40));
+        s.data.send_to(&f, s.client.server).unwrap();
+        if r % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(10));
+            got += drain_nowait(peer);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(100));
+    got += drain_nowait(peer);
+    let allowed = 100.0 * (1.0 + elapsed);
+    eprintln!("600 sent in {elapsed:.2} s, {got} passed, {allowed:.0} allowed");
+    let off = (got as f64 - allowed).abs() / allowed;
+    assert!(off <= 0.05, "{got} passed, {allowed:.0} allowed");
+    assert!(
+        net.kernel_packets("to_peer") >= got,
+        "carried in the kernel"
+    );
+}

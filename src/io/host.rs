@@ -573,11 +573,10 @@ impl<T: Transport> Host<T> {
                 match &c {
                     HostCommand::ClusterLink(tx) => self.lookups = Some(tx.clone()),
                     HostCommand::UsageLink(link) => self.usage = Some(link.clone()),
-                    // New ceilings reach the kernel with the allocations
-                    // that enter it after the reload.
+                    // A reload's ceilings reach the kernel too.
                     HostCommand::Update(u) => {
                         if let Some(f) = &mut self.fastpath {
-                            f.set_ceilings(&u.limits);
+                            f.set_ceilings(&mut self.engine, &u.limits);
                         }
                     }
                     // A report (metrics, sessions) counts what the kernel

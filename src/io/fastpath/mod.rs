@@ -287,10 +287,23 @@ impl HostPath {
         }
     }
 
-    /// New ceilings after a reload, for allocations that enter from now on.
-    pub fn set_ceilings(&mut self, limits: &crate::engine::Limits) {
-        self.mirror
-            .set_ceilings(limits.packet_rate.into(), limits.bandwidth);
+    /// New ceilings after a reload: for allocations that enter from now
+    /// on, and for those in the kernel now (their buckets start full
+    /// again, as they did when they entered).
+    pub fn set_ceilings(&mut self, engine: &mut Engine, limits: &crate::engine::Limits) {
+        let (packet_rate, bandwidth) = (limits.packet_rate.into(), limits.bandwidth);
+        self.mirror.set_ceilings(packet_rate, bandwidth);
+        let allocs: Vec<(AllocId, u32)> = self.mirror.alloc_slots().collect();
+        for (alloc, slot) in allocs {
+            // Their drops so far go to the engine before the reset.
+            self.report_limited(engine, alloc, slot);
+            match self.shared.kernel.ceilings(slot, packet_rate, bandwidth) {
+                Ok(()) => {
+                    self.seen_limited.insert(slot, [0; 2]);
+                }
+                Err(e) => tracing::debug!(target: LOG, "fast path: {e}"),
+            }
+        }
     }
 
     /// Mirror one of the engine's reports; `relay` is the relayed transport

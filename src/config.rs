@@ -140,6 +140,8 @@ restart_only! {
         /// NAT behaviour discovery (RFC 5780), if the file has a
         /// `[nat_behaviour]` section.
         "nat_behaviour" => nat_behaviour: Option<NatBehaviour>,
+        /// The kernel fast path for bound channels (`[fastpath]`).
+        "fastpath" => fastpath: Fastpath,
     }
 }
 
@@ -371,6 +373,27 @@ named_values! {
         /// end).
         "batch" => Batch,
     }
+}
+
+named_values! {
+    /// Whether the kernel fast path relays bound channels (`fastpath.mode`).
+    pub enum FastpathMode {
+        /// Every packet goes through ferroturn's threads.
+        "off" => Off,
+        /// Bound channels of UDP clients are relayed by an XDP program;
+        /// ferroturn refuses to start if it cannot attach it.
+        "on" => On,
+    }
+}
+
+/// The `[fastpath]` section: the kernel fast path for bound channels
+/// (README, "Kernel fast path").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fastpath {
+    pub mode: FastpathMode,
+    /// The interfaces to attach to; empty: those that carry the UDP
+    /// listeners' and relay addresses (found at start).
+    pub interfaces: Vec<String>,
 }
 
 named_values! {
@@ -655,6 +678,23 @@ from_string! {
     #[derive(Debug, Copy)]
     PortRange((u16, u16)),
     |v| port_range(&v)
+}
+
+from_string! {
+    /// A network interface's name as the kernel takes it: 1 to 15 bytes,
+    /// no `/`, no white space.
+    #[derive(Debug)]
+    InterfaceName(String),
+    |v| {
+        let ok = (1..=15).contains(&v.len())
+            && v.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+        match ok {
+            true => Ok(v),
+            false => Err(format!(
+                "{v:?} is not an interface name (1 to 15 characters, no '/', no spaces)"
+            )),
+        }
+    }
 }
 
 from_string! {
@@ -980,6 +1020,15 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     cluster: Option<RawCluster>,
     nat_behaviour: Option<RawNatBehaviour>,
+    #[serde(default)]
+    fastpath: RawFastpath,
+}
+
+table! {
+    struct RawFastpath in "fastpath" {
+        mode: FastpathMode,
+        interfaces: Vec<InterfaceName>,
+    }
 }
 
 /// The `[nat_behaviour]` section as written; `other_address` and
@@ -1386,6 +1435,7 @@ impl RawConfig {
         self.check_listen()?;
         self.relay.check()?;
         self.check_nat_behaviour()?;
+        self.check_fastpath()?;
         self.check_auth()?;
         self.limits.check()?;
         let a = &self.allocation;
@@ -1546,6 +1596,27 @@ impl RawConfig {
     /// sockets answer from distinct addresses and ports).
     fn check_nat_behaviour(&self) -> Result<(), Refusal> {
         self.nat_listener().map(|_| ())
+    }
+
+    /// `fastpath.mode = "on"` needs a UDP TURN listener on a specific
+    /// address: the program keys a client's flow by the address it sent
+    /// to, and ChannelData to it leaves from there. (A build without the
+    /// fast path refuses to start with it: `check` is the same for both.)
+    fn check_fastpath(&self) -> Result<(), Refusal> {
+        if self.fastpath.mode == FastpathMode::Off {
+            return Ok(());
+        }
+        let specific = self
+            .listen
+            .iter()
+            .any(|l| l.transports.udp && l.turn && !l.address.0.ip().is_unspecified());
+        if !specific {
+            return refuse(
+                "fastpath.mode",
+                "\"on\" needs a UDP [[listen]] entry with TURN on a specific address (not 0.0.0.0 or ::): clients of wildcard listeners stay in userspace",
+            );
+        }
+        Ok(())
     }
 
     /// The index of the UDP listener `[nat_behaviour]` pairs with, if the
@@ -2051,6 +2122,10 @@ impl RawConfig {
                 redirect_above: c.redirect_above.map(crate::cluster::load::Threshold),
             }),
             nat_behaviour,
+            fastpath: Fastpath {
+                mode: self.fastpath.mode,
+                interfaces: self.fastpath.interfaces.into_iter().map(|i| i.0).collect(),
+            },
         };
         Ok(Config {
             path: path.to_owned(),
@@ -2315,6 +2390,7 @@ pub(crate) fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("demo", f::<Demo>()),
         ("cluster", f::<RawCluster>()),
         ("nat_behaviour", f::<RawNatBehaviour>()),
+        ("fastpath", f::<RawFastpath>()),
     ]
 }
 

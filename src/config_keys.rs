@@ -110,6 +110,10 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "nat_behaviour",
         "NAT behaviour discovery (RFC 5780; README, \"NAT behaviour discovery\"): a second address and port, off unless the section is present. Needs a restart.",
     ),
+    (
+        "fastpath",
+        "The kernel fast path (README, \"Kernel fast path\"): an XDP program relays the channels bound by UDP clients. Needs a build with the cargo feature `fastpath`, and a restart.",
+    ),
 ];
 
 use KeyDefault::{Required, Unset, Value};
@@ -635,6 +639,20 @@ pub const KEYS: &[Key] = &[
         kind: "integer",
         default: Required,
         doc: "The second port, not the primary's and outside `relay.ports`. Needs a restart.",
+    },
+    Key {
+        section: "fastpath",
+        name: "mode",
+        kind: "string",
+        default: Value("\"off\""),
+        doc: "`\"on\"`: an XDP program relays ChannelData of channels bound by clients of UDP listeners on a specific address, with their peers of the same family, in the kernel (counted exactly, within the allocation's ceilings); everything else stays in userspace. ferroturn refuses to start when it cannot attach the program (needs CAP_BPF and CAP_NET_ADMIN, and the feature `fastpath`). Attaching XDP resets the link on some drivers. `\"off\"`: every packet goes through ferroturn's threads. Needs a restart.",
+    },
+    Key {
+        section: "fastpath",
+        name: "interfaces",
+        kind: "array of strings",
+        default: Value("[]"),
+        doc: "The interfaces to attach to (native XDP where the driver has it, generic otherwise); empty: those that carry the UDP listeners' and relay addresses (a wildcard relay address then refuses to start: name them). Routing relayed packets needs forwarding on for them (`net.ipv4.conf.IF.forwarding`, `net.ipv6.conf.all.forwarding`): without it they stay in userspace. Needs a restart.",
     },
 ];
 

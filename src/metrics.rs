@@ -401,6 +401,51 @@ pub fn render(report: &WorkerReport) -> String {
         );
     }
 
+    // The kernel fast path (README "Kernel fast path"): always exported,
+    // 0 and mode "off" without it.
+    let f = &report.fastpath;
+    o.family(
+        "fastpath_attached",
+        "gauge",
+        "1 for how the kernel fast path's XDP program runs (native: in the driver; generic: in the stack; off: not attached).",
+    );
+    for m in crate::io::fastpath::AttachMode::ALL {
+        let labels = format!("mode=\"{}\"", m.name());
+        o.sample("fastpath_attached", &labels, (f.mode == m) as u64);
+    }
+    o.single(
+        "fastpath_channels",
+        "gauge",
+        "Channel bindings relayed in the kernel now (bound by UDP clients, same-family peers, live permissions).",
+        f.channels,
+    );
+    o.family(
+        "fastpath_relayed_packets_total",
+        "counter",
+        "Packets the kernel fast path relayed, by direction (also counted in relayed_packets_total).",
+    );
+    for dir in Direction::ALL {
+        let labels = format!("{}=\"{}\"", Direction::KEY, dir.name());
+        o.sample(
+            "fastpath_relayed_packets_total",
+            &labels,
+            f.packets[dir.index()],
+        );
+    }
+    o.family(
+        "fastpath_relayed_bytes_total",
+        "counter",
+        "Bytes of application data the kernel fast path relayed, by direction (also counted in relayed_bytes_total).",
+    );
+    for dir in Direction::ALL {
+        let labels = format!("{}=\"{}\"", Direction::KEY, dir.name());
+        o.sample(
+            "fastpath_relayed_bytes_total",
+            &labels,
+            f.bytes[dir.index()],
+        );
+    }
+
     // Session durations.
     let h = &s.session_seconds;
     let name = "session_duration_seconds";

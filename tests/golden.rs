@@ -639,6 +639,10 @@ fn hand_cases(f: &Files) -> Vec<Case> {
         ("nat_behaviour.other_address: missing", b().set("nat_behaviour", "other_port", "3479")),
         ("nat_behaviour.other_port: the listener's", nat("\"127.0.0.2\"", "3478")),
         ("nat_behaviour.other_port: in relay.ports", nat("\"127.0.0.2\"", "50000")),
+        ("fastpath.mode: on with only a wildcard listener", b().set("listen", "address", "\"0.0.0.0:3478\"").set("fastpath", "mode", "\"on\"")),
+        ("fastpath.mode: not a mode", b().set("fastpath", "mode", "\"fast\"")),
+        ("fastpath.interfaces: not a name", b().set("fastpath", "interfaces", "[\"a/b\"]")),
+        ("fastpath.interfaces: too long", b().set("fastpath", "interfaces", "[\"sixteen-letters!\"]")),
         (
             "demo.allowed_origins: 33",
             b().set("demo", "allowed_origins", &format!("[{}]", (0..33).map(|i| q(&format!("https://o{i}.example"))).collect::<Vec<_>>().join(", "))),
@@ -677,6 +681,13 @@ fn hand_cases(f: &Files) -> Vec<Case> {
     cases.push(case(
         "nat_behaviour: passes",
         &nat("\"127.0.0.2\"", "3479"),
+        true,
+    ));
+    // `check` is the same with and without the cargo feature `fastpath`.
+    cases.push(case(
+        "fastpath: on passes",
+        &b().set("fastpath", "mode", "\"on\"")
+            .set("fastpath", "interfaces", "[\"lo\"]"),
         true,
     ));
 

@@ -25,6 +25,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # WebSocket, as corporate proxies do.
 # haproxy: tests/proxy_protocol.rs puts it in front of ferroturn with
 # send-proxy and send-proxy-v2.
+# clang, llvm, libbpf-dev (BPF headers), libelf-dev, zlib1g-dev, pkg-config:
+# the cargo feature `fastpath` compiles the XDP program and a vendored
+# libbpf (tests/fastpath.rs and the program's unit tests). ethtool (veth
+# GRO and checksum settings) and bpftool (detaching the program's links):
+# tests/fastpath.rs.
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
@@ -34,8 +39,11 @@ for pb in coturn:/usr/bin/turnutils_uclient \
           man-db:/usr/bin/man groff-base:/usr/bin/groff zsh:/usr/bin/zsh fish:/usr/bin/fish \
           dpkg-dev:/usr/bin/dpkg-shlibdeps binutils:/usr/bin/strip \
           redis-server:/usr/bin/redis-server redis-tools:/usr/bin/redis-cli \
-          squid:/usr/sbin/squid haproxy:/usr/sbin/haproxy; do
-    [ -x "${pb#*:}" ] || need+=("${pb%%:*}")
+          squid:/usr/sbin/squid haproxy:/usr/sbin/haproxy \
+          clang:/usr/bin/clang llvm:/usr/bin/llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h \
+          libelf-dev:/usr/include/libelf.h zlib1g-dev:/usr/include/zlib.h pkg-config:/usr/bin/pkg-config \
+          ethtool:/usr/sbin/ethtool bpftool:/usr/sbin/bpftool; do
+    [ -e "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
     S=""
@@ -67,8 +75,8 @@ rc=0
 # cargo-deb, at the version packaging/build-deb.sh pins (installed once):
 # tests/package.rs builds the Debian package with that script.
 bash packaging/build-deb.sh --tools || rc=1
-echo "==> cargo test --all-targets --no-fail-fast"
-cargo test --all-targets --no-fail-fast || rc=1
+echo "==> cargo test --all-targets --features fastpath --no-fail-fast"
+cargo test --all-targets --features fastpath --no-fail-fast || rc=1
 
 # Every fuzz target for a bounded time (6 minutes in all); a crash fails CI.
 echo "==> fuzz targets"

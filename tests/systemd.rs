@@ -8,6 +8,9 @@
 //! - `TasksMax=` holds the threads of the most workers a config may ask
 //!   for, counted on a running server.
 //! - `systemd/ferroturn.sysusers` creates the user the unit runs as.
+//! - `systemd/fastpath.conf`, the drop-in for the kernel fast path, adds
+//!   CAP_BPF, CAP_NET_ADMIN and bpf(2) and nothing else; the unit with it
+//!   passes `verify`, and the base unit has none of the three.
 //! - The real binary, given `$NOTIFY_SOCKET` and `$WATCHDOG_USEC`, sends
 //!   READY=1 only once it answers STUN, pings the watchdog, wraps a SIGHUP
 //!   reload in RELOADING=1 / READY=1, and sends STOPPING=1 on SIGTERM before
@@ -30,6 +33,7 @@ use common::{LOCALHOST, ServerConfig, TempDir, binding_udp, free_port, relay_blo
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/ferroturn.service");
 const SYSUSERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/ferroturn.sysusers");
+const FASTPATH_DROP_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/fastpath.conf");
 /// Where the Debian package and the hand install put the binary.
 const INSTALLED_BIN: &str = "/usr/bin/ferroturn";
 
@@ -188,6 +192,43 @@ fn unit_passes_systemd_analyze_verify() {
         out.output
     );
     assert_eq!(out.code, Some(0), "systemd-analyze verify:\n{}", out.output);
+}
+
+/// The fast path's drop-in grants exactly what loading and attaching XDP
+/// takes, only to those who install it: the base unit grants none of it.
+#[test]
+fn the_fast_path_drop_in_adds_only_bpf() {
+    let text = fs::read_to_string(FASTPATH_DROP_IN).unwrap();
+    assert!(text.contains("[Service]"));
+    let d = directives(&text);
+    let want: BTreeMap<String, Vec<String>> = [
+        ("AmbientCapabilities", "CAP_BPF CAP_NET_ADMIN"),
+        ("CapabilityBoundingSet", "CAP_BPF CAP_NET_ADMIN"),
+        ("SystemCallFilter", "bpf"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), vec![v.to_owned()]))
+    .collect();
+    assert_eq!(d, want);
+    let base = unit_text();
+    for word in ["CAP_BPF", "CAP_NET_ADMIN", "SystemCallFilter=bpf"] {
+        assert!(!base.contains(word), "the base unit grants {word}");
+    }
+    // The unit with the drop-in's [Service] lines after its own (as
+    // systemd reads a drop-in) still passes verify.
+    let dir = TempDir::new("unit-fastpath");
+    let unit = unit_for_test(dir.path());
+    let mut with = fs::read_to_string(&unit).unwrap();
+    let service = with.find("[Install]").unwrap();
+    with.insert_str(service, &format!("{}\n", text.replace("[Service]", "")));
+    fs::write(&unit, with).unwrap();
+    let out = systemd_analyze(&["verify"], &unit);
+    assert_eq!(out.code, Some(0), "systemd-analyze verify:\n{}", out.output);
+    assert!(
+        !out.output.lines().any(|l| l.contains("ferroturn")),
+        "verify warns:\n{}",
+        out.output
+    );
 }
 
 /// `systemd-analyze verify` checks the values of the settings added for

@@ -91,6 +91,31 @@ pub struct WorkerReport {
     /// Usage facts by [`crate::cluster::usage::Outcome`] (0 without
     /// `[cluster]`).
     pub usage_events: [u64; crate::cluster::usage::Outcome::COUNT],
+    /// The kernel fast path; server-wide.
+    pub fastpath: FastpathReport,
+}
+
+/// What the kernel fast path relayed and holds (all 0 and `Off` with
+/// `[fastpath] mode = "off"`).
+#[derive(Debug, Clone, Copy)]
+pub struct FastpathReport {
+    pub mode: super::fastpath::AttachMode,
+    /// By [`crate::engine::stats::Direction`]: packets, bytes of data.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Channels relayed in the kernel now.
+    pub channels: u64,
+}
+
+impl Default for FastpathReport {
+    fn default() -> Self {
+        FastpathReport {
+            mode: super::fastpath::AttachMode::Off,
+            packets: [0; 2],
+            bytes: [0; 2],
+            channels: 0,
+        }
+    }
 }
 
 impl WorkerReport {
@@ -127,6 +152,7 @@ impl HostCommand {
                     cluster_nodes: None,
                     revocations_applied: 0,
                     usage_events: Default::default(),
+                    fastpath: FastpathReport::default(),
                 });
             }
             HostCommand::CloseUser { user, reply } => {

@@ -26,6 +26,8 @@ pub struct Control {
     pub(super) shared: Arc<crate::engine::ServerState>,
     /// Whether the cluster store answers, with `[cluster]`.
     pub(super) cluster: Option<Arc<crate::cluster::Status>>,
+    /// The kernel fast path, with `[fastpath] mode = "on"`.
+    pub(super) fastpath: Option<Arc<super::fastpath::FastPath>>,
 }
 
 impl Control {
@@ -51,7 +53,23 @@ impl Control {
         if let Some(c) = &self.cluster {
             total.usage_events = c.usage_events();
         }
+        if let Some(f) = &self.fastpath {
+            use std::sync::atomic::Ordering::Relaxed;
+            total.fastpath = super::command::FastpathReport {
+                mode: f.mode(),
+                packets: [f.packets[0].load(Relaxed), f.packets[1].load(Relaxed)],
+                bytes: [f.bytes[0].load(Relaxed), f.bytes[1].load(Relaxed)],
+                channels: f.channels.load(Relaxed),
+            };
+        }
         total
+    }
+
+    /// Detach the kernel fast path, if attached: from now on every packet
+    /// goes through ferroturn's threads (whose engines hold every channel);
+    /// whether it was attached.
+    pub fn detach_fastpath(&self) -> bool {
+        self.fastpath.as_ref().inspect(|f| f.detach()).is_some()
     }
 
     /// Close every session of `user`; how many were closed.

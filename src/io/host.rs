@@ -143,6 +143,20 @@ pub struct Bound {
     pub client: Option<ClientAddr>,
 }
 
+/// The address a relay socket is bound to, as packets arrive at it:
+/// `advertised`'s IP where it is bound to every address.
+fn bound(relay: &impl AsFd, advertised: SocketAddr) -> SocketAddr {
+    match socket2::SockRef::from(relay)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+    {
+        Some(a) if !a.ip().is_unspecified() => a,
+        Some(a) => SocketAddr::new(advertised.ip(), a.port()),
+        None => advertised,
+    }
+}
+
 /// How a read of one socket ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {
@@ -180,6 +194,9 @@ pub struct Host<T: Transport> {
     /// Every UDP shard's mailbox, by index, once the server gave them
     /// ([`HostCommand::Shards`]): where mobility moves go.
     shards: Option<std::sync::Arc<Vec<super::command::Mailbox>>>,
+    /// The kernel fast path's mirror of this engine's channels, with
+    /// `[fastpath] mode = "on"`.
+    fastpath: Option<super::fastpath::HostPath>,
     pub transport: T,
 }
 
@@ -195,7 +212,23 @@ impl<T: Transport> Host<T> {
             usage: None,
             compact_due: false,
             shards: None,
+            fastpath: None,
             transport,
+        }
+    }
+
+    /// Mirror this engine's channels into the kernel fast path from now on.
+    pub fn set_fastpath(&mut self, path: super::fastpath::HostPath) {
+        self.fastpath = Some(path);
+    }
+
+    /// When this host next has work of its own: the engine's next
+    /// deadline, or the fast path's next count.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let engine = self.engine.poll_timeout();
+        match self.fastpath.as_ref().and_then(|f| f.due()) {
+            Some(f) => Some(engine.map_or(f, |e| e.min(f))),
+            None => engine,
         }
     }
 
@@ -350,6 +383,9 @@ impl<T: Transport> Host<T> {
 
     /// Run the engine's timers if one is due at `now`.
     pub fn timers(&mut self, now: Instant) {
+        if let Some(f) = &mut self.fastpath {
+            f.sync(&mut self.engine, now);
+        }
         if self.engine.poll_timeout().is_some_and(|t| t <= now) {
             self.engine.handle_timeout(now);
             self.flush(now);
@@ -400,8 +436,18 @@ impl<T: Transport> Host<T> {
                 }
                 Output::ClosePeerConn { conn } => self.transport.close_peer_conn(conn),
                 Output::CloseRelay { alloc } => self.close_relay(now, alloc),
-                // For a kernel fast path to mirror; nothing here uses them yet.
-                Output::Grant(_) => {}
+                // The kernel fast path mirrors them.
+                Output::Grant(g) => {
+                    if self.fastpath.is_some() {
+                        let v6 = g.relay.is_ipv6();
+                        let relay = self
+                            .relay(g.alloc, v6)
+                            .map_or(g.relay, |r| bound(r, g.relay));
+                        if let Some(f) = &mut self.fastpath {
+                            f.grant(&mut self.engine, &g, relay);
+                        }
+                    }
+                }
                 Output::Handoff(h) => {
                     // A full or gone mailbox drops the move; the client
                     // retransmits its Refresh.
@@ -532,6 +578,19 @@ impl<T: Transport> Host<T> {
                 match &c {
                     HostCommand::ClusterLink(tx) => self.lookups = Some(tx.clone()),
                     HostCommand::UsageLink(link) => self.usage = Some(link.clone()),
+                    // A reload's ceilings reach the kernel too.
+                    HostCommand::Update(u) => {
+                        if let Some(f) = &mut self.fastpath {
+                            f.set_ceilings(&mut self.engine, &u.limits);
+                        }
+                    }
+                    // A report (metrics, sessions) counts what the kernel
+                    // relayed up to now.
+                    HostCommand::Report { .. } => {
+                        if let Some(f) = &mut self.fastpath {
+                            f.sync_now(&mut self.engine, now);
+                        }
+                    }
                     _ => {}
                 }
                 c.carry_out(&mut self.engine, now, self.send_drops);

@@ -23,6 +23,7 @@
 mod command;
 mod control;
 mod derive;
+pub mod fastpath;
 mod host;
 mod ice;
 mod interfaces;

@@ -256,6 +256,22 @@ impl Server {
             UdpThreads::Adaptive => Some(udp::Balance::default()),
             UdpThreads::Dedicated => None,
         };
+        // The kernel fast path: attached before the shards run, so that no
+        // channel is bound before their mirrors are in place. It cannot
+        // attach: startup stops, saying why.
+        let fastpath = super::fastpath::FastPath::start(&config, &listen).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{}: {e}", config.path.display()),
+            )
+        })?;
+        if let Some(fp) = &fastpath {
+            for s in &mut udp_shards {
+                let path =
+                    super::fastpath::HostPath::new(fp.clone(), &config.live.limits, Instant::now());
+                s.set_fastpath(path);
+            }
+        }
         let (drivers, workers) = udp::start(udp_shards, n, balance, config.restart.udp_scheduling)?;
         // From here on, an error drops `server`, which stops what runs.
         let mut server = Server {
@@ -271,6 +287,7 @@ impl Server {
                     .cluster
                     .as_ref()
                     .map(|_| Arc::new(crate::cluster::Status::default())),
+                fastpath,
             },
             nonce_secret,
             listen,

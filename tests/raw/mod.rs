@@ -37,6 +37,13 @@ impl RawClient {
         Self::new(Link::Udp(s), server, realm, user, pass)
     }
 
+    /// A client on a UDP socket made elsewhere (e.g. in a network
+    /// namespace).
+    pub fn udp_on(s: UdpSocket, server: SocketAddr, realm: &str, user: &str, pass: &str) -> Self {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Self::new(Link::Udp(s), server, realm, user, pass)
+    }
+
     pub fn tcp(server: SocketAddr, realm: &str, user: &str, pass: &str) -> Self {
         let s = TcpStream::connect(server).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();

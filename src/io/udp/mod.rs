@@ -315,7 +315,7 @@ impl Driver {
         let mut next = self
             .shards
             .iter()
-            .filter_map(|s| s.host.engine.poll_timeout())
+            .filter_map(|s| s.host.poll_timeout())
             .min();
         let merging = if self.drivers.balance.is_none() {
             false

@@ -164,6 +164,11 @@ impl Shard {
         Ok((shard, Mailbox::woken_by(tx, mailbox)))
     }
 
+    /// Mirror this shard's channels into the kernel fast path.
+    pub fn set_fastpath(&mut self, path: crate::io::fastpath::HostPath) {
+        self.host.set_fastpath(path);
+    }
+
     /// Every fd of this shard with its token.
     fn fds(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
         let i = self.index;

@@ -52,7 +52,7 @@ pub use discovery::NatSockets;
 use ports::Relay;
 pub use quota::{Limits, ServerState};
 
-pub use relay::ToClient;
+pub use relay::{KernelRelayed, ToClient};
 pub use stats::Stats;
 use stats::{AuthFailure, Code, Outcome};
 pub use tcp_relay::{PROTO_TCP, PeerConns, PipeShare, UNBOUND_TIMEOUT};

@@ -80,3 +80,38 @@ impl Engine {
         })
     }
 }
+
+/// What a kernel fast path relayed for one allocation and direction since
+/// its last report: ChannelData of bound channels over UDP (RFC 8656
+/// §12), which never reached [`Engine::handle_client`] or
+/// [`Engine::handle_peer`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelRelayed {
+    /// Packets relayed, and their application data in bytes.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets dropped over the allocation's ceilings.
+    pub limited: u64,
+}
+
+impl Engine {
+    /// Count what a kernel fast path relayed for allocation `id` in `dir`
+    /// as the userspace path counts its own packets: the allocation's
+    /// traffic and framed traffic (unpadded ChannelData over UDP: 4 bytes
+    /// of header each), the server's relayed traffic for UDP clients, and
+    /// the packets dropped over a ceiling. An allocation gone since still
+    /// counts in the server's totals.
+    pub fn kernel_relayed(&mut self, id: AllocId, dir: Direction, k: KernelRelayed) {
+        let t = self.stats.traffic(dir, Transport::Udp);
+        t.packets += k.packets;
+        t.bytes += k.bytes;
+        self.stats.rate_limited += k.limited;
+        if let Some(a) = self.allocs.get_mut(id.0 as usize).and_then(Option::as_mut) {
+            let i = dir.index();
+            a.traffic[i].packets += k.packets;
+            a.traffic[i].bytes += k.bytes;
+            a.framed[i].packets += k.packets;
+            a.framed[i].bytes += k.bytes + 4 * k.packets;
+        }
+    }
+}

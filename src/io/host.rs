@@ -41,6 +41,10 @@ pub trait Transport {
     /// dropping it closes the socket.
     type Relay: AsFd;
 
+    /// Whether [`Self::release`] gives relay sockets back, so that the
+    /// host can park them between allocations (engine `parking`).
+    const PARKS: bool = false;
+
     /// Start watching a relay socket just bound; `None` if it cannot be
     /// watched (the transport says why in its log).
     fn watch(&mut self, new: Bound) -> Option<Self::Relay>;
@@ -81,8 +85,9 @@ pub trait Transport {
     fn compact(&mut self) {}
 
     /// Stop watching `relay` without closing it: its allocation moves to
-    /// another host (RFC 8016), which watches it anew. `None` where
-    /// allocations do not move (stream workers): the socket closes.
+    /// another host (RFC 8016), which watches it anew, or it is parked for
+    /// the next allocation at its address. `None` where allocations do not
+    /// move (stream workers): the socket closes.
     fn release(&mut self, _relay: Self::Relay) -> Option<std::net::UdpSocket> {
         None
     }
@@ -170,6 +175,10 @@ pub struct Host<T: Transport> {
     /// Where the engine's usage facts go, once the cluster task linked
     /// this host ([`HostCommand::UsageLink`]).
     usage: Option<crate::cluster::usage::Link>,
+    /// Relay sockets of ended allocations whose ports the engine parked,
+    /// by the address they are bound to, unwatched; at most
+    /// [`crate::engine::parking::PARK_MAX`].
+    parked: Vec<(SocketAddr, std::net::UdpSocket)>,
     /// The relay table was emptied after holding many: compact it.
     compact_due: bool,
     /// Every UDP shard's mailbox, by index, once the server gave them
@@ -179,7 +188,8 @@ pub struct Host<T: Transport> {
 }
 
 impl<T: Transport> Host<T> {
-    pub fn new(engine: Engine, transport: T) -> Host<T> {
+    pub fn new(mut engine: Engine, transport: T) -> Host<T> {
+        engine.park_relays(T::PARKS);
         Host {
             engine,
             relays: Vec::new(),
@@ -188,6 +198,7 @@ impl<T: Transport> Host<T> {
             send_drops: 0,
             lookups: None,
             usage: None,
+            parked: Vec::new(),
             compact_due: false,
             shards: None,
             transport,
@@ -394,7 +405,13 @@ impl<T: Transport> Host<T> {
                     }
                 }
                 Output::ClosePeerConn { conn } => self.transport.close_peer_conn(conn),
-                Output::CloseRelay { alloc } => self.close_relay(now, alloc),
+                Output::CloseRelay { alloc } => self.close_relay(now, alloc, None),
+                Output::ParkRelay { alloc, bind } => self.close_relay(now, alloc, Some(bind)),
+                Output::CloseParked { bind } => {
+                    if let Some(i) = self.parked.iter().position(|(at, _)| *at == bind) {
+                        self.parked.swap_remove(i);
+                    }
+                }
                 // For a kernel fast path to mirror; nothing here uses them yet.
                 Output::Grant(_) => {}
                 Output::Handoff(h) => {
@@ -448,14 +465,18 @@ impl<T: Transport> Host<T> {
         true
     }
 
-    /// Bind allocation `id`'s relay socket on `bind` and watch it.
+    /// Allocation `id`'s relay socket on `bind`, watched: the one parked
+    /// there, or a new one.
     fn open_relay(&mut self, id: AllocId, bind: SocketAddr) -> bool {
-        let socket = match socket::relay(bind) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(%bind, "relay bind failed: {e}");
-                return false;
-            }
+        let socket = match self.unpark(bind) {
+            Some(s) => s,
+            None => match socket::relay(bind) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%bind, "relay bind failed: {e}");
+                    return false;
+                }
+            },
         };
         let client = self.engine.allocation(id).map(|a| a.client);
         let new = Bound {
@@ -480,14 +501,33 @@ impl<T: Transport> Host<T> {
         self.relays[i][v6 as usize] = Some(relay);
     }
 
-    /// Close allocation `id`'s relay sockets.
-    fn close_relay(&mut self, now: Instant, id: AllocId) {
+    /// The socket parked at `bind`, emptied of what peers sent it while it
+    /// was parked; `None` if there is none, or if it could not be emptied
+    /// (it closes, and the port is bound anew).
+    fn unpark(&mut self, bind: SocketAddr) -> Option<std::net::UdpSocket> {
+        let i = self.parked.iter().position(|(at, _)| *at == bind)?;
+        let (_, socket) = self.parked.swap_remove(i);
+        socket::drain(&socket).then_some(socket)
+    }
+
+    /// Close allocation `id`'s relay sockets, or park its socket if the
+    /// engine parked its port at `park`.
+    fn close_relay(&mut self, now: Instant, id: AllocId, park: Option<SocketAddr>) {
         // Queued datagrams name socket descriptors: send them before one
         // closes and its number is reused.
         self.send_queued();
         if let Some(pair) = self.relays.get_mut(id.0 as usize) {
             for r in pair.iter_mut().filter_map(Option::take) {
-                self.transport.unwatch(r, now);
+                match park {
+                    // A transport that gives nothing back closed it: the
+                    // port is bound anew when it is next taken.
+                    Some(bind) => {
+                        if let Some(s) = self.transport.release(r) {
+                            self.parked.push((bind, s));
+                        }
+                    }
+                    None => self.transport.unwatch(r, now),
+                }
             }
         }
         if self.engine.allocation_count() == 0

@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::command::HostCommand;
-use super::mmsg::{Batch, Out, SLOTS};
+use super::mmsg::{ANSWER_LEN, ANSWER_SLOTS, Batch, Out, SLOTS};
 use super::socket;
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, Output};
@@ -334,6 +334,7 @@ impl<T: Transport> Host<T> {
         if !self.outs.is_empty() {
             self.send_drops += self.batch.send(&mut self.outs) as u64;
             self.outs.clear();
+            self.batch.answers = 0;
         }
     }
 
@@ -409,6 +410,8 @@ impl<T: Transport> Host<T> {
                 Output::ParkRelay { alloc, bind } => self.close_relay(now, alloc, Some(bind)),
                 Output::CloseParked { bind } => {
                     if let Some(i) = self.parked.iter().position(|(at, _)| *at == bind) {
+                        // Queued datagrams may name its descriptor.
+                        self.send_queued();
                         self.parked.swap_remove(i);
                     }
                 }
@@ -440,21 +443,25 @@ impl<T: Transport> Host<T> {
         self.transport.flushed(&self.engine);
     }
 
-    /// Copy `data` for `client` into a free slot of the batch and queue it
-    /// with the round's datagrams, if the transport sends that way and a
-    /// slot is free; whether it was queued. Answers of one round then share
-    /// a `sendmmsg` with each other and with relayed data.
+    /// Copy `data` for `client` into a free answer slot of the batch (or a
+    /// free receive slot) and queue it with the round's datagrams, if the
+    /// transport sends that way and a slot is free; whether it was queued.
+    /// Answers of one round then share a `sendmmsg` with each other and
+    /// with relayed data.
     fn queue(&mut self, client: ClientAddr, data: &[u8]) -> bool {
-        let i = self.batch.used;
-        if i >= SLOTS || data.len() > BUF_LEN {
-            return false;
-        }
         let Some(fd) = self.transport.queue_for(client) else {
             return false;
         };
-        let start = Batch::base(i);
+        let start = if data.len() <= ANSWER_LEN && self.batch.answers < ANSWER_SLOTS {
+            self.batch.answers += 1;
+            Batch::answer_base(self.batch.answers - 1)
+        } else if self.batch.used < SLOTS && data.len() <= BUF_LEN {
+            self.batch.used += 1;
+            Batch::base(self.batch.used - 1)
+        } else {
+            return false;
+        };
         self.batch.data[start..start + data.len()].copy_from_slice(data);
-        self.batch.used += 1;
         self.outs.push(Out {
             fd,
             start,
@@ -507,15 +514,23 @@ impl<T: Transport> Host<T> {
     fn unpark(&mut self, bind: SocketAddr) -> Option<std::net::UdpSocket> {
         let i = self.parked.iter().position(|(at, _)| *at == bind)?;
         let (_, socket) = self.parked.swap_remove(i);
-        socket::drain(&socket).then_some(socket)
+        if socket::drain(&socket) {
+            return Some(socket);
+        }
+        // Queued datagrams may name its descriptor, about to close.
+        self.send_queued();
+        None
     }
 
     /// Close allocation `id`'s relay sockets, or park its socket if the
     /// engine parked its port at `park`.
     fn close_relay(&mut self, now: Instant, id: AllocId, park: Option<SocketAddr>) {
         // Queued datagrams name socket descriptors: send them before one
-        // closes and its number is reused.
-        self.send_queued();
+        // closes and its number is reused. A parked socket stays open, so
+        // the round's answers still leave together.
+        if park.is_none() || !T::PARKS {
+            self.send_queued();
+        }
         if let Some(pair) = self.relays.get_mut(id.0 as usize) {
             for r in pair.iter_mut().filter_map(Option::take) {
                 match park {

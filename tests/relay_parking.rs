@@ -51,6 +51,23 @@ fn payloads_until(c: &mut RawClient, until: &[u8], wait: Duration) -> Vec<Vec<u8
     got
 }
 
+/// A new client's allocation, which must be at `relay` (the one parked
+/// port), channel-bound to `peer` at once; `peer` then sends `payload`.
+/// The client, and the payloads it received up to `payload`.
+fn take_parked(
+    server: &Server,
+    relay: SocketAddr,
+    peer: &UdpSocket,
+    payload: &[u8],
+) -> (RawClient, Vec<Vec<u8>>) {
+    let mut c = RawClient::udp(server.addr, REALM, USER, PASSWORD);
+    assert_eq!(c.allocate(), relay, "the parked port, and its socket");
+    c.channel_bind(CHANNEL, peer.local_addr().unwrap());
+    peer.send_to(payload, relay).unwrap();
+    let got = payloads_until(&mut c, payload, Duration::from_secs(3));
+    (c, got)
+}
+
 fn delete(c: &mut RawClient) {
     let r = c.signed(Request::new(METHOD_REFRESH).lifetime(0));
     assert_eq!(wire::error_code(&r), None, "delete failed");
@@ -89,7 +106,6 @@ fn a_reused_relay_socket_delivers_nothing_of_the_last_allocation() {
         ..ServerConfig::default()
     });
     let peer = peer_socket();
-    let peer_addr = peer.local_addr().unwrap();
 
     // Churn: allocations made and deleted at the engine's parking mark
     // (`PARK_CHURN`, 64 a second); the last one's port stays parked.
@@ -103,11 +119,7 @@ fn a_reused_relay_socket_delivers_nothing_of_the_last_allocation() {
     assert!(!bindable(relay), "the churn's last socket is parked");
 
     // The first client takes it, and relays from the peer: the path works.
-    let mut a = RawClient::udp(server.addr, REALM, USER, PASSWORD);
-    assert_eq!(a.allocate(), relay, "the parked port first");
-    a.channel_bind(CHANNEL, peer_addr);
-    peer.send_to(b"first", relay).unwrap();
-    let got = payloads_until(&mut a, b"first", Duration::from_secs(3));
+    let (mut a, got) = take_parked(&server, relay, &peer, b"first");
     assert_eq!(got.last().map(Vec::as_slice), Some(&b"first"[..]));
 
     // It leaves; the peer goes on sending to the relay address, whose
@@ -120,11 +132,7 @@ fn a_reused_relay_socket_delivers_nothing_of_the_last_allocation() {
 
     // The next client gets the same port, permits the same peer at once,
     // and hears only what the peer sends after that.
-    let mut b = RawClient::udp(server.addr, REALM, USER, PASSWORD);
-    assert_eq!(b.allocate(), relay, "the parked port, and its socket");
-    b.channel_bind(CHANNEL, peer_addr);
-    peer.send_to(b"new", relay).unwrap();
-    let got = payloads_until(&mut b, b"new", Duration::from_secs(3));
+    let (mut b, got) = take_parked(&server, relay, &peer, b"new");
     let old: Vec<String> = got
         .iter()
         .filter(|p| p.starts_with(b"old-"))

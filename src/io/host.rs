@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::command::HostCommand;
-use super::mmsg::{Batch, Out, SLOTS};
+use super::mmsg::{ANSWER_LEN, ANSWER_SLOTS, Batch, Out, SLOTS};
 use super::socket;
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, Output};
@@ -40,6 +40,10 @@ pub trait Transport {
     /// A relay socket as this transport keeps it, watched for readiness;
     /// dropping it closes the socket.
     type Relay: AsFd;
+
+    /// Whether [`Self::release`] gives relay sockets back, so that the
+    /// host can park them between allocations (engine `parking`).
+    const PARKS: bool = false;
 
     /// Start watching a relay socket just bound; `None` if it cannot be
     /// watched (the transport says why in its log).
@@ -81,8 +85,9 @@ pub trait Transport {
     fn compact(&mut self) {}
 
     /// Stop watching `relay` without closing it: its allocation moves to
-    /// another host (RFC 8016), which watches it anew. `None` where
-    /// allocations do not move (stream workers): the socket closes.
+    /// another host (RFC 8016), which watches it anew, or it is parked for
+    /// the next allocation at its address. `None` where allocations do not
+    /// move (stream workers): the socket closes.
     fn release(&mut self, _relay: Self::Relay) -> Option<std::net::UdpSocket> {
         None
     }
@@ -189,6 +194,10 @@ pub struct Host<T: Transport> {
     /// Where the engine's usage facts go, once the cluster task linked
     /// this host ([`HostCommand::UsageLink`]).
     usage: Option<crate::cluster::usage::Link>,
+    /// Relay sockets of ended allocations whose ports the engine parked,
+    /// by the address they are bound to, unwatched; at most
+    /// [`crate::engine::parking::PARK_MAX`].
+    parked: Vec<(SocketAddr, std::net::UdpSocket)>,
     /// The relay table was emptied after holding many: compact it.
     compact_due: bool,
     /// Every UDP shard's mailbox, by index, once the server gave them
@@ -201,7 +210,8 @@ pub struct Host<T: Transport> {
 }
 
 impl<T: Transport> Host<T> {
-    pub fn new(engine: Engine, transport: T) -> Host<T> {
+    pub fn new(mut engine: Engine, transport: T) -> Host<T> {
+        engine.park_relays(T::PARKS);
         Host {
             engine,
             relays: Vec::new(),
@@ -210,6 +220,7 @@ impl<T: Transport> Host<T> {
             send_drops: 0,
             lookups: None,
             usage: None,
+            parked: Vec::new(),
             compact_due: false,
             shards: None,
             fastpath: None,
@@ -361,6 +372,7 @@ impl<T: Transport> Host<T> {
         if !self.outs.is_empty() {
             self.send_drops += self.batch.send(&mut self.outs) as u64;
             self.outs.clear();
+            self.batch.answers = 0;
         }
     }
 
@@ -435,7 +447,15 @@ impl<T: Transport> Host<T> {
                     }
                 }
                 Output::ClosePeerConn { conn } => self.transport.close_peer_conn(conn),
-                Output::CloseRelay { alloc } => self.close_relay(now, alloc),
+                Output::CloseRelay { alloc } => self.close_relay(now, alloc, None),
+                Output::ParkRelay { alloc, bind } => self.close_relay(now, alloc, Some(bind)),
+                Output::CloseParked { bind } => {
+                    if let Some(i) = self.parked.iter().position(|(at, _)| *at == bind) {
+                        // Queued datagrams may name its descriptor.
+                        self.send_queued();
+                        self.parked.swap_remove(i);
+                    }
+                }
                 // The kernel fast path mirrors them.
                 Output::Grant(g) => {
                     if self.fastpath.is_some() {
@@ -474,21 +494,25 @@ impl<T: Transport> Host<T> {
         self.transport.flushed(&self.engine);
     }
 
-    /// Copy `data` for `client` into a free slot of the batch and queue it
-    /// with the round's datagrams, if the transport sends that way and a
-    /// slot is free; whether it was queued. Answers of one round then share
-    /// a `sendmmsg` with each other and with relayed data.
+    /// Copy `data` for `client` into a free answer slot of the batch (or a
+    /// free receive slot) and queue it with the round's datagrams, if the
+    /// transport sends that way and a slot is free; whether it was queued.
+    /// Answers of one round then share a `sendmmsg` with each other and
+    /// with relayed data.
     fn queue(&mut self, client: ClientAddr, data: &[u8]) -> bool {
-        let i = self.batch.used;
-        if i >= SLOTS || data.len() > BUF_LEN {
-            return false;
-        }
         let Some(fd) = self.transport.queue_for(client) else {
             return false;
         };
-        let start = Batch::base(i);
+        let start = if data.len() <= ANSWER_LEN && self.batch.answers < ANSWER_SLOTS {
+            self.batch.answers += 1;
+            Batch::answer_base(self.batch.answers - 1)
+        } else if self.batch.used < SLOTS && data.len() <= BUF_LEN {
+            self.batch.used += 1;
+            Batch::base(self.batch.used - 1)
+        } else {
+            return false;
+        };
         self.batch.data[start..start + data.len()].copy_from_slice(data);
-        self.batch.used += 1;
         self.outs.push(Out {
             fd,
             start,
@@ -499,14 +523,18 @@ impl<T: Transport> Host<T> {
         true
     }
 
-    /// Bind allocation `id`'s relay socket on `bind` and watch it.
+    /// Allocation `id`'s relay socket on `bind`, watched: the one parked
+    /// there, or a new one.
     fn open_relay(&mut self, id: AllocId, bind: SocketAddr) -> bool {
-        let socket = match socket::relay(bind) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(%bind, "relay bind failed: {e}");
-                return false;
-            }
+        let socket = match self.unpark(bind) {
+            Some(s) => s,
+            None => match socket::relay(bind) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%bind, "relay bind failed: {e}");
+                    return false;
+                }
+            },
         };
         let client = self.engine.allocation(id).map(|a| a.client);
         let new = Bound {
@@ -531,14 +559,41 @@ impl<T: Transport> Host<T> {
         self.relays[i][v6 as usize] = Some(relay);
     }
 
-    /// Close allocation `id`'s relay sockets.
-    fn close_relay(&mut self, now: Instant, id: AllocId) {
-        // Queued datagrams name socket descriptors: send them before one
-        // closes and its number is reused.
+    /// The socket parked at `bind`, emptied of what peers sent it while it
+    /// was parked; `None` if there is none, or if it could not be emptied
+    /// (it closes, and the port is bound anew).
+    fn unpark(&mut self, bind: SocketAddr) -> Option<std::net::UdpSocket> {
+        let i = self.parked.iter().position(|(at, _)| *at == bind)?;
+        let (_, socket) = self.parked.swap_remove(i);
+        if socket::drain(&socket) {
+            return Some(socket);
+        }
+        // Queued datagrams may name its descriptor, about to close.
         self.send_queued();
+        None
+    }
+
+    /// Close allocation `id`'s relay sockets, or park its socket if the
+    /// engine parked its port at `park`.
+    fn close_relay(&mut self, now: Instant, id: AllocId, park: Option<SocketAddr>) {
+        // Queued datagrams name socket descriptors: send them before one
+        // closes and its number is reused. A parked socket stays open, so
+        // the round's answers still leave together.
+        if park.is_none() || !T::PARKS {
+            self.send_queued();
+        }
         if let Some(pair) = self.relays.get_mut(id.0 as usize) {
             for r in pair.iter_mut().filter_map(Option::take) {
-                self.transport.unwatch(r, now);
+                match park {
+                    // A transport that gives nothing back closed it: the
+                    // port is bound anew when it is next taken.
+                    Some(bind) => {
+                        if let Some(s) = self.transport.release(r) {
+                            self.parked.push((bind, s));
+                        }
+                    }
+                    None => self.transport.unwatch(r, now),
+                }
             }
         }
         if self.engine.allocation_count() == 0

@@ -13,13 +13,25 @@ use crate::proto::channel_data::{BUF_LEN, HEADROOM, MAX_PAYLOAD};
 /// Datagrams per `recvmmsg`.
 pub const SLOTS: usize = 32;
 
+/// Answers of one round that wait for its `sendmmsg` in slots of their
+/// own, after the receive slots: a full `recvmmsg` of requests leaves no
+/// receive slot free, and its answers would each go out alone.
+pub const ANSWER_SLOTS: usize = SLOTS;
+
+/// Largest answer an answer slot holds (a larger one takes a free receive
+/// slot).
+pub const ANSWER_LEN: usize = 1536;
+
 /// Receive buffers: slot `i` is `data[i * BUF_LEN..(i + 1) * BUF_LEN]`,
-/// its datagram at [`HEADROOM`], so that framing can be written in place.
+/// its datagram at [`HEADROOM`], so that framing can be written in place;
+/// then [`ANSWER_SLOTS`] answer slots of [`ANSWER_LEN`].
 pub struct Batch {
     pub data: Box<[u8]>,
     /// Slots `0..used` hold datagrams that may still be queued to go out;
     /// the next [`recv`] fills from here.
     pub used: usize,
+    /// Answer slots `0..answers` hold answers queued to go out.
+    pub answers: usize,
     pub len: [usize; SLOTS],
     pub from: [SocketAddr; SLOTS],
     /// Message headers for `recvmmsg` and `sendmmsg`, zeroed once; each call
@@ -36,8 +48,9 @@ struct Headers {
 impl Batch {
     pub fn new() -> Self {
         Batch {
-            data: vec![0u8; SLOTS * BUF_LEN].into_boxed_slice(),
+            data: vec![0u8; SLOTS * BUF_LEN + ANSWER_SLOTS * ANSWER_LEN].into_boxed_slice(),
             used: 0,
+            answers: 0,
             len: [0; SLOTS],
             from: [SocketAddr::from(([0, 0, 0, 0], 0)); SLOTS],
             // All-zero is a valid value of each of these C structs.
@@ -67,12 +80,19 @@ impl Batch {
             }
         }
         self.used = 0;
+        self.answers = 0;
     }
 
     /// Offset of slot `i` in `data`.
     #[inline]
     pub fn base(i: usize) -> usize {
         i * BUF_LEN
+    }
+
+    /// Offset of answer slot `k` in `data`.
+    #[inline]
+    pub fn answer_base(k: usize) -> usize {
+        SLOTS * BUF_LEN + k * ANSWER_LEN
     }
 }
 

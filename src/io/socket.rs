@@ -81,6 +81,25 @@ pub fn relay(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
+/// Datagrams [`drain`] reads at most before it gives up on a socket.
+const DRAIN_MAX: usize = 256;
+
+/// Read away what waits on the non-blocking socket `s` (a parked relay
+/// socket: what peers of its last allocation sent), one truncated
+/// datagram per call; false if more than [`DRAIN_MAX`] were waiting, for
+/// a socket better closed than read for longer.
+pub fn drain(s: &std::net::UdpSocket) -> bool {
+    let mut byte = [0u8; 1];
+    for _ in 0..DRAIN_MAX {
+        match s.recv_from(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            // A datagram, or a pending error (an ICMP report), gone once read.
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Receive buffer asked for relay sockets.
 const RELAY_BUFFER: usize = 1 << 20;
 
@@ -121,6 +140,32 @@ fn grow_buffers(s: &Socket, bytes: usize) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn drain_empties_a_socket_up_to_its_bound() {
+        let relay = super::relay("127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = relay.local_addr().unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let queued = |n: usize| {
+            for i in 0..n {
+                peer.send_to(&(i as u32).to_be_bytes(), at).unwrap();
+            }
+            // Loopback delivery is synchronous; wait a little all the same.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(super::drain(&relay), "nothing waiting");
+        queued(10);
+        assert!(super::drain(&relay));
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            relay.recv_from(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "emptied"
+        );
+        // More than DRAIN_MAX waiting: it gives up.
+        queued(super::DRAIN_MAX + 10);
+        assert!(!super::drain(&relay));
+    }
+
     #[test]
     fn a_relay_socket_is_non_blocking_and_exclusive() {
         let a = super::relay("127.0.0.1:0".parse().unwrap()).unwrap();

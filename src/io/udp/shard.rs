@@ -55,6 +55,8 @@ impl Listeners {
 
 impl Transport for Listeners {
     type Relay = UdpSocket;
+    /// [`Self::release`] hands a relay socket back: it can be parked.
+    const PARKS: bool = true;
 
     fn watch(&mut self, new: Bound) -> Option<UdpSocket> {
         let kind = if new.bind.is_ipv6() {

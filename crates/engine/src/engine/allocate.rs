@@ -215,8 +215,12 @@ impl Engine {
                     issued = Some(t);
                     (relay, even)
                 })
-            } else {
+            } else if families.dual {
                 self.take_port(v6, even)
+            } else {
+                // A parked port first: its socket is still bound.
+                self.take_parked(families.v6, even)
+                    .or_else(|| self.take_port(v6, even))
             };
             let Some(port) = port else {
                 tracing::warn!(target: LOG_TARGET, %client, even, free = self.free_ports(), "no free relay port");
@@ -410,6 +414,7 @@ impl Engine {
             let (relayed, extra) = (a.relayed, a.extra);
             tracing::info!(target: LOG_TARGET, %client, user = %a.username, relay = %a.relayed, extra = ?a.extra.map(|e| e.1), lifetime, "allocation created");
             self.stats.allocations_created += 1;
+            self.parking.made(now);
             // Its relay ports are now reachable as peers of other clients.
             self.cfg
                 .shared

@@ -23,6 +23,7 @@ mod channel;
 pub mod cluster;
 pub mod discovery;
 pub mod mobility;
+pub mod parking;
 mod permission;
 pub mod ports;
 pub mod quota;
@@ -132,6 +133,14 @@ pub enum Output {
     OpenRelay { alloc: AllocId, bind: SocketAddr },
     /// Close the relay socket of `alloc`.
     CloseRelay { alloc: AllocId },
+    /// `alloc` ended, but its relay port stays this engine's for a while
+    /// ([`parking`]): stop watching its socket, bound at `bind`, and keep
+    /// it open; an [`Output::OpenRelay`] at `bind` takes it up again, after
+    /// reading away what waits on it. Instead of [`Output::CloseRelay`].
+    /// Only after [`Engine::park_relays`].
+    ParkRelay { alloc: AllocId, bind: SocketAddr },
+    /// Close the socket parked at `bind`: its port went back to the pool.
+    CloseParked { bind: SocketAddr },
     /// A permission or channel binding was created, refreshed, expired or
     /// removed: the seam for a kernel fast path that relays bound channels
     /// itself and so must mirror them. One variant for every kind, so that
@@ -493,6 +502,8 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     /// Tokens this engine issued, with their expiry, oldest first.
     reserved: VecDeque<(Instant, [u8; 8])>,
+    /// Relay ports of ended allocations kept for the next ones.
+    parking: parking::Parking,
     out: VecDeque<Output>,
     epoch: Instant,
     epoch_unix: u64,
@@ -539,6 +550,7 @@ impl Engine {
             port_random: seed,
             timers: BinaryHeap::new(),
             reserved: VecDeque::new(),
+            parking: parking::Parking::default(),
             out: VecDeque::new(),
             epoch: now,
             epoch_unix: unix_now,
@@ -920,7 +932,8 @@ impl Engine {
         let alloc = self.timers.peek().map(|Reverse((t, _))| *t);
         let resv = self.reserved.front().map(|(t, _)| *t);
         let parked = self.cluster.next_deadline();
-        [alloc, resv, parked].into_iter().flatten().min()
+        let ports = self.parking.next_deadline();
+        [alloc, resv, parked, ports].into_iter().flatten().min()
     }
 
     /// Expire what is due at `now`: permissions, channels, allocations
@@ -931,6 +944,7 @@ impl Engine {
             let late = self.cluster.unpark(|p| p.deadline <= now);
             self.replay(now, late);
         }
+        self.expire_parked(now);
         // An unredeemed reservation gives its port back to the pool.
         while let Some(&(t, token)) = self.reserved.front() {
             if t > now {
@@ -985,6 +999,8 @@ impl Engine {
             return;
         };
         a.report_end(id, &mut self.out);
+        // Decided while the allocation is whole; queued after its other outputs.
+        let end = self.end_relay(now, id, &a);
         if matches!(a.state, allocation::State::Active) {
             let lived = now.saturating_duration_since(a.created);
             self.stats.session_seconds.observe(lived.as_secs());
@@ -1001,7 +1017,6 @@ impl Engine {
             }
         }
         self.by_client.remove(&a.client);
-        self.release_port(a.relay, a.port);
         self.cfg
             .shared
             .set_live(a.relayed.is_ipv6(), a.port.0, false);
@@ -1014,7 +1029,7 @@ impl Engine {
             self.tcp_allocation_ended(id, owner);
         }
         self.free_ids.push(id.0);
-        self.out.push_back(Output::CloseRelay { alloc: id });
+        self.out.push_back(end);
     }
 
     /// A stream connection closed: its allocation goes with it (RFC 8656 §3.1).
@@ -1047,6 +1062,8 @@ impl Engine {
             self.stats.allocations_deleted += 1;
             self.remove(id, now);
         }
+        // Every port back in the pool, as before parking.
+        self.unpark_all();
     }
 
     /// A packet from a client. Returns data to relay to a peer, if any;

@@ -207,6 +207,23 @@ impl PortPool {
         debug_assert!(was & bit == 0, "{} released twice", port.0);
     }
 
+    /// Whether `relay` has at least `n` free ports now (counting stops
+    /// there).
+    pub fn free_at_least(&self, relay: Relay, n: usize) -> bool {
+        let r = self.of(relay);
+        let Some((first, count)) = r.span() else {
+            return n == 0;
+        };
+        let mut seen = 0;
+        for w in &r.free[first..first + count] {
+            seen += w.load(Ordering::Relaxed).count_ones() as usize;
+            if seen >= n {
+                return true;
+            }
+        }
+        seen >= n
+    }
+
     /// Free ports of `relay` now.
     pub fn free(&self, relay: Relay) -> usize {
         let r = self.of(relay);

@@ -19,6 +19,7 @@ mod cluster;
 mod discovery;
 mod grants;
 mod mobility;
+mod parking;
 mod pool;
 mod spread;
 mod tcp;
@@ -72,6 +73,8 @@ struct T {
     handoffs: Vec<crate::engine::mobility::Handoff>,
     /// Usage facts drained with the answers, in order (see `usage.rs`).
     usage: Vec<super::usage::Usage>,
+    /// Parked and closed parked relay sockets, in order (see `parking.rs`).
+    parking: Vec<Output>,
 }
 
 fn client(port: u16) -> ClientAddr {
@@ -117,6 +120,7 @@ impl T {
             opened: Vec::new(),
             handoffs: Vec::new(),
             usage: Vec::new(),
+            parking: Vec::new(),
         };
         // Learn a nonce the way a client does: an unauthenticated Allocate.
         let r = t.send(client(1), &Req::new(METHOD_ALLOCATE).transport(17).bytes());
@@ -147,6 +151,7 @@ impl T {
                 Output::Grant(g) => self.grants.push(g),
                 Output::Handoff(h) => self.handoffs.push(*h),
                 Output::Usage(u) => self.usage.push(*u),
+                o @ (Output::ParkRelay { .. } | Output::CloseParked { .. }) => self.parking.push(o),
                 // TCP allocations (RFC 6062) have tests of their own (tcp.rs).
                 o @ (Output::OpenTcpRelay { .. }
                 | Output::ConnectPeer { .. }

@@ -1,0 +1,157 @@
+//! Relay sockets parked between allocations (engine `parking.rs`, the
+//! host's `parked` sockets): once allocations churn, the next client's
+//! allocation reuses the socket the last one left, and none of what a peer
+//! sent the old allocation reaches the new client, even for a peer the new
+//! client then permits; unused, the port goes back to the pool and its
+//! socket closes.
+//!
+//! A real `ferroturn` child with one worker (one UDP shard, so that both
+//! clients meet the same host), raw clients and a peer on 127.0.0.1. Every
+//! read has a time-out and every loop a bound.
+
+mod common;
+mod raw;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{PASSWORD, REALM, Server, ServerConfig, USER};
+use ferroturn::proto::stun::{self as wire, Request};
+use raw::{RawClient, peer_socket};
+use stun::message::*;
+
+const CHANNEL: u16 = 0x4000;
+
+/// The payloads of ChannelData frames `c` receives within `wait`, until
+/// one equals `until` (included).
+fn payloads_until(c: &mut RawClient, until: &[u8], wait: Duration) -> Vec<Vec<u8>> {
+    let Some(raw::Link::Udp(s)) = Some(&c.link) else {
+        unreachable!()
+    };
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let end = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < end && got.len() < 1000 {
+        let Ok((n, _)) = s.recv_from(&mut buf) else {
+            continue;
+        };
+        if n < 4 || buf[0] >> 6 != 1 {
+            continue;
+        }
+        let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+        let p = buf[4..4 + len.min(n - 4)].to_vec();
+        let done = p == until;
+        got.push(p);
+        if done {
+            break;
+        }
+    }
+    got
+}
+
+/// A new client's allocation, which must be at `relay` (the one parked
+/// port), channel-bound to `peer` at once; `peer` then sends `payload`.
+/// The client, and the payloads it received up to `payload`.
+fn take_parked(
+    server: &Server,
+    relay: SocketAddr,
+    peer: &UdpSocket,
+    payload: &[u8],
+) -> (RawClient, Vec<Vec<u8>>) {
+    let mut c = RawClient::udp(server.addr, REALM, USER, PASSWORD);
+    assert_eq!(c.allocate(), relay, "the parked port, and its socket");
+    c.channel_bind(CHANNEL, peer.local_addr().unwrap());
+    peer.send_to(payload, relay).unwrap();
+    let got = payloads_until(&mut c, payload, Duration::from_secs(3));
+    (c, got)
+}
+
+fn delete(c: &mut RawClient) {
+    let r = c.signed(Request::new(METHOD_REFRESH).lifetime(0));
+    assert_eq!(wire::error_code(&r), None, "delete failed");
+}
+
+/// Whether a socket of our own can bind `at` now (nobody holds it).
+fn bindable(at: SocketAddr) -> bool {
+    UdpSocket::bind(at).is_ok()
+}
+
+/// Two adjacent relay blocks: enough ports for an engine to park
+/// (`PARK_FREE_MIN`, 256).
+fn two_blocks() -> (u16, u16) {
+    let mut last = common::relay_block();
+    for _ in 0..10 {
+        let next = common::relay_block();
+        if next.0 == last.1 + 1 {
+            return (last.0, next.1);
+        }
+        if next.1 + 1 == last.0 {
+            return (next.0, last.1);
+        }
+        last = next;
+    }
+    panic!("no two adjacent free relay blocks");
+}
+
+#[test]
+fn a_reused_relay_socket_delivers_nothing_of_the_last_allocation() {
+    let server = Server::start_with(ServerConfig {
+        workers: Some(1),
+        transports: vec!["udp".into()],
+        relay_ports: Some(two_blocks()),
+        limits: vec![("unauthenticated_rate", "0".into())],
+        log_level: "info".into(),
+        ..ServerConfig::default()
+    });
+    let peer = peer_socket();
+
+    // Churn: allocations made and deleted at the engine's parking mark
+    // (`PARK_CHURN`, 64 a second); the last one's port stays parked.
+    let mut churn = RawClient::udp(server.addr, REALM, USER, PASSWORD);
+    let mut relay = None;
+    for _ in 0..80 {
+        relay = Some(churn.allocate());
+        delete(&mut churn);
+    }
+    let relay = relay.unwrap();
+    assert!(!bindable(relay), "the churn's last socket is parked");
+
+    // The first client takes it, and relays from the peer: the path works.
+    let (mut a, got) = take_parked(&server, relay, &peer, b"first");
+    assert_eq!(got.last().map(Vec::as_slice), Some(&b"first"[..]));
+
+    // It leaves; the peer goes on sending to the relay address, whose
+    // socket is parked (still bound: nobody else can bind the port).
+    delete(&mut a);
+    for i in 0..50u32 {
+        peer.send_to(format!("old-{i}").as_bytes(), relay).unwrap();
+    }
+    assert!(!bindable(relay), "the parked socket holds the port");
+
+    // The next client gets the same port, permits the same peer at once,
+    // and hears only what the peer sends after that.
+    let (mut b, got) = take_parked(&server, relay, &peer, b"new");
+    let old: Vec<String> = got
+        .iter()
+        .filter(|p| p.starts_with(b"old-"))
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert!(old.is_empty(), "the old allocation's data leaked: {old:?}");
+    assert_eq!(got, [b"new".to_vec()], "only the new peer data");
+
+    // Unused after it ends, the port goes back to the pool and its socket
+    // closes (within the park hold, 0.5 s; checked for 5 s).
+    delete(&mut b);
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut free = false;
+    while Instant::now() < end {
+        if bindable(relay) {
+            free = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(free, "the parked socket was never closed");
+}

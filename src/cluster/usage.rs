@@ -170,10 +170,11 @@ pub fn stream_key(realm: &str) -> String {
     format!("ferroturn/realm/{realm}/usage")
 }
 
-/// coturn's transport name of a client: `UDP`, `TCP` or `TLS/TCP`.
+/// coturn's transport name of a client: `UDP`, `TCP`, `TLS/TCP` or `DTLS`.
 fn transport(via: Via) -> &'static str {
     match via {
         Via::Udp(_) => "UDP",
+        Via::Dtls(_) => "DTLS",
         Via::Stream { tls: false, .. } => "TCP",
         Via::Stream { tls: true, .. } => "TLS/TCP",
     }

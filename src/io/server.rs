@@ -36,6 +36,8 @@ pub struct Server {
     /// The TLS acceptor of every `tls` listener, with the `[[listen]]`
     /// index and address it was started with.
     tls: Vec<(usize, SocketAddr, tls::Acceptor)>,
+    /// The DTLS context of every `dtls` listener, likewise.
+    dtls: Vec<(usize, SocketAddr, udp::dtls::Acceptor)>,
     /// This host's addresses as the peer policy in force knows them.
     host: std::sync::Mutex<Vec<std::net::IpAddr>>,
 }
@@ -67,7 +69,22 @@ impl Server {
             (0..n).map(|_| Vec::new()).collect();
         let mut listen = Vec::new();
         let mut acceptors = Vec::new();
+        let mut dtls_acceptors = Vec::new();
         for (i, l) in config.restart.listen.iter().enumerate() {
+            if l.dtls {
+                // As for TLS: a bad certificate or key stops startup.
+                let refused = |e: String| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{}: listen[{i}]{e}", config.path.display()),
+                    )
+                };
+                let files = (config.live.tls_files(i, l.address))
+                    .ok_or_else(|| refused(": \"dtls\" needs cert and key".into()))?;
+                let acceptor = udp::dtls::Acceptor::new(&files.cert, &files.key)
+                    .map_err(|e| refused(format!(".{e}")))?;
+                dtls_acceptors.push((i, l.address, acceptor));
+            }
             if l.tls {
                 // A bad certificate or key stops startup: FILE: KEY: REASON.
                 let Some(files) = config.live.tls_files(i, l.address) else {
@@ -89,7 +106,7 @@ impl Server {
             }
             let i = i as u16;
             let mut addr = l.address;
-            if l.udp {
+            if l.udp || l.dtls {
                 let socks = socket::udp_group(addr, n)?;
                 addr = socks[0].local_addr()?;
                 for (sh, s) in per_shard.iter_mut().zip(socks) {
@@ -122,6 +139,7 @@ impl Server {
                 udp = l.udp,
                 tcp = l.tcp,
                 tls = l.tls,
+                dtls = l.dtls,
                 turn = l.turn,
                 "listening"
             );
@@ -239,10 +257,24 @@ impl Server {
         // The UDP data plane: one shard per worker, driven by up to `n`
         // threads as the load asks.
         let mut udp_shards = Vec::new();
+        // A DTLS session costs what a TLS connection does: the stream
+        // limits bound them, the server-wide one split among the shards.
+        let sl = &config.live.stream_limits;
+        let dtls_limits = udp::dtls::Limits {
+            per_ip: sl.connections_per_ip,
+            handshakes_per_ip: sl.tls_handshakes_per_ip,
+            sessions: (sl.connections as usize).div_ceil(n).max(1),
+        };
+        let dtls_of = |_| {
+            let a = dtls_acceptors.iter();
+            let a = a.map(|(i, _, a): &(usize, _, udp::dtls::Acceptor)| (*i as u16, a.clone()));
+            (a.collect(), dtls_limits)
+        };
         for (i, sockets) in per_shard.into_iter().enumerate().take(shards) {
             let mut cfg = engine_config()?;
             cfg.shard = i as u16;
-            let (shard, mailbox) = udp::Shard::new(i, cfg, sockets, Instant::now(), unix_now)?;
+            let (shard, mailbox) =
+                udp::Shard::new(i, cfg, sockets, dtls_of(i), Instant::now(), unix_now)?;
             udp_shards.push(shard);
             controls.push(mailbox);
         }
@@ -275,6 +307,7 @@ impl Server {
             nonce_secret,
             listen,
             tls: acceptors,
+            dtls: dtls_acceptors,
             host: std::sync::Mutex::new(own),
         };
         // TCP and TLS clients: one tokio worker per core, with engines of
@@ -325,6 +358,26 @@ impl Server {
                 ),
                 Err(e) => tracing::error!(
                 target: LOG,
+                    "{}: listen[{i}].{e}; the previous certificate stays in use",
+                    applied.path.display()
+                ),
+            }
+        }
+        // DTLS listeners likewise: new sessions get the new certificate.
+        for (i, address, acceptor) in &self.dtls {
+            let (cert, key) = match applied.live.tls_files(*i, *address) {
+                Some(f) => (f.cert.clone(), f.key.clone()),
+                None => acceptor.paths(),
+            };
+            match acceptor.reload(&cert, &key) {
+                Ok(()) => tracing::info!(
+                    target: LOG,
+                    listen = i,
+                    cert = %cert.display(),
+                    "DTLS certificate reloaded"
+                ),
+                Err(e) => tracing::error!(
+                    target: LOG,
                     "{}: listen[{i}].{e}; the previous certificate stays in use",
                     applied.path.display()
                 ),

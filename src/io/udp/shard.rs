@@ -17,6 +17,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::LOG;
+use super::dtls::{self, Dtls, Plain};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig};
 use crate::io::command::{HostCommand, Mailbox};
@@ -43,6 +44,10 @@ pub(super) struct Listeners {
     udp: Vec<Option<UdpSocket>>,
     /// The epoll set of the driver this shard is with.
     epfd: i32,
+    /// The DTLS listeners among `udp`, with their sessions.
+    dtls: Dtls,
+    /// The application data of the DTLS datagram being read.
+    plain: Plain,
 }
 
 impl Listeners {
@@ -84,6 +89,7 @@ impl Transport for Listeners {
             Via::Udp(l) => self
                 .get(l)
                 .is_some_and(|s| s.send_to(data, client.remote).is_ok()),
+            Via::Dtls(l) => self.dtls.send(l, client.remote, data),
             // A UDP shard has no stream clients.
             Via::Stream { .. } => false,
         }
@@ -93,7 +99,8 @@ impl Transport for Listeners {
     fn queue_for(&self, client: ClientAddr) -> Option<RawFd> {
         match client.via {
             Via::Udp(l) => self.get(l).map(|s| s.as_raw_fd()),
-            Via::Stream { .. } => None,
+            // DTLS records are made and sent one by one.
+            Via::Dtls(_) | Via::Stream { .. } => None,
         }
     }
 
@@ -102,11 +109,14 @@ impl Transport for Listeners {
     fn frame_to_client(
         &mut self,
         outs: &mut Vec<Out>,
-        _batch: &Batch,
+        batch: &Batch,
         client: ClientAddr,
         frame: Range<usize>,
     ) -> bool {
-        // A UDP shard's clients are all on its UDP listeners.
+        if let Via::Dtls(l) = client.via {
+            return self.dtls.send(l, client.remote, &batch.data[frame]);
+        }
+        // The other clients of a UDP shard are on its UDP listeners.
         if let Via::Udp(l) = client.via
             && let Some(s) = self.get(l)
         {
@@ -133,10 +143,13 @@ pub struct Shard {
 impl Shard {
     /// Shard `index` with its listener sockets; also the mailbox that
     /// reaches it.
+    /// `dtls`: the DTLS listeners among `sockets`, with what their
+    /// sessions may cost.
     pub fn new(
         index: usize,
         cfg: EngineConfig,
         sockets: Vec<(u16, UdpSocket)>,
+        dtls: (Vec<(u16, dtls::Acceptor)>, dtls::Limits),
         now: Instant,
         unix_now: u64,
     ) -> std::io::Result<(Box<Shard>, Mailbox)> {
@@ -154,6 +167,8 @@ impl Shard {
             index,
             udp,
             epfd: -1,
+            dtls: Dtls::new(dtls.0, dtls.1, now),
+            plain: Plain::default(),
         };
         let shard = Box::new(Shard {
             index,
@@ -207,7 +222,16 @@ impl Shard {
         match kind {
             LISTENER => {
                 let l = index as u16;
-                if let Some(fd) = self.host.transport.get(l).map(|s| s.as_raw_fd()) {
+                let Some(fd) = self.host.transport.get(l).map(|s| s.as_raw_fd()) else {
+                    return;
+                };
+                if self.host.transport.dtls.listens(l) {
+                    self.host.read(
+                        now,
+                        |b| mmsg::recv(fd, b),
+                        |h, now, i| dtls_datagram(h, now, l, fd, i),
+                    );
+                } else {
                     let via = Via::Udp(l);
                     self.host.read(
                         now,
@@ -230,6 +254,7 @@ impl Shard {
     pub(super) fn end_round(&mut self, now: Instant) {
         self.host.end_round();
         self.host.timers(now);
+        self.host.transport.dtls.sweep(now);
         self.host.compact_if_due();
     }
 
@@ -241,8 +266,34 @@ impl Shard {
         }
     }
 
+    /// The first engine or DTLS deadline.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        let engine = self.host.engine.poll_timeout();
+        let dtls = self.host.transport.dtls.deadline();
+        engine.into_iter().chain(dtls).min()
+    }
+
     /// Close every allocation, on stop.
     pub(super) fn close(&mut self) {
         self.host.close_all(Instant::now());
     }
+}
+
+/// Datagram `i` of the batch, from a client of DTLS listener `l` (socket
+/// `fd`): through its DTLS session, and each STUN message or ChannelData
+/// it carried to the engine as if it came over UDP (RFC 7350).
+fn dtls_datagram(h: &mut Host<Listeners>, now: Instant, l: u16, fd: RawFd, i: usize) {
+    let (from, d, t) = h.datagram(i);
+    let mut plain = std::mem::take(&mut t.plain);
+    t.dtls.datagram(now, l, fd, from, d, &mut plain);
+    let client = ClientAddr {
+        remote: from,
+        via: Via::Dtls(l),
+    };
+    let mut at = 0;
+    for &end in &plain.ends {
+        h.client_frame(now, client, &plain.data[at..end]);
+        at = end;
+    }
+    h.transport.plain = plain;
 }

@@ -160,6 +160,7 @@ labels! {
         Udp = "udp",
         Tcp = "tcp",
         Tls = "tls",
+        Dtls = "dtls",
     }
 }
 
@@ -169,6 +170,7 @@ impl Transport {
     pub fn of(via: crate::addr::Via) -> Self {
         match via {
             crate::addr::Via::Udp(_) => Transport::Udp,
+            crate::addr::Via::Dtls(_) => Transport::Dtls,
             crate::addr::Via::Stream { tls: false, .. } => Transport::Tcp,
             crate::addr::Via::Stream { tls: true, .. } => Transport::Tls,
         }

@@ -257,18 +257,12 @@ impl Server {
         // The UDP data plane: one shard per worker, driven by up to `n`
         // threads as the load asks.
         let mut udp_shards = Vec::new();
-        // A DTLS session costs what a TLS connection does: the stream
-        // limits bound them, the server-wide one split among the shards.
-        let sl = &config.live.stream_limits;
-        let dtls_limits = udp::dtls::Limits {
-            per_ip: sl.connections_per_ip,
-            handshakes_per_ip: sl.tls_handshakes_per_ip,
-            sessions: (sl.connections as usize).div_ceil(n).max(1),
-        };
+        // A DTLS session costs what a TLS connection does, and counts
+        // against the same limits (per IP, handshakes per IP, server-wide).
         let dtls_of = |_| {
             let a = dtls_acceptors.iter();
             let a = a.map(|(i, _, a): &(usize, _, udp::dtls::Acceptor)| (*i as u16, a.clone()));
-            (a.collect(), dtls_limits)
+            (a.collect(), guard.clone())
         };
         for (i, sockets) in per_shard.into_iter().enumerate().take(shards) {
             let mut cfg = engine_config()?;

@@ -9,8 +9,9 @@
 //! [`ROTATE`]. Nothing is kept for it, and the answer is never larger than
 //! the ClientHello (no amplification). Only a ClientHello that carries a
 //! valid cookie makes a session: an OpenSSL object that `DTLSv1_listen`
-//! puts in the state after a cookie exchange, within the per-IP and
-//! server-wide connection limits, with a handshake deadline
+//! puts in the state after a cookie exchange, within the limits of TCP and
+//! TLS connections (the [`StreamGuard`] they share: `connections_per_ip`,
+//! `tls_handshakes_per_ip`, `stream_connections`), with a handshake deadline
 //! ([`HANDSHAKE_TIMEOUT`]) and an idle one ([`IDLE_TIMEOUT`]).
 //!
 //! The certificate and key are the listener's, as for TLS, and a reload
@@ -31,7 +32,7 @@ use openssl::ssl::{
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::addr::Origin;
+use crate::io::stream::guard::{Slot, StreamGuard};
 use crate::io::stream::tls::LoadError;
 
 /// How long a session has to finish its handshake from its valid cookie.
@@ -323,21 +324,13 @@ impl Write for Pipe {
 struct Session {
     stream: SslStream<Pipe>,
     established: bool,
+    /// The session's place in its source's and the server's connection
+    /// count, and while it shakes hands, in its source's handshakes.
+    _connection: Slot,
+    handshake: Option<Slot>,
     /// The handshake's deadline until it is done.
     deadline: Instant,
     last: Instant,
-}
-
-/// Limits on sessions, from `[limits]` (the stream keys: a DTLS session
-/// costs what a TLS connection does).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Sessions one source IP (an IPv6 /64) may hold in this shard; 0 = no cap.
-    pub per_ip: u32,
-    /// Handshakes one source IP may run at once in this shard; 0 = no cap.
-    pub handshakes_per_ip: u32,
-    /// Sessions this shard holds at most.
-    pub sessions: usize,
 }
 
 /// Plaintext records of one datagram, for the engine.
@@ -352,15 +345,13 @@ pub struct Dtls {
     /// Acceptors by `[[listen]]` index.
     acceptors: Vec<Option<Acceptor>>,
     sessions: HashMap<(u16, SocketAddr), Session>,
-    /// Sessions and handshakes per origin.
-    per_origin: HashMap<Origin, (u32, u32)>,
     cookies: Cookies,
-    limits: Limits,
+    guard: Arc<StreamGuard>,
     next_sweep: Instant,
 }
 
 impl Dtls {
-    pub fn new(acceptors: Vec<(u16, Acceptor)>, limits: Limits, now: Instant) -> Dtls {
+    pub fn new(acceptors: Vec<(u16, Acceptor)>, guard: Arc<StreamGuard>, now: Instant) -> Dtls {
         let mut by_index = Vec::new();
         for (l, a) in acceptors {
             let l = l as usize;
@@ -372,9 +363,8 @@ impl Dtls {
         Dtls {
             acceptors: by_index,
             sessions: HashMap::new(),
-            per_origin: HashMap::new(),
             cookies: Cookies::new(now),
-            limits,
+            guard,
             next_sweep: now + SWEEP,
         }
     }
@@ -414,9 +404,7 @@ impl Dtls {
             match s.stream.do_handshake() {
                 Ok(()) => {
                     s.established = true;
-                    if let Some(c) = self.per_origin.get_mut(&Origin::of(from.ip())) {
-                        c.1 = c.1.saturating_sub(1);
-                    }
+                    s.handshake = None;
                     tracing::debug!(client = %from, "DTLS session established");
                 }
                 Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {
@@ -474,37 +462,35 @@ impl Dtls {
         let Some(acceptor) = self.acceptors.get(l as usize).and_then(Option::as_ref) else {
             return;
         };
-        // Within the limits, or dropped: the client retries later.
-        let origin = Origin::of(from.ip());
-        let (held, shaking) = self.per_origin.get(&origin).copied().unwrap_or((0, 0));
-        let lim = self.limits;
-        if self.sessions.len() >= lim.sessions
-            || (lim.per_ip != 0 && held >= lim.per_ip)
-            || (lim.handshakes_per_ip != 0 && shaking >= lim.handshakes_per_ip)
-        {
-            tracing::debug!(client = %from, "DTLS session refused: limit");
+        // Within the limits, or dropped (and counted): the client retries.
+        let Some(connection) = self.guard.connection(from.ip()) else {
             return;
-        }
+        };
+        let Some(handshake) = self.guard.handshake(from.ip()) else {
+            return;
+        };
         let Some(stream) = start(&acceptor.context(), fd, from, d) else {
             return;
         };
         let mut s = Session {
             stream,
             established: false,
+            _connection: connection,
+            handshake: Some(handshake),
             deadline: now + HANDSHAKE_TIMEOUT,
             last: now,
         };
         match s.stream.do_handshake() {
-            Ok(()) => s.established = true,
+            Ok(()) => {
+                s.established = true;
+                s.handshake = None;
+            }
             Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {}
             Err(e) => {
                 tracing::debug!(client = %from, "DTLS handshake failed: {e}");
                 return;
             }
         }
-        let c = self.per_origin.entry(origin).or_default();
-        c.0 += 1;
-        c.1 += u32::from(!s.established);
         self.sessions.insert((l, from), s);
     }
 
@@ -541,24 +527,12 @@ impl Dtls {
         }
         if self.sessions.is_empty() && self.sessions.capacity() > 64 {
             self.sessions = HashMap::new();
-            self.per_origin = HashMap::new();
         }
     }
 
+    /// Drop a session: its places in the counts go back.
     fn remove(&mut self, l: u16, from: SocketAddr) {
-        let Some(s) = self.sessions.remove(&(l, from)) else {
-            return;
-        };
-        let origin = Origin::of(from.ip());
-        if let Some(c) = self.per_origin.get_mut(&origin) {
-            c.0 = c.0.saturating_sub(1);
-            if !s.established {
-                c.1 = c.1.saturating_sub(1);
-            }
-            if c.0 == 0 {
-                self.per_origin.remove(&origin);
-            }
-        }
+        self.sessions.remove(&(l, from));
     }
 }
 

@@ -438,14 +438,7 @@ mod tests {
             lo,
             Vec::new(),
         );
-        let no_dtls = (
-            Vec::new(),
-            dtls::Limits {
-                per_ip: 0,
-                handshakes_per_ip: 0,
-                sessions: 0,
-            },
-        );
+        let no_dtls = (Vec::new(), Arc::new(Default::default()));
         let (s, _) = Shard::new(index, cfg, vec![(0, sock)], no_dtls, Instant::now(), 0).unwrap();
         (s, addr)
     }

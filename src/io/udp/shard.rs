@@ -24,6 +24,7 @@ use crate::io::command::{HostCommand, Mailbox};
 use crate::io::host::{Bound, Host, Transport};
 use crate::io::mmsg::{self, Batch, Out};
 use crate::io::poll::{self, Epoll, EventFd};
+use crate::io::stream::guard::StreamGuard;
 
 // Event tokens: shard index in the top byte, what the fd is in the next,
 // an index (listener, allocation) in the low 32 bits.
@@ -143,13 +144,13 @@ pub struct Shard {
 impl Shard {
     /// Shard `index` with its listener sockets; also the mailbox that
     /// reaches it.
-    /// `dtls`: the DTLS listeners among `sockets`, with what their
-    /// sessions may cost.
+    /// `dtls`: the DTLS listeners among `sockets`, and the connection
+    /// limits their sessions count against (shared with TCP and TLS).
     pub fn new(
         index: usize,
         cfg: EngineConfig,
         sockets: Vec<(u16, UdpSocket)>,
-        dtls: (Vec<(u16, dtls::Acceptor)>, dtls::Limits),
+        dtls: (Vec<(u16, dtls::Acceptor)>, Arc<StreamGuard>),
         now: Instant,
         unix_now: u64,
     ) -> std::io::Result<(Box<Shard>, Mailbox)> {

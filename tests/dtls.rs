@@ -458,3 +458,35 @@ fn reload_gives_new_sessions_the_new_certificate() {
     let answer = before.request(&binding_request(&tid));
     assert!(parse_binding_success(&answer, &tid).is_some());
 }
+
+#[test]
+fn a_bad_certificate_stops_startup_with_file_key_and_reason() {
+    let dir = TempDir::new("dtls-bad-cert");
+    let (_, key) = make_cert(dir.path(), "good");
+    let cert = dir.path().join("not-a-cert.pem");
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    let cfg = ServerConfig {
+        transports: vec!["udp".into()],
+        ..ServerConfig::default()
+    };
+    let mut toml = cfg.to_toml(free_port(), relay_block());
+    toml.push_str(&format!(
+        "\n[[listen]]\naddress = \"127.0.0.1:{}\"\ntransports = [\"dtls\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        free_udp_port(),
+        cert.display(),
+        key.display()
+    ));
+    let config = dir.path().join("ferroturn.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferroturn"));
+    cmd.arg("--config").arg(&config);
+    let out = run_with_timeout(cmd, Duration::from_secs(20));
+    assert!(!out.timed_out, "ferroturn kept running:\n{}", out.output);
+    assert_ne!(out.code, Some(0), "{}", out.output);
+    let want = format!(
+        "{}: listen[1].cert: {}: not a usable PEM certificate chain",
+        config.display(),
+        cert.display()
+    );
+    assert!(out.output.contains(&want), "no {want:?} in:\n{}", out.output);
+}

@@ -25,6 +25,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # WebSocket, as corporate proxies do.
 # haproxy: tests/proxy_protocol.rs puts it in front of ferroturn with
 # send-proxy and send-proxy-v2.
+# libssl-dev, pkg-config: the build links the system OpenSSL (TURN over DTLS).
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
@@ -34,8 +35,9 @@ for pb in coturn:/usr/bin/turnutils_uclient \
           man-db:/usr/bin/man groff-base:/usr/bin/groff zsh:/usr/bin/zsh fish:/usr/bin/fish \
           dpkg-dev:/usr/bin/dpkg-shlibdeps binutils:/usr/bin/strip \
           redis-server:/usr/bin/redis-server redis-tools:/usr/bin/redis-cli \
-          squid:/usr/sbin/squid haproxy:/usr/sbin/haproxy; do
-    [ -x "${pb#*:}" ] || need+=("${pb%%:*}")
+          squid:/usr/sbin/squid haproxy:/usr/sbin/haproxy \
+          libssl-dev:/usr/include/openssl/ssl.h pkg-config:/usr/bin/pkg-config; do
+    [ -e "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
     S=""

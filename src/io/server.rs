@@ -139,10 +139,12 @@ impl Server {
                 udp = l.udp,
                 tcp = l.tcp,
                 tls = l.tls,
-                dtls = l.dtls,
                 turn = l.turn,
                 "listening"
             );
+            if l.dtls {
+                tracing::info!(target: LOG, address = %addr, "DTLS (RFC 7350) on this UDP port");
+            }
             if let Some(from) = &l.proxy_from {
                 tracing::info!(target: LOG, address = %addr, balancers = from.len(), "PROXY protocol required");
             }

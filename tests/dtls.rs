@@ -189,7 +189,10 @@ impl Client {
                 return;
             }
             let got = self.pump(Duration::from_secs(3));
-            assert!(!got.is_empty(), "the server stopped answering the handshake");
+            assert!(
+                !got.is_empty(),
+                "the server stopped answering the handshake"
+            );
         }
         panic!("no handshake after 10 flights");
     }
@@ -256,11 +259,16 @@ fn uclient_over_dtls_relays_without_loss() {
     let server = DtlsServer::start(vec![]);
     let peer = CoturnPeer::start();
     let mut cmd = tool("turnutils_uclient");
-    cmd.args(["-S", "-u", USER, "-w", PASSWORD, "-n", "50", "-m", "2", "-l", "170"]);
+    cmd.args([
+        "-S", "-u", USER, "-w", PASSWORD, "-n", "50", "-m", "2", "-l", "170",
+    ]);
     cmd.args(["-e", "127.0.0.1", "-r", &peer.port.to_string()]);
     cmd.args(["-p", &server.dtls.port().to_string(), "127.0.0.1"]);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let context = format!("turnutils_uclient -S (exit {:?}):\n{}", out.code, out.output);
+    let context = format!(
+        "turnutils_uclient -S (exit {:?}):\n{}",
+        out.code, out.output
+    );
     assert!(!out.timed_out, "{context}");
     assert_eq!(out.code, Some(0), "{context}");
     assert!(out.output.contains("method=DTLSv1.2"), "{context}");
@@ -279,7 +287,10 @@ fn uclient_over_dtls_relays_without_loss() {
         .unwrap_or_else(|| panic!("no DTLS relayed packets in /metrics:\n{metrics}"));
     assert!(relayed >= 100, "{relayed} packets relayed over DTLS");
     let log = server.log();
-    assert!(log.contains("/dtls user=alice"), "sessions name dtls:\n{log}");
+    assert!(
+        log.contains("/dtls user=alice"),
+        "sessions name dtls:\n{log}"
+    );
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -315,8 +326,11 @@ fn binding_over_dtls_and_bad_cookie_makes_no_session() {
     let (n, _) = other.recv_from(&mut buf).expect("an answer");
     assert!(is_hello_verify(&buf[..n]), "a stolen cookie made a session");
     // Not a ClientHello at all: no answer.
-    s.send_to(&[23, 254, 253, 0, 1, 0, 0, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4], server.dtls)
-        .unwrap();
+    s.send_to(
+        &[23, 254, 253, 0, 1, 0, 0, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4],
+        server.dtls,
+    )
+    .unwrap();
     assert!(s.recv_from(&mut buf).is_err(), "garbage was answered");
 }
 
@@ -365,7 +379,10 @@ fn client_hello_flood_from_thousands_of_ports_costs_no_memory() {
         if round % 2 == 1 {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(start.elapsed() < Duration::from_secs(90), "flood took too long");
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "flood took too long"
+        );
     }
     std::thread::sleep(Duration::from_millis(500));
     for s in &sources {
@@ -433,7 +450,13 @@ fn reload_gives_new_sessions_the_new_certificate() {
     let server = DtlsServer::start(vec![]);
     let mut before = Client::new(server.dtls);
     before.handshake();
-    let old = before.tls.ssl().peer_certificate().unwrap().to_der().unwrap();
+    let old = before
+        .tls
+        .ssl()
+        .peer_certificate()
+        .unwrap()
+        .to_der()
+        .unwrap();
     // A new certificate in the same files, and SIGHUP.
     let (cert, key) = make_cert(server.dir.path(), "dtls");
     let new = openssl::x509::X509::from_pem(&std::fs::read(&cert).unwrap())
@@ -451,7 +474,13 @@ fn reload_gives_new_sessions_the_new_certificate() {
     }
     let mut after = Client::new(server.dtls);
     after.handshake();
-    let got = after.tls.ssl().peer_certificate().unwrap().to_der().unwrap();
+    let got = after
+        .tls
+        .ssl()
+        .peer_certificate()
+        .unwrap()
+        .to_der()
+        .unwrap();
     assert_eq!(got, new, "a new session gets the reloaded certificate");
     // The session made before keeps working.
     let tid = transaction_id();
@@ -488,5 +517,9 @@ fn a_bad_certificate_stops_startup_with_file_key_and_reason() {
         config.display(),
         cert.display()
     );
-    assert!(out.output.contains(&want), "no {want:?} in:\n{}", out.output);
+    assert!(
+        out.output.contains(&want),
+        "no {want:?} in:\n{}",
+        out.output
+    );
 }

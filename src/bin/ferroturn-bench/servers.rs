@@ -270,7 +270,7 @@ fn die_with_parent(c: &mut Command) {
 }
 
 /// `keys`: more lines for `[server]`.
-fn ferroturn_config(port: u16, workers: usize, keys: &str, limits: bool) -> String {
+pub fn ferroturn_config(port: u16, workers: usize, keys: &str, limits: bool) -> String {
     let mut s = format!(
         r#"realm = "{realm}"
 [server]

@@ -333,7 +333,8 @@ struct Session {
     last: Instant,
 }
 
-/// Plaintext records of one datagram, for the engine.
+/// Plaintext records of one datagram, for the engine: record `i` ends at
+/// `ends[i]` in `data` and starts where the one before ends.
 #[derive(Default)]
 pub struct Plain {
     pub data: Vec<u8>,
@@ -392,7 +393,6 @@ impl Dtls {
         d: &[u8],
         plain: &mut Plain,
     ) {
-        plain.data.clear();
         plain.ends.clear();
         let Some(s) = self.sessions.get_mut(&(l, from)) else {
             self.unknown(now, l, fd, from, d);
@@ -417,24 +417,29 @@ impl Dtls {
                 }
             }
         }
+        // One buffer of a datagram's largest size, made once: the records
+        // of one datagram never add up to more, so each fits whole.
+        if plain.data.len() < RECORD {
+            plain.data.resize(RECORD, 0);
+        }
+        let mut at = 0;
         loop {
-            let at = plain.data.len();
-            plain.data.resize(at + RECORD, 0);
-            let r = s.stream.ssl_read(&mut plain.data[at..]);
-            match r {
+            match s.stream.ssl_read(&mut plain.data[at..]) {
                 Ok(n) if n > 0 => {
-                    plain.data.truncate(at + n);
-                    plain.ends.push(at + n);
+                    at += n;
+                    plain.ends.push(at);
                 }
-                Ok(_) => plain.data.truncate(at),
+                Ok(_) => return,
                 Err(e) => {
-                    plain.data.truncate(at);
                     if e.code() != ErrorCode::WANT_READ {
                         // close_notify, or a fatal alert.
                         self.remove(l, from);
                     }
                     return;
                 }
+            }
+            if at == plain.data.len() {
+                return;
             }
         }
     }

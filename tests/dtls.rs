@@ -134,6 +134,11 @@ impl Client {
     fn new(server: SocketAddr) -> Client {
         let sock = UdpSocket::bind((LOCALHOST, 0)).unwrap();
         sock.connect(server).unwrap();
+        Client::on(sock)
+    }
+
+    /// A client on `sock`, connected to the server already.
+    fn on(sock: UdpSocket) -> Client {
         let mut ctx = SslContext::builder(SslMethod::dtls_client()).unwrap();
         ctx.set_verify(SslVerifyMode::NONE);
         ctx.set_min_proto_version(Some(SslVersion::DTLS1_2))
@@ -195,6 +200,12 @@ impl Client {
             );
         }
         panic!("no handshake after 10 flights");
+    }
+
+    /// The server's certificate, DER.
+    fn peer_certificate(&self) -> Vec<u8> {
+        let cert = self.tls.ssl().peer_certificate().expect("a certificate");
+        cert.to_der().unwrap()
     }
 
     /// A STUN message over the session, and the first answer.
@@ -303,6 +314,14 @@ fn binding_over_dtls_and_bad_cookie_makes_no_session() {
     let answer = c.request(&binding_request(&tid));
     let mapped = parse_binding_success(&answer, &tid).expect("a Binding success");
     assert_eq!(mapped, c.sock.local_addr().unwrap());
+
+    // The client loses its session and starts again from the same port:
+    // a new handshake replaces the old session (RFC 6347 §4.2.8).
+    let mut again = Client::on(c.sock.try_clone().unwrap());
+    again.handshake();
+    let tid = transaction_id();
+    let answer = again.request(&binding_request(&tid));
+    assert_eq!(parse_binding_success(&answer, &tid), Some(mapped));
 
     // A ClientHello with a cookie the server did not make: answered with a
     // HelloVerifyRequest (a new cookie), never a ServerHello.
@@ -450,13 +469,7 @@ fn reload_gives_new_sessions_the_new_certificate() {
     let server = DtlsServer::start(vec![]);
     let mut before = Client::new(server.dtls);
     before.handshake();
-    let old = before
-        .tls
-        .ssl()
-        .peer_certificate()
-        .unwrap()
-        .to_der()
-        .unwrap();
+    let old = before.peer_certificate();
     // A new certificate in the same files, and SIGHUP.
     let (cert, key) = make_cert(server.dir.path(), "dtls");
     let new = openssl::x509::X509::from_pem(&std::fs::read(&cert).unwrap())
@@ -474,13 +487,7 @@ fn reload_gives_new_sessions_the_new_certificate() {
     }
     let mut after = Client::new(server.dtls);
     after.handshake();
-    let got = after
-        .tls
-        .ssl()
-        .peer_certificate()
-        .unwrap()
-        .to_der()
-        .unwrap();
+    let got = after.peer_certificate();
     assert_eq!(got, new, "a new session gets the reloaded certificate");
     // The session made before keeps working.
     let tid = transaction_id();

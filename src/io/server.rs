@@ -3,6 +3,7 @@
 //! watch on this host's addresses.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -339,46 +340,13 @@ impl Server {
             .update(update_from(applied, &self.nonce_secret, &own));
         *self.host.lock().unwrap_or_else(|e| e.into_inner()) = own;
         self.control.streams.set(&applied.live.stream_limits);
-        // Re-read every TLS certificate: new connections get the new one.
-        for (i, address, acceptor) in &self.tls {
-            let (cert, key) = match applied.live.tls_files(*i, *address) {
-                Some(f) => (f.cert.clone(), f.key.clone()),
-                None => acceptor.paths(),
-            };
-            match acceptor.reload(&cert, &key) {
-                Ok(()) => tracing::info!(
-                target: LOG,
-                    listen = i,
-                    cert = %cert.display(),
-                    "TLS certificate reloaded"
-                ),
-                Err(e) => tracing::error!(
-                target: LOG,
-                    "{}: listen[{i}].{e}; the previous certificate stays in use",
-                    applied.path.display()
-                ),
-            }
-        }
-        // DTLS listeners likewise: new sessions get the new certificate.
-        for (i, address, acceptor) in &self.dtls {
-            let (cert, key) = match applied.live.tls_files(*i, *address) {
-                Some(f) => (f.cert.clone(), f.key.clone()),
-                None => acceptor.paths(),
-            };
-            match acceptor.reload(&cert, &key) {
-                Ok(()) => tracing::info!(
-                    target: LOG,
-                    listen = i,
-                    cert = %cert.display(),
-                    "DTLS certificate reloaded"
-                ),
-                Err(e) => tracing::error!(
-                    target: LOG,
-                    "{}: listen[{i}].{e}; the previous certificate stays in use",
-                    applied.path.display()
-                ),
-            }
-        }
+        // Re-read every TLS and DTLS certificate: new connections and
+        // sessions get the new one.
+        let tls = |a: &tls::Acceptor, c: &Path, k: &Path| a.reload(c, k);
+        reload_certificates(applied, "TLS", &self.tls, tls::Acceptor::paths, tls);
+        let dtls = |a: &udp::dtls::Acceptor, c: &Path, k: &Path| a.reload(c, k);
+        let dtls_paths = udp::dtls::Acceptor::paths;
+        reload_certificates(applied, "DTLS", &self.dtls, dtls_paths, dtls);
     }
 
     /// Read this host's interface addresses again and, if they changed
@@ -439,4 +407,35 @@ pub async fn wait_for_signal() -> std::io::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Read the certificate and key of each listener in `list` again (`what`:
+/// "TLS" or "DTLS"), with the files `applied` names for it (or those in use
+/// if it names none); on error the previous certificate stays in use.
+fn reload_certificates<A>(
+    applied: &Config,
+    what: &str,
+    list: &[(usize, SocketAddr, A)],
+    paths: impl Fn(&A) -> (std::path::PathBuf, std::path::PathBuf),
+    reload: impl Fn(&A, &Path, &Path) -> Result<(), tls::LoadError>,
+) {
+    for (i, address, acceptor) in list {
+        let (cert, key) = match applied.live.tls_files(*i, *address) {
+            Some(f) => (f.cert.clone(), f.key.clone()),
+            None => paths(acceptor),
+        };
+        match reload(acceptor, &cert, &key) {
+            Ok(()) => tracing::info!(
+                target: LOG,
+                listen = i,
+                cert = %cert.display(),
+                "{what} certificate reloaded"
+            ),
+            Err(e) => tracing::error!(
+                target: LOG,
+                "{}: listen[{i}].{e}; the previous certificate stays in use",
+                applied.path.display()
+            ),
+        }
+    }
 }

@@ -76,14 +76,8 @@ unsafe extern "C" {
 /// An OpenSSL DTLS 1.2 server context for the PEM certificate chain in
 /// `cert` and the PEM private key in `key` (RSA or EC).
 pub fn load(cert: &Path, key: &Path) -> Result<SslContext, LoadError> {
-    let cert_err = |reason: String| LoadError {
-        key: "cert",
-        reason: format!("{}: {reason}", cert.display()),
-    };
-    let key_err = |reason: String| LoadError {
-        key: "key",
-        reason: format!("{}: {reason}", key.display()),
-    };
+    let cert_err = |reason: String| LoadError::cert(cert, reason);
+    let key_err = |reason: String| LoadError::key(key, reason);
     // Read the files first, for an error that names the problem.
     std::fs::read(cert).map_err(|e| cert_err(e.to_string()))?;
     std::fs::read(key).map_err(|e| key_err(e.to_string()))?;
@@ -398,6 +392,13 @@ impl Dtls {
             self.unknown(now, l, fd, from, d);
             return;
         };
+        if s.established && client_hello(d).is_some() {
+            // A client that lost its session starts again from the same
+            // address (RFC 6347 §4.2.8): a new cookie exchange, and the
+            // old session goes once the cookie comes back.
+            self.unknown(now, l, fd, from, d);
+            return;
+        }
         s.last = now;
         s.stream.get_mut().feed(d);
         if !s.established {
@@ -444,8 +445,9 @@ impl Dtls {
         }
     }
 
-    /// A datagram from an address without a session: a ClientHello gets a
-    /// HelloVerifyRequest, or with a valid cookie makes a session;
+    /// A datagram from an address without a session (or a ClientHello
+    /// from one with an established session): a ClientHello gets a
+    /// HelloVerifyRequest, or with a valid cookie makes a new session;
     /// anything else is dropped unanswered.
     fn unknown(&mut self, now: Instant, l: u16, fd: RawFd, from: SocketAddr, d: &[u8]) {
         let Some(hello) = client_hello(d) else {
@@ -464,9 +466,14 @@ impl Dtls {
             }
             return;
         }
-        let Some(acceptor) = self.acceptors.get(l as usize).and_then(Option::as_ref) else {
+        let Some(ctx) = (self.acceptors.get(l as usize))
+            .and_then(Option::as_ref)
+            .map(Acceptor::context)
+        else {
             return;
         };
+        // The cookie proves the address: a session it had is over.
+        self.remove(l, from);
         // Within the limits, or dropped (and counted): the client retries.
         let Some(connection) = self.guard.connection(from.ip()) else {
             return;
@@ -474,7 +481,7 @@ impl Dtls {
         let Some(handshake) = self.guard.handshake(from.ip()) else {
             return;
         };
-        let Some(stream) = start(&acceptor.context(), fd, from, d) else {
+        let Some(stream) = start(&ctx, fd, from, d) else {
             return;
         };
         let mut s = Session {

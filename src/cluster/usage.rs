@@ -212,8 +212,8 @@ pub fn openssl_names(c: &rustls::ServerConnection) -> TlsNames {
 /// coturn's `ssl` and `cipher` of a client: `NONE` without TLS.
 fn tls_names(via: Via, tls: Option<TlsNames>) -> TlsNames {
     match (via, tls) {
-        (Via::Stream { tls: true, .. }, Some(names)) => names,
-        (Via::Stream { tls: true, .. }, None) => ("UNKNOWN", "UNKNOWN"),
+        (Via::Stream { tls: true, .. } | Via::Dtls(_), Some(names)) => names,
+        (Via::Stream { tls: true, .. } | Via::Dtls(_), None) => ("UNKNOWN", "UNKNOWN"),
         _ => ("NONE", "NONE"),
     }
 }

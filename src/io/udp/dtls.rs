@@ -515,6 +515,14 @@ impl Dtls {
         }
     }
 
+    /// The DTLS version and cipher suite of `client`'s session, in
+    /// OpenSSL's words (as coturn's usage events name them).
+    pub fn names(&self, l: u16, client: SocketAddr) -> Option<(&'static str, &'static str)> {
+        let s = self.sessions.get(&(l, client))?;
+        let ssl = s.stream.ssl();
+        Some((ssl.version_str(), ssl.current_cipher()?.name()))
+    }
+
     /// Drop the sessions whose handshake or idle time ran out.
     pub fn sweep(&mut self, now: Instant) {
         if now < self.next_sweep {

@@ -96,6 +96,14 @@ impl Transport for Listeners {
         }
     }
 
+    /// A DTLS client's version and cipher suite, for usage events.
+    fn tls_names(&self, client: ClientAddr) -> Option<crate::cluster::usage::TlsNames> {
+        match client.via {
+            Via::Dtls(l) => self.dtls.names(l, client.remote),
+            _ => None,
+        }
+    }
+
     /// A UDP client's answers wait for the round's `sendmmsg`.
     fn queue_for(&self, client: ClientAddr) -> Option<RawFd> {
         match client.via {

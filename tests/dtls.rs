@@ -429,6 +429,27 @@ fn client_hello_flood_from_thousands_of_ports_costs_no_memory() {
 }
 
 #[test]
+fn a_lost_server_flight_is_sent_again() {
+    let server = DtlsServer::start(vec![]);
+    let mut c = Client::new(server.dtls);
+    let first = second_hello_answer(&mut c, Duration::from_secs(3));
+    assert!(first.is_some_and(|d| is_server_hello(&d)), "no ServerHello");
+    // The flight is lost on its way: the client never sees it, and does
+    // not retransmit (nothing drives its timer). The server resends it
+    // when its own timer (1 s, then doubling) runs out.
+    c.tls.get_mut().inbound.clear();
+    let again = c.pump(Duration::from_secs(4));
+    assert!(
+        again.first().is_some_and(|d| is_server_hello(d)),
+        "the ServerHello flight was not sent again"
+    );
+    c.handshake();
+    let tid = transaction_id();
+    let answer = c.request(&binding_request(&tid));
+    assert!(parse_binding_success(&answer, &tid).is_some());
+}
+
+#[test]
 fn per_ip_limit_and_stalled_handshake_timeout() {
     let server = DtlsServer::start(vec![
         ("connections_per_ip", "2".into()),

@@ -61,6 +61,10 @@ const RECORD: usize = 65_536;
 /// Cookie length: a whole HMAC-SHA256 tag.
 const COOKIE_LEN: usize = 32;
 
+/// OpenSSL's `DTLS_CTRL_HANDLE_TIMEOUT` (ssl.h): retransmit the last
+/// flight if its timer ran out.
+const DTLS_CTRL_HANDLE_TIMEOUT: i32 = 74;
+
 /// Length of a HelloVerifyRequest with our cookie: record header (13),
 /// handshake header (12), server_version (2), cookie length (1), cookie.
 pub const HVR_LEN: usize = 13 + 12 + 3 + COOKIE_LEN;
@@ -69,6 +73,13 @@ pub const HVR_LEN: usize = 13 + 12 + 3 + COOKIE_LEN;
 // linked by openssl-sys.
 unsafe extern "C" {
     fn DTLSv1_listen(ssl: *mut std::ffi::c_void, client: *mut std::ffi::c_void) -> i32;
+    /// `DTLSv1_handle_timeout` is this call with [`DTLS_CTRL_HANDLE_TIMEOUT`].
+    fn SSL_ctrl(
+        ssl: *mut std::ffi::c_void,
+        cmd: i32,
+        larg: std::ffi::c_long,
+        parg: *mut std::ffi::c_void,
+    ) -> std::ffi::c_long;
     fn BIO_ADDR_new() -> *mut std::ffi::c_void;
     fn BIO_ADDR_free(addr: *mut std::ffi::c_void);
 }
@@ -523,12 +534,22 @@ impl Dtls {
         Some((ssl.version_str(), ssl.current_cipher()?.name()))
     }
 
-    /// Drop the sessions whose handshake or idle time ran out.
+    /// Drop the sessions whose handshake or idle time ran out; a session
+    /// still shaking hands resends its last flight if OpenSSL's timer for
+    /// it ran out (RFC 6347 §4.2.4: the client's flight or ours was lost).
     pub fn sweep(&mut self, now: Instant) {
         if now < self.next_sweep {
             return;
         }
         self.next_sweep = now + SWEEP;
+        for s in self.sessions.values_mut().filter(|s| !s.established) {
+            // SAFETY: the session's own SSL pointer; the call writes the
+            // flight through its BIO, our Pipe.
+            unsafe {
+                let ssl = s.stream.ssl().as_ptr().cast();
+                SSL_ctrl(ssl, DTLS_CTRL_HANDLE_TIMEOUT, 0, std::ptr::null_mut());
+            }
+        }
         let expired: Vec<(u16, SocketAddr)> = self
             .sessions
             .iter()

@@ -332,6 +332,7 @@ mod tests {
     fn transports_are_told_apart() {
         use crate::addr::Via;
         assert_eq!(Transport::of(Via::Udp(3)).name(), "udp");
+        assert_eq!(Transport::of(Via::Dtls(3)).name(), "dtls");
         let s = |tls| Via::Stream {
             listener: 0,
             conn: 1,
@@ -388,7 +389,7 @@ mod tests {
         );
         assert_eq!(
             names(Transport::ALL, Transport::name),
-            ["udp", "tcp", "tls"]
+            ["udp", "tcp", "tls", "dtls"]
         );
         assert_eq!(
             [

@@ -36,6 +36,29 @@ static GLOBAL: Counting = Counting;
 
 const REALM: &str = "alloc.test";
 
+/// Warm up with 200 round trips (lazily created buffers, first wake-ups),
+/// then count the heap allocations of 2,000 more: there must be none.
+fn assert_no_allocations(what: &str, mut round_trip: impl FnMut(u32)) {
+    for i in 0..200 {
+        round_trip(i);
+    }
+    let before = ALLOCS.load(Ordering::SeqCst);
+    const N: u32 = 2000;
+    for i in 0..N {
+        round_trip(i);
+    }
+    let after = ALLOCS.load(Ordering::SeqCst);
+    println!(
+        "{N} round trips {what} (client→peer and peer→client): {} heap allocations",
+        after - before
+    );
+    assert_eq!(
+        after - before,
+        0,
+        "heap allocations on the ChannelData path {what}"
+    );
+}
+
 /// The tests count every thread's allocations: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -80,7 +103,7 @@ fn relaying_channel_data_allocates_nothing() {
     let mut pkt = [0u8; 204];
     pkt[..4].copy_from_slice(&[0x40, 0x00, 0x00, 200]);
     let mut got = [0u8; 2048];
-    let mut round_trip = |i: u32| {
+    let round_trip = |i: u32| {
         pkt[4..8].copy_from_slice(&i.to_be_bytes());
         sock.send_to(&pkt, addr).unwrap();
         let (n, _) = sock.recv_from(&mut got).expect("echo through the relay");
@@ -90,25 +113,7 @@ fn relaying_channel_data_allocates_nothing() {
             "packet {i} came back intact as ChannelData"
         );
     };
-    // Warm up: lazily created buffers, first wake-ups.
-    for i in 0..200 {
-        round_trip(i);
-    }
-    let before = ALLOCS.load(Ordering::SeqCst);
-    const N: u32 = 2000;
-    for i in 0..N {
-        round_trip(i);
-    }
-    let after = ALLOCS.load(Ordering::SeqCst);
-    println!(
-        "{N} round trips (client→peer and peer→client): {} heap allocations",
-        after - before
-    );
-    assert_eq!(
-        after - before,
-        0,
-        "heap allocations on the ChannelData path"
-    );
+    assert_no_allocations("over UDP", round_trip);
 
     stop.store(true, Ordering::Relaxed);
     echo.join().unwrap();
@@ -210,30 +215,13 @@ fn relaying_channel_data_over_dtls_allocates_nothing() {
     let mut pkt = [0u8; 204];
     pkt[..4].copy_from_slice(&[0x40, 0x00, 0x00, 200]);
     let mut got = [0u8; 2048];
-    let mut round_trip = |i: u32| {
+    let round_trip = |i: u32| {
         pkt[4..8].copy_from_slice(&i.to_be_bytes());
         tls.ssl_write(&pkt).unwrap();
         let n = tls.ssl_read(&mut got).expect("echo through the relay");
         assert_eq!(&got[..n], &pkt[..], "packet {i} came back intact");
     };
-    for i in 0..200 {
-        round_trip(i);
-    }
-    let before = ALLOCS.load(Ordering::SeqCst);
-    const N: u32 = 2000;
-    for i in 0..N {
-        round_trip(i);
-    }
-    let after = ALLOCS.load(Ordering::SeqCst);
-    println!(
-        "{N} round trips over DTLS (client→peer and peer→client): {} heap allocations",
-        after - before
-    );
-    assert_eq!(
-        after - before,
-        0,
-        "heap allocations on the DTLS ChannelData path"
-    );
+    assert_no_allocations("over DTLS", round_trip);
 
     stop.store(true, Ordering::Relaxed);
     echo.join().unwrap();

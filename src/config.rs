@@ -284,6 +284,9 @@ pub struct Listen {
     /// false: a STUN-only listener (Binding answered, TURN refused).
     pub turn: bool,
     pub tls: bool,
+    /// DTLS over UDP (RFC 7350): datagrams in DTLS records, with the
+    /// entry's certificate and key.
+    pub dtls: bool,
     /// With `proxy_protocol = true`: the load balancers (`proxy_from`) whose
     /// PROXY protocol header names the client; none otherwise.
     pub proxy_from: Option<Vec<Cidr>>,
@@ -908,6 +911,7 @@ struct Transports {
     udp: bool,
     tcp: bool,
     tls: bool,
+    dtls: bool,
 }
 
 impl TryFrom<Vec<String>> for Transports {
@@ -921,12 +925,14 @@ impl TryFrom<Vec<String>> for Transports {
             udp: false,
             tcp: false,
             tls: false,
+            dtls: false,
         };
         for name in &names {
             match name.as_str() {
                 "udp" => t.udp = true,
                 "tcp" => t.tcp = true,
                 "tls" => t.tls = true,
+                "dtls" => t.dtls = true,
                 other => {
                     return Err(Reason(format!(
                         "unknown transport {other:?}: expected \"udp\", \"tcp\" or \"tls\""
@@ -937,6 +943,11 @@ impl TryFrom<Vec<String>> for Transports {
         if t.tls && t.tcp {
             return refuse(
                 "\"tcp\" and \"tls\" cannot share a port: give each its own [[listen]] entry",
+            );
+        }
+        if t.dtls && t.udp {
+            return refuse(
+                "\"udp\" and \"dtls\" cannot share a port: give each its own [[listen]] entry",
             );
         }
         Ok(t)
@@ -1119,7 +1130,7 @@ fn check_proxy(i: usize, l: &RawListen) -> Result<(), Refusal> {
         }
         return Ok(());
     }
-    if l.transports.udp {
+    if l.transports.udp || l.transports.dtls {
         return refuse(
             format!("listen[{i}].proxy_protocol"),
             "PROXY protocol headers come on \"tcp\" and \"tls\" only: give \"udp\" its own [[listen]] entry",
@@ -1569,11 +1580,12 @@ impl RawConfig {
         }
         for (i, l) in self.listen.iter().enumerate() {
             for (name, v) in [("cert", &l.cert), ("key", &l.key)] {
-                match (l.transports.tls, v) {
+                let secure = if l.transports.tls { "tls" } else { "dtls" };
+                match (l.transports.tls || l.transports.dtls, v) {
                     (true, None) => {
                         return refuse(
                             format!("listen[{i}].{name}"),
-                            format!("a \"tls\" listener needs a PEM {name} file"),
+                            format!("a \"{secure}\" listener needs a PEM {name} file"),
                         );
                     }
                     (false, Some(_)) => {
@@ -2033,6 +2045,7 @@ impl RawConfig {
                 tcp: l.transports.tcp,
                 turn: l.turn,
                 tls: l.transports.tls,
+                dtls: l.transports.dtls,
                 proxy_from: (l.proxy_protocol)
                     .then(|| l.proxy_from.iter().flatten().map(|c| c.0).collect()),
             })

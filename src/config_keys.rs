@@ -188,7 +188,7 @@ pub const KEYS: &[Key] = &[
         name: "transports",
         kind: "array of strings",
         default: Required,
-        doc: "`\"udp\"`, `\"tcp\"`, `\"tls\"`; `\"tcp\"` and `\"tls\"` cannot share an entry. Needs a restart.",
+        doc: "`\"udp\"`, `\"tcp\"`, `\"tls\"`, `\"dtls\"` (TURN over DTLS 1.2 on UDP, RFC 7350; 5349 by convention); `\"tcp\"` and `\"tls\"` cannot share an entry, nor `\"udp\"` and `\"dtls\"`. Needs a restart.",
     },
     Key {
         section: "listen",
@@ -202,7 +202,7 @@ pub const KEYS: &[Key] = &[
         name: "cert",
         kind: "string",
         default: Unset("none"),
-        doc: "PEM certificate chain (leaf first) of a `\"tls\"` listener; required with it, refused without. Read again on reload.",
+        doc: "PEM certificate chain (leaf first) of a `\"tls\"` or `\"dtls\"` listener; required with it, refused without. Read again on reload (new sessions get it).",
     },
     Key {
         section: "listen",

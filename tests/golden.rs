@@ -525,6 +525,11 @@ fn hand_cases(f: &Files) -> Vec<Case> {
             .set("listen", "cert", "\"/etc/ferroturn/cert.pem\"")
             .set("listen", "key", "\"/etc/ferroturn/key.pem\"")
     };
+    let dtls = || {
+        b().set("listen", "transports", "[\"dtls\"]")
+            .set("listen", "cert", "\"/etc/ferroturn/cert.pem\"")
+            .set("listen", "key", "\"/etc/ferroturn/key.pem\"")
+    };
     let proxy = || {
         b().set("listen", "transports", "[\"tcp\"]")
             .set("listen", "proxy_protocol", "true")
@@ -566,6 +571,8 @@ fn hand_cases(f: &Files) -> Vec<Case> {
         ("listen.transports: tcp and tls on one entry", tls().set("listen", "transports", "[\"tcp\", \"tls\"]")),
         ("listen.cert: tls without cert", tls().unset("listen", "cert")),
         ("listen.key: tls without key", tls().unset("listen", "key")),
+        ("listen.transports: udp and dtls on one entry", dtls().set("listen", "transports", "[\"udp\", \"dtls\"]")),
+        ("listen.cert: dtls without cert", dtls().unset("listen", "cert")),
         ("listen.proxy_from: missing with proxy_protocol", proxy().unset("listen", "proxy_from")),
         ("listen.proxy_from: empty", proxy().set("listen", "proxy_from", "[]")),
         ("listen.proxy_from: 65 ranges", proxy().set("listen", "proxy_from", &ranges(65))),

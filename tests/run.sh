@@ -30,6 +30,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # libbpf (tests/fastpath.rs and the program's unit tests). ethtool (veth
 # GRO and checksum settings) and bpftool (detaching the program's links):
 # tests/fastpath.rs.
+# libssl-dev, pkg-config: the build links the system OpenSSL (TURN over DTLS).
 need=()
 for pb in coturn:/usr/bin/turnutils_uclient \
           chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
@@ -42,7 +43,8 @@ for pb in coturn:/usr/bin/turnutils_uclient \
           squid:/usr/sbin/squid haproxy:/usr/sbin/haproxy \
           clang:/usr/bin/clang llvm:/usr/bin/llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h \
           libelf-dev:/usr/include/libelf.h zlib1g-dev:/usr/include/zlib.h pkg-config:/usr/bin/pkg-config \
-          ethtool:/usr/sbin/ethtool bpftool:/usr/sbin/bpftool; do
+          ethtool:/usr/sbin/ethtool bpftool:/usr/sbin/bpftool \
+          libssl-dev:/usr/include/openssl/ssl.h; do
     [ -e "${pb#*:}" ] || need+=("${pb%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -11,6 +11,8 @@
 //!
 //! Everything runs on 127.0.0.0/8. Every loop is bounded in count and time.
 
+#[path = "ferroturn-bench/dtls.rs"]
+mod dtls;
 #[path = "ferroturn-bench/forwarder.rs"]
 mod forwarder;
 #[path = "ferroturn-bench/load.rs"]
@@ -64,7 +66,9 @@ struct Opts {
     /// ferroturn),
     /// and propagation (not by default: how long a change takes to reach
     /// a second cluster node, with a redis-server and two ferroturn nodes
-    /// of its own; 20 repetitions, 5 with --quick, or --reps).
+    /// of its own; 20 repetitions, 5 with --quick, or --reps), and dtls
+    /// (not by default: DTLS handshakes/s and relayed round trips/s,
+    /// coturn beside each build; src/bin/ferroturn-bench/dtls.rs).
     #[arg(long, default_value = "ceiling,mem,ctl,tput,lat,cpu,msgcost,tcprelay")]
     tests: String,
     /// Allocations held for the memory test (default 10,000; 1,000 with --quick).
@@ -241,8 +245,9 @@ fn main() {
     let started = Instant::now();
     let cpu0 = (servers::machine_busy(), servers::own_cpu());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // The per-server tests; propagation alone runs no server of --servers.
-    let per_server = tests.iter().any(|t| t != "propagation");
+    // The per-server tests; propagation and dtls alone run no server of
+    // --servers in the main loop (dtls starts its own).
+    let per_server = tests.iter().any(|t| t != "propagation" && t != "dtls");
     if per_server {
         eprintln!(
             "ferroturn-bench: {} rep(s) of {:?}, {cores} cores, echo peer {}",
@@ -331,6 +336,11 @@ fn main() {
             }
             Err(e) => eprintln!("  msgcost of {}: {e}", b.name),
         }
+    }
+    if on("dtls") {
+        let each = Duration::from_secs(if o.quick { 1 } else { 3 });
+        let coturn = need(Kind::Coturn);
+        costs += &dtls::run(&builds, &paths, coturn, echo.addr, plan.reps, each);
     }
     if on("propagation") {
         costs += &run_propagation(&o, &builds, &dir, started);

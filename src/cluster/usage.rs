@@ -170,10 +170,11 @@ pub fn stream_key(realm: &str) -> String {
     format!("ferroturn/realm/{realm}/usage")
 }
 
-/// coturn's transport name of a client: `UDP`, `TCP` or `TLS/TCP`.
+/// coturn's transport name of a client: `UDP`, `TCP`, `TLS/TCP` or `DTLS`.
 fn transport(via: Via) -> &'static str {
     match via {
         Via::Udp(_) => "UDP",
+        Via::Dtls(_) => "DTLS",
         Via::Stream { tls: false, .. } => "TCP",
         Via::Stream { tls: true, .. } => "TLS/TCP",
     }
@@ -211,8 +212,8 @@ pub fn openssl_names(c: &rustls::ServerConnection) -> TlsNames {
 /// coturn's `ssl` and `cipher` of a client: `NONE` without TLS.
 fn tls_names(via: Via, tls: Option<TlsNames>) -> TlsNames {
     match (via, tls) {
-        (Via::Stream { tls: true, .. }, Some(names)) => names,
-        (Via::Stream { tls: true, .. }, None) => ("UNKNOWN", "UNKNOWN"),
+        (Via::Stream { tls: true, .. } | Via::Dtls(_), Some(names)) => names,
+        (Via::Stream { tls: true, .. } | Via::Dtls(_), None) => ("UNKNOWN", "UNKNOWN"),
         _ => ("NONE", "NONE"),
     }
 }

@@ -308,6 +308,15 @@ impl<T: Transport> Host<T> {
         self.read(now, recv, |h, now, i| h.peer_datagram(now, id, i))
     }
 
+    /// Datagram `i` of the batch: its source and bytes, with the transport
+    /// (for one the transport reads before the engine does, as DTLS).
+    #[inline]
+    pub fn datagram(&mut self, i: usize) -> (SocketAddr, &[u8], &mut T) {
+        let at = Batch::base(i) + HEADROOM;
+        let d = &self.batch.data[at..at + self.batch.len[i]];
+        (self.batch.from[i], d, &mut self.transport)
+    }
+
     /// Datagram `i` of the batch, from a client on `via` (a UDP listener):
     /// the engine reads it in place, and a relayed payload is queued to go
     /// out from the relay socket straight from the batch buffer.

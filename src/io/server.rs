@@ -3,6 +3,7 @@
 //! watch on this host's addresses.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +37,8 @@ pub struct Server {
     /// The TLS acceptor of every `tls` listener, with the `[[listen]]`
     /// index and address it was started with.
     tls: Vec<(usize, SocketAddr, tls::Acceptor)>,
+    /// The DTLS context of every `dtls` listener, likewise.
+    dtls: Vec<(usize, SocketAddr, udp::dtls::Acceptor)>,
     /// This host's addresses as the peer policy in force knows them.
     host: std::sync::Mutex<Vec<std::net::IpAddr>>,
 }
@@ -67,7 +70,22 @@ impl Server {
             (0..n).map(|_| Vec::new()).collect();
         let mut listen = Vec::new();
         let mut acceptors = Vec::new();
+        let mut dtls_acceptors = Vec::new();
         for (i, l) in config.restart.listen.iter().enumerate() {
+            if l.dtls {
+                // As for TLS: a bad certificate or key stops startup.
+                let refused = |e: String| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{}: listen[{i}]{e}", config.path.display()),
+                    )
+                };
+                let files = (config.live.tls_files(i, l.address))
+                    .ok_or_else(|| refused(": \"dtls\" needs cert and key".into()))?;
+                let acceptor = udp::dtls::Acceptor::new(&files.cert, &files.key)
+                    .map_err(|e| refused(format!(".{e}")))?;
+                dtls_acceptors.push((i, l.address, acceptor));
+            }
             if l.tls {
                 // A bad certificate or key stops startup: FILE: KEY: REASON.
                 let Some(files) = config.live.tls_files(i, l.address) else {
@@ -89,7 +107,7 @@ impl Server {
             }
             let i = i as u16;
             let mut addr = l.address;
-            if l.udp {
+            if l.udp || l.dtls {
                 let socks = socket::udp_group(addr, n)?;
                 addr = socks[0].local_addr()?;
                 for (sh, s) in per_shard.iter_mut().zip(socks) {
@@ -125,6 +143,9 @@ impl Server {
                 turn = l.turn,
                 "listening"
             );
+            if l.dtls {
+                tracing::info!(target: LOG, address = %addr, "DTLS (RFC 7350) on this UDP port");
+            }
             if let Some(from) = &l.proxy_from {
                 tracing::info!(target: LOG, address = %addr, balancers = from.len(), "PROXY protocol required");
             }
@@ -239,10 +260,18 @@ impl Server {
         // The UDP data plane: one shard per worker, driven by up to `n`
         // threads as the load asks.
         let mut udp_shards = Vec::new();
+        // A DTLS session costs what a TLS connection does, and counts
+        // against the same limits (per IP, handshakes per IP, server-wide).
+        let dtls_of = |_| {
+            let a = dtls_acceptors.iter();
+            let a = a.map(|(i, _, a): &(usize, _, udp::dtls::Acceptor)| (*i as u16, a.clone()));
+            (a.collect(), guard.clone())
+        };
         for (i, sockets) in per_shard.into_iter().enumerate().take(shards) {
             let mut cfg = engine_config()?;
             cfg.shard = i as u16;
-            let (shard, mailbox) = udp::Shard::new(i, cfg, sockets, Instant::now(), unix_now)?;
+            let (shard, mailbox) =
+                udp::Shard::new(i, cfg, sockets, dtls_of(i), Instant::now(), unix_now)?;
             udp_shards.push(shard);
             controls.push(mailbox);
         }
@@ -292,6 +321,7 @@ impl Server {
             nonce_secret,
             listen,
             tls: acceptors,
+            dtls: dtls_acceptors,
             host: std::sync::Mutex::new(own),
         };
         // TCP and TLS clients: one tokio worker per core, with engines of
@@ -327,26 +357,13 @@ impl Server {
             .update(update_from(applied, &self.nonce_secret, &own));
         *self.host.lock().unwrap_or_else(|e| e.into_inner()) = own;
         self.control.streams.set(&applied.live.stream_limits);
-        // Re-read every TLS certificate: new connections get the new one.
-        for (i, address, acceptor) in &self.tls {
-            let (cert, key) = match applied.live.tls_files(*i, *address) {
-                Some(f) => (f.cert.clone(), f.key.clone()),
-                None => acceptor.paths(),
-            };
-            match acceptor.reload(&cert, &key) {
-                Ok(()) => tracing::info!(
-                target: LOG,
-                    listen = i,
-                    cert = %cert.display(),
-                    "TLS certificate reloaded"
-                ),
-                Err(e) => tracing::error!(
-                target: LOG,
-                    "{}: listen[{i}].{e}; the previous certificate stays in use",
-                    applied.path.display()
-                ),
-            }
-        }
+        // Re-read every TLS and DTLS certificate: new connections and
+        // sessions get the new one.
+        let tls = |a: &tls::Acceptor, c: &Path, k: &Path| a.reload(c, k);
+        reload_certificates(applied, "TLS", &self.tls, tls::Acceptor::paths, tls);
+        let dtls = |a: &udp::dtls::Acceptor, c: &Path, k: &Path| a.reload(c, k);
+        let dtls_paths = udp::dtls::Acceptor::paths;
+        reload_certificates(applied, "DTLS", &self.dtls, dtls_paths, dtls);
     }
 
     /// Read this host's interface addresses again and, if they changed
@@ -407,4 +424,35 @@ pub async fn wait_for_signal() -> std::io::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Read the certificate and key of each listener in `list` again (`what`:
+/// "TLS" or "DTLS"), with the files `applied` names for it (or those in use
+/// if it names none); on error the previous certificate stays in use.
+fn reload_certificates<A>(
+    applied: &Config,
+    what: &str,
+    list: &[(usize, SocketAddr, A)],
+    paths: impl Fn(&A) -> (std::path::PathBuf, std::path::PathBuf),
+    reload: impl Fn(&A, &Path, &Path) -> Result<(), tls::LoadError>,
+) {
+    for (i, address, acceptor) in list {
+        let (cert, key) = match applied.live.tls_files(*i, *address) {
+            Some(f) => (f.cert.clone(), f.key.clone()),
+            None => paths(acceptor),
+        };
+        match reload(acceptor, &cert, &key) {
+            Ok(()) => tracing::info!(
+                target: LOG,
+                listen = i,
+                cert = %cert.display(),
+                "{what} certificate reloaded"
+            ),
+            Err(e) => tracing::error!(
+                target: LOG,
+                "{}: listen[{i}].{e}; the previous certificate stays in use",
+                applied.path.display()
+            ),
+        }
+    }
 }

@@ -47,6 +47,9 @@ impl Origin {
 pub enum Via {
     /// A UDP listener, by `[[listen]]` index.
     Udp(u16),
+    /// A DTLS listener (RFC 7350), by `[[listen]]` index: datagrams like
+    /// UDP, each inside a DTLS record of the client's session.
+    Dtls(u16),
     /// A stream connection, unique within its worker, on a listener;
     /// `tls` when it runs over TLS.
     Stream { listener: u16, conn: u32, tls: bool },
@@ -56,7 +59,7 @@ impl Via {
     /// The index of the `[[listen]]` entry the client came through.
     pub fn listener(self) -> u16 {
         match self {
-            Via::Udp(l) | Via::Stream { listener: l, .. } => l,
+            Via::Udp(l) | Via::Dtls(l) | Via::Stream { listener: l, .. } => l,
         }
     }
 
@@ -77,6 +80,7 @@ impl fmt::Display for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = match self.via {
             Via::Udp(_) => "udp",
+            Via::Dtls(_) => "dtls",
             Via::Stream { tls: false, .. } => "tcp",
             Via::Stream { tls: true, .. } => "tls",
         };

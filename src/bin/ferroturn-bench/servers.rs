@@ -278,7 +278,7 @@ pub struct Streams {
 }
 
 /// `keys`: more lines for `[server]`.
-fn ferroturn_config(
+pub fn ferroturn_config(
     port: u16,
     workers: usize,
     keys: &str,

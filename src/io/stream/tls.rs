@@ -25,6 +25,24 @@ pub struct LoadError {
     pub reason: String,
 }
 
+impl LoadError {
+    /// `reason` about the certificate file `path`.
+    pub fn cert(path: &Path, reason: impl fmt::Display) -> LoadError {
+        LoadError {
+            key: "cert",
+            reason: format!("{}: {reason}", path.display()),
+        }
+    }
+
+    /// `reason` about the key file `path`.
+    pub fn key(path: &Path, reason: impl fmt::Display) -> LoadError {
+        LoadError {
+            key: "key",
+            reason: format!("{}: {reason}", path.display()),
+        }
+    }
+}
+
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.key, self.reason)
@@ -34,14 +52,8 @@ impl fmt::Display for LoadError {
 /// A rustls server configuration for the PEM certificate chain in `cert`
 /// and the PEM private key (PKCS#8, PKCS#1 or SEC1) in `key`.
 pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, LoadError> {
-    let cert_err = |reason: String| LoadError {
-        key: "cert",
-        reason: format!("{}: {reason}", cert.display()),
-    };
-    let key_err = |reason: String| LoadError {
-        key: "key",
-        reason: format!("{}: {reason}", key.display()),
-    };
+    let cert_err = |reason: String| LoadError::cert(cert, reason);
+    let key_err = |reason: String| LoadError::key(key, reason);
     // Read the files ourselves first: pki-types reports a missing file as
     // a bare I/O error without the path or a clear reason.
     let cert_pem = std::fs::read(cert).map_err(|e| cert_err(e.to_string()))?;

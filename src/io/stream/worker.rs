@@ -213,15 +213,15 @@ impl Transport for Streams {
     fn tls_names(&self, client: ClientAddr) -> Option<crate::cluster::usage::TlsNames> {
         match client.via {
             Via::Stream { conn, .. } => self.conns.get(&conn)?.tls_names.get(),
-            Via::Udp(_) => None,
+            Via::Udp(_) | Via::Dtls(_) => None,
         }
     }
 
     fn to_client(&mut self, client: ClientAddr, data: &[u8]) -> bool {
         match client.via {
             Via::Stream { conn, .. } => self.conns.get(&conn).is_some_and(|c| c.send(data)),
-            // A stream worker has no UDP clients.
-            Via::Udp(_) => false,
+            // A stream worker has no UDP or DTLS clients.
+            Via::Udp(_) | Via::Dtls(_) => false,
         }
     }
 

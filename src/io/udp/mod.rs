@@ -13,6 +13,7 @@
 //! shard moves: lower tail latency on a small VM, more CPU per packet. Each
 //! driver also picks its own scheduling policy ([`sched`]).
 
+pub mod dtls;
 mod placement;
 mod sched;
 mod shard;
@@ -312,11 +313,7 @@ impl Driver {
     /// How long to sleep: until the first engine deadline, and until the
     /// end of the load window while a merge may be due.
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        let mut next = self
-            .shards
-            .iter()
-            .filter_map(|s| s.host.poll_timeout())
-            .min();
+        let mut next = self.shards.iter().filter_map(|s| s.poll_timeout()).min();
         let merging = if self.drivers.balance.is_none() {
             false
         } else if self.id == 0 {
@@ -441,7 +438,8 @@ mod tests {
             lo,
             Vec::new(),
         );
-        let (s, _) = Shard::new(index, cfg, vec![(0, sock)], Instant::now(), 0).unwrap();
+        let no_dtls = (Vec::new(), Arc::new(Default::default()));
+        let (s, _) = Shard::new(index, cfg, vec![(0, sock)], no_dtls, Instant::now(), 0).unwrap();
         (s, addr)
     }
 

@@ -17,12 +17,14 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::LOG;
+use super::dtls::{self, Dtls, Plain};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig};
 use crate::io::command::{HostCommand, Mailbox};
 use crate::io::host::{Bound, Host, Transport};
 use crate::io::mmsg::{self, Batch, Out};
 use crate::io::poll::{self, Epoll, EventFd};
+use crate::io::stream::guard::StreamGuard;
 
 // Event tokens: shard index in the top byte, what the fd is in the next,
 // an index (listener, allocation) in the low 32 bits.
@@ -43,6 +45,10 @@ pub(super) struct Listeners {
     udp: Vec<Option<UdpSocket>>,
     /// The epoll set of the driver this shard is with.
     epfd: i32,
+    /// The DTLS listeners among `udp`, with their sessions.
+    dtls: Dtls,
+    /// The application data of the DTLS datagram being read.
+    plain: Plain,
 }
 
 impl Listeners {
@@ -86,8 +92,17 @@ impl Transport for Listeners {
             Via::Udp(l) => self
                 .get(l)
                 .is_some_and(|s| s.send_to(data, client.remote).is_ok()),
+            Via::Dtls(l) => self.dtls.send(l, client.remote, data),
             // A UDP shard has no stream clients.
             Via::Stream { .. } => false,
+        }
+    }
+
+    /// A DTLS client's version and cipher suite, for usage events.
+    fn tls_names(&self, client: ClientAddr) -> Option<crate::cluster::usage::TlsNames> {
+        match client.via {
+            Via::Dtls(l) => self.dtls.names(l, client.remote),
+            _ => None,
         }
     }
 
@@ -95,7 +110,8 @@ impl Transport for Listeners {
     fn queue_for(&self, client: ClientAddr) -> Option<RawFd> {
         match client.via {
             Via::Udp(l) => self.get(l).map(|s| s.as_raw_fd()),
-            Via::Stream { .. } => None,
+            // DTLS records are made and sent one by one.
+            Via::Dtls(_) | Via::Stream { .. } => None,
         }
     }
 
@@ -104,11 +120,14 @@ impl Transport for Listeners {
     fn frame_to_client(
         &mut self,
         outs: &mut Vec<Out>,
-        _batch: &Batch,
+        batch: &Batch,
         client: ClientAddr,
         frame: Range<usize>,
     ) -> bool {
-        // A UDP shard's clients are all on its UDP listeners.
+        if let Via::Dtls(l) = client.via {
+            return self.dtls.send(l, client.remote, &batch.data[frame]);
+        }
+        // The other clients of a UDP shard are on its UDP listeners.
         if let Via::Udp(l) = client.via
             && let Some(s) = self.get(l)
         {
@@ -135,10 +154,13 @@ pub struct Shard {
 impl Shard {
     /// Shard `index` with its listener sockets; also the mailbox that
     /// reaches it.
+    /// `dtls`: the DTLS listeners among `sockets`, and the connection
+    /// limits their sessions count against (shared with TCP and TLS).
     pub fn new(
         index: usize,
         cfg: EngineConfig,
         sockets: Vec<(u16, UdpSocket)>,
+        dtls: (Vec<(u16, dtls::Acceptor)>, Arc<StreamGuard>),
         now: Instant,
         unix_now: u64,
     ) -> std::io::Result<(Box<Shard>, Mailbox)> {
@@ -156,6 +178,8 @@ impl Shard {
             index,
             udp,
             epfd: -1,
+            dtls: Dtls::new(dtls.0, dtls.1, now),
+            plain: Plain::default(),
         };
         let shard = Box::new(Shard {
             index,
@@ -214,7 +238,16 @@ impl Shard {
         match kind {
             LISTENER => {
                 let l = index as u16;
-                if let Some(fd) = self.host.transport.get(l).map(|s| s.as_raw_fd()) {
+                let Some(fd) = self.host.transport.get(l).map(|s| s.as_raw_fd()) else {
+                    return;
+                };
+                if self.host.transport.dtls.listens(l) {
+                    self.host.read(
+                        now,
+                        |b| mmsg::recv(fd, b),
+                        |h, now, i| dtls_datagram(h, now, l, fd, i),
+                    );
+                } else {
                     let via = Via::Udp(l);
                     self.host.read(
                         now,
@@ -237,6 +270,7 @@ impl Shard {
     pub(super) fn end_round(&mut self, now: Instant) {
         self.host.end_round();
         self.host.timers(now);
+        self.host.transport.dtls.sweep(now);
         self.host.compact_if_due();
     }
 
@@ -248,8 +282,34 @@ impl Shard {
         }
     }
 
+    /// The first engine or DTLS deadline.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        let engine = self.host.poll_timeout();
+        let dtls = self.host.transport.dtls.deadline();
+        engine.into_iter().chain(dtls).min()
+    }
+
     /// Close every allocation, on stop.
     pub(super) fn close(&mut self) {
         self.host.close_all(Instant::now());
     }
+}
+
+/// Datagram `i` of the batch, from a client of DTLS listener `l` (socket
+/// `fd`): through its DTLS session, and each STUN message or ChannelData
+/// it carried to the engine as if it came over UDP (RFC 7350).
+fn dtls_datagram(h: &mut Host<Listeners>, now: Instant, l: u16, fd: RawFd, i: usize) {
+    let (from, d, t) = h.datagram(i);
+    let mut plain = std::mem::take(&mut t.plain);
+    t.dtls.datagram(now, l, fd, from, d, &mut plain);
+    let client = ClientAddr {
+        remote: from,
+        via: Via::Dtls(l),
+    };
+    let mut at = 0;
+    for &end in &plain.ends {
+        h.client_frame(now, client, &plain.data[at..end]);
+        at = end;
+    }
+    h.transport.plain = plain;
 }

@@ -60,7 +60,7 @@ impl NatSockets {
     pub fn position(&self, via: Via) -> Option<usize> {
         match via {
             Via::Udp(l) => self.sockets.iter().position(|s| s.0 == l),
-            Via::Stream { .. } => None,
+            Via::Dtls(_) | Via::Stream { .. } => None,
         }
     }
 

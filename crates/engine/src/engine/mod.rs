@@ -322,6 +322,9 @@ impl Redirect {
             (Some(t), crate::addr::Via::Stream { tls: true, .. }) => {
                 Some((t.address, t.domain.as_deref()))
             }
+            // No DTLS alternate is configured: `alternate` is a UDP port a
+            // DTLS client could not use, so it gets 508 instead.
+            (_, crate::addr::Via::Dtls(_)) => None,
             _ => self.alternate.map(|a| (a, None)),
         }
     }

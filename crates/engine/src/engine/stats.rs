@@ -160,6 +160,7 @@ labels! {
         Udp = "udp",
         Tcp = "tcp",
         Tls = "tls",
+        Dtls = "dtls",
     }
 }
 
@@ -169,6 +170,7 @@ impl Transport {
     pub fn of(via: crate::addr::Via) -> Self {
         match via {
             crate::addr::Via::Udp(_) => Transport::Udp,
+            crate::addr::Via::Dtls(_) => Transport::Dtls,
             crate::addr::Via::Stream { tls: false, .. } => Transport::Tcp,
             crate::addr::Via::Stream { tls: true, .. } => Transport::Tls,
         }
@@ -330,6 +332,7 @@ mod tests {
     fn transports_are_told_apart() {
         use crate::addr::Via;
         assert_eq!(Transport::of(Via::Udp(3)).name(), "udp");
+        assert_eq!(Transport::of(Via::Dtls(3)).name(), "dtls");
         let s = |tls| Via::Stream {
             listener: 0,
             conn: 1,
@@ -386,7 +389,7 @@ mod tests {
         );
         assert_eq!(
             names(Transport::ALL, Transport::name),
-            ["udp", "tcp", "tls"]
+            ["udp", "tcp", "tls", "dtls"]
         );
         assert_eq!(
             [

@@ -1582,6 +1582,9 @@ fn draining_sends_tls_clients_to_the_tls_alternate_with_its_domain() {
     assert_eq!(answer(&mut t, tls), (Some(300), Some(alt_tls), domain));
     assert_eq!(answer(&mut t, tcp), (Some(300), Some(alt), None));
     assert_eq!(answer(&mut t, udp), (Some(300), Some(alt), None));
+    // A DTLS client has no alternate to go to: `alternate` is plain UDP.
+    let dtls = on(5, Via::Dtls(1));
+    assert_eq!(answer(&mut t, dtls), (Some(508), None, None));
     // Without a domain the TLS client gets the TLS address alone; without
     // `alternate` the others get 508.
     t.e.drain(Redirect {

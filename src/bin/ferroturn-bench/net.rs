@@ -267,24 +267,38 @@ pub fn free_port() -> u16 {
         .unwrap_or(3478)
 }
 
-/// Source addresses for clients: fresh 127.x.y.z, never reused in one run
-/// (coturn keeps a deleted allocation's 5-tuple for up to a minute).
-pub struct Sources(u32);
+/// Source addresses for clients: fresh addresses, never reused in one run
+/// (coturn keeps a deleted allocation's 5-tuple for up to a minute); none
+/// ends in .0 or .255.
+pub struct Sources {
+    next: u32,
+    first: u32,
+    end: u32,
+}
 
 impl Sources {
     pub fn new() -> Self {
         // 127.1.0.1 upwards; 127.0.0.0/16 is left to the servers.
-        Sources(u32::from(Ipv4Addr::new(127, 1, 0, 1)))
+        Sources::range(Ipv4Addr::new(127, 1, 0, 1), Ipv4Addr::new(127, 255, 255, 0))
+    }
+    /// `first` up to (not including) `end`, then `first` again.
+    pub fn range(first: Ipv4Addr, end: Ipv4Addr) -> Self {
+        let first = u32::from(first);
+        Sources {
+            next: first,
+            first,
+            end: u32::from(end),
+        }
     }
     pub fn next(&mut self) -> Ipv4Addr {
         loop {
-            self.0 += 1;
-            if self.0 >= u32::from(Ipv4Addr::new(127, 255, 255, 0)) {
-                self.0 = u32::from(Ipv4Addr::new(127, 1, 0, 1));
+            self.next += 1;
+            if self.next >= self.end {
+                self.next = self.first;
             }
-            let last = self.0 & 0xff;
+            let last = self.next & 0xff;
             if last != 0 && last != 255 {
-                return Ipv4Addr::from(self.0);
+                return Ipv4Addr::from(self.next);
             }
         }
     }

@@ -517,11 +517,7 @@ fn throughput(
                 format!(
                     "{:.0}k{}",
                     t.target / 1e3,
-                    if t.passed() {
-                        "✓"
-                    } else {
-                        "✗"
-                    }
+                    if t.passed() { "✓" } else { "✗" }
                 )
             })
             .collect();

@@ -39,11 +39,7 @@ impl Echo {
     /// An echo peer on `addr` (its socket lives in the calling thread's
     /// network namespace).
     pub fn start_on(addr: SocketAddrV4) -> std::io::Result<Echo> {
-        let s = net::udp(
-            addr,
-            GEN_BUF,
-            Some(Duration::from_millis(100)),
-        )?;
+        let s = net::udp(addr, GEN_BUF, Some(Duration::from_millis(100)))?;
         let addr = match s.local_addr()? {
             std::net::SocketAddr::V4(a) => a,
             _ => unreachable!(),

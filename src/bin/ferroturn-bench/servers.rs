@@ -424,8 +424,11 @@ impl Server {
                         place,
                     );
                     if kind == Kind::FerroturnFastpath {
-                        let ifs: Vec<String> =
-                            place.interfaces.iter().map(|i| format!("\"{i}\"")).collect();
+                        let ifs: Vec<String> = place
+                            .interfaces
+                            .iter()
+                            .map(|i| format!("\"{i}\""))
+                            .collect();
                         text.push_str(&format!(
                             "[fastpath]\nmode = \"on\"\ninterfaces = [{}]\n",
                             ifs.join(", ")

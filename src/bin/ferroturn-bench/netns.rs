@@ -368,6 +368,9 @@ fn run_busy() -> (f64, f64) {
 const CPU_NET: &str = "machine ns/pkt";
 const CPU_OWN: &str = "process ns/pkt";
 const CPU_LOSS: &str = "cpu loss %";
+/// The CPU trial of each server alternates with the no-relay one this
+/// many times, each turn a quarter of the plan's CPU time.
+const CPU_SLICES: u32 = 4;
 /// The no-relay baseline: the whole machine's busy share, and ns per
 /// forwarded packet; the machine's busy share idle before each repetition.
 const BASE_BUSY: &str = "busy %";
@@ -382,14 +385,33 @@ const LIMITED: [&str; 2] = ["gen-limited 100x200", "gen-limited 1x200"];
 /// The label of the no-relay column.
 const NO_RELAY: &str = "no relay";
 
-/// One fixed-rate trial: whole-machine busy seconds, wall seconds, and
-/// packets (client-sent + received).
+/// Fixed-rate trials: this run's busy seconds (see [`run_busy`]), wall
+/// seconds, packets sent and received by the generator, and the server
+/// process's CPU seconds.
+#[derive(Default)]
 struct Sample {
     busy: f64,
     wall: f64,
-    packets: f64,
-    loss: f64,
+    sent: u64,
+    received: u64,
     own: f64,
+}
+
+impl Sample {
+    fn add(&mut self, o: Sample) {
+        self.busy += o.busy;
+        self.wall += o.wall;
+        self.sent += o.sent;
+        self.received += o.received;
+        self.own += o.own;
+    }
+    /// Relayed (or forwarded) packets: client-sent + received back.
+    fn packets(&self) -> f64 {
+        (self.sent + self.received).max(1) as f64
+    }
+    fn loss(&self) -> f64 {
+        1.0 - self.received.min(self.sent) as f64 / self.sent.max(1) as f64
+    }
 }
 
 fn cpu_trial(
@@ -408,8 +430,8 @@ fn cpu_trial(
     Sample {
         busy,
         wall,
-        packets: (t.sent + t.received) as f64,
-        loss: t.loss(),
+        sent: t.sent,
+        received: t.received,
         own: server.map_or(0.0, |s| s.cpu()) - own0,
     }
 }
@@ -637,30 +659,37 @@ fn one(
     for (k, l) in LIMITED.iter().zip(lim) {
         push(res, &t.name, k, f64::from(u8::from(l)));
     }
-    // The same offered load with no relay, right before: the machine's
-    // cost of generating, forwarding and echoing it, and its noise now.
-    let base = cpu_trial(sock, direct, v.rate, plan.cpu, trial_id, None);
-    let s = cpu_trial(sock, &flows, v.rate, plan.cpu, trial_id, Some(&server));
+    // The same offered load with no relay, in turns with the relay's, so
+    // that both meet the same moments of a host whose other work comes and
+    // goes: the machine's cost of generating, forwarding and echoing it.
+    let (mut base, mut s) = (Sample::default(), Sample::default());
+    let slice = plan.cpu / CPU_SLICES;
+    for _ in 0..CPU_SLICES {
+        base.add(cpu_trial(sock, direct, v.rate, slice, trial_id, None));
+        s.add(cpu_trial(
+            sock,
+            &flows,
+            v.rate,
+            slice,
+            trial_id,
+            Some(&server),
+        ));
+    }
     let extra = s.busy - base.busy / base.wall * s.wall;
-    let net_ns = extra / s.packets.max(1.0) * 1e9;
-    let own_ns = s.own / s.packets.max(1.0) * 1e9;
+    let net_ns = extra / s.packets() * 1e9;
+    let own_ns = s.own / s.packets() * 1e9;
     eprintln!(
         "  cpu at {:.0}k/s: machine {:.0} % busy, no relay {:.0} %: {net_ns:.0} ns per relayed packet (server process {own_ns:.0} ns), loss {:.3} %",
         v.rate / 1e3,
         s.busy / s.wall * 100.0,
         base.busy / base.wall * 100.0,
-        s.loss * 100.0
+        s.loss() * 100.0
     );
     push(res, &t.name, CPU_NET, net_ns);
     push(res, &t.name, CPU_OWN, own_ns);
-    push(res, &t.name, CPU_LOSS, s.loss * 100.0);
+    push(res, &t.name, CPU_LOSS, s.loss() * 100.0);
     push(res, NO_RELAY, BASE_BUSY, base.busy / base.wall * 100.0);
-    push(
-        res,
-        NO_RELAY,
-        BASE_PER,
-        base.busy / base.packets.max(1.0) * 1e9,
-    );
+    push(res, NO_RELAY, BASE_PER, base.busy / base.packets() * 1e9);
     Ok(())
 }
 

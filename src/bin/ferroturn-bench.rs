@@ -527,11 +527,7 @@ fn throughput(
             steps.join(" ")
         );
         push(res, target, metric, best);
-        let lowest_failure = log
-            .iter()
-            .filter(|t| !t.passed())
-            .min_by(|a, b| a.target.total_cmp(&b.target));
-        limited.push(lowest_failure.is_some_and(|t| t.loss() <= load::MAX_LOSS));
+        limited.push(load::generator_limited(&log));
     }
     limited
 }

@@ -303,3 +303,29 @@ impl Sources {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_stay_in_their_range_and_skip_network_and_broadcast() {
+        let mut s = Sources::range(Ipv4Addr::new(10, 78, 0, 1), Ipv4Addr::new(10, 78, 1, 2));
+        let all: Vec<Ipv4Addr> = (0..600).map(|_| s.next()).collect();
+        assert_eq!(all[0], Ipv4Addr::new(10, 78, 0, 2));
+        assert!(all.iter().all(|a| {
+            let o = a.octets();
+            o[..2] == [10, 78] && o[2] <= 1 && o[3] != 0 && o[3] != 255
+        }));
+        // 10.78.0.1 ..= 10.78.1.1 less .0.255 and .1.0: 255 addresses,
+        // then the same again.
+        let first_lap = all
+            .iter()
+            .position(|a| *a == Ipv4Addr::new(10, 78, 0, 1))
+            .unwrap();
+        assert_eq!(all[first_lap - 1], Ipv4Addr::new(10, 78, 1, 1));
+        assert_eq!(all[first_lap + 1..first_lap + 1 + 255], all[..255]);
+        let mut lo = Sources::new();
+        assert_eq!(lo.next(), Ipv4Addr::new(127, 1, 0, 2));
+    }
+}

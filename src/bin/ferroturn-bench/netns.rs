@@ -367,6 +367,7 @@ fn run_busy() -> (f64, f64) {
 /// server's own process, ns per relayed packet; loss during it.
 const CPU_NET: &str = "machine ns/pkt";
 const CPU_OWN: &str = "process ns/pkt";
+const CPU_ALL: &str = "machine all ns/pkt";
 const CPU_LOSS: &str = "cpu loss %";
 /// The CPU trial of each server alternates with the no-relay one this
 /// many times, each turn a quarter of the plan's CPU time.
@@ -687,6 +688,7 @@ fn one(
     );
     push(res, &t.name, CPU_NET, net_ns);
     push(res, &t.name, CPU_OWN, own_ns);
+    push(res, &t.name, CPU_ALL, s.busy / s.packets() * 1e9);
     push(res, &t.name, CPU_LOSS, s.loss() * 100.0);
     push(res, NO_RELAY, BASE_BUSY, base.busy / base.wall * 100.0);
     push(res, NO_RELAY, BASE_PER, base.busy / base.packets() * 1e9);
@@ -715,7 +717,7 @@ fn report(v: &Veth, f: &Found, total: Duration) -> String {
     );
     let _ = writeln!(
         s,
-        "Throughput: client-sent ChannelData/s at ≤ 0.1 % round-trip loss (the relay forwards twice that), \"generator limit\" where the search stopped because the generator fell short of the rate it was asked for without loss. CPU: at {:.0}k client-sent pkt/s over {FLOWS} allocations (200 B), whole-machine busy time (/proc/stat: user, nice, system, irq, softirq) less the CPU time of every other process (not this bench, its servers or a kernel thread), less the same for the same load sent straight to the echo peer through the server namespace's IP forwarding, per relayed packet (both directions); beside it, the server process's own utime+stime per relayed packet (what an XDP program's softirq time escapes). Ratios are over `{}` (userspace).\n",
+        "Throughput: client-sent ChannelData/s at ≤ 0.1 % round-trip loss (the relay forwards twice that), \"generator limit\" where the search stopped because the generator fell short of the rate it was asked for without loss. CPU: at {:.0}k client-sent pkt/s over {FLOWS} allocations (200 B), whole-machine busy time (/proc/stat: user, nice, system, irq, softirq) less the CPU time of every other process (not this bench, its servers or a kernel thread), less the same for the same load sent straight to the echo peer through the server namespace's IP forwarding, per relayed packet (both directions); beside it, the same whole-machine time with nothing taken off (the no-relay row: per forwarded packet), and the server process's own utime+stime per relayed packet (what an XDP program's softirq time escapes). The no-relay load includes the kernel's IP forwarding of every packet, which a relay replaces by its own work: a relay's figure is its cost beyond forwarding, and can be below its process's own time (or, for a path cheaper than forwarding, below zero). Ratios are over `{}` (userspace).\n",
         v.rate / 1e3,
         v.reference
     );
@@ -748,11 +750,11 @@ fn report(v: &Veth, f: &Found, total: Duration) -> String {
     let r = v.reference;
     let _ = writeln!(
         s,
-        "| server | throughput 100 allocations × 200 B | 1 allocation × 200 B | CPU ns per relayed packet, whole machine less no relay | server process ns per relayed packet | loss in the CPU trial | throughput / {r} | CPU / {r} |\n|---|---|---|---|---|---|---|---|"
+        "| server | throughput 100 allocations × 200 B | 1 allocation × 200 B | CPU ns per relayed packet, whole machine less no relay | whole machine, all of it | server process | loss in the CPU trial | throughput / {r} | CPU / {r} |\n|---|---|---|---|---|---|---|---|---|"
     );
     let _ = writeln!(
         s,
-        "| no relay (IP forwarding) | {} | {} | ({} ns per forwarded packet, whole machine) | – | – | {} | – |",
+        "| no relay (IP forwarding) | {} | {} | – | {} | – | – | {} | – |",
         tput(NO_RELAY, 0),
         tput(NO_RELAY, 1),
         num(m(NO_RELAY, BASE_PER)),
@@ -768,15 +770,16 @@ fn report(v: &Veth, f: &Found, total: Duration) -> String {
         let measured = f.res.keys().any(|(k, _)| k == n);
         if let (false, Some(why)) = (measured, f.unavailable.get(n)) {
             let why = why.replace('|', "/").replace('\n', " ");
-            let _ = writeln!(s, "| {n} | unavailable: {why} | | | | | | |");
+            let _ = writeln!(s, "| {n} | unavailable: {why} | | | | | | | |");
             continue;
         }
         let _ = writeln!(
             s,
-            "| {n} | {} | {} | {} | {} | {:.3} % | {} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {:.3} % | {} | {} |",
             tput(n, 0),
             tput(n, 1),
             num(m(n, CPU_NET)),
+            num(m(n, CPU_ALL)),
             num(m(n, CPU_OWN)),
             m(n, CPU_LOSS),
             ratio(m(n, TPUT[0].0), m(base, TPUT[0].0)),

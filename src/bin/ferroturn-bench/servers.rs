@@ -360,6 +360,19 @@ level = "info"
     s
 }
 
+/// `[fastpath]` on, on `place`'s interfaces (issue 19).
+fn fastpath_section(place: &Place) -> String {
+    let ifs: Vec<String> = place
+        .interfaces
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    format!(
+        "[fastpath]\nmode = \"on\"\ninterfaces = [{}]\n",
+        ifs.join(", ")
+    )
+}
+
 impl Server {
     pub fn start(target: &Target, paths: &Paths, echo: SocketAddrV4) -> Result<Server, String> {
         let kind = target.kind;
@@ -424,15 +437,7 @@ impl Server {
                         place,
                     );
                     if kind == Kind::FerroturnFastpath {
-                        let ifs: Vec<String> = place
-                            .interfaces
-                            .iter()
-                            .map(|i| format!("\"{i}\""))
-                            .collect();
-                        text.push_str(&format!(
-                            "[fastpath]\nmode = \"on\"\ninterfaces = [{}]\n",
-                            ifs.join(", ")
-                        ));
+                        text.push_str(&fastpath_section(place));
                     }
                     if kind == Kind::FerroturnCluster {
                         let Some(url) = &paths.redis else {
@@ -756,6 +761,28 @@ mod tests {
         let e = err(format!("a b={}", exe.display()));
         assert!(e.contains("may hold only"), "{e}");
         clean(&[&exe, &plain]);
+    }
+
+    #[test]
+    fn the_veth_place_reaches_the_config() {
+        let place = crate::netns::place();
+        let mut text = ferroturn_config(3478, 0, "", true, &place);
+        text.push_str(&fastpath_section(&place));
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(v["listen"][0]["address"].as_str(), Some("10.77.1.1:3478"));
+        assert_eq!(v["relay"]["address"].as_str(), Some("10.77.2.1"));
+        assert_eq!(v["peers"]["allow"][0].as_str(), Some("10.77.2.0/24"));
+        assert_eq!(v["fastpath"]["mode"].as_str(), Some("on"));
+        let ifs: Vec<&str> = v["fastpath"]["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.as_str())
+            .collect();
+        assert_eq!(ifs, ["to-client", "to-peer"]);
+        // Loopback keeps its addresses.
+        let lo = ferroturn_config(3478, 0, "", true, &Place::loopback());
+        assert!(lo.contains("address = \"127.0.0.1:3478\"") && lo.contains("127.0.0.0/8"));
     }
 
     #[test]

@@ -606,6 +606,64 @@ fn ceiling(
     }
 }
 
+/// The flows of the data-plane tests through `server`: for a TURN server
+/// FLOWS allocations, each channel-bound to `peer`; for the forwarder its
+/// fixed channels. Every flow carries traffic once before measuring.
+fn server_flows(
+    kind: Kind,
+    sock: &UdpSocket,
+    server: &Server,
+    peer: SocketAddrV4,
+    src: &mut net::Sources,
+    trial_id: &mut u32,
+) -> Result<Vec<Flow>, String> {
+    let flows: Vec<Flow> = if kind.is_turn() {
+        let (st, mut clients) =
+            turn::hold(sock, server.addr, FLOWS, 16, Duration::from_secs(20), |i| {
+                turn::Client::new(src.next(), Some((0x4000 + i as u16, peer)))
+            });
+        if st.done < FLOWS {
+            return Err(format!(
+                "only {} of {FLOWS} channel-bound allocations{}",
+                st.done,
+                st.why()
+            ));
+        }
+        clients.sort_by_key(|c| c.bind.map_or(0, |b| b.0));
+        clients
+            .iter()
+            .map(|c| Flow {
+                src: c.src,
+                dst: server.addr,
+                channel: c.bind.map_or(0, |b| b.0),
+            })
+            .collect()
+    } else {
+        (0..FLOWS)
+            .map(|i| Flow {
+                src: src.next(),
+                dst: server.addr,
+                channel: 0x4000 + i as u16,
+            })
+            .collect()
+    };
+    // Warm-up: every flow carries traffic once before measuring.
+    *trial_id += 1;
+    let w = load::trial(
+        sock,
+        &flows,
+        200,
+        5_000.0,
+        Duration::from_millis(200),
+        false,
+        *trial_id,
+    );
+    if w.loss() > 0.01 {
+        eprintln!("  warning: warm-up lost {:.1} %", w.loss() * 100.0);
+    }
+    Ok(flows)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_server(
     target: &Target,
@@ -717,53 +775,7 @@ fn run_server(
         return Ok(());
     }
     let sock = gen_socket();
-    let flows: Vec<Flow> = if kind.is_turn() {
-        let (st, mut clients) = turn::hold(
-            &sock,
-            server.addr,
-            FLOWS,
-            16,
-            Duration::from_secs(20),
-            |i| turn::Client::new(src.next(), Some((0x4000 + i as u16, echo.addr))),
-        );
-        if st.done < FLOWS {
-            return Err(format!(
-                "only {} of {FLOWS} channel-bound allocations",
-                st.done
-            ));
-        }
-        clients.sort_by_key(|c| c.bind.unwrap().0);
-        clients
-            .iter()
-            .map(|c| Flow {
-                src: c.src,
-                dst: server.addr,
-                channel: c.bind.unwrap().0,
-            })
-            .collect()
-    } else {
-        (0..FLOWS)
-            .map(|i| Flow {
-                src: src.next(),
-                dst: server.addr,
-                channel: 0x4000 + i as u16,
-            })
-            .collect()
-    };
-    // Warm-up: every flow carries traffic once before measuring.
-    *trial_id += 1;
-    let w = load::trial(
-        &sock,
-        &flows,
-        200,
-        5_000.0,
-        Duration::from_millis(200),
-        false,
-        *trial_id,
-    );
-    if w.loss() > 0.01 {
-        eprintln!("  warning: warm-up lost {:.1} %", w.loss() * 100.0);
-    }
+    let flows = server_flows(kind, &sock, &server, echo.addr, src, trial_id)?;
 
     if on("tput") {
         throughput(plan, name, &sock, &flows, 30_000.0, &TPUT, trial_id, res);

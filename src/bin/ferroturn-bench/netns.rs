@@ -41,7 +41,7 @@ use crate::load::{self, Echo, Flow};
 use crate::net::{self, Out, Recv};
 use crate::servers::{self, Kind, Paths, Place, Server, Target};
 use crate::stats::median;
-use crate::{FLOWS, Plan, Results, gen_socket, push, throughput};
+use crate::{FLOWS, Plan, Results, gen_socket, push, server_flows, throughput};
 
 pub const CLIENT: &str = "ftbench-c";
 pub const SERVER: &str = "ftbench-s";
@@ -613,49 +613,7 @@ fn one(
     let plan = v.plan;
     let server = Server::start(t, v.paths, echo.addr)?;
     eprintln!("  pid {} on {}", server.pid(), server.addr);
-    let flows: Vec<Flow> = if t.kind.is_turn() {
-        let (st, mut clients) =
-            crate::turn::hold(sock, server.addr, FLOWS, 16, Duration::from_secs(20), |i| {
-                crate::turn::Client::new(src.next(), Some((0x4000 + i as u16, echo.addr)))
-            });
-        if st.done < FLOWS {
-            return Err(format!(
-                "only {} of {FLOWS} channel-bound allocations{}",
-                st.done,
-                st.why()
-            ));
-        }
-        clients.sort_by_key(|c| c.bind.map_or(0, |b| b.0));
-        clients
-            .iter()
-            .map(|c| Flow {
-                src: c.src,
-                dst: server.addr,
-                channel: c.bind.map_or(0, |b| b.0),
-            })
-            .collect()
-    } else {
-        (0..FLOWS)
-            .map(|i| Flow {
-                src: src.next(),
-                dst: server.addr,
-                channel: 0x4000 + i as u16,
-            })
-            .collect()
-    };
-    *trial_id += 1;
-    let w = load::trial(
-        sock,
-        &flows,
-        200,
-        5_000.0,
-        Duration::from_millis(200),
-        false,
-        *trial_id,
-    );
-    if w.loss() > 0.01 {
-        eprintln!("  warning: warm-up lost {:.1} %", w.loss() * 100.0);
-    }
+    let flows = server_flows(t.kind, sock, &server, echo.addr, src, trial_id)?;
     let lim = throughput(plan, &t.name, sock, &flows, 30_000.0, &TPUT, trial_id, res);
     for (k, l) in LIMITED.iter().zip(lim) {
         push(res, &t.name, k, f64::from(u8::from(l)));

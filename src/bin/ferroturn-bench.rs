@@ -573,13 +573,7 @@ fn ceiling(
     on: &dyn Fn(&str) -> bool,
 ) {
     let sock = gen_socket();
-    let flows: Vec<Flow> = (0..FLOWS)
-        .map(|i| Flow {
-            src: src.next(),
-            dst: echo.addr,
-            channel: 0x4000 + i as u16,
-        })
-        .collect();
+    let flows = fixed_flows(src, echo.addr);
     if on("tput") {
         throughput(
             plan,
@@ -604,6 +598,18 @@ fn ceiling(
             res,
         );
     }
+}
+
+/// FLOWS flows to `dst` from fresh client addresses, on channels 0x4000
+/// upwards (the forwarder's; the echo peer ignores them).
+fn fixed_flows(src: &mut net::Sources, dst: SocketAddrV4) -> Vec<Flow> {
+    (0..FLOWS)
+        .map(|i| Flow {
+            src: src.next(),
+            dst,
+            channel: 0x4000 + i as u16,
+        })
+        .collect()
 }
 
 /// The flows of the data-plane tests through `server`: for a TURN server
@@ -639,13 +645,7 @@ fn server_flows(
             })
             .collect()
     } else {
-        (0..FLOWS)
-            .map(|i| Flow {
-                src: src.next(),
-                dst: server.addr,
-                channel: 0x4000 + i as u16,
-            })
-            .collect()
+        fixed_flows(src, server.addr)
     };
     // Warm-up: every flow carries traffic once before measuring.
     *trial_id += 1;

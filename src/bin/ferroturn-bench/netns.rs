@@ -41,7 +41,7 @@ use crate::load::{self, Echo, Flow};
 use crate::net::{self, Out, Recv};
 use crate::servers::{self, Kind, Paths, Place, Server, Target};
 use crate::stats::median;
-use crate::{FLOWS, Plan, Results, gen_socket, push, server_flows, throughput};
+use crate::{FLOWS, Plan, Results, fixed_flows, gen_socket, push, server_flows, throughput};
 
 pub const CLIENT: &str = "ftbench-c";
 pub const SERVER: &str = "ftbench-s";
@@ -560,13 +560,7 @@ fn measure(v: &Veth, echo: &Echo) -> Found {
         }
     }
     let sock = gen_socket();
-    let direct: Vec<Flow> = (0..FLOWS)
-        .map(|i| Flow {
-            src: src.next(),
-            dst: echo.addr,
-            channel: 0x4000 + i as u16,
-        })
-        .collect();
+    let direct = fixed_flows(&mut src, echo.addr);
     for rep in 0..plan.reps {
         let (b0, o0) = run_busy();
         std::thread::sleep(Duration::from_secs(1));

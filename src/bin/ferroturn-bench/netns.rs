@@ -189,10 +189,18 @@ impl Topology {
         })??;
         // A frame that an XDP program redirects into a veth is taken only
         // if the veth's other end polls with NAPI: GRO on (or an XDP
-        // program there). On for the outer ends, for every server alike.
+        // program there). And the outer ends compute their UDP checksums
+        // in full (transmit checksum offload off): a program that updates
+        // a checksum for what it rewrote needs a whole one to start from.
+        // On for the outer ends, for every server alike.
         for ns in [CLIENT, PEER] {
-            if let Err(e) = in_ns(ns, || set_gro("eth0", true))? {
-                eprintln!("warning: GRO on {ns} eth0: {e} (a fast path's redirects may drop)");
+            for (what, cmd, on) in [
+                ("GRO", ETHTOOL_SGRO, true),
+                ("tx checksum offload", ETHTOOL_STXCSUM, false),
+            ] {
+                if let Err(e) = in_ns(ns, || set_feature("eth0", cmd, on))? {
+                    eprintln!("warning: {what} on {ns} eth0: {e} (a fast path may drop)");
+                }
             }
         }
         Ok(t)
@@ -227,8 +235,12 @@ fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, String> {
     })
 }
 
-/// ETHTOOL_SGRO on `dev` of the calling thread's namespace.
-fn set_gro(dev: &str, on: bool) -> std::io::Result<()> {
+const ETHTOOL_SGRO: u32 = 0x2c;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+/// An ethtool feature switch (`ETHTOOL_SGRO`, `ETHTOOL_STXCSUM`) of `dev`
+/// in the calling thread's namespace, as `ethtool -K` sets it.
+fn set_feature(dev: &str, cmd: u32, on: bool) -> std::io::Result<()> {
     #[repr(C)]
     struct Value {
         cmd: u32,
@@ -241,10 +253,9 @@ fn set_gro(dev: &str, on: bool) -> std::io::Result<()> {
         data: *mut Value,
         _pad: [u8; 16],
     }
-    const ETHTOOL_SGRO: u32 = 0x2c;
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
     let mut v = Value {
-        cmd: ETHTOOL_SGRO,
+        cmd,
         data: u32::from(on),
     };
     let mut r = Ifreq {
@@ -252,7 +263,8 @@ fn set_gro(dev: &str, on: bool) -> std::io::Result<()> {
         data: &mut v,
         _pad: [0; 16],
     };
-    r.name[..dev.len().min(15)].copy_from_slice(&dev.as_bytes()[..dev.len().min(15)]);
+    let n = dev.len().min(15);
+    r.name[..n].copy_from_slice(&dev.as_bytes()[..n]);
     let s = UdpSocket::bind("0.0.0.0:0")?;
     if unsafe { libc::ioctl(s.as_raw_fd(), SIOCETHTOOL as _, &mut r) } != 0 {
         return Err(std::io::Error::last_os_error());

@@ -7,9 +7,12 @@
 //! cargo run --release --bin ferroturn-bench -- --quick # smoke test, ~1 min
 //! # two builds side by side, one column each (README: Comparing two builds)
 //! cargo run --release --bin ferroturn-bench -- --ferroturn prev=PATH --ferroturn new=PATH
+//! # in network namespaces joined by veths, with the kernel fast path (root)
+//! cargo run --release --bin ferroturn-bench -- --topology veth
 //! ```
 //!
-//! Everything runs on 127.0.0.0/8. Every loop is bounded in count and time.
+//! Everything runs on 127.0.0.0/8, or with `--topology veth` in network
+//! namespaces of its own (netns.rs). Every loop is bounded in count and time.
 
 #[path = "ferroturn-bench/dtls.rs"]
 mod dtls;
@@ -21,6 +24,8 @@ mod load;
 mod msgcost;
 #[path = "ferroturn-bench/net.rs"]
 mod net;
+#[path = "ferroturn-bench/netns.rs"]
+mod netns;
 #[path = "ferroturn-bench/propagation.rs"]
 mod propagation;
 #[path = "ferroturn-bench/servers.rs"]
@@ -41,7 +46,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use load::{Echo, Flow};
-use servers::{Build, Kind, Paths, Server, Target};
+use servers::{Build, Kind, Paths, Place, Server, Target};
 use stats::{median, percentile};
 
 #[derive(Parser)]
@@ -56,10 +61,23 @@ struct Opts {
     /// Which to run, comma-separated: forwarder,coturn,ferroturn (its
     /// defaults) and its variants ferroturn-normal and ferroturn-batch
     /// (`udp_scheduling = "normal"`, `"batch"`) and ferroturn-dedicated
-    /// (`udp_threads = "dedicated"`), and ferroturn-cluster (with
-    /// `[cluster]`, on a redis-server the bench starts).
-    #[arg(long, default_value = "forwarder,coturn,ferroturn,ferroturn-normal")]
-    servers: String,
+    /// (`udp_threads = "dedicated"`), ferroturn-cluster (with
+    /// `[cluster]`, on a redis-server the bench starts) and
+    /// ferroturn-fastpath (`[fastpath] mode = "on"`). Default:
+    /// forwarder,coturn,ferroturn,ferroturn-normal; with `--topology
+    /// veth`: forwarder,coturn,ferroturn,ferroturn-fastpath.
+    #[arg(long)]
+    servers: Option<String>,
+    /// Where the servers run: `loopback` (127.0.0.0/8, the tests of
+    /// --tests), or `veth`: client, server and peer network namespaces
+    /// joined by veth pairs (root), measuring throughput and the whole
+    /// machine's CPU per relayed packet against plain IP forwarding
+    /// (--tests does not apply).
+    #[arg(long, value_enum, default_value_t = Topology::Loopback)]
+    topology: Topology,
+    /// `--topology veth`: client-sent pkt/s of the CPU trials.
+    #[arg(long, default_value_t = 20_000.0)]
+    veth_rate: f64,
     /// Which tests, comma-separated: ceiling,mem,ctl,tput,lat,cpu,msgcost
     /// (msgcost: server CPU per hostile message, ferroturn only, once),
     /// tcprelay (RFC 6062 relayed MB/s over TCP and TLS, coturn and
@@ -90,9 +108,15 @@ struct Opts {
     /// ferroturn's `[server] workers` (default 0: one per core).
     #[arg(long, default_value_t = 0)]
     ferroturn_workers: usize,
-    /// Internal: run the forwarder (LISTEN PEER CHANNELS).
-    #[arg(long, num_args = 3, hide = true)]
+    /// Internal: run the forwarder (LISTEN PEER CHANNELS [RELAYS]).
+    #[arg(long, num_args = 3..=4, hide = true)]
     forwarder: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Topology {
+    Loopback,
+    Veth,
 }
 
 /// Durations and counts of one run mode.
@@ -133,7 +157,15 @@ fn main() {
     let o = Opts::parse();
     if let Some(f) = &o.forwarder {
         let parse = |s: &str| s.parse::<SocketAddrV4>().expect("IPv4 address:port");
-        let r = forwarder::run(parse(&f[0]), parse(&f[1]), f[2].parse().expect("channels"));
+        let relays = f.get(3).map_or(Ipv4Addr::new(127, 0, 2, 0), |r| {
+            r.parse().expect("relayed addresses: an IPv4 address")
+        });
+        let r = forwarder::run(
+            parse(&f[0]),
+            parse(&f[1]),
+            f[2].parse().expect("channels"),
+            relays,
+        );
         if let Err(e) = r {
             eprintln!("forwarder: {e}");
             std::process::exit(1);
@@ -163,9 +195,17 @@ fn main() {
             hold: o.allocations.unwrap_or(10_000),
         }
     };
+    let veth = o.topology == Topology::Veth;
+    let servers = o.servers.clone().unwrap_or_else(|| {
+        match veth {
+            false => "forwarder,coturn,ferroturn,ferroturn-normal",
+            true => "forwarder,coturn,ferroturn,ferroturn-fastpath",
+        }
+        .to_string()
+    });
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
-        .filter(|k| o.servers.split(',').any(|s| s.trim() == k.name()))
+        .filter(|k| servers.split(',').any(|s| s.trim() == k.name()))
         .collect();
     let tests: Vec<String> = o.tests.split(',').map(|s| s.trim().to_string()).collect();
     let on = |t: &str| tests.iter().any(|x| x == t);
@@ -229,6 +269,10 @@ fn main() {
         dir: dir.clone(),
         ferroturn_workers: o.ferroturn_workers,
         redis: redis.as_ref().map(|r| r.url.clone()),
+        place: match veth {
+            false => Place::loopback(),
+            true => netns::place(),
+        },
     };
     let nofile = net::raise_nofile();
     if nofile < plan.hold as u64 + 256 {
@@ -238,6 +282,26 @@ fn main() {
         );
     }
 
+    if veth {
+        let reference = builds.first().map_or("ferroturn", |b| b.name.as_str());
+        let run = netns::Veth {
+            targets: &targets,
+            paths: &paths,
+            plan: &plan,
+            rate: o.veth_rate,
+            reference,
+        };
+        let r = netns::run(&run);
+        let _ = std::fs::remove_dir_all(&dir);
+        match r {
+            Ok(report) => print!("{report}"),
+            Err(e) => {
+                eprintln!("--topology veth: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let echo = Echo::start().expect("echo peer");
     let mut res: Results = BTreeMap::new();
     let mut src = net::Sources::new();
@@ -450,17 +514,22 @@ fn last_median(res: &Results, target: &str, metric: &'static str) -> Option<f64>
         .filter(|m| m.is_finite() && *m > 0.0)
 }
 
-/// Throughput searches over the four configurations for `target`.
+/// Throughput searches over `configs` (metric, flows, payload) for
+/// `target`. For each, whether the generator stopped it: the lowest rate
+/// that failed fell short of its target without losing packets.
+#[allow(clippy::too_many_arguments)]
 fn throughput(
     plan: &Plan,
     target: &str,
     sock: &UdpSocket,
     flows: &[Flow],
     default_start: f64,
+    configs: &[(&'static str, usize, usize)],
     trial_id: &mut u32,
     res: &mut Results,
-) {
-    for (metric, n, payload) in TPUT {
+) -> Vec<bool> {
+    let mut limited = Vec::new();
+    for &(metric, n, payload) in configs {
         let start = last_median(res, target, metric).map_or(default_start, |m| m * 0.85);
         let (best, log) = load::search(
             |rate| {
@@ -486,11 +555,7 @@ fn throughput(
                 format!(
                     "{:.0}k{}",
                     t.target / 1e3,
-                    if t.loss() <= load::MAX_LOSS && t.rate >= 0.97 * t.target {
-                        "✓"
-                    } else {
-                        "✗"
-                    }
+                    if t.passed() { "✓" } else { "✗" }
                 )
             })
             .collect();
@@ -500,7 +565,9 @@ fn throughput(
             steps.join(" ")
         );
         push(res, target, metric, best);
+        limited.push(load::generator_limited(&log));
     }
+    limited
 }
 
 /// Round-trip percentiles at `rate` over `flows`, one value per trial.
@@ -544,15 +611,18 @@ fn ceiling(
     on: &dyn Fn(&str) -> bool,
 ) {
     let sock = gen_socket();
-    let flows: Vec<Flow> = (0..FLOWS)
-        .map(|i| Flow {
-            src: src.next(),
-            dst: echo.addr,
-            channel: 0x4000 + i as u16,
-        })
-        .collect();
+    let flows = fixed_flows(src, echo.addr);
     if on("tput") {
-        throughput(plan, "generator", &sock, &flows, 100_000.0, trial_id, res);
+        throughput(
+            plan,
+            "generator",
+            &sock,
+            &flows,
+            100_000.0,
+            &TPUT,
+            trial_id,
+            res,
+        );
     }
     if on("lat") {
         latency(
@@ -566,6 +636,70 @@ fn ceiling(
             res,
         );
     }
+}
+
+/// FLOWS flows to `dst` from fresh client addresses, on channels 0x4000
+/// upwards (the forwarder's; the echo peer ignores them).
+fn fixed_flows(src: &mut net::Sources, dst: SocketAddrV4) -> Vec<Flow> {
+    (0..FLOWS)
+        .map(|i| Flow {
+            src: src.next(),
+            dst,
+            channel: 0x4000 + i as u16,
+        })
+        .collect()
+}
+
+/// The flows of the data-plane tests through `server`: for a TURN server
+/// FLOWS allocations, each channel-bound to `peer`; for the forwarder its
+/// fixed channels. Every flow carries traffic once before measuring.
+fn server_flows(
+    kind: Kind,
+    sock: &UdpSocket,
+    server: &Server,
+    peer: SocketAddrV4,
+    src: &mut net::Sources,
+    trial_id: &mut u32,
+) -> Result<Vec<Flow>, String> {
+    let flows: Vec<Flow> = if kind.is_turn() {
+        let (st, mut clients) =
+            turn::hold(sock, server.addr, FLOWS, 16, Duration::from_secs(20), |i| {
+                turn::Client::new(src.next(), Some((0x4000 + i as u16, peer)))
+            });
+        if st.done < FLOWS {
+            return Err(format!(
+                "only {} of {FLOWS} channel-bound allocations{}",
+                st.done,
+                st.why()
+            ));
+        }
+        clients.sort_by_key(|c| c.bind.map_or(0, |b| b.0));
+        clients
+            .iter()
+            .map(|c| Flow {
+                src: c.src,
+                dst: server.addr,
+                channel: c.bind.map_or(0, |b| b.0),
+            })
+            .collect()
+    } else {
+        fixed_flows(src, server.addr)
+    };
+    // Warm-up: every flow carries traffic once before measuring.
+    *trial_id += 1;
+    let w = load::trial(
+        sock,
+        &flows,
+        200,
+        5_000.0,
+        Duration::from_millis(200),
+        false,
+        *trial_id,
+    );
+    if w.loss() > 0.01 {
+        eprintln!("  warning: warm-up lost {:.1} %", w.loss() * 100.0);
+    }
+    Ok(flows)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -679,56 +813,10 @@ fn run_server(
         return Ok(());
     }
     let sock = gen_socket();
-    let flows: Vec<Flow> = if kind.is_turn() {
-        let (st, mut clients) = turn::hold(
-            &sock,
-            server.addr,
-            FLOWS,
-            16,
-            Duration::from_secs(20),
-            |i| turn::Client::new(src.next(), Some((0x4000 + i as u16, echo.addr))),
-        );
-        if st.done < FLOWS {
-            return Err(format!(
-                "only {} of {FLOWS} channel-bound allocations",
-                st.done
-            ));
-        }
-        clients.sort_by_key(|c| c.bind.unwrap().0);
-        clients
-            .iter()
-            .map(|c| Flow {
-                src: c.src,
-                dst: server.addr,
-                channel: c.bind.unwrap().0,
-            })
-            .collect()
-    } else {
-        (0..FLOWS)
-            .map(|i| Flow {
-                src: src.next(),
-                dst: server.addr,
-                channel: 0x4000 + i as u16,
-            })
-            .collect()
-    };
-    // Warm-up: every flow carries traffic once before measuring.
-    *trial_id += 1;
-    let w = load::trial(
-        &sock,
-        &flows,
-        200,
-        5_000.0,
-        Duration::from_millis(200),
-        false,
-        *trial_id,
-    );
-    if w.loss() > 0.01 {
-        eprintln!("  warning: warm-up lost {:.1} %", w.loss() * 100.0);
-    }
+    let flows = server_flows(kind, &sock, &server, echo.addr, src, trial_id)?;
 
     if on("tput") {
-        throughput(plan, name, &sock, &flows, 30_000.0, trial_id, res);
+        throughput(plan, name, &sock, &flows, 30_000.0, &TPUT, trial_id, res);
     }
     if on("lat") {
         latency(

@@ -340,7 +340,14 @@ fn start(
         Some(b) => {
             // The bench's config, lifted limits, per-IP caps off (every
             // client is 127.0.0.1), and the DTLS listener.
-            let mut text = servers::ferroturn_config(port, paths.ferroturn_workers, "", true, None);
+            let mut text = servers::ferroturn_config(
+                port,
+                paths.ferroturn_workers,
+                "",
+                true,
+                None,
+                &servers::Place::loopback(),
+            );
             text.push_str("connections_per_ip = 0\n");
             text.push_str(&format!(
                 "[[listen]]\naddress = \"{dtls}\"\ntransports = [\"dtls\"]\ncert = \"{}\"\nkey = \"{}\"\n",

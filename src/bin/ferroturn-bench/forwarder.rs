@@ -3,7 +3,8 @@
 //! One thread, one epoll, two sockets, recvmmsg/sendmmsg throughout. The
 //! client-facing socket receives ChannelData; channel 0x4000+i is forwarded
 //! (header stripped) to the fixed peer from relayed address 127.0.2.(i+1)
-//! (IP_PKTINFO on one relay socket, so no flow costs a socket or a syscall
+//! (on loopback; in the veth topology 10.77.3.(i+1), netns.rs) (IP_PKTINFO
+//! on one relay socket, so no flow costs a socket or a syscall
 //! of its own); what arrives for 127.0.2.(i+1) goes back (header added) to
 //! the last client address seen on channel i. No STUN, no permissions, no
 //! timers, no allocation per packet. A real relay gives each allocation its
@@ -20,12 +21,20 @@ const SOCK_BUF: usize = 4 << 20;
 /// The forwarder exits on its own after this long, whatever happens.
 const MAX_LIFE: Duration = Duration::from_secs(3600);
 
-/// Relayed address of flow `i`.
-fn relayed(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 2, (i + 1) as u8)
+/// Relayed address of flow `i`: host i+1 of the /24 of `relays`.
+fn relayed(relays: Ipv4Addr, i: usize) -> Ipv4Addr {
+    let o = relays.octets();
+    Ipv4Addr::new(o[0], o[1], o[2], (i + 1) as u8)
 }
 
-pub fn run(listen: SocketAddrV4, peer: SocketAddrV4, channels: usize) -> std::io::Result<()> {
+/// `relays`: the /24 of the relayed addresses (local addresses of this
+/// host: 127.0.2.0 on loopback).
+pub fn run(
+    listen: SocketAddrV4,
+    peer: SocketAddrV4,
+    channels: usize,
+    relays: Ipv4Addr,
+) -> std::io::Result<()> {
     let channels = channels.min(250);
     let client = UdpSocket::bind(listen)?;
     client.set_nonblocking(true)?;
@@ -72,7 +81,7 @@ pub fn run(listen: SocketAddrV4, peer: SocketAddrV4, channels: usize) -> std::io
                         }
                         clients[ch] = Some(up.from[k]);
                         outs.push(Out {
-                            src: Some(relayed(ch)),
+                            src: Some(relayed(relays, ch)),
                             dst: peer,
                             data: &p[4..4 + len],
                         });
@@ -90,7 +99,7 @@ pub fn run(listen: SocketAddrV4, peer: SocketAddrV4, channels: usize) -> std::io
                     let to = down.to.as_ref().unwrap();
                     for k in 0..got {
                         let o = to[k].octets();
-                        if o[..3] != [127, 0, 2] || o[3] == 0 || o[3] as usize > channels {
+                        if o[..3] != relays.octets()[..3] || o[3] == 0 || o[3] as usize > channels {
                             continue;
                         }
                         let ch = o[3] as usize - 1;

@@ -33,11 +33,13 @@ pub struct Echo {
 
 impl Echo {
     pub fn start() -> std::io::Result<Echo> {
-        let s = net::udp(
-            SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 0),
-            GEN_BUF,
-            Some(Duration::from_millis(100)),
-        )?;
+        Echo::start_on(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 0))
+    }
+
+    /// An echo peer on `addr` (its socket lives in the calling thread's
+    /// network namespace).
+    pub fn start_on(addr: SocketAddrV4) -> std::io::Result<Echo> {
+        let s = net::udp(addr, GEN_BUF, Some(Duration::from_millis(100)))?;
         let addr = match s.local_addr()? {
             std::net::SocketAddr::V4(a) => a,
             _ => unreachable!(),
@@ -93,6 +95,12 @@ pub struct Trial {
 }
 
 impl Trial {
+    /// Loss-free at the rate asked for: ≤ 0.1 % lost, and the sender
+    /// within 3 % of its target (short of it, the generator is the limit).
+    pub fn passed(&self) -> bool {
+        self.loss() <= MAX_LOSS && self.rate >= 0.97 * self.target
+    }
+
     pub fn loss(&self) -> f64 {
         if self.sent == 0 {
             return 1.0;
@@ -225,6 +233,16 @@ pub fn trial(
 /// Loss allowed at a "loss-free" rate.
 pub const MAX_LOSS: f64 = 0.001;
 
+/// Whether a search's log says the generator, not the server, stopped it:
+/// its lowest failing rate fell short of its target without losing
+/// packets. False when nothing failed.
+pub fn generator_limited(log: &[Trial]) -> bool {
+    log.iter()
+        .filter(|t| !t.passed())
+        .min_by(|a, b| a.target.total_cmp(&b.target))
+        .is_some_and(|t| t.loss() <= MAX_LOSS)
+}
+
 /// The highest achieved send rate with ≤ 0.1 % loss: grow ×1.6 from
 /// `start` until a trial fails, then bisect; at most `steps` trials, stops
 /// when the bracket is within 5 %. A trial whose sender fell 3 % short of
@@ -237,7 +255,7 @@ pub fn search(mut run: impl FnMut(f64) -> Trial, start: f64, steps: usize) -> (f
     let mut log = Vec::new();
     for _ in 0..steps {
         let t = run(g);
-        let pass = t.loss() <= MAX_LOSS && t.rate >= 0.97 * g;
+        let pass = t.passed();
         if pass {
             if t.rate > lo {
                 lo = t.rate;
@@ -262,4 +280,40 @@ pub fn search(mut run: impl FnMut(f64) -> Trial, start: f64, steps: usize) -> (f
         }
     }
     (lo, log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(target: f64, rate: f64, sent: u64, received: u64) -> Trial {
+        Trial {
+            target,
+            rate,
+            sent,
+            received,
+            rtts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_lowest_failure_says_who_stopped_a_search() {
+        let ok = t(50e3, 50e3, 40_000, 40_000);
+        // 80k failed short of its rate without loss: the generator.
+        let short = t(80e3, 70e3, 56_000, 56_000);
+        // 128k lost packets: the server (but 80k failed lower).
+        let lossy = t(128e3, 127e3, 100_000, 90_000);
+        assert!(generator_limited(&[
+            ok.clone(),
+            lossy.clone(),
+            short.clone()
+        ]));
+        // The lowest failure lost packets: the server.
+        let lossy_low = t(70e3, 70e3, 56_000, 50_000);
+        assert!(!generator_limited(&[ok.clone(), short, lossy_low]));
+        // Nothing failed: no limit found at all.
+        assert!(!generator_limited(&[ok]));
+        assert!(!generator_limited(&[]));
+        let _ = lossy;
+    }
 }

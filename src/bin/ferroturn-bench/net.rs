@@ -267,25 +267,65 @@ pub fn free_port() -> u16 {
         .unwrap_or(3478)
 }
 
-/// Source addresses for clients: fresh 127.x.y.z, never reused in one run
-/// (coturn keeps a deleted allocation's 5-tuple for up to a minute).
-pub struct Sources(u32);
+/// Source addresses for clients: fresh addresses, never reused in one run
+/// (coturn keeps a deleted allocation's 5-tuple for up to a minute); none
+/// ends in .0 or .255.
+pub struct Sources {
+    next: u32,
+    first: u32,
+    end: u32,
+}
 
 impl Sources {
     pub fn new() -> Self {
         // 127.1.0.1 upwards; 127.0.0.0/16 is left to the servers.
-        Sources(u32::from(Ipv4Addr::new(127, 1, 0, 1)))
+        Sources::range(Ipv4Addr::new(127, 1, 0, 1), Ipv4Addr::new(127, 255, 255, 0))
+    }
+    /// `first` up to (not including) `end`, then `first` again.
+    pub fn range(first: Ipv4Addr, end: Ipv4Addr) -> Self {
+        let first = u32::from(first);
+        Sources {
+            next: first,
+            first,
+            end: u32::from(end),
+        }
     }
     pub fn next(&mut self) -> Ipv4Addr {
         loop {
-            self.0 += 1;
-            if self.0 >= u32::from(Ipv4Addr::new(127, 255, 255, 0)) {
-                self.0 = u32::from(Ipv4Addr::new(127, 1, 0, 1));
+            self.next += 1;
+            if self.next >= self.end {
+                self.next = self.first;
             }
-            let last = self.0 & 0xff;
+            let last = self.next & 0xff;
             if last != 0 && last != 255 {
-                return Ipv4Addr::from(self.0);
+                return Ipv4Addr::from(self.next);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_stay_in_their_range_and_skip_network_and_broadcast() {
+        let mut s = Sources::range(Ipv4Addr::new(10, 78, 0, 1), Ipv4Addr::new(10, 78, 1, 2));
+        let all: Vec<Ipv4Addr> = (0..600).map(|_| s.next()).collect();
+        assert_eq!(all[0], Ipv4Addr::new(10, 78, 0, 2));
+        assert!(all.iter().all(|a| {
+            let o = a.octets();
+            o[..2] == [10, 78] && o[2] <= 1 && o[3] != 0 && o[3] != 255
+        }));
+        // 10.78.0.1 ..= 10.78.1.1 less .0.255 and .1.0: 255 addresses,
+        // then the same again.
+        let first_lap = all
+            .iter()
+            .position(|a| *a == Ipv4Addr::new(10, 78, 0, 1))
+            .unwrap();
+        assert_eq!(all[first_lap - 1], Ipv4Addr::new(10, 78, 1, 1));
+        assert_eq!(all[first_lap + 1..first_lap + 1 + 255], all[..255]);
+        let mut lo = Sources::new();
+        assert_eq!(lo.next(), Ipv4Addr::new(127, 1, 0, 2));
     }
 }

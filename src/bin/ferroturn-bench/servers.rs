@@ -23,11 +23,14 @@ pub enum Kind {
     FerroturnNormal,
     /// ferroturn with `[cluster]`, on a `redis-server` the bench starts.
     FerroturnCluster,
+    /// ferroturn with its kernel fast path, `[fastpath] mode = "on"` on
+    /// the place's interfaces (issue 19; the veth topology, netns.rs).
+    FerroturnFastpath,
 }
 
 impl Kind {
     /// Every kind, in the order a run takes them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Forwarder,
         Kind::Coturn,
         Kind::Ferroturn,
@@ -35,6 +38,7 @@ impl Kind {
         Kind::FerroturnBatch,
         Kind::FerroturnDedicated,
         Kind::FerroturnCluster,
+        Kind::FerroturnFastpath,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,12 +50,14 @@ impl Kind {
             Kind::FerroturnBatch => "ferroturn-batch",
             Kind::FerroturnNormal => "ferroturn-normal",
             Kind::FerroturnCluster => "ferroturn-cluster",
+            Kind::FerroturnFastpath => "ferroturn-fastpath",
         }
     }
     /// What a ferroturn variant changes, as the report names it.
     pub fn setting(self) -> String {
         match self {
             Kind::FerroturnCluster => "`[cluster]` (a local redis-server)".to_owned(),
+            Kind::FerroturnFastpath => "`[fastpath] mode = \"on\"`".to_owned(),
             k => format!("`[server] {}`", k.server_keys().trim()),
         }
     }
@@ -87,6 +93,50 @@ pub const FORWARDER_CHANNELS: usize = 100;
 pub const FERROTURN_PORTS: (u16, u16) = (1024, 16383);
 pub const COTURN_PORTS: (u16, u16) = (16384, 65535);
 
+/// Where the servers listen and relay, and the network namespace they run
+/// in: loopback by default, the server namespace of the veth topology
+/// with `--topology veth` (netns.rs).
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub listen: Ipv4Addr,
+    pub relay: Ipv4Addr,
+    /// Peers ferroturn may relay to (`[peers] allow`).
+    pub peers: &'static str,
+    /// The /24 of the forwarder's relayed addresses (local addresses).
+    pub forwarder_relays: Ipv4Addr,
+    /// The namespace the servers run in (`ip netns exec`); none: this one.
+    pub netns: Option<&'static str>,
+    /// `[fastpath] interfaces` of `ferroturn-fastpath`.
+    pub interfaces: &'static [&'static str],
+}
+
+impl Place {
+    pub fn loopback() -> Place {
+        Place {
+            listen: Ipv4Addr::LOCALHOST,
+            relay: Ipv4Addr::LOCALHOST,
+            peers: "127.0.0.0/8",
+            forwarder_relays: Ipv4Addr::new(127, 0, 2, 0),
+            netns: None,
+            interfaces: &["lo"],
+        }
+    }
+
+    /// A command that runs `program` in this place's namespace.
+    fn command(&self, program: &Path) -> Command {
+        match self.netns {
+            Some(ns) => {
+                // `ip netns exec` switches namespace and execs `program`
+                // in its own process: the child's PID is the server's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
 pub struct Paths {
     pub turnserver: PathBuf,
     pub me: PathBuf,
@@ -96,6 +146,7 @@ pub struct Paths {
     /// The `redis://` URL of the bench's redis-server, for
     /// `ferroturn-cluster`.
     pub redis: Option<String>,
+    pub place: Place,
 }
 
 /// A `redis-server` on a loopback port, without persistence, for
@@ -284,6 +335,7 @@ pub fn ferroturn_config(
     keys: &str,
     limits: bool,
     streams: Option<&Streams>,
+    place: &Place,
 ) -> String {
     let transports = match streams {
         Some(_) => r#"["udp", "tcp"]"#,
@@ -294,10 +346,10 @@ pub fn ferroturn_config(
 [server]
 workers = {workers}
 {keys}[[listen]]
-address = "127.0.0.1:{port}"
+address = "{listen}:{port}"
 transports = {transports}
 [relay]
-address = "127.0.0.1"
+address = "{relay}"
 ports = "{lo}-{hi}"
 [auth]
 users = {{ {user} = "{pass}" }}
@@ -305,7 +357,7 @@ users = {{ {user} = "{pass}" }}
 # (the msgcost test measures it).
 secrets = ["bench-rotation-old-secret", "bench-rotation-new-secret"]
 [peers]
-allow = ["127.0.0.0/8"]
+allow = ["{peers}"]
 [log]
 level = "info"
 "#,
@@ -314,6 +366,9 @@ level = "info"
         pass = turn::PASS,
         lo = FERROTURN_PORTS.0,
         hi = FERROTURN_PORTS.1,
+        listen = place.listen,
+        relay = place.relay,
+        peers = place.peers,
     );
     if limits {
         // Like coturn's defaults: no per-user quota, no rate limits.
@@ -332,6 +387,19 @@ level = "info"
     s
 }
 
+/// `[fastpath]` on, on `place`'s interfaces (issue 19).
+fn fastpath_section(place: &Place) -> String {
+    let ifs: Vec<String> = place
+        .interfaces
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    format!(
+        "[fastpath]\nmode = \"on\"\ninterfaces = [{}]\n",
+        ifs.join(", ")
+    )
+}
+
 impl Server {
     pub fn start(target: &Target, paths: &Paths, echo: SocketAddrV4) -> Result<Server, String> {
         Server::start_with(target, paths, echo, None)
@@ -347,29 +415,26 @@ impl Server {
     ) -> Result<Server, String> {
         let kind = target.kind;
         let port = net::free_port();
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let place = &paths.place;
+        let addr = SocketAddrV4::new(place.listen, port);
         let mut cmd = match kind {
             Kind::Forwarder => {
-                let mut c = Command::new(&paths.me);
+                let mut c = place.command(&paths.me);
                 c.args([
                     "--forwarder",
                     &addr.to_string(),
                     &echo.to_string(),
                     &FORWARDER_CHANNELS.to_string(),
+                    &place.forwarder_relays.to_string(),
                 ]);
                 c.stdout(Stdio::piped());
                 c
             }
             Kind::Coturn => {
                 let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-                let mut c = Command::new(&paths.turnserver);
-                c.args([
-                    "-n",
-                    "--listening-ip",
-                    "127.0.0.1",
-                    "--relay-ip",
-                    "127.0.0.1",
-                ]);
+                let mut c = place.command(&paths.turnserver);
+                c.args(["-n", "--listening-ip", &place.listen.to_string()]);
+                c.args(["--relay-ip", &place.relay.to_string()]);
                 c.args(["--listening-port", &port.to_string()]);
                 c.args(["--min-port", &COTURN_PORTS.0.to_string()]);
                 c.args(["--max-port", &COTURN_PORTS.1.to_string()]);
@@ -408,6 +473,7 @@ impl Server {
                 let file = paths.dir.join(format!("{}.toml", target.name));
                 // Newer builds take [limits]; older ones refuse the section.
                 let mut chosen = None;
+                let mut refusal = None;
                 for limits in [true, false] {
                     let mut text = ferroturn_config(
                         port,
@@ -415,7 +481,11 @@ impl Server {
                         kind.server_keys(),
                         limits,
                         streams,
+                        place,
                     );
+                    if kind == Kind::FerroturnFastpath {
+                        text.push_str(&fastpath_section(place));
+                    }
                     if kind == Kind::FerroturnCluster {
                         let Some(url) = &paths.redis else {
                             return Err("no redis-server for ferroturn-cluster".into());
@@ -423,29 +493,51 @@ impl Server {
                         text.push_str(&format!("[cluster]\nredis = \"{url}\"\nnode = \"bench\"\n"));
                     }
                     std::fs::write(&file, text).map_err(|e| e.to_string())?;
-                    let ok = Command::new(&build.path)
+                    let check = Command::new(&build.path)
                         .args(["check", "--config"])
                         .arg(&file)
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .map(|s| s.success())
-                        .unwrap_or(false);
-                    if ok {
-                        chosen = Some(limits);
-                        break;
+                        .stdin(Stdio::null())
+                        .output();
+                    match check {
+                        Ok(o) if o.status.success() => {
+                            chosen = Some(limits);
+                            break;
+                        }
+                        // The first refusal is the one that matters: the
+                        // retry only drops [limits] for older builds.
+                        Ok(o) => {
+                            refusal.get_or_insert_with(|| {
+                                let mut why = String::from_utf8_lossy(&o.stderr).into_owned();
+                                why.push_str(&String::from_utf8_lossy(&o.stdout));
+                                why.trim().to_string()
+                            });
+                        }
+                        Err(e) => {
+                            refusal.get_or_insert_with(|| e.to_string());
+                        }
                     }
                 }
                 if chosen.is_none() {
-                    return Err(format!("ferroturn check refused {}", file.display()));
+                    return Err(format!(
+                        "ferroturn check refused {}: {}",
+                        file.display(),
+                        refusal.unwrap_or_default()
+                    ));
                 }
-                let mut c = Command::new(&build.path);
+                let mut c = place.command(&build.path);
                 c.arg("--config").arg(&file);
                 c.stdout(Stdio::null());
                 c
             }
         };
-        cmd.stdin(Stdio::null()).stderr(Stdio::null());
+        // In a namespace, what a server says goes to a file, so that a
+        // server that does not come up says why.
+        let log = paths.dir.join(format!("{}.stderr", target.name));
+        let stderr = match place.netns {
+            Some(_) => std::fs::File::create(&log).map_or(Stdio::null(), Stdio::from),
+            None => Stdio::null(),
+        };
+        cmd.stdin(Stdio::null()).stderr(stderr);
         die_with_parent(&mut cmd);
         let mut child = cmd
             .spawn()
@@ -465,7 +557,15 @@ impl Server {
         let mut s = Server { addr, child };
         if !ready {
             s.stop();
-            return Err(format!("{} did not come up on {addr}", target.name));
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = said.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(format!(
+                "{} did not come up on {addr}{}{}",
+                target.name,
+                if tail.is_empty() { "" } else { ": " },
+                tail.join(" / ")
+            ));
         }
         Ok(s)
     }
@@ -608,22 +708,32 @@ pub fn idle_driver() -> String {
     }
 }
 
-/// Busy CPU seconds of the whole machine so far (user + nice + system).
-pub fn machine_busy() -> f64 {
+/// The fields of /proc/stat's first line (user, nice, system, idle,
+/// iowait, irq, softirq, steal, ...), in seconds.
+pub fn stat_cpu_fields() -> Vec<f64> {
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| {
             let l = s.lines().next()?.to_string();
-            let f: Vec<f64> = l
-                .split_whitespace()
-                .skip(1)
-                .take(3)
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            (f.len() == 3).then(|| f.iter().sum::<f64>() / tick)
+            Some(
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse::<f64>().ok())
+                    .map(|v| v / tick)
+                    .collect(),
+            )
         })
-        .unwrap_or(0.0)
+        .unwrap_or_default()
+}
+
+/// Busy CPU seconds of the whole machine so far (user + nice + system).
+pub fn machine_busy() -> f64 {
+    let f = stat_cpu_fields();
+    if f.len() < 3 {
+        return 0.0;
+    }
+    f[..3].iter().sum()
 }
 
 /// CPU seconds of the calling thread (the bench's client, during the
@@ -714,6 +824,28 @@ mod tests {
         let e = err(format!("a b={}", exe.display()));
         assert!(e.contains("may hold only"), "{e}");
         clean(&[&exe, &plain]);
+    }
+
+    #[test]
+    fn the_veth_place_reaches_the_config() {
+        let place = crate::netns::place();
+        let mut text = ferroturn_config(3478, 0, "", true, None, &place);
+        text.push_str(&fastpath_section(&place));
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(v["listen"][0]["address"].as_str(), Some("10.77.1.1:3478"));
+        assert_eq!(v["relay"]["address"].as_str(), Some("10.77.2.1"));
+        assert_eq!(v["peers"]["allow"][0].as_str(), Some("10.77.2.0/24"));
+        assert_eq!(v["fastpath"]["mode"].as_str(), Some("on"));
+        let ifs: Vec<&str> = v["fastpath"]["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.as_str())
+            .collect();
+        assert_eq!(ifs, ["to-client", "to-peer"]);
+        // Loopback keeps its addresses.
+        let lo = ferroturn_config(3478, 0, "", true, None, &Place::loopback());
+        assert!(lo.contains("address = \"127.0.0.1:3478\"") && lo.contains("127.0.0.0/8"));
     }
 
     #[test]

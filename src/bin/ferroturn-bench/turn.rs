@@ -288,8 +288,10 @@ pub fn drive(
 
 /// Wait until `server` answers a Binding request (at most `max`).
 pub fn wait_ready(server: SocketAddrV4, max: Duration) -> bool {
+    // Any address: the route to `server` picks the source (127.0.0.1 on
+    // loopback, the client namespace's own in the veth topology).
     let Ok(s) = net::udp(
-        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         1 << 16,
         Some(Duration::from_millis(50)),
     ) else {

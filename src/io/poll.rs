@@ -54,6 +54,19 @@ pub fn add(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Watch `fd`, already in the epoll set `epfd`, for reading under `token`
+/// from now on.
+pub fn modify(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Stop watching `fd` in `epfd`.
 pub fn remove(epfd: RawFd, fd: RawFd) {
     unsafe {

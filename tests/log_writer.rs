@@ -13,23 +13,13 @@ mod raw;
 
 use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, REALM, ServerConfig, TempDir, USER};
+use common::{KillOnDrop, PASSWORD, REALM, ServerConfig, TempDir, USER};
 use ferroturn::proto::stun::{self as wire, Request};
 use raw::RawClient;
 use stun::message::*;
-
-/// The child, killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn a_stalled_stderr_drops_log_lines_and_never_stalls_the_server() {
@@ -54,7 +44,7 @@ fn a_stalled_stderr_drops_log_lines_and_never_stalls_the_server() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ferroturn");
-    let mut child = Killed(child);
+    let mut child = KillOnDrop(child);
     let server = SocketAddr::from(([127, 0, 0, 1], port));
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
     probe

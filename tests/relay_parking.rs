@@ -95,27 +95,39 @@ fn two_blocks() -> (u16, u16) {
     panic!("no two adjacent free relay blocks");
 }
 
-#[test]
-fn a_reused_relay_socket_delivers_nothing_of_the_last_allocation() {
-    let server = Server::start_with(ServerConfig {
+/// A server with one UDP shard (both clients meet the same host), two
+/// relay blocks, info logging, and no rate limit on unauthenticated
+/// requests.
+fn parking_server() -> Server {
+    Server::start_with(ServerConfig {
         workers: Some(1),
         transports: vec!["udp".into()],
         relay_ports: Some(two_blocks()),
         limits: vec![("unauthenticated_rate", "0".into())],
         log_level: "info".into(),
         ..ServerConfig::default()
-    });
-    let peer = peer_socket();
+    })
+}
 
-    // Churn: allocations made and deleted at the engine's parking mark
-    // (`PARK_CHURN`, 64 a second); the last one's port stays parked.
-    let mut churn = RawClient::udp(server.addr, REALM, USER, PASSWORD);
+/// Churn on `c`: allocations made and deleted at the engine's parking
+/// mark (`PARK_CHURN`, 64 a second); the last one's port, returned, stays
+/// parked.
+fn churn_parks(c: &mut RawClient) -> SocketAddr {
     let mut relay = None;
     for _ in 0..80 {
-        relay = Some(churn.allocate());
-        delete(&mut churn);
+        relay = Some(c.allocate());
+        delete(c);
     }
-    let relay = relay.unwrap();
+    relay.unwrap()
+}
+
+#[test]
+fn a_reused_relay_socket_delivers_nothing_of_the_last_allocation() {
+    let server = parking_server();
+    let peer = peer_socket();
+
+    let mut churn = RawClient::udp(server.addr, REALM, USER, PASSWORD);
+    let relay = churn_parks(&mut churn);
     assert!(!bindable(relay), "the churn's last socket is parked");
 
     // The first client takes it, and relays from the peer: the path works.
@@ -175,25 +187,13 @@ fn cpu_time(pid: u32) -> Duration {
 /// the port still serves the next allocation, with none of the old data.
 #[test]
 fn a_peer_sending_to_a_parked_socket_neither_spins_its_thread_nor_reaches_the_next_client() {
-    let server = Server::start_with(ServerConfig {
-        workers: Some(1),
-        transports: vec!["udp".into()],
-        relay_ports: Some(two_blocks()),
-        limits: vec![("unauthenticated_rate", "0".into())],
-        log_level: "info".into(),
-        ..ServerConfig::default()
-    });
+    let server = parking_server();
     let peer = peer_socket();
     let mut churn = RawClient::udp(server.addr, REALM, USER, PASSWORD);
     for (round, count) in [(0, 20u32), (1, 400)] {
-        // Churn parks the last port; a client takes it and leaves, so
-        // that its socket is parked after an allocation that relayed.
-        let mut relay = None;
-        for _ in 0..80 {
-            relay = Some(churn.allocate());
-            delete(&mut churn);
-        }
-        let relay = relay.unwrap();
+        // A client takes the parked port and leaves, so that its socket
+        // is parked after an allocation that relayed.
+        let relay = churn_parks(&mut churn);
         let (mut a, _) = take_parked(&server, relay, &peer, b"first");
         delete(&mut a);
         // A few, then more than the drain reads (DRAIN_MAX, 256).

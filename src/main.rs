@@ -258,10 +258,13 @@ fn serve(
         Err(code) => return code,
     };
     ferroturn::log::init(&config.live.log_level, config.restart.log_format);
-    match run(config) {
+    let ran = run(config);
+    ferroturn::log::flush();
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
+            ferroturn::log::flush();
             eprintln!("ferroturn: {e}");
             ExitCode::FAILURE
         }

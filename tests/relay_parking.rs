@@ -95,27 +95,39 @@ fn two_blocks() -> (u16, u16) {
     panic!("no two adjacent free relay blocks");
 }
 
-#[test]
-fn a_reused_relay_socket_delivers_nothing_of_the_last_allocation() {
-    let server = Server::start_with(ServerConfig {
+/// A server with one UDP shard (both clients meet the same host), two
+/// relay blocks, info logging, and no rate limit on unauthenticated
+/// requests.
+fn parking_server() -> Server {
+    Server::start_with(ServerConfig {
         workers: Some(1),
         transports: vec!["udp".into()],
         relay_ports: Some(two_blocks()),
         limits: vec![("unauthenticated_rate", "0".into())],
         log_level: "info".into(),
         ..ServerConfig::default()
-    });
-    let peer = peer_socket();
+    })
+}
 
-    // Churn: allocations made and deleted at the engine's parking mark
-    // (`PARK_CHURN`, 64 a second); the last one's port stays parked.
-    let mut churn = RawClient::udp(server.addr, REALM, USER, PASSWORD);
+/// Churn on `c`: allocations made and deleted at the engine's parking
+/// mark (`PARK_CHURN`, 64 a second); the last one's port, returned, stays
+/// parked.
+fn churn_parks(c: &mut RawClient) -> SocketAddr {
     let mut relay = None;
     for _ in 0..80 {
-        relay = Some(churn.allocate());
-        delete(&mut churn);
+        relay = Some(c.allocate());
+        delete(c);
     }
-    let relay = relay.unwrap();
+    relay.unwrap()
+}
+
+#[test]
+fn a_reused_relay_socket_delivers_nothing_of_the_last_allocation() {
+    let server = parking_server();
+    let peer = peer_socket();
+
+    let mut churn = RawClient::udp(server.addr, REALM, USER, PASSWORD);
+    let relay = churn_parks(&mut churn);
     assert!(!bindable(relay), "the churn's last socket is parked");
 
     // The first client takes it, and relays from the peer: the path works.
@@ -154,4 +166,52 @@ fn a_reused_relay_socket_delivers_nothing_of_the_last_allocation() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(free, "the parked socket was never closed");
+}
+
+/// CPU time `pid` used so far (user and system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends with the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the line (11 and 12 here),
+    // in clock ticks.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// A parked socket stays in its thread's epoll set. What a peer sends to
+/// it is read away when it arrives (a readable socket nobody read would
+/// wake its thread without end), more than the drain bound closes it, and
+/// the port still serves the next allocation, with none of the old data.
+#[test]
+fn a_peer_sending_to_a_parked_socket_neither_spins_its_thread_nor_reaches_the_next_client() {
+    let server = parking_server();
+    let peer = peer_socket();
+    let mut churn = RawClient::udp(server.addr, REALM, USER, PASSWORD);
+    for (round, count) in [(0, 20u32), (1, 400)] {
+        // A client takes the parked port and leaves, so that its socket
+        // is parked after an allocation that relayed.
+        let relay = churn_parks(&mut churn);
+        let (mut a, _) = take_parked(&server, relay, &peer, b"first");
+        delete(&mut a);
+        // A few, then more than the drain reads (DRAIN_MAX, 256).
+        for i in 0..count {
+            peer.send_to(format!("old-{i}").as_bytes(), relay).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        // Within the park hold (0.5 s), an idle server: a thread woken
+        // without end would use all of the 250 ms; idle timers use little.
+        let before = cpu_time(server.pid());
+        std::thread::sleep(Duration::from_millis(250));
+        let used = cpu_time(server.pid()) - before;
+        assert!(
+            used <= Duration::from_millis(120),
+            "round {round}: the server used {used:?} of CPU in 250 ms while idle"
+        );
+        let (mut b, got) = take_parked(&server, relay, &peer, b"new");
+        assert_eq!(got, [b"new".to_vec()], "round {round}: only the new data");
+        delete(&mut b);
+    }
 }

@@ -92,6 +92,20 @@ pub trait Transport {
         None
     }
 
+    /// Keep `relay` for the next allocation at its address (parked):
+    /// [`Self::release`], unless the transport keeps parked sockets watched
+    /// under their last allocation's token (then [`Host::drain_parked`]
+    /// empties them when they turn readable, and [`Self::rewatch`] gives
+    /// them to the next allocation).
+    fn park(&mut self, relay: Self::Relay) -> Option<std::net::UdpSocket> {
+        self.release(relay)
+    }
+
+    /// Watch `new`, a socket parked by allocation `was` ([`Self::park`]).
+    fn rewatch(&mut self, new: Bound, _was: AllocId) -> Option<Self::Relay> {
+        self.watch(new)
+    }
+
     /// The TLS version and suite of `client`'s connection, as usage events
     /// name them; `None` if it has none.
     fn tls_names(&self, _client: ClientAddr) -> Option<crate::cluster::usage::TlsNames> {
@@ -194,10 +208,9 @@ pub struct Host<T: Transport> {
     /// Where the engine's usage facts go, once the cluster task linked
     /// this host ([`HostCommand::UsageLink`]).
     usage: Option<crate::cluster::usage::Link>,
-    /// Relay sockets of ended allocations whose ports the engine parked,
-    /// by the address they are bound to, unwatched; at most
-    /// [`crate::engine::parking::PARK_MAX`].
-    parked: Vec<(SocketAddr, std::net::UdpSocket)>,
+    /// Relay sockets of ended allocations whose ports the engine parked;
+    /// at most [`crate::engine::parking::PARK_MAX`].
+    parked: Vec<Parked>,
     /// The relay table was emptied after holding many: compact it.
     compact_due: bool,
     /// Every UDP shard's mailbox, by index, once the server gave them
@@ -207,6 +220,16 @@ pub struct Host<T: Transport> {
     /// `[fastpath] mode = "on"`.
     fastpath: Option<super::fastpath::HostPath>,
     pub transport: T,
+}
+
+/// A relay socket kept between allocations ([`Transport::park`]).
+struct Parked {
+    /// The address it is bound to.
+    bind: SocketAddr,
+    /// The allocation that had it last: the transport may still watch it
+    /// under that allocation's token.
+    was: AllocId,
+    socket: std::net::UdpSocket,
 }
 
 impl<T: Transport> Host<T> {
@@ -258,6 +281,36 @@ impl<T: Transport> Host<T> {
                     .map(|r| (AllocId(id as u32), v6 == 1, r.as_fd().as_raw_fd()))
             })
         })
+    }
+
+    /// Every parked socket: the allocation that had it last, whether it is
+    /// an IPv6 one, and its descriptor.
+    pub fn parked_fds(&self) -> impl Iterator<Item = (AllocId, bool, RawFd)> + '_ {
+        self.parked
+            .iter()
+            .map(|p| (p.was, p.bind.is_ipv6(), p.socket.as_raw_fd()))
+    }
+
+    /// A watched parked socket that allocation `was` had last may have
+    /// turned readable (what its peers still send): read it empty, or
+    /// close it if more waits than is worth reading (its port is bound
+    /// anew when next taken). Without this a readable parked socket would
+    /// wake its thread again at once.
+    pub fn drain_parked(&mut self, was: AllocId, v6: bool) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.parked.len() {
+            let p = &self.parked[i];
+            if p.was == was && p.bind.is_ipv6() == v6 && !socket::drain(&p.socket) {
+                // Queued datagrams may name its descriptor, about to close.
+                self.send_queued();
+                self.parked.swap_remove(i);
+                continue;
+            }
+            i += 1;
+        }
     }
 
     /// The descriptor of `id`'s relay socket for IPv6 (`v6`) or IPv4 peers.
@@ -459,7 +512,7 @@ impl<T: Transport> Host<T> {
                 Output::CloseRelay { alloc } => self.close_relay(now, alloc, None),
                 Output::ParkRelay { alloc, bind } => self.close_relay(now, alloc, Some(bind)),
                 Output::CloseParked { bind } => {
-                    if let Some(i) = self.parked.iter().position(|(at, _)| *at == bind) {
+                    if let Some(i) = self.parked.iter().position(|p| p.bind == bind) {
                         // Queued datagrams may name its descriptor.
                         self.send_queued();
                         self.parked.swap_remove(i);
@@ -535,10 +588,10 @@ impl<T: Transport> Host<T> {
     /// Allocation `id`'s relay socket on `bind`, watched: the one parked
     /// there, or a new one.
     fn open_relay(&mut self, id: AllocId, bind: SocketAddr) -> bool {
-        let socket = match self.unpark(bind) {
-            Some(s) => s,
+        let (socket, was) = match self.unpark(bind) {
+            Some((s, was)) => (s, Some(was)),
             None => match socket::relay(bind) {
-                Ok(s) => s,
+                Ok(s) => (s, None),
                 Err(e) => {
                     tracing::debug!(%bind, "relay bind failed: {e}");
                     return false;
@@ -552,7 +605,11 @@ impl<T: Transport> Host<T> {
             socket,
             client,
         };
-        let Some(relay) = self.transport.watch(new) else {
+        let watched = match was {
+            Some(was) => self.transport.rewatch(new, was),
+            None => self.transport.watch(new),
+        };
+        let Some(relay) = watched else {
             return false;
         };
         self.keep_relay(id, bind.is_ipv6(), relay);
@@ -569,13 +626,14 @@ impl<T: Transport> Host<T> {
     }
 
     /// The socket parked at `bind`, emptied of what peers sent it while it
-    /// was parked; `None` if there is none, or if it could not be emptied
-    /// (it closes, and the port is bound anew).
-    fn unpark(&mut self, bind: SocketAddr) -> Option<std::net::UdpSocket> {
-        let i = self.parked.iter().position(|(at, _)| *at == bind)?;
-        let (_, socket) = self.parked.swap_remove(i);
+    /// was parked, with the allocation that had it; `None` if there is
+    /// none, or if it could not be emptied (it closes, and the port is
+    /// bound anew).
+    fn unpark(&mut self, bind: SocketAddr) -> Option<(std::net::UdpSocket, AllocId)> {
+        let i = self.parked.iter().position(|p| p.bind == bind)?;
+        let Parked { socket, was, .. } = self.parked.swap_remove(i);
         if socket::drain(&socket) {
-            return Some(socket);
+            return Some((socket, was));
         }
         // Queued datagrams may name its descriptor, about to close.
         self.send_queued();
@@ -597,8 +655,12 @@ impl<T: Transport> Host<T> {
                     // A transport that gives nothing back closed it: the
                     // port is bound anew when it is next taken.
                     Some(bind) => {
-                        if let Some(s) = self.transport.release(r) {
-                            self.parked.push((bind, s));
+                        if let Some(socket) = self.transport.park(r) {
+                            self.parked.push(Parked {
+                                bind,
+                                was: id,
+                                socket,
+                            });
                         }
                     }
                     None => self.transport.unwatch(r, now),

@@ -44,11 +44,22 @@ impl Epoll {
 
 /// Watch `fd` for reading in the epoll set `epfd`, under `token`.
 pub fn add(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    watch(epfd, libc::EPOLL_CTL_ADD, fd, token)
+}
+
+/// Watch `fd`, already in the epoll set `epfd`, for reading under `token`
+/// from now on.
+pub fn modify(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    watch(epfd, libc::EPOLL_CTL_MOD, fd, token)
+}
+
+/// `epoll_ctl` `op` (add or modify) watching `fd` for reading under `token`.
+fn watch(epfd: RawFd, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
     let mut ev = libc::epoll_event {
         events: libc::EPOLLIN as u32,
         u64: token,
     };
-    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+    if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -37,6 +37,11 @@ fn token(shard: usize, kind: u64, index: u32) -> u64 {
     (shard as u64) << 56 | kind << 48 | index as u64
 }
 
+/// The token of allocation `id`'s IPv6 (`v6`) or IPv4 relay socket.
+fn relay_token(shard: usize, id: AllocId, v6: bool) -> u64 {
+    token(shard, if v6 { RELAY_V6 } else { RELAY_V4 }, id.0)
+}
+
 /// A shard's way to its clients and its readiness: UDP listener sockets,
 /// and the epoll set of the driver it is with.
 pub(super) struct Listeners {
@@ -65,13 +70,29 @@ impl Transport for Listeners {
     const PARKS: bool = true;
 
     fn watch(&mut self, new: Bound) -> Option<UdpSocket> {
-        let kind = if new.bind.is_ipv6() {
-            RELAY_V6
-        } else {
-            RELAY_V4
-        };
-        let t = token(self.index, kind, new.id.0);
+        let t = relay_token(self.index, new.id, new.bind.is_ipv6());
         if let Err(e) = poll::add(self.epfd, new.socket.as_raw_fd(), t) {
+            tracing::warn!(target: LOG, bind = %new.bind, "cannot watch a relay socket: {e}");
+            return None;
+        }
+        Some(new.socket)
+    }
+
+    /// A parked socket stays in the epoll set under the token of the
+    /// allocation that had it (no `epoll_ctl` now): [`Shard::ready`] empties
+    /// it if peers still send to it.
+    fn park(&mut self, relay: UdpSocket) -> Option<UdpSocket> {
+        Some(relay)
+    }
+
+    /// The parked socket is in the epoll set under `was`'s token: the same
+    /// token needs nothing, another is one `EPOLL_CTL_MOD`.
+    fn rewatch(&mut self, new: Bound, was: AllocId) -> Option<UdpSocket> {
+        if was == new.id {
+            return Some(new.socket);
+        }
+        let t = relay_token(self.index, new.id, new.bind.is_ipv6());
+        if let Err(e) = poll::modify(self.epfd, new.socket.as_raw_fd(), t) {
             tracing::warn!(target: LOG, bind = %new.bind, "cannot watch a relay socket: {e}");
             return None;
         }
@@ -203,10 +224,9 @@ impl Shard {
             s.as_ref()
                 .map(|s| (s.as_raw_fd(), token(i, LISTENER, l as u32)))
         });
-        let relays = self.host.relay_fds().map(move |(id, v6, fd)| {
-            let kind = if v6 { RELAY_V6 } else { RELAY_V4 };
-            (fd, token(i, kind, id.0))
-        });
+        // Parked sockets are watched under their last allocation's token.
+        let relays = self.host.relay_fds().chain(self.host.parked_fds());
+        let relays = relays.map(move |(id, v6, fd)| (fd, relay_token(i, id, v6)));
         std::iter::once((self.mailbox.raw(), token(i, MAILBOX, 0)))
             .chain(listeners)
             .chain(relays)
@@ -258,9 +278,12 @@ impl Shard {
             }
             RELAY_V4 | RELAY_V6 => {
                 let id = AllocId(index);
-                if let Some(fd) = self.host.relay_fd(id, kind == RELAY_V6) {
+                let v6 = kind == RELAY_V6;
+                if let Some(fd) = self.host.relay_fd(id, v6) {
                     self.host.read_relay(now, id, |b| mmsg::recv(fd, b));
                 }
+                // The token may be a parked socket's, that `id` had last.
+                self.host.drain_parked(id, v6);
             }
             _ => self.commands(now),
         }

@@ -861,3 +861,77 @@ fn a_reload_brings_new_ceilings_into_the_kernel() {
         "carried in the kernel"
     );
 }
+
+/// Datagrams each way on channel `n` of `s`; how many reached the peer
+/// and how many ChannelData the client got.
+fn push_both_ways(s: &Session, rounds: u32) -> (usize, usize) {
+    let (n, peer) = &s.channels[0];
+    for r in 0..rounds {
+        let f = s.client.channel_data(*n, &payload(*n, r, 50));
+        s.data.send_to(&f, s.client.server).unwrap();
+        peer.send_to(&payload(*n, r, 50), s.relay).unwrap();
+    }
+    let to_peer = drain(peer, rounds as usize).len();
+    let to_client = drain(&s.data, rounds as usize)
+        .into_iter()
+        .filter(|(d, _)| d[0] >> 6 == 1)
+        .count();
+    (to_peer, to_client)
+}
+
+#[test]
+fn an_unrefreshed_channel_stops_in_the_kernel_at_its_expiry_then_leaves_it() {
+    // A channel and its permission live 3 s (`[allocation]`
+    // channel_lifetime, permission_lifetime; RFC 8656 §9, §12) and are
+    // never refreshed.
+    let mut net = Net::new("e");
+    net.start("[allocation]\npermission_lifetime = 3\nchannel_lifetime = 3");
+    let s = session(&net, 1, 9000);
+    let bound = Instant::now();
+    exchange(std::slice::from_ref(&s), 5, 50);
+    assert_eq!(net.metric("ferroturn_fastpath_channels"), 1);
+    let before = net.kernel_packets("to_peer");
+    let before_client = net.kernel_packets("to_client");
+    assert!(before >= 3, "{before} of 5 in the kernel");
+
+    // Stop the server: from now on only the kernel can relay, and nothing
+    // in userspace removes the channel.
+    let pid = net.ferroturn.as_ref().unwrap().id() as i32;
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let resume = Resume(pid);
+    // Still live: the kernel carries every packet, both ways.
+    assert!(
+        bound.elapsed() < Duration::from_millis(2500),
+        "setup too slow"
+    );
+    assert_eq!(push_both_ways(&s, 20), (20, 20), "the kernel relays alone");
+    // Past the entry's own expiry: the program hands packets to the
+    // (stopped) server, none crosses.
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(bound.elapsed()) + Duration::from_millis(300),
+    );
+    assert_eq!(
+        push_both_ways(&s, 20),
+        (0, 0),
+        "a channel past its expiry relayed in the kernel"
+    );
+
+    // The server resumes: the engine reports the expiry, the channel
+    // leaves the kernel, and what waited in its socket is not relayed
+    // either (the engine holds no channel or permission).
+    drop(resume);
+    let gone = wait(Duration::from_secs(5), || {
+        (net.metric("ferroturn_fastpath_channels") == 0).then_some(())
+    });
+    assert!(gone.is_some(), "the channel stayed in the kernel");
+    assert_nothing_relayed(&s, "the expiry");
+    // The kernel's counts stopped with the 20 it carried alone.
+    assert_eq!(net.kernel_packets("to_peer"), before + 20);
+    assert_eq!(net.kernel_packets("to_client"), before_client + 20);
+}

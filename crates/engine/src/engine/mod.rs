@@ -214,6 +214,8 @@ impl EngineConfig {
                 expiry_grace: Duration::ZERO,
                 lifetime: Duration::from_secs(600),
                 max_lifetime: Duration::from_secs(3600),
+                permission_lifetime: Duration::from_secs(allocation::PERMISSION_LIFETIME_SECS),
+                channel_lifetime: Duration::from_secs(allocation::CHANNEL_LIFETIME_SECS),
                 legacy_channels: false,
                 mobility: false,
             },
@@ -259,6 +261,11 @@ pub struct Update {
     /// Default and maximum allocation lifetime (RFC 8656 §7.2).
     pub lifetime: Duration,
     pub max_lifetime: Duration,
+    /// How long a permission (RFC 8656 §9, 300 s) and a channel binding
+    /// (§12, 600 s) live after their last refresh; shorter only to watch
+    /// expiry in tests (clients refresh on the RFC's schedule).
+    pub permission_lifetime: Duration,
+    pub channel_lifetime: Duration,
     /// Accept channel numbers up to 0x7FFF as RFC 5766 did, not just
     /// 0x4000–0x4FFF (RFC 8656 §12). coturn's client tools need it.
     pub legacy_channels: bool,

@@ -935,3 +935,73 @@ fn an_unrefreshed_channel_stops_in_the_kernel_at_its_expiry_then_leaves_it() {
     assert_eq!(net.kernel_packets("to_peer"), before + 20);
     assert_eq!(net.kernel_packets("to_client"), before_client + 20);
 }
+
+#[test]
+fn both_paths_of_one_allocation_share_one_ceiling() {
+    // A packet-rate ceiling of 200/s; the client sends up to 300/s on a
+    // bound channel (the kernel) and as many in Send indications to another port
+    // of the peer (userspace) at once, for 8 s. Each path debits the
+    // other's bucket with what it relayed at every exchange (once a
+    // second), so together they pass at most the ceiling over the time
+    // plus 3 s of it: both buckets' bursts (1 s each) and one exchange
+    // interval not yet debited. Apart, they would pass about twice it.
+    let rate = 200u64;
+    let mut net = Net::new("s");
+    net.start(&format!("[limits]\npacket_rate = {rate}\nbandwidth = 0"));
+    let mut s = session(&net, 1, 9000);
+    let other = net.udp(&net.peer.clone(), &format!("{PEER_IP}:9001"));
+    let r = s
+        .client
+        .signed(Request::new(METHOD_CREATE_PERMISSION).peer(other.local_addr().unwrap()));
+    assert_eq!(wire::error_code(&r), None);
+    let (n, peer) = (s.channels[0].0, &s.channels[0].1);
+    let kernel = net.kernel_packets("to_peer");
+    let started = Instant::now();
+    let (mut by_kernel, mut by_userspace, mut sent) = (0u64, 0u64, 0u64);
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_secs(8) {
+        for i in 0..3 {
+            let d = payload(n, round * 3 + i, 40);
+            s.data
+                .send_to(&s.client.channel_data(n, &d), s.client.server)
+                .unwrap();
+            let ind = Request::indication(METHOD_SEND)
+                .peer(other.local_addr().unwrap())
+                .attr(stun::attributes::ATTR_DATA, &d)
+                .bytes();
+            s.data.send_to(&ind, s.client.server).unwrap();
+            sent += 2;
+        }
+        round += 1;
+        std::thread::sleep(Duration::from_millis(10));
+        if round.is_multiple_of(10) {
+            by_kernel += drain_nowait(peer);
+            by_userspace += drain_nowait(&other);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(200));
+    by_kernel += drain_nowait(peer);
+    by_userspace += drain_nowait(&other);
+    let got = by_kernel + by_userspace;
+    let bound = rate as f64 * (elapsed + 3.0);
+    eprintln!(
+        "sent {sent} in {elapsed:.2} s: {by_kernel} on the channel, {by_userspace} by Send, \
+         {got} in all; bound {bound:.0}, apart about {:.0}",
+        2.0 * rate as f64 * (elapsed + 1.0)
+    );
+    assert!(
+        sent as f64 / 2.0 > rate as f64 * (elapsed + 1.0) * 1.2,
+        "the sender did not push each path over the ceiling"
+    );
+    assert!(
+        got as f64 <= bound,
+        "{got} passed: over the ceiling's {bound:.0}"
+    );
+    // Both paths carried their share, the channel in the kernel.
+    assert!(
+        by_kernel > rate && by_userspace > rate,
+        "{by_kernel} / {by_userspace}"
+    );
+    assert!(net.kernel_packets("to_peer") - kernel >= by_kernel - 2);
+}

@@ -226,6 +226,9 @@ pub struct Allocation {
     pub usage_reported: super::usage::Counts,
     /// Bandwidth and packet-rate ceilings, by [`Direction`].
     pub meters: [Meter; Direction::COUNT],
+    /// The part of `traffic` a kernel fast path relayed and reported
+    /// ([`super::Engine::kernel_relayed`]), by [`Direction`].
+    pub kernel_traffic: [TrafficCount; Direction::COUNT],
     /// With mobility (RFC 8016): the serial of its newest ticket, the only
     /// one that moves it (`Some(0)` until the first is issued).
     pub ticket: Option<u32>,

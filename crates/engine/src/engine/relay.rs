@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::Engine;
-use super::stats::{Direction, Transport};
+use super::stats::{Direction, TrafficCount, Transport};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
 
@@ -100,18 +100,38 @@ impl Engine {
     /// traffic and framed traffic (unpadded ChannelData over UDP: 4 bytes
     /// of header each), the server's relayed traffic for UDP clients, and
     /// the packets dropped over a ceiling. An allocation gone since still
-    /// counts in the server's totals.
+    /// counts in the server's totals. What the kernel relayed is also
+    /// taken from the allocation's own meter, so that both paths together
+    /// stay within one ceiling (the kernel's bucket is debited in turn
+    /// with [`Engine::relayed_in_userspace`]).
     pub fn kernel_relayed(&mut self, id: AllocId, dir: Direction, k: KernelRelayed) {
         let t = self.stats.traffic(dir, Transport::Udp);
         t.packets += k.packets;
         t.bytes += k.bytes;
         self.stats.rate_limited += k.limited;
+        let limits = &self.cfg.live.limits;
         if let Some(a) = self.allocs.get_mut(id.0 as usize).and_then(Option::as_mut) {
             let i = dir.index();
+            a.meters[i].debit(k.packets, k.bytes, limits);
+            a.kernel_traffic[i].packets += k.packets;
+            a.kernel_traffic[i].bytes += k.bytes;
             a.traffic[i].packets += k.packets;
             a.traffic[i].bytes += k.bytes;
             a.framed[i].packets += k.packets;
             a.framed[i].bytes += k.bytes + 4 * k.packets;
         }
+    }
+}
+
+impl Engine {
+    /// What allocation `id` relayed through this engine (not a kernel
+    /// fast path) since it began, by [`Direction`]: packets and
+    /// application data bytes; `None` if it is gone.
+    pub fn relayed_in_userspace(&self, id: AllocId) -> Option<[TrafficCount; Direction::COUNT]> {
+        let a = self.allocs.get(id.0 as usize)?.as_ref()?;
+        Some(std::array::from_fn(|i| TrafficCount {
+            packets: a.traffic[i].packets - a.kernel_traffic[i].packets,
+            bytes: a.traffic[i].bytes - a.kernel_traffic[i].bytes,
+        }))
     }
 }

@@ -1005,3 +1005,135 @@ fn both_paths_of_one_allocation_share_one_ceiling() {
     );
     assert!(net.kernel_packets("to_peer") - kernel >= by_kernel - 2);
 }
+
+/// A Redis in namespace `ns`, on 127.0.0.1:`port`; killed by its PID on
+/// drop.
+struct NsRedis {
+    child: Child,
+    ns: String,
+    port: u16,
+}
+
+impl NsRedis {
+    fn start(ns: &str, dir: &std::path::Path, port: u16) -> NsRedis {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "redis-server"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server)");
+        let r = NsRedis {
+            child,
+            ns: ns.to_owned(),
+            port,
+        };
+        let up = wait(Duration::from_secs(10), || {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "redis-cli",
+                    "-p",
+                    &port.to_string(),
+                    "PING",
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains("PONG")
+                .then_some(())
+        });
+        assert!(up.is_some(), "redis-server did not start");
+        r
+    }
+
+    fn cli(&self, args: &str) -> String {
+        sh(&self.ns, &format!("redis-cli -p {} {args}", self.port))
+    }
+}
+
+impl Drop for NsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_final_usage_event_holds_the_kernels_last_counts() {
+    // Usage events to a Redis (README "Usage events"): an allocation
+    // relays in the kernel and ends within the second between two reads
+    // of the kernel's counts; its `deleted` event holds every packet and
+    // byte all the same, as they are read when its channels leave.
+    let mut net = Net::new("g");
+    let redis = NsRedis::start(&net.server.clone(), &net.dir, 6390);
+    net.start(
+        "[cluster]\nredis = \"redis://127.0.0.1:6390/0\"\nnode = \"fastpath\"\nheartbeat = 60",
+    );
+    let up = wait(Duration::from_secs(10), || {
+        (net.metric("ferroturn_cluster_up") == 1).then_some(())
+    });
+    assert!(up.is_some(), "no cluster:\n{}", net.log());
+    let mut s = session(&net, 1, 9000);
+    let kernel = net.kernel_packets("to_peer");
+    let (rounds, len) = (50u64, 100usize);
+    exchange(std::slice::from_ref(&s), rounds as u32, len);
+    let r = s.client.signed(Request::new(METHOD_REFRESH).lifetime(0));
+    assert_eq!(wire::error_code(&r), None);
+    assert!(
+        net.kernel_packets("to_peer") - kernel >= rounds - 2,
+        "carried in the kernel"
+    );
+    let stream = format!("ferroturn/realm/{REALM}/usage");
+    let deleted = wait(Duration::from_secs(10), || {
+        let text = redis.cli(&format!("XREVRANGE {stream} + -"));
+        stream_entries(&text)
+            .into_iter()
+            .find(|e| e.get("event").is_some_and(|v| v == "deleted"))
+    });
+    let e = deleted.unwrap_or_else(|| panic!("no deleted event:\n{}", net.log()));
+    let bytes = rounds * len as u64;
+    for (field, want) in [
+        ("peer_sentp", rounds),
+        ("peer_sentb", bytes),
+        ("peer_rcvp", rounds),
+        ("peer_rcvb", bytes),
+        ("rcvp", rounds),
+        ("sentp", rounds),
+        // The client's frames: ChannelData, 4 bytes of header each.
+        ("rcvb", bytes + 4 * rounds),
+        ("sentb", bytes + 4 * rounds),
+    ] {
+        assert_eq!(
+            e.get(field).map(String::as_str),
+            Some(want.to_string().as_str()),
+            "{field}: {e:?}"
+        );
+    }
+}
+
+/// The entries of `redis-cli XREVRANGE`'s output: each an id line, then
+/// its fields and values, one a line.
+fn stream_entries(text: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let is_id = |l: &str| {
+        l.split_once('-')
+            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
+    };
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(id) = lines.next() {
+        assert!(is_id(id), "not an entry id: {id:?} in\n{text}");
+        let mut e = std::collections::HashMap::new();
+        while let Some(field) = lines.next_if(|l| !is_id(l)) {
+            let value = lines.next().unwrap_or_default();
+            e.insert(field.to_owned(), value.to_owned());
+        }
+        out.push(e);
+    }
+    out
+}

@@ -537,6 +537,11 @@ pub struct Engine {
     cluster: cluster::ClusterUsers,
     /// Whether usage facts are made ([`Engine::usage_on`]).
     usage: bool,
+    /// Allocations ended whose final usage fact is still queued, with
+    /// their serials: a kernel fast path's last counts, reported as the
+    /// shell takes their channels out, still reach that fact
+    /// ([`Engine::kernel_relayed`]). Emptied when the queue is.
+    ended: Vec<(AllocId, u64)>,
     /// Connects to peers under way (RFC 6062 §5.2).
     tcp: tcp_relay::Connecting,
     pub stats: Stats,
@@ -575,6 +580,7 @@ impl Engine {
             handoffs: mobility::Pending::default(),
             cluster: cluster::ClusterUsers::default(),
             usage: false,
+            ended: Vec::new(),
             tcp: tcp_relay::Connecting::default(),
             stats: Stats::default(),
         }
@@ -933,7 +939,17 @@ impl Engine {
     /// Next queued piece of work for the shell.
     #[inline]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        let o = self.out.pop_front();
+        match &o {
+            None => self.ended.clear(),
+            Some(Output::Usage(u))
+                if !self.ended.is_empty() && matches!(u.fact, usage::Fact::Deleted { .. }) =>
+            {
+                self.ended.retain(|(_, serial)| *serial != u.serial);
+            }
+            Some(_) => {}
+        }
+        o
     }
 
     /// When [`Engine::handle_timeout`] next needs to run.
@@ -1017,6 +1033,9 @@ impl Engine {
             if self.usage {
                 let total = usage::Counts::of(&a);
                 let last = total.since(&a.usage_reported);
+                // Its grants' removals, queued before this fact, bring the
+                // kernel's last counts.
+                self.ended.push((id, a.serial));
                 self.out.push_back(Output::Usage(Box::new(usage::Usage {
                     serial: a.serial,
                     user: a.username,

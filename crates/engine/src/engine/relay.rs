@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::Engine;
 use super::stats::{Direction, TrafficCount, Transport};
+use super::usage::Fact;
+use super::{Engine, Output};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
 
@@ -119,6 +120,37 @@ impl Engine {
             a.traffic[i].bytes += k.bytes;
             a.framed[i].packets += k.packets;
             a.framed[i].bytes += k.bytes + 4 * k.packets;
+        } else if k.packets > 0 {
+            self.late_usage(id, dir, k);
+        }
+    }
+
+    /// Add what the kernel relayed for allocation `id`, ended, to its final
+    /// usage fact if that is still queued.
+    fn late_usage(&mut self, id: AllocId, dir: Direction, k: KernelRelayed) {
+        let Some(&(_, serial)) = self.ended.iter().find(|(a, _)| *a == id) else {
+            return;
+        };
+        let fact = self.out.iter_mut().find_map(|o| match o {
+            Output::Usage(u) if u.serial == serial => match &mut u.fact {
+                Fact::Deleted { last, total } => Some((last, total)),
+                _ => None,
+            },
+            _ => None,
+        });
+        let Some((last, total)) = fact else {
+            return;
+        };
+        for c in [last, total] {
+            // Framed as unpadded ChannelData over UDP: 4 bytes a packet.
+            let (client, peers) = match dir {
+                Direction::ToPeer => (&mut c.from_client, &mut c.to_peers),
+                Direction::ToClient => (&mut c.to_client, &mut c.from_peers),
+            };
+            client.packets += k.packets;
+            client.bytes += k.bytes + 4 * k.packets;
+            peers.packets += k.packets;
+            peers.bytes += k.bytes;
         }
     }
 }

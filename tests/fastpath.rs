@@ -14,6 +14,7 @@
 #![cfg(feature = "fastpath")]
 
 mod raw;
+mod usage_stream;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use ferroturn::proto::stun::{self as wire, Request};
 use raw::RawClient;
 use stun::message::*;
+use usage_stream::stream_entries;
 
 const REALM: &str = "fastpath.test";
 const USER: &str = "kernel";
@@ -1115,25 +1117,4 @@ fn the_final_usage_event_holds_the_kernels_last_counts() {
             "{field}: {e:?}"
         );
     }
-}
-
-/// The entries of `redis-cli XREVRANGE`'s output: each an id line, then
-/// its fields and values, one a line.
-fn stream_entries(text: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let is_id = |l: &str| {
-        l.split_once('-')
-            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
-    };
-    let mut out = Vec::new();
-    let mut lines = text.lines().peekable();
-    while let Some(id) = lines.next() {
-        assert!(is_id(id), "not an entry id: {id:?} in\n{text}");
-        let mut e = std::collections::HashMap::new();
-        while let Some(field) = lines.next_if(|l| !is_id(l)) {
-            let value = lines.next().unwrap_or_default();
-            e.insert(field.to_owned(), value.to_owned());
-        }
-        out.push(e);
-    }
-    out
 }

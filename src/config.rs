@@ -1190,9 +1190,39 @@ table! {
         pub max_lifetime: u32,
         /// Accept RFC 5766 channel numbers 0x5000–0x7FFF too.
         pub legacy_channel_numbers: bool,
+        /// Seconds a permission (RFC 8656 §9) and a channel binding (§12)
+        /// live after their last refresh; the RFC's values by default.
+        pub permission_lifetime: u32,
+        pub channel_lifetime: u32,
         /// Mobility (RFC 8016): MOBILITY-TICKETs, and allocations that
         /// follow their UDP client to a new address.
         pub mobility: bool,
+    }
+}
+
+impl Allocation {
+    /// `permission_lifetime` in 1–300 and `channel_lifetime` in 1–600: the
+    /// RFC's values are the most, since clients refresh on their schedule
+    /// and a longer life would keep a peer reachable after its client
+    /// stopped asking (RFC 8656 §9, §12); shorter is for watching expiry.
+    fn check_entry_lifetimes(&self) -> Result<(), Refusal> {
+        let rows = [
+            (
+                "allocation.permission_lifetime",
+                self.permission_lifetime,
+                300,
+            ),
+            ("allocation.channel_lifetime", self.channel_lifetime, 600),
+        ];
+        for (key, v, most) in rows {
+            if !(1..=most).contains(&v) {
+                return refuse(
+                    key,
+                    format!("must be 1–{most} seconds (RFC 8656's value is the most)"),
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1459,6 +1489,7 @@ impl RawConfig {
                 "must not be less than allocation.lifetime",
             );
         }
+        a.check_entry_lifetimes()?;
         if let Some(RawAdmin {
             address: Some(addr),
             token: None,

@@ -346,6 +346,20 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         section: "allocation",
+        name: "permission_lifetime",
+        kind: "integer",
+        default: Value("300"),
+        doc: "Seconds a permission lives after its last refresh (RFC 8656 §9 fixes 300); 1–300. Shorter only to watch expiry in tests: clients refresh on the RFC's schedule, so below it their peers drop between refreshes.",
+    },
+    Key {
+        section: "allocation",
+        name: "channel_lifetime",
+        kind: "integer",
+        default: Value("600"),
+        doc: "Seconds a channel binding lives after its last refresh (RFC 8656 §12 fixes 600); 1–600. Shorter only to watch expiry in tests; an expired binding stays on hold for 300 seconds or this, whichever is less.",
+    },
+    Key {
+        section: "allocation",
         name: "mobility",
         kind: "boolean",
         default: Value("false"),

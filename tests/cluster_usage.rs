@@ -7,6 +7,7 @@
 //! with `--redis-statsdb`), and its counts must be what was relayed.
 
 mod common;
+mod usage_stream;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use common::coturn::{CoturnPeer, tool};
 use common::redis::{Redis, echo_round};
 use common::{KillOnDrop, LOCALHOST, PASSWORD, REALM, SECRET, ServerConfig, TempDir, USER};
 use ferroturn::auth::rest_credentials;
+use usage_stream::stream_entries;
 use webrtc_util::Conn;
 
 /// The ceiling of every wait for a message (they leave within
@@ -411,29 +413,6 @@ fn uclient_allocations(sub: &Subscriber, kind: &str) -> BTreeMap<String, Vec<Mes
         relaying(&by_allocation(m, USER)).len() >= 2
     });
     relaying(&by_allocation(&messages, USER))
-}
-
-/// The entries of `redis-cli XREVRANGE`'s output: each an id line, then
-/// its fields and values, one a line.
-fn stream_entries(text: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let is_id = |l: &str| {
-        l.split_once('-')
-            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
-    };
-    let mut out = Vec::new();
-    let mut lines = text.lines().peekable();
-    while let Some(id) = lines.next() {
-        assert!(is_id(id), "not an entry id: {id:?} in\n{text}");
-        let mut e = std::collections::HashMap::new();
-        while let Some(field) = lines.next_if(|l| !is_id(l)) {
-            let value = lines
-                .next()
-                .unwrap_or_else(|| panic!("{field} has no value"));
-            e.insert(field.to_owned(), value.to_owned());
-        }
-        out.push(e);
-    }
-    out
 }
 
 #[test]

@@ -14,6 +14,7 @@
 #![cfg(feature = "fastpath")]
 
 mod raw;
+mod usage_stream;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use ferroturn::proto::stun::{self as wire, Request};
 use raw::RawClient;
 use stun::message::*;
+use usage_stream::stream_entries;
 
 const REALM: &str = "fastpath.test";
 const USER: &str = "kernel";
@@ -860,4 +862,259 @@ fn a_reload_brings_new_ceilings_into_the_kernel() {
         net.kernel_packets("to_peer") >= got,
         "carried in the kernel"
     );
+}
+
+/// Datagrams each way on channel `n` of `s`; how many reached the peer
+/// and how many ChannelData the client got.
+fn push_both_ways(s: &Session, rounds: u32) -> (usize, usize) {
+    let (n, peer) = &s.channels[0];
+    for r in 0..rounds {
+        let f = s.client.channel_data(*n, &payload(*n, r, 50));
+        s.data.send_to(&f, s.client.server).unwrap();
+        peer.send_to(&payload(*n, r, 50), s.relay).unwrap();
+    }
+    let to_peer = drain(peer, rounds as usize).len();
+    let to_client = drain(&s.data, rounds as usize)
+        .into_iter()
+        .filter(|(d, _)| d[0] >> 6 == 1)
+        .count();
+    (to_peer, to_client)
+}
+
+#[test]
+fn an_unrefreshed_channel_stops_in_the_kernel_at_its_expiry_then_leaves_it() {
+    // A channel and its permission live 3 s (`[allocation]`
+    // channel_lifetime, permission_lifetime; RFC 8656 §9, §12) and are
+    // never refreshed.
+    let mut net = Net::new("e");
+    net.start("[allocation]\npermission_lifetime = 3\nchannel_lifetime = 3");
+    let s = session(&net, 1, 9000);
+    let bound = Instant::now();
+    exchange(std::slice::from_ref(&s), 5, 50);
+    assert_eq!(net.metric("ferroturn_fastpath_channels"), 1);
+    let before = net.kernel_packets("to_peer");
+    let before_client = net.kernel_packets("to_client");
+    assert!(before >= 3, "{before} of 5 in the kernel");
+
+    // Stop the server: from now on only the kernel can relay, and nothing
+    // in userspace removes the channel.
+    let pid = net.ferroturn.as_ref().unwrap().id() as i32;
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let resume = Resume(pid);
+    // Still live: the kernel carries every packet, both ways.
+    assert!(
+        bound.elapsed() < Duration::from_millis(2500),
+        "setup too slow"
+    );
+    assert_eq!(push_both_ways(&s, 20), (20, 20), "the kernel relays alone");
+    // Past the entry's own expiry: the program hands packets to the
+    // (stopped) server, none crosses.
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(bound.elapsed()) + Duration::from_millis(300),
+    );
+    assert_eq!(
+        push_both_ways(&s, 20),
+        (0, 0),
+        "a channel past its expiry relayed in the kernel"
+    );
+
+    // The server resumes: the engine reports the expiry, the channel
+    // leaves the kernel, and what waited in its socket is not relayed
+    // either (the engine holds no channel or permission).
+    drop(resume);
+    let gone = wait(Duration::from_secs(5), || {
+        (net.metric("ferroturn_fastpath_channels") == 0).then_some(())
+    });
+    assert!(gone.is_some(), "the channel stayed in the kernel");
+    assert_nothing_relayed(&s, "the expiry");
+    // The kernel's counts stopped with the 20 it carried alone.
+    assert_eq!(net.kernel_packets("to_peer"), before + 20);
+    assert_eq!(net.kernel_packets("to_client"), before_client + 20);
+}
+
+#[test]
+fn both_paths_of_one_allocation_share_one_ceiling() {
+    // A packet-rate ceiling of 200/s; the client sends up to 300/s on a
+    // bound channel (the kernel) and as many in Send indications to another port
+    // of the peer (userspace) at once, for 8 s. Each path debits the
+    // other's bucket with what it relayed at every exchange (once a
+    // second), so together they pass at most the ceiling over the time
+    // plus 3 s of it: both buckets' bursts (1 s each) and one exchange
+    // interval not yet debited. Apart, they would pass about twice it.
+    let rate = 200u64;
+    let mut net = Net::new("s");
+    net.start(&format!("[limits]\npacket_rate = {rate}\nbandwidth = 0"));
+    let mut s = session(&net, 1, 9000);
+    let other = net.udp(&net.peer.clone(), &format!("{PEER_IP}:9001"));
+    let r = s
+        .client
+        .signed(Request::new(METHOD_CREATE_PERMISSION).peer(other.local_addr().unwrap()));
+    assert_eq!(wire::error_code(&r), None);
+    let (n, peer) = (s.channels[0].0, &s.channels[0].1);
+    let kernel = net.kernel_packets("to_peer");
+    let started = Instant::now();
+    let (mut by_kernel, mut by_userspace, mut sent) = (0u64, 0u64, 0u64);
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_secs(8) {
+        for i in 0..3 {
+            let d = payload(n, round * 3 + i, 40);
+            s.data
+                .send_to(&s.client.channel_data(n, &d), s.client.server)
+                .unwrap();
+            let ind = Request::indication(METHOD_SEND)
+                .peer(other.local_addr().unwrap())
+                .attr(stun::attributes::ATTR_DATA, &d)
+                .bytes();
+            s.data.send_to(&ind, s.client.server).unwrap();
+            sent += 2;
+        }
+        round += 1;
+        std::thread::sleep(Duration::from_millis(10));
+        if round.is_multiple_of(10) {
+            by_kernel += drain_nowait(peer);
+            by_userspace += drain_nowait(&other);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(200));
+    by_kernel += drain_nowait(peer);
+    by_userspace += drain_nowait(&other);
+    let got = by_kernel + by_userspace;
+    let bound = rate as f64 * (elapsed + 3.0);
+    eprintln!(
+        "sent {sent} in {elapsed:.2} s: {by_kernel} on the channel, {by_userspace} by Send, \
+         {got} in all; bound {bound:.0}, apart about {:.0}",
+        2.0 * rate as f64 * (elapsed + 1.0)
+    );
+    assert!(
+        sent as f64 / 2.0 > rate as f64 * (elapsed + 1.0) * 1.2,
+        "the sender did not push each path over the ceiling"
+    );
+    assert!(
+        got as f64 <= bound,
+        "{got} passed: over the ceiling's {bound:.0}"
+    );
+    // Both paths carried their share, the channel in the kernel.
+    assert!(
+        by_kernel > rate && by_userspace > rate,
+        "{by_kernel} / {by_userspace}"
+    );
+    assert!(net.kernel_packets("to_peer") - kernel >= by_kernel - 2);
+}
+
+/// A Redis in namespace `ns`, on 127.0.0.1:`port`; killed by its PID on
+/// drop.
+struct NsRedis {
+    child: Child,
+    ns: String,
+    port: u16,
+}
+
+impl NsRedis {
+    fn start(ns: &str, dir: &std::path::Path, port: u16) -> NsRedis {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "redis-server"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server)");
+        let r = NsRedis {
+            child,
+            ns: ns.to_owned(),
+            port,
+        };
+        let up = wait(Duration::from_secs(10), || {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "redis-cli",
+                    "-p",
+                    &port.to_string(),
+                    "PING",
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains("PONG")
+                .then_some(())
+        });
+        assert!(up.is_some(), "redis-server did not start");
+        r
+    }
+
+    fn cli(&self, args: &str) -> String {
+        sh(&self.ns, &format!("redis-cli -p {} {args}", self.port))
+    }
+}
+
+impl Drop for NsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_final_usage_event_holds_the_kernels_last_counts() {
+    // Usage events to a Redis (README "Usage events"): an allocation
+    // relays in the kernel and ends within the second between two reads
+    // of the kernel's counts; its `deleted` event holds every packet and
+    // byte all the same, as they are read when its channels leave.
+    let mut net = Net::new("g");
+    let redis = NsRedis::start(&net.server.clone(), &net.dir, 6390);
+    net.start(
+        "[cluster]\nredis = \"redis://127.0.0.1:6390/0\"\nnode = \"fastpath\"\nheartbeat = 60",
+    );
+    let up = wait(Duration::from_secs(10), || {
+        (net.metric("ferroturn_cluster_up") == 1).then_some(())
+    });
+    assert!(up.is_some(), "no cluster:\n{}", net.log());
+    let mut s = session(&net, 1, 9000);
+    let kernel = net.kernel_packets("to_peer");
+    let (rounds, len) = (50u64, 100usize);
+    exchange(std::slice::from_ref(&s), rounds as u32, len);
+    let r = s.client.signed(Request::new(METHOD_REFRESH).lifetime(0));
+    assert_eq!(wire::error_code(&r), None);
+    assert!(
+        net.kernel_packets("to_peer") - kernel >= rounds - 2,
+        "carried in the kernel"
+    );
+    let stream = format!("ferroturn/realm/{REALM}/usage");
+    let deleted = wait(Duration::from_secs(10), || {
+        let text = redis.cli(&format!("XREVRANGE {stream} + -"));
+        stream_entries(&text)
+            .into_iter()
+            .find(|e| e.get("event").is_some_and(|v| v == "deleted"))
+    });
+    let e = deleted.unwrap_or_else(|| panic!("no deleted event:\n{}", net.log()));
+    let bytes = rounds * len as u64;
+    for (field, want) in [
+        ("peer_sentp", rounds),
+        ("peer_sentb", bytes),
+        ("peer_rcvp", rounds),
+        ("peer_rcvb", bytes),
+        ("rcvp", rounds),
+        ("sentp", rounds),
+        // The client's frames: ChannelData, 4 bytes of header each.
+        ("rcvb", bytes + 4 * rounds),
+        ("sentb", bytes + 4 * rounds),
+    ] {
+        assert_eq!(
+            e.get(field).map(String::as_str),
+            Some(want.to_string().as_str()),
+            "{field}: {e:?}"
+        );
+    }
 }

@@ -66,6 +66,8 @@ pub(super) fn update_from(
         expiry_grace: Duration::from_secs(live.expiry_grace),
         lifetime: Duration::from_secs(live.allocation.lifetime.into()),
         max_lifetime: Duration::from_secs(live.allocation.max_lifetime.into()),
+        permission_lifetime: Duration::from_secs(live.allocation.permission_lifetime.into()),
+        channel_lifetime: Duration::from_secs(live.allocation.channel_lifetime.into()),
         legacy_channels: live.allocation.legacy_channel_numbers,
         mobility: live.allocation.mobility,
     }

@@ -25,6 +25,15 @@ impl Kernel {
     pub fn ceilings(&self, _slot: u32, _packet_rate: u64, _bandwidth: u64) -> Result<(), String> {
         match *self {}
     }
+    pub fn relayed_in_userspace(
+        &self,
+        _slot: u32,
+        _at_ns: u64,
+        _packets: [u64; 2],
+        _bytes: [u64; 2],
+    ) -> Result<(), String> {
+        match *self {}
+    }
     pub fn count(&self, _slot: u32) -> ChanCount {
         match *self {}
     }

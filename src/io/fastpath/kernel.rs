@@ -24,6 +24,7 @@ pub struct Kernel {
     flows: MapHandle,
     counts: MapHandle,
     limits: MapHandle,
+    relayed: MapHandle,
     links: std::sync::Mutex<Vec<Link>>,
 }
 
@@ -61,6 +62,7 @@ impl Kernel {
             flows: map("flows")?,
             counts: map("chan_counts")?,
             limits: map("alloc_limits")?,
+            relayed: map("alloc_relayed")?,
             links: std::sync::Mutex::new(Vec::new()),
             object,
         })
@@ -115,6 +117,8 @@ impl Kernel {
     /// Reset allocation slot `slot` with these ceilings: the program fills
     /// its buckets at its first packet.
     pub fn ceilings(&self, slot: u32, packet_rate: u64, bandwidth: u64) -> Result<(), String> {
+        // Nothing relayed in userspace yet for the slot's new allocation.
+        self.relayed_in_userspace(slot, 0, [0; 2], [0; 2])?;
         // Past this a bucket's arithmetic would overflow: no ceiling then.
         const MAX_RATE: u64 = 10_000_000_000;
         let clamp = |r: u64| if r > MAX_RATE { 0 } else { r };
@@ -124,6 +128,31 @@ impl Kernel {
         self.limits
             .update(&slot.to_ne_bytes(), &v, MapFlags::ANY)
             .map_err(|e| format!("ceilings update: {e}"))
+    }
+
+    /// What allocation slot `slot`'s allocation relayed in userspace since
+    /// its ceilings were set (packets and bytes by direction), as of
+    /// `at_ns` (the program's clock): the program takes each new amount
+    /// from the slot's buckets, so that both paths share one ceiling.
+    pub fn relayed_in_userspace(
+        &self,
+        slot: u32,
+        at_ns: u64,
+        packets: [u64; 2],
+        bytes: [u64; 2],
+    ) -> Result<(), String> {
+        let mut v = [0u8; RELAYED_LEN];
+        v[8..16].copy_from_slice(&at_ns.to_ne_bytes());
+        for (i, w) in [packets[0], packets[1], bytes[0], bytes[1]]
+            .iter()
+            .enumerate()
+        {
+            v[16 + i * 8..24 + i * 8].copy_from_slice(&w.to_ne_bytes());
+        }
+        // Under the entry's lock, as the program reads it.
+        self.relayed
+            .update(&slot.to_ne_bytes(), &v, MapFlags::LOCK)
+            .map_err(|e| format!("relayed update: {e}"))
     }
 
     /// The counts of channel slot `slot`.
@@ -191,7 +220,9 @@ fn query_mode(index: i32) -> AttachMode {
 }
 
 /// sizeof(struct alloc_limit).
-const LIMIT_LEN: usize = 104;
+const LIMIT_LEN: usize = 168;
+/// sizeof(struct alloc_relayed).
+const RELAYED_LEN: usize = 48;
 
 /// An address as the program keys it: IPv4 as `::ffff:a.b.c.d`.
 fn ip16(a: SocketAddr) -> [u8; 16] {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::AllocId;
 use crate::config::{Config, FastpathMode};
-use crate::engine::stats::Direction;
+use crate::engine::stats::{Direction, TrafficCount};
 use crate::engine::{Engine, Grant, KernelRelayed};
 
 pub mod mirror;
@@ -264,6 +264,8 @@ pub struct HostPath {
     seen: HashMap<u32, ChanCount>,
     /// Drops of each allocation slot as last handed to the engine.
     seen_limited: HashMap<u32, [u64; 2]>,
+    /// Each allocation slot's share of the ceilings with userspace.
+    shares: HashMap<u32, Share>,
     /// Channels of this host in the kernel, as last added to the total.
     counted: u64,
     next_sync: Instant,
@@ -282,6 +284,7 @@ impl HostPath {
             ops: Vec::new(),
             seen: HashMap::new(),
             seen_limited: HashMap::new(),
+            shares: HashMap::new(),
             counted: 0,
             next_sync: now + SYNC_EVERY,
         }
@@ -300,6 +303,7 @@ impl HostPath {
             match self.shared.kernel.ceilings(slot, packet_rate, bandwidth) {
                 Ok(()) => {
                     self.seen_limited.insert(slot, [0; 2]);
+                    self.shares.insert(slot, Share::from(engine, alloc));
                 }
                 Err(e) => tracing::debug!(target: LOG, "fast path: {e}"),
             }
@@ -333,6 +337,8 @@ impl HostPath {
                     packet_rate,
                     bandwidth,
                 } => {
+                    // The slot was taken for this report's allocation.
+                    self.shares.insert(slot, Share::from(engine, g.alloc));
                     if let Err(e) = k.ceilings(slot, packet_rate, bandwidth) {
                         tracing::debug!(target: LOG, "fast path: {e}");
                     }
@@ -345,6 +351,7 @@ impl HostPath {
                 Op::RetireAlloc { slot, alloc } => {
                     self.report_limited(engine, alloc, slot);
                     self.seen_limited.remove(&slot);
+                    self.shares.remove(&slot);
                 }
             }
         }
@@ -367,8 +374,38 @@ impl HostPath {
             self.report_channel(engine, alloc, slot);
         }
         let allocs: Vec<(AllocId, u32)> = self.mirror.alloc_slots().collect();
+        let clock = Clock::now();
         for (alloc, slot) in allocs {
             self.report_limited(engine, alloc, slot);
+            self.share(engine, alloc, slot, &clock);
+        }
+    }
+
+    /// Tell the program what allocation slot `slot` relayed in userspace
+    /// since it was taken, if that grew: its buckets are debited with it.
+    fn share(&mut self, engine: &Engine, alloc: AllocId, slot: u32, clock: &Clock) {
+        let (Some(s), Some(now)) = (
+            self.shares.get_mut(&slot),
+            engine.relayed_in_userspace(alloc),
+        ) else {
+            return;
+        };
+        let since = std::array::from_fn(|i| TrafficCount {
+            packets: now[i].packets.saturating_sub(s.base[i].packets),
+            bytes: now[i].bytes.saturating_sub(s.base[i].bytes),
+        });
+        if since == s.written {
+            return;
+        }
+        let r = self.shared.kernel.relayed_in_userspace(
+            slot,
+            clock.monotonic_ns,
+            [since[0].packets, since[1].packets],
+            [since[0].bytes, since[1].bytes],
+        );
+        match r {
+            Ok(()) => s.written = since,
+            Err(e) => tracing::debug!(target: LOG, "fast path: {e}"),
         }
     }
 
@@ -431,5 +468,23 @@ impl HostPath {
                 .fetch_sub(self.counted - n, Ordering::Relaxed);
         }
         self.counted = n;
+    }
+}
+
+/// One allocation slot's share of the ceilings with userspace: what the
+/// engine had relayed for its allocation in userspace when the slot's
+/// buckets were set, and what the program was last told since.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    base: [TrafficCount; 2],
+    written: [TrafficCount; 2],
+}
+
+impl Share {
+    fn from(engine: &Engine, alloc: AllocId) -> Share {
+        Share {
+            base: engine.relayed_in_userspace(alloc).unwrap_or_default(),
+            written: Default::default(),
+        }
     }
 }

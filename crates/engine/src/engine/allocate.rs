@@ -271,6 +271,7 @@ impl Engine {
             serial: self.cfg.shared.next_serial(),
             usage_reported: Default::default(),
             meters: [Meter::new(now, &self.cfg.live.limits); Direction::COUNT],
+            kernel_traffic: Default::default(),
             ticket: mobile.then_some(0),
             tcp: tcp.then(|| self.cfg.shared.peer_conns.new_owner()),
         });

@@ -13,12 +13,15 @@ use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr, RelayPort};
 use crate::policy::Reach;
 use crate::proto::integrity::Signer;
 
-/// Permission lifetime, fixed by RFC 8656 §9.
+/// Permission lifetime as RFC 8656 §9 fixes it: the default of
+/// [`super::Update::permission_lifetime`] and its most.
 pub const PERMISSION_LIFETIME_SECS: u64 = 300;
-/// Channel binding lifetime, fixed by RFC 8656 §12.
+/// Channel binding lifetime as RFC 8656 §12 fixes it: the default of
+/// [`super::Update::channel_lifetime`] and its most.
 pub const CHANNEL_LIFETIME_SECS: u64 = 600;
 /// How long the number and peer of an expired channel binding stay tied to
-/// each other (RFC 8656 §12: 5 minutes after the binding expires).
+/// each other (RFC 8656 §12: 5 minutes after the binding expires); never
+/// longer than the binding's own lifetime (see [`Channel::hold`]).
 pub const CHANNEL_HOLD_SECS: u64 = 300;
 
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +39,12 @@ pub struct Channel {
     pub number: ChannelNumber,
     pub peer: PeerAddr,
     pub expires: Instant,
+    /// How long it stays on hold after it expires: [`CHANNEL_HOLD_SECS`],
+    /// or its lifetime if that is shorter (a shortened
+    /// `channel_lifetime`), so that every binding on hold now was live at
+    /// one moment a hold ago, and held entries stay within
+    /// `channels_per_allocation`.
+    pub hold: Duration,
 }
 
 /// A channel binding that expired and is still on hold (RFC 8656 §12):
@@ -217,6 +226,9 @@ pub struct Allocation {
     pub usage_reported: super::usage::Counts,
     /// Bandwidth and packet-rate ceilings, by [`Direction`].
     pub meters: [Meter; Direction::COUNT],
+    /// The part of `traffic` a kernel fast path relayed and reported
+    /// ([`super::Engine::kernel_relayed`]), by [`Direction`].
+    pub kernel_traffic: [TrafficCount; Direction::COUNT],
     /// With mobility (RFC 8016): the serial of its newest ticket, the only
     /// one that moves it (`Some(0)` until the first is issued).
     pub ticket: Option<u32>,
@@ -319,7 +331,7 @@ impl Allocation {
 
     /// Drop expired channels and permissions, reported as expired; the
     /// earliest expiry left. An expired channel goes on hold for
-    /// [`CHANNEL_HOLD_SECS`] after its expiry, and holds that ended go.
+    /// its [`Channel::hold`] after its expiry, and holds that ended go.
     /// At most one event per entry.
     pub(super) fn sweep(
         &mut self,
@@ -334,7 +346,7 @@ impl Allocation {
             let live = c.expires > now;
             if !live {
                 out.push_back(owner.channel(c, Change::Expired));
-                let until = c.expires + Duration::from_secs(CHANNEL_HOLD_SECS);
+                let until = c.expires + c.hold;
                 if until > now {
                     held.push(HeldChannel {
                         number: c.number,

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use stun::message::Message;
 
-use super::allocation::{CHANNEL_LIFETIME_SECS, Change, Channel, PERMISSION_LIFETIME_SECS};
+use super::allocation::{CHANNEL_HOLD_SECS, Change, Channel};
 use super::stats::{Code, Direction, Transport};
 use super::{Answer, Authed, Engine, ToPeer};
 use crate::addr::{AllocId, ChannelNumber, ClientAddr, PeerAddr};
@@ -79,7 +79,7 @@ impl Engine {
         };
         let owner = a.owner(id);
         let reach = self.cfg.live.policy.reach(peer.0.ip());
-        let permission_expires = now + Duration::from_secs(PERMISSION_LIFETIME_SECS);
+        let permission_expires = now + self.cfg.live.permission_lifetime;
         a.permit(
             &owner,
             peer.0.ip(),
@@ -90,7 +90,8 @@ impl Engine {
         let channel = Channel {
             number,
             peer,
-            expires: now + Duration::from_secs(CHANNEL_LIFETIME_SECS),
+            expires: now + self.cfg.live.channel_lifetime,
+            hold: Duration::from_secs(CHANNEL_HOLD_SECS).min(self.cfg.live.channel_lifetime),
         };
         match by_number {
             Some(i) => a.channels[i] = channel,

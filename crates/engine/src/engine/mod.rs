@@ -214,6 +214,8 @@ impl EngineConfig {
                 expiry_grace: Duration::ZERO,
                 lifetime: Duration::from_secs(600),
                 max_lifetime: Duration::from_secs(3600),
+                permission_lifetime: Duration::from_secs(allocation::PERMISSION_LIFETIME_SECS),
+                channel_lifetime: Duration::from_secs(allocation::CHANNEL_LIFETIME_SECS),
                 legacy_channels: false,
                 mobility: false,
             },
@@ -259,6 +261,11 @@ pub struct Update {
     /// Default and maximum allocation lifetime (RFC 8656 §7.2).
     pub lifetime: Duration,
     pub max_lifetime: Duration,
+    /// How long a permission (RFC 8656 §9, 300 s) and a channel binding
+    /// (§12, 600 s) live after their last refresh; shorter only to watch
+    /// expiry in tests (clients refresh on the RFC's schedule).
+    pub permission_lifetime: Duration,
+    pub channel_lifetime: Duration,
     /// Accept channel numbers up to 0x7FFF as RFC 5766 did, not just
     /// 0x4000–0x4FFF (RFC 8656 §12). coturn's client tools need it.
     pub legacy_channels: bool,
@@ -530,6 +537,11 @@ pub struct Engine {
     cluster: cluster::ClusterUsers,
     /// Whether usage facts are made ([`Engine::usage_on`]).
     usage: bool,
+    /// Allocations ended whose final usage fact is still queued, with
+    /// their serials: a kernel fast path's last counts, reported as the
+    /// shell takes their channels out, still reach that fact
+    /// ([`Engine::kernel_relayed`]). Emptied when the queue is.
+    ended: Vec<(AllocId, u64)>,
     /// Connects to peers under way (RFC 6062 §5.2).
     tcp: tcp_relay::Connecting,
     pub stats: Stats,
@@ -568,6 +580,7 @@ impl Engine {
             handoffs: mobility::Pending::default(),
             cluster: cluster::ClusterUsers::default(),
             usage: false,
+            ended: Vec::new(),
             tcp: tcp_relay::Connecting::default(),
             stats: Stats::default(),
         }
@@ -926,7 +939,17 @@ impl Engine {
     /// Next queued piece of work for the shell.
     #[inline]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        let o = self.out.pop_front();
+        match &o {
+            None => self.ended.clear(),
+            Some(Output::Usage(u))
+                if !self.ended.is_empty() && matches!(u.fact, usage::Fact::Deleted { .. }) =>
+            {
+                self.ended.retain(|(_, serial)| *serial != u.serial);
+            }
+            Some(_) => {}
+        }
+        o
     }
 
     /// When [`Engine::handle_timeout`] next needs to run.
@@ -1010,6 +1033,9 @@ impl Engine {
             if self.usage {
                 let total = usage::Counts::of(&a);
                 let last = total.since(&a.usage_reported);
+                // Its grants' removals, queued before this fact, bring the
+                // kernel's last counts.
+                self.ended.push((id, a.serial));
                 self.out.push_back(Output::Usage(Box::new(usage::Usage {
                     serial: a.serial,
                     user: a.username,

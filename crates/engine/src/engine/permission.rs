@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use stun::attributes::ATTR_DATA;
 use stun::message::Message;
 
-use super::allocation::PERMISSION_LIFETIME_SECS;
 use super::stats::{Code, Direction, Transport};
 use super::{Answer, Authed, Engine, ToPeer};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
@@ -71,7 +70,7 @@ impl Engine {
             self.stats.quota_rejections += 1;
             return err(Code::InsufficientCapacity);
         }
-        let expires = now + Duration::from_secs(PERMISSION_LIFETIME_SECS);
+        let expires = now + self.cfg.live.permission_lifetime;
         let owner = a.owner(id);
         for (i, p) in peers.iter().enumerate() {
             let ip = p.ip();

@@ -439,6 +439,16 @@ impl Bucket {
             false
         }
     }
+
+    /// Take `amount` that passed elsewhere (a kernel fast path) against
+    /// the same ceiling: the level may go below zero, to at most one
+    /// second of `rate` owed, which the refill pays back before anything
+    /// passes here again.
+    pub fn debit(&mut self, amount: f64, rate: f64) {
+        if rate > 0.0 {
+            self.level = (self.level - amount).max(-rate);
+        }
+    }
 }
 
 /// Bandwidth and packet-rate ceilings for one direction of one allocation.
@@ -461,6 +471,14 @@ impl Meter {
     pub fn allow(&mut self, now: Instant, len: usize, limits: &Limits) -> bool {
         self.packets.take(now, 1.0, limits.packet_rate as f64)
             && self.bytes.take(now, len as f64, limits.bandwidth as f64)
+    }
+
+    /// Count `packets` of `bytes` in all that another path relayed under
+    /// the same ceilings (see [`Bucket::debit`]).
+    pub fn debit(&mut self, packets: u64, bytes: u64, limits: &Limits) {
+        self.packets
+            .debit(packets as f64, limits.packet_rate as f64);
+        self.bytes.debit(bytes as f64, limits.bandwidth as f64);
     }
 }
 
@@ -639,6 +657,21 @@ mod tests {
         );
         let mut m = Meter::new(now, &l);
         assert!(!m.allow(now, 1001, &l), "bigger than a second of bandwidth");
+    }
+
+    #[test]
+    fn what_another_path_relayed_comes_off_the_meter_down_to_a_second_owed() {
+        let now = Instant::now();
+        let l = limits();
+        // 10 packets a second: 7 relayed in the kernel leave 3 here.
+        let mut m = Meter::new(now, &l);
+        m.debit(7, 70, &l);
+        assert_eq!((0..10).filter(|_| m.allow(now, 10, &l)).count(), 3);
+        // Far more elsewhere: one second owed at most, repaid first.
+        m.debit(1000, 10_000, &l);
+        let s = Duration::from_secs(1);
+        assert!(!m.allow(now + s, 10, &l), "a second repays the debt only");
+        assert!(m.allow(now + s + Duration::from_millis(150), 10, &l));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::Engine;
-use super::stats::{Direction, Transport};
+use super::stats::{Direction, TrafficCount, Transport};
+use super::usage::Fact;
+use super::{Engine, Output};
 use crate::addr::{AllocId, ClientAddr, PeerAddr};
 use crate::proto::channel_data;
 
@@ -100,18 +101,69 @@ impl Engine {
     /// traffic and framed traffic (unpadded ChannelData over UDP: 4 bytes
     /// of header each), the server's relayed traffic for UDP clients, and
     /// the packets dropped over a ceiling. An allocation gone since still
-    /// counts in the server's totals.
+    /// counts in the server's totals. What the kernel relayed is also
+    /// taken from the allocation's own meter, so that both paths together
+    /// stay within one ceiling (the kernel's bucket is debited in turn
+    /// with [`Engine::relayed_in_userspace`]).
     pub fn kernel_relayed(&mut self, id: AllocId, dir: Direction, k: KernelRelayed) {
         let t = self.stats.traffic(dir, Transport::Udp);
         t.packets += k.packets;
         t.bytes += k.bytes;
         self.stats.rate_limited += k.limited;
+        let limits = &self.cfg.live.limits;
         if let Some(a) = self.allocs.get_mut(id.0 as usize).and_then(Option::as_mut) {
             let i = dir.index();
+            a.meters[i].debit(k.packets, k.bytes, limits);
+            a.kernel_traffic[i].packets += k.packets;
+            a.kernel_traffic[i].bytes += k.bytes;
             a.traffic[i].packets += k.packets;
             a.traffic[i].bytes += k.bytes;
             a.framed[i].packets += k.packets;
             a.framed[i].bytes += k.bytes + 4 * k.packets;
+        } else if k.packets > 0 {
+            self.late_usage(id, dir, k);
         }
+    }
+
+    /// Add what the kernel relayed for allocation `id`, ended, to its final
+    /// usage fact if that is still queued.
+    fn late_usage(&mut self, id: AllocId, dir: Direction, k: KernelRelayed) {
+        let Some(&(_, serial)) = self.ended.iter().find(|(a, _)| *a == id) else {
+            return;
+        };
+        let fact = self.out.iter_mut().find_map(|o| match o {
+            Output::Usage(u) if u.serial == serial => match &mut u.fact {
+                Fact::Deleted { last, total } => Some((last, total)),
+                _ => None,
+            },
+            _ => None,
+        });
+        let Some((last, total)) = fact else {
+            return;
+        };
+        for c in [last, total] {
+            // Framed as unpadded ChannelData over UDP: 4 bytes a packet.
+            let (client, peers) = match dir {
+                Direction::ToPeer => (&mut c.from_client, &mut c.to_peers),
+                Direction::ToClient => (&mut c.to_client, &mut c.from_peers),
+            };
+            client.packets += k.packets;
+            client.bytes += k.bytes + 4 * k.packets;
+            peers.packets += k.packets;
+            peers.bytes += k.bytes;
+        }
+    }
+}
+
+impl Engine {
+    /// What allocation `id` relayed through this engine (not a kernel
+    /// fast path) since it began, by [`Direction`]: packets and
+    /// application data bytes; `None` if it is gone.
+    pub fn relayed_in_userspace(&self, id: AllocId) -> Option<[TrafficCount; Direction::COUNT]> {
+        let a = self.allocs.get(id.0 as usize)?.as_ref()?;
+        Some(std::array::from_fn(|i| TrafficCount {
+            packets: a.traffic[i].packets - a.kernel_traffic[i].packets,
+            bytes: a.traffic[i].bytes - a.kernel_traffic[i].bytes,
+        }))
     }
 }

@@ -69,10 +69,14 @@ struct chan_count {
 	__u64 bytes[2];
 };
 
-/* A token bucket holding one second of its rate, in units of 1e-9 token. */
+/* A token bucket holding one second of its rate, in units of 1e-9 token;
+ * `owed`: what the userspace path relayed under the same ceiling beyond
+ * the level (at most one second of the rate), paid back by the refill
+ * before the level grows again. */
 struct bucket {
 	__u64 level;
 	__u64 last_ns;
+	__u64 owed;
 };
 
 /* The ceilings of one allocation and their buckets, by direction. */
@@ -84,8 +88,27 @@ struct alloc_limit {
 	__u64 bandwidth;
 	struct bucket packets[2];
 	struct bucket bytes[2];
+	/* How much of the allocation's `relayed` (below) the buckets were
+	 * debited with, by direction: packets, bytes. */
+	__u64 debited_packets[2];
+	__u64 debited_bytes[2];
 	/* Packets dropped over a ceiling. */
 	__u64 limited[2];
+};
+
+/*
+ * What the userspace path relayed for one allocation since its slot was
+ * taken, by direction (packets, application data bytes), as ferroturn
+ * last wrote it (once a second), and when: the program takes each new
+ * amount from the allocation's buckets as of that time, so that both paths
+ * share one ceiling.
+ */
+struct alloc_relayed {
+	struct bpf_spin_lock lock;
+	__u32 pad;
+	__u64 written_ns;
+	__u64 packets[2];
+	__u64 bytes[2];
 };
 
 /* Set before loading by the unit tests (BPF_PROG_TEST_RUN has no route):
@@ -120,6 +143,13 @@ struct {
 	__type(value, struct alloc_limit);
 } alloc_limits SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_CHANNELS);
+	__type(key, __u32);
+	__type(value, struct alloc_relayed);
+} alloc_relayed SEC(".maps");
+
 static __always_inline __u32 fold(__u32 s)
 {
 	s = (s & 0xffff) + (s >> 16);
@@ -138,24 +168,54 @@ static __always_inline __u32 sum_addr(const __u8 *a, int v6)
 	return s;
 }
 
+/* Add `add` to `b`, paying what it owes first; up to `full`. */
+static __always_inline void pay(struct bucket *b, __u64 add, __u64 full)
+{
+	if (b->owed >= add) {
+		b->owed -= add;
+		return;
+	}
+	add -= b->owed;
+	b->owed = 0;
+	/* Compared, not summed: level + add may pass 2^64 at high rates. */
+	if (add >= full - b->level)
+		b->level = full;
+	else
+		b->level += add;
+}
+
+/* Refill `b` at `rate` per second up to `now`. */
+static __always_inline void refill(struct bucket *b, __u64 now, __u64 rate)
+{
+	__u64 full = rate * NS_PER_SEC;
+	if (b->last_ns == 0) {
+		b->level = full;
+	} else if (now > b->last_ns) {
+		__u64 dt = now - b->last_ns;
+		if (dt >= 2 * NS_PER_SEC) {
+			/* Two seconds repay the most it owes and fill it. */
+			b->owed = 0;
+			b->level = full;
+		} else {
+			if (dt > NS_PER_SEC) {
+				pay(b, full, full);
+				dt -= NS_PER_SEC;
+			}
+			pay(b, dt * rate, full);
+		}
+	} else {
+		return;
+	}
+	b->last_ns = now;
+}
+
 /* Take `amount` from `b` at `now`, refilled at `rate` per second; false
  * if it has not that much. Called with the allocation's lock held. */
 static __always_inline int take(struct bucket *b, __u64 now, __u64 amount, __u64 rate)
 {
 	if (rate == 0)
 		return 1;
-	__u64 full = rate * NS_PER_SEC;
-	if (b->last_ns == 0) {
-		b->level = full;
-	} else if (now > b->last_ns) {
-		__u64 dt = now - b->last_ns;
-		if (dt > NS_PER_SEC)
-			dt = NS_PER_SEC;
-		b->level += dt * rate;
-		if (b->level > full)
-			b->level = full;
-	}
-	b->last_ns = now;
+	refill(b, now, rate);
 	amount *= NS_PER_SEC;
 	if (b->level < amount)
 		return 0;
@@ -163,15 +223,57 @@ static __always_inline int take(struct bucket *b, __u64 now, __u64 amount, __u64
 	return 1;
 }
 
+/* Take `amount` that passed in userspace at `at` from `b`: below an empty
+ * level it is owed, up to one second of `rate`. Lock held. */
+static __always_inline void debit(struct bucket *b, __u64 at, __u64 amount, __u64 rate)
+{
+	if (rate == 0 || amount == 0)
+		return;
+	refill(b, at, rate);
+	__u64 full = rate * NS_PER_SEC;
+	if (amount > rate)
+		amount = rate;
+	amount *= NS_PER_SEC;
+	if (b->level >= amount) {
+		b->level -= amount;
+	} else {
+		b->owed += amount - b->level;
+		b->level = 0;
+		if (b->owed > full)
+			b->owed = full;
+	}
+}
+
 /* Whether a packet of `len` payload bytes of allocation `slot` may pass
- * in direction `dir` now (the engine's `Meter::allow`: packets first). */
+ * in direction `dir` now (the engine's `Meter::allow`: packets first),
+ * after taking from its buckets what userspace relayed in `dir` since
+ * they were last debited. */
 static __always_inline int admit(__u32 slot, int dir, __u64 now, __u64 len)
 {
 	struct alloc_limit *l = bpf_map_lookup_elem(&alloc_limits, &slot);
 	if (!l)
 		return 0;
+	struct alloc_relayed *r = bpf_map_lookup_elem(&alloc_relayed, &slot);
+	__u64 at = 0, packets = 0, bytes = 0;
+	if (r) {
+		bpf_spin_lock(&r->lock);
+		at = r->written_ns;
+		packets = r->packets[dir & 1];
+		bytes = r->bytes[dir & 1];
+		bpf_spin_unlock(&r->lock);
+	}
+	if (at > now)
+		at = now;
 	int ok;
 	bpf_spin_lock(&l->lock);
+	if (packets > l->debited_packets[dir & 1] || bytes > l->debited_bytes[dir & 1]) {
+		__u64 p = packets > l->debited_packets[dir & 1] ? packets - l->debited_packets[dir & 1] : 0;
+		__u64 b = bytes > l->debited_bytes[dir & 1] ? bytes - l->debited_bytes[dir & 1] : 0;
+		debit(&l->packets[dir & 1], at, p, l->packet_rate);
+		debit(&l->bytes[dir & 1], at, b, l->bandwidth);
+		l->debited_packets[dir & 1] = packets;
+		l->debited_bytes[dir & 1] = bytes;
+	}
 	ok = take(&l->packets[dir], now, 1, l->packet_rate) &&
 	     take(&l->bytes[dir], now, len, l->bandwidth);
 	if (!ok)

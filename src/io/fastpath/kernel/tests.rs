@@ -448,3 +448,39 @@ fn the_ceilings_drop_what_is_over_them() {
     assert_eq!(k.test_run(&f).unwrap().0, DROP);
     assert_eq!(k.limited(7), [1, 0]);
 }
+
+#[test]
+fn what_userspace_relayed_comes_off_the_kernels_buckets() {
+    let k = load();
+    let b = Bound {
+        client: sa("198.51.100.21:40000"),
+        peer: sa("203.0.113.21:9000"),
+        ..v4(8)
+    };
+    bind(&k, &b, later());
+    // 10 packets a second; userspace relayed 7 to the client of them.
+    k.ceilings(8, 10, 0).unwrap();
+    let now = Clock::now().monotonic_ns;
+    k.relayed_in_userspace(8, now, [0, 7], [0, 700]).unwrap();
+    let f = frame(b.peer, b.relay, b"x", true);
+    let verdicts: Vec<u32> = (0..5).map(|_| k.test_run(&f).unwrap().0).collect();
+    assert_eq!(verdicts, [TX, TX, TX, DROP, DROP], "3 of the second left");
+    // 25 more in userspace: the bucket owes a second's worth (its most),
+    // nothing passes; the same total written again takes nothing more.
+    k.relayed_in_userspace(8, now, [0, 32], [0, 3200]).unwrap();
+    assert_eq!(k.test_run(&f).unwrap().0, DROP);
+    assert_eq!(k.limited(8), [0, 3]);
+    // The other direction has its own bucket: 10 pass.
+    let c = frame(
+        b.client,
+        b.listener,
+        &channel_data(b.channel, b"1234", 0),
+        true,
+    );
+    let verdicts: Vec<u32> = (0..11).map(|_| k.test_run(&c).unwrap().0).collect();
+    assert_eq!(verdicts[..10], [TX; 10]);
+    assert_eq!(verdicts[10], DROP);
+    // New ceilings start the slot over: nothing relayed in userspace.
+    k.ceilings(8, 10, 0).unwrap();
+    assert_eq!(k.test_run(&f).unwrap().0, TX);
+}

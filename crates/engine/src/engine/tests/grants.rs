@@ -583,3 +583,51 @@ fn a_mirror_kept_from_grants_alone_matches_the_engine_at_every_step() {
     // Every kind of change happened, many times over.
     assert!(seen.iter().all(|&n| n >= 10), "{seen:?}");
 }
+
+#[test]
+fn shortened_lifetimes_expire_permissions_and_channels_at_their_time() {
+    // `permission_lifetime` 2 s and `channel_lifetime` 3 s: each entry is
+    // granted for its own lifetime, expires at it, and a refresh counts
+    // from the refresh (RFC 8656 §9, §12).
+    let mut cfg = config((50000..50010).collect());
+    cfg.live.permission_lifetime = Duration::from_secs(2);
+    cfg.live.channel_lifetime = Duration::from_secs(3);
+    let mut t = T::with(cfg);
+    let c = client(1);
+    let relay = t.allocate(c);
+    let l = Life::new(&t, c, relay);
+    assert_eq!(t.bind(c, 0x4000, PEER), None);
+    assert_eq!(t.permit(c, PEER2), None);
+    assert_eq!(
+        t.grants(),
+        [
+            l.permission(PEER, Created, 2),
+            l.channel(0x4000, PEER, Created, 3),
+            l.permission(PEER2, Created, 2)
+        ]
+    );
+    t.advance(1);
+    assert_eq!(t.permit(c, PEER2), None);
+    assert_eq!(t.grants(), [l.permission(PEER2, Refreshed, 3)]);
+    t.advance(1);
+    assert_eq!(t.grants(), [l.permission(PEER, Expired, 2)]);
+    t.advance(1);
+    assert_eq!(
+        t.grants(),
+        [
+            l.channel(0x4000, PEER, Expired, 3),
+            l.permission(PEER2, Expired, 3)
+        ]
+    );
+    // The hold is no longer than the binding's life: 3 s, not 300 s.
+    assert_eq!(t.bind(c, 0x4000, PEER2), Some(400), "on hold");
+    t.advance(3);
+    assert_eq!(t.bind(c, 0x4000, PEER2), None, "the hold ended with 3 s");
+}
+
+#[test]
+fn the_default_lifetimes_are_the_rfcs() {
+    let t = T::new();
+    assert_eq!(t.e.cfg.live.permission_lifetime, Duration::from_secs(300));
+    assert_eq!(t.e.cfg.live.channel_lifetime, Duration::from_secs(600));
+}

@@ -3,7 +3,7 @@
 //! relaying a packet never makes one.
 
 use super::*;
-use crate::engine::stats::TrafficCount;
+use crate::engine::stats::{Direction, TrafficCount};
 use crate::engine::usage::{Counts, Fact};
 
 impl T {
@@ -126,4 +126,74 @@ fn without_usage_on_no_fact_is_made() {
     t.e.usage_traffic(t.now);
     t.drain(c);
     assert!(t.usage.is_empty(), "{:?}", t.usage);
+}
+
+#[test]
+fn kernel_counts_reported_as_the_grants_leave_reach_the_final_fact() {
+    // The shell takes an ended allocation's channels out of a kernel fast
+    // path as it reads their Removed grants, which the engine queues
+    // before the final usage fact; the kernel's last counts, handed over
+    // then, are in that fact.
+    let mut t = T::new();
+    let c = client(11);
+    t.e.usage_on();
+    t.allocate(c);
+    let id = t.e.allocation_of(c).unwrap();
+    assert_eq!(t.bind(c, 0x4000, PEER), None);
+    t.drain(c);
+    t.usage.clear();
+    let n = t.nonce_for(c);
+    let refresh = Req::new(METHOD_REFRESH)
+        .lifetime(0)
+        .sign_as("alice", "wonderland", &n);
+    assert!(t.e.handle_client(t.now, c, &refresh).is_none());
+    let (mut facts, mut handed) = (Vec::new(), 0);
+    while let Some(o) = t.e.poll_output() {
+        match o {
+            Output::Grant(g) if g.change == Change::Removed => {
+                if let Granted::Channel { .. } = g.what {
+                    handed += 1;
+                    let to_peer = KernelRelayed {
+                        packets: 5,
+                        bytes: 50,
+                        limited: 0,
+                    };
+                    t.e.kernel_relayed(id, Direction::ToPeer, to_peer);
+                    let to_client = KernelRelayed {
+                        packets: 2,
+                        bytes: 20,
+                        limited: 0,
+                    };
+                    t.e.kernel_relayed(id, Direction::ToClient, to_client);
+                }
+            }
+            Output::Usage(u) => facts.push(u.fact),
+            _ => {}
+        }
+    }
+    assert_eq!(handed, 1);
+    let total = Counts {
+        from_client: count(5, 70),
+        to_client: count(2, 28),
+        from_peers: count(2, 20),
+        to_peers: count(5, 50),
+    };
+    assert_eq!(
+        facts,
+        [
+            Fact::Refreshed { lifetime: 0 },
+            Fact::Deleted { last: total, total }
+        ]
+    );
+    // Once the fact is out, later counts go to the server's totals only.
+    t.e.kernel_relayed(
+        id,
+        Direction::ToPeer,
+        KernelRelayed {
+            packets: 1,
+            bytes: 1,
+            limited: 0,
+        },
+    );
+    assert_eq!(t.e.poll_output(), None);
 }

@@ -258,13 +258,10 @@ fn serve(
         Err(code) => return code,
     };
     ferroturn::log::init(&config.live.log_level, config.restart.log_format);
-    let ran = run(config);
-    ferroturn::log::flush();
-    match ran {
+    match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            ferroturn::log::flush();
             eprintln!("ferroturn: {e}");
             ExitCode::FAILURE
         }

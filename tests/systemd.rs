@@ -263,13 +263,13 @@ fn verify_reads_the_resource_and_ip_settings() {
 }
 
 /// `TasksMax=` fits the threads of the largest `server.workers`: a server
-/// with dedicated UDP threads and stream listeners runs 2 x workers + 2
-/// threads (the main thread and the log writer; counted here for 3 workers), plus ExecReload's kill.
+/// with dedicated UDP threads and stream listeners runs 2 x workers + 1
+/// threads (counted here for 3 workers), plus ExecReload's kill.
 #[test]
 fn tasks_max_fits_the_most_workers() {
     let d = directives(&unit_text());
     let tasks_max: usize = d["TasksMax"][0].parse().unwrap();
-    let threads = |workers: usize| 2 * workers + 2;
+    let threads = |workers: usize| 2 * workers + 1;
     assert!(
         // The threads and ExecReload's kill.
         threads(ferroturn::config::MAX_WORKERS) < tasks_max,

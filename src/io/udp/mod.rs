@@ -200,7 +200,6 @@ fn spawn(
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.run()));
             if run.is_err() {
                 tracing::error!(target: LOG, driver = id, "UDP driver thread panicked; aborting");
-                crate::log::flush();
                 std::process::abort();
             }
         })

@@ -158,6 +158,10 @@ fn an_address_added_while_running_is_judged_as_this_hosts() {
             ip(&["-n", &name, "addr", "add", "9.9.9.9/32", "dev", "lo"]);
             let svc = service(later);
             wait_log("this host's addresses changed");
+            // The line is logged as the new policy is sent; each UDP shard
+            // takes it from its own queue at its next wake-up, which on a
+            // loaded machine may come a little after the line.
+            std::thread::sleep(Duration::from_millis(500));
             // The permission made before no longer reaches it...
             send_indication(&mut c, later, b"to the new address");
             assert!(

@@ -336,6 +336,15 @@ impl<T: Transport> Host<T> {
                     for i in at..at + n {
                         on(self, now, i);
                     }
+                    // Answers leave with the read that asked for them, not
+                    // at the end of the round: a client waiting for one
+                    // sends its next request while the rest of the round
+                    // is read, where it would otherwise wait for all of it
+                    // and find this thread asleep. A flood of requests
+                    // still has its answers of one read in one `sendmmsg`.
+                    if self.batch.answers > 0 {
+                        self.send_queued();
+                    }
                     if n < SLOTS - at {
                         // Drained; a later datagram raises a new event.
                         return Drained::Short;

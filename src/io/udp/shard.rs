@@ -6,7 +6,8 @@
 //! Per wake-up: datagrams are read with `recvmmsg` into the host's batch,
 //! the engine handles them in place, and what they relay is queued; the
 //! queue goes out with one `sendmmsg` per socket once every ready socket
-//! was read (or sooner, when the batch is nearly full).
+//! was read (or sooner, when the batch is nearly full, and right after a
+//! read whose requests were answered).
 
 use std::net::UdpSocket;
 use std::ops::Range;

@@ -195,7 +195,7 @@ fn hmac_key(alg: hmac::Algorithm, key: &[u8]) -> hmac::Key {
     CACHE.with_borrow_mut(|(next, slots)| {
         if let Some((.., k)) = slots
             .iter()
-            .find(|(a, n, b, _)| *a == alg && *n == key.len() && *b == bytes)
+            .find(|(a, n, b, _)| *a == alg && *n == key.len() && same_key(b, &bytes))
         {
             return k.clone();
         }
@@ -211,9 +211,28 @@ fn hmac_key(alg: hmac::Algorithm, key: &[u8]) -> hmac::Key {
     })
 }
 
+/// Whether two cached key blocks are equal, in a time that does not
+/// depend on where they differ: the key asked for follows from a user name
+/// a client chose, and the cached ones are other users' keys.
+fn same_key(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_keys_match_only_when_every_byte_does() {
+        let a = [7u8; 32];
+        assert!(same_key(&a, &a));
+        for i in [0, 15, 31] {
+            let mut b = a;
+            b[i] ^= 0x80;
+            assert!(!same_key(&a, &b), "a key differing at byte {i}");
+        }
+    }
 
     #[test]
     fn sha1_signing_matches_the_stun_crate_with_cached_keys() {

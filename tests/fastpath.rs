@@ -981,7 +981,7 @@ fn both_paths_of_one_allocation_share_one_ceiling() {
     // plus 3 s of it: both buckets' bursts (1 s each) and one exchange
     // interval not yet debited. Apart, they would pass about twice it.
     let rate = 200u64;
-    let mut net = Net::new("s");
+    let mut net = Net::new("b");
     net.start(&format!("[limits]\npacket_rate = {rate}\nbandwidth = 0"));
     let mut s = session(&net, 1, 9000);
     let other = net.udp(&net.peer.clone(), &format!("{PEER_IP}:9001"));
@@ -1040,6 +1040,104 @@ fn both_paths_of_one_allocation_share_one_ceiling() {
     );
     let want = kernel + by_kernel - 2;
     assert!(net.reaching(want, |n| n.kernel_packets("to_peer")) - kernel >= by_kernel - 2);
+}
+
+/// `strace` counting the `bpf` system calls of every thread of a process;
+/// killed by its PID on drop (its tracees go on, detached).
+struct BpfCalls {
+    child: Child,
+    out: PathBuf,
+}
+
+impl BpfCalls {
+    /// Attached to every thread of `pid` (within 10 s, or it panics).
+    fn attach(pid: u32, out: PathBuf) -> BpfCalls {
+        let child = Command::new("strace")
+            .args(["-f", "-c", "-e", "trace=bpf", "-o"])
+            .arg(&out)
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace (Debian package strace)");
+        let calls = BpfCalls { child, out };
+        let traced = |task: &std::fs::DirEntry| {
+            std::fs::read_to_string(task.path().join("status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("TracerPid:"))
+                    .is_some_and(|t| t.trim() != "0")
+            })
+        };
+        let all = wait(Duration::from_secs(10), || {
+            let mut tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            tasks.all(|t| t.is_ok_and(|t| traced(&t))).then_some(())
+        });
+        assert!(all.is_some(), "strace did not attach to every thread");
+        calls
+    }
+
+    /// Detach (SIGINT: strace writes its summary); how many `bpf` calls it
+    /// saw.
+    fn finish(mut self) -> u64 {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let summary = std::fs::read_to_string(&self.out).unwrap_or_default();
+        // "% time  seconds  usecs/call  calls  [errors]  syscall"
+        summary
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|w| w.last() == Some(&"bpf"))
+            .map_or(0, |w| w[3].parse().unwrap())
+    }
+}
+
+impl Drop for BpfCalls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_scraper_in_a_loop_makes_each_thread_read_the_kernel_at_most_ten_times_a_second() {
+    // Each /metrics scrape asks every thread for a report, and a thread
+    // holding channels in the kernel reads their counts for it: one
+    // `bpf` call per channel slot and per allocation slot. Reads come at
+    // most ten times a second (FORCED_SYNC_FLOOR), whatever the scrape
+    // rate.
+    let mut net = Net::new("m");
+    net.start("");
+    let s = session(&net, 10, 9000);
+    exchange(std::slice::from_ref(&s), 2, 50);
+    assert_eq!(net.metric("ferroturn_fastpath_channels"), 10);
+    // One allocation of 10 channels: 11 slots a read.
+    let per_read = 11u64;
+    let pid = net.ferroturn.as_ref().unwrap().id();
+    let started = Instant::now();
+    let trace = BpfCalls::attach(pid, net.dir.join("strace.txt"));
+    let scrapes = 300u64;
+    net.in_ns(&net.server.clone(), move || {
+        for _ in 0..scrapes {
+            let text = common::scrape(sa(METRICS)).unwrap();
+            assert!(text.contains("ferroturn_fastpath_channels 10"));
+        }
+    });
+    let calls = trace.finish();
+    let window = started.elapsed();
+    // Reads are 100 ms apart at least (the periodic one, a second after
+    // the last, too), as the README promises: at most this many in the
+    // window.
+    let reads = (window.as_secs_f64() / 0.1) as u64 + 2;
+    eprintln!(
+        "{scrapes} scrapes in {window:?}: {calls} bpf calls, at most {} allowed, {} without a floor",
+        reads * per_read,
+        scrapes * per_read
+    );
+    assert!(calls >= per_read, "the first scrape read the kernel");
+    assert!(
+        calls <= reads * per_read,
+        "{calls} bpf calls for {scrapes} scrapes in {window:?}"
+    );
 }
 
 /// A Redis in namespace `ns`, on 127.0.0.1:`port`; killed by its PID on

@@ -1045,7 +1045,7 @@ fn both_paths_of_one_allocation_share_one_ceiling() {
 /// `strace` counting the `bpf` system calls of every thread of a process;
 /// killed by its PID on drop (its tracees go on, detached).
 struct BpfCalls {
-    child: Child,
+    strace: common::KillOnDrop,
     out: PathBuf,
 }
 
@@ -1060,7 +1060,10 @@ impl BpfCalls {
             .stderr(Stdio::null())
             .spawn()
             .expect("strace (Debian package strace)");
-        let calls = BpfCalls { child, out };
+        let calls = BpfCalls {
+            strace: common::KillOnDrop(child),
+            out,
+        };
         let traced = |task: &std::fs::DirEntry| {
             std::fs::read_to_string(task.path().join("status")).is_ok_and(|s| {
                 s.lines()
@@ -1079,8 +1082,8 @@ impl BpfCalls {
     /// Detach (SIGINT: strace writes its summary); how many `bpf` calls it
     /// saw.
     fn finish(mut self) -> u64 {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
+        unsafe { libc::kill(self.strace.0.id() as i32, libc::SIGINT) };
+        let _ = self.strace.0.wait();
         let summary = std::fs::read_to_string(&self.out).unwrap_or_default();
         // "% time  seconds  usecs/call  calls  [errors]  syscall"
         summary
@@ -1088,13 +1091,6 @@ impl BpfCalls {
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .find(|w| w.last() == Some(&"bpf"))
             .map_or(0, |w| w[3].parse().unwrap())
-    }
-}
-
-impl Drop for BpfCalls {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -72,16 +72,7 @@ impl DtlsServer {
 
     /// The `/metrics` text.
     fn metrics(&self) -> String {
-        let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
+        common::scrape(self.metrics).unwrap()
     }
 }
 
@@ -287,15 +278,11 @@ fn uclient_over_dtls_relays_without_loss() {
     s.assert_complete(100, &context);
 
     let metrics = server.metrics();
-    let relayed = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "ferroturn_relayed_packets_total{direction=\"to_peer\",transport=\"dtls\"} ",
-            )
-        })
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no DTLS relayed packets in /metrics:\n{metrics}"));
+    let relayed = common::sample(
+        &metrics,
+        "ferroturn_relayed_packets_total{direction=\"to_peer\",transport=\"dtls\"}",
+    )
+    .unwrap_or_else(|| panic!("no DTLS relayed packets in /metrics:\n{metrics}"));
     assert!(relayed >= 100, "{relayed} packets relayed over DTLS");
     let log = server.log();
     assert!(

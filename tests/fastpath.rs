@@ -13,17 +13,18 @@
 
 #![cfg(feature = "fastpath")]
 
+mod common;
 mod raw;
 mod usage_stream;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferroturn::io::fastpath::FORCED_SYNC_FLOOR;
 use ferroturn::proto::stun::{self as wire, Request};
 use raw::RawClient;
 use stun::message::*;
@@ -318,23 +319,31 @@ interfaces = ["sc", "sp"]
 
     /// The value of one sample of /metrics (`name{labels}`), 0 if absent.
     fn metric(&self, series: &str) -> u64 {
-        let series = series.to_owned();
-        let text = self.in_ns(&self.server.clone(), move || {
-            let mut s = TcpStream::connect(sa(METRICS)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            write!(
-                s,
-                "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).unwrap();
-            text
+        let text = self.in_ns(&self.server.clone(), || {
+            common::scrape(sa(METRICS)).unwrap()
         });
-        let prefix = format!("{series} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map_or(0, |v| v.trim().parse().unwrap())
+        common::sample(&text, series).unwrap_or(0)
+    }
+
+    /// What the counter `read` shows once it reaches `want`, scraped for up
+    /// to 2 s (a scrape shows the kernel's counts as a host last read them,
+    /// up to `FORCED_SYNC_FLOOR` before); its last value if it never does.
+    /// A counter only grows: once past `want` it is returned at once.
+    fn reaching(&self, want: u64, read: impl Fn(&Net) -> u64) -> u64 {
+        let mut last = 0;
+        let _ = wait(Duration::from_secs(2), || {
+            last = read(self);
+            (last >= want).then_some(())
+        });
+        last
+    }
+
+    /// Wait out twice the floor on a host's reads of the kernel: the next
+    /// scrape then counts every packet relayed before this call (a host
+    /// either read the kernel since, or that scrape makes it read). For
+    /// counts that must not have moved, where no value to wait for exists.
+    fn settle(&self) {
+        std::thread::sleep(2 * FORCED_SYNC_FLOOR);
     }
 
     fn kernel_packets(&self, dir: &str) -> u64 {
@@ -487,12 +496,14 @@ fn bound_channels_are_relayed_in_the_kernel_both_ways_and_counted_exactly() {
     assert_eq!(net.metric("ferroturn_fastpath_channels"), 1);
     // Every packet counted once, whichever path carried it: what the
     // client sent, exactly.
-    assert_eq!(net.relayed_packets("to_peer"), sent);
-    assert_eq!(net.relayed_packets("to_client"), sent);
-    assert_eq!(net.relayed_bytes("to_peer"), sent * len as u64);
-    assert_eq!(net.relayed_bytes("to_client"), sent * len as u64);
+    let bytes = sent * len as u64;
+    assert_eq!(net.reaching(sent, |n| n.relayed_packets("to_peer")), sent);
+    assert_eq!(net.reaching(sent, |n| n.relayed_packets("to_client")), sent);
+    assert_eq!(net.reaching(bytes, |n| n.relayed_bytes("to_peer")), bytes);
+    assert_eq!(net.reaching(bytes, |n| n.relayed_bytes("to_client")), bytes);
     // The kernel carried them (a first packet may have waited for a
-    // neighbour entry in userspace).
+    // neighbour entry in userspace). Its counts are all read: the totals
+    // above hold them.
     let k = net.kernel_packets("to_peer");
     assert!(k >= sent - 2, "{k} of {sent} to peers in the kernel");
     assert!(net.kernel_packets("to_client") >= sent - 2);
@@ -505,9 +516,13 @@ fn bound_channels_are_relayed_in_the_kernel_both_ways_and_counted_exactly() {
     let sent2 = exchange(&many, 20, len);
     assert_eq!(sent2, 2000);
     let total = sent + sent2;
-    assert_eq!(net.relayed_packets("to_peer"), total);
-    assert_eq!(net.relayed_packets("to_client"), total);
-    assert_eq!(net.relayed_bytes("to_peer"), total * len as u64);
+    let bytes = total * len as u64;
+    assert_eq!(net.reaching(total, |n| n.relayed_packets("to_peer")), total);
+    assert_eq!(
+        net.reaching(total, |n| n.relayed_packets("to_client")),
+        total
+    );
+    assert_eq!(net.reaching(bytes, |n| n.relayed_bytes("to_peer")), bytes);
     let k = net.kernel_packets("to_client");
     assert!(k >= total - 120, "{k} of {total} to clients in the kernel");
     assert_eq!(
@@ -522,6 +537,7 @@ fn only_what_the_engine_holds_crosses_in_the_kernel() {
     net.start("");
     let mut s = session(&net, 1, 9000);
     exchange(std::slice::from_ref(&s), 5, 50);
+    net.settle();
     let before = (
         net.kernel_packets("to_peer"),
         net.relayed_packets("to_peer"),
@@ -565,6 +581,7 @@ fn only_what_the_engine_holds_crosses_in_the_kernel() {
         drain(&s.channels[0].1, 1).is_empty(),
         "nothing strayed to the bound peer"
     );
+    net.settle();
     let after = (
         net.kernel_packets("to_peer"),
         net.relayed_packets("to_peer"),
@@ -651,6 +668,7 @@ fn detached_mid_stream_traffic_goes_on_in_userspace_and_a_kill_leaves_nothing_at
     let s = session(&net, 1, 9000);
     let pid = net.ferroturn.as_ref().unwrap().id();
     exchange(std::slice::from_ref(&s), 50, 60);
+    net.settle();
     let kernel = net.kernel_packets("to_peer");
     assert!(kernel >= 48);
     // Take the program off both interfaces behind ferroturn's back.
@@ -663,13 +681,18 @@ fn detached_mid_stream_traffic_goes_on_in_userspace_and_a_kill_leaves_nothing_at
     // Every datagram still arrives, each way, now through ferroturn's
     // threads, which still hold the channel.
     let sent = exchange(std::slice::from_ref(&s), 50, 60);
+    net.settle();
     assert_eq!(
         net.kernel_packets("to_peer"),
         kernel,
         "nothing more in the kernel"
     );
-    assert_eq!(net.relayed_packets("to_peer"), 50 + sent);
-    assert_eq!(net.relayed_packets("to_client"), 50 + sent);
+    let total = 50 + sent;
+    assert_eq!(net.reaching(total, |n| n.relayed_packets("to_peer")), total);
+    assert_eq!(
+        net.reaching(total, |n| n.relayed_packets("to_client")),
+        total
+    );
 
     // A fresh server, killed with SIGKILL: its links go with it.
     let mut c = net.ferroturn.take().unwrap();
@@ -696,16 +719,18 @@ fn ipv6_channels_are_relayed_in_the_kernel_too() {
     assert_eq!(net.metric("ferroturn_fastpath_channels"), 10);
     let len = 333;
     let sent = exchange(&sessions, 40, len);
-    assert_eq!(net.relayed_packets("to_peer"), sent);
-    assert_eq!(net.relayed_packets("to_client"), sent);
-    assert_eq!(net.relayed_bytes("to_client"), sent * len as u64);
+    let bytes = sent * len as u64;
+    assert_eq!(net.reaching(sent, |n| n.relayed_packets("to_peer")), sent);
+    assert_eq!(net.reaching(sent, |n| n.relayed_packets("to_client")), sent);
+    assert_eq!(net.reaching(bytes, |n| n.relayed_bytes("to_client")), bytes);
     let k = net.kernel_packets("to_peer");
     assert!(k >= sent - 10, "{k} of {sent} to IPv6 peers in the kernel");
     assert!(net.kernel_packets("to_client") >= sent - 10);
     // And an IPv4 session beside them, on the same program.
     let v4 = [session(&net, 1, 9500)];
     let sent4 = exchange(&v4, 20, len);
-    assert_eq!(net.relayed_packets("to_peer"), sent + sent4);
+    let total = sent + sent4;
+    assert_eq!(net.reaching(total, |n| n.relayed_packets("to_peer")), total);
 }
 
 #[test]
@@ -730,6 +755,7 @@ fn revoking_the_user_stops_kernel_relaying_at_once() {
     assert_eq!(net.metric("ferroturn_fastpath_channels"), 0);
     let kernel = net.kernel_packets("to_peer");
     assert_nothing_relayed(&s, "the revocation");
+    net.settle();
     assert_eq!(net.kernel_packets("to_peer"), kernel);
 }
 
@@ -743,9 +769,12 @@ fn the_packet_rate_ceiling_holds_in_the_kernel() {
     let sent = 1200;
     let got = over_the_ceiling(&s, sent, rate);
     // The drops are counted as the userspace path counts its own.
-    let limited = net.metric("ferroturn_rate_limited_packets_total");
-    assert_eq!(limited, u64::from(sent) - got);
-    assert_eq!(net.relayed_packets("to_peer"), got);
+    let dropped = u64::from(sent) - got;
+    let limited = net.reaching(dropped, |n| {
+        n.metric("ferroturn_rate_limited_packets_total")
+    });
+    assert_eq!(limited, dropped);
+    assert_eq!(net.reaching(got, |n| n.relayed_packets("to_peer")), got);
 }
 
 /// Send `count` packets on the first channel of `s` at about 1,000 a
@@ -859,7 +888,7 @@ fn a_reload_brings_new_ceilings_into_the_kernel() {
     net.metric("ferroturn_fastpath_channels");
     let got = over_the_ceiling(&s, 600, 100);
     assert!(
-        net.kernel_packets("to_peer") >= got,
+        net.reaching(got, |n| n.kernel_packets("to_peer")) >= got,
         "carried in the kernel"
     );
 }
@@ -890,8 +919,12 @@ fn an_unrefreshed_channel_stops_in_the_kernel_at_its_expiry_then_leaves_it() {
     net.start("[allocation]\npermission_lifetime = 3\nchannel_lifetime = 3");
     let s = session(&net, 1, 9000);
     let bound = Instant::now();
-    exchange(std::slice::from_ref(&s), 5, 50);
+    let sent = exchange(std::slice::from_ref(&s), 5, 50);
     assert_eq!(net.metric("ferroturn_fastpath_channels"), 1);
+    // Once every packet is counted (the kernel's among them), its counts
+    // as of now.
+    assert_eq!(net.reaching(sent, |n| n.relayed_packets("to_peer")), sent);
+    assert_eq!(net.reaching(sent, |n| n.relayed_packets("to_client")), sent);
     let before = net.kernel_packets("to_peer");
     let before_client = net.kernel_packets("to_client");
     assert!(before >= 3, "{before} of 5 in the kernel");
@@ -948,7 +981,7 @@ fn both_paths_of_one_allocation_share_one_ceiling() {
     // plus 3 s of it: both buckets' bursts (1 s each) and one exchange
     // interval not yet debited. Apart, they would pass about twice it.
     let rate = 200u64;
-    let mut net = Net::new("s");
+    let mut net = Net::new("b");
     net.start(&format!("[limits]\npacket_rate = {rate}\nbandwidth = 0"));
     let mut s = session(&net, 1, 9000);
     let other = net.udp(&net.peer.clone(), &format!("{PEER_IP}:9001"));
@@ -1005,7 +1038,102 @@ fn both_paths_of_one_allocation_share_one_ceiling() {
         by_kernel > rate && by_userspace > rate,
         "{by_kernel} / {by_userspace}"
     );
-    assert!(net.kernel_packets("to_peer") - kernel >= by_kernel - 2);
+    let want = kernel + by_kernel - 2;
+    assert!(net.reaching(want, |n| n.kernel_packets("to_peer")) - kernel >= by_kernel - 2);
+}
+
+/// `strace` counting the `bpf` system calls of every thread of a process;
+/// killed by its PID on drop (its tracees go on, detached).
+struct BpfCalls {
+    strace: common::KillOnDrop,
+    out: PathBuf,
+}
+
+impl BpfCalls {
+    /// Attached to every thread of `pid` (within 10 s, or it panics).
+    fn attach(pid: u32, out: PathBuf) -> BpfCalls {
+        let child = Command::new("strace")
+            .args(["-f", "-c", "-e", "trace=bpf", "-o"])
+            .arg(&out)
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace (Debian package strace)");
+        let calls = BpfCalls {
+            strace: common::KillOnDrop(child),
+            out,
+        };
+        let traced = |task: &std::fs::DirEntry| {
+            std::fs::read_to_string(task.path().join("status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("TracerPid:"))
+                    .is_some_and(|t| t.trim() != "0")
+            })
+        };
+        let all = wait(Duration::from_secs(10), || {
+            let mut tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            tasks.all(|t| t.is_ok_and(|t| traced(&t))).then_some(())
+        });
+        assert!(all.is_some(), "strace did not attach to every thread");
+        calls
+    }
+
+    /// Detach (SIGINT: strace writes its summary); how many `bpf` calls it
+    /// saw.
+    fn finish(mut self) -> u64 {
+        unsafe { libc::kill(self.strace.0.id() as i32, libc::SIGINT) };
+        let _ = self.strace.0.wait();
+        let summary = std::fs::read_to_string(&self.out).unwrap_or_default();
+        // "% time  seconds  usecs/call  calls  [errors]  syscall"
+        summary
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|w| w.last() == Some(&"bpf"))
+            .map_or(0, |w| w[3].parse().unwrap())
+    }
+}
+
+#[test]
+fn a_scraper_in_a_loop_makes_each_thread_read_the_kernel_at_most_ten_times_a_second() {
+    // Each /metrics scrape asks every thread for a report, and a thread
+    // holding channels in the kernel reads their counts for it: one
+    // `bpf` call per channel slot and per allocation slot. Reads come at
+    // most ten times a second (FORCED_SYNC_FLOOR), whatever the scrape
+    // rate.
+    let mut net = Net::new("m");
+    net.start("");
+    let s = session(&net, 10, 9000);
+    exchange(std::slice::from_ref(&s), 2, 50);
+    assert_eq!(net.metric("ferroturn_fastpath_channels"), 10);
+    // One allocation of 10 channels: 11 slots a read.
+    let per_read = 11u64;
+    let pid = net.ferroturn.as_ref().unwrap().id();
+    let started = Instant::now();
+    let trace = BpfCalls::attach(pid, net.dir.join("strace.txt"));
+    let scrapes = 300u64;
+    net.in_ns(&net.server.clone(), move || {
+        for _ in 0..scrapes {
+            let text = common::scrape(sa(METRICS)).unwrap();
+            assert!(text.contains("ferroturn_fastpath_channels 10"));
+        }
+    });
+    let calls = trace.finish();
+    let window = started.elapsed();
+    // Reads are 100 ms apart at least (the periodic one, a second after
+    // the last, too), as the README promises: at most this many in the
+    // window.
+    let reads = (window.as_secs_f64() / 0.1) as u64 + 2;
+    eprintln!(
+        "{scrapes} scrapes in {window:?}: {calls} bpf calls, at most {} allowed, {} without a floor",
+        reads * per_read,
+        scrapes * per_read
+    );
+    assert!(calls >= per_read, "the first scrape read the kernel");
+    assert!(
+        calls <= reads * per_read,
+        "{calls} bpf calls for {scrapes} scrapes in {window:?}"
+    );
 }
 
 /// A Redis in namespace `ns`, on 127.0.0.1:`port`; killed by its PID on

@@ -720,7 +720,8 @@ impl<T: Transport> Host<T> {
                         }
                     }
                     // A report (metrics, sessions) counts what the kernel
-                    // relayed up to now.
+                    // relayed up to now, or up to a read less than
+                    // `FORCED_SYNC_FLOOR` old.
                     HostCommand::Report { .. } => {
                         if let Some(f) = &mut self.fastpath {
                             f.sync_now(&mut self.engine, now);

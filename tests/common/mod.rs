@@ -678,6 +678,40 @@ pub fn binding_stream(s: &mut (impl Read + Write)) -> std::io::Result<SocketAddr
     })
 }
 
+// ---- /metrics ------------------------------------------------------------------
+
+/// One GET of `/metrics` from the metrics listener at `addr` (asked by its
+/// IP literal as `Host`, which the server always answers to): the whole
+/// response, headers and all.
+pub fn scrape(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let host = match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The value of sample `series` (`name`, or `name{labels}` exactly as
+/// rendered) in a scrape's text; `None` if it is not there. Every sample
+/// ferroturn renders is a whole number: anything else fails the test.
+pub fn sample(text: &str, series: &str) -> Option<u64> {
+    let prefix = format!("{series} ");
+    let v = text.lines().find_map(|l| l.strip_prefix(&prefix))?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{series}: {v:?} is not a count: {e}")),
+    )
+}
+
 // ---- Child processes with a time limit ---------------------------------------
 
 /// The outcome of [`run_with_timeout`].

@@ -1,7 +1,7 @@
 //! A `redis-server` for the cluster tests (Debian's redis-server package,
 //! which tests/run.sh installs), on a loopback port.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -162,21 +162,8 @@ pub async fn echo_round(relay: &(impl Conn + ?Sized), peer: SocketAddr, n: u8) -
     back
 }
 
-/// A metric's value from the `/metrics` of a node at `addr`.
+/// A metric's value from the `/metrics` of a node at `addr`; `None` if
+/// the node does not answer or has no such sample.
 pub fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        addr.ip()
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let prefix = format!("{name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
+    super::sample(&super::scrape(addr).ok()?, name)
 }

@@ -157,8 +157,12 @@ impl Kernel {
 
     /// The counts of channel slot `slot`.
     pub fn count(&self, slot: u32) -> ChanCount {
-        let v = self.counts.lookup(&slot.to_ne_bytes(), MapFlags::ANY);
-        let Ok(Some(v)) = v else {
+        // Into a buffer on the stack: a host reads every slot at each sync.
+        let mut v = [0u8; 32];
+        let found = self
+            .counts
+            .lookup_into(&slot.to_ne_bytes(), &mut v, MapFlags::ANY);
+        let Ok(true) = found else {
             return ChanCount::default();
         };
         let w = |i: usize| u64::from_ne_bytes(v[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
@@ -178,8 +182,11 @@ impl Kernel {
     /// Packets allocation slot `slot` dropped over its ceilings, by
     /// direction.
     pub fn limited(&self, slot: u32) -> [u64; 2] {
-        let v = self.limits.lookup(&slot.to_ne_bytes(), MapFlags::ANY);
-        let Ok(Some(v)) = v else {
+        let mut v = [0u8; LIMIT_LEN];
+        let found = self
+            .limits
+            .lookup_into(&slot.to_ne_bytes(), &mut v, MapFlags::ANY);
+        let Ok(true) = found else {
             return [0; 2];
         };
         let w = |at: usize| u64::from_ne_bytes(v[at..at + 8].try_into().expect("8 bytes"));

@@ -6,9 +6,10 @@
 //! - `kernel` (feature `fastpath`): the program, its maps and links.
 //! - [`FastPath`]: the loaded, attached program, shared by every host.
 //! - [`HostPath`]: one host's mirror; it applies the map changes and, once
-//!   a second and when a channel leaves, hands what the kernel relayed to
-//!   the engine ([`Engine::kernel_relayed`]), so that traffic, usage,
-//!   sessions and metrics count packets whichever path carried them.
+//!   a second, at a report (at most once per [`FORCED_SYNC_FLOOR`]) and
+//!   when a channel leaves, hands what the kernel relayed to the engine
+//!   ([`Engine::kernel_relayed`]), so that traffic, usage, sessions and
+//!   metrics count packets whichever path carried them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +37,62 @@ const LOG: &str = "ferroturn::io";
 
 /// How often each host reads the kernel's counts.
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// The least time between a host's last read of the kernel's counts and
+/// one a report (a `/metrics` scrape, an admin sessions call) forces: a
+/// read walks every channel slot of the host (a system call each), and
+/// reports come as fast as any client of those endpoints asks. Within it
+/// a report shows the counts of the last read, at most this old.
+pub const FORCED_SYNC_FLOOR: Duration = Duration::from_millis(100);
+
+/// When a host reads the kernel's counts: every [`SYNC_EVERY`], and at a
+/// report unless it read them less than [`FORCED_SYNC_FLOOR`] before.
+/// Pure: the caller gives the time and does the read when told to.
+#[derive(Debug, Clone, Copy)]
+struct SyncTimes {
+    /// When the periodic read is due.
+    next: Instant,
+    /// The last read, of either kind.
+    last: Option<Instant>,
+}
+
+impl SyncTimes {
+    fn new(now: Instant) -> Self {
+        SyncTimes {
+            next: now + SYNC_EVERY,
+            last: None,
+        }
+    }
+
+    /// Whether the periodic read is due at `now`; if so it is taken as
+    /// done then.
+    fn periodic(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.read_at(now);
+        true
+    }
+
+    /// Whether a report at `now` reads the kernel: not if the last read
+    /// is less than [`FORCED_SYNC_FLOOR`] old. If so it is taken as done
+    /// then.
+    fn forced(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|l| now.saturating_duration_since(l) < FORCED_SYNC_FLOOR)
+        {
+            return false;
+        }
+        self.read_at(now);
+        true
+    }
+
+    fn read_at(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.next = now + SYNC_EVERY;
+    }
+}
 
 /// How the program runs on the interfaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +325,14 @@ pub struct HostPath {
     shares: HashMap<u32, Share>,
     /// Channels of this host in the kernel, as last added to the total.
     counted: u64,
-    next_sync: Instant,
+    times: SyncTimes,
+    /// The slots a read goes over, copied out of the mirror first (the
+    /// reports need `&mut self`). Kept and cleared, never dropped: a read
+    /// runs once a second on every host and at reports, and with buffers
+    /// already grown to the host's number of channels it allocates
+    /// nothing.
+    chan_slots: Vec<(AllocId, u32)>,
+    alloc_slots: Vec<(AllocId, u32)>,
 }
 
 impl HostPath {
@@ -286,7 +350,9 @@ impl HostPath {
             seen_limited: HashMap::new(),
             shares: HashMap::new(),
             counted: 0,
-            next_sync: now + SYNC_EVERY,
+            times: SyncTimes::new(now),
+            chan_slots: Vec::new(),
+            alloc_slots: Vec::new(),
         }
     }
 
@@ -296,8 +362,10 @@ impl HostPath {
     pub fn set_ceilings(&mut self, engine: &mut Engine, limits: &crate::engine::Limits) {
         let (packet_rate, bandwidth) = (limits.packet_rate.into(), limits.bandwidth);
         self.mirror.set_ceilings(packet_rate, bandwidth);
-        let allocs: Vec<(AllocId, u32)> = self.mirror.alloc_slots().collect();
-        for (alloc, slot) in allocs {
+        let mut allocs = std::mem::take(&mut self.alloc_slots);
+        allocs.clear();
+        allocs.extend(self.mirror.alloc_slots());
+        for &(alloc, slot) in &allocs {
             // Their drops so far go to the engine before the reset.
             self.report_limited(engine, alloc, slot);
             match self.shared.kernel.ceilings(slot, packet_rate, bandwidth) {
@@ -308,6 +376,7 @@ impl HostPath {
                 Err(e) => tracing::debug!(target: LOG, "fast path: {e}"),
             }
         }
+        self.alloc_slots = allocs;
     }
 
     /// Mirror one of the engine's reports; `relay` is the relayed transport
@@ -323,7 +392,9 @@ impl HostPath {
         let clock = Clock::now();
         let shared = self.shared.clone();
         let k = &shared.kernel;
-        for op in std::mem::take(&mut self.ops) {
+        // Drained, not consumed: the buffer is kept for the next report.
+        let mut ops = std::mem::take(&mut self.ops);
+        for op in ops.drain(..) {
             match op {
                 Op::Put(key, target) => {
                     if let Err(e) = k.put(&key, &target, &clock) {
@@ -355,30 +426,51 @@ impl HostPath {
                 }
             }
         }
+        self.ops = ops;
         self.count_channels();
     }
 
     /// When [`Self::sync`] is next due, while channels are in the kernel.
     pub fn due(&self) -> Option<Instant> {
-        (self.counted > 0 || !self.seen.is_empty()).then_some(self.next_sync)
+        (self.counted > 0 || !self.seen.is_empty()).then_some(self.times.next)
     }
 
     /// Hand the engine what the kernel relayed since the last time, if due.
     pub fn sync(&mut self, engine: &mut Engine, now: Instant) {
-        if now < self.next_sync {
-            return;
+        if self.times.periodic(now) {
+            self.read(engine);
         }
-        self.next_sync = now + SYNC_EVERY;
-        let chans: Vec<(AllocId, u32)> = self.mirror.channel_slots().collect();
-        for (alloc, slot) in chans {
+    }
+
+    /// For a report (metrics, sessions): hand the engine what the kernel
+    /// relayed up to now, unless a read less than [`FORCED_SYNC_FLOOR`]
+    /// ago did (the report then counts what that one read).
+    pub fn sync_now(&mut self, engine: &mut Engine, now: Instant) {
+        if self.times.forced(now) {
+            self.read(engine);
+        }
+    }
+
+    /// Read every slot of this host in the kernel: channel counts and
+    /// allocation drops to the engine, what userspace relayed to the
+    /// program.
+    fn read(&mut self, engine: &mut Engine) {
+        let mut chans = std::mem::take(&mut self.chan_slots);
+        chans.clear();
+        chans.extend(self.mirror.channel_slots());
+        for &(alloc, slot) in &chans {
             self.report_channel(engine, alloc, slot);
         }
-        let allocs: Vec<(AllocId, u32)> = self.mirror.alloc_slots().collect();
+        self.chan_slots = chans;
+        let mut allocs = std::mem::take(&mut self.alloc_slots);
+        allocs.clear();
+        allocs.extend(self.mirror.alloc_slots());
         let clock = Clock::now();
-        for (alloc, slot) in allocs {
+        for &(alloc, slot) in &allocs {
             self.report_limited(engine, alloc, slot);
             self.share(engine, alloc, slot, &clock);
         }
+        self.alloc_slots = allocs;
     }
 
     /// Tell the program what allocation slot `slot` relayed in userspace
@@ -407,12 +499,6 @@ impl HostPath {
             Ok(()) => s.written = since,
             Err(e) => tracing::debug!(target: LOG, "fast path: {e}"),
         }
-    }
-
-    /// Hand the engine what the kernel relayed up to now.
-    pub fn sync_now(&mut self, engine: &mut Engine, now: Instant) {
-        self.next_sync = now;
-        self.sync(engine, now);
     }
 
     fn report_channel(&mut self, engine: &mut Engine, alloc: AllocId, slot: u32) {
@@ -486,5 +572,54 @@ impl Share {
             base: engine.relayed_in_userspace(alloc).unwrap_or_default(),
             written: Default::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads of the kernel a run of reports makes, from `start`, at these
+    /// offsets.
+    fn forced_reads(start: Instant, at_ms: &[u64]) -> usize {
+        let mut t = SyncTimes::new(start);
+        at_ms
+            .iter()
+            .filter(|ms| t.forced(start + Duration::from_millis(**ms)))
+            .count()
+    }
+
+    #[test]
+    fn two_reports_within_the_floor_read_the_kernel_once() {
+        let start = Instant::now();
+        let floor = FORCED_SYNC_FLOOR.as_millis() as u64;
+        assert_eq!(forced_reads(start, &[0, floor - 1]), 1);
+        // A scraper in a tight loop: one read per floor, not per report.
+        let tight: Vec<u64> = (0..1000).map(|i| i * floor / 100).collect();
+        assert_eq!(forced_reads(start, &tight), 10);
+    }
+
+    #[test]
+    fn a_report_after_the_floor_reads_the_kernel_again() {
+        let start = Instant::now();
+        let floor = FORCED_SYNC_FLOOR.as_millis() as u64;
+        assert_eq!(forced_reads(start, &[0, floor]), 2);
+        assert_eq!(forced_reads(start, &[0, floor - 1, floor + 1]), 2);
+    }
+
+    #[test]
+    fn the_periodic_read_counts_for_the_floor_and_a_forced_one_delays_it() {
+        let start = Instant::now();
+        let ms = |m: u64| start + Duration::from_millis(m);
+        let mut t = SyncTimes::new(start);
+        assert!(!t.periodic(ms(999)));
+        assert!(t.periodic(ms(1000)));
+        // A report just after the periodic read shows its counts.
+        assert!(!t.forced(ms(1050)));
+        assert!(t.forced(ms(1100)));
+        // The next periodic read is a second after the forced one.
+        assert!(!t.periodic(ms(2000)));
+        assert!(t.periodic(ms(2100)));
+        assert_eq!(t.next, ms(3100));
     }
 }

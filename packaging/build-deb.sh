@@ -17,9 +17,26 @@ if ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb $cargo_deb_version"; 
 fi
 [ "${1:-}" = --tools ] && exit 0
 
-# The release build that `cargo run --release` uses too; cargo-deb only
-# packs it (--no-build), so nothing is compiled twice.
-cargo build --release --bin ferroturn >&2
+# The release build, with the kernel fast path built in (README, "Kernel
+# fast path"): the packaged config leaves it off, and turning it on is a
+# config key and a drop-in away, not a rebuild. The same build as the
+# README's `cargo run --release --features fastpath`; cargo-deb only packs
+# it (--no-build), so nothing is compiled twice. The feature compiles the
+# XDP program with clang against libbpf-dev's headers and links libelf and
+# zlib (their -dev packages; libelf1 and zlib1g then land in the
+# package's Depends through dpkg-shlibdeps).
+missing=()
+for pb in clang:/usr/bin/clang libbpf-dev:/usr/include/bpf/bpf_helpers.h \
+          libelf-dev:/usr/include/libelf.h zlib1g-dev:/usr/include/zlib.h \
+          pkg-config:/usr/bin/pkg-config libssl-dev:/usr/include/openssl/ssl.h \
+          dpkg-dev:/usr/bin/dpkg-shlibdeps binutils:/usr/bin/strip; do
+    [ -e "${pb#*:}" ] || missing+=("${pb%%:*}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "error: the package build needs: sudo apt install ${missing[*]}" >&2
+    exit 1
+fi
+cargo build --release --features fastpath --bin ferroturn >&2
 # The man pages and completion scripts come from the binary itself (the
 # same definitions as --help and the config parser); man pages gzipped as
 # Debian's policy wants (-n: no time stamp, so builds are reproducible).

@@ -4,14 +4,22 @@
 //! - `package_installs_serves_and_purges` builds the package with the
 //!   README's command (`bash packaging/build-deb.sh`: the release build,
 //!   then `cargo deb --no-build`), installs it with apt, and checks the
+//!   Depends line (libelf1 and zlib1g for the fast path's libbpf), the
 //!   files with their owners and modes, the user, the unit
 //!   (`systemd-analyze verify`), `ferroturn check` of the installed config,
 //!   and that the installed binary, run as the service's user with that
 //!   config (only its ports moved, on loopback), answers a STUN Binding and
 //!   grants a TURN allocation to REST credentials minted from the installed
-//!   secret and to no others. Then: a reinstall keeps the secret, `apt
-//!   remove` keeps the config and the secret, `apt purge` deletes both, and
-//!   a new install writes a new secret. It changes the system, so the whole
+//!   secret and to no others. The kernel fast path: built in (with
+//!   `mode = "on"` the binary tries to load the XDP program, and lacking
+//!   CAP_BPF refuses to start saying so, where a build without it names
+//!   the missing feature); its drop-in shipped as
+//!   /usr/share/ferroturn/fastpath.conf, not in force
+//!   (`systemd-analyze security` on the installed unit: no CAP_BPF,
+//!   CAP_NET_ADMIN or bpf(2)) until the README's two commands link it in
+//!   (then all three). Then: a reinstall keeps the secret and the link, `apt
+//!   remove` keeps the config, the secret and the link, `apt purge` deletes
+//!   them, and a new install writes a new secret. It changes the system, so the whole
 //!   flow is one test, serialized across processes by a lock file, and a
 //!   guard purges the package at the end, also when the test fails.
 //! - `secret_files_are_read_at_start_and_on_reload`: the built binary with
@@ -48,6 +56,25 @@ const SECRET: &str = "/etc/ferroturn/secret";
 const BIN: &str = "/usr/bin/ferroturn";
 const UNIT: &str = "/usr/lib/systemd/system/ferroturn.service";
 const SYSUSERS: &str = "/usr/lib/sysusers.d/ferroturn.conf";
+/// The kernel fast path's systemd drop-in, shipped inactive.
+const DROP_IN: &str = "/usr/share/ferroturn/fastpath.conf";
+/// The unit's drop-in directory for the admin, where the README links
+/// [`DROP_IN`] to turn it on.
+const DROP_IN_DIR: &str = "/etc/systemd/system/ferroturn.service.d";
+/// The README's commands that put the drop-in in force (each after
+/// `sudo `), run by the test as they stand there.
+const ENABLE_DROP_IN: [&str; 2] = [
+    "mkdir -p /etc/systemd/system/ferroturn.service.d",
+    "ln -s /usr/share/ferroturn/fastpath.conf /etc/systemd/system/ferroturn.service.d/",
+];
+/// What `systemd-analyze security` says of the three grants the drop-in
+/// makes (loading BPF programs, configuring the network, and the bpf(2)
+/// call, which is in @privileged).
+const DROP_IN_GRANTS: [&str; 3] = [
+    "CapabilityBoundingSet=~CAP_BPF ",
+    "CapabilityBoundingSet=~CAP_NET_ADMIN ",
+    "SystemCallFilter=~@privileged ",
+];
 /// Left while this test's package is installed: a later run that finds the
 /// package together with this file knows a killed run left it and purges
 /// it; without the file, the package is someone's real install, and the
@@ -119,7 +146,7 @@ impl Exclusive {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
+            .open(path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         let deadline = Instant::now() + Duration::from_secs(1200);
         // SAFETY: flock on a descriptor this value owns.
@@ -232,6 +259,42 @@ fn allocate(server: SocketAddr, realm: &str, user: &str, pass: &str) -> Result<S
     })
 }
 
+/// Which of [`DROP_IN_GRANTS`] the service gets, as `systemd-analyze
+/// security` finds it when it loads the installed unit by name, the way
+/// systemd does: with every drop-in in the unit's search path.
+fn unit_grants() -> Vec<bool> {
+    let mut security = Command::new("systemd-analyze");
+    security
+        .args([
+            "security",
+            "--offline=true",
+            "--no-pager",
+            "ferroturn.service",
+        ])
+        .env("SYSTEMD_PAGER", "")
+        .env("NO_COLOR", "1");
+    // Exits non-zero when the exposure is above its threshold; the lines
+    // are what counts.
+    let out = run_with_timeout(security, Duration::from_secs(60));
+    assert!(!out.timed_out, "systemd-analyze security timed out");
+    DROP_IN_GRANTS
+        .iter()
+        .map(|setting| {
+            let line = out
+                .output
+                .lines()
+                .map(str::trim_start)
+                .find(|l| l.contains(setting))
+                .unwrap_or_else(|| panic!("no {setting:?} line in:\n{}", out.output));
+            match line.chars().next() {
+                Some('✓') => false,
+                Some('✗') => true,
+                _ => panic!("neither ✓ nor ✗: {line:?}"),
+            }
+        })
+        .collect()
+}
+
 /// The first line of the secret file, as the server reads it.
 fn installed_secret() -> String {
     let text = fs::read_to_string(SECRET).unwrap_or_else(|e| panic!("{SECRET}: {e}"));
@@ -277,13 +340,34 @@ fn package_installs_serves_and_purges() {
         .lines()
         .find_map(|l| l.strip_prefix("Depends: "))
         .unwrap_or_else(|| panic!("no Depends:\n{control}"));
-    // The binary's libraries (dpkg-shlibdeps), the unit's /bin/kill and
-    // the postinst's systemd-sysusers; nothing more.
+    // The binary's libraries (dpkg-shlibdeps): the C library, OpenSSL
+    // (DTLS), and libelf and zlib, which the kernel fast path's libbpf
+    // (linked in) needs; then the unit's /bin/kill and the postinst's
+    // systemd-sysusers; nothing more.
     assert!(depends.starts_with("libc6 (>= "), "{depends}");
-    assert!(
-        depends.ends_with(", procps, systemd | systemd-standalone-sysusers | systemd-sysusers"),
+    // cargo-deb sorts the line by name.
+    let items: Vec<&str> = depends.split(", ").collect();
+    let names: Vec<&str> = items
+        .iter()
+        .map(|d| d.split(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        ["libc6", "libelf1", "libssl3", "procps", "systemd", "zlib1g"],
         "{depends}"
     );
+    for lib in ["libelf1", "zlib1g"] {
+        assert!(
+            depends.contains(&format!("{lib} (>= ")),
+            "{lib} without a version: {depends}"
+        );
+    }
+    for item in [
+        "procps",
+        "systemd | systemd-standalone-sysusers | systemd-sysusers",
+    ] {
+        assert!(items.contains(&item), "no {item:?}: {depends}");
+    }
     // What the maintainer scripts do where systemd runs, which this machine
     // cannot show (systemd is not PID 1 here): read from the package.
     // systemd is reloaded only where it runs; an upgrade (the postinst's
@@ -355,6 +439,7 @@ fn package_installs_serves_and_purges() {
         (BIN, (0o755, 0, 0, false)),
         (UNIT, (0o644, 0, 0, false)),
         (SYSUSERS, (0o644, 0, 0, false)),
+        (DROP_IN, (0o644, 0, 0, false)),
         ("/etc/ferroturn", (0o750, 0, gid, true)),
         (CONFIG, (0o640, 0, gid, false)),
         (SECRET, (0o640, 0, gid, false)),
@@ -395,6 +480,7 @@ fn package_installs_serves_and_purges() {
     };
     same(UNIT, "systemd/ferroturn.service");
     same(SYSUSERS, "systemd/ferroturn.sysusers");
+    same(DROP_IN, "systemd/fastpath.conf");
     same(CONFIG, "packaging/config.toml");
     // Nothing else in /etc/ferroturn: the secret the postinst wrote, and no
     // temporary file left from writing it.
@@ -416,6 +502,22 @@ fn package_installs_serves_and_purges() {
         !Path::new("/etc/systemd/system/multi-user.target.wants/ferroturn.service").exists(),
         "the package enabled the service"
     );
+    // The fast path's drop-in is not in force: the package puts nothing in
+    // a drop-in directory of the unit, and systemd, loading the unit with
+    // its drop-ins, finds none of the drop-in's grants.
+    let mut listing = Command::new("dpkg");
+    listing.args(["-L", PACKAGE]);
+    let files = ok("dpkg -L", listing, STEP);
+    assert!(files.lines().any(|l| l == DROP_IN), "{files}");
+    assert!(
+        !files.lines().any(|l| l.contains(".service.d")),
+        "the package installs a drop-in:\n{files}"
+    );
+    assert!(
+        fs::symlink_metadata(DROP_IN_DIR).is_err(),
+        "{DROP_IN_DIR} is on this machine before the test linked anything there"
+    );
+    assert_eq!(unit_grants(), [false; 3], "{DROP_IN_GRANTS:?}");
 
     // The installed unit, as systemd reads it (the binary it names exists).
     let mut verify = Command::new("systemd-analyze");
@@ -556,6 +658,78 @@ fn package_installs_serves_and_purges() {
     assert!(e.contains("401"), "expected 401 Unauthorized, got: {e}");
     drop(server);
 
+    // ---- The fast path is built in ----
+    // With mode = "on", the installed binary gets as far as loading the
+    // XDP program, which the service's user may not do (no CAP_BPF, as
+    // under the unit without the drop-in); a build without the feature
+    // stops before, saying so (tests/fastpath_absent.rs). The interface
+    // named does not exist, so nothing could be attached even if the load
+    // went through.
+    let on = replace_once(
+        &text,
+        "mode = \"off\"",
+        "mode = \"on\"\ninterfaces = [\"ftnone0\"]",
+    );
+    let on_path = dir.path().join("fastpath-on.toml");
+    fs::write(&on_path, &on).unwrap();
+    let as_service = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .arg(&on_path)
+            .uid(uid)
+            .gid(gid)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET");
+        cmd
+    };
+    let out = ok(
+        "ferroturn check with mode = \"on\"",
+        as_service(&["check", "--config"]),
+        STEP,
+    );
+    assert_eq!(out, format!("{}: ok\n", on_path.display()));
+    let out = run_with_timeout(as_service(&["--config"]), STEP);
+    assert!(!out.timed_out, "it ran with mode = \"on\":\n{}", out.output);
+    assert_eq!(out.code, Some(1), "{}", out.output);
+    assert!(
+        out.output
+            .contains("fastpath.mode: loading the XDP program (needs CAP_BPF and CAP_NET_ADMIN)"),
+        "the packaged binary did not try to load the XDP program:\n{}",
+        out.output
+    );
+    assert!(
+        !out.output.contains("built with the cargo feature"),
+        "the packaged binary is built without the fast path:\n{}",
+        out.output
+    );
+
+    // ---- The README's commands put the drop-in in force ----
+    let readme = fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    for step in ENABLE_DROP_IN {
+        assert!(
+            readme.contains(&format!("sudo {step}\n")),
+            "the README does not say `sudo {step}`"
+        );
+        let mut sh = Command::new("sh");
+        sh.args(["-c", step]);
+        ok(step, sh, STEP);
+    }
+    let link = format!("{DROP_IN_DIR}/fastpath.conf");
+    assert_eq!(fs::read_link(&link).unwrap(), Path::new(DROP_IN));
+    assert_eq!(unit_grants(), [true; 3], "{DROP_IN_GRANTS:?}");
+    // The unit with it still reads clean.
+    let mut verify = Command::new("systemd-analyze");
+    verify.args(["verify", UNIT]).env("SYSTEMD_PAGER", "");
+    let out = ok(
+        "systemd-analyze verify (with the drop-in)",
+        verify,
+        Duration::from_secs(60),
+    );
+    assert!(
+        !out.lines().any(|l| l.contains("ferroturn")),
+        "systemd-analyze verify warns about the unit with the drop-in:\n{out}"
+    );
+
     // ---- Reinstall (what an upgrade does to the secret) ----
     let out = ok(
         "apt-get install --reinstall",
@@ -569,6 +743,7 @@ fn package_installs_serves_and_purges() {
         "a reinstall replaced the secret"
     );
     assert_eq!(stat(SECRET), (0o640, 0, gid, false));
+    assert_eq!(fs::read_link(&link).unwrap(), Path::new(DROP_IN));
 
     // ---- Remove keeps the config and the secret ----
     let out = ok(
@@ -578,10 +753,12 @@ fn package_installs_serves_and_purges() {
     );
     assert!(!out.contains("dpkg: warning"), "{out}");
     assert_eq!(dpkg_status(), "config-files");
-    for gone in [BIN, UNIT, SYSUSERS] {
+    for gone in [BIN, UNIT, SYSUSERS, DROP_IN] {
         assert!(!Path::new(gone).exists(), "{gone} left after apt remove");
     }
     same(CONFIG, "packaging/config.toml");
+    // The admin's link to the drop-in is configuration too: it stays.
+    assert_eq!(fs::read_link(&link).unwrap(), Path::new(DROP_IN));
     assert_eq!(installed_secret(), secret, "apt remove changed the secret");
 
     // ---- Purge deletes both ----
@@ -592,8 +769,12 @@ fn package_installs_serves_and_purges() {
         "/etc/ferroturn left after apt purge: {:?}",
         fs::read_dir("/etc/ferroturn").map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
     );
-    // Nor the mask that remove set.
+    // Nor the mask that remove set, nor the link to the drop-in.
     assert!(fs::symlink_metadata("/etc/systemd/system/ferroturn.service").is_err());
+    assert!(
+        fs::symlink_metadata(DROP_IN_DIR).is_err(),
+        "{DROP_IN_DIR} left after apt purge"
+    );
 
     // ---- A new install writes a new secret ----
     ok(

@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::command::HostCommand;
-use super::mmsg::{ANSWER_LEN, ANSWER_SLOTS, Batch, Out, SLOTS};
+use super::mmsg::{Batch, Out, SLOTS};
 use super::socket;
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, Output};
@@ -55,13 +55,6 @@ pub trait Transport {
     /// Send `data` (an answer or a Data indication) to `client` now; false
     /// if it was dropped.
     fn to_client(&mut self, client: ClientAddr, data: &[u8]) -> bool;
-
-    /// The socket from which a datagram for `client` may wait in the batch
-    /// and leave with the round's `sendmmsg`; `None`: send it at once
-    /// ([`Self::to_client`]).
-    fn queue_for(&self, _client: ClientAddr) -> Option<RawFd> {
-        None
-    }
 
     /// Send `frame`, a ChannelData message or Data indication in `batch`,
     /// to `client`: at once, or queued in `outs` (sent when the round
@@ -336,15 +329,6 @@ impl<T: Transport> Host<T> {
                     for i in at..at + n {
                         on(self, now, i);
                     }
-                    // Answers leave with the read that asked for them, not
-                    // at the end of the round: a client waiting for one
-                    // sends its next request while the rest of the round
-                    // is read, where it would otherwise wait for all of it
-                    // and find this thread asleep. A flood of requests
-                    // still has its answers of one read in one `sendmmsg`.
-                    if self.batch.answers > 0 {
-                        self.send_queued();
-                    }
                     if n < SLOTS - at {
                         // Drained; a later datagram raises a new event.
                         return Drained::Short;
@@ -398,7 +382,6 @@ impl<T: Transport> Host<T> {
                 start: at + f.start,
                 end: at + f.end,
                 to: f.peer.0,
-                answer: false,
             });
         }
         self.flush(now);
@@ -443,7 +426,6 @@ impl<T: Transport> Host<T> {
         if !self.outs.is_empty() {
             self.send_drops += self.batch.send(&mut self.outs) as u64;
             self.outs.clear();
-            self.batch.answers = 0;
         }
     }
 
@@ -480,8 +462,12 @@ impl<T: Transport> Host<T> {
     pub fn flush(&mut self, now: Instant) {
         while let Some(o) = self.engine.poll_output() {
             match o {
+                // An answer leaves at once, not with the round's queue: a
+                // client waiting for it sends its next request while the
+                // rest of the round is read, where it would otherwise find
+                // this thread asleep after the round.
                 Output::Transmit { to, data } => {
-                    if !self.queue(to, &data) && !self.transport.to_client(to, &data) {
+                    if !self.transport.to_client(to, &data) {
                         self.send_drops += 1;
                     }
                 }
@@ -565,35 +551,6 @@ impl<T: Transport> Host<T> {
         self.transport.flushed(&self.engine);
     }
 
-    /// Copy `data` for `client` into a free answer slot of the batch (or a
-    /// free receive slot) and queue it with the round's datagrams, if the
-    /// transport sends that way and a slot is free; whether it was queued.
-    /// Answers of one round then share a `sendmmsg` with each other and
-    /// with relayed data.
-    fn queue(&mut self, client: ClientAddr, data: &[u8]) -> bool {
-        let Some(fd) = self.transport.queue_for(client) else {
-            return false;
-        };
-        let start = if data.len() <= ANSWER_LEN && self.batch.answers < ANSWER_SLOTS {
-            self.batch.answers += 1;
-            Batch::answer_base(self.batch.answers - 1)
-        } else if self.batch.used < SLOTS && data.len() <= BUF_LEN {
-            self.batch.used += 1;
-            Batch::base(self.batch.used - 1)
-        } else {
-            return false;
-        };
-        self.batch.data[start..start + data.len()].copy_from_slice(data);
-        self.outs.push(Out {
-            fd,
-            start,
-            end: start + data.len(),
-            to: client.remote,
-            answer: true,
-        });
-        true
-    }
-
     /// Allocation `id`'s relay socket on `bind`, watched: the one parked
     /// there, or a new one.
     fn open_relay(&mut self, id: AllocId, bind: SocketAddr) -> bool {
@@ -654,7 +611,7 @@ impl<T: Transport> Host<T> {
     fn close_relay(&mut self, now: Instant, id: AllocId, park: Option<SocketAddr>) {
         // Queued datagrams name socket descriptors: send them before one
         // closes and its number is reused. A parked socket stays open, so
-        // the round's answers still leave together.
+        // the round's queue can wait.
         if park.is_none() || !T::PARKS {
             self.send_queued();
         }

@@ -13,25 +13,13 @@ use crate::proto::channel_data::{BUF_LEN, HEADROOM, MAX_PAYLOAD};
 /// Datagrams per `recvmmsg`.
 pub const SLOTS: usize = 32;
 
-/// Answers of one round that wait for its `sendmmsg` in slots of their
-/// own, after the receive slots: a full `recvmmsg` of requests leaves no
-/// receive slot free, and its answers would each go out alone.
-pub const ANSWER_SLOTS: usize = SLOTS;
-
-/// Largest answer an answer slot holds (a larger one takes a free receive
-/// slot).
-pub const ANSWER_LEN: usize = 1536;
-
 /// Receive buffers: slot `i` is `data[i * BUF_LEN..(i + 1) * BUF_LEN]`,
-/// its datagram at [`HEADROOM`], so that framing can be written in place;
-/// then [`ANSWER_SLOTS`] answer slots of [`ANSWER_LEN`].
+/// its datagram at [`HEADROOM`], so that framing can be written in place.
 pub struct Batch {
     pub data: Box<[u8]>,
     /// Slots `0..used` hold datagrams that may still be queued to go out;
     /// the next [`recv`] fills from here.
     pub used: usize,
-    /// Answer slots `0..answers` hold answers queued to go out.
-    pub answers: usize,
     pub len: [usize; SLOTS],
     pub from: [SocketAddr; SLOTS],
     /// Message headers for `recvmmsg` and `sendmmsg`, zeroed once; each call
@@ -48,9 +36,8 @@ struct Headers {
 impl Batch {
     pub fn new() -> Self {
         Batch {
-            data: vec![0u8; SLOTS * BUF_LEN + ANSWER_SLOTS * ANSWER_LEN].into_boxed_slice(),
+            data: vec![0u8; SLOTS * BUF_LEN].into_boxed_slice(),
             used: 0,
-            answers: 0,
             len: [0; SLOTS],
             from: [SocketAddr::from(([0, 0, 0, 0], 0)); SLOTS],
             // All-zero is a valid value of each of these C structs.
@@ -80,19 +67,12 @@ impl Batch {
             }
         }
         self.used = 0;
-        self.answers = 0;
     }
 
     /// Offset of slot `i` in `data`.
     #[inline]
     pub fn base(i: usize) -> usize {
         i * BUF_LEN
-    }
-
-    /// Offset of answer slot `k` in `data`.
-    #[inline]
-    pub fn answer_base(k: usize) -> usize {
-        SLOTS * BUF_LEN + k * ANSWER_LEN
     }
 }
 
@@ -152,16 +132,12 @@ pub struct Out {
     pub start: usize,
     pub end: usize,
     pub to: SocketAddr,
-    /// An answer of the engine's rather than relayed data: if the kernel
-    /// refuses it (not only for a full buffer), it counts as dropped, as
-    /// its own `sendto` would have.
-    pub answer: bool,
 }
 
 /// Send every datagram in `outs` (bytes from `data`), one `sendmmsg` per run
 /// of datagrams from the same socket. Datagrams of one socket keep their
-/// order. Returns how many were dropped: those a full socket buffer
-/// refused, and answers ([`Out::answer`]) the kernel refused otherwise.
+/// order. Returns how many a full socket buffer refused (one the kernel
+/// refuses for another reason is skipped, and not counted).
 fn send(data: &[u8], h: &mut Headers, outs: &mut [Out]) -> usize {
     // Group by socket; the index keeps each socket's order (and the sort
     // unstable, which does not allocate).
@@ -196,7 +172,7 @@ fn send_run(fd: RawFd, data: &[u8], h: &mut Headers, outs: &[Out]) -> usize {
         hdrs[k].msg_hdr.msg_iov = &mut iovs[k];
         hdrs[k].msg_hdr.msg_iovlen = 1;
     }
-    let (mut sent, mut refused) = (0, 0);
+    let mut sent = 0;
     // A datagram the kernel refuses (one bad destination) must not stop
     // the rest: skip it and go on.
     while sent < n {
@@ -214,14 +190,13 @@ fn send_run(fd: RawFd, data: &[u8], h: &mut Headers, outs: &[Out]) -> usize {
         }
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::WouldBlock {
-            return refused + n - sent;
+            return n - sent;
         }
         if e.kind() != io::ErrorKind::Interrupted {
-            refused += outs[sent].answer as usize;
             sent += 1;
         }
     }
-    refused
+    0
 }
 
 fn to_sockaddr(a: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
@@ -300,7 +275,6 @@ mod tests {
                     start: i * 10,
                     end: i * 10 + 3 + i,
                     to,
-                    answer: false,
                 })
                 .collect();
             let mut h: Box<Headers> = Box::new(unsafe { zeroed() });
@@ -341,7 +315,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_answer_counts_as_dropped_and_the_rest_go_out() {
+    fn a_refused_datagram_is_skipped_and_the_rest_go_out() {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_nonblocking(true).unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -350,21 +324,17 @@ mod tests {
         let bad: SocketAddr = "[::1]:9".parse().unwrap();
         let data = [7u8; 16];
         let mut h: Box<Headers> = Box::new(unsafe { zeroed() });
-        for answer in [false, true] {
-            let out = |to, start| Out {
-                fd: tx.as_raw_fd(),
-                start,
-                end: start + 4,
-                to,
-                answer,
-            };
-            let mut outs = [out(to, 0), out(bad, 4), out(to, 8)];
-            // Relayed data refused so is not a drop (its HELP: a full
-            // buffer); an answer is, as its own sendto counted it.
-            assert_eq!(send(&data, &mut h, &mut outs), answer as usize);
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            let mut batch = Batch::new();
-            assert_eq!(recv(rx.as_raw_fd(), &mut batch).unwrap(), 2);
-        }
+        let out = |to, start| Out {
+            fd: tx.as_raw_fd(),
+            start,
+            end: start + 4,
+            to,
+        };
+        let mut outs = [out(to, 0), out(bad, 4), out(to, 8)];
+        // Relayed data refused so is not a drop (its HELP: a full buffer).
+        assert_eq!(send(&data, &mut h, &mut outs), 0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut batch = Batch::new();
+        assert_eq!(recv(rx.as_raw_fd(), &mut batch).unwrap(), 2);
     }
 }

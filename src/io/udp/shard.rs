@@ -6,8 +6,8 @@
 //! Per wake-up: datagrams are read with `recvmmsg` into the host's batch,
 //! the engine handles them in place, and what they relay is queued; the
 //! queue goes out with one `sendmmsg` per socket once every ready socket
-//! was read (or sooner, when the batch is nearly full, and right after a
-//! read whose requests were answered).
+//! was read (or sooner, when the batch is nearly full). STUN answers leave
+//! at once, each with its own `sendto`.
 
 use std::net::UdpSocket;
 use std::ops::Range;
@@ -128,15 +128,6 @@ impl Transport for Listeners {
         }
     }
 
-    /// A UDP client's answers wait for the round's `sendmmsg`.
-    fn queue_for(&self, client: ClientAddr) -> Option<RawFd> {
-        match client.via {
-            Via::Udp(l) => self.get(l).map(|s| s.as_raw_fd()),
-            // DTLS records are made and sent one by one.
-            Via::Dtls(_) | Via::Stream { .. } => None,
-        }
-    }
-
     /// Queued, to leave with the round's `sendmmsg` on the listener.
     #[inline]
     fn frame_to_client(
@@ -158,7 +149,6 @@ impl Transport for Listeners {
                 start: frame.start,
                 end: frame.end,
                 to: client.remote,
-                answer: false,
             });
         }
         true

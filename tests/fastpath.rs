@@ -322,7 +322,7 @@ interfaces = ["sc", "sp"]
         let text = self.in_ns(&self.server.clone(), || {
             common::scrape(sa(METRICS)).unwrap()
         });
-        common::sample(&text, series).unwrap_or(0)
+        common::sample(&text, series).unwrap_or_else(|| panic!("no {series} on /metrics"))
     }
 
     /// What the counter `read` shows once it reaches `want`, scraped for up
@@ -1109,8 +1109,10 @@ fn a_scraper_in_a_loop_makes_each_thread_read_the_kernel_at_most_ten_times_a_sec
     // One allocation of 10 channels: 11 slots a read.
     let per_read = 11u64;
     let pid = net.ferroturn.as_ref().unwrap().id();
-    let started = Instant::now();
+    // The window starts once strace is attached (that may take a while):
+    // the calls it counts are all inside it.
     let trace = BpfCalls::attach(pid, net.dir.join("strace.txt"));
+    let started = Instant::now();
     let scrapes = 300u64;
     net.in_ns(&net.server.clone(), move || {
         for _ in 0..scrapes {
@@ -1130,6 +1132,12 @@ fn a_scraper_in_a_loop_makes_each_thread_read_the_kernel_at_most_ten_times_a_sec
         scrapes * per_read
     );
     assert!(calls >= per_read, "the first scrape read the kernel");
+    // The scrapes came fast enough that a server without the floor would
+    // fail the bound below by far.
+    assert!(
+        reads * 4 < scrapes,
+        "{scrapes} scrapes took {window:?}: too slow to tell"
+    );
     assert!(
         calls <= reads * per_read,
         "{calls} bpf calls for {scrapes} scrapes in {window:?}"

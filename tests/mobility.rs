@@ -280,18 +280,7 @@ impl Watched {
 
     /// The value of `series` on `/metrics`.
     fn metric(&self, series: &str) -> Option<u64> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let head = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.metrics
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        common::sample(&common::scrape(self.metrics).unwrap(), series)
     }
 }
 

@@ -257,18 +257,8 @@ backend {name}_servers
 
     /// ferroturn's `/metrics`, as `series -> value`.
     fn metric(&self, series: &str) -> u64 {
-        let mut s = TcpStream::connect(self.metrics).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
+        let body = common::scrape(self.metrics).unwrap();
+        common::sample(&body, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
     }
 
     fn proxy_refusals(&self, reason: &str) -> u64 {

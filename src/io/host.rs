@@ -572,7 +572,14 @@ impl<T: Transport> Host<T> {
             client,
         };
         let watched = match was {
-            Some(was) => self.transport.rewatch(new, was),
+            Some(was) => {
+                // Datagrams queued this round may name the parked socket's
+                // descriptor (parking does not send the queue): should the
+                // transport fail to watch it and close it, the next socket
+                // bound could take its number before the queue leaves.
+                self.send_queued();
+                self.transport.rewatch(new, was)
+            }
             None => self.transport.watch(new),
         };
         let Some(relay) = watched else {

@@ -109,11 +109,17 @@ impl Transport for Listeners {
         Some(relay)
     }
 
+    /// False (a send drop) only when the socket buffer is full, as for
+    /// relayed data ([`mmsg`]'s `sendmmsg`): a destination the kernel
+    /// refuses is not what the drop counter's HELP says it counts.
     fn to_client(&mut self, client: ClientAddr, data: &[u8]) -> bool {
         match client.via {
             Via::Udp(l) => self
                 .get(l)
-                .is_some_and(|s| s.send_to(data, client.remote).is_ok()),
+                .is_some_and(|s| match s.send_to(data, client.remote) {
+                    Ok(_) => true,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                }),
             Via::Dtls(l) => self.dtls.send(l, client.remote, data),
             // A UDP shard has no stream clients.
             Via::Stream { .. } => false,

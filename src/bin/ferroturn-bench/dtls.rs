@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -292,38 +292,6 @@ fn round_trips(c: &mut Client, each: Duration) -> (usize, f64) {
     (back, start.elapsed().as_secs_f64())
 }
 
-/// A self-signed P-256 certificate and key in `dir` (cert.pem, key.pem).
-fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    use openssl::asn1::Asn1Time;
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
-    use openssl::pkey::PKey;
-    use openssl::x509::{X509, X509NameBuilder};
-    let e = |e: openssl::error::ErrorStack| e.to_string();
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(e)?;
-    let key = PKey::from_ec_key(EcKey::generate(&group).map_err(e)?).map_err(e)?;
-    let mut name = X509NameBuilder::new().map_err(e)?;
-    name.append_entry_by_text("CN", "localhost").map_err(e)?;
-    let name = name.build();
-    let mut b = X509::builder().map_err(e)?;
-    b.set_version(2).map_err(e)?;
-    b.set_subject_name(&name).map_err(e)?;
-    b.set_issuer_name(&name).map_err(e)?;
-    b.set_pubkey(&key).map_err(e)?;
-    let from: Asn1Time = Asn1Time::days_from_now(0).map_err(e)?;
-    let until: Asn1Time = Asn1Time::days_from_now(2).map_err(e)?;
-    b.set_not_before(&from).map_err(e)?;
-    b.set_not_after(&until).map_err(e)?;
-    b.sign(&key, MessageDigest::sha256()).map_err(e)?;
-    let cert = dir.join("dtls-cert.pem");
-    let key_path = dir.join("dtls-key.pem");
-    std::fs::write(&cert, b.build().to_pem().map_err(e)?).map_err(|e| e.to_string())?;
-    std::fs::write(&key_path, key.private_key_to_pem_pkcs8().map_err(e)?)
-        .map_err(|e| e.to_string())?;
-    Ok((cert, key_path))
-}
-
 /// A server with DTLS on a port of its own: the process, its UDP address
 /// (for readiness) and its DTLS address.
 fn start(
@@ -448,7 +416,7 @@ pub fn run(
     reps: usize,
     each: Duration,
 ) -> String {
-    let cert = match make_cert(&paths.dir) {
+    let cert = match servers::self_signed(&paths.dir, "dtls") {
         Ok(c) => c,
         Err(e) => {
             eprintln!("  dtls: no certificate: {e}");

@@ -759,6 +759,37 @@ pub fn own_cpu() -> f64 {
     secs(libc::RUSAGE_SELF) + secs(libc::RUSAGE_CHILDREN)
 }
 
+/// A self-signed P-256 certificate for localhost and 127.0.0.1 (an
+/// end-entity one: webpki refuses a CA certificate as a server's), made by
+/// the `openssl` CLI in `dir`: (NAME-cert.pem, NAME-key.pem).
+pub fn self_signed(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), String> {
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args([
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-days", "2", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((cert, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,32 +63,7 @@ impl Bench {
     /// A self-signed certificate for 127.0.0.1 in `dir` (`openssl req`),
     /// and the echo peer.
     pub fn new(dir: &Path) -> Result<Bench, String> {
-        let (cert, key) = (
-            dir.join("tcp-relay-cert.pem"),
-            dir.join("tcp-relay-key.pem"),
-        );
-        let out = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args([
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                "/CN=localhost",
-            ])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .args(["-days", "2", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .map_err(|e| format!("openssl: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "openssl req: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        let (cert, key) = crate::servers::self_signed(dir, "tcp-relay")?;
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();

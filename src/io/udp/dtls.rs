@@ -283,6 +283,10 @@ fn hello_verify_request(hello: &Hello, cookie: &[u8], out: &mut [u8; HVR_LEN]) {
     out[28..].copy_from_slice(cookie);
 }
 
+/// The most a session's inbound copy keeps between datagrams (a typical
+/// record and more; a larger datagram's copy is freed once read).
+const PIPE_KEEP: usize = 2048;
+
 /// A session's side of OpenSSL's I/O: the datagram being read, and
 /// records written straight to the client from the listener socket.
 struct Pipe {
@@ -307,6 +311,12 @@ impl Read for Pipe {
         }
         let n = self.inbound.len().min(buf.len());
         buf[..n].copy_from_slice(&self.inbound[..n]);
+        // A session keeps a datagram's copy only while it is read: one
+        // large datagram (anyone can send one from the client's address)
+        // must not leave every session holding its size.
+        if self.inbound.capacity() > PIPE_KEEP {
+            self.inbound = Vec::new();
+        }
         Ok(n)
     }
 }
@@ -410,11 +420,14 @@ impl Dtls {
             self.unknown(now, l, fd, from, d);
             return;
         }
-        s.last = now;
+        // `last` moves only for what OpenSSL took as the client's: a
+        // datagram anyone can send from the client's address (spoofed, and
+        // discarded by OpenSSL) must not keep an idle session alive.
         s.stream.get_mut().feed(d);
         if !s.established {
             match s.stream.do_handshake() {
                 Ok(()) => {
+                    s.last = now;
                     s.established = true;
                     s.handshake = None;
                     tracing::debug!(client = %from, "DTLS session established");
@@ -438,6 +451,7 @@ impl Dtls {
         loop {
             match s.stream.ssl_read(&mut plain.data[at..]) {
                 Ok(n) if n > 0 => {
+                    s.last = now;
                     at += n;
                     plain.ends.push(at);
                 }

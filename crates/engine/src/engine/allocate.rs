@@ -219,7 +219,7 @@ impl Engine {
                 self.take_port(v6, even)
             } else {
                 // A parked port first: its socket is still bound.
-                self.take_parked(families.v6, even)
+                self.take_parked(&authed.username, families.v6, even)
                     .or_else(|| self.take_port(v6, even))
             };
             let Some(port) = port else {

@@ -7,8 +7,8 @@
 //! and that sees such churn (at least [`PARK_CHURN`] allocations made in a
 //! second) does not give the port of an ended UDP allocation back to the
 //! pool at once: it keeps the port for [`PARK_HOLD`] and asks the shell to
-//! keep its socket ([`Output::ParkRelay`]). An Allocate within that time takes a parked
-//! port before the pool's, and the shell reuses the socket it kept for that
+//! keep its socket ([`Output::ParkRelay`]). An Allocate of the same user
+//! within that time takes a parked port before the pool's, and the shell reuses the socket it kept for that
 //! address, drained of what peers sent meanwhile. A port unused for
 //! [`PARK_HOLD`] goes back to the pool and the shell closes its socket
 //! ([`Output::CloseParked`]).
@@ -17,9 +17,10 @@
 //! engine binds it; it is not a live relay port (peers of other clients
 //! cannot reach it, RFC 8656 §9 policy); and a new allocation starts with
 //! no permission (§9), so whatever an old peer still sends is dropped
-//! until the new client permits it. EVEN-PORT (§14.6) and reserved ports
-//! never come from here, and a dual allocation never parks or reuses (its
-//! two ports are one pair of sockets).
+//! until the new client permits it. A reserved pair (EVEN-PORT with R,
+//! RESERVATION-TOKEN, §14.6, §14.9) never comes from here, an EVEN-PORT
+//! allocation takes only an even parked port, and a dual allocation never
+//! parks or reuses (its two ports are one pair of sockets).
 //!
 //! What parking costs other engines: a freed port serves only this engine
 //! for at most [`PARK_HOLD`], at most [`PARK_MAX`] ports per engine, and
@@ -56,13 +57,16 @@ pub const PARK_FREE_MIN: usize = 4 * PARK_MAX;
 /// The window of [`PARK_CHURN`].
 const CHURN_WINDOW: Duration = Duration::from_secs(1);
 
-/// One parked port: the relay address and family its socket is bound for.
-#[derive(Debug, Clone, Copy)]
+/// One parked port: the relay address and family its socket is bound for,
+/// and the user whose allocation had it (only that user's next Allocate
+/// takes it).
+#[derive(Debug, Clone)]
 struct Spot {
     until: Instant,
     relay: Relay,
     v6: bool,
     port: RelayPort,
+    user: String,
 }
 
 /// This engine's parked ports, oldest first.
@@ -144,16 +148,26 @@ impl Engine {
             relay: a.relay,
             v6,
             port: a.port,
+            user: a.username.clone(),
         });
         let bind = SocketAddr::new(self.bind_ip(a.relay, v6), a.port.0);
         Output::ParkRelay { alloc: id, bind }
     }
 
-    /// A parked port for a new single-family allocation (IPv6 if `v6`),
-    /// an even one if `even`: picked at random among those that fit, so
-    /// that the port stays hard to guess. `None` if none fits.
-    pub(super) fn take_parked(&mut self, v6: bool, even: bool) -> Option<(Relay, RelayPort)> {
-        let fits = |s: &Spot| s.v6 == v6 && (!even || s.port.0.is_multiple_of(2));
+    /// A parked port for `user`'s new single-family allocation (IPv6 if
+    /// `v6`), an even one if `even`: one that `user` had, picked at random
+    /// among those that fit, so that the port stays hard to guess. `None`
+    /// if none fits. Never another user's: peers still sending to a port
+    /// just given up (an SFU the old client used) would reach whoever took
+    /// it and permitted their IP, and a user who churns could collect the
+    /// ports others gave up.
+    pub(super) fn take_parked(
+        &mut self,
+        user: &str,
+        v6: bool,
+        even: bool,
+    ) -> Option<(Relay, RelayPort)> {
+        let fits = |s: &Spot| s.v6 == v6 && (!even || s.port.0.is_multiple_of(2)) && s.user == user;
         let n = self.parking.spots.iter().filter(|s| fits(s)).count();
         if n == 0 {
             return None;
@@ -174,12 +188,10 @@ impl Engine {
     /// Give the ports parked until `now` or before back to the pool, and
     /// have their sockets closed.
     pub(super) fn expire_parked(&mut self, now: Instant) {
-        while let Some(s) = self.parking.spots.front().copied() {
-            if s.until > now {
-                break;
+        while self.parking.spots.front().is_some_and(|s| s.until <= now) {
+            if let Some(s) = self.parking.spots.pop_front() {
+                self.unpark(s);
             }
-            self.parking.spots.pop_front();
-            self.unpark(s);
         }
     }
 

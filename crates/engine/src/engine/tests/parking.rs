@@ -188,3 +188,33 @@ fn even_port_never_takes_a_parked_odd_port() {
     // Without it, the parked port serves.
     assert_eq!(t.allocate(client(401)).port(), port);
 }
+
+#[test]
+fn a_parked_port_goes_only_to_the_user_who_had_it() {
+    let shared = Arc::new(ServerState::default());
+    let mut t = parking(N, &shared, 11);
+    churn(&mut t);
+    let port = t.allocate(client(100)).port();
+    delete(&mut t, client(100));
+    assert_eq!(t.e.parked_ports(), 1);
+    // Another user's Allocate takes a port from the pool: the parked one
+    // stays parked for its owner.
+    let bob = client(200);
+    let n = t.nonce_for(bob);
+    let r = t.one(
+        bob,
+        &Req::new(METHOD_ALLOCATE)
+            .transport(17)
+            .sign_as("bob", "builder", &n),
+    );
+    assert_eq!(code(&r), None, "bob's allocate");
+    let v = wire::attr(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+    let got = wire::read_xor_address(v, &r.transaction_id.0).unwrap();
+    assert_ne!(got.port(), port, "bob got alice's parked port");
+    assert_eq!(t.e.parked_ports(), 1);
+    accounted(&t, N);
+    // Its owner's next Allocate takes it.
+    assert_eq!(t.allocate(client(101)).port(), port);
+    assert_eq!(t.e.parked_ports(), 0);
+    accounted(&t, N);
+}

@@ -157,6 +157,11 @@ impl Mirror {
         }
     }
 
+    /// The ceilings slots get now: (packet rate, bandwidth).
+    pub fn ceilings(&self) -> (u64, u64) {
+        (self.packet_rate, self.bandwidth)
+    }
+
     /// New ceilings (a reload), for allocation slots taken from now on.
     pub fn set_ceilings(&mut self, packet_rate: u64, bandwidth: u64) {
         self.packet_rate = packet_rate;

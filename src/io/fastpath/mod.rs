@@ -361,6 +361,11 @@ impl HostPath {
     /// again, as they did when they entered).
     pub fn set_ceilings(&mut self, engine: &mut Engine, limits: &crate::engine::Limits) {
         let (packet_rate, bandwidth) = (limits.packet_rate.into(), limits.bandwidth);
+        // Every reload and address change sends its settings; rewriting a
+        // slot starts its buckets full, a second's extra rate each time.
+        if self.mirror.ceilings() == (packet_rate, bandwidth) {
+            return;
+        }
         self.mirror.set_ceilings(packet_rate, bandwidth);
         let mut allocs = std::mem::take(&mut self.alloc_slots);
         allocs.clear();

@@ -22,7 +22,7 @@ use super::dtls::{self, Dtls, Plain};
 use crate::addr::{AllocId, ClientAddr, Via};
 use crate::engine::{Engine, EngineConfig};
 use crate::io::command::{HostCommand, Mailbox};
-use crate::io::host::{Bound, Host, Transport};
+use crate::io::host::{Bound, Drained, Host, Transport};
 use crate::io::mmsg::{self, Batch, Out};
 use crate::io::poll::{self, Epoll, EventFd};
 use crate::io::stream::guard::StreamGuard;
@@ -276,11 +276,17 @@ impl Shard {
             RELAY_V4 | RELAY_V6 => {
                 let id = AllocId(index);
                 let v6 = kind == RELAY_V6;
-                if let Some(fd) = self.host.relay_fd(id, v6) {
-                    self.host.read_relay(now, id, |b| mmsg::recv(fd, b));
-                }
+                let read = self
+                    .host
+                    .relay_fd(id, v6)
+                    .map(|fd| self.host.read_relay(now, id, |b| mmsg::recv(fd, b)));
                 // The token may be a parked socket's, that `id` had last.
-                self.host.drain_parked(id, v6);
+                // Only an event that found the live socket empty needs the
+                // scan: the set is level-triggered, so a parked socket
+                // still readable raises the event again.
+                if matches!(read, None | Some(Drained::Empty)) {
+                    self.host.drain_parked(id, v6);
+                }
             }
             _ => self.commands(now),
         }

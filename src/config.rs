@@ -1206,16 +1206,21 @@ impl Allocation {
     /// and a longer life would keep a peer reachable after its client
     /// stopped asking (RFC 8656 §9, §12); shorter is for watching expiry.
     fn check_entry_lifetimes(&self) -> Result<(), Refusal> {
+        use crate::engine::allocation::{CHANNEL_LIFETIME_SECS, PERMISSION_LIFETIME_SECS};
         let rows = [
             (
                 "allocation.permission_lifetime",
                 self.permission_lifetime,
-                300,
+                PERMISSION_LIFETIME_SECS,
             ),
-            ("allocation.channel_lifetime", self.channel_lifetime, 600),
+            (
+                "allocation.channel_lifetime",
+                self.channel_lifetime,
+                CHANNEL_LIFETIME_SECS,
+            ),
         ];
         for (key, v, most) in rows {
-            if !(1..=most).contains(&v) {
+            if !(1..=most).contains(&u64::from(v)) {
                 return refuse(
                     key,
                     format!("must be 1–{most} seconds (RFC 8656's value is the most)"),

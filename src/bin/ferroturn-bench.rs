@@ -14,6 +14,8 @@
 //! Everything runs on 127.0.0.0/8, or with `--topology veth` in network
 //! namespaces of its own (netns.rs). Every loop is bounded in count and time.
 
+#[path = "ferroturn-bench/answerer.rs"]
+mod answerer;
 #[path = "ferroturn-bench/dtls.rs"]
 mod dtls;
 #[path = "ferroturn-bench/forwarder.rs"]
@@ -111,6 +113,9 @@ struct Opts {
     /// Internal: run the forwarder (LISTEN PEER CHANNELS [RELAYS]).
     #[arg(long, num_args = 3..=4, hide = true)]
     forwarder: Option<Vec<String>>,
+    /// Internal: run the zero-work answerer (LISTEN THREADS [spin]).
+    #[arg(long, num_args = 2..=3, hide = true)]
+    answerer: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -168,6 +173,15 @@ fn main() {
         );
         if let Err(e) = r {
             eprintln!("forwarder: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Some(a) = &o.answerer {
+        let listen = a[0].parse::<SocketAddrV4>().expect("IPv4 address:port");
+        let threads = a[1].parse().expect("threads");
+        if let Err(e) = answerer::run(listen, threads, a.get(2).is_some_and(|s| s == "spin")) {
+            eprintln!("answerer: {e}");
             std::process::exit(1);
         }
         return;
@@ -718,7 +732,7 @@ fn run_server(
     let name = target.name.as_str();
     eprintln!("  pid {} on {}", server.pid(), server.addr);
 
-    if kind.is_turn() && on("mem") {
+    if kind.is_turn() && !kind.control_only() && on("mem") {
         std::thread::sleep(Duration::from_millis(300));
         let ctl = gen_socket();
         let idle = server.rss_kib();
@@ -809,7 +823,7 @@ fn run_server(
         push(res, name, cpu_metric, per);
     }
 
-    if !(on("tput") || on("lat") || on("cpu")) {
+    if kind.control_only() || !(on("tput") || on("lat") || on("cpu")) {
         return Ok(());
     }
     let sock = gen_socket();
@@ -1053,6 +1067,46 @@ fn report(
             let _ = write!(s, " {} |", ratio(*v, t[0]));
         }
         let _ = writeln!(s);
+    }
+
+    // The control-plane rows against the zero-work answerers, where they ran.
+    let answerers: Vec<&str> = targets
+        .iter()
+        .filter(|t| t.kind.control_only())
+        .map(|t| t.name.as_str())
+        .collect();
+    if !answerers.is_empty() {
+        let _ = writeln!(
+            s,
+            "
+The control-plane test against the zero-work answerer (no state, crypto or log; `answerer` sleeps in `epoll_wait` between requests as ferroturn does, `answerer-spin` is one thread that never sleeps; src/bin/ferroturn-bench/answerer.rs):\n"
+        );
+        let mut head = "| metric |".to_string();
+        for n in answerers.iter().chain(&names) {
+            let _ = write!(head, " {n} |");
+        }
+        for n in &names {
+            for a in &answerers {
+                let _ = write!(head, " {n} / {a} |");
+            }
+        }
+        let cols = head.matches('|').count() - 1;
+        let _ = writeln!(s, "{head}\n|{}", "---|".repeat(cols));
+        for (k, label) in ROWS
+            .iter()
+            .filter(|(k, _)| CTL.iter().any(|c| c.1 == *k || c.2 == *k))
+        {
+            let _ = write!(s, "| {label} |");
+            for n in answerers.iter().chain(&names) {
+                let _ = write!(s, " {} |", fmt(k, m(n, k)));
+            }
+            for n in &names {
+                for a in &answerers {
+                    let _ = write!(s, " {} |", ratio(m(n, k), m(a, k)));
+                }
+            }
+            let _ = writeln!(s);
+        }
     }
 
     // ferroturn's variants, where they ran.

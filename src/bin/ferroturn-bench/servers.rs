@@ -13,6 +13,11 @@ use crate::turn;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     Forwarder,
+    /// The zero-work answerer of the control-plane test (answerer.rs),
+    /// sleeping in `epoll_wait` between requests as ferroturn does.
+    Answerer,
+    /// The same with one thread that polls its socket without sleeping.
+    AnswererSpin,
     Coturn,
     Ferroturn,
     /// ferroturn with `[server] udp_threads = "dedicated"`.
@@ -30,8 +35,10 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order a run takes them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Forwarder,
+        Kind::Answerer,
+        Kind::AnswererSpin,
         Kind::Coturn,
         Kind::Ferroturn,
         Kind::FerroturnNormal,
@@ -44,6 +51,8 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Forwarder => "forwarder",
+            Kind::Answerer => "answerer",
+            Kind::AnswererSpin => "answerer-spin",
             Kind::Coturn => "coturn",
             Kind::Ferroturn => "ferroturn",
             Kind::FerroturnDedicated => "ferroturn-dedicated",
@@ -70,7 +79,14 @@ impl Kind {
         self != Kind::Forwarder
     }
     pub fn is_ferroturn(self) -> bool {
-        !matches!(self, Kind::Forwarder | Kind::Coturn)
+        !matches!(
+            self,
+            Kind::Forwarder | Kind::Coturn | Kind::Answerer | Kind::AnswererSpin
+        )
+    }
+    /// Answers the control-plane cycle and nothing else: only `ctl` runs.
+    pub fn control_only(self) -> bool {
+        matches!(self, Kind::Answerer | Kind::AnswererSpin)
     }
     /// What a ferroturn variant sets in `[server]` (nothing: the defaults).
     pub fn server_keys(self) -> &'static str {
@@ -428,6 +444,22 @@ impl Server {
                     &place.forwarder_relays.to_string(),
                 ]);
                 c.stdout(Stdio::piped());
+                c
+            }
+            Kind::Answerer | Kind::AnswererSpin => {
+                // As many threads as ferroturn's UDP shards; one that
+                // spins, so that the bench's client keeps a core.
+                let threads = match (kind, paths.ferroturn_workers) {
+                    (Kind::AnswererSpin, _) => 1,
+                    (_, 0) => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    (_, n) => n,
+                };
+                let mut c = place.command(&paths.me);
+                c.args(["--answerer", &addr.to_string(), &threads.to_string()]);
+                if kind == Kind::AnswererSpin {
+                    c.arg("spin");
+                }
+                c.stdout(Stdio::null());
                 c
             }
             Kind::Coturn => {

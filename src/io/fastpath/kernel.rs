@@ -125,8 +125,11 @@ impl Kernel {
         let mut v = [0u8; LIMIT_LEN];
         v[8..16].copy_from_slice(&clamp(packet_rate).to_ne_bytes());
         v[16..24].copy_from_slice(&clamp(bandwidth).to_ne_bytes());
+        // Under the entry's lock, as the program updates it: a packet of
+        // the slot's last allocation still in flight on another CPU must
+        // see the old buckets or the new ones, never half of each.
         self.limits
-            .update(&slot.to_ne_bytes(), &v, MapFlags::ANY)
+            .update(&slot.to_ne_bytes(), &v, MapFlags::LOCK)
             .map_err(|e| format!("ceilings update: {e}"))
     }
 

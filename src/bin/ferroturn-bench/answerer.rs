@@ -5,8 +5,8 @@
 //! Refresh 0) and Binding with fixed answers: no state, no MESSAGE-INTEGRITY
 //! check or signature, no nonce, no relay socket, no log. It waits for
 //! requests the way ferroturn's UDP shards do: one thread per core on its
-//! own SO_REUSEPORT socket, `epoll_wait`, then `recvmmsg` until the socket
-//! is empty, one `sendto` per answer. What a real server adds can only cost
+//! own SO_REUSEPORT socket under SCHED_BATCH, `epoll_wait`, then `recvmmsg`
+//! until the socket is empty, one `sendto` per answer. What a real server adds can only cost
 //! more CPU; what it cannot beat is the time its threads take to wake up.
 //!
 //! `answerer-spin` never sleeps: one thread polls its socket with
@@ -93,6 +93,13 @@ fn reuseport(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
 }
 
 fn serve(sock: &UdpSocket, spin: bool) {
+    if !spin {
+        // As ferroturn's UDP threads start under `udp_scheduling = "auto"`
+        // (and stay on a quiet host): a woken thread does not preempt the
+        // task on its CPU (sched(7)).
+        let p = libc::sched_param { sched_priority: 0 };
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &p) };
+    }
     let fd = sock.as_raw_fd();
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {

@@ -450,6 +450,37 @@ fn the_ceilings_drop_what_is_over_them() {
 }
 
 #[test]
+fn each_write_of_what_userspace_relayed_is_debited_once() {
+    let k = load();
+    let b = Bound {
+        client: sa("198.51.100.22:40000"),
+        peer: sa("203.0.113.22:9000"),
+        ..v4(9)
+    };
+    bind(&k, &b, later());
+    // 10 packets a second to the client: a full bucket holds 10.
+    k.ceilings(9, 10, 0).unwrap();
+    let f = frame(b.peer, b.relay, b"x", true);
+    // 2 relayed in userspace: the next packet pays for them (7 left), the
+    // one after only for itself (6 left).
+    k.relayed_in_userspace(9, Clock::now().monotonic_ns, [0, 2], [0, 20])
+        .unwrap();
+    assert_eq!(k.test_run(&f).unwrap().0, TX);
+    assert_eq!(k.test_run(&f).unwrap().0, TX);
+    // 2 more (4 in all): 3 left after the next packet.
+    let at = Clock::now().monotonic_ns;
+    k.relayed_in_userspace(9, at, [0, 4], [0, 40]).unwrap();
+    assert_eq!(k.test_run(&f).unwrap().0, TX);
+    // 1 more, written with the same time: still debited (1 left after
+    // the next packet), then 1 packet passes and the next is over.
+    k.relayed_in_userspace(9, at, [0, 5], [0, 50]).unwrap();
+    let verdicts: Vec<u32> = (0..4).map(|_| k.test_run(&f).unwrap().0).collect();
+    assert_eq!(verdicts, [TX, TX, DROP, DROP]);
+    assert_eq!(k.limited(9), [0, 2]);
+    assert_eq!(k.count(9).packets, [0, 5]);
+}
+
+#[test]
 fn what_userspace_relayed_comes_off_the_kernels_buckets() {
     let k = load();
     let b = Bound {

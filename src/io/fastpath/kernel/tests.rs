@@ -515,3 +515,61 @@ fn what_userspace_relayed_comes_off_the_kernels_buckets() {
     k.ceilings(8, 10, 0).unwrap();
     assert_eq!(k.test_run(&f).unwrap().0, TX);
 }
+
+/// The program's own time per relayed packet, as the kernel times
+/// BPF_PROG_TEST_RUN's repetitions: two flows feed each other (a peer's
+/// datagram becomes ChannelData that the other flow unwraps into the
+/// same datagram), so that every repetition relays. A measurement, not a
+/// check of speed: `cargo test --features fastpath --lib
+/// program_time_per_packet -- --ignored --nocapture` (as root).
+#[test]
+#[ignore]
+fn program_time_per_packet() {
+    let k = load();
+    let (peer, relay) = (sa("203.0.113.40:9000"), sa("192.0.2.1:50040"));
+    let (listener, client) = (sa("192.0.2.1:3478"), sa("198.51.100.40:40000"));
+    let clock = Clock::now();
+    let slot = 10;
+    let target = |src, dst, channel| FlowTarget {
+        src,
+        dst,
+        channel,
+        chan_slot: slot,
+        alloc_slot: slot,
+        expires: later(),
+    };
+    let key = |src, dst, channel| FlowKey { src, dst, channel };
+    k.put(
+        &key(peer, relay, 0),
+        &target(listener, client, 0x4000),
+        &clock,
+    )
+    .unwrap();
+    k.put(
+        &key(listener, client, 0x4000),
+        &target(peer, relay, 0),
+        &clock,
+    )
+    .unwrap();
+    let f = frame(peer, relay, &[7; 200], true);
+    for (packet_rate, bandwidth) in [(0, 0), (1_000_000_000, 10_000_000_000)] {
+        k.ceilings(slot, packet_rate, bandwidth).unwrap();
+        k.zero(slot);
+        let runs = 4_000_000;
+        let mut out = vec![0u8; f.len() + 64];
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(&f),
+            data_out: Some(&mut out),
+            repeat: runs,
+            ..Default::default()
+        };
+        let o = k.program().test_run(input).unwrap();
+        assert_eq!(o.return_value, TX);
+        let c = k.count(slot);
+        assert_eq!(c.packets, [runs as u64 / 2; 2], "every repetition relayed");
+        println!(
+            "ceilings {packet_rate} pkt/s, {bandwidth} B/s: {} ns per packet",
+            o.duration.as_nanos()
+        );
+    }
+}

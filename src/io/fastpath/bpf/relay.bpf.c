@@ -244,6 +244,9 @@ static __always_inline void debit(struct bucket *b, __u64 at, __u64 amount, __u6
 	}
 }
 
+/* A load of `x` the compiler makes exactly once, where it stands. */
+#define READ_ONCE(x) (*(const volatile __typeof__(x) *)&(x))
+
 /* Whether a packet of `len` payload bytes of allocation `slot` may pass
  * in direction `dir` now (the engine's `Meter::allow`: packets first),
  * after taking from its buckets what userspace relayed in `dir` since
@@ -255,7 +258,15 @@ static __always_inline int admit(__u32 slot, int dir, __u64 now, __u64 len)
 		return 0;
 	struct alloc_relayed *r = bpf_map_lookup_elem(&alloc_relayed, &slot);
 	__u64 at = 0, packets = 0, bytes = 0;
-	if (r) {
+	/* Userspace rewrites `r` at most once a second, so a packet almost
+	 * never finds in it more than the buckets were debited with: look
+	 * without either lock, and copy `r` under its lock only when it holds
+	 * more. Every amount debited below is from that copy, compared under
+	 * `l`'s lock; a stale or torn look only delays the debit to a later
+	 * packet, which looks again. The counts, not `written_ns`, decide:
+	 * each write raises one of them, whatever the clock said. */
+	if (r && (READ_ONCE(r->packets[dir & 1]) > READ_ONCE(l->debited_packets[dir & 1]) ||
+		  READ_ONCE(r->bytes[dir & 1]) > READ_ONCE(l->debited_bytes[dir & 1]))) {
 		bpf_spin_lock(&r->lock);
 		at = r->written_ns;
 		packets = r->packets[dir & 1];

@@ -450,6 +450,37 @@ fn the_ceilings_drop_what_is_over_them() {
 }
 
 #[test]
+fn each_write_of_what_userspace_relayed_is_debited_once() {
+    let k = load();
+    let b = Bound {
+        client: sa("198.51.100.22:40000"),
+        peer: sa("203.0.113.22:9000"),
+        ..v4(9)
+    };
+    bind(&k, &b, later());
+    // 10 packets a second to the client: a full bucket holds 10.
+    k.ceilings(9, 10, 0).unwrap();
+    let f = frame(b.peer, b.relay, b"x", true);
+    // 2 relayed in userspace: the next packet pays for them (7 left), the
+    // one after only for itself (6 left).
+    k.relayed_in_userspace(9, Clock::now().monotonic_ns, [0, 2], [0, 20])
+        .unwrap();
+    assert_eq!(k.test_run(&f).unwrap().0, TX);
+    assert_eq!(k.test_run(&f).unwrap().0, TX);
+    // 2 more (4 in all): 3 left after the next packet.
+    let at = Clock::now().monotonic_ns;
+    k.relayed_in_userspace(9, at, [0, 4], [0, 40]).unwrap();
+    assert_eq!(k.test_run(&f).unwrap().0, TX);
+    // 1 more, written with the same time: still debited (1 left after
+    // the next packet), then 1 packet passes and the next is over.
+    k.relayed_in_userspace(9, at, [0, 5], [0, 50]).unwrap();
+    let verdicts: Vec<u32> = (0..4).map(|_| k.test_run(&f).unwrap().0).collect();
+    assert_eq!(verdicts, [TX, TX, DROP, DROP]);
+    assert_eq!(k.limited(9), [0, 2]);
+    assert_eq!(k.count(9).packets, [0, 5]);
+}
+
+#[test]
 fn what_userspace_relayed_comes_off_the_kernels_buckets() {
     let k = load();
     let b = Bound {
@@ -483,4 +514,62 @@ fn what_userspace_relayed_comes_off_the_kernels_buckets() {
     // New ceilings start the slot over: nothing relayed in userspace.
     k.ceilings(8, 10, 0).unwrap();
     assert_eq!(k.test_run(&f).unwrap().0, TX);
+}
+
+/// The program's own time per relayed packet, as the kernel times
+/// BPF_PROG_TEST_RUN's repetitions: two flows feed each other (a peer's
+/// datagram becomes ChannelData that the other flow unwraps into the
+/// same datagram), so that every repetition relays. A measurement, not a
+/// check of speed: `cargo test --features fastpath --lib
+/// program_time_per_packet -- --ignored --nocapture` (as root).
+#[test]
+#[ignore]
+fn program_time_per_packet() {
+    let k = load();
+    let (peer, relay) = (sa("203.0.113.40:9000"), sa("192.0.2.1:50040"));
+    let (listener, client) = (sa("192.0.2.1:3478"), sa("198.51.100.40:40000"));
+    let clock = Clock::now();
+    let slot = 10;
+    let target = |src, dst, channel| FlowTarget {
+        src,
+        dst,
+        channel,
+        chan_slot: slot,
+        alloc_slot: slot,
+        expires: later(),
+    };
+    let key = |src, dst, channel| FlowKey { src, dst, channel };
+    k.put(
+        &key(peer, relay, 0),
+        &target(listener, client, 0x4000),
+        &clock,
+    )
+    .unwrap();
+    k.put(
+        &key(listener, client, 0x4000),
+        &target(peer, relay, 0),
+        &clock,
+    )
+    .unwrap();
+    let f = frame(peer, relay, &[7; 200], true);
+    for (packet_rate, bandwidth) in [(0, 0), (1_000_000_000, 10_000_000_000)] {
+        k.ceilings(slot, packet_rate, bandwidth).unwrap();
+        k.zero(slot);
+        let runs = 4_000_000;
+        let mut out = vec![0u8; f.len() + 64];
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(&f),
+            data_out: Some(&mut out),
+            repeat: runs,
+            ..Default::default()
+        };
+        let o = k.program().test_run(input).unwrap();
+        assert_eq!(o.return_value, TX);
+        let c = k.count(slot);
+        assert_eq!(c.packets, [runs as u64 / 2; 2], "every repetition relayed");
+        println!(
+            "ceilings {packet_rate} pkt/s, {bandwidth} B/s: {} ns per packet",
+            o.duration.as_nanos()
+        );
+    }
 }

@@ -97,6 +97,16 @@ pub fn release() {
     });
 }
 
+/// Write the lines this thread held so far, with one `write(2)`, and go on
+/// holding. Nothing to write: no system call.
+pub fn write_held() {
+    let _ = HELD.try_with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            h.write_out();
+        }
+    });
+}
+
 /// The fmt layer's writer: stderr, through this thread's held lines while
 /// it holds them. The layer formats a whole line, then writes it with one
 /// `write_all`.

@@ -306,8 +306,11 @@ impl Shard {
         crate::log::release();
     }
 
-    /// Carry out the control plane's commands.
+    /// Carry out the control plane's commands. The lines held so far go
+    /// out first: a report (metrics, admin API) that counts an event of
+    /// this round leaves after the event's line.
     fn commands(&mut self, now: Instant) {
+        crate::log::write_held();
         self.mailbox.clear();
         while let Ok(c) = self.commands.try_recv() {
             self.host.command(c, now);

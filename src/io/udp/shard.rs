@@ -250,8 +250,10 @@ impl Shard {
     }
 
     /// Read the socket behind a token of kind `kind` and `index`, and
-    /// handle what came.
+    /// handle what came. The lines this logs are held until
+    /// [`Self::end_round`].
     pub(super) fn ready(&mut self, now: Instant, kind: u64, index: u32) {
+        crate::log::hold();
         match kind {
             LISTENER => {
                 let l = index as u16;
@@ -292,16 +294,23 @@ impl Shard {
         }
     }
 
-    /// End of a round of events: send the queue, run due timers, compact.
+    /// End of a round of events: send the queue, run due timers, compact;
+    /// then write the round's log lines with one `write(2)`, before the
+    /// driver may sleep in `epoll_wait`.
     pub(super) fn end_round(&mut self, now: Instant) {
+        crate::log::hold();
         self.host.end_round();
         self.host.timers(now);
         self.host.transport.dtls.sweep(now);
         self.host.compact_if_due();
+        crate::log::release();
     }
 
-    /// Carry out the control plane's commands.
+    /// Carry out the control plane's commands. The lines held so far go
+    /// out first: a report (metrics, admin API) that counts an event of
+    /// this round leaves after the event's line.
     fn commands(&mut self, now: Instant) {
+        crate::log::write_held();
         self.mailbox.clear();
         while let Ok(c) = self.commands.try_recv() {
             self.host.command(c, now);
@@ -315,9 +324,11 @@ impl Shard {
         engine.into_iter().chain(dtls).min()
     }
 
-    /// Close every allocation, on stop.
+    /// Close every allocation, on stop; their lines leave together.
     pub(super) fn close(&mut self) {
+        crate::log::hold();
         self.host.close_all(Instant::now());
+        crate::log::release();
     }
 }
 

@@ -113,7 +113,7 @@ struct Opts {
     /// Internal: run the forwarder (LISTEN PEER CHANNELS [RELAYS]).
     #[arg(long, num_args = 3..=4, hide = true)]
     forwarder: Option<Vec<String>>,
-    /// Internal: run the zero-work answerer (LISTEN THREADS [spin]).
+    /// Internal: run the zero-work answerer (LISTEN THREADS [poll|spin]).
     #[arg(long, num_args = 2..=3, hide = true)]
     answerer: Option<Vec<String>>,
 }
@@ -180,7 +180,8 @@ fn main() {
     if let Some(a) = &o.answerer {
         let listen = a[0].parse::<SocketAddrV4>().expect("IPv4 address:port");
         let threads = a[1].parse().expect("threads");
-        if let Err(e) = answerer::run(listen, threads, a.get(2).is_some_and(|s| s == "spin")) {
+        let wait = answerer::Wait::parse(a.get(2).map(String::as_str));
+        if let Err(e) = answerer::run(listen, threads, wait) {
             eprintln!("answerer: {e}");
             std::process::exit(1);
         }
@@ -1079,7 +1080,7 @@ fn report(
         let _ = writeln!(
             s,
             "
-The control-plane test against the zero-work answerer (no state, crypto or log; `answerer` sleeps in `epoll_wait` between requests as ferroturn does, `answerer-spin` is one thread that never sleeps; src/bin/ferroturn-bench/answerer.rs):\n"
+The control-plane test against the zero-work answerer (fixed answers: no state, crypto or log; src/bin/ferroturn-bench/answerer.rs). `answerer`: a thread per core under SCHED_BATCH, each sleeping in `epoll_wait` between requests, as ferroturn's UDP shards do once load has given each a thread of its own; `answerer-poll`: one thread that polls for 50 µs after its last datagram before it sleeps; `answerer-spin`: one thread that never sleeps.\n"
         );
         let mut head = "| metric |".to_string();
         for n in answerers.iter().chain(&names) {

@@ -3,16 +3,20 @@
 //!
 //! It answers the bench's allocation cycle (Allocate → 401, Allocate,
 //! Refresh 0) and Binding with fixed answers: no state, no MESSAGE-INTEGRITY
-//! check or signature, no nonce, no relay socket, no log. It waits for
-//! requests the way ferroturn's UDP shards do: one thread per core on its
-//! own SO_REUSEPORT socket under SCHED_BATCH, `epoll_wait`, then `recvmmsg`
-//! until the socket is empty, one `sendto` per answer. What a real server adds can only cost
+//! check or signature, no nonce, no relay socket, no log. `answerer` waits
+//! for requests the way ferroturn's UDP shards do once load has given each
+//! a thread of its own (`udp_threads = "adaptive"` merges them at low
+//! load): one thread per core on its own SO_REUSEPORT socket under
+//! SCHED_BATCH, `epoll_wait`, then `recvmmsg` until the socket is empty,
+//! one `sendto` per answer. What a real server adds can only cost
 //! more CPU; what it cannot beat is the time its threads take to wake up.
 //!
-//! `answerer-spin` never sleeps: one thread polls its socket with
-//! `MSG_DONTWAIT` and burns a core (one thread only, so that the bench's
-//! client keeps the other core of a 2-core host). The gap between the two,
-//! with 8 cycles in flight, is what sleeping and waking cost on this host.
+//! `answerer-poll` is one thread that, after its last datagram, polls its
+//! socket with `MSG_DONTWAIT` for [`POLL`] before it sleeps in
+//! `epoll_wait`; `answerer-spin` is one thread that never sleeps. One
+//! thread only, so that the bench's client keeps the other core of a
+//! 2-core host. The gap between them and `answerer`, with 8 cycles in
+//! flight, is what sleeping and waking cost on this host.
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -24,6 +28,31 @@ const SOCK_BUF: usize = 4 << 20;
 /// The answerer exits on its own after this long, whatever happens.
 const MAX_LIFE: Duration = Duration::from_secs(3600);
 const MAGIC: u32 = 0x2112_A442;
+/// How long `answerer-poll` polls after its last datagram before sleeping.
+pub const POLL: Duration = Duration::from_micros(50);
+
+/// How an answerer thread waits for the next request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Wait {
+    /// In `epoll_wait`, under SCHED_BATCH (`answerer`).
+    Sleep,
+    /// Polling for [`POLL`] after the last datagram, then in `epoll_wait`
+    /// (`answerer-poll`).
+    Poll,
+    /// Polling, never sleeping (`answerer-spin`).
+    Spin,
+}
+
+impl Wait {
+    /// The argument after LISTEN THREADS that selects it.
+    pub fn parse(arg: Option<&str>) -> Wait {
+        match arg {
+            Some("poll") => Wait::Poll,
+            Some("spin") => Wait::Spin,
+            _ => Wait::Sleep,
+        }
+    }
+}
 
 const BINDING: u16 = 0x0001;
 const ALLOCATE: u16 = 0x0003;
@@ -39,14 +68,14 @@ const XOR_RELAYED_ADDRESS: u16 = 0x0016;
 const XOR_MAPPED_ADDRESS: u16 = 0x0020;
 
 /// Run `threads` answering threads on `listen` until killed (the bench
-/// ends it with itself) or MAX_LIFE. `spin`: never sleep.
-pub fn run(listen: SocketAddrV4, threads: usize, spin: bool) -> std::io::Result<()> {
+/// ends it with itself) or MAX_LIFE, each waiting as `wait` says.
+pub fn run(listen: SocketAddrV4, threads: usize, wait: Wait) -> std::io::Result<()> {
     let socks: Vec<UdpSocket> = (0..threads.max(1))
         .map(|_| reuseport(listen))
         .collect::<Result<_, _>>()?;
     let handles: Vec<_> = socks
         .into_iter()
-        .map(|s| std::thread::spawn(move || serve(&s, spin)))
+        .map(|s| std::thread::spawn(move || serve(&s, wait)))
         .collect();
     for h in handles {
         let _ = h.join();
@@ -92,8 +121,8 @@ fn reuseport(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
     Ok(sock)
 }
 
-fn serve(sock: &UdpSocket, spin: bool) {
-    if !spin {
+fn serve(sock: &UdpSocket, wait: Wait) {
+    if wait == Wait::Sleep {
         // As ferroturn's UDP threads start under `udp_scheduling = "auto"`
         // (and stay on a quiet host): a woken thread does not preempt the
         // task on its CPU (sched(7)).
@@ -113,8 +142,15 @@ fn serve(sock: &UdpSocket, spin: bool) {
     let mut rx = Recv::new(net::BATCH);
     let mut out = [0u8; 256];
     let born = Instant::now();
+    // When the last datagram came (`Wait::Poll`).
+    let mut last = born;
     while born.elapsed() < MAX_LIFE {
-        if !spin {
+        let sleep = match wait {
+            Wait::Sleep => true,
+            Wait::Poll => last.elapsed() >= POLL,
+            Wait::Spin => false,
+        };
+        if sleep {
             let mut e: [libc::epoll_event; 1] = unsafe { std::mem::zeroed() };
             unsafe { libc::epoll_wait(ep, e.as_mut_ptr(), 1, 1000) };
         }
@@ -122,6 +158,9 @@ fn serve(sock: &UdpSocket, spin: bool) {
         // next epoll_wait takes over).
         for _ in 0..64 {
             let got = rx.recv(fd, 0, net::BATCH, 0, libc::MSG_DONTWAIT);
+            if got > 0 {
+                last = Instant::now();
+            }
             for k in 0..got {
                 let n = answer(&rx.bufs[k][..rx.lens[k]], rx.from[k], &mut out);
                 if n > 0 {

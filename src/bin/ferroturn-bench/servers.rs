@@ -16,6 +16,9 @@ pub enum Kind {
     /// The zero-work answerer of the control-plane test (answerer.rs),
     /// sleeping in `epoll_wait` between requests as ferroturn does.
     Answerer,
+    /// The same with one thread that polls its socket for 50 µs after its
+    /// last datagram before it sleeps.
+    AnswererPoll,
     /// The same with one thread that polls its socket without sleeping.
     AnswererSpin,
     Coturn,
@@ -35,9 +38,10 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order a run takes them.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Forwarder,
         Kind::Answerer,
+        Kind::AnswererPoll,
         Kind::AnswererSpin,
         Kind::Coturn,
         Kind::Ferroturn,
@@ -52,6 +56,7 @@ impl Kind {
         match self {
             Kind::Forwarder => "forwarder",
             Kind::Answerer => "answerer",
+            Kind::AnswererPoll => "answerer-poll",
             Kind::AnswererSpin => "answerer-spin",
             Kind::Coturn => "coturn",
             Kind::Ferroturn => "ferroturn",
@@ -81,12 +86,19 @@ impl Kind {
     pub fn is_ferroturn(self) -> bool {
         !matches!(
             self,
-            Kind::Forwarder | Kind::Coturn | Kind::Answerer | Kind::AnswererSpin
+            Kind::Forwarder
+                | Kind::Coturn
+                | Kind::Answerer
+                | Kind::AnswererPoll
+                | Kind::AnswererSpin
         )
     }
     /// Answers the control-plane cycle and nothing else: only `ctl` runs.
     pub fn control_only(self) -> bool {
-        matches!(self, Kind::Answerer | Kind::AnswererSpin)
+        matches!(
+            self,
+            Kind::Answerer | Kind::AnswererPoll | Kind::AnswererSpin
+        )
     }
     /// What a ferroturn variant sets in `[server]` (nothing: the defaults).
     pub fn server_keys(self) -> &'static str {
@@ -446,19 +458,21 @@ impl Server {
                 c.stdout(Stdio::piped());
                 c
             }
-            Kind::Answerer | Kind::AnswererSpin => {
-                // As many threads as ferroturn's UDP shards; one that
-                // spins, so that the bench's client keeps a core.
+            Kind::Answerer | Kind::AnswererPoll | Kind::AnswererSpin => {
+                // As many threads as ferroturn has UDP shards; one that
+                // polls, so that the bench's client keeps a core.
                 let threads = match (kind, paths.ferroturn_workers) {
-                    (Kind::AnswererSpin, _) => 1,
+                    (Kind::AnswererPoll | Kind::AnswererSpin, _) => 1,
                     (_, 0) => std::thread::available_parallelism().map_or(2, |n| n.get()),
                     (_, n) => n,
                 };
                 let mut c = place.command(&paths.me);
                 c.args(["--answerer", &addr.to_string(), &threads.to_string()]);
-                if kind == Kind::AnswererSpin {
-                    c.arg("spin");
-                }
+                match kind {
+                    Kind::AnswererPoll => c.arg("poll"),
+                    Kind::AnswererSpin => c.arg("spin"),
+                    _ => &mut c,
+                };
                 c.stdout(Stdio::null());
                 c
             }

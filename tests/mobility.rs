@@ -141,7 +141,8 @@ fn a_udp_client_moves_with_its_ticket_and_keeps_relaying() {
     assert_eq!(wire::error_code(&refresh(&mut other, &forged)), Some(400));
     // Neither moved it.
     assert!(round_trip(&mut c, b"still here", SETTLE));
-    // The log is written by a thread of its own: wait for the last lines.
+    // A UDP shard writes its lines at the end of its round, after the
+    // answers: wait for the last lines.
     let counts = || {
         let log = server.log();
         (log.matches(CROSSED).count(), log.matches(LOCAL).count())

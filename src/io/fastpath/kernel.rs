@@ -186,9 +186,10 @@ impl Kernel {
     /// direction.
     pub fn limited(&self, slot: u32) -> [u64; 2] {
         let mut v = [0u8; LIMIT_LEN];
+        // Under the entry's lock, as the program counts them.
         let found = self
             .limits
-            .lookup_into(&slot.to_ne_bytes(), &mut v, MapFlags::ANY);
+            .lookup_into(&slot.to_ne_bytes(), &mut v, MapFlags::LOCK);
         let Ok(true) = found else {
             return [0; 2];
         };

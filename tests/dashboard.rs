@@ -3,14 +3,17 @@
 //! data source on every panel and query, unique ids, a place on the grid),
 //! and every query it holds is run by a real Prometheus (Debian's
 //! `/usr/bin/prometheus`, on loopback, with temporary storage) that scrapes
-//! a live ferroturn.
+//! a live ferroturn, which runs with `[cluster]` on a `redis-server` the
+//! test starts (Debian's package, as tests/cluster_*.rs use it), so that
+//! the cluster panels have series too.
 //!
 //! The test first drives the server through each event a panel shows (a
 //! Binding, allocations relaying over UDP and TCP, a quota refusal, a wrong
 //! password, a denied peer, a refused TCP connection, a connection to a
 //! PROXY protocol listener without a header, malformed and
 //! undeliverable packets, a rate-limited burst, suppressed unauthenticated
-//! answers, an ended session, and at last a drain), so that a query must
+//! answers, an ended session, usage events published to Redis, and at
+//! last a drain), so that a query must
 //! not only parse but also find series with values in them: a misspelt
 //! metric, label or label value leaves a panel empty and fails here.
 //!
@@ -27,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::redis::Redis;
 use common::{EchoPeer, LOCALHOST, PASSWORD, REALM, ServerConfig, TempDir, USER};
 use ferroturn::proto::stun::{self as wire, Request};
 use raw::RawClient;
@@ -73,9 +77,9 @@ const MAY_BE_ZERO: [(&str, &str, &str); 11] = [
         "mobility moves: the workload moves no allocation (tests/mobility.rs does)",
     ),
     (
-        "Cluster usage events",
-        "A",
-        "usage events: only with [cluster] (tests/cluster_usage.rs)",
+        "Cluster",
+        "B",
+        "redirects: the cluster has no second node to send an Allocate to (tests/cluster_spread.rs redirects)",
     ),
     (
         "TCP relays (RFC 6062)",
@@ -455,7 +459,8 @@ fn unix_now() -> f64 {
 // ---- The server --------------------------------------------------------------
 
 /// A `ferroturn` with `[metrics]` on loopback and low limits, so that a
-/// few packets reach each of them.
+/// few packets reach each of them, and `[cluster]` on its own Redis, the
+/// only node there.
 struct Turn {
     child: Child,
     addr: SocketAddr,
@@ -464,6 +469,8 @@ struct Turn {
     proxied: SocketAddr,
     log: PathBuf,
     _dir: TempDir,
+    /// Dropped after the server (`Drop for Turn` stops it first).
+    _redis: Redis,
 }
 
 impl Turn {
@@ -482,6 +489,7 @@ impl Turn {
             ..ServerConfig::default()
         };
         let relay = common::relay_block();
+        let redis = Redis::start();
         let mut last = String::new();
         for _ in 0..3 {
             let dir = TempDir::new("dashboard");
@@ -491,6 +499,10 @@ impl Turn {
             toml.push_str(&format!("\n[metrics]\naddress = \"127.0.0.1:{metrics}\"\n"));
             toml.push_str(&format!(
                 "\n[[listen]]\naddress = \"127.0.0.1:{proxied}\"\ntransports = [\"tcp\"]\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n"
+            ));
+            toml.push_str(&format!(
+                "\n[cluster]\nredis = \"{}\"\nnode = \"dashboard\"\nheartbeat = 1\n",
+                redis.url()
             ));
             let proxied = SocketAddr::from((LOCALHOST, proxied));
             let path = dir.path().join("ferroturn.toml");
@@ -508,6 +520,7 @@ impl Turn {
                         proxied,
                         log,
                         _dir: dir,
+                        _redis: redis,
                     };
                 }
                 Err(l) => last = l,
@@ -649,6 +662,23 @@ fn workload(s: &Turn, echo: &EchoPeer) {
     std::thread::sleep(Duration::from_secs(2).saturating_sub(b_born.elapsed()));
     let r = b.signed(Request::new(METHOD_REFRESH).lifetime(0));
     assert_eq!(wire::error_code(&r), None, "Refresh 0");
+
+    // The allocations' usage events reached Redis, none dropped.
+    let published = "ferroturn_usage_events_total{outcome=\"published\"}";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sample(&s.scrape(), published) < Some(1.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = s.scrape();
+    assert!(
+        sample(&text, published) >= Some(1.0),
+        "usage events published"
+    );
+    assert_eq!(
+        sample(&text, "ferroturn_usage_events_total{outcome=\"dropped\"}"),
+        Some(0.0),
+        "usage events dropped"
+    );
 }
 
 /// Wait (at most 30 s) until Prometheus's sum of the server's counters
@@ -695,6 +725,23 @@ fn every_panel_query_finds_data_in_a_live_server() {
     let up = format!("up{{job=\"{JOB}\"}}");
     while prometheus.vector(&up, unix_now()).first().map(|(_, v)| *v) != Some(1.0) {
         assert!(Instant::now() < deadline, "no scrape within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The node has its Redis and has heard its own heartbeat, so that the
+    // workload's usage events are published, not dropped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = server.scrape();
+        let up = sample(&text, "ferroturn_cluster_up");
+        let nodes = sample(&text, "ferroturn_cluster_nodes");
+        if up == Some(1.0) && nodes >= Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster_up {up:?}, cluster_nodes {nodes:?} after 30 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::strace::Strace;
 use ferroturn::io::fastpath::FORCED_SYNC_FLOOR;
 use ferroturn::proto::stun::{self as wire, Request};
 use raw::RawClient;
@@ -1042,56 +1043,14 @@ fn both_paths_of_one_allocation_share_one_ceiling() {
     assert!(net.reaching(want, |n| n.kernel_packets("to_peer")) - kernel >= by_kernel - 2);
 }
 
-/// `strace` counting the `bpf` system calls of every thread of a process;
-/// killed by its PID on drop (its tracees go on, detached).
-struct BpfCalls {
-    strace: common::KillOnDrop,
-    out: PathBuf,
-}
-
-impl BpfCalls {
-    /// Attached to every thread of `pid` (within 10 s, or it panics).
-    fn attach(pid: u32, out: PathBuf) -> BpfCalls {
-        let child = Command::new("strace")
-            .args(["-f", "-c", "-e", "trace=bpf", "-o"])
-            .arg(&out)
-            .args(["-p", &pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("strace (Debian package strace)");
-        let calls = BpfCalls {
-            strace: common::KillOnDrop(child),
-            out,
-        };
-        let traced = |task: &std::fs::DirEntry| {
-            std::fs::read_to_string(task.path().join("status")).is_ok_and(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("TracerPid:"))
-                    .is_some_and(|t| t.trim() != "0")
-            })
-        };
-        let all = wait(Duration::from_secs(10), || {
-            let mut tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-            tasks.all(|t| t.is_ok_and(|t| traced(&t))).then_some(())
-        });
-        assert!(all.is_some(), "strace did not attach to every thread");
-        calls
-    }
-
-    /// Detach (SIGINT: strace writes its summary); how many `bpf` calls it
-    /// saw.
-    fn finish(mut self) -> u64 {
-        unsafe { libc::kill(self.strace.0.id() as i32, libc::SIGINT) };
-        let _ = self.strace.0.wait();
-        let summary = std::fs::read_to_string(&self.out).unwrap_or_default();
-        // "% time  seconds  usecs/call  calls  [errors]  syscall"
-        summary
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|w| w.last() == Some(&"bpf"))
-            .map_or(0, |w| w[3].parse().unwrap())
-    }
+/// How many `bpf` system calls a finished `strace -f -c -e trace=bpf` saw.
+fn bpf_calls(summary: &str) -> u64 {
+    // "% time  seconds  usecs/call  calls  [errors]  syscall"
+    summary
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.last() == Some(&"bpf"))
+        .map_or(0, |w| w[3].parse().unwrap())
 }
 
 #[test]
@@ -1111,7 +1070,11 @@ fn a_scraper_in_a_loop_makes_each_thread_read_the_kernel_at_most_ten_times_a_sec
     let pid = net.ferroturn.as_ref().unwrap().id();
     // The window starts once strace is attached (that may take a while):
     // the calls it counts are all inside it.
-    let trace = BpfCalls::attach(pid, net.dir.join("strace.txt"));
+    let trace = Strace::attach(
+        pid,
+        &["-f", "-c", "-e", "trace=bpf"],
+        &net.dir.join("strace.txt"),
+    );
     let started = Instant::now();
     let scrapes = 300u64;
     net.in_ns(&net.server.clone(), move || {
@@ -1120,7 +1083,7 @@ fn a_scraper_in_a_loop_makes_each_thread_read_the_kernel_at_most_ten_times_a_sec
             assert!(text.contains("ferroturn_fastpath_channels 10"));
         }
     });
-    let calls = trace.finish();
+    let calls = bpf_calls(&trace.finish());
     let window = started.elapsed();
     // Reads are 100 ms apart at least (the periodic one, a second after
     // the last, too), as the README promises: at most this many in the

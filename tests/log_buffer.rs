@@ -13,11 +13,10 @@ mod common;
 mod raw;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, PASSWORD, REALM, Server, ServerConfig, USER};
+use common::strace::Strace;
+use common::{PASSWORD, REALM, Server, ServerConfig, USER};
 use ferroturn::proto::stun::{self as wire, Request};
 use raw::RawClient;
 use stun::attributes::ATTR_NONCE;
@@ -111,64 +110,17 @@ impl Burst {
     }
 }
 
-/// `strace -f -e trace=write` on every thread of a process, its output in
-/// a file; killed by its PID on drop (the tracee goes on, detached).
-struct Writes {
-    strace: KillOnDrop,
-    out: std::path::PathBuf,
-}
-
-impl Writes {
-    /// Attached to every thread of `pid` (within 10 s, or it panics).
-    fn attach(pid: u32, out: &Path) -> Writes {
-        let child = Command::new("strace")
-            .args(["-f", "-e", "trace=write", "-o"])
-            .arg(out)
-            .args(["-p", &pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("strace (Debian package strace)");
-        let writes = Writes {
-            strace: KillOnDrop(child),
-            out: out.to_path_buf(),
-        };
-        let traced = |task: &std::fs::DirEntry| {
-            std::fs::read_to_string(task.path().join("status")).is_ok_and(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("TracerPid:"))
-                    .is_some_and(|t| t.trim() != "0")
-            })
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-            if tasks.into_iter().all(|t| t.is_ok_and(|t| traced(&t))) {
-                return writes;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "strace did not attach to every thread"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Detach; the sizes of the `write` calls on fd 2 it saw (0 for one
-    /// that failed).
-    fn finish(mut self) -> Vec<usize> {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.strace.0.id() as libc::pid_t, libc::SIGINT) };
-        let _ = self.strace.0.wait();
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        // `PID write(2, "...", LEN) = WRITTEN`, or split in two around
-        // `<unfinished ...>`: the call is on the first part.
-        let written = |l: &str| l.rsplit_once("= ").and_then(|(_, n)| n.trim().parse().ok());
-        text.lines()
-            .filter(|l| l.contains("write(2,"))
-            .map(|l| written(l).unwrap_or(0))
-            .collect()
-    }
+/// The sizes of the `write` calls on fd 2 in `strace -f -e trace=write`'s
+/// output (0 for one that failed).
+fn stderr_writes(trace: &str) -> Vec<usize> {
+    // `PID write(2, "...", LEN) = WRITTEN`, or split in two around
+    // `<unfinished ...>`: the call is on the first part.
+    let written = |l: &str| l.rsplit_once("= ").and_then(|(_, n)| n.trim().parse().ok());
+    trace
+        .lines()
+        .filter(|l| l.contains("write(2,"))
+        .map(|l| written(l).unwrap_or(0))
+        .collect()
 }
 
 #[test]
@@ -196,10 +148,14 @@ fn a_burst_of_cycles_costs_fewer_writes_than_half_its_lines() {
     let server = server(CYCLES);
     let burst = Burst::new(server.addr, CYCLES);
     let before = server.log().len();
-    let writes = Writes::attach(server.pid(), &server.dir().join("strace.txt"));
+    let writes = Strace::attach(
+        server.pid(),
+        &["-f", "-e", "trace=write"],
+        &server.dir().join("strace.txt"),
+    );
     burst.cycle();
     let log = wait_lines(&server, &[CREATED, DELETED], CYCLES, Duration::from_secs(5));
-    let sizes = writes.finish();
+    let sizes = stderr_writes(&writes.finish());
     let writes = sizes.len();
     let text = log.get(before..).unwrap_or_default();
     let lines = text.lines().count();

@@ -8,6 +8,7 @@
 
 pub mod coturn;
 pub mod redis;
+pub mod strace;
 
 use std::fs;
 use std::io::{Read, Write};

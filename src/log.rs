@@ -3,9 +3,10 @@
 //! types that hold them print only counts.
 //!
 //! A thread may hold its lines for a while ([`hold`]) and write them with
-//! one `write(2)` ([`release`]): a UDP shard does so for a round of events,
-//! so that a burst of allocations costs one write rather than one a line.
-//! Every other thread writes each line at once.
+//! one `write(2)` ([`write_held`], [`release`]): a UDP driver thread holds
+//! them for its whole life and writes them at the end of each round of
+//! events, so that a burst of allocations costs one write rather than one a
+//! line. Every other thread writes each line at once.
 
 use std::cell::RefCell;
 use std::io::Write;

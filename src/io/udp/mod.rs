@@ -260,6 +260,9 @@ impl Driver {
     fn run(mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         self.window = (Instant::now(), poll::thread_cpu());
+        // The thread's log lines wait for the end of their round and leave
+        // with one `write(2)` before it may sleep (src/log.rs).
+        crate::log::hold();
         while !self.drivers.stop.load(Ordering::Acquire) {
             let timeout = self.timeout(Instant::now());
             let n = self.epoll.wait(&mut events, timeout);
@@ -281,6 +284,7 @@ impl Driver {
                 s.end_round(now);
             }
             self.end_window(now);
+            crate::log::write_held();
         }
         // Shards on their way here are closed here too; one sent after
         // this comes back to its sender, which closes it (see `give`).
@@ -293,6 +297,7 @@ impl Driver {
                 s.close();
             }
         }
+        crate::log::release();
     }
 
     /// Take the shards sent to this driver.

@@ -250,10 +250,8 @@ impl Shard {
     }
 
     /// Read the socket behind a token of kind `kind` and `index`, and
-    /// handle what came. The lines this logs are held until
-    /// [`Self::end_round`].
+    /// handle what came.
     pub(super) fn ready(&mut self, now: Instant, kind: u64, index: u32) {
-        crate::log::hold();
         match kind {
             LISTENER => {
                 let l = index as u16;
@@ -294,16 +292,12 @@ impl Shard {
         }
     }
 
-    /// End of a round of events: send the queue, run due timers, compact;
-    /// then write the round's log lines with one `write(2)`, before the
-    /// driver may sleep in `epoll_wait`.
+    /// End of a round of events: send the queue, run due timers, compact.
     pub(super) fn end_round(&mut self, now: Instant) {
-        crate::log::hold();
         self.host.end_round();
         self.host.timers(now);
         self.host.transport.dtls.sweep(now);
         self.host.compact_if_due();
-        crate::log::release();
     }
 
     /// Carry out the control plane's commands. The lines held so far go
@@ -324,11 +318,9 @@ impl Shard {
         engine.into_iter().chain(dtls).min()
     }
 
-    /// Close every allocation, on stop; their lines leave together.
+    /// Close every allocation, on stop.
     pub(super) fn close(&mut self) {
-        crate::log::hold();
         self.host.close_all(Instant::now());
-        crate::log::release();
     }
 }
 
